@@ -1,0 +1,312 @@
+/**
+ * moat's message kinds and their payload codecs. Pure: no I/O.
+ *
+ * The wire format is documented in `docs/PROTOCOL.md`.
+ *
+ * @module
+ */
+
+import { ProtocolError } from "./errors.ts";
+
+/** Protocol version carried in the preamble. */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * The 8-byte preamble: 0x89 "MOAT" CR LF, then the version byte. The first
+ * byte is not text, so a plain-text client is told apart by its first byte.
+ */
+export const MAGIC: Uint8Array = Uint8Array.of(
+  0x89,
+  0x4d,
+  0x4f,
+  0x41,
+  0x54,
+  0x0d,
+  0x0a,
+);
+
+/** Length of magic + version. */
+export const PREAMBLE_SIZE = MAGIC.length + 1;
+
+/** Frame types. */
+export const Kind = {
+  /** client → server, JSON {@linkcode Hello} */
+  Hello: 0x01,
+  /** server → client, JSON {@linkcode Welcome} */
+  Welcome: 0x02,
+  /** either way, JSON {@linkcode ErrorBody}; the sender closes after it */
+  Error: 0x0f,
+  /** client → server: UTF-8 text; server → client: JSON {@linkcode ChatLine} */
+  Chat: 0x10,
+  /** client → server, JSON {@linkcode GetRequest} */
+  Get: 0x20,
+  /** server → client, JSON {@linkcode FileMeta} */
+  FileMeta: 0x21,
+  /** server → client, raw file bytes */
+  FileData: 0x22,
+  /** server → client, 32 raw bytes: SHA-256 of the whole file */
+  FileEnd: 0x23,
+} as const;
+/** A frame type. */
+export type Kind = typeof Kind[keyof typeof Kind];
+
+/** What a client intends to do on this connection. */
+export type Mode = "get" | "chat";
+
+/** First frame a client sends. */
+export interface Hello {
+  client: string;
+  mode: Mode;
+  /** Largest frame payload the client accepts. */
+  maxFrameSize: number;
+}
+
+/** Server's answer to {@linkcode Hello}. */
+export interface Welcome {
+  server: string;
+  /** Name the server assigned to this connection, e.g. "c7". */
+  name: string;
+  /** The client's address as the server sees it. */
+  peer: string;
+  maxFrameSize: number;
+}
+
+/** Body of an error frame. */
+export interface ErrorBody {
+  code: string;
+  message: string;
+}
+
+/** A chat line as relayed by the server. */
+export interface ChatLine {
+  /** "operator", "server" or a client name. */
+  from: string;
+  /** The sender's address, "" for the operator. */
+  addr: string;
+  text: string;
+}
+
+/** A file request. */
+export interface GetRequest {
+  path: string;
+  /** Resume from this byte offset; the digest still covers the whole file. */
+  offset: number;
+}
+
+/** Announces a file transfer. */
+export interface FileMeta {
+  path: string;
+  size: number;
+  offset: number;
+  mtimeMs: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: false });
+
+/**
+ * Encodes a JSON payload.
+ *
+ * @param value Any JSON-serialisable value.
+ * @returns UTF-8 bytes.
+ */
+export function encodeJson(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+/**
+ * Decodes a JSON object payload.
+ *
+ * @param payload UTF-8 JSON bytes.
+ * @param what Name of the message, for the error.
+ * @returns The parsed object.
+ * @throws {ProtocolError} When the payload is not a JSON object.
+ */
+export function decodeJson(
+  payload: Uint8Array,
+  what: string,
+): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(decoder.decode(payload));
+  } catch (err) {
+    throw new ProtocolError(`Cannot decode ${what}: payload is not JSON`, {
+      cause: err,
+    });
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new ProtocolError(`Cannot decode ${what}: payload is not an object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function field<T extends "string" | "number">(
+  obj: Record<string, unknown>,
+  key: string,
+  type: T,
+  what: string,
+): T extends "string" ? string : number {
+  const v = obj[key];
+  if (typeof v !== type || (type === "number" && !Number.isFinite(v))) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: field "${key}" must be a ${type}`,
+    );
+  }
+  return v as T extends "string" ? string : number;
+}
+
+function count(obj: Record<string, unknown>, key: string, what: string) {
+  const n = field(obj, key, "number", what);
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: field "${key}" must be a non-negative integer`,
+    );
+  }
+  return n;
+}
+
+/**
+ * Parses a Hello payload.
+ *
+ * @param payload Frame payload.
+ * @returns The hello.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeHello(payload: Uint8Array): Hello {
+  const o = decodeJson(payload, "hello");
+  const mode = field(o, "mode", "string", "hello");
+  if (mode !== "get" && mode !== "chat") {
+    throw new ProtocolError(`Cannot decode hello: unknown mode "${mode}"`);
+  }
+  return {
+    client: field(o, "client", "string", "hello"),
+    mode,
+    maxFrameSize: count(o, "maxFrameSize", "hello"),
+  };
+}
+
+/**
+ * Parses a Welcome payload.
+ *
+ * @param payload Frame payload.
+ * @returns The welcome.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeWelcome(payload: Uint8Array): Welcome {
+  const o = decodeJson(payload, "welcome");
+  return {
+    server: field(o, "server", "string", "welcome"),
+    name: field(o, "name", "string", "welcome"),
+    peer: field(o, "peer", "string", "welcome"),
+    maxFrameSize: count(o, "maxFrameSize", "welcome"),
+  };
+}
+
+/**
+ * Parses an error payload.
+ *
+ * @param payload Frame payload.
+ * @returns The error body.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeError(payload: Uint8Array): ErrorBody {
+  const o = decodeJson(payload, "error");
+  return {
+    code: field(o, "code", "string", "error"),
+    message: field(o, "message", "string", "error"),
+  };
+}
+
+/**
+ * Parses a relayed chat line.
+ *
+ * @param payload Frame payload.
+ * @returns The chat line.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeChatLine(payload: Uint8Array): ChatLine {
+  const o = decodeJson(payload, "chat line");
+  return {
+    from: field(o, "from", "string", "chat line"),
+    addr: field(o, "addr", "string", "chat line"),
+    text: field(o, "text", "string", "chat line"),
+  };
+}
+
+/**
+ * Parses a Get payload.
+ *
+ * @param payload Frame payload.
+ * @returns The request.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeGet(payload: Uint8Array): GetRequest {
+  const o = decodeJson(payload, "get request");
+  return {
+    path: field(o, "path", "string", "get request"),
+    offset: count(o, "offset", "get request"),
+  };
+}
+
+/**
+ * Parses a FileMeta payload.
+ *
+ * @param payload Frame payload.
+ * @returns The metadata.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeFileMeta(payload: Uint8Array): FileMeta {
+  const o = decodeJson(payload, "file metadata");
+  return {
+    path: field(o, "path", "string", "file metadata"),
+    size: count(o, "size", "file metadata"),
+    offset: count(o, "offset", "file metadata"),
+    mtimeMs: field(o, "mtimeMs", "number", "file metadata"),
+  };
+}
+
+/**
+ * Decodes UTF-8 text leniently (invalid sequences become U+FFFD).
+ *
+ * @param bytes UTF-8 bytes.
+ * @returns The text.
+ */
+export function decodeText(bytes: Uint8Array): string {
+  return decoder.decode(bytes);
+}
+
+/**
+ * Encodes text as UTF-8.
+ *
+ * @param text The text.
+ * @returns UTF-8 bytes.
+ */
+export function encodeText(text: string): Uint8Array {
+  return encoder.encode(text);
+}
+
+/**
+ * Builds the 8-byte preamble for a protocol version.
+ *
+ * @param version Protocol version.
+ * @returns Magic followed by the version byte.
+ */
+export function encodePreamble(version: number = PROTOCOL_VERSION): Uint8Array {
+  const out = new Uint8Array(PREAMBLE_SIZE);
+  out.set(MAGIC);
+  out[MAGIC.length] = version;
+  return out;
+}
+
+/**
+ * Checks whether `bytes` could be the start of the preamble (used to tell
+ * framed clients from plain-text ones after the first bytes arrive).
+ *
+ * @param bytes The first bytes received.
+ * @returns true when every byte given agrees with the magic.
+ */
+export function isMagicPrefix(bytes: Uint8Array): boolean {
+  const n = Math.min(bytes.length, MAGIC.length);
+  for (let i = 0; i < n; i++) if (bytes[i] !== MAGIC[i]) return false;
+  return true;
+}
