@@ -1,0 +1,278 @@
+/**
+ * The moat client: handshake, `get` and `chat`.
+ *
+ * @module
+ */
+
+import type { Conn, Net } from "./net/types.ts";
+import { DEFAULT_MAX_FRAME_SIZE, encodeFrame, FrameReader } from "./framer.ts";
+import {
+  decodeChatLine,
+  decodeError,
+  decodeFileMeta,
+  decodeText,
+  decodeWelcome,
+  encodeJson,
+  encodePreamble,
+  encodeText,
+  isMagicPrefix,
+  Kind,
+  MAGIC,
+  type Mode,
+  PREAMBLE_SIZE,
+  PROTOCOL_VERSION,
+  type Welcome,
+} from "./protocol.ts";
+import {
+  AccessDeniedError,
+  ConnectionClosedError,
+  ExitCode,
+  MoatError,
+  PathError,
+  ProtocolError,
+} from "./errors.ts";
+import { formatChatLine } from "./chat.ts";
+import { prepareDownload, type ReceiveResult, receiveFile } from "./file_sender.ts";
+
+/** A server address. */
+export interface ServerAddr {
+  hostname: string;
+  port: number;
+}
+
+/** Options shared by every client command. */
+export interface ClientOptions {
+  net: Net;
+  server: ServerAddr;
+  /** Sent in the hello, e.g. "0.1.0". */
+  version: string;
+  /** Largest frame accepted. @default {1_048_576} */
+  maxFrameSize?: number;
+  /** Read buffer size. @default {1_048_576} */
+  bufferSize?: number;
+}
+
+/** A connection past the handshake. */
+export interface Session {
+  conn: Conn;
+  reader: FrameReader;
+  welcome: Welcome;
+}
+
+/**
+ * Parses "HOST:PORT", "[V6]:PORT", "HOST" or "V6" (default port 4320).
+ *
+ * @param text The address.
+ * @returns Host and port.
+ * @throws {MoatError} `ERR_USAGE` on a malformed address.
+ */
+export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
+  let host = text;
+  let port = String(defaultPort);
+  const bracket = /^\[([^\]]+)\](?::(.*))?$/.exec(text);
+  if (bracket) {
+    host = bracket[1]!;
+    if (bracket[2] !== undefined) port = bracket[2];
+  } else if ((text.match(/:/g) ?? []).length === 1) {
+    [host, port] = text.split(":") as [string, string];
+  }
+  const n = Number(port);
+  if (host === "" || !/^\d+$/.test(port) || n < 1 || n > 65535) {
+    throw new MoatError("ERR_USAGE", `Invalid server address "${text}": expected HOST:PORT`, ExitCode.Usage);
+  }
+  return { hostname: host, port: n };
+}
+
+const PATH_CODES = new Set(["ERR_BAD_PATH", "ERR_OUTSIDE_ROOT", "ERR_NOT_FOUND", "ERR_NOT_FILE", "ERR_PERMISSION"]);
+
+/** Turns a server error frame into the matching local error. */
+function serverError(payload: Uint8Array): MoatError {
+  const body = decodeError(payload);
+  if (PATH_CODES.has(body.code)) return new PathError(body.code, body.message);
+  if (body.code === "ERR_ACCESS_DENIED") return new AccessDeniedError(`Server refused: ${body.message}`);
+  return new MoatError(body.code, `Server error: ${body.message}`);
+}
+
+/**
+ * Connects, sends the preamble and hello, and reads the welcome.
+ *
+ * @param options Server and limits.
+ * @param mode What this connection is for.
+ * @returns The session.
+ * @throws {AccessDeniedError} When the server refuses this peer.
+ * @throws {ConnectError} When the server cannot be reached.
+ */
+export async function openSession(options: ClientOptions, mode: Mode): Promise<Session> {
+  const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
+  const conn = await options.net.connect(options.server);
+  try {
+    const hello = encodeFrame({
+      type: Kind.Hello,
+      payload: encodeJson({ client: `moat/${options.version}`, mode, maxFrameSize }),
+    });
+    const first = new Uint8Array(PREAMBLE_SIZE + hello.length);
+    first.set(encodePreamble());
+    first.set(hello, PREAMBLE_SIZE);
+    // The server may refuse and close before reading; a failed write then
+    // still leaves its refusal notice to be read below.
+    await conn.write(first).catch(() => {});
+    const reader = new FrameReader(conn, {
+      maxFrameSize,
+      bufferSize: options.bufferSize ?? DEFAULT_MAX_FRAME_SIZE,
+    });
+    let head: Uint8Array;
+    try {
+      head = await reader.peek(PREAMBLE_SIZE);
+    } catch (err) {
+      throw new ConnectionClosedError("Connection closed by server during the handshake", { cause: err });
+    }
+    if (head.length === 0) {
+      throw new ConnectionClosedError("Connection closed by server during the handshake");
+    }
+    if (head[0] !== MAGIC[0]) throw await textRefusal(reader);
+    const pre = await reader.readExact(PREAMBLE_SIZE);
+    if (!isMagicPrefix(pre.subarray(0, MAGIC.length)) || pre[MAGIC.length] !== PROTOCOL_VERSION) {
+      throw new ProtocolError("Server did not answer with a moat preamble of version 1");
+    }
+    const frame = await reader.readFrame();
+    if (frame === null) throw new ConnectionClosedError("Connection closed by server during the handshake");
+    if (frame.type === Kind.Error) throw serverError(frame.payload);
+    if (frame.type !== Kind.Welcome) {
+      throw new ProtocolError(`Expected a welcome frame, got type 0x${frame.type.toString(16)}`);
+    }
+    return { conn, reader, welcome: decodeWelcome(frame.payload) };
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+}
+
+/** Reads an "ERR CODE message" line and maps it to an error. */
+async function textRefusal(reader: FrameReader): Promise<MoatError> {
+  const bytes = await reader.peek(512);
+  const text = decodeText(bytes).split("\n")[0]!.replace(/\r$/, "");
+  const m = /^ERR (\S+) ?(.*)$/.exec(text);
+  if (!m) return new ProtocolError("Server did not answer with a moat preamble");
+  const [, code, message] = m as unknown as [string, string, string];
+  if (code === "ACCESS_DENIED") return new AccessDeniedError("Access refused by server");
+  if (code === "BUSY") return new MoatError("ERR_BUSY", "Server busy: too many connections", ExitCode.Connection);
+  return new MoatError(code, `Server refused: ${message}`);
+}
+
+/** Options for {@linkcode get}. */
+export interface GetOptions {
+  /** Path relative to the server's root. */
+  path: string;
+  /** Where to save. */
+  out: string;
+  force?: boolean;
+  resume?: boolean;
+  /** Progress: bytes received in this run, bytes expected in this run. */
+  onProgress?: (received: number, expected: number) => void;
+  /** Called once the size is known. */
+  onStart?: (size: number, offset: number) => void;
+}
+
+/**
+ * Fetches one file into `out`, verified and renamed atomically.
+ *
+ * @param client Connection options.
+ * @param options Path, output and flags.
+ * @returns What arrived.
+ * @throws {PathError} When the server refuses the path.
+ * @throws {IntegrityError} When the file arrives damaged.
+ * @throws {ConnectionClosedError} When the transfer is cut; the part file stays for `--resume`.
+ */
+export async function get(client: ClientOptions, options: GetOptions): Promise<ReceiveResult & { offset: number }> {
+  const download = prepareDownload(options.out, {
+    ...(options.force !== undefined && { force: options.force }),
+    ...(options.resume !== undefined && { resume: options.resume }),
+  });
+  let session: Session;
+  try {
+    session = await openSession(client, "get");
+  } catch (err) {
+    download.close();
+    throw err;
+  }
+  const { conn, reader } = session;
+  try {
+    await conn.write(encodeFrame({
+      type: Kind.Get,
+      payload: encodeJson({ path: options.path, offset: download.offset }),
+    }));
+    const frame = await readFrameOrClosed(reader);
+    if (frame.type === Kind.Error) {
+      download.discard();
+      throw serverError(frame.payload);
+    }
+    if (frame.type !== Kind.FileMeta) {
+      download.discard();
+      throw new ProtocolError(`Expected file metadata, got frame type 0x${frame.type.toString(16)}`);
+    }
+    const meta = decodeFileMeta(frame.payload);
+    options.onStart?.(meta.size, meta.offset);
+    const result = await receiveFile(reader, download, meta, {
+      ...(options.onProgress && { onProgress: options.onProgress }),
+    });
+    return { ...result, offset: meta.offset };
+  } finally {
+    download.close();
+    conn.close();
+  }
+}
+
+async function readFrameOrClosed(reader: FrameReader) {
+  const frame = await reader.readFrame();
+  if (frame === null) throw new ConnectionClosedError("Connection closed by server");
+  return frame;
+}
+
+/** Options for {@linkcode chat}. */
+export interface ChatOptions {
+  /** Lines typed by the user; the chat ends when it ends. */
+  input: AsyncIterable<string>;
+  /** Shows one received line. */
+  output: (line: string) => void;
+  /** Called once connected. */
+  onWelcome?: (welcome: Welcome) => void;
+}
+
+/**
+ * Chats: sends each input line, prints each line received, until the input
+ * ends (then it returns) or the server closes (then it throws).
+ *
+ * @param client Connection options.
+ * @param options Input, output.
+ * @throws {ConnectionClosedError} When the server closes the connection.
+ */
+export async function chat(client: ClientOptions, options: ChatOptions): Promise<void> {
+  const { conn, reader, welcome } = await openSession(client, "chat");
+  options.onWelcome?.(welcome);
+  let inputDone = false;
+  const receiving = (async () => {
+    for (;;) {
+      const frame = await reader.readFrame();
+      if (frame === null) {
+        if (inputDone) return;
+        throw new ConnectionClosedError("Connection closed by server");
+      }
+      if (frame.type === Kind.Chat) options.output(formatChatLine(decodeChatLine(frame.payload)));
+      else if (frame.type === Kind.Error) throw serverError(frame.payload);
+      else throw new ProtocolError(`Unexpected frame type 0x${frame.type.toString(16)} in chat`);
+    }
+  })();
+  const sending = (async () => {
+    for await (const line of options.input) {
+      await conn.write(encodeFrame({ type: Kind.Chat, payload: encodeText(line) }));
+    }
+    inputDone = true;
+  })();
+  try {
+    // Input ended first: leave. The server left first: the race rejects.
+    await Promise.race([sending, receiving]);
+    await conn.closeWrite().catch(() => {});
+  } finally {
+    conn.close();
+  }
+}

@@ -1,0 +1,633 @@
+/**
+ * The moat server: accepts allowlisted peers, then serves framed clients
+ * (get, chat) and plain-text clients (chat lines, `FILE:<path>`) on one port.
+ *
+ * @module
+ */
+
+import type { Addr, Conn, Listener, Net } from "./net/types.ts";
+import type { Allowlist } from "./allowlist.ts";
+import type { Jail } from "./jail.ts";
+import type { AuditLog } from "./audit.ts";
+import { ChatHub, type ChatMember, formatChatLine } from "./chat.ts";
+import {
+  DEFAULT_MAX_FRAME_SIZE,
+  encodeFrame,
+  FrameReader,
+} from "./framer.ts";
+import {
+  type ChatLine,
+  decodeGet,
+  decodeHello,
+  decodeText,
+  encodeJson,
+  encodePreamble,
+  encodeText,
+  type ErrorBody,
+  type Hello,
+  isMagicPrefix,
+  Kind,
+  MAGIC,
+  PREAMBLE_SIZE,
+  PROTOCOL_VERSION,
+} from "./protocol.ts";
+import { DEFAULT_CHUNK_SIZE, DigestCache, sendFile } from "./file_sender.ts";
+import { ConnectionClosedError, MoatError, ProtocolError } from "./errors.ts";
+
+/** Options for {@linkcode Server}. */
+export interface ServerOptions {
+  net: Net;
+  /** Addresses to listen on, e.g. ["127.0.0.1", "::1"]. */
+  hosts: readonly string[];
+  /** @default {4320} */
+  port?: number;
+  allowlist: Allowlist;
+  jail: Jail;
+  audit: AuditLog;
+  /** Reported in the Welcome frame. */
+  version: string;
+  /** Most connections at once; more are refused with "busy". @default {512} */
+  maxConns?: number;
+  /** Close a connection idle this long. @default {300_000} */
+  idleTimeoutMs?: number;
+  /** A framed client must finish its handshake this soon. @default {10_000} */
+  handshakeTimeoutMs?: number;
+  /** Largest frame payload accepted. @default {1_048_576} */
+  maxFrameSize?: number;
+  /** Longest chat line, in bytes. @default {8192} */
+  maxLine?: number;
+  /** Serve plain-text clients. @default {true} */
+  plain?: boolean;
+  /** Answer every chat line with this text. */
+  reply?: string;
+  /** Shows each client chat line to the operator. */
+  onChat?: (line: ChatLine) => void;
+}
+
+/** Bytes of chat a slow member may have queued before it is dropped. */
+const OUTBOX_LIMIT = 1 << 20;
+/** A plain client's message is complete after this long without a byte. */
+const PLAIN_QUIET_MS = 40;
+/** A connection that sends nothing this long is served as plain text. */
+const DETECT_MS = 1000;
+/** Server-side read buffer: small, because idle connections must stay cheap. */
+const READ_BUFFER = 4096;
+
+/** Formats an address as "host:port" ("[v6]:port" for IPv6). */
+export function formatAddr(addr: Addr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+/** Serialises writes to one connection: exactly one owner writes at a time. */
+class Outbox {
+  #conn: Conn;
+  #chain: Promise<void> = Promise.resolve();
+  #pending = 0;
+  #onActivity: () => void;
+
+  constructor(conn: Conn, onActivity: () => void) {
+    this.#conn = conn;
+    this.#onActivity = onActivity;
+  }
+
+  /** Queues bytes; false if more than `limit` bytes are already queued. */
+  push(bytes: Uint8Array, limit = Infinity): boolean {
+    if (this.#pending + bytes.length > limit) return false;
+    this.#pending += bytes.length;
+    this.#chain = this.#chain.then(async () => {
+      try {
+        await this.#conn.write(bytes);
+        this.#onActivity();
+      } catch {
+        this.#conn.close();
+      } finally {
+        this.#pending -= bytes.length;
+      }
+    });
+    return true;
+  }
+
+  /** Resolves when everything queued so far was written (or failed). */
+  flush(): Promise<void> {
+    return this.#chain;
+  }
+}
+
+interface Session {
+  readonly name: string;
+  readonly peer: string;
+  readonly conn: Conn;
+  lastActive: number;
+  /** Close unless the handshake is done by then (ms timestamp). */
+  deadline: number | undefined;
+  reason: string | undefined;
+}
+
+/**
+ * An allowlisted moat server.
+ *
+ * @example Serve the current folder to loopback
+ * ```ts ignore
+ * const server = new Server({ net: getNet(), hosts: ["127.0.0.1"], port: 0,
+ *   allowlist: compileAllowlist({}), jail: await createJail("."),
+ *   audit: new AuditLog(console.error), version: "0.1.0" });
+ * const [addr] = await server.listen();
+ * ```
+ */
+export class Server {
+  #o: Required<Omit<ServerOptions, "reply" | "onChat">> & ServerOptions;
+  #listeners: Listener[] = [];
+  #sessions = new Set<Session>();
+  #hub: ChatHub;
+  #cache = new DigestCache();
+  #nextId = 1;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closing = false;
+  #acceptLoops: Promise<void>[] = [];
+  #handlers = new Set<Promise<void>>();
+
+  /**
+   * @param options Listening addresses, guard, jail, audit log and limits.
+   */
+  constructor(options: ServerOptions) {
+    this.#o = {
+      port: 4320,
+      maxConns: 512,
+      idleTimeoutMs: 300_000,
+      handshakeTimeoutMs: 10_000,
+      maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+      maxLine: 8192,
+      plain: true,
+      ...options,
+    };
+    this.#hub = new ChatHub((line) => this.#o.onChat?.(line));
+  }
+
+  /** Connections currently open. */
+  get connections(): number {
+    return this.#sessions.size;
+  }
+
+  /**
+   * Binds every host and starts accepting.
+   *
+   * @returns The bound addresses.
+   * @throws {AddressInUseError} When a port is taken.
+   */
+  async listen(): Promise<Addr[]> {
+    let port = this.#o.port;
+    for (const hostname of this.#o.hosts) {
+      try {
+        const l = await this.#o.net.listen({ hostname, port });
+        // With port 0, later hosts share the port the first one got.
+        if (port === 0) port = l.addr.port;
+        this.#listeners.push(l);
+      } catch (err) {
+        for (const l of this.#listeners) l.close();
+        this.#listeners = [];
+        throw err;
+      }
+    }
+    const addrs = this.#listeners.map((l) => l.addr);
+    this.#o.audit.write("listening", {
+      addrs: addrs.map(formatAddr),
+      allow: this.#o.allowlist.describe(),
+      root: this.#o.jail.root,
+      maxConns: this.#o.maxConns,
+      plain: this.#o.plain,
+    });
+    for (const l of this.#listeners) this.#acceptLoops.push(this.#accept(l));
+    const tick = Math.max(50, Math.min(1000, this.#o.handshakeTimeoutMs / 4, this.#o.idleTimeoutMs / 4));
+    this.#sweeper = setInterval(() => this.#sweep(), tick);
+    return addrs;
+  }
+
+  /**
+   * Sends an operator line to every chat client.
+   *
+   * @param text The line.
+   */
+  say(text: string): void {
+    this.#hub.announce("operator", text);
+  }
+
+  /**
+   * Stops listening, closes every connection, and waits for handlers to end.
+   */
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    clearInterval(this.#sweeper);
+    for (const l of this.#listeners) l.close();
+    for (const s of this.#sessions) {
+      s.reason ??= "server shutting down";
+      s.conn.close();
+    }
+    await Promise.allSettled(this.#acceptLoops);
+    await Promise.allSettled([...this.#handlers]);
+    this.#o.audit.write("shutdown", {});
+  }
+
+  async #accept(listener: Listener) {
+    try {
+      for await (const conn of listener) {
+        if (this.#closing) {
+          conn.close();
+          continue;
+        }
+        const p = this.#handle(conn).catch(() => {});
+        this.#handlers.add(p);
+        p.finally(() => this.#handlers.delete(p));
+      }
+    } catch (err) {
+      if (!this.#closing) {
+        this.#o.audit.write("error", { message: errorMessage(err) });
+      }
+    }
+  }
+
+  #sweep() {
+    const now = Date.now();
+    for (const s of this.#sessions) {
+      if (s.deadline !== undefined && now > s.deadline) {
+        s.reason ??= "handshake timeout";
+        s.conn.close();
+      } else if (now - s.lastActive > this.#o.idleTimeoutMs) {
+        s.reason ??= "idle timeout";
+        s.conn.close();
+      }
+    }
+  }
+
+  /** Writes one short text refusal and closes, having read nothing. */
+  #refuse(conn: Conn, peer: string, code: string, reason: string) {
+    this.#o.audit.write("refused", { peer, reason });
+    const notice = encodeText(`ERR ${code} ${reason}\n`);
+    const timer = setTimeout(() => conn.close(), 1000);
+    conn.write(notice).then(() => conn.closeWrite()).catch(() => {}).finally(
+      () => {
+        clearTimeout(timer);
+        conn.close();
+      },
+    );
+  }
+
+  async #handle(conn: Conn) {
+    const peer = formatAddr(conn.remoteAddr);
+    if (!this.#o.allowlist.check(conn.remoteAddr.hostname)) {
+      this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server");
+      return;
+    }
+    if (this.#sessions.size >= this.#o.maxConns) {
+      this.#refuse(conn, peer, "BUSY", "server busy: too many connections");
+      return;
+    }
+    const session: Session = {
+      name: `c${this.#nextId++}`,
+      peer,
+      conn,
+      lastActive: Date.now(),
+      deadline: undefined,
+      reason: undefined,
+    };
+    this.#sessions.add(session);
+    this.#o.audit.write("accepted", { peer, name: session.name });
+    const started = Date.now();
+    try {
+      await this.#dispatch(session);
+    } catch (err) {
+      if (!(err instanceof ConnectionClosedError) || session.reason === undefined) {
+        session.reason ??= errorMessage(err);
+        if (!(err instanceof ConnectionClosedError)) {
+          this.#o.audit.write("error", {
+            peer,
+            name: session.name,
+            code: errorCode(err),
+            message: errorMessage(err),
+          });
+        }
+      }
+    } finally {
+      this.#sessions.delete(session);
+      conn.close();
+      this.#o.audit.write("closed", {
+        peer,
+        name: session.name,
+        reason: session.reason ?? "peer closed",
+        durationMs: Date.now() - started,
+      });
+    }
+  }
+
+  async #dispatch(s: Session) {
+    const reader = new FrameReader(
+      { read: (buf) => this.#read(s, buf) },
+      { maxFrameSize: this.#o.maxFrameSize, bufferSize: READ_BUFFER },
+    );
+    // A framed client writes its preamble at once; a plain client may write
+    // nothing until it hears something, so silence means plain text.
+    const first = reader.peek(1);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const silent = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), DETECT_MS);
+    });
+    const head = await Promise.race([first, silent]);
+    clearTimeout(timer);
+    if (head !== null && head.length === 0) {
+      s.reason ??= "peer closed before sending anything";
+      return;
+    }
+    if (head !== null && head[0] === MAGIC[0]) {
+      s.deadline = Date.now() + this.#o.handshakeTimeoutMs;
+      return await this.#framed(s, reader);
+    }
+    if (!this.#o.plain) {
+      s.reason = "plain-text client refused (--no-plain)";
+      await s.conn.write(encodeText("ERR PLAIN_DISABLED plain-text mode is off on this server\n")).catch(() => {});
+      return;
+    }
+    await this.#plain(s, reader, head === null ? first : undefined);
+  }
+
+  async #read(s: Session, buf: Uint8Array): Promise<number | null> {
+    const n = await s.conn.read(buf);
+    s.lastActive = Date.now();
+    return n;
+  }
+
+  #touch(s: Session) {
+    s.lastActive = Date.now();
+  }
+
+  async #sendError(s: Session, body: ErrorBody) {
+    await s.conn.write(encodeFrame({ type: Kind.Error, payload: encodeJson(body) }))
+      .catch(() => {});
+  }
+
+  async #framed(s: Session, reader: FrameReader) {
+    const pre = await reader.readExact(PREAMBLE_SIZE);
+    if (!isMagicPrefix(pre.subarray(0, MAGIC.length))) {
+      throw new ProtocolError("Bad preamble: not a moat client");
+    }
+    const version = pre[MAGIC.length];
+    if (version !== PROTOCOL_VERSION) {
+      // Answer in our version so the client can decode the refusal.
+      await s.conn.write(encodePreamble()).catch(() => {});
+      await this.#sendError(s, {
+        code: "ERR_VERSION",
+        message: `Unsupported protocol version ${version}; this server speaks ${PROTOCOL_VERSION}`,
+      });
+      s.reason = `unsupported protocol version ${version}`;
+      return;
+    }
+    let hello: Hello;
+    try {
+      const frame = await reader.readFrame();
+      if (frame === null) throw new ConnectionClosedError("Connection closed during the handshake");
+      if (frame.type !== Kind.Hello) {
+        throw new ProtocolError(`Expected a hello frame, got type 0x${frame.type.toString(16)}`);
+      }
+      hello = decodeHello(frame.payload);
+    } catch (err) {
+      if (err instanceof MoatError || err instanceof RangeError) {
+        await s.conn.write(encodePreamble()).catch(() => {});
+        await this.#sendError(s, { code: errorCode(err), message: errorMessage(err) });
+      }
+      throw err;
+    }
+    s.deadline = undefined;
+    const welcome = encodeFrame({
+      type: Kind.Welcome,
+      payload: encodeJson({
+        server: `moat/${this.#o.version}`,
+        name: s.name,
+        peer: s.peer,
+        maxFrameSize: this.#o.maxFrameSize,
+      }),
+    });
+    const out = new Uint8Array(PREAMBLE_SIZE + welcome.length);
+    out.set(encodePreamble());
+    out.set(welcome, PREAMBLE_SIZE);
+    await s.conn.write(out);
+    if (hello.mode === "get") return await this.#serveGets(s, reader, hello);
+    return await this.#framedChat(s, reader);
+  }
+
+  async #serveGets(s: Session, reader: FrameReader, hello: Hello) {
+    for (;;) {
+      const frame = await reader.readFrame();
+      if (frame === null) return;
+      if (frame.type !== Kind.Get) {
+        throw new ProtocolError(`Expected a get frame, got type 0x${frame.type.toString(16)}`);
+      }
+      const req = decodeGet(frame.payload);
+      const ok = await this.#serveFile(s, req.path, {
+        framed: true,
+        offset: req.offset,
+        chunkSize: Math.min(DEFAULT_CHUNK_SIZE, hello.maxFrameSize),
+      });
+      if (!ok) return;
+    }
+  }
+
+  /** Sends one file; on a refusal, tells the client (frame or ERR line). */
+  async #serveFile(
+    s: Session,
+    requestPath: string,
+    opts: { framed: boolean; offset: number; chunkSize: number },
+  ): Promise<boolean> {
+    const started = Date.now();
+    this.#o.audit.write("get_started", {
+      peer: s.peer,
+      name: s.name,
+      path: requestPath,
+      offset: opts.offset,
+      mode: opts.framed ? "framed" : "plain",
+    });
+    let file;
+    try {
+      file = await this.#o.jail.open(requestPath);
+      if (opts.offset > file.size) {
+        throw new MoatError(
+          "ERR_BAD_OFFSET",
+          `Resume offset ${opts.offset} is past the end of "${file.path}" (${file.size} bytes)`,
+        );
+      }
+    } catch (err) {
+      file?.close();
+      const body = { code: errorCode(err), message: errorMessage(err) };
+      this.#o.audit.write("error", { peer: s.peer, name: s.name, path: requestPath, ...body });
+      if (opts.framed) await this.#sendError(s, body);
+      else await s.conn.write(encodeText(`ERR ${body.code} ${body.message}\n`)).catch(() => {});
+      s.reason = `refused path: ${body.code}`;
+      return false;
+    }
+    try {
+      const result = await sendFile(s.conn, file, {
+        offset: opts.offset,
+        chunkSize: opts.chunkSize,
+        framed: opts.framed,
+        cache: this.#cache,
+        onProgress: () => this.#touch(s),
+      });
+      this.#o.audit.write("get_finished", {
+        peer: s.peer,
+        name: s.name,
+        path: file.path,
+        bytes: result.bytes,
+        size: file.size,
+        sha256: result.sha256 || undefined,
+        durationMs: Date.now() - started,
+      });
+      return true;
+    } catch (err) {
+      const body = { code: errorCode(err), message: errorMessage(err) };
+      this.#o.audit.write("error", { peer: s.peer, name: s.name, path: file.path, ...body, during: "transfer" });
+      if (opts.framed && !(err instanceof ConnectionClosedError)) await this.#sendError(s, body);
+      s.reason = `transfer aborted: ${body.message}`;
+      return false;
+    } finally {
+      file.close();
+    }
+  }
+
+  #member(s: Session, encode: (line: ChatLine) => Uint8Array): ChatMember {
+    const outbox = new Outbox(s.conn, () => this.#touch(s));
+    return {
+      name: s.name,
+      addr: s.peer,
+      deliver: (line) => outbox.push(encode(line), OUTBOX_LIMIT),
+      drop: (reason) => {
+        s.reason ??= reason;
+        s.conn.close();
+      },
+    };
+  }
+
+  #relay(member: ChatMember, text: string) {
+    this.#o.audit.write("chat", { peer: member.addr, name: member.name, text });
+    this.#hub.say(member, text);
+    if (this.#o.reply !== undefined) this.#hub.announce("server", this.#o.reply, member);
+  }
+
+  async #framedChat(s: Session, reader: FrameReader) {
+    const member = this.#member(s, (line) => encodeFrame({ type: Kind.Chat, payload: encodeJson(line) }));
+    this.#hub.join(member);
+    try {
+      for (;;) {
+        const frame = await reader.readFrame();
+        if (frame === null) return;
+        if (frame.type !== Kind.Chat) {
+          throw new ProtocolError(`Expected a chat frame, got type 0x${frame.type.toString(16)}`);
+        }
+        if (frame.payload.length > this.#o.maxLine) {
+          await this.#sendError(s, {
+            code: "ERR_LINE_TOO_LONG",
+            message: `Chat line of ${frame.payload.length} bytes exceeds the limit of ${this.#o.maxLine}`,
+          });
+          s.reason = "chat line too long";
+          return;
+        }
+        this.#relay(member, decodeText(frame.payload));
+      }
+    } finally {
+      this.#hub.leave(member);
+    }
+  }
+
+  async #plain(s: Session, reader: FrameReader, pendingFirst: Promise<Uint8Array> | undefined) {
+    const member = this.#member(s, (line) => encodeText(formatChatLine(line) + "\n"));
+    this.#hub.join(member);
+    const max = this.#o.maxLine;
+    let line = new Uint8Array(Math.min(max, 256));
+    let len = 0;
+    let quiet: ReturnType<typeof setTimeout> | undefined;
+    // Set once a FILE: line arrives: the rest of the input is discarded.
+    let file: Promise<void> | undefined;
+
+    const complete = () => {
+      let end = len;
+      if (end > 0 && line[end - 1] === 0x0d) end--;
+      const text = decodeText(line.subarray(0, end));
+      len = 0;
+      if (text.startsWith("FILE:")) {
+        this.#hub.leave(member);
+        file = this.#serveFile(s, text.slice(5), { framed: false, offset: 0, chunkSize: DEFAULT_CHUNK_SIZE })
+          .then(() => s.conn.closeWrite())
+          .catch(() => {})
+          // Linger briefly so the peer reads everything before we close.
+          .finally(() => {
+            s.reason ??= "file sent";
+            s.deadline = Date.now() + 5000;
+          });
+      } else if (text.length > 0) {
+        this.#relay(member, text);
+      }
+    };
+    // Returns false when the line limit was hit.
+    const feed = (bytes: Uint8Array): boolean => {
+      for (let i = 0; i < bytes.length && file === undefined; i++) {
+        const b = bytes[i]!;
+        if (b === 0x0a) {
+          complete();
+          continue;
+        }
+        if (len === max) return false;
+        if (len === line.length) {
+          const bigger = new Uint8Array(Math.min(max, line.length * 2));
+          bigger.set(line);
+          line = bigger;
+        }
+        line[len++] = b;
+      }
+      return true;
+    };
+
+    try {
+      if (pendingFirst && (await pendingFirst).length === 0) return;
+      const buf = new Uint8Array(READ_BUFFER);
+      let chunk: Uint8Array = reader.takeBuffered();
+      for (;;) {
+        if (file === undefined) {
+          if (!feed(chunk)) {
+            s.reason = "line too long";
+            await s.conn.write(encodeText(`ERR ERR_LINE_TOO_LONG line exceeds ${max} bytes\n`)).catch(() => {});
+            break;
+          }
+          if (len > 0 && file === undefined) {
+            // A classic client may send a message without a newline and wait:
+            // a short quiet spell completes it.
+            quiet = setTimeout(() => {
+              if (len > 0 && file === undefined) complete();
+            }, PLAIN_QUIET_MS);
+          }
+        }
+        const n = await this.#read(s, buf);
+        clearTimeout(quiet);
+        if (n === null) {
+          if (len > 0 && file === undefined) complete();
+          break;
+        }
+        chunk = buf.subarray(0, n);
+      }
+      // Awaited outside the read loop: a finished send starts the linger deadline.
+      await file;
+    } finally {
+      clearTimeout(quiet);
+      this.#hub.leave(member);
+    }
+  }
+}
+
+function errorCode(err: unknown): string {
+  if (err && typeof err === "object" && "code" in err && typeof err.code === "string") {
+    return err.code;
+  }
+  return "ERR_INTERNAL";
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

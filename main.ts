@@ -1,0 +1,407 @@
+// deno-lint-ignore-file no-console
+/**
+ * moat's one entrypoint: parses arguments, picks the mode, prints, and sets
+ * the exit status. Nothing in lib/ prints or exits.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import process from "node:process";
+import { getNet, runtimeInfo } from "./lib/net/mod.ts";
+import { compileAllowlist, splitRules } from "./lib/allowlist.ts";
+import { createJail } from "./lib/jail.ts";
+import { AuditLog } from "./lib/audit.ts";
+import { Server } from "./lib/server.ts";
+import { chat, type ClientOptions, get, parseServerAddr } from "./lib/client.ts";
+import { formatChatLine } from "./lib/chat.ts";
+import { AddressInUseError, ExitCode, MoatError, UsageError } from "./lib/errors.ts";
+import { escapeText } from "./lib/text.ts";
+import { VERSION } from "./lib/version.ts";
+import { DEFAULT_MAX_FRAME_SIZE } from "./lib/framer.ts";
+
+// Set by `bun build --define` for release binaries.
+declare const MOAT_TARGET: string | undefined;
+const TARGET = typeof MOAT_TARGET === "string" ? MOAT_TARGET : "script";
+
+const HELP: Record<string, string> = {
+  main: `moat ${VERSION} — a guarded socket tool
+
+Usage: moat <command> [options]
+
+Commands:
+  serve   Listen, refuse every peer not allowed, serve files and chat, log everything
+  get     Fetch a file from a server: verified, saved atomically
+  chat    Talk with the server's operator and other clients, line by line
+  help    Show help for a command: moat help <command>
+
+Options:
+  -h, --help     Show help
+  -V, --version  Show the version, runtime and target
+
+Environment:
+  MOAT_SERVER    Default server for get and chat (default 127.0.0.1:4320)
+`,
+  serve: `Usage: moat serve [options]
+
+Listen (default port 4320) and serve the files under --root and a chat room to
+allowed peers only. Everyone else is refused before a byte is read, and logged.
+With no --allow, only loopback may connect and moat listens on loopback only.
+
+Options:
+  --host ADDR            Listen on this address only (default: 127.0.0.1 and ::1
+                         without --allow; :: (all, IPv4 and IPv6) with --allow)
+  --port N               Port (default 4320; 0 picks a free one)
+  --allow RULE           Allow an address or CIDR; repeat or comma-separate
+  --allow-file F         Read allow rules from F (# comments, blank lines ok)
+  --deny RULE            Refuse an address or CIDR even if allowed; wins over --allow
+  --root DIR             Serve files under DIR (default: current folder)
+  --max-conns N          Most connections at once (default 512)
+  --idle-timeout SECS    Close connections idle this long (default 300)
+  --handshake-timeout S  A moat client must finish its handshake within S (default 10)
+  --max-frame BYTES      Largest frame accepted (default ${DEFAULT_MAX_FRAME_SIZE})
+  --max-line BYTES       Longest chat line (default 8192)
+  --reply TEXT           Answer every chat line with TEXT (for unattended servers)
+  --no-plain             Refuse plain-text clients (nc, telnet)
+  --log FILE             Append the JSON audit log to FILE (default: stderr)
+  -h, --help             Show this help
+
+Lines typed on stdin go to every chat client as "operator".
+`,
+  get: `Usage: moat get FILE:<path> [options]
+
+Fetch <path> (relative to the server's root) into the current folder. The file
+is written to <out>.moat-part, checked against the server's SHA-256, and only
+then renamed to <out>.
+
+Options:
+  --server HOST:PORT  Server (default $MOAT_SERVER, else 127.0.0.1:4320)
+  -o, --out FILE      Save as FILE (default: the path's last segment)
+  --force             Replace an existing file
+  --resume            Continue an interrupted get from <out>.moat-part
+  --max-frame BYTES   Largest frame accepted (default ${DEFAULT_MAX_FRAME_SIZE})
+  -h, --help          Show this help
+`,
+  chat: `Usage: moat chat [options]
+
+Send each line typed on stdin; print each line received, tagged with its sender.
+Ctrl-D (end of input) leaves.
+
+Options:
+  --server HOST:PORT  Server (default $MOAT_SERVER, else 127.0.0.1:4320)
+  -h, --help          Show this help
+`,
+};
+
+function fail(message: string, code: number = ExitCode.Failure): never {
+  console.error(`moat: ${message}`);
+  process.exit(code);
+}
+
+function parse<T extends Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }>>(
+  args: string[],
+  options: T,
+  allowPositionals: boolean,
+) {
+  try {
+    return parseArgs({ args, options: { help: { type: "boolean", short: "h" }, ...options }, allowPositionals, strict: true });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.split("\n")[0]}`);
+  }
+}
+
+function intOption(value: string | undefined, name: string, fallback: number, min = 0): number {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) < min || !Number.isSafeInteger(Number(value))) {
+    throw new UsageError(`Invalid --${name} "${value}": expected an integer ≥ ${min}`);
+  }
+  return Number(value);
+}
+
+function serverAddr(value: string | undefined) {
+  return parseServerAddr(value ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320");
+}
+
+/**
+ * Lines of stdin, split on LF only (a lone CR stays in the line, where the
+ * chat escaper shows it, instead of silently starting a new message).
+ */
+async function* stdinLines(): AsyncIterable<string> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of process.stdin) {
+    buf += typeof chunk === "string" ? chunk : decoder.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      yield line.endsWith("\r") ? line.slice(0, -1) : line;
+    }
+  }
+  buf += decoder.decode();
+  if (buf !== "") yield buf;
+}
+
+async function serve(args: string[]) {
+  const { values } = parse(args, {
+    host: { type: "string" },
+    port: { type: "string" },
+    allow: { type: "string", multiple: true },
+    "allow-file": { type: "string", multiple: true },
+    deny: { type: "string", multiple: true },
+    root: { type: "string" },
+    "max-conns": { type: "string" },
+    "idle-timeout": { type: "string" },
+    "handshake-timeout": { type: "string" },
+    "max-frame": { type: "string" },
+    "max-line": { type: "string" },
+    reply: { type: "string" },
+    "no-plain": { type: "boolean" },
+    log: { type: "string" },
+  }, false);
+  if (values.help) return void console.log(HELP.serve);
+
+  const allow = [...(values.allow ?? [])];
+  for (const file of values["allow-file"] ?? []) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+      throw new UsageError(`Cannot read --allow-file "${file}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+    }
+    allow.push(...splitRules(text));
+  }
+  const allowlist = compileAllowlist({ allow, deny: values.deny ?? [] });
+  const jail = await createJail(values.root ?? ".");
+  const port = intOption(values.port, "port", 4320);
+  if (port > 65535) throw new UsageError(`Invalid --port "${port}": expected 0-65535`);
+
+  let sink: (line: string) => void;
+  if (values.log) {
+    let fd: number;
+    try {
+      fd = fs.openSync(values.log, "a", 0o640);
+    } catch (err) {
+      throw new UsageError(`Cannot open --log "${values.log}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+    }
+    sink = (line) => fs.writeSync(fd, line + "\n");
+  } else {
+    sink = (line) => process.stderr.write(line + "\n");
+  }
+  const audit = new AuditLog(sink);
+
+  const net = getNet();
+  const make = (hosts: string[]) =>
+    new Server({
+      net,
+      hosts,
+      port,
+      allowlist,
+      jail,
+      audit,
+      version: VERSION,
+      maxConns: intOption(values["max-conns"], "max-conns", 512, 1),
+      idleTimeoutMs: intOption(values["idle-timeout"], "idle-timeout", 300, 1) * 1000,
+      handshakeTimeoutMs: intOption(values["handshake-timeout"], "handshake-timeout", 10, 1) * 1000,
+      maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
+      maxLine: intOption(values["max-line"], "max-line", 8192, 1),
+      plain: !values["no-plain"],
+      ...(values.reply !== undefined && { reply: values.reply }),
+      onChat: (line) => console.log(formatChatLine(line)),
+    });
+
+  const hosts = values.host !== undefined
+    ? [values.host]
+    : allowlist.loopbackOnly
+    ? ["127.0.0.1", "::1"]
+    : ["::"];
+  let server = make(hosts);
+  // Installed before listening: a signal that follows the "listening" line
+  // at once must still shut down cleanly.
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    audit.write("signal", { signal });
+    await server.close();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  try {
+    await server.listen();
+  } catch (err) {
+    // A host without IPv6 still serves IPv4; a taken port is fatal.
+    if (values.host !== undefined || err instanceof AddressInUseError) throw err;
+    server = make([allowlist.loopbackOnly ? "127.0.0.1" : "0.0.0.0"]);
+    await server.listen();
+  }
+
+  // The operator's console: each stdin line goes to every chat client.
+  (async () => {
+    try {
+      for await (const line of stdinLines()) if (line !== "") server.say(line);
+    } catch {
+      // No usable stdin (daemonised): the server runs on without a console.
+    }
+  })();
+  await new Promise(() => {});
+}
+
+function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+function formatDuration(s: number): string {
+  if (!Number.isFinite(s)) return "--:--";
+  const m = Math.floor(s / 60);
+  return `${String(m).padStart(2, "0")}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}
+
+/** A progress bar on stderr, redrawn at most 10 times a second. */
+function progressBar(label: string) {
+  const started = performance.now();
+  let last = 0;
+  let base = 0;
+  let total = 0;
+  return {
+    start(size: number, offset: number) {
+      base = offset;
+      total = size;
+    },
+    update(received: number, expected: number, force = false) {
+      const now = performance.now();
+      if (!force && now - last < 100) return;
+      last = now;
+      const done = base + received;
+      const secs = (now - started) / 1000;
+      const rate = secs > 0 ? received / secs : 0;
+      const frac = total > 0 ? done / total : 1;
+      const width = 24;
+      const fill = Math.round(frac * width);
+      const eta = rate > 0 ? (expected - received) / rate : Infinity;
+      process.stderr.write(
+        `\r${label} [${"#".repeat(fill)}${"-".repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ` +
+          `${formatBytes(done)}/${formatBytes(total)} ${formatBytes(rate)}/s ETA ${formatDuration(eta)}\x1b[K`,
+      );
+    },
+    end() {
+      process.stderr.write("\n");
+    },
+  };
+}
+
+async function getCommand(args: string[]) {
+  const { values, positionals } = parse(args, {
+    server: { type: "string" },
+    out: { type: "string", short: "o" },
+    force: { type: "boolean" },
+    resume: { type: "boolean" },
+    "max-frame": { type: "string" },
+  }, true);
+  if (values.help) return void console.log(HELP.get);
+  if (positionals.length !== 1) throw new UsageError("get takes exactly one FILE:<path> (see moat get --help)");
+  const request = positionals[0]!.startsWith("FILE:") ? positionals[0]!.slice(5) : positionals[0]!;
+  if (request === "") throw new UsageError("Empty path in FILE:<path>");
+  const out = values.out ?? path.posix.basename(request);
+  if (out === "" || out === "." || out === "..") {
+    throw new UsageError(`Cannot derive a file name from "${escapeText(request)}": use -o FILE`);
+  }
+  const client: ClientOptions = {
+    net: getNet(),
+    server: serverAddr(values.server),
+    version: VERSION,
+    maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
+  };
+  const tty = process.stderr.isTTY === true;
+  const bar = tty ? progressBar(path.basename(out)) : undefined;
+  const started = performance.now();
+  let result;
+  try {
+    result = await get(client, {
+      path: request,
+      out,
+      ...(values.force !== undefined && { force: values.force }),
+      ...(values.resume !== undefined && { resume: values.resume }),
+      ...(bar && { onStart: bar.start, onProgress: bar.update }),
+    });
+  } catch (err) {
+    bar?.end();
+    if (err instanceof MoatError && err.code === "ERR_CONNECTION_CLOSED" && fs.existsSync(out + ".moat-part")) {
+      throw new MoatError(err.code, `${err.message}; re-run with --resume to continue`, err.exitCode);
+    }
+    throw err;
+  }
+  if (bar) {
+    bar.update(result.bytes, result.bytes, true);
+    bar.end();
+  }
+  const secs = (performance.now() - started) / 1000;
+  const rate = secs > 0 ? result.bytes / secs / 2 ** 30 : 0;
+  console.error(
+    `moat: saved ${escapeText(out)} (${result.size} bytes${result.offset ? `, resumed at ${result.offset}` : ""}, ` +
+      `sha256 ${result.sha256}) in ${secs.toFixed(2)} s, ${rate.toFixed(2)} GiB/s`,
+  );
+}
+
+async function chatCommand(args: string[]) {
+  const { values } = parse(args, { server: { type: "string" } }, false);
+  if (values.help) return void console.log(HELP.chat);
+  const server = serverAddr(values.server);
+  await chat({ net: getNet(), server, version: VERSION }, {
+    input: stdinLines(),
+    output: (line) => console.log(line),
+    onWelcome: (w) =>
+      console.error(`moat: connected to ${values.server ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320"} as ${w.name} (${w.peer}); Ctrl-D leaves`),
+  });
+}
+
+function version() {
+  const rt = runtimeInfo();
+  console.log(`moat ${VERSION} (${rt.runtime} ${rt.version}; ${TARGET})`);
+}
+
+async function main(argv: string[]) {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case "help":
+    case "-h":
+    case "--help": {
+      const topic = rest[0];
+      if (topic !== undefined && HELP[topic] === undefined) throw new UsageError(`Unknown command "${topic}"`);
+      console.log(HELP[topic ?? "main"]);
+      return;
+    }
+    case "-V":
+    case "--version":
+    case "version":
+      return version();
+    case "serve":
+      return await serve(rest);
+    case "get":
+      return await getCommand(rest);
+    case "chat":
+      return await chatCommand(rest);
+    default:
+      throw new UsageError(`Unknown command "${escapeText(command)}" (see moat help)`);
+  }
+}
+
+try {
+  await main(process.argv.slice(2));
+  process.exit(0);
+} catch (err) {
+  if (err instanceof MoatError) fail(err.message, err.exitCode);
+  if (err instanceof RangeError || err instanceof TypeError) fail(err.message, ExitCode.Failure);
+  fail(`internal error: ${err instanceof Error ? err.message : String(err)}`);
+}
