@@ -1,0 +1,349 @@
+/**
+ * The Deno adapter: {@linkcode Net} over `Deno.listen` and `Deno.connect`.
+ *
+ * `read` and `write` go straight to the `Deno.TcpConn` (no per-read
+ * allocation); Deno's errors are wrapped in moat's error classes here, at the
+ * adapter boundary. `readable`/`writable` are built over `read`/`write` rather
+ * than passed through, because Deno's own `conn.readable` closes the whole
+ * resource at EOF and `conn.writable`'s close closes both directions, which
+ * would break half-close (read EOF, then reply).
+ *
+ * This module touches `Deno` only inside functions, so importing it under Bun
+ * is harmless.
+ *
+ * @module
+ */
+
+import {
+  AddressInUseError,
+  ConnectError,
+  ConnectionClosedError,
+  MoatError,
+} from "../errors.ts";
+import type {
+  Addr,
+  Conn,
+  ConnectOptions,
+  Listener,
+  ListenOptions,
+  Net,
+} from "./types.ts";
+
+/** Chunk size the `readable` view allocates for default (non-BYOB) readers. */
+const STREAM_CHUNK_SIZE = 65_536;
+
+/**
+ * Returns the Deno implementation of {@linkcode Net}.
+ *
+ * Must only be called when running under Deno.
+ *
+ * @example Echo one message over loopback
+ * ```ts ignore
+ * import { denoNet } from "./deno.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const net = denoNet();
+ * const listener = await net.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await net.connect(listener.addr);
+ * const accepted = await listener[Symbol.asyncIterator]().next();
+ * await client.write(new TextEncoder().encode("hi"));
+ * const buf = new Uint8Array(2);
+ * assert.equal(await accepted.value!.read(buf), 2);
+ * client.close();
+ * accepted.value!.close();
+ * listener.close();
+ * ```
+ *
+ * @returns The adapter, with `runtime` set to `"deno"`.
+ */
+export function denoNet(): Net {
+  return {
+    runtime: "deno",
+    runtimeVersion: Deno.version.deno,
+    listen: listenDeno,
+    connect: connectDeno,
+  };
+}
+
+function listenDeno(options: ListenOptions): Promise<Listener> {
+  try {
+    const listener = Deno.listen({
+      hostname: options.hostname,
+      port: options.port,
+      transport: "tcp",
+    });
+    return Promise.resolve(new DenoListener(listener));
+  } catch (error) {
+    return Promise.reject(toListenError(error, options));
+  }
+}
+
+async function connectDeno(options: ConnectOptions): Promise<Conn> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({
+      hostname: options.hostname,
+      port: options.port,
+      transport: "tcp",
+    });
+  } catch (error) {
+    throw toConnectError(error, options);
+  }
+  return new DenoConn(conn);
+}
+
+/** A listening socket; iterating it accepts connections until `close()`. */
+class DenoListener implements Listener {
+  readonly addr: Addr;
+  #listener: Deno.TcpListener;
+  #closed = false;
+
+  constructor(listener: Deno.TcpListener) {
+    this.#listener = listener;
+    this.addr = toAddr(listener.addr);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    while (!this.#closed) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (
+          this.#closed || error instanceof Deno.errors.BadResource ||
+          error instanceof Deno.errors.Interrupted
+        ) {
+          return;
+        }
+        // A peer that gave up between SYN and accept is not our failure.
+        if (
+          error instanceof Deno.errors.ConnectionAborted ||
+          error instanceof Deno.errors.ConnectionReset
+        ) {
+          continue;
+        }
+        throw error;
+      }
+      if (this.#closed) {
+        conn.close();
+        return;
+      }
+      yield new DenoConn(conn);
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed by the runtime; close() never throws.
+    }
+  }
+}
+
+/** A connected TCP stream over a `Deno.TcpConn`. */
+class DenoConn implements Conn {
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  #conn: Deno.TcpConn;
+  #closed = false;
+  #writeClosed = false;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+
+  constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+    this.localAddr = toAddr(conn.localAddr);
+    this.remoteAddr = toAddr(conn.remoteAddr);
+    try {
+      conn.setNoDelay(true);
+    } catch {
+      // The peer may already be gone; the next read or write reports it.
+    }
+  }
+
+  async read(buf: Uint8Array): Promise<number | null> {
+    if (this.#closed) return null;
+    try {
+      return await this.#conn.read(buf);
+    } catch (error) {
+      if (this.#closed) return null;
+      throw toClosedError(error);
+    }
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    if (this.#closed || this.#writeClosed) throw closedLocally();
+    try {
+      let written = await this.#conn.write(bytes);
+      while (written < bytes.length) {
+        const n = await this.#conn.write(bytes.subarray(written));
+        if (n <= 0) {
+          throw new ConnectionClosedError("Cannot write: no progress");
+        }
+        written += n;
+      }
+    } catch (error) {
+      if (this.#closed) throw closedLocally();
+      throw toClosedError(error);
+    }
+  }
+
+  async closeWrite(): Promise<void> {
+    if (this.#closed) throw closedLocally();
+    if (this.#writeClosed) return;
+    this.#writeClosed = true;
+    try {
+      await this.#conn.closeWrite();
+    } catch (error) {
+      throw toClosedError(error);
+    }
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= readableFrom(this);
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= writableFrom(this);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the runtime; close() never throws.
+    }
+  }
+}
+
+/** A byte stream over `conn.read`; BYOB readers fill their own buffers. */
+function readableFrom(conn: Conn): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: STREAM_CHUNK_SIZE,
+    async pull(controller) {
+      const request = controller.byobRequest;
+      const view = request?.view;
+      if (request && view) {
+        const target = new Uint8Array(
+          view.buffer,
+          view.byteOffset,
+          view.byteLength,
+        );
+        const n = await conn.read(target);
+        if (n === null) {
+          controller.close();
+          request.respond(0);
+        } else {
+          request.respond(n);
+        }
+        return;
+      }
+      const chunk = new Uint8Array(STREAM_CHUNK_SIZE);
+      const n = await conn.read(chunk);
+      if (n === null) controller.close();
+      else controller.enqueue(chunk.subarray(0, n));
+    },
+    cancel() {
+      conn.close();
+    },
+  });
+}
+
+/** A sink over `conn.write`; closing it half-closes, aborting it closes. */
+function writableFrom(conn: Conn): WritableStream<Uint8Array> {
+  return new WritableStream({
+    write: (chunk) => conn.write(chunk),
+    close: () => conn.closeWrite(),
+    abort: () => conn.close(),
+  });
+}
+
+function toAddr(addr: Deno.NetAddr): Addr {
+  return { hostname: addr.hostname, port: addr.port };
+}
+
+function formatAddr(hostname: string, port: number): string {
+  return hostname.includes(":")
+    ? `[${hostname}]:${port}`
+    : `${hostname}:${port}`;
+}
+
+function closedLocally(): ConnectionClosedError {
+  return new ConnectionClosedError("Cannot write: the connection is closed");
+}
+
+/** Maps Deno's I/O errors on an open connection to ConnectionClosedError. */
+function toClosedError(error: unknown): unknown {
+  if (error instanceof Deno.errors.ConnectionReset) {
+    return new ConnectionClosedError("Connection reset by peer", {
+      cause: error,
+    });
+  }
+  if (error instanceof Deno.errors.TimedOut) {
+    return new ConnectionClosedError("Connection timed out", { cause: error });
+  }
+  if (
+    error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.UnexpectedEof ||
+    error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted
+  ) {
+    return new ConnectionClosedError(undefined, { cause: error });
+  }
+  return error;
+}
+
+function toListenError(error: unknown, options: ListenOptions): unknown {
+  const where = formatAddr(options.hostname, options.port);
+  if (error instanceof Deno.errors.AddrInUse) {
+    return new AddressInUseError(
+      `Cannot listen on ${where}: address already in use`,
+      { cause: error },
+    );
+  }
+  const reason = error instanceof Deno.errors.AddrNotAvailable
+    ? "address not available"
+    : error instanceof Deno.errors.PermissionDenied
+    ? "permission denied"
+    : describe(error);
+  return new MoatError(
+    "ERR_LISTEN",
+    `Cannot listen on ${where}: ${reason}`,
+    undefined,
+    { cause: error },
+  );
+}
+
+function toConnectError(error: unknown, options: ConnectOptions): unknown {
+  const where = formatAddr(options.hostname, options.port);
+  let reason: string;
+  if (error instanceof Deno.errors.ConnectionRefused) {
+    reason = "connection refused";
+  } else if (error instanceof Deno.errors.TimedOut) {
+    reason = "timed out";
+  } else if (
+    error instanceof Error && error.message.startsWith("failed to lookup")
+  ) {
+    reason = "host not found";
+  } else {
+    reason = describe(error);
+  }
+  return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
+    cause: error,
+  });
+}
+
+/** "Address not available (os error 99)" becomes "address not available". */
+function describe(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const text = message.replace(/ \(os error \d+\)$/, "");
+  return text.charAt(0).toLowerCase() + text.slice(1);
+}
