@@ -66,6 +66,6 @@ export interface Net {
   readonly runtimeVersion: string;
   /** Throws AddressInUseError / Error with a one-line message on failure. */
   listen(options: ListenOptions): Promise<Listener>;
-  /** Throws ConnectionRefusedError (peer not listening) or ConnectError. */
+  /** Throws ConnectError when the server cannot be reached. */
   connect(options: ConnectOptions): Promise<Conn>;
 }
