@@ -33,6 +33,7 @@ import {
 } from "./protocol.ts";
 import { DEFAULT_CHUNK_SIZE, DigestCache, sendFile } from "./file_sender.ts";
 import { ConnectionClosedError, MoatError, ProtocolError } from "./errors.ts";
+import { escapeText } from "./text.ts";
 
 /** Options for {@linkcode Server}. */
 export interface ServerOptions {
@@ -70,6 +71,15 @@ const OUTBOX_LIMIT = 1 << 20;
 const PLAIN_QUIET_MS = 40;
 /** A connection that sends nothing this long is served as plain text. */
 const DETECT_MS = 1000;
+/**
+ * A plain connection that is ending (file sent, or an ERR line written) is
+ * half-closed, then its input is discarded until the peer closes or this
+ * long has passed: closing with unread input would reset the connection and
+ * could destroy the last bytes before the peer reads them.
+ */
+const PLAIN_LINGER_MS = 5000;
+/** Longest wait for a plain member's queued chat lines before moving on. */
+const PLAIN_FLUSH_MS = 5000;
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 const READ_BUFFER = 4096;
 
@@ -114,6 +124,9 @@ class Outbox {
     return this.#chain;
   }
 }
+
+/** A chat member whose queued lines can be awaited. */
+type QueuedMember = ChatMember & { flush(): Promise<void> };
 
 interface Session {
   readonly name: string;
@@ -261,17 +274,29 @@ export class Server {
     }
   }
 
-  /** Writes one short text refusal and closes, having read nothing. */
+  /**
+   * Writes one short text refusal and closes. Nothing the peer sent is ever
+   * interpreted, but whatever it already sent is drained (at most 64 KiB, for
+   * at most a second) before the close: closing with unread input resets the
+   * connection, and `nc` then drops the refusal line unread.
+   */
   #refuse(conn: Conn, peer: string, code: string, reason: string) {
     this.#o.audit.write("refused", { peer, reason });
     const notice = encodeText(`ERR ${code} ${reason}\n`);
     const timer = setTimeout(() => conn.close(), 1000);
-    conn.write(notice).then(() => conn.closeWrite()).catch(() => {}).finally(
-      () => {
-        clearTimeout(timer);
-        conn.close();
-      },
-    );
+    (async () => {
+      await conn.write(notice);
+      await conn.closeWrite();
+      const buf = new Uint8Array(1024);
+      for (let drained = 0; drained < 65_536;) {
+        const n = await conn.read(buf);
+        if (n === null) break;
+        drained += n;
+      }
+    })().catch(() => {}).finally(() => {
+      clearTimeout(timer);
+      conn.close();
+    });
   }
 
   async #handle(conn: Conn) {
@@ -329,6 +354,8 @@ export class Server {
     // A framed client writes its preamble at once; a plain client may write
     // nothing until it hears something, so silence means plain text.
     const first = reader.peek(1);
+    // Awaited later, or never (--no-plain): a late failure must not go unhandled.
+    first.catch(() => {});
     let timer: ReturnType<typeof setTimeout> | undefined;
     const silent = new Promise<null>((resolve) => {
       timer = setTimeout(() => resolve(null), DETECT_MS);
@@ -345,7 +372,14 @@ export class Server {
     }
     if (!this.#o.plain) {
       s.reason = "plain-text client refused (--no-plain)";
-      await s.conn.write(encodeText("ERR PLAIN_DISABLED plain-text mode is off on this server\n")).catch(() => {});
+      await this.#endPlain(s, { code: "PLAIN_DISABLED", message: "plain-text mode is off on this server" });
+      // Discard input until the peer closes or the linger deadline passes.
+      if (head === null && (await first).length === 0) return;
+      reader.takeBuffered();
+      const buf = new Uint8Array(READ_BUFFER);
+      while ((await this.#read(s, buf)) !== null) {
+        // Discarded.
+      }
       return;
     }
     await this.#plain(s, reader, head === null ? first : undefined);
@@ -460,7 +494,7 @@ export class Server {
       const body = { code: errorCode(err), message: errorMessage(err) };
       this.#o.audit.write("error", { peer: s.peer, name: s.name, path: requestPath, ...body });
       if (opts.framed) await this.#sendError(s, body);
-      else await s.conn.write(encodeText(`ERR ${body.code} ${body.message}\n`)).catch(() => {});
+      else await s.conn.write(plainErrorLine(body)).catch(() => {});
       s.reason = `refused path: ${body.code}`;
       return false;
     }
@@ -493,11 +527,12 @@ export class Server {
     }
   }
 
-  #member(s: Session, encode: (line: ChatLine) => Uint8Array): ChatMember {
+  #member(s: Session, encode: (line: ChatLine) => Uint8Array): QueuedMember {
     const outbox = new Outbox(s.conn, () => this.#touch(s));
     return {
       name: s.name,
       addr: s.peer,
+      flush: () => outbox.flush(),
       deliver: (line) => outbox.push(encode(line), OUTBOX_LIMIT),
       drop: (reason) => {
         s.reason ??= reason;
@@ -539,13 +574,20 @@ export class Server {
 
   async #plain(s: Session, reader: FrameReader, pendingFirst: Promise<Uint8Array> | undefined) {
     const member = this.#member(s, (line) => encodeText(formatChatLine(line) + "\n"));
-    this.#hub.join(member);
+    // Joined lazily: a connection whose first line is `FILE:` never hears any
+    // chat, so nothing can precede the file's bytes.
+    let joined = false;
+    const join = () => {
+      if (!joined) this.#hub.join(member);
+      joined = true;
+    };
     const max = this.#o.maxLine;
     let line = new Uint8Array(Math.min(max, 256));
     let len = 0;
     let quiet: ReturnType<typeof setTimeout> | undefined;
-    // Set once a FILE: line arrives: the rest of the input is discarded.
-    let file: Promise<void> | undefined;
+    // Set once the connection is ending (`FILE:` or an ERR line): the rest of
+    // the input is discarded.
+    let ending: Promise<void> | undefined;
 
     const complete = () => {
       let end = len;
@@ -553,22 +595,15 @@ export class Server {
       const text = decodeText(line.subarray(0, end));
       len = 0;
       if (text.startsWith("FILE:")) {
-        this.#hub.leave(member);
-        file = this.#serveFile(s, text.slice(5), { framed: false, offset: 0, chunkSize: DEFAULT_CHUNK_SIZE })
-          .then(() => s.conn.closeWrite())
-          .catch(() => {})
-          // Linger briefly so the peer reads everything before we close.
-          .finally(() => {
-            s.reason ??= "file sent";
-            s.deadline = Date.now() + 5000;
-          });
-      } else if (text.length > 0) {
-        this.#relay(member, text);
+        ending = this.#plainFile(s, member, text.slice(5));
+        return;
       }
+      join();
+      if (text.length > 0) this.#relay(member, text);
     };
     // Returns false when the line limit was hit.
     const feed = (bytes: Uint8Array): boolean => {
-      for (let i = 0; i < bytes.length && file === undefined; i++) {
+      for (let i = 0; i < bytes.length && ending === undefined; i++) {
         const b = bytes[i]!;
         if (b === 0x0a) {
           complete();
@@ -586,39 +621,103 @@ export class Server {
     };
 
     try {
-      if (pendingFirst && (await pendingFirst).length === 0) return;
+      if (pendingFirst) {
+        // A silent client waits to be spoken to: it hears the chat at once.
+        join();
+        if ((await pendingFirst).length === 0) return;
+      }
       const buf = new Uint8Array(READ_BUFFER);
       let chunk: Uint8Array = reader.takeBuffered();
       for (;;) {
-        if (file === undefined) {
+        if (ending === undefined) {
           if (!feed(chunk)) {
-            s.reason = "line too long";
-            await s.conn.write(encodeText(`ERR ERR_LINE_TOO_LONG line exceeds ${max} bytes\n`)).catch(() => {});
-            break;
-          }
-          if (len > 0 && file === undefined) {
+            s.reason = "chat line too long";
+            ending = this.#plainFinish(s, member, {
+              code: "ERR_LINE_TOO_LONG",
+              message: `Chat line exceeds the limit of ${max} bytes`,
+            });
+          } else if (len > 0 && ending === undefined) {
             // A classic client may send a message without a newline and wait:
             // a short quiet spell completes it.
             quiet = setTimeout(() => {
-              if (len > 0 && file === undefined) complete();
+              if (len > 0 && ending === undefined) complete();
             }, PLAIN_QUIET_MS);
           }
         }
+        // Once ending, this loop only discards input; the linger deadline
+        // (set when the answer is out) bounds it.
         const n = await this.#read(s, buf);
         clearTimeout(quiet);
         if (n === null) {
-          if (len > 0 && file === undefined) complete();
+          if (len > 0 && ending === undefined) complete();
           break;
         }
         chunk = buf.subarray(0, n);
       }
-      // Awaited outside the read loop: a finished send starts the linger deadline.
-      await file;
+      // A request completed by EOF is still answered, and queued chat lines
+      // (a --reply to the last line) still go out before the close.
+      await (ending ?? this.#plainFlush(member));
     } finally {
       clearTimeout(quiet);
       this.#hub.leave(member);
     }
   }
+
+  /** Answers a plain `FILE:` request with the raw bytes or one ERR line, then ends. */
+  async #plainFile(s: Session, member: QueuedMember, requestPath: string): Promise<void> {
+    this.#hub.leave(member);
+    if (!(await this.#plainFlush(member))) {
+      // Chat still queued: the file's bytes cannot go out without mixing in.
+      s.reason = "slow consumer";
+      s.conn.close();
+      return;
+    }
+    const sent = await this.#serveFile(s, requestPath, { framed: false, offset: 0, chunkSize: DEFAULT_CHUNK_SIZE })
+      .catch(() => false);
+    if (sent) s.reason ??= "file sent";
+    await this.#endPlain(s);
+  }
+
+  /** Ends a plain connection, optionally with one ERR line, after its queued chat. */
+  async #plainFinish(s: Session, member: QueuedMember, error?: ErrorBody): Promise<void> {
+    this.#hub.leave(member);
+    await this.#plainFlush(member);
+    await this.#endPlain(s, error);
+  }
+
+  /** Waits (bounded) until a member's queued lines are written; false on timeout. */
+  async #plainFlush(member: QueuedMember): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const flushed = await Promise.race([
+      member.flush().then(() => true),
+      new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), PLAIN_FLUSH_MS))),
+    ]);
+    clearTimeout(timer);
+    return flushed;
+  }
+
+  /**
+   * Writes one `ERR <code> <message>` line if given, half-closes, and starts
+   * the linger deadline (the caller keeps discarding input until EOF).
+   */
+  async #endPlain(s: Session, error?: ErrorBody): Promise<void> {
+    if (error) await s.conn.write(plainErrorLine(error)).catch(() => {});
+    await s.conn.closeWrite().catch(() => {});
+    s.deadline = Date.now() + PLAIN_LINGER_MS;
+  }
+}
+
+/** Characters that would break a plain-text ERR line. */
+// deno-lint-ignore no-control-regex
+const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
+
+/**
+ * One plain-text error line, `ERR <code> <message>\n`, with codes spelt like
+ * the refusals (`ACCESS_DENIED`, not `ERR_ACCESS_DENIED`).
+ */
+function plainErrorLine(error: ErrorBody): Uint8Array {
+  const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
+  return encodeText(`ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`);
 }
 
 function errorCode(err: unknown): string {
