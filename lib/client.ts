@@ -192,7 +192,9 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
   try {
     session = await openSession(client, "get");
   } catch (err) {
-    download.close();
+    // Nothing arrived: leave no empty part file behind (a resumed one stays).
+    if (download.offset === 0) download.discard();
+    else download.close();
     throw err;
   }
   const { conn, reader } = session;

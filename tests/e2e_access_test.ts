@@ -161,8 +161,10 @@ test("moat get reports a server that is not listening as a connection error", as
   await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
   const port = (probe.address() as net.AddressInfo).port;
   await new Promise((r) => probe.close(r));
-  const r = await runMoat(["get", "FILE:x", "--server", `127.0.0.1:${port}`]);
+  using out = tempDir();
+  const r = await runMoat(["get", "FILE:x", "--server", `127.0.0.1:${port}`], { cwd: out.dir });
   assert.equal(r.code, 6, r.stderr);
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no part file left behind");
   assert.equal(r.stderr.trim().split("\n").length, 1);
   assert.match(r.stderr, /connect/i);
 });
