@@ -86,7 +86,7 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
 const PATH_CODES = new Set(["ERR_BAD_PATH", "ERR_OUTSIDE_ROOT", "ERR_NOT_FOUND", "ERR_NOT_FILE", "ERR_PERMISSION"]);
 
 /** Turns a server error frame into the matching local error. */
-function serverError(payload: Uint8Array): MoatError {
+export function serverError(payload: Uint8Array): MoatError {
   const body = decodeError(payload);
   if (PATH_CODES.has(body.code)) return new PathError(body.code, body.message);
   if (body.code === "ERR_ACCESS_DENIED") return new AccessDeniedError(`Server refused: ${body.message}`);
@@ -102,13 +102,17 @@ function serverError(payload: Uint8Array): MoatError {
  * @throws {AccessDeniedError} When the server refuses this peer.
  * @throws {ConnectError} When the server cannot be reached.
  */
-export async function openSession(options: ClientOptions, mode: Mode): Promise<Session> {
+export async function openSession(
+  options: ClientOptions,
+  mode: Mode,
+  extra: { source?: string } = {},
+): Promise<Session> {
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const conn = await options.net.connect(options.server);
   try {
     const hello = encodeFrame({
       type: Kind.Hello,
-      payload: encodeJson({ client: `moat/${options.version}`, mode, maxFrameSize }),
+      payload: encodeJson({ client: `moat/${options.version}`, mode, maxFrameSize, ...extra }),
     });
     const first = new Uint8Array(PREAMBLE_SIZE + hello.length);
     first.set(encodePreamble());

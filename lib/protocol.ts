@@ -34,6 +34,10 @@ export const Kind = {
   Hello: 0x01,
   /** server → client, JSON {@linkcode Welcome} */
   Welcome: 0x02,
+  /** server → client, before Welcome when a token is required: JSON `{nonce, methods}` (lib/auth.ts) */
+  Challenge: 0x03,
+  /** client → server, the answer to a Challenge: JSON `{name, proof}` (lib/auth.ts) */
+  Auth: 0x04,
   /** either way, JSON {@linkcode ErrorBody}; the sender closes after it */
   Error: 0x0f,
   /** client → server: UTF-8 text; server → client: JSON {@linkcode ChatLine} */
@@ -46,12 +50,18 @@ export const Kind = {
   FileData: 0x22,
   /** server → client, 32 raw bytes: SHA-256 of the whole file */
   FileEnd: 0x23,
+  /** server → client, JSON {@linkcode ShipReady} */
+  ShipReady: 0x30,
+  /** client → server, binary records, see {@linkcode encodeShipBatch} */
+  ShipBatch: 0x31,
+  /** server → client, 8 bytes: f64 LE, every record up to this seq is durable */
+  ShipAck: 0x32,
 } as const;
 /** A frame type. */
 export type Kind = typeof Kind[keyof typeof Kind];
 
 /** What a client intends to do on this connection. */
-export type Mode = "get" | "chat";
+export type Mode = "get" | "chat" | "ship";
 
 /** First frame a client sends. */
 export interface Hello {
@@ -59,7 +69,31 @@ export interface Hello {
   mode: Mode;
   /** Largest frame payload the client accepts. */
   maxFrameSize: number;
+  /** Mode "ship": the shipper's source name. */
+  source?: string;
 }
+
+/** Server's answer to a shipper's hello: where to resume. */
+export interface ShipReady {
+  /** The source as stored: the peer's identity and the shipper's name. */
+  peer: string;
+  source: string;
+  /** Highest sequence number durably stored for this source (0 if none). */
+  lastSeq: number;
+}
+
+/** One shipped log record. */
+export interface ShipRecord {
+  seq: number;
+  /** Shipper's timestamp, ms since the epoch. */
+  ts: number;
+  line: Uint8Array;
+  /** The next record continues this line. */
+  partial: boolean;
+}
+
+/** Bytes before each line in a ShipBatch: seq f64, ts f64, flags u8, length u32. */
+export const SHIP_RECORD_HEADER = 21;
 
 /** Server's answer to {@linkcode Hello}. */
 export interface Welcome {
@@ -175,14 +209,22 @@ function count(obj: Record<string, unknown>, key: string, what: string) {
 export function decodeHello(payload: Uint8Array): Hello {
   const o = decodeJson(payload, "hello");
   const mode = field(o, "mode", "string", "hello");
-  if (mode !== "get" && mode !== "chat") {
+  if (mode !== "get" && mode !== "chat" && mode !== "ship") {
     throw new ProtocolError(`Cannot decode hello: unknown mode "${mode}"`);
   }
-  return {
+  const hello: Hello = {
     client: field(o, "client", "string", "hello"),
     mode,
     maxFrameSize: count(o, "maxFrameSize", "hello"),
   };
+  if (mode === "ship") {
+    const source = field(o, "source", "string", "hello");
+    if (source.length === 0 || source.length > 128) {
+      throw new ProtocolError("Cannot decode hello: source must be 1 to 128 characters");
+    }
+    hello.source = source;
+  }
+  return hello;
 }
 
 /**
@@ -309,4 +351,76 @@ export function isMagicPrefix(bytes: Uint8Array): boolean {
   const n = Math.min(bytes.length, MAGIC.length);
   for (let i = 0; i < n; i++) if (bytes[i] !== MAGIC[i]) return false;
   return true;
+}
+
+/**
+ * Parses a ShipReady payload.
+ *
+ * @param payload Frame payload.
+ * @returns Where the shipper resumes.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeShipReady(payload: Uint8Array): ShipReady {
+  const o = decodeJson(payload, "ship ready");
+  return {
+    peer: field(o, "peer", "string", "ship ready"),
+    source: field(o, "source", "string", "ship ready"),
+    lastSeq: count(o, "lastSeq", "ship ready"),
+  };
+}
+
+/**
+ * Encodes records as one ShipBatch payload: per record, seq (f64 LE), ts
+ * (f64 LE), flags (u8, 1 = partial), line length (u32 LE), line bytes.
+ *
+ * @param records Consecutive records.
+ * @returns The payload.
+ */
+export function encodeShipBatch(records: readonly ShipRecord[]): Uint8Array {
+  let size = 0;
+  for (const r of records) size += SHIP_RECORD_HEADER + r.line.length;
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const r of records) {
+    view.setFloat64(at, r.seq, true);
+    view.setFloat64(at + 8, r.ts, true);
+    out[at + 16] = r.partial ? 1 : 0;
+    view.setUint32(at + 17, r.line.length, true);
+    out.set(r.line, at + SHIP_RECORD_HEADER);
+    at += SHIP_RECORD_HEADER + r.line.length;
+  }
+  return out;
+}
+
+/**
+ * Decodes a ShipBatch payload.
+ *
+ * @param payload Frame payload.
+ * @returns The records; lines are views into `payload`.
+ * @throws {ProtocolError} On a truncated record, a bad number or flag.
+ */
+export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const out: ShipRecord[] = [];
+  let at = 0;
+  while (at < payload.length) {
+    if (payload.length - at < SHIP_RECORD_HEADER) {
+      throw new ProtocolError("Cannot decode ship batch: truncated record header");
+    }
+    const seq = view.getFloat64(at, true);
+    const ts = view.getFloat64(at + 8, true);
+    const flags = payload[at + 16]!;
+    const len = view.getUint32(at + 17, true);
+    if (!Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(ts) || ts < 0 || flags > 1) {
+      throw new ProtocolError("Cannot decode ship batch: bad sequence number, time or flags");
+    }
+    const start = at + SHIP_RECORD_HEADER;
+    if (payload.length - start < len) {
+      throw new ProtocolError("Cannot decode ship batch: truncated line");
+    }
+    out.push({ seq, ts, partial: flags === 1, line: payload.subarray(start, start + len) });
+    at = start + len;
+  }
+  return out;
 }

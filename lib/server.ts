@@ -5,10 +5,13 @@
  * @module
  */
 
-import type { Addr, Conn, Listener, Net } from "./net/types.ts";
+import type { Addr, Conn, Listener, Net, ServerTlsOptions } from "./net/types.ts";
+import { checkClientCertificate, type ClientCertPolicy } from "./tls.ts";
+import { decodeAuth, encodeChallenge, newChallenge, type Token, verifyAnswer } from "./auth.ts";
 import type { Allowlist } from "./allowlist.ts";
 import type { Jail } from "./jail.ts";
 import type { AuditLog } from "./audit.ts";
+import type { Vault } from "./vault/store.ts";
 import { ChatHub, type ChatMember, formatChatLine } from "./chat.ts";
 import {
   DEFAULT_MAX_FRAME_SIZE,
@@ -18,6 +21,7 @@ import {
 import {
   type ChatLine,
   decodeGet,
+  decodeShipBatch,
   decodeHello,
   decodeText,
   encodeJson,
@@ -63,6 +67,22 @@ export interface ServerOptions {
   reply?: string;
   /** Shows each client chat line to the operator. */
   onChat?: (line: ChatLine) => void;
+  /** Speak TLS 1.3 only; turns plain-text mode off. */
+  tls?: ServerTlsOptions;
+  /** Client authentication; tokens turn plain-text mode off. */
+  auth?: ServerAuth;
+  /** Accept shipped log records into this vault. */
+  vault?: Vault;
+}
+
+/** How clients prove who they are (see `lib/tls.ts` and `lib/auth.ts`). */
+export interface ServerAuth {
+  /** Require a client certificate that this policy accepts (TLS only). */
+  certs?: ClientCertPolicy;
+  /** Require a token (challenge–response inside the handshake). */
+  tokens?: readonly Token[];
+  /** The server certificate's fingerprint the token proof binds to; "" on plain TCP. */
+  binding?: string;
 }
 
 /** Bytes of chat a slow member may have queued before it is dropped. */
@@ -80,6 +100,10 @@ const DETECT_MS = 1000;
 const PLAIN_LINGER_MS = 5000;
 /** Longest wait for a plain member's queued chat lines before moving on. */
 const PLAIN_FLUSH_MS = 5000;
+/** Ship batches a connection may have waiting for the vault at once. */
+const SHIP_IN_FLIGHT = 8;
+/** First byte of a TLS handshake record (a ClientHello). */
+const TLS_HANDSHAKE = 0x16;
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 const READ_BUFFER = 4096;
 
@@ -136,6 +160,8 @@ interface Session {
   /** Close unless the handshake is done by then (ms timestamp). */
   deadline: number | undefined;
   reason: string | undefined;
+  /** Who the client proved to be (`cert:sha256:…`, `token:NAME`), if it had to. */
+  identity?: string | undefined;
 }
 
 /**
@@ -150,7 +176,7 @@ interface Session {
  * ```
  */
 export class Server {
-  #o: Required<Omit<ServerOptions, "reply" | "onChat">> & ServerOptions;
+  #o: Required<Omit<ServerOptions, "reply" | "onChat" | "tls" | "auth" | "vault">> & ServerOptions;
   #listeners: Listener[] = [];
   #sessions = new Set<Session>();
   #hub: ChatHub;
@@ -175,6 +201,8 @@ export class Server {
       plain: true,
       ...options,
     };
+    // Nothing unauthenticated or unencrypted may share a TLS or token port.
+    if (this.#o.tls !== undefined || this.#o.auth?.tokens !== undefined) this.#o.plain = false;
     this.#hub = new ChatHub((line) => this.#o.onChat?.(line));
   }
 
@@ -193,7 +221,19 @@ export class Server {
     let port = this.#o.port;
     for (const hostname of this.#o.hosts) {
       try {
-        const l = await this.#o.net.listen({ hostname, port });
+        const tls = this.#o.tls;
+        const l = await this.#o.net.listen({
+          hostname,
+          port,
+          ...(tls && {
+            tls: {
+              ...tls,
+              ...(this.#o.auth?.certs && { requestCert: true }),
+              onHandshakeError: (peer: Addr, message: string) =>
+                this.#o.audit.write("refused", { peer: formatAddr(peer), reason: `TLS handshake failed: ${message}` }),
+            },
+          }),
+        });
         // With port 0, later hosts share the port the first one got.
         if (port === 0) port = l.addr.port;
         this.#listeners.push(l);
@@ -210,6 +250,11 @@ export class Server {
       root: this.#o.jail.root,
       maxConns: this.#o.maxConns,
       plain: this.#o.plain,
+      tls: this.#o.tls !== undefined,
+      clientAuth: [
+        ...(this.#o.auth?.certs ? ["certificate"] : []),
+        ...(this.#o.auth?.tokens ? ["token"] : []),
+      ],
     });
     for (const l of this.#listeners) this.#acceptLoops.push(this.#accept(l));
     const tick = Math.max(50, Math.min(1000, this.#o.handshakeTimeoutMs / 4, this.#o.idleTimeoutMs / 4));
@@ -309,6 +354,15 @@ export class Server {
       this.#refuse(conn, peer, "BUSY", "server busy: too many connections");
       return;
     }
+    let identity: string | undefined;
+    if (this.#o.auth?.certs) {
+      const verdict = checkClientCertificate(conn.tls, this.#o.auth.certs);
+      if ("code" in verdict) {
+        this.#refuse(conn, peer, verdict.code, verdict.reason);
+        return;
+      }
+      identity = verdict.identity;
+    }
     const session: Session = {
       name: `c${this.#nextId++}`,
       peer,
@@ -316,9 +370,10 @@ export class Server {
       lastActive: Date.now(),
       deadline: undefined,
       reason: undefined,
+      identity,
     };
     this.#sessions.add(session);
-    this.#o.audit.write("accepted", { peer, name: session.name });
+    this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }) });
     const started = Date.now();
     try {
       await this.#dispatch(session);
@@ -340,6 +395,7 @@ export class Server {
       this.#o.audit.write("closed", {
         peer,
         name: session.name,
+        ...(session.identity && { identity: session.identity }),
         reason: session.reason ?? "peer closed",
         durationMs: Date.now() - started,
       });
@@ -369,6 +425,12 @@ export class Server {
     if (head !== null && head[0] === MAGIC[0]) {
       s.deadline = Date.now() + this.#o.handshakeTimeoutMs;
       return await this.#framed(s, reader);
+    }
+    if (head !== null && head[0] === TLS_HANDSHAKE && this.#o.tls === undefined) {
+      // A TLS ClientHello is not chat: never relay it.
+      s.reason = "TLS client on a plain port";
+      await this.#endPlain(s, { code: "TLS_NOT_ENABLED", message: "this server does not speak TLS on this port" });
+      return;
     }
     if (!this.#o.plain) {
       s.reason = "plain-text client refused (--no-plain)";
@@ -431,6 +493,11 @@ export class Server {
       }
       throw err;
     }
+    let preambleSent = false;
+    if (this.#o.auth?.tokens !== undefined) {
+      if (!(await this.#tokenAuth(s, reader, hello, this.#o.auth.tokens))) return;
+      preambleSent = true;
+    }
     s.deadline = undefined;
     const welcome = encodeFrame({
       type: Kind.Welcome,
@@ -444,9 +511,112 @@ export class Server {
     const out = new Uint8Array(PREAMBLE_SIZE + welcome.length);
     out.set(encodePreamble());
     out.set(welcome, PREAMBLE_SIZE);
-    await s.conn.write(out);
+    await s.conn.write(preambleSent ? out.subarray(PREAMBLE_SIZE) : out);
     if (hello.mode === "get") return await this.#serveGets(s, reader, hello);
+    if (hello.mode === "ship") return await this.#serveShip(s, reader, hello);
     return await this.#framedChat(s, reader);
+  }
+
+  /**
+   * Takes shipped records into the vault and acknowledges each batch once it
+   * is fsync'd. Appends are pipelined (the vault keeps their order) but at
+   * most SHIP_IN_FLIGHT batches wait at once, which bounds memory.
+   */
+  async #serveShip(s: Session, reader: FrameReader, hello: Hello) {
+    const vault = this.#o.vault;
+    if (vault === undefined) {
+      await this.#sendError(s, { code: "ERR_NO_VAULT", message: "This server keeps no vault (start it with --vault DIR)" });
+      s.reason = "ship refused: no vault";
+      return;
+    }
+    // The peer part of the key comes from the connection, never from the
+    // shipper, so one host cannot write into another host's records.
+    const key = { peer: peerIdentity(s.conn.remoteAddr.hostname), name: hello.source! };
+    const source = vault.source(key);
+    await s.conn.write(encodeFrame({
+      type: Kind.ShipReady,
+      payload: encodeJson({ peer: key.peer, source: key.name, lastSeq: source.lastSeq }),
+    }));
+    this.#o.audit.write("ship_started", { peer: s.peer, name: s.name, source: key.name, lastSeq: source.lastSeq });
+    const acks = new Outbox(s.conn, () => this.#touch(s));
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown;
+    let stored = 0;
+    const ack = new Uint8Array(8);
+    try {
+      for (;;) {
+        if (failure !== undefined) break;
+        const frame = await reader.readFrame();
+        if (frame === null) break;
+        if (frame.type !== Kind.ShipBatch) {
+          throw new ProtocolError(`Expected a ship batch frame, got type 0x${frame.type.toString(16)}`);
+        }
+        const records = decodeShipBatch(frame.payload);
+        if (records.length === 0) continue;
+        const recvTs = Date.now();
+        const p = source.append(records, { recvTs }).then(
+          (seq) => {
+            stored += records.length;
+            new DataView(ack.buffer).setFloat64(0, seq, true);
+            acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
+          },
+          (err) => {
+            failure ??= err;
+          },
+        );
+        inFlight.add(p);
+        p.finally(() => inFlight.delete(p));
+        if (inFlight.size >= SHIP_IN_FLIGHT) await Promise.race(inFlight);
+      }
+      await Promise.allSettled(inFlight);
+      if (failure !== undefined) throw failure;
+      await acks.flush();
+    } catch (err) {
+      await Promise.allSettled(inFlight);
+      const body = { code: errorCode(err), message: errorMessage(err) };
+      // Nothing unacknowledged is lost: the shipper still holds it and resends.
+      this.#o.audit.write("error", { peer: s.peer, name: s.name, source: key.name, ...body, during: "ship" });
+      if (!(err instanceof ConnectionClosedError)) {
+        await acks.flush();
+        await this.#sendError(s, body);
+      }
+      s.reason = `ship ended: ${body.message}`;
+    } finally {
+      this.#o.audit.write("ship_finished", { peer: s.peer, name: s.name, source: key.name, records: stored, lastSeq: source.lastSeq });
+    }
+  }
+
+  /**
+   * Sends the preamble and a Challenge, and checks the client's Auth answer.
+   * Returns false (after an Error frame) when it does not prove a token.
+   */
+  async #tokenAuth(s: Session, reader: FrameReader, hello: Hello, tokens: readonly Token[]): Promise<boolean> {
+    const challenge = newChallenge();
+    const frame = encodeFrame({ type: Kind.Challenge, payload: encodeChallenge(challenge) });
+    const out = new Uint8Array(PREAMBLE_SIZE + frame.length);
+    out.set(encodePreamble());
+    out.set(frame, PREAMBLE_SIZE);
+    await s.conn.write(out);
+    const answer = await reader.readFrame();
+    if (answer === null) throw new ConnectionClosedError("Connection closed during the handshake");
+    if (answer.type !== Kind.Auth) {
+      throw new ProtocolError(`Expected an auth frame, got type 0x${answer.type.toString(16)}`);
+    }
+    const token = verifyAnswer(tokens, decodeAuth(answer.payload), {
+      nonce: challenge.nonce,
+      mode: hello.mode,
+      binding: this.#o.auth?.binding ?? "",
+    });
+    if (token === undefined) {
+      this.#o.audit.write("refused", { peer: s.peer, name: s.name, reason: "token authentication failed" });
+      await this.#sendError(s, { code: "ERR_AUTH", message: "token authentication failed" });
+      s.reason = "token authentication failed";
+      return false;
+    }
+    const id = `token:${token.name}`;
+    s.identity = s.identity === undefined ? id : `${s.identity} ${id}`;
+    this.#o.audit.write("authenticated", { peer: s.peer, name: s.name, identity: s.identity });
+    return true;
   }
 
   async #serveGets(s: Session, reader: FrameReader, hello: Hello) {
@@ -531,7 +701,7 @@ export class Server {
     const outbox = new Outbox(s.conn, () => this.#touch(s));
     return {
       name: s.name,
-      addr: s.peer,
+      addr: s.identity === undefined ? s.peer : `${s.peer} ${s.identity}`,
       flush: () => outbox.flush(),
       deliver: (line) => outbox.push(encode(line), OUTBOX_LIMIT),
       drop: (reason) => {
@@ -718,6 +888,12 @@ const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
 function plainErrorLine(error: ErrorBody): Uint8Array {
   const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
   return encodeText(`ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`);
+}
+
+/** The address a vault source is keyed by: IPv4-mapped IPv6 shown as IPv4. */
+function peerIdentity(hostname: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(hostname);
+  return m ? m[1]! : hostname.toLowerCase();
 }
 
 function errorCode(err: unknown): string {
