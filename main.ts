@@ -20,7 +20,12 @@ import { formatChatLine } from "./lib/chat.ts";
 import { AddressInUseError, ExitCode, MoatError, UsageError } from "./lib/errors.ts";
 import { escapeText } from "./lib/text.ts";
 import { VERSION } from "./lib/version.ts";
+import { renderSystemdUnit } from "./lib/systemd.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "./lib/framer.ts";
+import { openVault, type Vault } from "./lib/vault/store.ts";
+import { listSources, readRecords } from "./lib/vault/read.ts";
+import { ship } from "./lib/ship/shipper.ts";
+import { defaultStatePath } from "./lib/ship/state.ts";
 
 // Set by `bun build --define` for release binaries.
 declare const MOAT_TARGET: string | undefined;
@@ -35,6 +40,8 @@ Commands:
   serve   Listen, refuse every peer not allowed, serve files and chat, log everything
   get     Fetch a file from a server: verified, saved atomically
   chat    Talk with the server's operator and other clients, line by line
+  ship    Stream log files (or stdin) to a server's vault; lose nothing
+  vault   Read a vault: moat vault ls DIR, moat vault cat DIR
   help    Show help for a command: moat help <command>
 
 Options:
@@ -66,6 +73,9 @@ Options:
   --reply TEXT           Answer every chat line with TEXT (for unattended servers)
   --no-plain             Refuse plain-text clients (nc, telnet)
   --log FILE             Append the JSON audit log to FILE (default: stderr)
+  --vault DIR            Accept shipped logs from allowed peers into DIR
+  --print-systemd-unit   Print a least-privilege systemd unit that runs moat
+                         serve with these options, and exit (docs/DEPLOY.md)
   -h, --help             Show this help
 
 Lines typed on stdin go to every chat client as "operator".
@@ -83,6 +93,37 @@ Options:
   --resume            Continue an interrupted get from <out>.moat-part
   --max-frame BYTES   Largest frame accepted (default ${DEFAULT_MAX_FRAME_SIZE})
   -h, --help          Show this help
+`,
+  ship: `Usage: moat ship [options] FILE... | -
+
+Follow each FILE like tail -F (survives rotation by rename and truncation,
+waits for a file that does not exist yet), or read stdin with "-", and stream
+every line to the server's vault. Each line gets a sequence number; the server
+acknowledges only what it has fsync'd, and the shipper keeps everything else
+in an on-disk spool and resends it after a reconnect. A restarted shipper
+continues exactly where it stopped. With "-", moat exits once every line was
+acknowledged.
+
+Options:
+  --server HOST:PORT  Server (default $MOAT_SERVER, else 127.0.0.1:4320)
+  --source NAME       Name of this log stream in the vault (default: hostname)
+  --state FILE        Position and spool (default: $XDG_STATE_HOME/moat/…)
+  --spool-size BYTES  Bound on the spool; when full, reading pauses, loudly
+                      (default 268435456)
+  -h, --help          Show this help
+`,
+  vault: `Usage: moat vault ls DIR
+       moat vault cat DIR [--source NAME] [--since TIME]
+
+ls   lists the sources in a vault: records, first and last time.
+cat  prints stored lines in order (per source by sequence number; sources
+     merged by receive time). On a terminal, control characters are escaped.
+
+Options:
+  --source NAME   Only this source: its name, or PEER/NAME
+  --since TIME    Only records received at or after TIME: an ISO 8601 date
+                  or time, or a duration ago such as 90s, 15m, 2h, 7d
+  -h, --help      Show this help
 `,
   chat: `Usage: moat chat [options]
 
@@ -106,7 +147,13 @@ function parse<T extends Record<string, { type: "string" | "boolean"; multiple?:
   allowPositionals: boolean,
 ) {
   try {
-    return parseArgs({ args, options: { help: { type: "boolean", short: "h" }, ...options }, allowPositionals, strict: true });
+    return parseArgs({
+      args,
+      options: { help: { type: "boolean", short: "h" }, ...options },
+      allowPositionals,
+      strict: true,
+      tokens: true,
+    });
   } catch (err) {
     throw new UsageError(`${(err as Error).message.split("\n")[0]}`);
   }
@@ -145,7 +192,7 @@ async function* stdinLines(): AsyncIterable<string> {
 }
 
 async function serve(args: string[]) {
-  const { values } = parse(args, {
+  const { values, tokens } = parse(args, {
     host: { type: "string" },
     port: { type: "string" },
     allow: { type: "string", multiple: true },
@@ -160,6 +207,8 @@ async function serve(args: string[]) {
     reply: { type: "string" },
     "no-plain": { type: "boolean" },
     log: { type: "string" },
+    vault: { type: "string" },
+    "print-systemd-unit": { type: "boolean" },
   }, false);
   if (values.help) return void console.log(HELP.serve);
 
@@ -177,6 +226,21 @@ async function serve(args: string[]) {
   const jail = await createJail(values.root ?? ".");
   const port = intOption(values.port, "port", 4320);
   if (port > 65535) throw new UsageError(`Invalid --port "${port}": expected 0-65535`);
+  if (values["print-systemd-unit"]) {
+    const runtime = runtimeInfo().runtime === "deno" ? "deno" : "bun";
+    process.stdout.write(renderSystemdUnit({
+      launcher: TARGET === "script"
+        ? { executable: process.execPath, script: import.meta.filename ?? "main.ts", runtime }
+        : { executable: process.execPath },
+      flags: tokens.flatMap((t) => t.kind === "option" ? [{ name: t.name, value: t.value }] : []),
+      cwd: process.cwd(),
+      allowlist,
+      port,
+      maxConns: intOption(values["max-conns"], "max-conns", 512, 1),
+      version: VERSION,
+    }));
+    return;
+  }
 
   let sink: (line: string) => void;
   if (values.log) {
@@ -191,6 +255,17 @@ async function serve(args: string[]) {
     sink = (line) => process.stderr.write(line + "\n");
   }
   const audit = new AuditLog(sink);
+
+  let vault: Vault | undefined;
+  if (values.vault !== undefined) {
+    try {
+      vault = await openVault(values.vault, {
+        onEvent: (e) => audit.write("vault_repair", { ...e }),
+      });
+    } catch (err) {
+      throw new UsageError(`Cannot open --vault "${values.vault}": ${(err as Error).message}`);
+    }
+  }
 
   const net = getNet();
   const make = (hosts: string[]) =>
@@ -210,6 +285,7 @@ async function serve(args: string[]) {
       plain: !values["no-plain"],
       ...(values.reply !== undefined && { reply: values.reply }),
       onChat: (line) => console.log(formatChatLine(line)),
+      ...(vault && { vault }),
     });
 
   const hosts = values.host !== undefined
@@ -226,6 +302,7 @@ async function serve(args: string[]) {
     stopping = true;
     audit.write("signal", { signal });
     await server.close();
+    await vault?.close();
     process.exit(0);
   };
   process.on("SIGINT", () => void stop("SIGINT"));
@@ -365,6 +442,133 @@ async function chatCommand(args: string[]) {
   });
 }
 
+async function shipCommand(args: string[]) {
+  const parsed = parse(args, {
+    server: { type: "string" },
+    source: { type: "string" },
+    state: { type: "string" },
+    "spool-size": { type: "string" },
+  }, true);
+  const values = parsed.values;
+  if (values.help) return void console.log(HELP.ship);
+  const positionals: string[] = parsed.positionals;
+  if (positionals.length === 0) throw new UsageError("ship needs FILE... or - (see moat ship --help)");
+  if (positionals.includes("-") && positionals.length > 1) {
+    throw new UsageError('ship reads either files or stdin ("-"), not both');
+  }
+  const server = serverAddr(values.server);
+  const source = values.source ?? (await import("node:os")).hostname();
+  const inputs = positionals.map((p) => (p === "-" ? p : path.resolve(p)));
+  const statePath = values.state ?? defaultStatePath({ source, server: `${server.hostname}:${server.port}` });
+  const stop = new AbortController();
+  process.on("SIGINT", () => stop.abort());
+  process.on("SIGTERM", () => stop.abort());
+  const last = await ship({
+    client: { net: getNet(), server, version: VERSION },
+    inputs,
+    stdin: process.stdin as AsyncIterable<Uint8Array>,
+    statePath,
+    source,
+    ...(values["spool-size"] !== undefined && {
+      spoolBytes: intOption(values["spool-size"], "spool-size", 0, 1 << 20),
+    }),
+    signal: stop.signal,
+    onEvent: (e) => {
+      switch (e.type) {
+        case "connected":
+          console.error(`moat: shipping "${escapeText(e.source)}" to ${e.server} as ${e.peer}; server holds ${e.lastSeq} records`);
+          break;
+        case "disconnected":
+          console.error(`moat: ${e.message}; retrying in ${(e.retryMs / 1000).toFixed(1)} s (lines are kept in the spool)`);
+          break;
+        case "spool":
+          if (e.event.type === "full") {
+            console.error(`moat: SPOOL FULL (${e.event.usedBytes} of ${e.event.maxBytes} bytes): reading is paused until the server acknowledges; no line is dropped`);
+          } else if (e.event.type === "resumed") {
+            console.error("moat: spool has room again; reading resumed");
+          } else if (e.event.type === "checkpoint_failed") {
+            console.error(`moat: cannot save the shipper state: ${(e.event.error as Error)?.message ?? e.event.error}`);
+          } else {
+            console.error(`moat: spool repaired after a crash: ${JSON.stringify(e.event)}`);
+          }
+          break;
+        case "follow":
+          if (e.event.type === "skipped") {
+            console.error(`moat: WARNING: ${e.event.path} rotated twice before it was read; not shipped: ${e.event.files.join(", ")}`);
+          } else if (e.event.type === "rotated" || e.event.type === "truncated" || e.event.type === "waiting") {
+            console.error(`moat: ${escapeText(e.event.path)} ${e.event.type}`);
+          }
+          break;
+        case "done":
+          break;
+      }
+    },
+  });
+  console.error(`moat: ${last} records acknowledged by the server`);
+}
+
+/** Parses --since: ISO 8601, or a duration ago (90s, 15m, 2h, 7d). */
+function parseSince(text: string): number {
+  const m = /^(\d+)(s|m|h|d)$/.exec(text);
+  if (m) {
+    const unit = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
+    return Date.now() - Number(m[1]) * unit;
+  }
+  const t = Date.parse(text);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(t)) {
+    throw new UsageError(`Invalid --since "${escapeText(text)}": expected an ISO 8601 time or a duration like 15m`);
+  }
+  return t;
+}
+
+async function vaultCommand(args: string[]) {
+  const [sub, ...rest] = args;
+  if (sub === undefined || sub === "-h" || sub === "--help") return void console.log(HELP.vault);
+  const { values, positionals } = parse(rest, {
+    source: { type: "string" },
+    since: { type: "string" },
+  }, true);
+  if (values.help) return void console.log(HELP.vault);
+  if (positionals.length !== 1) throw new UsageError(`vault ${escapeText(sub)} takes one DIR (see moat vault --help)`);
+  const dir = positionals[0]!;
+  if (!fs.existsSync(path.join(dir, "VAULT"))) throw new UsageError(`"${escapeText(dir)}" is not a moat vault`);
+  if (sub === "ls") {
+    const rows = await listSources(dir);
+    console.log(["PEER", "SOURCE", "RECORDS", "FIRST", "LAST"].join("\t"));
+    for (const r of rows) {
+      const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : "-");
+      console.log([escapeText(r.peer), escapeText(r.name), r.records, iso(r.firstRecvTs), iso(r.lastRecvTs)].join("\t"));
+    }
+    return;
+  }
+  if (sub !== "cat") throw new UsageError(`Unknown vault command "${escapeText(sub)}" (ls or cat)`);
+  const tty = process.stdout.isTTY === true;
+  const decoder = new TextDecoder();
+  const out: Uint8Array[] = [];
+  let size = 0;
+  const flush = () => {
+    if (size > 0) fs.writeSync(1, Buffer.concat(out));
+    out.length = 0;
+    size = 0;
+  };
+  for await (
+    const rec of readRecords(dir, {
+      ...(values.source !== undefined && { source: values.source }),
+      ...(values.since !== undefined && { since: parseSince(values.since) }),
+    })
+  ) {
+    // A log line is attacker-controlled: raw into a pipe, escaped on a terminal.
+    const line = tty ? new TextEncoder().encode(escapeText(decoder.decode(rec.line))) : rec.line;
+    out.push(line);
+    if (!rec.partial) out.push(NEWLINE);
+    size += line.length + 1;
+    if (size > 1 << 20) flush();
+  }
+  flush();
+}
+
+const NEWLINE = Uint8Array.of(0x0a);
+
 function version() {
   const rt = runtimeInfo();
   console.log(`moat ${VERSION} (${rt.runtime} ${rt.version}; ${TARGET})`);
@@ -392,6 +596,10 @@ async function main(argv: string[]) {
       return await getCommand(rest);
     case "chat":
       return await chatCommand(rest);
+    case "ship":
+      return await shipCommand(rest);
+    case "vault":
+      return await vaultCommand(rest);
     default:
       throw new UsageError(`Unknown command "${escapeText(command)}" (see moat help)`);
   }
