@@ -22,6 +22,15 @@ import { escapeText } from "./lib/text.ts";
 import { VERSION } from "./lib/version.ts";
 import { renderSystemdUnit } from "./lib/systemd.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "./lib/framer.ts";
+import {
+  CLIENT_SECURITY_HELP,
+  CLIENT_SECURITY_OPTIONS,
+  clientSecurity,
+  SERVE_SECURITY_HELP,
+  SERVE_SECURITY_OPTIONS,
+  serverSecurity,
+} from "./lib/secure_cli.ts";
+import { colonFingerprint, createSelfSignedCert } from "./lib/cert.ts";
 import { openVault, type Vault } from "./lib/vault/store.ts";
 import { listSources, readRecords } from "./lib/vault/read.ts";
 import { ship } from "./lib/ship/shipper.ts";
@@ -39,6 +48,7 @@ Usage: moat <command> [options]
 Commands:
   serve   Listen, refuse every peer not allowed, serve files and chat, log everything
   get     Fetch a file from a server: verified, saved atomically
+  cert    Make a key and a self-signed certificate for TLS
   chat    Talk with the server's operator and other clients, line by line
   ship    Stream log files (or stdin) to a server's vault; lose nothing
   vault   Read a vault: moat vault ls DIR, moat vault cat DIR
@@ -136,6 +146,59 @@ Options:
 `,
 };
 
+HELP.serve += SERVE_SECURITY_HELP;
+HELP.get += CLIENT_SECURITY_HELP;
+HELP.chat += CLIENT_SECURITY_HELP;
+HELP.cert = `Usage: moat cert [--out DIR] [--name HOST|IP]... [options]
+
+Make an ECDSA P-256 key and a self-signed certificate (CA:FALSE, one
+subjectAltName per --name; default localhost, 127.0.0.1 and ::1) for
+moat serve --tls-cert/--tls-key, or for a client's --cert/--key. Prints its
+SHA-256 fingerprint, which clients give to --pin (or servers to --allow-cert).
+
+Options:
+  --out DIR       Write DIR/moat-cert.pem and DIR/moat-key.pem (default: .)
+  --name NAME     A DNS name or IP address the certificate is for; repeatable
+  --days N        Valid for N days (default 825)
+  --force         Replace existing files
+  -h, --help      Show this help
+`;
+
+/** Clients' TLS/token settings from their options, announcing first-use trust. */
+function clientSecurityFrom(values: Parameters<typeof clientSecurity>[0]) {
+  return clientSecurity(values, {
+    env: process.env,
+    onNewHost: (host, fp, file) =>
+      console.error(`moat: trusting ${host} on first use: ${fp} (remembered in "${file}")`),
+  });
+}
+
+async function certCommand(args: string[]) {
+  const { values } = parse(args, {
+    out: { type: "string" },
+    name: { type: "string", multiple: true },
+    days: { type: "string" },
+    force: { type: "boolean" },
+  }, false);
+  if (values.help) return void console.log(HELP.cert);
+  const dir = values.out ?? ".";
+  const certFile = path.join(dir, "moat-cert.pem");
+  const keyFile = path.join(dir, "moat-key.pem");
+  if (!values.force) {
+    for (const f of [certFile, keyFile]) {
+      if (fs.existsSync(f)) throw new MoatError("ERR_EXISTS", `"${f}" exists: use --force to replace it`, ExitCode.Exists);
+    }
+  }
+  const made = await createSelfSignedCert({ names: values.name ?? [], days: intOption(values.days, "days", 825, 1) });
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(keyFile, made.key, { mode: 0o600 });
+  fs.chmodSync(keyFile, 0o600);
+  fs.writeFileSync(certFile, made.cert, { mode: 0o644 });
+  console.log(made.fingerprint);
+  console.error(`moat: wrote ${certFile} and ${keyFile} (mode 0600)`);
+  console.error(`moat: SHA-256 fingerprint ${colonFingerprint(made.fingerprint)}`);
+}
+
 function fail(message: string, code: number = ExitCode.Failure): never {
   console.error(`moat: ${message}`);
   process.exit(code);
@@ -193,6 +256,7 @@ async function* stdinLines(): AsyncIterable<string> {
 
 async function serve(args: string[]) {
   const { values, tokens } = parse(args, {
+    ...SERVE_SECURITY_OPTIONS,
     host: { type: "string" },
     port: { type: "string" },
     allow: { type: "string", multiple: true },
@@ -267,6 +331,7 @@ async function serve(args: string[]) {
     }
   }
 
+  const security = serverSecurity(values, process.env);
   const net = getNet();
   const make = (hosts: string[]) =>
     new Server({
@@ -283,6 +348,7 @@ async function serve(args: string[]) {
       maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
       maxLine: intOption(values["max-line"], "max-line", 8192, 1),
       plain: !values["no-plain"],
+      ...security,
       ...(values.reply !== undefined && { reply: values.reply }),
       onChat: (line) => console.log(formatChatLine(line)),
       ...(vault && { vault }),
@@ -384,6 +450,7 @@ async function getCommand(args: string[]) {
     force: { type: "boolean" },
     resume: { type: "boolean" },
     "max-frame": { type: "string" },
+    ...CLIENT_SECURITY_OPTIONS,
   }, true);
   if (values.help) return void console.log(HELP.get);
   if (positionals.length !== 1) throw new UsageError("get takes exactly one FILE:<path> (see moat get --help)");
@@ -398,6 +465,7 @@ async function getCommand(args: string[]) {
     server: serverAddr(values.server),
     version: VERSION,
     maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
+    ...clientSecurityFrom(values),
   };
   const tty = process.stderr.isTTY === true;
   const bar = tty ? progressBar(path.basename(out)) : undefined;
@@ -431,10 +499,10 @@ async function getCommand(args: string[]) {
 }
 
 async function chatCommand(args: string[]) {
-  const { values } = parse(args, { server: { type: "string" } }, false);
+  const { values } = parse(args, { server: { type: "string" }, ...CLIENT_SECURITY_OPTIONS }, false);
   if (values.help) return void console.log(HELP.chat);
   const server = serverAddr(values.server);
-  await chat({ net: getNet(), server, version: VERSION }, {
+  await chat({ net: getNet(), server, version: VERSION, ...clientSecurityFrom(values) }, {
     input: stdinLines(),
     output: (line) => console.log(line),
     onWelcome: (w) =>
@@ -546,8 +614,8 @@ async function vaultCommand(args: string[]) {
   const decoder = new TextDecoder();
   const out: Uint8Array[] = [];
   let size = 0;
-  const flush = () => {
-    if (size > 0) fs.writeSync(1, Buffer.concat(out));
+  const flush = async () => {
+    if (size > 0) await writeStdout(Buffer.concat(out));
     out.length = 0;
     size = 0;
   };
@@ -562,9 +630,25 @@ async function vaultCommand(args: string[]) {
     out.push(line);
     if (!rec.partial) out.push(NEWLINE);
     size += line.length + 1;
-    if (size > 1 << 20) flush();
+    if (size > 1 << 20) await flush();
   }
-  flush();
+  await flush();
+}
+
+/**
+ * Writes all of `bytes` to stdout, synchronously so nothing is pending at
+ * exit, coping with short writes and a non-blocking pipe (EAGAIN).
+ */
+async function writeStdout(bytes: Uint8Array) {
+  let off = 0;
+  while (off < bytes.length) {
+    try {
+      off += fs.writeSync(1, bytes, off, bytes.length - off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EAGAIN") throw err;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
 }
 
 const NEWLINE = Uint8Array.of(0x0a);
@@ -596,6 +680,8 @@ async function main(argv: string[]) {
       return await getCommand(rest);
     case "chat":
       return await chatCommand(rest);
+    case "cert":
+      return await certCommand(rest);
     case "ship":
       return await shipCommand(rest);
     case "vault":
