@@ -1,0 +1,650 @@
+/**
+ * A least-privilege systemd unit for `moat serve`, generated from the same
+ * flags and the same compiled allowlist the server itself uses. Pure: no file
+ * or process access; `main.ts` gathers the inputs and prints the result.
+ *
+ * What the unit does:
+ * - runs moat as the static system user `moat` (`User=moat`), with no
+ *   capabilities (only `CAP_NET_BIND_SERVICE` for a port below 1024), no new
+ *   privileges, a native-only `@system-service` system call filter, and the
+ *   whole file system read-only (`ProtectSystem=strict`, `ProtectHome=yes`);
+ * - grants write access to `--log` and `--vault` only, and read access to
+ *   `--root`, `--allow-file`s and the program;
+ * - adds the kernel's own address filter: `IPAddressDeny=any` plus one
+ *   `IPAddressAllow=` line per network moat's guard allows, with the deny
+ *   rules subtracted (see {@linkcode computeIpAddressAllow});
+ * - starts moat with the serve flags it was given, paths made absolute, each
+ *   word quoted for systemd (see {@linkcode quoteSystemdArg}).
+ *
+ * @module
+ */
+
+import * as path from "node:path";
+import { type Cidr, formatCidr } from "./allowlist.ts";
+import { UsageError } from "./errors.ts";
+
+/** One serve flag as given on the command line, in order. */
+export interface ServeFlag {
+  /** Long name without dashes, e.g. `"root"`. */
+  name: string;
+  /** The flag's value; absent for a boolean flag. */
+  value?: string | undefined;
+}
+
+/** The rules of a compiled allowlist (see `compileAllowlist`). */
+export interface AllowlistRules {
+  /** Effective allow rules (the loopback networks when no `--allow` was given). */
+  readonly allow: readonly Cidr[];
+  /** Deny rules; they win over allow rules. */
+  readonly deny: readonly Cidr[];
+  /** `true` when no allow rule was given. */
+  readonly loopbackOnly: boolean;
+}
+
+/** How the unit starts moat. */
+export interface SystemdLauncher {
+  /**
+   * Absolute path of the program: the compiled moat binary, or the `deno` or
+   * `bun` executable when moat runs from source.
+   */
+  executable: string;
+  /** Absolute path of `main.ts` when moat runs from source under a runtime. */
+  script?: string;
+  /**
+   * The runtime running `script`. With `"deno"` the unit runs
+   * `deno run --no-prompt` with permissions narrowed to the listening
+   * addresses, read access to the root and allow-files, and write access to
+   * the log and vault.
+   */
+  runtime?: "deno" | "bun";
+}
+
+/** Options for {@linkcode renderSystemdUnit}. */
+export interface SystemdUnitOptions {
+  /** The program that runs moat. */
+  launcher: SystemdLauncher;
+  /**
+   * The `serve` flags as given, in order. `print-systemd-unit` is dropped;
+   * the values of `root`, `log`, `vault` and `allow-file` are made absolute.
+   */
+  flags: readonly ServeFlag[];
+  /** Absolute directory that relative paths in `flags` are resolved against. */
+  cwd: string;
+  /** The compiled allowlist of these flags. */
+  allowlist: AllowlistRules;
+  /** The listening port (0 for any). */
+  port: number;
+  /** The connection limit (`--max-conns`); sets `LimitNOFILE=`. */
+  maxConns: number;
+  /** moat's version, for the header comment. */
+  version?: string;
+}
+
+/** Result of {@linkcode computeIpAddressAllow}. */
+export interface IpAddressAllow {
+  /** One network per `IPAddressAllow=` line, e.g. `"10.0.0.0/8"`. */
+  rules: string[];
+  /**
+   * `true` when `rules` is exactly the set the guard allows (deny rules
+   * subtracted); `false` when subtracting would have needed more than
+   * `maxRules` networks, in which case `rules` are the allow rules as given
+   * and only moat's guard enforces the deny rules.
+   */
+  exact: boolean;
+}
+
+/** Options for {@linkcode computeIpAddressAllow}. */
+export interface IpAddressAllowOptions {
+  /**
+   * Most networks to emit when subtracting deny rules.
+   *
+   * @default {1024}
+   */
+  maxRules?: number;
+}
+
+/** Flags whose value is a path to a file or folder. */
+const PATH_FLAGS: ReadonlySet<string> = new Set([
+  "root",
+  "log",
+  "vault",
+  "allow-file",
+]);
+/** Dropped from ExecStart. */
+const OWN_FLAG = "print-systemd-unit";
+/** The system user the unit runs as. */
+const USER = "moat";
+/** Words that systemd leaves alone without quotes (`%` and `$` are special). */
+const SAFE_WORD = /^[A-Za-z0-9_@+=:,./-]+$/;
+/** Folders that `ProtectHome=` hides. */
+const HOME_DIRS = ["/home", "/root", "/run/user"];
+/** Folders that `PrivateTmp=` replaces. */
+const TMP_DIRS = ["/tmp", "/var/tmp"];
+/** The folder that `PrivateDevices=` replaces. */
+const DEV_DIR = "/dev";
+
+/**
+ * Quotes one command-line word for a systemd `ExecStart=` line so that
+ * systemd passes it to moat unchanged: words of plain characters stay bare;
+ * anything else is put in double quotes with `\` and `"` escaped and control
+ * characters written as C escapes. `%` (a unit specifier) becomes `%%` and `$`
+ * (environment substitution) becomes `$$`, inside quotes too, because systemd
+ * expands both after unquoting. A quoted `";"` is a plain argument, not a
+ * command separator.
+ *
+ * @example Quote arguments
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { quoteSystemdArg } from "./systemd.ts";
+ *
+ * assert.equal(quoteSystemdArg("--root"), "--root");
+ * assert.equal(quoteSystemdArg("/srv/my files"), '"/srv/my files"');
+ * assert.equal(quoteSystemdArg('50% off, "$5"'), '"50%% off, \\"$$5\\""');
+ * assert.equal(quoteSystemdArg(""), '""');
+ * ```
+ *
+ * @param word The argument.
+ * @returns The word as it must appear on the `ExecStart=` line.
+ */
+export function quoteSystemdArg(word: string): string {
+  return _quote(word, true);
+}
+
+/**
+ * Quotes a word for systemd; `$` is doubled only where systemd substitutes
+ * environment variables (command lines, not path settings).
+ */
+function _quote(word: string, dollar: boolean): string {
+  if (SAFE_WORD.test(word)) return word;
+  let out = '"';
+  for (const ch of word) {
+    const code = ch.codePointAt(0)!;
+    if (ch === '"' || ch === "\\") out += "\\" + ch;
+    else if (ch === "%") out += "%%";
+    else if (ch === "$" && dollar) out += "$$";
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\t") out += "\\t";
+    else if (ch === "\r") out += "\\r";
+    else if (code < 0x20 || code === 0x7f) {
+      out += "\\x" + code.toString(16).padStart(2, "0");
+    } else out += ch;
+  }
+  return out + '"';
+}
+
+/** A network as a big integer, for set arithmetic. */
+interface _Net {
+  family: 4 | 6;
+  bits: number;
+  net: bigint;
+  prefix: number;
+}
+
+function _toNet(cidr: Cidr): _Net {
+  let net = 0n;
+  for (const b of cidr.bytes) net = (net << 8n) | BigInt(b);
+  return {
+    family: cidr.family,
+    bits: cidr.bytes.length * 8,
+    net,
+    prefix: cidr.prefix,
+  };
+}
+
+function _toCidr(n: _Net): Cidr {
+  const bytes = new Uint8Array(n.bits / 8);
+  let v = n.net;
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    bytes[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  return { family: n.family, bytes, prefix: n.prefix };
+}
+
+/** `true` if network `a` contains network `b` (or equals it). */
+function _contains(a: _Net, b: _Net): boolean {
+  if (a.family !== b.family || a.prefix > b.prefix) return false;
+  const shift = BigInt(a.bits - a.prefix);
+  return (a.net >> shift) === (b.net >> shift);
+}
+
+/** `piece` minus `hole`, as disjoint networks. */
+function _subtract(piece: _Net, hole: _Net): _Net[] {
+  if (_contains(hole, piece)) return [];
+  if (!_contains(piece, hole)) return [piece];
+  // Walk from `piece` down to `hole`: at each level keep the half that does
+  // not hold `hole`.
+  const out: _Net[] = [];
+  for (let prefix = piece.prefix + 1; prefix <= hole.prefix; prefix++) {
+    const shift = BigInt(piece.bits - prefix);
+    const sibling = ((hole.net >> shift) ^ 1n) << shift;
+    out.push({ family: piece.family, bits: piece.bits, net: sibling, prefix });
+  }
+  return out;
+}
+
+/**
+ * Computes the networks for systemd's `IPAddressAllow=` so that, together
+ * with `IPAddressDeny=any`, the kernel lets through exactly the peers moat's
+ * guard allows. systemd has no "allow except": when an address matches both
+ * lists, `IPAddressAllow=` wins. So each deny rule is subtracted from the
+ * allow rules instead (`10.0.0.0/8` minus `10.0.0.5/32` is 24 networks), and
+ * networks covered by another are dropped. If that would exceed `maxRules`,
+ * the allow rules are returned unchanged with `exact: false`: the kernel then
+ * admits the denied peers too and moat's guard refuses them.
+ *
+ * @example Subtract a deny rule
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { compileAllowlist } from "./allowlist.ts";
+ * import { computeIpAddressAllow } from "./systemd.ts";
+ *
+ * const list = compileAllowlist({ allow: ["10.0.0.0/30"], deny: ["10.0.0.1"] });
+ * assert.deepEqual(computeIpAddressAllow(list), {
+ *   rules: ["10.0.0.0/32", "10.0.0.2/31"],
+ *   exact: true,
+ * });
+ * assert.deepEqual(computeIpAddressAllow(compileAllowlist({})).rules, [
+ *   "127.0.0.0/8",
+ *   "::1/128",
+ * ]);
+ * ```
+ *
+ * @param allowlist The compiled allowlist.
+ * @param options Limits.
+ * @returns The networks, IPv4 first, each in ascending order.
+ */
+export function computeIpAddressAllow(
+  allowlist: Pick<AllowlistRules, "allow" | "deny">,
+  options: IpAddressAllowOptions = {},
+): IpAddressAllow {
+  const maxRules = options.maxRules ?? 1024;
+  const deny = allowlist.deny.map(_toNet);
+  let pieces = allowlist.allow.map(_toNet);
+  let exact = true;
+  for (const hole of deny) {
+    const next: _Net[] = [];
+    for (const piece of pieces) next.push(..._subtract(piece, hole));
+    if (next.length > maxRules) {
+      exact = false;
+      pieces = allowlist.allow.map(_toNet);
+      break;
+    }
+    pieces = next;
+  }
+  // Drop networks covered by another (overlapping allow rules), then sort.
+  const kept = pieces.filter((p, i) =>
+    !pieces.some((q, j) =>
+      j !== i && _contains(q, p) && (q.prefix < p.prefix || j < i)
+    )
+  );
+  kept.sort((a, b) =>
+    a.family - b.family || (a.net < b.net ? -1 : a.net > b.net ? 1 : 0) ||
+    a.prefix - b.prefix
+  );
+  return { rules: kept.map((n) => formatCidr(_toCidr(n))), exact };
+}
+
+/** `true` if `p` is `dir` or inside it. */
+function _under(p: string, dir: string): boolean {
+  return p === dir || p.startsWith(dir + "/");
+}
+
+function _underAny(p: string, dirs: readonly string[]): boolean {
+  return dirs.some((d) => _under(p, d));
+}
+
+/** Rejects a path systemd cannot name in a unit or that moat cannot use. */
+function _checkPath(p: string, what: string): void {
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(p)) {
+    throw new UsageError(
+      `Cannot write a systemd unit: ${what} ${
+        JSON.stringify(p)
+      } contains a control character`,
+    );
+  }
+}
+
+/** A path for a path-list setting: quoted when needed, `%` escaped. */
+function _pathWord(p: string): string {
+  return _quote(p, false);
+}
+
+/** A path for `BindPaths=`/`BindReadOnlyPaths=`, where `:` separates fields. */
+function _bindWord(p: string): string {
+  if (p.includes(":")) {
+    throw new UsageError(
+      `Cannot write a systemd unit: ${
+        JSON.stringify(p)
+      } contains ":", which a bind mount under ProtectHome= cannot name; move it out of /home, /root and /run/user`,
+    );
+  }
+  return _pathWord(p);
+}
+
+/**
+ * The executable as the first `ExecStart=` word: absolute, and free of the
+ * characters systemd refuses there (quotes, backslashes) or would expand.
+ */
+function _executableWord(p: string): string {
+  if (!path.isAbsolute(p) || !p.startsWith("/")) {
+    throw new UsageError(
+      `Cannot write a systemd unit: the program path ${
+        JSON.stringify(p)
+      } is not absolute`,
+    );
+  }
+  // deno-lint-ignore no-control-regex
+  if (/["'\\$\x00-\x1f\x7f]/.test(p)) {
+    throw new UsageError(
+      `Cannot write a systemd unit: the program path ${
+        JSON.stringify(p)
+      } contains a quote, backslash, "$" or control character`,
+    );
+  }
+  return quoteSystemdArg(p);
+}
+
+/** The `host:port` entries Deno's `--allow-net` needs to listen. */
+function _denoNet(
+  flags: readonly ServeFlag[],
+  loopbackOnly: boolean,
+  port: number,
+): string[] {
+  let host: string | undefined;
+  for (const f of flags) if (f.name === "host") host = f.value;
+  // Mirrors `moat serve`: the given host, else loopback or all addresses,
+  // with an IPv4-only fallback where IPv6 is unavailable.
+  const hosts = host !== undefined
+    ? [host]
+    : loopbackOnly
+    ? ["127.0.0.1", "::1"]
+    : ["0.0.0.0", "::"];
+  return hosts.map((h) => {
+    const name = h.includes(":") && !h.startsWith("[") ? `[${h}]` : h;
+    return port === 0 ? name : `${name}:${port}`;
+  });
+}
+
+/** A Deno permission list: comma-separated, so no path may hold a comma. */
+function _denoList(flag: string, items: readonly string[]): string {
+  for (const item of items) {
+    if (item.includes(",")) {
+      throw new UsageError(
+        `Cannot write a systemd unit for Deno: ${
+          JSON.stringify(item)
+        } contains a comma, which --${flag} cannot express; use the moat binary`,
+      );
+    }
+  }
+  return `--${flag}=${[...new Set(items)].join(",")}`;
+}
+
+/**
+ * Renders a least-privilege systemd service unit that runs `moat serve` with
+ * the given flags.
+ *
+ * Choices, and why:
+ * - `User=moat` (a static system user the operator creates) rather than
+ *   `DynamicUser=yes`: the audit log and the vault are long-lived files at
+ *   paths the operator picks, and they must keep one owner across restarts
+ *   and be readable by the operator's tools; the protections `DynamicUser=`
+ *   implies (`PrivateTmp=`, `RemoveIPC=`, `RestrictSUIDSGID=`, ...) are set
+ *   explicitly instead.
+ * - A log under `/var/log/<dir>/` uses `LogsDirectory=<dir>` and a vault under
+ *   `/var/lib/<dir>` uses `StateDirectory=<dir>`, which systemd creates and
+ *   hands to the user; other write paths go to `ReadWritePaths=` and must
+ *   exist, owned by `moat`.
+ * - Paths under `/home`, `/root` or `/run/user` switch to `ProtectHome=tmpfs`
+ *   and are bound in (`BindReadOnlyPaths=`, `BindPaths=`); paths under
+ *   `/tmp`, `/var/tmp` or `/dev` turn off `PrivateTmp=` or `PrivateDevices=`.
+ * - No `MemoryDenyWriteExecute=`: the JavaScript JIT needs it off.
+ *
+ * @example Print the unit for a LAN server
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { compileAllowlist } from "./allowlist.ts";
+ * import { renderSystemdUnit } from "./systemd.ts";
+ *
+ * const unit = renderSystemdUnit({
+ *   launcher: { executable: "/usr/local/bin/moat" },
+ *   flags: [
+ *     { name: "allow", value: "192.168.1.0/24" },
+ *     { name: "root", value: "share" },
+ *     { name: "print-systemd-unit" },
+ *   ],
+ *   cwd: "/srv",
+ *   allowlist: compileAllowlist({ allow: ["192.168.1.0/24"] }),
+ *   port: 4320,
+ *   maxConns: 512,
+ * });
+ * assert.match(
+ *   unit,
+ *   /^ExecStart=\/usr\/local\/bin\/moat serve --allow 192\.168\.1\.0\/24 --root \/srv\/share$/m,
+ * );
+ * assert.match(unit, /^IPAddressDeny=any\nIPAddressAllow=192\.168\.1\.0\/24$/m);
+ * assert.match(unit, /^User=moat$/m);
+ * ```
+ *
+ * @param options The launcher, the flags and the compiled allowlist.
+ * @returns The unit file text, ending with a newline.
+ * @throws {UsageError} If the program path is not absolute or holds a quote,
+ * backslash, `$` or control character; if a path holds a control character;
+ * or, for Deno, if a path holds a comma.
+ */
+export function renderSystemdUnit(options: SystemdUnitOptions): string {
+  const { launcher, cwd, allowlist, port, maxConns } = options;
+  const exe = _executableWord(launcher.executable);
+
+  // Serve flags: ours dropped, paths absolute, --root always explicit since
+  // the service's working directory is "/".
+  const flags: ServeFlag[] = [];
+  let root: string | undefined;
+  const logs: string[] = [];
+  const vaults: string[] = [];
+  const allowFiles: string[] = [];
+  for (const f of options.flags) {
+    if (f.name === OWN_FLAG) continue;
+    let value = f.value;
+    if (value !== undefined && PATH_FLAGS.has(f.name)) {
+      value = path.resolve(cwd, value);
+      _checkPath(value, `--${f.name}`);
+      if (f.name === "root") root = value;
+      else if (f.name === "log") logs.push(value);
+      else if (f.name === "vault") vaults.push(value);
+      else allowFiles.push(value);
+    }
+    flags.push(
+      value === undefined ? { name: f.name } : { name: f.name, value },
+    );
+  }
+  if (root === undefined) {
+    root = path.resolve(cwd);
+    _checkPath(root, "--root");
+    flags.push({ name: "root", value: root });
+  }
+  const serveWords: string[] = ["serve"];
+  for (const f of flags) {
+    serveWords.push(`--${f.name}`);
+    if (f.value !== undefined) serveWords.push(f.value);
+  }
+
+  // Write access: systemd-managed folders where possible.
+  const logsDirs: string[] = [];
+  const stateDirs: string[] = [];
+  const readWrite: string[] = [];
+  for (const log of logs) {
+    const dir = path.posix.dirname(log);
+    if (_under(dir, "/var/log") && dir !== "/var/log") {
+      logsDirs.push(path.posix.relative("/var/log", dir));
+    } else readWrite.push(log);
+  }
+  for (const vault of vaults) {
+    if (_under(vault, "/var/lib") && vault !== "/var/lib") {
+      stateDirs.push(path.posix.relative("/var/lib", vault));
+    } else readWrite.push(vault);
+  }
+  const readOnly = [root, ...allowFiles];
+  const program = [launcher.executable];
+  if (launcher.script !== undefined) {
+    program.push(path.resolve(cwd, launcher.script));
+  }
+  for (const p of program) _checkPath(p, "the program path");
+
+  const all = [...readOnly, ...readWrite, ...program];
+  const home = all.some((p) => _underAny(p, HOME_DIRS));
+  const privateTmp = !all.some((p) => _underAny(p, TMP_DIRS));
+  const privateDevices = !all.some((p) => _under(p, DEV_DIR));
+
+  // The command.
+  const command: string[] = [];
+  if (launcher.script !== undefined) {
+    const script = program[1]!;
+    if (launcher.runtime === "deno") {
+      command.push(
+        "run",
+        "--no-prompt",
+        _denoList("allow-net", _denoNet(flags, allowlist.loopbackOnly, port)),
+        _denoList("allow-read", [...readOnly, ...vaults]),
+      );
+      const writable = [...logs, ...vaults];
+      if (writable.length > 0) command.push(_denoList("allow-write", writable));
+    }
+    command.push(script);
+  }
+  command.push(...serveWords);
+  const execStart = [exe, ...command.map(quoteSystemdArg)].join(" ");
+
+  const deno = launcher.runtime === "deno" && launcher.script !== undefined;
+  const kernel = computeIpAddressAllow(allowlist);
+  const denied = allowlist.deny.map(formatCidr);
+  const lowPort = port > 0 && port < 1024;
+  const l: string[] = [];
+  const push = (...lines: string[]) => l.push(...lines);
+
+  push(
+    `# Generated by \`moat serve --print-systemd-unit\`${
+      options.version ? ` (moat ${options.version})` : ""
+    }.`,
+    "# Install: useradd --system --no-create-home --shell /usr/sbin/nologin moat",
+    "# then save as /etc/systemd/system/moat.service and run",
+    "# systemctl daemon-reload && systemctl enable --now moat",
+    "",
+    "[Unit]",
+    `Description=moat guarded socket server (port ${port})`,
+    "After=network.target",
+    "",
+    "[Service]",
+    "Type=exec",
+    `ExecStart=${execStart}`,
+    "Restart=on-failure",
+    "RestartSec=2s",
+    "TimeoutStopSec=15s",
+    "",
+    "# A dedicated, unprivileged user (see docs/DEPLOY.md for why not DynamicUser=).",
+    `User=${USER}`,
+    `Group=${USER}`,
+    "UMask=0027",
+    `LimitNOFILE=${Math.max(1024, 2 * maxConns + 64)}`,
+    "",
+    "# The kernel drops packets from every address moat's guard would refuse,",
+    "# before moat sees them. IPAddressAllow= wins over IPAddressDeny=.",
+    "IPAddressDeny=any",
+  );
+  if (kernel.rules.length === 0) {
+    push("# (none: every allowed network is also denied)");
+  }
+  for (const rule of kernel.rules) push(`IPAddressAllow=${rule}`);
+  if (allowlist.loopbackOnly) {
+    push("# No --allow given: loopback only, as moat itself enforces.");
+  }
+  if (denied.length > 0) {
+    push(
+      kernel.exact
+        ? `# Deny rules (${
+          denied.join(", ")
+        }) are subtracted above; moat's guard enforces them too.`
+        : `# Deny rules (${
+          denied.join(", ")
+        }) need too many networks to subtract here: only moat's guard enforces them.`,
+    );
+  }
+  if (allowFiles.length > 0) {
+    push(
+      "# These lines were computed from the allow-file(s) as they are now:",
+      "# regenerate the unit whenever they change.",
+    );
+  }
+  push(
+    // Deno's signal handling needs a Unix socket pair.
+    `RestrictAddressFamilies=AF_INET AF_INET6${deno ? " AF_UNIX" : ""}`,
+    "",
+    "# Files: everything read-only; the root and allow-files readable;",
+    "# only the log and the vault writable.",
+    "ProtectSystem=strict",
+    `ProtectHome=${home ? "tmpfs" : "yes"}`,
+  );
+  const roWords = readOnly.map(_pathWord).join(" ");
+  if (home) {
+    const ro = [...readOnly, ...program].filter((p) => _underAny(p, HOME_DIRS));
+    const rw = readWrite.filter((p) => _underAny(p, HOME_DIRS));
+    if (ro.length > 0) push(`BindReadOnlyPaths=${ro.map(_bindWord).join(" ")}`);
+    if (rw.length > 0) push(`BindPaths=${rw.map(_bindWord).join(" ")}`);
+  }
+  push(`ReadOnlyPaths=${roWords}`);
+  if (readWrite.length > 0) {
+    push(
+      "# Each must exist and be writable by the moat user.",
+      `ReadWritePaths=${readWrite.map(_pathWord).join(" ")}`,
+    );
+  }
+  if (logsDirs.length > 0) {
+    push(
+      `LogsDirectory=${logsDirs.map(_pathWord).join(" ")}`,
+      "LogsDirectoryMode=0750",
+    );
+  }
+  if (stateDirs.length > 0) {
+    push(
+      `StateDirectory=${stateDirs.map(_pathWord).join(" ")}`,
+      "StateDirectoryMode=0750",
+    );
+  }
+  if (deno) push("CacheDirectory=moat", "Environment=DENO_DIR=%C/moat/deno");
+  if (!privateTmp) {
+    push("# A path above is in /tmp or /var/tmp: keep the host's.");
+  }
+  push(`PrivateTmp=${privateTmp ? "yes" : "no"}`);
+  if (!privateDevices) push("# A path above is in /dev: keep the host's.");
+  push(
+    `PrivateDevices=${privateDevices ? "yes" : "no"}`,
+    "PrivateMounts=yes",
+    "",
+    "# Privileges and the kernel.",
+    "NoNewPrivileges=yes",
+    `CapabilityBoundingSet=${lowPort ? "CAP_NET_BIND_SERVICE" : ""}`,
+    `AmbientCapabilities=${lowPort ? "CAP_NET_BIND_SERVICE" : ""}`,
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "RemoveIPC=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "SystemCallErrorNumber=EPERM",
+    "# MemoryDenyWriteExecute= stays off: the JavaScript JIT needs W+X pages.",
+    "",
+    "[Install]",
+    "WantedBy=multi-user.target",
+  );
+  return l.join("\n") + "\n";
+}

@@ -1,0 +1,682 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import process from "node:process";
+import {
+  compileAllowlist,
+  formatCidr,
+  parseIp,
+  parseRule,
+} from "../lib/allowlist.ts";
+import {
+  computeIpAddressAllow,
+  quoteSystemdArg,
+  renderSystemdUnit,
+  type ServeFlag,
+  type SystemdUnitOptions,
+} from "../lib/systemd.ts";
+import { UsageError } from "../lib/errors.ts";
+
+const MAIN = path.resolve(import.meta.dirname ?? ".", "..", "main.ts");
+
+/** A fresh temporary folder, removed on dispose. */
+function tempDir(): { dir: string; [Symbol.dispose](): void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-systemd-"));
+  return {
+    dir,
+    [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// A reference parser for one ExecStart= line, written from systemd's rules
+// (systemd.syntax(7) "Quoting", systemd.service(5) "Command lines", and
+// config_parse_exec in src/core/load-fragment.c): words split on whitespace,
+// "..." or '...' around a whole word, C escapes, then %% -> % (specifiers)
+// and $$ -> $ (environment substitution). A bare % or $ fails the test,
+// because systemd would expand it.
+
+const ESCAPES: Record<string, string> = {
+  a: "\x07",
+  b: "\b",
+  f: "\f",
+  n: "\n",
+  r: "\r",
+  t: "\t",
+  v: "\v",
+  "\\": "\\",
+  '"': '"',
+  "'": "'",
+  s: " ",
+};
+
+function expand(word: string): string {
+  return word.replace(/%(.)|\$(.)|[%$]$/g, (m, pct, dol) => {
+    if (pct === "%") return "%";
+    if (dol === "$") return "$";
+    throw new Error(`unescaped ${m} in ${JSON.stringify(word)}`);
+  });
+}
+
+function parseExecStart(line: string): string[] {
+  const words: string[] = [];
+  let i = 0;
+  while (i < line.length) {
+    while (line[i] === " " || line[i] === "\t") i++;
+    if (i >= line.length) break;
+    let word = "";
+    let quote: string | undefined;
+    if (line[i] === '"' || line[i] === "'") quote = line[i++];
+    for (;;) {
+      if (i >= line.length) {
+        if (quote) throw new Error(`unbalanced quote in ${line}`);
+        break;
+      }
+      const c = line[i]!;
+      if (quote && c === quote) {
+        i++;
+        assert.ok(
+          i >= line.length || line[i] === " ",
+          "a closing quote ends the word",
+        );
+        break;
+      }
+      if (!quote && (c === " " || c === "\t")) break;
+      if (c === "\\") {
+        const e = line[i + 1]!;
+        if (e === "x") {
+          word += String.fromCharCode(parseInt(line.slice(i + 2, i + 4), 16));
+          i += 4;
+        } else {
+          assert.ok(e in ESCAPES, `known escape \\${e}`);
+          word += ESCAPES[e];
+          i += 2;
+        }
+        continue;
+      }
+      assert.ok(
+        quote || (c !== '"' && c !== "'"),
+        "no quote inside a bare word",
+      );
+      word += c;
+      i++;
+    }
+    assert.notEqual(
+      !quote && word === ";",
+      true,
+      "a bare ; would split the command",
+    );
+    words.push(expand(word));
+  }
+  return words;
+}
+
+function execStartOf(unit: string): string[] {
+  const line = unit.split("\n").find((l) => l.startsWith("ExecStart="));
+  assert.ok(line, "unit has ExecStart=");
+  return parseExecStart(line.slice("ExecStart=".length));
+}
+
+function settings(unit: string, key: string): string[] {
+  return unit.split("\n").filter((l) => l.startsWith(`${key}=`)).map((l) =>
+    l.slice(key.length + 1)
+  );
+}
+
+const BINARY = { executable: "/usr/local/bin/moat" };
+
+function unitFor(
+  flags: ServeFlag[],
+  extra: Partial<SystemdUnitOptions> = {},
+): string {
+  const allow: string[] = [];
+  const deny: string[] = [];
+  for (const f of flags) {
+    if (f.name === "allow" && f.value) allow.push(f.value);
+    if (f.name === "deny" && f.value) deny.push(f.value);
+  }
+  const portFlag = flags.find((f) => f.name === "port");
+  return renderSystemdUnit({
+    launcher: BINARY,
+    flags,
+    cwd: "/srv/moat",
+    allowlist: compileAllowlist({ allow, deny }),
+    port: portFlag?.value ? Number(portFlag.value) : 4320,
+    maxConns: 512,
+    ...extra,
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+describe("quoteSystemdArg", () => {
+  const cases: [string, string][] = [
+    ["--root", "--root"],
+    ["/srv/share", "/srv/share"],
+    ["10.0.0.0/8,192.168.1.0/24", "10.0.0.0/8,192.168.1.0/24"],
+    ["", '""'],
+    ["a b", '"a b"'],
+    ["100%", '"100%%"'],
+    ["$HOME", '"$$HOME"'],
+    ["${X}", '"$${X}"'],
+    ['say "hi"', '"say \\"hi\\""'],
+    ["back\\slash", '"back\\\\slash"'],
+    [";", '";"'],
+    ["line\nbreak\ttab\rcr", '"line\\nbreak\\ttab\\rcr"'],
+    ["\x01\x7f", '"\\x01\\x7f"'],
+    ["'single'", `"'single'"`],
+    ["naïve ☃", '"naïve ☃"'],
+  ];
+  for (const [word, expected] of cases) {
+    test(`quoteSystemdArg quotes ${JSON.stringify(word)}`, () => {
+      assert.equal(quoteSystemdArg(word), expected);
+    });
+  }
+
+  test("quoteSystemdArg round-trips through systemd's command-line rules", () => {
+    const words = cases.map(([w]) => w).concat([
+      "%n%%",
+      "$$",
+      "a;b",
+      "-x",
+      "@",
+      "\\;",
+      " lead",
+      "trail ",
+      '"',
+      "'",
+    ]);
+    const line = words.map(quoteSystemdArg).join(" ");
+    assert.deepEqual(parseExecStart(line), words);
+  });
+});
+
+// ---------------------------------------------------------------------------
+
+/** Address arithmetic for sampling. */
+function toBig(bytes: Uint8Array): bigint {
+  let v = 0n;
+  for (const b of bytes) v = (v << 8n) | BigInt(b);
+  return v;
+}
+
+function fromBig(v: bigint, family: 4 | 6): string {
+  const n = family === 4 ? 4 : 16;
+  const bytes = new Uint8Array(n);
+  for (let i = n - 1; i >= 0; i--) {
+    bytes[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  const text = formatCidr({ family, bytes, prefix: n * 8 });
+  return text.slice(0, text.lastIndexOf("/"));
+}
+
+/** Boundary and pseudo-random addresses around every rule. */
+function samples(rules: string[]): string[] {
+  const out = new Set<string>([
+    "0.0.0.0",
+    "255.255.255.255",
+    "127.0.0.1",
+    "::",
+    "::1",
+    "::2",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+  ]);
+  let x = 0x9e3779b9n;
+  for (const rule of rules) {
+    const cidr = parseRule(rule);
+    const bits = cidr.family === 4 ? 32n : 128n;
+    const max = (1n << bits) - 1n;
+    const size = 1n << (bits - BigInt(cidr.prefix));
+    const first = toBig(cidr.bytes);
+    const last = first + size - 1n;
+    for (
+      const v of [first - 1n, first, first + 1n, last - 1n, last, last + 1n]
+    ) {
+      if (v >= 0n && v <= max) out.add(fromBig(v, cidr.family));
+    }
+    for (let k = 0; k < 16; k++) {
+      x = (x * 6364136223846793005n + 1442695040888963407n) &
+        ((1n << 64n) - 1n);
+      const r = (x << 64n) | (x ^ 0x5deece66dn);
+      out.add(fromBig(first + (r % size), cidr.family));
+    }
+  }
+  return [...out];
+}
+
+function inRules(addr: string, rules: string[]): boolean {
+  const ip = parseIp(addr)!;
+  return rules.some((r) => {
+    const c = parseRule(r);
+    if (c.family !== ip.family) return false;
+    const shift = BigInt(ip.bytes.length * 8 - c.prefix);
+    return (toBig(ip.bytes) >> shift) === (toBig(c.bytes) >> shift);
+  });
+}
+
+describe("computeIpAddressAllow", () => {
+  const configs: { allow: string[]; deny: string[] }[] = [
+    { allow: [], deny: [] },
+    { allow: [], deny: ["127.0.0.53"] },
+    { allow: ["10.0.0.5"], deny: [] },
+    { allow: ["10.0.0.0/8", "192.168.1.0/24"], deny: ["10.0.0.5"] },
+    {
+      allow: ["10.0.0.0/8"],
+      deny: ["10.128.0.0/9", "10.1.2.3", "10.1.2.0/30"],
+    },
+    { allow: ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3"], deny: [] },
+    { allow: ["0.0.0.0/0", "::/0"], deny: ["192.0.2.0/24", "2001:db8::/32"] },
+    { allow: ["2001:db8::/32", "fe80::/10"], deny: ["2001:db8:0:1::/64"] },
+    { allow: ["::ffff:10.0.0.0/104"], deny: ["::ffff:10.9.9.9"] },
+    { allow: ["192.168.1.13"], deny: ["192.168.1.0/24"] },
+    { allow: ["192.168.0.0/16"], deny: ["192.168.0.0/16"] },
+  ];
+  for (const { allow, deny } of configs) {
+    test(`computeIpAddressAllow matches the guard for allow [${allow}] deny [${deny}]`, () => {
+      const list = compileAllowlist({ allow, deny });
+      const { rules, exact } = computeIpAddressAllow(list);
+      assert.equal(exact, true);
+      // Every line is canonical text that systemd and the guard accept.
+      for (const r of rules) assert.equal(formatCidr(parseRule(r)), r);
+      const all = [...list.allow, ...list.deny].map(formatCidr).concat(rules);
+      for (const addr of samples(all)) {
+        assert.equal(
+          inRules(addr, rules),
+          list.check(addr),
+          `${addr}: kernel ${inRules(addr, rules)}, guard ${list.check(addr)}`,
+        );
+      }
+    });
+  }
+
+  test("computeIpAddressAllow lists loopback when no allow rule is given", () => {
+    assert.deepEqual(computeIpAddressAllow(compileAllowlist({})), {
+      rules: ["127.0.0.0/8", "::1/128"],
+      exact: true,
+    });
+  });
+
+  test("computeIpAddressAllow lists nothing when every allowed network is denied", () => {
+    const list = compileAllowlist({
+      allow: ["10.0.0.5"],
+      deny: ["10.0.0.0/8"],
+    });
+    assert.deepEqual(computeIpAddressAllow(list), { rules: [], exact: true });
+  });
+
+  test("computeIpAddressAllow drops networks covered by another and sorts", () => {
+    const list = compileAllowlist({
+      allow: ["::1", "192.168.1.7", "10.1.0.0/16", "10.0.0.0/8", "10.0.0.0/8"],
+    });
+    assert.deepEqual(computeIpAddressAllow(list).rules, [
+      "10.0.0.0/8",
+      "192.168.1.7/32",
+      "::1/128",
+    ]);
+  });
+
+  test("computeIpAddressAllow falls back to the allow rules past maxRules", () => {
+    const list = compileAllowlist({ allow: ["::/0"], deny: ["2001:db8::1"] });
+    assert.equal(computeIpAddressAllow(list).rules.length, 128);
+    assert.deepEqual(computeIpAddressAllow(list, { maxRules: 100 }), {
+      rules: ["::/0"],
+      exact: false,
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
+
+describe("renderSystemdUnit", () => {
+  test("renderSystemdUnit reproduces the serve flags with absolute paths", () => {
+    const unit = unitFor([
+      { name: "allow", value: "10.0.0.0/8" },
+      { name: "port", value: "4500" },
+      { name: "print-systemd-unit" },
+      { name: "root", value: "share/../files" },
+      { name: "allow-file", value: "peers.txt" },
+      { name: "reply", value: 'away: back at 5, "$5" or 100%' },
+      { name: "no-plain" },
+      { name: "log", value: "/var/log/moat/audit.log" },
+      { name: "vault", value: "vault" },
+    ]);
+    assert.deepEqual(execStartOf(unit), [
+      "/usr/local/bin/moat",
+      "serve",
+      "--allow",
+      "10.0.0.0/8",
+      "--port",
+      "4500",
+      "--root",
+      "/srv/moat/files",
+      "--allow-file",
+      "/srv/moat/peers.txt",
+      "--reply",
+      'away: back at 5, "$5" or 100%',
+      "--no-plain",
+      "--log",
+      "/var/log/moat/audit.log",
+      "--vault",
+      "/srv/moat/vault",
+    ]);
+    assert.deepEqual(settings(unit, "ReadOnlyPaths"), [
+      "/srv/moat/files /srv/moat/peers.txt",
+    ]);
+    assert.deepEqual(settings(unit, "ReadWritePaths"), ["/srv/moat/vault"]);
+    assert.deepEqual(settings(unit, "LogsDirectory"), ["moat"]);
+    assert.match(unit, /regenerate the unit whenever they change/);
+  });
+
+  test("renderSystemdUnit adds --root when none is given", () => {
+    const unit = unitFor([]);
+    assert.deepEqual(execStartOf(unit), [
+      "/usr/local/bin/moat",
+      "serve",
+      "--root",
+      "/srv/moat",
+    ]);
+    assert.deepEqual(settings(unit, "ReadWritePaths"), []);
+  });
+
+  test("renderSystemdUnit writes the guard's rules as IPAddressAllow lines", () => {
+    const flags = [
+      { name: "allow", value: "10.0.0.0/8,192.168.1.0/24" },
+      { name: "deny", value: "10.0.0.5" },
+    ];
+    const unit = unitFor(flags);
+    const list = compileAllowlist({
+      allow: ["10.0.0.0/8,192.168.1.0/24"],
+      deny: ["10.0.0.5"],
+    });
+    assert.deepEqual(settings(unit, "IPAddressDeny"), ["any"]);
+    assert.deepEqual(
+      settings(unit, "IPAddressAllow"),
+      computeIpAddressAllow(list).rules,
+    );
+    assert.ok(!settings(unit, "IPAddressAllow").includes("10.0.0.5/32"));
+    assert.match(unit, /# Deny rules \(10\.0\.0\.5\/32\) are subtracted above/);
+    assert.deepEqual(settings(unitFor([]), "IPAddressAllow"), [
+      "127.0.0.0/8",
+      "::1/128",
+    ]);
+  });
+
+  test("renderSystemdUnit runs as a dedicated user with least privilege", () => {
+    const unit = unitFor([]);
+    for (
+      const line of [
+        "User=moat",
+        "Group=moat",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "RestrictAddressFamilies=AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+        "IPAddressDeny=any",
+        "LimitNOFILE=1088",
+      ]
+    ) assert.ok(unit.split("\n").includes(line), line);
+    assert.doesNotMatch(unit, /^(DynamicUser|MemoryDenyWriteExecute)=/m);
+  });
+
+  test("renderSystemdUnit grants CAP_NET_BIND_SERVICE only below port 1024", () => {
+    const low = unitFor([{ name: "port", value: "443" }]);
+    assert.deepEqual(settings(low, "AmbientCapabilities"), [
+      "CAP_NET_BIND_SERVICE",
+    ]);
+    assert.deepEqual(settings(low, "CapabilityBoundingSet"), [
+      "CAP_NET_BIND_SERVICE",
+    ]);
+    const any = unitFor([{ name: "port", value: "0" }], { port: 0 });
+    assert.deepEqual(settings(any, "AmbientCapabilities"), [""]);
+  });
+
+  test("renderSystemdUnit binds paths in home folders into ProtectHome=tmpfs", () => {
+    const unit = unitFor([
+      { name: "root", value: "/home/ann/share" },
+      { name: "log", value: "/root/moat.log" },
+    ]);
+    assert.deepEqual(settings(unit, "ProtectHome"), ["tmpfs"]);
+    assert.deepEqual(settings(unit, "BindReadOnlyPaths"), ["/home/ann/share"]);
+    assert.deepEqual(settings(unit, "BindPaths"), ["/root/moat.log"]);
+    assert.deepEqual(settings(unit, "ReadWritePaths"), ["/root/moat.log"]);
+  });
+
+  test("renderSystemdUnit keeps the host's /tmp and /dev when a path is there", () => {
+    const unit = unitFor([
+      { name: "root", value: "/tmp/share" },
+      { name: "log", value: "/dev/shm/moat.log" },
+    ]);
+    assert.deepEqual(settings(unit, "PrivateTmp"), ["no"]);
+    assert.deepEqual(settings(unit, "PrivateDevices"), ["no"]);
+  });
+
+  test("renderSystemdUnit uses StateDirectory for a vault under /var/lib", () => {
+    const unit = unitFor([{ name: "vault", value: "/var/lib/moat/vault" }]);
+    assert.deepEqual(settings(unit, "StateDirectory"), ["moat/vault"]);
+    assert.deepEqual(settings(unit, "ReadWritePaths"), []);
+  });
+
+  test("renderSystemdUnit quotes paths with spaces and percent signs", () => {
+    const unit = unitFor([{ name: "root", value: "/srv/my files/100%" }]);
+    assert.deepEqual(settings(unit, "ReadOnlyPaths"), [
+      '"/srv/my files/100%%"',
+    ]);
+    assert.deepEqual(execStartOf(unit).slice(-2), [
+      "--root",
+      "/srv/my files/100%",
+    ]);
+  });
+
+  test("renderSystemdUnit narrows Deno's permissions to the unit's paths and addresses", () => {
+    const unit = unitFor([
+      { name: "root", value: "share" },
+      { name: "log", value: "/var/log/moat/audit.log" },
+      { name: "vault", value: "/var/lib/moat" },
+    ], {
+      launcher: {
+        executable: "/usr/bin/deno",
+        script: "/opt/moat/main.ts",
+        runtime: "deno",
+      },
+    });
+    assert.deepEqual(execStartOf(unit).slice(0, 8), [
+      "/usr/bin/deno",
+      "run",
+      "--no-prompt",
+      "--allow-net=127.0.0.1:4320,[::1]:4320",
+      "--allow-read=/srv/moat/share,/var/lib/moat",
+      "--allow-write=/var/log/moat/audit.log,/var/lib/moat",
+      "/opt/moat/main.ts",
+      "serve",
+    ]);
+    assert.deepEqual(settings(unit, "CacheDirectory"), ["moat"]);
+    assert.deepEqual(settings(unit, "RestrictAddressFamilies"), [
+      "AF_INET AF_INET6 AF_UNIX",
+    ]);
+    const lan = unitFor([{ name: "allow", value: "10.0.0.0/8" }], {
+      launcher: {
+        executable: "/usr/bin/deno",
+        script: "m.ts",
+        runtime: "deno",
+      },
+    });
+    assert.equal(execStartOf(lan)[3], "--allow-net=0.0.0.0:4320,[::]:4320");
+    assert.equal(execStartOf(lan)[5], "/srv/moat/m.ts");
+  });
+
+  test("renderSystemdUnit runs a script under Bun without permission flags", () => {
+    const unit = unitFor([], {
+      launcher: {
+        executable: "/usr/bin/bun",
+        script: "/opt/moat/main.ts",
+        runtime: "bun",
+      },
+    });
+    assert.deepEqual(execStartOf(unit), [
+      "/usr/bin/bun",
+      "/opt/moat/main.ts",
+      "serve",
+      "--root",
+      "/srv/moat",
+    ]);
+  });
+
+  const bad: [string, Partial<SystemdUnitOptions>, RegExp][] = [
+    [
+      "a relative program",
+      { launcher: { executable: "moat" } },
+      /not absolute/,
+    ],
+    ["a quote in the program path", {
+      launcher: { executable: '/opt/"m"/moat' },
+    }, /quote/],
+    ["a control character in a path", {
+      flags: [{ name: "root", value: "/srv/a\nb" }],
+    }, /control character/],
+    ["a comma in a Deno path", {
+      flags: [{ name: "root", value: "/srv/a,b" }],
+      launcher: {
+        executable: "/usr/bin/deno",
+        script: "/m.ts",
+        runtime: "deno",
+      },
+    }, /comma/],
+    ["a colon in a bound home path", {
+      flags: [{ name: "root", value: "/home/a:b" }],
+    }, /contains ":"/],
+  ];
+  for (const [what, extra, message] of bad) {
+    test(`renderSystemdUnit refuses ${what}`, () => {
+      assert.throws(
+        () => unitFor((extra.flags ?? []) as ServeFlag[], extra),
+        (err: unknown) =>
+          err instanceof UsageError && message.test(err.message),
+      );
+    });
+  }
+});
+
+// ---------------------------------------------------------------------------
+
+function systemdAnalyze(): string | undefined {
+  if (process.platform !== "linux") return "skipped: not Linux";
+  const r = spawnSync("systemd-analyze", ["--version"], { encoding: "utf8" });
+  if (r.error || r.status !== 0) {
+    return "skipped: systemd-analyze is not installed (apt-get install systemd)";
+  }
+  return undefined;
+}
+
+const noAnalyze = systemdAnalyze();
+
+test(
+  "renderSystemdUnit output passes systemd-analyze verify",
+  { skip: noAnalyze ?? false },
+  () => {
+    using dir = tempDir();
+    const cases: ServeFlag[][] = [
+      [],
+      [
+        { name: "allow", value: "10.0.0.0/8,2001:db8::/32" },
+        { name: "deny", value: "10.0.0.5" },
+        { name: "port", value: "443" },
+        { name: "root", value: "/home/ann/my share" },
+        { name: "reply", value: 'a "quoted" $HOME; 100% \\ \n ;' },
+        { name: "log", value: "/var/log/moat/audit.log" },
+        { name: "vault", value: "/srv/vault %n" },
+      ],
+      [{ name: "root", value: "/tmp/x" }, { name: "log", value: "/dev/shm/l" }],
+    ];
+    for (const [i, flags] of cases.entries()) {
+      for (
+        const launcher of [
+          { executable: process.execPath },
+          {
+            executable: process.execPath,
+            script: "/opt/moat/main.ts",
+            runtime: "deno" as const,
+          },
+        ]
+      ) {
+        const unit = unitFor(flags, { launcher });
+        const file = path.join(dir.dir, `moat${i}.service`);
+        fs.writeFileSync(file, unit);
+        const r = spawnSync("systemd-analyze", ["verify", "--man=no", file], {
+          encoding: "utf8",
+          timeout: 30_000,
+        });
+        assert.equal(r.status, 0, `${unit}\n${r.stderr}`);
+        assert.equal(r.stderr, "", `${unit}\n${r.stderr}`);
+      }
+    }
+  },
+);
+
+test("moat serve --print-systemd-unit prints the unit and does not listen", () => {
+  using dir = tempDir();
+  fs.mkdirSync(path.join(dir.dir, "share"));
+  fs.writeFileSync(path.join(dir.dir, "peers.txt"), "# lab\n192.168.7.0/24\n");
+  const runtime = navigator.userAgent.startsWith("Deno")
+    ? ["run", "-A", MAIN]
+    : [MAIN];
+  const r = spawnSync(process.execPath, [
+    ...runtime,
+    "serve",
+    "--port",
+    "4999",
+    "--root",
+    "share",
+    "--allow",
+    "10.1.0.0/16",
+    "--allow-file",
+    "peers.txt",
+    "--deny",
+    "10.1.2.3",
+    "--print-systemd-unit",
+    "--reply",
+    "hi $USER",
+  ], { cwd: dir.dir, timeout: 30_000, encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, "");
+  const words = execStartOf(r.stdout);
+  const serve = words.indexOf("serve");
+  assert.ok(path.isAbsolute(words[0]!));
+  const real = fs.realpathSync(dir.dir);
+  assert.deepEqual(words.slice(serve), [
+    "serve",
+    "--port",
+    "4999",
+    "--root",
+    path.join(real, "share"),
+    "--allow",
+    "10.1.0.0/16",
+    "--allow-file",
+    path.join(real, "peers.txt"),
+    "--deny",
+    "10.1.2.3",
+    "--reply",
+    "hi $USER",
+  ]);
+  const list = compileAllowlist({
+    allow: ["10.1.0.0/16", "192.168.7.0/24"],
+    deny: ["10.1.2.3"],
+  });
+  assert.deepEqual(
+    settings(r.stdout, "IPAddressAllow"),
+    computeIpAddressAllow(list).rules,
+  );
+  assert.ok(settings(r.stdout, "IPAddressAllow").includes("192.168.7.0/24"));
+  assert.equal(
+    r.stdout.endsWith("\n[Install]\nWantedBy=multi-user.target\n"),
+    true,
+  );
+});
