@@ -45,7 +45,7 @@ run deno "$BIN/deno" test -A --no-check tests/
 count_deno deno
 run bun "$BIN/bun" test --timeout 180000 tests/
 count_bun bun
-if run build bash scripts/build.sh linux-x64; then
+if run build bash scripts/build.sh linux-x64 linux-arm64; then
   MOAT_BIN=dist/moat-linux-x64 run binary "$BIN/bun" test --timeout 180000 tests/e2e_
   count_bun binary
 else
