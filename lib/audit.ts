@@ -17,6 +17,14 @@ export type AuditEvent =
   | "shutdown"
   | string;
 
+/** Characters JSON.stringify leaves raw that a terminal may act on. */
+const UNSAFE_IN_JSON =
+  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
+
+function escapeUnit(ch: string): string {
+  return "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0");
+}
+
 /** Receives each finished log line (without the newline). */
 export type AuditSink = (line: string) => void;
 
@@ -52,8 +60,12 @@ export class AuditLog {
    */
   write(event: AuditEvent, fields: Record<string, unknown> = {}): void {
     try {
+      // JSON.stringify leaves DEL, C1 controls, line separators and bidi or
+      // invisible format characters raw; escape them so the line is safe to
+      // show on a terminal (the same JSON value).
       this.#sink(
-        JSON.stringify({ ts: new Date().toISOString(), event, ...fields }),
+        JSON.stringify({ ts: new Date().toISOString(), event, ...fields })
+          .replace(UNSAFE_IN_JSON, escapeUnit),
       );
     } catch {
       // A failing sink (disk full, closed pipe) must not take the server down;

@@ -25,6 +25,7 @@ import {
 } from "./protocol.ts";
 import {
   AccessDeniedError,
+  ConnectError,
   ConnectionClosedError,
   ExitCode,
   MoatError,
@@ -32,6 +33,9 @@ import {
   ProtocolError,
 } from "./errors.ts";
 import { formatChatLine } from "./chat.ts";
+import { type ClientTlsConfig, connectSecure } from "./tls.ts";
+import { answerChallenge, type Token } from "./auth.ts";
+import { fingerprint } from "./cert.ts";
 import { prepareDownload, type ReceiveResult, receiveFile } from "./file_sender.ts";
 
 /** A server address. */
@@ -44,6 +48,10 @@ export interface ServerAddr {
 export interface ClientOptions {
   net: Net;
   server: ServerAddr;
+  /** Connect over TLS and verify the server this way. */
+  tls?: ClientTlsConfig;
+  /** Answer the server's token challenge with this token. */
+  token?: Token;
   /** Sent in the hello, e.g. "0.1.0". */
   version: string;
   /** Largest frame accepted. @default {1_048_576} */
@@ -83,13 +91,19 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
   return { hostname: host, port: n };
 }
 
+/** First bytes of TLS records (alert, handshake): a TLS server answering a plain client. */
+const TLS_ALERT = 0x15;
+const TLS_HANDSHAKE = 0x16;
+
 const PATH_CODES = new Set(["ERR_BAD_PATH", "ERR_OUTSIDE_ROOT", "ERR_NOT_FOUND", "ERR_NOT_FILE", "ERR_PERMISSION"]);
 
 /** Turns a server error frame into the matching local error. */
 export function serverError(payload: Uint8Array): MoatError {
   const body = decodeError(payload);
   if (PATH_CODES.has(body.code)) return new PathError(body.code, body.message);
-  if (body.code === "ERR_ACCESS_DENIED") return new AccessDeniedError(`Server refused: ${body.message}`);
+  if (body.code === "ERR_ACCESS_DENIED" || body.code === "ERR_AUTH") {
+    return new AccessDeniedError(`Server refused: ${body.message}`);
+  }
   return new MoatError(body.code, `Server error: ${body.message}`);
 }
 
@@ -108,7 +122,7 @@ export async function openSession(
   extra: { source?: string } = {},
 ): Promise<Session> {
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
-  const conn = await options.net.connect(options.server);
+  const conn = await connectSecure(options.net, options.server, options.tls);
   try {
     const hello = encodeFrame({
       type: Kind.Hello,
@@ -133,12 +147,27 @@ export async function openSession(
     if (head.length === 0) {
       throw new ConnectionClosedError("Connection closed by server during the handshake");
     }
+    if ((head[0] === TLS_ALERT || head[0] === TLS_HANDSHAKE) && head[1] === 3 && options.tls === undefined) {
+      throw new ConnectError(
+        `Cannot talk to ${options.server.hostname}:${options.server.port}: the server speaks TLS on this port; connect with --tls`,
+      );
+    }
     if (head[0] !== MAGIC[0]) throw await textRefusal(reader);
     const pre = await reader.readExact(PREAMBLE_SIZE);
     if (!isMagicPrefix(pre.subarray(0, MAGIC.length)) || pre[MAGIC.length] !== PROTOCOL_VERSION) {
       throw new ProtocolError("Server did not answer with a moat preamble of version 1");
     }
-    const frame = await reader.readFrame();
+    let frame = await reader.readFrame();
+    if (frame !== null && frame.type === Kind.Challenge) {
+      const der = conn.tls?.peerCertificate;
+      const payload = answerChallenge(frame.payload, {
+        token: options.token,
+        mode,
+        binding: der === undefined ? "" : fingerprint(der),
+      });
+      await conn.write(encodeFrame({ type: Kind.Auth, payload }));
+      frame = await reader.readFrame();
+    }
     if (frame === null) throw new ConnectionClosedError("Connection closed by server during the handshake");
     if (frame.type === Kind.Error) throw serverError(frame.payload);
     if (frame.type !== Kind.Welcome) {
@@ -160,6 +189,7 @@ async function textRefusal(reader: FrameReader): Promise<MoatError> {
   const [, code, message] = m as unknown as [string, string, string];
   if (code === "ACCESS_DENIED") return new AccessDeniedError("Access refused by server");
   if (code === "BUSY") return new MoatError("ERR_BUSY", "Server busy: too many connections", ExitCode.Connection);
+  if (code === "CERT_REQUIRED" || code === "CERT_REJECTED") return new AccessDeniedError(`Server refused: ${message}`);
   return new MoatError(code, `Server refused: ${message}`);
 }
 

@@ -36,12 +36,15 @@ import {
 } from "../errors.ts";
 import type {
   Addr,
+  ClientTlsOptions,
   Conn,
   ConnectOptions,
   Listener,
   ListenOptions,
   Net,
+  TlsInfo,
 } from "./types.ts";
+import { handshakeReason } from "./node_tls.ts";
 
 /** The subset of Bun's TCP socket used here. */
 interface BunSocket {
@@ -56,6 +59,10 @@ interface BunSocket {
   pause(): void;
   resume(): void;
   setNoDelay(noDelay?: boolean): boolean;
+  /** TLS sockets only. */
+  readonly authorized?: boolean;
+  /** TLS sockets only: the peer's certificate, node-style (`raw` is DER). */
+  getPeerCertificate?(): { raw?: Uint8Array } | null | undefined;
 }
 
 /** Socket callbacks; Bun shares one set among all sockets of a server. */
@@ -67,6 +74,23 @@ interface BunSocketHandler {
   end(socket: BunSocket): void;
   close(socket: BunSocket, error?: Error): void;
   error(socket: BunSocket, error: Error): void;
+  /** TLS only: the handshake finished (`success` false: it failed). */
+  handshake?(
+    socket: BunSocket,
+    success: boolean,
+    authorizationError: Error | null,
+  ): void;
+}
+
+/** Bun's `tls` option; `minVersion` is a number there (0x0304 is TLS 1.3). */
+interface BunTlsOptions {
+  cert?: string;
+  key?: string;
+  ca?: string;
+  requestCert?: boolean;
+  rejectUnauthorized: boolean;
+  serverName?: string;
+  minVersion: number;
 }
 
 interface BunSocketOptions {
@@ -74,6 +98,7 @@ interface BunSocketOptions {
   port: number;
   allowHalfOpen: boolean;
   socket: BunSocketHandler;
+  tls?: BunTlsOptions;
 }
 
 /** The subset of Bun's TCP server used here. */
@@ -102,6 +127,8 @@ const STREAM_WAIT_SIZE = 16_384;
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const EOF: Promise<number | null> = Promise.resolve(null);
+/** TLS1_3_VERSION, as Bun wants `minVersion`. */
+const TLS_1_3 = 0x0304;
 
 /**
  * Returns the Bun implementation of {@linkcode Net}.
@@ -129,6 +156,7 @@ const EOF: Promise<number | null> = Promise.resolve(null);
  */
 export function bunNet(): Net {
   const clientHandler = BunConn.handler(null);
+  const tlsClientHandler = BunConn.handler(null, { tls: true });
   return {
     runtime: "bun",
     runtimeVersion: Bun.version,
@@ -146,7 +174,10 @@ export function bunNet(): Net {
           hostname: options.hostname,
           port: options.port,
           allowHalfOpen: true,
-          socket: clientHandler,
+          socket: options.tls ? tlsClientHandler : clientHandler,
+          ...(options.tls && {
+            tls: clientTls(options.tls, options.hostname),
+          }),
         });
       } catch (error) {
         throw toConnectError(error, options);
@@ -160,8 +191,37 @@ export function bunNet(): Net {
           }: socket did not open`,
         );
       }
+      if (options.tls) {
+        try {
+          await conn.handshaken;
+        } catch (error) {
+          conn.close();
+          throw new ConnectError(
+            `Cannot connect to ${
+              formatAddr(options.hostname, options.port)
+            }: TLS handshake failed: ${
+              error instanceof Error ? error.message : String(error)
+            }`,
+            { cause: error },
+          );
+        }
+      }
       return conn;
     },
+  };
+}
+
+/** Bun's client `tls` option: TLS 1.3; the caller verifies the peer. */
+function clientTls(config: ClientTlsOptions, hostname: string): BunTlsOptions {
+  const name = config.serverName ?? hostname;
+  const ip = name.includes(":") || /^\d+\.\d+\.\d+\.\d+$/.test(name);
+  return {
+    rejectUnauthorized: false,
+    minVersion: TLS_1_3,
+    ...(!ip && { serverName: name }),
+    ...(config.ca !== undefined && { ca: config.ca }),
+    ...(config.cert !== undefined && { cert: config.cert }),
+    ...(config.key !== undefined && { key: config.key }),
   };
 }
 
@@ -174,11 +234,26 @@ class BunListener implements Listener {
   #closed = false;
 
   constructor(options: ListenOptions) {
+    const tls = options.tls;
     this.#server = Bun.listen({
       hostname: options.hostname,
       port: options.port,
       allowHalfOpen: true,
-      socket: BunConn.handler((conn) => this.#accept(conn)),
+      socket: BunConn.handler((conn) => this.#accept(conn), {
+        tls: tls !== undefined,
+        ...(tls?.onHandshakeError &&
+          { onHandshakeError: tls.onHandshakeError }),
+      }),
+      ...(tls && {
+        tls: {
+          cert: tls.cert,
+          key: tls.key,
+          requestCert: tls.requestCert === true || tls.clientCa !== undefined,
+          rejectUnauthorized: false,
+          minVersion: TLS_1_3,
+          ...(tls.clientCa !== undefined && { ca: tls.clientCa }),
+        },
+      }),
     });
     // `hostname` echoes the option ("localhost"); getsockname has the bound IP.
     const bound: { address?: string; port?: number } = {};
@@ -262,6 +337,14 @@ class BunConn implements Conn {
   #flushed: { resolve: () => void; reject: (e: unknown) => void } | null = null;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
+  #tls: TlsInfo | undefined;
+  #handshake:
+    | {
+      promise: Promise<void>;
+      resolve: () => void;
+      reject: (e: Error) => void;
+    }
+    | null = null;
 
   constructor(socket: BunSocket) {
     this.#socket = socket;
@@ -278,12 +361,35 @@ class BunConn implements Conn {
    * Builds the callbacks for a server (`onOpen` gets each accepted
    * connection) or for client sockets (`onOpen` null).
    */
-  static handler(onOpen: ((conn: BunConn) => void) | null): BunSocketHandler {
+  static handler(
+    onOpen: ((conn: BunConn) => void) | null,
+    options: {
+      tls?: boolean;
+      onHandshakeError?: (peer: Addr, message: string) => void;
+    } = {},
+  ): BunSocketHandler {
+    const tls = options.tls === true;
     return {
       binaryType: "uint8array",
       open(socket) {
         const conn = new BunConn(socket);
         socket.data = conn;
+        // A TLS connection is handed out once its handshake is done.
+        if (tls) conn.#expectHandshake();
+        else onOpen?.(conn);
+      },
+      handshake(socket, success, authorizationError) {
+        const conn = socket.data;
+        if (conn === undefined || !tls) return;
+        if (!success) {
+          const reason = handshakeReason(authorizationError);
+          options.onHandshakeError?.(conn.remoteAddr, reason);
+          conn.#handshake?.reject(new Error(reason));
+          conn.close();
+          return;
+        }
+        conn.#tls = tlsInfo(socket, authorizationError);
+        conn.#handshake?.resolve();
         onOpen?.(conn);
       },
       data(socket, data) {
@@ -307,6 +413,27 @@ class BunConn implements Conn {
         if (conn !== undefined) conn.#onError(error);
       },
     };
+  }
+
+  /** What the TLS handshake established; undefined on plain TCP. */
+  get tls(): TlsInfo | undefined {
+    return this.#tls;
+  }
+
+  /** Resolves once the TLS handshake succeeded; rejects if it failed. */
+  get handshaken(): Promise<void> {
+    return this.#handshake?.promise ?? RESOLVED;
+  }
+
+  #expectHandshake(): void {
+    let resolve!: () => void;
+    let reject!: (e: Error) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => {});
+    this.#handshake = { promise, resolve, reject };
   }
 
   read(buf: Uint8Array): Promise<number | null> {
@@ -505,6 +632,15 @@ class BunConn implements Conn {
   #onClose(error: Error | undefined): void {
     if (this.#socketGone) return;
     this.#socketGone = true;
+    if (this.#tls === undefined) {
+      this.#handshake?.reject(
+        new Error(
+          error
+            ? handshakeReason(error)
+            : "connection closed during the TLS handshake",
+        ),
+      );
+    }
     if (error !== undefined) this.#onError(error);
     this.#eof = true;
     const failure = this.#failure ?? new ConnectionClosedError();
@@ -574,6 +710,29 @@ class BunConn implements Conn {
       cancel: () => this.close(),
     });
   }
+}
+
+/** Reads the handshake's outcome off a Bun TLS socket. */
+function tlsInfo(socket: BunSocket, authorizationError: Error | null): TlsInfo {
+  let raw: Uint8Array | undefined;
+  try {
+    const peer = socket.getPeerCertificate?.();
+    if (peer?.raw instanceof Uint8Array && peer.raw.length > 0) {
+      raw = new Uint8Array(peer.raw);
+    }
+  } catch {
+    // No certificate.
+  }
+  const code = authorizationError === null
+    ? undefined
+    : errorCode(authorizationError) ?? authorizationError.message;
+  return {
+    // Bun does not report the version; the context allows TLS 1.3 only.
+    protocol: "TLSv1.3",
+    peerCertificate: raw,
+    authorized: socket.authorized === true || authorizationError === null,
+    authorizationError: code,
+  };
 }
 
 function formatAddr(hostname: string, port: number): string {

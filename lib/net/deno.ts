@@ -28,9 +28,8 @@ import type {
   ListenOptions,
   Net,
 } from "./types.ts";
-
-/** Chunk size the `readable` view allocates for default (non-BYOB) readers. */
-const STREAM_CHUNK_SIZE = 65_536;
+import { readableFrom, writableFrom } from "./streams.ts";
+import { connectNodeTls, listenNodeTls } from "./node_tls.ts";
 
 /**
  * Returns the Deno implementation of {@linkcode Net}.
@@ -66,6 +65,8 @@ export function denoNet(): Net {
 }
 
 function listenDeno(options: ListenOptions): Promise<Listener> {
+  // Deno.listenTls cannot verify client certificates nor insist on TLS 1.3.
+  if (options.tls !== undefined) return listenNodeTls(options);
   try {
     const listener = Deno.listen({
       hostname: options.hostname,
@@ -79,6 +80,8 @@ function listenDeno(options: ListenOptions): Promise<Listener> {
 }
 
 async function connectDeno(options: ConnectOptions): Promise<Conn> {
+  // Deno.connectTls does not expose the server's certificate (pinning needs it).
+  if (options.tls !== undefined) return await connectNodeTls(options);
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({
@@ -219,49 +222,6 @@ class DenoConn implements Conn {
       // Already closed by the runtime; close() never throws.
     }
   }
-}
-
-/** A byte stream over `conn.read`; BYOB readers fill their own buffers. */
-function readableFrom(conn: Conn): ReadableStream<Uint8Array> {
-  return new ReadableStream({
-    type: "bytes",
-    autoAllocateChunkSize: STREAM_CHUNK_SIZE,
-    async pull(controller) {
-      const request = controller.byobRequest;
-      const view = request?.view;
-      if (request && view) {
-        const target = new Uint8Array(
-          view.buffer,
-          view.byteOffset,
-          view.byteLength,
-        );
-        const n = await conn.read(target);
-        if (n === null) {
-          controller.close();
-          request.respond(0);
-        } else {
-          request.respond(n);
-        }
-        return;
-      }
-      const chunk = new Uint8Array(STREAM_CHUNK_SIZE);
-      const n = await conn.read(chunk);
-      if (n === null) controller.close();
-      else controller.enqueue(chunk.subarray(0, n));
-    },
-    cancel() {
-      conn.close();
-    },
-  });
-}
-
-/** A sink over `conn.write`; closing it half-closes, aborting it closes. */
-function writableFrom(conn: Conn): WritableStream<Uint8Array> {
-  return new WritableStream({
-    write: (chunk) => conn.write(chunk),
-    close: () => conn.closeWrite(),
-    abort: () => conn.close(),
-  });
 }
 
 function toAddr(addr: Deno.NetAddr): Addr {

@@ -35,8 +35,56 @@ export interface Conn {
   readonly writable: WritableStream<Uint8Array>;
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
+  /** What the TLS handshake established; undefined on a plain TCP connection. */
+  readonly tls?: TlsInfo | undefined;
   /** Closes both directions at once. Idempotent; never throws. */
   close(): void;
+}
+
+/**
+ * The outcome of a finished TLS handshake. The adapters never reject a peer's
+ * certificate themselves (except for the protocol version): they report what
+ * they saw, and `lib/tls.ts` decides, so that every refusal has one clear
+ * message on both runtimes.
+ */
+export interface TlsInfo {
+  /** Negotiated protocol, e.g. "TLSv1.3" (empty when the runtime does not say). */
+  readonly protocol: string;
+  /** The peer's end-entity certificate, DER; undefined when it sent none. */
+  readonly peerCertificate: Uint8Array | undefined;
+  /**
+   * True when the peer's chain verified against the configured CA bundle
+   * (`ca` on a client, `clientCa` on a server). Meaningless without one.
+   */
+  readonly authorized: boolean;
+  /** The TLS library's reason when `authorized` is false, e.g. "CERT_HAS_EXPIRED". */
+  readonly authorizationError: string | undefined;
+}
+
+/** Server-side TLS: TLS 1.3 only. */
+export interface ServerTlsOptions {
+  /** PEM certificate chain, end-entity first. */
+  cert: string;
+  /** PEM private key. */
+  key: string;
+  /** Ask every client for a certificate. */
+  requestCert?: boolean;
+  /** PEM CA bundle that client certificates are verified against. */
+  clientCa?: string;
+  /** Reports a connection whose TLS handshake failed (it is never yielded). */
+  onHandshakeError?: (peer: Addr, message: string) => void;
+}
+
+/** Client-side TLS: TLS 1.3 only. */
+export interface ClientTlsOptions {
+  /** PEM CA bundle that the server's chain is verified against. */
+  ca?: string;
+  /** Sent as SNI when it is a DNS name. */
+  serverName?: string;
+  /** PEM client certificate, presented when the server asks. */
+  cert?: string;
+  /** PEM private key of `cert`. */
+  key?: string;
 }
 
 /** A listening TCP socket. Iterate it to accept connections. */
@@ -50,12 +98,16 @@ export interface Listener extends AsyncIterable<Conn> {
 export interface ListenOptions {
   hostname: string;
   port: number;
+  /** Speak TLS 1.3 only; connections are yielded after the handshake. */
+  tls?: ServerTlsOptions;
 }
 
 /** Options for {@linkcode Net.connect}. */
 export interface ConnectOptions {
   hostname: string;
   port: number;
+  /** Speak TLS 1.3; resolves after the handshake (the caller verifies the peer). */
+  tls?: ClientTlsOptions;
 }
 
 /** What a runtime adapter provides. */
