@@ -31,7 +31,8 @@ import {
   serverSecurity,
 } from "./lib/secure_cli.ts";
 import { colonFingerprint, createSelfSignedCert } from "./lib/cert.ts";
-import { openVault, type Vault } from "./lib/vault/store.ts";
+import { DEFAULT_MAX_LINE_BYTES, openVault, type Vault } from "./lib/vault/store.ts";
+import { DEFAULT_SYSLOG_MAX } from "./lib/syslog.ts";
 import { listSources, readRecords } from "./lib/vault/read.ts";
 import { ship } from "./lib/ship/shipper.ts";
 import { defaultStatePath } from "./lib/ship/state.ts";
@@ -84,6 +85,12 @@ Options:
   --no-plain             Refuse plain-text clients (nc, telnet)
   --log FILE             Append the JSON audit log to FILE (default: stderr)
   --vault DIR            Accept shipped logs from allowed peers into DIR
+  --syslog-port N        Also take syslog over TCP (RFC 6587 octet-counted or
+                         newline framing, RFC 5424 or RFC 3164) from allowed
+                         peers on port N of the same hosts, into --vault: each
+                         peer's messages are source PEER/syslog, stored as sent
+  --syslog-max BYTES     Longest syslog message; a longer one is refused and
+                         its connection closed (default 65536)
   --print-systemd-unit   Print a least-privilege systemd unit that runs moat
                          serve with these options, and exit (docs/DEPLOY.md)
   -h, --help             Show this help
@@ -149,6 +156,7 @@ Options:
 HELP.serve += SERVE_SECURITY_HELP;
 HELP.get += CLIENT_SECURITY_HELP;
 HELP.chat += CLIENT_SECURITY_HELP;
+HELP.ship += CLIENT_SECURITY_HELP;
 HELP.cert = `Usage: moat cert [--out DIR] [--name HOST|IP]... [options]
 
 Make an ECDSA P-256 key and a self-signed certificate (CA:FALSE, one
@@ -272,6 +280,8 @@ async function serve(args: string[]) {
     "no-plain": { type: "boolean" },
     log: { type: "string" },
     vault: { type: "string" },
+    "syslog-port": { type: "string" },
+    "syslog-max": { type: "string" },
     "print-systemd-unit": { type: "boolean" },
   }, false);
   if (values.help) return void console.log(HELP.serve);
@@ -300,6 +310,7 @@ async function serve(args: string[]) {
       cwd: process.cwd(),
       allowlist,
       port,
+      extraPorts: [syslogOptions(values)?.port ?? []].flat(),
       maxConns: intOption(values["max-conns"], "max-conns", 512, 1),
       version: VERSION,
     }));
@@ -320,6 +331,7 @@ async function serve(args: string[]) {
   }
   const audit = new AuditLog(sink);
 
+  const syslog = syslogOptions(values);
   let vault: Vault | undefined;
   if (values.vault !== undefined) {
     try {
@@ -352,6 +364,7 @@ async function serve(args: string[]) {
       ...(values.reply !== undefined && { reply: values.reply }),
       onChat: (line) => console.log(formatChatLine(line)),
       ...(vault && { vault }),
+      ...(syslog && { syslog }),
     });
 
   const hosts = values.host !== undefined
@@ -391,6 +404,22 @@ async function serve(args: string[]) {
     }
   })();
   await new Promise(() => {});
+}
+
+/** The --syslog-port and --syslog-max options; undefined without a port. */
+function syslogOptions(values: { "syslog-port"?: string; "syslog-max"?: string; vault?: string }) {
+  if (values["syslog-port"] === undefined) {
+    if (values["syslog-max"] !== undefined) throw new UsageError("--syslog-max needs --syslog-port");
+    return undefined;
+  }
+  if (values.vault === undefined) throw new UsageError("--syslog-port needs --vault DIR (syslog messages are stored in the vault)");
+  const port = intOption(values["syslog-port"], "syslog-port", 0);
+  if (port > 65535) throw new UsageError(`Invalid --syslog-port "${port}": expected 0-65535`);
+  const maxMessage = intOption(values["syslog-max"], "syslog-max", DEFAULT_SYSLOG_MAX, 1);
+  if (maxMessage > DEFAULT_MAX_LINE_BYTES) {
+    throw new UsageError(`Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`);
+  }
+  return { port, maxMessage };
 }
 
 function formatBytes(n: number): string {
@@ -516,6 +545,7 @@ async function shipCommand(args: string[]) {
     source: { type: "string" },
     state: { type: "string" },
     "spool-size": { type: "string" },
+    ...CLIENT_SECURITY_OPTIONS,
   }, true);
   const values = parsed.values;
   if (values.help) return void console.log(HELP.ship);
@@ -532,7 +562,7 @@ async function shipCommand(args: string[]) {
   process.on("SIGINT", () => stop.abort());
   process.on("SIGTERM", () => stop.abort());
   const last = await ship({
-    client: { net: getNet(), server, version: VERSION },
+    client: { net: getNet(), server, version: VERSION, ...clientSecurityFrom(values) },
     inputs,
     stdin: process.stdin as AsyncIterable<Uint8Array>,
     statePath,

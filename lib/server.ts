@@ -12,6 +12,7 @@ import type { Allowlist } from "./allowlist.ts";
 import type { Jail } from "./jail.ts";
 import type { AuditLog } from "./audit.ts";
 import type { Vault } from "./vault/store.ts";
+import { serveSyslog, SYSLOG_SOURCE } from "./syslog_server.ts";
 import { ChatHub, type ChatMember, formatChatLine } from "./chat.ts";
 import {
   DEFAULT_MAX_FRAME_SIZE,
@@ -73,6 +74,16 @@ export interface ServerOptions {
   auth?: ServerAuth;
   /** Accept shipped log records into this vault. */
   vault?: Vault;
+  /** Also accept syslog over TCP into the vault (needs `vault`; see `lib/syslog_server.ts`). */
+  syslog?: ServerSyslog;
+}
+
+/** The syslog listener of a {@linkcode Server}: plain TCP on the same hosts. */
+export interface ServerSyslog {
+  /** Port; 0 picks a free one. */
+  port: number;
+  /** Longest message accepted, in bytes; a longer one closes its connection. @default {65536} */
+  maxMessage?: number;
 }
 
 /** How clients prove who they are (see `lib/tls.ts` and `lib/auth.ts`). */
@@ -176,8 +187,9 @@ interface Session {
  * ```
  */
 export class Server {
-  #o: Required<Omit<ServerOptions, "reply" | "onChat" | "tls" | "auth" | "vault">> & ServerOptions;
+  #o: Required<Omit<ServerOptions, "reply" | "onChat" | "tls" | "auth" | "vault" | "syslog">> & ServerOptions;
   #listeners: Listener[] = [];
+  #syslogListeners: Listener[] = [];
   #sessions = new Set<Session>();
   #hub: ChatHub;
   #cache = new DigestCache();
@@ -203,6 +215,9 @@ export class Server {
     };
     // Nothing unauthenticated or unencrypted may share a TLS or token port.
     if (this.#o.tls !== undefined || this.#o.auth?.tokens !== undefined) this.#o.plain = false;
+    if (this.#o.syslog !== undefined && this.#o.vault === undefined) {
+      throw new TypeError("Invalid server options: syslog needs a vault");
+    }
     this.#hub = new ChatHub((line) => this.#o.onChat?.(line));
   }
 
@@ -244,8 +259,10 @@ export class Server {
       }
     }
     const addrs = this.#listeners.map((l) => l.addr);
+    if (this.#o.syslog !== undefined) await this.#listenSyslog(this.#o.syslog.port);
     this.#o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
+      ...(this.#o.syslog && { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
       allow: this.#o.allowlist.describe(),
       root: this.#o.jail.root,
       maxConns: this.#o.maxConns,
@@ -257,9 +274,26 @@ export class Server {
       ],
     });
     for (const l of this.#listeners) this.#acceptLoops.push(this.#accept(l));
+    for (const l of this.#syslogListeners) this.#acceptLoops.push(this.#accept(l, "syslog"));
     const tick = Math.max(50, Math.min(1000, this.#o.handshakeTimeoutMs / 4, this.#o.idleTimeoutMs / 4));
     this.#sweeper = setInterval(() => this.#sweep(), tick);
     return addrs;
+  }
+
+  /** Binds the syslog port on every host (plain TCP); on failure, closes everything. */
+  async #listenSyslog(port: number) {
+    try {
+      for (const hostname of this.#o.hosts) {
+        const l = await this.#o.net.listen({ hostname, port });
+        if (port === 0) port = l.addr.port;
+        this.#syslogListeners.push(l);
+      }
+    } catch (err) {
+      for (const l of [...this.#listeners, ...this.#syslogListeners]) l.close();
+      this.#listeners = [];
+      this.#syslogListeners = [];
+      throw err;
+    }
   }
 
   /**
@@ -279,6 +313,7 @@ export class Server {
     this.#closing = true;
     clearInterval(this.#sweeper);
     for (const l of this.#listeners) l.close();
+    for (const l of this.#syslogListeners) l.close();
     for (const s of this.#sessions) {
       s.reason ??= "server shutting down";
       s.conn.close();
@@ -288,14 +323,14 @@ export class Server {
     this.#o.audit.write("shutdown", {});
   }
 
-  async #accept(listener: Listener) {
+  async #accept(listener: Listener, port: "main" | "syslog" = "main") {
     try {
       for await (const conn of listener) {
         if (this.#closing) {
           conn.close();
           continue;
         }
-        const p = this.#handle(conn).catch(() => {});
+        const p = this.#handle(conn, port).catch(() => {});
         this.#handlers.add(p);
         p.finally(() => this.#handlers.delete(p));
       }
@@ -325,8 +360,8 @@ export class Server {
    * at most a second) before the close: closing with unread input resets the
    * connection, and `nc` then drops the refusal line unread.
    */
-  #refuse(conn: Conn, peer: string, code: string, reason: string) {
-    this.#o.audit.write("refused", { peer, reason });
+  #refuse(conn: Conn, peer: string, code: string, reason: string, tag?: { port: string }) {
+    this.#o.audit.write("refused", { peer, reason, ...tag });
     const notice = encodeText(`ERR ${code} ${reason}\n`);
     const timer = setTimeout(() => conn.close(), 1000);
     (async () => {
@@ -344,18 +379,21 @@ export class Server {
     });
   }
 
-  async #handle(conn: Conn) {
+  async #handle(conn: Conn, port: "main" | "syslog") {
     const peer = formatAddr(conn.remoteAddr);
+    // Syslog connections are marked in every audit line about them.
+    const tag = port === "syslog" ? { port } : undefined;
     if (!this.#o.allowlist.check(conn.remoteAddr.hostname)) {
-      this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server");
+      this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server", tag);
       return;
     }
     if (this.#sessions.size >= this.#o.maxConns) {
-      this.#refuse(conn, peer, "BUSY", "server busy: too many connections");
+      this.#refuse(conn, peer, "BUSY", "server busy: too many connections", tag);
       return;
     }
     let identity: string | undefined;
-    if (this.#o.auth?.certs) {
+    // The syslog port is plain TCP: the allowlist is its only guard.
+    if (this.#o.auth?.certs && tag === undefined) {
       const verdict = checkClientCertificate(conn.tls, this.#o.auth.certs);
       if ("code" in verdict) {
         this.#refuse(conn, peer, verdict.code, verdict.reason);
@@ -373,10 +411,10 @@ export class Server {
       identity,
     };
     this.#sessions.add(session);
-    this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }) });
+    this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }), ...tag });
     const started = Date.now();
     try {
-      await this.#dispatch(session);
+      await (tag ? this.#syslog(session) : this.#dispatch(session));
     } catch (err) {
       if (!(err instanceof ConnectionClosedError) || session.reason === undefined) {
         session.reason ??= errorMessage(err);
@@ -398,8 +436,20 @@ export class Server {
         ...(session.identity && { identity: session.identity }),
         reason: session.reason ?? "peer closed",
         durationMs: Date.now() - started,
+        ...tag,
       });
     }
+  }
+
+  /** Serves a connection on the syslog port (see `lib/syslog_server.ts`). */
+  async #syslog(s: Session) {
+    const reason = await serveSyslog({ conn: s.conn, peer: s.peer, name: s.name, read: (buf) => this.#read(s, buf) }, {
+      vault: this.#o.vault!,
+      audit: this.#o.audit,
+      peerKey: peerIdentity(s.conn.remoteAddr.hostname),
+      ...(this.#o.syslog?.maxMessage !== undefined && { maxMessage: this.#o.syslog.maxMessage }),
+    });
+    s.reason ??= reason;
   }
 
   async #dispatch(s: Session) {
@@ -529,9 +579,22 @@ export class Server {
       s.reason = "ship refused: no vault";
       return;
     }
+    if (hello.source === SYSLOG_SOURCE) {
+      // The syslog port numbers these records itself: a shipper's sequence
+      // numbers in the same source would collide with them. ERR_PROTOCOL:
+      // the shipper gives up instead of retrying.
+      await this.#sendError(s, {
+        code: "ERR_PROTOCOL",
+        message: `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
+      });
+      s.reason = "ship refused: reserved source name";
+      return;
+    }
     // The peer part of the key comes from the connection, never from the
     // shipper, so one host cannot write into another host's records.
-    const key = { peer: peerIdentity(s.conn.remoteAddr.hostname), name: hello.source! };
+    // An authenticated identity (certificate fingerprint, token name) is
+    // stronger than an address, which can be spoofed on a shared network.
+    const key = { peer: s.identity ?? peerIdentity(s.conn.remoteAddr.hostname), name: hello.source! };
     const source = vault.source(key);
     await s.conn.write(encodeFrame({
       type: Kind.ShipReady,

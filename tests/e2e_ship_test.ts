@@ -208,3 +208,20 @@ test("moat ship to a server without --vault fails with one clear line", async ()
   assert.ok(r.stderr.trim().split("\n").length <= 2, r.stderr);
 });
 
+
+test("moat ship with a token stores records under the authenticated identity, not the address", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  fs.writeFileSync(path.join(dir.dir, "server.tokens"), "alice s3cret-token-for-alice\n");
+  fs.writeFileSync(path.join(dir.dir, "alice.token"), "alice s3cret-token-for-alice\n");
+  fs.writeFileSync(path.join(dir.dir, "wrong.token"), "alice not-the-right-secret!!\n");
+  await using server = await startServer(["--vault", vault, "--token-file", path.join(dir.dir, "server.tokens")]);
+  const base = ["ship", "-", "--server", `127.0.0.1:${server.port}`, "--source", "auth"];
+  const bad = await runMoat([...base, "--state", path.join(dir.dir, "bad.json"), "--token-file", "wrong.token"], { input: "nope\n", cwd: dir.dir });
+  assert.notEqual(bad.code, 0);
+  const r = await runMoat([...base, "--state", path.join(dir.dir, "s.json"), "--token-file", "alice.token"], { input: lines(1, 20), cwd: dir.dir });
+  assert.equal(r.code, 0, r.stderr);
+  const ls = await runMoat(["vault", "ls", vault]);
+  assert.match(ls.stdout, /\ntoken:alice\tauth\t20\t/);
+  assert.doesNotMatch(ls.stdout, /nope/);
+});
