@@ -29,10 +29,8 @@
  */
 
 import {
-  AddressInUseError,
   ConnectError,
   ConnectionClosedError,
-  MoatError,
 } from "../errors.ts";
 import type {
   Addr,
@@ -45,6 +43,14 @@ import type {
   TlsInfo,
 } from "./types.ts";
 import { handshakeReason } from "./node_tls.ts";
+import {
+  connectReason,
+  describe,
+  errorCode,
+  formatAddr,
+  toClosedError,
+  toListenError,
+} from "./_errors.ts";
 
 /** The subset of Bun's TCP socket used here. */
 interface BunSocket {
@@ -735,72 +741,12 @@ function tlsInfo(socket: BunSocket, authorizationError: Error | null): TlsInfo {
   };
 }
 
-function formatAddr(hostname: string, port: number): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
-}
-
-function errorCode(error: unknown): string | undefined {
-  if (typeof error !== "object" || error === null || !("code" in error)) {
-    return undefined;
-  }
-  return typeof error.code === "string" ? error.code : undefined;
-}
-
-function toClosedError(error: Error): ConnectionClosedError {
-  const code = errorCode(error);
-  if (code === "ECONNRESET") {
-    return new ConnectionClosedError("Connection reset by peer", {
-      cause: error,
-    });
-  }
-  if (code === "ETIMEDOUT") {
-    return new ConnectionClosedError("Connection timed out", { cause: error });
-  }
-  return new ConnectionClosedError(undefined, { cause: error });
-}
-
-function toListenError(error: unknown, options: ListenOptions): unknown {
-  const where = formatAddr(options.hostname, options.port);
-  const code = errorCode(error);
-  if (code === "EADDRINUSE") {
-    return new AddressInUseError(
-      `Cannot listen on ${where}: address already in use`,
-      { cause: error },
-    );
-  }
-  const reason = code === "EADDRNOTAVAIL"
-    ? "address not available"
-    : code === "EACCES"
-    ? "permission denied"
-    : describe(error);
-  return new MoatError(
-    "ERR_LISTEN",
-    `Cannot listen on ${where}: ${reason}`,
-    undefined,
-    { cause: error },
-  );
-}
-
 function toConnectError(error: unknown, options: ConnectOptions): unknown {
   const where = formatAddr(options.hostname, options.port);
   const code = errorCode(error);
-  const reason = code === "ECONNREFUSED"
-    ? "connection refused"
-    : code === "ETIMEDOUT"
-    ? "timed out"
-    : code === "ENOTFOUND"
-    ? "host not found"
-    : code === "ENETUNREACH" || code === "EHOSTUNREACH"
-    ? "network unreachable"
-    : describe(error);
+  const reason = connectReason(code) ?? describe(error);
   return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
     cause: error,
   });
 }
 
-function describe(error: unknown): string {
-  const text = error instanceof Error ? error.message : String(error);
-  return text.charAt(0).toLowerCase() + text.slice(1);
-}

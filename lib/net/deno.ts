@@ -30,6 +30,7 @@ import type {
 } from "./types.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import { connectNodeTls, listenNodeTls } from "./node_tls.ts";
+import { formatAddr } from "./_errors.ts";
 
 /**
  * Returns the Deno implementation of {@linkcode Net}.
@@ -228,11 +229,6 @@ function toAddr(addr: Deno.NetAddr): Addr {
   return { hostname: addr.hostname, port: addr.port };
 }
 
-function formatAddr(hostname: string, port: number): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
-}
 
 function closedLocally(): ConnectionClosedError {
   return new ConnectionClosedError("Cannot write: the connection is closed");

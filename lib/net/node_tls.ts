@@ -20,12 +20,19 @@
 
 import * as tls from "node:tls";
 import {
-  AddressInUseError,
   ConnectError,
   ConnectionClosedError,
   MoatError,
 } from "../errors.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
+import {
+  connectReason,
+  describe,
+  errorCode,
+  formatAddr,
+  toClosedError,
+  toListenError,
+} from "./_errors.ts";
 import type {
   Addr,
   ClientTlsOptions,
@@ -463,32 +470,6 @@ class NodeTlsConn implements Conn {
   }
 }
 
-function errorCode(error: unknown): string | undefined {
-  if (typeof error !== "object" || error === null || !("code" in error)) {
-    return undefined;
-  }
-  return typeof error.code === "string" ? error.code : undefined;
-}
-
-function toClosedError(error: Error): ConnectionClosedError {
-  const code = errorCode(error);
-  if (code === "ECONNRESET") {
-    return new ConnectionClosedError("Connection reset by peer", {
-      cause: error,
-    });
-  }
-  if (code === "ETIMEDOUT") {
-    return new ConnectionClosedError("Connection timed out", { cause: error });
-  }
-  return new ConnectionClosedError(undefined, { cause: error });
-}
-
-function formatAddr(hostname: string, port: number): string {
-  return hostname.includes(":")
-    ? `[${hostname}]:${port}`
-    : `${hostname}:${port}`;
-}
-
 /**
  * A one-line reason for a failed handshake. The OpenSSL codes that mean
  * "the other side is not speaking TLS" get a plain explanation.
@@ -518,48 +499,15 @@ export function handshakeReason(error: unknown): string {
   return describe(error);
 }
 
-function toListenError(error: unknown, options: ListenOptions): unknown {
-  const where = formatAddr(options.hostname, options.port);
-  const code = errorCode(error);
-  if (code === "EADDRINUSE") {
-    return new AddressInUseError(
-      `Cannot listen on ${where}: address already in use`,
-      { cause: error },
-    );
-  }
-  const reason = code === "EADDRNOTAVAIL"
-    ? "address not available"
-    : code === "EACCES"
-    ? "permission denied"
-    : describe(error);
-  return new MoatError(
-    "ERR_LISTEN",
-    `Cannot listen on ${where}: ${reason}`,
-    undefined,
-    { cause: error },
-  );
-}
 
 function toConnectError(error: unknown, options: ConnectOptions): ConnectError {
   const where = formatAddr(options.hostname, options.port);
   const code = errorCode(error);
-  let reason: string;
-  if (error === undefined) {
-    reason = "connection closed during the TLS handshake";
-  } else if (code === "ECONNREFUSED") reason = "connection refused";
-  else if (code === "ETIMEDOUT") reason = "timed out";
-  else if (code === "ENOTFOUND") reason = "host not found";
-  else if (code === "ENETUNREACH" || code === "EHOSTUNREACH") {
-    reason = "network unreachable";
-  } else reason = `TLS handshake failed: ${handshakeReason(error)}`;
+  const reason = error === undefined
+    ? "connection closed during the TLS handshake"
+    : connectReason(code) ?? `TLS handshake failed: ${handshakeReason(error)}`;
   return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
     cause: error,
   });
 }
 
-function describe(error: unknown): string {
-  const text =
-    (error instanceof Error ? error.message : String(error)).split("\n")[0] ??
-      "";
-  return text.charAt(0).toLowerCase() + text.slice(1);
-}
