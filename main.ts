@@ -34,6 +34,8 @@ import { colonFingerprint, createSelfSignedCert } from "./lib/cert.ts";
 import { DEFAULT_MAX_LINE_BYTES, openVault, type Vault } from "./lib/vault/store.ts";
 import { DEFAULT_SYSLOG_MAX } from "./lib/syslog.ts";
 import { listSources, readRecords } from "./lib/vault/read.ts";
+import { initVault } from "./lib/vault/init.ts";
+import { verifyVault } from "./lib/vault/verify.ts";
 import { ship } from "./lib/ship/shipper.ts";
 import { defaultStatePath } from "./lib/ship/state.ts";
 
@@ -52,7 +54,7 @@ Commands:
   cert    Make a key and a self-signed certificate for TLS
   chat    Talk with the server's operator and other clients, line by line
   ship    Stream log files (or stdin) to a server's vault; lose nothing
-  vault   Read a vault: moat vault ls DIR, moat vault cat DIR
+  vault   Keep a vault: moat vault init|verify|ls|cat DIR
   help    Show help for a command: moat help <command>
 
 Options:
@@ -85,6 +87,8 @@ Options:
   --no-plain             Refuse plain-text clients (nc, telnet)
   --log FILE             Append the JSON audit log to FILE (default: stderr)
   --vault DIR            Accept shipped logs from allowed peers into DIR
+  --seal-interval SECS   Seal a vault set up with moat vault init this often,
+                         even when nothing arrived (default 60)
   --syslog-port N        Also take syslog over TCP (RFC 6587 octet-counted or
                          newline framing, RFC 5424 or RFC 3164) from allowed
                          peers on port N of the same hosts, into --vault: each
@@ -129,14 +133,24 @@ Options:
                       (default 268435456)
   -h, --help          Show this help
 `,
-  vault: `Usage: moat vault ls DIR
+  vault: `Usage: moat vault init DIR
+       moat vault verify DIR [--key KEY | --key-file FILE]
+       moat vault ls DIR
        moat vault cat DIR [--source NAME] [--since TIME]
 
-ls   lists the sources in a vault: records, first and last time.
-cat  prints stored lines in order (per source by sequence number; sources
-     merged by receive time). On a terminal, control characters are escaped.
+init    makes DIR a sealed vault (or seals an unsealed one) and prints its
+        verification key once: keep it off the vault host. moat serve --vault
+        then seals every --seal-interval with a key that evolves one way.
+verify  checks every record's checksum and hash chain, and with the key every
+        seal; exits 0 only if nothing is damaged, else names the first bad
+        point. Records after the last seal are reported as an unsealed tail.
+ls      lists the sources in a vault: records, first and last time.
+cat     prints stored lines in order (per source by sequence number; sources
+        merged by receive time). On a terminal, control characters are escaped.
 
 Options:
+  --key KEY       The verification key printed by init
+  --key-file F    Read the verification key from file F
   --source NAME   Only this source: its name, or PEER/NAME
   --since TIME    Only records received at or after TIME: an ISO 8601 date
                   or time, or a duration ago such as 90s, 15m, 2h, 7d
@@ -280,6 +294,7 @@ async function serve(args: string[]) {
     "no-plain": { type: "boolean" },
     log: { type: "string" },
     vault: { type: "string" },
+    "seal-interval": { type: "string" },
     "syslog-port": { type: "string" },
     "syslog-max": { type: "string" },
     "print-systemd-unit": { type: "boolean" },
@@ -337,9 +352,19 @@ async function serve(args: string[]) {
     try {
       vault = await openVault(values.vault, {
         onEvent: (e) => audit.write("vault_repair", { ...e }),
+        sealIntervalMs: intOption(values["seal-interval"], "seal-interval", 60, 1) * 1000,
+        onSeal: (e) => audit.write(e.type === "sealed" ? "vault_sealed" : "vault_seal_failed", { ...e }),
       });
     } catch (err) {
+      if (err instanceof UsageError) throw err;
       throw new UsageError(`Cannot open --vault "${values.vault}": ${(err as Error).message}`);
+    }
+    if (!vault.sealed) {
+      audit.write("vault_unsealed", {
+        dir: vault.dir,
+        warning: "vault is NOT sealed: records are hash-chained, but whoever controls this host can rewrite them " +
+          "undetected; run moat vault init on it (with the server stopped) to seal it",
+      });
     }
   }
 
@@ -625,11 +650,25 @@ async function vaultCommand(args: string[]) {
   const { values, positionals } = parse(rest, {
     source: { type: "string" },
     since: { type: "string" },
+    key: { type: "string" },
+    "key-file": { type: "string" },
   }, true);
   if (values.help) return void console.log(HELP.vault);
   if (positionals.length !== 1) throw new UsageError(`vault ${escapeText(sub)} takes one DIR (see moat vault --help)`);
   const dir = positionals[0]!;
+  if (sub === "init") {
+    const made = await initVault(dir);
+    console.log(made.verificationKey);
+    console.error(
+      `Vault "${escapeText(made.dir)}" (id ${made.id}) is ${made.existed ? "now " : ""}sealed. Its verification key ` +
+        `is printed above, once, and stored nowhere: keep it off this host (a password manager, paper). ` +
+        `Check the vault with: moat vault verify DIR --key KEY` +
+        (made.existed ? ". Records stored before now were not protected until the first seal covers them." : ""),
+    );
+    return;
+  }
   if (!fs.existsSync(path.join(dir, "VAULT"))) throw new UsageError(`"${escapeText(dir)}" is not a moat vault`);
+  if (sub === "verify") return await verifyCommand(dir, values);
   if (sub === "ls") {
     const rows = await listSources(dir);
     console.log(["PEER", "SOURCE", "RECORDS", "FIRST", "LAST"].join("\t"));
@@ -639,7 +678,7 @@ async function vaultCommand(args: string[]) {
     }
     return;
   }
-  if (sub !== "cat") throw new UsageError(`Unknown vault command "${escapeText(sub)}" (ls or cat)`);
+  if (sub !== "cat") throw new UsageError(`Unknown vault command "${escapeText(sub)}" (init, verify, ls or cat)`);
   const tty = process.stdout.isTTY === true;
   const decoder = new TextDecoder();
   const out: Uint8Array[] = [];
@@ -663,6 +702,49 @@ async function vaultCommand(args: string[]) {
     if (size > 1 << 20) await flush();
   }
   await flush();
+}
+
+/** `moat vault verify`: prints the report; exits 5 (integrity) on damage. */
+async function verifyCommand(dir: string, values: { key?: string; "key-file"?: string }) {
+  if (values.key !== undefined && values["key-file"] !== undefined) {
+    throw new UsageError("Give --key or --key-file, not both");
+  }
+  let key = values.key;
+  if (values["key-file"] !== undefined) {
+    try {
+      key = fs.readFileSync(values["key-file"], "utf8");
+    } catch (err) {
+      throw new UsageError(`Cannot read --key-file "${values["key-file"]}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+    }
+  }
+  let report;
+  try {
+    report = await verifyVault(dir, key === undefined ? {} : { key });
+  } catch (err) {
+    if (err instanceof TypeError) throw new UsageError(err.message);
+    throw err;
+  }
+  const iso = (t: number) => new Date(t).toISOString();
+  console.log(
+    `vault ${report.id}: ${report.seals} seal(s)${
+      report.lastSealTime !== undefined ? `, last at ${iso(report.lastSealTime)}` : ""
+    }${report.keyed ? ", verified with the key" : ""}`,
+  );
+  for (const s of report.sources) {
+    const tail = s.unsealed > 0 ? `, unsealed tail (${s.unsealed} records)` : "";
+    console.log(`  ${escapeText(s.label)}: ${s.records} records, ${s.sealedSeq} sealed${tail}`);
+  }
+  if (!report.keyed) {
+    console.log("WARNING: no --key: checksums and hash chains checked, seals NOT verified");
+  }
+  if (report.unsealed > 0) {
+    console.log(`unsealed tail (${report.unsealed} records): chained but not yet covered by a seal, so not verified`);
+  }
+  for (const p of report.problems) console.log(`DAMAGED: ${escapeText(p.message)}`);
+  if (!report.ok) {
+    throw new MoatError("ERR_INTEGRITY", `Vault "${escapeText(dir)}" failed verification`, ExitCode.Integrity);
+  }
+  console.log(report.keyed ? "OK: every record and seal is intact" : "OK: every record and chain is intact");
 }
 
 /**

@@ -1,0 +1,760 @@
+/**
+ * Syslog over TCP: the framing of RFC 6587 and the messages of RFC 5424 and
+ * RFC 3164, as rsyslog, syslog-ng, journald's forwarders and util-linux
+ * `logger` send them.
+ *
+ * - {@linkcode SyslogFramer} splits a TCP byte stream into messages. The
+ *   framing is detected once per connection from its first byte: a digit
+ *   means octet counting (`<len> <msg>`, RFC 6587 §3.4.1), anything else
+ *   means newline framing (`<msg>\n`, RFC 6587 §3.4.2).
+ * - {@linkcode parseSyslog} parses one message into facility, severity,
+ *   timestamp, host, app and text. It never throws: what it cannot parse is
+ *   kept in `message`.
+ * - {@linkcode parseSyslogTime} reads only the timestamp, fast, for the
+ *   server's data path.
+ *
+ * Pure functions over `Uint8Array`; no I/O.
+ *
+ * @module
+ */
+
+import { MoatError, ProtocolError } from "./errors.ts";
+
+/** Default longest syslog message accepted, in bytes (64 KiB). */
+export const DEFAULT_SYSLOG_MAX: number = 64 * 1024;
+
+/** The two framings of RFC 6587. */
+export type SyslogFraming = "octet-counting" | "newline";
+
+/** One parsed syslog message. Fields a message does not carry are undefined. */
+export interface SyslogMessage {
+  /** Which grammar matched: RFC 5424, RFC 3164, or none (no valid PRI). */
+  format: "rfc5424" | "rfc3164" | "unknown";
+  /** Facility, 0 to 23 (1, user, when the message has no valid PRI). */
+  facility: number;
+  /** Severity, 0 (emergency) to 7 (debug); 5, notice, without a valid PRI. */
+  severity: number;
+  /** The message's own time, milliseconds since the epoch. */
+  ts: number | undefined;
+  /** HOSTNAME. */
+  host: string | undefined;
+  /** APP-NAME (RFC 5424) or the TAG without its `[pid]` (RFC 3164). */
+  app: string | undefined;
+  /** PROCID (RFC 5424) or the `[pid]` of the TAG (RFC 3164). */
+  procId: string | undefined;
+  /** MSGID (RFC 5424 only). */
+  msgId: string | undefined;
+  /** STRUCTURED-DATA as sent, e.g. `[origin ip="10.0.0.1"]` (RFC 5424 only). */
+  structuredData: string | undefined;
+  /** The free-form text, without a leading UTF-8 BOM. */
+  message: string;
+}
+
+/** Options for {@linkcode parseSyslog} and {@linkcode parseSyslogTime}. */
+export interface ParseSyslogOptions {
+  /**
+   * The receive time, which picks the year of an RFC 3164 timestamp that has
+   * none: the current year, or the one before if that would put the message
+   * more than 7 days in the future. @default {Date.now()}
+   */
+  now?: number;
+}
+
+/** Options for {@linkcode SyslogFramer}. */
+export interface SyslogFramerOptions {
+  /** Longest message accepted, in bytes. @default {65536} */
+  maxMessage?: number;
+}
+
+const LT = 0x3c;
+const GT = 0x3e;
+const SP = 0x20;
+const LF = 0x0a;
+const CR = 0x0d;
+const ZERO = 0x30;
+const NINE = 0x39;
+
+const DOT = 0x2e;
+const DASH = 0x2d;
+const PLUS = 0x2b;
+const COLON = 0x3a;
+
+const MONTHS: ReadonlyMap<string, number> = new Map(
+  [
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+  ].map((m, i) => [m, i + 1]),
+);
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/** An RFC 3164 TAG and the space after it: `app:`, `app[pid]:` or `app[pid]`. */
+const BSD_TAG = /^([^\s:[\]]{1,64})(?:\[([^\s\]]{0,128})\])?(:)? ?/;
+
+const DAY_MS = 86_400_000;
+
+const UTF8 = new TextDecoder();
+
+/**
+ * Splits a syslog TCP stream into messages (RFC 6587). The first byte of the
+ * connection picks the framing: a digit means octet counting, anything else
+ * newline framing. In both, one trailing LF (or CR LF) of a message is
+ * dropped, and empty messages are skipped.
+ *
+ * Messages are returned as views: into the pushed chunk when a message lies
+ * wholly inside it, else into a fresh buffer. Use them before the chunk's
+ * buffer is reused. Errors leave the framer unusable: close the connection.
+ *
+ * @example Octet counting, split across chunks
+ * ```ts
+ * import { SyslogFramer } from "./syslog.ts";
+ * import assert from "node:assert/strict";
+ * const framer = new SyslogFramer();
+ * const out: Uint8Array[] = [];
+ * const te = new TextEncoder();
+ * framer.push(te.encode("11 <13>1 - - -5 <13>"), out);
+ * framer.push(te.encode("x"), out);
+ * assert.equal(framer.framing, "octet-counting");
+ * assert.deepEqual(out.map((m) => new TextDecoder().decode(m)), ["<13>1 - - -", "<13>x"]);
+ * ```
+ */
+export class SyslogFramer {
+  #max: number;
+  #framing: SyslogFraming | undefined;
+  /** Octet counting: the count parsed so far, and how many digits it had. */
+  #count = 0;
+  #digits = 0;
+  /** Octet counting: the message being filled, and how much of it is. */
+  #body: Uint8Array | undefined;
+  #filled = 0;
+  /** Newline framing: pieces of an unterminated line, and their length. */
+  #pieces: Uint8Array[] = [];
+  #pending = 0;
+
+  /**
+   * @param options The message size limit.
+   * @throws {RangeError} For a limit that is not a positive integer.
+   */
+  constructor(options: SyslogFramerOptions = {}) {
+    const max = options.maxMessage ?? DEFAULT_SYSLOG_MAX;
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new RangeError(
+        `Invalid maxMessage: ${max} is not a positive integer`,
+      );
+    }
+    this.#max = max;
+  }
+
+  /** The framing detected from the first byte; undefined before any byte. */
+  get framing(): SyslogFraming | undefined {
+    return this.#framing;
+  }
+
+  /**
+   * Takes the next bytes of the stream and appends every message they
+   * complete to `out`. On an error, the messages before it are in `out`.
+   *
+   * @param chunk The next bytes.
+   * @param out Receives complete messages.
+   * @throws {MoatError} `ERR_SYSLOG_TOO_LARGE` for a message longer than
+   * `maxMessage` (detected before it is buffered).
+   * @throws {ProtocolError} For a malformed octet count.
+   */
+  push(chunk: Uint8Array, out: Uint8Array[]): void {
+    if (chunk.length === 0) return;
+    if (this.#framing === undefined) {
+      this.#framing = isDigit(chunk[0]!) ? "octet-counting" : "newline";
+    }
+    if (this.#framing === "newline") this.#pushLines(chunk, out);
+    else this.#pushCounted(chunk, out);
+  }
+
+  /**
+   * Ends the stream: returns an unterminated last line (newline framing).
+   *
+   * @param out Receives the last message, if any.
+   * @throws {ProtocolError} When the stream ends inside an octet-counted
+   * frame.
+   */
+  end(out: Uint8Array[]): void {
+    if (this.#framing === "newline") {
+      if (this.#pending > 0) this.#emit(this.#takePieces(), out);
+      return;
+    }
+    if (this.#body !== undefined) {
+      throw new ProtocolError(
+        `Truncated syslog frame: the stream ended after ${this.#filled} of ${this.#body.length} bytes`,
+      );
+    }
+    if (this.#digits > 0) {
+      throw new ProtocolError(
+        "Truncated syslog frame: the stream ended inside an octet count",
+      );
+    }
+  }
+
+  #pushLines(chunk: Uint8Array, out: Uint8Array[]) {
+    let start = 0;
+    for (;;) {
+      const lf = chunk.indexOf(LF, start);
+      if (lf < 0) {
+        const rest = chunk.length - start;
+        if (rest === 0) return;
+        this.#checkLine(this.#pending + rest);
+        this.#pieces.push(chunk.slice(start));
+        this.#pending += rest;
+        return;
+      }
+      let line = chunk.subarray(start, lf);
+      if (this.#pending > 0) {
+        this.#checkLine(this.#pending + line.length);
+        this.#pieces.push(line);
+        this.#pending += line.length;
+        line = this.#takePieces();
+      } else {
+        this.#checkLine(line.length);
+      }
+      this.#emit(line, out);
+      start = lf + 1;
+    }
+  }
+
+  #checkLine(length: number) {
+    // A CR before the LF is not part of the message.
+    if (length > this.#max + 1) throw tooLarge(length, this.#max, "at least ");
+  }
+
+  #takePieces(): Uint8Array {
+    const pieces = this.#pieces;
+    const line = pieces.length === 1
+      ? pieces[0]!
+      : concat(pieces, this.#pending);
+    this.#pieces = [];
+    this.#pending = 0;
+    return line;
+  }
+
+  #pushCounted(chunk: Uint8Array, out: Uint8Array[]) {
+    let i = 0;
+    while (i < chunk.length) {
+      const body = this.#body;
+      if (body !== undefined) {
+        const want = body.length - this.#filled;
+        const n = Math.min(want, chunk.length - i);
+        body.set(chunk.subarray(i, i + n), this.#filled);
+        this.#filled += n;
+        i += n;
+        if (this.#filled === body.length) {
+          this.#emit(body, out);
+          this.#body = undefined;
+        }
+        continue;
+      }
+      const b = chunk[i]!;
+      if (isDigit(b)) {
+        if (this.#digits === 0 && b === ZERO) {
+          throw new ProtocolError(
+            "Invalid syslog octet count: it starts with 0",
+          );
+        }
+        this.#count = this.#count * 10 + (b - ZERO);
+        this.#digits++;
+        // Checked at every digit: an endless count is refused at once.
+        if (this.#count > this.#max) {
+          throw tooLarge(this.#count, this.#max, "at least ");
+        }
+        i++;
+        continue;
+      }
+      if (this.#digits === 0 && (b === LF || b === CR)) {
+        // Some senders end octet-counted frames with a newline anyway.
+        i++;
+        continue;
+      }
+      if (b !== SP || this.#digits === 0) {
+        throw new ProtocolError(
+          `Invalid syslog octet count: expected ${
+            this.#digits === 0 ? "a digit" : "a digit or a space"
+          }, got ${describeByte(b)}`,
+        );
+      }
+      const count = this.#count;
+      this.#count = 0;
+      this.#digits = 0;
+      i++;
+      if (chunk.length - i >= count) {
+        // The whole message is inside the chunk: no copy.
+        this.#emit(chunk.subarray(i, i + count), out);
+        i += count;
+      } else {
+        // Allocated only for a message that continues into the next chunk.
+        this.#body = new Uint8Array(count);
+        this.#filled = 0;
+      }
+    }
+  }
+
+  #emit(message: Uint8Array, out: Uint8Array[]) {
+    let end = message.length;
+    if (end > 0 && message[end - 1] === LF) end--;
+    if (end > 0 && message[end - 1] === CR) end--;
+    if (end === 0) return;
+    if (end > this.#max) throw tooLarge(end, this.#max, "");
+    out.push(end === message.length ? message : message.subarray(0, end));
+  }
+}
+
+function tooLarge(size: number, max: number, qualifier: string): MoatError {
+  return new MoatError(
+    "ERR_SYSLOG_TOO_LARGE",
+    `Syslog message of ${qualifier}${size} bytes exceeds the limit of ${max} bytes`,
+  );
+}
+
+function isDigit(b: number): boolean {
+  return b >= ZERO && b <= NINE;
+}
+
+function describeByte(b: number): string {
+  return b >= 0x21 && b <= 0x7e
+    ? `"${String.fromCharCode(b)}"`
+    : `byte 0x${b.toString(16).padStart(2, "0")}`;
+}
+
+function concat(pieces: readonly Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const p of pieces) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Reads the PRI at the start of a message: `<N>` with N from 0 to 191, one to
+ * three digits, no leading zero. Returns N and the index after `>`, or
+ * undefined.
+ */
+function readPri(bytes: Uint8Array): [pri: number, next: number] | undefined {
+  if (bytes[0] !== LT) return undefined;
+  let pri = 0;
+  let i = 1;
+  for (; i < bytes.length && i <= 4; i++) {
+    const b = bytes[i]!;
+    if (b === GT) break;
+    if (!isDigit(b) || (i === 2 && bytes[1] === ZERO)) return undefined;
+    pri = pri * 10 + (b - ZERO);
+  }
+  if (i === 1 || bytes[i] !== GT || pri > 191) return undefined;
+  return [pri, i + 1];
+}
+
+/** True if an RFC 5424 header (`1 ` after the PRI) starts at `at`. */
+function isRfc5424(bytes: Uint8Array, at: number): boolean {
+  return bytes[at] === 0x31 && bytes[at + 1] === SP;
+}
+
+/** The value of the `n` ASCII digits at `at`, or -1. */
+function readDigits(b: Uint8Array, at: number, n: number): number {
+  let v = 0;
+  for (let i = at; i < at + n; i++) {
+    const c = b[i];
+    if (c === undefined || c < ZERO || c > NINE) return -1;
+    v = v * 10 + (c - ZERO);
+  }
+  return v;
+}
+
+/** True at the end of the message or at a space: where a field ends. */
+function fieldEnds(b: Uint8Array, i: number): boolean {
+  return i === b.length || b[i] === SP;
+}
+
+/**
+ * Reads `.fraction` (1 to `max` digits) at `at` as milliseconds (truncated).
+ * Returns [0, at] when there is none, undefined for a bare dot.
+ */
+function readFraction(
+  b: Uint8Array,
+  at: number,
+  max: number,
+): [ms: number, end: number] | undefined {
+  if (b[at] !== DOT) return [0, at];
+  let ms = 0;
+  let n = 0;
+  let i = at + 1;
+  for (; n < max && i < b.length && isDigit(b[i]!); i++, n++) {
+    if (n < 3) ms = ms * 10 + (b[i]! - ZERO);
+  }
+  if (n === 0) return undefined;
+  for (let k = n; k < 3; k++) ms *= 10;
+  return [ms, i];
+}
+
+function isLeapYear(y: number): boolean {
+  return y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0);
+}
+
+/** True for a real calendar date and time of day (a leap second allowed). */
+function validCivil(
+  y: number,
+  mo: number,
+  d: number,
+  h: number,
+  mi: number,
+  s: number,
+): boolean {
+  if (y < 1970 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 60) {
+    return false;
+  }
+  const days = mo === 2 ? (isLeapYear(y) ? 29 : 28) : DAYS_IN_MONTH[mo - 1]!;
+  return d <= days;
+}
+
+/** Days from 1970-01-01 to a proleptic Gregorian date (month 1 to 12). */
+function daysFromCivil(y: number, mo: number, d: number): number {
+  const yy = mo <= 2 ? y - 1 : y;
+  const era = Math.floor(yy / 400);
+  const yoe = yy - era * 400;
+  const doy = Math.floor((153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  return era * 146_097 + doe - 719_468;
+}
+
+function checkTs(t: number): number | undefined {
+  return Number.isSafeInteger(t) && t >= 0 ? t : undefined;
+}
+
+/**
+ * Reads an RFC 3339 timestamp (RFC 5424's TIMESTAMP; fraction up to 9
+ * digits tolerated, truncated to milliseconds) at `at`, which must end the
+ * field. Returns the time and the end index, or undefined.
+ */
+function readRfc3339(
+  b: Uint8Array,
+  at: number,
+): [ts: number, end: number] | undefined {
+  if (
+    b[at + 4] !== DASH || b[at + 7] !== DASH || b[at + 10] !== 0x54 ||
+    b[at + 13] !== COLON || b[at + 16] !== COLON
+  ) {
+    return undefined;
+  }
+  const y = readDigits(b, at, 4);
+  const mo = readDigits(b, at + 5, 2);
+  const d = readDigits(b, at + 8, 2);
+  const h = readDigits(b, at + 11, 2);
+  const mi = readDigits(b, at + 14, 2);
+  const s = readDigits(b, at + 17, 2);
+  const frac = readFraction(b, at + 19, 9);
+  if (frac === undefined || !validCivil(y, mo, d, h, mi, s)) return undefined;
+  let i = frac[1];
+  let offset = 0;
+  if (b[i] === 0x5a) {
+    i++;
+  } else if (b[i] === PLUS || b[i] === DASH) {
+    const zh = readDigits(b, i + 1, 2);
+    const zm = readDigits(b, i + 4, 2);
+    if (b[i + 3] !== COLON || zh < 0 || zh > 23 || zm < 0 || zm > 59) {
+      return undefined;
+    }
+    offset = (zh * 60 + zm) * 60_000 * (b[i] === DASH ? -1 : 1);
+    i += 6;
+  } else {
+    return undefined;
+  }
+  if (!fieldEnds(b, i)) return undefined;
+  // A leap second is stored as the last millisecond before it.
+  const ms = s === 60 ? 59_999 : s * 1000 + frac[0];
+  const ts = checkTs(
+    daysFromCivil(y, mo, d) * DAY_MS + (h * 60 + mi) * 60_000 + ms - offset,
+  );
+  return ts === undefined ? undefined : [ts, i];
+}
+
+/** The last RFC 3164 time converted (local time is slow to compute). */
+let bsdCache = { key: -1, hour: -1, ts: undefined as number | undefined };
+
+/**
+ * Reads an RFC 3164 timestamp at `at`: `Mmm dd hh:mm:ss` (day space-padded
+ * or not), optionally a year after the day and a fraction, in the server's
+ * local time. Without a year: this year, unless that is more than a week
+ * ahead (a December message read in January). Returns the time and the end
+ * index, or undefined.
+ */
+function readBsdTime(
+  b: Uint8Array,
+  at: number,
+  now: number,
+): [ts: number, end: number] | undefined {
+  if (b[at + 3] !== SP) return undefined;
+  const month = MONTHS.get(
+    String.fromCharCode(b[at] ?? 0, b[at + 1] ?? 0, b[at + 2] ?? 0),
+  );
+  if (month === undefined) return undefined;
+  let i = at + 4;
+  if (b[i] === SP) i++;
+  const two = isDigit(b[i + 1] ?? 0);
+  const day = readDigits(b, i, two ? 2 : 1);
+  i += two ? 2 : 1;
+  if (day < 0 || b[i] !== SP) return undefined;
+  i++;
+  let year = 0;
+  if (b[i + 4] === SP && b[i + 2] !== COLON) {
+    year = readDigits(b, i, 4);
+    if (year < 0) return undefined;
+    i += 5;
+  }
+  if (b[i + 2] !== COLON || b[i + 5] !== COLON) return undefined;
+  const h = readDigits(b, i, 2);
+  const mi = readDigits(b, i + 3, 2);
+  const s = readDigits(b, i + 6, 2);
+  const frac = readFraction(b, i + 8, 6);
+  if (
+    h < 0 || mi < 0 || s < 0 || frac === undefined || !fieldEnds(b, frac[1])
+  ) return undefined;
+  const key = s + 61 * (mi + 60 * (h + 24 * (day + 32 * (month + 13 * year))));
+  const hour = Math.floor(now / 3_600_000);
+  if (bsdCache.key !== key || bsdCache.hour !== hour) {
+    let ts: number | undefined;
+    if (year !== 0) {
+      ts = localTime(year, month, day, h, mi, s);
+    } else {
+      const thisYear = new Date(now).getFullYear();
+      ts = localTime(thisYear, month, day, h, mi, s);
+      if (ts === undefined || ts > now + 7 * DAY_MS) {
+        ts = localTime(thisYear - 1, month, day, h, mi, s);
+      }
+    }
+    bsdCache = { key, hour, ts };
+  }
+  const ts = bsdCache.ts;
+  return ts === undefined ? undefined : [ts + frac[0], frac[1]];
+}
+
+/** Local time of a calendar date (month 1 to 12), or undefined if it is not one. */
+function localTime(
+  y: number,
+  mo: number,
+  d: number,
+  h: number,
+  mi: number,
+  s: number,
+): number | undefined {
+  if (!validCivil(y, mo, d, h, mi, s)) return undefined;
+  const leap = s === 60;
+  return checkTs(
+    new Date(y, mo - 1, d, h, mi, leap ? 59 : s, leap ? 999 : 0).getTime(),
+  );
+}
+
+/** An RFC 3164 timestamp, or an RFC 3339 one where it stands, at `at`. */
+function readTime3164(
+  b: Uint8Array,
+  at: number,
+  now: number,
+): [ts: number, end: number] | undefined {
+  return readBsdTime(b, at, now) ?? readRfc3339(b, at);
+}
+
+/**
+ * Reads only the timestamp of a syslog message: cheaper than
+ * {@linkcode parseSyslog}, for the data path.
+ *
+ * @example
+ * ```ts
+ * import { parseSyslogTime } from "./syslog.ts";
+ * import assert from "node:assert/strict";
+ * const msg = new TextEncoder().encode("<34>1 2003-10-11T22:14:15.003Z mymachine su - ID47 - hi");
+ * assert.equal(parseSyslogTime(msg), Date.UTC(2003, 9, 11, 22, 14, 15, 3));
+ * ```
+ *
+ * @param bytes One message.
+ * @param options The receive time (for RFC 3164's missing year).
+ * @returns Milliseconds since the epoch, or undefined if the message has no
+ * timestamp that parses.
+ */
+export function parseSyslogTime(
+  bytes: Uint8Array,
+  options: ParseSyslogOptions = {},
+): number | undefined {
+  const pri = readPri(bytes);
+  if (pri === undefined) return undefined;
+  const at = pri[1];
+  if (isRfc5424(bytes, at)) return readRfc3339(bytes, at + 2)?.[0];
+  return readTime3164(bytes, at, options.now ?? Date.now())?.[0];
+}
+
+/**
+ * Parses one syslog message: RFC 5424 (`<PRI>1 TIMESTAMP HOST APP PROCID
+ * MSGID SD MSG`) or RFC 3164 (`<PRI>Mmm dd hh:mm:ss HOST TAG: MSG`, the host
+ * and the timestamp optional, a year after the day or an RFC 3339 timestamp
+ * tolerated). A message without a valid PRI is all `message`, with the
+ * default user.notice (RFC 3164 §4.3.3). Never throws.
+ *
+ * @example RFC 5424 with structured data and a BOM
+ * ```ts
+ * import { parseSyslog } from "./syslog.ts";
+ * import assert from "node:assert/strict";
+ * const m = parseSyslog(new TextEncoder().encode(
+ *   '<165>1 2003-10-11T22:14:15.003Z host app 42 ID47 [ex@32473 a="1"] \uFEFFhello',
+ * ));
+ * assert.deepEqual([m.facility, m.severity, m.host, m.app, m.procId, m.message],
+ *   [20, 5, "host", "app", "42", "hello"]);
+ * assert.equal(m.structuredData, '[ex@32473 a="1"]');
+ * ```
+ *
+ * @param bytes One message (without framing).
+ * @param options The receive time (for RFC 3164's missing year).
+ * @returns The fields.
+ */
+export function parseSyslog(
+  bytes: Uint8Array,
+  options: ParseSyslogOptions = {},
+): SyslogMessage {
+  const msg: SyslogMessage = {
+    format: "unknown",
+    facility: 1,
+    severity: 5,
+    ts: undefined,
+    host: undefined,
+    app: undefined,
+    procId: undefined,
+    msgId: undefined,
+    structuredData: undefined,
+    message: "",
+  };
+  const pri = readPri(bytes);
+  if (pri === undefined) {
+    msg.message = UTF8.decode(bytes);
+    return msg;
+  }
+  msg.facility = pri[0] >> 3;
+  msg.severity = pri[0] & 7;
+  const text = UTF8.decode(bytes.subarray(pri[1]));
+  if (isRfc5424(bytes, pri[1])) {
+    parse5424(text.slice(2), msg);
+    msg.ts = readRfc3339(bytes, pri[1] + 2)?.[0];
+  } else {
+    // The timestamp is ASCII: its byte length is its length in `text`.
+    const time = readTime3164(bytes, pri[1], options.now ?? Date.now());
+    parse3164(text, msg, time && [time[0], time[1] - pri[1]]);
+  }
+  return msg;
+}
+
+function nil(field: string): string | undefined {
+  return field === "-" ? undefined : field;
+}
+
+function parse5424(text: string, msg: SyslogMessage) {
+  msg.format = "rfc5424";
+  // TIMESTAMP HOSTNAME APP-NAME PROCID MSGID, each up to the next space.
+  const fields: string[] = [];
+  let at = 0;
+  while (fields.length < 5) {
+    const sp = text.indexOf(" ", at);
+    if (sp < 0) {
+      // Header cut short: keep what is there, the rest is the message.
+      fields.push(text.slice(at));
+      at = text.length;
+      break;
+    }
+    fields.push(text.slice(at, sp));
+    at = sp + 1;
+  }
+  const [, host, app, procId, msgId] = fields;
+  msg.host = host === undefined ? undefined : nil(host);
+  msg.app = app === undefined ? undefined : nil(app);
+  msg.procId = procId === undefined ? undefined : nil(procId);
+  msg.msgId = msgId === undefined ? undefined : nil(msgId);
+  if (fields.length < 5) return;
+  const sdEnd = structuredDataEnd(text, at);
+  if (sdEnd === undefined) {
+    // Malformed STRUCTURED-DATA: nothing is dropped, it stays in the message.
+    msg.message = stripBom(text.slice(at));
+    return;
+  }
+  const sd = text.slice(at, sdEnd);
+  msg.structuredData = nil(sd);
+  msg.message = stripBom(text.slice(text[sdEnd] === " " ? sdEnd + 1 : sdEnd));
+}
+
+/**
+ * Finds where STRUCTURED-DATA starting at `at` ends: `-`, or `[…]` elements
+ * whose quoted values may hold `\"`, `\\` and `\]`. Undefined if malformed.
+ */
+function structuredDataEnd(text: string, at: number): number | undefined {
+  if (text[at] === "-") {
+    return text.length === at + 1 || text[at + 1] === " " ? at + 1 : undefined;
+  }
+  let i = at;
+  if (text[i] !== "[") return undefined;
+  while (text[i] === "[") {
+    let quoted = false;
+    for (i++;; i++) {
+      if (i >= text.length) return undefined;
+      const c = text[i];
+      if (quoted) {
+        if (c === "\\") i++;
+        else if (c === '"') quoted = false;
+      } else if (c === '"') {
+        quoted = true;
+      } else if (c === "]") {
+        break;
+      }
+    }
+    i++;
+  }
+  return i === text.length || text[i] === " " ? i : undefined;
+}
+
+function stripBom(text: string): string {
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
+function parse3164(
+  text: string,
+  msg: SyslogMessage,
+  time: [ts: number, length: number] | undefined,
+) {
+  msg.format = "rfc3164";
+  let rest = text;
+  if (time !== undefined) {
+    msg.ts = time[0];
+    rest = text.slice(time[1] + 1);
+    // A HOSTNAME comes first unless the next word is already the TAG.
+    const sp = rest.indexOf(" ");
+    const word = sp < 0 ? rest : rest.slice(0, sp);
+    if (
+      word.length > 0 && !word.endsWith(":") && !word.includes("[") && sp >= 0
+    ) {
+      msg.host = word;
+      rest = rest.slice(sp + 1);
+    }
+  }
+  const tag = BSD_TAG.exec(rest);
+  if (tag !== null) {
+    const [all, app, pid, colon] = tag;
+    // A word is a TAG only when a colon or a `[pid]` marks it as one, and a
+    // `[pid]` without a colon must end the word.
+    const marked = colon !== undefined ||
+      (pid !== undefined && (all.endsWith(" ") || all.length === rest.length));
+    if (marked) {
+      msg.app = app;
+      msg.procId = pid || undefined;
+      rest = rest.slice(all.length);
+    }
+  }
+  msg.message = rest;
+}

@@ -1,0 +1,470 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import process from "node:process";
+import { runMoat, type RunningServer, startServer, tempDir } from "./_e2e.ts";
+import { readRecords } from "../lib/vault/read.ts";
+import { parseSyslog } from "../lib/syslog.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The path of a system binary, or undefined if it is not installed. */
+function findBinary(name: string): string | undefined {
+  const dirs = [
+    ...(process.env.PATH ?? "").split(":"),
+    "/usr/sbin",
+    "/sbin",
+    "/usr/bin",
+    "/bin",
+  ];
+  return dirs.filter((d) => d !== "").map((d) => path.join(d, name)).find((p) =>
+    fs.existsSync(p)
+  );
+}
+
+const LOGGER = findBinary("logger");
+const RSYSLOGD = findBinary("rsyslogd");
+const NO_LOGGER = LOGGER === undefined
+  ? "skipped: logger not found (apt-get install bsdutils)"
+  : false;
+const NO_RSYSLOG = RSYSLOGD === undefined
+  ? "skipped: rsyslogd not found (apt-get install rsyslog)"
+  : false;
+
+/** The syslog port from the server's "listening" line. */
+function syslogPort(server: RunningServer): number {
+  const listening = server.events().find((e) => e.event === "listening")!;
+  const addr = (listening.syslog as string[])[0]!;
+  return Number(addr.slice(addr.lastIndexOf(":") + 1));
+}
+
+async function vaultRows(dir: string): Promise<string[][]> {
+  const r = await runMoat(["vault", "ls", dir]);
+  if (r.code !== 0) return [];
+  return r.stdout.trim().split("\n").slice(1).map((row) => row.split("\t"));
+}
+
+async function waitCount(
+  dir: string,
+  want: number,
+  timeoutMs: number,
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let n = -1;
+  while (Date.now() < deadline) {
+    n = (await vaultRows(dir)).reduce((sum, row) => sum + Number(row[2]), 0);
+    if (n >= want) return n;
+    await sleep(200);
+  }
+  return n;
+}
+
+/** Runs a child to exit; rejects after `timeoutMs`. */
+function exited(
+  child: ChildProcess,
+  timeoutMs: number,
+): Promise<{ code: number | null; stderr: string }> {
+  let stderr = "";
+  child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(
+        new Error(
+          `${child.spawnfile} did not exit within ${timeoutMs} ms: ${stderr}`,
+        ),
+      );
+    }, timeoutMs);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    });
+  });
+}
+
+function numbered(count: number, tag: string): string {
+  let s = "";
+  for (let i = 1; i <= count; i++) s += `${tag} ${i} ${"x".repeat(i % 70)}\n`;
+  return s;
+}
+
+/** Checks that `lines` are exactly messages 1…count, in order, each matching `shape`. */
+function assertNumbered(
+  lines: readonly string[],
+  count: number,
+  shape: RegExp,
+  tag: string,
+) {
+  assert.equal(lines.length, count);
+  for (let i = 0; i < count; i++) {
+    const m = shape.exec(lines[i]!);
+    assert.ok(
+      m,
+      `line ${i + 1} has the wrong shape: ${JSON.stringify(lines[i])}`,
+    );
+    assert.equal(
+      m[1],
+      `${tag} ${i + 1} ${"x".repeat((i + 1) % 70)}`,
+      `line ${i + 1}`,
+    );
+  }
+}
+
+async function catLines(vault: string): Promise<string[]> {
+  const cat = await runMoat(["vault", "cat", vault], { timeoutMs: 60_000 });
+  assert.equal(cat.code, 0, cat.stderr);
+  return cat.stdout.split("\n").slice(0, -1);
+}
+
+const LOGGER_CASES = [
+  {
+    framing: "octet counting",
+    flags: ["--octet-count", "--rfc5424"],
+    shape: /^<13>1 \S+ \S+ app5424 - - \[timeQuality [^\]]*\] (.*)$/,
+    framed: "octet-counting",
+  },
+  {
+    framing: "newline framing",
+    flags: ["--rfc3164"],
+    shape: /^<13>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ app3164: (.*)$/,
+    framed: "newline",
+  },
+];
+
+for (const c of LOGGER_CASES) {
+  test(
+    `moat serve --syslog-port stores 10,000 messages from logger (${c.framing})`,
+    { skip: NO_LOGGER },
+    async () => {
+      using dir = tempDir();
+      const vault = path.join(dir.dir, "vault");
+      await using server = await startServer([
+        "--vault",
+        vault,
+        "--syslog-port",
+        "0",
+      ]);
+      const port = syslogPort(server);
+      const app = c.flags.includes("--rfc5424") ? "app5424" : "app3164";
+      const logger = spawn(LOGGER!, [
+        "--tcp",
+        ...c.flags,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        String(port),
+        "-t",
+        app,
+      ], {
+        stdio: ["pipe", "ignore", "pipe"],
+      });
+      const done = exited(logger, 60_000);
+      logger.stdin!.end(numbered(10_000, "msg"));
+      const r = await done;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await waitCount(vault, 10_000, 30_000), 10_000);
+      assert.deepEqual((await vaultRows(vault)).map((row) => row.slice(0, 3)), [
+        ["127.0.0.1", "syslog", "10000"],
+      ]);
+      assertNumbered(await catLines(vault), 10_000, c.shape, "msg");
+
+      const finished = await server.waitEvent(
+        (e) => e.event === "syslog_finished",
+        "syslog_finished",
+      );
+      assert.equal(finished.port, "syslog");
+      assert.equal(finished.framing, c.framed);
+      assert.equal(finished.records, 10_000);
+      assert.ok(
+        server.events().some((e) =>
+          e.event === "accepted" && e.port === "syslog"
+        ),
+      );
+      await server.waitEvent(
+        (e) => e.event === "closed" && e.port === "syslog",
+        "closed",
+      );
+
+      // Sequence numbers are the server's, 1…10,000; ts is the message's own time.
+      let seq = 0;
+      for await (const rec of readRecords(vault)) {
+        assert.equal(rec.seq, ++seq);
+        const own = parseSyslog(rec.line, { now: rec.recvTs }).ts;
+        assert.ok(own !== undefined, "logger's timestamp parses");
+        assert.equal(rec.ts, own);
+        assert.ok(
+          Math.abs(rec.recvTs - rec.ts) < 120_000,
+          `ts ${rec.ts} is near recvTs ${rec.recvTs}`,
+        );
+      }
+      assert.equal(seq, 10_000);
+    },
+  );
+}
+
+test(
+  "moat serve --syslog-port stores 10,000 messages from rsyslog forwarding with both framings at once",
+  { skip: NO_RSYSLOG },
+  async () => {
+    using dir = tempDir();
+    const vault = path.join(dir.dir, "vault");
+    await using server = await startServer([
+      "--vault",
+      vault,
+      "--syslog-port",
+      "0",
+    ]);
+    const port = syslogPort(server);
+    const input = path.join(dir.dir, "app.log");
+    fs.writeFileSync(input, numbered(10_000, "rs"));
+    fs.mkdirSync(path.join(dir.dir, "work"));
+    // No imuxsock, no privileged port, nothing outside the temp dir: runs
+    // unprivileged. imfile reads the file from its start; two omfwd actions
+    // forward every line, one RFC 5424 octet-counted, one RFC 3164 with LF.
+    const conf = path.join(dir.dir, "rsyslog.conf");
+    fs.writeFileSync(
+      conf,
+      `global(workDirectory="${path.join(dir.dir, "work")}")
+module(load="imfile" mode="polling" PollingInterval="1")
+input(type="imfile" file="${input}" tag="rsapp:" facility="local3" severity="info" freshStartTail="off")
+action(type="omfwd" target="127.0.0.1" port="${port}" protocol="tcp" TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+action(type="omfwd" target="127.0.0.1" port="${port}" protocol="tcp" TCP_Framing="traditional")
+`,
+    );
+    const rsyslog = spawn(RSYSLOGD!, [
+      "-n",
+      "-f",
+      conf,
+      "-i",
+      path.join(dir.dir, "rsyslog.pid"),
+    ], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    rsyslog.stdout!.setEncoding("utf8").on(
+      "data",
+      (d: string) => (output += d),
+    );
+    rsyslog.stderr!.setEncoding("utf8").on(
+      "data",
+      (d: string) => (output += d),
+    );
+    const gone = new Promise<void>((resolve) =>
+      rsyslog.on("close", () => resolve())
+    );
+    let n: number;
+    try {
+      n = await waitCount(vault, 20_000, 60_000);
+    } finally {
+      if (rsyslog.exitCode === null && rsyslog.signalCode === null) {
+        process.kill(rsyslog.pid!, "SIGTERM");
+      }
+      const timer = setTimeout(() => rsyslog.kill("SIGKILL"), 10_000);
+      await gone;
+      clearTimeout(timer);
+    }
+    assert.equal(n, 20_000, `rsyslogd said: ${output}`);
+    const lines = await catLines(vault);
+    // Two connections interleave in the one source; each keeps its order.
+    assertNumbered(
+      lines.filter((l) => l.startsWith("<158>1 ")),
+      10_000,
+      /^<158>1 \S+ \S+ rsapp - - - (.*)$/,
+      "rs",
+    );
+    assertNumbered(
+      lines.filter((l) => !l.startsWith("<158>1 ")),
+      10_000,
+      /^<158>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ rsapp: ?(.*)$/,
+      "rs",
+    );
+    let seq = 0;
+    for await (const rec of readRecords(vault)) assert.equal(rec.seq, ++seq);
+    assert.equal(seq, 20_000);
+    await server.waitEvent(
+      (e) => e.event === "syslog_finished" && e.framing === "octet-counting",
+      "5424 finished",
+    );
+    await server.waitEvent(
+      (e) => e.event === "syslog_finished" && e.framing === "newline",
+      "3164 finished",
+    );
+  },
+);
+
+/**
+ * Connects from `localAddress`, writes `data` (and half-closes if `end`),
+ * and resolves what came back once the server closed.
+ */
+function exchange(
+  port: number,
+  data: Uint8Array | string,
+  { localAddress = "127.0.0.1", end = false } = {},
+): Promise<{ received: string; closedBy: "server" | "timeout" }> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: "127.0.0.1", localAddress });
+    const got: Buffer[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      resolve({ received: Buffer.concat(got).toString(), closedBy: "timeout" });
+    }, 10_000);
+    sock.on("data", (d) => got.push(d));
+    sock.on(
+      "error",
+      () => {/* a reset after the server closed: still closed */},
+    );
+    sock.on("close", () => {
+      clearTimeout(timer);
+      resolve({ received: Buffer.concat(got).toString(), closedBy: "server" });
+    });
+    sock.on("connect", () => {
+      if (end) sock.end(data);
+      else sock.write(data);
+    });
+    sock.on("timeout", () => reject(new Error("connect timeout")));
+  });
+}
+
+test("moat serve --syslog-port refuses a peer the allowlist does not allow, before reading it", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--syslog-port",
+    "0",
+    "--allow",
+    "127.0.0.2",
+  ]);
+  const port = syslogPort(server);
+  const refused = await exchange(
+    port,
+    "<13>1 - - - - - - forged 1\n<13>1 - - - - - - forged 2\n",
+  );
+  assert.equal(refused.closedBy, "server");
+  assert.match(refused.received, /^ERR ACCESS_DENIED/);
+  const event = await server.waitEvent(
+    (e) => e.event === "refused" && e.port === "syslog",
+    "refused",
+  );
+  assert.match(String(event.peer), /^127\.0\.0\.1:/);
+  assert.ok(
+    !server.events().some((e) => e.event === "accepted"),
+    "never accepted",
+  );
+  // An allowed peer on the same port is served, under its own address.
+  const allowed = net.connect({
+    port,
+    host: "127.0.0.1",
+    localAddress: "127.0.0.2",
+  });
+  await new Promise<void>((resolve, reject) => {
+    allowed.on("error", reject);
+    allowed.end(
+      "<13>1 - - - - - - kept 1\n<13>1 - - - - - - kept 2\n",
+      () => resolve(),
+    );
+  });
+  assert.equal(await waitCount(vault, 2, 10_000), 2);
+  assert.deepEqual((await vaultRows(vault)).map((row) => row.slice(0, 3)), [[
+    "127.0.0.2",
+    "syslog",
+    "2",
+  ]]);
+  assert.deepEqual(await catLines(vault), [
+    "<13>1 - - - - - - kept 1",
+    "<13>1 - - - - - - kept 2",
+  ]);
+  allowed.destroy();
+});
+
+test("moat serve --syslog-max refuses an oversize message with an audit line and keeps serving", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--syslog-port",
+    "0",
+    "--syslog-max",
+    "1024",
+  ]);
+  const port = syslogPort(server);
+  const big = "<13>1 - - - - - - " + "y".repeat(2000);
+  // Octet counting: refused from the count alone; the messages before it are kept.
+  const counted = await exchange(port, `5 <13>a5 <13>b${big.length} ${big}`);
+  assert.equal(counted.closedBy, "server");
+  const first = await server.waitEvent(
+    (e) => e.event === "refused" && e.port === "syslog",
+    "refused",
+  );
+  assert.match(
+    String(first.reason),
+    /Syslog message of at least \d+ bytes exceeds the limit of 1024 bytes/,
+  );
+  // Newline framing: refused once the line passes the limit, without its LF.
+  const lined = await exchange(port, `<13>c\n${big}`);
+  assert.equal(lined.closedBy, "server");
+  await server.waitEvent(
+    (e) => e.event === "refused" && e.port === "syslog" && e !== first,
+    "second refusal",
+  );
+  // The server is still serving.
+  assert.equal(
+    (await exchange(port, "<13>d\n", { end: true })).closedBy,
+    "server",
+  );
+  assert.equal(await waitCount(vault, 4, 10_000), 4);
+  assert.deepEqual(await catLines(vault), ["<13>a", "<13>b", "<13>c", "<13>d"]);
+  const closed = server.events().filter((e) =>
+    e.event === "closed" && e.port === "syslog"
+  );
+  assert.equal(
+    closed.filter((e) => e.reason === "syslog message too large").length,
+    2,
+  );
+});
+
+test("moat serve --syslog-port without --vault is a usage error", async () => {
+  const r = await runMoat([
+    "serve",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--syslog-port",
+    "0",
+  ]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--syslog-port needs --vault/);
+});
+
+test("moat ship cannot claim the syslog source name", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--syslog-port",
+    "0",
+  ]);
+  const r = await runMoat(
+    [
+      "ship",
+      "-",
+      "--server",
+      `127.0.0.1:${server.port}`,
+      "--state",
+      path.join(dir.dir, "s.json"),
+      "--source",
+      "syslog",
+    ],
+    { input: "x\n" },
+  );
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /reserved for the syslog port/);
+  assert.deepEqual(await vaultRows(vault), []);
+});

@@ -1,0 +1,555 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { MoatError, ProtocolError } from "../lib/errors.ts";
+import {
+  parseSyslog,
+  parseSyslogTime,
+  SyslogFramer,
+  type SyslogMessage,
+} from "../lib/syslog.ts";
+import { everySplit } from "./_test_utils.ts";
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+
+/** Local-time milliseconds (RFC 3164 timestamps carry no zone). */
+function local(y: number, mo: number, d: number, h = 0, mi = 0, s = 0): number {
+  return new Date(y, mo - 1, d, h, mi, s).getTime();
+}
+
+const NOW = local(2024, 6, 1, 12);
+
+interface ParseCase {
+  name: string;
+  input: string;
+  now?: number;
+  want: Partial<SyslogMessage>;
+}
+
+const PARSE_CASES: ParseCase[] = [
+  {
+    name: "RFC 5424 example 1: NIL PROCID and SD, BOM before MSG",
+    input:
+      "<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \uFEFF'su root' failed for lonvick on /dev/pts/8",
+    want: {
+      format: "rfc5424",
+      facility: 4,
+      severity: 2,
+      ts: Date.UTC(2003, 9, 11, 22, 14, 15, 3),
+      host: "mymachine.example.com",
+      app: "su",
+      procId: undefined,
+      msgId: "ID47",
+      structuredData: undefined,
+      message: "'su root' failed for lonvick on /dev/pts/8",
+    },
+  },
+  {
+    name: "RFC 5424 example 2: microseconds and a negative offset",
+    input:
+      "<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts.",
+    want: {
+      format: "rfc5424",
+      facility: 20,
+      severity: 5,
+      ts: Date.UTC(2003, 7, 24, 12, 14, 15, 0),
+      host: "192.0.2.1",
+      app: "myproc",
+      procId: "8710",
+      msgId: undefined,
+      message: "%% It's time to make the do-nuts.",
+    },
+  },
+  {
+    name: "RFC 5424 example 3: structured data then a BOM message",
+    input:
+      '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" ' +
+      'eventSource="Application" eventID="1011"] \uFEFFAn application event log entry...',
+    want: {
+      app: "evntslog",
+      msgId: "ID47",
+      structuredData:
+        '[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"]',
+      message: "An application event log entry...",
+    },
+  },
+  {
+    name: "RFC 5424 example 4: two SD elements and no MSG",
+    input:
+      '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" ' +
+      'eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]',
+    want: {
+      structuredData:
+        '[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]',
+      message: "",
+    },
+  },
+  {
+    name: "RFC 5424 SD values with escaped quote, backslash and bracket",
+    input: String.raw`<13>1 - h a - - [x@1 v="q\"]\\" w="]"] after`,
+    want: {
+      structuredData: String.raw`[x@1 v="q\"]\\" w="]"]`,
+      message: "after",
+      ts: undefined,
+    },
+  },
+  {
+    name: "RFC 5424 every field NIL",
+    input: "<0>1 - - - - - -",
+    want: {
+      format: "rfc5424",
+      facility: 0,
+      severity: 0,
+      ts: undefined,
+      host: undefined,
+      app: undefined,
+      procId: undefined,
+      msgId: undefined,
+      structuredData: undefined,
+      message: "",
+    },
+  },
+  {
+    name: "RFC 5424 malformed SD stays in the message",
+    input: "<13>1 - h a - - [unterminated x",
+    want: {
+      host: "h",
+      app: "a",
+      structuredData: undefined,
+      message: "[unterminated x",
+    },
+  },
+  {
+    name: "RFC 5424 header cut short",
+    input: "<13>1 2003-10-11T22:14:15Z host",
+    want: {
+      format: "rfc5424",
+      host: "host",
+      app: undefined,
+      message: "",
+      ts: Date.UTC(2003, 9, 11, 22, 14, 15),
+    },
+  },
+  {
+    name: "RFC 5424 month 13 is no timestamp",
+    input: "<13>1 2003-13-11T22:14:15Z h a - - - m",
+    want: { ts: undefined, message: "m" },
+  },
+  {
+    name: "RFC 5424 30 February is no timestamp",
+    input: "<13>1 2023-02-30T00:00:00Z h a - - - m",
+    want: { ts: undefined },
+  },
+  {
+    name: "RFC 5424 UTF-8 message",
+    input: "<14>1 2024-01-02T03:04:05+01:00 h app 1 - - grüße ✓",
+    want: {
+      ts: Date.UTC(2024, 0, 2, 2, 4, 5),
+      message: "grüße ✓",
+      facility: 1,
+      severity: 6,
+    },
+  },
+  {
+    name: "RFC 3164 example with host; a future date without year is last year",
+    input:
+      "<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
+    now: NOW,
+    want: {
+      format: "rfc3164",
+      facility: 4,
+      severity: 2,
+      ts: local(2023, 10, 11, 22, 14, 15),
+      host: "mymachine",
+      app: "su",
+      procId: undefined,
+      message: "'su root' failed for lonvick on /dev/pts/8",
+    },
+  },
+  {
+    name: "RFC 3164 space-padded day, IP host, tag with pid",
+    input: "<38>Feb  5 17:32:18 10.0.0.99 sshd[1234]: Accepted publickey",
+    now: NOW,
+    want: {
+      ts: local(2024, 2, 5, 17, 32, 18),
+      host: "10.0.0.99",
+      app: "sshd",
+      procId: "1234",
+      message: "Accepted publickey",
+    },
+  },
+  {
+    name: "RFC 3164 with a year after the day",
+    input: "<13>Mar  1 2021 12:00:01 router app: x",
+    now: NOW,
+    want: {
+      ts: local(2021, 3, 1, 12, 0, 1),
+      host: "router",
+      app: "app",
+      message: "x",
+    },
+  },
+  {
+    name: "RFC 3164 without host",
+    input: "<13>Oct 11 22:14:15 su: hi there",
+    now: NOW,
+    want: {
+      host: undefined,
+      app: "su",
+      message: "hi there",
+      ts: local(2023, 10, 11, 22, 14, 15),
+    },
+  },
+  {
+    name: "RFC 3164 without host, tag with pid",
+    input: "<78>Jun  1 11:59:00 CRON[42]: (root) CMD (true)",
+    now: NOW,
+    want: {
+      facility: 9,
+      severity: 6,
+      host: undefined,
+      app: "CRON",
+      procId: "42",
+      message: "(root) CMD (true)",
+    },
+  },
+  {
+    name: "RFC 3164 with host but no tag",
+    input: "<13>Jun  1 11:59:00 box just words here",
+    now: NOW,
+    want: {
+      host: "box",
+      app: undefined,
+      message: "just words here",
+      ts: local(2024, 6, 1, 11, 59),
+    },
+  },
+  {
+    name: "RFC 3164 tag with a pid and no colon",
+    input: "<13>Jun  1 11:59:00 host app[7] started",
+    now: NOW,
+    want: { host: "host", app: "app", procId: "7", message: "started" },
+  },
+  {
+    name: "RFC 3164 tag with a colon and no space",
+    input: "<13>Jun  1 11:59:00 host app:started",
+    now: NOW,
+    want: { host: "host", app: "app", procId: undefined, message: "started" },
+  },
+  {
+    name: "RFC 3164 with an RFC 3339 timestamp",
+    input: "<13>2024-01-02T03:04:05.5Z host app: m",
+    want: {
+      format: "rfc3164",
+      ts: Date.UTC(2024, 0, 2, 3, 4, 5, 500),
+      host: "host",
+      app: "app",
+      message: "m",
+    },
+  },
+  {
+    name: "RFC 3164 without timestamp: the rest is the message",
+    input: "<13>hello world",
+    want: {
+      format: "rfc3164",
+      ts: undefined,
+      host: undefined,
+      app: undefined,
+      message: "hello world",
+    },
+  },
+  {
+    name: "RFC 3164 29 February without year picks the last leap year",
+    input: "<13>Feb 29 10:00:00 h a: m",
+    now: local(2025, 3, 10),
+    want: { ts: local(2024, 2, 29, 10) },
+  },
+  {
+    name: "PRI 191 is local7.debug",
+    input: "<191>x",
+    want: { facility: 23, severity: 7, message: "x" },
+  },
+  ...[
+    "<192>x",
+    "<1a>x",
+    "<>x",
+    "<013>x",
+    "13>x",
+    "<1234>x",
+    "<13",
+    "",
+    "plain text",
+  ].map((input) => ({
+    name: `malformed PRI ${
+      JSON.stringify(input)
+    } is user.notice and all message`,
+    input,
+    want: {
+      format: "unknown" as const,
+      facility: 1,
+      severity: 5,
+      ts: undefined,
+      host: undefined,
+      message: input,
+    },
+  })),
+];
+
+describe("parseSyslog", () => {
+  for (const c of PARSE_CASES) {
+    test(`parseSyslog parses ${c.name}`, () => {
+      const got = parseSyslog(te.encode(c.input), { now: c.now ?? NOW });
+      const picked = Object.fromEntries(
+        Object.keys(c.want).map((k) => [k, got[k as keyof SyslogMessage]]),
+      );
+      assert.deepEqual(picked, c.want);
+    });
+  }
+
+  test("parseSyslogTime agrees with parseSyslog on every table row", () => {
+    for (const c of PARSE_CASES) {
+      const bytes = te.encode(c.input);
+      const now = c.now ?? NOW;
+      assert.equal(
+        parseSyslogTime(bytes, { now }),
+        parseSyslog(bytes, { now }).ts,
+        c.name,
+      );
+    }
+  });
+});
+
+/**
+ * Frames `chunks` the way the server does: each chunk is copied into one
+ * reused buffer, the messages are read at once, then the buffer is trashed.
+ */
+function frameAll(
+  chunks: readonly Uint8Array[],
+  maxMessage?: number,
+): { messages: string[]; error?: unknown } {
+  const framer = new SyslogFramer(
+    maxMessage === undefined ? {} : { maxMessage },
+  );
+  const scratch = new Uint8Array(Math.max(1, ...chunks.map((c) => c.length)));
+  const messages: string[] = [];
+  const out: Uint8Array[] = [];
+  const drain = () => {
+    for (const m of out) messages.push(td.decode(m));
+    out.length = 0;
+    scratch.fill(0xff);
+  };
+  try {
+    for (const chunk of chunks) {
+      scratch.set(chunk);
+      try {
+        framer.push(scratch.subarray(0, chunk.length), out);
+      } finally {
+        drain();
+      }
+    }
+    framer.end(out);
+    drain();
+  } catch (error) {
+    return { messages, error };
+  }
+  return { messages };
+}
+
+interface FrameCase {
+  name: string;
+  input: string;
+  max?: number;
+  messages: string[];
+  /** Expected error class and message pattern. */
+  error?: [typeof ProtocolError | typeof MoatError, RegExp];
+  /** The error's code, when it is not ERR_PROTOCOL. */
+  code?: string;
+}
+
+const FRAME_CASES: FrameCase[] = [
+  {
+    name: "newline framing",
+    input: "<13>a\n<13>b\r\n\n<13>c\n",
+    messages: ["<13>a", "<13>b", "<13>c"],
+  },
+  {
+    name: "newline framing keeps an unterminated last line",
+    input: "<13>a\n<13>b",
+    messages: ["<13>a", "<13>b"],
+  },
+  {
+    name: "newline framing: a line of exactly maxMessage with CR LF",
+    input: "<1>456789\r\n",
+    max: 9,
+    messages: ["<1>456789"],
+  },
+  {
+    name: "newline framing refuses a line over maxMessage",
+    input: "<1>a\n<1>4567890\n",
+    max: 9,
+    messages: ["<1>a"],
+    error: [
+      MoatError,
+      /Syslog message of (at least )?1\d bytes exceeds the limit of 9 bytes/,
+    ],
+    code: "ERR_SYSLOG_TOO_LARGE",
+  },
+  {
+    name: "newline framing refuses an unterminated line over maxMessage",
+    input: "<1>a\n<1>45678901234",
+    max: 9,
+    messages: ["<1>a"],
+    error: [MoatError, /exceeds the limit of 9 bytes/],
+    code: "ERR_SYSLOG_TOO_LARGE",
+  },
+  {
+    name: "octet counting",
+    input: "5 <13>a5 <13>b",
+    messages: ["<13>a", "<13>b"],
+  },
+  {
+    name: "octet counting drops one trailing LF in the frame",
+    input: "6 <13>a\n7 <13>b\r\n",
+    messages: ["<13>a", "<13>b"],
+  },
+  {
+    name: "octet counting tolerates a newline between frames",
+    input: "5 <13>a\n5 <13>b",
+    messages: ["<13>a", "<13>b"],
+  },
+  {
+    name: "octet counting: a frame of exactly maxMessage",
+    input: "9 <1>456789",
+    max: 9,
+    messages: ["<1>456789"],
+  },
+  {
+    name: "octet counting: LF inside a frame is data",
+    input: "9 <13>a\nb\nc1 x",
+    messages: ["<13>a\nb\nc", "x"],
+  },
+  {
+    name: "octet counting: a non-digit where a count belongs",
+    input: "5 <13>ax 12",
+    messages: ["<13>a"],
+    error: [
+      ProtocolError,
+      /Invalid syslog octet count: expected a digit, got "x"/,
+    ],
+  },
+  {
+    name: "octet counting: a non-digit inside the count",
+    input: "1a <13>",
+    messages: [],
+    error: [ProtocolError, /expected a digit or a space, got "a"/],
+  },
+  {
+    name: "octet counting: a count with a leading zero",
+    input: "05 <13>a",
+    messages: [],
+    error: [ProtocolError, /starts with 0/],
+  },
+  {
+    name: "octet counting: a count over maxMessage is refused before the body",
+    input: "10 <1>",
+    max: 9,
+    messages: [],
+    error: [
+      MoatError,
+      /Syslog message of at least 10 bytes exceeds the limit of 9 bytes/,
+    ],
+    code: "ERR_SYSLOG_TOO_LARGE",
+  },
+  {
+    name:
+      "octet counting: an overlong count is refused as soon as it passes maxMessage",
+    input: "1 x99999999999999999999999 ",
+    messages: ["x"],
+    error: [
+      MoatError,
+      /Syslog message of at least 99999 bytes exceeds the limit of 65536 bytes/,
+    ],
+    code: "ERR_SYSLOG_TOO_LARGE",
+  },
+  {
+    name: "octet counting: truncated body",
+    input: "5 <13>a10 <13>",
+    messages: ["<13>a"],
+    error: [
+      ProtocolError,
+      /Truncated syslog frame: the stream ended after 4 of 10 bytes/,
+    ],
+  },
+  {
+    name: "octet counting: the stream ends inside a count",
+    input: "5 <13>a12",
+    messages: ["<13>a"],
+    error: [ProtocolError, /ended inside an octet count/],
+  },
+];
+
+describe("SyslogFramer", () => {
+  for (const c of FRAME_CASES) {
+    test(`SyslogFramer handles ${c.name}, however the input is split`, () => {
+      for (const { label, chunks } of everySplit(te.encode(c.input))) {
+        const got = frameAll(chunks, c.max);
+        assert.deepEqual(got.messages, c.messages, label);
+        if (c.error === undefined) {
+          assert.equal(got.error, undefined, `${label}: ${got.error}`);
+          continue;
+        }
+        assert.ok(got.error instanceof c.error[0], `${label}: ${got.error}`);
+        assert.match((got.error as Error).message, c.error[1], label);
+        assert.equal(
+          (got.error as MoatError).code,
+          c.code ?? "ERR_PROTOCOL",
+          label,
+        );
+      }
+    });
+  }
+
+  test("SyslogFramer detects the framing from the first byte", () => {
+    const octets = new SyslogFramer();
+    const lines = new SyslogFramer();
+    assert.equal(octets.framing, undefined);
+    octets.push(te.encode("3"), []);
+    lines.push(te.encode("<"), []);
+    assert.equal(octets.framing, "octet-counting");
+    assert.equal(lines.framing, "newline");
+  });
+
+  test("SyslogFramer returns views of the chunk for messages inside it", () => {
+    const chunk = te.encode("3 abc3 def");
+    const out: Uint8Array[] = [];
+    new SyslogFramer().push(chunk, out);
+    assert.equal(out.length, 2);
+    for (const m of out) assert.equal(m.buffer, chunk.buffer);
+  });
+
+  test("SyslogFramer frames 10,000 mixed-size messages split into 4 KiB reads", () => {
+    const want: string[] = [];
+    let octet = "";
+    let lines = "";
+    for (let i = 0; i < 10_000; i++) {
+      const m = `<13>1 - h app - - - msg ${i} ${"é".repeat(i % 300)}`;
+      want.push(m);
+      octet += `${te.encode(m).length} ${m}`;
+      lines += `${m}\n`;
+    }
+    for (const input of [octet, lines]) {
+      const bytes = te.encode(input);
+      const chunks: Uint8Array[] = [];
+      for (let i = 0; i < bytes.length; i += 4096) {
+        chunks.push(bytes.subarray(i, i + 4096));
+      }
+      const got = frameAll(chunks);
+      assert.equal(got.error, undefined);
+      assert.deepEqual(got.messages, want);
+    }
+  });
+
+  test("SyslogFramer rejects a non-positive maxMessage", () => {
+    assert.throws(() => new SyslogFramer({ maxMessage: 0 }), RangeError);
+  });
+});
