@@ -8,8 +8,8 @@
  *   capabilities (only `CAP_NET_BIND_SERVICE` for a port below 1024), no new
  *   privileges, a native-only `@system-service` system call filter, and the
  *   whole file system read-only (`ProtectSystem=strict`, `ProtectHome=yes`);
- * - grants write access to `--log` and `--vault` only, and read access to
- *   `--root`, `--allow-file`s and the program;
+ * - grants write access to `--log` and `--vault` only; `--root`, the
+ *   allow-files, TLS files and token file stay readable;
  * - adds the kernel's own address filter: `IPAddressDeny=any` plus one
  *   `IPAddressAllow=` line per network moat's guard allows, with the deny
  *   rules subtracted (see {@linkcode computeIpAddressAllow});
@@ -74,6 +74,8 @@ export interface SystemdUnitOptions {
   allowlist: AllowlistRules;
   /** The listening port (0 for any). */
   port: number;
+  /** Other listening ports, e.g. `--syslog-port`. */
+  extraPorts?: readonly number[];
   /** The connection limit (`--max-conns`); sets `LimitNOFILE=`. */
   maxConns: number;
   /** moat's version, for the header comment. */
@@ -109,6 +111,10 @@ const PATH_FLAGS: ReadonlySet<string> = new Set([
   "log",
   "vault",
   "allow-file",
+  "tls-cert",
+  "tls-key",
+  "client-ca",
+  "token-file",
 ]);
 /** Dropped from ExecStart. */
 const OWN_FLAG = "print-systemd-unit";
@@ -444,6 +450,7 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
   const logs: string[] = [];
   const vaults: string[] = [];
   const allowFiles: string[] = [];
+  const secrets: string[] = [];
   for (const f of options.flags) {
     if (f.name === OWN_FLAG) continue;
     let value = f.value;
@@ -453,7 +460,8 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
       if (f.name === "root") root = value;
       else if (f.name === "log") logs.push(value);
       else if (f.name === "vault") vaults.push(value);
-      else allowFiles.push(value);
+      else if (f.name === "allow-file") allowFiles.push(value);
+      else secrets.push(value);
     }
     flags.push(
       value === undefined ? { name: f.name } : { name: f.name, value },
@@ -485,7 +493,9 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
       stateDirs.push(path.posix.relative("/var/lib", vault));
     } else readWrite.push(vault);
   }
-  const readOnly = [root, ...allowFiles];
+  const readOnly = [root, ...allowFiles, ...secrets];
+  const tokenFile = options.flags.some((f) => f.name === "token-file");
+  const ports = [port, ...(options.extraPorts ?? [])];
   const program = [launcher.executable];
   if (launcher.script !== undefined) {
     program.push(path.resolve(cwd, launcher.script));
@@ -505,9 +515,14 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
       command.push(
         "run",
         "--no-prompt",
-        _denoList("allow-net", _denoNet(flags, allowlist.loopbackOnly, port)),
+        _denoList(
+          "allow-net",
+          ports.flatMap((p) => _denoNet(flags, allowlist.loopbackOnly, p)),
+        ),
         _denoList("allow-read", [...readOnly, ...vaults]),
       );
+      // Without --token-file, moat reads the token from $MOAT_TOKEN.
+      if (!tokenFile) command.push("--allow-env=MOAT_TOKEN");
       const writable = [...logs, ...vaults];
       if (writable.length > 0) command.push(_denoList("allow-write", writable));
     }
@@ -519,7 +534,7 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
   const deno = launcher.runtime === "deno" && launcher.script !== undefined;
   const kernel = computeIpAddressAllow(allowlist);
   const denied = allowlist.deny.map(formatCidr);
-  const lowPort = port > 0 && port < 1024;
+  const lowPort = ports.some((p) => p > 0 && p < 1024);
   const l: string[] = [];
   const push = (...lines: string[]) => l.push(...lines);
 
@@ -532,7 +547,7 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
     "# systemctl daemon-reload && systemctl enable --now moat",
     "",
     "[Unit]",
-    `Description=moat guarded socket server (port ${port})`,
+    `Description=moat guarded socket server (port ${ports.join(", ")})`,
     "After=network.target",
     "",
     "[Service]",
@@ -580,7 +595,7 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
     // Deno's signal handling needs a Unix socket pair.
     `RestrictAddressFamilies=AF_INET AF_INET6${deno ? " AF_UNIX" : ""}`,
     "",
-    "# Files: everything read-only; the root and allow-files readable;",
+    "# Files: everything read-only; the root, allow-files, TLS and token files readable;",
     "# only the log and the vault writable.",
     "ProtectSystem=strict",
     `ProtectHome=${home ? "tmpfs" : "yes"}`,

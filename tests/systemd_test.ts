@@ -1,6 +1,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -488,12 +488,13 @@ describe("renderSystemdUnit", () => {
         runtime: "deno",
       },
     });
-    assert.deepEqual(execStartOf(unit).slice(0, 8), [
+    assert.deepEqual(execStartOf(unit).slice(0, 9), [
       "/usr/bin/deno",
       "run",
       "--no-prompt",
       "--allow-net=127.0.0.1:4320,[::1]:4320",
       "--allow-read=/srv/moat/share,/var/lib/moat",
+      "--allow-env=MOAT_TOKEN",
       "--allow-write=/var/log/moat/audit.log,/var/lib/moat",
       "/opt/moat/main.ts",
       "serve",
@@ -510,7 +511,42 @@ describe("renderSystemdUnit", () => {
       },
     });
     assert.equal(execStartOf(lan)[3], "--allow-net=0.0.0.0:4320,[::]:4320");
-    assert.equal(execStartOf(lan)[5], "/srv/moat/m.ts");
+    assert.equal(execStartOf(lan)[6], "/srv/moat/m.ts");
+  });
+
+  test("renderSystemdUnit covers TLS files, the token file and the syslog port", () => {
+    const flags = [
+      { name: "vault", value: "/var/lib/moat" },
+      { name: "syslog-port", value: "514" },
+      { name: "tls-cert", value: "tls/cert.pem" },
+      { name: "tls-key", value: "tls/key.pem" },
+      { name: "client-ca", value: "/etc/moat/ca.pem" },
+      { name: "token-file", value: "/etc/moat/tokens" },
+    ];
+    const deno = {
+      executable: "/usr/bin/deno",
+      script: "/opt/moat/main.ts",
+      runtime: "deno" as const,
+    };
+    const unit = unitFor(flags, { launcher: deno, extraPorts: [514] });
+    const words = execStartOf(unit);
+    assert.deepEqual(words.slice(3, 6), [
+      "--allow-net=127.0.0.1:4320,[::1]:4320,127.0.0.1:514,[::1]:514",
+      "--allow-read=/srv/moat,/srv/moat/tls/cert.pem,/srv/moat/tls/key.pem," +
+      "/etc/moat/ca.pem,/etc/moat/tokens,/var/lib/moat",
+      "--allow-write=/var/lib/moat",
+    ]);
+    assert.ok(!words.includes("--allow-env=MOAT_TOKEN"));
+    assert.ok(words.includes("/srv/moat/tls/key.pem"));
+    assert.deepEqual(settings(unit, "ReadOnlyPaths"), [
+      "/srv/moat /srv/moat/tls/cert.pem /srv/moat/tls/key.pem /etc/moat/ca.pem /etc/moat/tokens",
+    ]);
+    assert.deepEqual(settings(unit, "AmbientCapabilities"), [
+      "CAP_NET_BIND_SERVICE",
+    ]);
+    assert.deepEqual(settings(unit, "Description"), [
+      "moat guarded socket server (port 4320, 514)",
+    ]);
   });
 
   test("renderSystemdUnit runs a script under Bun without permission flags", () => {
@@ -679,4 +715,66 @@ test("moat serve --print-systemd-unit prints the unit and does not listen", () =
     r.stdout.endsWith("\n[Install]\nWantedBy=multi-user.target\n"),
     true,
   );
+});
+
+test("the ExecStart of moat serve --print-systemd-unit runs a working server", async () => {
+  using dir = tempDir();
+  fs.mkdirSync(path.join(dir.dir, "share"));
+  fs.writeFileSync(path.join(dir.dir, "share", "hello.txt"), "hello unit\n");
+  // A unit's write paths exist before it starts (ReadWritePaths= requires it).
+  fs.mkdirSync(path.join(dir.dir, "vault"));
+  const log = path.join(dir.dir, "audit.log");
+  const runtime = navigator.userAgent.startsWith("Deno")
+    ? ["run", "-A", MAIN]
+    : [MAIN];
+  const printed = spawnSync(process.execPath, [
+    ...runtime,
+    "serve",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--root",
+    "share",
+    "--vault",
+    "vault",
+    "--log",
+    "audit.log",
+    "--print-systemd-unit",
+  ], { cwd: dir.dir, timeout: 30_000, encoding: "utf8" });
+  assert.equal(printed.status, 0, printed.stderr);
+  // Under Deno this is `deno run --no-prompt --allow-net=127.0.0.1 …`: the
+  // narrowed permissions must be enough to serve.
+  const [cmd, ...args] = execStartOf(printed.stdout);
+  const server = spawn(cmd!, args, { cwd: "/", stdio: "ignore" });
+  try {
+    let port = 0;
+    for (let i = 0; i < 400 && port === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const text = fs.existsSync(log) ? fs.readFileSync(log, "utf8") : "";
+      const m = /"event":"listening","addrs":\["127\.0\.0\.1:(\d+)"/.exec(text);
+      if (m) port = Number(m[1]);
+      assert.equal(server.exitCode, null, `server exited: ${text}`);
+    }
+    assert.notEqual(port, 0, "server listening within 20 s");
+    const got = spawnSync(process.execPath, [
+      ...runtime,
+      "get",
+      "FILE:hello.txt",
+      "--server",
+      `127.0.0.1:${port}`,
+      "-o",
+      path.join(dir.dir, "got.txt"),
+    ], { timeout: 30_000, encoding: "utf8" });
+    assert.equal(got.status, 0, got.stderr);
+    assert.equal(
+      fs.readFileSync(path.join(dir.dir, "got.txt"), "utf8"),
+      "hello unit\n",
+    );
+  } finally {
+    server.kill("SIGTERM");
+    await new Promise((r) =>
+      server.exitCode === null ? server.on("close", r) : r(null)
+    );
+  }
 });
