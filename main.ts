@@ -560,7 +560,7 @@ async function chatCommand(args: string[]) {
     input: stdinLines(),
     output: (line) => console.log(line),
     onWelcome: (w) =>
-      console.error(`moat: connected to ${values.server ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320"} as ${w.name} (${w.peer}); Ctrl-D leaves`),
+      console.error(`moat: connected to ${values.server ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320"} as ${escapeText(w.name)} (${escapeText(w.peer)}); Ctrl-D leaves`),
   });
 }
 
@@ -733,6 +733,12 @@ async function verifyCommand(dir: string, values: { key?: string; "key-file"?: s
   for (const s of report.sources) {
     const tail = s.unsealed > 0 ? `, unsealed tail (${s.unsealed} records)` : "";
     console.log(`  ${escapeText(s.label)}: ${s.records} records, ${s.sealedSeq} sealed${tail}`);
+    if (s.torn) {
+      console.log(
+        `  ${escapeText(s.label)}: ${s.torn.bytes} bytes after the last record are not a whole record ` +
+          `(a write in progress or a torn write, cut when the vault is next opened; not verified)`,
+      );
+    }
   }
   if (!report.keyed) {
     console.log("WARNING: no --key: checksums and hash chains checked, seals NOT verified");

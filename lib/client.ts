@@ -33,6 +33,7 @@ import {
   ProtocolError,
 } from "./errors.ts";
 import { formatChatLine } from "./chat.ts";
+import { escapeText } from "./text.ts";
 import { type ClientTlsConfig, connectSecure } from "./tls.ts";
 import { answerChallenge, type Token } from "./auth.ts";
 import { fingerprint } from "./cert.ts";
@@ -99,7 +100,9 @@ const PATH_CODES = new Set(["ERR_BAD_PATH", "ERR_OUTSIDE_ROOT", "ERR_NOT_FOUND",
 
 /** Turns a server error frame into the matching local error. */
 export function serverError(payload: Uint8Array): MoatError {
-  const body = decodeError(payload);
+  // A hostile server's words must not reach the user's terminal raw.
+  const raw = decodeError(payload);
+  const body = { code: escapeText(raw.code), message: escapeText(raw.message) };
   if (PATH_CODES.has(body.code)) return new PathError(body.code, body.message);
   if (body.code === "ERR_ACCESS_DENIED" || body.code === "ERR_AUTH") {
     return new AccessDeniedError(`Server refused: ${body.message}`);
@@ -186,7 +189,8 @@ async function textRefusal(reader: FrameReader): Promise<MoatError> {
   const text = decodeText(bytes).split("\n")[0]!.replace(/\r$/, "");
   const m = /^ERR (\S+) ?(.*)$/.exec(text);
   if (!m) return new ProtocolError("Server did not answer with a moat preamble");
-  const [, code, message] = m as unknown as [string, string, string];
+  const code = escapeText(m[1]!);
+  const message = escapeText(m[2]!);
   if (code === "ACCESS_DENIED") return new AccessDeniedError("Access refused by server");
   if (code === "BUSY") return new MoatError("ERR_BUSY", "Server busy: too many connections", ExitCode.Connection);
   if (code === "CERT_REQUIRED" || code === "CERT_REJECTED") return new AccessDeniedError(`Server refused: ${message}`);

@@ -242,7 +242,22 @@ export function prepareDownload(
   target: string,
   options: PrepareDownloadOptions = {},
 ): Download {
-  if (!options.force && fs.existsSync(target)) {
+  let existing: fs.Stats | undefined;
+  try {
+    existing = fs.lstatSync(target);
+  } catch {
+    // Nothing there yet.
+  }
+  if (existing && !existing.isFile()) {
+    // --force replaces files, never a device, FIFO, link or directory
+    // (an atomic rename over /dev/null would replace the device itself).
+    throw new MoatError(
+      "ERR_EXISTS",
+      `Refusing to replace "${target}": it is not a regular file`,
+      ExitCode.Exists,
+    );
+  }
+  if (existing && !options.force) {
     throw new MoatError(
       "ERR_EXISTS",
       `Refusing to overwrite "${target}": it exists (use --force)`,

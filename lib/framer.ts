@@ -284,9 +284,13 @@ export class FrameEncoderStream extends TransformStream<Frame, Uint8Array> {
  * ```
  */
 export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
-  /** Input of the incomplete unit (header or payload), as subarrays. */
-  #bufs: Uint8Array[] = [];
-  /** Total length of `#bufs`. */
+  /**
+   * The incomplete unit (header or payload), copied into a buffer of its
+   * exact size: holding views of the input chunks instead would pin their
+   * whole buffers, so memory would no longer be bounded by the frame limit.
+   */
+  #unit: Uint8Array | undefined;
+  /** Bytes of `#unit` filled so far. */
   #buffered = 0;
   /** Type of the frame whose payload is awaited; 0 while awaiting a header. */
   #type = 0;
@@ -316,7 +320,6 @@ export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
     chunk: Uint8Array,
     controller: TransformStreamDefaultController<Frame>,
   ) {
-    const bufs = this.#bufs;
     const length = chunk.length;
     let offset = 0;
     // Each pass consumes at least one byte or returns.
@@ -327,7 +330,9 @@ export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
       const available = length - offset;
       if (available < missing) {
         if (available > 0) {
-          bufs.push(offset === 0 ? chunk : chunk.subarray(offset));
+          // `want` is at most maxFrameSize: decodeHeaderAt checked it.
+          this.#unit ??= new Uint8Array(want);
+          this.#unit.set(chunk.subarray(offset), this.#buffered);
           this.#buffered += available;
         }
         return;
@@ -336,9 +341,9 @@ export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
       if (this.#buffered === 0) {
         unit = chunk.subarray(offset, offset + want);
       } else {
-        bufs.push(chunk.subarray(offset, offset + missing));
-        unit = concat(bufs, want);
-        bufs.length = 0;
+        unit = this.#unit!;
+        unit.set(chunk.subarray(offset, offset + missing), this.#buffered);
+        this.#unit = undefined;
         this.#buffered = 0;
       }
       offset += missing;
@@ -763,13 +768,3 @@ function truncatedFrameError(got: number, total: number): ProtocolError {
   );
 }
 
-/** Concatenates `bufs`, whose lengths add up to `length`, into a new array. */
-function concat(bufs: Uint8Array[], length: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(length);
-  let offset = 0;
-  for (const buf of bufs) {
-    out.set(buf, offset);
-    offset += buf.length;
-  }
-  return out;
-}

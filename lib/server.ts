@@ -462,12 +462,14 @@ export class Server {
     const first = reader.peek(1);
     // Awaited later, or never (--no-plain): a late failure must not go unhandled.
     first.catch(() => {});
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const silent = new Promise<null>((resolve) => {
-      timer = setTimeout(() => resolve(null), DETECT_MS);
-    });
-    const head = await Promise.race([first, silent]);
-    clearTimeout(timer);
+    const armed = performance.now();
+    let head = await Promise.race([first, after(DETECT_MS)]);
+    if (head === null && performance.now() - armed > DETECT_MS + 50) {
+      // The timer fired late, so the event loop was stalled: bytes that are
+      // already waiting may not have been read yet. Give them a moment
+      // before calling a framed client silent (and relaying its preamble).
+      head = await Promise.race([first, after(100)]);
+    }
     if (head !== null && head.length === 0) {
       s.reason ??= "peer closed before sending anything";
       return;
@@ -951,6 +953,14 @@ const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
 function plainErrorLine(error: ErrorBody): Uint8Array {
   const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
   return encodeText(`ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`);
+}
+
+/** Resolves null after `ms`; the timer does not keep the process alive. */
+function after(ms: number): Promise<null> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(null), ms);
+    (t as { unref?: () => void }).unref?.();
+  });
 }
 
 /** The address a vault source is keyed by: IPv4-mapped IPv6 shown as IPv4. */

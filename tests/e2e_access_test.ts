@@ -105,7 +105,8 @@ test("moat serve rejects a frame larger than --max-frame without crashing", asyn
   const err = await server.waitEvent((e) => e.event === "error", "error event");
   assert.equal(err.code, "ERR_FRAME_TOO_LARGE");
   // Still serving:
-  const r = await runMoat(["get", "FILE:nope", "-o", "/dev/null", "--force", "--server", `127.0.0.1:${server.port}`]);
+  using out = tempDir();
+  const r = await runMoat(["get", "FILE:nope", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
   assert.equal(r.code, 4);
 });
 
@@ -130,7 +131,8 @@ test("moat serve listens on IPv6 loopback with --host ::1", async () => {
     const addr = JSON.parse(line).addrs[0] as string;
     assert.match(addr, /^\[::1\]:\d+$/);
     const port = addr.slice(addr.lastIndexOf(":") + 1);
-    const r = await runMoat(["get", "FILE:nope", "-o", "/dev/null", "--force", "--server", `[::1]:${port}`]);
+    using out = tempDir();
+    const r = await runMoat(["get", "FILE:nope", "--server", `[::1]:${port}`], { cwd: out.dir });
     assert.equal(r.code, 4, r.stderr);
   } finally {
     child.kill("SIGTERM");
