@@ -1,0 +1,890 @@
+/**
+ * Hostile peers against real `moat` processes over loopback: handshake
+ * fuzzing, refused floods, slow clients, SIGKILL faults, a symlink swapped
+ * during gets, and injection through chat lines, file names and a hostile
+ * server. Short versions of what `npm run soak` runs for longer.
+ *
+ * @module
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import process from "node:process";
+import {
+  LineWatcher,
+  runMoat,
+  sha256File,
+  spawnMoat,
+  startServer,
+  tempDir,
+  writeRandomFile,
+} from "./_e2e.ts";
+import {
+  checkAuditLines,
+  faultRound,
+  fuzzHandshake,
+  type LoggedServer,
+  rawControl,
+  refusedFlood,
+  sampleRss,
+  slowClients,
+  startLoggedServer,
+} from "../soak/hostile.ts";
+import { prng } from "../soak/framer_fuzz.ts";
+import { encodeFrame } from "../lib/framer.ts";
+import { decodeText, encodePreamble, Kind } from "../lib/protocol.ts";
+import { escapeText } from "../lib/text.ts";
+import { get } from "../lib/client.ts";
+import { getNet } from "../lib/net/mod.ts";
+import { PathError } from "../lib/errors.ts";
+
+const enc = new TextEncoder();
+
+function bytesOf(...parts: (string | number[])[]): Uint8Array {
+  const arrays = parts.map((
+    p,
+  ) => (typeof p === "string" ? enc.encode(p) : Uint8Array.from(p)));
+  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
+  let o = 0;
+  for (const a of arrays) {
+    out.set(a, o);
+    o += a.length;
+  }
+  return out;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Waits until `pred()` holds, polling, or fails after `ms`. */
+async function until(
+  pred: () => boolean,
+  ms: number,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await delay(20);
+  }
+}
+
+/** A raw framed client: preamble, hello, then frames both ways. */
+async function framedClient(port: number, mode: "chat" | "get") {
+  const sock = net.connect({ port, host: "127.0.0.1" });
+  sock.on("error", () => {});
+  let buf = new Uint8Array(0);
+  let preamble = false;
+  const frames: { type: number; payload: Uint8Array }[] = [];
+  sock.on("data", (d: Uint8Array) => {
+    const next = new Uint8Array(buf.length + d.length);
+    next.set(buf);
+    next.set(d, buf.length);
+    buf = next;
+    if (!preamble && buf.length >= 8) {
+      preamble = true;
+      buf = buf.subarray(8);
+    }
+    while (preamble && buf.length >= 5) {
+      const len = buf[1]! * 0x100_0000 +
+        (buf[2]! << 16 | buf[3]! << 8 | buf[4]!);
+      if (buf.length < 5 + len) break;
+      frames.push({ type: buf[0]!, payload: buf.slice(5, 5 + len) });
+      buf = buf.subarray(5 + len);
+    }
+  });
+  await new Promise<void>((r) => sock.on("connect", () => r()));
+  const hello = encodeFrame({
+    type: Kind.Hello,
+    payload: enc.encode(
+      JSON.stringify({ client: "moat/test", mode, maxFrameSize: 1_048_576 }),
+    ),
+  });
+  sock.write(bytesOf([...encodePreamble()], [...hello]));
+  await until(() => frames.length > 0, 10_000, "welcome");
+  const welcome = frames.shift()!;
+  assert.equal(welcome.type, Kind.Welcome, decodeText(welcome.payload));
+  const { name } = JSON.parse(decodeText(welcome.payload));
+  return {
+    sock,
+    name: name as string,
+    port: sock.localPort!,
+    frames,
+    send(type: number, payload: Uint8Array) {
+      sock.write(encodeFrame({ type, payload }));
+    },
+  };
+}
+
+/** A raw plain-text client that collects every byte it receives. */
+async function plainClient(port: number) {
+  const sock = net.connect({ port, host: "127.0.0.1" });
+  sock.on("error", () => {});
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  sock.on("data", (d: Uint8Array) => {
+    chunks.push(new Uint8Array(d));
+    size += d.length;
+  });
+  await new Promise<void>((r) => sock.on("connect", () => r()));
+  return {
+    sock,
+    port: sock.localPort!,
+    size: () => size,
+    /** Everything received, decoded strictly: invalid UTF-8 here is a finding. */
+    text(): string {
+      const all = new Uint8Array(size);
+      let o = 0;
+      for (const c of chunks) {
+        all.set(c, o);
+        o += c.length;
+      }
+      return new TextDecoder("utf-8", { fatal: true }).decode(all);
+    },
+  };
+}
+
+/** The server's name for the connection from `port`, from the audit log. */
+function nameOf(events: Record<string, unknown>[], port: number): string {
+  const e = events.find((e) =>
+    e.event === "accepted" && e.peer === `127.0.0.1:${port}`
+  );
+  assert.ok(e, `no accepted event for port ${port}`);
+  return String(e.name);
+}
+
+// ---------------------------------------------------------------------------
+// Handshake fuzzing
+
+test("moat serve answers or closes each of 1,000 hostile handshakes and keeps serving gets", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  fs.writeFileSync(path.join(root.dir, "small.txt"), "hello small\n");
+  fs.mkdirSync(path.join(root.dir, "sub"));
+  await using server = await startServer([
+    "--root",
+    root.dir,
+    "--handshake-timeout",
+    "2",
+    "--idle-timeout",
+    "4",
+    "--reply",
+    "pong",
+  ]);
+  const stats = await fuzzHandshake({
+    port: server.port,
+    seed: 8,
+    cases: 1000,
+    concurrency: 64,
+    timeoutMs: 9000,
+  });
+  assert.equal(stats.cases, 1000);
+  assert.deepEqual(stats.silent, [], "connections neither answered nor closed");
+  assert.deepEqual(
+    stats.lingering,
+    [],
+    "half-closed connections the server never closed",
+  );
+  assert.ok(Object.keys(stats.kinds).length >= 12, JSON.stringify(stats.kinds));
+  assert.equal(server.child.exitCode, null, "server exited");
+  const r = await runMoat([
+    "get",
+    "FILE:small.txt",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(
+    fs.readFileSync(path.join(out.dir, "small.txt"), "utf8"),
+    "hello small\n",
+  );
+  // Every session that was accepted is closed again: no slot leaks.
+  await until(
+    () => {
+      const c = checkAuditLines(server.audit.lines.join("\n")).events;
+      return c.accepted === c.closed;
+    },
+    15_000,
+    "every accepted session closed",
+  );
+  const audit = checkAuditLines(server.audit.lines.join("\n"));
+  assert.deepEqual(audit.bad, []);
+  assert.equal(audit.events.accepted, 1001);
+});
+
+// ---------------------------------------------------------------------------
+// Floods and slow clients
+
+test("moat serve refuses a flood of 500 connections from refused addresses while an allowed get completes", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  writeRandomFile(path.join(root.dir, "big.bin"), 32 << 20, 21);
+  await using server = await startServer([
+    "--allow",
+    "127.0.0.1",
+    "--root",
+    root.dir,
+  ]);
+  const rss = sampleRss(server.child.pid!);
+  const getting = runMoat([
+    "get",
+    "FILE:big.bin",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], {
+    cwd: out.dir,
+    timeoutMs: 60_000,
+  });
+  const flood = await refusedFlood({
+    port: server.port,
+    rate: 1000,
+    durationMs: 500,
+    overrunMs: 10_000,
+    drainMs: 5000,
+  });
+  const r = await getting;
+  const peakKiB = rss.stop();
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(
+    await sha256File(path.join(out.dir, "big.bin")),
+    await sha256File(path.join(root.dir, "big.bin")),
+  );
+  assert.equal(flood.attempted, 500);
+  assert.deepEqual(flood.unexpected, []);
+  assert.equal(flood.unfinished, 0);
+  assert.equal(
+    flood.refusedNotice + flood.closedOther + flood.connectErrors,
+    500,
+  );
+  assert.ok(flood.refusedNotice >= 450, JSON.stringify(flood));
+  await until(
+    () => server.events().filter((e) => e.event === "refused").length === 500,
+    10_000,
+    "500 refused events",
+  );
+  const accepted = server.events().filter((e) => e.event === "accepted");
+  assert.ok(
+    accepted.every((e) => String(e.peer).startsWith("127.0.0.1:")),
+    "a refused address was accepted",
+  );
+  assert.ok(peakKiB < 400 * 1024, `server RSS peaked at ${peakKiB} KiB`);
+  assert.deepEqual(checkAuditLines(server.audit.lines.join("\n")).bad, []);
+});
+
+test("moat serve closes 50 slow handshakes at --handshake-timeout while an allowed client still gets a file", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  fs.writeFileSync(path.join(root.dir, "a.txt"), "allowed\n");
+  await using server = await startServer([
+    "--handshake-timeout",
+    "1",
+    "--root",
+    root.dir,
+  ]);
+  const slow = slowClients({
+    port: server.port,
+    clients: 50,
+    intervalMs: 1000,
+    giveUpMs: 8000,
+  });
+  await delay(300);
+  const t0 = performance.now();
+  const r = await runMoat([
+    "get",
+    "FILE:a.txt",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
+  const getMs = performance.now() - t0;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(
+    fs.readFileSync(path.join(out.dir, "a.txt"), "utf8"),
+    "allowed\n",
+  );
+  const stats = await slow;
+  assert.equal(stats.held, 0, "slow clients still open after 8 s");
+  assert.equal(stats.closed, 50);
+  // Deadline 1 s, swept every 250 ms; 1.5 s of slack for a loaded machine.
+  assert.ok(
+    stats.closeMs.at(-1)! < 2750,
+    `slowest close after ${stats.closeMs.at(-1)} ms`,
+  );
+  assert.ok(
+    stats.closeMs[0]! >= 950,
+    `fastest close after ${stats.closeMs[0]} ms`,
+  );
+  await until(
+    () =>
+      server.events().filter((e) =>
+        e.event === "closed" && e.reason === "handshake timeout"
+      ).length === 50,
+    5000,
+    "50 handshake timeouts",
+  );
+  assert.ok(getMs < 10_000, `get took ${getMs} ms`);
+});
+
+test("moat serve still recognises framed clients whose preamble arrived while it was stalled", async () => {
+  // Under a refused flood the server's event loop lagged by seconds, and a
+  // `moat get` sent its preamble while the server was behind: the 1 s
+  // "silence means plain text" timer fired before the waiting bytes were
+  // read, the preamble was relayed as chat, and the client waited forever.
+  // SIGSTOP reproduces the stall.
+  await using server = await startServer([]);
+  const socks = await Promise.all(Array.from({ length: 10 }, async () => {
+    const sock = net.connect({ port: server.port, host: "127.0.0.1" });
+    const seen = { sock, first: -1 };
+    sock.on("data", (d: Uint8Array) => {
+      if (seen.first < 0) seen.first = d[0]!;
+    });
+    sock.on("error", () => {});
+    await new Promise<void>((r) => sock.on("connect", () => r()));
+    return seen;
+  }));
+  await until(
+    () => server.events().filter((e) => e.event === "accepted").length === 10,
+    10_000,
+    "10 accepted",
+  );
+  await delay(100);
+  const hello = encodeFrame({
+    type: Kind.Hello,
+    payload: enc.encode(
+      JSON.stringify({
+        client: "moat/test",
+        mode: "chat",
+        maxFrameSize: 65_536,
+      }),
+    ),
+  });
+  process.kill(server.child.pid!, "SIGSTOP");
+  try {
+    for (const s of socks) {
+      s.sock.write(bytesOf([...encodePreamble()], [...hello]));
+    }
+    await delay(1500);
+  } finally {
+    process.kill(server.child.pid!, "SIGCONT");
+  }
+  await until(
+    () => socks.every((s) => s.first >= 0),
+    5000,
+    "an answer on every connection",
+  ).catch(() => {});
+  for (const s of socks) s.sock.destroy();
+  const chats = server.events().filter((e) => e.event === "chat").map((e) =>
+    e.text
+  );
+  assert.deepEqual(chats, [], "preambles relayed as chat");
+  assert.deepEqual(
+    socks.map((s) => s.first),
+    socks.map(() => 0x89),
+    "every client gets a preamble back",
+  );
+});
+
+// ---------------------------------------------------------------------------
+// Faults
+
+test("moat get survives 5 rounds of SIGKILL to a random side without a wrong complete-looking file", async () => {
+  using base = tempDir();
+  const root = path.join(base.dir, "root");
+  const out = path.join(base.dir, "out");
+  fs.mkdirSync(root);
+  fs.mkdirSync(out);
+  const size = 32 << 20;
+  const source = path.join(root, "big.bin");
+  writeRandomFile(source, size, 31);
+  const sha = await sha256File(source);
+  let current: LoggedServer | undefined;
+  const server = async () => {
+    if (!current || current.exited) {
+      current = await startLoggedServer(
+        ["--root", root],
+        path.join(base.dir, "audit.log"),
+      );
+    }
+    return current;
+  };
+  try {
+    // Calibrate: how long one whole get takes, process start included.
+    const s = await server();
+    const t0 = performance.now();
+    const full = await runMoat([
+      "get",
+      "FILE:big.bin",
+      "-o",
+      path.join(out, "cal.bin"),
+      "--server",
+      `127.0.0.1:${s.port}`,
+    ]);
+    assert.equal(full.code, 0, full.stderr);
+    const maxKillMs = Math.ceil(performance.now() - t0);
+    const rand = prng(Number(process.env.MOAT_FUZZ_SEED ?? 5));
+    const rounds = [];
+    for (let i = 0; i < 5; i++) {
+      rounds.push(
+        await faultRound({
+          server,
+          file: "big.bin",
+          sha256: sha,
+          size,
+          source,
+          out,
+          maxKillMs,
+          rand,
+        }),
+      );
+    }
+    for (const [i, r] of rounds.entries()) {
+      assert.notEqual(r.after, "wrong", `round ${i}: ${JSON.stringify(r)}`);
+      assert.deepEqual(r.strays, [], `round ${i}`);
+      assert.ok(r.rerunOk, `round ${i}: ${JSON.stringify(r)}`);
+    }
+    assert.deepEqual(
+      checkAuditLines(fs.readFileSync(path.join(base.dir, "audit.log"), "utf8"))
+        .bad,
+      [],
+    );
+  } finally {
+    await current?.stop();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// A symlink swapped in during gets over the wire
+
+test("moat get never receives outside content while a served path is swapped for a symlink", async () => {
+  using base = tempDir();
+  const root = path.join(base.dir, "root");
+  const race = path.join(root, "race");
+  const outside = path.join(base.dir, "outside");
+  const out = path.join(base.dir, "out");
+  for (const d of [path.join(race, "d"), path.join(outside, "d"), out]) {
+    fs.mkdirSync(d, { recursive: true });
+  }
+  const inside = "INSIDE:" + "i".repeat(64 * 1024);
+  fs.writeFileSync(path.join(race, "d", "f"), inside);
+  fs.writeFileSync(path.join(race, "f"), inside);
+  fs.writeFileSync(path.join(outside, "d", "f"), "OUTSIDE:secret");
+  fs.writeFileSync(path.join(outside, "f"), "OUTSIDE:secret");
+  fs.symlinkSync(path.join(outside, "d"), path.join(race, "d_sym"));
+  fs.symlinkSync(path.join(outside, "f"), path.join(race, "f_sym"));
+  await using server = await startServer(["--root", root]);
+  // A child swaps race/d and race/f with links to the outside, by rename(2).
+  const stop = path.join(base.dir, "stop");
+  const script = path.join(base.dir, "swap.mjs");
+  fs.writeFileSync(
+    script,
+    `import fs from "node:fs";
+const dir = ${JSON.stringify(race)};
+const stop = ${JSON.stringify(stop)};
+const end = Date.now() + 30000;
+let cycles = 0;
+console.log("ready");
+while (cycles < 200000 && Date.now() < end && !fs.existsSync(stop)) {
+  for (const n of ["d", "f"]) {
+    fs.renameSync(dir + "/" + n, dir + "/" + n + "_real");
+    fs.renameSync(dir + "/" + n + "_sym", dir + "/" + n);
+    fs.renameSync(dir + "/" + n, dir + "/" + n + "_sym");
+    fs.renameSync(dir + "/" + n + "_real", dir + "/" + n);
+  }
+  cycles++;
+}
+console.log("cycles " + cycles);
+`,
+  );
+  const runtime = process.execPath;
+  const child = spawn(
+    runtime,
+    navigator.userAgent.startsWith("Deno") ? ["run", "-A", script] : [script],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  const watch = new LineWatcher(child.stdout!);
+  const exited = new Promise<number | null>((r) =>
+    child.on("close", (c) => r(c))
+  );
+  await watch.waitFor((l) => l === "ready", 20_000, "swapper ready");
+  const outcomes: Record<string, number> = {};
+  let escapes = 0;
+  const client = {
+    net: getNet(),
+    server: { hostname: "127.0.0.1", port: server.port },
+    version: "0.0.0-test",
+  };
+  const deadline = Date.now() + 10_000;
+  let attempts = 0;
+  try {
+    while (attempts < 400 && Date.now() < deadline) {
+      const p = attempts % 2 === 0 ? "race/d/f" : "race/f";
+      const target = path.join(out, `got${attempts % 2}`);
+      attempts++;
+      try {
+        await get(client, { path: p, out: target, force: true });
+        if (fs.readFileSync(target, "utf8") !== inside) escapes++;
+        outcomes.ok = (outcomes.ok ?? 0) + 1;
+      } catch (err) {
+        assert.ok(err instanceof PathError, String(err));
+        outcomes[err.code] = (outcomes[err.code] ?? 0) + 1;
+      }
+    }
+    // And a few through the real client process.
+    for (let i = 0; i < 4; i++) {
+      const target = path.join(out, `cli${i}`);
+      const r = await runMoat([
+        "get",
+        `FILE:${i % 2 ? "race/f" : "race/d/f"}`,
+        "-o",
+        target,
+        "--server",
+        `127.0.0.1:${server.port}`,
+      ]);
+      if (r.code === 0) {
+        if (fs.readFileSync(target, "utf8") !== inside) escapes++;
+        outcomes.cli_ok = (outcomes.cli_ok ?? 0) + 1;
+      } else {
+        assert.equal(r.code, 4, r.stderr);
+        assert.equal(fs.existsSync(target), false);
+        outcomes.cli_refused = (outcomes.cli_refused ?? 0) + 1;
+      }
+    }
+  } finally {
+    fs.writeFileSync(stop, "");
+    assert.equal(await exited, 0);
+  }
+  const cycles = Number(/cycles (\d+)/.exec(watch.lines.join("\n"))?.[1] ?? 0);
+  assert.equal(escapes, 0, JSON.stringify(outcomes));
+  assert.ok(cycles > 0, "the swapper never swapped");
+  assert.ok(
+    (outcomes.ok ?? 0) > 0,
+    `nothing was ever served: ${JSON.stringify(outcomes)}`,
+  );
+  assert.ok(
+    (outcomes.ERR_OUTSIDE_ROOT ?? 0) + (outcomes.ERR_NOT_FOUND ?? 0) +
+        (outcomes.ERR_NOT_FILE ?? 0) > 0,
+    `the swap never hit a get: ${JSON.stringify(outcomes)}`,
+  );
+  assert.ok(attempts >= 50, `only ${attempts} gets`);
+  for (const code of Object.keys(outcomes)) {
+    assert.ok(
+      [
+        "ok",
+        "cli_ok",
+        "cli_refused",
+        "ERR_OUTSIDE_ROOT",
+        "ERR_NOT_FOUND",
+        "ERR_NOT_FILE",
+      ].includes(code),
+      code,
+    );
+  }
+  assert.deepEqual(checkAuditLines(server.audit.lines.join("\n")).bad, []);
+});
+
+// ---------------------------------------------------------------------------
+// Injection
+
+/** Messages a plain client sends (no LF: LF ends a plain line). */
+const HOSTILE_LINES: Uint8Array[] = [
+  bytesOf("hi\r[operator] forged"),
+  bytesOf("\x1b[2J\x1b[H\x1b]0;pwned\x07"),
+  bytesOf("nul\x00del\x7fbs\x08tab\t"),
+  bytesOf([0xc2, 0x9b], "31m C1 CSI ", [0xc2, 0x85], "NEL"),
+  bytesOf(
+    "bad ",
+    [0xff, 0xfe],
+    " overlong ",
+    [0xc0, 0xaf],
+    " surrogate ",
+    [0xed, 0xa0, 0x80],
+    " cut ",
+    [0xe2, 0x80],
+  ),
+  bytesOf("\u2028sep\u2029 \u202eevil\u202c \u2066iso\u2069 \ufeffbom"),
+  bytesOf('{"ts":"x","event":"forged"}'),
+];
+
+/** Extra messages only a framed client can send (LF inside one message). */
+const FRAMED_ONLY: Uint8Array[] = [
+  bytesOf("first\n[operator] second line"),
+  bytesOf("\r\n"),
+  bytesOf('\n{"event":"refused"}\n'),
+];
+
+test("moat serve relays hostile chat text as one escaped, correctly tagged line per message", async () => {
+  await using server = await startServer([]);
+  const port = server.port;
+  // Receivers: the moat chat client (a terminal), a plain client (nc), a framed client.
+  const cli = spawnMoat(["chat", "--server", `127.0.0.1:${port}`]);
+  const cliOut = new LineWatcher(cli.stdout!);
+  const cliErr = new LineWatcher(cli.stderr!);
+  await cliErr.waitFor(
+    (l) => l.includes("connected"),
+    20_000,
+    "chat connected",
+  );
+  const plainRx = await plainClient(port);
+  plainRx.sock.write("\n"); // an empty line: joins the chat, says nothing
+  const framedRx = await framedClient(port, "chat");
+  // Senders.
+  const plainTx = await plainClient(port);
+  plainTx.sock.write("\n");
+  const framedTx = await framedClient(port, "chat");
+  await server.waitEvent(
+    (e) => e.event === "accepted" && e.peer === `127.0.0.1:${plainTx.port}`,
+    "plain sender",
+  );
+  await delay(200);
+  const plainName = nameOf(server.events(), plainTx.port);
+  const sent: { from: string; port: number; bytes: Uint8Array }[] = [];
+  try {
+    for (const line of HOSTILE_LINES) {
+      plainTx.sock.write(bytesOf([...line], "\n"));
+      sent.push({ from: plainName, port: plainTx.port, bytes: line });
+      await delay(20);
+    }
+    for (const msg of [...HOSTILE_LINES, ...FRAMED_ONLY]) {
+      framedTx.send(Kind.Chat, msg);
+      sent.push({ from: framedTx.name, port: framedTx.port, bytes: msg });
+      await delay(20);
+    }
+    const expected = sent.map((m) =>
+      `[${m.from} 127.0.0.1:${m.port}] ${escapeText(decodeText(m.bytes))}`
+    );
+    await until(
+      () => cliOut.lines.length >= sent.length,
+      15_000,
+      "lines at the chat client",
+    );
+    await until(
+      () => server.stdout.lines.length >= sent.length,
+      15_000,
+      "lines at the operator",
+    );
+    await until(
+      () => framedRx.frames.length >= sent.length,
+      15_000,
+      "frames at the framed client",
+    );
+    await until(
+      () => plainRx.text().split("\n").length > sent.length,
+      15_000,
+      "lines at the plain client",
+    );
+    await delay(200);
+    for (
+      const [who, lines] of [
+        ["moat chat stdout", cliOut.lines],
+        ["operator stdout", server.stdout.lines],
+        ["plain client", plainRx.text().split("\n").slice(0, -1)],
+      ] as const
+    ) {
+      assert.deepEqual(lines, expected, who);
+      for (const l of lines) {
+        assert.equal(rawControl(l), undefined, `${who}: ${JSON.stringify(l)}`);
+      }
+    }
+    // Framed receivers get the sender's own name and address, whatever the text says.
+    assert.deepEqual(
+      framedRx.frames.map((f) => JSON.parse(decodeText(f.payload))),
+      sent.map((m) => ({
+        from: m.from,
+        addr: `127.0.0.1:${m.port}`,
+        text: decodeText(m.bytes),
+      })),
+    );
+    // The audit log (the operator's stderr) is one JSON object per line, with
+    // nothing that can drive a terminal or break a line.
+    const audit = checkAuditLines(server.audit.lines.join("\n"));
+    assert.deepEqual(audit.bad, []);
+    assert.equal(audit.events.chat, sent.length);
+    for (const l of server.audit.lines) {
+      assert.equal(rawControl(l), undefined, `audit: ${l}`);
+    }
+    const chats = server.events().filter((e) => e.event === "chat").map((e) =>
+      e.text
+    );
+    assert.deepEqual(chats, sent.map((m) => decodeText(m.bytes)));
+  } finally {
+    cli.stdin!.end();
+    plainRx.sock.destroy();
+    plainTx.sock.destroy();
+    framedRx.sock.destroy();
+    framedTx.sock.destroy();
+    await new Promise((r) =>
+      cli.exitCode === null ? cli.on("close", r) : r(null)
+    );
+  }
+});
+
+test("moat get and moat serve show hostile file names escaped on one line", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  const bidiName = "bidi\u202etxt.exe";
+  fs.writeFileSync(path.join(root.dir, bidiName), "x");
+  await using server = await startServer(["--root", root.dir]);
+  const srv = `127.0.0.1:${server.port}`;
+  // Through the client.
+  for (
+    const name of [
+      "a\x1b[2Jb",
+      "a\rb",
+      "a\nmoat: saved evil",
+      "\u202eevil",
+      "a\x9bb",
+      "nul\x7f",
+    ]
+  ) {
+    const r = await runMoat(
+      ["get", `FILE:${name}`, "-o", "x", "--server", srv],
+      { cwd: out.dir },
+    );
+    assert.equal(r.code, 4, `${JSON.stringify(name)}: ${r.stderr}`);
+    assert.equal(r.stderr.split("\n").length, 2, JSON.stringify(r.stderr));
+    assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+  }
+  const ok = await runMoat(["get", `FILE:${bidiName}`, "--server", srv], {
+    cwd: out.dir,
+  });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(fs.readFileSync(path.join(out.dir, bidiName), "utf8"), "x");
+  assert.equal(rawControl(ok.stderr), undefined, JSON.stringify(ok.stderr));
+  // Raw requests: invalid UTF-8 and escapes inside the JSON path.
+  const framed = await framedClient(server.port, "get");
+  framed.send(
+    Kind.Get,
+    bytesOf('{"path":"a', [0xff, 0xc0, 0xaf], '\\u001b[2J\\r\\n","offset":0}'),
+  );
+  await until(() => framed.frames.length > 0, 10_000, "error frame");
+  const reply = framed.frames[0]!;
+  assert.equal(reply.type, Kind.Error);
+  const body = JSON.parse(decodeText(reply.payload));
+  assert.equal(rawControl(body.message), undefined, body.message);
+  framed.sock.destroy();
+  const plain = await plainClient(server.port);
+  plain.sock.write(bytesOf("FILE:a", [0xff], "\x1b[2J\r\n"));
+  await until(() => plain.size() > 0, 10_000, "plain refusal");
+  await delay(100);
+  const text = plain.text();
+  assert.match(text, /^ERR [A-Z_]+ .*\n$/);
+  assert.equal(rawControl(text), undefined, JSON.stringify(text));
+  plain.sock.destroy();
+  await delay(200);
+  for (const l of server.audit.lines) {
+    assert.equal(rawControl(l), undefined, `audit: ${l}`);
+  }
+  assert.deepEqual(checkAuditLines(server.audit.lines.join("\n")).bad, []);
+});
+
+/** A fake server that answers every connection with `reply` after reading the client's first bytes. */
+async function hostileServer(reply: Uint8Array) {
+  const srv = net.createServer((sock) => {
+    sock.on("error", () => {});
+    sock.once("data", () => sock.end(reply));
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  return {
+    port: (srv.address() as net.AddressInfo).port,
+    [Symbol.asyncDispose]: () => new Promise<void>((r) => srv.close(() => r())),
+  };
+}
+
+const EVIL = "\x1b[2J\x1b]0;owned\x07\rmoat: saved passwords.txt\x9b31m\u202e";
+
+test("moat get does not print a hostile server's error message raw", async () => {
+  const body = enc.encode(
+    JSON.stringify({ code: "ERR_NOT_FOUND", message: EVIL }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...encodeFrame({ type: Kind.Error, payload: body }),
+    ]),
+  );
+  using out = tempDir();
+  const r = await runMoat([
+    "get",
+    "FILE:x",
+    "--server",
+    `127.0.0.1:${fake.port}`,
+  ], { cwd: out.dir });
+  assert.notEqual(r.code, 0);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+});
+
+test("moat get does not print a hostile server's text refusal raw", async () => {
+  // No CR: the client only shows a refusal line it can parse.
+  await using fake = await hostileServer(
+    enc.encode(`ERR EVIL ${EVIL.replace("\r", " ")}\n`),
+  );
+  using out = tempDir();
+  const r = await runMoat([
+    "get",
+    "FILE:x",
+    "--server",
+    `127.0.0.1:${fake.port}`,
+  ], { cwd: out.dir });
+  assert.notEqual(r.code, 0);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+});
+
+test("moat chat does not print a hostile server's welcome raw", async () => {
+  const welcome = enc.encode(
+    JSON.stringify({
+      server: "moat/evil",
+      name: EVIL,
+      peer: EVIL,
+      maxFrameSize: 1024,
+    }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...encodeFrame({ type: Kind.Welcome, payload: welcome }),
+    ]),
+  );
+  const r = await runMoat(["chat", "--server", `127.0.0.1:${fake.port}`], {
+    input: "",
+  });
+  assert.equal(
+    rawControl(r.stderr + r.stdout),
+    undefined,
+    JSON.stringify(r.stderr),
+  );
+});
+
+test("moat get --force does not replace a target that is not a regular file", async () => {
+  // Run as root, `moat get FILE:x -o /dev/null --force` replaced /dev/null with
+  // a regular file. A FIFO stands in for the device here.
+  using root = tempDir();
+  using out = tempDir();
+  fs.writeFileSync(path.join(root.dir, "a.txt"), "a");
+  const fifo = path.join(out.dir, "fifo");
+  await new Promise<void>((resolve, reject) => {
+    const p = spawn("mkfifo", [fifo], { stdio: "ignore" });
+    p.on("error", reject);
+    p.on(
+      "close",
+      (c) => (c === 0 ? resolve() : reject(new Error(`mkfifo exited ${c}`))),
+    );
+  });
+  await using server = await startServer(["--root", root.dir]);
+  await runMoat([
+    "get",
+    "FILE:a.txt",
+    "-o",
+    fifo,
+    "--force",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ]);
+  assert.ok(
+    fs.lstatSync(fifo).isFIFO(),
+    "the FIFO was replaced by a regular file",
+  );
+});
