@@ -313,7 +313,7 @@ describe("openVault recovery", () => {
     const template = freshDir();
     const file = await makeVault(template, 5);
     const full = fs.readFileSync(file);
-    const lastLength = 36 + "the last record 5".length;
+    const lastLength = 68 + "the last record 5".length;
     const goodEnd = full.length - lastLength;
     for (let cut = goodEnd; cut < full.length; cut++) {
       const dir = freshDir();
@@ -389,7 +389,7 @@ describe("openVault recovery", () => {
       const dir = freshDir();
       const file = await makeVault(dir, 3);
       const buf = fs.readFileSync(file);
-      const end = buf.length - (36 + "the last record 3".length);
+      const end = buf.length - (68 + "the last record 3".length);
       const damaged = damage(buf, end);
       fs.writeFileSync(file, damaged);
       const expected = [1, 2, 3].slice(0, lastSeq);

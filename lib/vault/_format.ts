@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { _corrupt, _getU64, _sealRecord, _setU64 } from "./_segment_log.ts";
 import type { RawRecord } from "./_segment_log.ts";
+import { computeLink } from "./_seal.ts";
 
 /** Magic at the start of every vault segment: 0x89 "MOATVLT". */
 export const VAULT_MAGIC: Uint8Array = Uint8Array.of(
@@ -23,7 +24,7 @@ export const VAULT_MAGIC: Uint8Array = Uint8Array.of(
 );
 /** Record kind of a vault line record. */
 export const VAULT_KIND = 1;
-/** Record flag: a 32-byte chain link follows the fixed fields (reserved for the hash chain; never written yet). */
+/** Record flag: a 32-byte chain link follows the fixed fields (every record this version writes has one). */
 export const FLAG_CHAIN = 0x01;
 /** Record flag: the line is a piece of an overlong line, continued by the next record. */
 export const FLAG_PARTIAL = 0x02;
@@ -145,10 +146,13 @@ export function checkSourceKey(key: SourceKey): void {
 }
 
 /**
- * Encodes line records back to back.
+ * Encodes line records back to back. With `options.chain`, every record
+ * carries flag 0x01 and its chain link (see `docs/VAULT.md`), and
+ * `chain.link` is advanced to the last record's link.
  *
  * @param records Records, sequence numbers consecutive.
  * @param recvTs The receive time stamped on all of them.
+ * @param options The chain state to continue (updated in place).
  * @returns The bytes.
  */
 export function encodeVaultRecords(
@@ -159,22 +163,33 @@ export function encodeVaultRecords(
     partial?: boolean;
   }[],
   recvTs: number,
+  options: { chain?: { link: Uint8Array } } = {},
 ): Uint8Array {
+  const chain = options.chain;
+  const lineAt = VAULT_LINE_OFFSET + (chain ? CHAIN_LINK_BYTES : 0);
   let total = 0;
-  for (const record of records) total += VAULT_LINE_OFFSET + record.line.length;
+  for (const record of records) total += lineAt + record.line.length;
   const out = new Uint8Array(total);
   const view = new DataView(out.buffer);
   let at = 0;
   for (const record of records) {
-    const length = VAULT_LINE_OFFSET + record.line.length;
+    const length = lineAt + record.line.length;
+    const bytes = out.subarray(at, at + length);
+    const flags = (record.partial ? FLAG_PARTIAL : 0) |
+      (chain ? FLAG_CHAIN : 0);
     _setU64(view, at + 20, record.ts);
     _setU64(view, at + 28, recvTs);
-    out.set(record.line, at + VAULT_LINE_OFFSET);
-    _sealRecord(out.subarray(at, at + length), {
-      kind: VAULT_KIND,
-      flags: record.partial ? FLAG_PARTIAL : 0,
-      seq: record.seq,
-    });
+    out.set(record.line, at + lineAt);
+    if (chain) {
+      // The link covers the header fields, so set them before hashing.
+      view.setUint32(at + 4, length, true);
+      view.setUint8(at + 8, VAULT_KIND);
+      view.setUint8(at + 9, flags);
+      _setU64(view, at + 12, record.seq);
+      chain.link = computeLink(bytes, chain.link);
+      bytes.set(chain.link, VAULT_LINE_OFFSET);
+    }
+    _sealRecord(bytes, { kind: VAULT_KIND, flags, seq: record.seq });
     at += length;
   }
   return out;

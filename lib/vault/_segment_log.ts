@@ -372,14 +372,17 @@ export class SegmentLog {
   #broken = false;
   #initDone: boolean;
   #closed = false;
+  #lastRecord: Uint8Array | undefined;
 
   private constructor(
     dir: string,
     options: SegmentLogOptions,
     segments: SegmentInfo[],
     lastSeq: number,
+    lastRecord?: Uint8Array,
   ) {
     this.dir = dir;
+    this.#lastRecord = lastRecord;
     this.#options = options;
     this.#segments = segments;
     this.#durableSeq = lastSeq;
@@ -418,11 +421,13 @@ export class SegmentLog {
       size: 0,
     }));
     let lastSeq = options.baseSeq ?? 0;
+    let lastRecord: Uint8Array | undefined;
     while (segments.length > 0) {
       const segment = segments[segments.length - 1]!;
       const found = await _recoverSegment(segment, options);
       if (found !== undefined) {
-        lastSeq = found;
+        lastSeq = found.lastSeq;
+        lastRecord = found.lastRecord;
         break;
       }
       segments.pop();
@@ -438,7 +443,15 @@ export class SegmentLog {
         }
       }
     }
-    return new SegmentLog(dir, options, segments, lastSeq);
+    return new SegmentLog(dir, options, segments, lastSeq, lastRecord);
+  }
+
+  /**
+   * The last record found when the log was opened (a copy), or undefined
+   * for a log that was empty then.
+   */
+  get lastRecordAtOpen(): Uint8Array | undefined {
+    return this.#lastRecord;
   }
 
   /** Sequence number of the last record queued (durable or not). */
@@ -738,17 +751,18 @@ export class SegmentLog {
 /**
  * Verifies a segment and cuts a torn tail.
  *
- * @returns The last valid sequence number, or undefined if the segment held
- * no valid record (it has then been removed).
+ * @returns The last valid sequence number and a copy of that record, or
+ * undefined if the segment held no valid record (it has then been removed).
  */
 async function _recoverSegment(
   segment: SegmentInfo,
   options: SegmentLogOptions,
-): Promise<number | undefined> {
+): Promise<{ lastSeq: number; lastRecord: Uint8Array } | undefined> {
   const handle = await open(segment.path, "r+");
   let fileSize = 0;
   let removeReason: string | undefined;
   let lastSeq: number | undefined;
+  let lastRecord: Uint8Array | undefined;
   try {
     fileSize = (await handle.stat()).size;
     const header = new Uint8Array(Math.min(fileSize, SEGMENT_HEADER_BYTES));
@@ -759,8 +773,10 @@ async function _recoverSegment(
         kind: options.kind,
         nextSeq: segment.firstSeq,
       });
-      while ((await scanner.read(fileSize)).length > 0) {
-        // Only the position matters here.
+      while (true) {
+        const batch = await scanner.read(fileSize);
+        if (batch.length === 0) break;
+        lastRecord = batch.at(-1)!.bytes.slice();
       }
       if (scanner.offset === SEGMENT_HEADER_BYTES) {
         removeReason = scanner.error ?? "segment holds no complete record";
@@ -783,7 +799,7 @@ async function _recoverSegment(
   } finally {
     await handle.close();
   }
-  if (lastSeq !== undefined) return lastSeq;
+  if (lastSeq !== undefined) return { lastSeq, lastRecord: lastRecord! };
   await unlink(segment.path);
   await syncDir(dirname(segment.path));
   options.onRepair?.({

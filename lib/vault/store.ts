@@ -8,11 +8,10 @@
  * @module
  */
 
-import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
 import {
-  _code,
   acquireLock,
   makeDir,
   removeTempFiles,
@@ -23,9 +22,9 @@ import type { Lock } from "./_fs.ts";
 import {
   checkSourceKey,
   encodeVaultRecords,
+  FLAG_CHAIN,
   LOCK_FILE,
   MARKER_FILE,
-  MARKER_TEXT,
   readSourceKey,
   SOURCE_FILE,
   sourceDirName,
@@ -38,11 +37,31 @@ import {
 import type { SourceKey } from "./_format.ts";
 import { CommitGroup, MAX_RECORD_BYTES, SegmentLog } from "./_segment_log.ts";
 import type { LogRepair, SegmentLogOptions } from "./_segment_log.ts";
+import {
+  _hex,
+  chainGenesis,
+  encodeSeal,
+  ensureVaultDir,
+  ensureVaultInfo,
+  evolveKey,
+  INFO_FILE,
+  KEY_FILE,
+  LINK_OFFSET,
+  readSealingKey,
+  SEAL_KIND,
+  SEAL_MAGIC,
+  SEALS_DIR,
+  sourceHash,
+  writeSealingKey,
+} from "./_seal.ts";
+import type { SealEntry } from "./_seal.ts";
 
 export type { SourceKey } from "./_format.ts";
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
 export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
+/** Default interval between seals of a sealed vault: 60 s. */
+export const DEFAULT_SEAL_INTERVAL_MS = 60_000;
 /** Default longest line accepted: 1 MiB. */
 export const DEFAULT_MAX_LINE_BYTES: number = 1024 * 1024;
 
@@ -78,7 +97,32 @@ export interface OpenVaultOptions {
   maxLineBytes?: number;
   /** Told about every repair recovery makes (instead of logging to the console). */
   onEvent?: (event: VaultEvent) => void;
+  /**
+   * Milliseconds between seals of a sealed vault (one is written even when
+   * nothing arrived); 0 seals only on {@linkcode Vault.seal} and at close.
+   * @default {60000}
+   */
+  sealIntervalMs?: number;
+  /** Told about every seal written, and every seal that failed. */
+  onSeal?: (event: SealEvent) => void;
 }
+
+/** What one seal covered. */
+export interface SealInfo {
+  /** The seal's epoch number (1 for the first seal). */
+  epoch: number;
+  /** When it was made, ms since the epoch. */
+  time: number;
+  /** Sources with at least one durable record. */
+  sources: number;
+  /** Records covered, over all sources. */
+  records: number;
+}
+
+/** A seal written by the timer or at close, or one that failed. */
+export type SealEvent =
+  | ({ type: "sealed" } & SealInfo)
+  | { type: "seal_failed"; epoch: number; message: string };
 
 /** Counters for tests and monitoring. */
 export interface VaultStats {
@@ -117,6 +161,25 @@ export interface VaultSource {
 export interface Vault {
   /** The vault directory (absolute). */
   readonly dir: string;
+  /** The vault id, 32 hex digits (bound into every chain and seal). */
+  readonly id: string;
+  /**
+   * True if the vault was set up with `moat vault init` and writes seals;
+   * false for a vault that keeps hash chains but no seals.
+   */
+  readonly sealed: boolean;
+  /**
+   * Writes a seal now: an HMAC with the current epoch key over every
+   * source's durable chain head and record count, the epoch and the time;
+   * then replaces the key with the next one and erases the old one. Seals
+   * run one at a time.
+   *
+   * @returns What the seal covered.
+   * @throws {MoatError} `ERR_NOT_SEALED` for an unsealed vault,
+   * `ERR_CLOSED` after close; the system error if writing fails (the key
+   * is then kept and the next seal retries).
+   */
+  seal(): Promise<SealInfo>;
   /** Counters. */
   readonly stats: VaultStats;
   /**
@@ -200,6 +263,12 @@ export async function openVault(
 ): Promise<Vault> {
   const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
+  const sealIntervalMs = options.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS;
+  if (!Number.isSafeInteger(sealIntervalMs) || sealIntervalMs < 0) {
+    throw new RangeError(
+      `Invalid sealIntervalMs: ${sealIntervalMs} is not a non-negative integer`,
+    );
+  }
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 4096) {
     throw new RangeError(
       `Invalid segmentBytes: ${segmentBytes} is below 4096 or not an integer`,
@@ -218,9 +287,18 @@ export async function openVault(
   const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
   try {
     await removeTempFiles(join(root, MARKER_FILE));
-    await _ensureMarker(root);
+    await removeTempFiles(join(root, INFO_FILE));
+    await removeTempFiles(join(root, KEY_FILE));
+    await ensureVaultDir(root);
+    const info = await ensureVaultInfo(root);
     const group = new CommitGroup();
-    const impl = new _Vault(root, group, lock, { segmentBytes, maxLineBytes });
+    const impl = new _Vault(root, group, lock, {
+      segmentBytes,
+      maxLineBytes,
+      vaultId: info.id,
+      onSeal: options.onSeal,
+    });
+    if (info.sealed) await impl.openSeals();
     const sourcesDir = join(root, SOURCES_DIR);
     for (const entry of await readdir(sourcesDir)) {
       const path = join(sourcesDir, entry);
@@ -238,6 +316,7 @@ export async function openVault(
       });
       impl.adopt(key, entry, log);
     }
+    if (info.sealed) impl.startTimer(sealIntervalMs);
     return impl;
   } catch (error) {
     await lock.release();
@@ -245,41 +324,9 @@ export async function openVault(
   }
 }
 
-async function _ensureMarker(root: string): Promise<void> {
-  let text: string | undefined;
-  try {
-    text = await readFile(join(root, MARKER_FILE), "utf8");
-  } catch (error) {
-    if (_code(error) !== "ENOENT") throw error;
-  }
-  if (text === undefined) {
-    const entries = (await readdir(root)).filter((e) => e !== LOCK_FILE);
-    if (entries.length > 0) {
-      throw new MoatError(
-        "ERR_NOT_VAULT",
-        `Cannot use "${root}" as a vault: it is a non-empty directory without a "${MARKER_FILE}" file`,
-        ExitCode.Usage,
-      );
-    }
-    await makeDir(join(root, SOURCES_DIR));
-    await writeFileAtomic(
-      join(root, MARKER_FILE),
-      new TextEncoder().encode(MARKER_TEXT),
-    );
-    return;
-  }
-  if (text !== MARKER_TEXT) {
-    throw new MoatError(
-      "ERR_NOT_VAULT",
-      `Cannot use "${root}" as a vault: its "${MARKER_FILE}" file names an unsupported format`,
-      ExitCode.Usage,
-    );
-  }
-  await makeDir(join(root, SOURCES_DIR));
-}
-
 class _Vault implements Vault {
   readonly dir: string;
+  readonly vaultId: Uint8Array;
   #group: CommitGroup;
   #lock: Lock;
   #segmentBytes: number;
@@ -287,18 +334,151 @@ class _Vault implements Vault {
   #sources = new Map<string, _Source>();
   #appends = 0;
   #closed = false;
+  #onSeal: ((event: SealEvent) => void) | undefined;
+  #sealLog: SegmentLog | undefined;
+  #sealGroup = new CommitGroup();
+  #key: Uint8Array | undefined;
+  #epoch = 0;
+  #keySaved = true;
+  #sealing: Promise<unknown> = Promise.resolve();
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     dir: string,
     group: CommitGroup,
     lock: Lock,
-    options: { segmentBytes: number; maxLineBytes: number },
+    options: {
+      segmentBytes: number;
+      maxLineBytes: number;
+      vaultId: Uint8Array;
+      onSeal: ((event: SealEvent) => void) | undefined;
+    },
   ) {
     this.dir = dir;
     this.#group = group;
     this.#lock = lock;
     this.#segmentBytes = options.segmentBytes;
     this.#maxLineBytes = options.maxLineBytes;
+    this.vaultId = options.vaultId;
+    this.#onSeal = options.onSeal;
+  }
+
+  get id(): string {
+    return _hex(this.vaultId);
+  }
+
+  get sealed(): boolean {
+    return this.#sealLog !== undefined;
+  }
+
+  /** Opens the seal log and the key, and lines the key up with the log. */
+  async openSeals(): Promise<void> {
+    const stored = await readSealingKey(this.dir, this.vaultId);
+    const log = await SegmentLog.open(join(this.dir, SEALS_DIR), {
+      magic: SEAL_MAGIC,
+      kind: SEAL_KIND,
+      segmentBytes: DEFAULT_SEGMENT_BYTES,
+      group: this.#sealGroup,
+      init: () => makeDir(join(this.dir, SEALS_DIR), 0o700),
+    });
+    const next = log.durableSeq + 1;
+    if (stored.epoch > next) {
+      await log.close();
+      throw new MoatError(
+        "ERR_CORRUPT",
+        `Cannot seal vault "${this.dir}": the sealing key is at epoch ${stored.epoch} but the seal log ends at seal ${log.durableSeq} (seals are missing)`,
+        ExitCode.Integrity,
+      );
+    }
+    // A crash between writing a seal and replacing the key leaves the key
+    // behind the log: move it forward (one way, so nothing is lost).
+    let key = stored.key;
+    for (let epoch = stored.epoch; epoch < next; epoch++) key = evolveKey(key);
+    this.#key = key;
+    this.#epoch = next;
+    this.#sealLog = log;
+    if (stored.epoch !== next) await this.#saveKey();
+  }
+
+  /** Starts sealing every `intervalMs` (0: never on a timer). */
+  startTimer(intervalMs: number): void {
+    if (intervalMs === 0) return;
+    const tick = () => {
+      this.#timer = setTimeout(() => {
+        this.#sealAndReport().finally(() => {
+          if (!this.#closed) tick();
+        });
+      }, intervalMs);
+    };
+    tick();
+  }
+
+  async #sealAndReport(): Promise<void> {
+    try {
+      const info = await this.seal();
+      this.#onSeal?.({ type: "sealed", ...info });
+    } catch (error) {
+      this.#onSeal?.({
+        type: "seal_failed",
+        epoch: this.#epoch,
+        message: error instanceof Error ? error.message : String(error),
+      });
+    }
+  }
+
+  seal(): Promise<SealInfo> {
+    const run = this.#sealing.then(() => this.#seal());
+    this.#sealing = run.catch(() => {});
+    return run;
+  }
+
+  async #seal(): Promise<SealInfo> {
+    const log = this.#sealLog;
+    if (log === undefined || this.#key === undefined) {
+      throw new MoatError(
+        "ERR_NOT_SEALED",
+        `Vault "${this.dir}" has no sealing key (set it up with moat vault init)`,
+      );
+    }
+    if (log.closed) {
+      throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
+    }
+    const entries: SealEntry[] = [];
+    let records = 0;
+    for (const source of this.#sources.values()) {
+      const durable = source.durableHead();
+      if (durable.seq === 0) continue;
+      entries.push({
+        source: sourceHash(source.key),
+        lastSeq: durable.seq,
+        head: durable.link,
+      });
+      records += durable.seq;
+    }
+    const epoch = this.#epoch;
+    const time = Date.now();
+    const bytes = encodeSeal(
+      { epoch, time, vaultId: this.vaultId, entries },
+      this.#key,
+    );
+    await log.enqueue(bytes, { firstSeq: epoch, lastSeq: epoch });
+    // The seal is durable: move to the next key and erase this one.
+    const old = this.#key;
+    this.#key = evolveKey(old);
+    old.fill(0);
+    this.#epoch = epoch + 1;
+    this.#keySaved = false;
+    await this.#saveKey();
+    return { epoch, time, sources: entries.length, records };
+  }
+
+  async #saveKey(): Promise<void> {
+    await writeSealingKey(this.dir, {
+      vaultId: this.vaultId,
+      epoch: this.#epoch,
+      key: this.#key!,
+    });
+    this.#keySaved = true;
   }
 
   get stats(): VaultStats {
@@ -316,7 +496,7 @@ class _Vault implements Vault {
   }
 
   adopt(key: SourceKey, id: string, log: SegmentLog): _Source {
-    const source = new _Source(this, key, id, log);
+    const source = new _Source(this, key, id, log, this.vaultId);
     this.#sources.set(id, source);
     return source;
   }
@@ -405,12 +585,15 @@ class _Vault implements Vault {
       }
     }
     const fresh = start === 0 ? records : records.slice(start);
-    const bytes = encodeVaultRecords(fresh, recvTs);
+    const chain = { link: source.acceptedHead() };
+    const bytes = encodeVaultRecords(fresh, recvTs, { chain });
     this.#appends++;
-    return log.enqueue(bytes, {
+    const done = log.enqueue(bytes, {
       firstSeq: accepted + 1,
       lastSeq: accepted + fresh.length,
     });
+    source.pushHead(accepted + fresh.length, chain.link);
+    return done;
   }
 
   sources(): VaultSource[] {
@@ -420,7 +603,16 @@ class _Vault implements Vault {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#timer);
     await this.#group.idle();
+    if (this.#sealLog) {
+      // A last seal, so a cleanly stopped vault has no unsealed tail.
+      await this.#sealing;
+      await this.#sealAndReport();
+      if (!this.#keySaved) await this.#saveKey().catch(() => {});
+      await this.#sealLog.close();
+      this.#key?.fill(0);
+    }
     for (const source of this.#sources.values()) await source.close();
     await this.#lock.release();
   }
@@ -437,12 +629,68 @@ class _Source implements VaultSource {
   readonly id: string;
   #vault: _Vault;
   #log: SegmentLog;
+  /**
+   * Chain heads: the one at the last durable record, then one per queued
+   * chunk (a commit makes whole chunks durable, and a failed one rolls back
+   * to a chunk end).
+   */
+  #heads: { seq: number; link: Uint8Array }[];
 
-  constructor(vault: _Vault, key: SourceKey, id: string, log: SegmentLog) {
+  constructor(
+    vault: _Vault,
+    key: SourceKey,
+    id: string,
+    log: SegmentLog,
+    vaultId: Uint8Array,
+  ) {
     this.#vault = vault;
     this.key = key;
     this.id = id;
     this.#log = log;
+    const last = log.lastRecordAtOpen;
+    // A record without a link (written before chains existed) restarts the
+    // chain from genesis; verify reports such records as unchained.
+    const link = last && (last[9]! & FLAG_CHAIN)
+      ? last.slice(LINK_OFFSET, LINK_OFFSET + 32)
+      : chainGenesis(vaultId, key);
+    this.#heads = [{ seq: log.lastSeq, link }];
+  }
+
+  /** Drops heads rolled back by a failed commit, and ones no longer needed. */
+  #trim(): void {
+    const heads = this.#heads;
+    const lastSeq = this.#log.lastSeq;
+    while (heads.length > 1 && heads.at(-1)!.seq > lastSeq) heads.pop();
+    const durable = this.#log.durableSeq;
+    let drop = 0;
+    while (drop + 1 < heads.length && heads[drop + 1]!.seq <= durable) drop++;
+    if (drop > 0) heads.splice(0, drop);
+  }
+
+  /** The link of the last accepted record (or genesis). */
+  acceptedHead(): Uint8Array {
+    this.#trim();
+    return this.#heads.at(-1)!.link;
+  }
+
+  /** Records the head after a queued chunk. */
+  pushHead(seq: number, link: Uint8Array): void {
+    this.#heads.push({ seq, link });
+  }
+
+  /** The last durable record's sequence number and link. */
+  durableHead(): { seq: number; link: Uint8Array } {
+    this.#trim();
+    const head = this.#heads[0]!;
+    if (head.seq !== this.#log.durableSeq) {
+      throw new MoatError(
+        "ERR_INTERNAL",
+        `Chain head of "${
+          sourceLabel(this.key)
+        }" is at ${head.seq}, the log at ${this.#log.durableSeq}`,
+      );
+    }
+    return head;
   }
 
   get lastSeq(): number {

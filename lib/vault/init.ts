@@ -1,0 +1,93 @@
+/**
+ * `moat vault init`: sets a vault up for sealing and hands out, once, the
+ * key that verifies it. See `docs/VAULT.md`, "Tamper evidence".
+ *
+ * @module
+ */
+
+import { join, resolve } from "node:path";
+import { ExitCode, MoatError } from "../errors.ts";
+import { acquireLock, makeDir, removeTempFiles } from "./_fs.ts";
+import { LOCK_FILE } from "./_format.ts";
+import {
+  _hex,
+  ensureVaultDir,
+  evolveKey,
+  formatVerificationKey,
+  INFO_FILE,
+  KEY_FILE,
+  newRandom,
+  readVaultInfo,
+  SEALS_DIR,
+  VAULT_ID_BYTES,
+  writeSealingKey,
+  writeVaultInfo,
+} from "./_seal.ts";
+
+/** What {@linkcode initVault} made. */
+export interface InitVaultResult {
+  /** The vault directory (absolute). */
+  dir: string;
+  /** The vault id, 32 hex digits. */
+  id: string;
+  /**
+   * The verification key: keep it off the vault host. It is printed once and
+   * stored nowhere; without it the vault's seals cannot be checked.
+   */
+  verificationKey: string;
+  /** True if the vault already existed (unsealed) and keeps its records and id. */
+  existed: boolean;
+}
+
+/**
+ * Creates a sealed vault, or turns an existing unsealed one into a sealed
+ * one: makes a random epoch-0 key `k0`, stores only `k1 = HMAC(k0,
+ * "moat-evolve")` as the sealing key, and returns `k0` (with the vault id)
+ * as the verification key.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { initVault } from "./init.ts";
+ * const { verificationKey } = await initVault("/srv/moat-vault");
+ * console.log(verificationKey); // moat-vk1-…: keep it elsewhere
+ * ```
+ *
+ * @param dir The vault directory; created if missing.
+ * @returns The vault id and the verification key.
+ * @throws {MoatError} `ERR_EXISTS` if the vault is already sealed;
+ * `ERR_NOT_VAULT` for a non-empty directory that is not a vault;
+ * `ERR_LOCKED` while a server has it open.
+ */
+export async function initVault(dir: string): Promise<InitVaultResult> {
+  const root = resolve(dir);
+  await makeDir(root);
+  const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
+  try {
+    await removeTempFiles(join(root, INFO_FILE));
+    await removeTempFiles(join(root, KEY_FILE));
+    await ensureVaultDir(root);
+    const found = await readVaultInfo(root);
+    if (found?.sealed) {
+      throw new MoatError(
+        "ERR_EXISTS",
+        `Vault "${root}" is already sealed: its verification key was printed when it was set up`,
+        ExitCode.Exists,
+      );
+    }
+    const id = found?.id ?? newRandom(VAULT_ID_BYTES);
+    if (!found) await writeVaultInfo(root, { id, sealed: false });
+    const k0 = newRandom(32);
+    const k1 = evolveKey(k0);
+    await makeDir(join(root, SEALS_DIR), 0o700);
+    // Key first: a crash before the info file says "sealed" leaves an
+    // unsealed vault that init can set up again.
+    await writeSealingKey(root, { vaultId: id, epoch: 1, key: k1 });
+    k1.fill(0);
+    await writeVaultInfo(root, { id, sealed: true });
+    const verificationKey = formatVerificationKey(id, k0);
+    k0.fill(0);
+    return { dir: root, id: _hex(id), verificationKey, existed: !!found };
+  } finally {
+    await lock.release();
+  }
+}
