@@ -199,7 +199,9 @@ test("FrameReader keeps memory to its buffer when a payload trickles in one byte
   collectGarbage();
   const grown = process.memoryUsage().external - before.external;
   assert.equal(frame?.payload.length, limit);
-  assert.ok(grown < 16 << 20, `external memory grew ${grown} bytes`);
+  // Pinning every 4 KiB source chunk would retain 256 MiB; the bound leaves
+  // room for source garbage a lazy collector has not freed yet (Bun).
+  assert.ok(grown < 64 << 20, `external memory grew ${grown} bytes`);
 });
 
 test("FrameDecoderStream keeps memory bounded by maxFrameSize when a payload trickles in one byte per chunk", async () => {
@@ -231,8 +233,9 @@ test("FrameDecoderStream keeps memory bounded by maxFrameSize when a payload tri
   await writer.close();
   await reading;
   assert.deepEqual(frames, [limit]);
+  // Pinning would retain 256 MiB; 64 MiB leaves room for unswept garbage.
   assert.ok(
-    grown < 16 << 20,
+    grown < 64 << 20,
     `external memory grew ${
       (grown / 2 ** 20).toFixed(0)
     } MiB while one ${limit}-byte frame was pending`,
