@@ -25,6 +25,9 @@ export const MAGIC: Uint8Array = Uint8Array.of(
   0x0a,
 );
 
+/** Smallest frame limit a peer may announce (matches `--max-frame`'s floor). */
+export const MIN_MAX_FRAME_SIZE = 1024;
+
 /** Length of magic + version. */
 export const PREAMBLE_SIZE = MAGIC.length + 1;
 
@@ -217,6 +220,12 @@ export function decodeHello(payload: Uint8Array): Hello {
     mode,
     maxFrameSize: count(o, "maxFrameSize", "hello"),
   };
+  // Tiny frames would make the server send a file a few bytes at a time.
+  if (hello.maxFrameSize < MIN_MAX_FRAME_SIZE) {
+    throw new ProtocolError(
+      `Cannot decode hello: maxFrameSize ${hello.maxFrameSize} is below ${MIN_MAX_FRAME_SIZE}`,
+    );
+  }
   if (mode === "ship") {
     const source = field(o, "source", "string", "hello");
     if (source.length === 0 || source.length > 128) {

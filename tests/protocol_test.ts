@@ -31,17 +31,20 @@ test("encodePreamble starts with a non-ASCII magic byte and ends with the versio
 
 test("decodeHello accepts the three modes and rejects bad ones", () => {
   const ok = decodeHello(encodeJson({ client: "moat/0.1.0", mode: "get", maxFrameSize: 1024 }));
+  // The floor: 1024.
   assert.deepEqual(ok, { client: "moat/0.1.0", mode: "get", maxFrameSize: 1024 });
-  const ship = decodeHello(encodeJson({ client: "x", mode: "ship", maxFrameSize: 1, source: "web" }));
+  const ship = decodeHello(encodeJson({ client: "x", mode: "ship", maxFrameSize: 4096, source: "web" }));
   assert.equal(ship.source, "web");
   const bad: unknown[] = [
     { client: "x", mode: "push", maxFrameSize: 1 },
     { client: "x", mode: "get", maxFrameSize: -1 },
     { client: "x", mode: "get", maxFrameSize: 1.5 },
+    { client: "x", mode: "get", maxFrameSize: 1 },
+    { client: "x", mode: "get", maxFrameSize: 1023 },
     { client: 7, mode: "get", maxFrameSize: 1 },
-    { client: "x", mode: "ship", maxFrameSize: 1 },
-    { client: "x", mode: "ship", maxFrameSize: 1, source: "" },
-    { client: "x", mode: "ship", maxFrameSize: 1, source: "s".repeat(129) },
+    { client: "x", mode: "ship", maxFrameSize: 4096 },
+    { client: "x", mode: "ship", maxFrameSize: 4096, source: "" },
+    { client: "x", mode: "ship", maxFrameSize: 4096, source: "s".repeat(129) },
     [],
     null,
   ];
