@@ -199,15 +199,25 @@ async function waitExit(
   }
 }
 
-/** SIGTERM, then SIGKILL after `ms`. */
+/**
+ * SIGTERM, then SIGKILL after `ms`; the processes under `child` first (a
+ * shipper under /usr/bin/time, which does not pass signals on), so none is
+ * left behind.
+ */
 async function stop(child: ChildProcess, ms: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
+  const inner = childPids(child.pid!).map((pid) => ({
+    pid,
+    cmdline: cmdline(pid),
+  }));
+  for (const { pid } of inner) tryKill(pid, "SIGTERM");
   tryKill(child.pid, "SIGTERM");
   let timer: ReturnType<typeof setTimeout> | undefined;
   await Promise.race([
     exitOf(child),
     new Promise<void>((resolve) => {
       timer = setTimeout(() => {
+        for (const { pid } of inner) tryKill(pid, "SIGKILL");
         tryKill(child.pid, "SIGKILL");
         resolve();
       }, ms);
@@ -215,6 +225,19 @@ async function stop(child: ChildProcess, ms: number): Promise<void> {
   ]);
   clearTimeout(timer);
   await exitOf(child);
+  // The wrapper may be gone while what ran under it is not (checked by its
+  // command line, so that a reused pid is left alone).
+  for (const { pid, cmdline: was } of inner) {
+    if (was !== "" && cmdline(pid) === was) tryKill(pid, "SIGKILL");
+  }
+}
+
+function cmdline(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return "";
+  }
 }
 
 /** Collects the last few KiB a stream carries (for error messages and checks). */
@@ -675,7 +698,9 @@ async function moatFollowRun(ctx: Context, flavor: Flavor) {
     }
     const ended = performance.now();
     const receiverCpuSec = cpuSeconds(server.pid) - cpu0;
-    await stop(shipper, 20_000);
+    // SIGTERM the shipper itself, not /usr/bin/time, so that time writes its report.
+    for (const pid of childPids(shipper.pid!)) tryKill(pid, "SIGTERM");
+    await waitExit(shipper, 20_000, `${flavor.name} follow shipper`);
     await stop(server, 20_000);
     const seconds = (ended - started) / 1000;
     return {
@@ -1067,7 +1092,12 @@ export async function benchShip(
       : null,
     deno: firstLine(DENO, ["--version"]),
     bun: firstLine(BUN, ["--version"]),
-    rsyslog: withRsyslog ? firstLine("rsyslogd", ["-v"]) : null,
+    rsyslog: withRsyslog
+      ? firstLine("rsyslogd", ["-v"]).replace(
+        /^rsyslogd\s+([\d.]+).*$/,
+        "rsyslog $1",
+      )
+      : null,
   };
   const rows = list.map((c) => {
     const rs = runs[c.id]!;
