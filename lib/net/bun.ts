@@ -43,6 +43,7 @@ import type {
   TlsInfo,
 } from "./types.ts";
 import { handshakeReason } from "./node_tls.ts";
+import { AcceptQueue } from "./_accept_queue.ts";
 import {
   connectReason,
   describe,
@@ -235,9 +236,7 @@ function clientTls(config: ClientTlsOptions, hostname: string): BunTlsOptions {
 class BunListener implements Listener {
   readonly addr: Addr;
   #server: BunServer;
-  #accepted: BunConn[] = [];
-  #waiters: ((conn: BunConn | null) => void)[] = [];
-  #closed = false;
+  #queue = new AcceptQueue();
 
   constructor(options: ListenOptions) {
     const tls = options.tls;
@@ -245,7 +244,7 @@ class BunListener implements Listener {
       hostname: options.hostname,
       port: options.port,
       allowHalfOpen: true,
-      socket: BunConn.handler((conn) => this.#accept(conn), {
+      socket: BunConn.handler((conn) => this.#queue.push(conn), {
         tls: tls !== undefined,
         ...(tls?.onHandshakeError &&
           { onHandshakeError: tls.onHandshakeError }),
@@ -270,42 +269,18 @@ class BunListener implements Listener {
     };
   }
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
-    while (true) {
-      const conn = this.#accepted.shift() ?? await this.#next();
-      if (conn === null) return;
-      yield conn;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    return this.#queue[Symbol.asyncIterator]();
   }
 
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (!this.#queue.close()) return;
     try {
       // Stop listening only; connections already handed out stay open, as on Deno.
       this.#server.stop(false);
     } catch {
       // close() never throws.
     }
-    for (const conn of this.#accepted) conn.close();
-    this.#accepted = [];
-    for (const wake of this.#waiters) wake(null);
-    this.#waiters = [];
-  }
-
-  #accept(conn: BunConn): void {
-    if (this.#closed) {
-      conn.close();
-      return;
-    }
-    const wake = this.#waiters.shift();
-    if (wake) wake(conn);
-    else this.#accepted.push(conn);
-  }
-
-  #next(): Promise<BunConn | null> {
-    if (this.#closed) return Promise.resolve(null);
-    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 }
 

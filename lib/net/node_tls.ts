@@ -25,6 +25,7 @@ import {
   MoatError,
 } from "../errors.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
+import { AcceptQueue } from "./_accept_queue.ts";
 import {
   connectReason,
   describe,
@@ -182,21 +183,12 @@ function isIpLiteral(name: string): boolean {
 class NodeTlsListener implements Listener {
   addr: Addr = { hostname: "", port: 0 };
   #server: tls.Server;
-  #accepted: NodeTlsConn[] = [];
-  #waiters: ((conn: NodeTlsConn | null) => void)[] = [];
-  #closed = false;
+  #queue = new AcceptQueue();
 
   constructor(server: tls.Server, config: ServerTlsOptions) {
     this.#server = server;
     server.on("secureConnection", (socket: tls.TLSSocket) => {
-      const conn = new NodeTlsConn(socket);
-      if (this.#closed) {
-        conn.close();
-        return;
-      }
-      const wake = this.#waiters.shift();
-      if (wake) wake(conn);
-      else this.#accepted.push(conn);
+      this.#queue.push(new NodeTlsConn(socket));
     });
     server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
       const peer = {
@@ -218,31 +210,17 @@ class NodeTlsListener implements Listener {
     }
   }
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
-    while (true) {
-      const conn = this.#accepted.shift() ?? await this.#next();
-      if (conn === null) return;
-      yield conn;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    return this.#queue[Symbol.asyncIterator]();
   }
 
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (!this.#queue.close()) return;
     try {
       this.#server.close();
     } catch {
       // close() never throws.
     }
-    for (const conn of this.#accepted) conn.close();
-    this.#accepted = [];
-    for (const wake of this.#waiters) wake(null);
-    this.#waiters = [];
-  }
-
-  #next(): Promise<NodeTlsConn | null> {
-    if (this.#closed) return Promise.resolve(null);
-    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 }
 
