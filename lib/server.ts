@@ -605,7 +605,12 @@ export class Server {
     this.#o.audit.write("ship_started", { peer: s.peer, name: s.name, source: key.name, lastSeq: source.lastSeq });
     const acks = new Outbox(s.conn, () => this.#touch(s));
     const inFlight = new Set<Promise<void>>();
+    // The first failure in batch order is the cause: after a failed commit
+    // the vault rolls back, so batches already in flight behind it then fail
+    // with a gap that is only a consequence.
     let failure: unknown;
+    let failedAt = Infinity;
+    let batch = 0;
     let stored = 0;
     const ack = new Uint8Array(8);
     try {
@@ -619,14 +624,19 @@ export class Server {
         const records = decodeShipBatch(frame.payload);
         if (records.length === 0) continue;
         const recvTs = Date.now();
+        const index = batch++;
         const p = source.append(records, { recvTs }).then(
           (seq) => {
+            if (index > failedAt) return;
             stored += records.length;
             new DataView(ack.buffer).setFloat64(0, seq, true);
             acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
           },
           (err) => {
-            failure ??= err;
+            if (index < failedAt) {
+              failedAt = index;
+              failure = err;
+            }
           },
         );
         inFlight.add(p);

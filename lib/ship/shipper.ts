@@ -64,7 +64,10 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 /** Errors that no reconnect can fix. */
 function isFatal(err: unknown): boolean {
   return err instanceof MoatError &&
-    ["ERR_STATE_LOST", "ERR_VAULT_LOST", "ERR_NO_VAULT", "ERR_ACCESS_DENIED", "ERR_SEQ_GAP", "ERR_PROTOCOL"]
+    // Not ERR_SEQ_GAP: the shipper always resends from the server's lastSeq,
+    // so a gap can only follow a server-side rollback (a failed commit); a
+    // reconnect resends from the durable position.
+    ["ERR_STATE_LOST", "ERR_VAULT_LOST", "ERR_NO_VAULT", "ERR_ACCESS_DENIED", "ERR_PROTOCOL"]
       .includes(err.code);
 }
 
