@@ -7,8 +7,9 @@
  *
  * 1. throughput: a 1 GiB file from /dev/shm to a file in /dev/shm, the server
  *    sending and the timed client receiving: the moat binary, moat on Deno,
- *    moat on Bun, `socat -b 262144`, ncat, OpenBSD nc; peak RSS of both sides
- *    from `/usr/bin/time -v`;
+ *    moat on Bun (all with the default CRC-32 check), the binary with
+ *    `--digest sha256`, `socat -b 262144`, ncat, OpenBSD nc; peak RSS of both
+ *    sides from `/usr/bin/time -v`;
  * 2. memory flatness: peak RSS of moat's server and client for 16 MiB vs 1 GiB;
  * 3. chat round trips: 100-byte lines, one connection, one plain-text driver
  *    for all (moat answers with `--reply`, socat echoes through `PIPE`);
@@ -300,6 +301,7 @@ async function moatTransfer(
   flavor: Flavor,
   file: string,
   size: number,
+  getArgs: string[] = [],
 ): Promise<Transfer> {
   const port = await freePort();
   const out = path.join(work(), "out", path.basename(file));
@@ -328,6 +330,7 @@ async function moatTransfer(
       "-o",
       out,
       "--force",
+      ...getArgs,
     ], { stderr: "pipe" });
     let err = "";
     client.child.stderr!.setEncoding("utf8").on(
@@ -475,6 +478,11 @@ async function benchThroughput(rounds: number, bigSize: number) {
       name: f.name,
       run: () => moatTransfer(f, big, bigSize),
     })),
+    // What the CRC-32 default saves: the same binary checking SHA-256.
+    {
+      name: "moat binary --digest sha256",
+      run: () => moatTransfer(flavors()[0]!, big, bigSize, ["--digest", "sha256"]),
+    },
     ...PEERS.map((p) => ({
       name: p.name,
       run: () => peerTransfer(p, big, bigSize),

@@ -38,6 +38,7 @@ import { type ClientTlsConfig, connectSecure } from "./tls.ts";
 import { answerChallenge, type Token } from "./auth.ts";
 import { fingerprint } from "./cert.ts";
 import { prepareDownload, type ReceiveResult, receiveFile } from "./file_sender.ts";
+import type { DigestName } from "./digest.ts";
 
 /** A server address. */
 export interface ServerAddr {
@@ -205,6 +206,8 @@ export interface GetOptions {
   out: string;
   force?: boolean;
   resume?: boolean;
+  /** The whole-file check. @default {"crc32"} */
+  digest?: DigestName;
   /** Progress: bytes received in this run, bytes expected in this run. */
   onProgress?: (received: number, expected: number) => void;
   /** Called once the size is known. */
@@ -225,6 +228,7 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
   const download = prepareDownload(options.out, {
     ...(options.force !== undefined && { force: options.force }),
     ...(options.resume !== undefined && { resume: options.resume }),
+    ...(options.digest !== undefined && { digest: options.digest }),
   });
   let session: Session;
   try {
@@ -239,7 +243,7 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
   try {
     await conn.write(encodeFrame({
       type: Kind.Get,
-      payload: encodeJson({ path: options.path, offset: download.offset }),
+      payload: encodeJson({ path: options.path, offset: download.offset, digest: download.digest.name }),
     }));
     const frame = await readFrameOrClosed(reader);
     if (frame.type === Kind.Error) {

@@ -1,7 +1,7 @@
 /**
  * The bulk data path: stream a file as frames (or raw bytes) with constant
  * memory, and receive it into a temporary file that is renamed only once its
- * size and SHA-256 match.
+ * size and digest (CRC-32 or SHA-256, see `digest.ts`) match.
  *
  * Neither side runs through a `TransformStream`: PERF.md measured that as the
  * largest cost on the data path. The sender reads the file synchronously into
@@ -12,7 +12,6 @@
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeHeader, type FrameReader, HEADER_SIZE } from "./framer.ts";
@@ -25,6 +24,7 @@ import {
 } from "./errors.ts";
 import { decodeError, type FileMeta, Kind } from "./protocol.ts";
 import type { OpenedFile } from "./jail.ts";
+import { createDigest, DEFAULT_DIGEST, type Digest, type DigestName } from "./digest.ts";
 
 /** Where frames are written: a connection, or anything with the same `write`. */
 export interface ByteSink {
@@ -41,8 +41,9 @@ const PAYLOAD_OFFSET = 64;
 export const PART_SUFFIX = ".moat-part";
 
 /**
- * Remembers the SHA-256 of files already sent, keyed by identity, size and
- * mtime, so that serving the same file again does not hash it again. A file
+ * Remembers the digests of files already sent, keyed by digest name, identity,
+ * size and mtime, so that serving the same file again does not hash it again
+ * (it matters for SHA-256; CRC-32 is nearly free). A file
  * rewritten in place with the same size and mtime would carry a stale digest;
  * the receiver then reports a mismatch, so the error is loud, never silent.
  */
@@ -57,24 +58,26 @@ export class DigestCache {
     this.#limit = limit;
   }
 
-  #key(file: OpenedFile): string {
-    return `${file.dev}:${file.ino}:${file.size}:${file.mtimeMs}`;
+  #key(file: OpenedFile, name: DigestName): string {
+    return `${name}:${file.dev}:${file.ino}:${file.size}:${file.mtimeMs}`;
   }
 
   /**
    * @param file An opened file.
+   * @param name Which digest.
    * @returns Its cached hex digest, if any.
    */
-  get(file: OpenedFile): string | undefined {
-    return this.#map.get(this.#key(file));
+  get(file: OpenedFile, name: DigestName): string | undefined {
+    return this.#map.get(this.#key(file, name));
   }
 
   /**
    * @param file An opened file.
-   * @param digest Its hex SHA-256.
+   * @param name Which digest.
+   * @param digest Its hex digest.
    */
-  set(file: OpenedFile, digest: string): void {
-    const key = this.#key(file);
+  set(file: OpenedFile, name: DigestName, digest: string): void {
+    const key = this.#key(file, name);
     this.#map.delete(key);
     this.#map.set(key, digest);
     if (this.#map.size > this.#limit) {
@@ -92,6 +95,8 @@ export interface SendFileOptions {
   chunkSize?: number;
   /** Frame the data (FileMeta, FileData…, FileEnd) or send raw bytes. @default {true} */
   framed?: boolean;
+  /** The digest FileEnd carries. @default {"sha256"} (what a Get without the field asks for) */
+  digest?: DigestName;
   /** Digests of files sent before. */
   cache?: DigestCache;
   /** Called after each chunk is accepted by the socket. */
@@ -102,8 +107,10 @@ export interface SendFileOptions {
 export interface SendResult {
   /** Bytes of file content sent (from the offset). */
   bytes: number;
-  /** Hex SHA-256 of the whole file ("" for raw sends). */
-  sha256: string;
+  /** Which digest was sent. */
+  digestName: DigestName;
+  /** Hex digest of the whole file ("" for raw sends). */
+  digest: string;
 }
 
 function readAt(fd: number, buf: Uint8Array, len: number, pos: number) {
@@ -113,7 +120,7 @@ function readAt(fd: number, buf: Uint8Array, len: number, pos: number) {
 /**
  * Hashes `[0, end)` of an open file into `hash`, reusing `buf`.
  */
-function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Hash) {
+function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Digest) {
   let pos = 0;
   const chunk = buf.length - PAYLOAD_OFFSET;
   while (pos < end) {
@@ -126,7 +133,7 @@ function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Hash) {
 
 /**
  * Sends `file` from `offset` to its size at open time. Framed sends write a
- * FileMeta frame, FileData frames and a FileEnd frame carrying the SHA-256 of
+ * FileMeta frame, FileData frames and a FileEnd frame carrying the digest of
  * the whole file; raw sends write the bytes alone.
  *
  * @param sink The connection.
@@ -145,8 +152,9 @@ export async function sendFile(
   const framed = options.framed ?? true;
   const chunk = Math.max(1, Math.min(options.chunkSize ?? DEFAULT_CHUNK_SIZE, file.size - offset || 1));
   const buf = new Uint8Array(PAYLOAD_OFFSET + chunk);
-  const cached = framed ? options.cache?.get(file) : undefined;
-  const hash = framed && cached === undefined ? createHash("sha256") : undefined;
+  const digestName = options.digest ?? "sha256";
+  const cached = framed ? options.cache?.get(file, digestName) : undefined;
+  const hash = framed && cached === undefined ? createDigest(digestName) : undefined;
   if (hash && offset > 0) hashPrefix(file.fd, buf, offset, hash);
 
   if (framed) {
@@ -155,6 +163,7 @@ export async function sendFile(
       size: file.size,
       offset,
       mtimeMs: file.mtimeMs,
+      digest: digestName,
     } satisfies FileMeta));
     const head = new Uint8Array(HEADER_SIZE + meta.length);
     encodeHeader(Kind.FileMeta, meta.length, head, 0);
@@ -177,16 +186,17 @@ export async function sendFile(
     options.onProgress?.(pos - offset);
   }
 
-  let sha256 = "";
+  let digest = "";
   if (framed) {
-    sha256 = cached ?? hash!.digest("hex");
-    if (cached === undefined) options.cache?.set(file, sha256);
-    const end = new Uint8Array(HEADER_SIZE + 32);
-    encodeHeader(Kind.FileEnd, 32, end, 0);
-    end.set(hexToBytes(sha256), HEADER_SIZE);
+    digest = cached ?? hash!.hex();
+    if (cached === undefined) options.cache?.set(file, digestName, digest);
+    const bytes = hexToBytes(digest);
+    const end = new Uint8Array(HEADER_SIZE + bytes.length);
+    encodeHeader(Kind.FileEnd, bytes.length, end, 0);
+    end.set(bytes, HEADER_SIZE);
     await sink.write(end);
   }
-  return { bytes: pos - offset, sha256 };
+  return { bytes: pos - offset, digestName, digest };
 }
 
 function hexToBytes(hex: string): Uint8Array {
@@ -209,6 +219,8 @@ export interface PrepareDownloadOptions {
   force?: boolean;
   /** Continue from what the temporary file holds. @default {false} */
   resume?: boolean;
+  /** The digest to ask for and check. @default {"crc32"} */
+  digest?: DigestName;
 }
 
 /** A download target: the temporary file being written and its state. */
@@ -221,7 +233,8 @@ export interface Download {
   readonly offset: number;
   /** Receives the file; see {@linkcode receiveFile}. */
   readonly fd: number;
-  readonly hash: Hash;
+  /** Fed the part's existing bytes (resume), then everything received. */
+  readonly digest: Digest;
   /** Closes the temporary file, keeping it. Idempotent. */
   close(): void;
   /** Closes and removes the temporary file. */
@@ -265,7 +278,7 @@ export function prepareDownload(
     );
   }
   const partPath = target + PART_SUFFIX;
-  const hash = createHash("sha256");
+  const hash = createDigest(options.digest ?? DEFAULT_DIGEST);
   let fd: number;
   let offset = 0;
   try {
@@ -297,7 +310,7 @@ export function prepareDownload(
     partPath,
     offset,
     fd,
-    hash,
+    digest: hash,
     close,
     discard() {
       close();
@@ -318,8 +331,10 @@ export interface ReceiveResult {
   bytes: number;
   /** Size of the whole file. */
   size: number;
-  /** Hex SHA-256 of the whole file, verified. */
-  sha256: string;
+  /** Which digest was checked. */
+  digestName: DigestName;
+  /** Hex digest of the whole file, verified. */
+  digest: string;
 }
 
 /** Writes all of `bytes` at file position `pos` (pwrite: the fd's offset is not used). */
@@ -333,7 +348,8 @@ function writeAllAt(fd: number, bytes: Uint8Array, pos: number) {
 /**
  * Receives FileData frames into `download` after its FileMeta was read, checks
  * the byte count and the SHA-256 from FileEnd, fsyncs, and renames the
- * temporary file over the target. On a mismatch the temporary file is removed;
+ * temporary file over the target. The digest is the one FileMeta names, which
+ * must be the one the download asked for. On a mismatch the temporary file is removed;
  * on an interrupted connection it is kept for `--resume`. Either way the target
  * never appears unless the whole file checked out.
  *
@@ -352,13 +368,18 @@ export async function receiveFile(
   meta: FileMeta,
   options: ReceiveFileOptions = {},
 ): Promise<ReceiveResult> {
-  const { fd, hash } = download;
+  const { fd, digest: hash } = download;
   const expected = meta.size - meta.offset;
   let received = 0;
   try {
     if (meta.offset !== download.offset) {
       throw new ProtocolError(
         `Server started at byte ${meta.offset}, expected ${download.offset}`,
+      );
+    }
+    if (meta.digest !== hash.name) {
+      throw new ProtocolError(
+        `Server announced a ${meta.digest} digest, ${hash.name} was asked for`,
       );
     }
     if (download.offset > 0) fs.ftruncateSync(fd, download.offset);
@@ -383,23 +404,29 @@ export async function receiveFile(
         }
         options.onProgress?.(received, expected);
       } else if (header.type === Kind.FileEnd) {
-        const digest = bytesToHex(await reader.readPayload());
+        const sent = await reader.readPayload();
+        if (sent.length !== hash.size) {
+          throw new ProtocolError(
+            `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
+          );
+        }
+        const digest = bytesToHex(sent);
         if (received !== expected) {
           throw new IntegrityError(
             `Size mismatch: received ${received} of ${expected} bytes`,
           );
         }
-        const actual = hash.digest("hex");
+        const actual = hash.hex();
         if (actual !== digest) {
           throw new IntegrityError(
-            `SHA-256 mismatch: server sent ${digest}, file hashes to ${actual}`,
+            `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
           );
         }
         fs.fsyncSync(fd);
         download.close();
         fs.renameSync(download.partPath, download.target);
         fsyncDir(path.dirname(download.target));
-        return { bytes: received, size: meta.size, sha256: actual };
+        return { bytes: received, size: meta.size, digestName: hash.name, digest: actual };
       } else if (header.type === Kind.Error) {
         const body = decodeError(await reader.readPayload());
         throw new MoatError(body.code, `Server error: ${body.message}`);

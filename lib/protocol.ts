@@ -7,6 +7,7 @@
  */
 
 import { ProtocolError } from "./errors.ts";
+import { type DigestName, parseDigestName } from "./digest.ts";
 
 /** Protocol version carried in the preamble. */
 export const PROTOCOL_VERSION = 1;
@@ -128,6 +129,8 @@ export interface GetRequest {
   path: string;
   /** Resume from this byte offset; the digest still covers the whole file. */
   offset: number;
+  /** The digest FileEnd should carry; `sha256` when absent. */
+  digest: DigestName;
 }
 
 /** Announces a file transfer. */
@@ -136,6 +139,8 @@ export interface FileMeta {
   size: number;
   offset: number;
   mtimeMs: number;
+  /** The digest FileEnd will carry; `sha256` when absent. */
+  digest: DigestName;
 }
 
 const encoder = new TextEncoder();
@@ -190,6 +195,12 @@ function field<T extends "string" | "number">(
     );
   }
   return v as T extends "string" ? string : number;
+}
+
+/** An optional digest field: absent means SHA-256, the protocol's first digest. */
+function digestField(obj: Record<string, unknown>, what: string): DigestName {
+  if (obj.digest === undefined) return "sha256";
+  return parseDigestName(field(obj, "digest", "string", what));
 }
 
 function count(obj: Record<string, unknown>, key: string, what: string) {
@@ -296,6 +307,7 @@ export function decodeGet(payload: Uint8Array): GetRequest {
   return {
     path: field(o, "path", "string", "get request"),
     offset: count(o, "offset", "get request"),
+    digest: digestField(o, "get request"),
   };
 }
 
@@ -313,6 +325,7 @@ export function decodeFileMeta(payload: Uint8Array): FileMeta {
     size: count(o, "size", "file metadata"),
     offset: count(o, "offset", "file metadata"),
     mtimeMs: field(o, "mtimeMs", "number", "file metadata"),
+    digest: digestField(o, "file metadata"),
   };
 }
 

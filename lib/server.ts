@@ -37,6 +37,7 @@ import {
   PROTOCOL_VERSION,
 } from "./protocol.ts";
 import { DEFAULT_CHUNK_SIZE, DigestCache, sendFile } from "./file_sender.ts";
+import type { DigestName } from "./digest.ts";
 import { ConnectionClosedError, MoatError, ProtocolError } from "./errors.ts";
 import { escapeText } from "./text.ts";
 
@@ -705,6 +706,7 @@ export class Server {
       const ok = await this.#serveFile(s, req.path, {
         framed: true,
         offset: req.offset,
+        digest: req.digest,
         chunkSize: Math.min(DEFAULT_CHUNK_SIZE, hello.maxFrameSize),
       });
       if (!ok) return;
@@ -715,7 +717,7 @@ export class Server {
   async #serveFile(
     s: Session,
     requestPath: string,
-    opts: { framed: boolean; offset: number; chunkSize: number },
+    opts: { framed: boolean; offset: number; chunkSize: number; digest?: DigestName },
   ): Promise<boolean> {
     const started = Date.now();
     this.#o.audit.write("get_started", {
@@ -748,6 +750,7 @@ export class Server {
         offset: opts.offset,
         chunkSize: opts.chunkSize,
         framed: opts.framed,
+        ...(opts.digest && { digest: opts.digest }),
         cache: this.#cache,
         onProgress: () => this.#touch(s),
       });
@@ -757,7 +760,7 @@ export class Server {
         path: file.path,
         bytes: result.bytes,
         size: file.size,
-        sha256: result.sha256 || undefined,
+        ...(result.digest && { [result.digestName]: result.digest }),
         durationMs: Date.now() - started,
       });
       return true;

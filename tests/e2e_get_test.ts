@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import * as zlib from "node:zlib";
 import { runMoat, sha256File, spawnMoat, finished, startServer, tempDir, writeRandomFile } from "./_e2e.ts";
 
 function vmHwmKiB(pid: number): number {
@@ -22,8 +23,28 @@ test("moat get fetches a small file, verified, and the audit log records it", as
   const done = await server.waitEvent((e) => e.event === "get_finished", "get_finished");
   assert.equal(done.path, "notes.txt");
   assert.equal(done.bytes, 11);
-  assert.equal(done.sha256, await sha256File(path.join(root.dir, "notes.txt")));
+  const crc = zlib.crc32(fs.readFileSync(path.join(root.dir, "notes.txt"))).toString(16).padStart(8, "0");
+  assert.equal(done.crc32, crc, "the default digest is CRC-32");
+  assert.match(r.stderr, new RegExp(`crc32 ${crc}\\)`));
   assert.ok(server.events().some((e) => e.event === "accepted" && String(e.peer).startsWith("127.0.0.1:")));
+});
+
+test("moat get --digest sha256 checks and reports SHA-256, and an unknown digest is a usage error", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  fs.writeFileSync(path.join(root.dir, "notes.txt"), "hello sha\n");
+  await using server = await startServer(["--root", root.dir]);
+  const srv = `127.0.0.1:${server.port}`;
+  const r = await runMoat(["get", "FILE:notes.txt", "--digest", "sha256", "--server", srv], { cwd: out.dir });
+  assert.equal(r.code, 0, r.stderr);
+  const sha = await sha256File(path.join(root.dir, "notes.txt"));
+  assert.match(r.stderr, new RegExp(`sha256 ${sha}\\)`));
+  const done = await server.waitEvent((e) => e.event === "get_finished", "get_finished");
+  assert.equal(done.sha256, sha);
+  assert.equal(done.crc32, undefined);
+  const bad = await runMoat(["get", "FILE:notes.txt", "--digest", "md5", "--force", "--server", srv], { cwd: out.dir });
+  assert.equal(bad.code, 2);
+  assert.equal(bad.stderr, 'moat: Unknown --digest "md5": use crc32 or sha256\n');
 });
 
 test("moat get accepts a bare path, -o, and an empty file", async () => {
@@ -143,7 +164,7 @@ test("moat get --resume detects a file that changed on the server and keeps noth
   await using server = await startServer(["--root", root.dir]);
   const r = await runMoat(["get", "FILE:f.txt", "--resume", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
   assert.equal(r.code, 5, r.stderr);
-  assert.match(r.stderr, /SHA-256 mismatch/);
+  assert.match(r.stderr, /crc32 mismatch/);
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt")), false);
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt.moat-part")), false);
 });

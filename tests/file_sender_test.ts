@@ -4,11 +4,13 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
+import * as zlib from "node:zlib";
+import type { DigestName } from "../lib/digest.ts";
 import { DigestCache, PART_SUFFIX, prepareDownload, receiveFile, sendFile } from "../lib/file_sender.ts";
 import { FrameReader } from "../lib/framer.ts";
 import { createJail } from "../lib/jail.ts";
 import { decodeFileMeta, Kind } from "../lib/protocol.ts";
-import { ConnectionClosedError, IntegrityError } from "../lib/errors.ts";
+import { ConnectionClosedError, IntegrityError, ProtocolError } from "../lib/errors.ts";
 
 function tmp() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-fs-"));
@@ -50,7 +52,18 @@ function source(bytes: Uint8Array, step = 7777) {
   };
 }
 
-async function roundTrip(content: Uint8Array, opts: { offset?: number; mutate?: (wire: Uint8Array) => Uint8Array; chunkSize?: number } = {}) {
+async function roundTrip(
+  content: Uint8Array,
+  opts: {
+    offset?: number;
+    mutate?: (wire: Uint8Array) => Uint8Array;
+    chunkSize?: number;
+    /** Digest the server sends. */
+    digest?: DigestName;
+    /** Digest the client asks for (default: the one sent). */
+    want?: DigestName;
+  } = {},
+) {
   using t = tmp();
   const root = path.join(t.dir, "root");
   fs.mkdirSync(root);
@@ -60,14 +73,22 @@ async function roundTrip(content: Uint8Array, opts: { offset?: number; mutate?: 
   const jail = await createJail(root);
   const file = await jail.open("f.bin");
   const sink = memorySink();
-  const sent = await sendFile(sink, file, { offset: opts.offset ?? 0, chunkSize: opts.chunkSize ?? 4096, cache: new DigestCache() });
+  const sent = await sendFile(sink, file, {
+    offset: opts.offset ?? 0,
+    chunkSize: opts.chunkSize ?? 4096,
+    cache: new DigestCache(),
+    digest: opts.digest ?? "sha256",
+  });
   file.close();
   let wire = sink.bytes();
   if (opts.mutate) wire = opts.mutate(wire);
   const reader = new FrameReader(source(wire), { bufferSize: 8192 });
   const head = await reader.readFrame();
   assert.equal(head!.type, Kind.FileMeta);
-  const download = prepareDownload(out, { resume: (opts.offset ?? 0) > 0 });
+  const download = prepareDownload(out, {
+    resume: (opts.offset ?? 0) > 0,
+    digest: opts.want ?? opts.digest ?? "sha256",
+  });
   try {
     const got = await receiveFile(reader, download, decodeFileMeta(head!.payload));
     return { sent, got, out: fs.readFileSync(out), part: fs.existsSync(out + PART_SUFFIX) };
@@ -77,36 +98,66 @@ async function roundTrip(content: Uint8Array, opts: { offset?: number; mutate?: 
 }
 
 const content = new Uint8Array(100_003).map((_, i) => (i * 31 + 7) & 0xff);
-const digest = createHash("sha256").update(content).digest("hex");
+const expected: Record<DigestName, string> = {
+  sha256: createHash("sha256").update(content).digest("hex"),
+  // An independent CRC-32: the digest module's output is checked, not echoed.
+  crc32: zlib.crc32(content).toString(16).padStart(8, "0"),
+};
 
-test("sendFile and receiveFile move a file intact in chunks, renaming only at the end", async () => {
-  const r = await roundTrip(content);
-  assert.ok("got" in r && r.got, String("err" in r ? r.err : ""));
-  assert.equal(r.sent.sha256, digest);
-  assert.equal(r.got.sha256, digest);
-  assert.deepEqual(r.out, Buffer.from(content));
-  assert.equal(r.part, false);
-});
+for (const digest of ["crc32", "sha256"] as const) {
+  test(`sendFile and receiveFile move a file intact in chunks with ${digest}, renaming only at the end`, async () => {
+    const r = await roundTrip(content, { digest });
+    assert.ok("got" in r && r.got, String("err" in r ? r.err : ""));
+    assert.equal(r.sent.digestName, digest);
+    assert.equal(r.sent.digest, expected[digest]);
+    assert.equal(r.got.digest, expected[digest]);
+    assert.deepEqual(r.out, Buffer.from(content));
+    assert.equal(r.part, false);
+  });
 
-test("receiveFile resumes from a part file and still verifies the whole file", async () => {
-  const r = await roundTrip(content, { offset: 54_321 });
-  assert.ok("got" in r && r.got);
-  assert.equal(r.got.bytes, content.length - 54_321);
-  assert.equal(r.got.sha256, digest);
-  assert.deepEqual(r.out, Buffer.from(content));
-});
+  test(`receiveFile resumes from a part file and still verifies the whole file with ${digest}`, async () => {
+    const r = await roundTrip(content, { offset: 54_321, digest });
+    assert.ok("got" in r && r.got);
+    assert.equal(r.got.bytes, content.length - 54_321);
+    assert.equal(r.got.digest, expected[digest]);
+    assert.deepEqual(r.out, Buffer.from(content));
+  });
 
-test("receiveFile refuses a flipped byte: IntegrityError, no target, no part", async () => {
-  const r = await roundTrip(content, {
+  test(`receiveFile refuses a flipped byte with ${digest}: IntegrityError, no target, no part`, async () => {
+    for (const at of [1000, 40_000, 90_000]) {
+      const r = await roundTrip(content, {
+        digest,
+        mutate: (w) => {
+          const c = w.slice();
+          c[c.length - at]! ^= 1;
+          return c;
+        },
+      });
+      assert.ok("err" in r && r.err instanceof IntegrityError, String("err" in r && r.err));
+      assert.match(String(r.err), new RegExp(`${digest} mismatch`));
+      assert.equal(r.exists, false);
+      assert.equal(r.part, false);
+    }
+  });
+}
+
+test("receiveFile refuses a digest other than the one asked for, and a file end of the wrong size", async () => {
+  const other = await roundTrip(content, { digest: "sha256", want: "crc32" });
+  assert.ok("err" in other && other.err instanceof ProtocolError, String("err" in other && other.err));
+  assert.match(String(other.err), /announced a sha256 digest, crc32 was asked for/);
+  assert.equal(other.exists, false);
+  // A FileEnd cut to 4 bytes while FileMeta still says sha256.
+  const short = await roundTrip(content, {
+    digest: "sha256",
     mutate: (w) => {
-      const c = w.slice();
-      c[c.length - 1000]! ^= 1;
+      const c = w.slice(0, w.length - 28);
+      new DataView(c.buffer).setUint32(c.length - 4 - 4, 4);
       return c;
     },
   });
-  assert.ok("err" in r && r.err instanceof IntegrityError, String("err" in r && r.err));
-  assert.equal(r.exists, false);
-  assert.equal(r.part, false);
+  assert.ok("err" in short && short.err instanceof ProtocolError, String("err" in short && short.err));
+  assert.match(String(short.err), /carries 4 bytes, a sha256 digest has 32/);
+  assert.equal(short.exists, false);
 });
 
 test("receiveFile keeps the part of a cut transfer for --resume and never creates the target", async () => {
@@ -124,18 +175,19 @@ test("DigestCache serves a second send without rehashing and forgets the oldest"
   const jail = await createJail(t.dir);
   const cache = new DigestCache(1);
   const f = await jail.open("a");
-  assert.equal(cache.get(f), undefined);
-  cache.set(f, "x".repeat(64));
-  assert.equal(cache.get(f), "x".repeat(64));
-  const r = await sendFile(memorySink(), f, { cache });
-  assert.equal(r.sha256, "x".repeat(64), "cached digest used");
+  assert.equal(cache.get(f, "sha256"), undefined);
+  cache.set(f, "sha256", "x".repeat(64));
+  assert.equal(cache.get(f, "sha256"), "x".repeat(64));
+  assert.equal(cache.get(f, "crc32"), undefined, "keyed by digest name");
+  const r = await sendFile(memorySink(), f, { cache, digest: "sha256" });
+  assert.equal(r.digest, "x".repeat(64), "cached digest used");
   f.close();
   fs.writeFileSync(path.join(t.dir, "b"), "def");
   const g = await jail.open("b");
-  cache.set(g, "y".repeat(64));
+  cache.set(g, "sha256", "y".repeat(64));
   g.close();
   const f2 = await jail.open("a");
-  assert.equal(cache.get(f2), undefined, "evicted");
+  assert.equal(cache.get(f2, "sha256"), undefined, "evicted");
   f2.close();
 });
 

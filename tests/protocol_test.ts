@@ -53,7 +53,13 @@ test("decodeHello accepts the three modes and rejects bad ones", () => {
 });
 
 test("decodeGet, decodeFileMeta and decodeChatLine check every field", () => {
-  assert.deepEqual(decodeGet(encodeJson({ path: "a", offset: 3 })), { path: "a", offset: 3 });
+  assert.deepEqual(decodeGet(encodeJson({ path: "a", offset: 3 })), { path: "a", offset: 3, digest: "sha256" });
+  assert.equal(decodeGet(encodeJson({ path: "a", offset: 0, digest: "crc32" })).digest, "crc32");
+  assert.throws(() => decodeGet(encodeJson({ path: "a", offset: 0, digest: "md5" })), /Unknown digest "md5"/);
+  assert.throws(() => decodeGet(encodeJson({ path: "a", offset: 0, digest: 32 })), ProtocolError);
+  assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1, digest: "crc32" })).digest, "crc32");
+  assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1 })).digest, "sha256");
+  assert.throws(() => decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1, digest: "" })), ProtocolError);
   assert.throws(() => decodeGet(encodeJson({ path: "a", offset: "3" })), ProtocolError);
   assert.throws(() => decodeGet(encodeJson({ path: 1, offset: 0 })), ProtocolError);
   assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1.5 })).size, 5);
