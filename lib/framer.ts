@@ -398,6 +398,11 @@ export interface FrameReaderOptions {
    * {@linkcode HEADER_SIZE}. @default {1_048_576}
    */
   bufferSize?: number;
+  /**
+   * Bytes already taken from the source (say, to tell a protocol by its
+   * first byte), served before anything read. At most `bufferSize`.
+   */
+  prefix?: Uint8Array;
 }
 
 /**
@@ -465,8 +470,8 @@ export class FrameReader {
    *
    * @param source Where the bytes come from, such as a `Conn`.
    * @param options Payload limit and buffer size.
-   * @throws {RangeError} If `maxFrameSize` is not a non-negative integer or
-   * `bufferSize` is not an integer of at least 5.
+   * @throws {RangeError} If `maxFrameSize` is not a non-negative integer,
+   * `bufferSize` is not an integer of at least 5, or `prefix` is longer.
    */
   constructor(source: ByteSource, options?: FrameReaderOptions) {
     this.#maxFrameSize = checkMaxFrameSize(options?.maxFrameSize);
@@ -476,8 +481,18 @@ export class FrameReader {
         `Cannot create frame reader: bufferSize ${bufferSize} is not an integer of at least ${HEADER_SIZE}`,
       );
     }
+    const prefix = options?.prefix;
+    if (prefix !== undefined && prefix.length > bufferSize) {
+      throw new RangeError(
+        `Cannot create frame reader: a ${prefix.length}-byte prefix exceeds bufferSize ${bufferSize}`,
+      );
+    }
     this.#source = source;
     this.#buf = new Uint8Array(bufferSize);
+    if (prefix !== undefined) {
+      this.#buf.set(prefix);
+      this.#end = prefix.length;
+    }
   }
 
   /**

@@ -17,6 +17,7 @@ import { ChatHub, type ChatMember, formatChatLine } from "./chat.ts";
 import {
   DEFAULT_MAX_FRAME_SIZE,
   encodeFrame,
+  type Frame,
   FrameReader,
 } from "./framer.ts";
 import {
@@ -38,7 +39,7 @@ import {
 } from "./protocol.ts";
 import { DEFAULT_CHUNK_SIZE, DigestCache, sendFile } from "./file_sender.ts";
 import type { DigestName } from "./digest.ts";
-import { ConnectionClosedError, MoatError, ProtocolError } from "./errors.ts";
+import { ConnectionClosedError, FrameTooLargeError, MoatError, ProtocolError } from "./errors.ts";
 import { escapeText } from "./text.ts";
 
 /** Options for {@linkcode Server}. */
@@ -126,33 +127,39 @@ export function formatAddr(addr: Addr): string {
     : `${addr.hostname}:${addr.port}`;
 }
 
-/** Serialises writes to one connection: exactly one owner writes at a time. */
-class Outbox {
-  #conn: Conn;
-  #chain: Promise<void> = Promise.resolve();
-  #pending = 0;
-  #onActivity: () => void;
+const RESOLVED: Promise<void> = Promise.resolve();
 
-  constructor(conn: Conn, onActivity: () => void) {
-    this.#conn = conn;
-    this.#onActivity = onActivity;
+/**
+ * Serialises writes to one session's connection: exactly one owner writes at
+ * a time. Each write counts as activity. Holds no closures: an idle chat
+ * member should cost little more than its socket.
+ */
+class Outbox {
+  #s: Session;
+  #chain: Promise<void> = RESOLVED;
+  #pending = 0;
+
+  constructor(s: Session) {
+    this.#s = s;
   }
 
   /** Queues bytes; false if more than `limit` bytes are already queued. */
   push(bytes: Uint8Array, limit = Infinity): boolean {
     if (this.#pending + bytes.length > limit) return false;
     this.#pending += bytes.length;
-    this.#chain = this.#chain.then(async () => {
-      try {
-        await this.#conn.write(bytes);
-        this.#onActivity();
-      } catch {
-        this.#conn.close();
-      } finally {
-        this.#pending -= bytes.length;
-      }
-    });
+    this.#chain = this.#chain.then(() => this.#write(bytes));
     return true;
+  }
+
+  async #write(bytes: Uint8Array) {
+    try {
+      await this.#s.conn.write(bytes);
+      this.#s.lastActive = Date.now();
+    } catch {
+      this.#s.conn.close();
+    } finally {
+      this.#pending -= bytes.length;
+    }
   }
 
   /** Resolves when everything queued so far was written (or failed). */
@@ -163,6 +170,39 @@ class Outbox {
 
 /** A chat member whose queued lines can be awaited. */
 type QueuedMember = ChatMember & { flush(): Promise<void> };
+
+/** A session in the chat hub: lines are encoded for its kind of client and queued. */
+class Member extends Outbox implements QueuedMember {
+  readonly name: string;
+  readonly addr: string;
+  #s: Session;
+  #encode: (line: ChatLine) => Uint8Array;
+
+  constructor(s: Session, encode: (line: ChatLine) => Uint8Array) {
+    super(s);
+    this.#s = s;
+    this.#encode = encode;
+    this.name = s.name;
+    this.addr = s.identity === undefined ? s.peer : `${s.peer} ${s.identity}`;
+  }
+
+  deliver(line: ChatLine): boolean {
+    return this.push(this.#encode(line), OUTBOX_LIMIT);
+  }
+
+  drop(reason: string): void {
+    this.#s.reason ??= reason;
+    this.#s.conn.close();
+  }
+}
+
+function encodeFramedChat(line: ChatLine): Uint8Array {
+  return encodeFrame({ type: Kind.Chat, payload: encodeJson(line) });
+}
+
+function encodePlainChat(line: ChatLine): Uint8Array {
+  return encodeText(formatChatLine(line) + "\n");
+}
 
 interface Session {
   readonly name: string;
@@ -198,7 +238,7 @@ export class Server {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closing = false;
   #acceptLoops: Promise<void>[] = [];
-  #handlers = new Set<Promise<void>>();
+  #handlers = new Map<Conn, Promise<void>>();
 
   /**
    * @param options Listening addresses, guard, jail, audit log and limits.
@@ -320,7 +360,7 @@ export class Server {
       s.conn.close();
     }
     await Promise.allSettled(this.#acceptLoops);
-    await Promise.allSettled([...this.#handlers]);
+    await Promise.allSettled([...this.#handlers.values()]);
     this.#o.audit.write("shutdown", {});
   }
 
@@ -331,9 +371,11 @@ export class Server {
           conn.close();
           continue;
         }
-        const p = this.#handle(conn, port).catch(() => {});
-        this.#handlers.add(p);
-        p.finally(() => this.#handlers.delete(p));
+        // #handle removes its entry when done, which for a refusal is before
+        // it even returns.
+        this.#handlers.set(conn, RESOLVED);
+        const handled = this.#handle(conn, port);
+        if (this.#handlers.has(conn)) this.#handlers.set(conn, handled);
       }
     } catch (err) {
       if (!this.#closing) {
@@ -380,65 +422,72 @@ export class Server {
     });
   }
 
+  /** Serves one accepted connection. Never rejects; forgets itself when done. */
   async #handle(conn: Conn, port: "main" | "syslog") {
-    const peer = formatAddr(conn.remoteAddr);
-    // Syslog connections are marked in every audit line about them.
-    const tag = port === "syslog" ? { port } : undefined;
-    if (!this.#o.allowlist.check(conn.remoteAddr.hostname)) {
-      this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server", tag);
-      return;
-    }
-    if (this.#sessions.size >= this.#o.maxConns) {
-      this.#refuse(conn, peer, "BUSY", "server busy: too many connections", tag);
-      return;
-    }
-    let identity: string | undefined;
-    // The syslog port is plain TCP: the allowlist is its only guard.
-    if (this.#o.auth?.certs && tag === undefined) {
-      const verdict = checkClientCertificate(conn.tls, this.#o.auth.certs);
-      if ("code" in verdict) {
-        this.#refuse(conn, peer, verdict.code, verdict.reason);
+    try {
+      const peer = formatAddr(conn.remoteAddr);
+      // Syslog connections are marked in every audit line about them.
+      const tag = port === "syslog" ? { port } : undefined;
+      if (!this.#o.allowlist.check(conn.remoteAddr.hostname)) {
+        this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server", tag);
         return;
       }
-      identity = verdict.identity;
-    }
-    const session: Session = {
-      name: `c${this.#nextId++}`,
-      peer,
-      conn,
-      lastActive: Date.now(),
-      deadline: undefined,
-      reason: undefined,
-      identity,
-    };
-    this.#sessions.add(session);
-    this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }), ...tag });
-    const started = Date.now();
-    try {
-      await (tag ? this.#syslog(session) : this.#dispatch(session));
-    } catch (err) {
-      if (!(err instanceof ConnectionClosedError) || session.reason === undefined) {
-        session.reason ??= errorMessage(err);
-        if (!(err instanceof ConnectionClosedError)) {
-          this.#o.audit.write("error", {
-            peer,
-            name: session.name,
-            code: errorCode(err),
-            message: errorMessage(err),
-          });
-        }
+      if (this.#sessions.size >= this.#o.maxConns) {
+        this.#refuse(conn, peer, "BUSY", "server busy: too many connections", tag);
+        return;
       }
-    } finally {
-      this.#sessions.delete(session);
-      conn.close();
-      this.#o.audit.write("closed", {
+      let identity: string | undefined;
+      // The syslog port is plain TCP: the allowlist is its only guard.
+      if (this.#o.auth?.certs && tag === undefined) {
+        const verdict = checkClientCertificate(conn.tls, this.#o.auth.certs);
+        if ("code" in verdict) {
+          this.#refuse(conn, peer, verdict.code, verdict.reason);
+          return;
+        }
+        identity = verdict.identity;
+      }
+      const session: Session = {
+        name: `c${this.#nextId++}`,
         peer,
-        name: session.name,
-        ...(session.identity && { identity: session.identity }),
-        reason: session.reason ?? "peer closed",
-        durationMs: Date.now() - started,
-        ...tag,
-      });
+        conn,
+        lastActive: Date.now(),
+        deadline: undefined,
+        reason: undefined,
+        identity,
+      };
+      this.#sessions.add(session);
+      this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }), ...tag });
+      const started = Date.now();
+      try {
+        await (tag ? this.#syslog(session) : this.#dispatch(session));
+      } catch (err) {
+        if (!(err instanceof ConnectionClosedError) || session.reason === undefined) {
+          session.reason ??= errorMessage(err);
+          if (!(err instanceof ConnectionClosedError)) {
+            this.#o.audit.write("error", {
+              peer,
+              name: session.name,
+              code: errorCode(err),
+              message: errorMessage(err),
+            });
+          }
+        }
+      } finally {
+        this.#sessions.delete(session);
+        conn.close();
+        this.#o.audit.write("closed", {
+          peer,
+          name: session.name,
+          ...(session.identity && { identity: session.identity }),
+          reason: session.reason ?? "peer closed",
+          durationMs: Date.now() - started,
+          ...tag,
+        });
+      }
+    } catch {
+      // Audited where it happened; a handler never rejects.
+    } finally {
+      this.#handlers.delete(conn);
     }
   }
 
@@ -454,15 +503,15 @@ export class Server {
   }
 
   async #dispatch(s: Session) {
-    const reader = new FrameReader(
-      { read: (buf) => this.#read(s, buf) },
-      { maxFrameSize: this.#o.maxFrameSize, bufferSize: READ_BUFFER },
-    );
+    // The first byte tells the protocol. It is read into a 1-byte buffer, and
+    // nothing bigger exists until it arrives: a silent connection holds no
+    // read buffer (idle connections must stay cheap).
+    const probe = new Uint8Array(1);
+    // Promise.race below observes a rejection; every path that leaves it
+    // pending awaits it.
+    const first = this.#readFirst(s, probe);
     // A framed client writes its preamble at once; a plain client may write
     // nothing until it hears something, so silence means plain text.
-    const first = reader.peek(1);
-    // Awaited later, or never (--no-plain): a late failure must not go unhandled.
-    first.catch(() => {});
     const armed = performance.now();
     let head = await Promise.race([first, after(DETECT_MS)]);
     if (head === null && performance.now() - armed > DETECT_MS + 50) {
@@ -477,6 +526,10 @@ export class Server {
     }
     if (head !== null && head[0] === MAGIC[0]) {
       s.deadline = Date.now() + this.#o.handshakeTimeoutMs;
+      const reader = new FrameReader(
+        { read: (buf) => this.#read(s, buf) },
+        { maxFrameSize: this.#o.maxFrameSize, bufferSize: READ_BUFFER, prefix: head },
+      );
       return await this.#framed(s, reader);
     }
     if (head !== null && head[0] === TLS_HANDSHAKE && this.#o.tls === undefined) {
@@ -490,14 +543,26 @@ export class Server {
       await this.#endPlain(s, { code: "PLAIN_DISABLED", message: "plain-text mode is off on this server" });
       // Discard input until the peer closes or the linger deadline passes.
       if (head === null && (await first).length === 0) return;
-      reader.takeBuffered();
       const buf = new Uint8Array(READ_BUFFER);
       while ((await this.#read(s, buf)) !== null) {
         // Discarded.
       }
       return;
     }
-    await this.#plain(s, reader, head === null ? first : undefined);
+    // Returned, not awaited: a silent client's wait keeps one frame less alive.
+    return this.#plain(s, head ?? first);
+  }
+
+  /** Reads the first byte: resolves it (1 byte) or, at end of input, nothing. */
+  async #readFirst(s: Session, probe: Uint8Array): Promise<Uint8Array> {
+    // A source may return 0 bytes now and then (see FrameReader); not forever.
+    for (let i = 0; i < 16; i++) {
+      const n = await s.conn.read(probe);
+      s.lastActive = Date.now();
+      if (n === null) return probe.subarray(0, 0);
+      if (n > 0) return probe;
+    }
+    throw new ProtocolError("Connection returned no data 16 times in a row");
   }
 
   async #read(s: Session, buf: Uint8Array): Promise<number | null> {
@@ -533,7 +598,7 @@ export class Server {
     }
     let hello: Hello;
     try {
-      const frame = await reader.readFrame();
+      const frame = await readHandshakeFrame(reader);
       if (frame === null) throw new ConnectionClosedError("Connection closed during the handshake");
       if (frame.type !== Kind.Hello) {
         throw new ProtocolError(`Expected a hello frame, got type 0x${frame.type.toString(16)}`);
@@ -604,7 +669,7 @@ export class Server {
       payload: encodeJson({ peer: key.peer, source: key.name, lastSeq: source.lastSeq }),
     }));
     this.#o.audit.write("ship_started", { peer: s.peer, name: s.name, source: key.name, lastSeq: source.lastSeq });
-    const acks = new Outbox(s.conn, () => this.#touch(s));
+    const acks = new Outbox(s);
     const inFlight = new Set<Promise<void>>();
     // The first failure in batch order is the cause: after a failed commit
     // the vault rolls back, so batches already in flight behind it then fail
@@ -673,7 +738,7 @@ export class Server {
     out.set(encodePreamble());
     out.set(frame, PREAMBLE_SIZE);
     await s.conn.write(out);
-    const answer = await reader.readFrame();
+    const answer = await readHandshakeFrame(reader);
     if (answer === null) throw new ConnectionClosedError("Connection closed during the handshake");
     if (answer.type !== Kind.Auth) {
       throw new ProtocolError(`Expected an auth frame, got type 0x${answer.type.toString(16)}`);
@@ -775,20 +840,6 @@ export class Server {
     }
   }
 
-  #member(s: Session, encode: (line: ChatLine) => Uint8Array): QueuedMember {
-    const outbox = new Outbox(s.conn, () => this.#touch(s));
-    return {
-      name: s.name,
-      addr: s.identity === undefined ? s.peer : `${s.peer} ${s.identity}`,
-      flush: () => outbox.flush(),
-      deliver: (line) => outbox.push(encode(line), OUTBOX_LIMIT),
-      drop: (reason) => {
-        s.reason ??= reason;
-        s.conn.close();
-      },
-    };
-  }
-
   #relay(member: ChatMember, text: string) {
     this.#o.audit.write("chat", { peer: member.addr, name: member.name, text });
     this.#hub.say(member, text);
@@ -796,7 +847,7 @@ export class Server {
   }
 
   async #framedChat(s: Session, reader: FrameReader) {
-    const member = this.#member(s, (line) => encodeFrame({ type: Kind.Chat, payload: encodeJson(line) }));
+    const member = new Member(s, encodeFramedChat);
     this.#hub.join(member);
     try {
       for (;;) {
@@ -820,17 +871,35 @@ export class Server {
     }
   }
 
-  async #plain(s: Session, reader: FrameReader, pendingFirst: Promise<Uint8Array> | undefined) {
-    const member = this.#member(s, (line) => encodeText(formatChatLine(line) + "\n"));
+  /**
+   * Serves a plain-text connection. `first` is its first byte, or the
+   * promise of it for a client that was silent (it hears the chat at once).
+   */
+  async #plain(s: Session, first: Uint8Array | Promise<Uint8Array>) {
+    const member = new Member(s, encodePlainChat);
+    try {
+      if (!(first instanceof Promise)) return await this.#plainLines(s, member, first, false);
+      // A silent client waits to be spoken to: it hears the chat at once.
+      // Nothing else is set up until it speaks.
+      this.#hub.join(member);
+      const head = await first;
+      if (head.length > 0) await this.#plainLines(s, member, head, true);
+    } finally {
+      this.#hub.leave(member);
+    }
+  }
+
+  /** Reads a plain connection's lines, starting with the bytes in `first`. */
+  async #plainLines(s: Session, member: Member, first: Uint8Array, joined: boolean) {
     // Joined lazily: a connection whose first line is `FILE:` never hears any
     // chat, so nothing can precede the file's bytes.
-    let joined = false;
     const join = () => {
       if (!joined) this.#hub.join(member);
       joined = true;
     };
     const max = this.#o.maxLine;
-    let line = new Uint8Array(Math.min(max, 256));
+    // Allocated with the first byte: a silent client holds no buffer.
+    let line = new Uint8Array(0);
     let len = 0;
     let quiet: ReturnType<typeof setTimeout> | undefined;
     // Set once the connection is ending (`FILE:` or an ERR line): the rest of
@@ -859,7 +928,7 @@ export class Server {
         }
         if (len === max) return false;
         if (len === line.length) {
-          const bigger = new Uint8Array(Math.min(max, line.length * 2));
+          const bigger = new Uint8Array(Math.min(max, Math.max(256, line.length * 2)));
           bigger.set(line);
           line = bigger;
         }
@@ -869,13 +938,8 @@ export class Server {
     };
 
     try {
-      if (pendingFirst) {
-        // A silent client waits to be spoken to: it hears the chat at once.
-        join();
-        if ((await pendingFirst).length === 0) return;
-      }
       const buf = new Uint8Array(READ_BUFFER);
-      let chunk: Uint8Array = reader.takeBuffered();
+      let chunk: Uint8Array = first;
       for (;;) {
         if (ending === undefined) {
           if (!feed(chunk)) {
@@ -907,7 +971,6 @@ export class Server {
       await (ending ?? this.#plainFlush(member));
     } finally {
       clearTimeout(quiet);
-      this.#hub.leave(member);
     }
   }
 
@@ -969,6 +1032,22 @@ function plainErrorLine(error: ErrorBody): Uint8Array {
 }
 
 /** Resolves null after `ms`; the timer does not keep the process alive. */
+/**
+ * Largest Hello or Auth payload. Until a client has completed the handshake
+ * it does not get `--max-frame` (1 MiB) of the server's memory per connection.
+ */
+const HANDSHAKE_FRAME_MAX = 4096;
+
+/** Reads a handshake frame, refusing one over {@linkcode HANDSHAKE_FRAME_MAX} before reading its payload. */
+async function readHandshakeFrame(reader: FrameReader): Promise<Frame | null> {
+  const header = await reader.readHeader();
+  if (header === null) return null;
+  if (header.length > HANDSHAKE_FRAME_MAX) {
+    throw new FrameTooLargeError(header.length, HANDSHAKE_FRAME_MAX);
+  }
+  return { type: header.type, payload: await reader.readPayload() };
+}
+
 function after(ms: number): Promise<null> {
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(null), ms);
