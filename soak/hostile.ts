@@ -8,10 +8,12 @@
  * @module
  */
 
-import type { ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
 import process from "node:process";
 import { encodeHeader } from "../lib/framer.ts";
 import { encodePreamble, Kind } from "../lib/protocol.ts";
@@ -539,6 +541,65 @@ export interface FloodOptions {
   overrunMs?: number;
   /** Most time for the last connections to finish, in milliseconds. @default {3000} */
   drainMs?: number;
+  /**
+   * A compiled `soak/flood.c` ({@linkcode buildFloodGenerator}) to generate
+   * the flood with, instead of node:net in this process.
+   */
+  generator?: string;
+}
+
+/**
+ * Compiles `soak/flood.c` with `cc -O2` into a temporary folder.
+ *
+ * @returns The executable, or undefined when there is no C compiler (the
+ * caller then floods with node:net, which costs ~3× the CPU per connection).
+ */
+export function buildFloodGenerator(): string | undefined {
+  const source = path.join(import.meta.dirname ?? ".", "flood.c");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-flood-"));
+  const out = path.join(dir, "flood");
+  const r = spawnSync("cc", ["-O2", "-o", out, source], { encoding: "utf8", timeout: 60_000 });
+  if (r.status !== 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    return undefined;
+  }
+  return out;
+}
+
+/** Runs a compiled flood generator; its one JSON line is the totals. */
+function nativeFlood(generator: string, options: FloodOptions): Promise<FloodStats> {
+  const args = [
+    options.port,
+    options.rate,
+    options.durationMs,
+    options.hosts ?? 253,
+    options.maxInFlight ?? 4000,
+    options.drainMs ?? 3000,
+  ].map(String);
+  const child = spawn(generator, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
+  const limit = options.durationMs + (options.drainMs ?? 3000) + 10_000;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`flood generator did not finish within ${limit} ms`));
+    }, limit);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`flood generator exited ${code}: ${err.trim()}`));
+      try {
+        const stats = JSON.parse(out) as FloodStats;
+        // The C generator replaces unprintable bytes by "?"; keep them quoted like the JS one.
+        stats.unexpected = stats.unexpected.map((x) => JSON.stringify(x));
+        resolve(stats);
+      } catch {
+        reject(new Error(`flood generator printed ${JSON.stringify(out.slice(0, 200))}`));
+      }
+    });
+  });
 }
 
 /** The `i`-th refused source address: 127.0.0.2 and up, skipping .0/.1/.255. */
@@ -555,6 +616,7 @@ export function refusedAddress(i: number): string {
  * @returns The totals.
  */
 export function refusedFlood(options: FloodOptions): Promise<FloodStats> {
+  if (options.generator !== undefined) return nativeFlood(options.generator, options);
   const hosts = options.hosts ?? 253;
   const maxInFlight = options.maxInFlight ?? 4000;
   const stats: FloodStats = {

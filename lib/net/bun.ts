@@ -294,8 +294,10 @@ interface PendingWrite {
 
 /** A connected TCP stream over a Bun socket. */
 class BunConn implements Conn {
-  readonly localAddr: Addr;
   readonly remoteAddr: Addr;
+  #localAddr: Addr | undefined;
+  /** Writes so far, up to 2: Nagle's algorithm is turned off before the second. */
+  #writeCount = 0;
   #socket: BunSocket;
   /** Set once close() was called, or Bun reported the socket closed. */
   #closed = false;
@@ -329,13 +331,20 @@ class BunConn implements Conn {
 
   constructor(socket: BunSocket) {
     this.#socket = socket;
-    // Read both now: Bun's getters return nothing useful once the socket closed.
-    this.localAddr = { hostname: socket.localAddress, port: socket.localPort };
+    // Read now: Bun's getters return nothing useful once the socket closed.
+    // The local address (a syscall; the server never asks) is read on demand.
     this.remoteAddr = {
       hostname: socket.remoteAddress,
       port: socket.remotePort,
     };
-    socket.setNoDelay(true);
+  }
+
+  /** Read on first use, which must come before the socket closes. */
+  get localAddr(): Addr {
+    return this.#localAddr ??= {
+      hostname: this.#socket.localAddress,
+      port: this.#socket.localPort,
+    };
   }
 
   /**
@@ -439,6 +448,12 @@ class BunConn implements Conn {
     if (this.#closed || this.#writeClosed) {
       return Promise.reject(this.#failure ?? this.#writeClosedError());
     }
+    // Nagle only holds back a segment while earlier data is unacknowledged,
+    // so the first write goes out at once anyway; setting TCP_NODELAY before
+    // the second saves a syscall on connections that write once (a refusal).
+    if (this.#writeCount < 2 && ++this.#writeCount === 2) {
+      this.#socket.setNoDelay(true);
+    }
     let offset = 0;
     if (this.#writes.length === 0) {
       offset = this.#socket.write(bytes);
@@ -475,8 +490,8 @@ class BunConn implements Conn {
     this.#chunks = [];
     this.#head = this.#offset = this.#queued = 0;
     this.#settleRead(null);
-    this.#failWrites(
-      new ConnectionClosedError("Cannot write: the connection is closed"),
+    this.#failWrites(() =>
+      new ConnectionClosedError("Cannot write: the connection is closed")
     );
     if (this.#socketGone) return;
     try {
@@ -588,7 +603,7 @@ class BunConn implements Conn {
       const remaining = pending.bytes.length - pending.offset;
       const n = this.#socket.write(pending.bytes, pending.offset, remaining);
       if (n < 0) {
-        this.#failWrites(this.#failure ?? new ConnectionClosedError());
+        this.#failWrites(() => this.#failure ?? new ConnectionClosedError());
         return;
       }
       pending.offset += n;
@@ -624,12 +639,11 @@ class BunConn implements Conn {
     }
     if (error !== undefined) this.#onError(error);
     this.#eof = true;
-    const failure = this.#failure ?? new ConnectionClosedError();
     if (this.#queued === 0) {
       if (this.#failure !== null) this.#settleRead(this.#failure);
       else this.#settleRead(null);
     }
-    this.#failWrites(failure);
+    this.#failWrites(() => this.#failure ?? new ConnectionClosedError());
     this.#writeClosed = true;
   }
 
@@ -645,11 +659,17 @@ class BunConn implements Conn {
     else resolve(result);
   }
 
-  #failWrites(error: unknown): void {
+  /**
+   * Rejects pending writes. The error is made only if one is pending: an
+   * Error captures a stack, and every connection's close passes through here.
+   */
+  #failWrites(makeError: () => unknown): void {
     const writes = this.#writes;
+    const flushed = this.#flushed;
+    if (writes.length === 0 && flushed === null) return;
+    const error = makeError();
     if (writes.length > 0) this.#writes = [];
     for (const pending of writes) pending.reject(error);
-    const flushed = this.#flushed;
     this.#flushed = null;
     flushed?.reject(error);
   }
