@@ -146,8 +146,10 @@ class Outbox {
   /** Queues bytes; false if more than `limit` bytes are already queued. */
   push(bytes: Uint8Array, limit = Infinity): boolean {
     if (this.#pending + bytes.length > limit) return false;
+    // Nothing queued: write now rather than a microtask later (chat latency).
+    const idle = this.#pending === 0;
     this.#pending += bytes.length;
-    this.#chain = this.#chain.then(() => this.#write(bytes));
+    this.#chain = idle ? this.#write(bytes) : this.#chain.then(() => this.#write(bytes));
     return true;
   }
 
@@ -841,9 +843,12 @@ export class Server {
   }
 
   #relay(member: ChatMember, text: string) {
-    this.#o.audit.write("chat", { peer: member.addr, name: member.name, text });
-    this.#hub.say(member, text);
+    // Writes are started first and the audit line written after, in the same
+    // turn: a crash cannot fall between them, and the answer does not wait
+    // for the log's syscall.
     if (this.#o.reply !== undefined) this.#hub.announce("server", this.#o.reply, member);
+    this.#hub.say(member, text);
+    this.#o.audit.write("chat", { peer: member.addr, name: member.name, text });
   }
 
   async #framedChat(s: Session, reader: FrameReader) {
