@@ -1096,7 +1096,7 @@ async function main(argv: string[]): Promise<void> {
     header,
     "",
     `**1. Throughput** — ${sizeLabel} from /dev/shm to a file in /dev/shm, ${rounds} rounds; ` +
-    "wall time of the receiving client process (moat: `moat get`, which also hashes and renames).",
+    "wall time of the receiving client process (moat: `moat get`, which also checks a CRC-32, or SHA-256 in the `--digest sha256` row, fsyncs and renames).",
     "",
     t1,
     "",

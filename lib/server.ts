@@ -115,6 +115,15 @@ const PLAIN_LINGER_MS = 5000;
 const PLAIN_FLUSH_MS = 5000;
 /** Ship batches a connection may have waiting for the vault at once. */
 const SHIP_IN_FLIGHT = 8;
+/**
+ * A refused connection's notice is followed by a drain of what the peer sent
+ * (closing with unread input resets the connection, and `nc` then drops the
+ * line unread), for at most this long (plus one sweep tick).
+ */
+const REFUSAL_LINGER_MS = 1000;
+/** The one buffer every refused connection's input is drained into. */
+const DISCARD = new Uint8Array(4096);
+
 /** First byte of a TLS handshake record (a ClientHello). */
 const TLS_HANDSHAKE = 0x16;
 /** Server-side read buffer: small, because idle connections must stay cheap. */
@@ -234,6 +243,10 @@ export class Server {
   #listeners: Listener[] = [];
   #syslogListeners: Listener[] = [];
   #sessions = new Set<Session>();
+  /** Refused connections still draining, with the time they are closed regardless. */
+  #refusing = new Map<Conn, number>();
+  /** Refusal lines by code and reason, encoded once. */
+  #notices = new Map<string, Uint8Array>();
   #hub: ChatHub;
   #cache = new DigestCache();
   #nextId = 1;
@@ -357,6 +370,7 @@ export class Server {
     clearInterval(this.#sweeper);
     for (const l of this.#listeners) l.close();
     for (const l of this.#syslogListeners) l.close();
+    for (const conn of this.#refusing.keys()) conn.close();
     for (const s of this.#sessions) {
       s.reason ??= "server shutting down";
       s.conn.close();
@@ -388,6 +402,12 @@ export class Server {
 
   #sweep() {
     const now = Date.now();
+    for (const [conn, deadline] of this.#refusing) {
+      // Insertion order is deadline order: stop at the first still due later.
+      if (deadline > now) break;
+      this.#refusing.delete(conn);
+      conn.close();
+    }
     for (const s of this.#sessions) {
       if (s.deadline !== undefined && now > s.deadline) {
         s.reason ??= "handshake timeout";
@@ -407,21 +427,27 @@ export class Server {
    */
   #refuse(conn: Conn, peer: string, code: string, reason: string, tag?: { port: string }) {
     this.#o.audit.write("refused", { peer, reason, ...tag });
-    const notice = encodeText(`ERR ${code} ${reason}\n`);
-    const timer = setTimeout(() => conn.close(), 1000);
-    (async () => {
-      await conn.write(notice);
-      await conn.closeWrite();
-      const buf = new Uint8Array(1024);
-      for (let drained = 0; drained < 65_536;) {
-        const n = await conn.read(buf);
-        if (n === null) break;
-        drained += n;
-      }
-    })().catch(() => {}).finally(() => {
-      clearTimeout(timer);
+    // Floods are made of these: no timer, buffer or notice per connection.
+    // The sweep closes whatever is still draining after its deadline.
+    this.#refusing.set(conn, Date.now() + REFUSAL_LINGER_MS);
+    const key = `${code} ${reason}`;
+    let notice = this.#notices.get(key);
+    if (notice === undefined) this.#notices.set(key, notice = encodeText(`ERR ${key}\n`));
+    this.#drainRefused(conn, notice).catch(() => {}).finally(() => {
+      this.#refusing.delete(conn);
       conn.close();
     });
+  }
+
+  async #drainRefused(conn: Conn, notice: Uint8Array) {
+    await conn.write(notice);
+    await conn.closeWrite();
+    for (let drained = 0; drained < 65_536;) {
+      // What a refused peer sent is never looked at, so every drain can share one buffer.
+      const n = await conn.read(DISCARD);
+      if (n === null) break;
+      drained += n;
+    }
   }
 
   /** Serves one accepted connection. Never rejects; forgets itself when done. */
