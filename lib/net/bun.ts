@@ -284,6 +284,14 @@ class BunListener implements Listener {
   }
 }
 
+/**
+ * The empty queues every connection starts with, shared and never written
+ * (replaced by a new array on the first push): an idle connection allocates
+ * no arrays of its own.
+ */
+const NO_CHUNKS: Uint8Array[] = Object.freeze([]) as unknown as Uint8Array[];
+const NO_WRITES: PendingWrite[] = Object.freeze([]) as unknown as PendingWrite[];
+
 /** One write waiting for `drain`: the caller's bytes, not a copy. */
 interface PendingWrite {
   bytes: Uint8Array;
@@ -303,7 +311,7 @@ class BunConn implements Conn {
   #closed = false;
   #socketGone = false;
   // Read side: unread chunks from #head on; #offset bytes of the first are consumed.
-  #chunks: Uint8Array[] = [];
+  #chunks: Uint8Array[] = NO_CHUNKS;
   #head = 0;
   #offset = 0;
   #queued = 0;
@@ -314,7 +322,7 @@ class BunConn implements Conn {
   #readResolve: ((n: number | null) => void) | null = null;
   #readReject: ((error: unknown) => void) | null = null;
   // Write side.
-  #writes: PendingWrite[] = [];
+  #writes: PendingWrite[] = NO_WRITES;
   #writeClosed = false;
   #closing: Promise<void> | null = null;
   #flushed: { resolve: () => void; reject: (e: unknown) => void } | null = null;
@@ -463,6 +471,7 @@ class BunConn implements Conn {
       }
     }
     return new Promise((resolve, reject) => {
+      if (this.#writes === NO_WRITES) this.#writes = [];
       this.#writes.push({ bytes, offset, resolve, reject });
     });
   }
@@ -487,7 +496,7 @@ class BunConn implements Conn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#chunks = [];
+    this.#chunks = NO_CHUNKS;
     this.#head = this.#offset = this.#queued = 0;
     this.#settleRead(null);
     this.#failWrites(() =>
@@ -564,13 +573,18 @@ class BunConn implements Conn {
   #consumed(n: number): void {
     this.#queued -= n;
     if (this.#head === this.#chunks.length) {
-      this.#chunks = [];
+      this.#chunks = NO_CHUNKS;
       this.#head = 0;
     }
     if (this.#paused && this.#queued <= RESUME_BELOW && !this.#socketGone) {
       this.#paused = false;
       this.#socket.resume();
     }
+  }
+
+  #pushChunk(data: Uint8Array): void {
+    if (this.#chunks === NO_CHUNKS) this.#chunks = [];
+    this.#chunks.push(data);
   }
 
   #onData(data: Uint8Array): void {
@@ -581,13 +595,13 @@ class BunConn implements Conn {
       const count = Math.min(data.length, buf.length);
       buf.set(count === data.length ? data : data.subarray(0, count));
       if (count < data.length) {
-        this.#chunks.push(data);
+        this.#pushChunk(data);
         this.#offset = count;
         this.#queued = data.length - count;
       }
       this.#settleRead(count);
     } else {
-      this.#chunks.push(data);
+      this.#pushChunk(data);
       this.#queued += data.length;
     }
     if (this.#queued > PAUSE_ABOVE && !this.#paused && !this.#socketGone) {
@@ -609,6 +623,7 @@ class BunConn implements Conn {
       pending.offset += n;
       if (n < remaining) return;
       this.#writes.shift();
+      if (this.#writes.length === 0) this.#writes = NO_WRITES;
       pending.resolve();
     }
     const flushed = this.#flushed;
@@ -668,7 +683,7 @@ class BunConn implements Conn {
     const flushed = this.#flushed;
     if (writes.length === 0 && flushed === null) return;
     const error = makeError();
-    if (writes.length > 0) this.#writes = [];
+    if (writes.length > 0) this.#writes = NO_WRITES;
     for (const pending of writes) pending.reject(error);
     this.#flushed = null;
     flushed?.reject(error);
