@@ -432,7 +432,12 @@ export class Server {
     this.#refusing.set(conn, Date.now() + REFUSAL_LINGER_MS);
     const key = `${code} ${reason}`;
     let notice = this.#notices.get(key);
-    if (notice === undefined) this.#notices.set(key, notice = encodeText(`ERR ${key}\n`));
+    if (notice === undefined) {
+      notice = encodeText(`ERR ${key}\n`);
+      // A few fixed lines repeat; certificate problems name dates and may
+      // not, so the cache stays small whatever the peers send.
+      if (this.#notices.size < 16) this.#notices.set(key, notice);
+    }
     this.#drainRefused(conn, notice).catch(() => {}).finally(() => {
       this.#refusing.delete(conn);
       conn.close();
