@@ -8,11 +8,10 @@
  */
 
 import { createHash, randomBytes } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import process from "node:process";
 import { UsageError } from "../errors.ts";
-import { _code, writeFileAtomic } from "../vault/_fs.ts";
+import { _code, readTextIfExists, writeFileAtomic } from "../vault/_fs.ts";
 import { _corrupt } from "../vault/_segment_log.ts";
 import type { FilePosition } from "./follow.ts";
 
@@ -67,13 +66,8 @@ export function newShipState(source: string): ShipState {
 export async function readShipState(
   file: string,
 ): Promise<ShipState | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (error) {
-    if (_code(error) === "ENOENT") return undefined;
-    throw error;
-  }
+  const text = await readTextIfExists(file);
+  if (text === undefined) return undefined;
   try {
     return _parse(JSON.parse(text));
   } catch (error) {

@@ -1,6 +1,7 @@
 /**
  * File-system helpers shared by the vault and the shipper's spool: directory
- * fsync, atomic file replacement, and a best-effort single-writer lock.
+ * fsync, atomic file replacement, reading a file that may be absent, and a
+ * best-effort single-writer lock.
  *
  * @module
  */
@@ -160,6 +161,36 @@ export async function acquireLock(path: string, what: string): Promise<Lock> {
     "ERR_LOCKED",
     `${what} is being locked by another process`,
   );
+}
+
+/**
+ * Reads a whole file that may not exist.
+ *
+ * @param path The file.
+ * @returns Its bytes, or undefined if it does not exist (ENOENT).
+ * @throws {Error} Any other system error.
+ */
+export async function readIfExists(path: string): Promise<Uint8Array | undefined> {
+  try {
+    const buf = await readFile(path);
+    return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  } catch (error) {
+    if (_code(error) === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Reads a whole UTF-8 text file that may not exist.
+ *
+ * @param path The file.
+ * @returns Its text, or undefined if it does not exist (ENOENT).
+ * @throws {Error} Any other system error.
+ */
+export async function readTextIfExists(path: string): Promise<string | undefined> {
+  const bytes = await readIfExists(path);
+  // ignoreBOM keeps a BOM in the text, as readFile(path, "utf8") does.
+  return bytes === undefined ? undefined : new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
 }
 
 /**

@@ -17,7 +17,7 @@ import {
 import { open, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { _code, makeDir, writeFileAtomic } from "./_fs.ts";
+import { _code, makeDir, readTextIfExists, writeFileAtomic } from "./_fs.ts";
 // _format.ts imports this module: use its values only inside functions.
 import { LOCK_FILE, MARKER_FILE, MARKER_TEXT, SOURCES_DIR } from "./_format.ts";
 import type { SourceKey } from "./_format.ts";
@@ -325,13 +325,8 @@ export async function readVaultInfo(
   root: string,
 ): Promise<VaultInfo | undefined> {
   const file = join(root, INFO_FILE);
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (error) {
-    if (_code(error) === "ENOENT") return undefined;
-    throw error;
-  }
+  const text = await readTextIfExists(file);
+  if (text === undefined) return undefined;
   try {
     const parsed = JSON.parse(text);
     if (
@@ -379,12 +374,7 @@ export async function writeVaultInfo(
  * an unsupported marker.
  */
 export async function ensureVaultDir(root: string): Promise<void> {
-  let text: string | undefined;
-  try {
-    text = await readFile(join(root, MARKER_FILE), "utf8");
-  } catch (error) {
-    if (_code(error) !== "ENOENT") throw error;
-  }
+  const text = await readTextIfExists(join(root, MARKER_FILE));
   if (text === undefined) {
     const entries = (await readdir(root)).filter((e) => e !== LOCK_FILE);
     if (entries.length > 0) {

@@ -10,7 +10,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
 import { crc32c } from "./_crc32c.ts";
-import { _code } from "./_fs.ts";
+import { readIfExists } from "./_fs.ts";
 import {
   FLAG_CHAIN,
   FLAG_PARTIAL,
@@ -404,17 +404,6 @@ function _scan(
   return { records, end: at };
 }
 
-/** Reads a file; ENOENT (removed meanwhile) reads as undefined. */
-async function _read(path: string): Promise<Uint8Array | undefined> {
-  try {
-    const buf = await readFile(path);
-    return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-  } catch (error) {
-    if (_code(error) === "ENOENT") return undefined;
-    throw error;
-  }
-}
-
 async function _verifySeals(
   root: string,
   vaultId: Uint8Array,
@@ -453,7 +442,8 @@ async function _verifySeals(
         ...at,
       });
     }
-    const bytes = await _read(segment.path) ?? new Uint8Array(0);
+    // A segment removed meanwhile reads as undefined.
+    const bytes = await readIfExists(segment.path) ?? new Uint8Array(0);
     const scan = _scan(bytes, {
       magic: SEAL_MAGIC,
       kind: SEAL_KIND,
@@ -617,7 +607,7 @@ async function _verifySource(
         { seq: expect, file: segment.path, offset: 0 },
       );
     }
-    const bytes = await _read(segment.path);
+    const bytes = await readIfExists(segment.path);
     if (bytes === undefined) continue;
     const scan = _scan(bytes, {
       magic: VAULT_MAGIC,
