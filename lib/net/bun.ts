@@ -44,6 +44,7 @@ import type {
 } from "./types.ts";
 import { handshakeReason } from "./node_tls.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
+import { pullByob, writableFrom } from "./streams.ts";
 import {
   connectReason,
   describe,
@@ -486,11 +487,7 @@ class BunConn implements Conn {
   }
 
   get writable(): WritableStream<Uint8Array> {
-    return this.#writable ??= new WritableStream({
-      write: (chunk) => this.write(chunk),
-      close: () => this.closeWrite(),
-      abort: () => this.close(),
-    });
+    return this.#writable ??= writableFrom(this);
   }
 
   close(): void {
@@ -694,20 +691,7 @@ class BunConn implements Conn {
     return new ReadableStream({
       type: "bytes",
       pull: async (controller) => {
-        const request = controller.byobRequest;
-        const view = request?.view;
-        if (request && view) {
-          const n = await this.read(
-            new Uint8Array(view.buffer, view.byteOffset, view.byteLength),
-          );
-          if (n === null) {
-            controller.close();
-            request.respond(0);
-          } else {
-            request.respond(n);
-          }
-          return;
-        }
+        if (await pullByob(this, controller)) return;
         let chunk = this.#closed ? null : this.#takeChunk();
         if (chunk === null) {
           // Wait for data by reading into a small buffer, then add what else queued.

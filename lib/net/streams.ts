@@ -1,6 +1,7 @@
 /**
  * Web stream views over any {@linkcode Conn}'s pull API, shared by the
- * adapters whose runtime streams do not half-close properly.
+ * adapters (Bun keeps its own default-reader path, which hands out the
+ * chunks Bun allocated, but answers BYOB reads and writes through these).
  *
  * @module
  */
@@ -21,23 +22,7 @@ export function readableFrom(conn: Conn): ReadableStream<Uint8Array> {
     type: "bytes",
     autoAllocateChunkSize: STREAM_CHUNK_SIZE,
     async pull(controller) {
-      const request = controller.byobRequest;
-      const view = request?.view;
-      if (request && view) {
-        const target = new Uint8Array(
-          view.buffer,
-          view.byteOffset,
-          view.byteLength,
-        );
-        const n = await conn.read(target);
-        if (n === null) {
-          controller.close();
-          request.respond(0);
-        } else {
-          request.respond(n);
-        }
-        return;
-      }
+      if (await pullByob(conn, controller)) return;
       const chunk = new Uint8Array(STREAM_CHUNK_SIZE);
       const n = await conn.read(chunk);
       if (n === null) controller.close();
@@ -47,6 +32,34 @@ export function readableFrom(conn: Conn): ReadableStream<Uint8Array> {
       conn.close();
     },
   });
+}
+
+/**
+ * Serves the stream's pending BYOB request, if any, by reading into the
+ * reader's own buffer.
+ *
+ * @param conn The connection to read.
+ * @param controller The byte stream's controller.
+ * @returns True if there was a BYOB request (it is answered), false if the
+ * reader wants a chunk of the stream's own.
+ */
+export async function pullByob(
+  conn: Conn,
+  controller: ReadableByteStreamController,
+): Promise<boolean> {
+  const request = controller.byobRequest;
+  const view = request?.view;
+  if (!request || !view) return false;
+  const n = await conn.read(
+    new Uint8Array(view.buffer, view.byteOffset, view.byteLength),
+  );
+  if (n === null) {
+    controller.close();
+    request.respond(0);
+  } else {
+    request.respond(n);
+  }
+  return true;
 }
 
 /**
