@@ -22,7 +22,7 @@ import { escapeText } from "./lib/text.ts";
 import { VERSION } from "./lib/version.ts";
 import { renderSystemdUnit } from "./lib/systemd.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "./lib/framer.ts";
-import { DEFAULT_DIGEST, DIGESTS, type DigestName } from "./lib/digest.ts";
+import { DEFAULT_DIGEST, DIGESTS, isDigestName } from "./lib/digest.ts";
 import {
   CLIENT_SECURITY_HELP,
   CLIENT_SECURITY_OPTIONS,
@@ -514,7 +514,7 @@ async function getCommand(args: string[]) {
   }, true);
   if (values.help) return void console.log(HELP.get);
   const digest = values.digest ?? DEFAULT_DIGEST;
-  if (!(DIGESTS as readonly string[]).includes(digest)) {
+  if (!isDigestName(digest)) {
     throw new UsageError(`Unknown --digest "${escapeText(digest)}": use ${DIGESTS.join(" or ")}`);
   }
   if (positionals.length !== 1) throw new UsageError("get takes exactly one FILE:<path> (see moat get --help)");
@@ -541,7 +541,7 @@ async function getCommand(args: string[]) {
       out,
       ...(values.force !== undefined && { force: values.force }),
       ...(values.resume !== undefined && { resume: values.resume }),
-      digest: digest as DigestName,
+      digest,
       ...(bar && { onStart: bar.start, onProgress: bar.update }),
     });
   } catch (err) {

@@ -41,14 +41,22 @@ export interface Digest {
 }
 
 /**
- * Checks a digest name from the command line or the wire.
+ * @param name Any string.
+ * @returns Whether it names one of {@linkcode DIGESTS}.
+ */
+export function isDigestName(name: string): name is DigestName {
+  return (DIGESTS as readonly string[]).includes(name);
+}
+
+/**
+ * Checks a digest name from the wire.
  *
  * @param name What was given.
  * @returns The name, typed.
  * @throws {ProtocolError} When it is not one of {@linkcode DIGESTS}.
  */
 export function parseDigestName(name: string): DigestName {
-  if ((DIGESTS as readonly string[]).includes(name)) return name as DigestName;
+  if (isDigestName(name)) return name;
   throw new ProtocolError(
     `Unknown digest "${name}" (expected ${DIGESTS.join(" or ")})`,
   );
