@@ -177,6 +177,12 @@ class Outbox {
   flush(): Promise<void> {
     return this.#chain;
   }
+
+  /** Closes the session's connection; the first reason given is the one logged. */
+  end(reason: string): void {
+    this.#s.reason ??= reason;
+    this.#s.conn.close();
+  }
 }
 
 /** A chat member whose queued lines can be awaited. */
@@ -186,12 +192,10 @@ type QueuedMember = ChatMember & { flush(): Promise<void> };
 class Member extends Outbox implements QueuedMember {
   readonly name: string;
   readonly addr: string;
-  #s: Session;
   #encode: (line: ChatLine) => Uint8Array;
 
   constructor(s: Session, encode: (line: ChatLine) => Uint8Array) {
     super(s);
-    this.#s = s;
     this.#encode = encode;
     this.name = s.name;
     this.addr = s.identity === undefined ? s.peer : `${s.peer} ${s.identity}`;
@@ -202,8 +206,7 @@ class Member extends Outbox implements QueuedMember {
   }
 
   drop(reason: string): void {
-    this.#s.reason ??= reason;
-    this.#s.conn.close();
+    this.end(reason);
   }
 }
 
