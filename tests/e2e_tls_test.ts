@@ -39,35 +39,11 @@ function selfSigned(
     : "basicConstraints=critical,CA:FALSE";
   if (opts.days !== undefined && opts.days < 0) {
     // `req -x509` refuses negative days; `x509 -req` makes an expired one.
-    openssl([
-      "req",
-      "-new",
-      ...EC,
-      "-keyout",
-      `${name}.key`,
-      "-subj",
-      "/CN=127.0.0.1",
-      "-out",
-      `${name}.csr`,
-    ], dir);
-    fs.writeFileSync(
-      path.join(dir, `${name}.ext`),
-      `${ext}\nsubjectAltName=IP:127.0.0.1\n`,
-    );
-    openssl([
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-signkey",
-      `${name}.key`,
-      "-days",
-      String(opts.days),
-      "-extfile",
-      `${name}.ext`,
-      "-out",
-      `${name}.pem`,
-    ], dir);
+    signedCert(dir, name, {
+      ext: `${ext}\nsubjectAltName=IP:127.0.0.1\n`,
+      signer: ["-signkey", `${name}.key`],
+      days: opts.days,
+    });
     return;
   }
   openssl([
@@ -110,6 +86,23 @@ function issued(dir: string, ca: string, name: string): void {
       "keyUsage=critical,keyCertSign",
     ], dir);
   }
+  signedCert(dir, name, {
+    ext: "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n" +
+      "extendedKeyUsage=serverAuth,clientAuth\n",
+    signer: ["-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial"],
+    days: 2,
+  });
+}
+
+/**
+ * `<name>.key` and a request for CN 127.0.0.1, then `<name>.pem` signed by
+ * `signer` (openssl x509 arguments) with the extensions `ext`.
+ */
+function signedCert(
+  dir: string,
+  name: string,
+  opts: { ext: string; signer: string[]; days: number },
+): void {
   openssl([
     "req",
     "-new",
@@ -121,23 +114,15 @@ function issued(dir: string, ca: string, name: string): void {
     "-out",
     `${name}.csr`,
   ], dir);
-  fs.writeFileSync(
-    path.join(dir, `${name}.ext`),
-    "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n" +
-      "extendedKeyUsage=serverAuth,clientAuth\n",
-  );
+  fs.writeFileSync(path.join(dir, `${name}.ext`), opts.ext);
   openssl([
     "x509",
     "-req",
     "-in",
     `${name}.csr`,
-    "-CA",
-    `${ca}.pem`,
-    "-CAkey",
-    `${ca}.key`,
-    "-CAcreateserial",
+    ...opts.signer,
     "-days",
-    "2",
+    String(opts.days),
     "-extfile",
     `${name}.ext`,
     "-out",
