@@ -41,6 +41,16 @@ function syslogPort(server: RunningServer): number {
   return Number(addr.slice(addr.lastIndexOf(":") + 1));
 }
 
+/**
+ * `moat serve --vault <dir>/vault --syslog-port 0 …extra`, with the vault's
+ * path and the syslog port it bound.
+ */
+async function startSyslogServer(dir: string, extra: string[] = []) {
+  const vault = path.join(dir, "vault");
+  const server = await startServer(["--vault", vault, "--syslog-port", "0", ...extra]);
+  return Object.assign(server, { vault, syslogPort: syslogPort(server) });
+}
+
 async function vaultRows(dir: string): Promise<string[][]> {
   const r = await runMoat(["vault", "ls", dir]);
   if (r.code !== 0) return [];
@@ -140,14 +150,8 @@ for (const c of LOGGER_CASES) {
     { skip: NO_LOGGER },
     async () => {
       using dir = tempDir();
-      const vault = path.join(dir.dir, "vault");
-      await using server = await startServer([
-        "--vault",
-        vault,
-        "--syslog-port",
-        "0",
-      ]);
-      const port = syslogPort(server);
+      await using server = await startSyslogServer(dir.dir);
+      const { vault, syslogPort: port } = server;
       const app = c.flags.includes("--rfc5424") ? "app5424" : "app3164";
       const logger = spawn(LOGGER!, [
         "--tcp",
@@ -210,14 +214,8 @@ test(
   { skip: NO_RSYSLOG },
   async () => {
     using dir = tempDir();
-    const vault = path.join(dir.dir, "vault");
-    await using server = await startServer([
-      "--vault",
-      vault,
-      "--syslog-port",
-      "0",
-    ]);
-    const port = syslogPort(server);
+    await using server = await startSyslogServer(dir.dir);
+    const { vault, syslogPort: port } = server;
     const input = path.join(dir.dir, "app.log");
     fs.writeFileSync(input, numbered(10_000, "rs"));
     fs.mkdirSync(path.join(dir.dir, "work"));
@@ -330,16 +328,8 @@ function exchange(
 
 test("moat serve --syslog-port refuses a peer the allowlist does not allow, before reading it", async () => {
   using dir = tempDir();
-  const vault = path.join(dir.dir, "vault");
-  await using server = await startServer([
-    "--vault",
-    vault,
-    "--syslog-port",
-    "0",
-    "--allow",
-    "127.0.0.2",
-  ]);
-  const port = syslogPort(server);
+  await using server = await startSyslogServer(dir.dir, ["--allow", "127.0.0.2"]);
+  const { vault, syslogPort: port } = server;
   const refused = await exchange(
     port,
     "<13>1 - - - - - - forged 1\n<13>1 - - - - - - forged 2\n",
@@ -383,16 +373,8 @@ test("moat serve --syslog-port refuses a peer the allowlist does not allow, befo
 
 test("moat serve --syslog-max refuses an oversize message with an audit line and keeps serving", async () => {
   using dir = tempDir();
-  const vault = path.join(dir.dir, "vault");
-  await using server = await startServer([
-    "--vault",
-    vault,
-    "--syslog-port",
-    "0",
-    "--syslog-max",
-    "1024",
-  ]);
-  const port = syslogPort(server);
+  await using server = await startSyslogServer(dir.dir, ["--syslog-max", "1024"]);
+  const { vault, syslogPort: port } = server;
   const big = "<13>1 - - - - - - " + "y".repeat(2000);
   // Octet counting: refused from the count alone; the messages before it are kept.
   const counted = await exchange(port, `5 <13>a5 <13>b${big.length} ${big}`);
@@ -444,13 +426,8 @@ test("moat serve --syslog-port without --vault is a usage error", async () => {
 
 test("moat ship cannot claim the syslog source name", async () => {
   using dir = tempDir();
-  const vault = path.join(dir.dir, "vault");
-  await using server = await startServer([
-    "--vault",
-    vault,
-    "--syslog-port",
-    "0",
-  ]);
+  await using server = await startSyslogServer(dir.dir);
+  const { vault } = server;
   const r = await runMoat(
     [
       "ship",
