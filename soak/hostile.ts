@@ -875,13 +875,12 @@ export function sampleRss(pid: number, everyMs = 100): { stop(): number } {
  * @returns The first such character's code point, or undefined.
  */
 export function rawControl(text: string): number | undefined {
-  // deno-lint-ignore no-control-regex
-  const m =
-    /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.exec(
-      text,
-    );
+  const m = RAW_CONTROL.exec(text);
   return m ? m[0].codePointAt(0) : undefined;
 }
+
+// deno-lint-ignore no-control-regex
+const RAW_CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 /** A `moat serve` whose audit log goes to a file. */
 export interface LoggedServer {
@@ -1106,6 +1105,74 @@ export async function faultRound(o: FaultRoundOptions): Promise<FaultRound> {
   };
   if (!rerunOk) round.rerunError = r.stderr.trim().slice(0, 300);
   return round;
+}
+
+/** Options for {@linkcode faultRounds}. */
+export interface FaultRoundsOptions {
+  /** The server's root, holding the file served as `big.bin`. */
+  root: string;
+  /** The server's audit log (`--log`). */
+  auditFile: string;
+  /** Output folder for the gets. */
+  out: string;
+  /** Rounds to run. */
+  rounds: number;
+  /** Randomness. */
+  rand: (n: number) => number;
+  /** Stop starting rounds after this many milliseconds. @default {Infinity} */
+  budgetMs?: number;
+  /** Latest kill moment as a multiple of one whole get's time. @default {1} */
+  killWindow?: number;
+}
+
+/**
+ * Runs {@linkcode faultRound} over `<root>/big.bin` with a server that is
+ * restarted whenever a round killed it. The kill moments range over one
+ * whole get (process start included), measured by a first, undisturbed get.
+ *
+ * @param o Folders, round count and randomness.
+ * @returns Each round's outcome and how many servers were started.
+ * @throws {Error} If the calibration get fails.
+ */
+export async function faultRounds(
+  o: FaultRoundsOptions,
+): Promise<{ results: FaultRound[]; starts: number; maxKillMs: number }> {
+  const source = `${o.root}/big.bin`;
+  const size = fs.statSync(source).size;
+  const sha256 = await sha256Of(source);
+  let current: LoggedServer | undefined;
+  let starts = 0;
+  const server = async () => {
+    if (!current || current.exited) {
+      current = await startLoggedServer(["--root", o.root], o.auditFile);
+      starts++;
+    }
+    return current;
+  };
+  try {
+    const s = await server();
+    const t0 = performance.now();
+    const cal = await runMoat([
+      "get",
+      "FILE:big.bin",
+      "-o",
+      `${o.out}/cal.bin`,
+      "--server",
+      `127.0.0.1:${s.port}`,
+    ]);
+    if (cal.code !== 0) throw new Error(`calibration get failed: ${cal.stderr}`);
+    const maxKillMs = Math.ceil((performance.now() - t0) * (o.killWindow ?? 1));
+    const deadline = Date.now() + (o.budgetMs ?? Infinity);
+    const results: FaultRound[] = [];
+    for (let i = 0; i < o.rounds && Date.now() < deadline; i++) {
+      results.push(
+        await faultRound({ server, file: "big.bin", sha256, size, source, out: o.out, maxKillMs, rand: o.rand }),
+      );
+    }
+    return { results, starts, maxKillMs };
+  } finally {
+    await current?.stop();
+  }
 }
 
 async function sha256Of(file: string): Promise<string> {

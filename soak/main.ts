@@ -40,9 +40,8 @@ import {
 } from "./framer_fuzz.ts";
 import {
   checkAuditLines,
-  faultRound,
+  faultRounds,
   fuzzHandshake,
-  type LoggedServer,
   memoryKiB,
   refusedFlood,
   buildFloodGenerator,
@@ -518,58 +517,24 @@ async function workerSlow(): Promise<Result> {
 
 async function workerFaults(): Promise<Result> {
   const dir = scratch("moat-soak-faults-");
-  let current: LoggedServer | undefined;
   try {
     const root = path.join(dir, "root");
     const out = path.join(dir, "out");
     fs.mkdirSync(root);
     fs.mkdirSync(out);
     const size = 128 << 20;
-    const source = path.join(root, "big.bin");
-    writeRandomFile(source, size, 13);
-    const sha = await sha256File(source);
+    writeRandomFile(path.join(root, "big.bin"), size, 13);
     const auditFile = path.join(dir, "audit.log");
-    let starts = 0;
-    const server = async () => {
-      if (!current || current.exited) {
-        current = await startLoggedServer(["--root", root], auditFile);
-        starts++;
-      }
-      return current;
-    };
-    const s = await server();
-    const t0 = performance.now();
-    const cal = await runMoat([
-      "get",
-      "FILE:big.bin",
-      "-o",
-      path.join(out, "cal.bin"),
-      "--server",
-      `127.0.0.1:${s.port}`,
-    ]);
-    if (cal.code !== 0) {
-      throw new Error(`calibration get failed: ${cal.stderr}`);
-    }
-    const maxKillMs = Math.ceil((performance.now() - t0) * 1.1);
     const rounds = QUICK ? 10 : 100;
-    const rand = prng(SEED);
-    const results = [];
-    const deadline = Date.now() + 360_000;
-    for (let i = 0; i < rounds && Date.now() < deadline; i++) {
-      results.push(
-        await faultRound({
-          server,
-          file: "big.bin",
-          sha256: sha,
-          size,
-          source,
-          out,
-          maxKillMs,
-          rand,
-        }),
-      );
-    }
-    await current?.stop();
+    const { results, starts, maxKillMs } = await faultRounds({
+      root,
+      auditFile,
+      out,
+      rounds,
+      rand: prng(SEED),
+      budgetMs: 360_000,
+      killWindow: 1.1,
+    });
     const wrong = results.filter((r) => r.after === "wrong").length;
     const strays = results.filter((r) => r.strays.length > 0).length;
     const rerunOk = results.filter((r) => r.rerunOk).length;
@@ -608,7 +573,6 @@ async function workerFaults(): Promise<Result> {
       ).map((r) => `fault round: ${JSON.stringify(r)}`),
     };
   } finally {
-    await current?.kill();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

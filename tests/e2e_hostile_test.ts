@@ -25,14 +25,12 @@ import {
 } from "./_e2e.ts";
 import {
   checkAuditLines,
-  faultRound,
+  faultRounds,
   fuzzHandshake,
-  type LoggedServer,
   rawControl,
   refusedFlood,
   sampleRss,
   slowClients,
-  startLoggedServer,
 } from "../soak/hostile.ts";
 import { prng } from "../soak/framer_fuzz.ts";
 import { encodeFrame } from "../lib/framer.ts";
@@ -436,63 +434,22 @@ test("moat get survives 5 rounds of SIGKILL to a random side without a wrong com
   const out = path.join(base.dir, "out");
   fs.mkdirSync(root);
   fs.mkdirSync(out);
-  const size = 32 << 20;
-  const source = path.join(root, "big.bin");
-  writeRandomFile(source, size, 31);
-  const sha = await sha256File(source);
-  let current: LoggedServer | undefined;
-  const server = async () => {
-    if (!current || current.exited) {
-      current = await startLoggedServer(
-        ["--root", root],
-        path.join(base.dir, "audit.log"),
-      );
-    }
-    return current;
-  };
-  try {
-    // Calibrate: how long one whole get takes, process start included.
-    const s = await server();
-    const t0 = performance.now();
-    const full = await runMoat([
-      "get",
-      "FILE:big.bin",
-      "-o",
-      path.join(out, "cal.bin"),
-      "--server",
-      `127.0.0.1:${s.port}`,
-    ]);
-    assert.equal(full.code, 0, full.stderr);
-    const maxKillMs = Math.ceil(performance.now() - t0);
-    const rand = prng(Number(process.env.MOAT_FUZZ_SEED ?? 5));
-    const rounds = [];
-    for (let i = 0; i < 5; i++) {
-      rounds.push(
-        await faultRound({
-          server,
-          file: "big.bin",
-          sha256: sha,
-          size,
-          source,
-          out,
-          maxKillMs,
-          rand,
-        }),
-      );
-    }
-    for (const [i, r] of rounds.entries()) {
-      assert.notEqual(r.after, "wrong", `round ${i}: ${JSON.stringify(r)}`);
-      assert.deepEqual(r.strays, [], `round ${i}`);
-      assert.ok(r.rerunOk, `round ${i}: ${JSON.stringify(r)}`);
-    }
-    assert.deepEqual(
-      checkAuditLines(fs.readFileSync(path.join(base.dir, "audit.log"), "utf8"))
-        .bad,
-      [],
-    );
-  } finally {
-    await current?.stop();
+  writeRandomFile(path.join(root, "big.bin"), 32 << 20, 31);
+  const auditFile = path.join(base.dir, "audit.log");
+  const { results: rounds } = await faultRounds({
+    root,
+    auditFile,
+    out,
+    rounds: 5,
+    rand: prng(Number(process.env.MOAT_FUZZ_SEED ?? 5)),
+  });
+  assert.equal(rounds.length, 5);
+  for (const [i, r] of rounds.entries()) {
+    assert.notEqual(r.after, "wrong", `round ${i}: ${JSON.stringify(r)}`);
+    assert.deepEqual(r.strays, [], `round ${i}`);
+    assert.ok(r.rerunOk, `round ${i}: ${JSON.stringify(r)}`);
   }
+  assert.deepEqual(checkAuditLines(fs.readFileSync(auditFile, "utf8")).bad, []);
 });
 
 // ---------------------------------------------------------------------------
