@@ -17,6 +17,7 @@
  */
 
 import process from "node:process";
+import { seededRandom as prng } from "../tests/_test_utils.ts";
 import {
   ConnectionClosedError,
   FrameTooLargeError,
@@ -372,17 +373,8 @@ export async function runFrameReader(
   return undefined;
 }
 
-/** A seeded PRNG (mulberry32) returning integers from 0 to `max - 1`. */
-export function prng(seed: number): (max: number) => number {
-  let state = seed >>> 0;
-  return function next(max: number): number {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * max);
-  };
-}
+/** A seeded PRNG (mulberry32) returning integers from 0 to `max - 1`: the suite's own. */
+export { prng };
 
 const LIMITS = [0, 1, 4, 5, 16, 100, 255, 1024, 4096, 65_536];
 
