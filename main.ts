@@ -15,9 +15,19 @@ import { compileAllowlist, splitRules } from "./lib/allowlist.ts";
 import { createJail } from "./lib/jail.ts";
 import { AuditLog } from "./lib/audit.ts";
 import { Server } from "./lib/server.ts";
-import { chat, type ClientOptions, get, parseServerAddr } from "./lib/client.ts";
+import {
+  chat,
+  type ClientOptions,
+  get,
+  parseServerAddr,
+} from "./lib/client.ts";
 import { formatChatLine } from "./lib/chat.ts";
-import { AddressInUseError, ExitCode, MoatError, UsageError } from "./lib/errors.ts";
+import {
+  AddressInUseError,
+  ExitCode,
+  MoatError,
+  UsageError,
+} from "./lib/errors.ts";
 import { escapeText } from "./lib/text.ts";
 import { VERSION } from "./lib/version.ts";
 import { renderSystemdUnit } from "./lib/systemd.ts";
@@ -32,7 +42,11 @@ import {
   serverSecurity,
 } from "./lib/secure_cli.ts";
 import { colonFingerprint, createSelfSignedCert } from "./lib/cert.ts";
-import { DEFAULT_MAX_LINE_BYTES, openVault, type Vault } from "./lib/vault/store.ts";
+import {
+  DEFAULT_MAX_LINE_BYTES,
+  openVault,
+  type Vault,
+} from "./lib/vault/store.ts";
 import { DEFAULT_SYSLOG_MAX } from "./lib/syslog.ts";
 import { listSources, readRecords } from "./lib/vault/read.ts";
 import { initVault } from "./lib/vault/init.ts";
@@ -196,7 +210,9 @@ function clientSecurityFrom(values: Parameters<typeof clientSecurity>[0]) {
   return clientSecurity(values, {
     env: process.env,
     onNewHost: (host, fp, file) =>
-      console.error(`moat: trusting ${host} on first use: ${fp} (remembered in "${file}")`),
+      console.error(
+        `moat: trusting ${host} on first use: ${fp} (remembered in "${file}")`,
+      ),
   });
 }
 
@@ -213,17 +229,28 @@ async function certCommand(args: string[]) {
   const keyFile = path.join(dir, "moat-key.pem");
   if (!values.force) {
     for (const f of [certFile, keyFile]) {
-      if (fs.existsSync(f)) throw new MoatError("ERR_EXISTS", `"${f}" exists: use --force to replace it`, ExitCode.Exists);
+      if (fs.existsSync(f)) {
+        throw new MoatError(
+          "ERR_EXISTS",
+          `"${f}" exists: use --force to replace it`,
+          ExitCode.Exists,
+        );
+      }
     }
   }
-  const made = await createSelfSignedCert({ names: values.name ?? [], days: intOption(values.days, "days", 825, 1) });
+  const made = await createSelfSignedCert({
+    names: values.name ?? [],
+    days: intOption(values.days, "days", 825, 1),
+  });
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   fs.writeFileSync(keyFile, made.key, { mode: 0o600 });
   fs.chmodSync(keyFile, 0o600);
   fs.writeFileSync(certFile, made.cert, { mode: 0o644 });
   console.log(made.fingerprint);
   console.error(`moat: wrote ${certFile} and ${keyFile} (mode 0600)`);
-  console.error(`moat: SHA-256 fingerprint ${colonFingerprint(made.fingerprint)}`);
+  console.error(
+    `moat: SHA-256 fingerprint ${colonFingerprint(made.fingerprint)}`,
+  );
 }
 
 function fail(message: string, code: number = ExitCode.Failure): never {
@@ -231,7 +258,12 @@ function fail(message: string, code: number = ExitCode.Failure): never {
   process.exit(code);
 }
 
-function parse<T extends Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }>>(
+function parse<
+  T extends Record<
+    string,
+    { type: "string" | "boolean"; multiple?: boolean; short?: string }
+  >,
+>(
   args: string[],
   options: T,
   allowPositionals: boolean,
@@ -249,10 +281,20 @@ function parse<T extends Record<string, { type: "string" | "boolean"; multiple?:
   }
 }
 
-function intOption(value: string | undefined, name: string, fallback: number, min = 0): number {
+function intOption(
+  value: string | undefined,
+  name: string,
+  fallback: number,
+  min = 0,
+): number {
   if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) < min || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`Invalid --${name} "${value}": expected an integer ≥ ${min}`);
+  if (
+    !/^\d+$/.test(value) || Number(value) < min ||
+    !Number.isSafeInteger(Number(value))
+  ) {
+    throw new UsageError(
+      `Invalid --${name} "${value}": expected an integer ≥ ${min}`,
+    );
   }
   return Number(value);
 }
@@ -269,7 +311,9 @@ async function* stdinLines(): AsyncIterable<string> {
   const decoder = new TextDecoder();
   let buf = "";
   for await (const chunk of process.stdin) {
-    buf += typeof chunk === "string" ? chunk : decoder.decode(chunk, { stream: true });
+    buf += typeof chunk === "string"
+      ? chunk
+      : decoder.decode(chunk, { stream: true });
     let i;
     while ((i = buf.indexOf("\n")) >= 0) {
       const line = buf.slice(0, i);
@@ -312,21 +356,33 @@ async function serve(args: string[]) {
     try {
       text = fs.readFileSync(file, "utf8");
     } catch (err) {
-      throw new UsageError(`Cannot read --allow-file "${file}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new UsageError(
+        `Cannot read --allow-file "${file}": ${
+          (err as NodeJS.ErrnoException).code ?? err
+        }`,
+      );
     }
     allow.push(...splitRules(text));
   }
   const allowlist = compileAllowlist({ allow, deny: values.deny ?? [] });
   const jail = await createJail(values.root ?? ".");
   const port = intOption(values.port, "port", 4320);
-  if (port > 65535) throw new UsageError(`Invalid --port "${port}": expected 0-65535`);
+  if (port > 65535) {
+    throw new UsageError(`Invalid --port "${port}": expected 0-65535`);
+  }
   if (values["print-systemd-unit"]) {
     const runtime = runtimeInfo().runtime === "deno" ? "deno" : "bun";
     process.stdout.write(renderSystemdUnit({
       launcher: TARGET === "script"
-        ? { executable: process.execPath, script: import.meta.filename ?? "main.ts", runtime }
+        ? {
+          executable: process.execPath,
+          script: import.meta.filename ?? "main.ts",
+          runtime,
+        }
         : { executable: process.execPath },
-      flags: tokens.flatMap((t) => t.kind === "option" ? [{ name: t.name, value: t.value }] : []),
+      flags: tokens.flatMap((t) =>
+        t.kind === "option" ? [{ name: t.name, value: t.value }] : []
+      ),
       cwd: process.cwd(),
       allowlist,
       port,
@@ -343,7 +399,11 @@ async function serve(args: string[]) {
     try {
       fd = fs.openSync(values.log, "a", 0o640);
     } catch (err) {
-      throw new UsageError(`Cannot open --log "${values.log}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new UsageError(
+        `Cannot open --log "${values.log}": ${
+          (err as NodeJS.ErrnoException).code ?? err
+        }`,
+      );
     }
     sink = (line) => fs.writeSync(fd, line + "\n");
   } else {
@@ -357,17 +417,25 @@ async function serve(args: string[]) {
     try {
       vault = await openVault(values.vault, {
         onEvent: (e) => audit.write("vault_repair", { ...e }),
-        sealIntervalMs: intOption(values["seal-interval"], "seal-interval", 60, 1) * 1000,
-        onSeal: (e) => audit.write(e.type === "sealed" ? "vault_sealed" : "vault_seal_failed", { ...e }),
+        sealIntervalMs:
+          intOption(values["seal-interval"], "seal-interval", 60, 1) * 1000,
+        onSeal: (e) =>
+          audit.write(
+            e.type === "sealed" ? "vault_sealed" : "vault_seal_failed",
+            { ...e },
+          ),
       });
     } catch (err) {
       if (err instanceof UsageError) throw err;
-      throw new UsageError(`Cannot open --vault "${values.vault}": ${(err as Error).message}`);
+      throw new UsageError(
+        `Cannot open --vault "${values.vault}": ${(err as Error).message}`,
+      );
     }
     if (!vault.sealed) {
       audit.write("vault_unsealed", {
         dir: vault.dir,
-        warning: "vault is NOT sealed: records are hash-chained, but whoever controls this host can rewrite them " +
+        warning:
+          "vault is NOT sealed: records are hash-chained, but whoever controls this host can rewrite them " +
           "undetected; run moat vault init on it (with the server stopped) to seal it",
       });
     }
@@ -385,9 +453,17 @@ async function serve(args: string[]) {
       audit,
       version: VERSION,
       maxConns: intOption(values["max-conns"], "max-conns", 512, 1),
-      idleTimeoutMs: intOption(values["idle-timeout"], "idle-timeout", 300, 1) * 1000,
-      handshakeTimeoutMs: intOption(values["handshake-timeout"], "handshake-timeout", 10, 1) * 1000,
-      maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
+      idleTimeoutMs: intOption(values["idle-timeout"], "idle-timeout", 300, 1) *
+        1000,
+      handshakeTimeoutMs:
+        intOption(values["handshake-timeout"], "handshake-timeout", 10, 1) *
+        1000,
+      maxFrameSize: intOption(
+        values["max-frame"],
+        "max-frame",
+        DEFAULT_MAX_FRAME_SIZE,
+        1024,
+      ),
       maxLine: intOption(values["max-line"], "max-line", 8192, 1),
       plain: !values["no-plain"],
       ...security,
@@ -420,7 +496,9 @@ async function serve(args: string[]) {
     await server.listen();
   } catch (err) {
     // A host without IPv6 still serves IPv4; a taken port is fatal.
-    if (values.host !== undefined || err instanceof AddressInUseError) throw err;
+    if (values.host !== undefined || err instanceof AddressInUseError) {
+      throw err;
+    }
     server = make([allowlist.loopbackOnly ? "127.0.0.1" : "0.0.0.0"]);
     await server.listen();
   }
@@ -437,17 +515,34 @@ async function serve(args: string[]) {
 }
 
 /** The --syslog-port and --syslog-max options; undefined without a port. */
-function syslogOptions(values: { "syslog-port"?: string; "syslog-max"?: string; vault?: string }) {
+function syslogOptions(
+  values: { "syslog-port"?: string; "syslog-max"?: string; vault?: string },
+) {
   if (values["syslog-port"] === undefined) {
-    if (values["syslog-max"] !== undefined) throw new UsageError("--syslog-max needs --syslog-port");
+    if (values["syslog-max"] !== undefined) {
+      throw new UsageError("--syslog-max needs --syslog-port");
+    }
     return undefined;
   }
-  if (values.vault === undefined) throw new UsageError("--syslog-port needs --vault DIR (syslog messages are stored in the vault)");
+  if (values.vault === undefined) {
+    throw new UsageError(
+      "--syslog-port needs --vault DIR (syslog messages are stored in the vault)",
+    );
+  }
   const port = intOption(values["syslog-port"], "syslog-port", 0);
-  if (port > 65535) throw new UsageError(`Invalid --syslog-port "${port}": expected 0-65535`);
-  const maxMessage = intOption(values["syslog-max"], "syslog-max", DEFAULT_SYSLOG_MAX, 1);
+  if (port > 65535) {
+    throw new UsageError(`Invalid --syslog-port "${port}": expected 0-65535`);
+  }
+  const maxMessage = intOption(
+    values["syslog-max"],
+    "syslog-max",
+    DEFAULT_SYSLOG_MAX,
+    1,
+  );
   if (maxMessage > DEFAULT_MAX_LINE_BYTES) {
-    throw new UsageError(`Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`);
+    throw new UsageError(
+      `Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`,
+    );
   }
   return { port, maxMessage };
 }
@@ -466,7 +561,9 @@ function formatBytes(n: number): string {
 function formatDuration(s: number): string {
   if (!Number.isFinite(s)) return "--:--";
   const m = Math.floor(s / 60);
-  return `${String(m).padStart(2, "0")}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+  return `${String(m).padStart(2, "0")}:${
+    String(Math.floor(s % 60)).padStart(2, "0")
+  }`;
 }
 
 /** A progress bar on stderr, redrawn at most 10 times a second. */
@@ -492,8 +589,12 @@ function progressBar(label: string) {
       const fill = Math.round(frac * width);
       const eta = rate > 0 ? (expected - received) / rate : Infinity;
       process.stderr.write(
-        `\r${label} [${"#".repeat(fill)}${"-".repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ` +
-          `${formatBytes(done)}/${formatBytes(total)} ${formatBytes(rate)}/s ETA ${formatDuration(eta)}\x1b[K`,
+        `\r${label} [${"#".repeat(fill)}${"-".repeat(width - fill)}] ${
+          (frac * 100).toFixed(0).padStart(3)
+        }% ` +
+          `${formatBytes(done)}/${formatBytes(total)} ${
+            formatBytes(rate)
+          }/s ETA ${formatDuration(eta)}\x1b[K`,
       );
     },
     end() {
@@ -515,20 +616,35 @@ async function getCommand(args: string[]) {
   if (values.help) return void console.log(HELP.get);
   const digest = values.digest ?? DEFAULT_DIGEST;
   if (!isDigestName(digest)) {
-    throw new UsageError(`Unknown --digest "${escapeText(digest)}": use ${DIGESTS.join(" or ")}`);
+    throw new UsageError(
+      `Unknown --digest "${escapeText(digest)}": use ${DIGESTS.join(" or ")}`,
+    );
   }
-  if (positionals.length !== 1) throw new UsageError("get takes exactly one FILE:<path> (see moat get --help)");
-  const request = positionals[0]!.startsWith("FILE:") ? positionals[0]!.slice(5) : positionals[0]!;
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      "get takes exactly one FILE:<path> (see moat get --help)",
+    );
+  }
+  const request = positionals[0]!.startsWith("FILE:")
+    ? positionals[0]!.slice(5)
+    : positionals[0]!;
   if (request === "") throw new UsageError("Empty path in FILE:<path>");
   const out = values.out ?? path.posix.basename(request);
   if (out === "" || out === "." || out === "..") {
-    throw new UsageError(`Cannot derive a file name from "${escapeText(request)}": use -o FILE`);
+    throw new UsageError(
+      `Cannot derive a file name from "${escapeText(request)}": use -o FILE`,
+    );
   }
   const client: ClientOptions = {
     net: getNet(),
     server: serverAddr(values.server),
     version: VERSION,
-    maxFrameSize: intOption(values["max-frame"], "max-frame", DEFAULT_MAX_FRAME_SIZE, 1024),
+    maxFrameSize: intOption(
+      values["max-frame"],
+      "max-frame",
+      DEFAULT_MAX_FRAME_SIZE,
+      1024,
+    ),
     ...clientSecurityFrom(values),
   };
   const tty = process.stderr.isTTY === true;
@@ -546,8 +662,15 @@ async function getCommand(args: string[]) {
     });
   } catch (err) {
     bar?.end();
-    if (err instanceof MoatError && err.code === "ERR_CONNECTION_CLOSED" && fs.existsSync(out + ".moat-part")) {
-      throw new MoatError(err.code, `${err.message}; re-run with --resume to continue`, err.exitCode);
+    if (
+      err instanceof MoatError && err.code === "ERR_CONNECTION_CLOSED" &&
+      fs.existsSync(out + ".moat-part")
+    ) {
+      throw new MoatError(
+        err.code,
+        `${err.message}; re-run with --resume to continue`,
+        err.exitCode,
+      );
     }
     throw err;
   }
@@ -558,20 +681,36 @@ async function getCommand(args: string[]) {
   const secs = (performance.now() - started) / 1000;
   const rate = secs > 0 ? result.bytes / secs / 2 ** 30 : 0;
   console.error(
-    `moat: saved ${escapeText(out)} (${result.size} bytes${result.offset ? `, resumed at ${result.offset}` : ""}, ` +
-      `${result.digestName} ${result.digest}) in ${secs.toFixed(2)} s, ${rate.toFixed(2)} GiB/s`,
+    `moat: saved ${escapeText(out)} (${result.size} bytes${
+      result.offset ? `, resumed at ${result.offset}` : ""
+    }, ` +
+      `${result.digestName} ${result.digest}) in ${secs.toFixed(2)} s, ${
+        rate.toFixed(2)
+      } GiB/s`,
   );
 }
 
 async function chatCommand(args: string[]) {
-  const { values } = parse(args, { server: { type: "string" }, ...CLIENT_SECURITY_OPTIONS }, false);
+  const { values } = parse(args, {
+    server: { type: "string" },
+    ...CLIENT_SECURITY_OPTIONS,
+  }, false);
   if (values.help) return void console.log(HELP.chat);
   const server = serverAddr(values.server);
-  await chat({ net: getNet(), server, version: VERSION, ...clientSecurityFrom(values) }, {
+  await chat({
+    net: getNet(),
+    server,
+    version: VERSION,
+    ...clientSecurityFrom(values),
+  }, {
     input: stdinLines(),
     output: (line) => console.log(line),
     onWelcome: (w) =>
-      console.error(`moat: connected to ${values.server ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320"} as ${escapeText(w.name)} (${escapeText(w.peer)}); Ctrl-D leaves`),
+      console.error(
+        `moat: connected to ${
+          values.server ?? process.env.MOAT_SERVER ?? "127.0.0.1:4320"
+        } as ${escapeText(w.name)} (${escapeText(w.peer)}); Ctrl-D leaves`,
+      ),
   });
 }
 
@@ -586,19 +725,27 @@ async function shipCommand(args: string[]) {
   const values = parsed.values;
   if (values.help) return void console.log(HELP.ship);
   const positionals: string[] = parsed.positionals;
-  if (positionals.length === 0) throw new UsageError("ship needs FILE... or - (see moat ship --help)");
+  if (positionals.length === 0) {
+    throw new UsageError("ship needs FILE... or - (see moat ship --help)");
+  }
   if (positionals.includes("-") && positionals.length > 1) {
     throw new UsageError('ship reads either files or stdin ("-"), not both');
   }
   const server = serverAddr(values.server);
   const source = values.source ?? (await import("node:os")).hostname();
   const inputs = positionals.map((p) => (p === "-" ? p : path.resolve(p)));
-  const statePath = values.state ?? defaultStatePath({ source, server: `${server.hostname}:${server.port}` });
+  const statePath = values.state ??
+    defaultStatePath({ source, server: `${server.hostname}:${server.port}` });
   const stop = new AbortController();
   process.on("SIGINT", () => stop.abort());
   process.on("SIGTERM", () => stop.abort());
   const last = await ship({
-    client: { net: getNet(), server, version: VERSION, ...clientSecurityFrom(values) },
+    client: {
+      net: getNet(),
+      server,
+      version: VERSION,
+      ...clientSecurityFrom(values),
+    },
     inputs,
     stdin: process.stdin as AsyncIterable<Uint8Array>,
     statePath,
@@ -610,26 +757,49 @@ async function shipCommand(args: string[]) {
     onEvent: (e) => {
       switch (e.type) {
         case "connected":
-          console.error(`moat: shipping "${escapeText(e.source)}" to ${e.server} as ${e.peer}; server holds ${e.lastSeq} records`);
+          console.error(
+            `moat: shipping "${
+              escapeText(e.source)
+            }" to ${e.server} as ${e.peer}; server holds ${e.lastSeq} records`,
+          );
           break;
         case "disconnected":
-          console.error(`moat: ${e.message}; retrying in ${(e.retryMs / 1000).toFixed(1)} s (lines are kept in the spool)`);
+          console.error(
+            `moat: ${e.message}; retrying in ${
+              (e.retryMs / 1000).toFixed(1)
+            } s (lines are kept in the spool)`,
+          );
           break;
         case "spool":
           if (e.event.type === "full") {
-            console.error(`moat: SPOOL FULL (${e.event.usedBytes} of ${e.event.maxBytes} bytes): reading is paused until the server acknowledges; no line is dropped`);
+            console.error(
+              `moat: SPOOL FULL (${e.event.usedBytes} of ${e.event.maxBytes} bytes): reading is paused until the server acknowledges; no line is dropped`,
+            );
           } else if (e.event.type === "resumed") {
             console.error("moat: spool has room again; reading resumed");
           } else if (e.event.type === "checkpoint_failed") {
-            console.error(`moat: cannot save the shipper state: ${(e.event.error as Error)?.message ?? e.event.error}`);
+            console.error(
+              `moat: cannot save the shipper state: ${
+                (e.event.error as Error)?.message ?? e.event.error
+              }`,
+            );
           } else {
-            console.error(`moat: spool repaired after a crash: ${JSON.stringify(e.event)}`);
+            console.error(
+              `moat: spool repaired after a crash: ${JSON.stringify(e.event)}`,
+            );
           }
           break;
         case "follow":
           if (e.event.type === "skipped") {
-            console.error(`moat: WARNING: ${e.event.path} rotated twice before it was read; not shipped: ${e.event.files.join(", ")}`);
-          } else if (e.event.type === "rotated" || e.event.type === "truncated" || e.event.type === "waiting") {
+            console.error(
+              `moat: WARNING: ${e.event.path} rotated twice before it was read; not shipped: ${
+                e.event.files.join(", ")
+              }`,
+            );
+          } else if (
+            e.event.type === "rotated" || e.event.type === "truncated" ||
+            e.event.type === "waiting"
+          ) {
             console.error(`moat: ${escapeText(e.event.path)} ${e.event.type}`);
           }
           break;
@@ -645,19 +815,26 @@ async function shipCommand(args: string[]) {
 function parseSince(text: string): number {
   const m = /^(\d+)(s|m|h|d)$/.exec(text);
   if (m) {
-    const unit = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
+    const unit =
+      { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
     return Date.now() - Number(m[1]) * unit;
   }
   const t = Date.parse(text);
   if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(t)) {
-    throw new UsageError(`Invalid --since "${escapeText(text)}": expected an ISO 8601 time or a duration like 15m`);
+    throw new UsageError(
+      `Invalid --since "${
+        escapeText(text)
+      }": expected an ISO 8601 time or a duration like 15m`,
+    );
   }
   return t;
 }
 
 async function vaultCommand(args: string[]) {
   const [sub, ...rest] = args;
-  if (sub === undefined || sub === "-h" || sub === "--help") return void console.log(HELP.vault);
+  if (sub === undefined || sub === "-h" || sub === "--help") {
+    return void console.log(HELP.vault);
+  }
   const { values, positionals } = parse(rest, {
     source: { type: "string" },
     since: { type: "string" },
@@ -665,31 +842,55 @@ async function vaultCommand(args: string[]) {
     "key-file": { type: "string" },
   }, true);
   if (values.help) return void console.log(HELP.vault);
-  if (positionals.length !== 1) throw new UsageError(`vault ${escapeText(sub)} takes one DIR (see moat vault --help)`);
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      `vault ${escapeText(sub)} takes one DIR (see moat vault --help)`,
+    );
+  }
   const dir = positionals[0]!;
   if (sub === "init") {
     const made = await initVault(dir);
     console.log(made.verificationKey);
     console.error(
-      `Vault "${escapeText(made.dir)}" (id ${made.id}) is ${made.existed ? "now " : ""}sealed. Its verification key ` +
+      `Vault "${escapeText(made.dir)}" (id ${made.id}) is ${
+        made.existed ? "now " : ""
+      }sealed. Its verification key ` +
         `is printed above, once, and stored nowhere: keep it off this host (a password manager, paper). ` +
         `Check the vault with: moat vault verify DIR --key KEY` +
-        (made.existed ? ". Records stored before now were not protected until the first seal covers them." : ""),
+        (made.existed
+          ? ". Records stored before now were not protected until the first seal covers them."
+          : ""),
     );
     return;
   }
-  if (!fs.existsSync(path.join(dir, "VAULT"))) throw new UsageError(`"${escapeText(dir)}" is not a moat vault`);
+  if (!fs.existsSync(path.join(dir, "VAULT"))) {
+    throw new UsageError(`"${escapeText(dir)}" is not a moat vault`);
+  }
   if (sub === "verify") return await verifyCommand(dir, values);
   if (sub === "ls") {
     const rows = await listSources(dir);
     console.log(["PEER", "SOURCE", "RECORDS", "FIRST", "LAST"].join("\t"));
     for (const r of rows) {
-      const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : "-");
-      console.log([escapeText(r.peer), escapeText(r.name), r.records, iso(r.firstRecvTs), iso(r.lastRecvTs)].join("\t"));
+      const iso = (
+        t: number | undefined,
+      ) => (t ? new Date(t).toISOString() : "-");
+      console.log(
+        [
+          escapeText(r.peer),
+          escapeText(r.name),
+          r.records,
+          iso(r.firstRecvTs),
+          iso(r.lastRecvTs),
+        ].join("\t"),
+      );
     }
     return;
   }
-  if (sub !== "cat") throw new UsageError(`Unknown vault command "${escapeText(sub)}" (init, verify, ls or cat)`);
+  if (sub !== "cat") {
+    throw new UsageError(
+      `Unknown vault command "${escapeText(sub)}" (init, verify, ls or cat)`,
+    );
+  }
   const tty = process.stdout.isTTY === true;
   const decoder = new TextDecoder();
   const out: Uint8Array[] = [];
@@ -706,7 +907,9 @@ async function vaultCommand(args: string[]) {
     })
   ) {
     // A log line is attacker-controlled: raw into a pipe, escaped on a terminal.
-    const line = tty ? new TextEncoder().encode(escapeText(decoder.decode(rec.line))) : rec.line;
+    const line = tty
+      ? new TextEncoder().encode(escapeText(decoder.decode(rec.line)))
+      : rec.line;
     out.push(line);
     if (!rec.partial) out.push(NEWLINE);
     size += line.length + 1;
@@ -716,7 +919,10 @@ async function vaultCommand(args: string[]) {
 }
 
 /** `moat vault verify`: prints the report; exits 5 (integrity) on damage. */
-async function verifyCommand(dir: string, values: { key?: string; "key-file"?: string }) {
+async function verifyCommand(
+  dir: string,
+  values: { key?: string; "key-file"?: string },
+) {
   if (values.key !== undefined && values["key-file"] !== undefined) {
     throw new UsageError("Give --key or --key-file, not both");
   }
@@ -725,7 +931,11 @@ async function verifyCommand(dir: string, values: { key?: string; "key-file"?: s
     try {
       key = fs.readFileSync(values["key-file"], "utf8");
     } catch (err) {
-      throw new UsageError(`Cannot read --key-file "${values["key-file"]}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new UsageError(
+        `Cannot read --key-file "${values["key-file"]}": ${
+          (err as NodeJS.ErrnoException).code ?? err
+        }`,
+      );
     }
   }
   let report;
@@ -738,30 +948,54 @@ async function verifyCommand(dir: string, values: { key?: string; "key-file"?: s
   const iso = (t: number) => new Date(t).toISOString();
   console.log(
     `vault ${report.id}: ${report.seals} seal(s)${
-      report.lastSealTime !== undefined ? `, last at ${iso(report.lastSealTime)}` : ""
+      report.lastSealTime !== undefined
+        ? `, last at ${iso(report.lastSealTime)}`
+        : ""
     }${report.keyed ? ", verified with the key" : ""}`,
   );
   for (const s of report.sources) {
-    const tail = s.unsealed > 0 ? `, unsealed tail (${s.unsealed} records)` : "";
-    console.log(`  ${escapeText(s.label)}: ${s.records} records, ${s.sealedSeq} sealed${tail}`);
+    const tail = s.unsealed > 0
+      ? `, unsealed tail (${s.unsealed} records)`
+      : "";
+    console.log(
+      `  ${
+        escapeText(s.label)
+      }: ${s.records} records, ${s.sealedSeq} sealed${tail}`,
+    );
     if (s.torn) {
       console.log(
-        `  ${escapeText(s.label)}: ${s.torn.bytes} bytes after the last record are not a whole record ` +
+        `  ${
+          escapeText(s.label)
+        }: ${s.torn.bytes} bytes after the last record are not a whole record ` +
           `(a write in progress or a torn write, cut when the vault is next opened; not verified)`,
       );
     }
   }
   if (!report.keyed) {
-    console.log("WARNING: no --key: checksums and hash chains checked, seals NOT verified");
+    console.log(
+      "WARNING: no --key: checksums and hash chains checked, seals NOT verified",
+    );
   }
   if (report.unsealed > 0) {
-    console.log(`unsealed tail (${report.unsealed} records): chained but not yet covered by a seal, so not verified`);
+    console.log(
+      `unsealed tail (${report.unsealed} records): chained but not yet covered by a seal, so not verified`,
+    );
   }
-  for (const p of report.problems) console.log(`DAMAGED: ${escapeText(p.message)}`);
+  for (const p of report.problems) {
+    console.log(`DAMAGED: ${escapeText(p.message)}`);
+  }
   if (!report.ok) {
-    throw new MoatError("ERR_INTEGRITY", `Vault "${escapeText(dir)}" failed verification`, ExitCode.Integrity);
+    throw new MoatError(
+      "ERR_INTEGRITY",
+      `Vault "${escapeText(dir)}" failed verification`,
+      ExitCode.Integrity,
+    );
   }
-  console.log(report.keyed ? "OK: every record and seal is intact" : "OK: every record and chain is intact");
+  console.log(
+    report.keyed
+      ? "OK: every record and seal is intact"
+      : "OK: every record and chain is intact",
+  );
 }
 
 /**
@@ -795,7 +1029,9 @@ async function main(argv: string[]) {
     case "-h":
     case "--help": {
       const topic = rest[0];
-      if (topic !== undefined && HELP[topic] === undefined) throw new UsageError(`Unknown command "${topic}"`);
+      if (topic !== undefined && HELP[topic] === undefined) {
+        throw new UsageError(`Unknown command "${topic}"`);
+      }
       console.log(HELP[topic ?? "main"]);
       return;
     }
@@ -816,7 +1052,9 @@ async function main(argv: string[]) {
     case "vault":
       return await vaultCommand(rest);
     default:
-      throw new UsageError(`Unknown command "${escapeText(command)}" (see moat help)`);
+      throw new UsageError(
+        `Unknown command "${escapeText(command)}" (see moat help)`,
+      );
   }
 }
 
@@ -825,6 +1063,8 @@ try {
   process.exit(0);
 } catch (err) {
   if (err instanceof MoatError) fail(err.message, err.exitCode);
-  if (err instanceof RangeError || err instanceof TypeError) fail(err.message, ExitCode.Failure);
+  if (err instanceof RangeError || err instanceof TypeError) {
+    fail(err.message, ExitCode.Failure);
+  }
   fail(`internal error: ${err instanceof Error ? err.message : String(err)}`);
 }

@@ -481,7 +481,8 @@ async function benchThroughput(rounds: number, bigSize: number) {
     // What the CRC-32 default saves: the same binary checking SHA-256.
     {
       name: "moat binary --digest sha256",
-      run: () => moatTransfer(flavors()[0]!, big, bigSize, ["--digest", "sha256"]),
+      run: () =>
+        moatTransfer(flavors()[0]!, big, bigSize, ["--digest", "sha256"]),
     },
     ...PEERS.map((p) => ({
       name: p.name,

@@ -37,7 +37,11 @@ import { escapeText } from "./text.ts";
 import { type ClientTlsConfig, connectSecure } from "./tls.ts";
 import { answerChallenge, type Token } from "./auth.ts";
 import { fingerprint } from "./cert.ts";
-import { prepareDownload, type ReceiveResult, receiveFile } from "./file_sender.ts";
+import {
+  prepareDownload,
+  receiveFile,
+  type ReceiveResult,
+} from "./file_sender.ts";
 import type { DigestName } from "./digest.ts";
 
 /** A server address. */
@@ -88,7 +92,11 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
   }
   const n = Number(port);
   if (host === "" || !/^\d+$/.test(port) || n < 1 || n > 65535) {
-    throw new MoatError("ERR_USAGE", `Invalid server address "${text}": expected HOST:PORT`, ExitCode.Usage);
+    throw new MoatError(
+      "ERR_USAGE",
+      `Invalid server address "${text}": expected HOST:PORT`,
+      ExitCode.Usage,
+    );
   }
   return { hostname: host, port: n };
 }
@@ -97,7 +105,13 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
 const TLS_ALERT = 0x15;
 const TLS_HANDSHAKE = 0x16;
 
-const PATH_CODES = new Set(["ERR_BAD_PATH", "ERR_OUTSIDE_ROOT", "ERR_NOT_FOUND", "ERR_NOT_FILE", "ERR_PERMISSION"]);
+const PATH_CODES = new Set([
+  "ERR_BAD_PATH",
+  "ERR_OUTSIDE_ROOT",
+  "ERR_NOT_FOUND",
+  "ERR_NOT_FILE",
+  "ERR_PERMISSION",
+]);
 
 /** Turns a server error frame into the matching local error. */
 export function serverError(payload: Uint8Array): MoatError {
@@ -130,7 +144,12 @@ export async function openSession(
   try {
     const hello = encodeFrame({
       type: Kind.Hello,
-      payload: encodeJson({ client: `moat/${options.version}`, mode, maxFrameSize, ...extra }),
+      payload: encodeJson({
+        client: `moat/${options.version}`,
+        mode,
+        maxFrameSize,
+        ...extra,
+      }),
     });
     const first = new Uint8Array(PREAMBLE_SIZE + hello.length);
     first.set(encodePreamble());
@@ -146,20 +165,33 @@ export async function openSession(
     try {
       head = await reader.peek(PREAMBLE_SIZE);
     } catch (err) {
-      throw new ConnectionClosedError("Connection closed by server during the handshake", { cause: err });
+      throw new ConnectionClosedError(
+        "Connection closed by server during the handshake",
+        { cause: err },
+      );
     }
     if (head.length === 0) {
-      throw new ConnectionClosedError("Connection closed by server during the handshake");
+      throw new ConnectionClosedError(
+        "Connection closed by server during the handshake",
+      );
     }
-    if ((head[0] === TLS_ALERT || head[0] === TLS_HANDSHAKE) && head[1] === 3 && options.tls === undefined) {
+    if (
+      (head[0] === TLS_ALERT || head[0] === TLS_HANDSHAKE) && head[1] === 3 &&
+      options.tls === undefined
+    ) {
       throw new ConnectError(
         `Cannot talk to ${options.server.hostname}:${options.server.port}: the server speaks TLS on this port; connect with --tls`,
       );
     }
     if (head[0] !== MAGIC[0]) throw await textRefusal(reader);
     const pre = await reader.readExact(PREAMBLE_SIZE);
-    if (!isMagicPrefix(pre.subarray(0, MAGIC.length)) || pre[MAGIC.length] !== PROTOCOL_VERSION) {
-      throw new ProtocolError("Server did not answer with a moat preamble of version 1");
+    if (
+      !isMagicPrefix(pre.subarray(0, MAGIC.length)) ||
+      pre[MAGIC.length] !== PROTOCOL_VERSION
+    ) {
+      throw new ProtocolError(
+        "Server did not answer with a moat preamble of version 1",
+      );
     }
     let frame = await reader.readFrame();
     if (frame !== null && frame.type === Kind.Challenge) {
@@ -172,10 +204,16 @@ export async function openSession(
       await conn.write(encodeFrame({ type: Kind.Auth, payload }));
       frame = await reader.readFrame();
     }
-    if (frame === null) throw new ConnectionClosedError("Connection closed by server during the handshake");
+    if (frame === null) {
+      throw new ConnectionClosedError(
+        "Connection closed by server during the handshake",
+      );
+    }
     if (frame.type === Kind.Error) throw serverError(frame.payload);
     if (frame.type !== Kind.Welcome) {
-      throw new ProtocolError(`Expected a welcome frame, got type 0x${frame.type.toString(16)}`);
+      throw new ProtocolError(
+        `Expected a welcome frame, got type 0x${frame.type.toString(16)}`,
+      );
     }
     return { conn, reader, welcome: decodeWelcome(frame.payload) };
   } catch (err) {
@@ -189,12 +227,24 @@ async function textRefusal(reader: FrameReader): Promise<MoatError> {
   const bytes = await reader.peek(512);
   const text = decodeText(bytes).split("\n")[0]!.replace(/\r$/, "");
   const m = /^ERR (\S+) ?(.*)$/.exec(text);
-  if (!m) return new ProtocolError("Server did not answer with a moat preamble");
+  if (!m) {
+    return new ProtocolError("Server did not answer with a moat preamble");
+  }
   const code = escapeText(m[1]!);
   const message = escapeText(m[2]!);
-  if (code === "ACCESS_DENIED") return new AccessDeniedError("Access refused by server");
-  if (code === "BUSY") return new MoatError("ERR_BUSY", "Server busy: too many connections", ExitCode.Connection);
-  if (code === "CERT_REQUIRED" || code === "CERT_REJECTED") return new AccessDeniedError(`Server refused: ${message}`);
+  if (code === "ACCESS_DENIED") {
+    return new AccessDeniedError("Access refused by server");
+  }
+  if (code === "BUSY") {
+    return new MoatError(
+      "ERR_BUSY",
+      "Server busy: too many connections",
+      ExitCode.Connection,
+    );
+  }
+  if (code === "CERT_REQUIRED" || code === "CERT_REJECTED") {
+    return new AccessDeniedError(`Server refused: ${message}`);
+  }
   return new MoatError(code, `Server refused: ${message}`);
 }
 
@@ -224,7 +274,10 @@ export interface GetOptions {
  * @throws {IntegrityError} When the file arrives damaged.
  * @throws {ConnectionClosedError} When the transfer is cut; the part file stays for `--resume`.
  */
-export async function get(client: ClientOptions, options: GetOptions): Promise<ReceiveResult & { offset: number }> {
+export async function get(
+  client: ClientOptions,
+  options: GetOptions,
+): Promise<ReceiveResult & { offset: number }> {
   const download = prepareDownload(options.out, {
     ...(options.force !== undefined && { force: options.force }),
     ...(options.resume !== undefined && { resume: options.resume }),
@@ -243,7 +296,11 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
   try {
     await conn.write(encodeFrame({
       type: Kind.Get,
-      payload: encodeJson({ path: options.path, offset: download.offset, digest: download.digest.name }),
+      payload: encodeJson({
+        path: options.path,
+        offset: download.offset,
+        digest: download.digest.name,
+      }),
     }));
     const frame = await readFrameOrClosed(reader);
     if (frame.type === Kind.Error) {
@@ -252,7 +309,9 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
     }
     if (frame.type !== Kind.FileMeta) {
       download.discard();
-      throw new ProtocolError(`Expected file metadata, got frame type 0x${frame.type.toString(16)}`);
+      throw new ProtocolError(
+        `Expected file metadata, got frame type 0x${frame.type.toString(16)}`,
+      );
     }
     const meta = decodeFileMeta(frame.payload);
     options.onStart?.(meta.size, meta.offset);
@@ -268,7 +327,9 @@ export async function get(client: ClientOptions, options: GetOptions): Promise<R
 
 async function readFrameOrClosed(reader: FrameReader) {
   const frame = await reader.readFrame();
-  if (frame === null) throw new ConnectionClosedError("Connection closed by server");
+  if (frame === null) {
+    throw new ConnectionClosedError("Connection closed by server");
+  }
   return frame;
 }
 
@@ -290,7 +351,10 @@ export interface ChatOptions {
  * @param options Input, output.
  * @throws {ConnectionClosedError} When the server closes the connection.
  */
-export async function chat(client: ClientOptions, options: ChatOptions): Promise<void> {
+export async function chat(
+  client: ClientOptions,
+  options: ChatOptions,
+): Promise<void> {
   const { conn, reader, welcome } = await openSession(client, "chat");
   options.onWelcome?.(welcome);
   let inputDone = false;
@@ -301,14 +365,19 @@ export async function chat(client: ClientOptions, options: ChatOptions): Promise
         if (inputDone) return;
         throw new ConnectionClosedError("Connection closed by server");
       }
-      if (frame.type === Kind.Chat) options.output(formatChatLine(decodeChatLine(frame.payload)));
-      else if (frame.type === Kind.Error) throw serverError(frame.payload);
-      else throw new ProtocolError(`Unexpected frame type 0x${frame.type.toString(16)} in chat`);
+      if (frame.type === Kind.Chat) {
+        options.output(formatChatLine(decodeChatLine(frame.payload)));
+      } else if (frame.type === Kind.Error) throw serverError(frame.payload);
+      else {throw new ProtocolError(
+          `Unexpected frame type 0x${frame.type.toString(16)} in chat`,
+        );}
     }
   })();
   const sending = (async () => {
     for await (const line of options.input) {
-      await conn.write(encodeFrame({ type: Kind.Chat, payload: encodeText(line) }));
+      await conn.write(
+        encodeFrame({ type: Kind.Chat, payload: encodeText(line) }),
+      );
     }
     inputDone = true;
   })();

@@ -17,14 +17,19 @@ import * as path from "node:path";
 import { encodeHeader, type FrameReader, HEADER_SIZE } from "./framer.ts";
 import {
   ConnectionClosedError,
+  ExitCode,
   IntegrityError,
   MoatError,
-  ExitCode,
   ProtocolError,
 } from "./errors.ts";
 import { decodeError, type FileMeta, Kind } from "./protocol.ts";
 import type { OpenedFile } from "./jail.ts";
-import { createDigest, DEFAULT_DIGEST, type Digest, type DigestName } from "./digest.ts";
+import {
+  createDigest,
+  DEFAULT_DIGEST,
+  type Digest,
+  type DigestName,
+} from "./digest.ts";
 
 /** Where frames are written: a connection, or anything with the same `write`. */
 export interface ByteSink {
@@ -125,7 +130,9 @@ function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Digest) {
   const chunk = buf.length - PAYLOAD_OFFSET;
   while (pos < end) {
     const n = readAt(fd, buf, Math.min(chunk, end - pos), pos);
-    if (n === 0) throw new MoatError("ERR_FILE_CHANGED", "File shrank while being read");
+    if (n === 0) {
+      throw new MoatError("ERR_FILE_CHANGED", "File shrank while being read");
+    }
     hash.update(buf.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + n));
     pos += n;
   }
@@ -150,21 +157,28 @@ export async function sendFile(
 ): Promise<SendResult> {
   const offset = options.offset ?? 0;
   const framed = options.framed ?? true;
-  const chunk = Math.max(1, Math.min(options.chunkSize ?? DEFAULT_CHUNK_SIZE, file.size - offset || 1));
+  const chunk = Math.max(
+    1,
+    Math.min(options.chunkSize ?? DEFAULT_CHUNK_SIZE, file.size - offset || 1),
+  );
   const buf = new Uint8Array(PAYLOAD_OFFSET + chunk);
   const digestName = options.digest ?? "sha256";
   const cached = framed ? options.cache?.get(file, digestName) : undefined;
-  const hash = framed && cached === undefined ? createDigest(digestName) : undefined;
+  const hash = framed && cached === undefined
+    ? createDigest(digestName)
+    : undefined;
   if (hash && offset > 0) hashPrefix(file.fd, buf, offset, hash);
 
   if (framed) {
-    const meta = new TextEncoder().encode(JSON.stringify({
-      path: file.path,
-      size: file.size,
-      offset,
-      mtimeMs: file.mtimeMs,
-      digest: digestName,
-    } satisfies FileMeta));
+    const meta = new TextEncoder().encode(JSON.stringify(
+      {
+        path: file.path,
+        size: file.size,
+        offset,
+        mtimeMs: file.mtimeMs,
+        digest: digestName,
+      } satisfies FileMeta,
+    ));
     const head = new Uint8Array(HEADER_SIZE + meta.length);
     encodeHeader(Kind.FileMeta, meta.length, head, 0);
     head.set(meta, HEADER_SIZE);
@@ -176,7 +190,10 @@ export async function sendFile(
   while (pos < file.size) {
     const n = readAt(file.fd, buf, Math.min(chunk, file.size - pos), pos);
     if (n === 0) {
-      throw new MoatError("ERR_FILE_CHANGED", `File "${file.path}" shrank while being sent`);
+      throw new MoatError(
+        "ERR_FILE_CHANGED",
+        `File "${file.path}" shrank while being sent`,
+      );
     }
     const payload = buf.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + n);
     hash?.update(payload);
@@ -426,7 +443,12 @@ export async function receiveFile(
         download.close();
         fs.renameSync(download.partPath, download.target);
         fsyncDir(path.dirname(download.target));
-        return { bytes: received, size: meta.size, digestName: hash.name, digest: actual };
+        return {
+          bytes: received,
+          size: meta.size,
+          digestName: hash.name,
+          digest: actual,
+        };
       } else if (header.type === Kind.Error) {
         const body = decodeError(await reader.readPayload());
         throw new MoatError(body.code, `Server error: ${body.message}`);
@@ -438,8 +460,9 @@ export async function receiveFile(
     }
   } catch (err) {
     // A corrupt part is worthless; an interrupted one is kept for --resume.
-    if (err instanceof IntegrityError || err instanceof ProtocolError) download.discard();
-    else download.close();
+    if (err instanceof IntegrityError || err instanceof ProtocolError) {
+      download.discard();
+    } else download.close();
     throw err;
   }
 }

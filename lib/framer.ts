@@ -782,4 +782,3 @@ function truncatedFrameError(got: number, total: number): ProtocolError {
     `Cannot decode frame: stream ended inside a frame (${got} of ${total} bytes)`,
   );
 }
-

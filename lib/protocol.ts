@@ -240,7 +240,9 @@ export function decodeHello(payload: Uint8Array): Hello {
   if (mode === "ship") {
     const source = field(o, "source", "string", "hello");
     if (source.length === 0 || source.length > 128) {
-      throw new ProtocolError("Cannot decode hello: source must be 1 to 128 characters");
+      throw new ProtocolError(
+        "Cannot decode hello: source must be 1 to 128 characters",
+      );
     }
     hello.source = source;
   }
@@ -423,25 +425,41 @@ export function encodeShipBatch(records: readonly ShipRecord[]): Uint8Array {
  * @throws {ProtocolError} On a truncated record, a bad number or flag.
  */
 export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
-  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const view = new DataView(
+    payload.buffer,
+    payload.byteOffset,
+    payload.byteLength,
+  );
   const out: ShipRecord[] = [];
   let at = 0;
   while (at < payload.length) {
     if (payload.length - at < SHIP_RECORD_HEADER) {
-      throw new ProtocolError("Cannot decode ship batch: truncated record header");
+      throw new ProtocolError(
+        "Cannot decode ship batch: truncated record header",
+      );
     }
     const seq = view.getFloat64(at, true);
     const ts = view.getFloat64(at + 8, true);
     const flags = payload[at + 16]!;
     const len = view.getUint32(at + 17, true);
-    if (!Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(ts) || ts < 0 || flags > 1) {
-      throw new ProtocolError("Cannot decode ship batch: bad sequence number, time or flags");
+    if (
+      !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(ts) ||
+      ts < 0 || flags > 1
+    ) {
+      throw new ProtocolError(
+        "Cannot decode ship batch: bad sequence number, time or flags",
+      );
     }
     const start = at + SHIP_RECORD_HEADER;
     if (payload.length - start < len) {
       throw new ProtocolError("Cannot decode ship batch: truncated line");
     }
-    out.push({ seq, ts, partial: flags === 1, line: payload.subarray(start, start + len) });
+    out.push({
+      seq,
+      ts,
+      partial: flags === 1,
+      line: payload.subarray(start, start + len),
+    });
     at = start + len;
   }
   return out;

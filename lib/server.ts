@@ -5,9 +5,21 @@
  * @module
  */
 
-import type { Addr, Conn, Listener, Net, ServerTlsOptions } from "./net/types.ts";
+import type {
+  Addr,
+  Conn,
+  Listener,
+  Net,
+  ServerTlsOptions,
+} from "./net/types.ts";
 import { checkClientCertificate, type ClientCertPolicy } from "./tls.ts";
-import { decodeAuth, encodeChallenge, newChallenge, type Token, verifyAnswer } from "./auth.ts";
+import {
+  decodeAuth,
+  encodeChallenge,
+  newChallenge,
+  type Token,
+  verifyAnswer,
+} from "./auth.ts";
 import type { Allowlist } from "./allowlist.ts";
 import type { Jail } from "./jail.ts";
 import type { AuditLog } from "./audit.ts";
@@ -23,8 +35,8 @@ import {
 import {
   type ChatLine,
   decodeGet,
-  decodeShipBatch,
   decodeHello,
+  decodeShipBatch,
   decodeText,
   encodeJson,
   encodePreamble,
@@ -39,7 +51,12 @@ import {
 } from "./protocol.ts";
 import { DEFAULT_CHUNK_SIZE, DigestCache, sendFile } from "./file_sender.ts";
 import type { DigestName } from "./digest.ts";
-import { ConnectionClosedError, FrameTooLargeError, MoatError, ProtocolError } from "./errors.ts";
+import {
+  ConnectionClosedError,
+  FrameTooLargeError,
+  MoatError,
+  ProtocolError,
+} from "./errors.ts";
 import { escapeText } from "./text.ts";
 
 /** Options for {@linkcode Server}. */
@@ -158,7 +175,9 @@ class Outbox {
     // Nothing queued: write now rather than a microtask later (chat latency).
     const idle = this.#pending === 0;
     this.#pending += bytes.length;
-    this.#chain = idle ? this.#write(bytes) : this.#chain.then(() => this.#write(bytes));
+    this.#chain = idle
+      ? this.#write(bytes)
+      : this.#chain.then(() => this.#write(bytes));
     return true;
   }
 
@@ -242,7 +261,14 @@ interface Session {
  * ```
  */
 export class Server {
-  #o: Required<Omit<ServerOptions, "reply" | "onChat" | "tls" | "auth" | "vault" | "syslog">> & ServerOptions;
+  #o:
+    & Required<
+      Omit<
+        ServerOptions,
+        "reply" | "onChat" | "tls" | "auth" | "vault" | "syslog"
+      >
+    >
+    & ServerOptions;
   #listeners: Listener[] = [];
   #syslogListeners: Listener[] = [];
   #sessions = new Set<Session>();
@@ -273,7 +299,9 @@ export class Server {
       ...options,
     };
     // Nothing unauthenticated or unencrypted may share a TLS or token port.
-    if (this.#o.tls !== undefined || this.#o.auth?.tokens !== undefined) this.#o.plain = false;
+    if (this.#o.tls !== undefined || this.#o.auth?.tokens !== undefined) {
+      this.#o.plain = false;
+    }
     if (this.#o.syslog !== undefined && this.#o.vault === undefined) {
       throw new TypeError("Invalid server options: syslog needs a vault");
     }
@@ -304,7 +332,10 @@ export class Server {
               ...tls,
               ...(this.#o.auth?.certs && { requestCert: true }),
               onHandshakeError: (peer: Addr, message: string) =>
-                this.#o.audit.write("refused", { peer: formatAddr(peer), reason: `TLS handshake failed: ${message}` }),
+                this.#o.audit.write("refused", {
+                  peer: formatAddr(peer),
+                  reason: `TLS handshake failed: ${message}`,
+                }),
             },
           }),
         });
@@ -318,10 +349,13 @@ export class Server {
       }
     }
     const addrs = this.#listeners.map((l) => l.addr);
-    if (this.#o.syslog !== undefined) await this.#listenSyslog(this.#o.syslog.port);
+    if (this.#o.syslog !== undefined) {
+      await this.#listenSyslog(this.#o.syslog.port);
+    }
     this.#o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
-      ...(this.#o.syslog && { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
+      ...(this.#o.syslog &&
+        { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
       allow: this.#o.allowlist.describe(),
       root: this.#o.jail.root,
       maxConns: this.#o.maxConns,
@@ -333,8 +367,13 @@ export class Server {
       ],
     });
     for (const l of this.#listeners) this.#acceptLoops.push(this.#accept(l));
-    for (const l of this.#syslogListeners) this.#acceptLoops.push(this.#accept(l, "syslog"));
-    const tick = Math.max(50, Math.min(1000, this.#o.handshakeTimeoutMs / 4, this.#o.idleTimeoutMs / 4));
+    for (const l of this.#syslogListeners) {
+      this.#acceptLoops.push(this.#accept(l, "syslog"));
+    }
+    const tick = Math.max(
+      50,
+      Math.min(1000, this.#o.handshakeTimeoutMs / 4, this.#o.idleTimeoutMs / 4),
+    );
     this.#sweeper = setInterval(() => this.#sweep(), tick);
     return addrs;
   }
@@ -428,7 +467,13 @@ export class Server {
    * at most a second) before the close: closing with unread input resets the
    * connection, and `nc` then drops the refusal line unread.
    */
-  #refuse(conn: Conn, peer: string, code: string, reason: string, tag?: { port: string }) {
+  #refuse(
+    conn: Conn,
+    peer: string,
+    code: string,
+    reason: string,
+    tag?: { port: string },
+  ) {
     this.#o.audit.write("refused", { peer, reason, ...tag });
     // Floods are made of these: no timer, buffer or notice per connection.
     // The sweep closes whatever is still draining after its deadline.
@@ -465,11 +510,23 @@ export class Server {
       // Syslog connections are marked in every audit line about them.
       const tag = port === "syslog" ? { port } : undefined;
       if (!this.#o.allowlist.check(conn.remoteAddr.hostname)) {
-        this.#refuse(conn, peer, "ACCESS_DENIED", "access refused by server", tag);
+        this.#refuse(
+          conn,
+          peer,
+          "ACCESS_DENIED",
+          "access refused by server",
+          tag,
+        );
         return;
       }
       if (this.#sessions.size >= this.#o.maxConns) {
-        this.#refuse(conn, peer, "BUSY", "server busy: too many connections", tag);
+        this.#refuse(
+          conn,
+          peer,
+          "BUSY",
+          "server busy: too many connections",
+          tag,
+        );
         return;
       }
       let identity: string | undefined;
@@ -492,12 +549,20 @@ export class Server {
         identity,
       };
       this.#sessions.add(session);
-      this.#o.audit.write("accepted", { peer, name: session.name, ...(identity && { identity }), ...tag });
+      this.#o.audit.write("accepted", {
+        peer,
+        name: session.name,
+        ...(identity && { identity }),
+        ...tag,
+      });
       const started = Date.now();
       try {
         await (tag ? this.#syslog(session) : this.#dispatch(session));
       } catch (err) {
-        if (!(err instanceof ConnectionClosedError) || session.reason === undefined) {
+        if (
+          !(err instanceof ConnectionClosedError) ||
+          session.reason === undefined
+        ) {
           session.reason ??= errorMessage(err);
           if (!(err instanceof ConnectionClosedError)) {
             this.#o.audit.write("error", {
@@ -529,11 +594,17 @@ export class Server {
 
   /** Serves a connection on the syslog port (see `lib/syslog_server.ts`). */
   async #syslog(s: Session) {
-    const reason = await serveSyslog({ conn: s.conn, peer: s.peer, name: s.name, read: (buf) => this.#read(s, buf) }, {
+    const reason = await serveSyslog({
+      conn: s.conn,
+      peer: s.peer,
+      name: s.name,
+      read: (buf) => this.#read(s, buf),
+    }, {
       vault: this.#o.vault!,
       audit: this.#o.audit,
       peerKey: peerIdentity(s.conn.remoteAddr.hostname),
-      ...(this.#o.syslog?.maxMessage !== undefined && { maxMessage: this.#o.syslog.maxMessage }),
+      ...(this.#o.syslog?.maxMessage !== undefined &&
+        { maxMessage: this.#o.syslog.maxMessage }),
     });
     s.reason ??= reason;
   }
@@ -564,19 +635,31 @@ export class Server {
       s.deadline = Date.now() + this.#o.handshakeTimeoutMs;
       const reader = new FrameReader(
         { read: (buf) => this.#read(s, buf) },
-        { maxFrameSize: this.#o.maxFrameSize, bufferSize: READ_BUFFER, prefix: head },
+        {
+          maxFrameSize: this.#o.maxFrameSize,
+          bufferSize: READ_BUFFER,
+          prefix: head,
+        },
       );
       return await this.#framed(s, reader);
     }
-    if (head !== null && head[0] === TLS_HANDSHAKE && this.#o.tls === undefined) {
+    if (
+      head !== null && head[0] === TLS_HANDSHAKE && this.#o.tls === undefined
+    ) {
       // A TLS ClientHello is not chat: never relay it.
       s.reason = "TLS client on a plain port";
-      await this.#endPlain(s, { code: "TLS_NOT_ENABLED", message: "this server does not speak TLS on this port" });
+      await this.#endPlain(s, {
+        code: "TLS_NOT_ENABLED",
+        message: "this server does not speak TLS on this port",
+      });
       return;
     }
     if (!this.#o.plain) {
       s.reason = "plain-text client refused (--no-plain)";
-      await this.#endPlain(s, { code: "PLAIN_DISABLED", message: "plain-text mode is off on this server" });
+      await this.#endPlain(s, {
+        code: "PLAIN_DISABLED",
+        message: "plain-text mode is off on this server",
+      });
       // Discard input until the peer closes or the linger deadline passes.
       if (head === null && (await first).length === 0) return;
       const buf = new Uint8Array(READ_BUFFER);
@@ -612,7 +695,9 @@ export class Server {
   }
 
   async #sendError(s: Session, body: ErrorBody) {
-    await s.conn.write(encodeFrame({ type: Kind.Error, payload: encodeJson(body) }))
+    await s.conn.write(
+      encodeFrame({ type: Kind.Error, payload: encodeJson(body) }),
+    )
       .catch(() => {});
   }
 
@@ -627,7 +712,8 @@ export class Server {
       await s.conn.write(encodePreamble()).catch(() => {});
       await this.#sendError(s, {
         code: "ERR_VERSION",
-        message: `Unsupported protocol version ${version}; this server speaks ${PROTOCOL_VERSION}`,
+        message:
+          `Unsupported protocol version ${version}; this server speaks ${PROTOCOL_VERSION}`,
       });
       s.reason = `unsupported protocol version ${version}`;
       return;
@@ -635,21 +721,32 @@ export class Server {
     let hello: Hello;
     try {
       const frame = await readHandshakeFrame(reader);
-      if (frame === null) throw new ConnectionClosedError("Connection closed during the handshake");
+      if (frame === null) {
+        throw new ConnectionClosedError(
+          "Connection closed during the handshake",
+        );
+      }
       if (frame.type !== Kind.Hello) {
-        throw new ProtocolError(`Expected a hello frame, got type 0x${frame.type.toString(16)}`);
+        throw new ProtocolError(
+          `Expected a hello frame, got type 0x${frame.type.toString(16)}`,
+        );
       }
       hello = decodeHello(frame.payload);
     } catch (err) {
       if (err instanceof MoatError || err instanceof RangeError) {
         await s.conn.write(encodePreamble()).catch(() => {});
-        await this.#sendError(s, { code: errorCode(err), message: errorMessage(err) });
+        await this.#sendError(s, {
+          code: errorCode(err),
+          message: errorMessage(err),
+        });
       }
       throw err;
     }
     let preambleSent = false;
     if (this.#o.auth?.tokens !== undefined) {
-      if (!(await this.#tokenAuth(s, reader, hello, this.#o.auth.tokens))) return;
+      if (!(await this.#tokenAuth(s, reader, hello, this.#o.auth.tokens))) {
+        return;
+      }
       preambleSent = true;
     }
     s.deadline = undefined;
@@ -679,7 +776,10 @@ export class Server {
   async #serveShip(s: Session, reader: FrameReader, hello: Hello) {
     const vault = this.#o.vault;
     if (vault === undefined) {
-      await this.#sendError(s, { code: "ERR_NO_VAULT", message: "This server keeps no vault (start it with --vault DIR)" });
+      await this.#sendError(s, {
+        code: "ERR_NO_VAULT",
+        message: "This server keeps no vault (start it with --vault DIR)",
+      });
       s.reason = "ship refused: no vault";
       return;
     }
@@ -689,7 +789,8 @@ export class Server {
       // the shipper gives up instead of retrying.
       await this.#sendError(s, {
         code: "ERR_PROTOCOL",
-        message: `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
+        message:
+          `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
       });
       s.reason = "ship refused: reserved source name";
       return;
@@ -698,13 +799,25 @@ export class Server {
     // shipper, so one host cannot write into another host's records.
     // An authenticated identity (certificate fingerprint, token name) is
     // stronger than an address, which can be spoofed on a shared network.
-    const key = { peer: s.identity ?? peerIdentity(s.conn.remoteAddr.hostname), name: hello.source! };
+    const key = {
+      peer: s.identity ?? peerIdentity(s.conn.remoteAddr.hostname),
+      name: hello.source!,
+    };
     const source = vault.source(key);
     await s.conn.write(encodeFrame({
       type: Kind.ShipReady,
-      payload: encodeJson({ peer: key.peer, source: key.name, lastSeq: source.lastSeq }),
+      payload: encodeJson({
+        peer: key.peer,
+        source: key.name,
+        lastSeq: source.lastSeq,
+      }),
     }));
-    this.#o.audit.write("ship_started", { peer: s.peer, name: s.name, source: key.name, lastSeq: source.lastSeq });
+    this.#o.audit.write("ship_started", {
+      peer: s.peer,
+      name: s.name,
+      source: key.name,
+      lastSeq: source.lastSeq,
+    });
     const acks = new Outbox(s);
     const inFlight = new Set<Promise<void>>();
     // The first failure in batch order is the cause: after a failed commit
@@ -721,7 +834,11 @@ export class Server {
         const frame = await reader.readFrame();
         if (frame === null) break;
         if (frame.type !== Kind.ShipBatch) {
-          throw new ProtocolError(`Expected a ship batch frame, got type 0x${frame.type.toString(16)}`);
+          throw new ProtocolError(
+            `Expected a ship batch frame, got type 0x${
+              frame.type.toString(16)
+            }`,
+          );
         }
         const records = decodeShipBatch(frame.payload);
         if (records.length === 0) continue;
@@ -752,14 +869,26 @@ export class Server {
       await Promise.allSettled(inFlight);
       const body = { code: errorCode(err), message: errorMessage(err) };
       // Nothing unacknowledged is lost: the shipper still holds it and resends.
-      this.#o.audit.write("error", { peer: s.peer, name: s.name, source: key.name, ...body, during: "ship" });
+      this.#o.audit.write("error", {
+        peer: s.peer,
+        name: s.name,
+        source: key.name,
+        ...body,
+        during: "ship",
+      });
       if (!(err instanceof ConnectionClosedError)) {
         await acks.flush();
         await this.#sendError(s, body);
       }
       s.reason = `ship ended: ${body.message}`;
     } finally {
-      this.#o.audit.write("ship_finished", { peer: s.peer, name: s.name, source: key.name, records: stored, lastSeq: source.lastSeq });
+      this.#o.audit.write("ship_finished", {
+        peer: s.peer,
+        name: s.name,
+        source: key.name,
+        records: stored,
+        lastSeq: source.lastSeq,
+      });
     }
   }
 
@@ -767,17 +896,29 @@ export class Server {
    * Sends the preamble and a Challenge, and checks the client's Auth answer.
    * Returns false (after an Error frame) when it does not prove a token.
    */
-  async #tokenAuth(s: Session, reader: FrameReader, hello: Hello, tokens: readonly Token[]): Promise<boolean> {
+  async #tokenAuth(
+    s: Session,
+    reader: FrameReader,
+    hello: Hello,
+    tokens: readonly Token[],
+  ): Promise<boolean> {
     const challenge = newChallenge();
-    const frame = encodeFrame({ type: Kind.Challenge, payload: encodeChallenge(challenge) });
+    const frame = encodeFrame({
+      type: Kind.Challenge,
+      payload: encodeChallenge(challenge),
+    });
     const out = new Uint8Array(PREAMBLE_SIZE + frame.length);
     out.set(encodePreamble());
     out.set(frame, PREAMBLE_SIZE);
     await s.conn.write(out);
     const answer = await readHandshakeFrame(reader);
-    if (answer === null) throw new ConnectionClosedError("Connection closed during the handshake");
+    if (answer === null) {
+      throw new ConnectionClosedError("Connection closed during the handshake");
+    }
     if (answer.type !== Kind.Auth) {
-      throw new ProtocolError(`Expected an auth frame, got type 0x${answer.type.toString(16)}`);
+      throw new ProtocolError(
+        `Expected an auth frame, got type 0x${answer.type.toString(16)}`,
+      );
     }
     const token = verifyAnswer(tokens, decodeAuth(answer.payload), {
       nonce: challenge.nonce,
@@ -785,14 +926,25 @@ export class Server {
       binding: this.#o.auth?.binding ?? "",
     });
     if (token === undefined) {
-      this.#o.audit.write("refused", { peer: s.peer, name: s.name, reason: "token authentication failed" });
-      await this.#sendError(s, { code: "ERR_AUTH", message: "token authentication failed" });
+      this.#o.audit.write("refused", {
+        peer: s.peer,
+        name: s.name,
+        reason: "token authentication failed",
+      });
+      await this.#sendError(s, {
+        code: "ERR_AUTH",
+        message: "token authentication failed",
+      });
       s.reason = "token authentication failed";
       return false;
     }
     const id = `token:${token.name}`;
     s.identity = s.identity === undefined ? id : `${s.identity} ${id}`;
-    this.#o.audit.write("authenticated", { peer: s.peer, name: s.name, identity: s.identity });
+    this.#o.audit.write("authenticated", {
+      peer: s.peer,
+      name: s.name,
+      identity: s.identity,
+    });
     return true;
   }
 
@@ -801,7 +953,9 @@ export class Server {
       const frame = await reader.readFrame();
       if (frame === null) return;
       if (frame.type !== Kind.Get) {
-        throw new ProtocolError(`Expected a get frame, got type 0x${frame.type.toString(16)}`);
+        throw new ProtocolError(
+          `Expected a get frame, got type 0x${frame.type.toString(16)}`,
+        );
       }
       const req = decodeGet(frame.payload);
       const ok = await this.#serveFile(s, req.path, {
@@ -818,7 +972,12 @@ export class Server {
   async #serveFile(
     s: Session,
     requestPath: string,
-    opts: { framed: boolean; offset: number; chunkSize: number; digest?: DigestName },
+    opts: {
+      framed: boolean;
+      offset: number;
+      chunkSize: number;
+      digest?: DigestName;
+    },
   ): Promise<boolean> {
     const started = Date.now();
     this.#o.audit.write("get_started", {
@@ -840,7 +999,12 @@ export class Server {
     } catch (err) {
       file?.close();
       const body = { code: errorCode(err), message: errorMessage(err) };
-      this.#o.audit.write("error", { peer: s.peer, name: s.name, path: requestPath, ...body });
+      this.#o.audit.write("error", {
+        peer: s.peer,
+        name: s.name,
+        path: requestPath,
+        ...body,
+      });
       if (opts.framed) await this.#sendError(s, body);
       else await s.conn.write(plainErrorLine(body)).catch(() => {});
       s.reason = `refused path: ${body.code}`;
@@ -867,8 +1031,16 @@ export class Server {
       return true;
     } catch (err) {
       const body = { code: errorCode(err), message: errorMessage(err) };
-      this.#o.audit.write("error", { peer: s.peer, name: s.name, path: file.path, ...body, during: "transfer" });
-      if (opts.framed && !(err instanceof ConnectionClosedError)) await this.#sendError(s, body);
+      this.#o.audit.write("error", {
+        peer: s.peer,
+        name: s.name,
+        path: file.path,
+        ...body,
+        during: "transfer",
+      });
+      if (opts.framed && !(err instanceof ConnectionClosedError)) {
+        await this.#sendError(s, body);
+      }
       s.reason = `transfer aborted: ${body.message}`;
       return false;
     } finally {
@@ -880,7 +1052,9 @@ export class Server {
     // Writes are started first and the audit line written after, in the same
     // turn: a crash cannot fall between them, and the answer does not wait
     // for the log's syscall.
-    if (this.#o.reply !== undefined) this.#hub.announce("server", this.#o.reply, member);
+    if (this.#o.reply !== undefined) {
+      this.#hub.announce("server", this.#o.reply, member);
+    }
     this.#hub.say(member, text);
     this.#o.audit.write("chat", { peer: member.addr, name: member.name, text });
   }
@@ -893,12 +1067,15 @@ export class Server {
         const frame = await reader.readFrame();
         if (frame === null) return;
         if (frame.type !== Kind.Chat) {
-          throw new ProtocolError(`Expected a chat frame, got type 0x${frame.type.toString(16)}`);
+          throw new ProtocolError(
+            `Expected a chat frame, got type 0x${frame.type.toString(16)}`,
+          );
         }
         if (frame.payload.length > this.#o.maxLine) {
           await this.#sendError(s, {
             code: "ERR_LINE_TOO_LONG",
-            message: `Chat line of ${frame.payload.length} bytes exceeds the limit of ${this.#o.maxLine}`,
+            message:
+              `Chat line of ${frame.payload.length} bytes exceeds the limit of ${this.#o.maxLine}`,
           });
           s.reason = "chat line too long";
           return;
@@ -917,7 +1094,9 @@ export class Server {
   async #plain(s: Session, first: Uint8Array | Promise<Uint8Array>) {
     const member = new Member(s, encodePlainChat);
     try {
-      if (!(first instanceof Promise)) return await this.#plainLines(s, member, first, false);
+      if (!(first instanceof Promise)) {
+        return await this.#plainLines(s, member, first, false);
+      }
       // A silent client waits to be spoken to: it hears the chat at once.
       // Nothing else is set up until it speaks.
       this.#hub.join(member);
@@ -929,7 +1108,12 @@ export class Server {
   }
 
   /** Reads a plain connection's lines, starting with the bytes in `first`. */
-  async #plainLines(s: Session, member: Member, first: Uint8Array, joined: boolean) {
+  async #plainLines(
+    s: Session,
+    member: Member,
+    first: Uint8Array,
+    joined: boolean,
+  ) {
     // Joined lazily: a connection whose first line is `FILE:` never hears any
     // chat, so nothing can precede the file's bytes.
     const join = () => {
@@ -967,7 +1151,9 @@ export class Server {
         }
         if (len === max) return false;
         if (len === line.length) {
-          const bigger = new Uint8Array(Math.min(max, Math.max(256, line.length * 2)));
+          const bigger = new Uint8Array(
+            Math.min(max, Math.max(256, line.length * 2)),
+          );
           bigger.set(line);
           line = bigger;
         }
@@ -1014,7 +1200,11 @@ export class Server {
   }
 
   /** Answers a plain `FILE:` request with the raw bytes or one ERR line, then ends. */
-  async #plainFile(s: Session, member: QueuedMember, requestPath: string): Promise<void> {
+  async #plainFile(
+    s: Session,
+    member: QueuedMember,
+    requestPath: string,
+  ): Promise<void> {
     this.#hub.leave(member);
     if (!(await this.#plainFlush(member))) {
       // Chat still queued: the file's bytes cannot go out without mixing in.
@@ -1022,14 +1212,22 @@ export class Server {
       s.conn.close();
       return;
     }
-    const sent = await this.#serveFile(s, requestPath, { framed: false, offset: 0, chunkSize: DEFAULT_CHUNK_SIZE })
+    const sent = await this.#serveFile(s, requestPath, {
+      framed: false,
+      offset: 0,
+      chunkSize: DEFAULT_CHUNK_SIZE,
+    })
       .catch(() => false);
     if (sent) s.reason ??= "file sent";
     await this.#endPlain(s);
   }
 
   /** Ends a plain connection, optionally with one ERR line, after its queued chat. */
-  async #plainFinish(s: Session, member: QueuedMember, error?: ErrorBody): Promise<void> {
+  async #plainFinish(
+    s: Session,
+    member: QueuedMember,
+    error?: ErrorBody,
+  ): Promise<void> {
     this.#hub.leave(member);
     await this.#plainFlush(member);
     await this.#endPlain(s, error);
@@ -1040,7 +1238,9 @@ export class Server {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const flushed = await Promise.race([
       member.flush().then(() => true),
-      new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), PLAIN_FLUSH_MS))),
+      new Promise<false>((
+        resolve,
+      ) => (timer = setTimeout(() => resolve(false), PLAIN_FLUSH_MS))),
     ]);
     clearTimeout(timer);
     return flushed;
@@ -1067,7 +1267,9 @@ const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
  */
 function plainErrorLine(error: ErrorBody): Uint8Array {
   const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
-  return encodeText(`ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`);
+  return encodeText(
+    `ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`,
+  );
 }
 
 /** Resolves null after `ms`; the timer does not keep the process alive. */
@@ -1101,7 +1303,10 @@ function peerIdentity(hostname: string): string {
 }
 
 function errorCode(err: unknown): string {
-  if (err && typeof err === "object" && "code" in err && typeof err.code === "string") {
+  if (
+    err && typeof err === "object" && "code" in err &&
+    typeof err.code === "string"
+  ) {
     return err.code;
   }
   return "ERR_INTERNAL";

@@ -7,8 +7,8 @@
 // C0 controls, DEL, C1 controls, the backslash (so an escape cannot be forged),
 // line/paragraph separators, and the bidirectional and zero-width format
 // characters that can reorder or hide what a terminal shows.
-// deno-lint-ignore no-control-regex -- matching controls is the point
 const UNSAFE =
+  // deno-lint-ignore no-control-regex -- matching controls is the point
   /[\x00-\x1f\x7f-\x9f\\\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
 
 const NAMED: Record<string, string> = {

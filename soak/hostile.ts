@@ -558,7 +558,10 @@ export function buildFloodGenerator(): string | undefined {
   const source = path.join(import.meta.dirname ?? ".", "flood.c");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-flood-"));
   const out = path.join(dir, "flood");
-  const r = spawnSync("cc", ["-O2", "-o", out, source], { encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync("cc", ["-O2", "-o", out, source], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
   if (r.status !== 0) {
     fs.rmSync(dir, { recursive: true, force: true });
     return undefined;
@@ -567,7 +570,10 @@ export function buildFloodGenerator(): string | undefined {
 }
 
 /** Runs a compiled flood generator; its one JSON line is the totals. */
-function nativeFlood(generator: string, options: FloodOptions): Promise<FloodStats> {
+function nativeFlood(
+  generator: string,
+  options: FloodOptions,
+): Promise<FloodStats> {
   const args = [
     options.port,
     options.rate,
@@ -589,14 +595,22 @@ function nativeFlood(generator: string, options: FloodOptions): Promise<FloodSta
     }, limit);
     child.on("close", (code) => {
       clearTimeout(timer);
-      if (code !== 0) return reject(new Error(`flood generator exited ${code}: ${err.trim()}`));
+      if (code !== 0) {
+        return reject(
+          new Error(`flood generator exited ${code}: ${err.trim()}`),
+        );
+      }
       try {
         const stats = JSON.parse(out) as FloodStats;
         // The C generator replaces unprintable bytes by "?"; keep them quoted like the JS one.
         stats.unexpected = stats.unexpected.map((x) => JSON.stringify(x));
         resolve(stats);
       } catch {
-        reject(new Error(`flood generator printed ${JSON.stringify(out.slice(0, 200))}`));
+        reject(
+          new Error(
+            `flood generator printed ${JSON.stringify(out.slice(0, 200))}`,
+          ),
+        );
       }
     });
   });
@@ -616,7 +630,9 @@ export function refusedAddress(i: number): string {
  * @returns The totals.
  */
 export function refusedFlood(options: FloodOptions): Promise<FloodStats> {
-  if (options.generator !== undefined) return nativeFlood(options.generator, options);
+  if (options.generator !== undefined) {
+    return nativeFlood(options.generator, options);
+  }
   const hosts = options.hosts ?? 253;
   const maxInFlight = options.maxInFlight ?? 4000;
   const stats: FloodStats = {
@@ -879,8 +895,9 @@ export function rawControl(text: string): number | undefined {
   return m ? m[0].codePointAt(0) : undefined;
 }
 
-// deno-lint-ignore no-control-regex
-const RAW_CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const RAW_CONTROL =
+  // deno-lint-ignore no-control-regex
+  /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 /** A `moat serve` whose audit log goes to a file. */
 export interface LoggedServer {
@@ -1160,13 +1177,24 @@ export async function faultRounds(
       "--server",
       `127.0.0.1:${s.port}`,
     ]);
-    if (cal.code !== 0) throw new Error(`calibration get failed: ${cal.stderr}`);
+    if (cal.code !== 0) {
+      throw new Error(`calibration get failed: ${cal.stderr}`);
+    }
     const maxKillMs = Math.ceil((performance.now() - t0) * (o.killWindow ?? 1));
     const deadline = Date.now() + (o.budgetMs ?? Infinity);
     const results: FaultRound[] = [];
     for (let i = 0; i < o.rounds && Date.now() < deadline; i++) {
       results.push(
-        await faultRound({ server, file: "big.bin", sha256, size, source, out: o.out, maxKillMs, rand: o.rand }),
+        await faultRound({
+          server,
+          file: "big.bin",
+          sha256,
+          size,
+          source,
+          out: o.out,
+          maxKillMs,
+          rand: o.rand,
+        }),
       );
     }
     return { results, starts, maxKillMs };

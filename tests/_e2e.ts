@@ -18,7 +18,9 @@ export function moatCommand(): string[] {
   const bin = process.env.MOAT_BIN;
   if (bin) return [path.resolve(ROOT, bin)];
   const main = path.join(ROOT, "main.ts");
-  if (navigator.userAgent.startsWith("Deno")) return [process.execPath, "run", "-A", main];
+  if (navigator.userAgent.startsWith("Deno")) {
+    return [process.execPath, "run", "-A", main];
+  }
   return [process.execPath, main];
 }
 
@@ -29,9 +31,14 @@ export function moatFlavor(): string {
 }
 
 /** A fresh temporary directory, removed by the returned dispose. */
-export function tempDir(prefix = "moat-e2e-"): { dir: string; [Symbol.dispose](): void } {
+export function tempDir(
+  prefix = "moat-e2e-",
+): { dir: string; [Symbol.dispose](): void } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  return { dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 /** Result of a finished moat process. */
@@ -43,7 +50,10 @@ export interface RunResult {
 }
 
 /** Spawns moat with args. */
-export function spawnMoat(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess {
+export function spawnMoat(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): ChildProcess {
   const [cmd, ...pre] = moatCommand();
   return spawn(cmd!, [...pre, ...args], {
     cwd: options.cwd ?? ROOT,
@@ -53,7 +63,10 @@ export function spawnMoat(args: string[], options: { cwd?: string; env?: Record<
 }
 
 /** Collects a child's output and exit. */
-export function finished(child: ChildProcess, timeoutMs = 60_000): Promise<RunResult> {
+export function finished(
+  child: ChildProcess,
+  timeoutMs = 60_000,
+): Promise<RunResult> {
   let stdout = "";
   let stderr = "";
   child.stdout?.setEncoding("utf8").on("data", (d: string) => (stdout += d));
@@ -61,7 +74,11 @@ export function finished(child: ChildProcess, timeoutMs = 60_000): Promise<RunRe
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`moat did not exit within ${timeoutMs} ms; stderr: ${stderr}`));
+      reject(
+        new Error(
+          `moat did not exit within ${timeoutMs} ms; stderr: ${stderr}`,
+        ),
+      );
     }, timeoutMs);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
@@ -73,7 +90,12 @@ export function finished(child: ChildProcess, timeoutMs = 60_000): Promise<RunRe
 /** Runs moat to completion. */
 export function runMoat(
   args: string[],
-  options: { cwd?: string; input?: string; timeoutMs?: number; env?: Record<string, string> } = {},
+  options: {
+    cwd?: string;
+    input?: string;
+    timeoutMs?: number;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<RunResult> {
   const child = spawnMoat(args, options);
   const done = finished(child, options.timeoutMs);
@@ -84,7 +106,8 @@ export function runMoat(
 /** Reads a process's stream line by line into an array, with waiters. */
 export class LineWatcher {
   lines: string[] = [];
-  #waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] = [];
+  #waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] =
+    [];
   #buf = "";
 
   constructor(stream: NodeJS.ReadableStream) {
@@ -108,12 +131,20 @@ export class LineWatcher {
   }
 
   /** Resolves with the first line (past or future) matching pred. */
-  waitFor(pred: (line: string) => boolean, timeoutMs = 15_000, what = "line"): Promise<string> {
+  waitFor(
+    pred: (line: string) => boolean,
+    timeoutMs = 15_000,
+    what = "line",
+  ): Promise<string> {
     const seen = this.lines.find(pred);
     if (seen !== undefined) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new Error(`Timed out waiting for ${what}; got:\n${this.lines.join("\n")}`));
+        reject(
+          new Error(
+            `Timed out waiting for ${what}; got:\n${this.lines.join("\n")}`,
+          ),
+        );
       }, timeoutMs);
       this.#waiters.push({
         pred,
@@ -135,7 +166,11 @@ export interface RunningServer {
   stdout: LineWatcher;
   /** Parsed audit events so far. */
   events(): Record<string, unknown>[];
-  waitEvent(pred: (e: Record<string, unknown>) => boolean, what?: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  waitEvent(
+    pred: (e: Record<string, unknown>) => boolean,
+    what?: string,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>;
   /** SIGTERM, then wait for exit. */
   stop(): Promise<number | null>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -151,17 +186,35 @@ function parseEvent(line: string): Record<string, unknown> | undefined {
 }
 
 /** Starts `moat serve --host 127.0.0.1 --port 0 …` and waits for "listening". */
-export async function startServer(args: string[], options: { cwd?: string } = {}): Promise<RunningServer> {
-  const child = spawnMoat(["serve", "--host", "127.0.0.1", "--port", "0", ...args], options);
+export async function startServer(
+  args: string[],
+  options: { cwd?: string } = {},
+): Promise<RunningServer> {
+  const child = spawnMoat([
+    "serve",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    ...args,
+  ], options);
   const audit = new LineWatcher(child.stderr!);
   const stdout = new LineWatcher(child.stdout!);
-  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.on("close", (code) => resolve(code))
+  );
   let listening: string;
   try {
     listening = await Promise.race([
-      audit.waitFor((l) => parseEvent(l)?.event === "listening", 20_000, "listening"),
+      audit.waitFor(
+        (l) => parseEvent(l)?.event === "listening",
+        20_000,
+        "listening",
+      ),
       exited.then((code) => {
-        throw new Error(`moat serve exited with ${code}: ${audit.lines.join("\n")}`);
+        throw new Error(
+          `moat serve exited with ${code}: ${audit.lines.join("\n")}`,
+        );
       }),
     ]);
   } catch (err) {
@@ -170,11 +223,16 @@ export async function startServer(args: string[], options: { cwd?: string } = {}
   }
   const addr = (parseEvent(listening)!.addrs as string[])[0]!;
   const port = Number(addr.slice(addr.lastIndexOf(":") + 1));
-  const events = () => audit.lines.map(parseEvent).filter((e): e is Record<string, unknown> => e !== undefined);
+  const events = () =>
+    audit.lines.map(parseEvent).filter((e): e is Record<string, unknown> =>
+      e !== undefined
+    );
   const stop = async () => {
     // process.kill, not child.kill: Deno reports a child it signalled through
     // child.kill as killed by that signal even when the child exited 0.
-    if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGTERM");
+    if (child.exitCode === null && child.signalCode === null) {
+      process.kill(child.pid!, "SIGTERM");
+    }
     const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
     const code = await exited;
     clearTimeout(timer);
@@ -187,10 +245,14 @@ export async function startServer(args: string[], options: { cwd?: string } = {}
     stdout,
     events,
     async waitEvent(pred, what = "audit event", timeoutMs = 15_000) {
-      const line = await audit.waitFor((l) => {
-        const e = parseEvent(l);
-        return e !== undefined && pred(e);
-      }, timeoutMs, what);
+      const line = await audit.waitFor(
+        (l) => {
+          const e = parseEvent(l);
+          return e !== undefined && pred(e);
+        },
+        timeoutMs,
+        what,
+      );
       return parseEvent(line)!;
     },
     stop,
@@ -228,7 +290,9 @@ export async function sha256File(file: string): Promise<string> {
   const fd = fs.openSync(file, "r");
   const buf = new Uint8Array(1 << 20);
   let n;
-  while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) hash.update(buf.subarray(0, n));
+  while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) {
+    hash.update(buf.subarray(0, n));
+  }
   fs.closeSync(fd);
   return hash.digest("hex");
 }

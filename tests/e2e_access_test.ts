@@ -9,18 +9,36 @@ test("moat serve refuses a peer outside --allow, the client says so, and the aud
   using root = tempDir();
   using out = tempDir();
   fs.writeFileSync(path.join(root.dir, "a.txt"), "a");
-  await using server = await startServer(["--allow", "127.0.0.2", "--root", root.dir]);
-  const r = await runMoat(["get", "FILE:a.txt", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
+  await using server = await startServer([
+    "--allow",
+    "127.0.0.2",
+    "--root",
+    root.dir,
+  ]);
+  const r = await runMoat([
+    "get",
+    "FILE:a.txt",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
   assert.equal(r.code, 3, r.stderr);
   assert.equal(r.stderr, "moat: Access refused by server\n");
-  const refused = await server.waitEvent((e) => e.event === "refused", "refused");
+  const refused = await server.waitEvent(
+    (e) => e.event === "refused",
+    "refused",
+  );
   assert.match(String(refused.peer), /^127\.0\.0\.1:\d+$/);
   assert.equal(fs.existsSync(path.join(out.dir, "a.txt")), false);
   assert.ok(!server.events().some((e) => e.event === "accepted"));
 });
 
 test("moat serve refuses a denied peer even when a wider rule allows it", async () => {
-  await using server = await startServer(["--allow", "127.0.0.0/8", "--deny", "127.0.0.1"]);
+  await using server = await startServer([
+    "--allow",
+    "127.0.0.0/8",
+    "--deny",
+    "127.0.0.1",
+  ]);
   const r = await runMoat(["chat", "--server", `127.0.0.1:${server.port}`]);
   assert.equal(r.code, 3);
   assert.match(r.stderr, /Access refused by server/);
@@ -33,7 +51,16 @@ test("moat serve lets loopback in by default and says so in the start-up log", a
 });
 
 test("moat serve refuses a malformed or non-canonical rule at start-up with one line naming it", async () => {
-  for (const rule of ["010.0.0.5", "127.1", "0x7f.0.0.1", "2130706433", "10.0.0.0/33", "nonsense"]) {
+  for (
+    const rule of [
+      "010.0.0.5",
+      "127.1",
+      "0x7f.0.0.1",
+      "2130706433",
+      "10.0.0.0/33",
+      "nonsense",
+    ]
+  ) {
     const r = await runMoat(["serve", "--port", "0", "--allow", rule]);
     assert.equal(r.code, 2, `${rule}: ${r.stderr}`);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
@@ -61,7 +88,10 @@ test("moat serve enforces --max-conns with a busy refusal", async () => {
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /busy/i);
   first.destroy();
-  await server.waitEvent((e) => e.event === "refused" && /max-conns|too many/.test(String(e.reason)), "busy refusal");
+  await server.waitEvent(
+    (e) => e.event === "refused" && /max-conns|too many/.test(String(e.reason)),
+    "busy refusal",
+  );
 });
 
 test("moat serve closes an idle connection after --idle-timeout", async () => {
@@ -75,7 +105,10 @@ test("moat serve closes an idle connection after --idle-timeout", async () => {
   sock.on("error", () => {});
   const ms = await closed;
   assert.ok(ms >= 900 && ms < 5000, `closed after ${ms} ms`);
-  await server.waitEvent((e) => e.event === "closed" && e.reason === "idle timeout", "idle close");
+  await server.waitEvent(
+    (e) => e.event === "closed" && e.reason === "idle timeout",
+    "idle close",
+  );
 });
 
 test("moat serve drops a framed client that stalls in the handshake", async () => {
@@ -86,7 +119,10 @@ test("moat serve drops a framed client that stalls in the handshake", async () =
   const t0 = Date.now();
   await new Promise<void>((r) => sock.on("close", () => r()));
   assert.ok(Date.now() - t0 < 5000);
-  await server.waitEvent((e) => e.event === "closed" && e.reason === "handshake timeout", "handshake timeout");
+  await server.waitEvent(
+    (e) => e.event === "closed" && e.reason === "handshake timeout",
+    "handshake timeout",
+  );
 });
 
 test("moat serve rejects a frame larger than --max-frame without crashing", async () => {
@@ -97,7 +133,23 @@ test("moat serve rejects a frame larger than --max-frame without crashing", asyn
   sock.on("data", (d) => got.push(d));
   sock.on("connect", () => {
     // Preamble, then a hello frame claiming 4 GiB.
-    sock.write(Uint8Array.of(0x89, 0x4d, 0x4f, 0x41, 0x54, 0x0d, 0x0a, 0x01, 0x01, 0xff, 0xff, 0xff, 0xff));
+    sock.write(
+      Uint8Array.of(
+        0x89,
+        0x4d,
+        0x4f,
+        0x41,
+        0x54,
+        0x0d,
+        0x0a,
+        0x01,
+        0x01,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+      ),
+    );
   });
   await new Promise<void>((r) => sock.on("close", () => r()));
   const text = Buffer.concat(got).toString("latin1");
@@ -106,7 +158,12 @@ test("moat serve rejects a frame larger than --max-frame without crashing", asyn
   assert.equal(err.code, "ERR_FRAME_TOO_LARGE");
   // Still serving:
   using out = tempDir();
-  const r = await runMoat(["get", "FILE:nope", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
+  const r = await runMoat([
+    "get",
+    "FILE:nope",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
   assert.equal(r.code, 4);
 });
 
@@ -121,7 +178,9 @@ test("moat serve listens on IPv6 loopback with --host ::1", async () => {
   const { spawnMoat, LineWatcher } = await import("./_e2e.ts");
   const child = spawnMoat(["serve", "--host", "::1", "--port", "0"]);
   const audit = new LineWatcher(child.stderr!);
-  const line = await audit.waitFor((l) => l.includes('"listening"') || l.startsWith("moat:"));
+  const line = await audit.waitFor((l) =>
+    l.includes('"listening"') || l.startsWith("moat:")
+  );
   try {
     if (line.startsWith("moat:")) {
       // No IPv6 on this host: the error must still be one clean line.
@@ -132,7 +191,9 @@ test("moat serve listens on IPv6 loopback with --host ::1", async () => {
     assert.match(addr, /^\[::1\]:\d+$/);
     const port = addr.slice(addr.lastIndexOf(":") + 1);
     using out = tempDir();
-    const r = await runMoat(["get", "FILE:nope", "--server", `[::1]:${port}`], { cwd: out.dir });
+    const r = await runMoat(["get", "FILE:nope", "--server", `[::1]:${port}`], {
+      cwd: out.dir,
+    });
     assert.equal(r.code, 4, r.stderr);
   } finally {
     child.kill("SIGTERM");
@@ -143,7 +204,10 @@ test("moat serve listens on IPv6 loopback with --host ::1", async () => {
 test("moat exits with a one-line error for unknown commands and options, and --help works everywhere", async () => {
   const bad = await runMoat(["frobnicate"]);
   assert.equal(bad.code, 2);
-  assert.equal(bad.stderr, 'moat: Unknown command "frobnicate" (see moat help)\n');
+  assert.equal(
+    bad.stderr,
+    'moat: Unknown command "frobnicate" (see moat help)\n',
+  );
   const opt = await runMoat(["get", "--bogus", "x"]);
   assert.equal(opt.code, 2);
   assert.equal(opt.stderr.trim().split("\n").length, 1);
@@ -155,7 +219,10 @@ test("moat exits with a one-line error for unknown commands and options, and --h
   const main = await runMoat(["help"]);
   assert.match(main.stdout, /Commands:/);
   const v = await runMoat(["--version"]);
-  assert.match(v.stdout, /^moat \d+\.\d+\.\d+ \((deno|bun) [\d.]+; [\w-]+\)\n$/);
+  assert.match(
+    v.stdout,
+    /^moat \d+\.\d+\.\d+ \((deno|bun) [\d.]+; [\w-]+\)\n$/,
+  );
 });
 
 test("moat get reports a server that is not listening as a connection error", async () => {
@@ -164,7 +231,9 @@ test("moat get reports a server that is not listening as a connection error", as
   const port = (probe.address() as net.AddressInfo).port;
   await new Promise((r) => probe.close(r));
   using out = tempDir();
-  const r = await runMoat(["get", "FILE:x", "--server", `127.0.0.1:${port}`], { cwd: out.dir });
+  const r = await runMoat(["get", "FILE:x", "--server", `127.0.0.1:${port}`], {
+    cwd: out.dir,
+  });
   assert.equal(r.code, 6, r.stderr);
   assert.deepEqual(fs.readdirSync(out.dir), [], "no part file left behind");
   assert.equal(r.stderr.trim().split("\n").length, 1);

@@ -3,7 +3,15 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
-import { runMoat, sha256File, spawnMoat, finished, startServer, tempDir, writeRandomFile } from "./_e2e.ts";
+import {
+  finished,
+  runMoat,
+  sha256File,
+  spawnMoat,
+  startServer,
+  tempDir,
+  writeRandomFile,
+} from "./_e2e.ts";
 
 function vmHwmKiB(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
@@ -15,18 +23,34 @@ test("moat get fetches a small file, verified, and the audit log records it", as
   using out = tempDir();
   fs.writeFileSync(path.join(root.dir, "notes.txt"), "hello moat\n");
   await using server = await startServer(["--root", root.dir]);
-  const r = await runMoat(["get", "FILE:notes.txt", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
+  const r = await runMoat([
+    "get",
+    "FILE:notes.txt",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(fs.readFileSync(path.join(out.dir, "notes.txt"), "utf8"), "hello moat\n");
+  assert.equal(
+    fs.readFileSync(path.join(out.dir, "notes.txt"), "utf8"),
+    "hello moat\n",
+  );
   assert.match(r.stderr, /saved notes\.txt \(11 bytes/);
   assert.equal(r.stdout, "");
-  const done = await server.waitEvent((e) => e.event === "get_finished", "get_finished");
+  const done = await server.waitEvent(
+    (e) => e.event === "get_finished",
+    "get_finished",
+  );
   assert.equal(done.path, "notes.txt");
   assert.equal(done.bytes, 11);
-  const crc = zlib.crc32(fs.readFileSync(path.join(root.dir, "notes.txt"))).toString(16).padStart(8, "0");
+  const crc = zlib.crc32(fs.readFileSync(path.join(root.dir, "notes.txt")))
+    .toString(16).padStart(8, "0");
   assert.equal(done.crc32, crc, "the default digest is CRC-32");
   assert.match(r.stderr, new RegExp(`crc32 ${crc}\\)`));
-  assert.ok(server.events().some((e) => e.event === "accepted" && String(e.peer).startsWith("127.0.0.1:")));
+  assert.ok(
+    server.events().some((e) =>
+      e.event === "accepted" && String(e.peer).startsWith("127.0.0.1:")
+    ),
+  );
 });
 
 test("moat get --digest sha256 checks and reports SHA-256, and an unknown digest is a usage error", async () => {
@@ -35,16 +59,37 @@ test("moat get --digest sha256 checks and reports SHA-256, and an unknown digest
   fs.writeFileSync(path.join(root.dir, "notes.txt"), "hello sha\n");
   await using server = await startServer(["--root", root.dir]);
   const srv = `127.0.0.1:${server.port}`;
-  const r = await runMoat(["get", "FILE:notes.txt", "--digest", "sha256", "--server", srv], { cwd: out.dir });
+  const r = await runMoat([
+    "get",
+    "FILE:notes.txt",
+    "--digest",
+    "sha256",
+    "--server",
+    srv,
+  ], { cwd: out.dir });
   assert.equal(r.code, 0, r.stderr);
   const sha = await sha256File(path.join(root.dir, "notes.txt"));
   assert.match(r.stderr, new RegExp(`sha256 ${sha}\\)`));
-  const done = await server.waitEvent((e) => e.event === "get_finished", "get_finished");
+  const done = await server.waitEvent(
+    (e) => e.event === "get_finished",
+    "get_finished",
+  );
   assert.equal(done.sha256, sha);
   assert.equal(done.crc32, undefined);
-  const bad = await runMoat(["get", "FILE:notes.txt", "--digest", "md5", "--force", "--server", srv], { cwd: out.dir });
+  const bad = await runMoat([
+    "get",
+    "FILE:notes.txt",
+    "--digest",
+    "md5",
+    "--force",
+    "--server",
+    srv,
+  ], { cwd: out.dir });
   assert.equal(bad.code, 2);
-  assert.equal(bad.stderr, 'moat: Unknown --digest "md5": use crc32 or sha256\n');
+  assert.equal(
+    bad.stderr,
+    'moat: Unknown --digest "md5": use crc32 or sha256\n',
+  );
 });
 
 test("moat get accepts a bare path, -o, and an empty file", async () => {
@@ -53,7 +98,14 @@ test("moat get accepts a bare path, -o, and an empty file", async () => {
   fs.mkdirSync(path.join(root.dir, "logs"));
   fs.writeFileSync(path.join(root.dir, "logs", "empty.log"), "");
   await using server = await startServer(["--root", root.dir]);
-  const r = await runMoat(["get", "logs/empty.log", "-o", "copy.log", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
+  const r = await runMoat([
+    "get",
+    "logs/empty.log",
+    "-o",
+    "copy.log",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
   assert.equal(r.code, 0, r.stderr);
   assert.equal(fs.readFileSync(path.join(out.dir, "copy.log"), "utf8"), "");
   assert.equal(fs.existsSync(path.join(out.dir, "copy.log.moat-part")), false);
@@ -66,11 +118,18 @@ test("moat get refuses to overwrite without --force, and replaces with it", asyn
   fs.writeFileSync(path.join(out.dir, "a.txt"), "old");
   await using server = await startServer(["--root", root.dir]);
   const srv = `127.0.0.1:${server.port}`;
-  const r1 = await runMoat(["get", "FILE:a.txt", "--server", srv], { cwd: out.dir });
+  const r1 = await runMoat(["get", "FILE:a.txt", "--server", srv], {
+    cwd: out.dir,
+  });
   assert.equal(r1.code, 7);
-  assert.match(r1.stderr, /^moat: Refusing to overwrite "a\.txt": it exists \(use --force\)\n$/);
+  assert.match(
+    r1.stderr,
+    /^moat: Refusing to overwrite "a\.txt": it exists \(use --force\)\n$/,
+  );
   assert.equal(fs.readFileSync(path.join(out.dir, "a.txt"), "utf8"), "old");
-  const r2 = await runMoat(["get", "FILE:a.txt", "--force", "--server", srv], { cwd: out.dir });
+  const r2 = await runMoat(["get", "FILE:a.txt", "--force", "--server", srv], {
+    cwd: out.dir,
+  });
   assert.equal(r2.code, 0, r2.stderr);
   assert.equal(fs.readFileSync(path.join(out.dir, "a.txt"), "utf8"), "new");
 });
@@ -93,10 +152,16 @@ test("moat get is refused traversal, absolute, backslash and outside-symlink pat
     ["FILE:missing.txt", /not found|No such|Refused/i],
   ];
   for (const [req, re] of cases) {
-    const r = await runMoat(["get", req, "-o", "x", "--server", srv], { cwd: out.dir });
+    const r = await runMoat(["get", req, "-o", "x", "--server", srv], {
+      cwd: out.dir,
+    });
     assert.equal(r.code, 4, `${req}: ${r.stderr}`);
     assert.match(r.stderr, re, req);
-    assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${req}: ${r.stderr}`);
+    assert.equal(
+      r.stderr.trim().split("\n").length,
+      1,
+      `one line for ${req}: ${r.stderr}`,
+    );
     assert.doesNotMatch(r.stderr, /at .*\.ts:\d+/);
   }
   assert.deepEqual(fs.readdirSync(out.dir), []);
@@ -111,15 +176,26 @@ test("moat get of a 256 MiB file arrives intact while the server's memory stays 
   writeRandomFile(path.join(root.dir, "big.bin"), 256 << 20, 9);
   await using server = await startServer(["--root", root.dir]);
   const srv = `127.0.0.1:${server.port}`;
-  const r1 = await runMoat(["get", "FILE:small.bin", "--server", srv], { cwd: out.dir });
+  const r1 = await runMoat(["get", "FILE:small.bin", "--server", srv], {
+    cwd: out.dir,
+  });
   assert.equal(r1.code, 0, r1.stderr);
   const before = vmHwmKiB(server.child.pid!);
-  const r2 = await runMoat(["get", "FILE:big.bin", "--server", srv], { cwd: out.dir, timeoutMs: 120_000 });
+  const r2 = await runMoat(["get", "FILE:big.bin", "--server", srv], {
+    cwd: out.dir,
+    timeoutMs: 120_000,
+  });
   assert.equal(r2.code, 0, r2.stderr);
-  assert.equal(await sha256File(path.join(out.dir, "big.bin")), await sha256File(path.join(root.dir, "big.bin")));
+  assert.equal(
+    await sha256File(path.join(out.dir, "big.bin")),
+    await sha256File(path.join(root.dir, "big.bin")),
+  );
   const after = vmHwmKiB(server.child.pid!);
   // Constant memory: a 256 MiB file may not add more than 32 MiB to the peak.
-  assert.ok(after - before < 32 * 1024, `server peak RSS grew ${before} → ${after} KiB`);
+  assert.ok(
+    after - before < 32 * 1024,
+    `server peak RSS grew ${before} → ${after} KiB`,
+  );
 });
 
 test("moat get killed mid-transfer by a dying server leaves no complete-looking file, and --resume finishes it", async () => {
@@ -128,11 +204,21 @@ test("moat get killed mid-transfer by a dying server leaves no complete-looking 
   const size = 256 << 20;
   writeRandomFile(path.join(root.dir, "big.bin"), size, 3);
   const server = await startServer(["--root", root.dir]);
-  const child = spawnMoat(["get", "FILE:big.bin", "--server", `127.0.0.1:${server.port}`, "--max-frame", "65536"], { cwd: out.dir });
+  const child = spawnMoat([
+    "get",
+    "FILE:big.bin",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--max-frame",
+    "65536",
+  ], { cwd: out.dir });
   const done = finished(child, 60_000);
   const part = path.join(out.dir, "big.bin.moat-part");
   const deadline = Date.now() + 20_000;
-  while (!(fs.existsSync(part) && fs.statSync(part).size > 0) && Date.now() < deadline) {
+  while (
+    !(fs.existsSync(part) && fs.statSync(part).size > 0) &&
+    Date.now() < deadline
+  ) {
     await new Promise((r) => setTimeout(r, 5));
   }
   server.child.kill("SIGKILL");
@@ -140,19 +226,35 @@ test("moat get killed mid-transfer by a dying server leaves no complete-looking 
   const r = await done;
   if (r.code === 0) {
     // The whole file made it before the kill landed: it must then be complete.
-    assert.equal(await sha256File(path.join(out.dir, "big.bin")), await sha256File(path.join(root.dir, "big.bin")));
+    assert.equal(
+      await sha256File(path.join(out.dir, "big.bin")),
+      await sha256File(path.join(root.dir, "big.bin")),
+    );
     return;
   }
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /--resume/);
-  assert.equal(fs.existsSync(path.join(out.dir, "big.bin")), false, "no complete-looking file");
+  assert.equal(
+    fs.existsSync(path.join(out.dir, "big.bin")),
+    false,
+    "no complete-looking file",
+  );
   assert.ok(fs.statSync(part).size < size);
 
   await using again = await startServer(["--root", root.dir]);
-  const r2 = await runMoat(["get", "FILE:big.bin", "--resume", "--server", `127.0.0.1:${again.port}`], { cwd: out.dir, timeoutMs: 120_000 });
+  const r2 = await runMoat([
+    "get",
+    "FILE:big.bin",
+    "--resume",
+    "--server",
+    `127.0.0.1:${again.port}`,
+  ], { cwd: out.dir, timeoutMs: 120_000 });
   assert.equal(r2.code, 0, r2.stderr);
   assert.match(r2.stderr, /resumed at \d+/);
-  assert.equal(await sha256File(path.join(out.dir, "big.bin")), await sha256File(path.join(root.dir, "big.bin")));
+  assert.equal(
+    await sha256File(path.join(out.dir, "big.bin")),
+    await sha256File(path.join(root.dir, "big.bin")),
+  );
   assert.equal(fs.existsSync(part), false);
 });
 
@@ -162,7 +264,13 @@ test("moat get --resume detects a file that changed on the server and keeps noth
   fs.writeFileSync(path.join(root.dir, "f.txt"), "abcdefghij");
   fs.writeFileSync(path.join(out.dir, "f.txt.moat-part"), "XYZ");
   await using server = await startServer(["--root", root.dir]);
-  const r = await runMoat(["get", "FILE:f.txt", "--resume", "--server", `127.0.0.1:${server.port}`], { cwd: out.dir });
+  const r = await runMoat([
+    "get",
+    "FILE:f.txt",
+    "--resume",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
   assert.equal(r.code, 5, r.stderr);
   assert.match(r.stderr, /crc32 mismatch/);
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt")), false);

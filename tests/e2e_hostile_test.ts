@@ -227,15 +227,29 @@ test("moat serve refuses a hello over 4 KiB before its payload arrives, and take
   sock.on("data", (d: Uint8Array) => got.push(new Uint8Array(d)));
   sock.on("close", () => (closed = true));
   await new Promise<void>((r) => sock.on("connect", () => r()));
-  sock.write(bytesOf([...encodePreamble()], [Kind.Hello, 0, 0, 0x13, 0x88], "{\"client\":"));
+  sock.write(
+    bytesOf(
+      [...encodePreamble()],
+      [Kind.Hello, 0, 0, 0x13, 0x88],
+      '{"client":',
+    ),
+  );
   await until(() => closed, 5_000, "the server to close the connection");
   const reply = bytesOf(...got.map((g) => [...g]));
   assert.deepEqual([...reply.subarray(0, 8)], [...encodePreamble()]);
   assert.equal(reply[8], Kind.Error);
-  assert.match(decodeText(reply.subarray(13)), /"code":"ERR_FRAME_TOO_LARGE".*length 5000 exceeds maxFrameSize 4096/);
+  assert.match(
+    decodeText(reply.subarray(13)),
+    /"code":"ERR_FRAME_TOO_LARGE".*length 5000 exceeds maxFrameSize 4096/,
+  );
 
   // A hello of 4,096 bytes (an unknown field pads it) is still a hello.
-  const base = JSON.stringify({ client: "moat/test", mode: "chat", maxFrameSize: 1_048_576, pad: "" });
+  const base = JSON.stringify({
+    client: "moat/test",
+    mode: "chat",
+    maxFrameSize: 1_048_576,
+    pad: "",
+  });
   const hello = JSON.stringify({
     client: "moat/test",
     mode: "chat",
@@ -248,8 +262,16 @@ test("moat serve refuses a hello over 4 KiB before its payload arrives, and take
   const okGot: Uint8Array[] = [];
   ok.on("data", (d: Uint8Array) => okGot.push(new Uint8Array(d)));
   await new Promise<void>((r) => ok.on("connect", () => r()));
-  ok.write(bytesOf([...encodePreamble()], [...encodeFrame({ type: Kind.Hello, payload: enc.encode(hello) })]));
-  await until(() => okGot.reduce((n, g) => n + g.length, 0) >= 13, 5_000, "a welcome");
+  ok.write(
+    bytesOf([...encodePreamble()], [
+      ...encodeFrame({ type: Kind.Hello, payload: enc.encode(hello) }),
+    ]),
+  );
+  await until(
+    () => okGot.reduce((n, g) => n + g.length, 0) >= 13,
+    5_000,
+    "a welcome",
+  );
   assert.equal(bytesOf(...okGot.map((g) => [...g]))[8], Kind.Welcome);
   ok.destroy();
 });

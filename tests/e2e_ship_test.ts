@@ -4,9 +4,20 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import process from "node:process";
-import { LineWatcher, runMoat, spawnMoat, startServer, tempDir } from "./_e2e.ts";
+import {
+  LineWatcher,
+  runMoat,
+  spawnMoat,
+  startServer,
+  tempDir,
+} from "./_e2e.ts";
 import { encodeFrame } from "../lib/framer.ts";
-import { encodeJson, encodePreamble, encodeShipBatch, Kind } from "../lib/protocol.ts";
+import {
+  encodeJson,
+  encodePreamble,
+  encodeShipBatch,
+  Kind,
+} from "../lib/protocol.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -19,10 +30,17 @@ function lines(from: number, to: number, tag = "line"): string {
 async function vaultCount(dir: string): Promise<number> {
   const r = await runMoat(["vault", "ls", dir]);
   if (r.code !== 0) return -1;
-  return r.stdout.trim().split("\n").slice(1).reduce((n, row) => n + Number(row.split("\t")[2]), 0);
+  return r.stdout.trim().split("\n").slice(1).reduce(
+    (n, row) => n + Number(row.split("\t")[2]),
+    0,
+  );
 }
 
-async function waitCount(dir: string, want: number, timeoutMs: number): Promise<number> {
+async function waitCount(
+  dir: string,
+  want: number,
+  timeoutMs: number,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let n = -1;
   while (Date.now() < deadline) {
@@ -36,7 +54,9 @@ async function waitCount(dir: string, want: number, timeoutMs: number): Promise<
 function startShipper(args: string[], cwd: string) {
   const child = spawnMoat(["ship", ...args], { cwd });
   const err = new LineWatcher(child.stderr!);
-  const exited = new Promise<number | null>((r) => child.on("close", (c) => r(c)));
+  const exited = new Promise<number | null>((r) =>
+    child.on("close", (c) => r(c))
+  );
   return { child, err, exited };
 }
 
@@ -48,9 +68,20 @@ test("moat ship: 100,000 lines survive 5 server and 5 shipper SIGKILLs, stored e
   fs.writeFileSync(log, "");
   const first = await startServer(["--vault", vault]);
   const port = first.port;
-  let server: { child: import("node:child_process").ChildProcess; stop(): Promise<number | null> } = first;
+  let server: {
+    child: import("node:child_process").ChildProcess;
+    stop(): Promise<number | null>;
+  } = first;
   const serverArgs = ["--vault", vault, "--port", String(port)];
-  const shipArgs = [log, "--server", `127.0.0.1:${port}`, "--state", state, "--source", "app"];
+  const shipArgs = [
+    log,
+    "--server",
+    `127.0.0.1:${port}`,
+    "--state",
+    state,
+    "--source",
+    "app",
+  ];
   let shipper = startShipper(shipArgs, dir.dir);
 
   // Append 100,000 lines in 20 bursts while killing a side after every other burst.
@@ -95,7 +126,9 @@ async function startFixed(args: string[]) {
   const { LineWatcher } = await import("./_e2e.ts");
   const child = spawnMoat(["serve", "--host", "127.0.0.1", ...args]);
   const audit = new LineWatcher(child.stderr!);
-  const exited = new Promise<number | null>((r) => child.on("close", (c) => r(c)));
+  const exited = new Promise<number | null>((r) =>
+    child.on("close", (c) => r(c))
+  );
   await Promise.race([
     audit.waitFor((l) => l.includes('"listening"'), 20_000, "listening"),
     exited.then((c) => {
@@ -106,7 +139,9 @@ async function startFixed(args: string[]) {
     child,
     port: Number(args[args.indexOf("--port") + 1]),
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGTERM");
+      if (child.exitCode === null && child.signalCode === null) {
+        process.kill(child.pid!, "SIGTERM");
+      }
       const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
       const c = await exited;
       clearTimeout(t);
@@ -121,7 +156,15 @@ test("moat ship follows rotation by rename and by truncation: nothing lost, noth
   const vault = path.join(dir.dir, "vault");
   await using server = await startServer(["--vault", vault]);
   fs.writeFileSync(log, lines(1, 1000, "a"));
-  const shipper = startShipper([log, "--server", `127.0.0.1:${server.port}`, "--state", path.join(dir.dir, "s.json"), "--source", "app"], dir.dir);
+  const shipper = startShipper([
+    log,
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state",
+    path.join(dir.dir, "s.json"),
+    "--source",
+    "app",
+  ], dir.dir);
   try {
     assert.equal(await waitCount(vault, 1000, 20_000), 1000);
     fs.appendFileSync(log, lines(1001, 1500, "a"));
@@ -137,14 +180,26 @@ test("moat ship follows rotation by rename and by truncation: nothing lost, noth
     assert.equal(await shipper.exited, 0);
   }
   const cat = await runMoat(["vault", "cat", vault]);
-  assert.equal(cat.stdout, lines(1, 1500, "a") + lines(1, 1000, "b") + lines(1, 700, "c"));
+  assert.equal(
+    cat.stdout,
+    lines(1, 1500, "a") + lines(1, 1000, "b") + lines(1, 700, "c"),
+  );
 });
 
 test("moat ship - reads stdin, exits once every line is acknowledged, and vault cat filters by source and time", async () => {
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
   await using server = await startServer(["--vault", vault]);
-  const args = ["ship", "-", "--server", `127.0.0.1:${server.port}`, "--state", path.join(dir.dir, "s.json"), "--source", "journal"];
+  const args = [
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state",
+    path.join(dir.dir, "s.json"),
+    "--source",
+    "journal",
+  ];
   const r = await runMoat(args, { input: lines(1, 5000), cwd: dir.dir });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /5000 records acknowledged/);
@@ -154,15 +209,33 @@ test("moat ship - reads stdin, exits once every line is acknowledged, and vault 
   assert.equal(cat.stdout, lines(1, 5000));
   const since = await runMoat(["vault", "cat", vault, "--since", "1h"]);
   assert.equal(since.stdout, lines(1, 5000));
-  const future = await runMoat(["vault", "cat", vault, "--since", "2999-01-01"]);
+  const future = await runMoat([
+    "vault",
+    "cat",
+    vault,
+    "--since",
+    "2999-01-01",
+  ]);
   assert.equal(future.stdout, "");
 });
 
 test("moat ship is refused by a server that does not allow its address, and stores nothing", async () => {
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
-  await using server = await startServer(["--vault", vault, "--allow", "127.0.0.2"]);
-  const r = await runMoat(["ship", "-", "--server", `127.0.0.1:${server.port}`, "--state", path.join(dir.dir, "s.json")], { input: "x\n" });
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--allow",
+    "127.0.0.2",
+  ]);
+  const r = await runMoat([
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state",
+    path.join(dir.dir, "s.json"),
+  ], { input: "x\n" });
   assert.equal(r.code, 3, r.stderr);
   assert.match(r.stderr, /Access refused by server/);
   assert.equal(await vaultCount(vault), 0);
@@ -171,55 +244,143 @@ test("moat ship is refused by a server that does not allow its address, and stor
 test("moat serve keys vault sources by peer address: another host cannot write into this host's records", async () => {
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
-  await using server = await startServer(["--vault", vault, "--allow", "127.0.0.0/8", "--host", "127.0.0.1"]);
-  const r = await runMoat(["ship", "-", "--server", `127.0.0.1:${server.port}`, "--state", path.join(dir.dir, "s.json"), "--source", "web"], { input: lines(1, 10) });
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--allow",
+    "127.0.0.0/8",
+    "--host",
+    "127.0.0.1",
+  ]);
+  const r = await runMoat([
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state",
+    path.join(dir.dir, "s.json"),
+    "--source",
+    "web",
+  ], { input: lines(1, 10) });
   assert.equal(r.code, 0, r.stderr);
   // A second host (127.0.0.2) claims the same source name and the next seq.
-  const sock = net.connect({ port: server.port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+  const sock = net.connect({
+    port: server.port,
+    host: "127.0.0.1",
+    localAddress: "127.0.0.2",
+  });
   await new Promise<void>((res, rej) => {
     sock.on("connect", () => res());
     sock.on("error", rej);
   });
   const got: Buffer[] = [];
   sock.on("data", (d) => got.push(d));
-  const hello = encodeFrame({ type: Kind.Hello, payload: encodeJson({ client: "evil", mode: "ship", maxFrameSize: 1 << 20, source: "web" }) });
+  const hello = encodeFrame({
+    type: Kind.Hello,
+    payload: encodeJson({
+      client: "evil",
+      mode: "ship",
+      maxFrameSize: 1 << 20,
+      source: "web",
+    }),
+  });
   const forged = encodeFrame({
     type: Kind.ShipBatch,
-    payload: encodeShipBatch([{ seq: 1, ts: Date.now(), partial: false, line: new TextEncoder().encode("forged") }]),
+    payload: encodeShipBatch([{
+      seq: 1,
+      ts: Date.now(),
+      partial: false,
+      line: new TextEncoder().encode("forged"),
+    }]),
   });
   sock.write(Buffer.concat([encodePreamble(), hello, forged]));
   const deadline = Date.now() + 10_000;
-  while (!Buffer.concat(got).includes(Buffer.from([Kind.ShipAck, 0, 0, 0, 8])) && Date.now() < deadline) await sleep(20);
+  while (
+    !Buffer.concat(got).includes(Buffer.from([Kind.ShipAck, 0, 0, 0, 8])) &&
+    Date.now() < deadline
+  ) await sleep(20);
   sock.end();
-  assert.ok(Buffer.concat(got).toString("latin1").includes('"lastSeq":0'), "the other host starts its own source at 0");
+  assert.ok(
+    Buffer.concat(got).toString("latin1").includes('"lastSeq":0'),
+    "the other host starts its own source at 0",
+  );
   const ls = await runMoat(["vault", "ls", vault]);
   const rows = ls.stdout.trim().split("\n").slice(1).map((r) => r.split("\t"));
-  assert.deepEqual(rows.map((r) => [r[0], r[1], r[2]]).sort(), [["127.0.0.1", "web", "10"], ["127.0.0.2", "web", "1"]]);
-  const cat = await runMoat(["vault", "cat", vault, "--source", "127.0.0.1/web"]);
+  assert.deepEqual(rows.map((r) => [r[0], r[1], r[2]]).sort(), [[
+    "127.0.0.1",
+    "web",
+    "10",
+  ], ["127.0.0.2", "web", "1"]]);
+  const cat = await runMoat([
+    "vault",
+    "cat",
+    vault,
+    "--source",
+    "127.0.0.1/web",
+  ]);
   assert.equal(cat.stdout, lines(1, 10));
 });
 
 test("moat ship to a server without --vault fails with one clear line", async () => {
   await using server = await startServer([]);
   using dir = tempDir();
-  const r = await runMoat(["ship", "-", "--server", `127.0.0.1:${server.port}`, "--state", path.join(dir.dir, "s.json")], { input: "x\n" });
+  const r = await runMoat([
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state",
+    path.join(dir.dir, "s.json"),
+  ], { input: "x\n" });
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /keeps no vault/);
   assert.ok(r.stderr.trim().split("\n").length <= 2, r.stderr);
 });
 
-
 test("moat ship with a token stores records under the authenticated identity, not the address", async () => {
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
-  fs.writeFileSync(path.join(dir.dir, "server.tokens"), "alice s3cret-token-for-alice\n");
-  fs.writeFileSync(path.join(dir.dir, "alice.token"), "alice s3cret-token-for-alice\n");
-  fs.writeFileSync(path.join(dir.dir, "wrong.token"), "alice not-the-right-secret!!\n");
-  await using server = await startServer(["--vault", vault, "--token-file", path.join(dir.dir, "server.tokens")]);
-  const base = ["ship", "-", "--server", `127.0.0.1:${server.port}`, "--source", "auth"];
-  const bad = await runMoat([...base, "--state", path.join(dir.dir, "bad.json"), "--token-file", "wrong.token"], { input: "nope\n", cwd: dir.dir });
+  fs.writeFileSync(
+    path.join(dir.dir, "server.tokens"),
+    "alice s3cret-token-for-alice\n",
+  );
+  fs.writeFileSync(
+    path.join(dir.dir, "alice.token"),
+    "alice s3cret-token-for-alice\n",
+  );
+  fs.writeFileSync(
+    path.join(dir.dir, "wrong.token"),
+    "alice not-the-right-secret!!\n",
+  );
+  await using server = await startServer([
+    "--vault",
+    vault,
+    "--token-file",
+    path.join(dir.dir, "server.tokens"),
+  ]);
+  const base = [
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--source",
+    "auth",
+  ];
+  const bad = await runMoat([
+    ...base,
+    "--state",
+    path.join(dir.dir, "bad.json"),
+    "--token-file",
+    "wrong.token",
+  ], { input: "nope\n", cwd: dir.dir });
   assert.notEqual(bad.code, 0);
-  const r = await runMoat([...base, "--state", path.join(dir.dir, "s.json"), "--token-file", "alice.token"], { input: lines(1, 20), cwd: dir.dir });
+  const r = await runMoat([
+    ...base,
+    "--state",
+    path.join(dir.dir, "s.json"),
+    "--token-file",
+    "alice.token",
+  ], { input: lines(1, 20), cwd: dir.dir });
   assert.equal(r.code, 0, r.stderr);
   const ls = await runMoat(["vault", "ls", vault]);
   assert.match(ls.stdout, /\ntoken:alice\tauth\t20\t/);

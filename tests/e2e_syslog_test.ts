@@ -47,7 +47,13 @@ function syslogPort(server: RunningServer): number {
  */
 async function startSyslogServer(dir: string, extra: string[] = []) {
   const vault = path.join(dir, "vault");
-  const server = await startServer(["--vault", vault, "--syslog-port", "0", ...extra]);
+  const server = await startServer([
+    "--vault",
+    vault,
+    "--syslog-port",
+    "0",
+    ...extra,
+  ]);
   return Object.assign(server, { vault, syslogPort: syslogPort(server) });
 }
 
@@ -328,7 +334,10 @@ function exchange(
 
 test("moat serve --syslog-port refuses a peer the allowlist does not allow, before reading it", async () => {
   using dir = tempDir();
-  await using server = await startSyslogServer(dir.dir, ["--allow", "127.0.0.2"]);
+  await using server = await startSyslogServer(dir.dir, [
+    "--allow",
+    "127.0.0.2",
+  ]);
   const { vault, syslogPort: port } = server;
   const refused = await exchange(
     port,
@@ -373,7 +382,10 @@ test("moat serve --syslog-port refuses a peer the allowlist does not allow, befo
 
 test("moat serve --syslog-max refuses an oversize message with an audit line and keeps serving", async () => {
   using dir = tempDir();
-  await using server = await startSyslogServer(dir.dir, ["--syslog-max", "1024"]);
+  await using server = await startSyslogServer(dir.dir, [
+    "--syslog-max",
+    "1024",
+  ]);
   const { vault, syslogPort: port } = server;
   const big = "<13>1 - - - - - - " + "y".repeat(2000);
   // Octet counting: refused from the count alone; the messages before it are kept.

@@ -87,7 +87,8 @@ function issued(dir: string, ca: string, name: string): void {
     ], dir);
   }
   signedCert(dir, name, {
-    ext: "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n" +
+    ext:
+      "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n" +
       "extendedKeyUsage=serverAuth,clientAuth\n",
     signer: ["-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial"],
     days: 2,

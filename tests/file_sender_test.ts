@@ -6,15 +6,28 @@ import * as path from "node:path";
 import { createHash } from "node:crypto";
 import * as zlib from "node:zlib";
 import type { DigestName } from "../lib/digest.ts";
-import { DigestCache, PART_SUFFIX, prepareDownload, receiveFile, sendFile } from "../lib/file_sender.ts";
+import {
+  DigestCache,
+  PART_SUFFIX,
+  prepareDownload,
+  receiveFile,
+  sendFile,
+} from "../lib/file_sender.ts";
 import { FrameReader } from "../lib/framer.ts";
 import { createJail } from "../lib/jail.ts";
 import { decodeFileMeta, Kind } from "../lib/protocol.ts";
-import { ConnectionClosedError, IntegrityError, ProtocolError } from "../lib/errors.ts";
+import {
+  ConnectionClosedError,
+  IntegrityError,
+  ProtocolError,
+} from "../lib/errors.ts";
 
 function tmp() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-fs-"));
-  return { dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 /** Collects what sendFile writes. */
@@ -69,7 +82,9 @@ async function roundTrip(
   fs.mkdirSync(root);
   fs.writeFileSync(path.join(root, "f.bin"), content);
   const out = path.join(t.dir, "out.bin");
-  if (opts.offset) fs.writeFileSync(out + PART_SUFFIX, content.subarray(0, opts.offset));
+  if (opts.offset) {
+    fs.writeFileSync(out + PART_SUFFIX, content.subarray(0, opts.offset));
+  }
   const jail = await createJail(root);
   const file = await jail.open("f.bin");
   const sink = memorySink();
@@ -90,10 +105,24 @@ async function roundTrip(
     digest: opts.want ?? opts.digest ?? "sha256",
   });
   try {
-    const got = await receiveFile(reader, download, decodeFileMeta(head!.payload));
-    return { sent, got, out: fs.readFileSync(out), part: fs.existsSync(out + PART_SUFFIX) };
+    const got = await receiveFile(
+      reader,
+      download,
+      decodeFileMeta(head!.payload),
+    );
+    return {
+      sent,
+      got,
+      out: fs.readFileSync(out),
+      part: fs.existsSync(out + PART_SUFFIX),
+    };
   } catch (err) {
-    return { sent, err, exists: fs.existsSync(out), part: fs.existsSync(out + PART_SUFFIX) };
+    return {
+      sent,
+      err,
+      exists: fs.existsSync(out),
+      part: fs.existsSync(out + PART_SUFFIX),
+    };
   }
 }
 
@@ -133,7 +162,10 @@ for (const digest of ["crc32", "sha256"] as const) {
           return c;
         },
       });
-      assert.ok("err" in r && r.err instanceof IntegrityError, String("err" in r && r.err));
+      assert.ok(
+        "err" in r && r.err instanceof IntegrityError,
+        String("err" in r && r.err),
+      );
       assert.match(String(r.err), new RegExp(`${digest} mismatch`));
       assert.equal(r.exists, false);
       assert.equal(r.part, false);
@@ -143,8 +175,14 @@ for (const digest of ["crc32", "sha256"] as const) {
 
 test("receiveFile refuses a digest other than the one asked for, and a file end of the wrong size", async () => {
   const other = await roundTrip(content, { digest: "sha256", want: "crc32" });
-  assert.ok("err" in other && other.err instanceof ProtocolError, String("err" in other && other.err));
-  assert.match(String(other.err), /announced a sha256 digest, crc32 was asked for/);
+  assert.ok(
+    "err" in other && other.err instanceof ProtocolError,
+    String("err" in other && other.err),
+  );
+  assert.match(
+    String(other.err),
+    /announced a sha256 digest, crc32 was asked for/,
+  );
   assert.equal(other.exists, false);
   // A FileEnd cut to 4 bytes while FileMeta still says sha256.
   const short = await roundTrip(content, {
@@ -155,15 +193,23 @@ test("receiveFile refuses a digest other than the one asked for, and a file end 
       return c;
     },
   });
-  assert.ok("err" in short && short.err instanceof ProtocolError, String("err" in short && short.err));
+  assert.ok(
+    "err" in short && short.err instanceof ProtocolError,
+    String("err" in short && short.err),
+  );
   assert.match(String(short.err), /carries 4 bytes, a sha256 digest has 32/);
   assert.equal(short.exists, false);
 });
 
 test("receiveFile keeps the part of a cut transfer for --resume and never creates the target", async () => {
   for (const cut of [200, 5000, 60_000, 100_100]) {
-    const r = await roundTrip(content, { mutate: (w) => w.subarray(0, Math.min(cut, w.length - 40)) });
-    assert.ok("err" in r && r.err instanceof ConnectionClosedError, `cut ${cut}: ${"err" in r && r.err}`);
+    const r = await roundTrip(content, {
+      mutate: (w) => w.subarray(0, Math.min(cut, w.length - 40)),
+    });
+    assert.ok(
+      "err" in r && r.err instanceof ConnectionClosedError,
+      `cut ${cut}: ${"err" in r && r.err}`,
+    );
     assert.equal(r.exists, false);
     assert.equal(r.part, true);
   }

@@ -30,10 +30,23 @@ test("encodePreamble starts with a non-ASCII magic byte and ends with the versio
 });
 
 test("decodeHello accepts the three modes and rejects bad ones", () => {
-  const ok = decodeHello(encodeJson({ client: "moat/0.1.0", mode: "get", maxFrameSize: 1024 }));
+  const ok = decodeHello(
+    encodeJson({ client: "moat/0.1.0", mode: "get", maxFrameSize: 1024 }),
+  );
   // The floor: 1024.
-  assert.deepEqual(ok, { client: "moat/0.1.0", mode: "get", maxFrameSize: 1024 });
-  const ship = decodeHello(encodeJson({ client: "x", mode: "ship", maxFrameSize: 4096, source: "web" }));
+  assert.deepEqual(ok, {
+    client: "moat/0.1.0",
+    mode: "get",
+    maxFrameSize: 1024,
+  });
+  const ship = decodeHello(
+    encodeJson({
+      client: "x",
+      mode: "ship",
+      maxFrameSize: 4096,
+      source: "web",
+    }),
+  );
   assert.equal(ship.source, "web");
   const bad: unknown[] = [
     { client: "x", mode: "push", maxFrameSize: 1 },
@@ -48,24 +61,89 @@ test("decodeHello accepts the three modes and rejects bad ones", () => {
     [],
     null,
   ];
-  for (const b of bad) assert.throws(() => decodeHello(encodeJson(b)), ProtocolError, JSON.stringify(b));
-  assert.throws(() => decodeHello(new TextEncoder().encode("{not json")), ProtocolError);
+  for (const b of bad) {
+    assert.throws(
+      () => decodeHello(encodeJson(b)),
+      ProtocolError,
+      JSON.stringify(b),
+    );
+  }
+  assert.throws(
+    () => decodeHello(new TextEncoder().encode("{not json")),
+    ProtocolError,
+  );
 });
 
 test("decodeGet, decodeFileMeta and decodeChatLine check every field", () => {
-  assert.deepEqual(decodeGet(encodeJson({ path: "a", offset: 3 })), { path: "a", offset: 3, digest: "sha256" });
-  assert.equal(decodeGet(encodeJson({ path: "a", offset: 0, digest: "crc32" })).digest, "crc32");
-  assert.throws(() => decodeGet(encodeJson({ path: "a", offset: 0, digest: "md5" })), /Unknown digest "md5"/);
-  assert.throws(() => decodeGet(encodeJson({ path: "a", offset: 0, digest: 32 })), ProtocolError);
-  assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1, digest: "crc32" })).digest, "crc32");
-  assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1 })).digest, "sha256");
-  assert.throws(() => decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1, digest: "" })), ProtocolError);
-  assert.throws(() => decodeGet(encodeJson({ path: "a", offset: "3" })), ProtocolError);
-  assert.throws(() => decodeGet(encodeJson({ path: 1, offset: 0 })), ProtocolError);
-  assert.equal(decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1.5 })).size, 5);
-  assert.throws(() => decodeFileMeta(encodeJson({ path: "a", size: 2 ** 60, offset: 0, mtimeMs: 0 })), ProtocolError);
-  assert.equal(decodeChatLine(encodeJson({ from: "c1", addr: "", text: "hi" })).text, "hi");
-  assert.throws(() => decodeChatLine(encodeJson({ from: "c1", text: "hi" })), ProtocolError);
+  assert.deepEqual(decodeGet(encodeJson({ path: "a", offset: 3 })), {
+    path: "a",
+    offset: 3,
+    digest: "sha256",
+  });
+  assert.equal(
+    decodeGet(encodeJson({ path: "a", offset: 0, digest: "crc32" })).digest,
+    "crc32",
+  );
+  assert.throws(
+    () => decodeGet(encodeJson({ path: "a", offset: 0, digest: "md5" })),
+    /Unknown digest "md5"/,
+  );
+  assert.throws(
+    () => decodeGet(encodeJson({ path: "a", offset: 0, digest: 32 })),
+    ProtocolError,
+  );
+  assert.equal(
+    decodeFileMeta(
+      encodeJson({
+        path: "a",
+        size: 5,
+        offset: 0,
+        mtimeMs: 1,
+        digest: "crc32",
+      }),
+    ).digest,
+    "crc32",
+  );
+  assert.equal(
+    decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1 }))
+      .digest,
+    "sha256",
+  );
+  assert.throws(
+    () =>
+      decodeFileMeta(
+        encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1, digest: "" }),
+      ),
+    ProtocolError,
+  );
+  assert.throws(
+    () => decodeGet(encodeJson({ path: "a", offset: "3" })),
+    ProtocolError,
+  );
+  assert.throws(
+    () => decodeGet(encodeJson({ path: 1, offset: 0 })),
+    ProtocolError,
+  );
+  assert.equal(
+    decodeFileMeta(encodeJson({ path: "a", size: 5, offset: 0, mtimeMs: 1.5 }))
+      .size,
+    5,
+  );
+  assert.throws(
+    () =>
+      decodeFileMeta(
+        encodeJson({ path: "a", size: 2 ** 60, offset: 0, mtimeMs: 0 }),
+      ),
+    ProtocolError,
+  );
+  assert.equal(
+    decodeChatLine(encodeJson({ from: "c1", addr: "", text: "hi" })).text,
+    "hi",
+  );
+  assert.throws(
+    () => decodeChatLine(encodeJson({ from: "c1", text: "hi" })),
+    ProtocolError,
+  );
 });
 
 test("encodeShipBatch and decodeShipBatch round-trip, and truncation is refused", () => {
@@ -73,10 +151,18 @@ test("encodeShipBatch and decodeShipBatch round-trip, and truncation is refused"
   const records = [
     { seq: 1, ts: 1700000000000, partial: false, line: enc.encode("first") },
     { seq: 2, ts: 1700000000001, partial: true, line: new Uint8Array(0) },
-    { seq: 3, ts: 1700000000002, partial: false, line: Uint8Array.of(0, 255, 10, 13) },
+    {
+      seq: 3,
+      ts: 1700000000002,
+      partial: false,
+      line: Uint8Array.of(0, 255, 10, 13),
+    },
   ];
   const payload = encodeShipBatch(records);
-  assert.deepEqual(decodeShipBatch(payload).map((r) => ({ ...r, line: [...r.line] })), records.map((r) => ({ ...r, line: [...r.line] })));
+  assert.deepEqual(
+    decodeShipBatch(payload).map((r) => ({ ...r, line: [...r.line] })),
+    records.map((r) => ({ ...r, line: [...r.line] })),
+  );
   for (let cut = 1; cut < payload.length; cut++) {
     const part = payload.subarray(0, cut);
     try {
@@ -87,7 +173,12 @@ test("encodeShipBatch and decodeShipBatch round-trip, and truncation is refused"
       assert.ok(err instanceof ProtocolError, `cut ${cut}`);
     }
   }
-  const bad = encodeShipBatch([{ seq: 1, ts: 0, partial: false, line: new Uint8Array(0) }]);
+  const bad = encodeShipBatch([{
+    seq: 1,
+    ts: 0,
+    partial: false,
+    line: new Uint8Array(0),
+  }]);
   bad[16] = 7;
   assert.throws(() => decodeShipBatch(bad), ProtocolError);
   new DataView(bad.buffer).setFloat64(0, 0.5, true);
@@ -109,22 +200,49 @@ test("escapeText escapes controls, backslash, bidi and zero-width marks and noth
     ["ls\u2028ps\u2029", "ls\\u{2028}ps\\u{2029}"],
     ["bom\ufeff", "bom\\u{feff}"],
   ];
-  for (const [input, want] of rows) assert.equal(escapeText(input), want, JSON.stringify(input));
+  for (const [input, want] of rows) {
+    assert.equal(escapeText(input), want, JSON.stringify(input));
+  }
 });
 
 test("formatChatLine tags the sender and escapes both tag and text", () => {
-  assert.equal(formatChatLine({ from: "c1", addr: "127.0.0.1:5", text: "hi" }), "[c1 127.0.0.1:5] hi");
-  assert.equal(formatChatLine({ from: "operator", addr: "", text: "x\r[c2] y" }), "[operator] x\\r[c2] y");
-  assert.equal(formatChatLine({ from: "c\n1", addr: "", text: "" }), "[c\\n1] ");
+  assert.equal(
+    formatChatLine({ from: "c1", addr: "127.0.0.1:5", text: "hi" }),
+    "[c1 127.0.0.1:5] hi",
+  );
+  assert.equal(
+    formatChatLine({ from: "operator", addr: "", text: "x\r[c2] y" }),
+    "[operator] x\\r[c2] y",
+  );
+  assert.equal(
+    formatChatLine({ from: "c\n1", addr: "", text: "" }),
+    "[c\\n1] ",
+  );
 });
 
 test("parseServerAddr reads host:port, [v6]:port and bare hosts, and rejects the rest", () => {
-  assert.deepEqual(parseServerAddr("127.0.0.1:4320"), { hostname: "127.0.0.1", port: 4320 });
+  assert.deepEqual(parseServerAddr("127.0.0.1:4320"), {
+    hostname: "127.0.0.1",
+    port: 4320,
+  });
   assert.deepEqual(parseServerAddr("[::1]:99"), { hostname: "::1", port: 99 });
   assert.deepEqual(parseServerAddr("[::1]"), { hostname: "::1", port: 4320 });
   assert.deepEqual(parseServerAddr("::1"), { hostname: "::1", port: 4320 });
-  assert.deepEqual(parseServerAddr("loghost"), { hostname: "loghost", port: 4320 });
-  for (const bad of ["", ":4320", "host:", "host:0", "host:65536", "host:12ab", "[::1]:x"]) {
+  assert.deepEqual(parseServerAddr("loghost"), {
+    hostname: "loghost",
+    port: 4320,
+  });
+  for (
+    const bad of [
+      "",
+      ":4320",
+      "host:",
+      "host:0",
+      "host:65536",
+      "host:12ab",
+      "[::1]:x",
+    ]
+  ) {
     assert.throws(() => parseServerAddr(bad), /Invalid server address/, bad);
   }
 });

@@ -5,7 +5,11 @@
  * @module
  */
 
-import { AddressInUseError, ConnectionClosedError, MoatError } from "../errors.ts";
+import {
+  AddressInUseError,
+  ConnectionClosedError,
+  MoatError,
+} from "../errors.ts";
 import type { ListenOptions } from "./types.ts";
 
 /** "host:port", or "[v6]:port". */
@@ -73,6 +77,8 @@ export function connectReason(code: string | undefined): string | undefined {
   if (code === "ECONNREFUSED") return "connection refused";
   if (code === "ETIMEDOUT") return "timed out";
   if (code === "ENOTFOUND") return "host not found";
-  if (code === "ENETUNREACH" || code === "EHOSTUNREACH") return "network unreachable";
+  if (code === "ENETUNREACH" || code === "EHOSTUNREACH") {
+    return "network unreachable";
+  }
   return undefined;
 }

@@ -28,10 +28,7 @@
  * @module
  */
 
-import {
-  ConnectError,
-  ConnectionClosedError,
-} from "../errors.ts";
+import { ConnectError, ConnectionClosedError } from "../errors.ts";
 import type {
   Addr,
   ClientTlsOptions,
@@ -291,7 +288,9 @@ class BunListener implements Listener {
  * no arrays of its own.
  */
 const NO_CHUNKS: Uint8Array[] = Object.freeze([]) as unknown as Uint8Array[];
-const NO_WRITES: PendingWrite[] = Object.freeze([]) as unknown as PendingWrite[];
+const NO_WRITES: PendingWrite[] = Object.freeze(
+  [],
+) as unknown as PendingWrite[];
 
 /** One write waiting for `drain`: the caller's bytes, not a copy. */
 interface PendingWrite {
@@ -743,4 +742,3 @@ function toConnectError(error: unknown, options: ConnectOptions): unknown {
     cause: error,
   });
 }
-

@@ -236,7 +236,6 @@ function toAddr(addr: Deno.NetAddr): Addr {
   return { hostname: addr.hostname, port: addr.port };
 }
 
-
 function closedLocally(): ConnectionClosedError {
   return new ConnectionClosedError("Cannot write: the connection is closed");
 }

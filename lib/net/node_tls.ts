@@ -19,11 +19,7 @@
  */
 
 import * as tls from "node:tls";
-import {
-  ConnectError,
-  ConnectionClosedError,
-  MoatError,
-} from "../errors.ts";
+import { ConnectError, ConnectionClosedError, MoatError } from "../errors.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
 import {
@@ -477,7 +473,6 @@ export function handshakeReason(error: unknown): string {
   return describe(error);
 }
 
-
 function toConnectError(error: unknown, options: ConnectOptions): ConnectError {
   const where = formatAddr(options.hostname, options.port);
   const code = errorCode(error);
@@ -488,4 +483,3 @@ function toConnectError(error: unknown, options: ConnectOptions): ConnectError {
     cause: error,
   });
 }
-

@@ -7,7 +7,12 @@
 
 import { type ClientOptions, openSession, serverError } from "../client.ts";
 import { encodeFrame } from "../framer.ts";
-import { ConnectionClosedError, ExitCode, MoatError, ProtocolError } from "../errors.ts";
+import {
+  ConnectionClosedError,
+  ExitCode,
+  MoatError,
+  ProtocolError,
+} from "../errors.ts";
 import {
   decodeShipReady,
   encodeShipBatch,
@@ -15,7 +20,7 @@ import {
   SHIP_RECORD_HEADER,
   type ShipRecord,
 } from "../protocol.ts";
-import { type FollowEvent, follow, readLines } from "./follow.ts";
+import { follow, type FollowEvent, readLines } from "./follow.ts";
 import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
@@ -25,7 +30,13 @@ const FRAME_BUDGET = 512 * 1024;
 
 /** What the shipper reports, for `main.ts` to print. */
 export type ShipperEvent =
-  | { type: "connected"; server: string; peer: string; source: string; lastSeq: number }
+  | {
+    type: "connected";
+    server: string;
+    peer: string;
+    source: string;
+    lastSeq: number;
+  }
   | { type: "disconnected"; message: string; retryMs: number }
   | { type: "follow"; event: FollowEvent }
   | { type: "spool"; event: SpoolEvent }
@@ -67,7 +78,13 @@ function isFatal(err: unknown): boolean {
     // Not ERR_SEQ_GAP: the shipper always resends from the server's lastSeq,
     // so a gap can only follow a server-side rollback (a failed commit); a
     // reconnect resends from the durable position.
-    ["ERR_STATE_LOST", "ERR_VAULT_LOST", "ERR_NO_VAULT", "ERR_ACCESS_DENIED", "ERR_PROTOCOL"]
+    [
+      "ERR_STATE_LOST",
+      "ERR_VAULT_LOST",
+      "ERR_NO_VAULT",
+      "ERR_ACCESS_DENIED",
+      "ERR_PROTOCOL",
+    ]
       .includes(err.code);
 }
 
@@ -141,12 +158,21 @@ export async function ship(options: ShipOptions): Promise<number> {
       if (readError !== undefined) throw readError;
       if (stdinMode && inputDone && spool.ackedSeq >= spool.lastSeq) break;
       try {
-        await session(options, spool, () => inputDone && stdinMode, (w) => (wake = w));
+        await session(
+          options,
+          spool,
+          () => inputDone && stdinMode,
+          (w) => (wake = w),
+        );
         backoff = 200;
       } catch (err) {
         if (isFatal(err) || readError !== undefined) throw readError ?? err;
         if (signal.aborted) break;
-        options.onEvent({ type: "disconnected", message: (err as Error).message, retryMs: backoff });
+        options.onEvent({
+          type: "disconnected",
+          message: (err as Error).message,
+          retryMs: backoff,
+        });
         await sleep(backoff, signal);
         backoff = Math.min(backoff * 2, 10_000);
       }
@@ -165,16 +191,24 @@ async function session(
   finished: () => boolean,
   setWake: (wake: () => void) => void,
 ): Promise<void> {
-  const { conn, reader } = await openSession(options.client, "ship", { source: options.source });
+  const { conn, reader } = await openSession(options.client, "ship", {
+    source: options.source,
+  });
   const stop = new AbortController();
   const onAbort = () => stop.abort();
   options.signal.addEventListener("abort", onAbort, { once: true });
   try {
     const first = await reader.readFrame();
-    if (first === null) throw new ConnectionClosedError("Connection closed by server before it was ready");
+    if (first === null) {
+      throw new ConnectionClosedError(
+        "Connection closed by server before it was ready",
+      );
+    }
     if (first.type === Kind.Error) throw serverError(first.payload);
     if (first.type !== Kind.ShipReady) {
-      throw new ProtocolError(`Expected ship ready, got frame type 0x${first.type.toString(16)}`);
+      throw new ProtocolError(
+        `Expected ship ready, got frame type 0x${first.type.toString(16)}`,
+      );
     }
     const ready = decodeShipReady(first.payload);
     if (ready.lastSeq > spool.lastSeq) {
@@ -216,12 +250,20 @@ async function session(
     const acking = (async () => {
       for (;;) {
         const frame = await reader.readFrame();
-        if (frame === null) throw new ConnectionClosedError("Connection closed by server");
+        if (frame === null) {
+          throw new ConnectionClosedError("Connection closed by server");
+        }
         if (frame.type === Kind.Error) throw serverError(frame.payload);
         if (frame.type !== Kind.ShipAck || frame.payload.length !== 8) {
-          throw new ProtocolError(`Unexpected frame type 0x${frame.type.toString(16)} while shipping`);
+          throw new ProtocolError(
+            `Unexpected frame type 0x${frame.type.toString(16)} while shipping`,
+          );
         }
-        const seq = new DataView(frame.payload.buffer, frame.payload.byteOffset, 8).getFloat64(0, true);
+        const seq = new DataView(
+          frame.payload.buffer,
+          frame.payload.byteOffset,
+          8,
+        ).getFloat64(0, true);
         if (seq > spool.ackedSeq && seq <= sent) spool.ack(seq);
         checkDone();
       }
@@ -229,9 +271,19 @@ async function session(
     acking.catch(() => stop.abort());
 
     checkDone();
-    for await (const batch of spool.records(ready.lastSeq + 1, { follow: true, signal: stop.signal })) {
+    for await (
+      const batch of spool.records(ready.lastSeq + 1, {
+        follow: true,
+        signal: stop.signal,
+      })
+    ) {
       for (const group of frames(batch)) {
-        await conn.write(encodeFrame({ type: Kind.ShipBatch, payload: encodeShipBatch(group) }));
+        await conn.write(
+          encodeFrame({
+            type: Kind.ShipBatch,
+            payload: encodeShipBatch(group),
+          }),
+        );
         sent = group[group.length - 1]!.seq;
       }
       checkDone();

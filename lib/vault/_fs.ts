@@ -170,7 +170,9 @@ export async function acquireLock(path: string, what: string): Promise<Lock> {
  * @returns Its bytes, or undefined if it does not exist (ENOENT).
  * @throws {Error} Any other system error.
  */
-export async function readIfExists(path: string): Promise<Uint8Array | undefined> {
+export async function readIfExists(
+  path: string,
+): Promise<Uint8Array | undefined> {
   try {
     const buf = await readFile(path);
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -187,10 +189,14 @@ export async function readIfExists(path: string): Promise<Uint8Array | undefined
  * @returns Its text, or undefined if it does not exist (ENOENT).
  * @throws {Error} Any other system error.
  */
-export async function readTextIfExists(path: string): Promise<string | undefined> {
+export async function readTextIfExists(
+  path: string,
+): Promise<string | undefined> {
   const bytes = await readIfExists(path);
   // ignoreBOM keeps a BOM in the text, as readFile(path, "utf8") does.
-  return bytes === undefined ? undefined : new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
+  return bytes === undefined
+    ? undefined
+    : new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
 }
 
 /**
