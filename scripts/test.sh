@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole suite under Deno and Bun, then the end-to-end tests against
+# Lints, format-checks and type-checks, runs the whole suite under Deno and Bun, then the end-to-end tests against
 # the compiled linux-x64 binary, and prints one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,12 @@ count_bun() {
   echo "-- $1: $p passed, ${f:-0} failed"
 }
 
+# Lint, format and types once (the runs below skip type checking); a failure
+# counts as one failed check, like a failed build.
+if ! run static bash -c "$BIN/deno lint && $BIN/deno fmt --check && $BIN/deno check main.ts soak/ bench/ tests/ scripts/"; then
+  failed=$((failed + 1))
+  echo "-- static checks failed"
+fi
 run deno "$BIN/deno" test -A --no-check tests/
 count_deno deno
 run bun "$BIN/bun" test --timeout 180000 tests/
