@@ -18,6 +18,7 @@ import { Server } from "./lib/server.ts";
 import {
   chat,
   type ClientOptions,
+  DEFAULT_CLIENT_TIMEOUT_MS,
   get,
   parseServerAddr,
 } from "./lib/client.ts";
@@ -132,6 +133,9 @@ Options:
                       with a published one; costs ~0.65 s of CPU per GiB on
                       each side)
   --max-frame BYTES   Largest frame accepted (default ${DEFAULT_MAX_FRAME_SIZE})
+  --timeout SECS      Give up when the server does not answer for SECS: to
+                      connect and finish the handshake, or between two
+                      chunks of the file (default 60)
   -h, --help          Show this help
 `,
   ship: `Usage: moat ship [options] FILE... | -
@@ -150,6 +154,8 @@ Options:
   --state FILE        Position and spool (default: $XDG_STATE_HOME/moat/…)
   --spool-size BYTES  Bound on the spool; when full, reading pauses, loudly
                       (default 268435456)
+  --timeout SECS      Give up when the server does not answer for SECS: to
+                      connect and finish the handshake (default 60)
   -h, --help          Show this help
 `,
   vault: `Usage: moat vault init DIR
@@ -182,6 +188,8 @@ Ctrl-D (end of input) leaves.
 
 Options:
   --server HOST:PORT  Server (default $MOAT_SERVER, else 127.0.0.1:4320)
+  --timeout SECS      Give up when the server does not answer for SECS: to
+                      connect and finish the handshake (default 60)
   -h, --help          Show this help
 `,
 };
@@ -214,6 +222,12 @@ function clientSecurityFrom(values: Parameters<typeof clientSecurity>[0]) {
         `moat: trusting ${host} on first use: ${fp} (remembered in "${file}")`,
       ),
   });
+}
+
+/** `--timeout SECS` of get, chat and ship, in ms. */
+function timeoutOption(value: string | undefined): number {
+  const secs = intOption(value, "timeout", DEFAULT_CLIENT_TIMEOUT_MS / 1000, 1);
+  return secs * 1000;
 }
 
 async function certCommand(args: string[]) {
@@ -611,6 +625,7 @@ async function getCommand(args: string[]) {
     resume: { type: "boolean" },
     digest: { type: "string" },
     "max-frame": { type: "string" },
+    timeout: { type: "string" },
     ...CLIENT_SECURITY_OPTIONS,
   }, true);
   if (values.help) return void console.log(HELP.get);
@@ -645,6 +660,7 @@ async function getCommand(args: string[]) {
       DEFAULT_MAX_FRAME_SIZE,
       1024,
     ),
+    timeoutMs: timeoutOption(values.timeout),
     ...clientSecurityFrom(values),
   };
   const tty = process.stderr.isTTY === true;
@@ -693,6 +709,7 @@ async function getCommand(args: string[]) {
 async function chatCommand(args: string[]) {
   const { values } = parse(args, {
     server: { type: "string" },
+    timeout: { type: "string" },
     ...CLIENT_SECURITY_OPTIONS,
   }, false);
   if (values.help) return void console.log(HELP.chat);
@@ -701,6 +718,7 @@ async function chatCommand(args: string[]) {
     net: getNet(),
     server,
     version: VERSION,
+    timeoutMs: timeoutOption(values.timeout),
     ...clientSecurityFrom(values),
   }, {
     input: stdinLines(),
@@ -720,6 +738,7 @@ async function shipCommand(args: string[]) {
     source: { type: "string" },
     state: { type: "string" },
     "spool-size": { type: "string" },
+    timeout: { type: "string" },
     ...CLIENT_SECURITY_OPTIONS,
   }, true);
   const values = parsed.values;
@@ -744,6 +763,7 @@ async function shipCommand(args: string[]) {
       net: getNet(),
       server,
       version: VERSION,
+      timeoutMs: timeoutOption(values.timeout),
       ...clientSecurityFrom(values),
     },
     inputs,

@@ -64,6 +64,65 @@ export interface ClientOptions {
   maxFrameSize?: number;
   /** Read buffer size. @default {1_048_576} */
   bufferSize?: number;
+  /**
+   * Longest wait for the server, in ms: to connect and finish the handshake,
+   * and (get) between two chunks of a transfer.
+   * @default {DEFAULT_CLIENT_TIMEOUT_MS}
+   */
+  timeoutMs?: number;
+}
+
+/** Default {@linkcode ClientOptions.timeoutMs}: 60 s. */
+export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000;
+
+/**
+ * Closes a connection when it has not been {@linkcode Watchdog.touch}ed for
+ * `ms`: every pending read and write then ends, so a server that stops
+ * answering cannot hold a client forever. `fired` says whether it did.
+ */
+class Watchdog {
+  fired = false;
+  #last = performance.now();
+  #timer: ReturnType<typeof setInterval>;
+
+  constructor(conn: Conn, ms: number) {
+    this.#timer = setInterval(() => {
+      if (performance.now() - this.#last < ms) return;
+      this.fired = true;
+      this.stop();
+      conn.close();
+    }, Math.max(10, Math.min(1000, ms / 4)));
+  }
+
+  touch() {
+    this.#last = performance.now();
+  }
+
+  stop() {
+    clearInterval(this.#timer);
+  }
+}
+
+function timeoutError(client: ClientOptions, what: string): MoatError {
+  const { hostname, port } = client.server;
+  const secs = (client.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS) / 1000;
+  return new MoatError(
+    "ERR_TIMEOUT",
+    `${hostname}:${port} ${what} ${secs} s (see --timeout)`,
+    ExitCode.Connection,
+  );
+}
+
+/** Connects, giving up after the client's timeout (a late connection is closed). */
+function connectWithin(options: ClientOptions): Promise<Conn> {
+  const connecting = connectSecure(options.net, options.server, options.tls);
+  return new Promise<Conn>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(timeoutError(options, "did not accept the connection within"));
+      connecting.then((conn) => conn.close(), () => {});
+    }, options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS);
+    connecting.then(resolve, reject).finally(() => clearTimeout(timer));
+  });
 }
 
 /** A connection past the handshake. */
@@ -130,17 +189,29 @@ export function serverError(payload: Uint8Array): MoatError {
  *
  * @param options Server and limits.
  * @param mode What this connection is for.
+ * @param extra Hello fields for the mode.
+ * @param signal Aborting it closes the connection, ending the handshake.
  * @returns The session.
  * @throws {AccessDeniedError} When the server refuses this peer.
  * @throws {ConnectError} When the server cannot be reached.
+ * @throws {MoatError} `ERR_TIMEOUT` when the server does not finish the
+ * handshake within {@linkcode ClientOptions.timeoutMs}.
  */
 export async function openSession(
   options: ClientOptions,
   mode: Mode,
   extra: { source?: string } = {},
+  signal?: AbortSignal,
 ): Promise<Session> {
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
-  const conn = await connectSecure(options.net, options.server, options.tls);
+  const conn = await connectWithin(options);
+  const watchdog = new Watchdog(
+    conn,
+    options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS,
+  );
+  const onAbort = () => conn.close();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) conn.close();
   try {
     const hello = encodeFrame({
       type: Kind.Hello,
@@ -218,7 +289,13 @@ export async function openSession(
     return { conn, reader, welcome: decodeWelcome(frame.payload) };
   } catch (err) {
     conn.close();
+    if (watchdog.fired) {
+      throw timeoutError(options, "did not finish the handshake within");
+    }
     throw err;
+  } finally {
+    watchdog.stop();
+    signal?.removeEventListener("abort", onAbort);
   }
 }
 
@@ -293,6 +370,12 @@ export async function get(
     throw err;
   }
   const { conn, reader } = session;
+  // A server that stalls mid-transfer must not hold the client forever; the
+  // part file stays for --resume, as after any cut.
+  const watchdog = new Watchdog(
+    conn,
+    client.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS,
+  );
   try {
     await conn.write(encodeFrame({
       type: Kind.Get,
@@ -315,11 +398,21 @@ export async function get(
     }
     const meta = decodeFileMeta(frame.payload);
     options.onStart?.(meta.size, meta.offset);
+    const onProgress = options.onProgress;
     const result = await receiveFile(reader, download, meta, {
-      ...(options.onProgress && { onProgress: options.onProgress }),
+      onProgress: (received, expected) => {
+        watchdog.touch();
+        onProgress?.(received, expected);
+      },
     });
     return { ...result, offset: meta.offset };
+  } catch (err) {
+    if (watchdog.fired) {
+      throw timeoutError(client, "sent nothing for");
+    }
+    throw err;
   } finally {
+    watchdog.stop();
     download.close();
     conn.close();
   }

@@ -801,18 +801,147 @@ test("moat get and moat serve show hostile file names escaped on one line", asyn
   assert.deepEqual(checkAuditLines(server.audit.lines.join("\n")).bad, []);
 });
 
-/** A fake server that answers every connection with `reply` after reading the client's first bytes. */
-async function hostileServer(reply: Uint8Array) {
+/**
+ * A fake server that answers every connection with `reply` after reading the
+ * client's first bytes, then closes, or with `hold`, says nothing more and
+ * keeps the connection open (a stalled server).
+ */
+async function hostileServer(
+  reply: Uint8Array,
+  options: { hold?: boolean } = {},
+) {
+  const socks = new Set<net.Socket>();
   const srv = net.createServer((sock) => {
+    socks.add(sock);
+    sock.on("close", () => socks.delete(sock));
     sock.on("error", () => {});
-    sock.once("data", () => sock.end(reply));
+    sock.once("data", () => options.hold ? sock.write(reply) : sock.end(reply));
   });
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
   return {
     port: (srv.address() as net.AddressInfo).port,
-    [Symbol.asyncDispose]: () => new Promise<void>((r) => srv.close(() => r())),
+    [Symbol.asyncDispose]: () => {
+      for (const sock of socks) sock.destroy();
+      return new Promise<void>((r) => srv.close(() => r()));
+    },
   };
 }
+
+const WELCOME = encodeFrame({
+  type: Kind.Welcome,
+  payload: enc.encode(
+    JSON.stringify({
+      server: "moat/stalled",
+      name: "c1",
+      peer: "127.0.0.1:1",
+      maxFrameSize: 1 << 20,
+    }),
+  ),
+});
+
+test("moat get, chat and ship give up on a server that accepts but never finishes the handshake", async () => {
+  await using fake = await hostileServer(new Uint8Array(0), { hold: true });
+  using out = tempDir();
+  const server = `127.0.0.1:${fake.port}`;
+  for (const args of [["get", "FILE:x"], ["chat"]]) {
+    const t0 = performance.now();
+    const r = await runMoat([...args, "--server", server, "--timeout", "1"], {
+      cwd: out.dir,
+      timeoutMs: 30_000,
+    });
+    assert.equal(r.code, 6, `${args[0]}: ${r.stderr}`);
+    assert.match(
+      r.stderr,
+      /^moat: .*did not finish the handshake within 1 s \(see --timeout\)\n$/,
+    );
+    assert.ok(
+      performance.now() - t0 < 15_000,
+      `${args[0]} took ${performance.now() - t0} ms`,
+    );
+  }
+  assert.deepEqual(
+    fs.readdirSync(out.dir),
+    [],
+    "no part file after a failed handshake",
+  );
+  // A shipper stopped while the handshake hangs exits at once, not after --timeout.
+  fs.writeFileSync(path.join(out.dir, "app.log"), "a line\n");
+  const ship = spawnMoat([
+    "ship",
+    path.join(out.dir, "app.log"),
+    "--server",
+    server,
+    "--state",
+    path.join(out.dir, "ship.json"),
+    "--timeout",
+    "600",
+  ]);
+  const exited = new Promise<number | null>((r) =>
+    ship.on("close", (c) => r(c))
+  );
+  await delay(1500);
+  const t0 = performance.now();
+  process.kill(ship.pid!, "SIGTERM");
+  const killer = setTimeout(() => ship.kill("SIGKILL"), 20_000);
+  const code = await exited;
+  clearTimeout(killer);
+  assert.equal(code, 0);
+  assert.ok(
+    performance.now() - t0 < 10_000,
+    `ship took ${performance.now() - t0} ms to stop`,
+  );
+});
+
+test("moat get gives up on a server that stalls mid-transfer and keeps the part file for --resume", async () => {
+  const meta = enc.encode(
+    JSON.stringify({
+      path: "x",
+      size: 1000,
+      offset: 0,
+      mtimeMs: 0,
+      digest: "crc32",
+    }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...WELCOME,
+      ...encodeFrame({ type: Kind.FileMeta, payload: meta }),
+      ...encodeFrame({
+        type: Kind.FileData,
+        payload: new Uint8Array(300).fill(7),
+      }),
+    ]),
+    { hold: true },
+  );
+  using out = tempDir();
+  const r = await runMoat([
+    "get",
+    "FILE:x",
+    "--server",
+    `127.0.0.1:${fake.port}`,
+    "--timeout",
+    "1",
+  ], {
+    cwd: out.dir,
+    timeoutMs: 30_000,
+  });
+  assert.equal(r.code, 6, r.stderr);
+  assert.match(r.stderr, /sent nothing for 1 s \(see --timeout\)\n$/);
+  assert.equal(
+    fs.existsSync(path.join(out.dir, "x")),
+    false,
+    "no complete-looking file",
+  );
+  assert.equal(fs.statSync(path.join(out.dir, "x.moat-part")).size, 300);
+});
+
+test("moat get --timeout takes whole seconds of at least 1", async () => {
+  for (const bad of ["0", "1.5", "soon", ""]) {
+    const r = await runMoat(["get", "FILE:x", "--timeout", bad]);
+    assert.equal(r.code, 2, `${bad}: ${r.stderr}`);
+    assert.match(r.stderr, /Invalid --timeout/);
+  }
+});
 
 const EVIL = "\x1b[2J\x1b]0;owned\x07\rmoat: saved passwords.txt\x9b31m\u202e";
 

@@ -88,6 +88,7 @@ test("moat ship: 100,000 lines survive 5 server and 5 shipper SIGKILLs, stored e
   const total = 100_000;
   const burst = total / 20;
   const kills = { server: 0, shipper: 0 };
+  let stopped: number | null = null;
   try {
     for (let b = 0; b < 20; b++) {
       fs.appendFileSync(log, lines(b * burst + 1, (b + 1) * burst));
@@ -110,12 +111,28 @@ test("moat ship: 100,000 lines survive 5 server and 5 shipper SIGKILLs, stored e
     }
     assert.deepEqual(kills, { server: 5, shipper: 5 });
     const n = await waitCount(vault, total, 60_000);
-    assert.equal(n, total, "every line stored, none twice");
+    assert.equal(
+      n,
+      total,
+      `every line stored, none twice; shipper's last lines: ${
+        shipper.err.lines.slice(-5).join(" | ")
+      }`,
+    );
   } finally {
     process.kill(shipper.child.pid!, "SIGTERM");
-    await shipper.exited;
+    // Bounded: a shipper that ignores SIGTERM fails the test below, not the run.
+    const killer = setTimeout(() => shipper.child.kill("SIGKILL"), 20_000);
+    stopped = await shipper.exited;
+    clearTimeout(killer);
     await server.stop();
   }
+  assert.equal(
+    stopped,
+    0,
+    `shipper did not stop on SIGTERM; its last lines: ${
+      shipper.err.lines.slice(-5).join(" | ")
+    }`,
+  );
   const cat = await runMoat(["vault", "cat", vault], { timeoutMs: 60_000 });
   assert.equal(cat.code, 0, cat.stderr);
   assert.equal(cat.stdout, fs.readFileSync(log, "utf8"));

@@ -193,10 +193,16 @@ async function session(
 ): Promise<void> {
   const { conn, reader } = await openSession(options.client, "ship", {
     source: options.source,
-  });
+  }, options.signal);
   const stop = new AbortController();
-  const onAbort = () => stop.abort();
+  // Closing at once ends a write the server is not reading and an ack that
+  // will not come; whatever is unacknowledged stays in the spool.
+  const onAbort = () => {
+    stop.abort();
+    conn.close();
+  };
   options.signal.addEventListener("abort", onAbort, { once: true });
+  if (options.signal.aborted) onAbort();
   try {
     const first = await reader.readFrame();
     if (first === null) {
