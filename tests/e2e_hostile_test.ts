@@ -827,6 +827,14 @@ async function hostileServer(
   };
 }
 
+/** Runs `moat get FILE:x` in `dir` against a fake server on `port`. */
+function getFrom(port: number, dir: string, extra: string[] = []) {
+  return runMoat(["get", "FILE:x", "--server", `127.0.0.1:${port}`, ...extra], {
+    cwd: dir,
+    timeoutMs: 30_000,
+  });
+}
+
 const WELCOME = encodeFrame({
   type: Kind.Welcome,
   payload: enc.encode(
@@ -914,17 +922,7 @@ test("moat get gives up on a server that stalls mid-transfer and keeps the part 
     { hold: true },
   );
   using out = tempDir();
-  const r = await runMoat([
-    "get",
-    "FILE:x",
-    "--server",
-    `127.0.0.1:${fake.port}`,
-    "--timeout",
-    "1",
-  ], {
-    cwd: out.dir,
-    timeoutMs: 30_000,
-  });
+  const r = await getFrom(fake.port, out.dir, ["--timeout", "1"]);
   assert.equal(r.code, 6, r.stderr);
   assert.match(r.stderr, /sent nothing for 1 s \(see --timeout\)\n$/);
   assert.equal(
@@ -955,12 +953,7 @@ test("moat get does not print a hostile server's error message raw", async () =>
     ]),
   );
   using out = tempDir();
-  const r = await runMoat([
-    "get",
-    "FILE:x",
-    "--server",
-    `127.0.0.1:${fake.port}`,
-  ], { cwd: out.dir });
+  const r = await getFrom(fake.port, out.dir);
   assert.notEqual(r.code, 0);
   assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
 });
@@ -971,12 +964,7 @@ test("moat get does not print a hostile server's text refusal raw", async () => 
     enc.encode(`ERR EVIL ${EVIL.replace("\r", " ")}\n`),
   );
   using out = tempDir();
-  const r = await runMoat([
-    "get",
-    "FILE:x",
-    "--server",
-    `127.0.0.1:${fake.port}`,
-  ], { cwd: out.dir });
+  const r = await getFrom(fake.port, out.dir);
   assert.notEqual(r.code, 0);
   assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
 });
