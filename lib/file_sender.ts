@@ -418,8 +418,11 @@ export async function receiveFile(
           writeAllAt(fd, frag, download.offset + received);
           hash.update(frag);
           received += frag.length;
+          // Per read, not per frame: a frame is up to 1 MiB, which a slow
+          // link takes minutes to carry, and the client's stall timeout
+          // listens here.
+          options.onProgress?.(received, expected);
         }
-        options.onProgress?.(received, expected);
       } else if (header.type === Kind.FileEnd) {
         const sent = await reader.readPayload();
         if (sent.length !== hash.size) {

@@ -37,6 +37,8 @@ import { encodeFrame } from "../lib/framer.ts";
 import { decodeText, encodePreamble, Kind } from "../lib/protocol.ts";
 import { escapeText } from "../lib/text.ts";
 import { get } from "../lib/client.ts";
+import { createDigest } from "../lib/digest.ts";
+import { Buffer } from "node:buffer";
 import { getNet } from "../lib/net/mod.ts";
 import { PathError } from "../lib/errors.ts";
 
@@ -931,6 +933,61 @@ test("moat get gives up on a server that stalls mid-transfer and keeps the part 
     "no complete-looking file",
   );
   assert.equal(fs.statSync(path.join(out.dir, "x.moat-part")).size, 300);
+});
+
+test("moat get --timeout does not cut a slow transfer that keeps moving", async () => {
+  // 20 bytes of file in a FileData frame trickled a byte per 100 ms (2.5 s in
+  // all) against --timeout 1: the deadline is for silence, not for slowness.
+  const content = new Uint8Array(20).fill(42);
+  const crc = createDigest("crc32");
+  crc.update(content);
+  const meta = enc.encode(
+    JSON.stringify({
+      path: "x",
+      size: 20,
+      offset: 0,
+      mtimeMs: 0,
+      digest: "crc32",
+    }),
+  );
+  const data = encodeFrame({ type: Kind.FileData, payload: content });
+  const socks = new Set<net.Socket>();
+  const srv = net.createServer((sock) => {
+    socks.add(sock);
+    sock.on("error", () => {});
+    sock.once("data", async () => {
+      sock.write(
+        bytesOf([...encodePreamble()], [
+          ...WELCOME,
+          ...encodeFrame({ type: Kind.FileMeta, payload: meta }),
+        ]),
+      );
+      for (let i = 0; i < data.length && !sock.destroyed; i++) {
+        await delay(100);
+        sock.write(data.subarray(i, i + 1));
+      }
+      sock.end(
+        encodeFrame({
+          type: Kind.FileEnd,
+          payload: Buffer.from(crc.hex(), "hex"),
+        }),
+      );
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  try {
+    using out = tempDir();
+    const port = (srv.address() as net.AddressInfo).port;
+    const r = await getFrom(port, out.dir, ["--timeout", "1"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(
+      new Uint8Array(fs.readFileSync(path.join(out.dir, "x"))),
+      content,
+    );
+  } finally {
+    for (const sock of socks) sock.destroy();
+    await new Promise<void>((r) => srv.close(() => r()));
+  }
 });
 
 test("moat get --timeout takes whole seconds of at least 1", async () => {
