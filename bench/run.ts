@@ -31,6 +31,21 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
+import {
+  childPids,
+  descendants,
+  fmt,
+  freePort,
+  has,
+  killAll,
+  median,
+  sh,
+  sleep,
+  table,
+  track,
+  tryKill,
+  waitListening,
+} from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN_DIR = path.join(ROOT, "node_modules", ".bin");
@@ -49,52 +64,6 @@ const SOCAT_BUFFER = 262144;
 // ---------------------------------------------------------------------------
 // Child processes
 
-const children = new Set<ChildProcess>();
-
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.on("close", () => children.delete(child));
-  return child;
-}
-
-/** Kills every child still running (by its own pid). */
-function killAll(): void {
-  for (const child of children) {
-    if (child.pid !== undefined && child.exitCode === null) {
-      for (const pid of descendants(child.pid)) tryKill(pid, "SIGKILL");
-      tryKill(child.pid, "SIGKILL");
-    }
-  }
-}
-
-function tryKill(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-/** Direct children of `pid` (Linux). */
-function childPids(pid: number): number[] {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
-      .trim().split(/\s+/).filter((s) => s !== "").map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  let frontier = [pid];
-  for (let depth = 0; depth < 4 && frontier.length > 0; depth++) {
-    frontier = frontier.flatMap(childPids);
-    out.push(...frontier);
-  }
-  return out;
-}
-
 function exited(child: ChildProcess, timeoutMs: number, what: string) {
   return new Promise<number | null>((resolve, reject) => {
     if (child.exitCode !== null || child.signalCode !== null) {
@@ -109,20 +78,6 @@ function exited(child: ChildProcess, timeoutMs: number, what: string) {
       resolve(code);
     });
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Runs a command to completion, output captured (setup steps only). */
-function sh(cmd: string, args: string[]): { code: number; out: string } {
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 600_000 });
-  return { code: r.status ?? -1, out: `${r.stdout ?? ""}${r.stderr ?? ""}` };
-}
-
-function has(command: string): boolean {
-  return sh("sh", ["-c", `command -v ${command}`]).code === 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -184,65 +139,13 @@ async function innerPid(timed: Timed): Promise<number> {
 // ---------------------------------------------------------------------------
 // Ports
 
-/** A free loopback port (bound and released at once). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** `true` once something listens on 127.0.0.1 or ::1 `port` (/proc/net/tcp). */
-async function listening(port: number): Promise<boolean> {
-  const hex = port.toString(16).toUpperCase().padStart(4, "0");
-  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    const text = await fsp.readFile(file, "utf8").catch(() => "");
-    for (const line of text.split("\n")) {
-      const f = line.trim().split(/\s+/);
-      if (f[3] === "0A" && f[1]?.endsWith(`:${hex}`)) return true;
-    }
-  }
-  return false;
-}
-
-async function waitListening(
-  port: number,
-  child: ChildProcess,
-  what: string,
-): Promise<void> {
-  const until = performance.now() + 30_000;
-  while (performance.now() < until) {
-    if (await listening(port)) return;
-    if (child.exitCode !== null) {
-      throw new Error(`${what} exited with ${child.exitCode} before listening`);
-    }
-    await sleep(2);
-  }
-  throw new Error(`${what} did not listen on ${port} within 30 s`);
-}
-
 // ---------------------------------------------------------------------------
 // Statistics
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1);
   return sorted[Math.max(0, i)]!;
-}
-
-function fmt(x: number, digits = 2): string {
-  return Number.isFinite(x) ? x.toFixed(digits) : "—";
 }
 
 function mib(kib: number): string {
@@ -910,13 +813,6 @@ function environment() {
 
 // ---------------------------------------------------------------------------
 // Report
-
-function table(head: string[], rows: string[][]): string {
-  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
-  return [line(head), line(head.map(() => "---")), ...rows.map(line)].join(
-    "\n",
-  );
-}
 
 async function main(argv: string[]): Promise<void> {
   const idle = argv.indexOf("--idle-client");

@@ -37,7 +37,7 @@
  * @module
  */
 
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as net from "node:net";
@@ -45,6 +45,20 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import {
+  childPids,
+  fmt,
+  freePort,
+  has,
+  killAll,
+  median,
+  sh,
+  sleep,
+  table,
+  track,
+  tryKill,
+  waitListening,
+} from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN_DIR = path.join(ROOT, "node_modules", ".bin");
@@ -113,45 +127,6 @@ export interface ShipBenchResult {
 
 // ---------------------------------------------------------------------------
 // Child processes
-
-const children = new Set<ChildProcess>();
-
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return child;
-}
-
-function tryKill(pid: number | undefined, signal: NodeJS.Signals): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-/** Direct children of `pid` (Linux). */
-function childPids(pid: number): number[] {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
-      .trim().split(/\s+/).filter((s) => s !== "").map(Number);
-  } catch {
-    return [];
-  }
-}
-
-/** Kills every child still running, and the processes under them, by pid. */
-function killAll(): void {
-  for (const child of children) {
-    if (
-      child.pid === undefined || child.exitCode !== null ||
-      child.signalCode !== null
-    ) continue;
-    for (const pid of childPids(child.pid)) tryKill(pid, "SIGKILL");
-    tryKill(child.pid, "SIGKILL");
-  }
-}
 
 interface Exit {
   code: number | null;
@@ -250,23 +225,6 @@ function tail(stream: NodeJS.ReadableStream | null): { text: () => string } {
   return { text: () => text };
 }
 
-function sh(
-  cmd: string,
-  args: string[],
-  timeoutMs = 120_000,
-): { code: number; out: string } {
-  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: timeoutMs });
-  return { code: r.status ?? -1, out: `${r.stdout ?? ""}${r.stderr ?? ""}` };
-}
-
-function has(command: string): boolean {
-  return sh("sh", ["-c", `command -v ${command}`]).code === 0;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** User + system CPU seconds of a live process (all its threads). */
 function cpuSeconds(pid: number | undefined): number {
   if (pid === undefined) return NaN;
@@ -289,48 +247,6 @@ async function timedCpu(report: string): Promise<number> {
 
 // ---------------------------------------------------------------------------
 // Ports
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** True once something listens on 127.0.0.1 `port` (/proc/net/tcp). */
-async function listening(port: number): Promise<boolean> {
-  const hex = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
-  const text = await fsp.readFile("/proc/net/tcp", "utf8").catch(() => "");
-  return text.split("\n").some((line) => {
-    const f = line.trim().split(/\s+/);
-    return f[1] === hex && f[3] === "0A";
-  });
-}
-
-async function waitListening(
-  port: number,
-  child: ChildProcess,
-  what: string,
-  err: () => string,
-) {
-  const until = performance.now() + 30_000;
-  while (performance.now() < until) {
-    if (await listening(port)) return;
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(
-        `${what} exited (${
-          child.exitCode ?? child.signalCode
-        }) before listening: ${err()}`,
-      );
-    }
-    await sleep(5);
-  }
-  throw new Error(`${what} did not listen on ${port} within 30 s: ${err()}`);
-}
 
 // ---------------------------------------------------------------------------
 // Work area and input
@@ -921,26 +837,8 @@ function firstLine(cmd: string, args: string[]): string {
   return sh(cmd, args).out.split("\n")[0]!.trim();
 }
 
-function median(xs: readonly number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
 function thousands(x: number): string {
   return Number.isFinite(x) ? Math.round(x).toLocaleString("en-US") : "—";
-}
-
-function fmt(x: number, digits = 2): string {
-  return Number.isFinite(x) ? x.toFixed(digits) : "—";
-}
-
-function table(head: string[], rows: string[][]): string {
-  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
-  return [line(head), line(head.map(() => "---")), ...rows.map(line)].join(
-    "\n",
-  );
 }
 
 /** Median over rounds of run-by-run ratios to `base` (same round). */

@@ -27,6 +27,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { freePort, killAll, median, sleep, track } from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN_DIR = path.join(ROOT, "node_modules", ".bin");
@@ -39,23 +40,7 @@ const { values } = parseArgs({
 const MESSAGES = Number(values.messages ?? 500_000);
 const ROUNDS = Number(values.rounds ?? 3);
 
-const children = new Set<ChildProcess>();
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.on("close", () => children.delete(child));
-  return child;
-}
-process.on("exit", () => {
-  for (const c of children) {
-    if (c.exitCode === null && c.pid !== undefined) {
-      process.kill(c.pid, "SIGKILL");
-    }
-  }
-});
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
+process.on("exit", killAll);
 
 /** `count` newline-framed RFC 5424 messages of exactly LINE bytes each (LF included). */
 function buildPayload(count: number): Buffer {
@@ -66,14 +51,6 @@ function buildPayload(count: number): Buffer {
     buf.write(text.padEnd(LINE - 1, "x") + "\n", i * LINE, "latin1");
   }
   return buf;
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 /** Sends the payload on one connection; resolves the connect time (ms, performance clock). */
@@ -242,11 +219,6 @@ action(type="omfile" file="${out}" template="raw"${sync ? ' sync="on"' : ""})
       };
     },
   };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function main() {

@@ -18,6 +18,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { getNet } from "../lib/net/mod.ts";
 import { openSession } from "../lib/client.ts";
+import { median, sleep } from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN = path.join(ROOT, "node_modules", ".bin");
@@ -36,14 +37,6 @@ function run(cmd: string, args: string[]): string {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr}`);
   return r.stdout;
 }
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts a process and waits until a TCP port accepts; returns it and the port. */
 async function startServer(argv: string[], port: number) {
