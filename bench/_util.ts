@@ -86,6 +86,26 @@ export function has(command: string): boolean {
   return sh("sh", ["-c", `command -v ${command}`]).code === 0;
 }
 
+/** User + system CPU seconds a live process has used, all its threads (NaN once gone). */
+export function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // After the command name, which may hold spaces: utime and stime.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+  } catch {
+    return NaN;
+  }
+}
+
+let ticks: number | undefined;
+
+/** Clock ticks per second of /proc/PID/stat (asked once, when first needed). */
+function clockTicks(): number {
+  return ticks ??= Number(sh("getconf", ["CLK_TCK"]).out.trim()) || 100;
+}
+
 // ---------------------------------------------------------------------------
 // Ports
 

@@ -47,6 +47,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import {
   childPids,
+  cpuSeconds,
   fmt,
   freePort,
   has,
@@ -224,19 +225,6 @@ function tail(stream: NodeJS.ReadableStream | null): { text: () => string } {
   });
   return { text: () => text };
 }
-
-/** User + system CPU seconds of a live process (all its threads). */
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return NaN;
-  }
-}
-const CLOCK_TICKS = Number(sh("getconf", ["CLK_TCK"]).out.trim()) || 100;
 
 /** User + system seconds from a `/usr/bin/time -f "%U %S"` report. */
 async function timedCpu(report: string): Promise<number> {

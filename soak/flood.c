@@ -17,7 +17,8 @@
  * in hostile.ts), RATE attempts per second for DURATION_MS, at most
  * MAX_IN_FLIGHT open at once; reads what the server says until it closes;
  * then waits up to DRAIN_MS for the last ones. Prints one JSON line with the
- * same fields as FloodStats. Loopback only, bounded in count and time.
+ * same fields as FloodStats, and its own CPU time (cpuMs). Loopback only,
+ * bounded in count and time.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -200,10 +202,14 @@ int main(int argc, char **argv) {
   long unfinished = open_now;
   double ended = now_ms();
   double attempted_ms = attempts_end - started;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu_ms = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+                  (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
   printf("{\"attempted\":%ld,\"refusedNotice\":%ld,\"closedOther\":%ld,\"connectErrors\":%ld,"
-         "\"unfinished\":%ld,\"rate\":%.1f,\"ms\":%.1f,\"unexpected\":[",
+         "\"unfinished\":%ld,\"rate\":%.1f,\"ms\":%.1f,\"cpuMs\":%.0f,\"unexpected\":[",
          attempted, notice, closed_other, connect_errors, unfinished,
-         attempted / ((attempted_ms > duration ? attempted_ms : duration) / 1000.0), ended - started);
+         attempted / ((attempted_ms > duration ? attempted_ms : duration) / 1000.0), ended - started, cpu_ms);
   for (long i = 0; i < unexpected_n && i < 10; i++) printf("%s\"%s\"", i ? "," : "", unexpected[i]);
   printf("]}\n");
   return 0;

@@ -522,6 +522,8 @@ export interface FloodStats {
   /** Attempts per second achieved (over the longer of the planned and actual time). */
   rate: number;
   ms: number;
+  /** CPU time the generator used, when it can tell (soak/flood.c does). */
+  cpuMs?: number;
 }
 
 /** Options for {@linkcode refusedFlood}. */

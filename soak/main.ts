@@ -56,6 +56,7 @@ import {
   spawnMoat,
   writeRandomFile,
 } from "../tests/_e2e.ts";
+import { cpuSeconds } from "../bench/_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN = path.join(ROOT, "node_modules", ".bin");
@@ -303,7 +304,7 @@ async function getWindow(
     else failures.push(`get exited ${ended}: ${stderr.trim().slice(0, 200)}`);
   }
   const secs = (performance.now() - t0) / 1000;
-  return { gibs: bytes / secs / 2 ** 30, gets };
+  return { gibs: bytes / secs / 2 ** 30, gets, secs };
 }
 
 async function workerFlood(): Promise<Result> {
@@ -351,16 +352,27 @@ async function workerFlood(): Promise<Result> {
     // VM (one get of it took 2.4 s against 0.7 s for the rest), so one more
     // window warms up and is not counted.
     await getWindow(srv, out, size, windowMs, failures);
-    const unloaded = [await getWindow(srv, out, size, windowMs, failures)];
-    const loaded: { gibs: number; gets: number }[] = [];
+    // The server's CPU time is read around every window, so the row can say
+    // what a GiB sent and a refused connection cost it.
+    const pid = server.child.pid!;
+    const measured = async (ms: number) => {
+      const cpu0 = cpuSeconds(pid);
+      const w = await getWindow(srv, out, size, ms, failures);
+      return { ...w, cpu: cpuSeconds(pid) - cpu0 };
+    };
+    const unloaded = [await measured(windowMs)];
+    const loaded: { gibs: number; secs: number; cpu: number }[] = [];
     const floods: FloodStats[] = [];
-    const baseRss = memoryKiB(server.child.pid!).rss;
-    const rss = sampleRss(server.child.pid!, 50);
+    const baseRss = memoryKiB(pid).rss;
+    const rss = sampleRss(pid, 50);
     // The attacker shares the 2 CPUs: flood from C when a compiler is here,
     // so that the row measures the server more than the generator.
     const generator = buildFloodGenerator();
     try {
       for (let round = 0; round < rounds; round++) {
+        // From the flood's start to its end, which is a little after the
+        // window's: refusals still queued at the window's end count too.
+        const cpu0 = cpuSeconds(pid);
         const flooding = refusedFlood({
           port: server.port,
           rate,
@@ -369,9 +381,10 @@ async function workerFlood(): Promise<Result> {
           drainMs: 5000,
           ...(generator !== undefined && { generator }),
         });
-        loaded.push(await getWindow(srv, out, size, durationMs, failures));
+        const w = await getWindow(srv, out, size, durationMs, failures);
         floods.push(await flooding);
-        unloaded.push(await getWindow(srv, out, size, windowMs, failures));
+        loaded.push({ ...w, cpu: cpuSeconds(pid) - cpu0 });
+        unloaded.push(await measured(windowMs));
       }
     } finally {
       if (generator !== undefined) {
@@ -412,6 +425,18 @@ async function workerFlood(): Promise<Result> {
     const ratio = l / u;
     const gibs = (ws: { gibs: number }[]) =>
       ws.map((w) => w.gibs.toFixed(2)).join(", ");
+    // Server CPU per GiB sent from the unloaded windows; in a flood round,
+    // what that does not explain is put down to the refusals.
+    const sent = (w: { gibs: number; secs: number }) => w.gibs * w.secs;
+    const cpuPerGiB = sum(unloaded.map((w) => w.cpu)) / sum(unloaded.map(sent));
+    const usPerRefusal = median(
+      loaded.map((w, i) =>
+        (w.cpu - cpuPerGiB * sent(w)) / floods[i]!.attempted * 1e6
+      ),
+    );
+    const generatorUs = floods.every((f) => f.cpuMs !== undefined)
+      ? sum(floods.map((f) => f.cpuMs!)) / flood.attempted * 1000
+      : NaN;
     const refusedLogged = audit.events.refused ?? 0;
     const held80 = ratio >= 0.8;
     const memOk = peak - baseRss < 256 * 1024;
@@ -447,9 +472,15 @@ async function workerFlood(): Promise<Result> {
             fmt(flood.closedOther)
           } closed without it, ${flood.connectErrors} connect errors, ` +
           `${flood.unexpected.length} other replies, ${strangers} refused addresses accepted; ` +
-          `${fmt(refusedLogged)} "refused" audit lines; server RSS ${
-            mib(baseRss)
-          } → peak ${mib(peak)}`,
+          `${fmt(refusedLogged)} "refused" audit lines; server CPU ${
+            cpuPerGiB.toFixed(2)
+          } s per GiB sent and ~${
+            usPerRefusal.toFixed(0)
+          } µs per refused connection${
+            Number.isNaN(generatorUs)
+              ? ""
+              : `, generator ${generatorUs.toFixed(0)} µs per connection`
+          }; server RSS ${mib(baseRss)} → peak ${mib(peak)}`,
         ok,
       }],
       notes: [
