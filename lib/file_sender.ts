@@ -364,7 +364,7 @@ function writeAllAt(fd: number, bytes: Uint8Array, pos: number) {
 
 /**
  * Receives FileData frames into `download` after its FileMeta was read, checks
- * the byte count and the SHA-256 from FileEnd, fsyncs, and renames the
+ * the byte count and the digest from FileEnd, fsyncs, and renames the
  * temporary file over the target. The digest is the one FileMeta names, which
  * must be the one the download asked for. On a mismatch the temporary file is removed;
  * on an interrupted connection it is kept for `--resume`. Either way the target

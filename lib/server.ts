@@ -1272,7 +1272,6 @@ function plainErrorLine(error: ErrorBody): Uint8Array {
   );
 }
 
-/** Resolves null after `ms`; the timer does not keep the process alive. */
 /**
  * Largest Hello or Auth payload. Until a client has completed the handshake
  * it does not get `--max-frame` (1 MiB) of the server's memory per connection.
@@ -1289,6 +1288,7 @@ async function readHandshakeFrame(reader: FrameReader): Promise<Frame | null> {
   return { type: header.type, payload: await reader.readPayload() };
 }
 
+/** Resolves null after `ms`; the timer does not keep the process alive. */
 function after(ms: number): Promise<null> {
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(null), ms);

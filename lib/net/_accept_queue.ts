@@ -14,11 +14,6 @@ export class AcceptQueue {
   #waiters: ((conn: Conn | null) => void)[] = [];
   #closed = false;
 
-  /** True once {@linkcode AcceptQueue.close} ran. */
-  get closed(): boolean {
-    return this.#closed;
-  }
-
   /**
    * Hands a new connection to a waiting iteration, or queues it.
    *
