@@ -103,9 +103,14 @@ class Watchdog {
   }
 }
 
+/** The client's timeout in ms, defaulted. */
+function timeoutOf(client: ClientOptions): number {
+  return client.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
+}
+
 function timeoutError(client: ClientOptions, what: string): MoatError {
   const { hostname, port } = client.server;
-  const secs = (client.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS) / 1000;
+  const secs = timeoutOf(client) / 1000;
   return new MoatError(
     "ERR_TIMEOUT",
     `${hostname}:${port} ${what} ${secs} s (see --timeout)`,
@@ -120,7 +125,7 @@ function connectWithin(options: ClientOptions): Promise<Conn> {
     const timer = setTimeout(() => {
       reject(timeoutError(options, "did not accept the connection within"));
       connecting.then((conn) => conn.close(), () => {});
-    }, options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS);
+    }, timeoutOf(options));
     connecting.then(resolve, reject).finally(() => clearTimeout(timer));
   });
 }
@@ -205,10 +210,7 @@ export async function openSession(
 ): Promise<Session> {
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const conn = await connectWithin(options);
-  const watchdog = new Watchdog(
-    conn,
-    options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS,
-  );
+  const watchdog = new Watchdog(conn, timeoutOf(options));
   const onAbort = () => conn.close();
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) conn.close();
@@ -372,10 +374,7 @@ export async function get(
   const { conn, reader } = session;
   // A server that stalls mid-transfer must not hold the client forever; the
   // part file stays for --resume, as after any cut.
-  const watchdog = new Watchdog(
-    conn,
-    client.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS,
-  );
+  const watchdog = new Watchdog(conn, timeoutOf(client));
   try {
     await conn.write(encodeFrame({
       type: Kind.Get,
