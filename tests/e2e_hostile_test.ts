@@ -804,12 +804,13 @@ test("moat get and moat serve show hostile file names escaped on one line", asyn
 });
 
 /**
- * A fake server that answers every connection with `reply` after reading the
- * client's first bytes, then closes, or with `hold`, says nothing more and
- * keeps the connection open (a stalled server).
+ * A fake server that answers every connection after reading the client's
+ * first bytes: with `reply`, then closes, or with `hold`, says nothing more
+ * and keeps the connection open (a stalled server); or `reply` is a function
+ * that does the talking.
  */
 async function hostileServer(
-  reply: Uint8Array,
+  reply: Uint8Array | ((sock: net.Socket) => void),
   options: { hold?: boolean } = {},
 ) {
   const socks = new Set<net.Socket>();
@@ -817,7 +818,11 @@ async function hostileServer(
     socks.add(sock);
     sock.on("close", () => socks.delete(sock));
     sock.on("error", () => {});
-    sock.once("data", () => options.hold ? sock.write(reply) : sock.end(reply));
+    sock.once("data", () => {
+      if (typeof reply === "function") reply(sock);
+      else if (options.hold) sock.write(reply);
+      else sock.end(reply);
+    });
   });
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
   return {
@@ -827,6 +832,13 @@ async function hostileServer(
       return new Promise<void>((r) => srv.close(() => r()));
     },
   };
+}
+
+/** A FileMeta frame's payload for `x` of `size` bytes, checked by CRC-32. */
+function metaOfX(size: number): Uint8Array {
+  return enc.encode(
+    JSON.stringify({ path: "x", size, offset: 0, mtimeMs: 0, digest: "crc32" }),
+  );
 }
 
 /** Runs `moat get FILE:x` in `dir` against a fake server on `port`. */
@@ -903,15 +915,7 @@ test("moat get, chat and ship give up on a server that accepts but never finishe
 });
 
 test("moat get gives up on a server that stalls mid-transfer and keeps the part file for --resume", async () => {
-  const meta = enc.encode(
-    JSON.stringify({
-      path: "x",
-      size: 1000,
-      offset: 0,
-      mtimeMs: 0,
-      digest: "crc32",
-    }),
-  );
+  const meta = metaOfX(1000);
   await using fake = await hostileServer(
     bytesOf([...encodePreamble()], [
       ...WELCOME,
@@ -941,53 +945,33 @@ test("moat get --timeout does not cut a slow transfer that keeps moving", async 
   const content = new Uint8Array(20).fill(42);
   const crc = createDigest("crc32");
   crc.update(content);
-  const meta = enc.encode(
-    JSON.stringify({
-      path: "x",
-      size: 20,
-      offset: 0,
-      mtimeMs: 0,
-      digest: "crc32",
-    }),
-  );
+  const meta = metaOfX(20);
   const data = encodeFrame({ type: Kind.FileData, payload: content });
-  const socks = new Set<net.Socket>();
-  const srv = net.createServer((sock) => {
-    socks.add(sock);
-    sock.on("error", () => {});
-    sock.once("data", async () => {
-      sock.write(
-        bytesOf([...encodePreamble()], [
-          ...WELCOME,
-          ...encodeFrame({ type: Kind.FileMeta, payload: meta }),
-        ]),
-      );
-      for (let i = 0; i < data.length && !sock.destroyed; i++) {
-        await delay(100);
-        sock.write(data.subarray(i, i + 1));
-      }
-      sock.end(
-        encodeFrame({
-          type: Kind.FileEnd,
-          payload: Buffer.from(crc.hex(), "hex"),
-        }),
-      );
-    });
-  });
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  try {
-    using out = tempDir();
-    const port = (srv.address() as net.AddressInfo).port;
-    const r = await getFrom(port, out.dir, ["--timeout", "1"]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(
-      new Uint8Array(fs.readFileSync(path.join(out.dir, "x"))),
-      content,
+  await using fake = await hostileServer(async (sock) => {
+    sock.write(
+      bytesOf([...encodePreamble()], [
+        ...WELCOME,
+        ...encodeFrame({ type: Kind.FileMeta, payload: meta }),
+      ]),
     );
-  } finally {
-    for (const sock of socks) sock.destroy();
-    await new Promise<void>((r) => srv.close(() => r()));
-  }
+    for (let i = 0; i < data.length && !sock.destroyed; i++) {
+      await delay(100);
+      sock.write(data.subarray(i, i + 1));
+    }
+    sock.end(
+      encodeFrame({
+        type: Kind.FileEnd,
+        payload: Buffer.from(crc.hex(), "hex"),
+      }),
+    );
+  });
+  using out = tempDir();
+  const r = await getFrom(fake.port, out.dir, ["--timeout", "1"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(
+    new Uint8Array(fs.readFileSync(path.join(out.dir, "x"))),
+    content,
+  );
 });
 
 test("moat get --timeout takes whole seconds of at least 1", async () => {
