@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lints, format-checks and type-checks, runs the whole suite under Deno and Bun, then the end-to-end tests against
-# the compiled linux-x64 binary, and prints one line "N passed, N failed".
+# Lints, format-checks and type-checks, runs the whole suite under Deno and
+# Bun, then the end-to-end tests against the compiled linux-x64 binary, and
+# prints one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=node_modules/.bin

@@ -6,8 +6,9 @@
  * - Framer fuzzing: 1,000,000 cases per runtime through FrameDecoderStream
  *   and FrameReader, checked against a reference decoder.
  * - Handshake fuzzing: 4,000 hostile openings against one `moat serve`.
- * - Refused flood: 3 rounds of 5,000 connections per second from 127.0.0.2 and up for
- *   10 s each, while an allowed client fetches 1 GiB files, between unloaded windows.
+ * - Refused flood: 3 rounds of 5,000 connections per second from 127.0.0.2
+ *   and up for 10 s each, while an allowed client fetches 1 GiB files,
+ *   between unloaded windows.
  * - Slow clients: 1,000 clients trickling a handshake byte per second.
  * - Faults: 100 rounds of SIGKILL to the server or the client of a get.
  *
@@ -56,7 +57,7 @@ import {
   spawnMoat,
   writeRandomFile,
 } from "../tests/_e2e.ts";
-import { cpuSeconds } from "../bench/_util.ts";
+import { cpuSeconds, median } from "../bench/_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN = path.join(ROOT, "node_modules", ".bin");
@@ -94,12 +95,6 @@ function mib(kib: number): string {
 
 function sum(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** A scratch folder on tmpfs when there is one, so disk speed stays out of it. */
