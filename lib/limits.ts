@@ -1,0 +1,18 @@
+/**
+ * The defaults of every limit the server enforces, in one place: the server
+ * uses them when an option is absent, and the command line shows them in
+ * `--help`. Nothing here is runtime-specific.
+ *
+ * @module
+ */
+
+/** The port moat listens on and clients connect to by default. */
+export const DEFAULT_PORT = 4320;
+/** Most connections at once on the main port; more get a `BUSY` refusal. */
+export const DEFAULT_MAX_CONNS = 512;
+/** Longest chat line, in bytes. */
+export const DEFAULT_MAX_LINE = 8192;
+/** A connection idle this long is closed, in milliseconds. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
+/** A client must finish its handshake this soon, in milliseconds. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
