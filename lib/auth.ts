@@ -8,12 +8,17 @@
  * TLS-terminating interceptor fail. Proofs are compared in constant time.
  *
  * Token files hold one token per line, `NAME SECRET` or just `SECRET`
- * (name "token"); `#` starts a comment. A secret has at least 16 characters.
+ * (name "token"); `#` starts a comment. A secret carries at least 128 bits:
+ * 32 hex digits, or 22 characters of any richer alphabet (base64, say). Like
+ * ssh with its key files, the server refuses a token file that group or
+ * others may read. Failed proofs are throttled per address
+ * ({@linkcode AuthThrottle}).
  *
  * @module
  */
 
 import * as fs from "node:fs";
+import process from "node:process";
 import { Buffer } from "node:buffer";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { decodeJson, encodeJson } from "./protocol.ts";
@@ -50,7 +55,10 @@ export interface ProofContext {
   binding: string;
 }
 
-const MIN_SECRET = 16;
+/** Characters a secret needs for 128 bits: hex digits carry 4 bits each. */
+const MIN_HEX_SECRET = 32;
+/** Characters of a richer alphabet (base64: 6 bits each) for 128 bits. */
+const MIN_SECRET = 22;
 const NAME = /^[A-Za-z0-9._@-]{1,64}$/;
 
 /**
@@ -81,11 +89,12 @@ export function parseTokens(text: string, source: string): Token[] {
         `Invalid token name "${name}" in ${source} line ${i + 1}`,
       );
     }
-    if (secret.length < MIN_SECRET) {
+    const min = /^[0-9a-fA-F]+$/.test(secret) ? MIN_HEX_SECRET : MIN_SECRET;
+    if (secret.length < min) {
       throw new UsageError(
         `Token "${name}" in ${source} line ${
           i + 1
-        } is too short: use at least ${MIN_SECRET} characters`,
+        } is too short: a secret needs 128 bits, at least ${MIN_HEX_SECRET} hex digits or ${MIN_SECRET} base64 characters (make one with: openssl rand -hex 16)`,
       );
     }
     if (tokens.some((t) => t.name === name)) {
@@ -115,11 +124,32 @@ export function loadTokens(
   let source: string;
   if (file !== undefined) {
     try {
-      text = fs.readFileSync(file, "utf8");
+      // One descriptor for the check and the read: the mode checked is the
+      // mode of the file read.
+      const fd = fs.openSync(file, "r");
+      try {
+        const mode = fs.fstatSync(fd).mode;
+        if (process.platform !== "win32" && (mode & 0o077) !== 0) {
+          throw new UsageError(
+            `Refusing --token-file "${file}": group or others may access it (mode ${
+              (mode & 0o777).toString(8).padStart(3, "0")
+            }; run chmod 600 on it)`,
+          );
+        }
+        text = fs.readFileSync(fd, "utf8");
+      } finally {
+        fs.closeSync(fd);
+      }
     } catch (err) {
+      if (err instanceof UsageError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
       throw new UsageError(
         `Cannot read --token-file "${file}": ${
-          (err as NodeJS.ErrnoException).code ?? err
+          code === "ENOENT"
+            ? "no such file"
+            : code === "EACCES"
+            ? "permission denied"
+            : code ?? err
         }`,
       );
     }
@@ -276,4 +306,110 @@ export function answerChallenge(
     binding: options.binding,
   });
   return encodeAuth({ name: options.token.name, proof });
+}
+
+/** Options for {@linkcode AuthThrottle}. */
+export interface AuthThrottleOptions {
+  /** Wait after the first failure, in milliseconds; it doubles with each. @default {250} */
+  baseMs?: number;
+  /** Longest wait, in milliseconds. @default {60_000} */
+  maxMs?: number;
+  /** Addresses remembered; the least recently failed is forgotten first. @default {4096} */
+  maxKeys?: number;
+  /** The clock, in milliseconds. @default {Date.now} */
+  now?: () => number;
+}
+
+interface Failures {
+  count: number;
+  /** No attempt is taken from this address before this time. */
+  until: number;
+}
+
+/**
+ * Throttles token guessing per address: after `n` failed proofs an address
+ * must wait `baseMs · 2^(n-1)` (at most `maxMs`) before its next attempt is
+ * even challenged. A success forgets the address; so does a quiet spell of
+ * `maxMs` after its wait. Memory is bounded by `maxKeys`.
+ *
+ * @example Back off after failures
+ * ```ts
+ * import { AuthThrottle } from "./auth.ts";
+ * import assert from "node:assert/strict";
+ * let t = 0;
+ * const throttle = new AuthThrottle({ baseMs: 100, now: () => t });
+ * assert.equal(throttle.wait("10.0.0.9"), 0);
+ * throttle.failed("10.0.0.9");
+ * throttle.failed("10.0.0.9");
+ * assert.equal(throttle.wait("10.0.0.9"), 200);
+ * t += 200;
+ * assert.equal(throttle.wait("10.0.0.9"), 0);
+ * ```
+ */
+export class AuthThrottle {
+  #base: number;
+  #max: number;
+  #maxKeys: number;
+  #now: () => number;
+  #failures = new Map<string, Failures>();
+
+  /**
+   * @param options Delays, memory bound and clock.
+   */
+  constructor(options: AuthThrottleOptions = {}) {
+    this.#base = options.baseMs ?? 250;
+    this.#max = options.maxMs ?? 60_000;
+    this.#maxKeys = options.maxKeys ?? 4096;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * How long an address must still wait before it may try again.
+   *
+   * @param address The peer's address.
+   * @returns Milliseconds; 0 when it may try now.
+   */
+  wait(address: string): number {
+    const f = this.#failures.get(address);
+    if (f === undefined) return 0;
+    const now = this.#now();
+    if (now >= f.until + this.#max) {
+      this.#failures.delete(address);
+      return 0;
+    }
+    return Math.max(0, f.until - now);
+  }
+
+  /**
+   * Records a failed proof.
+   *
+   * @param address The peer's address.
+   * @returns The failures counted for it, this one included.
+   */
+  failed(address: string): number {
+    const now = this.#now();
+    const old = this.#failures.get(address);
+    const count = old === undefined || now >= old.until + this.#max
+      ? 1
+      : old.count + 1;
+    this.#failures.delete(address);
+    if (this.#failures.size >= this.#maxKeys) {
+      this.#failures.delete(this.#failures.keys().next().value!);
+    }
+    const delay = Math.min(
+      this.#max,
+      this.#base * 2 ** Math.min(count - 1, 30),
+    );
+    this.#failures.set(address, { count, until: now + delay });
+    return count;
+  }
+
+  /**
+   * Forgets an address after a successful proof.
+   *
+   * @param address The peer's address.
+   */
+  succeeded(address: string): void {
+    this.#failures.delete(address);
+  }
 }

@@ -469,14 +469,17 @@ test("serve --token-file: the right token passes and names the client; wrong or 
   fs.writeFileSync(
     path.join(t.dir, "server.tokens"),
     "# name secret\nalice s3cret-token-for-alice\nbob bobs-long-secret-token\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(t.dir, "alice.token"),
     "alice s3cret-token-for-alice\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(t.dir, "wrong.token"),
     "alice not-the-right-secret!!\n",
+    { mode: 0o600 },
   );
   await using server = await startServer([
     "--root",
@@ -555,7 +558,9 @@ function rawExchange(port: number, bytes: Uint8Array): Promise<Buffer> {
 
 test("a recorded token handshake cannot be replayed", async () => {
   using t = fixture();
-  fs.writeFileSync(path.join(t.dir, "t"), "alice s3cret-token-for-alice\n");
+  fs.writeFileSync(path.join(t.dir, "t"), "alice s3cret-token-for-alice\n", {
+    mode: 0o600,
+  });
   await using server = await startServer([
     "--root",
     t.dir,
@@ -611,7 +616,9 @@ test("a recorded token handshake cannot be replayed", async () => {
 test("TLS and token together, over TLS, bind the token to the server certificate", async () => {
   using t = fixture();
   selfSigned(t.dir, "srv");
-  fs.writeFileSync(path.join(t.dir, "t"), "carol carols-long-secret-token\n");
+  fs.writeFileSync(path.join(t.dir, "t"), "carol carols-long-secret-token\n", {
+    mode: 0o600,
+  });
   await using server = await tlsServer(t.dir, "srv", [
     "--token-file",
     path.join(t.dir, "t"),

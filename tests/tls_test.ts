@@ -258,18 +258,25 @@ test("checkClientCertificate accepts allowed fingerprints and CA-verified chains
 
 describe("tokens", () => {
   test("parseTokens reads named and unnamed tokens and rejects bad lines", () => {
-    assert.deepEqual(parseTokens("# c\n\nalice 0123456789abcdef\n", "f"), [{
+    const hex = "0123456789abcdef0123456789abcdef";
+    assert.deepEqual(parseTokens(`# c\n\nalice ${hex}\n`, "f"), [{
       name: "alice",
-      secret: "0123456789abcdef",
+      secret: hex,
     }]);
-    assert.deepEqual(parseTokens("0123456789abcdefXYZ", "f"), [{
+    assert.deepEqual(parseTokens("0123456789abcdefXYZ+/_", "f"), [{
       name: "token",
-      secret: "0123456789abcdefXYZ",
+      secret: "0123456789abcdefXYZ+/_",
     }]);
     assert.throws(() => parseTokens("a short", "f"), /too short/);
+    // 128 bits: 31 hex digits (124 bits) and 21 base64 characters are short.
+    assert.throws(() => parseTokens(`a ${hex.slice(1)}`, "f"), /128 bits/);
+    assert.throws(
+      () => parseTokens("a 0123456789abcdefXYZ+/", "f"),
+      /128 bits/,
+    );
     assert.throws(() => parseTokens("a b c", "f"), /expected "NAME SECRET"/);
     assert.throws(
-      () => parseTokens("a 0123456789abcdef\na 0123456789abcdef", "f"),
+      () => parseTokens(`a ${hex}\na ${hex}`, "f"),
       /repeated/,
     );
   });
