@@ -237,7 +237,7 @@ export function parseCommand<O extends OptionTable>(
       }
       if (token.name === "help") help = true;
       given.push({ name: token.name });
-      raw.set(token.name, ["true"]);
+      raw.set(token.name, []);
       continue;
     }
     const value = token.value;
@@ -268,6 +268,10 @@ export function parseCommand<O extends OptionTable>(
 
   const values: Record<string, unknown> = {};
   for (const [name, row] of Object.entries(spec.options)) {
+    if (row.type === "boolean") {
+      values[name] = raw.has(name);
+      continue;
+    }
     let texts = raw.get(name);
     let label = `--${name}`;
     if (texts === undefined && row.env !== undefined) {
@@ -292,7 +296,6 @@ export function parseCommand<O extends OptionTable>(
 }
 
 function defaultOf(row: OptionSpec): unknown {
-  if (row.type === "boolean") return false;
   if (row.multiple) return [];
   return row.default;
 }
