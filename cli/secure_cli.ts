@@ -128,8 +128,11 @@ export const CLIENT_SECURITY_ENV: readonly EnvSpec[] = [
   },
   {
     name: "HOME",
-    description:
-      "Without either: known_hosts is in ~/.config/moat (USERPROFILE on Windows)",
+    description: "Without either: known_hosts is in ~/.config/moat",
+  },
+  {
+    name: "USERPROFILE",
+    description: "Stands in for $HOME where that is unset (Windows)",
   },
 ];
 
