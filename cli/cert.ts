@@ -110,9 +110,10 @@ export async function certCommand(
     fs.writeFileSync(certFile, made.cert, { mode: 0o644 });
   } catch (err) {
     throw new MoatError(
-      "ERR_WRITE",
+      "ERR_IO",
       `Cannot write "${escapeText(writing)}": ${describeFsError(err)}`,
       ExitCode.Failure,
+      { cause: err },
     );
   }
   printLine(made.fingerprint);

@@ -22,6 +22,7 @@ import {
 } from "./_client.ts";
 import {
   type CommandSpec,
+  describeFsError,
   formatHelp,
   type OptionTable,
   parseCommand,
@@ -126,6 +127,7 @@ export async function getCommand(
       `Cannot derive a file name from "${escapeText(request)}": use -o FILE`,
     );
   }
+  checkOutputFolder(out);
   const client = {
     ...clientOptions(values, context.env),
     maxFrameSize: values["max-frame"],
@@ -171,4 +173,26 @@ export async function getCommand(
         rate.toFixed(2)
       } GiB/s`,
   );
+}
+
+/**
+ * Fails before connecting when the folder of `out` is not there, naming the
+ * path and the reason rather than an errno code.
+ */
+function checkOutputFolder(out: string): void {
+  let problem: string | undefined;
+  try {
+    if (!fs.statSync(path.dirname(out)).isDirectory()) {
+      problem = "a part of the path is not a directory";
+    }
+  } catch (err) {
+    problem = describeFsError(err);
+  }
+  if (problem !== undefined) {
+    throw new MoatError(
+      "ERR_IO",
+      `Cannot write "${escapeText(out)}": ${problem}`,
+      ExitCode.Failure,
+    );
+  }
 }

@@ -35,8 +35,8 @@ const VERIFY_OPTIONS = {
   },
   "key-file": {
     type: "file",
-    placeholder: "F",
-    description: "Read the verification key from file F",
+    placeholder: "FILE",
+    description: "Read the verification key from FILE",
     group: "Options of verify",
   },
 } as const satisfies OptionTable;

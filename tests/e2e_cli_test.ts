@@ -98,6 +98,13 @@ test("moat names a missing file and its path instead of an errno code", async ()
     allow.stderr,
     `moat: Cannot read --allow-file "${ca}": no such file or directory\n`,
   );
+  const out = path.join(dir.dir, "no", "f.bin");
+  const get = await runMoat(["get", "FILE:x", "-o", out]);
+  assert.equal(get.code, 1);
+  assert.equal(
+    get.stderr,
+    `moat: Cannot write "${out}": no such file or directory\n`,
+  );
 });
 
 test("moat vault cat stops quietly when its reader closes the pipe", async () => {
