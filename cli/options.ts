@@ -223,7 +223,9 @@ export function parseCommand<O extends OptionTable>(
       continue;
     }
     if (token.kind !== "option") continue;
-    const row = table[token.name];
+    const row = Object.hasOwn(table, token.name)
+      ? table[token.name]
+      : undefined;
     if (row === undefined) {
       throw new UsageError(
         unknownOption(token.rawName, Object.keys(table), see),

@@ -246,6 +246,9 @@ test("parseCommand suggests the closest option for a mistyped one", () => {
     usageError(["-x"]),
     'Unknown option "-x" (see moat demo --help)',
   );
+  for (const name of ["constructor", "__proto__", "toString"]) {
+    assert.match(usageError([`--${name}`, "x"]), /^Unknown option "--/, name);
+  }
   assert.equal(
     usageError(["--\x1b[2J"]),
     'Unknown option "--\\e[2J" (see moat demo --help)',
