@@ -24,11 +24,14 @@ export interface GeneratedCert {
   fingerprint: string;
 }
 
+/** Default validity of a new certificate: 825 days, the CA/Browser Forum's old limit. */
+export const DEFAULT_CERT_DAYS = 825;
+
 /** Options for {@linkcode createSelfSignedCert}. */
 export interface SelfSignedOptions {
   /** DNS names and IP addresses for the subjectAltName; the first is the CN. */
   names: readonly string[];
-  /** Validity in days from now. @default {825} */
+  /** Validity in days from now. @default {DEFAULT_CERT_DAYS} */
   days?: number;
 }
 
@@ -198,7 +201,7 @@ export async function createSelfSignedCert(
     }
     return { type: "dns", value: name.toLowerCase() };
   });
-  const days = options.days ?? 825;
+  const days = options.days ?? DEFAULT_CERT_DAYS;
   // tsyringe, under @peculiar/x509, needs the Reflect metadata API first.
   await import("reflect-metadata");
   const x509 = await import("@peculiar/x509");

@@ -1,64 +1,140 @@
 /**
- * The command-line surface of TLS and client authentication, kept out of
- * `main.ts`: `parseArgs` option specs, help text, and turning parsed values
- * into {@linkcode ServerOptions} / {@linkcode ClientOptions} fields. Nothing
- * here prints or exits.
+ * The command-line surface of TLS and client authentication: the option
+ * tables serve and the client commands add, the environment they read, and
+ * turning parsed values into {@linkcode ServerOptions} / {@linkcode ClientOptions}
+ * fields. Nothing here prints or exits.
  *
  * @module
  */
 
-import type { ServerTlsOptions } from "./net/types.ts";
-import type { ServerAuth } from "./server.ts";
-import { type ClientTlsConfig, loadClientFiles, loadServerTls } from "./tls.ts";
-import { loadTokens, type Token } from "./auth.ts";
-import { parseFingerprint } from "./cert.ts";
-import { knownHostsFile } from "./known_hosts.ts";
-import { UsageError } from "./errors.ts";
+import type { ServerTlsOptions } from "../lib/net/types.ts";
+import type { ServerAuth } from "../lib/server.ts";
+import {
+  type ClientTlsConfig,
+  loadClientFiles,
+  loadServerTls,
+} from "../lib/tls.ts";
+import { loadTokens, type Token } from "../lib/auth.ts";
+import { parseFingerprint } from "../lib/cert.ts";
+import { knownHostsFile } from "../lib/known_hosts.ts";
+import { UsageError } from "../lib/errors.ts";
+import type { EnvSpec, OptionTable } from "./options.ts";
 
-/** `parseArgs` options that `moat serve` adds. */
+const SECURITY = "Security (see docs/SECURITY.md)";
+
+/** Options that `moat serve` adds. */
 export const SERVE_SECURITY_OPTIONS = {
-  "tls-cert": { type: "string" },
-  "tls-key": { type: "string" },
-  "client-ca": { type: "string" },
-  "allow-cert": { type: "string", multiple: true },
-  "token-file": { type: "string" },
-} as const;
+  "tls-cert": {
+    type: "file",
+    placeholder: "F",
+    description: "Speak TLS 1.3 only, with this PEM certificate (chain)",
+    group: SECURITY,
+  },
+  "tls-key": {
+    type: "file",
+    placeholder: "F",
+    description: "... and this PEM private key",
+    group: SECURITY,
+  },
+  "client-ca": {
+    type: "file",
+    placeholder: "F",
+    description: "Require a client certificate issued by a CA in F",
+    group: SECURITY,
+  },
+  "allow-cert": {
+    type: "string",
+    placeholder: "FP",
+    multiple: true,
+    description:
+      "Require a client certificate; accept this one (sha256:…); combines with --client-ca",
+    group: SECURITY,
+  },
+  "token-file": {
+    type: "file",
+    placeholder: "F",
+    description:
+      'Require a token from F ("NAME SECRET" lines), else from $MOAT_TOKEN; proved by challenge–response, never sent. TLS or a token turns plain-text mode off',
+    group: SECURITY,
+  },
+} as const satisfies OptionTable;
 
-/** `parseArgs` options that client commands (get, chat) add. */
+/** Environment variables behind {@linkcode SERVE_SECURITY_OPTIONS}. */
+export const SERVE_SECURITY_ENV: readonly EnvSpec[] = [
+  {
+    name: "MOAT_TOKEN",
+    description:
+      'Tokens to require ("NAME SECRET" lines) when there is no --token-file',
+  },
+];
+
+/** Options that client commands (get, chat, ship) add. */
 export const CLIENT_SECURITY_OPTIONS = {
-  tls: { type: "boolean" },
-  ca: { type: "string" },
-  pin: { type: "string", multiple: true },
-  cert: { type: "string" },
-  key: { type: "string" },
-  "token-file": { type: "string" },
-} as const;
+  tls: {
+    type: "boolean",
+    description:
+      "Connect with TLS 1.3. The server is verified with --ca, or --pin, or else trusted on first use (remembered in known_hosts in $MOAT_CONFIG_DIR, $XDG_CONFIG_HOME/moat or ~/.config/moat)",
+    group: SECURITY,
+  },
+  ca: {
+    type: "file",
+    placeholder: "F",
+    description: "Verify the server's chain and name against the CAs in F",
+    group: SECURITY,
+  },
+  pin: {
+    type: "string",
+    placeholder: "FP",
+    multiple: true,
+    description:
+      "Accept only this certificate fingerprint (sha256:…, colons ok)",
+    group: SECURITY,
+  },
+  cert: {
+    type: "file",
+    placeholder: "F",
+    description: "Present this client certificate (with --key)",
+    group: SECURITY,
+  },
+  key: {
+    type: "file",
+    placeholder: "F",
+    description: "... and this private key",
+    group: SECURITY,
+  },
+  "token-file": {
+    type: "file",
+    placeholder: "F",
+    description:
+      "Answer the server's token challenge with the token in F (else $MOAT_TOKEN; never on the command line)",
+    group: SECURITY,
+  },
+} as const satisfies OptionTable;
 
-/** Help lines for {@linkcode SERVE_SECURITY_OPTIONS}. */
-export const SERVE_SECURITY_HELP = `
-Security (see docs/SECURITY.md):
-  --tls-cert F           Speak TLS 1.3 only, with this PEM certificate (chain)
-  --tls-key F            ... and this PEM private key
-  --client-ca F          Require a client certificate issued by a CA in F
-  --allow-cert FP        Require a client certificate; accept this one (sha256:…);
-                         repeatable; combines with --client-ca
-  --token-file F         Require a token from F ("NAME SECRET" lines), else from
-                         $MOAT_TOKEN; proved by challenge–response, never sent
-  TLS or a token turns plain-text mode off.
-`;
-
-/** Help lines for {@linkcode CLIENT_SECURITY_OPTIONS}. */
-export const CLIENT_SECURITY_HELP = `
-Security (see docs/SECURITY.md):
-  --tls               Connect with TLS 1.3. The server is verified with --ca, or
-                      --pin, or else trusted on first use (known_hosts in
-                      $MOAT_CONFIG_DIR, $XDG_CONFIG_HOME/moat or ~/.config/moat)
-  --ca F              Verify the server's chain and name against the CAs in F
-  --pin FP            Accept only this certificate fingerprint (sha256:…, colons ok)
-  --cert F, --key F   Present this client certificate and key
-  --token-file F      Answer the server's token challenge with the token in F
-                      (else $MOAT_TOKEN; never on the command line)
-`;
+/** Environment variables behind {@linkcode CLIENT_SECURITY_OPTIONS}. */
+export const CLIENT_SECURITY_ENV: readonly EnvSpec[] = [
+  {
+    name: "MOAT_TOKEN",
+    description: 'The token ("NAME SECRET") when there is no --token-file',
+  },
+  {
+    name: "MOAT_CONFIG_DIR",
+    description:
+      "Where known_hosts (servers trusted on first use with --tls) is kept",
+  },
+  {
+    name: "XDG_CONFIG_HOME",
+    description: "Without $MOAT_CONFIG_DIR: known_hosts is in its moat folder",
+  },
+  {
+    name: "HOME",
+    description: "Without either: known_hosts is in ~/.config/moat",
+  },
+  {
+    name: "USERPROFILE",
+    description: "Stands in for $HOME where that is unset (Windows)",
+  },
+];
 
 /** Parsed values of {@linkcode SERVE_SECURITY_OPTIONS}. */
 export interface ServeSecurityValues {

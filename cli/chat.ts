@@ -1,0 +1,70 @@
+/**
+ * `moat chat`: talk with the server's operator and other clients, line by
+ * line.
+ *
+ * @module
+ */
+
+import { chat } from "../lib/client.ts";
+import { escapeText } from "../lib/text.ts";
+import {
+  CLIENT_EXITS,
+  clientOptions,
+  SERVER_OPTION,
+  TIMEOUT_OPTION,
+} from "./_client.ts";
+import { stdinLines } from "./_stdin.ts";
+import {
+  type CommandSpec,
+  formatHelp,
+  type OptionTable,
+  parseCommand,
+  type RunContext,
+} from "./options.ts";
+import { printLine, printNote } from "./output.ts";
+import { CLIENT_SECURITY_ENV, CLIENT_SECURITY_OPTIONS } from "./secure_cli.ts";
+
+const CHAT_OPTIONS = {
+  server: SERVER_OPTION,
+  timeout: TIMEOUT_OPTION,
+  ...CLIENT_SECURITY_OPTIONS,
+} as const satisfies OptionTable;
+
+/** `moat chat`'s options, usage and help. */
+export const CHAT: CommandSpec<typeof CHAT_OPTIONS> = {
+  name: "chat",
+  summary: "Talk with the server's operator and other clients, line by line",
+  usage: ["chat [options]"],
+  description:
+    `Send each line typed on stdin; print each line received, tagged with its sender.
+Ctrl-D (end of input) leaves.`,
+  options: CHAT_OPTIONS,
+  env: CLIENT_SECURITY_ENV,
+  exits: CLIENT_EXITS,
+};
+
+/**
+ * Runs `moat chat` until stdin ends or the server closes.
+ *
+ * @param args The arguments after "chat".
+ * @param context The environment.
+ * @throws {MoatError} With the exit status of what went wrong.
+ */
+export async function chatCommand(
+  args: string[],
+  context: RunContext,
+): Promise<void> {
+  const parsed = parseCommand(CHAT, args, context);
+  if (parsed.help) return printLine(formatHelp(CHAT));
+  const { values } = parsed;
+  await chat(clientOptions(values, context.env), {
+    input: stdinLines(),
+    output: printLine,
+    onWelcome: (w) =>
+      printNote(
+        `connected to ${escapeText(values.server)} as ${escapeText(w.name)} (${
+          escapeText(w.peer)
+        }); Ctrl-D leaves`,
+      ),
+  });
+}
