@@ -59,7 +59,7 @@ test("loadTokens refuses a token under 128 bits from the environment too", () =>
 });
 
 test("AuthThrottle doubles the wait with each failure up to maxMs", () => {
-  let t = 0;
+  const t = 0;
   const throttle = new AuthThrottle({ baseMs: 100, maxMs: 1000, now: () => t });
   const waits: number[] = [];
   for (let i = 0; i < 6; i++) {
@@ -97,7 +97,7 @@ test("AuthThrottle forgets an address after a quiet spell", () => {
 });
 
 test("AuthThrottle remembers at most maxKeys addresses", () => {
-  let t = 0;
+  const t = 0;
   const throttle = new AuthThrottle({ maxKeys: 10, now: () => t });
   for (let i = 0; i < 1000; i++) throttle.failed(`10.0.${i >> 8}.${i & 255}`);
   let remembered = 0;
