@@ -14,7 +14,7 @@ import { getNet, runtimeInfo } from "./lib/net/mod.ts";
 import { compileAllowlist, splitRules } from "./lib/allowlist.ts";
 import { createJail } from "./lib/jail.ts";
 import { AuditLog } from "./lib/audit.ts";
-import { Server } from "./lib/server.ts";
+import { Server } from "./lib/server/mod.ts";
 import {
   chat,
   type ClientOptions,

@@ -8,7 +8,7 @@
  */
 
 import type { ServerTlsOptions } from "./net/types.ts";
-import type { ServerAuth } from "./server.ts";
+import type { ServerAuth } from "./server/mod.ts";
 import { type ClientTlsConfig, loadClientFiles, loadServerTls } from "./tls.ts";
 import { loadTokens, type Token } from "./auth.ts";
 import { parseFingerprint } from "./cert.ts";
