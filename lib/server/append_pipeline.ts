@@ -56,6 +56,8 @@ export class AppendPipeline {
   #stored = 0;
 
   /**
+   * Makes a pipeline with nothing in flight.
+   *
    * @param source The source appended to.
    * @param options In-flight limit and the durable callback.
    */

@@ -30,11 +30,15 @@ export type QueuedMember = ChatMember & { flush(): Promise<void> };
  * ({@linkcode encodeFramedChat} or {@linkcode encodePlainChat}) and queued.
  */
 export class Member extends Outbox implements QueuedMember {
+  /** The session's name, e.g. "c3". */
   readonly name: string;
+  /** "host:port", and the proven identity if there is one. */
   readonly addr: string;
   #encode: (line: ChatLine) => Uint8Array;
 
   /**
+   * Makes a member; it joins the hub only when the caller says so.
+   *
    * @param session The member's session.
    * @param encode Turns a chat line into the bytes its client reads.
    */

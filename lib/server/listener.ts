@@ -111,7 +111,9 @@ export async function acceptAll(
 
 /** Why the guard refused a connection: the ERR line's code and reason. */
 export interface Refusal {
+  /** e.g. "ACCESS_DENIED", "BUSY", "CERT_REQUIRED". */
   readonly code: string;
+  /** One line for the peer and the audit log. */
   readonly reason: string;
 }
 
@@ -169,17 +171,14 @@ export class Refusals {
   #notices = new Map<string, Uint8Array>();
 
   /**
+   * Makes an empty set of refusals.
+   *
    * @param audit Where each refusal is logged.
    * @param now The clock of the drain deadlines.
    */
   constructor(audit: AuditLog, now: () => number) {
     this.#audit = audit;
     this.#now = now;
-  }
-
-  /** Connections still draining. */
-  get size(): number {
-    return this.#draining.size;
   }
 
   /**

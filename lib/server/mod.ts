@@ -70,6 +70,8 @@ export class Server {
   #handlers = new Map<Conn, Promise<void>>();
 
   /**
+   * Makes a server; nothing is bound until {@linkcode Server.prototype.listen}.
+   *
    * @param options Listening addresses, guard, jail, audit log and limits.
    * @throws {TypeError} When `syslog` is given without a `vault`.
    */

@@ -23,13 +23,17 @@ import {
 
 /** Options for {@linkcode Server}. */
 export interface ServerOptions {
+  /** The runtime's sockets (`lib/net/mod.ts`). */
   net: Net;
   /** Addresses to listen on, e.g. ["127.0.0.1", "::1"]. */
   hosts: readonly string[];
-  /** @default {4320} */
+  /** Port; 0 picks a free one. @default {4320} */
   port?: number;
+  /** Who may connect; everyone else is refused before a byte is read. */
   allowlist: Allowlist;
+  /** The root files are served from. */
   jail: Jail;
+  /** Where every event is logged. */
   audit: AuditLog;
   /** Reported in the Welcome frame. */
   version: string;

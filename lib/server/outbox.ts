@@ -28,6 +28,8 @@ export class Outbox {
   #pending = 0;
 
   /**
+   * Makes an empty outbox.
+   *
    * @param session The session whose connection this writes.
    */
   constructor(session: Session) {

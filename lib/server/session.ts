@@ -62,6 +62,8 @@ export class Session {
   identity: string | undefined;
 
   /**
+   * Starts a session, active from now.
+   *
    * @param server The server's shared state.
    * @param init Name, socket and certificate identity.
    */
