@@ -8,7 +8,7 @@
  */
 
 import type { ServerTlsOptions } from "../lib/net/types.ts";
-import type { ServerAuth } from "../lib/server.ts";
+import type { ServerAuth } from "../lib/server/mod.ts";
 import {
   type ClientTlsConfig,
   loadClientFiles,

@@ -11,7 +11,7 @@ import { getNet, runtimeInfo } from "../lib/net/mod.ts";
 import { compileAllowlist, splitRules } from "../lib/allowlist.ts";
 import { createJail } from "../lib/jail.ts";
 import { AuditLog } from "../lib/audit.ts";
-import { Server } from "../lib/server.ts";
+import { Server } from "../lib/server/mod.ts";
 import { formatChatLine } from "../lib/chat.ts";
 import { AddressInUseError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";

@@ -185,19 +185,23 @@ function parseEvent(line: string): Record<string, unknown> | undefined {
   }
 }
 
-/** Starts `moat serve --host 127.0.0.1 --port 0 …` and waits for "listening". */
+/**
+ * Starts `moat serve --host 127.0.0.1 --port 0 …` and waits for "listening".
+ * With `defaultHost`, no `--host` is given: moat picks its hosts itself, and
+ * `port` is that of the first address it reports.
+ */
 export async function startServer(
   args: string[],
-  options: { cwd?: string } = {},
+  options: { cwd?: string; defaultHost?: boolean } = {},
 ): Promise<RunningServer> {
+  const host = options.defaultHost ? [] : ["--host", "127.0.0.1"];
   const child = spawnMoat([
     "serve",
-    "--host",
-    "127.0.0.1",
+    ...host,
     "--port",
     "0",
     ...args,
-  ], options);
+  ], { ...(options.cwd !== undefined && { cwd: options.cwd }) });
   const audit = new LineWatcher(child.stderr!);
   const stdout = new LineWatcher(child.stdout!);
   const exited = new Promise<number | null>((resolve) =>

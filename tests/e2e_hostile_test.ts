@@ -131,11 +131,16 @@ async function plainClient(port: number) {
     chunks.push(new Uint8Array(d));
     size += d.length;
   });
+  const ended = new Promise<void>((r) => {
+    sock.on("end", () => r());
+    sock.on("close", () => r());
+  });
   await new Promise<void>((r) => sock.on("connect", () => r()));
   return {
     sock,
     port: sock.localPort!,
-    size: () => size,
+    /** Resolves once the server ended its side (or the socket closed). */
+    ended,
     /** Everything received, decoded strictly: invalid UTF-8 here is a finding. */
     text(): string {
       const all = new Uint8Array(size);
@@ -217,70 +222,6 @@ test("moat serve answers or closes each of 1,000 hostile handshakes and keeps se
   assert.equal(audit.events.accepted, 1001);
 });
 
-test("moat serve refuses a hello over 4 KiB before its payload arrives, and takes one just under", async () => {
-  using root = tempDir();
-  await using server = await startServer(["--root", root.dir]);
-  // The header announces 5,000 bytes; only 10 are sent, so an answer proves
-  // the server did not wait for (or allocate) the payload.
-  const sock = net.connect({ port: server.port, host: "127.0.0.1" });
-  sock.on("error", () => {});
-  const got: Uint8Array[] = [];
-  let closed = false;
-  sock.on("data", (d: Uint8Array) => got.push(new Uint8Array(d)));
-  sock.on("close", () => (closed = true));
-  await new Promise<void>((r) => sock.on("connect", () => r()));
-  sock.write(
-    bytesOf(
-      [...encodePreamble()],
-      [Kind.Hello, 0, 0, 0x13, 0x88],
-      '{"client":',
-    ),
-  );
-  await until(() => closed, 5_000, "the server to close the connection");
-  const reply = bytesOf(...got.map((g) => [...g]));
-  assert.deepEqual([...reply.subarray(0, 8)], [...encodePreamble()]);
-  assert.equal(reply[8], Kind.Error);
-  assert.match(
-    decodeText(reply.subarray(13)),
-    /"code":"ERR_FRAME_TOO_LARGE".*length 5000 exceeds maxFrameSize 4096/,
-  );
-
-  // A hello of 4,096 bytes (an unknown field pads it) is still a hello.
-  const base = JSON.stringify({
-    client: "moat/test",
-    mode: "chat",
-    maxFrameSize: 1_048_576,
-    pad: "",
-  });
-  const hello = JSON.stringify({
-    client: "moat/test",
-    mode: "chat",
-    maxFrameSize: 1_048_576,
-    pad: "x".repeat(4096 - base.length),
-  });
-  assert.equal(hello.length, 4096);
-  const ok = net.connect({ port: server.port, host: "127.0.0.1" });
-  ok.on("error", () => {});
-  const okGot: Uint8Array[] = [];
-  ok.on("data", (d: Uint8Array) => okGot.push(new Uint8Array(d)));
-  await new Promise<void>((r) => ok.on("connect", () => r()));
-  ok.write(
-    bytesOf([...encodePreamble()], [
-      ...encodeFrame({ type: Kind.Hello, payload: enc.encode(hello) }),
-    ]),
-  );
-  await until(
-    () => okGot.reduce((n, g) => n + g.length, 0) >= 13,
-    5_000,
-    "a welcome",
-  );
-  assert.equal(bytesOf(...okGot.map((g) => [...g]))[8], Kind.Welcome);
-  ok.destroy();
-});
-
-// ---------------------------------------------------------------------------
-// Floods and slow clients
-
 test("moat serve refuses a flood of 500 connections from refused addresses while an allowed get completes", async () => {
   using root = tempDir();
   using out = tempDir();
@@ -353,15 +294,18 @@ test("moat serve closes 50 slow handshakes at --handshake-timeout while an allow
     intervalMs: 1000,
     giveUpMs: 8000,
   });
-  await delay(300);
-  const t0 = performance.now();
+  // The get runs while all 50 hold a connection.
+  await until(
+    () => server.events().filter((e) => e.event === "accepted").length === 50,
+    10_000,
+    "50 slow clients accepted",
+  );
   const r = await runMoat([
     "get",
     "FILE:a.txt",
     "--server",
     `127.0.0.1:${server.port}`,
   ], { cwd: out.dir });
-  const getMs = performance.now() - t0;
   assert.equal(r.code, 0, r.stderr);
   assert.equal(
     fs.readFileSync(path.join(out.dir, "a.txt"), "utf8"),
@@ -370,15 +314,8 @@ test("moat serve closes 50 slow handshakes at --handshake-timeout while an allow
   const stats = await slow;
   assert.equal(stats.held, 0, "slow clients still open after 8 s");
   assert.equal(stats.closed, 50);
-  // Deadline 1 s, swept every 250 ms; 1.5 s of slack for a loaded machine.
-  assert.ok(
-    stats.closeMs.at(-1)! < 2750,
-    `slowest close after ${stats.closeMs.at(-1)} ms`,
-  );
-  assert.ok(
-    stats.closeMs[0]! >= 950,
-    `fastest close after ${stats.closeMs[0]} ms`,
-  );
+  // When they close (at the deadline, not before) is checked on a fake clock
+  // in tests/server_handshake_test.ts.
   await until(
     () =>
       server.events().filter((e) =>
@@ -387,7 +324,6 @@ test("moat serve closes 50 slow handshakes at --handshake-timeout while an allow
     5000,
     "50 handshake timeouts",
   );
-  assert.ok(getMs < 10_000, `get took ${getMs} ms`);
 });
 
 test("moat serve still recognises framed clients whose preamble arrived while it was stalled", async () => {
@@ -412,7 +348,7 @@ test("moat serve still recognises framed clients whose preamble arrived while it
     10_000,
     "10 accepted",
   );
-  await delay(100);
+  // Each "accepted" line is written in the turn that arms the detection timer.
   const hello = encodeFrame({
     type: Kind.Hello,
     payload: enc.encode(
@@ -661,49 +597,77 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
     (e) => e.event === "accepted" && e.peer === `127.0.0.1:${plainTx.port}`,
     "plain sender",
   );
-  await delay(200);
+  // An operator line reaches a receiver only once it has joined the chat.
+  server.child.stdin!.write("sync\n");
+  await cliOut.waitFor(
+    (l) => l === "[operator] sync",
+    15_000,
+    "sync at the chat client",
+  );
+  await until(
+    () => plainRx.text() === "[operator] sync\n",
+    15_000,
+    "sync at the plain client",
+  );
+  await until(() => framedRx.frames.length === 1, 15_000, "sync at framed");
+  assert.deepEqual(JSON.parse(decodeText(framedRx.frames[0]!.payload)), {
+    from: "operator",
+    addr: "",
+    text: "sync",
+  });
   const plainName = nameOf(server.events(), plainTx.port);
   const sent: { from: string; port: number; bytes: Uint8Array }[] = [];
   try {
     for (const line of HOSTILE_LINES) {
       plainTx.sock.write(bytesOf([...line], "\n"));
       sent.push({ from: plainName, port: plainTx.port, bytes: line });
-      await delay(20);
     }
+    // The plain sender's lines are all relayed before the framed sender
+    // speaks, so every receiver sees one order.
+    await until(
+      () => server.stdout.lines.length === HOSTILE_LINES.length,
+      15_000,
+      "the plain lines at the operator",
+    );
     for (const msg of [...HOSTILE_LINES, ...FRAMED_ONLY]) {
       framedTx.send(Kind.Chat, msg);
       sent.push({ from: framedTx.name, port: framedTx.port, bytes: msg });
-      await delay(20);
     }
     const expected = sent.map((m) =>
       `[${m.from} 127.0.0.1:${m.port}] ${escapeText(decodeText(m.bytes))}`
     );
-    await until(
-      () => cliOut.lines.length >= sent.length,
+    // Lines arrive in order, so once the last one is in, every line (and any
+    // extra one) is: the comparisons below see everything.
+    const last = expected.at(-1)!;
+    await cliOut.waitFor((l) => l === last, 15_000, "the last line at chat");
+    await server.stdout.waitFor(
+      (l) => l === last,
       15_000,
-      "lines at the chat client",
+      "the last line at the operator",
     );
     await until(
-      () => server.stdout.lines.length >= sent.length,
+      () => plainRx.text().endsWith(`\n${last}\n`),
       15_000,
-      "lines at the operator",
+      "the last line at the plain client",
     );
+    const lastText = decodeText(sent.at(-1)!.bytes);
     await until(
-      () => framedRx.frames.length >= sent.length,
+      () =>
+        framedRx.frames.some((f) =>
+          JSON.parse(decodeText(f.payload)).text === lastText
+        ),
       15_000,
-      "frames at the framed client",
+      "the last frame at the framed client",
     );
-    await until(
-      () => plainRx.text().split("\n").length > sent.length,
-      15_000,
-      "lines at the plain client",
-    );
-    await delay(200);
+    // The sync line was first everywhere; what follows it is compared.
+    const cliLines = cliOut.lines.slice(1);
+    const plainLines = plainRx.text().split("\n").slice(1, -1);
+    framedRx.frames.shift();
     for (
       const [who, lines] of [
-        ["moat chat stdout", cliOut.lines],
+        ["moat chat stdout", cliLines],
         ["operator stdout", server.stdout.lines],
-        ["plain client", plainRx.text().split("\n").slice(0, -1)],
+        ["plain client", plainLines],
       ] as const
     ) {
       assert.deepEqual(lines, expected, who);
@@ -790,13 +754,19 @@ test("moat get and moat serve show hostile file names escaped on one line", asyn
   framed.sock.destroy();
   const plain = await plainClient(server.port);
   plain.sock.write(bytesOf("FILE:a", [0xff], "\x1b[2J\r\n"));
-  await until(() => plain.size() > 0, 10_000, "plain refusal");
-  await delay(100);
+  // The server half-closes after its one line.
+  await plain.ended;
   const text = plain.text();
   assert.match(text, /^ERR [A-Z_]+ .*\n$/);
   assert.equal(rawControl(text), undefined, JSON.stringify(text));
   plain.sock.destroy();
-  await delay(200);
+  const plainName = nameOf(server.events(), plain.port);
+  for (const name of [framed.name, plainName]) {
+    await server.waitEvent(
+      (e) => e.event === "closed" && e.name === name,
+      `${name} closed`,
+    );
+  }
   for (const l of server.audit.lines) {
     assert.equal(rawControl(l), undefined, `audit: ${l}`);
   }
@@ -814,11 +784,13 @@ async function hostileServer(
   options: { hold?: boolean } = {},
 ) {
   const socks = new Set<net.Socket>();
+  let talked = 0;
   const srv = net.createServer((sock) => {
     socks.add(sock);
     sock.on("close", () => socks.delete(sock));
     sock.on("error", () => {});
     sock.once("data", () => {
+      talked++;
       if (typeof reply === "function") reply(sock);
       else if (options.hold) sock.write(reply);
       else sock.end(reply);
@@ -827,6 +799,10 @@ async function hostileServer(
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
   return {
     port: (srv.address() as net.AddressInfo).port,
+    /** Connections whose first bytes arrived so far. */
+    get talked() {
+      return talked;
+    },
     [Symbol.asyncDispose]: () => {
       for (const sock of socks) sock.destroy();
       return new Promise<void>((r) => srv.close(() => r()));
@@ -866,7 +842,6 @@ test("moat get, chat and ship give up on a server that accepts but never finishe
   using out = tempDir();
   const server = `127.0.0.1:${fake.port}`;
   for (const args of [["get", "FILE:x"], ["chat"]]) {
-    const t0 = performance.now();
     const r = await runMoat([...args, "--server", server, "--timeout", "1"], {
       cwd: out.dir,
       timeoutMs: 30_000,
@@ -875,10 +850,6 @@ test("moat get, chat and ship give up on a server that accepts but never finishe
     assert.match(
       r.stderr,
       /^moat: .*did not finish the handshake within 1 s \(see --timeout\)\n$/,
-    );
-    assert.ok(
-      performance.now() - t0 < 15_000,
-      `${args[0]} took ${performance.now() - t0} ms`,
     );
   }
   assert.deepEqual(
@@ -901,17 +872,14 @@ test("moat get, chat and ship give up on a server that accepts but never finishe
   const exited = new Promise<number | null>((r) =>
     ship.on("close", (c) => r(c))
   );
-  await delay(1500);
-  const t0 = performance.now();
+  // The shipper's hello arrived: it is waiting in the handshake.
+  await until(() => fake.talked === 3, 20_000, "the shipper's hello");
   process.kill(ship.pid!, "SIGTERM");
+  // Killed (and failed) if it waits for --timeout (600 s) instead.
   const killer = setTimeout(() => ship.kill("SIGKILL"), 20_000);
   const code = await exited;
   clearTimeout(killer);
   assert.equal(code, 0);
-  assert.ok(
-    performance.now() - t0 < 10_000,
-    `ship took ${performance.now() - t0} ms to stop`,
-  );
 });
 
 test("moat get gives up on a server that stalls mid-transfer and keeps the part file for --resume", async () => {
@@ -1032,6 +1000,13 @@ test("moat chat does not print a hostile server's welcome raw", async () => {
     undefined,
     JSON.stringify(r.stderr),
   );
+  // The welcome was taken and shown (escaped), not lost with a dead client.
+  assert.equal(
+    r.stderr.split("\n")[0],
+    `moat: connected to 127.0.0.1:${fake.port} as ${escapeText(EVIL)} (${
+      escapeText(EVIL)
+    }); Ctrl-D leaves`,
+  );
 });
 
 test("moat get --force does not replace a target that is not a regular file", async () => {
@@ -1050,7 +1025,7 @@ test("moat get --force does not replace a target that is not a regular file", as
     );
   });
   await using server = await startServer(["--root", root.dir]);
-  await runMoat([
+  const r = await runMoat([
     "get",
     "FILE:a.txt",
     "-o",
@@ -1059,6 +1034,11 @@ test("moat get --force does not replace a target that is not a regular file", as
     "--server",
     `127.0.0.1:${server.port}`,
   ]);
+  assert.equal(r.code, 7, r.stderr);
+  assert.equal(
+    r.stderr,
+    `moat: Refusing to replace "${fifo}": it is not a regular file\n`,
+  );
   assert.ok(
     fs.lstatSync(fifo).isFIFO(),
     "the FIFO was replaced by a regular file",

@@ -10,18 +10,24 @@
  * stored line is the message as sent, less its framing and one trailing
  * newline.
  *
- * The {@linkcode Server} accepts the connection, applies the allowlist and
+ * The `Server` accepts the connection, applies the allowlist and
  * the connection limit, and writes the `accepted`/`refused`/`closed` audit
  * lines; this module reads, frames, stores, and reports.
  *
  * @module
  */
 
-import type { Conn } from "./net/types.ts";
-import type { AuditLog } from "./audit.ts";
-import type { AppendRecord, Vault, VaultSource } from "./vault/store.ts";
-import { DEFAULT_SYSLOG_MAX, parseSyslogTime, SyslogFramer } from "./syslog.ts";
-import { ConnectionClosedError } from "./errors.ts";
+import type { Conn } from "../net/types.ts";
+import type { AuditLog } from "../audit.ts";
+import type { AppendRecord, Vault, VaultSource } from "../vault/store.ts";
+import {
+  DEFAULT_SYSLOG_MAX,
+  parseSyslogTime,
+  SyslogFramer,
+} from "../syslog.ts";
+import { ConnectionClosedError } from "../errors.ts";
+import { AppendPipeline } from "./append_pipeline.ts";
+import { errorCode, errorMessage } from "./session.ts";
 
 /** The vault source name of every syslog peer's records. */
 export const SYSLOG_SOURCE = "syslog";
@@ -30,8 +36,6 @@ export const SYSLOG_SOURCE = "syslog";
 const FIRST_READ = 4096;
 /** Read buffer once a read filled the small one: a busy sender. */
 const BUSY_READ = 256 * 1024;
-/** Appends a connection may have waiting for the vault at once. */
-const IN_FLIGHT = 8;
 
 /** One accepted syslog connection, as the server hands it over. */
 export interface SyslogConnection {
@@ -86,10 +90,7 @@ export async function serveSyslog(
   });
   const key = { peer: options.peerKey, name: SYSLOG_SOURCE };
   const where = { peer: c.peer, name: c.name, port: "syslog" };
-  const inFlight = new Set<Promise<void>>();
   const messages: Uint8Array[] = [];
-  let failure: unknown;
-  let stored = 0;
   let reason = "peer closed";
   let buf = new Uint8Array(FIRST_READ);
   let source: VaultSource;
@@ -104,6 +105,7 @@ export async function serveSyslog(
     });
     return `vault refused the source: ${errorMessage(err)}`;
   }
+  const appends = new AppendPipeline(source);
 
   // Appends the messages of one read; they must be used before the buffer is.
   const store = () => {
@@ -120,16 +122,7 @@ export async function serveSyslog(
     }
     messages.length = 0;
     // The vault copies the lines before append returns.
-    const p = source.append(records, { recvTs }).then(
-      () => {
-        stored += records.length;
-      },
-      (err) => {
-        failure ??= err;
-      },
-    );
-    inFlight.add(p);
-    p.finally(() => inFlight.delete(p));
+    return appends.push(records, { recvTs });
   };
 
   try {
@@ -143,19 +136,17 @@ export async function serveSyslog(
         framing = err;
       }
       // Messages before a framing error are kept.
-      if (messages.length > 0) store();
+      if (messages.length > 0) await store();
       if (framing !== undefined) throw framing;
       if (n === null) break;
       if (n === buf.length && buf.length < BUSY_READ) {
         buf = new Uint8Array(BUSY_READ);
       }
-      if (inFlight.size >= IN_FLIGHT) await Promise.race(inFlight);
-      if (failure !== undefined) throw failure;
+      if (appends.failed) throw appends.failure;
     }
-    await Promise.allSettled(inFlight);
-    if (failure !== undefined) throw failure;
+    await appends.finish();
   } catch (err) {
-    await Promise.allSettled(inFlight);
+    await appends.settle();
     const code = errorCode(err);
     if (code === "ERR_SYSLOG_TOO_LARGE") {
       audit.write("refused", { ...where, reason: errorMessage(err) });
@@ -176,22 +167,8 @@ export async function serveSyslog(
     ...where,
     source: SYSLOG_SOURCE,
     framing: framer.framing ?? "none",
-    records: stored,
+    records: appends.stored,
     lastSeq: source.lastSeq,
   });
   return reason;
-}
-
-function errorCode(err: unknown): string {
-  if (
-    err && typeof err === "object" && "code" in err &&
-    typeof err.code === "string"
-  ) {
-    return err.code;
-  }
-  return "ERR_INTERNAL";
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -1,0 +1,151 @@
+/**
+ * Chat on the server: members of the hub (framed and plain), relaying a
+ * member's line, and serving a framed chat client.
+ *
+ * @module
+ */
+
+import type { ChatMember } from "../chat.ts";
+import { formatChatLine } from "../chat.ts";
+import { encodeFrame, type FrameReader } from "../framer.ts";
+import {
+  type ChatLine,
+  decodeText,
+  encodeJson,
+  encodeText,
+  Kind,
+} from "../protocol.ts";
+import { ProtocolError } from "../errors.ts";
+import { Outbox } from "./outbox.ts";
+import type { Session } from "./session.ts";
+
+/** Bytes of chat a slow member may have queued before it is dropped. */
+export const OUTBOX_LIMIT = 1 << 20;
+
+/** A chat member whose queued lines can be awaited. */
+export type QueuedMember = ChatMember & { flush(): Promise<void> };
+
+/**
+ * A session in the chat hub: lines are encoded for its kind of client
+ * ({@linkcode encodeFramedChat} or {@linkcode encodePlainChat}) and queued.
+ */
+export class Member extends Outbox implements QueuedMember {
+  /** The session's name, e.g. "c3". */
+  readonly name: string;
+  /** "host:port", and the proven identity if there is one. */
+  readonly addr: string;
+  #encode: (line: ChatLine) => Uint8Array;
+
+  /**
+   * Makes a member; it joins the hub only when the caller says so.
+   *
+   * @param session The member's session.
+   * @param encode Turns a chat line into the bytes its client reads.
+   */
+  constructor(session: Session, encode: (line: ChatLine) => Uint8Array) {
+    super(session);
+    this.#encode = encode;
+    this.name = session.name;
+    this.addr = session.identity === undefined
+      ? session.peer
+      : `${session.peer} ${session.identity}`;
+  }
+
+  /**
+   * Queues a line for this member.
+   *
+   * @param line The line.
+   * @returns False when more than {@linkcode OUTBOX_LIMIT} bytes are queued.
+   */
+  deliver(line: ChatLine): boolean {
+    return this.push(this.#encode(line), OUTBOX_LIMIT);
+  }
+
+  /**
+   * Disconnects the member.
+   *
+   * @param reason Why, for the `closed` audit line.
+   */
+  drop(reason: string): void {
+    this.end(reason);
+  }
+}
+
+/**
+ * A chat line as a framed client reads it: one Chat frame.
+ *
+ * @param line The line.
+ * @returns The encoded frame.
+ */
+export function encodeFramedChat(line: ChatLine): Uint8Array {
+  return encodeFrame({ type: Kind.Chat, payload: encodeJson(line) });
+}
+
+/**
+ * A chat line as a plain-text client reads it: tagged, escaped, one line.
+ *
+ * @param line The line.
+ * @returns The encoded text line.
+ */
+export function encodePlainChat(line: ChatLine): Uint8Array {
+  return encodeText(formatChatLine(line) + "\n");
+}
+
+/**
+ * Relays a member's line to the operator and every other member (after the
+ * server's `reply`, if set, to the member alone), and audits it.
+ *
+ * @param member The sender.
+ * @param text The line, unescaped.
+ */
+export function relay(member: Member, text: string): void {
+  const server = member.session.server;
+  // Writes are started first and the audit line written after, in the same
+  // turn: a crash cannot fall between them, and the answer does not wait
+  // for the log's syscall.
+  if (server.options.reply !== undefined) {
+    server.hub.announce("server", server.options.reply, member);
+  }
+  server.hub.say(member, text);
+  server.audit.write("chat", { peer: member.addr, name: member.name, text });
+}
+
+/**
+ * Serves a framed chat client after its Welcome: relays each Chat frame
+ * until the client closes; a line over `maxLine` ends it with an Error frame.
+ *
+ * @param s The session.
+ * @param reader Its frames.
+ * @throws {ProtocolError} For a frame that is not a Chat frame.
+ */
+export async function serveFramedChat(
+  s: Session,
+  reader: FrameReader,
+): Promise<void> {
+  const { hub, options } = s.server;
+  const member = new Member(s, encodeFramedChat);
+  hub.join(member);
+  try {
+    for (;;) {
+      const frame = await reader.readFrame();
+      if (frame === null) return;
+      if (frame.type !== Kind.Chat) {
+        throw new ProtocolError(
+          `Expected a chat frame, got type 0x${frame.type.toString(16)}`,
+        );
+      }
+      if (frame.payload.length > options.maxLine) {
+        await s.sendError({
+          code: "ERR_LINE_TOO_LONG",
+          message:
+            `Chat line of ${frame.payload.length} bytes exceeds the limit of ${options.maxLine}`,
+        });
+        s.reason = "chat line too long";
+        return;
+      }
+      relay(member, decodeText(frame.payload));
+    }
+  } finally {
+    hub.leave(member);
+  }
+}

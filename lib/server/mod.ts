@@ -1,0 +1,282 @@
+/**
+ * The moat server: accepts allowlisted peers, then serves framed clients
+ * (get, chat, ship) and plain-text clients (chat lines, `FILE:<path>`) on
+ * one port, and syslog over TCP on another.
+ *
+ * One module per concern: `listener.ts` (binding, accept loops, the guard,
+ * refusals, the sweep), `sniff.ts` (framed or plain), `handshake.ts`,
+ * `get.ts`, `ship.ts`, `chat.ts`, `plain.ts`, `syslog.ts`, and the shared
+ * `session.ts`, `outbox.ts` and `append_pipeline.ts`.
+ *
+ * @module
+ */
+
+import type { Addr, Conn, Listener } from "../net/types.ts";
+import { ChatHub } from "../chat.ts";
+import { DigestCache } from "../file_sender.ts";
+import { ConnectionClosedError } from "../errors.ts";
+import {
+  acceptAll,
+  bindAll,
+  guard,
+  type Port,
+  Refusals,
+  sweepInterval,
+  sweepSessions,
+} from "./listener.ts";
+import {
+  type ResolvedServerOptions,
+  resolveServerOptions,
+  type ServerOptions,
+} from "./options.ts";
+import {
+  errorCode,
+  errorMessage,
+  formatAddr,
+  peerIdentity,
+  type ServerContext,
+  Session,
+} from "./session.ts";
+import { serveConnection } from "./sniff.ts";
+import { serveSyslog } from "./syslog.ts";
+
+export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
+export { formatAddr } from "./session.ts";
+
+const RESOLVED: Promise<void> = Promise.resolve();
+
+/**
+ * An allowlisted moat server.
+ *
+ * @example Serve the current folder to loopback
+ * ```ts ignore
+ * const server = new Server({ net: getNet(), hosts: ["127.0.0.1"], port: 0,
+ *   allowlist: compileAllowlist({}), jail: await createJail("."),
+ *   audit: new AuditLog(console.error), version: "0.1.0" });
+ * const [addr] = await server.listen();
+ * ```
+ */
+export class Server {
+  #o: ResolvedServerOptions;
+  #ctx: ServerContext;
+  #listeners: Listener[] = [];
+  #syslogListeners: Listener[] = [];
+  #sessions = new Set<Session>();
+  #refusals: Refusals;
+  #nextId = 1;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closing = false;
+  #acceptLoops: Promise<void>[] = [];
+  #handlers = new Map<Conn, Promise<void>>();
+
+  /**
+   * Makes a server; nothing is bound until {@linkcode Server.prototype.listen}.
+   *
+   * @param options Listening addresses, guard, jail, audit log and limits.
+   * @throws {TypeError} When `syslog` is given without a `vault`.
+   */
+  constructor(options: ServerOptions) {
+    const o = resolveServerOptions(options);
+    this.#o = o;
+    this.#ctx = {
+      options: o,
+      audit: o.audit,
+      hub: new ChatHub((line) => o.onChat?.(line)),
+      cache: new DigestCache(),
+    };
+    this.#refusals = new Refusals(o.audit, o.now);
+  }
+
+  /** Connections currently open. */
+  get connections(): number {
+    return this.#sessions.size;
+  }
+
+  /**
+   * Binds every host and starts accepting.
+   *
+   * @returns The bound addresses.
+   * @throws {AddressInUseError} When a port is taken.
+   */
+  async listen(): Promise<Addr[]> {
+    const o = this.#o;
+    const tls = o.tls && {
+      ...o.tls,
+      ...(o.auth?.certs && { requestCert: true }),
+      onHandshakeError: (peer: Addr, message: string) =>
+        o.audit.write("refused", {
+          peer: formatAddr(peer),
+          reason: `TLS handshake failed: ${message}`,
+        }),
+    };
+    this.#listeners = await bindAll(o.net, {
+      hosts: o.hosts,
+      port: o.port,
+      tls,
+    });
+    const addrs = this.#listeners.map((l) => l.addr);
+    if (o.syslog !== undefined) {
+      try {
+        this.#syslogListeners = await bindAll(o.net, {
+          hosts: o.hosts,
+          port: o.syslog.port,
+        });
+      } catch (err) {
+        for (const l of this.#listeners) l.close();
+        this.#listeners = [];
+        throw err;
+      }
+    }
+    o.audit.write("listening", {
+      addrs: addrs.map(formatAddr),
+      ...(o.syslog &&
+        { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
+      allow: o.allowlist.describe(),
+      root: o.jail.root,
+      maxConns: o.maxConns,
+      plain: o.plain,
+      tls: o.tls !== undefined,
+      clientAuth: [
+        ...(o.auth?.certs ? ["certificate"] : []),
+        ...(o.auth?.tokens ? ["token"] : []),
+      ],
+    });
+    for (const l of this.#listeners) this.#acceptOn(l, "main");
+    for (const l of this.#syslogListeners) this.#acceptOn(l, "syslog");
+    this.#sweeper = setInterval(() => this.sweep(), sweepInterval(o));
+    return addrs;
+  }
+
+  /**
+   * Sends an operator line to every chat client.
+   *
+   * @param text The line.
+   */
+  say(text: string): void {
+    this.#ctx.hub.announce("operator", text);
+  }
+
+  /**
+   * Closes every connection past a deadline: a handshake not finished in
+   * time, an idle connection, a refusal or an ending plain connection that
+   * lingered too long. The server runs this on a timer; tests with a fake
+   * `now` call it directly.
+   */
+  sweep(): void {
+    const now = this.#o.now();
+    this.#refusals.sweep(now);
+    sweepSessions(this.#sessions, {
+      now,
+      idleTimeoutMs: this.#o.idleTimeoutMs,
+    });
+  }
+
+  /**
+   * Stops listening, closes every connection, and waits for handlers to end.
+   */
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    clearInterval(this.#sweeper);
+    for (const l of this.#listeners) l.close();
+    for (const l of this.#syslogListeners) l.close();
+    this.#refusals.close();
+    for (const s of this.#sessions) {
+      s.reason ??= "server shutting down";
+      s.conn.close();
+    }
+    await Promise.allSettled(this.#acceptLoops);
+    await Promise.allSettled([...this.#handlers.values()]);
+    this.#o.audit.write("shutdown", {});
+  }
+
+  #acceptOn(listener: Listener, port: Port) {
+    this.#acceptLoops.push(acceptAll(listener, {
+      accept: (conn) => {
+        // #handle removes its entry when done, which for a refusal is before
+        // it even returns.
+        this.#handlers.set(conn, RESOLVED);
+        const handled = this.#handle(conn, port);
+        if (this.#handlers.has(conn)) this.#handlers.set(conn, handled);
+      },
+      closing: () => this.#closing,
+      audit: this.#o.audit,
+    }));
+  }
+
+  /** Serves one accepted connection. Never rejects; forgets itself when done. */
+  async #handle(conn: Conn, port: Port) {
+    try {
+      // Syslog connections are marked in every audit line about them.
+      const tag = port === "syslog" ? { port } : undefined;
+      const verdict = guard(conn, this.#o, {
+        sessions: this.#sessions.size,
+        port,
+      });
+      if ("code" in verdict) {
+        this.#refusals.refuse(conn, verdict, tag);
+        return;
+      }
+      const s = new Session(this.#ctx, {
+        name: `c${this.#nextId++}`,
+        conn,
+        identity: verdict.identity,
+      });
+      this.#sessions.add(s);
+      this.#o.audit.write("accepted", {
+        peer: s.peer,
+        name: s.name,
+        ...(s.identity && { identity: s.identity }),
+        ...tag,
+      });
+      const started = Date.now();
+      try {
+        await (tag ? this.#syslog(s) : serveConnection(s));
+      } catch (err) {
+        if (!(err instanceof ConnectionClosedError) || s.reason === undefined) {
+          s.reason ??= errorMessage(err);
+          if (!(err instanceof ConnectionClosedError)) {
+            this.#o.audit.write("error", {
+              peer: s.peer,
+              name: s.name,
+              code: errorCode(err),
+              message: errorMessage(err),
+            });
+          }
+        }
+      } finally {
+        this.#sessions.delete(s);
+        conn.close();
+        this.#o.audit.write("closed", {
+          peer: s.peer,
+          name: s.name,
+          ...(s.identity && { identity: s.identity }),
+          reason: s.reason ?? "peer closed",
+          durationMs: Date.now() - started,
+          ...tag,
+        });
+      }
+    } catch {
+      // Audited where it happened; a handler never rejects.
+    } finally {
+      this.#handlers.delete(conn);
+    }
+  }
+
+  /** Serves a connection on the syslog port (see `syslog.ts`). */
+  async #syslog(s: Session) {
+    const reason = await serveSyslog({
+      conn: s.conn,
+      peer: s.peer,
+      name: s.name,
+      read: (buf) => s.read(buf),
+    }, {
+      vault: this.#o.vault!,
+      audit: this.#o.audit,
+      peerKey: peerIdentity(s.conn.remoteAddr.hostname),
+      ...(this.#o.syslog?.maxMessage !== undefined &&
+        { maxMessage: this.#o.syslog.maxMessage }),
+    });
+    s.reason ??= reason;
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * The options of a {@linkcode Server} and their defaults.
+ *
+ * @module
+ */
+
+import type { Net, ServerTlsOptions } from "../net/types.ts";
+import type { ClientCertPolicy } from "../tls.ts";
+import type { Token } from "../auth.ts";
+import type { Allowlist } from "../allowlist.ts";
+import type { Jail } from "../jail.ts";
+import type { AuditLog } from "../audit.ts";
+import type { Vault } from "../vault/store.ts";
+import type { ChatLine } from "../protocol.ts";
+import { DEFAULT_MAX_FRAME_SIZE } from "../framer.ts";
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNS,
+  DEFAULT_MAX_LINE,
+  DEFAULT_PORT,
+} from "../limits.ts";
+
+/** Options for {@linkcode Server}. */
+export interface ServerOptions {
+  /** The runtime's sockets (`lib/net/mod.ts`). */
+  net: Net;
+  /** Addresses to listen on, e.g. ["127.0.0.1", "::1"]. */
+  hosts: readonly string[];
+  /** Port; 0 picks a free one. @default {4320} */
+  port?: number;
+  /** Who may connect; everyone else is refused before a byte is read. */
+  allowlist: Allowlist;
+  /** The root files are served from. */
+  jail: Jail;
+  /** Where every event is logged. */
+  audit: AuditLog;
+  /** Reported in the Welcome frame. */
+  version: string;
+  /** Most connections at once; more are refused with "busy". @default {512} */
+  maxConns?: number;
+  /** Close a connection idle this long. @default {300_000} */
+  idleTimeoutMs?: number;
+  /** A framed client must finish its handshake this soon. @default {10_000} */
+  handshakeTimeoutMs?: number;
+  /** Largest frame payload accepted. @default {1_048_576} */
+  maxFrameSize?: number;
+  /** Longest chat line, in bytes. @default {8192} */
+  maxLine?: number;
+  /** Serve plain-text clients. @default {true} */
+  plain?: boolean;
+  /** Answer every chat line with this text. */
+  reply?: string;
+  /** Shows each client chat line to the operator. */
+  onChat?: (line: ChatLine) => void;
+  /** Speak TLS 1.3 only; turns plain-text mode off. */
+  tls?: ServerTlsOptions;
+  /** Client authentication; tokens turn plain-text mode off. */
+  auth?: ServerAuth;
+  /** Accept shipped log records into this vault. */
+  vault?: Vault;
+  /** Also accept syslog over TCP into the vault (needs `vault`; see `lib/server/syslog.ts`). */
+  syslog?: ServerSyslog;
+  /**
+   * The clock of every deadline: idle time, the handshake timeout, the
+   * linger of a refusal or of an ending plain connection. Tests pass a fake
+   * one and call {@linkcode Server.prototype.sweep}. @default {Date.now}
+   */
+  now?: () => number;
+}
+
+/** The syslog listener of a {@linkcode Server}: plain TCP on the same hosts. */
+export interface ServerSyslog {
+  /** Port; 0 picks a free one. */
+  port: number;
+  /** Longest message accepted, in bytes; a longer one closes its connection. @default {65536} */
+  maxMessage?: number;
+}
+
+/** How clients prove who they are (see `lib/tls.ts` and `lib/auth.ts`). */
+export interface ServerAuth {
+  /** Require a client certificate that this policy accepts (TLS only). */
+  certs?: ClientCertPolicy;
+  /** Require a token (challenge–response inside the handshake). */
+  tokens?: readonly Token[];
+  /** The server certificate's fingerprint the token proof binds to; "" on plain TCP. */
+  binding?: string;
+}
+
+/** {@linkcode ServerOptions} with every default filled in. */
+export type ResolvedServerOptions =
+  & Required<
+    Omit<
+      ServerOptions,
+      "reply" | "onChat" | "tls" | "auth" | "vault" | "syslog"
+    >
+  >
+  & ServerOptions;
+
+/**
+ * Fills in the defaults of `options` (from `lib/limits.ts`) and the rules
+ * between them: TLS or tokens turn plain-text mode off.
+ *
+ * @param options What the caller gave.
+ * @returns A new object with every default present.
+ * @throws {TypeError} When `syslog` is given without a `vault`.
+ */
+export function resolveServerOptions(
+  options: ServerOptions,
+): ResolvedServerOptions {
+  const o: ResolvedServerOptions = {
+    port: DEFAULT_PORT,
+    maxConns: DEFAULT_MAX_CONNS,
+    idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
+    handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+    maxLine: DEFAULT_MAX_LINE,
+    plain: true,
+    now: Date.now,
+    ...options,
+  };
+  // Nothing unauthenticated or unencrypted may share a TLS or token port.
+  if (o.tls !== undefined || o.auth?.tokens !== undefined) o.plain = false;
+  if (o.syslog !== undefined && o.vault === undefined) {
+    throw new TypeError("Invalid server options: syslog needs a vault");
+  }
+  return o;
+}

@@ -1,0 +1,190 @@
+/**
+ * One accepted connection as every handler sees it, the server state the
+ * handlers share, and the small helpers they all use.
+ *
+ * @module
+ */
+
+import type { Addr, Conn } from "../net/types.ts";
+import type { AuditLog } from "../audit.ts";
+import type { ChatHub } from "../chat.ts";
+import type { DigestCache } from "../file_sender.ts";
+import { encodeFrame } from "../framer.ts";
+import { encodeJson, encodeText, type ErrorBody, Kind } from "../protocol.ts";
+import { escapeText } from "../text.ts";
+import type { ResolvedServerOptions } from "./options.ts";
+
+/** Server-side read buffer: small, because idle connections must stay cheap. */
+export const READ_BUFFER = 4096;
+
+/** What every handler shares with the server: one object per server. */
+export interface ServerContext {
+  /** The options, defaults filled in. */
+  readonly options: ResolvedServerOptions;
+  /** Where every event is logged (`options.audit`). */
+  readonly audit: AuditLog;
+  /** The chat room of framed and plain members. */
+  readonly hub: ChatHub;
+  /** File digests already computed, shared by every get. */
+  readonly cache: DigestCache;
+}
+
+/** Who a session is, when it is created. */
+export interface SessionInit {
+  /** The server's name for it, e.g. "c7". */
+  name: string;
+  /** The socket. */
+  conn: Conn;
+  /** Who the client proved to be with a certificate, if it had to. */
+  identity?: string | undefined;
+}
+
+/**
+ * One accepted connection: its socket, its activity for the idle timeout,
+ * its handshake or linger deadline, and why it ended.
+ */
+export class Session {
+  /** The server it belongs to. */
+  readonly server: ServerContext;
+  /** The server's name for it, e.g. "c7". */
+  readonly name: string;
+  /** The peer as the audit log shows it, "host:port". */
+  readonly peer: string;
+  /** The socket. */
+  readonly conn: Conn;
+  /** When it last read or wrote (the server's clock). */
+  lastActive: number;
+  /** Close unless the handshake is done by then (ms timestamp). */
+  deadline: number | undefined = undefined;
+  /** Why it ended, for the `closed` audit line; the first reason set wins. */
+  reason: string | undefined = undefined;
+  /** Who the client proved to be (`cert:sha256:…`, `token:NAME`), if it had to. */
+  identity: string | undefined;
+
+  /**
+   * Starts a session, active from now.
+   *
+   * @param server The server's shared state.
+   * @param init Name, socket and certificate identity.
+   */
+  constructor(server: ServerContext, init: SessionInit) {
+    this.server = server;
+    this.name = init.name;
+    this.conn = init.conn;
+    this.peer = formatAddr(init.conn.remoteAddr);
+    this.identity = init.identity;
+    this.lastActive = server.options.now();
+  }
+
+  /**
+   * Reads from the socket and records the activity.
+   *
+   * @param buf Where the bytes go.
+   * @returns The byte count, or null at end of input.
+   */
+  async read(buf: Uint8Array): Promise<number | null> {
+    const n = await this.conn.read(buf);
+    this.lastActive = this.server.options.now();
+    return n;
+  }
+
+  /** Records activity that is not a read (a chunk of a file sent). */
+  touch(): void {
+    this.lastActive = this.server.options.now();
+  }
+
+  /**
+   * Sends an Error frame; a failed write is ignored (the connection is
+   * ending anyway).
+   *
+   * @param body Code and message.
+   */
+  async sendError(body: ErrorBody): Promise<void> {
+    await this.conn.write(
+      encodeFrame({ type: Kind.Error, payload: encodeJson(body) }),
+    )
+      .catch(() => {});
+  }
+}
+
+/**
+ * Formats an address as "host:port" ("[v6]:port" for IPv6).
+ *
+ * @example
+ * ```ts
+ * import { formatAddr } from "./session.ts";
+ * import assert from "node:assert/strict";
+ * assert.equal(formatAddr({ hostname: "::1", port: 4320 }), "[::1]:4320");
+ * ```
+ *
+ * @param addr The address.
+ * @returns Its text form.
+ */
+export function formatAddr(addr: Addr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+/**
+ * The address a vault source is keyed by: IPv4-mapped IPv6 shown as IPv4.
+ *
+ * @param hostname The peer's address as the runtime reports it.
+ * @returns The key's peer part.
+ */
+export function peerIdentity(hostname: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(hostname);
+  return m ? m[1]! : hostname.toLowerCase();
+}
+
+/**
+ * The stable code of an error, for Error frames and audit lines.
+ *
+ * @param err Anything thrown.
+ * @returns Its `code` string, or "ERR_INTERNAL".
+ */
+export function errorCode(err: unknown): string {
+  if (
+    err && typeof err === "object" && "code" in err &&
+    typeof err.code === "string"
+  ) {
+    return err.code;
+  }
+  return "ERR_INTERNAL";
+}
+
+/**
+ * The message of an error.
+ *
+ * @param err Anything thrown.
+ * @returns Its message, or its text form.
+ */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Characters that would break a plain-text ERR line. */
+// deno-lint-ignore no-control-regex
+const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
+
+/**
+ * One plain-text error line, `ERR <code> <message>\n`, with codes spelt like
+ * the refusals (`ACCESS_DENIED`, not `ERR_ACCESS_DENIED`).
+ *
+ * @example
+ * ```ts
+ * import { plainErrorLine } from "./session.ts";
+ * import assert from "node:assert/strict";
+ * const line = plainErrorLine({ code: "ERR_NOT_FOUND", message: "No\nfile" });
+ * assert.equal(new TextDecoder().decode(line), "ERR NOT_FOUND No\\nfile\n");
+ * ```
+ *
+ * @param error Code and message.
+ * @returns The encoded line.
+ */
+export function plainErrorLine(error: ErrorBody): Uint8Array {
+  const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
+  return encodeText(
+    `ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`,
+  );
+}

@@ -1,0 +1,135 @@
+/**
+ * Ship ingest: shipped log records into the vault, each batch acknowledged
+ * once it is durable.
+ *
+ * @module
+ */
+
+import { encodeFrame } from "../framer.ts";
+import { decodeShipBatch, encodeJson, Kind } from "../protocol.ts";
+import { ConnectionClosedError, ProtocolError } from "../errors.ts";
+import { AppendPipeline } from "./append_pipeline.ts";
+import type { Handshake } from "./handshake.ts";
+import { Outbox } from "./outbox.ts";
+import {
+  errorCode,
+  errorMessage,
+  peerIdentity,
+  type Session,
+} from "./session.ts";
+import { SYSLOG_SOURCE } from "./syslog.ts";
+
+/**
+ * Serves a shipper after its Welcome: takes its records into the vault and
+ * acknowledges each batch once it is fsync'd. Appends are pipelined (the
+ * vault keeps their order) but at most 8 batches wait at once, which bounds
+ * memory. Records the source already has are dropped by the vault, so a
+ * shipper's resend after a reconnect stores nothing twice.
+ *
+ * Refused with an Error frame when the server keeps no vault, or when the
+ * shipper names the syslog port's source.
+ *
+ * @param s The session.
+ * @param handshake The shipper's Hello (its source name) and its frames.
+ * @throws {ProtocolError} For a frame that is not a ShipBatch (only after
+ * what was stored is acknowledged).
+ */
+export async function serveShip(
+  s: Session,
+  handshake: Handshake,
+): Promise<void> {
+  const { audit, options } = s.server;
+  const { hello, reader } = handshake;
+  const vault = options.vault;
+  if (vault === undefined) {
+    await s.sendError({
+      code: "ERR_NO_VAULT",
+      message: "This server keeps no vault (start it with --vault DIR)",
+    });
+    s.reason = "ship refused: no vault";
+    return;
+  }
+  if (hello.source === SYSLOG_SOURCE) {
+    // The syslog port numbers these records itself: a shipper's sequence
+    // numbers in the same source would collide with them. ERR_PROTOCOL:
+    // the shipper gives up instead of retrying.
+    await s.sendError({
+      code: "ERR_PROTOCOL",
+      message:
+        `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
+    });
+    s.reason = "ship refused: reserved source name";
+    return;
+  }
+  // The peer part of the key comes from the connection, never from the
+  // shipper, so one host cannot write into another host's records.
+  // An authenticated identity (certificate fingerprint, token name) is
+  // stronger than an address, which can be spoofed on a shared network.
+  const key = {
+    peer: s.identity ?? peerIdentity(s.conn.remoteAddr.hostname),
+    name: hello.source!,
+  };
+  const source = vault.source(key);
+  await s.conn.write(encodeFrame({
+    type: Kind.ShipReady,
+    payload: encodeJson({
+      peer: key.peer,
+      source: key.name,
+      lastSeq: source.lastSeq,
+    }),
+  }));
+  audit.write("ship_started", {
+    peer: s.peer,
+    name: s.name,
+    source: key.name,
+    lastSeq: source.lastSeq,
+  });
+  const acks = new Outbox(s);
+  const ack = new Uint8Array(8);
+  const appends = new AppendPipeline(source, {
+    onDurable: (seq) => {
+      new DataView(ack.buffer).setFloat64(0, seq, true);
+      acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
+    },
+  });
+  try {
+    while (!appends.failed) {
+      const frame = await reader.readFrame();
+      if (frame === null) break;
+      if (frame.type !== Kind.ShipBatch) {
+        throw new ProtocolError(
+          `Expected a ship batch frame, got type 0x${frame.type.toString(16)}`,
+        );
+      }
+      const records = decodeShipBatch(frame.payload);
+      if (records.length === 0) continue;
+      await appends.push(records, { recvTs: Date.now() });
+    }
+    await appends.finish();
+    await acks.flush();
+  } catch (err) {
+    await appends.settle();
+    const body = { code: errorCode(err), message: errorMessage(err) };
+    // Nothing unacknowledged is lost: the shipper still holds it and resends.
+    audit.write("error", {
+      peer: s.peer,
+      name: s.name,
+      source: key.name,
+      ...body,
+      during: "ship",
+    });
+    if (!(err instanceof ConnectionClosedError)) {
+      await acks.flush();
+      await s.sendError(body);
+    }
+    s.reason = `ship ended: ${body.message}`;
+  } finally {
+    audit.write("ship_finished", {
+      peer: s.peer,
+      name: s.name,
+      source: key.name,
+      records: appends.stored,
+      lastSeq: source.lastSeq,
+    });
+  }
+}

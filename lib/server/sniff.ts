@@ -1,0 +1,125 @@
+/**
+ * Telling a framed client from a plain-text one by its first byte, and
+ * handing the connection to the handler that serves it.
+ *
+ * @module
+ */
+
+import { FrameReader } from "../framer.ts";
+import { MAGIC } from "../protocol.ts";
+import { ProtocolError } from "../errors.ts";
+import { serveFramedChat } from "./chat.ts";
+import { serveGets } from "./get.ts";
+import { handshake } from "./handshake.ts";
+import { endPlain, servePlain } from "./plain.ts";
+import { READ_BUFFER, type Session } from "./session.ts";
+import { serveShip } from "./ship.ts";
+
+/** A connection that sends nothing this long is served as plain text. */
+const DETECT_MS = 1000;
+/** First byte of a TLS handshake record (a ClientHello). */
+const TLS_HANDSHAKE = 0x16;
+
+/**
+ * Serves a connection on the main port. The first byte tells the protocol:
+ * the preamble's first byte means a framed client (handshake, then get,
+ * chat or ship); a TLS ClientHello on a port without TLS is refused with one
+ * ERR line; anything else, or a second of silence, is plain text (refused
+ * with one ERR line when plain-text mode is off).
+ *
+ * @param s The session, just accepted.
+ * @throws What the handler of the protocol throws; the caller audits it.
+ */
+export async function serveConnection(s: Session): Promise<void> {
+  const { options } = s.server;
+  // The first byte tells the protocol. It is read into a 1-byte buffer, and
+  // nothing bigger exists until it arrives: a silent connection holds no
+  // read buffer (idle connections must stay cheap).
+  const probe = new Uint8Array(1);
+  // Promise.race below observes a rejection; every path that leaves it
+  // pending awaits it.
+  const first = readFirst(s, probe);
+  // A framed client writes its preamble at once; a plain client may write
+  // nothing until it hears something, so silence means plain text.
+  const armed = performance.now();
+  let head = await raceTimer(first, DETECT_MS);
+  if (head === null && performance.now() - armed > DETECT_MS + 50) {
+    // The timer fired late, so the event loop was stalled: bytes that are
+    // already waiting may not have been read yet. Give them a moment
+    // before calling a framed client silent (and relaying its preamble).
+    head = await raceTimer(first, 100);
+  }
+  if (head !== null && head.length === 0) {
+    s.reason ??= "peer closed before sending anything";
+    return;
+  }
+  if (head !== null && head[0] === MAGIC[0]) {
+    s.deadline = options.now() + options.handshakeTimeoutMs;
+    const reader = new FrameReader(
+      { read: (buf) => s.read(buf) },
+      {
+        maxFrameSize: options.maxFrameSize,
+        bufferSize: READ_BUFFER,
+        prefix: head,
+      },
+    );
+    const done = await handshake(s, reader);
+    if (done === undefined) return;
+    if (done.hello.mode === "get") return await serveGets(s, done);
+    if (done.hello.mode === "ship") return await serveShip(s, done);
+    return await serveFramedChat(s, done.reader);
+  }
+  if (head !== null && head[0] === TLS_HANDSHAKE && options.tls === undefined) {
+    // A TLS ClientHello is not chat: never relay it.
+    s.reason = "TLS client on a plain port";
+    await endPlain(s, {
+      code: "TLS_NOT_ENABLED",
+      message: "this server does not speak TLS on this port",
+    });
+    return;
+  }
+  if (!options.plain) {
+    s.reason = "plain-text client refused (--no-plain)";
+    await endPlain(s, {
+      code: "PLAIN_DISABLED",
+      message: "plain-text mode is off on this server",
+    });
+    // Discard input until the peer closes or the linger deadline passes.
+    if (head === null && (await first).length === 0) return;
+    const buf = new Uint8Array(READ_BUFFER);
+    while ((await s.read(buf)) !== null) {
+      // Discarded.
+    }
+    return;
+  }
+  // Returned, not awaited: a silent client's wait keeps one frame less alive.
+  return servePlain(s, head ?? first);
+}
+
+/** Reads the first byte: resolves it (1 byte) or, at end of input, nothing. */
+async function readFirst(s: Session, probe: Uint8Array): Promise<Uint8Array> {
+  // A source may return 0 bytes now and then (see FrameReader); not forever.
+  for (let i = 0; i < 16; i++) {
+    const n = await s.read(probe);
+    if (n === null) return probe.subarray(0, 0);
+    if (n > 0) return probe;
+  }
+  throw new ProtocolError("Connection returned no data 16 times in a row");
+}
+
+/**
+ * Resolves what `p` resolves, or null after `ms` if it is still pending.
+ * The timer is cleared either way and never keeps the process alive.
+ */
+async function raceTimer<T>(p: Promise<T>, ms: number): Promise<T | null> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), ms);
+    (timer as { unref?: () => void }).unref?.();
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * In-process tests of `lib/server/listener.ts` through a real `Server`: the
+ * allowlist guard, the connection limit, refusals and their drain deadline,
+ * the idle timeout (on a fake clock, swept by hand) and shutdown.
+ *
+ * @module
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { compileAllowlist } from "../lib/allowlist.ts";
+import { Server } from "../lib/server/mod.ts";
+import { AuditLog } from "../lib/audit.ts";
+import { createJail } from "../lib/jail.ts";
+import { AddressInUseError } from "../lib/errors.ts";
+import { Kind } from "../lib/protocol.ts";
+import { memoryNet } from "./_memory_conn.ts";
+import {
+  bytes,
+  openFramed,
+  readAll,
+  readText,
+  startMemoryServer,
+  within,
+} from "./_server.ts";
+
+test("Server refuses an address outside the allowlist with one ERR ACCESS_DENIED line and never accepts it", async () => {
+  await using t = await startMemoryServer({
+    allowlist: compileAllowlist({ allow: ["127.0.0.2"] }),
+  });
+  for (const input of ["hello\n", "FILE:notes.txt\n", ""]) {
+    const conn = await t.connect("127.0.0.1");
+    if (input !== "") await conn.write(bytes(input));
+    await conn.closeWrite();
+    assert.equal(
+      await readText(conn),
+      "ERR ACCESS_DENIED access refused by server\n",
+    );
+  }
+  const refused = await t.audit.waitCount(
+    (e) => e.event === "refused",
+    3,
+    "refused",
+  );
+  for (const e of refused) {
+    assert.match(String(e.peer), /^127\.0\.0\.1:\d+$/);
+    assert.equal(e.reason, "access refused by server");
+  }
+  assert.ok(
+    !t.audit.events.some((e) => e.event === "accepted" || e.event === "chat"),
+  );
+});
+
+test("Server refuses a denied address even when a wider rule allows it, and serves its neighbour", async () => {
+  await using t = await startMemoryServer({
+    allowlist: compileAllowlist({
+      allow: ["127.0.0.0/8"],
+      deny: ["127.0.0.1"],
+    }),
+  });
+  const denied = await t.connect("127.0.0.1");
+  assert.equal(
+    await readText(denied),
+    "ERR ACCESS_DENIED access refused by server\n",
+  );
+  const allowed = await openFramed(t, "chat", { from: "127.0.0.2" });
+  assert.match(allowed.welcome.peer, /^127\.0\.0\.2:\d+$/);
+});
+
+test("Server sees IPv4-mapped IPv6 peers as IPv4 in the guard", async () => {
+  await using t = await startMemoryServer({
+    allowlist: compileAllowlist({ allow: ["10.0.0.5"] }),
+  });
+  const mapped = await openFramed(t, "chat", { from: "::ffff:10.0.0.5" });
+  assert.equal(mapped.welcome.name, "c1");
+  const other = await t.connect("::ffff:10.0.0.6");
+  assert.equal(
+    await readText(other),
+    "ERR ACCESS_DENIED access refused by server\n",
+  );
+});
+
+test("Server refuses connections over maxConns with BUSY and serves again once one closes", async () => {
+  await using t = await startMemoryServer({ maxConns: 1 });
+  const first = await openFramed(t, "chat");
+  const second = await t.connect();
+  assert.equal(
+    await readText(second),
+    "ERR BUSY server busy: too many connections\n",
+  );
+  const refused = await t.audit.waitFor(
+    (e) => e.event === "refused" && /max-conns|too many/.test(String(e.reason)),
+    "busy refusal",
+  );
+  assert.match(String(refused.peer), /^127\.0\.0\.1:\d+$/);
+  first.conn.close();
+  await t.audit.waitFor((e) => e.event === "closed", "the first to close");
+  const third = await openFramed(t, "chat");
+  assert.equal(third.welcome.name, "c2");
+});
+
+test("Server closes a refused connection that keeps its input open once the drain deadline passes", async () => {
+  await using t = await startMemoryServer({
+    allowlist: compileAllowlist({ allow: ["127.0.0.2"] }),
+  });
+  const conn = await t.connect("127.0.0.1");
+  await conn.write(bytes("still talking"));
+  // The notice and the half-close come at once; the drain then waits.
+  assert.equal(
+    await readText(conn),
+    "ERR ACCESS_DENIED access refused by server\n",
+  );
+  await within(conn.drained(), "the drain to read the input");
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, false, "closed before the deadline");
+  t.clock.advance(1000);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, true, "still open after the deadline");
+});
+
+test("Server closes an idle connection after idleTimeoutMs, not before", async () => {
+  await using t = await startMemoryServer({ idleTimeoutMs: 1000 });
+  const conn = await t.connect();
+  await t.audit.waitFor((e) => e.event === "accepted", "accepted");
+  t.clock.advance(1000);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, false, "closed before the timeout");
+  t.clock.advance(1);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, true, "still open after the timeout");
+  assert.equal(await readText(conn), "");
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.reason === "idle timeout",
+    "idle close",
+  );
+  assert.equal(closed.name, "c1");
+});
+
+test("Server counts reads as activity for the idle timeout", async () => {
+  await using t = await startMemoryServer({ idleTimeoutMs: 1000 });
+  const client = await openFramed(t, "chat");
+  t.clock.advance(900);
+  await client.send(Kind.Chat, bytes("still here"));
+  await t.audit.waitFor((e) => e.event === "chat", "chat");
+  t.clock.advance(900);
+  t.server.sweep();
+  assert.equal(client.conn.peer.isClosed, false);
+  t.clock.advance(101);
+  t.server.sweep();
+  assert.equal(client.conn.peer.isClosed, true);
+});
+
+test("Server.close closes every connection, logs why, and ends with a shutdown line", async () => {
+  const t = await startMemoryServer();
+  const a = await openFramed(t, "chat");
+  const b = await t.connect();
+  await b.write(bytes("plain\n"));
+  await t.audit.waitFor((e) => e.event === "chat", "the plain line");
+  await t.server.close();
+  assert.equal(t.server.connections, 0);
+  // The framed member heard the plain line, then the close.
+  const heard = await readAll(a.conn);
+  assert.equal(heard[0], Kind.Chat);
+  assert.equal(await readText(b), "");
+  const closed = t.audit.named("closed");
+  assert.deepEqual(closed.map((e) => e.reason), [
+    "server shutting down",
+    "server shutting down",
+  ]);
+  assert.equal(t.audit.events.at(-1)!.event, "shutdown");
+  assert.equal(t.net.listeners.size, 0);
+  await t[Symbol.asyncDispose]();
+});
+
+test("Server.listen shares the port of the first host with port 0 and closes all on a taken port", async () => {
+  const net = memoryNet();
+  const lines: string[] = [];
+  const options = {
+    net,
+    hosts: ["127.0.0.1", "::1"],
+    port: 0,
+    allowlist: compileAllowlist({}),
+    jail: await createJail("."),
+    audit: new AuditLog((l) => lines.push(l)),
+    version: "0.0.0-test",
+  };
+  const server = new Server(options);
+  const addrs = await server.listen();
+  assert.equal(addrs.length, 2);
+  assert.equal(addrs[0]!.port, addrs[1]!.port);
+  const listening = JSON.parse(lines[0]!);
+  assert.equal(listening.event, "listening");
+  assert.deepEqual(listening.addrs, [
+    `127.0.0.1:${addrs[0]!.port}`,
+    `[::1]:${addrs[0]!.port}`,
+  ]);
+  assert.equal(listening.allow, compileAllowlist({}).describe());
+  // The second server gets 127.0.0.1 on another port but not ::1 on it.
+  await net.listen({ hostname: "::1", port: 40001 });
+  const taken = new Server(options);
+  await assert.rejects(taken.listen(), AddressInUseError);
+  assert.deepEqual(
+    [...net.listeners.keys()].sort(),
+    [
+      `127.0.0.1:${addrs[0]!.port}`,
+      "::1:40001",
+      `::1:${addrs[0]!.port}`,
+    ].sort(),
+  );
+  await server.close();
+});
+
+test("Server refuses syslog options without a vault", () => {
+  assert.throws(
+    () =>
+      new Server({
+        net: memoryNet(),
+        hosts: ["127.0.0.1"],
+        allowlist: compileAllowlist({}),
+        jail: { root: ".", open: () => Promise.reject(new Error("unused")) },
+        audit: new AuditLog(() => {}),
+        version: "0.0.0-test",
+        syslog: { port: 0 },
+      }),
+    {
+      name: "TypeError",
+      message: "Invalid server options: syslog needs a vault",
+    },
+  );
+});

@@ -1,0 +1,303 @@
+/**
+ * In-process tests of `lib/server/ship.ts` against a real vault in a
+ * temporary directory: pipelined appends with ordered acks, duplicates
+ * dropped, sources keyed by the connection's address, and refusals.
+ *
+ * @module
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as path from "node:path";
+import { openVault, type Vault } from "../lib/vault/store.ts";
+import { listSources, readRecords } from "../lib/vault/read.ts";
+import {
+  decodeError,
+  decodeShipReady,
+  decodeText,
+  encodeShipBatch,
+  Kind,
+  type ShipReady,
+} from "../lib/protocol.ts";
+import { encodeFrame } from "../lib/framer.ts";
+import { tempDir } from "./_e2e.ts";
+import {
+  bytes,
+  type FramedClient,
+  openFramed,
+  readAll,
+  startMemoryServer,
+  type TestServer,
+  within,
+} from "./_server.ts";
+
+/** A real vault in a temporary directory, closed and removed on dispose. */
+async function testVault() {
+  const tmp = tempDir("moat-ship-test-");
+  const dir = path.join(tmp.dir, "vault");
+  const vault = await openVault(dir, { sealIntervalMs: 0 });
+  return {
+    vault,
+    dir,
+    async [Symbol.asyncDispose]() {
+      await vault.close();
+      tmp[Symbol.dispose]();
+    },
+  };
+}
+
+/**
+ * Wraps a vault so that every source counts its appends in flight (called,
+ * not yet settled); everything else goes to the real vault.
+ */
+function watchAppends(vault: Vault) {
+  const stats = { inFlight: 0, max: 0, calls: 0 };
+  const watched: Vault = {
+    get dir() {
+      return vault.dir;
+    },
+    get id() {
+      return vault.id;
+    },
+    get sealed() {
+      return vault.sealed;
+    },
+    get stats() {
+      return vault.stats;
+    },
+    seal: () => vault.seal(),
+    append: (key, records, options) => vault.append(key, records, options),
+    sources: () => vault.sources(),
+    close: () => vault.close(),
+    source(key) {
+      const source = vault.source(key);
+      return {
+        get key() {
+          return source.key;
+        },
+        get id() {
+          return source.id;
+        },
+        get lastSeq() {
+          return source.lastSeq;
+        },
+        get acceptedSeq() {
+          return source.acceptedSeq;
+        },
+        append(records, options) {
+          stats.calls++;
+          stats.inFlight++;
+          stats.max = Math.max(stats.max, stats.inFlight);
+          return source.append(records, options).finally(() =>
+            stats.inFlight--
+          );
+        },
+      };
+    },
+  };
+  return { vault: watched, stats };
+}
+
+function lines(from: number, to: number, tag = "line"): string[] {
+  const out: string[] = [];
+  for (let i = from; i <= to; i++) {
+    out.push(`${tag} ${i} ${"x".repeat(i % 50)}`);
+  }
+  return out;
+}
+
+/** One ShipBatch frame of `texts`, numbered from `first`. */
+function batch(first: number, texts: readonly string[]): Uint8Array {
+  return encodeFrame({
+    type: Kind.ShipBatch,
+    payload: encodeShipBatch(
+      texts.map((text, i) => ({
+        seq: first + i,
+        ts: 1_700_000_000_000 + first + i,
+        partial: false,
+        line: bytes(text),
+      })),
+    ),
+  });
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** A shipper after its Welcome and ShipReady. */
+async function openShip(
+  t: TestServer,
+  source: string,
+  from?: string,
+): Promise<FramedClient & { ready: ShipReady }> {
+  const client = await openFramed(t, "ship", {
+    hello: { source },
+    ...(from !== undefined && { from }),
+  });
+  const frame = await within(client.reader.readFrame(), "ShipReady");
+  assert.equal(
+    frame?.type,
+    Kind.ShipReady,
+    frame ? decodeText(frame.payload) : "closed",
+  );
+  return { ...client, ready: decodeShipReady(frame!.payload) };
+}
+
+/** Reads `n` ShipAck frames and returns their sequence numbers. */
+async function readAcks(client: FramedClient, n: number): Promise<number[]> {
+  const acks: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const frame = await within(client.reader.readFrame(), `ack ${i + 1}`);
+    assert.ok(frame !== null, `closed after ${i} acks`);
+    assert.equal(frame.type, Kind.ShipAck, decodeText(frame.payload));
+    acks.push(
+      new DataView(frame.payload.buffer, frame.payload.byteOffset, 8)
+        .getFloat64(0, true),
+    );
+  }
+  return acks;
+}
+
+async function storedLines(dir: string, source?: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const r of readRecords(dir, source ? { source } : {})) {
+    out.push(decodeText(r.line));
+  }
+  return out;
+}
+
+test("serveShip pipelines batches: several in flight, at most 8, acks in order, every record once", async () => {
+  await using v = await testVault();
+  const watched = watchAppends(v.vault);
+  await using t = await startMemoryServer({ vault: watched.vault });
+  const shipper = await openShip(t, "app");
+  assert.deepEqual(shipper.ready, {
+    peer: "127.0.0.1",
+    source: "app",
+    lastSeq: 0,
+  });
+  const all = lines(1, 1000);
+  const frames: Uint8Array[] = [];
+  for (let b = 0; b < 20; b++) {
+    frames.push(batch(b * 50 + 1, all.slice(b * 50, b * 50 + 50)));
+  }
+  await shipper.conn.write(concat(frames));
+  const acks = await readAcks(shipper, 20);
+  assert.deepEqual(acks, Array.from({ length: 20 }, (_, b) => (b + 1) * 50));
+  assert.equal(watched.stats.calls, 20);
+  // The frames were all waiting: the server keeps appending without waiting
+  // for a commit until 8 are in flight, and never more.
+  assert.equal(watched.stats.max, 8, "most appends in flight at once");
+  shipper.conn.close();
+  const finished = await t.audit.waitFor(
+    (e) => e.event === "ship_finished",
+    "ship_finished",
+  );
+  assert.equal(finished.records, 1000);
+  assert.equal(finished.lastSeq, 1000);
+  assert.deepEqual(await storedLines(v.dir), all);
+});
+
+test("serveShip drops records the vault already has, so a resend after a reconnect stores nothing twice", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({ vault: v.vault });
+  const all = lines(1, 15);
+  const first = await openShip(t, "app");
+  await first.conn.write(batch(1, all.slice(0, 10)));
+  assert.deepEqual(await readAcks(first, 1), [10]);
+  first.conn.close();
+  const again = await openShip(t, "app");
+  assert.equal(again.ready.lastSeq, 10);
+  await again.conn.write(concat([
+    batch(1, all.slice(0, 5)),
+    batch(6, all.slice(5, 15)),
+  ]));
+  assert.deepEqual(await readAcks(again, 2), [5, 15]);
+  again.conn.close();
+  await t.audit.waitCount((e) => e.event === "ship_finished", 2, "finished");
+  assert.deepEqual(await storedLines(v.dir), all);
+});
+
+test("serveShip keys vault sources by peer address: another host cannot write into this host's records", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({ vault: v.vault });
+  const web = lines(1, 10);
+  const own = await openShip(t, "web", "127.0.0.1");
+  await own.conn.write(batch(1, web));
+  assert.deepEqual(await readAcks(own, 1), [10]);
+  own.conn.close();
+  // A second host (127.0.0.2) claims the same source name and the next seq.
+  const other = await openShip(t, "web", "127.0.0.2");
+  assert.equal(
+    other.ready.lastSeq,
+    0,
+    "the other host starts its own source at 0",
+  );
+  assert.equal(other.ready.peer, "127.0.0.2");
+  await other.conn.write(batch(1, ["forged"]));
+  assert.deepEqual(await readAcks(other, 1), [1]);
+  other.conn.close();
+  await t.audit.waitCount((e) => e.event === "ship_finished", 2, "finished");
+  const rows = (await listSources(v.dir)).map((
+    s,
+  ) => [s.peer, s.name, s.records]);
+  assert.deepEqual(rows.sort(), [["127.0.0.1", "web", 10], [
+    "127.0.0.2",
+    "web",
+    1,
+  ]]);
+  assert.deepEqual(await storedLines(v.dir, "127.0.0.1/web"), web);
+});
+
+test("serveShip acknowledges what was stored, then reports a sequence gap with an Error frame", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({ vault: v.vault });
+  const shipper = await openShip(t, "app");
+  await shipper.conn.write(concat([
+    batch(1, lines(1, 5)),
+    batch(8, lines(8, 10)),
+  ]));
+  assert.deepEqual(await readAcks(shipper, 1), [5]);
+  const frame = await within(shipper.reader.readFrame(), "the error");
+  assert.equal(frame?.type, Kind.Error);
+  assert.equal(decodeError(frame!.payload).code, "ERR_SEQ_GAP");
+  assert.equal((await readAll(shipper.conn)).length, 0);
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.match(String(closed.reason), /^ship ended: /);
+  const finished = t.audit.named("ship_finished")[0]!;
+  assert.equal(finished.records, 5);
+  assert.equal(finished.lastSeq, 5);
+  assert.deepEqual(await storedLines(v.dir), lines(1, 5));
+});
+
+test("serveShip refuses a shipper when the server keeps no vault", async () => {
+  await using t = await startMemoryServer();
+  const client = await openFramed(t, "ship", { hello: { source: "app" } });
+  const frame = await within(client.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_NO_VAULT",
+    message: "This server keeps no vault (start it with --vault DIR)",
+  });
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.equal(closed.reason, "ship refused: no vault");
+});
+
+test("serveShip refuses the syslog port's source name", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({ vault: v.vault });
+  const client = await openFramed(t, "ship", { hello: { source: "syslog" } });
+  const frame = await within(client.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  const body = decodeError(frame!.payload);
+  assert.equal(body.code, "ERR_PROTOCOL");
+  assert.match(body.message, /"syslog" is reserved for the syslog port/);
+  assert.deepEqual(await listSources(v.dir), []);
+});

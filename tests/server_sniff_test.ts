@@ -1,0 +1,103 @@
+/**
+ * In-process tests of `lib/server/sniff.ts`: the first byte of a connection
+ * picks framed, plain or a TLS refusal.
+ *
+ * @module
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { decodeText, decodeWelcome, Kind } from "../lib/protocol.ts";
+import { FrameReader } from "../lib/framer.ts";
+import {
+  bytes,
+  helloBytes,
+  openFramed,
+  readLine,
+  readText,
+  startMemoryServer,
+  within,
+} from "./_server.ts";
+
+test("serveConnection treats a first byte of 0x89 as a framed client and welcomes it", async () => {
+  await using t = await startMemoryServer();
+  const conn = await t.connect();
+  await conn.write(helloBytes("chat"));
+  const reader = new FrameReader(conn, { bufferSize: 4096 });
+  assert.deepEqual(
+    [...await reader.readExact(8)],
+    [0x89, 0x4d, 0x4f, 0x41, 0x54, 0x0d, 0x0a, 0x01],
+  );
+  const frame = await within(reader.readFrame(), "welcome");
+  assert.equal(frame?.type, Kind.Welcome);
+  const welcome = decodeWelcome(frame!.payload);
+  assert.equal(welcome.server, "moat/0.0.0-test");
+  assert.equal(welcome.name, "c1");
+  assert.equal(welcome.peer, `127.0.0.1:${conn.localAddr.port}`);
+  conn.close();
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.equal(closed.reason, "peer closed");
+});
+
+test("serveConnection serves any other first byte as plain-text chat", async () => {
+  await using t = await startMemoryServer({ reply: "pong" });
+  const listener = await openFramed(t, "chat");
+  const conn = await t.connect();
+  await conn.write(bytes("hello\n"));
+  assert.equal(await readLine(conn), "[server] pong\n");
+  const frame = await within(listener.reader.readFrame(), "relayed line");
+  assert.equal(frame?.type, Kind.Chat);
+  assert.deepEqual(JSON.parse(decodeText(frame!.payload)), {
+    from: "c2",
+    addr: `127.0.0.1:${conn.localAddr.port}`,
+    text: "hello",
+  });
+  const chat = await t.audit.waitFor((e) => e.event === "chat", "chat");
+  assert.equal(chat.text, "hello");
+  assert.equal(chat.name, "c2");
+});
+
+test("serveConnection refuses a TLS ClientHello on a plain port with one ERR line and never relays it", async () => {
+  await using t = await startMemoryServer();
+  const listener = await openFramed(t, "chat");
+  const conn = await t.connect();
+  // A ClientHello record header, then the start of its body.
+  await conn.write(Uint8Array.of(0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00));
+  assert.equal(
+    await readText(conn),
+    "ERR TLS_NOT_ENABLED this server does not speak TLS on this port\n",
+  );
+  conn.close();
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.name === "c2",
+    "closed",
+  );
+  assert.equal(closed.reason, "TLS client on a plain port");
+  assert.deepEqual(t.audit.named("chat"), []);
+  listener.conn.close();
+});
+
+test("serveConnection refuses plain text with one ERR line when plain mode is off, and still serves framed clients", async () => {
+  await using t = await startMemoryServer({ plain: false });
+  const conn = await t.connect();
+  await conn.write(bytes("hello\n"));
+  assert.equal(
+    await readText(conn),
+    "ERR PLAIN_DISABLED plain-text mode is off on this server\n",
+  );
+  conn.close();
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.equal(closed.reason, "plain-text client refused (--no-plain)");
+  const framed = await openFramed(t, "chat");
+  assert.equal(framed.welcome.name, "c2");
+  assert.deepEqual(t.audit.named("chat"), []);
+});
+
+test("serveConnection ends a connection that closes before sending anything", async () => {
+  await using t = await startMemoryServer();
+  const conn = await t.connect();
+  await conn.closeWrite();
+  assert.equal(await readText(conn), "");
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.equal(closed.reason, "peer closed before sending anything");
+});
