@@ -30,11 +30,11 @@ export type AuditSink = (line: string) => void;
 
 /** How many lines of one event kind one peer address may write. */
 export interface AuditLimit {
-  /** Lines a key may write at once before it is limited. @default {20} */
+  /** Lines a key may write at once before it is limited. @default {100} */
   burst?: number;
-  /** Lines a key earns back per second. @default {5} */
+  /** Lines a key earns back per second. @default {10} */
   perSecond?: number;
-  /** Lines of one event kind, all peers together, per second. @default {100} */
+  /** Lines of one event kind, all peers together, per second. @default {200} */
   globalPerSecond?: number;
   /** Peer keys remembered; the least recently used is summarised and forgotten. @default {4096} */
   maxKeys?: number;
@@ -104,9 +104,9 @@ export class AuditLog {
     this.#sink = sink;
     this.#now = options.now ?? Date.now;
     this.#limit = options.limit === false ? undefined : {
-      burst: 20,
-      perSecond: 5,
-      globalPerSecond: 100,
+      burst: 100,
+      perSecond: 10,
+      globalPerSecond: 200,
       maxKeys: 4096,
       ...options.limit,
     };
@@ -131,16 +131,18 @@ export class AuditLog {
   /**
    * Writes the summaries of keys that went quiet and forgets keys that are
    * full again, so memory follows the active peers. Call it now and then
-   * (the server's sweep does).
+   * (the server's sweep does), and with `final` at shutdown.
+   *
+   * @param final Summarise every key that held lines back, quiet or not.
    */
-  flush(): void {
+  flush(final = false): void {
     if (this.#limit === undefined) return;
     const now = this.#now();
     for (const map of [this.#keys, this.#global]) {
       const global = map === this.#global;
       for (const [key, b] of map) {
         this.#refill(b, now, global);
-        if (b.tokens < 1) continue;
+        if (b.tokens < 1 && !final) continue;
         if (b.suppressed > 0) this.#summarise(key, b, global);
         if (b.tokens >= this.#capacity(global)) map.delete(key);
       }

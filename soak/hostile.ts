@@ -808,7 +808,11 @@ export interface AuditCheck {
   /** Lines that are not exactly one JSON object with `ts` and `event` (first 10). */
   bad: string[];
   badCount: number;
-  /** Events by name. */
+  /**
+   * Events by name, accounted for: lines written plus the counts of
+   * `suppressed` summaries (the audit rate limit holds lines back but always
+   * says how many).
+   */
   events: Record<string, number>;
 }
 
@@ -834,6 +838,12 @@ export function checkAuditLines(text: string): AuditCheck {
       ) {
         ok = true;
         out.events[v.event] = (out.events[v.event] ?? 0) + 1;
+        if (
+          v.event === "suppressed" && typeof v.of === "string" &&
+          Number.isSafeInteger(v.count) && v.count > 0
+        ) {
+          out.events[v.of] = (out.events[v.of] ?? 0) + v.count;
+        }
       }
     } catch {
       ok = false;

@@ -161,3 +161,13 @@ test("AuditLog with limit false writes every line", () => {
   for (let i = 0; i < 1000; i++) log.write("refused", { peer: "127.0.0.2:1" });
   assert.equal(records.length, 1000);
 });
+
+test("AuditLog flush(true) summarises every key that held lines back", () => {
+  const { log, records } = clockedLog({ limit: { burst: 1, perSecond: 1 } });
+  for (let i = 0; i < 4; i++) log.write("refused", { peer: "127.0.0.2:1" });
+  log.flush();
+  assert.equal(records.length, 1, "no token back: a plain flush waits");
+  log.flush(true);
+  assert.equal(accounted(records, "refused"), 4);
+  assert.equal(records.at(-1)!.event, "suppressed");
+});

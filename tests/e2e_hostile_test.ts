@@ -265,7 +265,7 @@ test("moat serve refuses a flood of 500 connections from refused addresses while
   );
   assert.ok(flood.refusedNotice >= 450, JSON.stringify(flood));
   await until(
-    () => server.events().filter((e) => e.event === "refused").length === 500,
+    () => checkAuditLines(server.audit.lines.join("\n")).events.refused === 500,
     10_000,
     "500 refused events",
   );

@@ -169,6 +169,9 @@ export class Server {
       now,
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
+    // Summaries of audit lines the rate limit held back, once their peer
+    // has gone quiet: nothing held back stays unaccounted for long.
+    this.#o.audit.flush();
   }
 
   /**
@@ -187,6 +190,7 @@ export class Server {
     }
     await Promise.allSettled(this.#acceptLoops);
     await Promise.allSettled([...this.#handlers.values()]);
+    this.#o.audit.flush(true);
     this.#o.audit.write("shutdown", {});
   }
 
