@@ -1,6 +1,7 @@
 /**
  * `moat serve`: listen, refuse every peer not allowed, serve files, chat and
- * the vault, and log everything; or print a systemd unit that does.
+ * the vault, and log everything; or print a systemd unit that does, or the
+ * nftables ruleset that enforces the allowlist in the kernel.
  *
  * @module
  */
@@ -17,6 +18,7 @@ import { AddressInUseError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
 import { VERSION } from "../lib/version.ts";
 import { renderSystemdUnit } from "../lib/systemd.ts";
+import { renderNftables } from "../lib/nftables.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../lib/framer.ts";
 import { MIN_MAX_FRAME_SIZE } from "../lib/protocol.ts";
 import {
@@ -179,6 +181,11 @@ const SERVE_OPTIONS = {
     description:
       "Print a least-privilege systemd unit that runs moat serve with these options, and exit (docs/DEPLOY.md)",
   },
+  "print-nftables": {
+    type: "boolean",
+    description:
+      "Print an nftables ruleset that drops, in the kernel, new connections to these ports from peers the allowlist refuses, and exit (docs/DEPLOY.md)",
+  },
   ...SERVE_SECURITY_OPTIONS,
 } as const satisfies OptionTable;
 
@@ -197,7 +204,8 @@ With no --allow, only loopback may connect and moat listens on loopback only.`,
   exits: [
     {
       code: 0,
-      description: "stopped by SIGINT or SIGTERM (or the unit was printed)",
+      description:
+        "stopped by SIGINT or SIGTERM (or the unit or ruleset was printed)",
     },
     ...COMMON_EXITS.filter((e) => e.code !== 0),
   ],
@@ -239,6 +247,20 @@ export async function serveCommand(
   const allowlist = compileAllowlist({ allow, deny: values.deny });
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
+  if (values["print-systemd-unit"] && values["print-nftables"]) {
+    throw new UsageError(
+      "--print-systemd-unit and --print-nftables cannot be combined; print one, then the other",
+    );
+  }
+  if (values["print-nftables"]) {
+    await writeStdoutText(renderNftables({
+      allowlist,
+      ports: [values.port, syslog?.port ?? []].flat(),
+      fromAllowFiles: values["allow-file"].length > 0,
+      version: VERSION,
+    }));
+    return;
+  }
   if (values["print-systemd-unit"]) {
     const runtime = runtimeInfo().runtime === "deno" ? "deno" : "bun";
     await writeStdoutText(renderSystemdUnit({

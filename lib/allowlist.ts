@@ -14,20 +14,22 @@
  *   plain IPv6 addresses;
  * - any peer text that is not a valid address is denied (fail closed).
  *
+ * Why not `node:net`'s `isIP` and `BlockList`: `isIP` accepts exactly the
+ * zone-free texts this parser accepts and `BlockList` gives the same verdicts
+ * (the tests use both as references), but each costs more per connection than
+ * the whole check here. Measured in-process on the 8 peers of a 4-allow,
+ * 3-deny list (ns per check, Deno 2.9 / Bun 1.4): this check 63 / 95; `isIP`
+ * alone 228 / 222; `isIP` plus `BlockList` 6,979 / 769. And Bun's `BlockList`
+ * accepts `10.1` and `010.1.2.3` as addresses, so the strict parser would have
+ * to stay in front of it anyway.
+ *
  * @module
  */
 
+import type { Cidr } from "./cidr.ts";
 import { UsageError } from "./errors.ts";
 
-/** An IP network: an address family, the network bytes and a prefix length. */
-export interface Cidr {
-  /** Address family. */
-  family: 4 | 6;
-  /** Network address: 4 bytes for IPv4, 16 for IPv6, host bits zero. */
-  bytes: Uint8Array;
-  /** Prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6. */
-  prefix: number;
-}
+export type { Cidr } from "./cidr.ts";
 
 /** Options for {@linkcode compileAllowlist}. */
 export interface AllowlistOptions {

@@ -21,6 +21,7 @@
 
 import * as path from "node:path";
 import { type Cidr, formatCidr } from "./allowlist.ts";
+import { subtractCidrs } from "./cidr.ts";
 import { UsageError } from "./errors.ts";
 
 /** One serve flag as given on the command line, in order. */
@@ -178,66 +179,17 @@ function _quote(word: string, dollar: boolean): string {
   return out + '"';
 }
 
-/** A network as a big integer, for set arithmetic. */
-interface _Net {
-  family: 4 | 6;
-  bits: number;
-  net: bigint;
-  prefix: number;
-}
-
-function _toNet(cidr: Cidr): _Net {
-  let net = 0n;
-  for (const b of cidr.bytes) net = (net << 8n) | BigInt(b);
-  return {
-    family: cidr.family,
-    bits: cidr.bytes.length * 8,
-    net,
-    prefix: cidr.prefix,
-  };
-}
-
-function _toCidr(n: _Net): Cidr {
-  const bytes = new Uint8Array(n.bits / 8);
-  let v = n.net;
-  for (let i = bytes.length - 1; i >= 0; i--) {
-    bytes[i] = Number(v & 0xffn);
-    v >>= 8n;
-  }
-  return { family: n.family, bytes, prefix: n.prefix };
-}
-
-/** `true` if network `a` contains network `b` (or equals it). */
-function _contains(a: _Net, b: _Net): boolean {
-  if (a.family !== b.family || a.prefix > b.prefix) return false;
-  const shift = BigInt(a.bits - a.prefix);
-  return (a.net >> shift) === (b.net >> shift);
-}
-
-/** `piece` minus `hole`, as disjoint networks. */
-function _subtract(piece: _Net, hole: _Net): _Net[] {
-  if (_contains(hole, piece)) return [];
-  if (!_contains(piece, hole)) return [piece];
-  // Walk from `piece` down to `hole`: at each level keep the half that does
-  // not hold `hole`.
-  const out: _Net[] = [];
-  for (let prefix = piece.prefix + 1; prefix <= hole.prefix; prefix++) {
-    const shift = BigInt(piece.bits - prefix);
-    const sibling = ((hole.net >> shift) ^ 1n) << shift;
-    out.push({ family: piece.family, bits: piece.bits, net: sibling, prefix });
-  }
-  return out;
-}
-
 /**
  * Computes the networks for systemd's `IPAddressAllow=` so that, together
  * with `IPAddressDeny=any`, the kernel lets through exactly the peers moat's
  * guard allows. systemd has no "allow except": when an address matches both
  * lists, `IPAddressAllow=` wins. So each deny rule is subtracted from the
  * allow rules instead (`10.0.0.0/8` minus `10.0.0.5/32` is 24 networks), and
- * networks covered by another are dropped. If that would exceed `maxRules`,
- * the allow rules are returned unchanged with `exact: false`: the kernel then
- * admits the denied peers too and moat's guard refuses them.
+ * the result is the fewest networks that cover it (see
+ * {@linkcode subtractCidrs} in `cidr.ts`). If that would exceed `maxRules`,
+ * the allow rules are returned without the deny rules subtracted, with
+ * `exact: false`: the kernel then admits the denied peers too and moat's guard
+ * refuses them.
  *
  * @example Subtract a deny rule
  * ```ts
@@ -264,31 +216,10 @@ export function computeIpAddressAllow(
   allowlist: Pick<AllowlistRules, "allow" | "deny">,
   options: IpAddressAllowOptions = {},
 ): IpAddressAllow {
-  const maxRules = options.maxRules ?? 1024;
-  const deny = allowlist.deny.map(_toNet);
-  let pieces = allowlist.allow.map(_toNet);
-  let exact = true;
-  for (const hole of deny) {
-    const next: _Net[] = [];
-    for (const piece of pieces) next.push(..._subtract(piece, hole));
-    if (next.length > maxRules) {
-      exact = false;
-      pieces = allowlist.allow.map(_toNet);
-      break;
-    }
-    pieces = next;
-  }
-  // Drop networks covered by another (overlapping allow rules), then sort.
-  const kept = pieces.filter((p, i) =>
-    !pieces.some((q, j) =>
-      j !== i && _contains(q, p) && (q.prefix < p.prefix || j < i)
-    )
-  );
-  kept.sort((a, b) =>
-    a.family - b.family || (a.net < b.net ? -1 : a.net > b.net ? 1 : 0) ||
-    a.prefix - b.prefix
-  );
-  return { rules: kept.map((n) => formatCidr(_toCidr(n))), exact };
+  const { cidrs, exact } = subtractCidrs(allowlist.allow, allowlist.deny, {
+    maxCidrs: options.maxRules ?? 1024,
+  });
+  return { rules: cidrs.map(formatCidr), exact };
 }
 
 /** `true` if `p` is `dir` or inside it. */

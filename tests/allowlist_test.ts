@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { BlockList, isIP } from "node:net";
 import {
   type Allowlist,
   type AllowlistOptions,
@@ -897,6 +898,135 @@ test("compileAllowlist agrees with a bit-string reference on random rules and pe
     }
   }
   assert.deepEqual(failures, []);
+});
+
+// ------------------------------------------- node:net as a second reference
+
+/*
+ * lib/allowlist.ts keeps its own parser and matcher on the hot path (they are
+ * faster than node:net's on both runtimes, and Bun's BlockList accepts
+ * "10.1" and "010.1.2.3"); node:net's isIP and BlockList serve here as
+ * references that share no code with it.
+ */
+
+test("parseIp accepts exactly the texts node:net isIP accepts, zone ids aside", () => {
+  const random = mulberry32(0x151);
+  const pieces = [
+    "::",
+    ":",
+    ".",
+    "0",
+    "1",
+    "7",
+    "00",
+    "01",
+    "127",
+    "255",
+    "256",
+    "ffff",
+    "FFFF",
+    "abcd",
+    "12345",
+    "1.2.3.4",
+    "::ffff:",
+    "0000",
+    "g",
+    "x",
+    " ",
+    "/",
+    "[",
+    "]",
+    "-",
+  ];
+  const disagree: string[] = [];
+  const accepted = { 4: 0, 6: 0 };
+  for (let n = 0; n < 200_000; n++) {
+    let text = "";
+    const length = 1 + Math.floor(random() * 12);
+    for (let k = 0; k < length; k++) {
+      text += pieces[Math.floor(random() * pieces.length)];
+    }
+    const ours = parseIp(text);
+    const theirs = isIP(text);
+    if ((ours?.family ?? 0) !== theirs) disagree.push(JSON.stringify(text));
+    if (ours !== null) accepted[ours.family]++;
+  }
+  assert.deepEqual(disagree.slice(0, 10), []);
+  // The comparison covered both families, not only garbage.
+  assert.ok(accepted[4] > 100, `${accepted[4]} IPv4 texts`);
+  assert.ok(accepted[6] > 1000, `${accepted[6]} IPv6 texts`);
+});
+
+/** A node:net BlockList per family holding `cidrs`. */
+function blockLists(cidrs: readonly Cidr[]): Record<4 | 6, BlockList> {
+  const lists = { 4: new BlockList(), 6: new BlockList() };
+  for (const c of cidrs) {
+    const text = formatCidr(c);
+    lists[c.family].addSubnet(
+      text.slice(0, text.indexOf("/")),
+      c.prefix,
+      c.family === 4 ? "ipv4" : "ipv6",
+    );
+  }
+  return lists;
+}
+
+test("compileAllowlist agrees with node:net BlockList on random rules and peers", () => {
+  const random = mulberry32(0xb10c);
+  const failures: string[] = [];
+  let allowed = 0;
+  let checks = 0;
+  for (let n = 0; n < 200; n++) {
+    const family = random() < 0.5 ? 4 : 6;
+    const size = family === 4 ? 4 : 16;
+    const rules: Cidr[] = [];
+    for (let r = 0; r < 1 + Math.floor(random() * 4); r++) {
+      const prefix = Math.floor(random() * (size * 8 + 1));
+      const bytes = randomBytes(random, size);
+      for (let bit = prefix; bit < size * 8; bit++) setBit(bytes, bit, 0);
+      const text = formatCidr({ family, bytes, prefix });
+      if (text.startsWith("::ffff:")) continue; // would become IPv4
+      rules.push(parseRule(text));
+    }
+    if (rules.length === 0) continue;
+    // Every other rule, from the second on, is a deny rule.
+    const allow = rules.filter((_, i) => i % 2 === 0);
+    const deny = rules.filter((_, i) => i % 2 === 1);
+    const list = compileAllowlist({
+      allow: allow.map(formatCidr),
+      deny: deny.map(formatCidr),
+    });
+    const allowLists = blockLists(allow);
+    const denyLists = blockLists(deny);
+    for (let m = 0; m < 20; m++) {
+      // Half the peers start inside a rule, some with one prefix bit flipped.
+      const peer = randomBytes(random, size);
+      const near = rules[m % rules.length]!;
+      if (m % 2 === 0) {
+        for (let bit = 0; bit < near.prefix; bit++) {
+          setBit(peer, bit, getBit(near.bytes, bit));
+        }
+        if (m % 4 === 0 && near.prefix > 0) {
+          const bit = Math.floor(random() * near.prefix);
+          setBit(peer, bit, 1 - getBit(peer, bit));
+        }
+      }
+      const text = formatCidr({ family, bytes: peer, prefix: size * 8 });
+      const addr = text.slice(0, text.indexOf("/"));
+      if (family === 6 && addr.startsWith("::ffff:")) continue;
+      const type = family === 4 ? "ipv4" : "ipv6";
+      const expected = !denyLists[family].check(addr, type) &&
+        allowLists[family].check(addr, type);
+      const forms = family === 4 ? [addr, `::ffff:${addr}`] : [addr];
+      for (const form of forms) {
+        checks++;
+        if (list.check(form) !== expected) failures.push(`${rules} ${form}`);
+      }
+      if (expected) allowed++;
+    }
+  }
+  assert.deepEqual(failures.slice(0, 10), []);
+  assert.ok(checks > 2000 && allowed > 500, `${allowed} of ${checks} allowed`);
 });
 
 // ------------------------------------------------------ the hostile corpus
