@@ -7,7 +7,7 @@ import { openVault } from "../lib/vault/store.ts";
 import type { AppendRecord } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
 import type { VaultRecord } from "../lib/vault/read.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-vault-read-")),

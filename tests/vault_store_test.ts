@@ -6,9 +6,10 @@ import path from "node:path";
 import { openVault } from "../lib/vault/store.ts";
 import type { AppendRecord, VaultEvent } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
-import { _internals } from "../lib/vault/_segment_log.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import { _internals } from "../lib/segment/log.ts";
 import { MoatError } from "../lib/errors.ts";
+import { writeLegacySource } from "./_vault_test_utils.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-vault-")),
@@ -580,17 +581,29 @@ describe("openVault", () => {
   test("openVault keeps hostile source names inside the sources directory", async () => {
     const dir = freshDir();
     const vault = await openVault(dir);
-    const keys = [
-      { peer: "../..", name: "../../../etc/passwd" },
-      { peer: "::ffff:10.0.0.1", name: "a/b\\c\0d" },
+    // Keys the vault creates, and keys only earlier versions created (a "/"
+    // or a control character in the name, an empty or "/"-holding peer):
+    // those are refused now, so they are written as such a version left
+    // them, and must stay inside the sources directory and readable.
+    const created = [
       { peer: ".", name: ".." },
-      { peer: "x".repeat(1024), name: "\u202e\u0000\n".repeat(300) },
       { peer: "a~b", name: "c" },
       { peer: "a", name: "b~c" },
+      { peer: "x".repeat(1024), name: "\u202e".repeat(300) },
+    ];
+    const legacy = [
+      { peer: "../..", name: "../../../etc/passwd" },
+      { peer: "::ffff:10.0.0.1", name: "a/b\\c\0d" },
+      { peer: "x".repeat(1024), name: "\u202e\u0000\n".repeat(300) },
       { peer: "", name: "empty peer" },
     ];
-    for (const key of keys) await vault.append(key, records(1, 1));
+    const keys = [...created, ...legacy];
+    for (const key of created) await vault.append(key, records(1, 1));
+    for (const key of legacy) {
+      assert.throws(() => vault.source(key), TypeError);
+    }
     await vault.close();
+    for (const key of legacy) writeLegacySource(dir, key, [{ line: "x" }]);
     const entries = fs.readdirSync(path.join(dir, "sources"));
     assert.equal(entries.length, keys.length);
     for (const entry of entries) {

@@ -11,10 +11,11 @@ import { initVault } from "../lib/vault/init.ts";
 import { openVault } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import type { VerifyProblem } from "../lib/vault/verify.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
-import { crc32c } from "../lib/vault/_crc32c.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import { crc32c } from "../lib/segment/crc32c.ts";
 import { Buffer } from "node:buffer";
-import { computeLink, decodeSeal, encodeSeal } from "../lib/vault/_seal.ts";
+import { computeLink } from "../lib/vault/_chain.ts";
+import { decodeSeal, encodeSeal } from "../lib/vault/_seal.ts";
 
 const INSTANCES = 50;
 const PER_SOURCE = 3400;

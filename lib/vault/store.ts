@@ -10,53 +10,63 @@
 
 import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ExitCode, MoatError } from "../errors.ts";
+import {
+  MoatError,
+  TooManyRecordsError,
+  TooManySourcesError,
+} from "../errors.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
+import { MAX_RECORD_BYTES } from "../segment/codec.ts";
+import {
+  CommitGroup,
+  DEFAULT_MAX_OPEN_FILES,
+} from "../segment/commit_group.ts";
 import {
   acquireLock,
   makeDir,
   removeTempFiles,
   syncDir,
   writeFileAtomic,
-} from "./_fs.ts";
-import type { Lock } from "./_fs.ts";
+} from "../segment/fs.ts";
+import type { Lock } from "../segment/fs.ts";
+import { SegmentLog } from "../segment/log.ts";
+import type { LogRepair, SegmentLogOptions } from "../segment/log.ts";
+import { chainGenesis, LINK_BYTES, LINK_OFFSET } from "./_chain.ts";
 import {
-  checkSourceKey,
   encodeVaultRecords,
   FLAG_CHAIN,
   LOCK_FILE,
   MARKER_FILE,
   readSourceKey,
   SOURCE_FILE,
-  sourceDirName,
-  sourceLabel,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
   VAULT_MAGIC,
 } from "./_format.ts";
-import type { SourceKey } from "./_format.ts";
-import { CommitGroup, MAX_RECORD_BYTES, SegmentLog } from "./_segment_log.ts";
-import type { LogRepair, SegmentLogOptions } from "./_segment_log.ts";
+import {
+  checkNewSourceKey,
+  sourceDirName,
+  sourceHash,
+  sourceLabel,
+} from "./_key.ts";
+import type { SourceKey } from "./_key.ts";
 import {
   _hex,
-  chainGenesis,
-  encodeSeal,
   ensureVaultDir,
   ensureVaultInfo,
-  evolveKey,
   INFO_FILE,
   KEY_FILE,
-  LINK_OFFSET,
-  readSealingKey,
-  SEAL_KIND,
-  SEAL_MAGIC,
-  SEALS_DIR,
-  sourceHash,
-  writeSealingKey,
+  MAX_SEAL_INTERVAL_MS,
+  writeVaultInfo,
 } from "./_seal.ts";
 import type { SealEntry } from "./_seal.ts";
+import { Sealer } from "./_sealer.ts";
+import type { SealEvent, SealInfo } from "./_sealer.ts";
 
-export type { SourceKey } from "./_format.ts";
+export type { SourceKey } from "./_key.ts";
+export { sourceKey, sourceLabel } from "./_key.ts";
+export type { SealEvent, SealInfo } from "./_sealer.ts";
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
 export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
@@ -64,6 +74,21 @@ export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
 export const DEFAULT_SEAL_INTERVAL_MS = 60_000;
 /** Default longest line accepted: 1 MiB. */
 export const DEFAULT_MAX_LINE_BYTES: number = 1024 * 1024;
+/**
+ * Default bound on the sources one peer (one address) may create: 64. A
+ * shipper uses one source per log stream, and a host with more than a few
+ * dozen streams is rare; every source costs a directory, a file and memory
+ * for as long as the vault exists, so without a bound one host could make
+ * the server keep any number of them.
+ */
+export const DEFAULT_MAX_SOURCES_PER_PEER = 64;
+/**
+ * Default bound on segment files the vault keeps open: 128. Each source
+ * writes one file; the least recently used idle ones are closed (and
+ * reopened when needed), so a thousand sources cost 128 descriptors, well
+ * inside the usual limit of 1024 together with the connections.
+ */
+export const DEFAULT_MAX_OPEN_SEGMENTS = DEFAULT_MAX_OPEN_FILES;
 
 /** One record handed to {@linkcode Vault.append}. */
 export interface AppendRecord {
@@ -105,24 +130,26 @@ export interface OpenVaultOptions {
   sealIntervalMs?: number;
   /** Told about every seal written, and every seal that failed. */
   onSeal?: (event: SealEvent) => void;
+  /**
+   * Most sources one peer (one address, whatever identity it presents) may
+   * have; asking for a new one beyond it throws `ERR_TOO_MANY_SOURCES`.
+   * Sources already on disk count, and stay usable.
+   * @default {64}
+   */
+  maxSourcesPerPeer?: number;
+  /**
+   * Most records one append may carry (`ERR_TOO_MANY_RECORDS` beyond it):
+   * each costs a chain hash, so this bounds the work one ship batch makes.
+   * @default {4096}
+   */
+  maxRecordsPerAppend?: number;
+  /**
+   * Most segment files kept open at once over all sources; the least
+   * recently used idle ones are closed and reopened on demand.
+   * @default {128}
+   */
+  maxOpenSegments?: number;
 }
-
-/** What one seal covered. */
-export interface SealInfo {
-  /** The seal's epoch number (1 for the first seal). */
-  epoch: number;
-  /** When it was made, ms since the epoch. */
-  time: number;
-  /** Sources with at least one durable record. */
-  sources: number;
-  /** Records covered, over all sources. */
-  records: number;
-}
-
-/** A seal written by the timer or at close, or one that failed. */
-export type SealEvent =
-  | ({ type: "sealed" } & SealInfo)
-  | { type: "seal_failed"; epoch: number; message: string };
 
 /** Counters for tests and monitoring. */
 export interface VaultStats {
@@ -132,6 +159,8 @@ export interface VaultStats {
   readonly commits: number;
   /** File fsyncs (one per dirty segment per round, plus one per rotation). */
   readonly syncs: number;
+  /** Idle segment files closed to stay within `maxOpenSegments`. */
+  readonly evictions: number;
 }
 
 /** One source's log inside an open vault. */
@@ -184,10 +213,16 @@ export interface Vault {
   readonly stats: VaultStats;
   /**
    * Returns the handle of a source, creating it in memory if it is new (its
-   * directory is made at its first commit).
+   * directory is made at its first commit). Build the key with
+   * {@linkcode sourceKey}.
    *
-   * @param key The peer as the server identified it, and the shipper's name.
+   * @param key The peer's address and identity as the server saw them, and
+   * the shipper's name.
    * @returns The handle; the same object for the same key.
+   * @throws {SourceNameError} `ERR_SOURCE_NAME` for a new source whose name
+   * holds `/` or a control character (may go to the peer).
+   * @throws {TooManySourcesError} `ERR_TOO_MANY_SOURCES` for a new source
+   * beyond `maxSourcesPerPeer` (may go to the peer).
    * @throws {TypeError} For a malformed key.
    * @throws {MoatError} `ERR_CLOSED` after {@linkcode Vault.close}.
    */
@@ -209,6 +244,10 @@ export interface Vault {
    * @throws {MoatError} (as a rejection) `ERR_SEQ_GAP` when records are
    * missing before the first new one; `ERR_SEQUENCE` for records out of order;
    * `ERR_CLOSED` after close; the system error when writing fails.
+   * @throws {TooManyRecordsError} (as a rejection) `ERR_TOO_MANY_RECORDS` for
+   * more than `maxRecordsPerAppend` records (may go to the peer).
+   * @throws {SourceNameError | TooManySourcesError} (as a rejection) as
+   * {@linkcode Vault.source}.
    * @throws {RangeError} (as a rejection) for a bad `seq`, `ts`, `recvTs`, or
    * a line longer than `maxLineBytes`.
    */
@@ -261,12 +300,50 @@ export async function openVault(
   dir: string,
   options: OpenVaultOptions = {},
 ): Promise<Vault> {
-  const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
-  const sealIntervalMs = options.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS;
-  if (!Number.isSafeInteger(sealIntervalMs) || sealIntervalMs < 0) {
+  const settings = _settings(options);
+  const root = resolve(dir);
+  await makeDir(root);
+  const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
+  try {
+    return await _openLocked(root, lock, settings);
+  } catch (error) {
+    await lock.release();
+    throw error;
+  }
+}
+
+/** Options with defaults applied and checked. */
+interface _Settings {
+  segmentBytes: number;
+  maxLineBytes: number;
+  sealIntervalMs: number;
+  maxSourcesPerPeer: number;
+  maxRecordsPerAppend: number;
+  maxOpenSegments: number;
+  onEvent: ((event: VaultEvent) => void) | undefined;
+  onSeal: ((event: SealEvent) => void) | undefined;
+}
+
+function _settings(options: OpenVaultOptions): _Settings {
+  const settings = {
+    segmentBytes: options.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+    maxLineBytes: options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES,
+    sealIntervalMs: options.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS,
+    maxSourcesPerPeer: options.maxSourcesPerPeer ??
+      DEFAULT_MAX_SOURCES_PER_PEER,
+    maxRecordsPerAppend: options.maxRecordsPerAppend ??
+      DEFAULT_MAX_BATCH_RECORDS,
+    maxOpenSegments: options.maxOpenSegments ?? DEFAULT_MAX_OPEN_SEGMENTS,
+    onEvent: options.onEvent,
+    onSeal: options.onSeal,
+  };
+  const { sealIntervalMs, segmentBytes, maxLineBytes } = settings;
+  if (
+    !Number.isSafeInteger(sealIntervalMs) || sealIntervalMs < 0 ||
+    sealIntervalMs > MAX_SEAL_INTERVAL_MS
+  ) {
     throw new RangeError(
-      `Invalid sealIntervalMs: ${sealIntervalMs} is not a non-negative integer`,
+      `Invalid sealIntervalMs: ${sealIntervalMs} is not an integer from 0 to ${MAX_SEAL_INTERVAL_MS}`,
     );
   }
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 4096) {
@@ -276,30 +353,50 @@ export async function openVault(
   }
   if (
     !Number.isSafeInteger(maxLineBytes) || maxLineBytes < 1 ||
-    maxLineBytes + VAULT_LINE_OFFSET + 32 > MAX_RECORD_BYTES
+    maxLineBytes + VAULT_LINE_OFFSET + LINK_BYTES > MAX_RECORD_BYTES
   ) {
     throw new RangeError(
       `Invalid maxLineBytes: ${maxLineBytes} is out of range (1 to 16 MiB)`,
     );
   }
-  const root = resolve(dir);
-  await makeDir(root);
-  const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
+  for (
+    const name of [
+      "maxSourcesPerPeer",
+      "maxRecordsPerAppend",
+      "maxOpenSegments",
+    ] as const
+  ) {
+    const value = settings[name];
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new RangeError(
+        `Invalid ${name}: ${value} is not a positive integer`,
+      );
+    }
+  }
+  return settings;
+}
+
+/**
+ * Opens a vault whose lock the caller holds (released by `close`).
+ * `seal: true` opens it as sealed whatever `vault.json` says (for
+ * `moat vault init`, which marks it sealed only after its first seal).
+ */
+async function _openLocked(
+  root: string,
+  lock: Lock,
+  settings: _Settings,
+  force: { seal?: boolean } = {},
+): Promise<_Vault> {
+  await removeTempFiles(join(root, MARKER_FILE));
+  await removeTempFiles(join(root, INFO_FILE));
+  await removeTempFiles(join(root, KEY_FILE));
+  await ensureVaultDir(root);
+  const info = await ensureVaultInfo(root);
+  const impl = new _Vault(root, lock, { ...settings, vaultId: info.id });
+  const sealed = force.seal ?? info.sealed;
+  const sourcesDir = join(root, SOURCES_DIR);
   try {
-    await removeTempFiles(join(root, MARKER_FILE));
-    await removeTempFiles(join(root, INFO_FILE));
-    await removeTempFiles(join(root, KEY_FILE));
-    await ensureVaultDir(root);
-    const info = await ensureVaultInfo(root);
-    const group = new CommitGroup();
-    const impl = new _Vault(root, group, lock, {
-      segmentBytes,
-      maxLineBytes,
-      vaultId: info.id,
-      onSeal: options.onSeal,
-    });
-    if (info.sealed) await impl.openSeals();
-    const sourcesDir = join(root, SOURCES_DIR);
+    if (sealed) await impl.openSeals();
     for (const entry of await readdir(sourcesDir)) {
       const path = join(sourcesDir, entry);
       if (entry.startsWith(".tmp-")) {
@@ -311,17 +408,44 @@ export async function openVault(
       const log = await SegmentLog.open(path, {
         ...impl.logOptions,
         onRepair(repair) {
-          options.onEvent?.({ ...repair, source: key });
+          settings.onEvent?.({ ...repair, source: key });
         },
       });
       impl.adopt(key, entry, log);
     }
-    if (info.sealed) impl.startTimer(sealIntervalMs);
-    return impl;
   } catch (error) {
-    await lock.release();
+    await impl.abandon();
     throw error;
   }
+  const interval = settings.sealIntervalMs;
+  if (sealed && interval > 0) {
+    // verify accepts unsealed records only up to about an interval after
+    // the last seal, so it must know the interval, and a seal right away
+    // covers whatever a crash left unsealed, however long the server was
+    // down, before any new record arrives.
+    if (info.sealIntervalMs !== interval && force.seal === undefined) {
+      await writeVaultInfo(root, { ...info, sealIntervalMs: interval });
+    }
+    await impl.sealAndReport();
+    impl.startTimer(interval);
+  }
+  return impl;
+}
+
+/**
+ * Opens a vault for `moat vault init` as a sealed one (its key file is
+ * written, `vault.json` not yet marked sealed), without a timer, to write
+ * its first seal. The caller holds the lock; `close` does not release it.
+ *
+ * @internal
+ * @param root The vault directory.
+ * @returns The vault.
+ */
+export function _openForFirstSeal(root: string): Promise<Vault> {
+  const noLock: Lock = { release: () => Promise.resolve() };
+  return _openLocked(root, noLock, _settings({ sealIntervalMs: 0 }), {
+    seal: true,
+  });
 }
 
 class _Vault implements Vault {
@@ -329,38 +453,24 @@ class _Vault implements Vault {
   readonly vaultId: Uint8Array;
   #group: CommitGroup;
   #lock: Lock;
-  #segmentBytes: number;
-  #maxLineBytes: number;
+  #settings: _Settings;
   #sources = new Map<string, _Source>();
+  /** Sources per peer (address), for maxSourcesPerPeer. */
+  #perPeer = new Map<string, number>();
   #appends = 0;
   #closed = false;
-  #onSeal: ((event: SealEvent) => void) | undefined;
-  #sealLog: SegmentLog | undefined;
-  #sealGroup = new CommitGroup();
-  #key: Uint8Array | undefined;
-  #epoch = 0;
-  #keySaved = true;
-  #sealing: Promise<unknown> = Promise.resolve();
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #sealer: Sealer | undefined;
 
   constructor(
     dir: string,
-    group: CommitGroup,
     lock: Lock,
-    options: {
-      segmentBytes: number;
-      maxLineBytes: number;
-      vaultId: Uint8Array;
-      onSeal: ((event: SealEvent) => void) | undefined;
-    },
+    settings: _Settings & { vaultId: Uint8Array },
   ) {
     this.dir = dir;
-    this.#group = group;
+    this.#group = new CommitGroup({ maxOpenFiles: settings.maxOpenSegments });
     this.#lock = lock;
-    this.#segmentBytes = options.segmentBytes;
-    this.#maxLineBytes = options.maxLineBytes;
-    this.vaultId = options.vaultId;
-    this.#onSeal = options.onSeal;
+    this.#settings = settings;
+    this.vaultId = settings.vaultId;
   }
 
   get id(): string {
@@ -368,83 +478,21 @@ class _Vault implements Vault {
   }
 
   get sealed(): boolean {
-    return this.#sealLog !== undefined;
+    return this.#sealer !== undefined;
   }
 
   /** Opens the seal log and the key, and lines the key up with the log. */
   async openSeals(): Promise<void> {
-    const stored = await readSealingKey(this.dir, this.vaultId);
-    const log = await SegmentLog.open(join(this.dir, SEALS_DIR), {
-      magic: SEAL_MAGIC,
-      kind: SEAL_KIND,
-      segmentBytes: DEFAULT_SEGMENT_BYTES,
-      group: this.#sealGroup,
-      init: () => makeDir(join(this.dir, SEALS_DIR), 0o700),
+    this.#sealer = await Sealer.open(this.dir, {
+      vaultId: this.vaultId,
+      heads: () => this.#heads(),
+      onSeal: this.#settings.onSeal,
     });
-    const next = log.durableSeq + 1;
-    if (stored.epoch > next) {
-      await log.close();
-      throw new MoatError(
-        "ERR_CORRUPT",
-        `Cannot seal vault "${this.dir}": the sealing key is at epoch ${stored.epoch} but the seal log ends at seal ${log.durableSeq} (seals are missing)`,
-        ExitCode.Integrity,
-      );
-    }
-    // A crash between writing a seal and replacing the key leaves the key
-    // behind the log: move it forward (one way, so nothing is lost).
-    let key = stored.key;
-    for (let epoch = stored.epoch; epoch < next; epoch++) key = evolveKey(key);
-    this.#key = key;
-    this.#epoch = next;
-    this.#sealLog = log;
-    if (stored.epoch !== next) await this.#saveKey();
   }
 
-  /** Starts sealing every `intervalMs` (0: never on a timer). */
-  startTimer(intervalMs: number): void {
-    if (intervalMs === 0) return;
-    const tick = () => {
-      this.#timer = setTimeout(() => {
-        this.#sealAndReport().finally(() => {
-          if (!this.#closed) tick();
-        });
-      }, intervalMs);
-    };
-    tick();
-  }
-
-  async #sealAndReport(): Promise<void> {
-    try {
-      const info = await this.seal();
-      this.#onSeal?.({ type: "sealed", ...info });
-    } catch (error) {
-      this.#onSeal?.({
-        type: "seal_failed",
-        epoch: this.#epoch,
-        message: error instanceof Error ? error.message : String(error),
-      });
-    }
-  }
-
-  seal(): Promise<SealInfo> {
-    const run = this.#sealing.then(() => this.#seal());
-    this.#sealing = run.catch(() => {});
-    return run;
-  }
-
-  async #seal(): Promise<SealInfo> {
-    const log = this.#sealLog;
-    if (log === undefined || this.#key === undefined) {
-      throw new MoatError(
-        "ERR_NOT_SEALED",
-        `Vault "${this.dir}" has no sealing key (set it up with moat vault init)`,
-      );
-    }
-    if (log.closed) {
-      throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
-    }
+  /** Every source's durable record count and chain head, for a seal. */
+  #heads(): SealEntry[] {
     const entries: SealEntry[] = [];
-    let records = 0;
     for (const source of this.#sources.values()) {
       const durable = source.durableHead();
       if (durable.seq === 0) continue;
@@ -453,32 +501,30 @@ class _Vault implements Vault {
         lastSeq: durable.seq,
         head: durable.link,
       });
-      records += durable.seq;
     }
-    const epoch = this.#epoch;
-    const time = Date.now();
-    const bytes = encodeSeal(
-      { epoch, time, vaultId: this.vaultId, entries },
-      this.#key,
-    );
-    await log.enqueue(bytes, { firstSeq: epoch, lastSeq: epoch });
-    // The seal is durable: move to the next key and erase this one.
-    const old = this.#key;
-    this.#key = evolveKey(old);
-    old.fill(0);
-    this.#epoch = epoch + 1;
-    this.#keySaved = false;
-    await this.#saveKey();
-    return { epoch, time, sources: entries.length, records };
+    return entries;
   }
 
-  async #saveKey(): Promise<void> {
-    await writeSealingKey(this.dir, {
-      vaultId: this.vaultId,
-      epoch: this.#epoch,
-      key: this.#key!,
-    });
-    this.#keySaved = true;
+  /** Starts sealing every `intervalMs`. */
+  startTimer(intervalMs: number): void {
+    this.#sealer?.startTimer(intervalMs);
+  }
+
+  /** Seals now and reports it through `onSeal`; never rejects. */
+  async sealAndReport(): Promise<void> {
+    await this.#sealer?.sealAndReport();
+  }
+
+  seal(): Promise<SealInfo> {
+    if (this.#sealer === undefined) {
+      return Promise.reject(
+        new MoatError(
+          "ERR_NOT_SEALED",
+          `Vault "${this.dir}" has no sealing key (set it up with moat vault init)`,
+        ),
+      );
+    }
+    return this.#sealer.seal();
   }
 
   get stats(): VaultStats {
@@ -490,7 +536,7 @@ class _Vault implements Vault {
     return {
       magic: VAULT_MAGIC,
       kind: VAULT_KIND,
-      segmentBytes: this.#segmentBytes,
+      segmentBytes: this.#settings.segmentBytes,
       group: this.#group,
     };
   }
@@ -498,22 +544,31 @@ class _Vault implements Vault {
   adopt(key: SourceKey, id: string, log: SegmentLog): _Source {
     const source = new _Source(this, key, id, log, this.vaultId);
     this.#sources.set(id, source);
+    this.#perPeer.set(key.peer, (this.#perPeer.get(key.peer) ?? 0) + 1);
     return source;
   }
 
   source(key: SourceKey): VaultSource {
     this.#checkOpen();
-    checkSourceKey(key);
-    const id = sourceDirName(key);
-    const found = this.#sources.get(id);
+    // Also for a source already on disk: one an earlier version created
+    // under a name with "/" stays readable, but takes no more records.
+    checkNewSourceKey(key);
+    const found = this.#sources.get(sourceDirName(key));
     if (found) return found;
+    const count = this.#perPeer.get(key.peer) ?? 0;
+    if (count >= this.#settings.maxSourcesPerPeer) {
+      throw new TooManySourcesError(key.peer, count);
+    }
+    const id = sourceDirName(key);
     const sourcesDir = join(this.dir, SOURCES_DIR);
-    const path = join(sourcesDir, id);
-    const log = SegmentLog.empty(path, {
+    const copy: SourceKey = key.identity === undefined
+      ? { peer: key.peer, name: key.name }
+      : { peer: key.peer, identity: key.identity, name: key.name };
+    const log = SegmentLog.empty(join(sourcesDir, id), {
       ...this.logOptions,
-      init: () => _createSourceDir(sourcesDir, id, key),
+      init: () => _createSourceDir(sourcesDir, id, copy),
     });
-    return this.adopt({ peer: key.peer, name: key.name }, id, log);
+    return this.adopt(copy, id, log);
   }
 
   append(
@@ -539,6 +594,12 @@ class _Vault implements Vault {
     if (!Array.isArray(records)) {
       throw new TypeError("Invalid records: not an array");
     }
+    if (records.length > this.#settings.maxRecordsPerAppend) {
+      throw new TooManyRecordsError(
+        records.length,
+        this.#settings.maxRecordsPerAppend,
+      );
+    }
     const recvTs = options.recvTs ?? Date.now();
     _checkTime("recvTs", recvTs);
     const accepted = log.lastSeq;
@@ -556,6 +617,7 @@ class _Vault implements Vault {
         ? log.waitDurable(log.durableSeq)
         : log.waitDurable(highest);
     }
+    const maxLineBytes = this.#settings.maxLineBytes;
     for (let i = start; i < records.length; i++) {
       const record = records[i]!;
       const expected = accepted + 1 + i - start;
@@ -578,9 +640,9 @@ class _Vault implements Vault {
       if (!(record.line instanceof Uint8Array)) {
         throw new TypeError(`Invalid record ${seq}: line is not a Uint8Array`);
       }
-      if (record.line.length > this.#maxLineBytes) {
+      if (record.line.length > maxLineBytes) {
         throw new RangeError(
-          `Invalid record ${seq}: line of ${record.line.length} bytes exceeds maxLineBytes ${this.#maxLineBytes}`,
+          `Invalid record ${seq}: line of ${record.line.length} bytes exceeds maxLineBytes ${maxLineBytes}`,
         );
       }
     }
@@ -603,18 +665,19 @@ class _Vault implements Vault {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#timer);
+    this.#sealer?.stop();
     await this.#group.idle();
-    if (this.#sealLog) {
-      // A last seal, so a cleanly stopped vault has no unsealed tail.
-      await this.#sealing;
-      await this.#sealAndReport();
-      if (!this.#keySaved) await this.#saveKey().catch(() => {});
-      await this.#sealLog.close();
-      this.#key?.fill(0);
-    }
+    // A last seal, so a cleanly stopped vault has no unsealed tail.
+    await this.#sealer?.close();
     for (const source of this.#sources.values()) await source.close();
     await this.#lock.release();
+  }
+
+  /** Closes what an open that failed half-way had opened (not the lock). */
+  async abandon(): Promise<void> {
+    this.#closed = true;
+    await this.#sealer?.discard();
+    for (const source of this.#sources.values()) await source.close();
   }
 
   #checkOpen(): void {
@@ -651,7 +714,7 @@ class _Source implements VaultSource {
     // A record without a link (written before chains existed) restarts the
     // chain from genesis; verify reports such records as unchained.
     const link = last && (last[9]! & FLAG_CHAIN)
-      ? last.slice(LINK_OFFSET, LINK_OFFSET + 32)
+      ? last.slice(LINK_OFFSET, LINK_OFFSET + LINK_BYTES)
       : chainGenesis(vaultId, key);
     this.#heads = [{ seq: log.lastSeq, link }];
   }
@@ -740,7 +803,11 @@ async function _createSourceDir(
     await writeFileAtomic(
       join(temp, SOURCE_FILE),
       new TextEncoder().encode(
-        JSON.stringify({ peer: key.peer, name: key.name }) + "\n",
+        JSON.stringify(
+          key.identity === undefined
+            ? { peer: key.peer, name: key.name }
+            : { peer: key.peer, identity: key.identity, name: key.name },
+        ) + "\n",
       ),
     );
     await rename(temp, final);

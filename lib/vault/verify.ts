@@ -1,7 +1,9 @@
 /**
  * `moat vault verify`: checks every record's checksum, sequence and chain
- * link, and every seal's HMAC against the verification key. Reads the whole
- * vault; takes no lock. See `docs/VAULT.md`, "Tamper evidence".
+ * link, every seal's HMAC against the verification key, and that nothing a
+ * sealed vault must hold is missing. Reads the whole vault; takes no lock.
+ * Fails closed: whatever is absent, unreadable or unexpected is damage. See
+ * `docs/VAULT.md`, "Verification".
  *
  * @module
  */
@@ -9,45 +11,44 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { crc32c } from "./_crc32c.ts";
-import { readIfExists } from "./_fs.ts";
+import { getU64, scanSegment } from "../segment/codec.ts";
+import type { SegmentScan } from "../segment/codec.ts";
+import { systemErrorCode } from "../segment/fs.ts";
+import { listSegments } from "../segment/scanner.ts";
+import type { SegmentFile } from "../segment/scanner.ts";
+import { _equal, chainGenesis, checkLink } from "./_chain.ts";
 import {
+  CHAIN_LINK_BYTES,
   FLAG_CHAIN,
   FLAG_PARTIAL,
   MARKER_FILE,
   MARKER_TEXT,
   readSourceKey,
-  sourceLabel,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
   VAULT_MAGIC,
 } from "./_format.ts";
-import type { SourceKey } from "./_format.ts";
+import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
+import type { SourceKey } from "./_key.ts";
 import {
-  _equal,
   _hex,
-  chainGenesis,
-  checkLink,
   decodeSeal,
   evolveKey,
   parseVerificationKey,
+  readSealingKey,
   readVaultInfo,
   SEAL_KIND,
   SEAL_MAGIC,
   sealMac,
   SEALS_DIR,
-  sourceHash,
 } from "./_seal.ts";
-import type { Seal } from "./_seal.ts";
-import {
-  _getU64,
-  listSegments,
-  MAX_RECORD_BYTES,
-  RECORD_HEADER_BYTES,
-  SEGMENT_HEADER_BYTES,
-  SEGMENT_VERSION,
-} from "./_segment_log.ts";
+import type { Seal, SealingKey } from "./_seal.ts";
+
+/** The seal interval assumed for a vault that recorded none: 60 s. */
+export const DEFAULT_VERIFY_INTERVAL_MS = 60_000;
+/** Least slack past the seal interval before an unsealed record is damage. */
+const MIN_GRACE_MS = 60_000;
 
 /** Kinds of damage {@linkcode verifyVault} names. */
 export type VerifyProblemKind =
@@ -57,7 +58,7 @@ export type VerifyProblemKind =
   | "checksum"
   /** A record (or segment) carries the wrong sequence number: records were deleted, inserted, duplicated or reordered. */
   | "sequence"
-  /** Records are missing between two segments. */
+  /** Records are missing between two segments, or at the start of a source. */
   | "gap"
   /** A segment ends inside a record, or sealed records are missing at the end. */
   | "truncated"
@@ -69,13 +70,19 @@ export type VerifyProblemKind =
   | "seal-head"
   /** A seal's HMAC does not verify with its epoch key. */
   | "seal-mac"
-  /** Seals are missing: an epoch was removed. */
+  /** Seals are missing: an epoch was removed, or the key file is ahead of the seal log. */
   | "seal-gap"
-  /** A seal log record or segment is damaged or inconsistent. */
+  /** A seal log record or segment is damaged or inconsistent, or the seal log is missing. */
   | "seal"
+  /** The sealing key file is missing, malformed, or not the key of its epoch. */
+  | "seal-key"
+  /** A record of a sealed vault that no seal covers although one should. */
+  | "unsealed"
   /** A sealed source is missing. */
   | "missing-source"
-  /** The vault's identity does not match the key, or it has no seals to check. */
+  /** A file or directory of the vault cannot be read. */
+  | "unreadable"
+  /** The vault's identity does not match the key, or its identity file or sources directory is missing. */
   | "vault";
 
 /** The first bad point found in one source, or in the seals. */
@@ -84,7 +91,7 @@ export interface VerifyProblem {
   kind: VerifyProblemKind;
   /** A sentence saying what is wrong and where. */
   message: string;
-  /** The source, as `peer/name`. */
+  /** The source's label. */
   source?: string;
   /** The sequence number due (or checked) at the bad point. */
   seq?: number;
@@ -100,7 +107,7 @@ export interface VerifyProblem {
 
 /** One source's result. */
 export interface VerifySource {
-  /** `peer/name`. */
+  /** The source's label. */
   label: string;
   /** The source's directory name. */
   id: string;
@@ -130,11 +137,15 @@ export interface VerifyReport {
   seals: number;
   /** Time of the last verified seal, ms since the epoch. */
   lastSealTime?: number;
+  /** The epoch of the sealing key file (sealed vaults). */
+  keyEpoch?: number;
+  /** The seal interval the unsealed tail was judged by (from `vault.json`, else 60 s). */
+  sealIntervalMs: number;
   /** Per-source results. */
   sources: VerifySource[];
   /** Records after the last verified seal, over all sources. */
   unsealed: number;
-  /** Problems; the seal log's (if any) first, then at most one per source. */
+  /** Problems; the vault's and the seal log's first, then at most one per source. */
   problems: VerifyProblem[];
 }
 
@@ -143,11 +154,18 @@ export interface VerifyOptions {
   /** The verification key printed by `moat vault init`; without it only chains are checked. */
   key?: string;
   /**
-   * Check only the sources whose name, or label `peer/name`, equals this
-   * (the seals are always checked; sealed sources that are missing are then
-   * not reported).
+   * Check only the sources this picks (a name or a label, as in
+   * `readRecords`); the seals are always checked, and sealed sources that
+   * are missing are then not reported.
    */
   source?: string;
+  /**
+   * The time the check counts as running at, ms since the epoch: records
+   * received at or after it arrived while verifying, and are not held
+   * against the seal interval.
+   * @default {Date.now()}
+   */
+  now?: number;
 }
 
 interface Checkpoint {
@@ -156,11 +174,22 @@ interface Checkpoint {
   head: Uint8Array;
 }
 
+/** What unsealed records of a sealed vault may be (see {@linkcode _tailProblem}). */
+interface TailRule {
+  /** Time and epoch of the last trusted seal; undefined if there is none. */
+  last?: { time: number; epoch: number };
+  intervalMs: number;
+  now: number;
+}
+
 /**
  * Verifies a vault: every record's checksum, sequence number and chain link,
  * each seal's HMAC (with `k[n]` derived from the verification key), that
- * seals are consecutive, and that every source's chain head at each seal
- * matches the seal.
+ * seals are consecutive, that every source's chain head at each seal
+ * matches the seal, and, for a sealed vault, that nothing a seal should
+ * cover is missing or unsealed: the key file's epoch must not be ahead of
+ * the seal log, and unsealed records must be newer than the last seal by
+ * less than the interval plus a grace.
  *
  * @example Usage
  * ```ts ignore
@@ -170,7 +199,7 @@ interface Checkpoint {
  * ```
  *
  * @param dir The vault directory.
- * @param options The verification key.
+ * @param options The verification key, a source filter, the time.
  * @returns The report.
  * @throws {MoatError} `ERR_NOT_VAULT` if `dir` is not a vault.
  * @throws {TypeError} For a malformed key.
@@ -179,6 +208,7 @@ export async function verifyVault(
   dir: string,
   options: VerifyOptions = {},
 ): Promise<VerifyReport> {
+  const now = options.now ?? Date.now();
   const root = resolve(dir);
   const marker = await readFile(join(root, MARKER_FILE), "utf8").catch(
     () => undefined,
@@ -219,15 +249,54 @@ export async function verifyVault(
       message: "The vault is not sealed (vault.json), but a key was given",
     });
   }
+  // Without a readable vault.json, a key says the vault is meant to be sealed.
+  const sealed = info?.sealed ?? key !== undefined;
+  const intervalMs = info?.sealIntervalMs ?? DEFAULT_VERIFY_INTERVAL_MS;
 
+  // The key file before the seal log: the server moves the key on only once
+  // the seal before it is durable, so a seal log read afterwards holds every
+  // seal the key file counts, even while the server runs.
+  let keyFile: SealingKey | undefined;
+  if (sealed) {
+    try {
+      keyFile = await readSealingKey(root, vaultId);
+    } catch (error) {
+      problems.push({ kind: "seal-key", message: (error as Error).message });
+    }
+  }
   const seals = await _verifySeals(root, vaultId, key?.k0);
   if (seals.problem) problems.push(seals.problem);
+  if (sealed && !seals.problem && !seals.found) {
+    problems.push({
+      kind: "seal",
+      message: `The seal log of a sealed vault is missing ("${
+        join(root, SEALS_DIR)
+      }")`,
+    });
+  }
+  const trusted = sealed && seals.problem === undefined;
+  if (trusted && keyFile) {
+    const bad = _checkKeyFile(keyFile, seals.count, key?.k0);
+    if (bad) problems.push({ ...bad, file: join(root, "seal.key") });
+  }
+  const tail: TailRule | undefined = trusted
+    ? {
+      intervalMs,
+      now,
+      ...(seals.lastTime !== undefined &&
+        { last: { time: seals.lastTime, epoch: seals.count } }),
+    }
+    : undefined;
 
   const sources: VerifySource[] = [];
   const seen = new Set<string>();
   const sourcesDir = join(root, SOURCES_DIR);
-  const ids = (await readdir(sourcesDir).catch(() => [] as string[]))
-    .filter((id) => !id.startsWith("."));
+  let ids: string[] = [];
+  try {
+    ids = (await readdir(sourcesDir)).filter((id) => !id.startsWith("."));
+  } catch (error) {
+    problems.push(_unreadable(sourcesDir, error, "sources directory"));
+  }
   const entries: { key: SourceKey; id: string }[] = [];
   const sourceProblems: VerifyProblem[] = [];
   for (const id of ids) {
@@ -250,12 +319,7 @@ export async function verifyVault(
   );
   const filter = options.source;
   for (const entry of entries) {
-    if (
-      filter !== undefined && entry.key.name !== filter &&
-      sourceLabel(entry.key) !== filter
-    ) {
-      continue;
-    }
+    if (filter !== undefined && !matchesSource(entry.key, filter)) continue;
     const hash = _hex(sourceHash(entry.key));
     seen.add(hash);
     const checkpoints = seals.checkpoints.get(hash) ?? [];
@@ -263,6 +327,7 @@ export async function verifyVault(
       key: entry.key,
       genesis: chainGenesis(vaultId, entry.key),
       checkpoints,
+      tail,
     });
     const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
     sources.push({
@@ -294,114 +359,140 @@ export async function verifyVault(
     keyed: key !== undefined,
     seals: seals.count,
     ...(seals.lastTime !== undefined && { lastSealTime: seals.lastTime }),
+    ...(keyFile && { keyEpoch: keyFile.epoch }),
+    sealIntervalMs: intervalMs,
     sources,
     unsealed,
     problems,
   };
 }
 
-/** A record found by {@linkcode _scan}. */
-interface ScannedRecord {
-  seq: number;
-  flags: number;
-  offset: number;
-  bytes: Uint8Array;
-}
-
-/** Where and why {@linkcode _scan} stopped early. */
-interface ScanStop {
-  kind: "header" | "checksum" | "sequence" | "truncated";
-  offset: number;
-  seq: number;
-  reason: string;
+/**
+ * Checks the sealing key file against the seal log: its epoch may be at
+ * most one past the last seal (less after a crash between a seal and the
+ * key update), and with `k0` its key must be that epoch's.
+ */
+function _checkKeyFile(
+  keyFile: SealingKey,
+  count: number,
+  k0: Uint8Array | undefined,
+): VerifyProblem | undefined {
+  if (keyFile.epoch > count + 1) {
+    const missing = keyFile.epoch - 1 === count + 1
+      ? `Seal ${count + 1} is missing`
+      : `Seals ${count + 1} to ${keyFile.epoch - 1} are missing`;
+    return {
+      kind: "seal-gap",
+      message:
+        `${missing}: the sealing key file is at epoch ${keyFile.epoch} but the seal log ends at seal ${count} (seals were removed)`,
+      epoch: count + 1,
+    };
+  }
+  if (k0 === undefined) return undefined;
+  let expected = k0;
+  for (let epoch = 0; epoch < keyFile.epoch; epoch++) {
+    expected = evolveKey(expected);
+  }
+  if (_equal(expected, keyFile.key)) return undefined;
+  return {
+    kind: "seal-key",
+    message:
+      `The sealing key file does not hold this vault's key of epoch ${keyFile.epoch} (it was replaced)`,
+    epoch: keyFile.epoch,
+  };
 }
 
 /**
- * Parses one segment file's records, stopping at the first bad one.
+ * Judges a record after its source's last trusted seal in a sealed vault.
+ * Such a record is an unsealed tail only if the server cannot have sealed
+ * it yet: received after verification started, or newer than the last seal
+ * by less than the interval plus a grace (the interval, at least 60 s), and
+ * not older than the last seal by more than the grace. A sealed vault with
+ * no seal at all has no unsealed tail: `init` seals whatever a vault
+ * holds, and the server seals at start-up before it takes a record.
  *
- * @returns The good records, and the stop if the file did not end cleanly.
+ * @returns Why the record is damage, or undefined.
  */
-function _scan(
-  bytes: Uint8Array,
-  options: { magic: Uint8Array; kind: number; firstSeq: number },
-): { records: ScannedRecord[]; stop?: ScanStop; end: number } {
-  const records: ScannedRecord[] = [];
-  const first = options.firstSeq;
-  if (bytes.length < SEGMENT_HEADER_BYTES) {
-    return {
-      records,
-      end: 0,
-      stop: {
-        kind: "truncated",
-        offset: 0,
-        seq: first,
-        reason: "the segment header is incomplete",
-      },
-    };
+function _tailProblem(recvTs: number, rule: TailRule): string | undefined {
+  if (recvTs >= rule.now) return undefined;
+  const last = rule.last;
+  if (last === undefined) {
+    return "no seal covers it, and the seal log of this sealed vault holds no seal (seals were removed)";
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let bad: string | undefined;
-  if (view.getUint32(24, true) !== crc32c(bytes, { end: 24 })) {
-    bad = "its checksum does not match";
-  } else if (options.magic.some((b, i) => bytes[i] !== b)) {
-    bad = "its magic is wrong";
-  } else if (view.getUint16(8, true) !== SEGMENT_VERSION) {
-    bad = `version ${view.getUint16(8, true)} is not supported`;
-  } else if (_getU64(view, 16) !== first) {
-    bad = "its sequence number does not match the file name";
+  const grace = Math.max(rule.intervalMs, MIN_GRACE_MS);
+  const since = `seal ${last.epoch} at ${new Date(last.time).toISOString()}`;
+  if (recvTs >= last.time + rule.intervalMs + grace) {
+    return `it was received at ${
+      new Date(recvTs).toISOString()
+    }, later than the next seal was due after ${since} (seals every ${
+      rule.intervalMs / 1000
+    } s), but no seal covers it: seals were removed, or the server stopped sealing`;
   }
-  if (bad !== undefined) {
-    return {
-      records,
-      end: 0,
-      stop: {
-        kind: "header",
-        offset: 0,
-        seq: first,
-        reason: `the segment header is damaged: ${bad}`,
-      },
-    };
+  if (recvTs < last.time - grace) {
+    return `it was received at ${
+      new Date(recvTs).toISOString()
+    }, before ${since}, but no seal covers it`;
   }
-  let at = SEGMENT_HEADER_BYTES;
-  let seq = first;
-  while (at < bytes.length) {
-    const stop = (kind: ScanStop["kind"], reason: string) => ({
-      records,
-      end: at,
-      stop: { kind, offset: at, seq, reason },
-    });
-    if (at + RECORD_HEADER_BYTES > bytes.length) {
-      return stop("truncated", "the segment ends inside a record header");
-    }
-    const length = view.getUint32(at + 4, true);
-    if (length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES) {
-      return stop("checksum", `record length ${length} is out of range`);
-    }
-    if (at + length > bytes.length) {
-      return stop(
-        "truncated",
-        `the segment ends inside a record of ${length} bytes`,
-      );
-    }
-    const record = bytes.subarray(at, at + length);
-    if (view.getUint32(at, true) !== crc32c(record, { start: 4 })) {
-      return stop("checksum", "the record checksum does not match");
-    }
-    if (record[8] !== options.kind) {
-      return stop("checksum", `record kind ${record[8]} is unexpected`);
-    }
-    const found = _getU64(view, at + 12);
-    if (found !== seq) {
-      return stop(
-        "sequence",
-        `record ${found} is stored where ${seq} is due`,
-      );
-    }
-    records.push({ seq, flags: record[9]!, offset: at, bytes: record });
-    at += length;
-    seq++;
+  return undefined;
+}
+
+function _unreadable(
+  path: string,
+  error: unknown,
+  what: string,
+): VerifyProblem {
+  const code = systemErrorCode(error);
+  return {
+    kind: code === "ENOENT" ? "vault" : "unreadable",
+    message: code === "ENOENT"
+      ? `The vault's ${what} "${path}" is missing`
+      : `Cannot read the vault's ${what} "${path}" (${
+        code ?? (error as Error).message
+      })`,
+    file: path,
+  };
+}
+
+/** Reads a file for checking: its bytes, or the problem of reading it. */
+async function _read(
+  path: string,
+): Promise<{ bytes: Uint8Array } | { error: unknown }> {
+  try {
+    const buf = await readFile(path);
+    return { bytes: new Uint8Array(buf.buffer, buf.byteOffset, buf.length) };
+  } catch (error) {
+    return { error };
   }
-  return { records, end: at };
+}
+
+/** Lists segments for checking: the files, or the problem of listing. */
+async function _list(
+  dir: string,
+): Promise<{ segments: SegmentFile[]; found: boolean } | { error: unknown }> {
+  try {
+    await readdir(dir);
+  } catch (error) {
+    if (systemErrorCode(error) === "ENOENT") {
+      return { segments: [], found: false };
+    }
+    return { error };
+  }
+  try {
+    return { segments: await listSegments(dir), found: true };
+  } catch (error) {
+    return { error };
+  }
+}
+
+/** The stop kinds of {@linkcode scanSegment} as problem kinds. */
+function _stopKind(
+  kind: NonNullable<SegmentScan["stop"]>["kind"],
+): VerifyProblemKind {
+  return kind === "incomplete"
+    ? "truncated"
+    : kind === "damaged"
+    ? "checksum"
+    : kind;
 }
 
 async function _verifySeals(
@@ -410,12 +501,14 @@ async function _verifySeals(
   k0: Uint8Array | undefined,
 ): Promise<{
   count: number;
+  found: boolean;
   lastTime?: number;
   checkpoints: Map<string, Checkpoint[]>;
   problem?: VerifyProblem;
 }> {
   const checkpoints = new Map<string, Checkpoint[]>();
-  const segments = await listSegments(join(root, SEALS_DIR));
+  const sealsDir = join(root, SEALS_DIR);
+  const listed = await _list(sealsDir);
   let count = 0;
   let lastTime: number | undefined;
   let key = k0;
@@ -423,11 +516,15 @@ async function _verifySeals(
   let previousFile: { path: string; end: number } | undefined;
   const result = (problem?: VerifyProblem) => ({
     count,
+    found: "found" in listed && listed.found,
     checkpoints,
     ...(lastTime !== undefined && { lastTime }),
     ...(problem && { problem }),
   });
-  for (const segment of segments) {
+  if ("error" in listed) {
+    return result(_unreadable(sealsDir, listed.error, "seal log"));
+  }
+  for (const segment of listed.segments) {
     const due = count + 1;
     if (segment.firstSeq !== due) {
       const at = segment.firstSeq > due && previousFile
@@ -442,9 +539,16 @@ async function _verifySeals(
         ...at,
       });
     }
-    // A segment removed meanwhile reads as undefined.
-    const bytes = await readIfExists(segment.path) ?? new Uint8Array(0);
-    const scan = _scan(bytes, {
+    const read = await _read(segment.path);
+    if ("error" in read) {
+      return result({
+        ..._unreadable(segment.path, read.error, "seal segment"),
+        kind: "unreadable",
+        epoch: due,
+      });
+    }
+    const bytes = read.bytes;
+    const scan = scanSegment(bytes, {
       magic: SEAL_MAGIC,
       kind: SEAL_KIND,
       firstSeq: segment.firstSeq,
@@ -507,7 +611,7 @@ async function _verifySeals(
     }
     if (scan.stop) {
       const missing = scan.stop.kind === "sequence" &&
-        scan.stop.seq < _getU64(
+        scan.stop.seq < getU64(
             new DataView(bytes.buffer, bytes.byteOffset + scan.stop.offset),
             12,
           );
@@ -558,7 +662,12 @@ function _checkSealAgainst(
 
 async function _verifySource(
   dir: string,
-  options: { key: SourceKey; genesis: Uint8Array; checkpoints: Checkpoint[] },
+  options: {
+    key: SourceKey;
+    genesis: Uint8Array;
+    checkpoints: Checkpoint[];
+    tail: TailRule | undefined;
+  },
 ): Promise<{
   records: number;
   problem?: VerifyProblem;
@@ -567,7 +676,6 @@ async function _verifySource(
   const label = sourceLabel(options.key);
   const checkpoints = options.checkpoints;
   const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
-  const segments = await listSegments(dir);
   let prev = options.genesis;
   let expect = 1;
   let cp = 0;
@@ -590,6 +698,12 @@ async function _verifySource(
       ...extra,
     },
   });
+  const listed = await _list(dir);
+  if ("error" in listed) {
+    const bad = _unreadable(dir, listed.error, "source directory");
+    return problem("unreadable", bad.message, { seq: 1, file: dir, offset: 0 });
+  }
+  const segments = listed.segments;
   for (let i = 0; i < segments.length; i++) {
     const segment = segments[i]!;
     const isLast = i === segments.length - 1;
@@ -607,9 +721,19 @@ async function _verifySource(
         { seq: expect, file: segment.path, offset: 0 },
       );
     }
-    const bytes = await readIfExists(segment.path);
-    if (bytes === undefined) continue;
-    const scan = _scan(bytes, {
+    const read = await _read(segment.path);
+    if ("error" in read) {
+      // The vault never deletes a segment that held a record: one that
+      // vanished or cannot be read is damage.
+      const bad = _unreadable(segment.path, read.error, "segment");
+      return problem("unreadable", bad.message, {
+        seq: expect,
+        file: segment.path,
+        offset: 0,
+      });
+    }
+    const bytes = read.bytes;
+    const scan = scanSegment(bytes, {
       magic: VAULT_MAGIC,
       kind: VAULT_KIND,
       firstSeq: segment.firstSeq,
@@ -630,7 +754,7 @@ async function _verifySource(
       if (!(record.flags & FLAG_CHAIN)) {
         return problem("unchained", "the record carries no chain link", where);
       }
-      if (record.bytes.length < VAULT_LINE_OFFSET + 32) {
+      if (record.bytes.length < VAULT_LINE_OFFSET + CHAIN_LINK_BYTES) {
         return problem("checksum", "the record is too short", where);
       }
       const { link, ok } = checkLink(record.bytes, prev);
@@ -640,6 +764,17 @@ async function _verifySource(
           "the chain link does not follow from the previous record",
           where,
         );
+      }
+      if (record.seq > sealedSeq && options.tail) {
+        const view = new DataView(
+          record.bytes.buffer,
+          record.bytes.byteOffset,
+          record.bytes.byteLength,
+        );
+        const why = _tailProblem(getU64(view, 28), options.tail);
+        if (why !== undefined) {
+          return problem("unsealed", `record ${record.seq}: ${why}`, where);
+        }
       }
       prev = link;
       expect = record.seq + 1;
@@ -674,7 +809,7 @@ async function _verifySource(
           reason: stop.reason,
         };
       } else {
-        return problem(stop.kind, stop.reason, {
+        return problem(_stopKind(stop.kind), stop.reason, {
           seq: stop.seq,
           file: segment.path,
           offset: stop.offset,

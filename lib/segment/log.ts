@@ -1,7 +1,8 @@
 /**
  * A segmented, checksummed, append-only record log with group commit and
- * torn-tail recovery. The vault keeps one per source; the shipper's spool
- * keeps one. The byte layout is documented in `docs/VAULT.md`.
+ * torn-tail recovery. The vault keeps one per source and one for its seals;
+ * the shipper's spool keeps one. The byte layout is documented in
+ * `docs/VAULT.md`; the codec is `codec.ts`.
  *
  * A log is a directory of segment files named by the sequence number of
  * their first record (`00000000000000000001.seg`). A segment is a 32-byte
@@ -12,25 +13,19 @@
  * @module
  */
 
-import { open, readdir, truncate, unlink } from "node:fs/promises";
+import { open, truncate, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { ExitCode, MoatError } from "../errors.ts";
-import { crc32c } from "./_crc32c.ts";
-import { _code, syncDir } from "./_fs.ts";
-
-/** Size of a segment file's header. */
-export const SEGMENT_HEADER_BYTES = 32;
-/** Size of the header every record starts with. */
-export const RECORD_HEADER_BYTES = 20;
-/** Longest record accepted anywhere, header included (16 MiB + 1 KiB). */
-export const MAX_RECORD_BYTES: number = 16 * 1024 * 1024 + 1024;
-/** Segment format version written into every segment header. */
-export const SEGMENT_VERSION = 1;
-
-const TWO_32 = 0x1_0000_0000;
-const SEGMENT_NAME = /^(\d{20})\.seg$/;
-const READ_CHUNK = 1024 * 1024;
+import { MoatError } from "../errors.ts";
+import {
+  checkSegmentHeader,
+  encodeSegmentHeader,
+  SEGMENT_HEADER_BYTES,
+  segmentName,
+} from "./codec.ts";
+import type { CommitGroup, GroupMember } from "./commit_group.ts";
+import { syncDir, systemErrorCode } from "./fs.ts";
+import { listSegments, SegmentScanner } from "./scanner.ts";
 
 /**
  * Hooks for tests. Not part of the API.
@@ -47,206 +42,6 @@ export const _internals: {
     | ((step: "write" | "sync" | "synced", path: string) => void)
     | undefined;
 } = { fault: undefined };
-
-/** Writes `value` (0 to 2^53 - 1) as an unsigned 64-bit little-endian integer. */
-export function _setU64(view: DataView, at: number, value: number): void {
-  view.setUint32(at, value % TWO_32, true);
-  view.setUint32(at + 4, Math.floor(value / TWO_32), true);
-}
-
-/** Reads an unsigned 64-bit little-endian integer as a number (exact below 2^53). */
-export function _getU64(view: DataView, at: number): number {
-  return view.getUint32(at + 4, true) * TWO_32 + view.getUint32(at, true);
-}
-
-/**
- * Fills in a record's common header and checksum. `bytes` must already hold
- * the kind-specific fields and payload after {@linkcode RECORD_HEADER_BYTES}.
- *
- * @param bytes The whole record, exactly `length` bytes long.
- * @param fields Record kind, flags and sequence number.
- */
-export function _sealRecord(
-  bytes: Uint8Array,
-  fields: { kind: number; flags: number; seq: number },
-): void {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  view.setUint32(4, bytes.length, true);
-  view.setUint8(8, fields.kind);
-  view.setUint8(9, fields.flags);
-  view.setUint16(10, 0, true);
-  _setU64(view, 12, fields.seq);
-  view.setUint32(0, crc32c(bytes, { start: 4 }), true);
-}
-
-/** The file name of the segment whose first record has sequence `seq`. */
-export function _segmentName(seq: number): string {
-  return `${String(seq).padStart(20, "0")}.seg`;
-}
-
-/** Builds a segment header. */
-function _segmentHeader(magic: Uint8Array, firstSeq: number): Uint8Array {
-  const header = new Uint8Array(SEGMENT_HEADER_BYTES);
-  const view = new DataView(header.buffer);
-  header.set(magic, 0);
-  view.setUint16(8, SEGMENT_VERSION, true);
-  view.setUint16(10, SEGMENT_HEADER_BYTES, true);
-  _setU64(view, 16, firstSeq);
-  view.setUint32(24, crc32c(header, { end: 24 }), true);
-  return header;
-}
-
-/**
- * Checks a segment header.
- *
- * @returns Undefined if valid, else the reason.
- */
-function _checkHeader(
-  header: Uint8Array,
-  magic: Uint8Array,
-  firstSeq: number,
-): string | undefined {
-  if (header.length < SEGMENT_HEADER_BYTES) return "header is incomplete";
-  const view = new DataView(header.buffer, header.byteOffset, header.length);
-  if (view.getUint32(24, true) !== crc32c(header, { end: 24 })) {
-    return "header checksum does not match";
-  }
-  for (let i = 0; i < 8; i++) {
-    if (header[i] !== magic[i]) return "header magic is wrong";
-  }
-  const version = view.getUint16(8, true);
-  if (version !== SEGMENT_VERSION) {
-    return `segment version ${version} is not supported`;
-  }
-  if (_getU64(view, 16) !== firstSeq) {
-    return "header sequence number does not match the file name";
-  }
-  return undefined;
-}
-
-/** One record as read from disk. */
-export interface RawRecord {
-  /** Sequence number. */
-  seq: number;
-  /** Flags byte. */
-  flags: number;
-  /** The whole record, header included (a view into a read buffer). */
-  bytes: Uint8Array;
-  /** Byte offset of the record in its segment file. */
-  offset: number;
-}
-
-/**
- * Reads and verifies consecutive records from one segment file, from a byte
- * offset up to a limit that may grow between calls (for following a segment
- * that is being written).
- */
-export class SegmentScanner {
-  #handle: FileHandle;
-  #kind: number;
-  #buf: Uint8Array = new Uint8Array(0);
-  /** File offset of `#buf[0]`. */
-  #bufOffset: number;
-  /** File offset just after the last record returned. */
-  offset: number;
-  /** Sequence number the next record must carry. */
-  nextSeq: number;
-  /** Why scanning stopped at bad data, if it did. */
-  error: string | undefined;
-
-  /**
-   * @param handle An open segment file.
-   * @param options The record kind expected, the sequence number of the
-   * record at `offset`, and the start offset (default: just after the header).
-   */
-  constructor(
-    handle: FileHandle,
-    options: { kind: number; nextSeq: number; offset?: number },
-  ) {
-    this.#handle = handle;
-    this.#kind = options.kind;
-    this.offset = options.offset ?? SEGMENT_HEADER_BYTES;
-    this.#bufOffset = this.offset;
-    this.nextSeq = options.nextSeq;
-  }
-
-  /**
-   * Returns the next batch of complete, verified records that end at or
-   * before `limit`. An empty batch means no further complete record fits
-   * below `limit`: either the end was reached (`offset === limit`), the next
-   * record is incomplete, or bad data was found (`error` is set).
-   *
-   * @param limit File offset to stop at (for example the file size).
-   * @param maxBytes Stop adding records to the batch after this many bytes.
-   * @returns The records.
-   */
-  async read(limit: number, maxBytes = READ_CHUNK): Promise<RawRecord[]> {
-    const out: RawRecord[] = [];
-    let taken = 0;
-    while (this.error === undefined) {
-      let pos = this.offset - this.#bufOffset;
-      const buf = this.#buf;
-      let need = RECORD_HEADER_BYTES;
-      while (pos + RECORD_HEADER_BYTES <= buf.length && taken < maxBytes) {
-        const view = new DataView(buf.buffer, buf.byteOffset + pos);
-        const length = view.getUint32(4, true);
-        if (length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES) {
-          this.error = `record length ${length} is out of range`;
-          return out;
-        }
-        if (this.offset + length > limit) return out;
-        if (pos + length > buf.length) {
-          need = length;
-          break;
-        }
-        const bytes = buf.subarray(pos, pos + length);
-        if (view.getUint32(0, true) !== crc32c(bytes, { start: 4 })) {
-          this.error = "record checksum does not match";
-          return out;
-        }
-        if (view.getUint8(8) !== this.#kind) {
-          this.error = `record kind ${view.getUint8(8)} is unexpected`;
-          return out;
-        }
-        const seq = _getU64(view, 12);
-        if (seq !== this.nextSeq) {
-          this.error = `record sequence ${seq} where ${this.nextSeq} was due`;
-          return out;
-        }
-        out.push({ seq, flags: view.getUint8(9), bytes, offset: this.offset });
-        this.offset += length;
-        this.nextSeq++;
-        taken += length;
-        pos += length;
-      }
-      if (out.length > 0 || this.offset >= limit) return out;
-      // Refill: keep the unparsed tail, read at least one whole record.
-      const keep = buf.subarray(pos);
-      const want = Math.min(
-        Math.max(READ_CHUNK, need),
-        limit - this.offset,
-      );
-      if (want <= keep.length) return out;
-      const next = new Uint8Array(want);
-      next.set(keep, 0);
-      let filled = keep.length;
-      while (filled < want) {
-        const { bytesRead } = await this.#handle.read(
-          next,
-          filled,
-          want - filled,
-          this.offset + filled,
-        );
-        if (bytesRead === 0) break;
-        filled += bytesRead;
-      }
-      this.#buf = next.subarray(0, filled);
-      this.#bufOffset = this.offset;
-      if (filled === keep.length) return out;
-    }
-    return out;
-  }
-}
 
 /** A segment file of a log. */
 export interface SegmentInfo {
@@ -269,53 +64,6 @@ export type LogRepair =
   }
   | { type: "removed"; file: string; bytes: number; reason: string };
 
-/** Counters shared by the logs of one {@linkcode CommitGroup}. */
-export interface CommitStats {
-  /** Commit rounds run (each writes and fsyncs every dirty log). */
-  commits: number;
-  /** File fsyncs issued. */
-  syncs: number;
-}
-
-/**
- * Runs group commits for a set of logs: whenever a log has queued records,
- * one loop writes and fsyncs every dirty log in parallel, resolves their
- * waiters, and repeats while more records arrived meanwhile.
- */
-export class CommitGroup {
-  #dirty = new Set<SegmentLog>();
-  #running: Promise<void> | undefined;
-  /** Counters. */
-  readonly stats: CommitStats = { commits: 0, syncs: 0 };
-
-  /** Queues a commit of `log`. */
-  mark(log: SegmentLog): void {
-    this.#dirty.add(log);
-    this.#running ??= this.#loop();
-  }
-
-  /**
-   * Resolves once no commit is queued or running.
-   *
-   * @returns When idle.
-   */
-  async idle(): Promise<void> {
-    while (this.#running) await this.#running;
-  }
-
-  async #loop(): Promise<void> {
-    // Let appends issued in the same tick join the first round.
-    await Promise.resolve();
-    while (this.#dirty.size > 0) {
-      const logs = [...this.#dirty];
-      this.#dirty.clear();
-      this.stats.commits++;
-      await Promise.all(logs.map((log) => log.commit()));
-    }
-    this.#running = undefined;
-  }
-}
-
 /** Options for {@linkcode SegmentLog.open}. */
 export interface SegmentLogOptions {
   /** 8 bytes that start every segment header. */
@@ -324,7 +72,7 @@ export interface SegmentLogOptions {
   kind: number;
   /** Start a new segment once the current one would grow past this. */
   segmentBytes: number;
-  /** The group whose loop commits this log. */
+  /** The group whose loop commits this log, and that bounds its open files. */
   group: CommitGroup;
   /** Sequence number before the first record when no segment exists. @default {0} */
   baseSeq?: number;
@@ -354,9 +102,11 @@ interface Waiter {
  * One append-only log. Records are queued with {@linkcode SegmentLog.enqueue}
  * and become durable at the next group commit; on a write or fsync error the
  * log rolls back to its last durable record, rejects every waiter after it,
- * and truncates the file so that no unacknowledged byte stays behind.
+ * and truncates the file so that no unacknowledged byte stays behind. Its
+ * current segment file is open only while its group allows (see
+ * {@linkcode CommitGroup}); it is reopened when needed.
  */
-export class SegmentLog {
+export class SegmentLog implements GroupMember {
   readonly dir: string;
   #options: SegmentLogOptions;
   #segments: SegmentInfo[];
@@ -576,15 +326,17 @@ export class SegmentLog {
           await this.#closeHandle();
           segment = {
             firstSeq: batch[i]!.firstSeq,
-            path: join(this.dir, _segmentName(batch[i]!.firstSeq)),
+            path: join(this.dir, segmentName(batch[i]!.firstSeq)),
             size: 0,
           };
           this.#segments.push(segment);
-          this.#handle = await open(segment.path, "wx", 0o600);
-          bufs.push(_segmentHeader(options.magic, segment.firstSeq));
+          await this.#openFile(segment.path, "wx");
+          bufs.push(encodeSegmentHeader(options.magic, segment.firstSeq));
           created = true;
         } else if (this.#handle === undefined) {
-          this.#handle = await open(segment.path, "r+");
+          await this.#openFile(segment.path, "r+");
+        } else {
+          options.group.touch(this);
         }
         let size = segment.size + (created ? SEGMENT_HEADER_BYTES : 0);
         let lastSeq = this.#durableSeq;
@@ -657,7 +409,7 @@ export class SegmentLog {
     while (this.#segments.length > 0 && this.#segments.at(-1)!.size === 0) {
       const segment = this.#segments.at(-1)!;
       await unlink(segment.path).catch((error) => {
-        if (_code(error) !== "ENOENT") throw error;
+        if (systemErrorCode(error) !== "ENOENT") throw error;
       });
       this.#segments.pop();
       removed = true;
@@ -666,15 +418,46 @@ export class SegmentLog {
     const last = this.#segments.at(-1);
     if (last) {
       await truncate(last.path, last.size);
-      this.#handle = await open(last.path, "r+");
+      await this.#openFile(last.path, "r+");
     }
     this.#broken = false;
+  }
+
+  /** Opens a segment file as the current one, within the group's bound. */
+  async #openFile(path: string, flags: "wx" | "r+"): Promise<void> {
+    const group = this.#options.group;
+    await group.admit(this);
+    this.#handle = flags === "wx"
+      ? await open(path, "wx", 0o600)
+      : await open(path, "r+");
+    group.touch(this);
   }
 
   async #closeHandle(): Promise<void> {
     const handle = this.#handle;
     this.#handle = undefined;
+    this.#options.group.release(this);
     await handle?.close().catch(() => {});
+  }
+
+  /**
+   * True while a commit runs.
+   *
+   * @internal
+   */
+  get committing(): boolean {
+    return this.#committing !== undefined;
+  }
+
+  /**
+   * Closes the current segment file unless a commit is using it; the next
+   * commit reopens it. Called by the group to bound open files.
+   *
+   * @internal
+   * @returns When closed.
+   */
+  async closeFile(): Promise<void> {
+    if (this.#committing === undefined) await this.#closeHandle();
   }
 
   /**
@@ -714,7 +497,7 @@ export class SegmentLog {
     if (segments.length === 0) return;
     for (const segment of segments) {
       await unlink(segment.path).catch((error) => {
-        if (_code(error) !== "ENOENT") throw error;
+        if (systemErrorCode(error) !== "ENOENT") throw error;
       });
     }
     await syncDir(this.dir);
@@ -767,7 +550,10 @@ async function _recoverSegment(
     fileSize = (await handle.stat()).size;
     const header = new Uint8Array(Math.min(fileSize, SEGMENT_HEADER_BYTES));
     await handle.read(header, 0, header.length, 0);
-    removeReason = _checkHeader(header, options.magic, segment.firstSeq);
+    removeReason = checkSegmentHeader(header, {
+      magic: options.magic,
+      firstSeq: segment.firstSeq,
+    });
     if (removeReason === undefined) {
       const scanner = new SegmentScanner(handle, {
         kind: options.kind,
@@ -809,100 +595,6 @@ async function _recoverSegment(
     reason: removeReason ?? "segment is invalid",
   });
   return undefined;
-}
-
-/**
- * Lists a log directory's segments without opening them.
- *
- * @param dir The directory.
- * @returns Segment first sequence numbers and paths, oldest first; empty if
- * the directory does not exist.
- * @throws {Error} A system error other than ENOENT.
- */
-export async function listSegments(
-  dir: string,
-): Promise<{ firstSeq: number; path: string }[]> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (error) {
-    if (_code(error) === "ENOENT") return [];
-    throw error;
-  }
-  const out: { firstSeq: number; path: string }[] = [];
-  for (const name of names.sort()) {
-    const match = SEGMENT_NAME.exec(name);
-    if (match) out.push({ firstSeq: Number(match[1]), path: join(dir, name) });
-  }
-  return out;
-}
-
-/**
- * Reads every verified record of one segment, in batches.
- *
- * @param path The segment file.
- * @param options Magic and kind expected, the first sequence number (from
- * the file name), and whether this is the log's last segment: there, a torn
- * or invalid tail ends the data silently (it is unacknowledged data, or a
- * record being written right now); elsewhere it is corruption.
- * @returns Batches of records.
- * @throws {MoatError} `ERR_CORRUPT` for bad data in a non-last segment or a
- * bad header.
- */
-export async function* readSegment(
-  path: string,
-  options: { magic: Uint8Array; kind: number; firstSeq: number; last: boolean },
-): AsyncGenerator<RawRecord[]> {
-  const handle = await open(path, "r");
-  try {
-    const size = (await handle.stat()).size;
-    const header = new Uint8Array(Math.min(size, SEGMENT_HEADER_BYTES));
-    await handle.read(header, 0, header.length, 0);
-    const bad = _checkHeader(header, options.magic, options.firstSeq);
-    if (bad !== undefined) {
-      // A torn header can only be on a segment being created.
-      if (options.last) return;
-      throw _corrupt(path, 0, bad);
-    }
-    const scanner = new SegmentScanner(handle, {
-      kind: options.kind,
-      nextSeq: options.firstSeq,
-    });
-    while (true) {
-      const batch = await scanner.read(size);
-      if (batch.length === 0) break;
-      yield batch;
-    }
-    if (scanner.offset < size && !options.last) {
-      throw _corrupt(
-        path,
-        scanner.offset,
-        scanner.error ?? "last record is incomplete",
-      );
-    }
-  } finally {
-    await handle.close();
-  }
-}
-
-/**
- * Builds the error for damaged data.
- *
- * @param path The file.
- * @param offset Where the damage starts.
- * @param reason What is wrong.
- * @returns The error.
- */
-export function _corrupt(
-  path: string,
-  offset: number,
-  reason: string,
-): MoatError {
-  return new MoatError(
-    "ERR_CORRUPT",
-    `Damaged data in "${path}" at byte ${offset}: ${reason}`,
-    ExitCode.Integrity,
-  );
 }
 
 /** Writes every buffer at `position`, looping over short writes. */
