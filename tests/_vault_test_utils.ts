@@ -40,11 +40,26 @@ export function writeLegacySource(
   return dir;
 }
 
-/** Open file descriptors of this process (Linux), or undefined elsewhere. */
-export function openFds(): number | undefined {
+/**
+ * Open file descriptors of this process (Linux; undefined elsewhere) that
+ * name a file or directory under `under` (all of them if not given).
+ */
+export function openFds(under?: string): number | undefined {
+  let fds: string[];
   try {
-    return fs.readdirSync("/proc/self/fd").length;
+    fds = fs.readdirSync("/proc/self/fd");
   } catch {
     return undefined;
   }
+  if (under === undefined) return fds.length;
+  let n = 0;
+  for (const fd of fds) {
+    try {
+      const target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      if (target === under || target.startsWith(`${under}/`)) n++;
+    } catch {
+      // Closed meanwhile (the one readdirSync used, for example).
+    }
+  }
+  return n;
 }
