@@ -15,17 +15,20 @@
 
 import { open, truncate, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { MoatError } from "../errors.ts";
 import {
-  checkSegmentHeader,
   encodeSegmentHeader,
   SEGMENT_HEADER_BYTES,
   segmentName,
 } from "./codec.ts";
 import type { CommitGroup, GroupMember } from "./commit_group.ts";
 import { syncDir, systemErrorCode } from "./fs.ts";
-import { listSegments, SegmentScanner } from "./scanner.ts";
+import { recoverSegment } from "./recover.ts";
+import type { LogRepair, SegmentInfo } from "./recover.ts";
+import { listSegments } from "./scanner.ts";
+
+export type { LogRepair, SegmentInfo } from "./recover.ts";
 
 /**
  * Hooks for tests. Not part of the API.
@@ -42,27 +45,6 @@ export const _internals: {
     | ((step: "write" | "sync" | "synced", path: string) => void)
     | undefined;
 } = { fault: undefined };
-
-/** A segment file of a log. */
-export interface SegmentInfo {
-  /** Sequence number of its first record. */
-  readonly firstSeq: number;
-  /** Its path. */
-  readonly path: string;
-  /** Bytes known to be durable (header included); 0 while being created. */
-  size: number;
-}
-
-/** Something recovery did to a log at open. */
-export type LogRepair =
-  | {
-    type: "truncated";
-    file: string;
-    offset: number;
-    bytes: number;
-    reason: string;
-  }
-  | { type: "removed"; file: string; bytes: number; reason: string };
 
 /** Options for {@linkcode SegmentLog.open}. */
 export interface SegmentLogOptions {
@@ -174,7 +156,7 @@ export class SegmentLog implements GroupMember {
     let lastRecord: Uint8Array | undefined;
     while (segments.length > 0) {
       const segment = segments[segments.length - 1]!;
-      const found = await _recoverSegment(segment, options);
+      const found = await recoverSegment(segment, options);
       if (found !== undefined) {
         lastSeq = found.lastSeq;
         lastRecord = found.lastRecord;
@@ -529,72 +511,6 @@ export class SegmentLog implements GroupMember {
       throw new MoatError("ERR_CLOSED", `Log "${this.dir}" is closed`);
     }
   }
-}
-
-/**
- * Verifies a segment and cuts a torn tail.
- *
- * @returns The last valid sequence number and a copy of that record, or
- * undefined if the segment held no valid record (it has then been removed).
- */
-async function _recoverSegment(
-  segment: SegmentInfo,
-  options: SegmentLogOptions,
-): Promise<{ lastSeq: number; lastRecord: Uint8Array } | undefined> {
-  const handle = await open(segment.path, "r+");
-  let fileSize = 0;
-  let removeReason: string | undefined;
-  let lastSeq: number | undefined;
-  let lastRecord: Uint8Array | undefined;
-  try {
-    fileSize = (await handle.stat()).size;
-    const header = new Uint8Array(Math.min(fileSize, SEGMENT_HEADER_BYTES));
-    await handle.read(header, 0, header.length, 0);
-    removeReason = checkSegmentHeader(header, {
-      magic: options.magic,
-      firstSeq: segment.firstSeq,
-    });
-    if (removeReason === undefined) {
-      const scanner = new SegmentScanner(handle, {
-        kind: options.kind,
-        nextSeq: segment.firstSeq,
-      });
-      while (true) {
-        const batch = await scanner.read(fileSize);
-        if (batch.length === 0) break;
-        lastRecord = batch.at(-1)!.bytes.slice();
-      }
-      if (scanner.offset === SEGMENT_HEADER_BYTES) {
-        removeReason = scanner.error ?? "segment holds no complete record";
-      } else {
-        lastSeq = scanner.nextSeq - 1;
-        if (scanner.offset < fileSize) {
-          await handle.truncate(scanner.offset);
-          await handle.sync();
-          options.onRepair?.({
-            type: "truncated",
-            file: segment.path,
-            offset: scanner.offset,
-            bytes: fileSize - scanner.offset,
-            reason: scanner.error ?? "last record is incomplete",
-          });
-        }
-        segment.size = scanner.offset;
-      }
-    }
-  } finally {
-    await handle.close();
-  }
-  if (lastSeq !== undefined) return { lastSeq, lastRecord: lastRecord! };
-  await unlink(segment.path);
-  await syncDir(dirname(segment.path));
-  options.onRepair?.({
-    type: "removed",
-    file: segment.path,
-    bytes: fileSize,
-    reason: removeReason ?? "segment is invalid",
-  });
-  return undefined;
 }
 
 /** Writes every buffer at `position`, looping over short writes. */

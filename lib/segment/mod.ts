@@ -6,8 +6,8 @@
  *   functions over bytes;
  * - `scanner.ts`: listing and reading segment files;
  * - `log.ts`: `SegmentLog`, a writer with group commit and torn-tail
- *   recovery; `commit_group.ts`: the group commit loop and the bound on
- *   open files;
+ *   recovery (`recover.ts`); `commit_group.ts`: the group commit loop and
+ *   the bound on open files;
  * - `fs.ts`: directory fsync, atomic replacement, the single-writer lock;
  * - `crc32c.ts`: the checksum.
  *
@@ -22,4 +22,5 @@ export * from "./crc32c.ts";
 export * from "./fs.ts";
 export { SegmentLog } from "./log.ts";
 export type { LogRepair, SegmentInfo, SegmentLogOptions } from "./log.ts";
+export { recoverSegment } from "./recover.ts";
 export * from "./scanner.ts";

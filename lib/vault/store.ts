@@ -8,7 +8,7 @@
  * @module
  */
 
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
   MoatError,
@@ -21,24 +21,16 @@ import {
   CommitGroup,
   DEFAULT_MAX_OPEN_FILES,
 } from "../segment/commit_group.ts";
-import {
-  acquireLock,
-  makeDir,
-  removeTempFiles,
-  syncDir,
-  writeFileAtomic,
-} from "../segment/fs.ts";
+import { acquireLock, makeDir, removeTempFiles } from "../segment/fs.ts";
 import type { Lock } from "../segment/fs.ts";
 import { SegmentLog } from "../segment/log.ts";
 import type { LogRepair, SegmentLogOptions } from "../segment/log.ts";
-import { chainGenesis, LINK_BYTES, LINK_OFFSET } from "./_chain.ts";
+import { LINK_BYTES } from "./_chain.ts";
 import {
   encodeVaultRecords,
-  FLAG_CHAIN,
   LOCK_FILE,
   MARKER_FILE,
   readSourceKey,
-  SOURCE_FILE,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
@@ -63,9 +55,12 @@ import {
 import type { SealEntry } from "./_seal.ts";
 import { Sealer } from "./_sealer.ts";
 import type { SealEvent, SealInfo } from "./_sealer.ts";
+import { createSourceDir, SourceLog } from "./_source.ts";
+import type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
 
 export type { SourceKey } from "./_key.ts";
 export { sourceKey, sourceLabel } from "./_key.ts";
+export type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
 export type { SealEvent, SealInfo } from "./_sealer.ts";
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
@@ -89,24 +84,6 @@ export const DEFAULT_MAX_SOURCES_PER_PEER = 64;
  * inside the usual limit of 1024 together with the connections.
  */
 export const DEFAULT_MAX_OPEN_SEGMENTS = DEFAULT_MAX_OPEN_FILES;
-
-/** One record handed to {@linkcode Vault.append}. */
-export interface AppendRecord {
-  /** Per-source sequence number: 1 for the first line, then +1 per line. */
-  seq: number;
-  /** The shipper's timestamp, integer milliseconds since the epoch (0 to 2^53 - 1). */
-  ts: number;
-  /** The line without its newline. */
-  line: Uint8Array;
-  /** True if the next record continues this line (an overlong line was split). @default {false} */
-  partial?: boolean;
-}
-
-/** Options for {@linkcode Vault.append}. */
-export interface AppendOptions {
-  /** Receive time to store, integer milliseconds since the epoch. @default {Date.now()} */
-  recvTs?: number;
-}
 
 /** A repair made while opening the vault: a torn tail cut, or an empty segment removed. */
 export type VaultEvent = LogRepair & {
@@ -161,29 +138,6 @@ export interface VaultStats {
   readonly syncs: number;
   /** Idle segment files closed to stay within `maxOpenSegments`. */
   readonly evictions: number;
-}
-
-/** One source's log inside an open vault. */
-export interface VaultSource {
-  /** The source key. */
-  readonly key: SourceKey;
-  /** Its directory name under `sources/`. */
-  readonly id: string;
-  /** Highest durable sequence number; 0 for a new source. */
-  readonly lastSeq: number;
-  /** Highest sequence number accepted, durable or still being committed. */
-  readonly acceptedSeq: number;
-  /**
-   * Appends records; see {@linkcode Vault.append}.
-   *
-   * @param records Records in sequence order.
-   * @param options Receive time.
-   * @returns The highest sequence number in `records`, once durable.
-   */
-  append(
-    records: readonly AppendRecord[],
-    options?: AppendOptions,
-  ): Promise<number>;
 }
 
 /** An open vault. Create with {@linkcode openVault}. */
@@ -454,7 +408,7 @@ class _Vault implements Vault {
   #group: CommitGroup;
   #lock: Lock;
   #settings: _Settings;
-  #sources = new Map<string, _Source>();
+  #sources = new Map<string, SourceLog>();
   /** Sources per peer (address), for maxSourcesPerPeer. */
   #perPeer = new Map<string, number>();
   #appends = 0;
@@ -541,8 +495,14 @@ class _Vault implements Vault {
     };
   }
 
-  adopt(key: SourceKey, id: string, log: SegmentLog): _Source {
-    const source = new _Source(this, key, id, log, this.vaultId);
+  adopt(key: SourceKey, id: string, log: SegmentLog): SourceLog {
+    const source = new SourceLog(key, {
+      id,
+      log,
+      vaultId: this.vaultId,
+      queue: (source, log, records, options) =>
+        this.queue(source, log, records, options),
+    });
     this.#sources.set(id, source);
     this.#perPeer.set(key.peer, (this.#perPeer.get(key.peer) ?? 0) + 1);
     return source;
@@ -566,7 +526,7 @@ class _Vault implements Vault {
       : { peer: key.peer, identity: key.identity, name: key.name };
     const log = SegmentLog.empty(join(sourcesDir, id), {
       ...this.logOptions,
-      init: () => _createSourceDir(sourcesDir, id, copy),
+      init: () => createSourceDir(sourcesDir, id, copy),
     });
     return this.adopt(copy, id, log);
   }
@@ -585,7 +545,7 @@ class _Vault implements Vault {
 
   /** Validates and queues; the part of append that must run synchronously. */
   queue(
-    source: _Source,
+    source: SourceLog,
     log: SegmentLog,
     records: readonly AppendRecord[],
     options: AppendOptions,
@@ -685,137 +645,6 @@ class _Vault implements Vault {
       throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
     }
   }
-}
-
-class _Source implements VaultSource {
-  readonly key: SourceKey;
-  readonly id: string;
-  #vault: _Vault;
-  #log: SegmentLog;
-  /**
-   * Chain heads: the one at the last durable record, then one per queued
-   * chunk (a commit makes whole chunks durable, and a failed one rolls back
-   * to a chunk end).
-   */
-  #heads: { seq: number; link: Uint8Array }[];
-
-  constructor(
-    vault: _Vault,
-    key: SourceKey,
-    id: string,
-    log: SegmentLog,
-    vaultId: Uint8Array,
-  ) {
-    this.#vault = vault;
-    this.key = key;
-    this.id = id;
-    this.#log = log;
-    const last = log.lastRecordAtOpen;
-    // A record without a link (written before chains existed) restarts the
-    // chain from genesis; verify reports such records as unchained.
-    const link = last && (last[9]! & FLAG_CHAIN)
-      ? last.slice(LINK_OFFSET, LINK_OFFSET + LINK_BYTES)
-      : chainGenesis(vaultId, key);
-    this.#heads = [{ seq: log.lastSeq, link }];
-  }
-
-  /** Drops heads rolled back by a failed commit, and ones no longer needed. */
-  #trim(): void {
-    const heads = this.#heads;
-    const lastSeq = this.#log.lastSeq;
-    while (heads.length > 1 && heads.at(-1)!.seq > lastSeq) heads.pop();
-    const durable = this.#log.durableSeq;
-    let drop = 0;
-    while (drop + 1 < heads.length && heads[drop + 1]!.seq <= durable) drop++;
-    if (drop > 0) heads.splice(0, drop);
-  }
-
-  /** The link of the last accepted record (or genesis). */
-  acceptedHead(): Uint8Array {
-    this.#trim();
-    return this.#heads.at(-1)!.link;
-  }
-
-  /** Records the head after a queued chunk. */
-  pushHead(seq: number, link: Uint8Array): void {
-    this.#heads.push({ seq, link });
-  }
-
-  /** The last durable record's sequence number and link. */
-  durableHead(): { seq: number; link: Uint8Array } {
-    this.#trim();
-    const head = this.#heads[0]!;
-    if (head.seq !== this.#log.durableSeq) {
-      throw new MoatError(
-        "ERR_INTERNAL",
-        `Chain head of "${
-          sourceLabel(this.key)
-        }" is at ${head.seq}, the log at ${this.#log.durableSeq}`,
-      );
-    }
-    return head;
-  }
-
-  get lastSeq(): number {
-    return this.#log.durableSeq;
-  }
-
-  get acceptedSeq(): number {
-    return this.#log.lastSeq;
-  }
-
-  append(
-    records: readonly AppendRecord[],
-    options: AppendOptions = {},
-  ): Promise<number> {
-    try {
-      return this.#vault.queue(this, this.#log, records, options);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
-
-  close(): Promise<void> {
-    return this.#log.close();
-  }
-}
-
-/**
- * Creates a source directory atomically: temp dir, key file, rename. A
- * retry after a failed directory fsync finds the directory in place.
- */
-async function _createSourceDir(
-  sourcesDir: string,
-  id: string,
-  key: SourceKey,
-): Promise<void> {
-  const final = join(sourcesDir, id);
-  if (await readSourceKey(final, id).then(() => true, () => false)) {
-    await syncDir(sourcesDir);
-    return;
-  }
-  const temp = join(
-    sourcesDir,
-    `.tmp-${id}-${Math.floor(Math.random() * 0x100000000).toString(16)}`,
-  );
-  await mkdir(temp);
-  try {
-    await writeFileAtomic(
-      join(temp, SOURCE_FILE),
-      new TextEncoder().encode(
-        JSON.stringify(
-          key.identity === undefined
-            ? { peer: key.peer, name: key.name }
-            : { peer: key.peer, identity: key.identity, name: key.name },
-        ) + "\n",
-      ),
-    );
-    await rename(temp, final);
-  } catch (error) {
-    await rm(temp, { recursive: true, force: true }).catch(() => {});
-    throw error;
-  }
-  await syncDir(sourcesDir);
 }
 
 function _checkSeq(seq: unknown): number {

@@ -12,10 +12,6 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
 import { getU64, scanSegment } from "../segment/codec.ts";
-import type { SegmentScan } from "../segment/codec.ts";
-import { systemErrorCode } from "../segment/fs.ts";
-import { listSegments } from "../segment/scanner.ts";
-import type { SegmentFile } from "../segment/scanner.ts";
 import { _equal, chainGenesis, checkLink } from "./_chain.ts";
 import {
   CHAIN_LINK_BYTES,
@@ -33,77 +29,32 @@ import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import {
   _hex,
-  decodeSeal,
-  evolveKey,
   parseVerificationKey,
   readSealingKey,
   readVaultInfo,
-  SEAL_KIND,
-  SEAL_MAGIC,
-  sealMac,
   SEALS_DIR,
 } from "./_seal.ts";
-import type { Seal, SealingKey } from "./_seal.ts";
+import type { SealingKey } from "./_seal.ts";
+import {
+  checkKeyFile,
+  listForCheck,
+  readForCheck,
+  stopKind,
+  unreadableProblem,
+  verifySeals,
+} from "./_verify_seals.ts";
+import type {
+  Checkpoint,
+  VerifyProblem,
+  VerifyProblemKind,
+} from "./_verify_seals.ts";
+
+export type { VerifyProblem, VerifyProblemKind } from "./_verify_seals.ts";
 
 /** The seal interval assumed for a vault that recorded none: 60 s. */
 export const DEFAULT_VERIFY_INTERVAL_MS = 60_000;
 /** Least slack past the seal interval before an unsealed record is damage. */
 const MIN_GRACE_MS = 60_000;
-
-/** Kinds of damage {@linkcode verifyVault} names. */
-export type VerifyProblemKind =
-  /** A segment header is damaged (magic, version, checksum, first sequence). */
-  | "header"
-  /** A record's checksum, length, kind or flags are wrong. */
-  | "checksum"
-  /** A record (or segment) carries the wrong sequence number: records were deleted, inserted, duplicated or reordered. */
-  | "sequence"
-  /** Records are missing between two segments, or at the start of a source. */
-  | "gap"
-  /** A segment ends inside a record, or sealed records are missing at the end. */
-  | "truncated"
-  /** A record's chain link does not follow from the record before it. */
-  | "link"
-  /** A record carries no chain link. */
-  | "unchained"
-  /** A source's chain head at a sealed record differs from the seal's. */
-  | "seal-head"
-  /** A seal's HMAC does not verify with its epoch key. */
-  | "seal-mac"
-  /** Seals are missing: an epoch was removed, or the key file is ahead of the seal log. */
-  | "seal-gap"
-  /** A seal log record or segment is damaged or inconsistent, or the seal log is missing. */
-  | "seal"
-  /** The sealing key file is missing, malformed, or not the key of its epoch. */
-  | "seal-key"
-  /** A record of a sealed vault that no seal covers although one should. */
-  | "unsealed"
-  /** A sealed source is missing. */
-  | "missing-source"
-  /** A file or directory of the vault cannot be read. */
-  | "unreadable"
-  /** The vault's identity does not match the key, or its identity file or sources directory is missing. */
-  | "vault";
-
-/** The first bad point found in one source, or in the seals. */
-export interface VerifyProblem {
-  /** What is wrong. */
-  kind: VerifyProblemKind;
-  /** A sentence saying what is wrong and where. */
-  message: string;
-  /** The source's label. */
-  source?: string;
-  /** The sequence number due (or checked) at the bad point. */
-  seq?: number;
-  /** The file. */
-  file?: string;
-  /** Byte offset in `file` of the bad record (or where it was due). */
-  offset?: number;
-  /** The seal epoch involved. */
-  epoch?: number;
-  /** For `seal-head`: the sealed range of records the damage lies in. */
-  range?: [number, number];
-}
 
 /** One source's result. */
 export interface VerifySource {
@@ -166,12 +117,6 @@ export interface VerifyOptions {
    * @default {Date.now()}
    */
   now?: number;
-}
-
-interface Checkpoint {
-  epoch: number;
-  lastSeq: number;
-  head: Uint8Array;
 }
 
 /** What unsealed records of a sealed vault may be (see {@linkcode _tailProblem}). */
@@ -264,7 +209,7 @@ export async function verifyVault(
       problems.push({ kind: "seal-key", message: (error as Error).message });
     }
   }
-  const seals = await _verifySeals(root, vaultId, key?.k0);
+  const seals = await verifySeals(root, vaultId, key?.k0);
   if (seals.problem) problems.push(seals.problem);
   if (sealed && !seals.problem && !seals.found) {
     problems.push({
@@ -276,7 +221,7 @@ export async function verifyVault(
   }
   const trusted = sealed && seals.problem === undefined;
   if (trusted && keyFile) {
-    const bad = _checkKeyFile(keyFile, seals.count, key?.k0);
+    const bad = checkKeyFile(keyFile, seals.count, key?.k0);
     if (bad) problems.push({ ...bad, file: join(root, "seal.key") });
   }
   const tail: TailRule | undefined = trusted
@@ -295,7 +240,7 @@ export async function verifyVault(
   try {
     ids = (await readdir(sourcesDir)).filter((id) => !id.startsWith("."));
   } catch (error) {
-    problems.push(_unreadable(sourcesDir, error, "sources directory"));
+    problems.push(unreadableProblem(sourcesDir, error, "sources directory"));
   }
   const entries: { key: SourceKey; id: string }[] = [];
   const sourceProblems: VerifyProblem[] = [];
@@ -368,41 +313,6 @@ export async function verifyVault(
 }
 
 /**
- * Checks the sealing key file against the seal log: its epoch may be at
- * most one past the last seal (less after a crash between a seal and the
- * key update), and with `k0` its key must be that epoch's.
- */
-function _checkKeyFile(
-  keyFile: SealingKey,
-  count: number,
-  k0: Uint8Array | undefined,
-): VerifyProblem | undefined {
-  if (keyFile.epoch > count + 1) {
-    const missing = keyFile.epoch - 1 === count + 1
-      ? `Seal ${count + 1} is missing`
-      : `Seals ${count + 1} to ${keyFile.epoch - 1} are missing`;
-    return {
-      kind: "seal-gap",
-      message:
-        `${missing}: the sealing key file is at epoch ${keyFile.epoch} but the seal log ends at seal ${count} (seals were removed)`,
-      epoch: count + 1,
-    };
-  }
-  if (k0 === undefined) return undefined;
-  let expected = k0;
-  for (let epoch = 0; epoch < keyFile.epoch; epoch++) {
-    expected = evolveKey(expected);
-  }
-  if (_equal(expected, keyFile.key)) return undefined;
-  return {
-    kind: "seal-key",
-    message:
-      `The sealing key file does not hold this vault's key of epoch ${keyFile.epoch} (it was replaced)`,
-    epoch: keyFile.epoch,
-  };
-}
-
-/**
  * Judges a record after its source's last trusted seal in a sealed vault.
  * Such a record is an unsealed tail only if the server cannot have sealed
  * it yet: received after verification started, or newer than the last seal
@@ -432,230 +342,6 @@ function _tailProblem(recvTs: number, rule: TailRule): string | undefined {
     return `it was received at ${
       new Date(recvTs).toISOString()
     }, before ${since}, but no seal covers it`;
-  }
-  return undefined;
-}
-
-function _unreadable(
-  path: string,
-  error: unknown,
-  what: string,
-): VerifyProblem {
-  const code = systemErrorCode(error);
-  return {
-    kind: code === "ENOENT" ? "vault" : "unreadable",
-    message: code === "ENOENT"
-      ? `The vault's ${what} "${path}" is missing`
-      : `Cannot read the vault's ${what} "${path}" (${
-        code ?? (error as Error).message
-      })`,
-    file: path,
-  };
-}
-
-/** Reads a file for checking: its bytes, or the problem of reading it. */
-async function _read(
-  path: string,
-): Promise<{ bytes: Uint8Array } | { error: unknown }> {
-  try {
-    const buf = await readFile(path);
-    return { bytes: new Uint8Array(buf.buffer, buf.byteOffset, buf.length) };
-  } catch (error) {
-    return { error };
-  }
-}
-
-/** Lists segments for checking: the files, or the problem of listing. */
-async function _list(
-  dir: string,
-): Promise<{ segments: SegmentFile[]; found: boolean } | { error: unknown }> {
-  try {
-    await readdir(dir);
-  } catch (error) {
-    if (systemErrorCode(error) === "ENOENT") {
-      return { segments: [], found: false };
-    }
-    return { error };
-  }
-  try {
-    return { segments: await listSegments(dir), found: true };
-  } catch (error) {
-    return { error };
-  }
-}
-
-/** The stop kinds of {@linkcode scanSegment} as problem kinds. */
-function _stopKind(
-  kind: NonNullable<SegmentScan["stop"]>["kind"],
-): VerifyProblemKind {
-  return kind === "incomplete"
-    ? "truncated"
-    : kind === "damaged"
-    ? "checksum"
-    : kind;
-}
-
-async function _verifySeals(
-  root: string,
-  vaultId: Uint8Array,
-  k0: Uint8Array | undefined,
-): Promise<{
-  count: number;
-  found: boolean;
-  lastTime?: number;
-  checkpoints: Map<string, Checkpoint[]>;
-  problem?: VerifyProblem;
-}> {
-  const checkpoints = new Map<string, Checkpoint[]>();
-  const sealsDir = join(root, SEALS_DIR);
-  const listed = await _list(sealsDir);
-  let count = 0;
-  let lastTime: number | undefined;
-  let key = k0;
-  let previous: Seal | undefined;
-  let previousFile: { path: string; end: number } | undefined;
-  const result = (problem?: VerifyProblem) => ({
-    count,
-    found: "found" in listed && listed.found,
-    checkpoints,
-    ...(lastTime !== undefined && { lastTime }),
-    ...(problem && { problem }),
-  });
-  if ("error" in listed) {
-    return result(_unreadable(sealsDir, listed.error, "seal log"));
-  }
-  for (const segment of listed.segments) {
-    const due = count + 1;
-    if (segment.firstSeq !== due) {
-      const at = segment.firstSeq > due && previousFile
-        ? { file: previousFile.path, offset: previousFile.end }
-        : { file: segment.path, offset: 0 };
-      return result({
-        kind: segment.firstSeq > due ? "seal-gap" : "seal",
-        message: segment.firstSeq > due
-          ? `Seal ${due} is missing (epoch gap: the next seal is ${segment.firstSeq})`
-          : `Seal segment starts at ${segment.firstSeq} where ${due} is due`,
-        epoch: due,
-        ...at,
-      });
-    }
-    const read = await _read(segment.path);
-    if ("error" in read) {
-      return result({
-        ..._unreadable(segment.path, read.error, "seal segment"),
-        kind: "unreadable",
-        epoch: due,
-      });
-    }
-    const bytes = read.bytes;
-    const scan = scanSegment(bytes, {
-      magic: SEAL_MAGIC,
-      kind: SEAL_KIND,
-      firstSeq: segment.firstSeq,
-    });
-    for (const record of scan.records) {
-      const where = { file: segment.path, offset: record.offset };
-      const seal = decodeSeal(record.bytes);
-      if (typeof seal === "string") {
-        return result({
-          kind: "seal",
-          message: `Seal ${record.seq} is malformed: ${seal}`,
-          epoch: record.seq,
-          ...where,
-        });
-      }
-      if (key) {
-        key = evolveKey(key);
-        if (!_equal(sealMac(record.bytes, key), seal.mac)) {
-          return result({
-            kind: "seal-mac",
-            message:
-              `Seal ${seal.epoch} fails its HMAC: it was forged or re-sealed with a later key`,
-            epoch: seal.epoch,
-            ...where,
-          });
-        }
-      }
-      if (!_equal(seal.vaultId, vaultId)) {
-        return result({
-          kind: "seal",
-          message: `Seal ${seal.epoch} names vault ${_hex(seal.vaultId)}, not ${
-            _hex(vaultId)
-          }`,
-          epoch: seal.epoch,
-          ...where,
-        });
-      }
-      const bad = _checkSealAgainst(seal, previous);
-      if (bad !== undefined) {
-        return result({
-          kind: "seal",
-          message: `Seal ${seal.epoch} is inconsistent: ${bad}`,
-          epoch: seal.epoch,
-          ...where,
-        });
-      }
-      for (const entry of seal.entries) {
-        const hash = _hex(entry.source);
-        let list = checkpoints.get(hash);
-        if (!list) checkpoints.set(hash, list = []);
-        list.push({
-          epoch: seal.epoch,
-          lastSeq: entry.lastSeq,
-          head: entry.head,
-        });
-      }
-      previous = seal;
-      count = seal.epoch;
-      lastTime = seal.time;
-    }
-    if (scan.stop) {
-      const missing = scan.stop.kind === "sequence" &&
-        scan.stop.seq < getU64(
-            new DataView(bytes.buffer, bytes.byteOffset + scan.stop.offset),
-            12,
-          );
-      return result({
-        kind: missing ? "seal-gap" : "seal",
-        message: missing
-          ? `Seal ${scan.stop.seq} is missing (epoch gap)`
-          : `Seal log damaged: ${scan.stop.reason}`,
-        epoch: scan.stop.seq,
-        file: segment.path,
-        offset: scan.stop.offset,
-      });
-    }
-    previousFile = { path: segment.path, end: scan.end };
-  }
-  return result();
-}
-
-/** Checks a seal against the one before it. */
-function _checkSealAgainst(
-  seal: Seal,
-  previous: Seal | undefined,
-): string | undefined {
-  let total = 0;
-  for (const entry of seal.entries) total += entry.lastSeq;
-  if (total !== seal.total) return "its record total does not add up";
-  if (previous === undefined) return undefined;
-  if (seal.time < previous.time) return "its time is before the previous seal";
-  const now = new Map(seal.entries.map((e) => [_hex(e.source), e]));
-  for (const before of previous.entries) {
-    const entry = now.get(_hex(before.source));
-    if (entry === undefined) {
-      return `source ${_hex(before.source)} of seal ${previous.epoch} is gone`;
-    }
-    if (entry.lastSeq < before.lastSeq) {
-      return `source ${
-        _hex(before.source)
-      } went back from ${before.lastSeq} to ${entry.lastSeq}`;
-    }
-    if (entry.lastSeq === before.lastSeq && !_equal(entry.head, before.head)) {
-      return `source ${
-        _hex(before.source)
-      } changed its head at ${entry.lastSeq}`;
-    }
   }
   return undefined;
 }
@@ -698,9 +384,9 @@ async function _verifySource(
       ...extra,
     },
   });
-  const listed = await _list(dir);
+  const listed = await listForCheck(dir);
   if ("error" in listed) {
-    const bad = _unreadable(dir, listed.error, "source directory");
+    const bad = unreadableProblem(dir, listed.error, "source directory");
     return problem("unreadable", bad.message, { seq: 1, file: dir, offset: 0 });
   }
   const segments = listed.segments;
@@ -721,11 +407,11 @@ async function _verifySource(
         { seq: expect, file: segment.path, offset: 0 },
       );
     }
-    const read = await _read(segment.path);
+    const read = await readForCheck(segment.path);
     if ("error" in read) {
       // The vault never deletes a segment that held a record: one that
       // vanished or cannot be read is damage.
-      const bad = _unreadable(segment.path, read.error, "segment");
+      const bad = unreadableProblem(segment.path, read.error, "segment");
       return problem("unreadable", bad.message, {
         seq: expect,
         file: segment.path,
@@ -809,7 +495,7 @@ async function _verifySource(
           reason: stop.reason,
         };
       } else {
-        return problem(_stopKind(stop.kind), stop.reason, {
+        return problem(stopKind(stop.kind), stop.reason, {
           seq: stop.seq,
           file: segment.path,
           offset: stop.offset,
