@@ -40,8 +40,15 @@ import { matchesSource, sourceLabel } from "./_key.ts";
 export type { SourceKey, VaultRecord } from "./_format.ts";
 export { matchesSource, sourceLabel } from "./_key.ts";
 
-/** Bytes of records read from one source at a time while merging. */
-const MERGE_BATCH_BYTES = 64 * 1024;
+/**
+ * Bytes of records read from one source at a time while merging: 1 MiB for
+ * a few sources, less for many, so that the batches held at once stay near
+ * 32 MiB (but at least 16 KiB each).
+ */
+function _batchBytes(sources: number): number {
+  const each = Math.floor(32 * 1024 * 1024 / Math.max(1, sources));
+  return Math.min(1024 * 1024, Math.max(16 * 1024, each));
+}
 /** Bytes of output `catRecords` gathers before yielding them. */
 const CAT_CHUNK_BYTES = 64 * 1024;
 
@@ -137,13 +144,15 @@ function _compare(a: string, b: string): number {
  */
 class _SourceReader {
   #entry: SourceEntry;
+  #batchBytes: number;
   #segments: SegmentFile[] | undefined;
   #index = 0;
   #offset = 0;
   #nextSeq = 0;
 
-  constructor(entry: SourceEntry) {
+  constructor(entry: SourceEntry, batchBytes: number) {
     this.#entry = entry;
+    this.#batchBytes = batchBytes;
   }
 
   /** The next batch, or undefined at the end of the source. */
@@ -200,9 +209,9 @@ class _SourceReader {
         kind: VAULT_KIND,
         nextSeq: this.#nextSeq,
         offset: this.#offset,
-        readBytes: MERGE_BATCH_BYTES,
+        readBytes: this.#batchBytes,
       });
-      const raw = await scanner.read(size, MERGE_BATCH_BYTES);
+      const raw = await scanner.read(size, this.#batchBytes);
       this.#offset = scanner.offset;
       this.#nextSeq = scanner.nextSeq;
       if (raw.length > 0) {
@@ -251,12 +260,13 @@ async function* _merge(
 ): AsyncGenerator<[VaultRecord, number]> {
   const { since, signal } = options;
   const heap: Head[] = [];
+  const batchBytes = _batchBytes(entries.length);
   for (const [order, entry] of entries.entries()) {
     const head: Head = {
       batch: [],
       index: 0,
       order,
-      reader: new _SourceReader(entry),
+      reader: new _SourceReader(entry, batchBytes),
     };
     if (await _advance(head, since)) _push(heap, head);
   }
@@ -489,7 +499,7 @@ export async function listSources(dir: string): Promise<SourceInfo[]> {
     for (const segment of segments) {
       bytes += await stat(segment.path).then((s) => s.size, () => 0);
     }
-    const first = (await new _SourceReader(entry).next())?.[0];
+    const first = (await new _SourceReader(entry, 64 * 1024).next())?.[0];
     for (let i = segments.length - 1; i >= 0 && last === undefined; i--) {
       for await (const batch of _segmentRecords(entry, segments, i)) {
         last = batch.at(-1) ?? last;

@@ -374,13 +374,13 @@ async function _openLocked(
   const interval = settings.sealIntervalMs;
   if (sealed && interval > 0) {
     // verify accepts unsealed records only up to about an interval after
-    // the last seal, so it must know the interval, and a seal right away
-    // covers whatever a crash left unsealed, however long the server was
-    // down, before any new record arrives.
+    // the last seal: a seal right away covers whatever a crash left
+    // unsealed, however long the server was down, before any new record
+    // arrives; then verify must know the interval now in force.
+    await impl.sealAndReport();
     if (info.sealIntervalMs !== interval && force.seal === undefined) {
       await writeVaultInfo(root, { ...info, sealIntervalMs: interval });
     }
-    await impl.sealAndReport();
     impl.startTimer(interval);
   }
   return impl;
