@@ -682,8 +682,9 @@ describe("Vault bounds what a peer can make it keep", () => {
       // At rest: the cached segment files, nothing more.
       assert.ok(idle <= max, `${idle} descriptors held at rest`);
       // While committing: the cached files plus, per parallel commit, the
-      // directories it fsyncs and the source.json it writes.
-      assert.ok(peak <= 3 * max, `${peak} descriptors at the peak`);
+      // directories it fsyncs and the source.json it writes, whose closes
+      // may still be on their way (without the bound: over 2,000).
+      assert.ok(peak <= 4 * max, `${peak} descriptors at the peak`);
       assert.ok(vault.stats.evictions >= 2000, JSON.stringify(vault.stats));
       await vault.close();
       assert.equal(openFds(dir), 0, "close leaves no descriptor open");
