@@ -29,7 +29,7 @@ const base = fs.realpathSync(
 );
 after(() => fs.rmSync(base, { recursive: true, force: true }));
 
-const MAGIC = new TextEncoder().encode("\x89MOATTST");
+const MAGIC = Uint8Array.of(0x89, ...new TextEncoder().encode("MOATTST"));
 const KIND = 7;
 
 function record(seq: number, size: number): Uint8Array {

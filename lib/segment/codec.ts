@@ -266,7 +266,7 @@ export interface SegmentScan {
  * ```ts
  * import { encodeSegmentHeader, finishRecord, scanSegment } from "./codec.ts";
  * import assert from "node:assert/strict";
- * const magic = new TextEncoder().encode("\x89MOATXYZ");
+ * const magic = Uint8Array.of(0x89, ...new TextEncoder().encode("MOATXYZ"));
  * const record = new Uint8Array(24);
  * finishRecord(record, { kind: 9, flags: 0, seq: 1 });
  * const file = new Uint8Array([
