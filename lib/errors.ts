@@ -116,6 +116,60 @@ export class UsageError extends MoatError {
   }
 }
 
+/**
+ * A vault source the vault will not create: its name contains `/` (the
+ * separator of the `peer/name` label) or a control character. The message
+ * names no server path, so it may go to the peer.
+ */
+export class SourceNameError extends TypeError {
+  readonly code = "ERR_SOURCE_NAME";
+  readonly exitCode: ExitCode = ExitCode.Usage;
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SourceNameError";
+  }
+}
+
+/**
+ * A peer asked the vault for a new source beyond `maxSourcesPerPeer`. The
+ * message names no server path, so it may go to the peer.
+ */
+export class TooManySourcesError extends MoatError {
+  constructor(
+    readonly peer: string,
+    readonly limit: number,
+    options?: ErrorOptions,
+  ) {
+    super(
+      "ERR_TOO_MANY_SOURCES",
+      `Cannot create another source for peer "${peer}": it has ${limit} (maxSourcesPerPeer)`,
+      ExitCode.Failure,
+      options,
+    );
+    this.name = "TooManySourcesError";
+  }
+}
+
+/**
+ * One vault append (one ship batch) carried more records than the vault
+ * takes at once. The message names no server path, so it may go to the peer.
+ */
+export class TooManyRecordsError extends RangeError {
+  readonly code = "ERR_TOO_MANY_RECORDS";
+  readonly exitCode: ExitCode = ExitCode.Failure;
+  constructor(
+    readonly count: number,
+    readonly limit: number,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `Cannot append ${count} records at once: a batch holds at most ${limit} (maxRecordsPerAppend)`,
+      options,
+    );
+    this.name = "TooManyRecordsError";
+  }
+}
+
 /** Error classes for `instanceof` checks. */
 export const errors = {
   MoatError,
@@ -128,4 +182,7 @@ export const errors = {
   PathError,
   IntegrityError,
   UsageError,
+  SourceNameError,
+  TooManySourcesError,
+  TooManyRecordsError,
 } as const;

@@ -16,3 +16,9 @@ export const DEFAULT_MAX_LINE = 8192;
 export const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
 /** A client must finish its handshake this soon, in milliseconds. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * Most records one ship batch (one vault append) may carry: each costs a
+ * chain hash, so this bounds the work one frame can make the server do at
+ * once. The shipper never puts more in one frame.
+ */
+export const DEFAULT_MAX_BATCH_RECORDS = 4096;

@@ -16,7 +16,7 @@ import {
   readShipState,
   writeShipState,
 } from "../lib/ship/state.ts";
-import { _internals } from "../lib/vault/_segment_log.ts";
+import { _internals } from "../lib/segment/log.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-spool-")),

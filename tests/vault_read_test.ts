@@ -5,9 +5,11 @@ import os from "node:os";
 import path from "node:path";
 import { openVault } from "../lib/vault/store.ts";
 import type { AppendRecord } from "../lib/vault/store.ts";
-import { listSources, readRecords } from "../lib/vault/read.ts";
+import { catRecords, listSources, readRecords } from "../lib/vault/read.ts";
+import { verifyVault } from "../lib/vault/verify.ts";
+import { openFds, writeLegacySource } from "./_vault_test_utils.ts";
 import type { VaultRecord } from "../lib/vault/read.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-vault-read-")),
@@ -274,4 +276,188 @@ describe("listSources", () => {
     assert.equal(info!.lastRecvTs, 1009);
     assert.equal(info!.lastTs, 1000);
   });
+});
+
+describe("readRecords attribution", () => {
+  test("readRecords: a label filter never matches another host's source literally named so", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    await vault.append(
+      { peer: "127.0.0.5", name: "auth" },
+      records(1, 1, "real"),
+    );
+    await vault.close();
+    // Only an earlier version could store a name holding "/".
+    writeLegacySource(dir, { peer: "10.0.0.9", name: "127.0.0.5/auth" }, [
+      { line: "forged" },
+    ]);
+    const pick = async (source: string) =>
+      (await Array.fromAsync(readRecords(dir, { source }))).map((r) =>
+        `${r.peer}/${r.name}:${td.decode(r.line)}`
+      );
+    assert.deepEqual(await pick("127.0.0.5/auth"), ["127.0.0.5/auth:real 1"]);
+    assert.deepEqual(await pick("10.0.0.9/127.0.0.5/auth"), [
+      "10.0.0.9/127.0.0.5/auth:forged",
+    ]);
+    assert.deepEqual(await pick("auth"), ["127.0.0.5/auth:real 1"]);
+    const report = await verifyVault(dir, { source: "127.0.0.5/auth" });
+    assert.deepEqual(report.sources.map((s) => s.label), ["127.0.0.5/auth"]);
+  });
+
+  test("readRecords follows a partial record with its own source's next, never another's", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    const line = (text: string) => te.encode(text);
+    await vault.append(
+      A,
+      [{ seq: 1, ts: 1, line: line("AAA"), partial: true }],
+      {
+        recvTs: 100,
+      },
+    );
+    await vault.append(B, [{ seq: 1, ts: 1, line: line("BBB") }], {
+      recvTs: 150,
+    });
+    await vault.append(A, [{ seq: 2, ts: 1, line: line("aaa") }], {
+      recvTs: 200,
+    });
+    await vault.close();
+    const got = (await Array.fromAsync(readRecords(dir))).map(show);
+    assert.deepEqual(got, [
+      "10.0.0.1/web#1@100:AAA",
+      "10.0.0.1/web#2@200:aaa",
+      "10.0.0.2/web#1@150:BBB",
+    ]);
+    assert.equal(
+      await cat(dir),
+      "10.0.0.1/web\tAAAaaa\n10.0.0.2/web\tBBB\n",
+    );
+  });
+});
+
+async function cat(
+  dir: string,
+  options: { source?: string; terminal?: boolean } = {},
+): Promise<string> {
+  let out = "";
+  for await (const chunk of catRecords(dir, options)) out += td.decode(chunk);
+  return out;
+}
+
+describe("catRecords", () => {
+  test("catRecords labels every line when more than one source matches, and none otherwise", async () => {
+    const dir = await threeSources();
+    assert.equal(
+      await cat(dir, { source: "web" }),
+      [
+        "10.0.0.1/web\ta 1",
+        "10.0.0.1/web\ta 2",
+        "10.0.0.2/web\tb 1",
+        "10.0.0.2/web\tb 2",
+        "10.0.0.2/web\tb 3",
+        "10.0.0.1/web\ta 3",
+        "",
+      ].join("\n"),
+    );
+    assert.equal(
+      await cat(dir, { source: "10.0.0.2/web" }),
+      "b 1\nb 2\nb 3\n",
+    );
+  });
+
+  test("catRecords ends a line left partial before another source's line", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    await vault.append(A, [{
+      seq: 1,
+      ts: 1,
+      line: te.encode("cut"),
+      partial: true,
+    }], {
+      recvTs: 100,
+    });
+    await vault.append(B, [{ seq: 1, ts: 1, line: te.encode("next") }], {
+      recvTs: 150,
+    });
+    await vault.close();
+    assert.equal(await cat(dir), "10.0.0.1/web\tcut\n10.0.0.2/web\tnext\n");
+    assert.equal(await cat(dir, { source: "10.0.0.1/web" }), "cut\n");
+  });
+
+  test("catRecords writes a line feed inside a record as \\n, so a record is one line", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    const forged = te.encode("hello\n10.0.0.1/web\tinjected\r\x1b[2J");
+    await vault.append(B, [{ seq: 1, ts: 1, line: forged }], { recvTs: 100 });
+    await vault.append(A, records(1, 1, "a"), { recvTs: 200 });
+    await vault.close();
+    const raw = await cat(dir);
+    assert.equal(
+      raw,
+      "10.0.0.2/web\thello\\n10.0.0.1/web\tinjected\r\x1b[2J\n10.0.0.1/web\ta 1\n",
+    );
+    assert.equal(raw.split("\n").length, 3);
+    assert.equal(
+      await cat(dir, { terminal: true }),
+      "10.0.0.2/web\thello\\n10.0.0.1/web\\tinjected\\r\\e[2J\n10.0.0.1/web\ta 1\n",
+    );
+    assert.equal(
+      await cat(dir, { source: "10.0.0.2/web" }),
+      "hello\\n10.0.0.1/web\tinjected\r\x1b[2J\n",
+    );
+    // Stored as sent: the reader gets the bytes back.
+    const [stored] = await Array.fromAsync(
+      readRecords(dir, { source: "10.0.0.2/web" }),
+    );
+    assert.deepEqual(stored!.line, forged);
+  });
+
+  test("catRecords escapes a hostile label on a terminal", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    await vault.append(
+      {
+        peer: "10.0.0.1",
+        identity: "token:a",
+        name: "\u202eweb",
+      },
+      records(1, 1, "x"),
+      { recvTs: 100 },
+    );
+    await vault.append(A, records(1, 1, "y"), { recvTs: 200 });
+    await vault.close();
+    assert.equal(
+      await cat(dir, { terminal: true }),
+      "10.0.0.1[token:a]/\\u{202e}web\tx 1\n10.0.0.1/web\ty 1\n",
+    );
+  });
+});
+
+describe("readRecords descriptors", () => {
+  test(
+    "readRecords holds no segment open between batches while merging 300 sources",
+    { skip: openFds() === undefined ? "needs /proc/self/fd" : false },
+    async () => {
+      const dir = freshDir();
+      const vault = await openVault(dir, { maxSourcesPerPeer: 300 });
+      for (let i = 0; i < 300; i++) {
+        await vault.append(
+          { peer: "10.0.0.1", name: `s${i}` },
+          records(1, 3, `s${i}`),
+          {
+            recvTs: 1000 + i,
+          },
+        );
+      }
+      await vault.close();
+      let n = 0;
+      let most = 0;
+      for await (const _ of readRecords(dir)) {
+        n++;
+        if (n % 50 === 0) most = Math.max(most, openFds(dir)!);
+      }
+      assert.equal(n, 900);
+      assert.equal(most, 0, `${most} files open while merging`);
+    },
+  );
 });

@@ -9,8 +9,8 @@ import { openVault } from "../lib/vault/store.ts";
 import type { AppendRecord, SealEvent } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import { readRecords } from "../lib/vault/read.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
-import { _internals } from "../lib/vault/_segment_log.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import { _internals } from "../lib/segment/log.ts";
 import { evolveKey, parseVerificationKey } from "../lib/vault/_seal.ts";
 import { MoatError } from "../lib/errors.ts";
 import { runMoat, startServer } from "./_e2e.ts";
@@ -102,6 +102,50 @@ describe("initVault", () => {
     const report = await verifyVault(dir, { key: made.verificationKey });
     assert.deepEqual(report.problems, []);
     assert.equal(report.sources[0]!.sealedSeq, 8);
+  });
+});
+
+describe("initVault and openVault leave no record of a sealed vault unsealed", () => {
+  test("initVault seals the records an existing vault holds before it marks it sealed", async () => {
+    const dir = freshDir();
+    const plain = await openVault(dir);
+    await plain.append(KEY, records(1, 5));
+    await plain.close();
+    const made = await initVault(dir);
+    // No server ran since: the seal init wrote is what covers the records.
+    const report = await verifyVault(dir, { key: made.verificationKey });
+    assert.deepEqual(report.problems, []);
+    assert.ok(report.seals >= 1);
+    assert.equal(report.sources[0]!.sealedSeq, 5);
+    assert.equal(report.keyEpoch, report.seals + 1);
+  });
+
+  test("openVault records its seal interval and seals at once", async () => {
+    const dir = freshDir();
+    await initVault(dir);
+    const events: SealEvent[] = [];
+    const vault = await openVault(dir, {
+      sealIntervalMs: 3_600_000,
+      onSeal: (e) => events.push(e),
+    });
+    try {
+      assert.deepEqual(events.map((e) => [e.type, e.epoch]), [["sealed", 1]]);
+      const info = JSON.parse(
+        fs.readFileSync(path.join(dir, "vault.json"), "utf8"),
+      );
+      assert.equal(info.sealIntervalMs, 3_600_000);
+      assert.equal(info.sealed, true);
+      assert.equal((await verifyVault(dir)).sealIntervalMs, 3_600_000);
+    } finally {
+      await vault.close();
+    }
+  });
+
+  test("openVault refuses a seal interval longer than a day", async () => {
+    await assert.rejects(
+      openVault(freshDir(), { sealIntervalMs: 86_400_001 }),
+      RangeError,
+    );
   });
 });
 

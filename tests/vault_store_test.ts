@@ -3,12 +3,27 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { createHash } from "node:crypto";
 import { openVault } from "../lib/vault/store.ts";
 import type { AppendRecord, VaultEvent } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
-import { _internals } from "../lib/vault/_segment_log.ts";
-import { MoatError } from "../lib/errors.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import { _internals } from "../lib/segment/log.ts";
+import {
+  DEFAULT_MAX_SOURCES_PER_PEER,
+  sourceKey,
+  sourceLabel,
+} from "../lib/vault/store.ts";
+import { verifyVault } from "../lib/vault/verify.ts";
+import {
+  MoatError,
+  SourceNameError,
+  TooManyRecordsError,
+  TooManySourcesError,
+} from "../lib/errors.ts";
+import { encodeFrame } from "../lib/framer.ts";
+import { encodeShipBatch, Kind } from "../lib/protocol.ts";
+import { openFds, writeLegacySource } from "./_vault_test_utils.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-vault-")),
@@ -580,17 +595,29 @@ describe("openVault", () => {
   test("openVault keeps hostile source names inside the sources directory", async () => {
     const dir = freshDir();
     const vault = await openVault(dir);
-    const keys = [
-      { peer: "../..", name: "../../../etc/passwd" },
-      { peer: "::ffff:10.0.0.1", name: "a/b\\c\0d" },
+    // Keys the vault creates, and keys only earlier versions created (a "/"
+    // or a control character in the name, an empty or "/"-holding peer):
+    // those are refused now, so they are written as such a version left
+    // them, and must stay inside the sources directory and readable.
+    const created = [
       { peer: ".", name: ".." },
-      { peer: "x".repeat(1024), name: "\u202e\u0000\n".repeat(300) },
       { peer: "a~b", name: "c" },
       { peer: "a", name: "b~c" },
+      { peer: "x".repeat(1024), name: "\u202e".repeat(300) },
+    ];
+    const legacy = [
+      { peer: "../..", name: "../../../etc/passwd" },
+      { peer: "::ffff:10.0.0.1", name: "a/b\\c\0d" },
+      { peer: "x".repeat(1024), name: "\u202e\u0000\n".repeat(300) },
       { peer: "", name: "empty peer" },
     ];
-    for (const key of keys) await vault.append(key, records(1, 1));
+    const keys = [...created, ...legacy];
+    for (const key of created) await vault.append(key, records(1, 1));
+    for (const key of legacy) {
+      assert.throws(() => vault.source(key), TypeError);
+    }
     await vault.close();
+    for (const key of legacy) writeLegacySource(dir, key, [{ line: "x" }]);
     const entries = fs.readdirSync(path.join(dir, "sources"));
     assert.equal(entries.length, keys.length);
     for (const entry of entries) {
@@ -619,5 +646,263 @@ describe("openVault", () => {
       TypeError,
     );
     await vault.close();
+  });
+});
+
+describe("Vault bounds what a peer can make it keep", () => {
+  test(
+    "Vault keeps at most maxOpenSegments files open over 2,000 sources",
+    { skip: openFds() === undefined ? "needs /proc/self/fd" : false },
+    async () => {
+      const dir = freshDir();
+      const max = 32;
+      const vault = await openVault(dir, {
+        maxOpenSegments: max,
+        maxSourcesPerPeer: 2000,
+      });
+      const keys = Array.from(
+        { length: 2000 },
+        (_, i) => ({ peer: "127.0.0.1", name: `s${i}` }),
+      );
+      let peak = 0;
+      let calls = 0;
+      // Sampled at every 10th write or fsync: 32 commits run all along.
+      _internals.fault = () => {
+        if (calls++ % 10 === 0) peak = Math.max(peak, openFds(dir)!);
+      };
+      try {
+        // All at once: one commit round over 2,000 new sources.
+        await Promise.all(keys.map((key) => vault.append(key, records(1, 1))));
+      } finally {
+        _internals.fault = undefined;
+      }
+      // Then one by one: each reopens a file closed to make room.
+      for (const key of keys) await vault.append(key, records(2, 2));
+      const idle = openFds(dir)!;
+      // At rest: the cached segment files, nothing more.
+      assert.ok(idle <= max, `${idle} descriptors held at rest`);
+      // While committing: the cached files plus, per parallel commit, the
+      // directories it fsyncs and the source.json it writes, whose closes
+      // may still be on their way (without the bound: over 2,000).
+      assert.ok(peak <= 4 * max, `${peak} descriptors at the peak`);
+      assert.ok(vault.stats.evictions >= 2000, JSON.stringify(vault.stats));
+      await vault.close();
+      assert.equal(openFds(dir), 0, "close leaves no descriptor open");
+      const listed = await listSources(dir);
+      assert.equal(listed.length, 2000);
+      assert.ok(listed.every((s) => s.records === 2 && s.segments === 1));
+    },
+  );
+
+  test("Vault.source refuses a peer's 65th source by default, and only that peer's", async () => {
+    assert.equal(DEFAULT_MAX_SOURCES_PER_PEER, 64);
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    for (let i = 0; i < 64; i++) {
+      vault.source({ peer: "10.0.0.1", name: `s${i}` });
+    }
+    const refused = (e: unknown) => {
+      assert.ok(e instanceof TooManySourcesError);
+      assert.equal(e.code, "ERR_TOO_MANY_SOURCES");
+      assert.ok(!e.message.includes(dir), e.message);
+      assert.match(e.message, /"10\.0\.0\.1".* 64 /);
+      return true;
+    };
+    assert.throws(
+      () => vault.source({ peer: "10.0.0.1", name: "s64" }),
+      refused,
+    );
+    // Another identity from the same address gets no more room.
+    assert.throws(
+      () => vault.source({ peer: "10.0.0.1", identity: "token:x", name: "s0" }),
+      refused,
+    );
+    await assert.rejects(
+      vault.append({ peer: "10.0.0.1", name: "s64" }, records(1, 1)),
+      refused,
+    );
+    // The peer's sources still work, and other peers are not affected.
+    await vault.append({ peer: "10.0.0.1", name: "s0" }, records(1, 1));
+    await vault.append({ peer: "10.0.0.2", name: "s64" }, records(1, 1));
+    await vault.close();
+  });
+
+  test("Vault counts the sources already on disk against maxSourcesPerPeer", async () => {
+    const dir = freshDir();
+    let vault = await openVault(dir, { maxSourcesPerPeer: 3 });
+    for (let i = 0; i < 3; i++) {
+      await vault.append({ peer: "10.0.0.1", name: `s${i}` }, records(1, 1));
+    }
+    await vault.close();
+    vault = await openVault(dir, { maxSourcesPerPeer: 3 });
+    assert.throws(
+      () => vault.source({ peer: "10.0.0.1", name: "s3" }),
+      { code: "ERR_TOO_MANY_SOURCES" },
+    );
+    await vault.append({ peer: "10.0.0.1", name: "s2" }, records(2, 2));
+    await vault.close();
+    assert.equal((await listSources(dir)).length, 3);
+  });
+
+  test("Vault.append refuses more than maxRecordsPerAppend records and stores nothing of them", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    const refused = (e: unknown) => {
+      assert.ok(e instanceof TooManyRecordsError);
+      assert.ok(e instanceof RangeError);
+      assert.equal(e.code, "ERR_TOO_MANY_RECORDS");
+      assert.ok(!e.message.includes(dir), e.message);
+      return true;
+    };
+    await assert.rejects(vault.append(KEY, records(1, 4097)), refused);
+    assert.equal(vault.source(KEY).acceptedSeq, 0);
+    assert.equal(await vault.append(KEY, records(1, 4096)), 4096);
+    await vault.close();
+    assert.equal((await readAll(dir)).length, 4096);
+  });
+
+  test("Vault stores a batch of empty records in at most 3.3 bytes per wire byte", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    const batch = Array.from(
+      { length: 4096 },
+      (_, i) => ({
+        seq: i + 1,
+        ts: 1,
+        line: new Uint8Array(0),
+        partial: false,
+      }),
+    );
+    const wire = encodeFrame({
+      type: Kind.ShipBatch,
+      payload: encodeShipBatch(batch),
+    }).length;
+    await vault.append(KEY, batch);
+    await vault.close();
+    const stored = fs.statSync(segmentFiles(dir)[0]!).size;
+    // 68 bytes per record on disk (header, times, chain link) against 21 on
+    // the wire: the worst case, and a bound; one batch costs at most 4096
+    // chain hashes.
+    assert.equal(stored, 32 + 4096 * 68);
+    assert.ok(stored / wire < 3.3, `${stored} bytes for ${wire}`);
+  });
+});
+
+describe("Vault source keys", () => {
+  test("Vault keys a source by address and identity: a shared token never joins two hosts", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    const a = sourceKey(
+      { address: "10.0.0.1", identity: "token:shared" },
+      "web",
+    );
+    const b = sourceKey(
+      { address: "10.0.0.2", identity: "token:shared" },
+      "web",
+    );
+    const anon = sourceKey({ address: "10.0.0.1", identity: undefined }, "web");
+    await vault.append(a, records(1, 3, "a"));
+    // Host b, with the same token and name, starts its own source.
+    assert.equal(vault.source(b).lastSeq, 0);
+    await vault.append(b, records(1, 1, "b"));
+    assert.equal(vault.source(anon).lastSeq, 0);
+    assert.notEqual(vault.source(a), vault.source(b));
+    await vault.close();
+    const listed = await listSources(dir);
+    assert.deepEqual(
+      listed.map((s) => [sourceLabel(s), s.identity, s.records]),
+      [
+        ["10.0.0.1[token:shared]/web", "token:shared", 3],
+        ["10.0.0.2[token:shared]/web", "token:shared", 1],
+      ],
+    );
+    const got = await readAll(dir, "10.0.0.2[token:shared]/web");
+    assert.deepEqual(got.map((r) => r.text), ["b 1"]);
+    const saved = JSON.parse(
+      fs.readFileSync(
+        path.join(dir, "sources", sourceDirName(b), "source.json"),
+        "utf8",
+      ),
+    );
+    assert.deepEqual(saved, {
+      peer: "10.0.0.2",
+      identity: "token:shared",
+      name: "web",
+    });
+  });
+
+  test("Vault reads, verifies and extends a source written before keys had an identity", async () => {
+    const dir = freshDir();
+    // What the server stored for an authenticated peer before: the
+    // identity alone as the peer. Its directory name and chain are
+    // unchanged: SHA-256 over JSON [peer, name].
+    const old = { peer: "token:alice", name: "auth" };
+    const hash = createHash("sha256").update(
+      JSON.stringify(["token:alice", "auth"]),
+    )
+      .digest("hex").slice(0, 32);
+    assert.equal(sourceDirName(old), `token_alice~auth~${hash}`);
+    let vault = await openVault(dir);
+    await vault.append(old, records(1, 2));
+    await vault.close();
+    vault = await openVault(dir);
+    assert.equal(vault.source(old).lastSeq, 2);
+    await vault.append(old, records(3, 3));
+    // The same host under today's key is another source.
+    const now = sourceKey(
+      { address: "127.0.0.1", identity: "token:alice" },
+      "auth",
+    );
+    assert.equal(vault.source(now).lastSeq, 0);
+    await vault.close();
+    const report = await verifyVault(dir);
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(report.sources.map((s) => [s.label, s.records]), [
+      ["token:alice/auth", 3],
+    ]);
+  });
+
+  test("Vault.source refuses a name holding '/' or a control character with ERR_SOURCE_NAME", async () => {
+    const dir = freshDir();
+    const vault = await openVault(dir);
+    for (
+      const name of [
+        "127.0.0.5/auth",
+        "a\nb",
+        "tab\there",
+        "nul\0",
+        "del\x7f",
+        "/",
+      ]
+    ) {
+      assert.throws(
+        () => vault.source({ peer: "10.0.0.9", name }),
+        (e: unknown) => {
+          assert.ok(e instanceof SourceNameError, String(e));
+          assert.ok(e instanceof TypeError);
+          assert.equal(e.code, "ERR_SOURCE_NAME");
+          assert.ok(!e.message.includes(dir));
+          assert.doesNotMatch(e.message, /[\n\t\0\x7f]/);
+          return true;
+        },
+      );
+    }
+    // Address and identity come from the server: a bad one is a TypeError.
+    for (
+      const key of [
+        { peer: "", name: "x" },
+        { peer: "10.0.0.1/8", name: "x" },
+        { peer: "10.0.0.1 ", name: "x" },
+        { peer: "10.0.0.1", identity: "", name: "x" },
+        { peer: "10.0.0.1", identity: "token:a]", name: "x" },
+      ]
+    ) {
+      assert.throws(() => vault.source(key), (e: unknown) => {
+        assert.ok(e instanceof TypeError && !(e instanceof SourceNameError));
+        return true;
+      }, JSON.stringify(key));
+    }
+    await vault.close();
+    assert.deepEqual(fs.readdirSync(path.join(dir, "sources")), []);
   });
 });

@@ -11,10 +11,12 @@ import { initVault } from "../lib/vault/init.ts";
 import { openVault } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import type { VerifyProblem } from "../lib/vault/verify.ts";
-import { sourceDirName } from "../lib/vault/_format.ts";
-import { crc32c } from "../lib/vault/_crc32c.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import { crc32c } from "../lib/segment/crc32c.ts";
 import { Buffer } from "node:buffer";
-import { computeLink, decodeSeal, encodeSeal } from "../lib/vault/_seal.ts";
+import { runMoat } from "./_e2e.ts";
+import { computeLink } from "../lib/vault/_chain.ts";
+import { decodeSeal, encodeSeal } from "../lib/vault/_seal.ts";
 
 const INSTANCES = 50;
 const PER_SOURCE = 3400;
@@ -576,3 +578,372 @@ function _isSource(hash: Uint8Array, s: number): boolean {
   const hex = Buffer.from(hash).toString("hex");
   return sourceDirName(KEYS[s]!).endsWith(hex.slice(0, 32));
 }
+
+// Fail closed: a sealed vault is only "intact" if everything a seal should
+// cover is there, sealed, and readable. Each case damages a small sealed
+// vault of two sources (several segments each, five seals) in one way.
+
+let small = 0;
+
+/** A sealed vault: 2 sources × 100 records, sealed after every 25, closed. */
+async function smallSealedVault(): Promise<{ dir: string; key: string }> {
+  const dir = path.join(base, `small-${small++}`);
+  const { verificationKey } = await initVault(dir);
+  const vault = await openVault(dir, { sealIntervalMs: 0, segmentBytes: 4096 });
+  const te = new TextEncoder();
+  for (let round = 0; round < 4; round++) {
+    for (const key of KEYS.slice(0, 2)) {
+      const records = [];
+      for (let seq = round * 25 + 1; seq <= round * 25 + 25; seq++) {
+        records.push({
+          seq,
+          ts: seq,
+          line: te.encode(`${key.name} ${seq} ${"x".repeat(80)}`),
+        });
+      }
+      await vault.append(key, records);
+    }
+    await vault.seal();
+  }
+  await vault.close(); // seal 5; the key file is at epoch 6
+  return { dir, key: verificationKey };
+}
+
+function sealSegment(dir: string): string {
+  const names = fs.readdirSync(path.join(dir, "seals")).filter((n) =>
+    n.endsWith(".seg")
+  );
+  assert.equal(names.length, 1);
+  return path.join(dir, "seals", names[0]!);
+}
+
+/** Offset just after the first seal record in the seal segment. */
+function afterFirstSeal(file: string): number {
+  return 32 + fs.readFileSync(file).readUInt32LE(32 + 4);
+}
+
+/** Replaces a file with a directory of the same name: unreadable, even as root. */
+function makeUnreadable(file: string): void {
+  fs.rmSync(file);
+  fs.mkdirSync(file);
+}
+
+function kinds(problems: VerifyProblem[]): string[] {
+  return problems.map((p) => p.kind);
+}
+
+const FAIL_CLOSED: {
+  label: string;
+  damage: (dir: string) => void;
+  /** Problem kinds that must all be reported, with and without the key. */
+  expected: string[];
+  /** Also expected with the key only. */
+  keyed?: string[];
+}[] = [
+  {
+    label: "seals/ removed",
+    damage: (dir) => fs.rmSync(path.join(dir, "seals"), { recursive: true }),
+    expected: ["seal", "seal-gap", "unsealed"],
+  },
+  {
+    label: "the seal log cut to its first seal",
+    damage: (dir) => {
+      const file = sealSegment(dir);
+      fs.truncateSync(file, afterFirstSeal(file));
+    },
+    expected: ["seal-gap"],
+  },
+  {
+    label: "the seal log emptied to its header",
+    damage: (dir) => fs.truncateSync(sealSegment(dir), 32),
+    expected: ["seal-gap", "unsealed"],
+  },
+  {
+    label: "the seal log's only segment removed",
+    damage: (dir) => fs.rmSync(sealSegment(dir)),
+    expected: ["seal-gap", "unsealed"],
+  },
+  {
+    label: "the sealing key file moved ahead of the seal log",
+    damage: (dir) => {
+      const file = path.join(dir, "seal.key");
+      const stored = JSON.parse(fs.readFileSync(file, "utf8"));
+      fs.writeFileSync(file, JSON.stringify({ ...stored, epoch: 9 }));
+    },
+    expected: ["seal-gap"],
+  },
+  {
+    label: "the sealing key file replaced at its epoch",
+    damage: (dir) => {
+      const file = path.join(dir, "seal.key");
+      const stored = JSON.parse(fs.readFileSync(file, "utf8"));
+      fs.writeFileSync(
+        file,
+        JSON.stringify({ ...stored, key: "ab".repeat(32) }),
+      );
+    },
+    expected: [],
+    keyed: ["seal-key"],
+  },
+  {
+    label: "the sealing key file removed",
+    damage: (dir) => fs.rmSync(path.join(dir, "seal.key")),
+    expected: ["seal-key"],
+  },
+  {
+    label: "vault.json removed",
+    damage: (dir) => fs.rmSync(path.join(dir, "vault.json")),
+    expected: ["vault"],
+  },
+  {
+    label: "the first segment of a source removed",
+    damage: (dir) =>
+      fs.rmSync(
+        path.join(sourcePath(dir, 0), "00000000000000000001.seg"),
+      ),
+    expected: ["gap"],
+  },
+  {
+    label: "every segment of a sealed source removed",
+    damage: (dir) => {
+      for (const file of segmentsOf(sourcePath(dir, 0))) fs.rmSync(file);
+    },
+    expected: ["truncated"],
+  },
+  {
+    label: "the sources directory emptied",
+    damage: (dir) => {
+      for (const name of fs.readdirSync(path.join(dir, "sources"))) {
+        fs.rmSync(path.join(dir, "sources", name), { recursive: true });
+      }
+    },
+    expected: ["missing-source"],
+  },
+  {
+    label: "the sources directory removed",
+    damage: (dir) => fs.rmSync(path.join(dir, "sources"), { recursive: true }),
+    expected: ["vault", "missing-source"],
+  },
+  {
+    label: "a segment unreadable",
+    damage: (dir) => makeUnreadable(segmentsOf(sourcePath(dir, 1)).at(-1)!),
+    expected: ["unreadable"],
+  },
+  {
+    label: "the seal segment unreadable",
+    damage: (dir) => makeUnreadable(sealSegment(dir)),
+    expected: ["unreadable"],
+  },
+  {
+    label: "the sealing key file unreadable",
+    damage: (dir) => makeUnreadable(path.join(dir, "seal.key")),
+    expected: ["seal-key"],
+  },
+  {
+    label: "vault.json unreadable",
+    damage: (dir) => makeUnreadable(path.join(dir, "vault.json")),
+    expected: ["vault"],
+  },
+  {
+    label: "a source's source.json unreadable",
+    damage: (dir) =>
+      makeUnreadable(path.join(sourcePath(dir, 0), "source.json")),
+    expected: ["header", "missing-source"],
+  },
+];
+
+describe("verifyVault fails closed on a sealed vault", () => {
+  test("verifyVault finds a small sealed vault intact before any damage", async () => {
+    const { dir, key } = await smallSealedVault();
+    assert.ok(segmentsOf(sourcePath(dir, 0)).length > 1);
+    for (const options of [{ key }, {}]) {
+      const report = await verifyVault(dir, options);
+      assert.deepEqual(report.problems, []);
+      assert.equal(report.seals, 5);
+      assert.equal(report.keyEpoch, 6);
+    }
+  });
+
+  for (const { label, damage, expected, keyed = [] } of FAIL_CLOSED) {
+    test(`verifyVault reports damage: ${label}`, async () => {
+      const { dir, key } = await smallSealedVault();
+      damage(dir);
+      const withKey = await verifyVault(dir, { key });
+      const without = await verifyVault(dir);
+      for (
+        const [report, want] of [
+          [withKey, [...expected, ...keyed]],
+          [without, expected],
+        ] as const
+      ) {
+        const found = kinds(report.problems);
+        for (const kind of want) {
+          assert.ok(found.includes(kind), `${kind} not in ${found}`);
+        }
+        assert.equal(report.ok, report.problems.length === 0);
+      }
+      assert.equal(withKey.ok, false, "damage passed with the key");
+      for (const p of withKey.problems) {
+        assert.doesNotMatch(p.message, /\.$/);
+        assert.ok(!p.message.includes("\n"));
+      }
+    });
+  }
+
+  test("verifyVault reports a source forged after the seals were removed", async () => {
+    const { dir, key } = await smallSealedVault();
+    // The intruder has the vault id and the current key file; they rebuild
+    // source 0 (well-formed, chained from the genesis) with an unsealed
+    // copy of the vault, swap it in, delete the seals, and start the key
+    // file over at epoch 1 with a key of their own.
+    const scratch = path.join(base, `forge-${small++}`);
+    fs.cpSync(dir, scratch, { recursive: true });
+    fs.rmSync(path.join(scratch, "seals"), { recursive: true });
+    fs.rmSync(path.join(scratch, "seal.key"));
+    fs.rmSync(sourcePath(scratch, 0), { recursive: true });
+    const info = JSON.parse(
+      fs.readFileSync(path.join(scratch, "vault.json"), "utf8"),
+    );
+    fs.writeFileSync(
+      path.join(scratch, "vault.json"),
+      JSON.stringify({ ...info, sealed: false }),
+    );
+    const forger = await openVault(scratch, { sealIntervalMs: 0 });
+    await forger.append(KEYS[0]!, [{
+      seq: 1,
+      ts: 1,
+      line: new TextEncoder().encode("nothing happened here"),
+    }]);
+    await forger.close();
+    fs.rmSync(sourcePath(dir, 0), { recursive: true });
+    fs.cpSync(sourcePath(scratch, 0), sourcePath(dir, 0), { recursive: true });
+    fs.rmSync(path.join(dir, "seals"), { recursive: true });
+    fs.mkdirSync(path.join(dir, "seals"));
+    const stored = JSON.parse(
+      fs.readFileSync(path.join(dir, "seal.key"), "utf8"),
+    );
+    fs.writeFileSync(
+      path.join(dir, "seal.key"),
+      JSON.stringify({ ...stored, epoch: 1, key: "cd".repeat(32) }),
+    );
+    // The forged chain itself is sound: only the missing seals show.
+    const plain = await verifyVault(scratch);
+    assert.deepEqual(plain.problems, []);
+    const withKey = await verifyVault(dir, { key });
+    assert.equal(withKey.ok, false);
+    assert.ok(kinds(withKey.problems).includes("seal-key"));
+    assert.ok(kinds(withKey.problems).includes("unsealed"));
+    const without = await verifyVault(dir);
+    assert.equal(without.ok, false);
+    const forged = without.problems.find((p) => p.source === LABELS[0]);
+    assert.equal(forged?.kind, "unsealed");
+    assert.equal(forged?.seq, 1);
+  });
+
+  test("moat vault verify exits 5 on a sealed vault whose seals/ was removed", async () => {
+    const { dir, key } = await smallSealedVault();
+    fs.rmSync(path.join(dir, "seals"), { recursive: true });
+    for (const args of [["--key", key], []]) {
+      const r = await runMoat(["vault", "verify", dir, ...args]);
+      assert.equal(r.code, 5, r.stdout + r.stderr);
+      assert.match(r.stdout, /DAMAGED: .*seal log ends at seal 0/);
+      assert.doesNotMatch(r.stdout, /^OK/m);
+    }
+  });
+});
+
+describe("verifyVault judges unsealed records by the seal interval", () => {
+  const HOUR = 3_600_000;
+  const cases: {
+    label: string;
+    /** Seal interval the vault is served with (0: none recorded). */
+    interval: number;
+    /** Receive time of the unsealed record, relative to the last seal. */
+    after: number;
+    /** Verification time, relative to the last seal. */
+    now: number;
+    damaged: boolean;
+  }[] = [
+    {
+      label: "within the interval",
+      interval: HOUR,
+      after: HOUR / 2,
+      now: 2 * HOUR,
+      damaged: false,
+    },
+    {
+      label: "past interval and grace",
+      interval: HOUR,
+      after: 2 * HOUR + 1,
+      now: 3 * HOUR,
+      damaged: true,
+    },
+    {
+      label: "just inside interval and grace",
+      interval: HOUR,
+      after: 2 * HOUR - 1,
+      now: 3 * HOUR,
+      damaged: false,
+    },
+    {
+      label: "well before the last seal",
+      interval: HOUR,
+      after: -2 * HOUR,
+      now: HOUR,
+      damaged: true,
+    },
+    {
+      label: "received while verifying",
+      interval: HOUR,
+      after: 5 * HOUR,
+      now: 5 * HOUR,
+      damaged: false,
+    },
+    {
+      label: "no interval recorded, inside 60 s + 60 s",
+      interval: 0,
+      after: 119_000,
+      now: HOUR,
+      damaged: false,
+    },
+    {
+      label: "no interval recorded, past 60 s + 60 s",
+      interval: 0,
+      after: 121_000,
+      now: HOUR,
+      damaged: true,
+    },
+  ];
+  for (const { label, interval, after, now, damaged } of cases) {
+    test(`verifyVault unsealed record ${label}: ${damaged ? "damage" : "tail"}`, async () => {
+      const dir = path.join(base, `tail-${small++}`);
+      const { verificationKey } = await initVault(dir);
+      const vault = await openVault(dir, { sealIntervalMs: interval });
+      try {
+        const key = KEYS[0]!;
+        const line = new TextEncoder().encode("x");
+        await vault.append(key, [{ seq: 1, ts: 1, line }]);
+        const sealed = await vault.seal();
+        await vault.append(key, [{ seq: 2, ts: 2, line }], {
+          recvTs: sealed.time + after,
+        });
+        const report = await verifyVault(dir, {
+          key: verificationKey,
+          now: sealed.time + now,
+        });
+        assert.equal(report.sealIntervalMs, interval || 60_000);
+        if (damaged) {
+          assert.equal(report.ok, false);
+          assert.equal(report.problems.length, 1, report.problems[0]?.message);
+          assert.equal(report.problems[0]!.kind, "unsealed");
+          assert.equal(report.problems[0]!.seq, 2);
+        } else {
+          assert.deepEqual(report.problems, []);
+          assert.equal(report.unsealed, 1);
+        }
+      } finally {
+        await vault.close();
+      }
+    });
+  }
+});

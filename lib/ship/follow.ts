@@ -42,7 +42,7 @@
 import { open, readdir, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { _code } from "../vault/_fs.ts";
+import { systemErrorCode } from "../segment/fs.ts";
 
 /** Where a follower stands in a file. */
 export interface FilePosition {
@@ -214,7 +214,7 @@ async function _open(file: string): Promise<_Open | undefined> {
   try {
     handle = await open(file, "r");
   } catch (error) {
-    const code = _code(error);
+    const code = systemErrorCode(error);
     if (code === "ENOENT" || code === "ENOTDIR") return undefined;
     throw error;
   }
@@ -229,7 +229,7 @@ async function _statId(
     const st = await stat(file);
     return { dev: st.dev, ino: st.ino };
   } catch (error) {
-    const code = _code(error);
+    const code = systemErrorCode(error);
     if (code === "ENOENT" || code === "ENOTDIR") return undefined;
     throw error;
   }

@@ -20,6 +20,7 @@ import {
   SHIP_RECORD_HEADER,
   type ShipRecord,
 } from "../protocol.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
 import { follow, type FollowEvent, readLines } from "./follow.ts";
 import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
 
@@ -84,17 +85,28 @@ function isFatal(err: unknown): boolean {
       "ERR_NO_VAULT",
       "ERR_ACCESS_DENIED",
       "ERR_PROTOCOL",
+      // The vault refuses this source (its name, or one source too many)
+      // or this shipper's batches: resending cannot change that.
+      "ERR_SOURCE_NAME",
+      "ERR_TOO_MANY_SOURCES",
+      "ERR_TOO_MANY_RECORDS",
     ]
       .includes(err.code);
 }
 
-/** Splits spool records into frame-sized groups. */
+/**
+ * Splits spool records into frame-sized groups of at most as many records
+ * as the server takes in one batch.
+ */
 function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
   let group: ShipRecord[] = [];
   let size = 0;
   for (const r of records) {
     const n = SHIP_RECORD_HEADER + r.line.length;
-    if (size + n > FRAME_BUDGET && group.length > 0) {
+    if (
+      (size + n > FRAME_BUDGET || group.length >= DEFAULT_MAX_BATCH_RECORDS) &&
+      group.length > 0
+    ) {
       yield group;
       group = [];
       size = 0;

@@ -22,25 +22,29 @@ import type { FileHandle } from "node:fs/promises";
 import { open } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { _code, acquireLock, makeDir, removeTempFiles } from "../vault/_fs.ts";
-import type { Lock } from "../vault/_fs.ts";
 import {
-  _corrupt,
-  _getU64,
-  _sealRecord,
-  _setU64,
-  CommitGroup,
-  listSegments,
+  acquireLock,
+  makeDir,
+  removeTempFiles,
+  systemErrorCode,
+} from "../segment/fs.ts";
+import type { Lock } from "../segment/fs.ts";
+import {
+  corruptError,
+  finishRecord,
+  getU64,
   MAX_RECORD_BYTES,
+  setU64,
+} from "../segment/codec.ts";
+import type { RawRecord } from "../segment/codec.ts";
+import { CommitGroup } from "../segment/commit_group.ts";
+import { SegmentLog } from "../segment/log.ts";
+import type { LogRepair, SegmentInfo } from "../segment/log.ts";
+import {
+  listSegments,
   readSegment,
-  SegmentLog,
   SegmentScanner,
-} from "../vault/_segment_log.ts";
-import type {
-  LogRepair,
-  RawRecord,
-  SegmentInfo,
-} from "../vault/_segment_log.ts";
+} from "../segment/scanner.ts";
 import type { FilePosition } from "./follow.ts";
 import {
   _isCount,
@@ -290,7 +294,7 @@ export async function openSpool(
     const segments = await listSegments(spoolDir);
     if (state === undefined) {
       if (segments.length > 0) {
-        throw _corrupt(
+        throw corruptError(
           file,
           0,
           "the state file is missing but the spool is not empty",
@@ -316,7 +320,7 @@ export async function openSpool(
       onRepair: (repair) => options.onEvent?.(repair),
     });
     if (log.firstSeq > state.acked + 1 || log.lastSeq < state.acked) {
-      throw _corrupt(
+      throw corruptError(
         spoolDir,
         0,
         `the spool holds records ${log.firstSeq} to ${log.lastSeq} but ${state.acked} were acknowledged`,
@@ -374,16 +378,16 @@ async function _overlay(
         const view = _view(raw.bytes);
         const input = view.getUint32(28, true);
         if (input >= inputs) {
-          throw _corrupt(
+          throw corruptError(
             segment.path,
             raw.offset,
             `record names unknown input ${input}`,
           );
         }
         positions.set(input, {
-          dev: _getU64(view, 32),
-          ino: _getU64(view, 40),
-          offset: _getU64(view, 48),
+          dev: getU64(view, 32),
+          ino: getU64(view, 40),
+          offset: getU64(view, 48),
         });
       }
     }
@@ -398,7 +402,7 @@ function _decode(raw: RawRecord): SpoolRecord {
   const view = _view(raw.bytes);
   return {
     seq: raw.seq,
-    ts: _getU64(view, 20),
+    ts: getU64(view, 20),
     line: raw.bytes.subarray(LINE_OFFSET),
     partial: (raw.flags & FLAG_PARTIAL) !== 0,
   };
@@ -578,13 +582,13 @@ class _Spool implements Spool {
     let seq = first;
     for (const line of lines) {
       const length = LINE_OFFSET + line.line.length;
-      _setU64(view, at + 20, line.ts ?? now);
+      setU64(view, at + 20, line.ts ?? now);
       view.setUint32(at + 28, input, true);
-      _setU64(view, at + 32, line.dev);
-      _setU64(view, at + 40, line.ino);
-      _setU64(view, at + 48, line.offset);
+      setU64(view, at + 32, line.dev);
+      setU64(view, at + 40, line.ino);
+      setU64(view, at + 48, line.offset);
       out.set(line.line, at + LINE_OFFSET);
-      _sealRecord(out.subarray(at, at + length), {
+      finishRecord(out.subarray(at, at + length), {
         kind: SPOOL_KIND,
         flags: line.partial ? FLAG_PARTIAL : 0,
         seq,
@@ -648,7 +652,7 @@ class _Spool implements Spool {
           try {
             handle = await open(segment.path, "r");
           } catch (error) {
-            if (_code(error) !== "ENOENT") throw error;
+            if (systemErrorCode(error) !== "ENOENT") throw error;
             await Promise.race([log.changed(), aborted]);
             continue;
           }
@@ -677,7 +681,7 @@ class _Spool implements Spool {
           continue;
         }
         if (current.scanner.error !== undefined) {
-          throw _corrupt(
+          throw corruptError(
             segments[at]?.path ?? "spool",
             current.scanner.offset,
             current.scanner.error,

@@ -11,8 +11,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { isAbsolute, join } from "node:path";
 import process from "node:process";
 import { UsageError } from "../errors.ts";
-import { _code, readTextIfExists, writeFileAtomic } from "../vault/_fs.ts";
-import { _corrupt } from "../vault/_segment_log.ts";
+import { corruptError } from "../segment/codec.ts";
+import { readTextIfExists, writeFileAtomic } from "../segment/fs.ts";
 import type { FilePosition } from "./follow.ts";
 
 /** State file format version. */
@@ -72,7 +72,7 @@ export async function readShipState(
     return _parse(JSON.parse(text));
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
-    throw _corrupt(file, 0, `not a valid state file (${reason})`);
+    throw corruptError(file, 0, `not a valid state file (${reason})`);
   }
 }
 

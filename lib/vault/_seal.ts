@@ -1,27 +1,26 @@
 /**
- * The vault's tamper evidence: the per-source hash chain, the seal record
- * codec, the evolving sealing key, the verification key's text form, and the
- * vault's identity file. Only SHA-256 and HMAC-SHA256 from `node:crypto` are
- * used. Formats: `docs/VAULT.md`, "Tamper evidence".
+ * The vault's seals and the files around them: the seal record codec, the
+ * evolving sealing key, the verification key's text form, the vault's
+ * identity file and the sealing key file. Only SHA-256 and HMAC-SHA256 from
+ * `node:crypto` are used; the hash chain is in `_chain.ts`. Formats:
+ * `docs/VAULT.md`, "Tamper evidence".
  *
  * @module
  */
 
-import {
-  createHash,
-  createHmac,
-  hash as oneShotHash,
-  randomBytes,
-  timingSafeEqual,
-} from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { open, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { _code, makeDir, readTextIfExists, writeFileAtomic } from "./_fs.ts";
-// _format.ts imports this module: use its values only inside functions.
+import { finishRecord, getU64, setU64 } from "../segment/codec.ts";
+import {
+  makeDir,
+  readTextIfExists,
+  systemErrorCode,
+  writeFileAtomic,
+} from "../segment/fs.ts";
+import { sha256 } from "./_chain.ts";
 import { LOCK_FILE, MARKER_FILE, MARKER_TEXT, SOURCES_DIR } from "./_format.ts";
-import type { SourceKey } from "./_format.ts";
-import { _getU64, _sealRecord, _setU64 } from "./_segment_log.ts";
 
 /** Magic at the start of every seal-log segment: 0x89 "MOATSEL". */
 export const SEAL_MAGIC: Uint8Array = Uint8Array.of(
@@ -44,10 +43,6 @@ export const KEY_FILE = "seal.key";
 export const INFO_FILE = "vault.json";
 /** Bytes in a vault id. */
 export const VAULT_ID_BYTES = 16;
-/** Offset of the chain link inside a vault line record (`VAULT_LINE_OFFSET`). */
-export const LINK_OFFSET = 36;
-/** Bytes of a chain link. */
-const LINK_BYTES = 32;
 /** Offset of the first source entry in a seal record. */
 export const SEAL_ENTRIES_OFFSET = 60;
 /** Bytes per source entry in a seal record: source hash, last seq, head. */
@@ -56,81 +51,7 @@ export const SEAL_ENTRY_BYTES = 72;
 export const SEAL_MAC_BYTES = 32;
 
 const EVOLVE_LABEL = new TextEncoder().encode("moat-evolve");
-const GENESIS_LABEL = new TextEncoder().encode("moat-chain-1\0");
 const KEY_PREFIX = "moat-vk1-";
-
-/**
- * SHA-256 of `bytes` (one-shot where the runtime has `crypto.hash`).
- *
- * @param bytes The data.
- * @returns The 32-byte digest.
- */
-export function sha256(bytes: Uint8Array): Uint8Array {
-  if (typeof oneShotHash === "function") {
-    return oneShotHash("sha256", bytes, "buffer") as unknown as Uint8Array;
-  }
-  return createHash("sha256").update(bytes).digest();
-}
-
-/**
- * The 32-byte identity of a source in seals: SHA-256 over JSON `[peer, name]`
- * (the directory name carries the first 16 bytes of it in hex).
- *
- * @param key The source.
- * @returns The hash.
- */
-export function sourceHash(key: SourceKey): Uint8Array {
-  return createHash("sha256").update(JSON.stringify([key.peer, key.name]))
-    .digest();
-}
-
-/**
- * The link before a source's first record: SHA-256 over `"moat-chain-1\0"`,
- * the vault id and the source hash. Binds every chain to one vault and one
- * source.
- *
- * @param vaultId The vault's 16-byte id.
- * @param key The source.
- * @returns The genesis link.
- */
-export function chainGenesis(vaultId: Uint8Array, key: SourceKey): Uint8Array {
-  return createHash("sha256").update(GENESIS_LABEL).update(vaultId)
-    .update(sourceHash(key)).digest();
-}
-
-/**
- * Computes a record's chain link: SHA-256 over the record from byte 4 to
- * its end, with the link field holding the previous link. Leaves the link
- * field holding `prev`.
- *
- * @param record A vault line record with flag 0x01 (its CRC is not covered).
- * @param prev The previous record's link (or the genesis link).
- * @returns The record's link.
- */
-export function computeLink(record: Uint8Array, prev: Uint8Array): Uint8Array {
-  record.set(prev, LINK_OFFSET);
-  return sha256(record.subarray(4));
-}
-
-/**
- * Checks a stored record's link without changing the record.
- *
- * @param record The record as read (flag 0x01 set).
- * @param prev The previous link.
- * @returns The computed link and whether the stored one matches it.
- */
-export function checkLink(
-  record: Uint8Array,
-  prev: Uint8Array,
-): { link: Uint8Array; ok: boolean } {
-  // A copy even when `record` is a Buffer (whose slice is a view).
-  const stored = new Uint8Array(
-    record.subarray(LINK_OFFSET, LINK_OFFSET + LINK_BYTES),
-  );
-  const link = computeLink(record, prev);
-  record.set(stored, LINK_OFFSET);
-  return { link, ok: _equal(stored, link) };
-}
 
 /**
  * The next epoch key: `k[n+1] = HMAC-SHA256(k[n], "moat-evolve")`. One way:
@@ -145,7 +66,7 @@ export function evolveKey(key: Uint8Array): Uint8Array {
 
 /** One source's line in a seal. */
 export interface SealEntry {
-  /** {@linkcode sourceHash} of the source. */
+  /** The source's hash (`sourceHash` in `_key.ts`). */
   source: Uint8Array;
   /** Last record sealed (the source's record count: numbering starts at 1). */
   lastSeq: number;
@@ -186,23 +107,23 @@ export function encodeSeal(
   const macAt = SEAL_ENTRIES_OFFSET + SEAL_ENTRY_BYTES * entries.length;
   const out = new Uint8Array(macAt + SEAL_MAC_BYTES);
   const view = new DataView(out.buffer);
-  _setU64(view, 20, seal.time);
+  setU64(view, 20, seal.time);
   out.set(seal.vaultId, 28);
   view.setUint32(44, entries.length, true);
   let total = 0;
   let at = SEAL_ENTRIES_OFFSET;
   for (const entry of entries) {
     out.set(entry.source, at);
-    _setU64(view, at + 32, entry.lastSeq);
+    setU64(view, at + 32, entry.lastSeq);
     out.set(entry.head, at + 40);
     total += entry.lastSeq;
     at += SEAL_ENTRY_BYTES;
   }
-  _setU64(view, 52, total);
+  setU64(view, 52, total);
   // Header fields first (the MAC covers them), then the MAC, then the CRC.
-  _sealRecord(out, { kind: SEAL_KIND, flags: 0, seq: seal.epoch });
+  finishRecord(out, { kind: SEAL_KIND, flags: 0, seq: seal.epoch });
   out.set(sealMac(out, key), macAt);
-  _sealRecord(out, { kind: SEAL_KIND, flags: 0, seq: seal.epoch });
+  finishRecord(out, { kind: SEAL_KIND, flags: 0, seq: seal.epoch });
   return out;
 }
 
@@ -246,16 +167,16 @@ export function decodeSeal(record: Uint8Array): Seal | string {
   for (let i = 0; i < count; i++) {
     entries.push({
       source: record.slice(at, at + 32),
-      lastSeq: _getU64(view, at + 32),
+      lastSeq: getU64(view, at + 32),
       head: record.slice(at + 40, at + 72),
     });
     at += SEAL_ENTRY_BYTES;
   }
   return {
-    epoch: _getU64(view, 12),
-    time: _getU64(view, 20),
+    epoch: getU64(view, 12),
+    time: getU64(view, 20),
     vaultId: record.slice(28, 44),
-    total: _getU64(view, 52),
+    total: getU64(view, 52),
     entries,
     mac: record.slice(record.length - SEAL_MAC_BYTES),
   };
@@ -306,12 +227,21 @@ export function parseVerificationKey(
   return { vaultId: _unhex(m[1]!), k0: _unhex(m[2]!) };
 }
 
+/** Longest seal interval a vault takes: one day. */
+export const MAX_SEAL_INTERVAL_MS = 86_400_000;
+
 /** The vault's identity file. */
 export interface VaultInfo {
   /** 16 random bytes made when the vault was created. */
   id: Uint8Array;
   /** True once `moat vault init` set up sealing. */
   sealed: boolean;
+  /**
+   * The seal interval of the server that last opened the sealed vault, in
+   * milliseconds (1 to one day); absent if none was recorded (`verify` then
+   * assumes the default, 60 s).
+   */
+  sealIntervalMs?: number;
 }
 
 /**
@@ -335,7 +265,19 @@ export async function readVaultInfo(
     ) {
       throw new Error("unexpected fields");
     }
-    return { id: _unhex(parsed.id), sealed: parsed.sealed };
+    const interval = parsed.sealIntervalMs;
+    if (
+      interval !== undefined &&
+      (!Number.isSafeInteger(interval) || interval < 1 ||
+        interval > MAX_SEAL_INTERVAL_MS)
+    ) {
+      throw new Error(`sealIntervalMs ${interval} is out of range`);
+    }
+    return {
+      id: _unhex(parsed.id),
+      sealed: parsed.sealed,
+      ...(interval !== undefined && { sealIntervalMs: interval }),
+    };
   } catch (error) {
     throw new MoatError(
       "ERR_CORRUPT",
@@ -349,7 +291,7 @@ export async function readVaultInfo(
  * Writes `vault.json` atomically.
  *
  * @param root The vault directory.
- * @param info Id and sealed flag.
+ * @param info Id, sealed flag and seal interval.
  * @returns When durable.
  */
 export async function writeVaultInfo(
@@ -360,6 +302,8 @@ export async function writeVaultInfo(
     version: 1,
     id: _hex(info.id),
     sealed: info.sealed,
+    ...(info.sealIntervalMs !== undefined &&
+      { sealIntervalMs: info.sealIntervalMs }),
   }) + "\n";
   await writeFileAtomic(join(root, INFO_FILE), new TextEncoder().encode(text));
 }
@@ -445,7 +389,7 @@ export async function readSealingKey(
     throw new MoatError(
       "ERR_SEAL_KEY",
       `Cannot read the sealing key "${file}" of a sealed vault (${
-        _code(error) ?? (error as Error).message
+        systemErrorCode(error) ?? (error as Error).message
       })`,
     );
   }
@@ -538,15 +482,4 @@ export function _compareBytes(a: Uint8Array, b: Uint8Array): number {
     if (a[i] !== b[i]) return a[i]! - b[i]!;
   }
   return a.length - b.length;
-}
-
-/**
- * Constant-time comparison of two byte strings of equal length.
- *
- * @param a One.
- * @param b The other.
- * @returns True if equal.
- */
-export function _equal(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && timingSafeEqual(a, b);
 }

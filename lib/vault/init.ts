@@ -5,10 +5,11 @@
  * @module
  */
 
+import { readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { acquireLock, makeDir, removeTempFiles } from "./_fs.ts";
-import { LOCK_FILE } from "./_format.ts";
+import { acquireLock, makeDir, removeTempFiles } from "../segment/fs.ts";
+import { LOCK_FILE, SOURCES_DIR } from "./_format.ts";
 import {
   _hex,
   ensureVaultDir,
@@ -23,6 +24,7 @@ import {
   writeSealingKey,
   writeVaultInfo,
 } from "./_seal.ts";
+import { _openForFirstSeal } from "./store.ts";
 
 /** What {@linkcode initVault} made. */
 export interface InitVaultResult {
@@ -43,7 +45,9 @@ export interface InitVaultResult {
  * Creates a sealed vault, or turns an existing unsealed one into a sealed
  * one: makes a random epoch-0 key `k0`, stores only `k1 = HMAC(k0,
  * "moat-evolve")` as the sealing key, and returns `k0` (with the vault id)
- * as the verification key.
+ * as the verification key. A vault that already holds sources gets its
+ * first seal (with `k1`) before it is marked sealed, so a sealed vault's
+ * records are never without a seal.
  *
  * @example Usage
  * ```ts ignore
@@ -78,11 +82,23 @@ export async function initVault(dir: string): Promise<InitVaultResult> {
     if (!found) await writeVaultInfo(root, { id, sealed: false });
     const k0 = newRandom(32);
     const k1 = evolveKey(k0);
+    // Seals and key first: a crash before the info file says "sealed"
+    // leaves an unsealed vault that init can set up again, and seals left by
+    // such a crash count for nothing (the vault is not sealed).
+    await rm(join(root, SEALS_DIR), { recursive: true, force: true });
     await makeDir(join(root, SEALS_DIR), 0o700);
-    // Key first: a crash before the info file says "sealed" leaves an
-    // unsealed vault that init can set up again.
     await writeSealingKey(root, { vaultId: id, epoch: 1, key: k1 });
     k1.fill(0);
+    const sources = (await readdir(join(root, SOURCES_DIR)))
+      .filter((entry) => !entry.startsWith("."));
+    if (sources.length > 0) {
+      const vault = await _openForFirstSeal(root);
+      try {
+        await vault.seal();
+      } finally {
+        await vault.close();
+      }
+    }
     await writeVaultInfo(root, { id, sealed: true });
     const verificationKey = formatVerificationKey(id, k0);
     k0.fill(0);

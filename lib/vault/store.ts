@@ -8,55 +8,60 @@
  * @module
  */
 
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ExitCode, MoatError } from "../errors.ts";
 import {
-  acquireLock,
-  makeDir,
-  removeTempFiles,
-  syncDir,
-  writeFileAtomic,
-} from "./_fs.ts";
-import type { Lock } from "./_fs.ts";
+  MoatError,
+  TooManyRecordsError,
+  TooManySourcesError,
+} from "../errors.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
+import { MAX_RECORD_BYTES } from "../segment/codec.ts";
 import {
-  checkSourceKey,
+  CommitGroup,
+  DEFAULT_MAX_OPEN_FILES,
+} from "../segment/commit_group.ts";
+import { acquireLock, makeDir, removeTempFiles } from "../segment/fs.ts";
+import type { Lock } from "../segment/fs.ts";
+import { SegmentLog } from "../segment/log.ts";
+import type { LogRepair, SegmentLogOptions } from "../segment/log.ts";
+import { LINK_BYTES } from "./_chain.ts";
+import {
   encodeVaultRecords,
-  FLAG_CHAIN,
   LOCK_FILE,
   MARKER_FILE,
   readSourceKey,
-  SOURCE_FILE,
-  sourceDirName,
-  sourceLabel,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
   VAULT_MAGIC,
 } from "./_format.ts";
-import type { SourceKey } from "./_format.ts";
-import { CommitGroup, MAX_RECORD_BYTES, SegmentLog } from "./_segment_log.ts";
-import type { LogRepair, SegmentLogOptions } from "./_segment_log.ts";
+import {
+  checkNewSourceKey,
+  sourceDirName,
+  sourceHash,
+  sourceLabel,
+} from "./_key.ts";
+import type { SourceKey } from "./_key.ts";
 import {
   _hex,
-  chainGenesis,
-  encodeSeal,
   ensureVaultDir,
   ensureVaultInfo,
-  evolveKey,
   INFO_FILE,
   KEY_FILE,
-  LINK_OFFSET,
-  readSealingKey,
-  SEAL_KIND,
-  SEAL_MAGIC,
-  SEALS_DIR,
-  sourceHash,
-  writeSealingKey,
+  MAX_SEAL_INTERVAL_MS,
+  writeVaultInfo,
 } from "./_seal.ts";
 import type { SealEntry } from "./_seal.ts";
+import { Sealer } from "./_sealer.ts";
+import type { SealEvent, SealInfo } from "./_sealer.ts";
+import { createSourceDir, SourceLog } from "./_source.ts";
+import type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
 
-export type { SourceKey } from "./_format.ts";
+export type { SourceKey } from "./_key.ts";
+export { sourceKey, sourceLabel } from "./_key.ts";
+export type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
+export type { SealEvent, SealInfo } from "./_sealer.ts";
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
 export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
@@ -64,24 +69,21 @@ export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
 export const DEFAULT_SEAL_INTERVAL_MS = 60_000;
 /** Default longest line accepted: 1 MiB. */
 export const DEFAULT_MAX_LINE_BYTES: number = 1024 * 1024;
-
-/** One record handed to {@linkcode Vault.append}. */
-export interface AppendRecord {
-  /** Per-source sequence number: 1 for the first line, then +1 per line. */
-  seq: number;
-  /** The shipper's timestamp, integer milliseconds since the epoch (0 to 2^53 - 1). */
-  ts: number;
-  /** The line without its newline. */
-  line: Uint8Array;
-  /** True if the next record continues this line (an overlong line was split). @default {false} */
-  partial?: boolean;
-}
-
-/** Options for {@linkcode Vault.append}. */
-export interface AppendOptions {
-  /** Receive time to store, integer milliseconds since the epoch. @default {Date.now()} */
-  recvTs?: number;
-}
+/**
+ * Default bound on the sources one peer (one address) may create: 64. A
+ * shipper uses one source per log stream, and a host with more than a few
+ * dozen streams is rare; every source costs a directory, a file and memory
+ * for as long as the vault exists, so without a bound one host could make
+ * the server keep any number of them.
+ */
+export const DEFAULT_MAX_SOURCES_PER_PEER = 64;
+/**
+ * Default bound on segment files the vault keeps open: 128. Each source
+ * writes one file; the least recently used idle ones are closed (and
+ * reopened when needed), so a thousand sources cost 128 descriptors, well
+ * inside the usual limit of 1024 together with the connections.
+ */
+export const DEFAULT_MAX_OPEN_SEGMENTS = DEFAULT_MAX_OPEN_FILES;
 
 /** A repair made while opening the vault: a torn tail cut, or an empty segment removed. */
 export type VaultEvent = LogRepair & {
@@ -105,24 +107,26 @@ export interface OpenVaultOptions {
   sealIntervalMs?: number;
   /** Told about every seal written, and every seal that failed. */
   onSeal?: (event: SealEvent) => void;
+  /**
+   * Most sources one peer (one address, whatever identity it presents) may
+   * have; asking for a new one beyond it throws `ERR_TOO_MANY_SOURCES`.
+   * Sources already on disk count, and stay usable.
+   * @default {64}
+   */
+  maxSourcesPerPeer?: number;
+  /**
+   * Most records one append may carry (`ERR_TOO_MANY_RECORDS` beyond it):
+   * each costs a chain hash, so this bounds the work one ship batch makes.
+   * @default {4096}
+   */
+  maxRecordsPerAppend?: number;
+  /**
+   * Most segment files kept open at once over all sources; the least
+   * recently used idle ones are closed and reopened on demand.
+   * @default {128}
+   */
+  maxOpenSegments?: number;
 }
-
-/** What one seal covered. */
-export interface SealInfo {
-  /** The seal's epoch number (1 for the first seal). */
-  epoch: number;
-  /** When it was made, ms since the epoch. */
-  time: number;
-  /** Sources with at least one durable record. */
-  sources: number;
-  /** Records covered, over all sources. */
-  records: number;
-}
-
-/** A seal written by the timer or at close, or one that failed. */
-export type SealEvent =
-  | ({ type: "sealed" } & SealInfo)
-  | { type: "seal_failed"; epoch: number; message: string };
 
 /** Counters for tests and monitoring. */
 export interface VaultStats {
@@ -132,29 +136,8 @@ export interface VaultStats {
   readonly commits: number;
   /** File fsyncs (one per dirty segment per round, plus one per rotation). */
   readonly syncs: number;
-}
-
-/** One source's log inside an open vault. */
-export interface VaultSource {
-  /** The source key. */
-  readonly key: SourceKey;
-  /** Its directory name under `sources/`. */
-  readonly id: string;
-  /** Highest durable sequence number; 0 for a new source. */
-  readonly lastSeq: number;
-  /** Highest sequence number accepted, durable or still being committed. */
-  readonly acceptedSeq: number;
-  /**
-   * Appends records; see {@linkcode Vault.append}.
-   *
-   * @param records Records in sequence order.
-   * @param options Receive time.
-   * @returns The highest sequence number in `records`, once durable.
-   */
-  append(
-    records: readonly AppendRecord[],
-    options?: AppendOptions,
-  ): Promise<number>;
+  /** Idle segment files closed to stay within `maxOpenSegments`. */
+  readonly evictions: number;
 }
 
 /** An open vault. Create with {@linkcode openVault}. */
@@ -184,10 +167,16 @@ export interface Vault {
   readonly stats: VaultStats;
   /**
    * Returns the handle of a source, creating it in memory if it is new (its
-   * directory is made at its first commit).
+   * directory is made at its first commit). Build the key with
+   * {@linkcode sourceKey}.
    *
-   * @param key The peer as the server identified it, and the shipper's name.
+   * @param key The peer's address and identity as the server saw them, and
+   * the shipper's name.
    * @returns The handle; the same object for the same key.
+   * @throws {SourceNameError} `ERR_SOURCE_NAME` for a new source whose name
+   * holds `/` or a control character (may go to the peer).
+   * @throws {TooManySourcesError} `ERR_TOO_MANY_SOURCES` for a new source
+   * beyond `maxSourcesPerPeer` (may go to the peer).
    * @throws {TypeError} For a malformed key.
    * @throws {MoatError} `ERR_CLOSED` after {@linkcode Vault.close}.
    */
@@ -209,6 +198,10 @@ export interface Vault {
    * @throws {MoatError} (as a rejection) `ERR_SEQ_GAP` when records are
    * missing before the first new one; `ERR_SEQUENCE` for records out of order;
    * `ERR_CLOSED` after close; the system error when writing fails.
+   * @throws {TooManyRecordsError} (as a rejection) `ERR_TOO_MANY_RECORDS` for
+   * more than `maxRecordsPerAppend` records (may go to the peer).
+   * @throws {SourceNameError | TooManySourcesError} (as a rejection) as
+   * {@linkcode Vault.source}.
    * @throws {RangeError} (as a rejection) for a bad `seq`, `ts`, `recvTs`, or
    * a line longer than `maxLineBytes`.
    */
@@ -261,12 +254,50 @@ export async function openVault(
   dir: string,
   options: OpenVaultOptions = {},
 ): Promise<Vault> {
-  const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
-  const sealIntervalMs = options.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS;
-  if (!Number.isSafeInteger(sealIntervalMs) || sealIntervalMs < 0) {
+  const settings = _settings(options);
+  const root = resolve(dir);
+  await makeDir(root);
+  const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
+  try {
+    return await _openLocked(root, lock, settings);
+  } catch (error) {
+    await lock.release();
+    throw error;
+  }
+}
+
+/** Options with defaults applied and checked. */
+interface _Settings {
+  segmentBytes: number;
+  maxLineBytes: number;
+  sealIntervalMs: number;
+  maxSourcesPerPeer: number;
+  maxRecordsPerAppend: number;
+  maxOpenSegments: number;
+  onEvent: ((event: VaultEvent) => void) | undefined;
+  onSeal: ((event: SealEvent) => void) | undefined;
+}
+
+function _settings(options: OpenVaultOptions): _Settings {
+  const settings = {
+    segmentBytes: options.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+    maxLineBytes: options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES,
+    sealIntervalMs: options.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS,
+    maxSourcesPerPeer: options.maxSourcesPerPeer ??
+      DEFAULT_MAX_SOURCES_PER_PEER,
+    maxRecordsPerAppend: options.maxRecordsPerAppend ??
+      DEFAULT_MAX_BATCH_RECORDS,
+    maxOpenSegments: options.maxOpenSegments ?? DEFAULT_MAX_OPEN_SEGMENTS,
+    onEvent: options.onEvent,
+    onSeal: options.onSeal,
+  };
+  const { sealIntervalMs, segmentBytes, maxLineBytes } = settings;
+  if (
+    !Number.isSafeInteger(sealIntervalMs) || sealIntervalMs < 0 ||
+    sealIntervalMs > MAX_SEAL_INTERVAL_MS
+  ) {
     throw new RangeError(
-      `Invalid sealIntervalMs: ${sealIntervalMs} is not a non-negative integer`,
+      `Invalid sealIntervalMs: ${sealIntervalMs} is not an integer from 0 to ${MAX_SEAL_INTERVAL_MS}`,
     );
   }
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 4096) {
@@ -276,30 +307,50 @@ export async function openVault(
   }
   if (
     !Number.isSafeInteger(maxLineBytes) || maxLineBytes < 1 ||
-    maxLineBytes + VAULT_LINE_OFFSET + 32 > MAX_RECORD_BYTES
+    maxLineBytes + VAULT_LINE_OFFSET + LINK_BYTES > MAX_RECORD_BYTES
   ) {
     throw new RangeError(
       `Invalid maxLineBytes: ${maxLineBytes} is out of range (1 to 16 MiB)`,
     );
   }
-  const root = resolve(dir);
-  await makeDir(root);
-  const lock = await acquireLock(join(root, LOCK_FILE), `Vault "${root}"`);
+  for (
+    const name of [
+      "maxSourcesPerPeer",
+      "maxRecordsPerAppend",
+      "maxOpenSegments",
+    ] as const
+  ) {
+    const value = settings[name];
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new RangeError(
+        `Invalid ${name}: ${value} is not a positive integer`,
+      );
+    }
+  }
+  return settings;
+}
+
+/**
+ * Opens a vault whose lock the caller holds (released by `close`).
+ * `seal: true` opens it as sealed whatever `vault.json` says (for
+ * `moat vault init`, which marks it sealed only after its first seal).
+ */
+async function _openLocked(
+  root: string,
+  lock: Lock,
+  settings: _Settings,
+  force: { seal?: boolean } = {},
+): Promise<_Vault> {
+  await removeTempFiles(join(root, MARKER_FILE));
+  await removeTempFiles(join(root, INFO_FILE));
+  await removeTempFiles(join(root, KEY_FILE));
+  await ensureVaultDir(root);
+  const info = await ensureVaultInfo(root);
+  const impl = new _Vault(root, lock, { ...settings, vaultId: info.id });
+  const sealed = force.seal ?? info.sealed;
+  const sourcesDir = join(root, SOURCES_DIR);
   try {
-    await removeTempFiles(join(root, MARKER_FILE));
-    await removeTempFiles(join(root, INFO_FILE));
-    await removeTempFiles(join(root, KEY_FILE));
-    await ensureVaultDir(root);
-    const info = await ensureVaultInfo(root);
-    const group = new CommitGroup();
-    const impl = new _Vault(root, group, lock, {
-      segmentBytes,
-      maxLineBytes,
-      vaultId: info.id,
-      onSeal: options.onSeal,
-    });
-    if (info.sealed) await impl.openSeals();
-    const sourcesDir = join(root, SOURCES_DIR);
+    if (sealed) await impl.openSeals();
     for (const entry of await readdir(sourcesDir)) {
       const path = join(sourcesDir, entry);
       if (entry.startsWith(".tmp-")) {
@@ -311,17 +362,44 @@ export async function openVault(
       const log = await SegmentLog.open(path, {
         ...impl.logOptions,
         onRepair(repair) {
-          options.onEvent?.({ ...repair, source: key });
+          settings.onEvent?.({ ...repair, source: key });
         },
       });
       impl.adopt(key, entry, log);
     }
-    if (info.sealed) impl.startTimer(sealIntervalMs);
-    return impl;
   } catch (error) {
-    await lock.release();
+    await impl.abandon();
     throw error;
   }
+  const interval = settings.sealIntervalMs;
+  if (sealed && interval > 0) {
+    // verify accepts unsealed records only up to about an interval after
+    // the last seal: a seal right away covers whatever a crash left
+    // unsealed, however long the server was down, before any new record
+    // arrives; then verify must know the interval now in force.
+    await impl.sealAndReport();
+    if (info.sealIntervalMs !== interval && force.seal === undefined) {
+      await writeVaultInfo(root, { ...info, sealIntervalMs: interval });
+    }
+    impl.startTimer(interval);
+  }
+  return impl;
+}
+
+/**
+ * Opens a vault for `moat vault init` as a sealed one (its key file is
+ * written, `vault.json` not yet marked sealed), without a timer, to write
+ * its first seal. The caller holds the lock; `close` does not release it.
+ *
+ * @internal
+ * @param root The vault directory.
+ * @returns The vault.
+ */
+export function _openForFirstSeal(root: string): Promise<Vault> {
+  const noLock: Lock = { release: () => Promise.resolve() };
+  return _openLocked(root, noLock, _settings({ sealIntervalMs: 0 }), {
+    seal: true,
+  });
 }
 
 class _Vault implements Vault {
@@ -329,38 +407,24 @@ class _Vault implements Vault {
   readonly vaultId: Uint8Array;
   #group: CommitGroup;
   #lock: Lock;
-  #segmentBytes: number;
-  #maxLineBytes: number;
-  #sources = new Map<string, _Source>();
+  #settings: _Settings;
+  #sources = new Map<string, SourceLog>();
+  /** Sources per peer (address), for maxSourcesPerPeer. */
+  #perPeer = new Map<string, number>();
   #appends = 0;
   #closed = false;
-  #onSeal: ((event: SealEvent) => void) | undefined;
-  #sealLog: SegmentLog | undefined;
-  #sealGroup = new CommitGroup();
-  #key: Uint8Array | undefined;
-  #epoch = 0;
-  #keySaved = true;
-  #sealing: Promise<unknown> = Promise.resolve();
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #sealer: Sealer | undefined;
 
   constructor(
     dir: string,
-    group: CommitGroup,
     lock: Lock,
-    options: {
-      segmentBytes: number;
-      maxLineBytes: number;
-      vaultId: Uint8Array;
-      onSeal: ((event: SealEvent) => void) | undefined;
-    },
+    settings: _Settings & { vaultId: Uint8Array },
   ) {
     this.dir = dir;
-    this.#group = group;
+    this.#group = new CommitGroup({ maxOpenFiles: settings.maxOpenSegments });
     this.#lock = lock;
-    this.#segmentBytes = options.segmentBytes;
-    this.#maxLineBytes = options.maxLineBytes;
-    this.vaultId = options.vaultId;
-    this.#onSeal = options.onSeal;
+    this.#settings = settings;
+    this.vaultId = settings.vaultId;
   }
 
   get id(): string {
@@ -368,83 +432,21 @@ class _Vault implements Vault {
   }
 
   get sealed(): boolean {
-    return this.#sealLog !== undefined;
+    return this.#sealer !== undefined;
   }
 
   /** Opens the seal log and the key, and lines the key up with the log. */
   async openSeals(): Promise<void> {
-    const stored = await readSealingKey(this.dir, this.vaultId);
-    const log = await SegmentLog.open(join(this.dir, SEALS_DIR), {
-      magic: SEAL_MAGIC,
-      kind: SEAL_KIND,
-      segmentBytes: DEFAULT_SEGMENT_BYTES,
-      group: this.#sealGroup,
-      init: () => makeDir(join(this.dir, SEALS_DIR), 0o700),
+    this.#sealer = await Sealer.open(this.dir, {
+      vaultId: this.vaultId,
+      heads: () => this.#heads(),
+      onSeal: this.#settings.onSeal,
     });
-    const next = log.durableSeq + 1;
-    if (stored.epoch > next) {
-      await log.close();
-      throw new MoatError(
-        "ERR_CORRUPT",
-        `Cannot seal vault "${this.dir}": the sealing key is at epoch ${stored.epoch} but the seal log ends at seal ${log.durableSeq} (seals are missing)`,
-        ExitCode.Integrity,
-      );
-    }
-    // A crash between writing a seal and replacing the key leaves the key
-    // behind the log: move it forward (one way, so nothing is lost).
-    let key = stored.key;
-    for (let epoch = stored.epoch; epoch < next; epoch++) key = evolveKey(key);
-    this.#key = key;
-    this.#epoch = next;
-    this.#sealLog = log;
-    if (stored.epoch !== next) await this.#saveKey();
   }
 
-  /** Starts sealing every `intervalMs` (0: never on a timer). */
-  startTimer(intervalMs: number): void {
-    if (intervalMs === 0) return;
-    const tick = () => {
-      this.#timer = setTimeout(() => {
-        this.#sealAndReport().finally(() => {
-          if (!this.#closed) tick();
-        });
-      }, intervalMs);
-    };
-    tick();
-  }
-
-  async #sealAndReport(): Promise<void> {
-    try {
-      const info = await this.seal();
-      this.#onSeal?.({ type: "sealed", ...info });
-    } catch (error) {
-      this.#onSeal?.({
-        type: "seal_failed",
-        epoch: this.#epoch,
-        message: error instanceof Error ? error.message : String(error),
-      });
-    }
-  }
-
-  seal(): Promise<SealInfo> {
-    const run = this.#sealing.then(() => this.#seal());
-    this.#sealing = run.catch(() => {});
-    return run;
-  }
-
-  async #seal(): Promise<SealInfo> {
-    const log = this.#sealLog;
-    if (log === undefined || this.#key === undefined) {
-      throw new MoatError(
-        "ERR_NOT_SEALED",
-        `Vault "${this.dir}" has no sealing key (set it up with moat vault init)`,
-      );
-    }
-    if (log.closed) {
-      throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
-    }
+  /** Every source's durable record count and chain head, for a seal. */
+  #heads(): SealEntry[] {
     const entries: SealEntry[] = [];
-    let records = 0;
     for (const source of this.#sources.values()) {
       const durable = source.durableHead();
       if (durable.seq === 0) continue;
@@ -453,32 +455,30 @@ class _Vault implements Vault {
         lastSeq: durable.seq,
         head: durable.link,
       });
-      records += durable.seq;
     }
-    const epoch = this.#epoch;
-    const time = Date.now();
-    const bytes = encodeSeal(
-      { epoch, time, vaultId: this.vaultId, entries },
-      this.#key,
-    );
-    await log.enqueue(bytes, { firstSeq: epoch, lastSeq: epoch });
-    // The seal is durable: move to the next key and erase this one.
-    const old = this.#key;
-    this.#key = evolveKey(old);
-    old.fill(0);
-    this.#epoch = epoch + 1;
-    this.#keySaved = false;
-    await this.#saveKey();
-    return { epoch, time, sources: entries.length, records };
+    return entries;
   }
 
-  async #saveKey(): Promise<void> {
-    await writeSealingKey(this.dir, {
-      vaultId: this.vaultId,
-      epoch: this.#epoch,
-      key: this.#key!,
-    });
-    this.#keySaved = true;
+  /** Starts sealing every `intervalMs`. */
+  startTimer(intervalMs: number): void {
+    this.#sealer?.startTimer(intervalMs);
+  }
+
+  /** Seals now and reports it through `onSeal`; never rejects. */
+  async sealAndReport(): Promise<void> {
+    await this.#sealer?.sealAndReport();
+  }
+
+  seal(): Promise<SealInfo> {
+    if (this.#sealer === undefined) {
+      return Promise.reject(
+        new MoatError(
+          "ERR_NOT_SEALED",
+          `Vault "${this.dir}" has no sealing key (set it up with moat vault init)`,
+        ),
+      );
+    }
+    return this.#sealer.seal();
   }
 
   get stats(): VaultStats {
@@ -490,30 +490,45 @@ class _Vault implements Vault {
     return {
       magic: VAULT_MAGIC,
       kind: VAULT_KIND,
-      segmentBytes: this.#segmentBytes,
+      segmentBytes: this.#settings.segmentBytes,
       group: this.#group,
     };
   }
 
-  adopt(key: SourceKey, id: string, log: SegmentLog): _Source {
-    const source = new _Source(this, key, id, log, this.vaultId);
+  adopt(key: SourceKey, id: string, log: SegmentLog): SourceLog {
+    const source = new SourceLog(key, {
+      id,
+      log,
+      vaultId: this.vaultId,
+      queue: (source, log, records, options) =>
+        this.queue(source, log, records, options),
+    });
     this.#sources.set(id, source);
+    this.#perPeer.set(key.peer, (this.#perPeer.get(key.peer) ?? 0) + 1);
     return source;
   }
 
   source(key: SourceKey): VaultSource {
     this.#checkOpen();
-    checkSourceKey(key);
-    const id = sourceDirName(key);
-    const found = this.#sources.get(id);
+    // Also for a source already on disk: one an earlier version created
+    // under a name with "/" stays readable, but takes no more records.
+    checkNewSourceKey(key);
+    const found = this.#sources.get(sourceDirName(key));
     if (found) return found;
+    const count = this.#perPeer.get(key.peer) ?? 0;
+    if (count >= this.#settings.maxSourcesPerPeer) {
+      throw new TooManySourcesError(key.peer, count);
+    }
+    const id = sourceDirName(key);
     const sourcesDir = join(this.dir, SOURCES_DIR);
-    const path = join(sourcesDir, id);
-    const log = SegmentLog.empty(path, {
+    const copy: SourceKey = key.identity === undefined
+      ? { peer: key.peer, name: key.name }
+      : { peer: key.peer, identity: key.identity, name: key.name };
+    const log = SegmentLog.empty(join(sourcesDir, id), {
       ...this.logOptions,
-      init: () => _createSourceDir(sourcesDir, id, key),
+      init: () => createSourceDir(sourcesDir, id, copy),
     });
-    return this.adopt({ peer: key.peer, name: key.name }, id, log);
+    return this.adopt(copy, id, log);
   }
 
   append(
@@ -530,7 +545,7 @@ class _Vault implements Vault {
 
   /** Validates and queues; the part of append that must run synchronously. */
   queue(
-    source: _Source,
+    source: SourceLog,
     log: SegmentLog,
     records: readonly AppendRecord[],
     options: AppendOptions,
@@ -538,6 +553,12 @@ class _Vault implements Vault {
     this.#checkOpen();
     if (!Array.isArray(records)) {
       throw new TypeError("Invalid records: not an array");
+    }
+    if (records.length > this.#settings.maxRecordsPerAppend) {
+      throw new TooManyRecordsError(
+        records.length,
+        this.#settings.maxRecordsPerAppend,
+      );
     }
     const recvTs = options.recvTs ?? Date.now();
     _checkTime("recvTs", recvTs);
@@ -556,6 +577,7 @@ class _Vault implements Vault {
         ? log.waitDurable(log.durableSeq)
         : log.waitDurable(highest);
     }
+    const maxLineBytes = this.#settings.maxLineBytes;
     for (let i = start; i < records.length; i++) {
       const record = records[i]!;
       const expected = accepted + 1 + i - start;
@@ -578,9 +600,9 @@ class _Vault implements Vault {
       if (!(record.line instanceof Uint8Array)) {
         throw new TypeError(`Invalid record ${seq}: line is not a Uint8Array`);
       }
-      if (record.line.length > this.#maxLineBytes) {
+      if (record.line.length > maxLineBytes) {
         throw new RangeError(
-          `Invalid record ${seq}: line of ${record.line.length} bytes exceeds maxLineBytes ${this.#maxLineBytes}`,
+          `Invalid record ${seq}: line of ${record.line.length} bytes exceeds maxLineBytes ${maxLineBytes}`,
         );
       }
     }
@@ -603,18 +625,19 @@ class _Vault implements Vault {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#timer);
+    this.#sealer?.stop();
     await this.#group.idle();
-    if (this.#sealLog) {
-      // A last seal, so a cleanly stopped vault has no unsealed tail.
-      await this.#sealing;
-      await this.#sealAndReport();
-      if (!this.#keySaved) await this.#saveKey().catch(() => {});
-      await this.#sealLog.close();
-      this.#key?.fill(0);
-    }
+    // A last seal, so a cleanly stopped vault has no unsealed tail.
+    await this.#sealer?.close();
     for (const source of this.#sources.values()) await source.close();
     await this.#lock.release();
+  }
+
+  /** Closes what an open that failed half-way had opened (not the lock). */
+  async abandon(): Promise<void> {
+    this.#closed = true;
+    await this.#sealer?.discard();
+    for (const source of this.#sources.values()) await source.close();
   }
 
   #checkOpen(): void {
@@ -622,133 +645,6 @@ class _Vault implements Vault {
       throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
     }
   }
-}
-
-class _Source implements VaultSource {
-  readonly key: SourceKey;
-  readonly id: string;
-  #vault: _Vault;
-  #log: SegmentLog;
-  /**
-   * Chain heads: the one at the last durable record, then one per queued
-   * chunk (a commit makes whole chunks durable, and a failed one rolls back
-   * to a chunk end).
-   */
-  #heads: { seq: number; link: Uint8Array }[];
-
-  constructor(
-    vault: _Vault,
-    key: SourceKey,
-    id: string,
-    log: SegmentLog,
-    vaultId: Uint8Array,
-  ) {
-    this.#vault = vault;
-    this.key = key;
-    this.id = id;
-    this.#log = log;
-    const last = log.lastRecordAtOpen;
-    // A record without a link (written before chains existed) restarts the
-    // chain from genesis; verify reports such records as unchained.
-    const link = last && (last[9]! & FLAG_CHAIN)
-      ? last.slice(LINK_OFFSET, LINK_OFFSET + 32)
-      : chainGenesis(vaultId, key);
-    this.#heads = [{ seq: log.lastSeq, link }];
-  }
-
-  /** Drops heads rolled back by a failed commit, and ones no longer needed. */
-  #trim(): void {
-    const heads = this.#heads;
-    const lastSeq = this.#log.lastSeq;
-    while (heads.length > 1 && heads.at(-1)!.seq > lastSeq) heads.pop();
-    const durable = this.#log.durableSeq;
-    let drop = 0;
-    while (drop + 1 < heads.length && heads[drop + 1]!.seq <= durable) drop++;
-    if (drop > 0) heads.splice(0, drop);
-  }
-
-  /** The link of the last accepted record (or genesis). */
-  acceptedHead(): Uint8Array {
-    this.#trim();
-    return this.#heads.at(-1)!.link;
-  }
-
-  /** Records the head after a queued chunk. */
-  pushHead(seq: number, link: Uint8Array): void {
-    this.#heads.push({ seq, link });
-  }
-
-  /** The last durable record's sequence number and link. */
-  durableHead(): { seq: number; link: Uint8Array } {
-    this.#trim();
-    const head = this.#heads[0]!;
-    if (head.seq !== this.#log.durableSeq) {
-      throw new MoatError(
-        "ERR_INTERNAL",
-        `Chain head of "${
-          sourceLabel(this.key)
-        }" is at ${head.seq}, the log at ${this.#log.durableSeq}`,
-      );
-    }
-    return head;
-  }
-
-  get lastSeq(): number {
-    return this.#log.durableSeq;
-  }
-
-  get acceptedSeq(): number {
-    return this.#log.lastSeq;
-  }
-
-  append(
-    records: readonly AppendRecord[],
-    options: AppendOptions = {},
-  ): Promise<number> {
-    try {
-      return this.#vault.queue(this, this.#log, records, options);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
-
-  close(): Promise<void> {
-    return this.#log.close();
-  }
-}
-
-/**
- * Creates a source directory atomically: temp dir, key file, rename. A
- * retry after a failed directory fsync finds the directory in place.
- */
-async function _createSourceDir(
-  sourcesDir: string,
-  id: string,
-  key: SourceKey,
-): Promise<void> {
-  const final = join(sourcesDir, id);
-  if (await readSourceKey(final, id).then(() => true, () => false)) {
-    await syncDir(sourcesDir);
-    return;
-  }
-  const temp = join(
-    sourcesDir,
-    `.tmp-${id}-${Math.floor(Math.random() * 0x100000000).toString(16)}`,
-  );
-  await mkdir(temp);
-  try {
-    await writeFileAtomic(
-      join(temp, SOURCE_FILE),
-      new TextEncoder().encode(
-        JSON.stringify({ peer: key.peer, name: key.name }) + "\n",
-      ),
-    );
-    await rename(temp, final);
-  } catch (error) {
-    await rm(temp, { recursive: true, force: true }).catch(() => {});
-    throw error;
-  }
-  await syncDir(sourcesDir);
 }
 
 function _checkSeq(seq: unknown): number {

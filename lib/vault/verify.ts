@@ -1,7 +1,9 @@
 /**
  * `moat vault verify`: checks every record's checksum, sequence and chain
- * link, and every seal's HMAC against the verification key. Reads the whole
- * vault; takes no lock. See `docs/VAULT.md`, "Tamper evidence".
+ * link, every seal's HMAC against the verification key, and that nothing a
+ * sealed vault must hold is missing. Reads the whole vault; takes no lock.
+ * Fails closed: whatever is absent, unreadable or unexpected is damage. See
+ * `docs/VAULT.md`, "Verification".
  *
  * @module
  */
@@ -9,98 +11,54 @@
 import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
-import { crc32c } from "./_crc32c.ts";
-import { readIfExists } from "./_fs.ts";
+import { getU64, scanSegment } from "../segment/codec.ts";
+import { _equal, chainGenesis, checkLink } from "./_chain.ts";
 import {
+  CHAIN_LINK_BYTES,
   FLAG_CHAIN,
   FLAG_PARTIAL,
   MARKER_FILE,
   MARKER_TEXT,
   readSourceKey,
-  sourceLabel,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
   VAULT_MAGIC,
 } from "./_format.ts";
-import type { SourceKey } from "./_format.ts";
+import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
+import type { SourceKey } from "./_key.ts";
 import {
-  _equal,
   _hex,
-  chainGenesis,
-  checkLink,
-  decodeSeal,
-  evolveKey,
   parseVerificationKey,
+  readSealingKey,
   readVaultInfo,
-  SEAL_KIND,
-  SEAL_MAGIC,
-  sealMac,
   SEALS_DIR,
-  sourceHash,
 } from "./_seal.ts";
-import type { Seal } from "./_seal.ts";
+import type { SealingKey } from "./_seal.ts";
 import {
-  _getU64,
-  listSegments,
-  MAX_RECORD_BYTES,
-  RECORD_HEADER_BYTES,
-  SEGMENT_HEADER_BYTES,
-  SEGMENT_VERSION,
-} from "./_segment_log.ts";
+  checkKeyFile,
+  listForCheck,
+  readForCheck,
+  stopKind,
+  unreadableProblem,
+  verifySeals,
+} from "./_verify_seals.ts";
+import type {
+  Checkpoint,
+  VerifyProblem,
+  VerifyProblemKind,
+} from "./_verify_seals.ts";
 
-/** Kinds of damage {@linkcode verifyVault} names. */
-export type VerifyProblemKind =
-  /** A segment header is damaged (magic, version, checksum, first sequence). */
-  | "header"
-  /** A record's checksum, length, kind or flags are wrong. */
-  | "checksum"
-  /** A record (or segment) carries the wrong sequence number: records were deleted, inserted, duplicated or reordered. */
-  | "sequence"
-  /** Records are missing between two segments. */
-  | "gap"
-  /** A segment ends inside a record, or sealed records are missing at the end. */
-  | "truncated"
-  /** A record's chain link does not follow from the record before it. */
-  | "link"
-  /** A record carries no chain link. */
-  | "unchained"
-  /** A source's chain head at a sealed record differs from the seal's. */
-  | "seal-head"
-  /** A seal's HMAC does not verify with its epoch key. */
-  | "seal-mac"
-  /** Seals are missing: an epoch was removed. */
-  | "seal-gap"
-  /** A seal log record or segment is damaged or inconsistent. */
-  | "seal"
-  /** A sealed source is missing. */
-  | "missing-source"
-  /** The vault's identity does not match the key, or it has no seals to check. */
-  | "vault";
+export type { VerifyProblem, VerifyProblemKind } from "./_verify_seals.ts";
 
-/** The first bad point found in one source, or in the seals. */
-export interface VerifyProblem {
-  /** What is wrong. */
-  kind: VerifyProblemKind;
-  /** A sentence saying what is wrong and where. */
-  message: string;
-  /** The source, as `peer/name`. */
-  source?: string;
-  /** The sequence number due (or checked) at the bad point. */
-  seq?: number;
-  /** The file. */
-  file?: string;
-  /** Byte offset in `file` of the bad record (or where it was due). */
-  offset?: number;
-  /** The seal epoch involved. */
-  epoch?: number;
-  /** For `seal-head`: the sealed range of records the damage lies in. */
-  range?: [number, number];
-}
+/** The seal interval assumed for a vault that recorded none: 60 s. */
+export const DEFAULT_VERIFY_INTERVAL_MS = 60_000;
+/** Least slack past the seal interval before an unsealed record is damage. */
+const MIN_GRACE_MS = 60_000;
 
 /** One source's result. */
 export interface VerifySource {
-  /** `peer/name`. */
+  /** The source's label. */
   label: string;
   /** The source's directory name. */
   id: string;
@@ -130,11 +88,15 @@ export interface VerifyReport {
   seals: number;
   /** Time of the last verified seal, ms since the epoch. */
   lastSealTime?: number;
+  /** The epoch of the sealing key file (sealed vaults). */
+  keyEpoch?: number;
+  /** The seal interval the unsealed tail was judged by (from `vault.json`, else 60 s). */
+  sealIntervalMs: number;
   /** Per-source results. */
   sources: VerifySource[];
   /** Records after the last verified seal, over all sources. */
   unsealed: number;
-  /** Problems; the seal log's (if any) first, then at most one per source. */
+  /** Problems; the vault's and the seal log's first, then at most one per source. */
   problems: VerifyProblem[];
 }
 
@@ -143,24 +105,36 @@ export interface VerifyOptions {
   /** The verification key printed by `moat vault init`; without it only chains are checked. */
   key?: string;
   /**
-   * Check only the sources whose name, or label `peer/name`, equals this
-   * (the seals are always checked; sealed sources that are missing are then
-   * not reported).
+   * Check only the sources this picks (a name or a label, as in
+   * `readRecords`); the seals are always checked, and sealed sources that
+   * are missing are then not reported.
    */
   source?: string;
+  /**
+   * The time the check counts as running at, ms since the epoch: records
+   * received at or after it arrived while verifying, and are not held
+   * against the seal interval.
+   * @default {Date.now()}
+   */
+  now?: number;
 }
 
-interface Checkpoint {
-  epoch: number;
-  lastSeq: number;
-  head: Uint8Array;
+/** What unsealed records of a sealed vault may be (see {@linkcode _tailProblem}). */
+interface TailRule {
+  /** Time and epoch of the last trusted seal; undefined if there is none. */
+  last?: { time: number; epoch: number };
+  intervalMs: number;
+  now: number;
 }
 
 /**
  * Verifies a vault: every record's checksum, sequence number and chain link,
  * each seal's HMAC (with `k[n]` derived from the verification key), that
- * seals are consecutive, and that every source's chain head at each seal
- * matches the seal.
+ * seals are consecutive, that every source's chain head at each seal
+ * matches the seal, and, for a sealed vault, that nothing a seal should
+ * cover is missing or unsealed: the key file's epoch must not be ahead of
+ * the seal log, and unsealed records must be newer than the last seal by
+ * less than the interval plus a grace.
  *
  * @example Usage
  * ```ts ignore
@@ -170,7 +144,7 @@ interface Checkpoint {
  * ```
  *
  * @param dir The vault directory.
- * @param options The verification key.
+ * @param options The verification key, a source filter, the time.
  * @returns The report.
  * @throws {MoatError} `ERR_NOT_VAULT` if `dir` is not a vault.
  * @throws {TypeError} For a malformed key.
@@ -179,6 +153,7 @@ export async function verifyVault(
   dir: string,
   options: VerifyOptions = {},
 ): Promise<VerifyReport> {
+  const now = options.now ?? Date.now();
   const root = resolve(dir);
   const marker = await readFile(join(root, MARKER_FILE), "utf8").catch(
     () => undefined,
@@ -219,15 +194,54 @@ export async function verifyVault(
       message: "The vault is not sealed (vault.json), but a key was given",
     });
   }
+  // Without a readable vault.json, a key says the vault is meant to be sealed.
+  const sealed = info?.sealed ?? key !== undefined;
+  const intervalMs = info?.sealIntervalMs ?? DEFAULT_VERIFY_INTERVAL_MS;
 
-  const seals = await _verifySeals(root, vaultId, key?.k0);
+  // The key file before the seal log: the server moves the key on only once
+  // the seal before it is durable, so a seal log read afterwards holds every
+  // seal the key file counts, even while the server runs.
+  let keyFile: SealingKey | undefined;
+  if (sealed) {
+    try {
+      keyFile = await readSealingKey(root, vaultId);
+    } catch (error) {
+      problems.push({ kind: "seal-key", message: (error as Error).message });
+    }
+  }
+  const seals = await verifySeals(root, vaultId, key?.k0);
   if (seals.problem) problems.push(seals.problem);
+  if (sealed && !seals.problem && !seals.found) {
+    problems.push({
+      kind: "seal",
+      message: `The seal log of a sealed vault is missing ("${
+        join(root, SEALS_DIR)
+      }")`,
+    });
+  }
+  const trusted = sealed && seals.problem === undefined;
+  if (trusted && keyFile) {
+    const bad = checkKeyFile(keyFile, seals.count, key?.k0);
+    if (bad) problems.push({ ...bad, file: join(root, "seal.key") });
+  }
+  const tail: TailRule | undefined = trusted
+    ? {
+      intervalMs,
+      now,
+      ...(seals.lastTime !== undefined &&
+        { last: { time: seals.lastTime, epoch: seals.count } }),
+    }
+    : undefined;
 
   const sources: VerifySource[] = [];
   const seen = new Set<string>();
   const sourcesDir = join(root, SOURCES_DIR);
-  const ids = (await readdir(sourcesDir).catch(() => [] as string[]))
-    .filter((id) => !id.startsWith("."));
+  let ids: string[] = [];
+  try {
+    ids = (await readdir(sourcesDir)).filter((id) => !id.startsWith("."));
+  } catch (error) {
+    problems.push(unreadableProblem(sourcesDir, error, "sources directory"));
+  }
   const entries: { key: SourceKey; id: string }[] = [];
   const sourceProblems: VerifyProblem[] = [];
   for (const id of ids) {
@@ -250,12 +264,7 @@ export async function verifyVault(
   );
   const filter = options.source;
   for (const entry of entries) {
-    if (
-      filter !== undefined && entry.key.name !== filter &&
-      sourceLabel(entry.key) !== filter
-    ) {
-      continue;
-    }
+    if (filter !== undefined && !matchesSource(entry.key, filter)) continue;
     const hash = _hex(sourceHash(entry.key));
     seen.add(hash);
     const checkpoints = seals.checkpoints.get(hash) ?? [];
@@ -263,6 +272,7 @@ export async function verifyVault(
       key: entry.key,
       genesis: chainGenesis(vaultId, entry.key),
       checkpoints,
+      tail,
     });
     const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
     sources.push({
@@ -294,271 +304,56 @@ export async function verifyVault(
     keyed: key !== undefined,
     seals: seals.count,
     ...(seals.lastTime !== undefined && { lastSealTime: seals.lastTime }),
+    ...(keyFile && { keyEpoch: keyFile.epoch }),
+    sealIntervalMs: intervalMs,
     sources,
     unsealed,
     problems,
   };
 }
 
-/** A record found by {@linkcode _scan}. */
-interface ScannedRecord {
-  seq: number;
-  flags: number;
-  offset: number;
-  bytes: Uint8Array;
-}
-
-/** Where and why {@linkcode _scan} stopped early. */
-interface ScanStop {
-  kind: "header" | "checksum" | "sequence" | "truncated";
-  offset: number;
-  seq: number;
-  reason: string;
-}
-
 /**
- * Parses one segment file's records, stopping at the first bad one.
+ * Judges a record after its source's last trusted seal in a sealed vault.
+ * Such a record is an unsealed tail only if the server cannot have sealed
+ * it yet: received after verification started, or newer than the last seal
+ * by less than the interval plus a grace (the interval, at least 60 s), and
+ * not older than the last seal by more than the grace. A sealed vault with
+ * no seal at all has no unsealed tail: `init` seals whatever a vault
+ * holds, and the server seals at start-up before it takes a record.
  *
- * @returns The good records, and the stop if the file did not end cleanly.
+ * @returns Why the record is damage, or undefined.
  */
-function _scan(
-  bytes: Uint8Array,
-  options: { magic: Uint8Array; kind: number; firstSeq: number },
-): { records: ScannedRecord[]; stop?: ScanStop; end: number } {
-  const records: ScannedRecord[] = [];
-  const first = options.firstSeq;
-  if (bytes.length < SEGMENT_HEADER_BYTES) {
-    return {
-      records,
-      end: 0,
-      stop: {
-        kind: "truncated",
-        offset: 0,
-        seq: first,
-        reason: "the segment header is incomplete",
-      },
-    };
+function _tailProblem(recvTs: number, rule: TailRule): string | undefined {
+  if (recvTs >= rule.now) return undefined;
+  const last = rule.last;
+  if (last === undefined) {
+    return "no seal covers it, and the seal log of this sealed vault holds no seal (seals were removed)";
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let bad: string | undefined;
-  if (view.getUint32(24, true) !== crc32c(bytes, { end: 24 })) {
-    bad = "its checksum does not match";
-  } else if (options.magic.some((b, i) => bytes[i] !== b)) {
-    bad = "its magic is wrong";
-  } else if (view.getUint16(8, true) !== SEGMENT_VERSION) {
-    bad = `version ${view.getUint16(8, true)} is not supported`;
-  } else if (_getU64(view, 16) !== first) {
-    bad = "its sequence number does not match the file name";
+  const grace = Math.max(rule.intervalMs, MIN_GRACE_MS);
+  const since = `seal ${last.epoch} at ${new Date(last.time).toISOString()}`;
+  if (recvTs >= last.time + rule.intervalMs + grace) {
+    return `it was received at ${
+      new Date(recvTs).toISOString()
+    }, later than the next seal was due after ${since} (seals every ${
+      rule.intervalMs / 1000
+    } s), but no seal covers it: seals were removed, or the server stopped sealing`;
   }
-  if (bad !== undefined) {
-    return {
-      records,
-      end: 0,
-      stop: {
-        kind: "header",
-        offset: 0,
-        seq: first,
-        reason: `the segment header is damaged: ${bad}`,
-      },
-    };
-  }
-  let at = SEGMENT_HEADER_BYTES;
-  let seq = first;
-  while (at < bytes.length) {
-    const stop = (kind: ScanStop["kind"], reason: string) => ({
-      records,
-      end: at,
-      stop: { kind, offset: at, seq, reason },
-    });
-    if (at + RECORD_HEADER_BYTES > bytes.length) {
-      return stop("truncated", "the segment ends inside a record header");
-    }
-    const length = view.getUint32(at + 4, true);
-    if (length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES) {
-      return stop("checksum", `record length ${length} is out of range`);
-    }
-    if (at + length > bytes.length) {
-      return stop(
-        "truncated",
-        `the segment ends inside a record of ${length} bytes`,
-      );
-    }
-    const record = bytes.subarray(at, at + length);
-    if (view.getUint32(at, true) !== crc32c(record, { start: 4 })) {
-      return stop("checksum", "the record checksum does not match");
-    }
-    if (record[8] !== options.kind) {
-      return stop("checksum", `record kind ${record[8]} is unexpected`);
-    }
-    const found = _getU64(view, at + 12);
-    if (found !== seq) {
-      return stop(
-        "sequence",
-        `record ${found} is stored where ${seq} is due`,
-      );
-    }
-    records.push({ seq, flags: record[9]!, offset: at, bytes: record });
-    at += length;
-    seq++;
-  }
-  return { records, end: at };
-}
-
-async function _verifySeals(
-  root: string,
-  vaultId: Uint8Array,
-  k0: Uint8Array | undefined,
-): Promise<{
-  count: number;
-  lastTime?: number;
-  checkpoints: Map<string, Checkpoint[]>;
-  problem?: VerifyProblem;
-}> {
-  const checkpoints = new Map<string, Checkpoint[]>();
-  const segments = await listSegments(join(root, SEALS_DIR));
-  let count = 0;
-  let lastTime: number | undefined;
-  let key = k0;
-  let previous: Seal | undefined;
-  let previousFile: { path: string; end: number } | undefined;
-  const result = (problem?: VerifyProblem) => ({
-    count,
-    checkpoints,
-    ...(lastTime !== undefined && { lastTime }),
-    ...(problem && { problem }),
-  });
-  for (const segment of segments) {
-    const due = count + 1;
-    if (segment.firstSeq !== due) {
-      const at = segment.firstSeq > due && previousFile
-        ? { file: previousFile.path, offset: previousFile.end }
-        : { file: segment.path, offset: 0 };
-      return result({
-        kind: segment.firstSeq > due ? "seal-gap" : "seal",
-        message: segment.firstSeq > due
-          ? `Seal ${due} is missing (epoch gap: the next seal is ${segment.firstSeq})`
-          : `Seal segment starts at ${segment.firstSeq} where ${due} is due`,
-        epoch: due,
-        ...at,
-      });
-    }
-    // A segment removed meanwhile reads as undefined.
-    const bytes = await readIfExists(segment.path) ?? new Uint8Array(0);
-    const scan = _scan(bytes, {
-      magic: SEAL_MAGIC,
-      kind: SEAL_KIND,
-      firstSeq: segment.firstSeq,
-    });
-    for (const record of scan.records) {
-      const where = { file: segment.path, offset: record.offset };
-      const seal = decodeSeal(record.bytes);
-      if (typeof seal === "string") {
-        return result({
-          kind: "seal",
-          message: `Seal ${record.seq} is malformed: ${seal}`,
-          epoch: record.seq,
-          ...where,
-        });
-      }
-      if (key) {
-        key = evolveKey(key);
-        if (!_equal(sealMac(record.bytes, key), seal.mac)) {
-          return result({
-            kind: "seal-mac",
-            message:
-              `Seal ${seal.epoch} fails its HMAC: it was forged or re-sealed with a later key`,
-            epoch: seal.epoch,
-            ...where,
-          });
-        }
-      }
-      if (!_equal(seal.vaultId, vaultId)) {
-        return result({
-          kind: "seal",
-          message: `Seal ${seal.epoch} names vault ${_hex(seal.vaultId)}, not ${
-            _hex(vaultId)
-          }`,
-          epoch: seal.epoch,
-          ...where,
-        });
-      }
-      const bad = _checkSealAgainst(seal, previous);
-      if (bad !== undefined) {
-        return result({
-          kind: "seal",
-          message: `Seal ${seal.epoch} is inconsistent: ${bad}`,
-          epoch: seal.epoch,
-          ...where,
-        });
-      }
-      for (const entry of seal.entries) {
-        const hash = _hex(entry.source);
-        let list = checkpoints.get(hash);
-        if (!list) checkpoints.set(hash, list = []);
-        list.push({
-          epoch: seal.epoch,
-          lastSeq: entry.lastSeq,
-          head: entry.head,
-        });
-      }
-      previous = seal;
-      count = seal.epoch;
-      lastTime = seal.time;
-    }
-    if (scan.stop) {
-      const missing = scan.stop.kind === "sequence" &&
-        scan.stop.seq < _getU64(
-            new DataView(bytes.buffer, bytes.byteOffset + scan.stop.offset),
-            12,
-          );
-      return result({
-        kind: missing ? "seal-gap" : "seal",
-        message: missing
-          ? `Seal ${scan.stop.seq} is missing (epoch gap)`
-          : `Seal log damaged: ${scan.stop.reason}`,
-        epoch: scan.stop.seq,
-        file: segment.path,
-        offset: scan.stop.offset,
-      });
-    }
-    previousFile = { path: segment.path, end: scan.end };
-  }
-  return result();
-}
-
-/** Checks a seal against the one before it. */
-function _checkSealAgainst(
-  seal: Seal,
-  previous: Seal | undefined,
-): string | undefined {
-  let total = 0;
-  for (const entry of seal.entries) total += entry.lastSeq;
-  if (total !== seal.total) return "its record total does not add up";
-  if (previous === undefined) return undefined;
-  if (seal.time < previous.time) return "its time is before the previous seal";
-  const now = new Map(seal.entries.map((e) => [_hex(e.source), e]));
-  for (const before of previous.entries) {
-    const entry = now.get(_hex(before.source));
-    if (entry === undefined) {
-      return `source ${_hex(before.source)} of seal ${previous.epoch} is gone`;
-    }
-    if (entry.lastSeq < before.lastSeq) {
-      return `source ${
-        _hex(before.source)
-      } went back from ${before.lastSeq} to ${entry.lastSeq}`;
-    }
-    if (entry.lastSeq === before.lastSeq && !_equal(entry.head, before.head)) {
-      return `source ${
-        _hex(before.source)
-      } changed its head at ${entry.lastSeq}`;
-    }
+  if (recvTs < last.time - grace) {
+    return `it was received at ${
+      new Date(recvTs).toISOString()
+    }, before ${since}, but no seal covers it`;
   }
   return undefined;
 }
 
 async function _verifySource(
   dir: string,
-  options: { key: SourceKey; genesis: Uint8Array; checkpoints: Checkpoint[] },
+  options: {
+    key: SourceKey;
+    genesis: Uint8Array;
+    checkpoints: Checkpoint[];
+    tail: TailRule | undefined;
+  },
 ): Promise<{
   records: number;
   problem?: VerifyProblem;
@@ -567,7 +362,6 @@ async function _verifySource(
   const label = sourceLabel(options.key);
   const checkpoints = options.checkpoints;
   const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
-  const segments = await listSegments(dir);
   let prev = options.genesis;
   let expect = 1;
   let cp = 0;
@@ -590,6 +384,12 @@ async function _verifySource(
       ...extra,
     },
   });
+  const listed = await listForCheck(dir);
+  if ("error" in listed) {
+    const bad = unreadableProblem(dir, listed.error, "source directory");
+    return problem("unreadable", bad.message, { seq: 1, file: dir, offset: 0 });
+  }
+  const segments = listed.segments;
   for (let i = 0; i < segments.length; i++) {
     const segment = segments[i]!;
     const isLast = i === segments.length - 1;
@@ -607,9 +407,19 @@ async function _verifySource(
         { seq: expect, file: segment.path, offset: 0 },
       );
     }
-    const bytes = await readIfExists(segment.path);
-    if (bytes === undefined) continue;
-    const scan = _scan(bytes, {
+    const read = await readForCheck(segment.path);
+    if ("error" in read) {
+      // The vault never deletes a segment that held a record: one that
+      // vanished or cannot be read is damage.
+      const bad = unreadableProblem(segment.path, read.error, "segment");
+      return problem("unreadable", bad.message, {
+        seq: expect,
+        file: segment.path,
+        offset: 0,
+      });
+    }
+    const bytes = read.bytes;
+    const scan = scanSegment(bytes, {
       magic: VAULT_MAGIC,
       kind: VAULT_KIND,
       firstSeq: segment.firstSeq,
@@ -630,7 +440,7 @@ async function _verifySource(
       if (!(record.flags & FLAG_CHAIN)) {
         return problem("unchained", "the record carries no chain link", where);
       }
-      if (record.bytes.length < VAULT_LINE_OFFSET + 32) {
+      if (record.bytes.length < VAULT_LINE_OFFSET + CHAIN_LINK_BYTES) {
         return problem("checksum", "the record is too short", where);
       }
       const { link, ok } = checkLink(record.bytes, prev);
@@ -640,6 +450,17 @@ async function _verifySource(
           "the chain link does not follow from the previous record",
           where,
         );
+      }
+      if (record.seq > sealedSeq && options.tail) {
+        const view = new DataView(
+          record.bytes.buffer,
+          record.bytes.byteOffset,
+          record.bytes.byteLength,
+        );
+        const why = _tailProblem(getU64(view, 28), options.tail);
+        if (why !== undefined) {
+          return problem("unsealed", `record ${record.seq}: ${why}`, where);
+        }
       }
       prev = link;
       expect = record.seq + 1;
@@ -674,7 +495,7 @@ async function _verifySource(
           reason: stop.reason,
         };
       } else {
-        return problem(stop.kind, stop.reason, {
+        return problem(stopKind(stop.kind), stop.reason, {
           seq: stop.seq,
           file: segment.path,
           offset: stop.offset,

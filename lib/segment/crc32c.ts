@@ -1,6 +1,7 @@
 /**
- * CRC-32C (Castagnoli), the checksum on every vault and spool record.
- * Slicing-by-8 over a precomputed table; no dependencies.
+ * CRC-32C (Castagnoli), the checksum on every segment header and record
+ * (vault, spool and seal logs). Slicing-by-8 over a precomputed table; no
+ * dependencies.
  *
  * @module
  */
@@ -32,7 +33,7 @@ function _makeTable(): Uint32Array {
  *
  * @example Check value
  * ```ts
- * import { crc32c } from "./_crc32c.ts";
+ * import { crc32c } from "./crc32c.ts";
  * import assert from "node:assert/strict";
  * assert.equal(crc32c(new TextEncoder().encode("123456789")), 0xe3069283);
  * ```

@@ -1,7 +1,7 @@
 /**
- * File-system helpers shared by the vault and the shipper's spool: directory
- * fsync, atomic file replacement, reading a file that may be absent, and a
- * best-effort single-writer lock.
+ * File-system helpers shared by segment logs, the vault and the shipper:
+ * directory fsync, atomic file replacement, reading a file that may be
+ * absent, the `code` of a system error, and a best-effort single-writer lock.
  *
  * @module
  */
@@ -145,7 +145,7 @@ export async function acquireLock(path: string, what: string): Promise<Lock> {
         },
       };
     } catch (error) {
-      if (_code(error) !== "EEXIST") throw error;
+      if (systemErrorCode(error) !== "EEXIST") throw error;
     }
     const text = await readFile(path, "utf8").catch(() => "");
     const pid = Number.parseInt(text, 10);
@@ -177,7 +177,7 @@ export async function readIfExists(
     const buf = await readFile(path);
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
   } catch (error) {
-    if (_code(error) === "ENOENT") return undefined;
+    if (systemErrorCode(error) === "ENOENT") return undefined;
     throw error;
   }
 }
@@ -205,7 +205,7 @@ export async function readTextIfExists(
  * @param error Anything thrown.
  * @returns For example `"ENOENT"`.
  */
-export function _code(error: unknown): string | undefined {
+export function systemErrorCode(error: unknown): string | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   const code = (error as { code?: unknown }).code;
   return typeof code === "string" ? code : undefined;
@@ -217,7 +217,7 @@ function _alive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (error) {
-    return _code(error) === "EPERM";
+    return systemErrorCode(error) === "EPERM";
   }
 }
 

@@ -1,0 +1,91 @@
+/**
+ * The per-source hash chain: every vault line record carries
+ * `link[n] = SHA-256(record n from byte 4, with the link field holding
+ * link[n-1])`, starting from a genesis that names the vault and the source.
+ * Format: `docs/VAULT.md`, "Hash chain".
+ *
+ * @module
+ */
+
+import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
+import { sourceHash } from "./_key.ts";
+import type { SourceKey } from "./_key.ts";
+
+/** Offset of the chain link inside a vault line record. */
+export const LINK_OFFSET = 36;
+/** Bytes of a chain link. */
+export const LINK_BYTES = 32;
+
+const GENESIS_LABEL = new TextEncoder().encode("moat-chain-1\0");
+
+/**
+ * SHA-256 of `bytes` (one-shot where the runtime has `crypto.hash`).
+ *
+ * @param bytes The data.
+ * @returns The 32-byte digest.
+ */
+export function sha256(bytes: Uint8Array): Uint8Array {
+  if (typeof oneShotHash === "function") {
+    return oneShotHash("sha256", bytes, "buffer") as unknown as Uint8Array;
+  }
+  return createHash("sha256").update(bytes).digest();
+}
+
+/**
+ * The link before a source's first record: SHA-256 over `"moat-chain-1\0"`,
+ * the vault id and the source hash. Binds every chain to one vault and one
+ * source.
+ *
+ * @param vaultId The vault's 16-byte id.
+ * @param key The source.
+ * @returns The genesis link.
+ */
+export function chainGenesis(vaultId: Uint8Array, key: SourceKey): Uint8Array {
+  return createHash("sha256").update(GENESIS_LABEL).update(vaultId)
+    .update(sourceHash(key)).digest();
+}
+
+/**
+ * Computes a record's chain link: SHA-256 over the record from byte 4 to
+ * its end, with the link field holding the previous link. Leaves the link
+ * field holding `prev`.
+ *
+ * @param record A vault line record with flag 0x01 (its CRC is not covered).
+ * @param prev The previous record's link (or the genesis link).
+ * @returns The record's link.
+ */
+export function computeLink(record: Uint8Array, prev: Uint8Array): Uint8Array {
+  record.set(prev, LINK_OFFSET);
+  return sha256(record.subarray(4));
+}
+
+/**
+ * Checks a stored record's link without changing the record.
+ *
+ * @param record The record as read (flag 0x01 set).
+ * @param prev The previous link.
+ * @returns The computed link and whether the stored one matches it.
+ */
+export function checkLink(
+  record: Uint8Array,
+  prev: Uint8Array,
+): { link: Uint8Array; ok: boolean } {
+  // A copy even when `record` is a Buffer (whose slice is a view).
+  const stored = new Uint8Array(
+    record.subarray(LINK_OFFSET, LINK_OFFSET + LINK_BYTES),
+  );
+  const link = computeLink(record, prev);
+  record.set(stored, LINK_OFFSET);
+  return { link, ok: _equal(stored, link) };
+}
+
+/**
+ * Constant-time comparison of two byte strings of equal length.
+ *
+ * @param a One.
+ * @param b The other.
+ * @returns True if equal.
+ */
+export function _equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

@@ -1,0 +1,65 @@
+// Helpers shared by the vault tests.
+import { Buffer } from "node:buffer";
+import fs from "node:fs";
+import path from "node:path";
+import { encodeSegmentHeader } from "../lib/segment/codec.ts";
+import { encodeVaultRecords, VAULT_MAGIC } from "../lib/vault/_format.ts";
+import { sourceDirName } from "../lib/vault/_key.ts";
+import type { SourceKey } from "../lib/vault/_key.ts";
+
+/**
+ * Writes a source directory as an earlier moat left it: `source.json` with
+ * the key as given (no check), and one segment of unchained records
+ * numbered from 1 (each `{ line, recvTs }`). For keys the vault no longer
+ * creates, and for forgeries.
+ */
+export function writeLegacySource(
+  vaultDir: string,
+  key: SourceKey,
+  lines: { line: Uint8Array | string; recvTs?: number; partial?: boolean }[],
+): string {
+  const dir = path.join(vaultDir, "sources", sourceDirName(key));
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, "source.json"), JSON.stringify(key) + "\n");
+  const parts: Uint8Array[] = [encodeSegmentHeader(VAULT_MAGIC, 1)];
+  lines.forEach((l, i) => {
+    const line = typeof l.line === "string"
+      ? new TextEncoder().encode(l.line)
+      : l.line;
+    parts.push(
+      encodeVaultRecords(
+        [{ seq: i + 1, ts: 1, line, partial: l.partial ?? false }],
+        l.recvTs ?? 1,
+      ),
+    );
+  });
+  fs.writeFileSync(
+    path.join(dir, "00000000000000000001.seg"),
+    Buffer.concat(parts),
+  );
+  return dir;
+}
+
+/**
+ * Open file descriptors of this process (Linux; undefined elsewhere) that
+ * name a file or directory under `under` (all of them if not given).
+ */
+export function openFds(under?: string): number | undefined {
+  let fds: string[];
+  try {
+    fds = fs.readdirSync("/proc/self/fd");
+  } catch {
+    return undefined;
+  }
+  if (under === undefined) return fds.length;
+  let n = 0;
+  for (const fd of fds) {
+    try {
+      const target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      if (target === under || target.startsWith(`${under}/`)) n++;
+    } catch {
+      // Closed meanwhile (the one readdirSync used, for example).
+    }
+  }
+  return n;
+}
