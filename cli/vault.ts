@@ -9,7 +9,7 @@ import * as path from "node:path";
 import process from "node:process";
 import { ExitCode, MoatError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
-import { listSources, readRecords } from "../lib/vault/read.ts";
+import { catRecords, listSources } from "../lib/vault/read.ts";
 import { initVault } from "../lib/vault/init.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import {
@@ -197,7 +197,9 @@ async function lsCommand(dir: string): Promise<void> {
   for (const r of rows) {
     printLine(
       [
-        escapeText(r.peer),
+        escapeText(
+          r.identity === undefined ? r.peer : `${r.peer}[${r.identity}]`,
+        ),
         escapeText(r.name),
         r.records,
         iso(r.firstRecvTs),
@@ -207,37 +209,22 @@ async function lsCommand(dir: string): Promise<void> {
   }
 }
 
-const NEWLINE = Uint8Array.of(0x0a);
-
 async function catCommand(
   dir: string,
   values: OptionValues<typeof CAT_OPTIONS>,
 ): Promise<void> {
-  const tty = process.stdout.isTTY === true;
-  const decoder = new TextDecoder();
-  const out: Uint8Array[] = [];
-  let size = 0;
-  const flush = async () => {
-    if (size > 0) await writeStdout(Buffer.concat(out));
-    out.length = 0;
-    size = 0;
-  };
+  // A log line is attacker-controlled: escaped on a terminal; into a pipe as
+  // stored but with line feeds inside a record written as \n, and labelled
+  // with its source whenever more than one matches (lib/vault/read.ts).
   for await (
-    const rec of readRecords(dir, {
+    const chunk of catRecords(dir, {
       ...(values.source !== undefined && { source: values.source }),
       ...(values.since !== undefined && { since: parseSince(values.since) }),
+      terminal: process.stdout.isTTY === true,
     })
   ) {
-    // A log line is attacker-controlled: raw into a pipe, escaped on a terminal.
-    const line = tty
-      ? new TextEncoder().encode(escapeText(decoder.decode(rec.line)))
-      : rec.line;
-    out.push(line);
-    if (!rec.partial) out.push(NEWLINE);
-    size += line.length + 1;
-    if (size > 1 << 20) await flush();
+    await writeStdout(chunk);
   }
-  await flush();
 }
 
 /**

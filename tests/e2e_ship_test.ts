@@ -266,20 +266,23 @@ test("moat ship to a server without --vault fails with one clear line", async ()
   assert.ok(r.stderr.trim().split("\n").length <= 2, r.stderr);
 });
 
-test("moat ship with a token stores records under the authenticated identity, not the address", async () => {
+test("moat ship with a token stores records under the address and the authenticated identity", async () => {
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
   fs.writeFileSync(
     path.join(dir.dir, "server.tokens"),
     "alice s3cret-token-for-alice\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(dir.dir, "alice.token"),
     "alice s3cret-token-for-alice\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(dir.dir, "wrong.token"),
     "alice not-the-right-secret!!\n",
+    { mode: 0o600 },
   );
   await using server = await startServer([
     "--vault",
@@ -312,6 +315,6 @@ test("moat ship with a token stores records under the authenticated identity, no
   ], { input: lines(1, 20), cwd: dir.dir });
   assert.equal(r.code, 0, r.stderr);
   const ls = await runMoat(["vault", "ls", vault]);
-  assert.match(ls.stdout, /\ntoken:alice\tauth\t20\t/);
+  assert.match(ls.stdout, /\n127\.0\.0\.1\[token:alice\]\tauth\t20\t/);
   assert.doesNotMatch(ls.stdout, /nope/);
 });

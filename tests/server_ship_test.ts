@@ -15,11 +15,14 @@ import {
   decodeError,
   decodeShipReady,
   decodeText,
+  encodeJson,
+  encodePreamble,
   encodeShipBatch,
   Kind,
   type ShipReady,
 } from "../lib/protocol.ts";
-import { encodeFrame } from "../lib/framer.ts";
+import { encodeFrame, FrameReader } from "../lib/framer.ts";
+import { answerChallenge } from "../lib/auth.ts";
 import { tempDir } from "./_e2e.ts";
 import {
   bytes,
@@ -151,7 +154,10 @@ async function openShip(
 }
 
 /** Reads `n` ShipAck frames and returns their sequence numbers. */
-async function readAcks(client: FramedClient, n: number): Promise<number[]> {
+async function readAcks(
+  client: Pick<FramedClient, "reader">,
+  n: number,
+): Promise<number[]> {
   const acks: number[] = [];
   for (let i = 0; i < n; i++) {
     const frame = await within(client.reader.readFrame(), `ack ${i + 1}`);
@@ -300,4 +306,82 @@ test("serveShip refuses the syslog port's source name", async () => {
   assert.equal(body.code, "ERR_PROTOCOL");
   assert.match(body.message, /"syslog" is reserved for the syslog port/);
   assert.deepEqual(await listSources(v.dir), []);
+});
+
+/** A shipper that proves `token` in its handshake, after ShipReady. */
+async function openTokenShip(
+  t: TestServer,
+  source: string,
+  from: string,
+  token: { name: string; secret: string },
+): Promise<Pick<FramedClient, "conn" | "reader"> & { ready: ShipReady }> {
+  const conn = await t.connect(from);
+  const hello = {
+    client: "moat/test",
+    mode: "ship",
+    maxFrameSize: 65536,
+    source,
+  };
+  await conn.write(concat([
+    encodePreamble(),
+    encodeFrame({ type: Kind.Hello, payload: encodeJson(hello) }),
+  ]));
+  const reader = new FrameReader(conn, { bufferSize: 65536 });
+  await within(reader.readExact(8), "the preamble");
+  const challenge = await within(reader.readFrame(), "the challenge");
+  assert.equal(challenge?.type, Kind.Challenge);
+  await conn.write(encodeFrame({
+    type: Kind.Auth,
+    payload: answerChallenge(challenge!.payload, {
+      token,
+      mode: "ship",
+      binding: "",
+    }),
+  }));
+  const welcome = await within(reader.readFrame(), "the Welcome");
+  assert.equal(welcome?.type, Kind.Welcome);
+  const ready = await within(reader.readFrame(), "ShipReady");
+  assert.equal(
+    ready?.type,
+    Kind.ShipReady,
+    ready ? decodeText(ready.payload) : "closed",
+  );
+  return { conn, reader, ready: decodeShipReady(ready!.payload) };
+}
+
+test("serveShip never lets a second host holding the same token write into the first host's source", async () => {
+  const token = { name: "fleet", secret: "0123456789abcdef0123456789abcdef" };
+  await using v = await testVault();
+  await using t = await startMemoryServer({
+    vault: v.vault,
+    auth: { tokens: [token] },
+  });
+  const own = await openTokenShip(t, "auth", "127.0.0.1", token);
+  await own.conn.write(batch(1, lines(1, 10)));
+  assert.deepEqual(await readAcks(own, 1), [10]);
+  // The same token from another host: its own source, starting at 0.
+  const other = await openTokenShip(t, "auth", "127.0.0.2", token);
+  assert.equal(other.ready.lastSeq, 0);
+  await other.conn.write(batch(1, ["forged 1", "forged 2"]));
+  assert.deepEqual(await readAcks(other, 1), [2]);
+  // The first host goes on where it was; nothing tells it "state was lost".
+  await own.conn.write(batch(11, lines(11, 12)));
+  assert.deepEqual(await readAcks(own, 1), [12]);
+  own.conn.close();
+  other.conn.close();
+  await t.audit.waitCount((e) => e.event === "ship_finished", 2, "finished");
+  const rows = (await listSources(v.dir)).map((s) => [
+    s.peer,
+    s.identity,
+    s.name,
+    s.records,
+  ]);
+  assert.deepEqual(rows.sort(), [
+    ["127.0.0.1", "token:fleet", "auth", 12],
+    ["127.0.0.2", "token:fleet", "auth", 2],
+  ]);
+  assert.deepEqual(
+    await storedLines(v.dir, "127.0.0.1[token:fleet]/auth"),
+    lines(1, 12),
+  );
 });

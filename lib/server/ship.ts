@@ -18,6 +18,7 @@ import {
   type Session,
 } from "./session.ts";
 import { SYSLOG_SOURCE } from "./syslog.ts";
+import { sourceKey, type VaultSource } from "../vault/store.ts";
 
 /**
  * Serves a shipper after its Welcome: takes its records into the vault and
@@ -62,14 +63,31 @@ export async function serveShip(
     return;
   }
   // The peer part of the key comes from the connection, never from the
-  // shipper, so one host cannot write into another host's records.
-  // An authenticated identity (certificate fingerprint, token name) is
-  // stronger than an address, which can be spoofed on a shared network.
-  const key = {
-    peer: s.identity ?? peerIdentity(s.conn.remoteAddr.hostname),
-    name: hello.source!,
-  };
-  const source = vault.source(key);
+  // shipper, so one host cannot write into another host's records. The
+  // address is always part of it, and an authenticated identity (certificate
+  // fingerprint, token name) is added to it: two hosts sharing one
+  // credential still never share a source.
+  const key = sourceKey({
+    address: peerIdentity(s.conn.remoteAddr.hostname),
+    identity: s.identity,
+  }, hello.source!);
+  let source: VaultSource;
+  try {
+    source = vault.source(key);
+  } catch (err) {
+    // A refused name, or too many sources for this peer: said to the peer
+    // (the codes carry no server path) and audited.
+    const body = { code: errorCode(err), message: errorMessage(err) };
+    audit.write("refused", {
+      peer: s.peer,
+      name: s.name,
+      source: key.name,
+      ...body,
+    });
+    await s.sendError(body);
+    s.reason = `ship refused: ${body.message}`;
+    return;
+  }
   await s.conn.write(encodeFrame({
     type: Kind.ShipReady,
     payload: encodeJson({

@@ -28,6 +28,7 @@ import {
 import { ConnectionClosedError } from "../errors.ts";
 import { AppendPipeline } from "./append_pipeline.ts";
 import { errorCode, errorMessage } from "./session.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
 
 /** The vault source name of every syslog peer's records. */
 export const SYSLOG_SOURCE = "syslog";
@@ -107,22 +108,28 @@ export async function serveSyslog(
   }
   const appends = new AppendPipeline(source);
 
-  // Appends the messages of one read; they must be used before the buffer is.
-  const store = () => {
+  // Appends the messages of one read, in batches the vault accepts; they
+  // must be used before the buffer is.
+  const store = async () => {
     const recvTs = Date.now();
-    const first = source.acceptedSeq + 1;
-    const records: AppendRecord[] = new Array(messages.length);
-    for (let i = 0; i < messages.length; i++) {
-      const line = messages[i]!;
-      records[i] = {
-        seq: first + i,
-        ts: parseSyslogTime(line, { now: recvTs }) ?? recvTs,
-        line,
-      };
+    for (let at = 0; at < messages.length; at += DEFAULT_MAX_BATCH_RECORDS) {
+      const slice = messages.slice(at, at + DEFAULT_MAX_BATCH_RECORDS);
+      // acceptedSeq moves as soon as append is called, so each slice
+      // numbers on from the one before.
+      const first = source.acceptedSeq + 1;
+      const records: AppendRecord[] = new Array(slice.length);
+      for (let i = 0; i < slice.length; i++) {
+        const line = slice[i]!;
+        records[i] = {
+          seq: first + i,
+          ts: parseSyslogTime(line, { now: recvTs }) ?? recvTs,
+          line,
+        };
+      }
+      // The vault copies the lines before append returns.
+      await appends.push(records, { recvTs });
     }
     messages.length = 0;
-    // The vault copies the lines before append returns.
-    return appends.push(records, { recvTs });
   };
 
   try {
