@@ -303,8 +303,8 @@ test("decodeError refuses a body without a string code and message", () => {
     const bad of [
       {},
       { code: 1, message: "m" },
-      { code: "ERR_X" },
-      { code: "ERR_X", message: null },
+      { code: "NOT_FOUND" },
+      { code: "NOT_FOUND", message: null },
     ]
   ) {
     assert.throws(() => decodeError(encodeJson(bad)), ProtocolError);
