@@ -106,6 +106,27 @@ function matchesOpened(stamp: FileStamp, file: OpenedFile): boolean {
     Number(stamp.mtimeNs) / 1e6 === file.mtimeMs;
 }
 
+/**
+ * Whether only the change time moved: a rename, chmod or link, or a write
+ * that put the mtime back. Only the content can tell those apart.
+ */
+function onlyCtimeMoved(a: FileStamp, b: FileStamp): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size &&
+    a.mtimeNs === b.mtimeNs;
+}
+
+/** Whether the whole open file, read again now, has the digest `expected`. */
+function hashesTo(
+  file: OpenedFile,
+  buf: Uint8Array,
+  name: DigestName,
+  expected: string,
+): boolean {
+  const again = createDigest(name);
+  hashPrefix(file.fd, buf, file.size, again);
+  return again.hex() === expected;
+}
+
 function fileChanged(file: OpenedFile, what = "changed"): MoatError {
   return new MoatError(
     Code.ERR_FILE_CHANGED,
@@ -244,10 +265,10 @@ function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Digest) {
  * read before the first byte and again after the last one is accepted, and
  * if the two differ (or differ from what the jail opened) no FileEnd is
  * written, so the receiver never takes a file that is part one version and
- * part another. The check fails closed: a change of metadata alone (chmod,
- * or a file renamed over this one, which drops its link count) changes the
- * change time too, and counts, although the descriptor still reads the old
- * file whole.
+ * part another. When only the change time moved (a rename or chmod during
+ * the send moves it too, as does a write that puts the mtime back), a framed
+ * send reads the file again and goes on only if it still hashes to the
+ * digest being sent; a raw send, which has no digest, counts it as a change.
  *
  * @param sink The connection.
  * @param file An opened regular file.
@@ -308,11 +329,20 @@ export async function sendFile(
   }
 
   // Every byte was read: the file must be the one it was at the start.
-  if (!sameStamp(before, readStamp(file.fd))) throw fileChanged(file);
+  const after = readStamp(file.fd);
+  const same = sameStamp(before, after);
+  if (!same && !(framed && onlyCtimeMoved(before, after))) {
+    throw fileChanged(file);
+  }
   let digest = "";
   if (framed) {
     digest = cached ?? hash!.hex();
-    if (cached === undefined) options.cache?.set(before, digestName, digest);
+    if (!same && !hashesTo(file, buf, digestName, digest)) {
+      throw fileChanged(file);
+    }
+    if (same && cached === undefined) {
+      options.cache?.set(before, digestName, digest);
+    }
     const bytes = hexToBytes(digest);
     const end = new Uint8Array(HEADER_SIZE + bytes.length);
     encodeHeader(Kind.FileEnd, bytes.length, end, 0);

@@ -350,16 +350,13 @@ test("moat get of a file rewritten on the server mid-transfer exits 1 with ERR_F
   ], { cwd: out.dir });
   const done = finished(child, 120_000);
   await relay.held;
-  // The server has read at most its socket buffers' worth: rewrite the tail,
-  // in place and at the same size, which it has yet to read.
+  // The server has read at most its socket buffers' worth: rewrite, in
+  // place and at the same size, the first MiB (sent already) and one near
+  // the end (not read yet), so what it sends is neither version.
   const fd = fs.openSync(file, "r+");
-  fs.writeSync(
-    fd,
-    new Uint8Array(1 << 20).fill(0x5a),
-    0,
-    1 << 20,
-    size - (4 << 20),
-  );
+  for (const at of [0, size - (4 << 20)]) {
+    fs.writeSync(fd, new Uint8Array(1 << 20).fill(0x5a), 0, 1 << 20, at);
+  }
   fs.closeSync(fd);
   relay.release();
   const r = await done;

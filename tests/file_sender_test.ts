@@ -17,7 +17,7 @@ import {
   sendFile,
 } from "../lib/file_sender.ts";
 import { encodeFrame, FrameReader } from "../lib/framer.ts";
-import { createJail, type OpenedFile } from "../lib/jail.ts";
+import { createJail } from "../lib/jail.ts";
 import { decodeFileMeta, encodeError, Kind } from "../lib/protocol.ts";
 import {
   Code,
@@ -358,12 +358,19 @@ function writeOld(file: string, content: Uint8Array) {
   fs.utimesSync(file, day, day);
 }
 
+/**
+ * Rewrites, in place, bytes the sender has sent (the first chunk) and bytes
+ * it has yet to read: what it sends is then neither version.
+ */
+function rewriteHeadAndTail(file: string) {
+  const fd = fs.openSync(file, "r+");
+  fs.writeSync(fd, new Uint8Array(1000).fill(0xee), 0, 1000, 0);
+  fs.writeSync(fd, new Uint8Array(1000).fill(0xee), 0, 1000, 99_000);
+  fs.closeSync(fd);
+}
+
 const rewrites: [string, (file: string) => void][] = [
-  ["rewritten in place at the same size", (file) => {
-    const fd = fs.openSync(file, "r+");
-    fs.writeSync(fd, new Uint8Array(1000).fill(0xee), 0, 1000, 99_000);
-    fs.closeSync(fd);
-  }],
+  ["rewritten in place at the same size", rewriteHeadAndTail],
   ["appended to", (file) => fs.appendFileSync(file, "more")],
   ["truncated and written again", (file) => fs.writeFileSync(file, content)],
   ["cut short", (file) => fs.truncateSync(file, 50_000)],
@@ -436,33 +443,90 @@ test("sendFile refuses a file that changed between open and send, before writing
   assert.equal(sink.chunks.length, 0);
 });
 
-test("sendFile sends the old file whole or ERR_FILE_CHANGED, never a mix, when another is renamed over its path", async () => {
-  using t = tmp();
-  const file = path.join(t.dir, "f.bin");
-  writeOld(file, content);
-  const jail = await createJail(t.dir);
-  const opened: OpenedFile = await jail.open("f.bin");
-  const sink = pausingSink(2, () => {
-    fs.writeFileSync(file + ".new", new Uint8Array(content.length));
-    fs.renameSync(file + ".new", file);
-  });
-  // The unlink of the old name changes its ctime; Deno shows ctime in whole
-  // seconds, so it may not see that, and sends the old file.
-  const r = await sendFile(sink, opened, { chunkSize: 4096, digest: "crc32" })
-    .catch((e: unknown) => e);
-  opened.close();
-  if (r instanceof MoatError) {
-    assert.equal(r.code, Code.ERR_FILE_CHANGED);
-    assert.ok(!frameTypes(sink.bytes()).includes(Kind.FileEnd));
-  } else {
-    assert.equal(
-      (r as { digest: string }).digest,
-      expected.crc32,
-      "old, whole",
-    );
-    assert.equal(frameTypes(sink.bytes()).at(-1), Kind.FileEnd);
+/** Whether this runtime shows a file's ctime finer than whole seconds (Deno does not). */
+function ctimeIsFine(dir: string): boolean {
+  const file = path.join(dir, "probe");
+  for (let i = 0; i < 3; i++) {
+    fs.writeFileSync(file, String(i));
+    const { ctimeNs } = fs.statSync(file, { bigint: true });
+    if (ctimeNs % 1_000_000_000n !== 0n) return true;
   }
-});
+  return false;
+}
+
+const fineCtime = (() => {
+  using t = tmp();
+  return ctimeIsFine(t.dir);
+})();
+
+for (
+  const [what, change] of [
+    ["another file is renamed over its path", (file: string) => {
+      fs.writeFileSync(file + ".new", new Uint8Array(content.length));
+      fs.renameSync(file + ".new", file);
+    }],
+    ["it is renamed", (file: string) => fs.renameSync(file, file + ".1")],
+    ["its mode changes", (file: string) => fs.chmodSync(file, 0o600)],
+  ] as const
+) {
+  test(`sendFile sends the open file whole when ${what} during the send`, async () => {
+    using t = tmp();
+    const file = path.join(t.dir, "f.bin");
+    writeOld(file, content);
+    const jail = await createJail(t.dir);
+    const opened = await jail.open("f.bin");
+    const before = readStamp(opened.fd);
+    const sink = pausingSink(2, () => change(file));
+    const r = await sendFile(sink, opened, {
+      chunkSize: 4096,
+      digest: "crc32",
+    });
+    // The change time moved (seen where the runtime shows it finer than a
+    // second), and the content, read again, said the file was the same.
+    const after = readStamp(opened.fd);
+    assert.equal(after.mtimeNs, before.mtimeNs);
+    if (fineCtime) assert.notEqual(after.ctimeNs, before.ctimeNs);
+    opened.close();
+    assert.equal(r.digest, expected.crc32, "the file as opened, whole");
+    assert.equal(frameTypes(sink.bytes()).at(-1), Kind.FileEnd);
+  });
+}
+
+test(
+  "sendFile ends with ERR_FILE_CHANGED when the file is rewritten at the same size with its mtime put back during the send",
+  {
+    skip: !fineCtime && "this runtime shows ctime in whole seconds",
+  },
+  async () => {
+    using t = tmp();
+    const file = path.join(t.dir, "f.bin");
+    // Whole seconds, so utimes puts the mtime back exactly.
+    const when = 1_600_000_000;
+    fs.writeFileSync(file, content);
+    fs.utimesSync(file, when, when);
+    const jail = await createJail(t.dir);
+    const opened = await jail.open("f.bin");
+    const before = readStamp(opened.fd);
+    const sink = pausingSink(2, () => {
+      rewriteHeadAndTail(file);
+      fs.utimesSync(file, when, when);
+    });
+    const err = await sendFile(sink, opened, {
+      chunkSize: 4096,
+      digest: "crc32",
+    })
+      .then(() => undefined, (e: unknown) => e);
+    const after = readStamp(opened.fd);
+    opened.close();
+    assert.equal(after.mtimeNs, before.mtimeNs, "mtime put back");
+    assert.equal(after.size, before.size);
+    assert.ok(
+      err instanceof MoatError && err.code === Code.ERR_FILE_CHANGED,
+      String(err),
+    );
+    assert.ok(!frameTypes(sink.bytes()).includes(Kind.FileEnd));
+  },
+);
 
 test("receiveFile shows a server's mid-transfer error escaped and keeps the part for --resume", async () => {
   using t = tmp();
