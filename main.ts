@@ -7,7 +7,7 @@
  */
 
 import process from "node:process";
-import { ExitCode, MoatError } from "./lib/errors.ts";
+import { ExitCode, exitStatusOf, MoatError } from "./lib/errors.ts";
 import {
   type Command,
   formatHelp,
@@ -76,15 +76,16 @@ async function main(argv: string[], context: RunContext): Promise<void> {
 }
 
 /** The exit status for what a command threw, after saying what it was. */
-function exitStatusOf(err: unknown): number {
+function exitFor(err: unknown): number {
   if (err instanceof StdoutClosedError) return STDOUT_CLOSED_EXIT;
-  if (err instanceof MoatError) {
+  if (
+    err instanceof MoatError || err instanceof RangeError ||
+    err instanceof TypeError
+  ) {
     printNote(err.message);
-    return err.exitCode;
-  }
-  if (err instanceof RangeError || err instanceof TypeError) {
-    printNote(err.message);
-    return ExitCode.Failure;
+    // Coded RangeErrors and TypeErrors (a frame too large, a refused source
+    // name) take their status from the one table of codes.
+    return exitStatusOf(err);
   }
   printNote(
     `internal error: ${err instanceof Error ? err.message : String(err)}`,
@@ -100,5 +101,5 @@ try {
   });
   process.exit(ExitCode.Ok);
 } catch (err) {
-  process.exit(exitStatusOf(err));
+  process.exit(exitFor(err));
 }

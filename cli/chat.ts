@@ -62,9 +62,10 @@ export async function chatCommand(
     output: printLine,
     onWelcome: (w) =>
       printNote(
-        `connected to ${escapeText(values.server)} as ${escapeText(w.name)} (${
-          escapeText(w.peer)
-        }); Ctrl-D leaves`,
+        // The Welcome's fields come escaped from lib/client.ts.
+        `connected to ${
+          escapeText(values.server)
+        } as ${w.name} (${w.peer}); Ctrl-D leaves`,
       ),
   });
 }

@@ -10,7 +10,8 @@ import * as path from "node:path";
 import process from "node:process";
 import { get } from "../lib/client.ts";
 import { DEFAULT_DIGEST, DIGESTS } from "../lib/digest.ts";
-import { ExitCode, MoatError, UsageError } from "../lib/errors.ts";
+import { Code, ExitCode, MoatError, UsageError } from "../lib/errors.ts";
+import { partPathOf } from "../lib/file_sender.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../lib/framer.ts";
 import { MIN_MAX_FRAME_SIZE } from "../lib/protocol.ts";
 import { escapeText } from "../lib/text.ts";
@@ -147,9 +148,12 @@ export async function getCommand(
     });
   } catch (err) {
     bar?.end();
+    // The download keeps its part only when there is something to resume.
     if (
-      err instanceof MoatError && err.code === "ERR_CONNECTION_CLOSED" &&
-      fs.existsSync(out + ".moat-part")
+      err instanceof MoatError &&
+      (err.code === Code.ERR_CONNECTION_CLOSED ||
+        err.code === Code.ERR_TIMEOUT) &&
+      fs.existsSync(partPathOf(out))
     ) {
       throw new MoatError(
         err.code,
@@ -190,7 +194,7 @@ function checkOutputFolder(out: string): void {
   }
   if (problem !== undefined) {
     throw new MoatError(
-      "ERR_IO",
+      Code.ERR_IO,
       `Cannot write "${escapeText(out)}": ${problem}`,
       ExitCode.Failure,
     );

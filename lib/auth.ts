@@ -23,6 +23,7 @@ import { Buffer } from "node:buffer";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { decodeJson, encodeJson } from "./protocol.ts";
 import { AccessDeniedError, ProtocolError, UsageError } from "./errors.ts";
+import { escapeText } from "./text.ts";
 
 /** A named shared secret. */
 export interface Token {
@@ -291,7 +292,7 @@ export function answerChallenge(
   if (!challenge.methods.includes("token")) {
     throw new ProtocolError(
       `Server asked for an unknown authentication method: ${
-        challenge.methods.join(", ")
+        escapeText(challenge.methods.join(", "), { maxLength: 256 })
       }`,
     );
   }

@@ -24,12 +24,12 @@ import {
   type Welcome,
 } from "./protocol.ts";
 import {
-  AccessDeniedError,
+  Code,
   ConnectError,
   ConnectionClosedError,
-  ExitCode,
+  errorFromFrame,
+  errorFromLine,
   MoatError,
-  PathError,
   ProtocolError,
 } from "./errors.ts";
 import { formatChatLine } from "./chat.ts";
@@ -112,9 +112,8 @@ function timeoutError(client: ClientOptions, what: string): MoatError {
   const { hostname, port } = client.server;
   const secs = timeoutOf(client) / 1000;
   return new MoatError(
-    "ERR_TIMEOUT",
+    Code.ERR_TIMEOUT,
     `${hostname}:${port} ${what} ${secs} s (see --timeout)`,
-    ExitCode.Connection,
   );
 }
 
@@ -157,9 +156,8 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
   const n = Number(port);
   if (host === "" || !/^\d+$/.test(port) || n < 1 || n > 65535) {
     throw new MoatError(
-      "ERR_USAGE",
-      `Invalid server address "${text}": expected HOST:PORT`,
-      ExitCode.Usage,
+      Code.ERR_USAGE,
+      `Invalid server address "${escapeText(text)}": expected HOST:PORT`,
     );
   }
   return { hostname: host, port: n };
@@ -169,24 +167,29 @@ export function parseServerAddr(text: string, defaultPort = 4320): ServerAddr {
 const TLS_ALERT = 0x15;
 const TLS_HANDSHAKE = 0x16;
 
-const PATH_CODES = new Set([
-  "ERR_BAD_PATH",
-  "ERR_OUTSIDE_ROOT",
-  "ERR_NOT_FOUND",
-  "ERR_NOT_FILE",
-  "ERR_PERMISSION",
-]);
+/** Longest piece of server-supplied text (a name, an address) kept. */
+const MAX_SERVER_TEXT = 256;
 
-/** Turns a server error frame into the matching local error. */
-export function serverError(payload: Uint8Array): MoatError {
-  // A hostile server's words must not reach the user's terminal raw.
-  const raw = decodeError(payload);
-  const body = { code: escapeText(raw.code), message: escapeText(raw.message) };
-  if (PATH_CODES.has(body.code)) return new PathError(body.code, body.message);
-  if (body.code === "ERR_ACCESS_DENIED" || body.code === "ERR_AUTH") {
-    return new AccessDeniedError(`Server refused: ${body.message}`);
-  }
-  return new MoatError(body.code, `Server error: ${body.message}`);
+/**
+ * Makes a piece of server-supplied text safe to show: escaped, one line,
+ * capped. Everything a server says passes through here or
+ * {@linkcode errorFromFrame}.
+ *
+ * @param text What the server sent.
+ * @returns The text, safe for a terminal.
+ */
+export function serverText(text: string): string {
+  return escapeText(text, { maxLength: MAX_SERVER_TEXT });
+}
+
+/** The text of a Welcome, made safe by {@linkcode serverText}. */
+function safeWelcome(welcome: Welcome): Welcome {
+  return {
+    server: serverText(welcome.server),
+    name: serverText(welcome.name),
+    peer: serverText(welcome.peer),
+    maxFrameSize: welcome.maxFrameSize,
+  };
 }
 
 /**
@@ -282,13 +285,19 @@ export async function openSession(
         "Connection closed by server during the handshake",
       );
     }
-    if (frame.type === Kind.Error) throw serverError(frame.payload);
+    if (frame.type === Kind.Error) {
+      throw errorFromFrame(decodeError(frame.payload));
+    }
     if (frame.type !== Kind.Welcome) {
       throw new ProtocolError(
         `Expected a welcome frame, got type 0x${frame.type.toString(16)}`,
       );
     }
-    return { conn, reader, welcome: decodeWelcome(frame.payload) };
+    return {
+      conn,
+      reader,
+      welcome: safeWelcome(decodeWelcome(frame.payload)),
+    };
   } catch (err) {
     conn.close();
     if (watchdog.fired) {
@@ -304,27 +313,9 @@ export async function openSession(
 /** Reads an "ERR CODE message" line and maps it to an error. */
 async function textRefusal(reader: FrameReader): Promise<MoatError> {
   const bytes = await reader.peek(512);
-  const text = decodeText(bytes).split("\n")[0]!.replace(/\r$/, "");
-  const m = /^ERR (\S+) ?(.*)$/.exec(text);
-  if (!m) {
-    return new ProtocolError("Server did not answer with a moat preamble");
-  }
-  const code = escapeText(m[1]!);
-  const message = escapeText(m[2]!);
-  if (code === "ACCESS_DENIED") {
-    return new AccessDeniedError("Access refused by server");
-  }
-  if (code === "BUSY") {
-    return new MoatError(
-      "ERR_BUSY",
-      "Server busy: too many connections",
-      ExitCode.Connection,
-    );
-  }
-  if (code === "CERT_REQUIRED" || code === "CERT_REJECTED") {
-    return new AccessDeniedError(`Server refused: ${message}`);
-  }
-  return new MoatError(code, `Server refused: ${message}`);
+  const line = decodeText(bytes).split("\n")[0]!.replace(/\r$/, "");
+  return errorFromLine(line) ??
+    new ProtocolError("Server did not answer with a moat preamble");
 }
 
 /** Options for {@linkcode get}. */
@@ -344,7 +335,9 @@ export interface GetOptions {
 }
 
 /**
- * Fetches one file into `out`, verified and renamed atomically.
+ * Fetches one file into `out`, verified and renamed atomically. The part
+ * file is removed on every failure except a cut connection (or timeout) with
+ * bytes in it, which stays for `--resume`.
  *
  * @param client Connection options.
  * @param options Path, output and flags.
@@ -352,12 +345,14 @@ export interface GetOptions {
  * @throws {PathError} When the server refuses the path.
  * @throws {IntegrityError} When the file arrives damaged.
  * @throws {ConnectionClosedError} When the transfer is cut; the part file stays for `--resume`.
+ * @throws {MoatError} `ERR_FILE_CHANGED` when the file changed on the server
+ * while it was sent; nothing is kept.
  */
 export async function get(
   client: ClientOptions,
   options: GetOptions,
 ): Promise<ReceiveResult & { offset: number }> {
-  const download = prepareDownload(options.out, {
+  await using download = prepareDownload(options.out, {
     ...(options.force !== undefined && { force: options.force }),
     ...(options.resume !== undefined && { resume: options.resume }),
     ...(options.digest !== undefined && { digest: options.digest }),
@@ -366,9 +361,8 @@ export async function get(
   try {
     session = await openSession(client, "get");
   } catch (err) {
-    // Nothing arrived: leave no empty part file behind (a resumed one stays).
-    if (download.offset === 0) download.discard();
-    else download.close();
+    // Nothing arrived: a resumed part stays for the next try.
+    if (download.offset > 0) download.keep();
     throw err;
   }
   const { conn, reader } = session;
@@ -386,11 +380,9 @@ export async function get(
     }));
     const frame = await readFrameOrClosed(reader);
     if (frame.type === Kind.Error) {
-      download.discard();
-      throw serverError(frame.payload);
+      throw errorFromFrame(decodeError(frame.payload));
     }
     if (frame.type !== Kind.FileMeta) {
-      download.discard();
       throw new ProtocolError(
         `Expected file metadata, got frame type 0x${frame.type.toString(16)}`,
       );
@@ -398,6 +390,7 @@ export async function get(
     const meta = decodeFileMeta(frame.payload);
     options.onStart?.(meta.size, meta.offset);
     const onProgress = options.onProgress;
+    // receiveFile keeps or removes the part itself once the file has begun.
     const result = await receiveFile(reader, download, meta, {
       onProgress: (received, expected) => {
         watchdog.touch();
@@ -406,13 +399,15 @@ export async function get(
     });
     return { ...result, offset: meta.offset };
   } catch (err) {
+    // Cut before the file began: only a resumed part holds anything.
+    const cut = watchdog.fired || err instanceof ConnectionClosedError;
+    if (cut && download.offset > 0) download.keep();
     if (watchdog.fired) {
       throw timeoutError(client, "sent nothing for");
     }
     throw err;
   } finally {
     watchdog.stop();
-    download.close();
     conn.close();
   }
 }
@@ -459,10 +454,13 @@ export async function chat(
       }
       if (frame.type === Kind.Chat) {
         options.output(formatChatLine(decodeChatLine(frame.payload)));
-      } else if (frame.type === Kind.Error) throw serverError(frame.payload);
-      else {throw new ProtocolError(
+      } else if (frame.type === Kind.Error) {
+        throw errorFromFrame(decodeError(frame.payload));
+      } else {
+        throw new ProtocolError(
           `Unexpected frame type 0x${frame.type.toString(16)} in chat`,
-        );}
+        );
+      }
     }
   })();
   const sending = (async () => {

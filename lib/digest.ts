@@ -18,6 +18,7 @@
 import { createHash } from "node:crypto";
 import * as zlib from "node:zlib";
 import { ProtocolError } from "./errors.ts";
+import { escapeText } from "./text.ts";
 
 /** Names of the digests a Get may ask for. */
 export const DIGESTS = ["crc32", "sha256"] as const;
@@ -57,8 +58,11 @@ export function isDigestName(name: string): name is DigestName {
  */
 export function parseDigestName(name: string): DigestName {
   if (isDigestName(name)) return name;
+  // The name comes from the peer and ends up on a terminal.
   throw new ProtocolError(
-    `Unknown digest "${name}" (expected ${DIGESTS.join(" or ")})`,
+    `Unknown digest "${escapeText(name, { maxLength: 32 })}" (expected ${
+      DIGESTS.join(" or ")
+    })`,
   );
 }
 

@@ -16,8 +16,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeHeader, type FrameReader, HEADER_SIZE } from "./framer.ts";
 import {
+  Code,
   ConnectionClosedError,
-  ExitCode,
+  errorFromFrame,
   IntegrityError,
   MoatError,
   ProtocolError,
@@ -46,43 +47,157 @@ const PAYLOAD_OFFSET = 64;
 export const PART_SUFFIX = ".moat-part";
 
 /**
- * Remembers the digests of files already sent, keyed by digest name, identity,
- * size and mtime, so that serving the same file again does not hash it again
- * (it matters for SHA-256; CRC-32 is nearly free). A file
- * rewritten in place with the same size and mtime would carry a stale digest;
- * the receiver then reports a mismatch, so the error is loud, never silent.
+ * The temporary file a download of `target` is written to, beside it.
+ *
+ * @param target Where the file will end up.
+ * @returns `target` + {@linkcode PART_SUFFIX}.
+ *
+ * @example
+ * ```ts
+ * import { partPathOf } from "./file_sender.ts";
+ * import assert from "node:assert/strict";
+ * assert.equal(partPathOf("out/a.log"), "out/a.log.moat-part");
+ * ```
+ */
+export function partPathOf(target: string): string {
+  return target + PART_SUFFIX;
+}
+
+/**
+ * What tells one version of an open file from another: identity, size,
+ * modification and change times (nanoseconds where the runtime has them).
+ * Every write changes the change time, and nothing but the clock sets it back.
+ */
+export interface FileStamp {
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly size: bigint;
+  readonly mtimeNs: bigint;
+  readonly ctimeNs: bigint;
+}
+
+/**
+ * Reads the stamp of an open file (fstat: the file, not whatever its path
+ * names now).
+ *
+ * @param fd An open descriptor.
+ * @returns Its stamp.
+ */
+export function readStamp(fd: number): FileStamp {
+  const s = fs.fstatSync(fd, { bigint: true });
+  return {
+    dev: s.dev,
+    ino: s.ino,
+    size: s.size,
+    mtimeNs: s.mtimeNs,
+    ctimeNs: s.ctimeNs,
+  };
+}
+
+function sameStamp(a: FileStamp, b: FileStamp): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size &&
+    a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+}
+
+/** Whether `stamp` still describes the file as the jail opened it. */
+function matchesOpened(stamp: FileStamp, file: OpenedFile): boolean {
+  return Number(stamp.dev) === file.dev && Number(stamp.ino) === file.ino &&
+    Number(stamp.size) === file.size &&
+    Number(stamp.mtimeNs) / 1e6 === file.mtimeMs;
+}
+
+/**
+ * Whether only the change time moved: a rename, chmod or link, or a write
+ * that put the mtime back. Only the content can tell those apart.
+ */
+function onlyCtimeMoved(a: FileStamp, b: FileStamp): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size &&
+    a.mtimeNs === b.mtimeNs;
+}
+
+/** Whether the whole open file, read again now, has the digest `expected`. */
+function hashesTo(
+  file: OpenedFile,
+  buf: Uint8Array,
+  name: DigestName,
+  expected: string,
+): boolean {
+  const again = createDigest(name);
+  hashPrefix(file.fd, buf, file.size, again);
+  return again.hex() === expected;
+}
+
+function fileChanged(file: OpenedFile, what = "changed"): MoatError {
+  return new MoatError(
+    Code.ERR_FILE_CHANGED,
+    `File "${file.path}" ${what} while being sent; get it again`,
+  );
+}
+
+/**
+ * How long ago a file must have last changed before its digest is kept, in
+ * ns. Deno reports the change time in whole seconds (and the modification
+ * time in ms), and the kernel stamps both from a coarse clock, so two writes
+ * close together can leave the same stamp; a change made after an entry was
+ * kept comes at least a second later, which no truncation hides. Git's
+ * "racily clean" rule, for the same reason.
+ */
+const SETTLED_NS = 2_000_000_000n;
+
+/** Options for {@linkcode DigestCache}. */
+export interface DigestCacheOptions {
+  /** Entries kept (oldest dropped first). @default {256} */
+  limit?: number;
+  /** The clock, ms since the epoch. @default {Date.now} */
+  now?: () => number;
+}
+
+/**
+ * Remembers the digests of files already sent, keyed by digest name and the
+ * whole {@linkcode FileStamp}, so that serving the same file again does not
+ * hash it again (it matters for SHA-256; CRC-32 is nearly free). Only files
+ * whose last change is {@linkcode SETTLED_NS} old are kept: a file rewritten
+ * in place, even with the same size and its modification time put back, gets
+ * a new change time, so it misses and is hashed afresh.
  */
 export class DigestCache {
   #map = new Map<string, string>();
   #limit: number;
+  #now: () => number;
 
   /**
-   * @param limit Entries kept (oldest dropped first).
+   * @param options Size and clock.
    */
-  constructor(limit = 256) {
-    this.#limit = limit;
+  constructor(options: DigestCacheOptions = {}) {
+    this.#limit = options.limit ?? 256;
+    this.#now = options.now ?? Date.now;
   }
 
-  #key(file: OpenedFile, name: DigestName): string {
-    return `${name}:${file.dev}:${file.ino}:${file.size}:${file.mtimeMs}`;
+  #key(stamp: FileStamp, name: DigestName): string {
+    const { dev, ino, size, mtimeNs, ctimeNs } = stamp;
+    return `${name}:${dev}:${ino}:${size}:${mtimeNs}:${ctimeNs}`;
   }
 
   /**
-   * @param file An opened file.
+   * @param stamp An open file's stamp.
    * @param name Which digest.
    * @returns Its cached hex digest, if any.
    */
-  get(file: OpenedFile, name: DigestName): string | undefined {
-    return this.#map.get(this.#key(file, name));
+  get(stamp: FileStamp, name: DigestName): string | undefined {
+    return this.#map.get(this.#key(stamp, name));
   }
 
   /**
-   * @param file An opened file.
+   * Keeps a digest, unless the file changed too recently to trust its stamp.
+   *
+   * @param stamp The stamp the file had before and after it was hashed.
    * @param name Which digest.
    * @param digest Its hex digest.
    */
-  set(file: OpenedFile, name: DigestName, digest: string): void {
-    const key = this.#key(file, name);
+  set(stamp: FileStamp, name: DigestName, digest: string): void {
+    const age = BigInt(Math.floor(this.#now())) * 1_000_000n - stamp.ctimeNs;
+    if (stamp.ctimeNs <= 0n || age < SETTLED_NS) return;
+    const key = this.#key(stamp, name);
     this.#map.delete(key);
     this.#map.set(key, digest);
     if (this.#map.size > this.#limit) {
@@ -131,7 +246,10 @@ function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Digest) {
   while (pos < end) {
     const n = readAt(fd, buf, Math.min(chunk, end - pos), pos);
     if (n === 0) {
-      throw new MoatError("ERR_FILE_CHANGED", "File shrank while being read");
+      throw new MoatError(
+        Code.ERR_FILE_CHANGED,
+        "File shrank while being read",
+      );
     }
     hash.update(buf.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + n));
     pos += n;
@@ -143,11 +261,21 @@ function hashPrefix(fd: number, buf: Uint8Array, end: number, hash: Digest) {
  * FileMeta frame, FileData frames and a FileEnd frame carrying the digest of
  * the whole file; raw sends write the bytes alone.
  *
+ * The file must not change while it is sent: its {@linkcode FileStamp} is
+ * read before the first byte and again after the last one is accepted, and
+ * if the two differ (or differ from what the jail opened) no FileEnd is
+ * written, so the receiver never takes a file that is part one version and
+ * part another. When only the change time moved (a rename or chmod during
+ * the send moves it too, as does a write that puts the mtime back), a framed
+ * send reads the file again and goes on only if it still hashes to the
+ * digest being sent; a raw send, which has no digest, counts it as a change.
+ *
  * @param sink The connection.
  * @param file An opened regular file.
  * @param options Offset, chunk size, framing, digest cache, progress.
  * @returns Bytes sent and the digest.
- * @throws {MoatError} `ERR_FILE_CHANGED` when the file shrinks while sent.
+ * @throws {MoatError} `ERR_FILE_CHANGED` when the file changes or shrinks
+ * while sent; the caller sends it to the peer in place of FileEnd.
  * @throws {ConnectionClosedError} When the peer goes away.
  */
 export async function sendFile(
@@ -163,7 +291,9 @@ export async function sendFile(
   );
   const buf = new Uint8Array(PAYLOAD_OFFSET + chunk);
   const digestName = options.digest ?? "sha256";
-  const cached = framed ? options.cache?.get(file, digestName) : undefined;
+  const before = readStamp(file.fd);
+  if (!matchesOpened(before, file)) throw fileChanged(file);
+  const cached = framed ? options.cache?.get(before, digestName) : undefined;
   const hash = framed && cached === undefined
     ? createDigest(digestName)
     : undefined;
@@ -189,12 +319,7 @@ export async function sendFile(
   const start = framed ? PAYLOAD_OFFSET - HEADER_SIZE : PAYLOAD_OFFSET;
   while (pos < file.size) {
     const n = readAt(file.fd, buf, Math.min(chunk, file.size - pos), pos);
-    if (n === 0) {
-      throw new MoatError(
-        "ERR_FILE_CHANGED",
-        `File "${file.path}" shrank while being sent`,
-      );
-    }
+    if (n === 0) throw fileChanged(file, "shrank");
     const payload = buf.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + n);
     hash?.update(payload);
     if (framed) encodeHeader(Kind.FileData, n, buf, start);
@@ -203,10 +328,21 @@ export async function sendFile(
     options.onProgress?.(pos - offset);
   }
 
+  // Every byte was read: the file must be the one it was at the start.
+  const after = readStamp(file.fd);
+  const same = sameStamp(before, after);
+  if (!same && !(framed && onlyCtimeMoved(before, after))) {
+    throw fileChanged(file);
+  }
   let digest = "";
   if (framed) {
     digest = cached ?? hash!.hex();
-    if (cached === undefined) options.cache?.set(file, digestName, digest);
+    if (!same && !hashesTo(file, buf, digestName, digest)) {
+      throw fileChanged(file);
+    }
+    if (same && cached === undefined) {
+      options.cache?.set(before, digestName, digest);
+    }
     const bytes = hexToBytes(digest);
     const end = new Uint8Array(HEADER_SIZE + bytes.length);
     encodeHeader(Kind.FileEnd, bytes.length, end, 0);
@@ -240,11 +376,15 @@ export interface PrepareDownloadOptions {
   digest?: DigestName;
 }
 
-/** A download target: the temporary file being written and its state. */
-export interface Download {
+/**
+ * A download target: the temporary file being written and its state. Own it
+ * with `await using`: disposing closes the temporary file and removes it
+ * unless it was committed or kept.
+ */
+export interface Download extends AsyncDisposable {
   /** Final path. */
   readonly target: string;
-  /** Temporary path beside it. */
+  /** Temporary path beside it ({@linkcode partPathOf}). */
   readonly partPath: string;
   /** Bytes already present (resume), where the request starts. */
   readonly offset: number;
@@ -252,10 +392,74 @@ export interface Download {
   readonly fd: number;
   /** Fed the part's existing bytes (resume), then everything received. */
   readonly digest: Digest;
-  /** Closes the temporary file, keeping it. Idempotent. */
+  /** Whether {@linkcode Download.commit} renamed the part over the target. */
+  readonly committed: boolean;
+  /** Closes the temporary file. Idempotent. */
   close(): void;
   /** Closes and removes the temporary file. */
   discard(): void;
+  /** Leaves the temporary file for `--resume` when disposed. */
+  keep(): void;
+  /** Fsyncs, closes, renames the part over the target and fsyncs the directory. */
+  commit(): void;
+  /** Closes; removes the temporary file unless committed or kept. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+class PartFile implements Download {
+  readonly target: string;
+  readonly partPath: string;
+  readonly offset: number;
+  readonly fd: number;
+  readonly digest: Digest;
+  #open = true;
+  #committed = false;
+  #kept = false;
+
+  constructor(
+    target: string,
+    part: { fd: number; offset: number; digest: Digest },
+  ) {
+    this.target = target;
+    this.partPath = partPathOf(target);
+    this.fd = part.fd;
+    this.offset = part.offset;
+    this.digest = part.digest;
+  }
+
+  get committed(): boolean {
+    return this.#committed;
+  }
+
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    fs.closeSync(this.fd);
+  }
+
+  discard(): void {
+    this.close();
+    this.#kept = false;
+    fs.rmSync(this.partPath, { force: true });
+  }
+
+  keep(): void {
+    this.#kept = true;
+  }
+
+  commit(): void {
+    fs.fsyncSync(this.fd);
+    this.close();
+    fs.renameSync(this.partPath, this.target);
+    this.#committed = true;
+    fsyncDir(path.dirname(this.target));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    if (this.#committed || this.#kept) return;
+    await fs.promises.rm(this.partPath, { force: true });
+  }
 }
 
 /**
@@ -265,8 +469,9 @@ export interface Download {
  *
  * @param target Where the file will end up.
  * @param options Force and resume.
- * @returns The prepared download.
- * @throws {MoatError} `ERR_EXISTS` when the target exists and `force` is off.
+ * @returns The prepared download; dispose of it (`await using`).
+ * @throws {MoatError} `ERR_EXISTS` when the target exists and `force` is off,
+ * or is not a regular file; `ERR_IO` when the part cannot be opened.
  */
 export function prepareDownload(
   target: string,
@@ -282,20 +487,18 @@ export function prepareDownload(
     // --force replaces files, never a device, FIFO, link or directory
     // (an atomic rename over /dev/null would replace the device itself).
     throw new MoatError(
-      "ERR_EXISTS",
+      Code.ERR_EXISTS,
       `Refusing to replace "${target}": it is not a regular file`,
-      ExitCode.Exists,
     );
   }
   if (existing && !options.force) {
     throw new MoatError(
-      "ERR_EXISTS",
+      Code.ERR_EXISTS,
       `Refusing to overwrite "${target}": it exists (use --force)`,
-      ExitCode.Exists,
     );
   }
-  const partPath = target + PART_SUFFIX;
-  const hash = createDigest(options.digest ?? DEFAULT_DIGEST);
+  const partPath = partPathOf(target);
+  const digest = createDigest(options.digest ?? DEFAULT_DIGEST);
   let fd: number;
   let offset = 0;
   try {
@@ -303,37 +506,19 @@ export function prepareDownload(
       fd = fs.openSync(partPath, "r+");
       offset = fs.fstatSync(fd).size;
       const buf = new Uint8Array(PAYLOAD_OFFSET + DEFAULT_CHUNK_SIZE);
-      hashPrefix(fd, buf, offset, hash);
+      hashPrefix(fd, buf, offset, digest);
     } else {
       fd = fs.openSync(partPath, "w", 0o600);
     }
   } catch (err) {
     throw new MoatError(
-      "ERR_IO",
+      Code.ERR_IO,
       `Cannot write "${partPath}": ${(err as Error).message}`,
-      ExitCode.Failure,
+      undefined,
       { cause: err },
     );
   }
-  let open = true;
-  const close = () => {
-    if (open) {
-      open = false;
-      fs.closeSync(fd);
-    }
-  };
-  return {
-    target,
-    partPath,
-    offset,
-    fd,
-    digest: hash,
-    close,
-    discard() {
-      close();
-      fs.rmSync(partPath, { force: true });
-    },
-  };
+  return new PartFile(target, { fd, offset, digest });
 }
 
 /** Options for {@linkcode receiveFile}. */
@@ -362,12 +547,19 @@ function writeAllAt(fd: number, bytes: Uint8Array, pos: number) {
   }
 }
 
+/** Whether a failed download's part is worthless: damaged, or of a file that changed. */
+function spoils(err: unknown): boolean {
+  return err instanceof IntegrityError || err instanceof ProtocolError ||
+    (err instanceof MoatError && err.code === Code.ERR_FILE_CHANGED);
+}
+
 /**
  * Receives FileData frames into `download` after its FileMeta was read, checks
- * the byte count and the digest from FileEnd, fsyncs, and renames the
- * temporary file over the target. The digest is the one FileMeta names, which
- * must be the one the download asked for. On a mismatch the temporary file is removed;
- * on an interrupted connection it is kept for `--resume`. Either way the target
+ * the byte count and the digest from FileEnd, and commits the download
+ * (fsync, rename over the target). The digest is the one FileMeta names, which
+ * must be the one the download asked for. On a mismatch, or an Error frame
+ * saying the file changed while sent, the temporary file is removed; on an
+ * interrupted connection it is kept for `--resume`. Either way the target
  * never appears unless the whole file checked out.
  *
  * @param reader The connection's frame reader, positioned after FileMeta.
@@ -378,6 +570,8 @@ function writeAllAt(fd: number, bytes: Uint8Array, pos: number) {
  * @throws {IntegrityError} On a size or digest mismatch.
  * @throws {ConnectionClosedError} When the connection ends early.
  * @throws {ProtocolError} On an unexpected frame.
+ * @throws {MoatError} The server's error (see `errorFromFrame`), e.g.
+ * `ERR_FILE_CHANGED`.
  */
 export async function receiveFile(
   reader: FrameReader,
@@ -442,10 +636,7 @@ export async function receiveFile(
             `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
           );
         }
-        fs.fsyncSync(fd);
-        download.close();
-        fs.renameSync(download.partPath, download.target);
-        fsyncDir(path.dirname(download.target));
+        download.commit();
         return {
           bytes: received,
           size: meta.size,
@@ -453,8 +644,7 @@ export async function receiveFile(
           digest: actual,
         };
       } else if (header.type === Kind.Error) {
-        const body = decodeError(await reader.readPayload());
-        throw new MoatError(body.code, `Server error: ${body.message}`);
+        throw errorFromFrame(decodeError(await reader.readPayload()));
       } else {
         throw new ProtocolError(
           `Unexpected frame type 0x${header.type.toString(16)} during transfer`,
@@ -463,9 +653,11 @@ export async function receiveFile(
     }
   } catch (err) {
     // A corrupt part is worthless; an interrupted one is kept for --resume.
-    if (err instanceof IntegrityError || err instanceof ProtocolError) {
-      download.discard();
-    } else download.close();
+    if (spoils(err)) download.discard();
+    else {
+      download.keep();
+      download.close();
+    }
     throw err;
   }
 }

@@ -8,6 +8,7 @@
 
 import { ProtocolError } from "./errors.ts";
 import { type DigestName, parseDigestName } from "./digest.ts";
+import { truncateText } from "./text.ts";
 
 /** Protocol version carried in the preamble. */
 export const PROTOCOL_VERSION = 1;
@@ -264,6 +265,38 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     peer: field(o, "peer", "string", "welcome"),
     maxFrameSize: count(o, "maxFrameSize", "welcome"),
   };
+}
+
+/**
+ * Encodes an error payload that fits any peer's frame limit: the message is
+ * cut (and ends in `…`) until the JSON is at most
+ * {@linkcode MIN_MAX_FRAME_SIZE} bytes. Make the body with `toErrorBody`
+ * (`errors.ts`), which decides what a peer may be told.
+ *
+ * @param body Code and message.
+ * @returns UTF-8 JSON bytes, at most 1024 of them.
+ * @throws {RangeError} When the code alone does not fit.
+ */
+export function encodeError(body: ErrorBody): Uint8Array {
+  const encode = (max: number) =>
+    encodeJson({ code: body.code, message: truncateText(body.message, max) });
+  // Every character is at least one byte of JSON, so no more than the limit
+  // fits; then the longest cut that fits, by bisection (about ten rounds).
+  const whole = encode(MIN_MAX_FRAME_SIZE);
+  if (whole.length <= MIN_MAX_FRAME_SIZE) return whole;
+  let fits = -1;
+  let over = MIN_MAX_FRAME_SIZE;
+  while (over - fits > 1) {
+    const mid = Math.floor((fits + over) / 2);
+    if (encode(mid).length <= MIN_MAX_FRAME_SIZE) fits = mid;
+    else over = mid;
+  }
+  if (fits < 0) {
+    throw new RangeError(
+      `Cannot encode error: code of ${body.code.length} characters is too long`,
+    );
+  }
+  return encode(fits);
 }
 
 /**

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
 import {
@@ -275,4 +276,133 @@ test("moat get --resume detects a file that changed on the server and keeps noth
   assert.match(r.stderr, /crc32 mismatch/);
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt")), false);
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt.moat-part")), false);
+});
+
+/**
+ * A TCP relay to `port` that stops reading from the server once `holdAfter`
+ * bytes have come through, until `release()`: the server is then stuck
+ * mid-send with its file open, however fast the machine.
+ */
+async function holdingRelay(port: number, holdAfter: number) {
+  let relayed = 0;
+  let holding = false;
+  let released = false;
+  let onHeld = () => {};
+  const held = new Promise<void>((r) => (onHeld = r));
+  const upstreams = new Set<net.Socket>();
+  const sockets = new Set<net.Socket>();
+  const relay = net.createServer((client) => {
+    const upstream = net.connect({ port, host: "127.0.0.1" });
+    upstreams.add(upstream);
+    sockets.add(client).add(upstream);
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+    client.pipe(upstream);
+    upstream.on("data", (d: Uint8Array) => {
+      relayed += d.length;
+      if (!client.write(d)) {
+        upstream.pause();
+        client.once("drain", () => {
+          if (!holding) upstream.resume();
+        });
+      }
+      if (!released && !holding && relayed >= holdAfter) {
+        holding = true;
+        upstream.pause();
+        onHeld();
+      }
+    });
+    upstream.on("end", () => client.end());
+    client.on("close", () => upstream.destroy());
+  });
+  await new Promise<void>((r) => relay.listen(0, "127.0.0.1", () => r()));
+  return {
+    port: (relay.address() as net.AddressInfo).port,
+    held,
+    release() {
+      holding = false;
+      released = true;
+      for (const u of upstreams) u.resume();
+    },
+    [Symbol.asyncDispose]() {
+      for (const socket of sockets) socket.destroy();
+      return new Promise<void>((r) => relay.close(() => r()));
+    },
+  };
+}
+
+test("moat get of a file rewritten on the server mid-transfer exits 1 with ERR_FILE_CHANGED and saves nothing", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  const file = path.join(root.dir, "big.bin");
+  const size = 64 << 20;
+  writeRandomFile(file, size, 11);
+  // Dated a day back, so the rewrite shows in the mtime at any resolution.
+  const day = Date.now() / 1000 - 86_400;
+  fs.utimesSync(file, day, day);
+  await using server = await startServer(["--root", root.dir]);
+  await using relay = await holdingRelay(server.port, 1 << 20);
+  const child = spawnMoat([
+    "get",
+    "FILE:big.bin",
+    "--server",
+    `127.0.0.1:${relay.port}`,
+  ], { cwd: out.dir });
+  const done = finished(child, 120_000);
+  await relay.held;
+  // The server has read at most its socket buffers' worth: rewrite, in
+  // place and at the same size, the first MiB (sent already) and one near
+  // the end (not read yet), so what it sends is neither version.
+  const fd = fs.openSync(file, "r+");
+  for (const at of [0, size - (4 << 20)]) {
+    fs.writeSync(fd, new Uint8Array(1 << 20).fill(0x5a), 0, 1 << 20, at);
+  }
+  fs.closeSync(fd);
+  relay.release();
+  const r = await done;
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(
+    r.stderr,
+    /^moat: Server error: File "big\.bin" changed while being sent; get it again\n$/,
+  );
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no file, no part file");
+  const error = await server.waitEvent(
+    (e) => e.event === "error" && e.during === "transfer",
+    "transfer error",
+  );
+  assert.equal(error.code, "ERR_FILE_CHANGED");
+  assert.equal(
+    server.events().some((e) => e.event === "get_finished"),
+    false,
+  );
+});
+
+test("moat get after a same-size rewrite that puts the mtime back gets the new content", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  const file = path.join(root.dir, "notes.txt");
+  // Whole seconds, so utimes puts the mtime back exactly on every runtime.
+  const when = 1_600_000_000;
+  await using server = await startServer(["--root", root.dir]);
+  const srv = `127.0.0.1:${server.port}`;
+  for (const digest of ["crc32", "sha256"]) {
+    for (const text of ["version one\n", "version two\n"]) {
+      fs.writeFileSync(file, text);
+      fs.utimesSync(file, when, when);
+      const r = await runMoat([
+        "get",
+        "FILE:notes.txt",
+        "--force",
+        "--digest",
+        digest,
+        "--server",
+        srv,
+      ], { cwd: out.dir });
+      assert.equal(r.code, 0, `${digest} ${text}: ${r.stderr}`);
+      assert.equal(
+        fs.readFileSync(path.join(out.dir, "notes.txt"), "utf8"),
+        text,
+      );
+    }
+  }
 });

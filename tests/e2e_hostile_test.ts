@@ -1009,6 +1009,117 @@ test("moat chat does not print a hostile server's welcome raw", async () => {
   );
 });
 
+/** The reply of a fake server that announces `x` (1000 bytes), sends 300, then `after`. */
+function midTransfer(after: Uint8Array): Uint8Array {
+  return bytesOf([...encodePreamble()], [
+    ...WELCOME,
+    ...encodeFrame({ type: Kind.FileMeta, payload: metaOfX(1000) }),
+    ...encodeFrame({ type: Kind.FileData, payload: new Uint8Array(300) }),
+    ...after,
+  ]);
+}
+
+function errorFrame(code: string, message: string): Uint8Array {
+  return encodeFrame({
+    type: Kind.Error,
+    payload: enc.encode(JSON.stringify({ code, message })),
+  });
+}
+
+test("moat get shows a hostile server's mid-transfer ERR_FILE_CHANGED escaped on one line and keeps nothing", async () => {
+  await using fake = await hostileServer(
+    midTransfer(errorFrame("ERR_FILE_CHANGED", EVIL)),
+  );
+  using out = tempDir();
+  const r = await getFrom(fake.port, out.dir);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+  assert.match(r.stderr, /^moat: Server error: \\e\[2J[^\n]*\n$/);
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no file, no part file");
+});
+
+test("moat get shows a hostile server's mid-transfer error with an unknown code escaped, and keeps the part", async () => {
+  await using fake = await hostileServer(midTransfer(errorFrame(EVIL, EVIL)));
+  using out = tempDir();
+  const r = await getFrom(fake.port, out.dir);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+  assert.match(r.stderr, /^moat: Server error \\e\[2J[^\n]*\n$/);
+  assert.equal(fs.existsSync(path.join(out.dir, "x")), false);
+  assert.equal(fs.statSync(path.join(out.dir, "x.moat-part")).size, 300);
+});
+
+test("moat get does not print a hostile server's digest name raw", async () => {
+  const meta = enc.encode(
+    JSON.stringify({ path: "x", size: 1, offset: 0, mtimeMs: 0, digest: EVIL }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...WELCOME,
+      ...encodeFrame({ type: Kind.FileMeta, payload: meta }),
+    ]),
+  );
+  using out = tempDir();
+  const r = await getFrom(fake.port, out.dir);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+  assert.match(
+    r.stderr,
+    /^moat: Unknown digest "\\e\[2J[^\n]*…" \(expected crc32 or sha256\)\n$/,
+  );
+  assert.equal(r.stderr.split("\n").length, 2, JSON.stringify(r.stderr));
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no file, no part file");
+});
+
+test("moat ship does not print a hostile server's ship-ready names raw", async () => {
+  // lastSeq 5 against a fresh state: the shipper stops with ERR_STATE_LOST,
+  // whose message quotes the server's peer and source names.
+  const ready = enc.encode(
+    JSON.stringify({ peer: EVIL, source: EVIL, lastSeq: 5 }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...WELCOME,
+      ...encodeFrame({ type: Kind.ShipReady, payload: ready }),
+    ]),
+    { hold: true },
+  );
+  using out = tempDir();
+  const r = await runMoat([
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${fake.port}`,
+    "--state",
+    path.join(out.dir, "ship.json"),
+  ], { input: "a line\n", timeoutMs: 30_000 });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /Server already holds 5 records/);
+  assert.equal(
+    rawControl(r.stderr + r.stdout),
+    undefined,
+    JSON.stringify(r.stderr),
+  );
+});
+
+test("moat get does not print a hostile server's authentication methods raw", async () => {
+  const challenge = enc.encode(
+    JSON.stringify({ nonce: "0".repeat(64), methods: [EVIL] }),
+  );
+  await using fake = await hostileServer(
+    bytesOf([...encodePreamble()], [
+      ...encodeFrame({ type: Kind.Challenge, payload: challenge }),
+    ]),
+    { hold: true },
+  );
+  using out = tempDir();
+  const r = await getFrom(fake.port, out.dir);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /unknown authentication method: \\e\[2J/);
+  assert.equal(rawControl(r.stderr), undefined, JSON.stringify(r.stderr));
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no part file");
+});
+
 test("moat get --force does not replace a target that is not a regular file", async () => {
   // Run as root, `moat get FILE:x -o /dev/null --force` replaced /dev/null with
   // a regular file. A FIFO stands in for the device here.

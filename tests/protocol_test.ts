@@ -2,15 +2,18 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   decodeChatLine,
+  decodeError,
   decodeFileMeta,
   decodeGet,
   decodeHello,
   decodeShipBatch,
+  encodeError,
   encodeJson,
   encodePreamble,
   encodeShipBatch,
   isMagicPrefix,
   MAGIC,
+  MIN_MAX_FRAME_SIZE,
   PREAMBLE_SIZE,
 } from "../lib/protocol.ts";
 import { ProtocolError } from "../lib/errors.ts";
@@ -261,4 +264,53 @@ test("AuditLog writes one JSON object per line whatever the field values", () =>
     throw new Error("disk full");
   });
   assert.doesNotThrow(() => failing.write("x"));
+});
+
+test("encodeError fits any message into the smallest frame limit, and decodeError reads it back", () => {
+  const short = encodeError({
+    code: "ERR_NOT_FOUND",
+    message: 'Not found: "a"',
+  });
+  assert.deepEqual(decodeError(short), {
+    code: "ERR_NOT_FOUND",
+    message: 'Not found: "a"',
+  });
+  for (
+    const message of [
+      "a".repeat(5000),
+      "\x01".repeat(2000), // six bytes of JSON each
+      "\u20ac".repeat(2000), // three bytes of UTF-8 each
+      "\ud83d\ude00".repeat(2000),
+      "a".repeat(1000) + "\x01".repeat(10),
+    ]
+  ) {
+    const bytes = encodeError({ code: "ERR_FRAME_TOO_LARGE", message });
+    assert.ok(bytes.length <= MIN_MAX_FRAME_SIZE, `${bytes.length} bytes`);
+    assert.ok(bytes.length > MIN_MAX_FRAME_SIZE - 16, `${bytes.length} bytes`);
+    const body = decodeError(bytes);
+    assert.equal(body.code, "ERR_FRAME_TOO_LARGE");
+    assert.ok(body.message.endsWith("\u2026"));
+    assert.ok(message.startsWith(body.message.slice(0, -1)));
+  }
+  assert.throws(
+    () => encodeError({ code: "X".repeat(2000), message: "" }),
+    RangeError,
+  );
+});
+
+test("decodeError refuses a body without a string code and message", () => {
+  for (
+    const bad of [
+      {},
+      { code: 1, message: "m" },
+      { code: "NOT_FOUND" },
+      { code: "NOT_FOUND", message: null },
+    ]
+  ) {
+    assert.throws(() => decodeError(encodeJson(bad)), ProtocolError);
+  }
+  assert.throws(
+    () => decodeError(new TextEncoder().encode("[1]")),
+    ProtocolError,
+  );
 });

@@ -5,19 +5,22 @@
  * @module
  */
 
-import { type ClientOptions, openSession, serverError } from "../client.ts";
+import { type ClientOptions, openSession, serverText } from "../client.ts";
 import { encodeFrame } from "../framer.ts";
 import {
+  Code,
   ConnectionClosedError,
-  ExitCode,
+  errorFromFrame,
   MoatError,
   ProtocolError,
 } from "../errors.ts";
 import {
+  decodeError,
   decodeShipReady,
   encodeShipBatch,
   Kind,
   SHIP_RECORD_HEADER,
+  type ShipReady,
   type ShipRecord,
 } from "../protocol.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
@@ -73,25 +76,38 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-/** Errors that no reconnect can fix. */
+/**
+ * Errors that no reconnect can fix. Not ERR_SEQ_GAP: the shipper always
+ * resends from the server's lastSeq, so a gap can only follow a server-side
+ * rollback (a failed commit); a reconnect resends from the durable position.
+ */
+const FATAL: ReadonlySet<Code> = new Set([
+  Code.ERR_STATE_LOST,
+  Code.ERR_VAULT_LOST,
+  Code.ERR_NO_VAULT,
+  Code.ERR_ACCESS_DENIED,
+  Code.ERR_AUTH,
+  Code.ERR_CERT_REQUIRED,
+  Code.ERR_CERT_REJECTED,
+  Code.ERR_PROTOCOL,
+  // The vault refuses this source (its name, or one source too many) or
+  // this shipper's batches: resending cannot change that.
+  Code.ERR_SOURCE_NAME,
+  Code.ERR_TOO_MANY_SOURCES,
+  Code.ERR_TOO_MANY_RECORDS,
+]);
+
 function isFatal(err: unknown): boolean {
-  return err instanceof MoatError &&
-    // Not ERR_SEQ_GAP: the shipper always resends from the server's lastSeq,
-    // so a gap can only follow a server-side rollback (a failed commit); a
-    // reconnect resends from the durable position.
-    [
-      "ERR_STATE_LOST",
-      "ERR_VAULT_LOST",
-      "ERR_NO_VAULT",
-      "ERR_ACCESS_DENIED",
-      "ERR_PROTOCOL",
-      // The vault refuses this source (its name, or one source too many)
-      // or this shipper's batches: resending cannot change that.
-      "ERR_SOURCE_NAME",
-      "ERR_TOO_MANY_SOURCES",
-      "ERR_TOO_MANY_RECORDS",
-    ]
-      .includes(err.code);
+  return err instanceof MoatError && FATAL.has(err.code);
+}
+
+/** A ShipReady with its server-supplied text made safe to show. */
+function safeReady(ready: ShipReady): ShipReady {
+  return {
+    peer: serverText(ready.peer),
+    source: serverText(ready.source),
+    lastSeq: ready.lastSeq,
+  };
 }
 
 /**
@@ -222,28 +238,28 @@ async function session(
         "Connection closed by server before it was ready",
       );
     }
-    if (first.type === Kind.Error) throw serverError(first.payload);
+    if (first.type === Kind.Error) {
+      throw errorFromFrame(decodeError(first.payload));
+    }
     if (first.type !== Kind.ShipReady) {
       throw new ProtocolError(
         `Expected ship ready, got frame type 0x${first.type.toString(16)}`,
       );
     }
-    const ready = decodeShipReady(first.payload);
+    const ready = safeReady(decodeShipReady(first.payload));
     if (ready.lastSeq > spool.lastSeq) {
       throw new MoatError(
-        "ERR_STATE_LOST",
+        Code.ERR_STATE_LOST,
         `Server already holds ${ready.lastSeq} records of source "${ready.source}" from ${ready.peer}, ` +
           `but this shipper's state (${spool.stateFile}) only reached ${spool.lastSeq}: the state was lost or ` +
           `another shipper uses the same --source; use another --source or restore the state file`,
-        ExitCode.Failure,
       );
     }
     if (ready.lastSeq < spool.ackedSeq) {
       throw new MoatError(
-        "ERR_VAULT_LOST",
+        Code.ERR_VAULT_LOST,
         `Server holds only ${ready.lastSeq} records of source "${ready.source}" but acknowledged ` +
           `${spool.ackedSeq} before: the vault lost acknowledged records`,
-        ExitCode.Failure,
       );
     }
     if (ready.lastSeq > spool.ackedSeq) spool.ack(ready.lastSeq);
@@ -271,7 +287,9 @@ async function session(
         if (frame === null) {
           throw new ConnectionClosedError("Connection closed by server");
         }
-        if (frame.type === Kind.Error) throw serverError(frame.payload);
+        if (frame.type === Kind.Error) {
+          throw errorFromFrame(decodeError(frame.payload));
+        }
         if (frame.type !== Kind.ShipAck || frame.payload.length !== 8) {
           throw new ProtocolError(
             `Unexpected frame type 0x${frame.type.toString(16)} while shipping`,
