@@ -151,8 +151,7 @@ export async function getCommand(
     // The download keeps its part only when there is something to resume.
     if (
       err instanceof MoatError &&
-      (err.code === Code.ERR_CONNECTION_CLOSED ||
-        err.code === Code.ERR_TIMEOUT) &&
+      err.code === Code.ERR_CONNECTION_CLOSED &&
       fs.existsSync(partPathOf(out))
     ) {
       throw new MoatError(
