@@ -341,13 +341,20 @@ test("Net.listen with tls speaks TLS 1.3 and reports the peers' certificates", a
     tls: { cert: made.cert, key: made.key, requestCert: true },
   });
   try {
-    const accepted = listener[Symbol.asyncIterator]().next();
+    // The server starts TLS on the connection it accepted; the client's
+    // connect resolves once that handshake is done.
+    const accepted = listener[Symbol.asyncIterator]().next().then(
+      async ({ value }) => {
+        await value!.handshake!();
+        return value!;
+      },
+    );
     const conn = await net.connect({
       hostname: "127.0.0.1",
       port: listener.addr.port,
       tls: { cert: client.cert, key: client.key },
     });
-    const server = (await accepted).value!;
+    const server = await accepted;
     assert.equal(conn.tls?.protocol, "TLSv1.3");
     assert.equal(fingerprint(conn.tls!.peerCertificate!), FP);
     assert.equal(fingerprint(server.tls!.peerCertificate!), client.fingerprint);
