@@ -13,8 +13,11 @@
  *
  * Every connection is held open and answers "pong\n" to each "ping\n"; on a
  * TLS port (`--tls CERT KEY`) after its handshake, which starts at once.
+ * While out of descriptors the listener answers `--busy LINE` (a newline is
+ * added).
  *
- * Usage: `deno run -A tests/_net_child.ts [--tls CERT KEY]` or `bun tests/_net_child.ts …`
+ * Usage: `deno run -A tests/_net_child.ts --busy LINE [--tls CERT KEY]` or
+ * `bun tests/_net_child.ts …`
  *
  * @module
  */
@@ -23,9 +26,6 @@ import * as fs from "node:fs";
 import process from "node:process";
 import { getNet } from "../lib/net/mod.ts";
 import type { Conn } from "../lib/net/types.ts";
-
-/** What the child answers while out of descriptors. */
-export const BUSY_LINE = "ERR BUSY server busy: out of file descriptors\n";
 
 // As `moat serve` does at startup. Deno also creates its signal machinery on
 // first use, which panics when that first use comes at the descriptor limit.
@@ -36,6 +36,7 @@ function emit(event: Record<string, unknown>): void {
 }
 
 const args = process.argv.slice(2);
+const busy = `${args[args.indexOf("--busy") + 1] ?? "ERR BUSY"}\n`;
 const tlsAt = args.indexOf("--tls");
 const tls = tlsAt < 0 ? undefined : {
   cert: fs.readFileSync(args[tlsAt + 1]!, "utf8"),
@@ -47,7 +48,7 @@ const listener = await getNet().listen({
   port: 0,
   ...(tls && { tls }),
   onAcceptError: (event) => emit({ event: event.kind, ...event }),
-  busyNotice: new TextEncoder().encode(BUSY_LINE),
+  busyNotice: new TextEncoder().encode(busy),
 });
 emit({ event: "listening", port: listener.addr.port });
 setInterval(() => emit({ event: "tick" }), 100);

@@ -102,7 +102,7 @@ export function handshakeReason(error: unknown): string {
     return "the peer does not speak TLS";
   }
   if (
-    /UNSUPPORTED_PROTOCOL|PROTOCOL_VERSION|VERSION_TOO_LOW|NO_PROTOCOLS_AVAILABLE/i
+    /UNSUPPORTED_PROTOCOL|PROTOCOL_VERSION|VERSION_TOO_LOW|NO_PROTOCOLS_AVAILABLE|SupportedVersionsExtensionRequired/i
       .test(code + " " + text)
   ) {
     return "the peer does not support TLS 1.3";

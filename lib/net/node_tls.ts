@@ -175,6 +175,7 @@ export class DeferredTlsConn implements Conn {
   #secure: NodeTlsConn | undefined;
   #handshaking: Promise<void> | undefined;
   #used = false;
+  #closed = false;
 
   /**
    * @param plain The accepted connection.
@@ -205,6 +206,8 @@ export class DeferredTlsConn implements Conn {
   async #startTls(): Promise<void> {
     const context = this.#context;
     this.#context = undefined;
+    let socket: tls.TLSSocket | undefined;
+    let over: ReturnType<typeof duplexOver> | undefined;
     try {
       if (this.#used) {
         throw new TypeError(
@@ -214,7 +217,14 @@ export class DeferredTlsConn implements Conn {
       if (context === undefined) {
         throw new Error("connection closed before the TLS handshake");
       }
-      const socket = new tls.TLSSocket(duplexOver(this.#plain), {
+      // Once the handshake is done, TLS closing its stream closes the plain
+      // connection (after its last write); until then this method does.
+      over = duplexOver(this.#plain, (written) => {
+        if (this.#secure !== undefined) {
+          void written.finally(() => this.#plain.close());
+        }
+      });
+      const secure = socket = new tls.TLSSocket(over.duplex, {
         isServer: true,
         secureContext: context.secureContext,
         requestCert: context.requestCert,
@@ -226,19 +236,27 @@ export class DeferredTlsConn implements Conn {
           reject(new Error("connection closed during the TLS handshake"));
         // With half-open allowed, a peer that leaves mid-handshake ends
         // the stream without closing it.
-        socket.once("error", reject);
-        socket.once("end", onClose);
-        socket.once("close", onClose);
-        socket.once("secure", () => {
-          socket.off("error", reject);
-          socket.off("end", onClose);
-          socket.off("close", onClose);
+        secure.once("error", reject);
+        secure.once("end", onClose);
+        secure.once("close", onClose);
+        secure.once("secure", () => {
+          secure.off("error", reject);
+          secure.off("end", onClose);
+          secure.off("close", onClose);
           resolve();
         });
       });
-      this.#secure = new NodeTlsConn(socket);
+      this.#secure = new NodeTlsConn(socket, true);
     } catch (error) {
-      this.close();
+      // Node's TLS answers a failed handshake with an alert, which tells a
+      // plain client (or an old TLS one) what it reached; over a Duplex,
+      // Deno 2.9.6 writes none, so the adapter sends it.
+      if (over !== undefined && !this.#closed) {
+        if (over.wrote()) await over.flushed();
+        else await this.#plain.write(handshakeAlert(error)).catch(() => {});
+      }
+      socket?.destroy();
+      this.#plain.close();
       throw new MoatError(
         "ERR_TLS_HANDSHAKE",
         `TLS handshake failed: ${handshakeReason(error)}`,
@@ -276,6 +294,7 @@ export class DeferredTlsConn implements Conn {
   }
 
   close(): void {
+    this.#closed = true;
     this.#context = undefined;
     // The secure socket's Duplex closes the plain connection too; closing
     // the plain one also ends a handshake in progress.
@@ -290,10 +309,23 @@ export class DeferredTlsConn implements Conn {
  * once the connection accepted the bytes.
  *
  * @param conn The plain connection.
- * @returns The stream; destroying it closes `conn`.
+ * @param onDestroy Told when TLS destroys the stream, with the write in
+ * flight (if any) settling.
+ * @returns The stream, whether anything was written through it, and the
+ * settling of the write in flight.
  */
-function duplexOver(conn: Conn): Duplex {
-  return new Duplex({
+function duplexOver(
+  conn: Conn,
+  onDestroy: (written: Promise<void>) => void,
+): { duplex: Duplex; wrote: () => boolean; flushed: () => Promise<void> } {
+  // The write in flight, if any: a destroy waits for it, so that whatever
+  // TLS wrote last reaches the peer.
+  let writing: Promise<void> | undefined;
+  const write = (bytes: Uint8Array, callback: (error?: Error) => void) => {
+    writing = conn.write(bytes);
+    writing.then(() => callback(), callback);
+  };
+  const duplex = new Duplex({
     read() {
       const buf = new Uint8Array(DUPLEX_READ_SIZE);
       conn.read(buf).then(
@@ -302,21 +334,42 @@ function duplexOver(conn: Conn): Duplex {
       );
     },
     write(chunk: Uint8Array, _encoding, callback) {
-      conn.write(chunk).then(() => callback(), callback);
+      write(chunk, callback);
     },
     writev(chunks, callback) {
       const parts = chunks.map(({ chunk }) => chunk as Uint8Array);
-      const bytes = parts.length === 1 ? parts[0]! : concat(parts);
-      conn.write(bytes).then(() => callback(), callback);
+      write(parts.length === 1 ? parts[0]! : concat(parts), callback);
     },
     final(callback) {
       conn.closeWrite().then(() => callback(), callback);
     },
     destroy(error, callback) {
-      conn.close();
+      onDestroy(flushed());
       callback(error);
     },
   });
+  const flushed = () => (writing ?? Promise.resolve()).catch(() => {});
+  return { duplex, wrote: () => writing !== undefined, flushed };
+}
+
+/**
+ * The fatal alert record a TLS 1.3 server sends when a handshake fails
+ * (RFC 8446 6.2): protocol_version (70) for a peer that does not speak TLS
+ * 1.3, as node's TLS does, handshake_failure (40) otherwise.
+ */
+function handshakeAlert(error: unknown): Uint8Array {
+  const reason = handshakeReason(error);
+  const version = reason === "the peer does not speak TLS" ||
+    reason === "the peer does not support TLS 1.3";
+  return new Uint8Array([
+    0x15,
+    0x03,
+    0x03,
+    0x00,
+    0x02,
+    0x02,
+    version ? 70 : 40,
+  ]);
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -357,7 +410,12 @@ class NodeTlsConn implements Conn {
   /** Rejecters of writes and ends whose callback has not come yet. */
   #unsettled = new Set<(error: unknown) => void>();
 
-  constructor(socket: tls.TLSSocket) {
+  /**
+   * @param socket The socket, its handshake done.
+   * @param server True on the server's side (`authorized` is then read from
+   * the handle, see {@linkcode serverVerdict}).
+   */
+  constructor(socket: tls.TLSSocket, server = false) {
     this.#socket = socket;
     this.localAddr = {
       hostname: socket.localAddress ?? "",
@@ -367,7 +425,7 @@ class NodeTlsConn implements Conn {
       hostname: socket.remoteAddress ?? "",
       port: socket.remotePort ?? 0,
     };
-    this.tls = tlsInfo(socket);
+    this.tls = tlsInfo(socket, server);
     try {
       socket.setNoDelay(true);
     } catch {
@@ -540,22 +598,56 @@ class NodeTlsConn implements Conn {
 }
 
 /** What a finished handshake showed, in the adapters' terms. */
-function tlsInfo(socket: tls.TLSSocket): TlsInfo {
+function tlsInfo(socket: tls.TLSSocket, server: boolean): TlsInfo {
   const peer = socket.getPeerCertificate();
   const raw = peer !== null && typeof peer === "object" && "raw" in peer
     ? peer.raw
     : undefined;
-  const error = socket.authorizationError as unknown;
+  const peerCertificate = raw instanceof Uint8Array && raw.length > 0
+    ? new Uint8Array(raw)
+    : undefined;
+  const { authorized, error } = server
+    ? serverVerdict(socket, peerCertificate !== undefined)
+    : {
+      authorized: socket.authorized === true,
+      error: socket.authorizationError as unknown,
+    };
   return {
     protocol: socket.getProtocol() ?? "",
-    peerCertificate: raw instanceof Uint8Array && raw.length > 0
-      ? new Uint8Array(raw)
-      : undefined,
-    authorized: socket.authorized === true,
-    authorizationError: error === undefined || error === null
+    peerCertificate,
+    authorized,
+    authorizationError: authorized || error === undefined || error === null ||
+        error === ""
       ? undefined
       : error instanceof Error
       ? ((error as NodeJS.ErrnoException).code ?? error.message)
       : String(error),
   };
+}
+
+/**
+ * Whether a client's chain verified against the client CA. A bare server
+ * `TLSSocket` (not made by `tls.Server`) leaves `authorized` false whatever
+ * the chain: `tls.Server` sets it from the TLS handle's `verifyError()`, so
+ * this asks the handle the same way (Node returns an Error or null, Deno
+ * 2.9.6 a code or ""). Without that method, fail closed: not authorized.
+ */
+function serverVerdict(
+  socket: tls.TLSSocket,
+  hasCertificate: boolean,
+): { authorized: boolean; error: unknown } {
+  const handle = (socket as unknown as {
+    _handle?: { verifyError?: () => unknown } | null;
+  })._handle;
+  if (typeof handle?.verifyError !== "function") {
+    return { authorized: false, error: "verification result unavailable" };
+  }
+  let error: unknown;
+  try {
+    error = handle.verifyError();
+  } catch (cause) {
+    return { authorized: false, error: cause };
+  }
+  const failed = error !== undefined && error !== null && error !== "";
+  return { authorized: hasCertificate && !failed, error };
 }
