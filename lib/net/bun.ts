@@ -372,6 +372,8 @@ class BunConn implements Conn {
   #socket: BunSocket;
   /** Server TLS settings while the handshake has not started. */
   #serverTls: BunTlsOptions | undefined;
+  /** What `handshake()` returns once called (the outcome, as a MoatError). */
+  #handshaking: Promise<void> = RESOLVED;
   /** Set once close() was called, or Bun reported the socket closed. */
   #closed = false;
   #socketGone = false;
@@ -534,7 +536,14 @@ class BunConn implements Conn {
 
   /** Upgrades a connection from a TLS listener in place and waits for the handshake. */
   #startTls(): Promise<void> {
-    if (this.#handshake !== null) return this.#handshake.promise;
+    if (this.#handshake !== null) return this.#handshaking;
+    if (this.#readStarted || this.#writeCount > 0) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot start TLS: plain bytes were already read or written",
+        ),
+      );
+    }
     this.#expectHandshake();
     const handshake = this.#handshake!;
     const config = this.#serverTls;
@@ -542,12 +551,6 @@ class BunConn implements Conn {
     if (this.#closed || this.#socketGone || config === undefined) {
       handshake.reject(
         new Error("connection closed before the TLS handshake"),
-      );
-    } else if (this.#readStarted || this.#writeCount > 0) {
-      handshake.reject(
-        new TypeError(
-          "Cannot start TLS: plain bytes were already read or written",
-        ),
       );
     } else {
       try {
@@ -564,7 +567,7 @@ class BunConn implements Conn {
         handshake.reject(error);
       }
     }
-    return handshake.promise.catch((error: unknown) => {
+    return this.#handshaking = handshake.promise.catch((error: unknown) => {
       this.close();
       throw new MoatError(
         "ERR_TLS_HANDSHAKE",

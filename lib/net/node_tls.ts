@@ -200,6 +200,13 @@ export class DeferredTlsConn implements Conn {
 
   /** See {@linkcode Conn.handshake}. */
   handshake(): Promise<void> {
+    if (this.#handshaking === undefined && this.#used) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot start TLS: plain bytes were already read or written",
+        ),
+      );
+    }
     return this.#handshaking ??= this.#startTls();
   }
 
@@ -209,11 +216,6 @@ export class DeferredTlsConn implements Conn {
     let socket: tls.TLSSocket | undefined;
     let over: ReturnType<typeof duplexOver> | undefined;
     try {
-      if (this.#used) {
-        throw new TypeError(
-          "Cannot start TLS: plain bytes were already read or written",
-        );
-      }
       if (context === undefined) {
         throw new Error("connection closed before the TLS handshake");
       }
