@@ -599,6 +599,21 @@ describe("Listener with tls", () => {
     }
   });
 
+  test("Net.listen with tls rejects a key that is not the certificate's with ERR_TLS_CONFIG", async () => {
+    const other = await createSelfSignedCert({ names: ["other"], days: 2 });
+    await assert.rejects(
+      getNet().listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        tls: { cert: made.cert, key: other.key },
+      }),
+      {
+        code: "ERR_TLS_CONFIG",
+        message: /^Cannot use the TLS certificate or key: /,
+      },
+    );
+  });
+
   test("Conn.handshake rejects once the connection is closed meanwhile (a handshake timeout)", async () => {
     const listener = await tlsListener();
     const { socket, received } = exchange(

@@ -18,15 +18,21 @@
  * - `Deno.listen`: `accept()` rejects with code EMFILE, and the Deno listener
  *   calls {@linkcode DescriptorReserve.exhaust} itself (`watch: false`).
  * - `Bun.listen` accepts in native code (uSockets), which on EMFILE neither
- *   reports the failure nor waits: the listening socket stays readable and
- *   the event loop spins at 100% CPU until a descriptor frees up (Bun 1.4.5;
- *   the same holds for `node:net` servers on Bun, built on the same loop).
- *   Deno's `node:net` server, used for TLS ports, backs off by itself but
- *   reports nothing. For these listeners the reserve probes with one open of
+ *   reports the failure nor waits: in `us_internal_dispatch_ready_poll`
+ *   (`packages/bun-usockets/src/loop.c`) a failed `bsd_accept_socket` does
+ *   nothing ("Todo: start timer here"), so the level-triggered listening
+ *   socket stays readable and epoll returns at once, forever: 100% CPU until
+ *   a descriptor frees up (measured on Bun 1.4.5; `node:net` servers on Bun
+ *   sit on the same loop and spin too).
+ *   For this listener the reserve probes with one open of
  *   `/dev/null` every {@linkcode WATCH_MS} (`watch: true`): when that fails
  *   with EMFILE, the episode starts and the spare is released, so the spin
  *   lasts at most one probe interval and the pending connections are
  *   answered instead of left waiting.
+ *
+ * (TLS ports listen the same way on both runtimes. Deno's `node:net` server,
+ * which `tls.Server` is built on, is not used: after EMFILE it accepts
+ * nothing more, see `./node_tls.ts`.)
  *
  * When `/dev/null` cannot be opened at all (no such device, no permission)
  * there is no reserve: the listener still backs off and recovers, but the

@@ -47,6 +47,7 @@ import type {
   TlsInfo,
 } from "./types.ts";
 import { DescriptorReserve } from "./_fd_reserve.ts";
+import { checkServerKey } from "./node_tls.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
 import { pullByob, writableFrom } from "./streams.ts";
 import {
@@ -262,6 +263,7 @@ function serverTls(config: ServerTlsOptions): BunTlsOptions {
     minVersion: TLS_1_3,
     ...(config.clientCa !== undefined && { ca: config.clientCa }),
   };
+  checkServerKey(config);
   try {
     nodeTls.createSecureContext({
       cert: config.cert,

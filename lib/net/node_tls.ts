@@ -29,6 +29,7 @@
  * @module
  */
 
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { ConnectionClosedError, ExitCode, MoatError } from "../errors.ts";
@@ -53,6 +54,37 @@ const PAUSE_ABOVE = 2 * 1024 * 1024;
 /** Resume a paused socket when the unread bytes fall to this many. */
 const RESUME_BELOW = 512 * 1024;
 
+/**
+ * Checks that the key is the certificate's, which not every runtime's TLS
+ * context does when it is made (Deno 2.9.6 would fail every handshake
+ * instead).
+ *
+ * @param config The listener's `tls` options.
+ * @throws {MoatError} `ERR_TLS_CONFIG` when the certificate or key does not
+ * parse, or the key is another one's.
+ */
+export function checkServerKey(config: ServerTlsOptions): void {
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(config.cert).checkPrivateKey(
+      createPrivateKey(config.key),
+    );
+  } catch (error) {
+    throw new MoatError(
+      "ERR_TLS_CONFIG",
+      `Cannot use the TLS certificate or key: ${describe(error)}`,
+      ExitCode.Failure,
+      { cause: error },
+    );
+  }
+  if (!matches) {
+    throw new MoatError(
+      "ERR_TLS_CONFIG",
+      "Cannot use the TLS certificate or key: the key is not the certificate's",
+    );
+  }
+}
+
 /** A server's TLS settings, checked once at listen. */
 export interface ServerTlsContext {
   secureContext: tls.SecureContext;
@@ -68,6 +100,7 @@ export interface ServerTlsContext {
  * @throws {MoatError} `ERR_TLS_CONFIG` on a bad certificate, key or CA.
  */
 export function serverTlsContext(config: ServerTlsOptions): ServerTlsContext {
+  checkServerKey(config);
   try {
     return {
       secureContext: tls.createSecureContext({
