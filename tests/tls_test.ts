@@ -10,7 +10,9 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import * as nodeNet from "node:net";
 import * as path from "node:path";
+import * as nodeTls from "node:tls";
 import { X509Certificate } from "node:crypto";
 import {
   colonFingerprint,
@@ -20,7 +22,11 @@ import {
   parseFingerprint,
 } from "../lib/cert.ts";
 import { addKnownHost, configDir, findKnownHost } from "../lib/known_hosts.ts";
-import { checkClientCertificate, verifyServer } from "../lib/tls.ts";
+import {
+  checkClientCertificate,
+  connectSecure,
+  verifyServer,
+} from "../lib/tls.ts";
 import {
   answerChallenge,
   decodeAuth,
@@ -30,7 +36,8 @@ import {
   verifyAnswer,
 } from "../lib/auth.ts";
 import { getNet } from "../lib/net/mod.ts";
-import type { TlsInfo } from "../lib/net/types.ts";
+import type { Conn, Listener, TlsInfo } from "../lib/net/types.ts";
+import { toTlsConnectError } from "../lib/net/_errors.ts";
 import { tempDir } from "./_e2e.ts";
 
 const made = await createSelfSignedCert({
@@ -348,13 +355,20 @@ test("Net.listen with tls speaks TLS 1.3 and reports the peers' certificates", a
     tls: { cert: made.cert, key: made.key, requestCert: true },
   });
   try {
-    const accepted = listener[Symbol.asyncIterator]().next();
+    // The server starts TLS on the connection it accepted; the client's
+    // connect resolves once that handshake is done.
+    const accepted = listener[Symbol.asyncIterator]().next().then(
+      async ({ value }) => {
+        await value!.handshake!();
+        return value!;
+      },
+    );
     const conn = await net.connect({
       hostname: "127.0.0.1",
       port: listener.addr.port,
       tls: { cert: client.cert, key: client.key },
     });
-    const server = (await accepted).value!;
+    const server = await accepted;
     assert.equal(conn.tls?.protocol, "TLSv1.3");
     assert.equal(fingerprint(conn.tls!.peerCertificate!), FP);
     assert.equal(fingerprint(server.tls!.peerCertificate!), client.fingerprint);
@@ -372,4 +386,460 @@ test("Net.listen with tls speaks TLS 1.3 and reports the peers' certificates", a
   } finally {
     listener.close();
   }
+});
+
+/** Bounds every wait below: a hang fails the test instead of stalling it. */
+const TIMEOUT_MS = 20_000;
+
+/** Rejects if `promise` does not settle within TIMEOUT_MS; clears its timer either way. */
+async function withTimeout<T>(promise: Promise<T>, label: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Timed out: ${label}`)),
+      TIMEOUT_MS,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The first TLS record a `node:tls` client sends: a real ClientHello. */
+async function captureClientHello(): Promise<Uint8Array> {
+  const server = nodeNet.createServer();
+  const hello = new Promise<Uint8Array>((resolve) => {
+    server.on("connection", (socket) => {
+      let got = new Uint8Array(0);
+      socket.on("data", (data: Uint8Array) => {
+        got = new Uint8Array([...got, ...data]);
+        // 5-byte record header, then the length it announces.
+        if (got.length >= 5 && got.length >= 5 + (got[3]! << 8 | got[4]!)) {
+          socket.destroy();
+          resolve(got);
+        }
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as nodeNet.AddressInfo;
+  const client = nodeTls.connect({ host: "127.0.0.1", port });
+  client.on("error", () => {});
+  try {
+    return await withTimeout(hello, "a ClientHello");
+  } finally {
+    client.destroy();
+    server.close();
+  }
+}
+
+/** Connects over plain TCP, sends `bytes`, and collects all it receives until closed. */
+function exchange(port: number, bytes: Uint8Array): {
+  socket: nodeNet.Socket;
+  connected: Promise<void>;
+  received: Promise<Uint8Array>;
+} {
+  let connected!: () => void;
+  const connecting = new Promise<void>((resolve) => connected = resolve);
+  const socket = nodeNet.connect(port, "127.0.0.1", () => {
+    if (bytes.length > 0) socket.write(bytes);
+    connected();
+  });
+  const chunks: Uint8Array[] = [];
+  socket.on("data", (data: Uint8Array) => chunks.push(new Uint8Array(data)));
+  const received = new Promise<Uint8Array>((resolve) => {
+    socket.on("error", () => {});
+    socket.on(
+      "close",
+      () => resolve(new Uint8Array(chunks.flatMap((chunk) => [...chunk]))),
+    );
+  });
+  return {
+    socket,
+    connected: withTimeout(connecting, "the connection"),
+    received: withTimeout(received, "the server to close"),
+  };
+}
+
+/** A TLS listener on 127.0.0.1 with `made`'s certificate (and client certificates asked). */
+async function tlsListener(
+  cert = made.cert,
+  key = made.key,
+): Promise<Listener> {
+  return await getNet().listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    tls: { cert, key, requestCert: true },
+  });
+}
+
+function nextConn(listener: Listener): Promise<Conn> {
+  return withTimeout(
+    listener[Symbol.asyncIterator]().next().then(({ value }) => value!),
+    "a connection from the listener",
+  );
+}
+
+const REFUSAL = "ERR ACCESS_DENIED access refused by server\n";
+
+describe("Listener with tls", () => {
+  test("Listener with tls yields a silent connection at once, plain, with handshake()", async () => {
+    const listener = await tlsListener();
+    const { socket, connected } = exchange(
+      listener.addr.port,
+      new Uint8Array(0),
+    );
+    try {
+      const conn = await nextConn(listener);
+      await connected;
+      assert.equal(typeof conn.handshake, "function");
+      assert.equal(conn.tls, undefined);
+      assert.equal(conn.remoteAddr.hostname, "127.0.0.1");
+      assert.equal(conn.remoteAddr.port, socket.localPort);
+      conn.close();
+    } finally {
+      socket.destroy();
+      listener.close();
+    }
+  });
+
+  test("Conn from a TLS listener sends a peer it refuses no TLS record: the plain line, or nothing", async () => {
+    const hello = await captureClientHello();
+    assert.equal(hello[0], 0x16);
+    const listener = await tlsListener();
+    try {
+      // Refused with a line, as the server does: write, half-close, drain, close.
+      const lined = exchange(listener.addr.port, hello);
+      const conn = await nextConn(listener);
+      await conn.write(new TextEncoder().encode(REFUSAL));
+      await conn.closeWrite();
+      const buf = new Uint8Array(4096);
+      let drained = 0;
+      for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+        drained += n;
+        if (drained >= hello.length) break;
+      }
+      conn.close();
+      const got = await lined.received;
+      assert.equal(new TextDecoder().decode(got), REFUSAL);
+      assert.equal(
+        drained,
+        hello.length,
+        "the ClientHello was read as plain bytes",
+      );
+      assert.equal(conn.tls, undefined);
+
+      // Refused with a close: the peer receives nothing at all.
+      const closed = exchange(listener.addr.port, hello);
+      (await nextConn(listener)).close();
+      assert.equal((await closed.received).length, 0);
+      await assert.rejects(
+        conn.handshake!(),
+        /Cannot start TLS: plain bytes were already read or written/,
+      );
+    } finally {
+      listener.close();
+    }
+  });
+
+  test("Conn.handshake started after the ClientHello arrived completes, and sets tls only then", async () => {
+    const client = await createSelfSignedCert({ names: ["client"], days: 2 });
+    const listener = await tlsListener();
+    try {
+      const accepted = nextConn(listener);
+      const connecting = getNet().connect({
+        hostname: "127.0.0.1",
+        port: listener.addr.port,
+        tls: { cert: client.cert, key: client.key },
+      });
+      const server = await accepted;
+      assert.equal(server.tls === undefined, true, "no TLS before handshake()");
+      const secured = server.handshake!();
+      assert.equal(
+        server.handshake!(),
+        secured,
+        "a second call, the same promise",
+      );
+      const [conn] = await withTimeout(
+        Promise.all([connecting, secured]),
+        "the handshake",
+      );
+      assert.equal(server.tls?.protocol, "TLSv1.3");
+      assert.equal(
+        fingerprint(server.tls!.peerCertificate!),
+        client.fingerprint,
+      );
+      assert.equal(fingerprint(conn.tls!.peerCertificate!), FP);
+      await conn.write(new TextEncoder().encode("ping"));
+      const buf = new Uint8Array(16);
+      assert.equal(await server.read(buf), 4);
+      await server.write(new TextEncoder().encode("pong"));
+      assert.equal(await conn.read(buf), 4);
+      assert.equal(new TextDecoder().decode(buf.subarray(0, 4)), "pong");
+      conn.close();
+      server.close();
+    } finally {
+      listener.close();
+    }
+  });
+
+  test("Conn.handshake rejects with ERR_TLS_HANDSHAKE for a peer that does not speak TLS, which gets an alert", async () => {
+    const listener = await tlsListener();
+    try {
+      const plain = exchange(
+        listener.addr.port,
+        new TextEncoder().encode("hello\n"),
+      );
+      const conn = await nextConn(listener);
+      await assert.rejects(conn.handshake!(), {
+        code: "ERR_TLS_HANDSHAKE",
+        message: "TLS handshake failed: the peer does not speak TLS",
+      });
+      const got = await plain.received;
+      // One fatal alert record (0x15), as a TLS server answers garbage.
+      assert.equal(got[0], 0x15, `got ${got.length} bytes`);
+      assert.equal(got.length, 7);
+    } finally {
+      listener.close();
+    }
+  });
+
+  test("Net.listen with tls rejects a key that is not the certificate's with ERR_TLS_CONFIG", async () => {
+    const other = await createSelfSignedCert({ names: ["other"], days: 2 });
+    await assert.rejects(
+      getNet().listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        tls: { cert: made.cert, key: other.key },
+      }),
+      {
+        code: "ERR_TLS_CONFIG",
+        message: /^Cannot use the TLS certificate or key: /,
+      },
+    );
+  });
+
+  test("Conn.handshake rejects once the connection is closed meanwhile (a handshake timeout)", async () => {
+    const listener = await tlsListener();
+    const { socket, received } = exchange(
+      listener.addr.port,
+      new Uint8Array(0),
+    );
+    try {
+      const conn = await nextConn(listener);
+      const secured = conn.handshake!();
+      conn.close();
+      await withTimeout(
+        assert.rejects(secured, { code: "ERR_TLS_HANDSHAKE" }),
+        "the handshake to fail",
+      );
+      await received;
+    } finally {
+      socket.destroy();
+      listener.close();
+    }
+  });
+});
+
+/** Makes a private CA in `dir` and a leaf it issues for `names` (openssl CLI). */
+function issueFromPrivateCa(
+  dir: string,
+  leaf: string,
+  names: string[],
+): { ca: string; cert: string; key: string } {
+  const run = (args: string[]) => {
+    const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+  };
+  if (!fs.existsSync(path.join(dir, "ca.pem"))) {
+    run([
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=private-ca",
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+    ]);
+  }
+  const sans = names.map((n) => (/^[\d.]+$/.test(n) ? `IP:${n}` : `DNS:${n}`));
+  fs.writeFileSync(
+    path.join(dir, `${leaf}.ext`),
+    `subjectAltName=${sans.join(",")}\nbasicConstraints=CA:FALSE\n`,
+  );
+  run([
+    "req",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    `${leaf}.key`,
+    "-out",
+    `${leaf}.csr`,
+    "-subj",
+    `/CN=${leaf}`,
+  ]);
+  run([
+    "x509",
+    "-req",
+    "-in",
+    `${leaf}.csr`,
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    `${leaf}.pem`,
+    "-days",
+    "2",
+    "-extfile",
+    `${leaf}.ext`,
+  ]);
+  const read = (name: string) => fs.readFileSync(path.join(dir, name), "utf8");
+  return {
+    ca: read("ca.pem"),
+    cert: read(`${leaf}.pem`),
+    key: read(`${leaf}.key`),
+  };
+}
+
+/** A TLS listener that greets every client with "hi\n" after the handshake. */
+async function greeter(cert: string, key: string): Promise<Listener> {
+  const listener = await getNet().listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    tls: { cert, key },
+  });
+  void (async () => {
+    for await (const conn of listener) {
+      conn.handshake!().then(
+        () => conn.write(new TextEncoder().encode("hi\n")),
+        () => {},
+      ).catch(() => {}).finally(() => conn.closeWrite().catch(() => {}));
+    }
+  })();
+  return listener;
+}
+
+async function greeting(conn: Conn): Promise<string> {
+  const buf = new Uint8Array(16);
+  const n = await withTimeout(conn.read(buf), "the greeting");
+  conn.close();
+  return new TextDecoder().decode(buf.subarray(0, n ?? 0));
+}
+
+describe("connectSecure", () => {
+  test("connectSecure with a pin trusts a private-CA certificate sent without its chain, whatever host it names", async () => {
+    using t = tempDir("moat-tls-ca-");
+    const other = issueFromPrivateCa(t.dir, "other", ["other.example"]);
+    const fp = fingerprint(new Uint8Array(new X509Certificate(other.cert).raw));
+    const listener = await greeter(other.cert, other.key);
+    try {
+      const server = { hostname: "127.0.0.1", port: listener.addr.port };
+      const conn = await connectSecure(getNet(), server, {
+        trust: { kind: "pin", pins: [fp] },
+      });
+      assert.equal(await greeting(conn), "hi\n");
+      // Sent with SNI (a DNS name): the chain and the name fail, and the
+      // adapter still reports the certificate instead of failing.
+      const named = await getNet().connect({
+        ...server,
+        tls: { serverName: "moat.example" },
+      });
+      assert.equal(fingerprint(named.tls!.peerCertificate!), fp);
+      assert.equal(named.tls!.authorized, false);
+      assert.equal(await greeting(named), "hi\n");
+    } finally {
+      listener.close();
+    }
+  });
+
+  test("connectSecure with a CA refuses a certificate for another host with ERR_TLS_VERIFY (exit 3)", async () => {
+    using t = tempDir("moat-tls-ca-");
+    const other = issueFromPrivateCa(t.dir, "other", ["other.example"]);
+    const right = issueFromPrivateCa(t.dir, "right", ["127.0.0.1"]);
+    const wrongHost = await greeter(other.cert, other.key);
+    const rightHost = await greeter(right.cert, right.key);
+    try {
+      const trust = { trust: { kind: "ca", ca: other.ca } } as const;
+      await assert.rejects(
+        connectSecure(getNet(), {
+          hostname: "127.0.0.1",
+          port: wrongHost.addr.port,
+        }, trust),
+        {
+          code: "ERR_TLS_VERIFY",
+          exitCode: 3,
+          message:
+            `Server 127.0.0.1:${wrongHost.addr.port} refused: its certificate is not valid for "127.0.0.1"`,
+        },
+      );
+      // The chain itself verifies: only the name is wrong.
+      const named = await getNet().connect({
+        hostname: "127.0.0.1",
+        port: wrongHost.addr.port,
+        tls: { ca: other.ca, serverName: "moat.example" },
+      });
+      assert.equal(named.tls!.authorized, true);
+      named.close();
+      const conn = await connectSecure(getNet(), {
+        hostname: "127.0.0.1",
+        port: rightHost.addr.port,
+      }, trust);
+      assert.equal(await greeting(conn), "hi\n");
+    } finally {
+      wrongHost.close();
+      rightHost.close();
+    }
+  });
+
+  test("toTlsConnectError maps a refused certificate to ERR_TLS_VERIFY (exit 3), anything else to ERR_CONNECT (exit 6)", () => {
+    const where = { hostname: "127.0.0.1", port: 4320 };
+    for (
+      const code of [
+        "ERR_TLS_CERT_ALTNAME_INVALID",
+        "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+        "DEPTH_ZERO_SELF_SIGNED_CERT",
+        "CERT_HAS_EXPIRED",
+      ]
+    ) {
+      const error = toTlsConnectError(
+        Object.assign(new Error("refused"), { code }),
+        where,
+      );
+      assert.equal(error.code, "ERR_TLS_VERIFY", code);
+      assert.equal(error.exitCode, 3, code);
+      assert.equal(
+        error.message,
+        `Server 127.0.0.1:4320 refused: its certificate did not verify (${code})`,
+      );
+    }
+    const plain = toTlsConnectError(
+      Object.assign(new Error("wrong version number"), {
+        code: "ERR_SSL_WRONG_VERSION_NUMBER",
+      }),
+      where,
+    );
+    assert.equal(plain.code, "ERR_CONNECT");
+    assert.equal(plain.exitCode, 6);
+    assert.equal(
+      plain.message,
+      "Cannot connect to 127.0.0.1:4320: TLS handshake failed: the peer does not speak TLS",
+    );
+  });
 });

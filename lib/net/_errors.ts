@@ -7,10 +7,12 @@
 
 import {
   AddressInUseError,
+  ConnectError,
   ConnectionClosedError,
+  ExitCode,
   MoatError,
 } from "../errors.ts";
-import type { ListenOptions } from "./types.ts";
+import type { ConnectOptions, ListenOptions } from "./types.ts";
 
 /** "host:port", or "[v6]:port". */
 export function formatAddr(hostname: string, port: number): string {
@@ -81,4 +83,80 @@ export function connectReason(code: string | undefined): string | undefined {
     return "network unreachable";
   }
   return undefined;
+}
+
+/**
+ * A one-line reason for a failed handshake. The OpenSSL codes that mean
+ * "the other side is not speaking TLS" get a plain explanation.
+ *
+ * @param error The error the runtime reported, if any.
+ * @returns e.g. "the peer does not speak TLS".
+ */
+export function handshakeReason(error: unknown): string {
+  const code = errorCode(error) ?? "";
+  const text = error instanceof Error ? error.message : String(error ?? "");
+  if (
+    /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST|RECORD_LAYER_FAILURE|InvalidContentType/i
+      .test(code + " " + text)
+  ) {
+    return "the peer does not speak TLS";
+  }
+  if (
+    /UNSUPPORTED_PROTOCOL|PROTOCOL_VERSION|VERSION_TOO_LOW|NO_PROTOCOLS_AVAILABLE|SupportedVersionsExtensionRequired/i
+      .test(code + " " + text)
+  ) {
+    return "the peer does not support TLS 1.3";
+  }
+  if (/CERTIFICATE_REQUIRED/i.test(code + " " + text)) {
+    return "a client certificate is required";
+  }
+  if (code === "ECONNRESET") return "connection reset during the TLS handshake";
+  return describe(error);
+}
+
+/**
+ * True for the codes of a certificate that did not verify (OpenSSL's X509
+ * verification results and node's host name check), as opposed to a failed
+ * TLS exchange.
+ *
+ * @param code A node-style error code.
+ * @returns Whether it names a certificate problem.
+ */
+export function isCertificateCode(code: string | undefined): boolean {
+  return code !== undefined &&
+    (code === "ERR_TLS_CERT_ALTNAME_INVALID" ||
+      /^(?:UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED|SELF_SIGNED_CERT|HOSTNAME_MISMATCH|IP_ADDRESS_MISMATCH|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_EXCEEDED)/
+        .test(code));
+}
+
+/**
+ * Wraps a client's failed TLS handshake. A certificate the runtime refused
+ * by itself is the same refusal as one `lib/tls.ts` refuses: `ERR_TLS_VERIFY`,
+ * exit 3 (access refused), on every runtime. Anything else is a connection
+ * failure (exit 6).
+ *
+ * @param error What the runtime reported.
+ * @param options Where the client connected.
+ * @returns The error to throw.
+ */
+export function toTlsConnectError(
+  error: unknown,
+  options: ConnectOptions,
+): MoatError {
+  const where = formatAddr(options.hostname, options.port);
+  const code = errorCode(error);
+  if (isCertificateCode(code)) {
+    return new MoatError(
+      "ERR_TLS_VERIFY",
+      `Server ${where} refused: its certificate did not verify (${code})`,
+      ExitCode.AccessDenied,
+      { cause: error },
+    );
+  }
+  const reason = error === undefined
+    ? "connection closed during the TLS handshake"
+    : connectReason(code) ?? `TLS handshake failed: ${handshakeReason(error)}`;
+  return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
+    cause: error,
+  });
 }

@@ -28,7 +28,13 @@
  * @module
  */
 
-import { ConnectError, ConnectionClosedError } from "../errors.ts";
+import * as nodeTls from "node:tls";
+import {
+  ConnectError,
+  ConnectionClosedError,
+  ExitCode,
+  MoatError,
+} from "../errors.ts";
 import type {
   Addr,
   ClientTlsOptions,
@@ -37,9 +43,11 @@ import type {
   Listener,
   ListenOptions,
   Net,
+  ServerTlsOptions,
   TlsInfo,
 } from "./types.ts";
-import { handshakeReason } from "./node_tls.ts";
+import { DescriptorReserve } from "./_fd_reserve.ts";
+import { checkServerKey } from "./node_tls.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
 import { pullByob, writableFrom } from "./streams.ts";
 import {
@@ -47,8 +55,11 @@ import {
   describe,
   errorCode,
   formatAddr,
+  handshakeReason,
+  isCertificateCode,
   toClosedError,
   toListenError,
+  toTlsConnectError,
 } from "./_errors.ts";
 
 /** The subset of Bun's TCP socket used here. */
@@ -68,6 +79,21 @@ interface BunSocket {
   readonly authorized?: boolean;
   /** TLS sockets only: the peer's certificate, node-style (`raw` is DER). */
   getPeerCertificate?(): { raw?: Uint8Array } | null | undefined;
+  /**
+   * Starts TLS on this socket. Returns the raw socket (which keeps receiving
+   * the encrypted bytes through its own handler) and the TLS socket.
+   */
+  upgradeTLS(options: BunUpgradeOptions): [BunSocket, BunSocket];
+}
+
+/** Bun's `upgradeTLS` options (server side: `isServer`). */
+interface BunUpgradeOptions {
+  isServer: boolean;
+  data: BunConn;
+  tls: BunTlsOptions;
+  socket: BunSocketHandler;
+  /** Bytes already read off the raw socket: the start of the ClientHello. */
+  initialData?: Uint8Array;
 }
 
 /** Socket callbacks; Bun shares one set among all sockets of a server. */
@@ -169,6 +195,7 @@ export function bunNet(): Net {
       try {
         return Promise.resolve(new BunListener(options));
       } catch (error) {
+        if (error instanceof MoatError) return Promise.reject(error);
         return Promise.reject(toListenError(error, options));
       }
     },
@@ -201,14 +228,7 @@ export function bunNet(): Net {
           await conn.handshaken;
         } catch (error) {
           conn.close();
-          throw new ConnectError(
-            `Cannot connect to ${
-              formatAddr(options.hostname, options.port)
-            }: TLS handshake failed: ${
-              error instanceof Error ? error.message : String(error)
-            }`,
-            { cause: error },
-          );
+          throw toTlsConnectError(error, options);
         }
       }
       return conn;
@@ -230,33 +250,68 @@ function clientTls(config: ClientTlsOptions, hostname: string): BunTlsOptions {
   };
 }
 
-/** A listening socket; iterating it yields accepted connections until `close()`. */
+/**
+ * Bun's server `tls` option for {@linkcode BunUpgradeOptions}, checked once
+ * here so that a bad certificate or key fails `listen`, not every handshake.
+ */
+function serverTls(config: ServerTlsOptions): BunTlsOptions {
+  const tls: BunTlsOptions = {
+    cert: config.cert,
+    key: config.key,
+    requestCert: config.requestCert === true || config.clientCa !== undefined,
+    rejectUnauthorized: false,
+    minVersion: TLS_1_3,
+    ...(config.clientCa !== undefined && { ca: config.clientCa }),
+  };
+  checkServerKey(config);
+  try {
+    nodeTls.createSecureContext({
+      cert: config.cert,
+      key: config.key,
+      ...(config.clientCa !== undefined && { ca: config.clientCa }),
+    });
+  } catch (error) {
+    throw new MoatError(
+      "ERR_TLS_CONFIG",
+      `Cannot use the TLS certificate or key: ${describe(error)}`,
+      ExitCode.Failure,
+      { cause: error },
+    );
+  }
+  return tls;
+}
+
+/**
+ * A listening socket; iterating it yields accepted connections until `close()`.
+ *
+ * A TLS port listens in plain TCP too: each connection is yielded at once,
+ * paused, and starts TLS only when `handshake()` upgrades it in place
+ * (`socket.upgradeTLS` with `isServer`), so that a refused peer never gets a
+ * TLS byte.
+ *
+ * Bun accepts in native code that spins on EMFILE without telling JavaScript
+ * (see `./_fd_reserve.ts`): the reserve watches for exhaustion and, during
+ * an episode, every connection Bun accepts is answered BUSY and closed.
+ */
 class BunListener implements Listener {
   readonly addr: Addr;
   #server: BunServer;
   #queue = new AcceptQueue();
+  #reserve: DescriptorReserve;
 
   constructor(options: ListenOptions) {
-    const tls = options.tls;
+    const tls = options.tls && serverTls(options.tls);
+    const queue = this.#queue;
+    // Made once the address is known; nothing is accepted before.
+    let reserve: DescriptorReserve | undefined;
     this.#server = Bun.listen({
       hostname: options.hostname,
       port: options.port,
       allowHalfOpen: true,
-      socket: BunConn.handler((conn) => this.#queue.push(conn), {
-        tls: tls !== undefined,
-        ...(tls?.onHandshakeError &&
-          { onHandshakeError: tls.onHandshakeError }),
-      }),
-      ...(tls && {
-        tls: {
-          cert: tls.cert,
-          key: tls.key,
-          requestCert: tls.requestCert === true || tls.clientCa !== undefined,
-          rejectUnauthorized: false,
-          minVersion: TLS_1_3,
-          ...(tls.clientCa !== undefined && { ca: tls.clientCa }),
-        },
-      }),
+      socket: BunConn.handler((conn) => {
+        if (reserve?.exhausted) void reserve.refuse(conn);
+        else queue.push(conn);
+      }, { ...(tls && { serverTls: tls }) }),
     });
     // `hostname` echoes the option ("localhost"); getsockname has the bound IP.
     const bound: { address?: string; port?: number } = {};
@@ -265,6 +320,12 @@ class BunListener implements Listener {
       hostname: bound.address ?? this.#server.hostname,
       port: this.#server.port,
     };
+    this.#reserve = reserve = new DescriptorReserve({
+      where: formatAddr(this.addr.hostname, this.addr.port),
+      onAcceptError: options.onAcceptError,
+      busyNotice: options.busyNotice,
+      watch: true,
+    });
   }
 
   [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
@@ -273,6 +334,7 @@ class BunListener implements Listener {
 
   close(): void {
     if (!this.#queue.close()) return;
+    this.#reserve.close();
     try {
       // Stop listening only; connections already handed out stay open, as on Deno.
       this.#server.stop(false);
@@ -303,13 +365,22 @@ interface PendingWrite {
 /** A connected TCP stream over a Bun socket. */
 class BunConn implements Conn {
   readonly remoteAddr: Addr;
+  /** Set on a connection from a TLS listener until it is used; see `Conn`. */
+  handshake?: () => Promise<void>;
   #localAddr: Addr | undefined;
   /** Writes so far, up to 2: Nagle's algorithm is turned off before the second. */
   #writeCount = 0;
+  /** The socket bytes go through: the TLS socket once upgraded. */
   #socket: BunSocket;
+  /** Server TLS settings while the handshake has not started. */
+  #serverTls: BunTlsOptions | undefined;
+  /** What `handshake()` returns once called (the outcome, as a MoatError). */
+  #handshaking: Promise<void> = RESOLVED;
   /** Set once close() was called, or Bun reported the socket closed. */
   #closed = false;
   #socketGone = false;
+  /** True once `read` was called: TLS can no longer start. */
+  #readStarted = false;
   // Read side: unread chunks from #head on; #offset bytes of the first are consumed.
   #chunks: Uint8Array[] = NO_CHUNKS;
   #head = 0;
@@ -333,7 +404,8 @@ class BunConn implements Conn {
     | {
       promise: Promise<void>;
       resolve: () => void;
-      reject: (e: Error) => void;
+      /** Gets the runtime's error (its `code` tells a refused certificate). */
+      reject: (e: unknown) => void;
     }
     | null = null;
 
@@ -357,50 +429,51 @@ class BunConn implements Conn {
 
   /**
    * Builds the callbacks for a server (`onOpen` gets each accepted
-   * connection) or for client sockets (`onOpen` null).
+   * connection) or for client sockets (`onOpen` null). With `tls` the
+   * sockets speak TLS from the start (clients); with `serverTls` they are
+   * plain until `handshake()` upgrades them.
    */
   static handler(
     onOpen: ((conn: BunConn) => void) | null,
-    options: {
-      tls?: boolean;
-      onHandshakeError?: (peer: Addr, message: string) => void;
-    } = {},
+    options: { tls?: boolean; serverTls?: BunTlsOptions } = {},
   ): BunSocketHandler {
     const tls = options.tls === true;
+    const serverTls = options.serverTls;
     return {
       binaryType: "uint8array",
       open(socket) {
+        // An upgraded socket arrives here with its connection already set.
+        if (socket.data !== undefined) return;
         const conn = new BunConn(socket);
         socket.data = conn;
-        // A TLS connection is handed out once its handshake is done.
+        if (serverTls !== undefined) {
+          // Not a byte is read before handshake() or read(): a refused peer's
+          // ClientHello is never looked at, and none is answered.
+          socket.pause();
+          conn.#serverTls = serverTls;
+          conn.handshake = () => conn.#startTls();
+        }
+        // A client's TLS connection is handed out once its handshake is done.
         if (tls) conn.#expectHandshake();
         else onOpen?.(conn);
       },
       handshake(socket, success, authorizationError) {
         const conn = socket.data;
         if (conn === undefined || !tls) return;
-        if (!success) {
-          const reason = handshakeReason(authorizationError);
-          options.onHandshakeError?.(conn.remoteAddr, reason);
-          conn.#handshake?.reject(new Error(reason));
-          conn.close();
-          return;
-        }
-        conn.#tls = tlsInfo(socket, authorizationError);
-        conn.#handshake?.resolve();
-        onOpen?.(conn);
+        conn.#onHandshake(socket, success, authorizationError);
       },
       data(socket, data) {
         const conn = socket.data;
-        if (conn !== undefined) conn.#onData(data);
+        // After an upgrade the raw socket still sees the encrypted bytes.
+        if (conn !== undefined && conn.#socket === socket) conn.#onData(data);
       },
       drain(socket) {
         const conn = socket.data;
-        if (conn !== undefined) conn.#onDrain();
+        if (conn !== undefined && conn.#socket === socket) conn.#onDrain();
       },
       end(socket) {
         const conn = socket.data;
-        if (conn !== undefined) conn.#onEnd();
+        if (conn !== undefined && conn.#socket === socket) conn.#onEnd();
       },
       close(socket, error) {
         const conn = socket.data;
@@ -425,7 +498,7 @@ class BunConn implements Conn {
 
   #expectHandshake(): void {
     let resolve!: () => void;
-    let reject!: (e: Error) => void;
+    let reject!: (e: unknown) => void;
     const promise = new Promise<void>((res, rej) => {
       resolve = res;
       reject = rej;
@@ -434,7 +507,81 @@ class BunConn implements Conn {
     this.#handshake = { promise, resolve, reject };
   }
 
+  /**
+   * Bun calls a handshake unsuccessful when the peer's certificate does not
+   * verify or, on a client, does not name the host, even with
+   * `rejectUnauthorized` false, and the connection then works all the same
+   * (measured on Bun 1.4.5). Those are decisions for `lib/tls.ts` (this is
+   * how a pinned certificate from a private CA failed on Bun), so the
+   * handshake failed only when no certificate was involved: a peer that does
+   * not speak TLS, or not TLS 1.3.
+   */
+  #onHandshake(
+    socket: BunSocket,
+    success: boolean,
+    authorizationError: Error | null,
+  ): void {
+    const info = tlsInfo(socket, authorizationError);
+    if (
+      !success && info.peerCertificate === undefined &&
+      !isCertificateCode(errorCode(authorizationError))
+    ) {
+      this.#handshake?.reject(
+        authorizationError ?? new Error("TLS handshake failed"),
+      );
+      this.close();
+      return;
+    }
+    this.#tls = info;
+    this.#handshake?.resolve();
+  }
+
+  /** Upgrades a connection from a TLS listener in place and waits for the handshake. */
+  #startTls(): Promise<void> {
+    if (this.#handshake !== null) return this.#handshaking;
+    if (this.#readStarted || this.#writeCount > 0) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot start TLS: plain bytes were already read or written",
+        ),
+      );
+    }
+    this.#expectHandshake();
+    const handshake = this.#handshake!;
+    const config = this.#serverTls;
+    this.#serverTls = undefined;
+    if (this.#closed || this.#socketGone || config === undefined) {
+      handshake.reject(
+        new Error("connection closed before the TLS handshake"),
+      );
+    } else {
+      try {
+        const [, upgraded] = this.#socket.upgradeTLS({
+          isServer: true,
+          data: this,
+          tls: config,
+          socket: UPGRADED_HANDLER,
+        });
+        this.#socket = upgraded;
+        // The raw socket was paused at accept; reading resumes through TLS.
+        upgraded.resume();
+      } catch (error) {
+        handshake.reject(error);
+      }
+    }
+    return this.#handshaking = handshake.promise.catch((error: unknown) => {
+      this.close();
+      throw new MoatError(
+        "ERR_TLS_HANDSHAKE",
+        `TLS handshake failed: ${handshakeReason(error)}`,
+        ExitCode.Connection,
+        { cause: error },
+      );
+    });
+  }
+
   read(buf: Uint8Array): Promise<number | null> {
+    if (!this.#readStarted) this.#startReading();
     if (this.#closed) return EOF;
     if (this.#queued > 0) return Promise.resolve(this.#take(buf));
     if (this.#failure !== null) return Promise.reject(this.#failure);
@@ -450,6 +597,14 @@ class BunConn implements Conn {
       this.#readResolve = resolve;
       this.#readReject = reject;
     });
+  }
+
+  /** The first read: a connection paused for its TLS handshake stays plain. */
+  #startReading(): void {
+    this.#readStarted = true;
+    if (this.#serverTls === undefined) return;
+    this.#serverTls = undefined;
+    if (!this.#socketGone && !this.#paused) this.#socket.resume();
   }
 
   write(bytes: Uint8Array): Promise<void> {
@@ -492,6 +647,11 @@ class BunConn implements Conn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#tls === undefined) {
+      this.#handshake?.reject(
+        new Error("connection closed during the TLS handshake"),
+      );
+    }
     this.#chunks = NO_CHUNKS;
     this.#head = this.#offset = this.#queued = 0;
     this.#settleRead(null);
@@ -641,11 +801,7 @@ class BunConn implements Conn {
     this.#socketGone = true;
     if (this.#tls === undefined) {
       this.#handshake?.reject(
-        new Error(
-          error
-            ? handshakeReason(error)
-            : "connection closed during the TLS handshake",
-        ),
+        error ?? new Error("connection closed during the TLS handshake"),
       );
     }
     if (error !== undefined) this.#onError(error);
@@ -711,7 +867,15 @@ class BunConn implements Conn {
   }
 }
 
-/** Reads the handshake's outcome off a Bun TLS socket. */
+/** Callbacks of sockets that `handshake()` upgraded to TLS. */
+const UPGRADED_HANDLER = BunConn.handler(null, { tls: true });
+
+/**
+ * Reads the handshake's outcome off a Bun TLS socket. `authorized` is about
+ * the chain only, as on `node:tls`: Bun also fails it for a certificate that
+ * does not name the host, which `lib/tls.ts` checks itself (and words the
+ * same on both runtimes).
+ */
 function tlsInfo(socket: BunSocket, authorizationError: Error | null): TlsInfo {
   let raw: Uint8Array | undefined;
   try {
@@ -725,12 +889,14 @@ function tlsInfo(socket: BunSocket, authorizationError: Error | null): TlsInfo {
   const code = authorizationError === null
     ? undefined
     : errorCode(authorizationError) ?? authorizationError.message;
+  const authorized = code === undefined ||
+    code === "ERR_TLS_CERT_ALTNAME_INVALID";
   return {
     // Bun does not report the version; the context allows TLS 1.3 only.
     protocol: "TLSv1.3",
     peerCertificate: raw,
-    authorized: socket.authorized === true || authorizationError === null,
-    authorizationError: code,
+    authorized,
+    authorizationError: authorized ? undefined : code,
   };
 }
 

@@ -29,8 +29,14 @@ import type {
   Net,
 } from "./types.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
-import { connectNodeTls, listenNodeTls } from "./node_tls.ts";
+import {
+  connectNodeTls,
+  DeferredTlsConn,
+  type ServerTlsContext,
+  serverTlsContext,
+} from "./node_tls.ts";
 import { formatAddr } from "./_errors.ts";
+import { DescriptorReserve, isOutOfDescriptors } from "./_fd_reserve.ts";
 
 /**
  * Returns the Deno implementation of {@linkcode Net}.
@@ -66,15 +72,21 @@ export function denoNet(): Net {
 }
 
 function listenDeno(options: ListenOptions): Promise<Listener> {
-  // Deno.listenTls cannot verify client certificates nor insist on TLS 1.3.
-  if (options.tls !== undefined) return listenNodeTls(options);
+  // Deno.listenTls cannot verify client certificates nor insist on TLS 1.3,
+  // nor leave a refused peer without a TLS byte: TLS runs over node:tls.
+  let tls: ServerTlsContext | undefined;
+  try {
+    tls = options.tls && serverTlsContext(options.tls);
+  } catch (error) {
+    return Promise.reject(error);
+  }
   try {
     const listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
       transport: "tcp",
     });
-    return Promise.resolve(new DenoListener(listener));
+    return Promise.resolve(new DenoListener(listener, options, tls));
   } catch (error) {
     return Promise.reject(toListenError(error, options));
   }
@@ -96,18 +108,41 @@ async function connectDeno(options: ConnectOptions): Promise<Conn> {
   return new DenoConn(conn);
 }
 
-/** A listening socket; iterating it accepts connections until `close()`. */
+/**
+ * A listening socket; iterating it accepts connections until `close()`.
+ *
+ * On a TLS port each connection is yielded at once and plain, and starts TLS
+ * when the server calls its `handshake()` (see `./node_tls.ts`).
+ *
+ * A failed accept never ends the iteration: Deno reports EMFILE as a
+ * rejected `accept()`, and the listener then answers with its descriptor
+ * reserve (see `./_fd_reserve.ts`) and retries with backoff.
+ */
 class DenoListener implements Listener {
   readonly addr: Addr;
   #listener: Deno.TcpListener;
+  #reserve: DescriptorReserve;
+  #tls: ServerTlsContext | undefined;
   #closed = false;
 
-  constructor(listener: Deno.TcpListener) {
+  constructor(
+    listener: Deno.TcpListener,
+    options: ListenOptions,
+    tls: ServerTlsContext | undefined,
+  ) {
     this.#listener = listener;
+    this.#tls = tls;
     this.addr = toAddr(listener.addr);
+    this.#reserve = new DescriptorReserve({
+      where: formatAddr(this.addr.hostname, this.addr.port),
+      onAcceptError: options.onAcceptError,
+      busyNotice: options.busyNotice,
+      watch: false,
+    });
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    const reserve = this.#reserve;
     while (!this.#closed) {
       let conn: Deno.TcpConn;
       try {
@@ -126,19 +161,38 @@ class DenoListener implements Listener {
         ) {
           continue;
         }
-        throw error;
+        const released = reserve.exhaust(
+          `Cannot accept on ${
+            formatAddr(this.addr.hostname, this.addr.port)
+          }: ${describe(error)}`,
+          isOutOfDescriptors(error),
+        );
+        // With the spare just closed the retry can take one connection now.
+        if (!released) await reserve.backoff();
+        continue;
       }
       if (this.#closed) {
         conn.close();
         return;
       }
-      yield new DenoConn(conn);
+      reserve.accepted();
+      if (reserve.exhausted) {
+        // Not awaited: the write of a short line to a fresh socket returns at
+        // once, and the next accept must not wait on a peer that reads nothing.
+        void reserve.refuse(new DenoConn(conn));
+        continue;
+      }
+      // On a TLS port the connection stays plain until handshake().
+      yield this.#tls === undefined
+        ? new DenoConn(conn)
+        : new DeferredTlsConn(new DenoConn(conn), this.#tls);
     }
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#reserve.close();
     try {
       this.#listener.close();
     } catch {

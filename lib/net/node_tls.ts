@@ -6,6 +6,18 @@
  * `Deno.connectTls` does not expose the server's certificate, which pinning
  * and trust on first use need (measured on Deno 2.9.6, see PERF.md).
  *
+ * On a server, TLS starts only when the server calls `handshake()` on an
+ * accepted connection ({@linkcode DeferredTlsConn}): until then it is plain
+ * TCP, so a refused peer gets a plain line or a close, never a ServerHello
+ * nor the certificate. The Deno listener accepts with `Deno.listen`, whose
+ * accept reports EMFILE, and the handshake runs in a `tls.TLSSocket` over a
+ * `Duplex` view of the plain connection. (Deno's `node:net` server, which
+ * `tls.Server` is built on, stops accepting for good after EMFILE: measured
+ * on Deno 2.9.6, it leaks the sockets accepted at the limit and accepts
+ * nothing after descriptors free up. The `Duplex` costs throughput, for a
+ * port that never goes deaf: a server sending 256 MiB over loopback made
+ * 290-375 MiB/s against 405-495 MiB/s through `tls.Server`, same machine.)
+ *
  * The adapter never rejects a certificate itself: it asks for one
  * (`rejectUnauthorized: false`) and reports it in {@linkcode TlsInfo};
  * `lib/tls.ts` decides. Only the protocol version is enforced here.
@@ -18,25 +30,22 @@
  * @module
  */
 
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { Duplex } from "node:stream";
 import * as tls from "node:tls";
-import { ConnectError, ConnectionClosedError, MoatError } from "../errors.ts";
+import { ConnectionClosedError, ExitCode, MoatError } from "../errors.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
-import { AcceptQueue } from "./_accept_queue.ts";
 import {
-  connectReason,
   describe,
-  errorCode,
-  formatAddr,
+  handshakeReason,
   toClosedError,
-  toListenError,
+  toTlsConnectError,
 } from "./_errors.ts";
 import type {
   Addr,
   ClientTlsOptions,
   Conn,
   ConnectOptions,
-  Listener,
-  ListenOptions,
   ServerTlsOptions,
   TlsInfo,
 } from "./types.ts";
@@ -47,47 +56,71 @@ const PAUSE_ABOVE = 2 * 1024 * 1024;
 const RESUME_BELOW = 512 * 1024;
 
 /**
- * Listens for TLS 1.3 connections with `node:tls`.
+ * Checks that the key is the certificate's, which not every runtime's TLS
+ * context does when it is made (Deno 2.9.6 would fail every handshake
+ * instead).
  *
- * @param options Address and `tls` settings (`tls` is required).
- * @returns A listener yielding connections whose handshake succeeded.
- * @throws {AddressInUseError} When the port is taken.
- * @throws {MoatError} `ERR_LISTEN` on any other failure, `ERR_TLS_CONFIG` on a bad certificate or key.
+ * @param config The listener's `tls` options.
+ * @throws {MoatError} `ERR_TLS_CONFIG` when the certificate or key does not
+ * parse, or the key is another one's.
  */
-export async function listenNodeTls(options: ListenOptions): Promise<Listener> {
-  const config = options.tls;
-  if (config === undefined) {
-    throw new TypeError("listenNodeTls needs tls options");
-  }
-  let server: tls.Server;
+export function checkServerKey(config: ServerTlsOptions): void {
+  let matches: boolean;
   try {
-    server = tls.createServer({
-      ...serverContext(config),
-      allowHalfOpen: true,
-      // Without this node may reject a handshake before we can refuse with a message.
-      rejectUnauthorized: false,
-    });
+    matches = new X509Certificate(config.cert).checkPrivateKey(
+      createPrivateKey(config.key),
+    );
   } catch (error) {
     throw new MoatError(
       "ERR_TLS_CONFIG",
       `Cannot use the TLS certificate or key: ${describe(error)}`,
-      undefined,
-      {
-        cause: error,
-      },
+      ExitCode.Failure,
+      { cause: error },
     );
   }
-  const listener = new NodeTlsListener(server, config);
-  await new Promise<void>((resolve, reject) => {
-    const onError = (error: Error) => reject(toListenError(error, options));
-    server.once("error", onError);
-    server.listen({ host: options.hostname, port: options.port }, () => {
-      server.off("error", onError);
-      resolve();
-    });
-  });
-  listener.bound();
-  return listener;
+  if (!matches) {
+    throw new MoatError(
+      "ERR_TLS_CONFIG",
+      "Cannot use the TLS certificate or key: the key is not the certificate's",
+    );
+  }
+}
+
+/** A server's TLS settings, checked once at listen. */
+export interface ServerTlsContext {
+  secureContext: tls.SecureContext;
+  requestCert: boolean;
+}
+
+/**
+ * Checks a server's certificate and key and builds the context every
+ * handshake uses.
+ *
+ * @param config The listener's `tls` options.
+ * @returns The context for {@linkcode DeferredTlsConn}.
+ * @throws {MoatError} `ERR_TLS_CONFIG` on a bad certificate, key or CA.
+ */
+export function serverTlsContext(config: ServerTlsOptions): ServerTlsContext {
+  checkServerKey(config);
+  try {
+    return {
+      secureContext: tls.createSecureContext({
+        cert: config.cert,
+        key: config.key,
+        minVersion: "TLSv1.3",
+        maxVersion: "TLSv1.3",
+        ...(config.clientCa !== undefined && { ca: config.clientCa }),
+      }),
+      requestCert: config.requestCert === true || config.clientCa !== undefined,
+    };
+  } catch (error) {
+    throw new MoatError(
+      "ERR_TLS_CONFIG",
+      `Cannot use the TLS certificate or key: ${describe(error)}`,
+      ExitCode.Failure,
+      { cause: error },
+    );
+  }
 }
 
 /**
@@ -127,9 +160,9 @@ export function connectNodeTls(options: ConnectOptions): Promise<Conn> {
     }
     const onError = (error: Error) => {
       socket.destroy();
-      reject(toConnectError(error, options));
+      reject(toTlsConnectError(error, options));
     };
-    const onClose = () => reject(toConnectError(undefined, options));
+    const onClose = () => reject(toTlsConnectError(undefined, options));
     socket.once("error", onError);
     socket.once("close", onClose);
     socket.once("secureConnect", () => {
@@ -138,18 +171,6 @@ export function connectNodeTls(options: ConnectOptions): Promise<Conn> {
       resolve(new NodeTlsConn(socket));
     });
   });
-}
-
-/** The `node:tls` server options for a {@linkcode ServerTlsOptions}. */
-function serverContext(config: ServerTlsOptions): tls.TlsOptions {
-  return {
-    cert: config.cert,
-    key: config.key,
-    minVersion: "TLSv1.3",
-    maxVersion: "TLSv1.3",
-    requestCert: config.requestCert === true || config.clientCa !== undefined,
-    ...(config.clientCa !== undefined && { ca: config.clientCa }),
-  };
 }
 
 /** The `node:tls` client options for a {@linkcode ClientTlsOptions}. */
@@ -175,49 +196,228 @@ function isIpLiteral(name: string): boolean {
   return name.includes(":") || /^\d+\.\d+\.\d+\.\d+$/.test(name);
 }
 
-/** A TLS listening socket; iterating it accepts connections until `close()`. */
-class NodeTlsListener implements Listener {
-  addr: Addr = { hostname: "", port: 0 };
-  #server: tls.Server;
-  #queue = new AcceptQueue();
+/** Bytes a {@linkcode duplexOver} read asks the plain connection for. */
+const DUPLEX_READ_SIZE = 65_536;
 
-  constructor(server: tls.Server, config: ServerTlsOptions) {
-    this.#server = server;
-    server.on("secureConnection", (socket: tls.TLSSocket) => {
-      this.#queue.push(new NodeTlsConn(socket));
-    });
-    server.on("tlsClientError", (error: Error, socket: tls.TLSSocket) => {
-      const peer = {
-        hostname: socket.remoteAddress ?? "",
-        port: socket.remotePort ?? 0,
-      };
-      socket.destroy();
-      config.onHandshakeError?.(peer, handshakeReason(error));
-    });
-    // Errors after listening (rare) must not crash the process.
-    server.on("error", () => {});
+/**
+ * A server's connection from a TLS listener: plain TCP (the accepted
+ * {@linkcode Conn} itself) until `handshake()`, then TLS over it.
+ */
+export class DeferredTlsConn implements Conn {
+  #plain: Conn;
+  #context: ServerTlsContext | undefined;
+  #secure: NodeTlsConn | undefined;
+  #handshaking: Promise<void> | undefined;
+  #used = false;
+  #closed = false;
+
+  /**
+   * @param plain The accepted connection.
+   * @param context What the handshake uses.
+   */
+  constructor(plain: Conn, context: ServerTlsContext) {
+    this.#plain = plain;
+    this.#context = context;
   }
 
-  /** Records the bound address; called once listening. */
-  bound(): void {
-    const address = this.#server.address();
-    if (address !== null && typeof address === "object") {
-      this.addr = { hostname: address.address, port: address.port };
+  get localAddr(): Addr {
+    return this.#plain.localAddr;
+  }
+
+  get remoteAddr(): Addr {
+    return this.#plain.remoteAddr;
+  }
+
+  get tls(): TlsInfo | undefined {
+    return this.#secure?.tls;
+  }
+
+  /** See {@linkcode Conn.handshake}. */
+  handshake(): Promise<void> {
+    if (this.#handshaking === undefined && this.#used) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot start TLS: plain bytes were already read or written",
+        ),
+      );
+    }
+    return this.#handshaking ??= this.#startTls();
+  }
+
+  async #startTls(): Promise<void> {
+    const context = this.#context;
+    this.#context = undefined;
+    let socket: tls.TLSSocket | undefined;
+    let over: ReturnType<typeof duplexOver> | undefined;
+    try {
+      if (context === undefined) {
+        throw new Error("connection closed before the TLS handshake");
+      }
+      // Once the handshake is done, TLS closing its stream closes the plain
+      // connection (after its last write); until then this method does.
+      over = duplexOver(this.#plain, (written) => {
+        if (this.#secure !== undefined) {
+          void written.finally(() => this.#plain.close());
+        }
+      });
+      const secure = socket = new tls.TLSSocket(over.duplex, {
+        isServer: true,
+        secureContext: context.secureContext,
+        requestCert: context.requestCert,
+        // Without this node may reject a handshake before we can refuse with a message.
+        rejectUnauthorized: false,
+      });
+      await new Promise<void>((resolve, reject) => {
+        const onClose = () =>
+          reject(new Error("connection closed during the TLS handshake"));
+        // With half-open allowed, a peer that leaves mid-handshake ends
+        // the stream without closing it.
+        secure.once("error", reject);
+        secure.once("end", onClose);
+        secure.once("close", onClose);
+        secure.once("secure", () => {
+          secure.off("error", reject);
+          secure.off("end", onClose);
+          secure.off("close", onClose);
+          resolve();
+        });
+      });
+      this.#secure = new NodeTlsConn(socket, true);
+    } catch (error) {
+      // Node's TLS answers a failed handshake with an alert, which tells a
+      // plain client (or an old TLS one) what it reached; over a Duplex,
+      // Deno 2.9.6 writes none, so the adapter sends it.
+      if (over !== undefined && !this.#closed) {
+        if (over.wrote()) await over.flushed();
+        else await this.#plain.write(handshakeAlert(error)).catch(() => {});
+      }
+      socket?.destroy();
+      this.#plain.close();
+      throw new MoatError(
+        "ERR_TLS_HANDSHAKE",
+        `TLS handshake failed: ${handshakeReason(error)}`,
+        ExitCode.Connection,
+        { cause: error },
+      );
     }
   }
 
-  [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
-    return this.#queue[Symbol.asyncIterator]();
+  /** Before the handshake: the plain connection, after which TLS cannot start. */
+  #current(): Conn {
+    if (this.#secure !== undefined) return this.#secure;
+    if (this.#handshaking === undefined) this.#used = true;
+    return this.#plain;
+  }
+
+  read(buf: Uint8Array): Promise<number | null> {
+    return this.#current().read(buf);
+  }
+
+  write(bytes: Uint8Array): Promise<void> {
+    return this.#current().write(bytes);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.#current().closeWrite();
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#current().readable;
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.#current().writable;
   }
 
   close(): void {
-    if (!this.#queue.close()) return;
-    try {
-      this.#server.close();
-    } catch {
-      // close() never throws.
-    }
+    this.#closed = true;
+    this.#context = undefined;
+    // The secure socket's Duplex closes the plain connection too; closing
+    // the plain one also ends a handshake in progress.
+    this.#secure?.close();
+    this.#plain.close();
   }
+}
+
+/**
+ * A `Duplex` over a {@linkcode Conn}, for `tls.TLSSocket` to run on. Each read
+ * gets a buffer of its own (TLS keeps what it was handed); writes resolve
+ * once the connection accepted the bytes.
+ *
+ * @param conn The plain connection.
+ * @param onDestroy Told when TLS destroys the stream, with the write in
+ * flight (if any) settling.
+ * @returns The stream, whether anything was written through it, and the
+ * settling of the write in flight.
+ */
+function duplexOver(
+  conn: Conn,
+  onDestroy: (written: Promise<void>) => void,
+): { duplex: Duplex; wrote: () => boolean; flushed: () => Promise<void> } {
+  // The write in flight, if any: a destroy waits for it, so that whatever
+  // TLS wrote last reaches the peer.
+  let writing: Promise<void> | undefined;
+  const write = (bytes: Uint8Array, callback: (error?: Error) => void) => {
+    writing = conn.write(bytes);
+    writing.then(() => callback(), callback);
+  };
+  const duplex = new Duplex({
+    read() {
+      const buf = new Uint8Array(DUPLEX_READ_SIZE);
+      conn.read(buf).then(
+        (n) => this.push(n === null ? null : buf.subarray(0, n)),
+        (error: unknown) => this.destroy(error as Error),
+      );
+    },
+    write(chunk: Uint8Array, _encoding, callback) {
+      write(chunk, callback);
+    },
+    writev(chunks, callback) {
+      const parts = chunks.map(({ chunk }) => chunk as Uint8Array);
+      write(parts.length === 1 ? parts[0]! : concat(parts), callback);
+    },
+    final(callback) {
+      conn.closeWrite().then(() => callback(), callback);
+    },
+    destroy(error, callback) {
+      onDestroy(flushed());
+      callback(error);
+    },
+  });
+  const flushed = () => (writing ?? Promise.resolve()).catch(() => {});
+  return { duplex, wrote: () => writing !== undefined, flushed };
+}
+
+/**
+ * The fatal alert record a TLS 1.3 server sends when a handshake fails
+ * (RFC 8446 6.2): protocol_version (70) for a peer that does not speak TLS
+ * 1.3, as node's TLS does, handshake_failure (40) otherwise.
+ */
+function handshakeAlert(error: unknown): Uint8Array {
+  const reason = handshakeReason(error);
+  const version = reason === "the peer does not speak TLS" ||
+    reason === "the peer does not support TLS 1.3";
+  return new Uint8Array([
+    0x15,
+    0x03,
+    0x03,
+    0x00,
+    0x02,
+    0x02,
+    version ? 70 : 40,
+  ]);
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const part of parts) size += part.length;
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
 }
 
 /** A connection over a `node:tls` socket whose handshake is done. */
@@ -246,7 +446,12 @@ class NodeTlsConn implements Conn {
   /** Rejecters of writes and ends whose callback has not come yet. */
   #unsettled = new Set<(error: unknown) => void>();
 
-  constructor(socket: tls.TLSSocket) {
+  /**
+   * @param socket The socket, its handshake done.
+   * @param server True on the server's side (`authorized` is then read from
+   * the handle, see {@linkcode serverVerdict}).
+   */
+  constructor(socket: tls.TLSSocket, server = false) {
     this.#socket = socket;
     this.localAddr = {
       hostname: socket.localAddress ?? "",
@@ -256,27 +461,11 @@ class NodeTlsConn implements Conn {
       hostname: socket.remoteAddress ?? "",
       port: socket.remotePort ?? 0,
     };
-    const peer = socket.getPeerCertificate();
-    const raw = peer !== null && typeof peer === "object" && "raw" in peer
-      ? peer.raw
-      : undefined;
-    const error = socket.authorizationError as unknown;
-    this.tls = {
-      protocol: socket.getProtocol() ?? "",
-      peerCertificate: raw instanceof Uint8Array && raw.length > 0
-        ? new Uint8Array(raw)
-        : undefined,
-      authorized: socket.authorized === true,
-      authorizationError: error === undefined || error === null
-        ? undefined
-        : error instanceof Error
-        ? ((error as NodeJS.ErrnoException).code ?? error.message)
-        : String(error),
-    };
+    this.tls = tlsInfo(socket, server);
     try {
       socket.setNoDelay(true);
     } catch {
-      // The next read or write reports a dead socket.
+      // The next read or write reports a dead socket (or, over a Duplex, there is no delay to set).
     }
     socket.on("data", (data: Uint8Array) => this.#onData(data));
     socket.on("end", () => {
@@ -444,42 +633,57 @@ class NodeTlsConn implements Conn {
   }
 }
 
-/**
- * A one-line reason for a failed handshake. The OpenSSL codes that mean
- * "the other side is not speaking TLS" get a plain explanation.
- *
- * @param error The error node reported, if any.
- * @returns e.g. "the peer does not speak TLS".
- */
-export function handshakeReason(error: unknown): string {
-  const code = errorCode(error) ?? "";
-  const text = error instanceof Error ? error.message : String(error ?? "");
-  if (
-    /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST|RECORD_LAYER_FAILURE/i
-      .test(code + " " + text)
-  ) {
-    return "the peer does not speak TLS";
-  }
-  if (
-    /UNSUPPORTED_PROTOCOL|PROTOCOL_VERSION|VERSION_TOO_LOW|NO_PROTOCOLS_AVAILABLE/i
-      .test(code + " " + text)
-  ) {
-    return "the peer does not support TLS 1.3";
-  }
-  if (/CERTIFICATE_REQUIRED/i.test(code + " " + text)) {
-    return "a client certificate is required";
-  }
-  if (code === "ECONNRESET") return "connection reset during the TLS handshake";
-  return describe(error);
+/** What a finished handshake showed, in the adapters' terms. */
+function tlsInfo(socket: tls.TLSSocket, server: boolean): TlsInfo {
+  const peer = socket.getPeerCertificate();
+  const raw = peer !== null && typeof peer === "object" && "raw" in peer
+    ? peer.raw
+    : undefined;
+  const peerCertificate = raw instanceof Uint8Array && raw.length > 0
+    ? new Uint8Array(raw)
+    : undefined;
+  const { authorized, error } = server
+    ? serverVerdict(socket, peerCertificate !== undefined)
+    : {
+      authorized: socket.authorized === true,
+      error: socket.authorizationError as unknown,
+    };
+  return {
+    protocol: socket.getProtocol() ?? "",
+    peerCertificate,
+    authorized,
+    authorizationError: authorized || error === undefined || error === null ||
+        error === ""
+      ? undefined
+      : error instanceof Error
+      ? ((error as NodeJS.ErrnoException).code ?? error.message)
+      : String(error),
+  };
 }
 
-function toConnectError(error: unknown, options: ConnectOptions): ConnectError {
-  const where = formatAddr(options.hostname, options.port);
-  const code = errorCode(error);
-  const reason = error === undefined
-    ? "connection closed during the TLS handshake"
-    : connectReason(code) ?? `TLS handshake failed: ${handshakeReason(error)}`;
-  return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
-    cause: error,
-  });
+/**
+ * Whether a client's chain verified against the client CA. A bare server
+ * `TLSSocket` (not made by `tls.Server`) leaves `authorized` false whatever
+ * the chain: `tls.Server` sets it from the TLS handle's `verifyError()`, so
+ * this asks the handle the same way (Node returns an Error or null, Deno
+ * 2.9.6 a code or ""). Without that method, fail closed: not authorized.
+ */
+function serverVerdict(
+  socket: tls.TLSSocket,
+  hasCertificate: boolean,
+): { authorized: boolean; error: unknown } {
+  const handle = (socket as unknown as {
+    _handle?: { verifyError?: () => unknown } | null;
+  })._handle;
+  if (typeof handle?.verifyError !== "function") {
+    return { authorized: false, error: "verification result unavailable" };
+  }
+  let error: unknown;
+  try {
+    error = handle.verifyError();
+  } catch (cause) {
+    return { authorized: false, error: cause };
+  }
+  const failed = error !== undefined && error !== null && error !== "";
+  return { authorized: hasCertificate && !failed, error };
 }

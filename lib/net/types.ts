@@ -35,8 +35,27 @@ export interface Conn {
   readonly writable: WritableStream<Uint8Array>;
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
-  /** What the TLS handshake established; undefined on a plain TCP connection. */
+  /**
+   * What the TLS handshake established; undefined on a plain TCP connection
+   * and, on a connection from a TLS listener, until `handshake()` resolved.
+   */
   readonly tls?: TlsInfo | undefined;
+  /**
+   * Present only on a connection accepted by a TLS listener, which yields it
+   * before a single TLS byte was read or written. Until this is called the
+   * connection is plain TCP: a refusal written with `write` reaches the peer
+   * as plain text, and the peer sees no ServerHello nor certificate.
+   *
+   * Starts the TLS handshake; resolves once it succeeded (then `tls` is set
+   * and `read`/`write` carry decrypted bytes). Call it before any `read`; a
+   * second call returns the same promise. Closing the connection (e.g. on a
+   * handshake timeout) settles it.
+   *
+   * Rejects with a {@linkcode MoatError} of code `ERR_TLS_HANDSHAKE` whose
+   * message says why (e.g. "TLS handshake failed: the peer does not speak
+   * TLS"); the connection is then closed.
+   */
+  handshake?(): Promise<void>;
   /** Closes both directions at once. Idempotent; never throws. */
   close(): void;
 }
@@ -71,7 +90,10 @@ export interface ServerTlsOptions {
   requestCert?: boolean;
   /** PEM CA bundle that client certificates are verified against. */
   clientCa?: string;
-  /** Reports a connection whose TLS handshake failed (it is never yielded). */
+  /**
+   * @deprecated Ignored: connections are yielded before their handshake, and
+   * `Conn.handshake()` rejects with the reason instead.
+   */
   onHandshakeError?: (peer: Addr, message: string) => void;
 }
 
@@ -94,12 +116,38 @@ export interface Listener extends AsyncIterable<Conn> {
   close(): void;
 }
 
+/**
+ * A change in a listener's ability to accept, reported once per episode
+ * (not once per failed attempt) through {@linkcode ListenOptions.onAcceptError}.
+ */
+export type AcceptErrorEvent =
+  /**
+   * Accepting fails, typically because the process ran out of file
+   * descriptors (EMFILE/ENFILE). The listener keeps its port, retries with
+   * exponential backoff (1 ms up to 1 s), and answers connections it can
+   * still take with `busyNotice` and a close.
+   */
+  | { kind: "exhausted"; message: string }
+  /** Accepting works again; `busy` connections were turned away meanwhile. */
+  | { kind: "recovered"; message: string; busy: number };
+
 /** Options for {@linkcode Net.listen}. */
 export interface ListenOptions {
   hostname: string;
   port: number;
-  /** Speak TLS 1.3 only; connections are yielded after the handshake. */
+  /**
+   * Speak TLS 1.3 only. Connections are yielded as soon as they are accepted,
+   * before any TLS byte, with a `handshake()` method (see {@linkcode Conn}).
+   */
   tls?: ServerTlsOptions;
+  /** Told when accepting starts failing and when it works again. */
+  onAcceptError?: (event: AcceptErrorEvent) => void;
+  /**
+   * Written (plain, even on a TLS listener) to each connection that arrives
+   * while file descriptors are exhausted, before it is closed; such
+   * connections are never yielded. Nothing is written when omitted.
+   */
+  busyNotice?: Uint8Array;
 }
 
 /** Options for {@linkcode Net.connect}. */
