@@ -164,9 +164,10 @@ export async function shipCommand(
   args: string[],
   context: RunContext,
 ): Promise<void> {
-  const parsed = parseCommand(SHIP, args, context);
+  const parsed = parseCommand(SHIP, markStdinArgs(args), context);
   if (parsed.help) return printLine(formatHelp(SHIP));
-  const { values, positionals, given } = parsed;
+  const { values, given } = parsed;
+  const positionals = parsed.positionals.map(unmarkStdinArg);
   const cwd = process.cwd();
   const argInputs = positionals.map((arg) => parseInputArg(arg, { cwd }));
   const inputs = [...argInputs];
@@ -272,6 +273,34 @@ export async function shipCommand(
   }
 }
 
+/** Stands before `-=NAME` while options are parsed (no argument holds a NUL). */
+const STDIN_MARK = "\0";
+
+/**
+ * Marks each `-=NAME` argument so the option parser takes it as an input
+ * rather than as short options: not after `--`, and not as an option's value.
+ */
+function markStdinArgs(args: readonly string[]): string[] {
+  const out: string[] = [];
+  let options = true;
+  for (const [i, arg] of args.entries()) {
+    const prev = args[i - 1];
+    const isValue = prev !== undefined && /^--[^=]+$/.test(prev) &&
+      Object.hasOwn(SHIP_OPTIONS, prev.slice(2)) &&
+      SHIP_OPTIONS[prev.slice(2) as keyof typeof SHIP_OPTIONS].type !==
+        "boolean";
+    if (arg === "--") options = false;
+    out.push(
+      options && !isValue && arg.startsWith("-=") ? STDIN_MARK + arg : arg,
+    );
+  }
+  return out;
+}
+
+function unmarkStdinArg(arg: string): string {
+  return arg.startsWith(STDIN_MARK) ? arg.slice(STDIN_MARK.length) : arg;
+}
+
 /** Reads a --config file, bounded. */
 function readConfig(file: string): string {
   let bytes: Uint8Array;
@@ -353,15 +382,17 @@ async function takeOver(
     env: options.context.env,
   });
   const takeover = await readTakeover(stateFile, { source: host, paths });
-  if (takeover !== undefined) {
+  if (takeover === undefined) return undefined;
+  const files = [...takeover.positions.keys()].map((p) => `"${escapeText(p)}"`);
+  const where = `the state "${escapeText(stateFile)}" of source "${
+    escapeText(host)
+  }"`;
+  if (files.length > 0) {
+    printNote(`continuing ${files.join(", ")} where ${where} stopped`);
+  }
+  if (takeover.unacked > 0) {
     printNote(
-      `continuing ${
-        [...takeover.positions.keys()].map((p) => `"${escapeText(p)}"`).join(
-          ", ",
-        )
-      } where the state "${escapeText(stateFile)}" of source "${
-        escapeText(host)
-      }" stopped; its ${takeover.unacked} unacknowledged lines are sent as "${
+      `${where} holds ${takeover.unacked} unacknowledged lines: they are sent as "${
         escapeText(host)
       }"`,
     );
