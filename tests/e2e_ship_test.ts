@@ -366,14 +366,17 @@ test("moat ship with a token stores records under the authenticated identity, no
   fs.writeFileSync(
     path.join(dir.dir, "server.tokens"),
     "alice s3cret-token-for-alice\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(dir.dir, "alice.token"),
     "alice s3cret-token-for-alice\n",
+    { mode: 0o600 },
   );
   fs.writeFileSync(
     path.join(dir.dir, "wrong.token"),
     "alice not-the-right-secret!!\n",
+    { mode: 0o600 },
   );
   await using server = await startServer([
     "--vault",
