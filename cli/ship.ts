@@ -209,7 +209,11 @@ export async function shipCommand(
   if (values.state === undefined && values["state-dir"] === undefined) {
     const takeover = await takeOver(runs, { server: serverText, context });
     resume = takeover?.positions;
-    if (takeover !== undefined && takeover.unacked > 0) {
+    // A source of the host's name sends what its own spool holds.
+    if (
+      takeover !== undefined && takeover.unacked > 0 &&
+      !runs.some((r) => r.name === takeover.source)
+    ) {
       runs.push({
         name: takeover.source,
         inputs: [],
@@ -373,8 +377,8 @@ async function takeOver(
   } catch {
     return undefined;
   }
-  if (runs.some((r) => r.name === host)) return undefined;
-  const paths = runs.flatMap((r) => r.inputs).filter((p) => p !== "-");
+  const moving = runs.filter((r) => r.name !== host);
+  const paths = moving.flatMap((r) => r.inputs).filter((p) => p !== "-");
   if (paths.length === 0) return undefined;
   const stateFile = defaultStatePath({
     source: host,
@@ -383,14 +387,19 @@ async function takeOver(
   });
   const takeover = await readTakeover(stateFile, { source: host, paths });
   if (takeover === undefined) return undefined;
-  const files = [...takeover.positions.keys()].map((p) => `"${escapeText(p)}"`);
+  // Said once: when the file's new source has no state yet.
+  const fresh = new Set(
+    moving.filter((r) => !fs.existsSync(r.statePath)).flatMap((r) => r.inputs),
+  );
+  const files = [...takeover.positions.keys()].filter((p) => fresh.has(p))
+    .map((p) => `"${escapeText(p)}"`);
   const where = `the state "${escapeText(stateFile)}" of source "${
     escapeText(host)
   }"`;
   if (files.length > 0) {
     printNote(`continuing ${files.join(", ")} where ${where} stopped`);
   }
-  if (takeover.unacked > 0) {
+  if (takeover.unacked > 0 && !runs.some((r) => r.name === host)) {
     printNote(
       `${where} holds ${takeover.unacked} unacknowledged lines: they are sent as "${
         escapeText(host)

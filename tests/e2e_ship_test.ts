@@ -629,10 +629,27 @@ test("moat ship continues files an earlier moat shipped as the host's source, lo
     process.kill(now.child.pid!, "SIGTERM");
   }
   assert.equal(await now.exited, 0, now.err.lines.join("\n"));
+  // A later start continues its own state and says nothing of the earlier.
+  fs.appendFileSync(log, lines(251, 260, "auth"));
+  const again = startShipper(
+    [log, "--server", `127.0.0.1:${port}`],
+    dir.dir,
+    env,
+  );
+  try {
+    assert.equal(await waitCount(vault, 260, 30_000), 260);
+  } finally {
+    process.kill(again.child.pid!, "SIGTERM");
+  }
+  assert.equal(await again.exited, 0, again.err.lines.join("\n"));
+  assert.doesNotMatch(
+    again.err.lines.join("\n"),
+    /continuing|unacknowledged lines/,
+  );
   await server.stop();
   const old = await runMoat(["vault", "cat", vault, "--source", host]);
   const moved = await runMoat(["vault", "cat", vault, "--source", "auth"]);
-  assert.equal(old.stdout + moved.stdout, lines(1, 250, "auth"));
+  assert.equal(old.stdout + moved.stdout, lines(1, 260, "auth"));
   assert.ok(old.stdout.length > 0 && moved.stdout.length > 0);
 });
 
