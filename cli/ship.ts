@@ -184,15 +184,15 @@ export async function shipCommand(
   if (values.state !== undefined && values["state-dir"] !== undefined) {
     throw new UsageError("Use either --state or --state-dir, not both");
   }
-  if (values["print-systemd-unit"]) {
-    return await printShipUnit({ values, given, argInputs, sources, context });
-  }
   if (values.state !== undefined && sources.length > 1) {
     throw new UsageError(
       `--state names the state of one source, but ${sources.length} are shipped (${
         sources.map((s) => `"${escapeText(s.name)}"`).join(", ")
       }): use --state-dir DIR`,
     );
+  }
+  if (values["print-systemd-unit"]) {
+    return await printShipUnit({ values, given, argInputs, sources, context });
   }
   const serverText = `${server.hostname}:${server.port}`;
   const runs: _Run[] = sources.map((s) => ({

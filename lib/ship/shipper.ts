@@ -156,8 +156,8 @@ function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
 
 /**
  * Ships until the signal fires, or, for stdin (and for no inputs), until
- * every line read was acknowledged. Reconnects with backoff; unacknowledged records stay in the
- * spool and are resent.
+ * every line read was acknowledged. Reconnects with backoff; unacknowledged
+ * records stay in the spool and are resent.
  *
  * @param options Inputs, server, state, source, signal, event sink.
  * @returns The last acknowledged sequence number.
