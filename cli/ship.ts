@@ -548,7 +548,7 @@ export interface SourceStatus {
  *   "moat: backlog 12,345 lines, 1.4 MiB (auth 12,345 lines, 1.4 MiB; system 0 lines, 0 B); 523 lines/s acknowledged",
  * );
  * assert.equal(
- *   formatShipStatus(sources, 523, 60),
+ *   formatShipStatus(sources, 523, 70),
  *   "moat: backlog 12,345 lines, 1.4 MiB; 523 lines/s acknowledged",
  * );
  * ```
