@@ -273,6 +273,12 @@ export const CODES = {
     peer: false,
     meaning: "a TLS certificate or key that cannot be used",
   },
+  ERR_TLS_HANDSHAKE: {
+    exit: Connection,
+    peer: false,
+    meaning:
+      "the TLS handshake failed (a peer that does not speak TLS, or a refused certificate)",
+  },
   ERR_TLS_NOT_ENABLED: {
     exit: Connection,
     peer: true,

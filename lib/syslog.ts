@@ -23,6 +23,12 @@ import { MoatError, ProtocolError } from "./errors.ts";
 /** Default longest syslog message accepted, in bytes (64 KiB). */
 export const DEFAULT_SYSLOG_MAX: number = 64 * 1024;
 
+/**
+ * The vault source name of every syslog peer's records; reserved, so that
+ * no shipper can send records into it.
+ */
+export const SYSLOG_SOURCE = "syslog";
+
 /** The two framings of RFC 6587. */
 export type SyslogFraming = "octet-counting" | "newline";
 

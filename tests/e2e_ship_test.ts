@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import {
@@ -10,6 +11,7 @@ import {
   startServer,
   tempDir,
 } from "./_e2e.ts";
+import { defaultStatePath } from "../lib/ship/state.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -43,8 +45,12 @@ async function waitCount(
   return n;
 }
 
-function startShipper(args: string[], cwd: string) {
-  const child = spawnMoat(["ship", ...args], { cwd });
+function startShipper(
+  args: string[],
+  cwd: string,
+  env?: Record<string, string>,
+) {
+  const child = spawnMoat(["ship", ...args], { cwd, ...(env && { env }) });
   const err = new LineWatcher(child.stderr!);
   const exited = new Promise<number | null>((r) =>
     child.on("close", (c) => r(c))
@@ -317,4 +323,282 @@ test("moat ship with a token stores records under the address and the authentica
   const ls = await runMoat(["vault", "ls", vault]);
   assert.match(ls.stdout, /\n127\.0\.0\.1\[token:alice\]\tauth\t20\t/);
   assert.doesNotMatch(ls.stdout, /nope/);
+});
+
+/** The fenced blocks of README.md's `moat ship` section, in order. */
+function readmeShipBlocks(): string[] {
+  const readme = fs.readFileSync(
+    path.join(import.meta.dirname ?? ".", "..", "README.md"),
+    "utf8",
+  );
+  const start = readme.indexOf("### `moat ship` and the vault");
+  const end = readme.indexOf("\n### ", start + 1);
+  assert.ok(start >= 0 && end > start, "README has the moat ship section");
+  const section = readme.slice(start, end);
+  return [...section.matchAll(/```[a-z]*\n([\s\S]*?)```/g)].map((m) => m[1]!);
+}
+
+test("README's moat ship examples run as written, against a local server", async () => {
+  using dir = tempDir();
+  const root = dir.dir;
+  const blocks = readmeShipBlocks();
+  // The README's paths, moved under the test's folder.
+  const map = (word: string, port: number) =>
+    word
+      .replace(/^(loghost|10\.0\.0\.1):4320$/, `127.0.0.1:${port}`)
+      .replace(/^10\.0\.0\.0\/24$/, "127.0.0.0/8")
+      .replace(/^\/(var|etc)\//, `${root}/$1/`);
+  const commands = blocks.filter((b) => b.includes("moat ")).flatMap((b) =>
+    b.split("\n")
+  ).map((l) => l.replace(/\s+#.*$/, "").trim()).filter((l) => l !== "");
+  const config = blocks.find((b) => b.startsWith("# /etc/moat/ship.conf\n"));
+  assert.ok(config, "README shows a ship.conf");
+  for (const c of commands) {
+    assert.doesNotMatch(c, /["'\\$`;&]/, `plain words only: ${c}`);
+  }
+  const serve = commands.find((c) => c.startsWith("moat serve "))!;
+  const shipFiles = commands.filter((c) =>
+    c.startsWith("moat ship /var/log/") && !c.includes("--print-systemd-unit")
+  );
+  const shipStdin = commands.find((c) => c.includes("| moat ship -"))!;
+  const shipConfig = commands.find((c) => c.includes("moat ship --config"))!;
+  const unit = commands.find((c) => c.includes("--print-systemd-unit"))!;
+  const ls = commands.find((c) => c.startsWith("moat vault ls"))!;
+  const cat = commands.find((c) => c.startsWith("moat vault cat"))!;
+  assert.ok(serve && shipFiles.length === 1 && shipStdin && shipConfig);
+  assert.ok(unit && ls && cat);
+  assert.equal(
+    commands.length,
+    7,
+    `every example is covered: ${commands.join(" | ")}`,
+  );
+
+  // The files the examples name, with lines to ship.
+  fs.mkdirSync(path.join(root, "var", "log", "nginx"), { recursive: true });
+  fs.mkdirSync(path.join(root, "etc", "moat"), { recursive: true });
+  fs.writeFileSync(
+    path.join(root, "etc", "moat", "ship.conf"),
+    config.replace(/^\/var\//gm, `${root}/var/`),
+  );
+  const content: Record<string, string> = {
+    "auth.log": lines(1, 300, "auth"),
+    "syslog": lines(1, 200, "sys"),
+    "nginx/access.log": lines(1, 100, "access"),
+    "nginx/error.log": lines(1, 50, "error"),
+  };
+  for (const [name, text] of Object.entries(content)) {
+    fs.writeFileSync(path.join(root, "var", "log", name), text);
+  }
+  const env = { HOME: root, XDG_STATE_HOME: path.join(root, "state") };
+  const words = (c: string, port: number) =>
+    c.split(/\s+/).slice(1).map((w) => map(w, port));
+
+  const serveArgs = words(serve, 0).slice(1);
+  assert.deepEqual(serveArgs.slice(0, 2), ["--allow", "127.0.0.0/8"]);
+  await using server = await startServer(serveArgs);
+  const vault = serveArgs[serveArgs.indexOf("--vault") + 1]!;
+  assert.ok(vault.startsWith(root));
+
+  // moat ship FILE FILE=NAME: runs until stopped.
+  for (const c of [...shipFiles, shipConfig]) {
+    const args = words(c, server.port).slice(1);
+    const shipper = spawnMoat(["ship", ...args], { cwd: root, env });
+    const err = new LineWatcher(shipper.stderr!);
+    const exited = new Promise<number | null>((r) =>
+      shipper.on("close", (code) => r(code))
+    );
+    try {
+      const want = c.includes("--config") ? 150 : 500;
+      const before = await vaultCount(vault);
+      assert.equal(
+        await waitCount(vault, before + want, 30_000),
+        before + want,
+        err.lines.join("\n"),
+      );
+    } finally {
+      process.kill(shipper.pid!, "SIGTERM");
+    }
+    assert.equal(await exited, 0, err.lines.join("\n"));
+    const text = err.lines.join("\n");
+    // Not a terminal: notices only, no status line.
+    // deno-lint-ignore no-control-regex
+    assert.doesNotMatch(text, /[\r\x1b]/);
+    assert.match(text, /records acknowledged by the server/);
+  }
+
+  // journalctl -f | moat ship - --source journal: ends once acknowledged.
+  const stdinArgs = words(
+    shipStdin.slice(shipStdin.indexOf("| ") + 2),
+    server.port,
+  )
+    .slice(1);
+  const journal = lines(1, 40, "journal");
+  const r = await runMoat(["ship", ...stdinArgs], {
+    input: journal,
+    cwd: root,
+    env,
+  });
+  assert.equal(r.code, 0, r.stderr);
+
+  const listed = await runMoat(words(ls, server.port), { env });
+  assert.equal(listed.code, 0, listed.stderr);
+  const rows = listed.stdout.trim().split("\n").slice(1).map((row) =>
+    row.split("\t").slice(0, 3).join(" ")
+  ).sort();
+  assert.deepEqual(rows, [
+    "127.0.0.1 auth 300",
+    "127.0.0.1 journal 40",
+    "127.0.0.1 nginx-access 100",
+    "127.0.0.1 nginx-error 50",
+    "127.0.0.1 system 200",
+  ]);
+  const shown = await runMoat(words(cat, server.port), { env });
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.equal(shown.stdout, content["auth.log"]);
+
+  // The unit example: `> FILE` is the shell's; the unit goes to stdout.
+  const unitWords = words(unit.slice(0, unit.indexOf(" >")), server.port);
+  const printed = await runMoat(unitWords, { cwd: root, env });
+  assert.equal(printed.code, 0, printed.stderr);
+  assert.match(printed.stdout, /^ExecStart=.* ship .*auth\.log .*=system /m);
+  assert.match(printed.stdout, /^IPAddressAllow=127\.0\.0\.1$/m);
+  assert.match(printed.stdout, /^StateDirectory=moat-ship$/m);
+});
+
+test("moat ship keeps a single source's state where an earlier moat kept it", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer(["--vault", vault]);
+  const env = { HOME: dir.dir, XDG_STATE_HOME: "" };
+  const args = [
+    "ship",
+    "-",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--source",
+    "journal",
+  ];
+  const first = await runMoat(args, { input: lines(1, 10), env });
+  assert.equal(first.code, 0, first.stderr);
+  const state = defaultStatePath({
+    source: "journal",
+    server: `127.0.0.1:${server.port}`,
+    env: { HOME: dir.dir },
+  });
+  assert.ok(fs.existsSync(state), `state at ${state}`);
+  // The same state goes on: a lost state would make the server refuse.
+  const second = await runMoat(args, { input: lines(11, 20), env });
+  assert.equal(second.code, 0, second.stderr);
+  assert.match(second.stderr, /server holds 10 records/);
+  assert.match(second.stderr, /20 records acknowledged/);
+  const cat = await runMoat(["vault", "cat", vault, "--source", "journal"]);
+  assert.equal(cat.stdout, lines(1, 20));
+});
+
+test("moat ship continues files an earlier moat shipped as the host's source, losing and repeating nothing", async () => {
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  const log = path.join(dir.dir, "auth.log");
+  fs.writeFileSync(log, lines(1, 200, "auth"));
+  const env = { HOME: dir.dir, XDG_STATE_HOME: "" };
+  // An earlier moat: every file in one source named after the host, with
+  // its default state; the server was down, so it all waits in the spool.
+  const host = os.hostname();
+  const down = await startServer(["--vault", vault]);
+  const port = down.port;
+  await down.stop();
+  const earlier = startShipper(
+    [log, "--source", host, "--server", `127.0.0.1:${port}`],
+    dir.dir,
+    env,
+  );
+  await earlier.err.waitFor(
+    (l) => /retrying .*; backlog 200 lines/.test(l),
+    20_000,
+    "200 lines spooled",
+  );
+  process.kill(earlier.child.pid!, "SIGTERM");
+  assert.equal(await earlier.exited, 0);
+  fs.appendFileSync(log, lines(201, 250, "auth"));
+
+  const server = await startFixed(["--vault", vault, "--port", String(port)]);
+  const now = startShipper(
+    [log, "--server", `127.0.0.1:${port}`],
+    dir.dir,
+    env,
+  );
+  try {
+    await now.err.waitFor(
+      (l) => /continuing ".*auth\.log" where the state .* stopped$/.test(l),
+      20_000,
+      "the takeover notice",
+    );
+    await now.err.waitFor(
+      (l) => /holds 200 unacknowledged lines: they are sent as/.test(l),
+    );
+    assert.equal(await waitCount(vault, 250, 30_000), 250);
+  } finally {
+    process.kill(now.child.pid!, "SIGTERM");
+  }
+  assert.equal(await now.exited, 0, now.err.lines.join("\n"));
+  // A later start continues its own state and says nothing of the earlier.
+  fs.appendFileSync(log, lines(251, 260, "auth"));
+  const again = startShipper(
+    [log, "--server", `127.0.0.1:${port}`],
+    dir.dir,
+    env,
+  );
+  try {
+    assert.equal(await waitCount(vault, 260, 30_000), 260);
+  } finally {
+    process.kill(again.child.pid!, "SIGTERM");
+  }
+  assert.equal(await again.exited, 0, again.err.lines.join("\n"));
+  assert.doesNotMatch(
+    again.err.lines.join("\n"),
+    /continuing|unacknowledged lines/,
+  );
+  await server.stop();
+  const old = await runMoat(["vault", "cat", vault, "--source", host]);
+  const moved = await runMoat(["vault", "cat", vault, "--source", "auth"]);
+  assert.equal(old.stdout + moved.stdout, lines(1, 260, "auth"));
+  assert.ok(old.stdout.length > 0 && moved.stdout.length > 0);
+});
+
+test("moat ship refuses ambiguous inputs with one line and exit 2", async () => {
+  using dir = tempDir();
+  fs.mkdirSync(path.join(dir.dir, "a"));
+  fs.mkdirSync(path.join(dir.dir, "b"));
+  const cases: [string[], RegExp][] = [
+    [
+      ["a/app.log", "b/app.log"],
+      /"[^"]*a\/app\.log" and "[^"]*b\/app\.log" would both be source "app": name them as FILE=NAME/,
+    ],
+    [
+      ["a/app.log", "b/x.log", "--source", "web"],
+      /--source names one input, but 2 have no name/,
+    ],
+    [
+      ["/var/log/syslog"],
+      /would be source "syslog", which is reserved for the syslog port/,
+    ],
+    [
+      ["a/app.log", "b/x.log", "--state", "s.json"],
+      /--state names the state of one source, but 2 are shipped/,
+    ],
+    [["-", "-=x"], /standard input \("-"\) is given twice/],
+    [
+      ["x.log", "--config", "missing.conf"],
+      /Cannot read --config "missing\.conf": no such file or directory/,
+    ],
+    [[], /ship needs FILE/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await runMoat(["ship", ...args, "--server", "127.0.0.1:1"], {
+      cwd: dir.dir,
+    });
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
 });

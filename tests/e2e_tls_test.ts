@@ -715,3 +715,92 @@ test("openssl s_client: TLS 1.3 with moat's certificate; TLS 1.2 refused; no pla
     /alert protocol version|no protocols available|unsupported protocol/i,
   );
 });
+
+/** Everything a raw TCP client from `from` reads after sending `bytes`. */
+function rawExchangeFrom(
+  port: number,
+  from: string,
+  bytes: Uint8Array,
+): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress: from });
+    socket.on("connect", () => socket.write(bytes));
+    socket.on("data", (d) => chunks.push(d));
+    socket.on("error", reject);
+    socket.on("close", () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+/**
+ * A TLS handshake record header and 512 bytes of body: what a ClientHello
+ * starts with, enough for a TLS server to begin answering.
+ */
+function clientHelloBytes(): Uint8Array {
+  return Buffer.concat([
+    Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]),
+    Buffer.alloc(512, 0),
+  ]);
+}
+
+test("serve on a TLS port answers a refused peer's ClientHello with the plain ERR ACCESS_DENIED line and no TLS record", async () => {
+  using t = fixture();
+  selfSigned(t.dir, "srv");
+  await using server = await tlsServer(t.dir, "srv", [
+    "--allow",
+    "127.0.0.1",
+  ]);
+  const got = await rawExchangeFrom(
+    server.port,
+    "127.0.0.2",
+    clientHelloBytes(),
+  );
+  assert.equal(
+    got.toString("latin1"),
+    "ERR ACCESS_DENIED access refused by server\n",
+  );
+  assert.ok(!got.includes(0x16), "no TLS handshake record");
+  await server.waitEvent((e) =>
+    e.event === "refused" && String(e.peer).startsWith("127.0.0.2:")
+  );
+  // The allowed address still gets its file over TLS.
+  const fp = hexFp(t.dir, "srv.pem");
+  const r = await getHello(t.dir, server.port, ["--tls", "--pin", fp]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.saved, "hello over tls\n");
+});
+
+test("serve on a TLS port counts a silent TCP peer against --max-conns and drops it at --handshake-timeout", async () => {
+  using t = fixture();
+  selfSigned(t.dir, "srv");
+  await using server = await tlsServer(t.dir, "srv", [
+    "--max-conns",
+    "1",
+    "--handshake-timeout",
+    "1",
+  ]);
+  const silent = net.connect({ host: "127.0.0.1", port: server.port });
+  const silentClosed = new Promise<void>((resolve) =>
+    silent.on("close", () => resolve())
+  );
+  silent.on("error", () => {});
+  await new Promise<void>((resolve) => silent.on("connect", () => resolve()));
+  // The silent peer holds the one slot: the next one is told it is busy.
+  const busy = await rawExchangeFrom(
+    server.port,
+    "127.0.0.1",
+    clientHelloBytes(),
+  );
+  assert.equal(
+    busy.toString("latin1"),
+    "ERR BUSY server busy: too many connections\n",
+  );
+  // At the handshake deadline the silent peer is closed and audited.
+  await server.waitEvent((e) =>
+    e.event === "refused" && e.reason === "TLS handshake timeout"
+  );
+  await silentClosed;
+  const fp = hexFp(t.dir, "srv.pem");
+  const r = await getHello(t.dir, server.port, ["--tls", "--pin", fp]);
+  assert.equal(r.code, 0, r.stderr);
+});

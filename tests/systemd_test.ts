@@ -14,8 +14,10 @@ import {
 import {
   computeIpAddressAllow,
   quoteSystemdArg,
+  renderShipUnit,
   renderSystemdUnit,
   type ServeFlag,
+  type ShipUnitOptions,
   type SystemdUnitOptions,
 } from "../lib/systemd.ts";
 import { UsageError } from "../lib/errors.ts";
@@ -777,4 +779,393 @@ test("the ExecStart of moat serve --print-systemd-unit runs a working server", a
       server.exitCode === null ? server.on("close", r) : r(null)
     );
   }
+});
+
+// ---------------------------------------------------------------------------
+// The shipper's unit.
+
+function shipUnit(extra: Partial<ShipUnitOptions> = {}): string {
+  const inputs = extra.inputs ?? [
+    { path: "/var/log/auth.log" },
+    { path: "/var/log/syslog", name: "system" },
+  ];
+  return renderShipUnit({
+    launcher: BINARY,
+    flags: [],
+    inputs,
+    followed: inputs.map((i) => i.path),
+    cwd: "/srv/moat",
+    server: { hostname: "10.0.0.1", port: 4320 },
+    serverAddresses: ["10.0.0.1"],
+    ...extra,
+  });
+}
+
+describe("renderShipUnit", () => {
+  test("renderShipUnit reproduces the inputs and flags, with the server and state explicit", () => {
+    const unit = shipUnit({
+      inputs: [
+        { path: "/var/log/auth.log" },
+        { path: "/var/log/nginx/access.log", name: "nginx $x 100%" },
+      ],
+      followed: [
+        "/var/log/auth.log",
+        "/var/log/nginx/access.log",
+        "/etc/moat/more/app.log",
+      ],
+      flags: [
+        { name: "print-systemd-unit" },
+        { name: "config", value: "ship.conf" },
+        { name: "server", value: "loghost" },
+        { name: "spool-size", value: "2097152" },
+        { name: "state", value: "x.json" },
+        { name: "tls" },
+        { name: "pin", value: "sha256:ab" },
+        { name: "token-file", value: "/etc/moat/token" },
+      ],
+    });
+    assert.deepEqual(execStartOf(unit), [
+      "/usr/local/bin/moat",
+      "ship",
+      "/var/log/auth.log",
+      "/var/log/nginx/access.log=nginx $x 100%",
+      "--config",
+      "/srv/moat/ship.conf",
+      "--spool-size",
+      "2097152",
+      "--tls",
+      "--pin",
+      "sha256:ab",
+      "--token-file",
+      "/etc/moat/token",
+      "--server",
+      "10.0.0.1:4320",
+      "--state-dir",
+      "/var/lib/moat-ship",
+    ]);
+    assert.deepEqual(settings(unit, "ReadOnlyPaths"), [
+      "-/var/log -/var/log/nginx -/etc/moat/more /srv/moat/ship.conf /etc/moat/token",
+    ]);
+    assert.match(unit, /read from --config as it is now/);
+  });
+
+  test("renderShipUnit runs as a dedicated user with least privilege", () => {
+    const unit = shipUnit();
+    for (
+      const line of [
+        "User=moat-ship",
+        "Group=moat-ship",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "RestrictAddressFamilies=AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+        "Restart=always",
+        "RestartPreventExitStatus=2",
+        "UMask=0077",
+        "StateDirectory=moat-ship",
+      ]
+    ) assert.ok(unit.split("\n").includes(line), line);
+    assert.doesNotMatch(unit, /^(DynamicUser|MemoryDenyWriteExecute)=/m);
+    assert.deepEqual(settings(unit, "ReadOnlyPaths"), ["-/var/log"]);
+    assert.deepEqual(settings(unit, "ReadWritePaths"), []);
+    assert.deepEqual(settings(unit, "IPAddressDeny"), ["any"]);
+    assert.deepEqual(settings(unit, "IPAddressAllow"), ["10.0.0.1"]);
+    assert.deepEqual(settings(unit, "SupplementaryGroups"), []);
+  });
+
+  test("renderShipUnit lets through only the server's addresses, and its name servers for a name", () => {
+    const v6 = shipUnit({
+      server: { hostname: "2001:db8::1", port: 4320 },
+      serverAddresses: ["2001:db8::1"],
+      nameServers: ["10.255.255.53"],
+    });
+    assert.deepEqual(settings(v6, "IPAddressAllow"), ["2001:db8::1"]);
+    assert.ok(execStartOf(v6).includes("[2001:db8::1]:4320"));
+    const named = shipUnit({
+      server: { hostname: "loghost", port: 4320 },
+      serverAddresses: ["10.0.0.1", "2001:db8::1", "10.0.0.1"],
+      nameServers: ["127.0.0.53"],
+    });
+    assert.deepEqual(settings(named, "IPAddressAllow"), [
+      "10.0.0.1",
+      "2001:db8::1",
+      "127.0.0.53",
+    ]);
+    assert.ok(execStartOf(named).includes("loghost:4320"));
+    assert.deepEqual(settings(named, "RestrictAddressFamilies"), [
+      "AF_INET AF_INET6 AF_UNIX",
+    ]);
+    assert.match(named, /loghost resolved to the addresses above/);
+  });
+
+  test("renderShipUnit makes the state writable: StateDirectory under /var/lib, else ReadWritePaths", () => {
+    const file = shipUnit({ state: { file: "/var/lib/ship/s.json" } });
+    assert.deepEqual(execStartOf(file).slice(-2), [
+      "--state",
+      "/var/lib/ship/s.json",
+    ]);
+    assert.deepEqual(settings(file, "StateDirectory"), ["ship"]);
+    const dir = shipUnit({ state: { dir: "/srv/state" } });
+    assert.deepEqual(execStartOf(dir).slice(-2), ["--state-dir", "/srv/state"]);
+    assert.deepEqual(settings(dir, "StateDirectory"), []);
+    assert.deepEqual(settings(dir, "ReadWritePaths"), ["/srv/state"]);
+  });
+
+  test("renderShipUnit binds home folders in and keeps the host's /tmp when a path is there", () => {
+    const unit = shipUnit({
+      inputs: [{ path: "/home/ann/app.log" }, { path: "/tmp/x/t.log" }],
+      state: { dir: "/root/ship-state" },
+    });
+    assert.deepEqual(settings(unit, "ProtectHome"), ["tmpfs"]);
+    assert.deepEqual(settings(unit, "BindReadOnlyPaths"), ["-/home/ann"]);
+    assert.deepEqual(settings(unit, "BindPaths"), ["/root/ship-state"]);
+    assert.deepEqual(settings(unit, "PrivateTmp"), ["no"]);
+  });
+
+  test("renderShipUnit adds the groups that can read the files, and warns about files only their owner reads", () => {
+    const unit = shipUnit({
+      readGroups: ["adm", "1234"],
+      unreadable: ["/var/log/messages"],
+    });
+    assert.deepEqual(settings(unit, "SupplementaryGroups"), ["adm 1234"]);
+    assert.match(
+      unit,
+      /WARNING: only their owner can read "\/var\/log\/messages"/,
+    );
+  });
+
+  test("renderShipUnit narrows Deno's permissions to the server, the folders and the state", () => {
+    const unit = shipUnit({
+      launcher: {
+        executable: "/usr/bin/deno",
+        script: "/opt/moat/main.ts",
+        runtime: "deno",
+      },
+    });
+    assert.deepEqual(execStartOf(unit).slice(0, 8), [
+      "/usr/bin/deno",
+      "run",
+      "--no-prompt",
+      "--allow-net=10.0.0.1:4320",
+      "--allow-read=/var/log,/var/lib/moat-ship",
+      "--allow-write=/var/lib/moat-ship",
+      "--allow-env=MOAT_TOKEN",
+      "/opt/moat/main.ts",
+    ]);
+    assert.deepEqual(settings(unit, "RestrictAddressFamilies"), [
+      "AF_INET AF_INET6 AF_UNIX",
+    ]);
+  });
+
+  const bad: [string, Partial<ShipUnitOptions>, RegExp][] = [
+    ["standard input", {
+      inputs: [{ path: "-" }],
+      followed: [],
+    }, /standard input/],
+    ["trust on first use", { flags: [{ name: "tls" }] }, /--pin FP or --ca/],
+    ["a server without an address", { serverAddresses: [] }, /has no address/],
+    ["an address that is not one", {
+      serverAddresses: ["10.0.0.1; rm"],
+    }, /not an IP address/],
+    ["/var/lib itself as the state folder", {
+      state: { dir: "/var/lib" },
+    }, /folder of its own/],
+    ["a control character in a path", {
+      inputs: [{ path: "/var/log/a\nb" }],
+    }, /control character/],
+    ["a group systemd cannot name", {
+      readGroups: ["adm wheel"],
+    }, /group name/],
+    ["a relative program", {
+      launcher: { executable: "moat" },
+    }, /not absolute/],
+  ];
+  for (const [what, extra, message] of bad) {
+    test(`renderShipUnit refuses ${what}`, () => {
+      assert.throws(
+        () => shipUnit(extra),
+        (err: unknown) =>
+          err instanceof UsageError && message.test(err.message),
+      );
+    });
+  }
+});
+
+test(
+  "renderShipUnit output passes systemd-analyze verify",
+  { skip: noAnalyze ?? false },
+  () => {
+    using dir = tempDir();
+    const cases: Partial<ShipUnitOptions>[] = [
+      {},
+      {
+        inputs: [
+          { path: "/home/ann/my logs/app.log", name: 'a "quoted" $HOME; 100%' },
+          { path: "/tmp/x.log" },
+        ],
+        flags: [{ name: "tls" }, { name: "pin", value: "sha256:00" }],
+        server: { hostname: "loghost", port: 4320 },
+        serverAddresses: ["10.0.0.1", "2001:db8::1"],
+        nameServers: ["127.0.0.53"],
+        state: { dir: "/srv/ship %n" },
+        readGroups: ["adm", "4"],
+        unreadable: ["/var/log/messages"],
+      },
+      { state: { file: "/var/lib/moat-ship/one.json" } },
+    ];
+    for (const [i, extra] of cases.entries()) {
+      for (
+        const launcher of [
+          { executable: process.execPath },
+          {
+            executable: process.execPath,
+            script: "/opt/moat/main.ts",
+            runtime: "deno" as const,
+          },
+        ]
+      ) {
+        const unit = shipUnit({ ...extra, launcher });
+        const file = path.join(dir.dir, `moat-ship${i}.service`);
+        fs.writeFileSync(file, unit);
+        const r = spawnSync("systemd-analyze", ["verify", "--man=no", file], {
+          encoding: "utf8",
+          timeout: 30_000,
+        });
+        assert.equal(r.status, 0, `${unit}\n${r.stderr}`);
+        assert.equal(r.stderr, "", `${unit}\n${r.stderr}`);
+      }
+    }
+  },
+);
+
+/** Runs main.ts on the runtime running the tests. */
+function runMain(args: string[], cwd: string) {
+  const runtime = navigator.userAgent.startsWith("Deno")
+    ? ["run", "-A", MAIN]
+    : [MAIN];
+  return spawnSync(process.execPath, [...runtime, ...args], {
+    cwd,
+    timeout: 60_000,
+    encoding: "utf8",
+  });
+}
+
+test("moat ship --print-systemd-unit prints the unit for its inputs and does not connect", () => {
+  using dir = tempDir();
+  const real = fs.realpathSync(dir.dir);
+  fs.mkdirSync(path.join(dir.dir, "logs"));
+  fs.writeFileSync(path.join(dir.dir, "logs", "app.log"), "a\n");
+  fs.writeFileSync(path.join(dir.dir, "logs", "private.log"), "p\n");
+  fs.chmodSync(path.join(dir.dir, "logs", "private.log"), 0o600);
+  fs.writeFileSync(
+    path.join(dir.dir, "ship.conf"),
+    "# more\nother/web.log=web\n",
+  );
+  const root = process.getuid?.() === 0;
+  const adm = root ? spawnSync("getent", ["group", "adm"]).status === 0 : false;
+  if (adm) {
+    fs.writeFileSync(path.join(dir.dir, "logs", "auth.log"), "s\n");
+    fs.chownSync(path.join(dir.dir, "logs", "auth.log"), 0, 4);
+    fs.chmodSync(path.join(dir.dir, "logs", "auth.log"), 0o640);
+  }
+  const r = runMain([
+    "ship",
+    "logs/app.log",
+    "logs/private.log=priv",
+    ...(adm ? ["logs/auth.log"] : []),
+    "--config",
+    "ship.conf",
+    "--server",
+    "127.0.0.1:1",
+    "--state-dir",
+    "state",
+    "--print-systemd-unit",
+  ], dir.dir);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, "", "no connection, so no retry line");
+  const words = execStartOf(r.stdout);
+  assert.deepEqual(words.slice(words.indexOf("ship")), [
+    "ship",
+    path.join(real, "logs", "app.log"),
+    `${path.join(real, "logs", "private.log")}=priv`,
+    ...(adm ? [path.join(real, "logs", "auth.log")] : []),
+    "--config",
+    path.join(real, "ship.conf"),
+    "--server",
+    "127.0.0.1:1",
+    "--state-dir",
+    path.join(real, "state"),
+  ]);
+  assert.deepEqual(settings(r.stdout, "IPAddressAllow"), ["127.0.0.1"]);
+  assert.deepEqual(settings(r.stdout, "ReadOnlyPaths"), [
+    `-${path.join(real, "logs")} -${path.join(real, "other")} ${
+      path.join(real, "ship.conf")
+    }`,
+  ]);
+  assert.deepEqual(settings(r.stdout, "ReadWritePaths"), [
+    path.join(real, "state"),
+  ]);
+  if (root) {
+    // Owned by root and 0600: only root reads it, so the unit cannot.
+    assert.match(r.stdout, /WARNING: only their owner can read .*private\.log/);
+  }
+  if (adm) assert.deepEqual(settings(r.stdout, "SupplementaryGroups"), ["adm"]);
+
+  const stdin = runMain(["ship", "-", "--print-systemd-unit"], dir.dir);
+  assert.equal(stdin.status, 2);
+  assert.equal(
+    stdin.stderr,
+    'moat: Cannot write a systemd unit that reads standard input ("-"): a service has none\n',
+  );
+});
+
+test("the ExecStart of moat ship --print-systemd-unit ships to a server", async () => {
+  using dir = tempDir();
+  const { startServer, runMoat } = await import("./_e2e.ts");
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer(["--vault", vault]);
+  fs.mkdirSync(path.join(dir.dir, "logs"));
+  fs.mkdirSync(path.join(dir.dir, "state"));
+  const lines = Array.from({ length: 100 }, (_, i) => `unit ${i}\n`).join("");
+  fs.writeFileSync(path.join(dir.dir, "logs", "app.log"), lines);
+  const printed = runMain([
+    "ship",
+    "logs/app.log",
+    "--server",
+    `127.0.0.1:${server.port}`,
+    "--state-dir",
+    "state",
+    "--print-systemd-unit",
+  ], dir.dir);
+  assert.equal(printed.status, 0, printed.stderr);
+  // Under Deno this is `deno run --no-prompt --allow-net=127.0.0.1:PORT …`:
+  // the narrowed permissions must be enough to ship.
+  const [cmd, ...args] = execStartOf(printed.stdout);
+  const shipper = spawn(cmd!, args, {
+    cwd: "/",
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  shipper.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((r) =>
+    shipper.on("close", (c) => r(c))
+  );
+  try {
+    let stored = "";
+    for (let i = 0; i < 300 && stored !== lines; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(shipper.exitCode, null, `shipper exited: ${stderr}`);
+      stored = (await runMoat(["vault", "cat", vault, "--source", "app"]))
+        .stdout;
+    }
+    assert.equal(stored, lines, stderr);
+  } finally {
+    process.kill(shipper.pid!, "SIGTERM");
+  }
+  assert.equal(await exited, 0, stderr);
 });

@@ -90,11 +90,6 @@ export interface ServerTlsOptions {
   requestCert?: boolean;
   /** PEM CA bundle that client certificates are verified against. */
   clientCa?: string;
-  /**
-   * @deprecated Ignored: connections are yielded before their handshake, and
-   * `Conn.handshake()` rejects with the reason instead.
-   */
-  onHandshakeError?: (peer: Addr, message: string) => void;
 }
 
 /** Client-side TLS: TLS 1.3 only. */

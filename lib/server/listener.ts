@@ -7,7 +7,13 @@
  * @module
  */
 
-import type { Conn, Listener, Net, ServerTlsOptions } from "../net/types.ts";
+import type {
+  AcceptErrorEvent,
+  Conn,
+  Listener,
+  Net,
+  ServerTlsOptions,
+} from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
 import { checkClientCertificate } from "../tls.ts";
 import { encodeText } from "../protocol.ts";
@@ -38,6 +44,10 @@ export interface BindOptions {
   port: number;
   /** Speak TLS 1.3 only. */
   tls?: ServerTlsOptions | undefined;
+  /** Told once when descriptors run out and once when they are back. */
+  onAcceptError?: (event: AcceptErrorEvent) => void;
+  /** What a peer accepted from the descriptor reserve reads before the close. */
+  busyNotice?: Uint8Array;
 }
 
 /**
@@ -61,6 +71,8 @@ export async function bindAll(
         hostname,
         port,
         ...(options.tls && { tls: options.tls }),
+        ...(options.onAcceptError && { onAcceptError: options.onAcceptError }),
+        ...(options.busyNotice && { busyNotice: options.busyNotice }),
       });
       // With port 0, later hosts share the port the first one got.
       if (port === 0) port = l.addr.port;
@@ -126,28 +138,46 @@ export interface GuardOptions {
 }
 
 /**
- * Decides whether a connection may be served, before a byte of it is read:
- * the allowlist (and deny list), then the connection limit, then (on the
- * main port of a server that requires one) the client certificate.
+ * Decides whether a connection may be served, at TCP accept and before a
+ * byte of it is read or written (on a TLS port: before any TLS byte, so a
+ * refused peer never sees a ServerHello): the allowlist (and deny list),
+ * then the connection limit.
  *
  * @param conn The accepted connection.
  * @param o The server's options.
  * @param options Sessions open now and the port.
- * @returns The refusal, or who the certificate says the client is.
+ * @returns The refusal, or undefined to go on.
  */
 export function guard(
   conn: Conn,
   o: ResolvedServerOptions,
   options: GuardOptions,
-): Refusal | { identity: string | undefined } {
+): Refusal | undefined {
   if (!o.allowlist.check(conn.remoteAddr.hostname)) {
     return { code: "ACCESS_DENIED", reason: "access refused by server" };
   }
   if (options.sessions >= o.maxConns) {
     return { code: "BUSY", reason: "server busy: too many connections" };
   }
+  return undefined;
+}
+
+/**
+ * After the TLS handshake, on the main port of a server that requires one:
+ * the client certificate.
+ *
+ * @param conn The connection, its handshake done.
+ * @param o The server's options.
+ * @param port The port it came in on.
+ * @returns The refusal, or who the certificate says the client is.
+ */
+export function checkCertificate(
+  conn: Conn,
+  o: ResolvedServerOptions,
+  port: Port,
+): Refusal | { identity: string | undefined } {
   // The syslog port is plain TCP: the allowlist is its only guard.
-  if (o.auth?.certs && options.port === "main") {
+  if (o.auth?.certs && port === "main") {
     const verdict = checkClientCertificate(conn.tls, o.auth.certs);
     if ("code" in verdict) return verdict;
     return { identity: verdict.identity };

@@ -11,13 +11,14 @@
  * @module
  */
 
-import type { Addr, Conn, Listener } from "../net/types.ts";
+import type { AcceptErrorEvent, Addr, Conn, Listener } from "../net/types.ts";
 import { ChatHub } from "../chat.ts";
 import { DigestCache } from "../file_sender.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import {
   acceptAll,
   bindAll,
+  checkCertificate,
   guard,
   type Port,
   Refusals,
@@ -41,6 +42,11 @@ import { serveConnection } from "./sniff.ts";
 import { serveSyslog } from "./syslog.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
+
+/** What a peer taken from the descriptor reserve reads before the close. */
+const BUSY_NOTICE = new TextEncoder().encode(
+  "ERR BUSY server busy: out of file descriptors\n",
+);
 export { formatAddr } from "./session.ts";
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -103,16 +109,27 @@ export class Server {
     const tls = o.tls && {
       ...o.tls,
       ...(o.auth?.certs && { requestCert: true }),
-      onHandshakeError: (peer: Addr, message: string) =>
-        o.audit.write("refused", {
-          peer: formatAddr(peer),
-          reason: `TLS handshake failed: ${message}`,
-        }),
     };
+    // Out of descriptors: one audit line when it starts and one when it is
+    // over, never one per attempt; the listener keeps a reserve descriptor
+    // so that waiting peers get this line instead of a hang.
+    const accepting = (port: Port) => ({
+      onAcceptError: (e: AcceptErrorEvent) =>
+        o.audit.write(
+          e.kind === "exhausted" ? "accept_exhausted" : "accept_recovered",
+          {
+            message: e.message,
+            ...(e.kind === "recovered" && { busy: e.busy }),
+            ...(port === "syslog" && { port }),
+          },
+        ),
+      busyNotice: BUSY_NOTICE,
+    });
     this.#listeners = await bindAll(o.net, {
       hosts: o.hosts,
       port: o.port,
       tls,
+      ...accepting("main"),
     });
     const addrs = this.#listeners.map((l) => l.addr);
     if (o.syslog !== undefined) {
@@ -120,6 +137,7 @@ export class Server {
         this.#syslogListeners = await bindAll(o.net, {
           hosts: o.hosts,
           port: o.syslog.port,
+          ...accepting("syslog"),
         });
       } catch (err) {
         for (const l of this.#listeners) l.close();
@@ -213,10 +231,18 @@ export class Server {
     try {
       // Syslog connections are marked in every audit line about them.
       const tag = port === "syslog" ? { port } : undefined;
-      const verdict = guard(conn, this.#o, {
+      const refusal = guard(conn, this.#o, {
         sessions: this.#sessions.size,
         port,
       });
+      if (refusal !== undefined) {
+        this.#refusals.refuse(conn, refusal, tag);
+        return;
+      }
+      if (conn.handshake !== undefined && !await this.#handshakeTls(conn)) {
+        return;
+      }
+      const verdict = checkCertificate(conn, this.#o, port);
       if ("code" in verdict) {
         this.#refusals.refuse(conn, verdict, tag);
         return;
@@ -264,6 +290,37 @@ export class Server {
       // Audited where it happened; a handler never rejects.
     } finally {
       this.#handlers.delete(conn);
+    }
+  }
+
+  /**
+   * Runs the TLS handshake of an allowed connection as a session of its
+   * own: it counts against `maxConns` and the sweep ends it at the
+   * handshake deadline, so silent TLS peers cannot pile up unseen.
+   *
+   * @returns Whether the handshake is done; if not, it is audited.
+   */
+  async #handshakeTls(conn: Conn): Promise<boolean> {
+    const pending = new Session(this.#ctx, {
+      name: `c${this.#nextId++}`,
+      conn,
+    });
+    pending.deadline = this.#o.now() + this.#o.handshakeTimeoutMs;
+    this.#sessions.add(pending);
+    try {
+      await conn.handshake!();
+      return true;
+    } catch (err) {
+      this.#o.audit.write("refused", {
+        peer: pending.peer,
+        reason: pending.reason === "handshake timeout"
+          ? "TLS handshake timeout"
+          : errorMessage(err),
+      });
+      conn.close();
+      return false;
+    } finally {
+      this.#sessions.delete(pending);
     }
   }
 

@@ -23,15 +23,15 @@ import type { AppendRecord, Vault, VaultSource } from "../vault/store.ts";
 import {
   DEFAULT_SYSLOG_MAX,
   parseSyslogTime,
+  SYSLOG_SOURCE,
   SyslogFramer,
 } from "../syslog.ts";
+
+export { SYSLOG_SOURCE };
 import { ConnectionClosedError } from "../errors.ts";
 import { AppendPipeline } from "./append_pipeline.ts";
 import { errorCode, errorMessage } from "./session.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
-
-/** The vault source name of every syslog peer's records. */
-export const SYSLOG_SOURCE = "syslog";
 
 /** First read buffer: small, because idle connections must stay cheap. */
 const FIRST_READ = 4096;

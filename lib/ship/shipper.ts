@@ -24,13 +24,26 @@ import {
   type ShipRecord,
 } from "../protocol.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
-import { follow, type FollowEvent, readLines } from "./follow.ts";
+import type { ShipBacklog } from "./backlog.ts";
+import {
+  type FilePosition,
+  follow,
+  type FollowedLine,
+  type FollowEvent,
+  readLines,
+} from "./follow.ts";
 import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
 /** Encoded bytes per ShipBatch frame, well under the default 1 MiB frame limit. */
 const FRAME_BUDGET = 512 * 1024;
+/**
+ * Bytes a spool record takes before its line (record header, timestamp,
+ * input and position: docs/VAULT.md "Spool line record"), which count
+ * against --spool-size. tests/ship_shipper_test.ts checks it against a spool.
+ */
+export const SPOOL_RECORD_OVERHEAD = 56;
 
 /** What the shipper reports, for `main.ts` to print. */
 export type ShipperEvent =
@@ -41,16 +54,52 @@ export type ShipperEvent =
     source: string;
     lastSeq: number;
   }
-  | { type: "disconnected"; message: string; retryMs: number }
+  | {
+    type: "disconnected";
+    message: string;
+    retryMs: number;
+    /** Whether the server had answered (ShipReady) before the failure. */
+    connected: boolean;
+  }
   | { type: "follow"; event: FollowEvent }
-  | { type: "spool"; event: SpoolEvent }
+  | {
+    /**
+     * Reading is paused: the spool stayed full after trimming everything
+     * acknowledged. `usedBytes` (on disk) plus `waitingBytes` (the lines
+     * read and waiting, with their record headers) exceed `maxBytes`.
+     */
+    type: "full";
+    usedBytes: number;
+    maxBytes: number;
+    waitingLines: number;
+    waitingBytes: number;
+  }
+  | {
+    /** Acknowledgements made room after a reported `full`; reading resumed. */
+    type: "resumed";
+  }
+  | {
+    /** Other spool news: repairs at open, a failed checkpoint. */
+    type: "spool";
+    event: Exclude<SpoolEvent, { type: "full" | "resumed" }>;
+  }
   | { type: "done"; lastSeq: number };
 
 /** Options for {@linkcode ship}. */
 export interface ShipOptions {
   client: ClientOptions;
-  /** Files to follow, or ["-"] for stdin. */
+  /**
+   * Files to follow; or ["-"] for stdin; or [] to send only what the spool
+   * holds. With ["-"] or [], shipping ends once everything is acknowledged.
+   */
   inputs: readonly string[];
+  /**
+   * Where to start reading an input whose state has no position yet, by
+   * path (taken over from a state that shipped it before).
+   */
+  resume?: ReadonlyMap<string, FilePosition>;
+  /** Kept up to date with the spooled, unacknowledged lines. */
+  backlog?: ShipBacklog;
   /** Bytes of stdin, when inputs is ["-"]. */
   stdin?: AsyncIterable<Uint8Array>;
   /** State file; the spool lives beside it. */
@@ -134,9 +183,9 @@ function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
 }
 
 /**
- * Ships until the signal fires, or, for stdin, until every line read was
- * acknowledged. Reconnects with backoff; unacknowledged records stay in the
- * spool and are resent.
+ * Ships until the signal fires, or, for stdin (and for no inputs), until
+ * every line read was acknowledged. Reconnects with backoff; unacknowledged
+ * records stay in the spool and are resent.
  *
  * @param options Inputs, server, state, source, signal, event sink.
  * @returns The last acknowledged sequence number.
@@ -145,28 +194,57 @@ function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
  * silently drop lines; `ERR_NO_VAULT`, access refusals.
  */
 export async function ship(options: ShipOptions): Promise<number> {
-  const { signal } = options;
+  const { signal, backlog } = options;
+  let connected = false;
+  const onEvent = (event: ShipperEvent) => {
+    if (event.type === "connected") connected = true;
+    options.onEvent(event);
+  };
+  const pressure = new _SpoolPressure(onEvent);
   const spool = await openSpool(options.statePath, {
     source: options.source,
     maxLineBytes: SHIP_MAX_LINE,
     ...(options.spoolBytes !== undefined && { maxBytes: options.spoolBytes }),
-    onEvent: (event) => options.onEvent({ type: "spool", event }),
+    onEvent: (event) => pressure.event(event),
   });
-  const stdinMode = options.inputs.length === 1 && options.inputs[0] === "-";
-  let inputDone = false;
+  pressure.spool = spool;
+  if (backlog !== undefined) {
+    // Lines spooled by an earlier run and not yet acknowledged.
+    backlog.reset(spool.ackedSeq);
+    try {
+      for await (const batch of spool.records(spool.ackedSeq + 1)) {
+        backlog.add(batch[0]!.seq, batch.map((r) => r.line.length));
+      }
+    } catch (error) {
+      await spool.close();
+      throw error;
+    }
+  }
+  const stdinMode = options.inputs.every((path) => path === "-");
+  let inputDone = options.inputs.length === 0;
   let wake = () => {};
   const readers = options.inputs.map(async (path) => {
     const input = await spool.input(path);
+    const start = input.position ?? options.resume?.get(input.path);
     const batches = path === "-"
       ? readLines(options.stdin ?? [], { maxLineBytes: SHIP_MAX_LINE })
       : follow(path, {
         signal,
         maxLineBytes: SHIP_MAX_LINE,
-        ...(input.position && { start: input.position }),
-        onEvent: (event) => options.onEvent({ type: "follow", event }),
+        ...(start && { start }),
+        onEvent: (event) => onEvent({ type: "follow", event }),
       });
     for await (const batch of batches) {
-      if (batch.length > 0) await spool.append(input.id, batch);
+      if (batch.length > 0) {
+        pressure.appending = batch;
+        const appended = spool.append(input.id, batch);
+        pressure.appending = undefined;
+        const last = await appended;
+        backlog?.add(
+          last - batch.length + 1,
+          batch.map((l) => l.line.length),
+        );
+      }
       if (signal.aborted) break;
     }
   });
@@ -185,9 +263,10 @@ export async function ship(options: ShipOptions): Promise<number> {
     while (!signal.aborted) {
       if (readError !== undefined) throw readError;
       if (stdinMode && inputDone && spool.ackedSeq >= spool.lastSeq) break;
+      connected = false;
       try {
         await session(
-          options,
+          { ...options, onEvent },
           spool,
           () => inputDone && stdinMode,
           (w) => (wake = w),
@@ -196,19 +275,72 @@ export async function ship(options: ShipOptions): Promise<number> {
       } catch (err) {
         if (isFatal(err) || readError !== undefined) throw readError ?? err;
         if (signal.aborted) break;
-        options.onEvent({
+        onEvent({
           type: "disconnected",
           message: (err as Error).message,
           retryMs: backoff,
+          connected,
         });
         await sleep(backoff, signal);
         backoff = Math.min(backoff * 2, 10_000);
       }
     }
-    options.onEvent({ type: "done", lastSeq: spool.ackedSeq });
+    onEvent({ type: "done", lastSeq: spool.ackedSeq });
     return spool.ackedSeq;
   } finally {
+    // Closing admits the appends that waited for room (they fail): that is
+    // not room, so it is not reported as such.
+    pressure.closing = true;
     await spool.close();
+  }
+}
+
+/**
+ * Reports spool pressure as the user sees it: `full` only when the spool is
+ * still full after trimming what was acknowledged (a trim that makes room
+ * at once is not news), with the size of what waits; `resumed` only after a
+ * reported `full`, and not when closing.
+ */
+class _SpoolPressure {
+  spool: Spool | undefined;
+  /** The lines being handed to `append` (the `full` event fires inside it). */
+  appending: readonly FollowedLine[] | undefined;
+  closing = false;
+  #reported = false;
+  #onEvent: (event: ShipperEvent) => void;
+
+  constructor(onEvent: (event: ShipperEvent) => void) {
+    this.#onEvent = onEvent;
+  }
+
+  event(event: SpoolEvent): void {
+    if (event.type === "full") {
+      const spool = this.spool;
+      const lines = this.appending ?? [];
+      let waitingBytes = 0;
+      for (const l of lines) {
+        waitingBytes += SPOOL_RECORD_OVERHEAD + l.line.length;
+      }
+      if (spool === undefined) return;
+      // The spool trims at once when full; what is left after that counts.
+      spool.checkpoint().catch(() => {}).then(() => {
+        if (!spool.full || this.closing || this.#reported) return;
+        this.#reported = true;
+        this.#onEvent({
+          type: "full",
+          usedBytes: spool.usedBytes,
+          maxBytes: event.maxBytes,
+          waitingLines: lines.length,
+          waitingBytes,
+        });
+      });
+    } else if (event.type === "resumed") {
+      if (!this.#reported || this.closing) return;
+      this.#reported = false;
+      this.#onEvent({ type: "resumed" });
+    } else {
+      this.#onEvent({ type: "spool", event });
+    }
   }
 }
 
@@ -262,7 +394,10 @@ async function session(
           `${spool.ackedSeq} before: the vault lost acknowledged records`,
       );
     }
-    if (ready.lastSeq > spool.ackedSeq) spool.ack(ready.lastSeq);
+    if (ready.lastSeq > spool.ackedSeq) {
+      spool.ack(ready.lastSeq);
+      options.backlog?.ack(ready.lastSeq);
+    }
     options.onEvent({
       type: "connected",
       server: `${options.client.server.hostname}:${options.client.server.port}`,
@@ -300,7 +435,10 @@ async function session(
           frame.payload.byteOffset,
           8,
         ).getFloat64(0, true);
-        if (seq > spool.ackedSeq && seq <= sent) spool.ack(seq);
+        if (seq > spool.ackedSeq && seq <= sent) {
+          spool.ack(seq);
+          options.backlog?.ack(seq);
+        }
         checkDone();
       }
     })();
