@@ -30,6 +30,7 @@ import {
 } from "../lib/limits.ts";
 import {
   DEFAULT_MAX_LINE_BYTES,
+  DEFAULT_MAX_SOURCES_PER_PEER,
   DEFAULT_SEAL_INTERVAL_MS,
   openVault,
   type Vault,
@@ -159,6 +160,14 @@ const SERVE_OPTIONS = {
     default: DEFAULT_SEAL_INTERVAL_MS / 1000,
     description:
       "Seal a vault set up with moat vault init this often, even when nothing arrived",
+  },
+  "max-sources-per-peer": {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    default: DEFAULT_MAX_SOURCES_PER_PEER,
+    description:
+      "Most vault sources one peer address may create (each holds files on disk); more are refused and logged",
   },
   "syslog-port": {
     type: "integer",
@@ -302,6 +311,7 @@ export async function serveCommand(
       vault = await openVault(values.vault, {
         onEvent: (e) => audit.write("vault_repair", { ...e }),
         sealIntervalMs: values["seal-interval"] * 1000,
+        maxSourcesPerPeer: values["max-sources-per-peer"],
         onSeal: (e) =>
           audit.write(
             e.type === "sealed" ? "vault_sealed" : "vault_seal_failed",
