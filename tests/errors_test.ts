@@ -61,7 +61,13 @@ test("CODES holds every ERR_ code used in lib, main.ts, soak, bench, scripts, te
       if (!m[0].endsWith("_")) used.add(m[0]);
     }
   }
-  const missing = [...used].filter((c) => !isCode(c));
+  // Codes the runtimes' TLS stacks raise, which lib/net/ maps to moat's own
+  // at the adapter boundary: they are read there, never sent or exited with.
+  const runtime = new Set([
+    "ERR_TLS_CERT_ALTNAME_INVALID",
+    "ERR_SSL_WRONG_VERSION_NUMBER",
+  ]);
+  const missing = [...used].filter((c) => !isCode(c) && !runtime.has(c));
   assert.deepEqual(missing, []);
   assert.ok(used.size >= 40, `only ${used.size} codes found`);
 });
