@@ -78,7 +78,7 @@ test("formatProgress shows the label, bar, percentage, sizes, rate and ETA on 80
   }, 80);
   assert.match(
     line,
-    /^big\.iso \[#+-+\]  29% 300\.0 MiB\/1\.0 GiB 98\.3 MiB\/s ETA 02:05$/,
+    /^big\.iso \[#+-+\] {2}29% 300\.0 MiB\/1\.0 GiB 98\.3 MiB\/s ETA 02:05$/,
   );
   assert.equal(line.length, 79);
 });
@@ -91,7 +91,7 @@ test("formatProgress shortens a long label before it drops the bar", () => {
     rate: 1,
     eta: 1,
   }, 80);
-  assert.match(line, /^a-very-long-file-n[^ ]*… \[#+-+\]  50% /);
+  assert.match(line, /^a-very-long-file-n[^ ]*… \[#+-+\] {2}50% /);
   assert.ok(line.endsWith("ETA 00:01"), line);
 });
 
