@@ -215,6 +215,14 @@ export interface ProgressOutput {
   write(text: string): unknown;
 }
 
+/** Options for {@linkcode progressBar}. */
+export interface ProgressBarOptions {
+  /** Where to draw. @default {process.stderr} */
+  output?: ProgressOutput;
+  /** The clock, in ms. @default {performance.now} */
+  now?: () => number;
+}
+
 /**
  * A progress bar on stderr, redrawn in place at most 10 times a second.
  * Each frame is fitted to the terminal's width as it is at that moment
@@ -222,15 +230,19 @@ export interface ProgressOutput {
  * (`\e[K`), so that it replaces the previous frame whatever its length.
  *
  * @param label Shown before the bar (escaped by the caller).
- * @param output Where to draw. @default {process.stderr}
+ * @param options Output and clock.
  * @returns The bar's callbacks.
  */
 export function progressBar(
   label: string,
-  output: ProgressOutput = process.stderr,
+  options: ProgressBarOptions = {},
 ): ProgressBar {
-  const started = performance.now();
-  let last = 0;
+  const output = options.output ?? process.stderr;
+  const now = options.now ?? (() => performance.now());
+  const started = now();
+  // Not 0: performance.now() counts from the process's start, and a fast
+  // start (the compiled binary) gets its first bytes within 100 ms of it.
+  let last = -Infinity;
   let base = 0;
   let total = 0;
   let drawn = false;
@@ -240,10 +252,10 @@ export function progressBar(
       total = size;
     },
     update(received: number, expected: number, force = false) {
-      const now = performance.now();
-      if (!force && now - last < 100) return;
-      last = now;
-      const secs = (now - started) / 1000;
+      const at = now();
+      if (!force && at - last < 100) return;
+      last = at;
+      const secs = (at - started) / 1000;
       const rate = secs > 0 ? received / secs : 0;
       const line = formatProgress({
         label,

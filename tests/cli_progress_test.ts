@@ -131,7 +131,7 @@ function fakeTerminal(columns?: number) {
 
 test("progressBar redraws one line in place, fitted to the terminal, and ends it once", () => {
   const term = fakeTerminal(40);
-  const bar = progressBar("a-very-long-file-name.bin", term);
+  const bar = progressBar("a-very-long-file-name.bin", { output: term });
   bar.start(1000, 0);
   bar.update(100, 1000, true);
   bar.update(500, 1000, true);
@@ -157,7 +157,7 @@ test("progressBar redraws one line in place, fitted to the terminal, and ends it
 
 test("progressBar assumes 80 columns when the terminal does not say", () => {
   const term = fakeTerminal(undefined);
-  const bar = progressBar("x".repeat(200), term);
+  const bar = progressBar("x".repeat(200), { output: term });
   bar.start(10, 0);
   bar.update(5, 10, true);
   assert.equal(term.writes[0]!.length - 4, DEFAULT_COLUMNS - 1);
@@ -165,6 +165,22 @@ test("progressBar assumes 80 columns when the terminal does not say", () => {
 
 test("progressBar writes nothing at the end when it never drew", () => {
   const term = fakeTerminal(80);
-  progressBar("a", term).end();
+  progressBar("a", { output: term }).end();
   assert.deepEqual(term.writes, []);
+});
+
+test("progressBar draws the first update at once, even in the process's first 100 ms, then at most every 100 ms", () => {
+  const term = fakeTerminal(80);
+  let clock = 5; // ms since the process started, as performance.now() counts
+  const bar = progressBar("a", { output: term, now: () => clock });
+  bar.start(10, 0);
+  bar.update(1, 10);
+  assert.equal(term.writes.length, 1);
+  clock = 104;
+  bar.update(2, 10);
+  assert.equal(term.writes.length, 1, "the next waits its 100 ms");
+  clock = 105;
+  bar.update(3, 10);
+  assert.equal(term.writes.length, 2);
+  assert.match(term.writes[1]!, / 30% /);
 });
