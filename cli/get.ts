@@ -242,7 +242,7 @@ async function getToFile(
     ) {
       throw new MoatError(
         err.code,
-        `${err.message}; re-run with --resume to continue`,
+        `${err.message}; run the same command with --resume to continue`,
         err.exitCode,
         { cause: err },
       );
