@@ -404,6 +404,7 @@ export async function get(
   const watchdog = new Watchdog(conn, timeoutOf(client));
   const onAbort = () => conn.close();
   signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) conn.close();
   try {
     const meta = await requestFile(session, {
       path: options.path,
@@ -563,6 +564,7 @@ export async function getStream(
   const watchdog = new Watchdog(conn, timeoutOf(client));
   const onAbort = () => conn.close();
   signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) conn.close();
   try {
     const meta = await requestFile(session, {
       path: options.path,
