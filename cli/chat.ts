@@ -26,7 +26,11 @@ import { CLIENT_SECURITY_ENV, CLIENT_SECURITY_OPTIONS } from "./secure_cli.ts";
 
 const CHAT_OPTIONS = {
   server: SERVER_OPTION,
-  timeout: TIMEOUT_OPTION,
+  timeout: {
+    ...TIMEOUT_OPTION,
+    description:
+      `${TIMEOUT_OPTION.description}; also the longest wait for its last lines after the input ends`,
+  },
   ...CLIENT_SECURITY_OPTIONS,
 } as const satisfies OptionTable;
 
@@ -37,7 +41,10 @@ export const CHAT: CommandSpec<typeof CHAT_OPTIONS> = {
   usage: ["chat [options]"],
   description:
     `Send each line typed on stdin; print each line received, tagged with its sender.
-Ctrl-D (end of input) leaves.`,
+Ctrl-D (end of input) leaves: like nc -N, moat then closes its sending side and
+still prints what the server sends (the answer to a last line, as in
+echo hi | moat chat) until the server closes, 2 s pass without a line, or
+--timeout passes.`,
   options: CHAT_OPTIONS,
   env: CLIENT_SECURITY_ENV,
   exits: CLIENT_EXITS,

@@ -8,8 +8,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import { get } from "../lib/client.ts";
-import { DEFAULT_DIGEST, DIGESTS } from "../lib/digest.ts";
+import { type ClientOptions, get, getStream } from "../lib/client.ts";
+import { DEFAULT_DIGEST, type DigestName, DIGESTS } from "../lib/digest.ts";
 import { Code, ExitCode, MoatError, UsageError } from "../lib/errors.ts";
 import { partPathOf } from "../lib/file_sender.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../lib/framer.ts";
@@ -29,8 +29,8 @@ import {
   parseCommand,
   type RunContext,
 } from "./options.ts";
-import { printLine, printNote } from "./output.ts";
-import { progressBar } from "./progress.ts";
+import { printLine, printNote, writeStdout } from "./output.ts";
+import { formatRate, type ProgressBar, progressBar } from "./progress.ts";
 import { CLIENT_SECURITY_ENV, CLIENT_SECURITY_OPTIONS } from "./secure_cli.ts";
 
 const GET_OPTIONS = {
@@ -39,10 +39,14 @@ const GET_OPTIONS = {
     type: "string",
     short: "o",
     placeholder: "FILE",
-    description: "Save as FILE",
+    description: "Save as FILE; - writes the file to stdout (see below)",
     defaultText: "the path's last segment",
   },
-  force: { type: "boolean", description: "Replace an existing file" },
+  force: {
+    type: "boolean",
+    description:
+      "Replace an existing file, and discard the part an interrupted get left",
+  },
   resume: {
     type: "boolean",
     description: "Continue an interrupted get from <out>.moat-part",
@@ -78,7 +82,15 @@ export const GET: CommandSpec<typeof GET_OPTIONS> = {
   description:
     `Fetch <path> (relative to the server's root) into the current folder. The file
 is written to <out>.moat-part, its size and digest checked against the
-server's, and only then renamed to <out>.`,
+server's, and only then renamed to <out>. Ctrl-C, a cut connection or a
+timeout leave the part for --resume; a get without --resume or --force
+refuses to discard a part that holds bytes.`,
+  notes:
+    `With -o -, the file goes to stdout as it arrives and is checked at the end:
+stdout cannot be renamed, so a damaged or cut transfer has already been
+written when it is found. moat then says so on stderr and exits non-zero;
+treat the output as good only if moat exits 0. A terminal is refused as
+stdout; pipe or redirect it.`,
   positionals: true,
   options: GET_OPTIONS,
   env: CLIENT_SECURITY_ENV,
@@ -94,7 +106,12 @@ server's, and only then renamed to <out>.`,
     },
     {
       code: ExitCode.Exists,
-      description: "the output file exists (use --force or --resume)",
+      description:
+        "the output file exists (use --force), or its part holds an interrupted get (use --resume or --force)",
+    },
+    {
+      code: ExitCode.Interrupted,
+      description: "interrupted by Ctrl-C; the part stays for --resume",
     },
   ].sort((a, b) => a.code - b.code),
 };
@@ -122,42 +139,112 @@ export async function getCommand(
     ? positionals[0]!.slice(5)
     : positionals[0]!;
   if (request === "") throw new UsageError("Empty path in FILE:<path>");
-  const out = values.out ?? path.posix.basename(request);
+  const client = {
+    ...clientOptions(values, context.env),
+    maxFrameSize: values["max-frame"],
+  };
+  // Ctrl-C stops the get cleanly (the part stays for --resume); a second
+  // one does not wait for that.
+  const stop = new AbortController();
+  const interrupt = () => {
+    if (stop.signal.aborted) process.exit(ExitCode.Interrupted);
+    stop.abort();
+  };
+  process.on("SIGINT", interrupt);
+  try {
+    if (values.out === "-") {
+      if (values.resume) {
+        throw new UsageError(
+          "--resume needs a file: a get to stdout (-o -) starts from the beginning",
+        );
+      }
+      return await getToStdout(client, request, {
+        digest: values.digest,
+        signal: stop.signal,
+      });
+    }
+    return await getToFile(client, request, {
+      out: values.out ?? path.posix.basename(request),
+      force: values.force,
+      resume: values.resume,
+      digest: values.digest,
+      signal: stop.signal,
+    });
+  } finally {
+    process.off("SIGINT", interrupt);
+  }
+}
+
+/** The bar on stderr when it is a terminal, labelled with the file's name. */
+function barFor(name: string): ProgressBar | undefined {
+  return process.stderr.isTTY === true
+    ? progressBar(escapeText(path.basename(name)))
+    : undefined;
+}
+
+/** "in 0.12 s, 98.3 MiB/s" for `bytes` moved since `started`. */
+function timing(bytes: number, started: number): string {
+  const secs = (performance.now() - started) / 1000;
+  return `in ${secs.toFixed(2)} s, ${formatRate(secs > 0 ? bytes / secs : 0)}`;
+}
+
+/** `moat get` into a file: verified in its part, then renamed. */
+async function getToFile(
+  client: ClientOptions,
+  request: string,
+  options: {
+    out: string;
+    force: boolean;
+    resume: boolean;
+    digest: DigestName;
+    signal: AbortSignal;
+  },
+): Promise<void> {
+  const { out } = options;
   if (out === "" || out === "." || out === "..") {
     throw new UsageError(
       `Cannot derive a file name from "${escapeText(request)}": use -o FILE`,
     );
   }
   checkOutputFolder(out);
-  const client = {
-    ...clientOptions(values, context.env),
-    maxFrameSize: values["max-frame"],
-  };
-  const tty = process.stderr.isTTY === true;
-  const bar = tty ? progressBar(escapeText(path.basename(out))) : undefined;
+  const bar = barFor(out);
   const started = performance.now();
   let result;
   try {
     result = await get(client, {
       path: request,
       out,
-      force: values.force,
-      resume: values.resume,
-      digest: values.digest,
+      force: options.force,
+      resume: options.resume,
+      digest: options.digest,
+      signal: options.signal,
       ...(bar && { onStart: bar.start, onProgress: bar.update }),
     });
   } catch (err) {
     bar?.end();
+    const kept = sizeOf(partPathOf(out)) > 0;
+    if (options.signal.aborted) {
+      throw new MoatError(
+        Code.ERR_CONNECTION_CLOSED,
+        kept
+          ? "interrupted; run the same command with --resume to continue"
+          : "interrupted",
+        ExitCode.Interrupted,
+        { cause: err },
+      );
+    }
     // The download keeps its part only when there is something to resume.
     if (
       err instanceof MoatError &&
-      err.code === Code.ERR_CONNECTION_CLOSED &&
-      fs.existsSync(partPathOf(out))
+      (err.code === Code.ERR_CONNECTION_CLOSED ||
+        err.code === Code.ERR_TIMEOUT) &&
+      kept
     ) {
       throw new MoatError(
         err.code,
-        `${err.message}; re-run with --resume to continue`,
+        `${err.message}; run the same command with --resume to continue`,
         err.exitCode,
+        { cause: err },
       );
     }
     throw err;
@@ -166,16 +253,84 @@ export async function getCommand(
     bar.update(result.bytes, result.bytes, true);
     bar.end();
   }
-  const secs = (performance.now() - started) / 1000;
-  const rate = secs > 0 ? result.bytes / secs / 2 ** 30 : 0;
   printNote(
     `saved ${escapeText(out)} (${result.size} bytes${
       result.offset ? `, resumed at ${result.offset}` : ""
-    }, ` +
-      `${result.digestName} ${result.digest}) in ${secs.toFixed(2)} s, ${
-        rate.toFixed(2)
-      } GiB/s`,
+    }, ${result.digestName} ${result.digest}) ${timing(result.bytes, started)}`,
   );
+}
+
+/**
+ * `moat get -o -`: the file streamed to stdout, checked at the end. What
+ * went out before a failure cannot be taken back, so the failure says so.
+ */
+async function getToStdout(
+  client: ClientOptions,
+  request: string,
+  options: { digest: DigestName; signal: AbortSignal },
+): Promise<void> {
+  if (process.stdout.isTTY === true) {
+    throw new UsageError(
+      `Refusing to write "${
+        escapeText(request)
+      }" to a terminal: pipe or redirect stdout (moat get -o - FILE:<path> | less)`,
+    );
+  }
+  const bar = barFor(request);
+  const started = performance.now();
+  let written = 0;
+  let result;
+  try {
+    result = await getStream(client, {
+      path: request,
+      digest: options.digest,
+      signal: options.signal,
+      write: async (bytes) => {
+        await writeStdout(bytes);
+        written += bytes.length;
+      },
+      ...(bar && { onStart: bar.start, onProgress: bar.update }),
+    });
+  } catch (err) {
+    bar?.end();
+    const what = written > 0
+      ? `; the ${written} bytes written to stdout are not the file`
+      : "";
+    if (options.signal.aborted) {
+      throw new MoatError(
+        Code.ERR_CONNECTION_CLOSED,
+        `interrupted${what}`,
+        ExitCode.Interrupted,
+        { cause: err },
+      );
+    }
+    if (err instanceof MoatError && what !== "") {
+      throw new MoatError(err.code, `${err.message}${what}`, err.exitCode, {
+        cause: err,
+      });
+    }
+    throw err;
+  }
+  if (bar) {
+    bar.update(result.bytes, result.bytes, true);
+    bar.end();
+  }
+  printNote(
+    `wrote ${
+      escapeText(request)
+    } to stdout (${result.size} bytes, ${result.digestName} ${result.digest}, verified) ${
+      timing(result.bytes, started)
+    }`,
+  );
+}
+
+/** A file's size, or 0 when there is none. */
+function sizeOf(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch {
+    return 0;
+  }
 }
 
 /**

@@ -566,10 +566,17 @@ export function formatHelp(spec: CommandSpec): string {
       ].join("\n"),
     );
   }
+  // Wide enough for a three-digit status (130, 141) beside its meaning.
+  const codeWidth = Math.max(
+    6,
+    ...spec.exits.map((e) => `${e.code}`.length + 4),
+  );
   parts.push(
     [
       "Exit codes:",
-      ...spec.exits.map((e) => formatRow(`  ${e.code}`, e.description, 6)),
+      ...spec.exits.map((e) =>
+        formatRow(`  ${e.code}`, e.description, codeWidth)
+      ),
     ].join("\n"),
   );
   if (spec.notes !== undefined) parts.push(spec.notes.trimEnd());

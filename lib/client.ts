@@ -4,6 +4,7 @@
  * @module
  */
 
+import * as fs from "node:fs";
 import type { Conn, Net } from "./net/types.ts";
 import { DEFAULT_MAX_FRAME_SIZE, encodeFrame, FrameReader } from "./framer.ts";
 import {
@@ -29,6 +30,7 @@ import {
   ConnectionClosedError,
   errorFromFrame,
   errorFromLine,
+  IntegrityError,
   MoatError,
   ProtocolError,
 } from "./errors.ts";
@@ -38,11 +40,13 @@ import { type ClientTlsConfig, connectSecure } from "./tls.ts";
 import { answerChallenge, type Token } from "./auth.ts";
 import { fingerprint } from "./cert.ts";
 import {
+  partPathOf,
   prepareDownload,
   receiveFile,
   type ReceiveResult,
 } from "./file_sender.ts";
-import type { DigestName } from "./digest.ts";
+import { createDigest, DEFAULT_DIGEST, type DigestName } from "./digest.ts";
+import type { FileMeta } from "./protocol.ts";
 
 /** A server address. */
 export interface ServerAddr {
@@ -83,11 +87,12 @@ export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000;
 class Watchdog {
   fired = false;
   #last = performance.now();
+  #paused = 0;
   #timer: ReturnType<typeof setInterval>;
 
   constructor(conn: Conn, ms: number) {
     this.#timer = setInterval(() => {
-      if (performance.now() - this.#last < ms) return;
+      if (this.#paused > 0 || performance.now() - this.#last < ms) return;
       this.fired = true;
       this.stop();
       conn.close();
@@ -96,6 +101,20 @@ class Watchdog {
 
   touch() {
     this.#last = performance.now();
+  }
+
+  /**
+   * Runs `work` with the clock stopped: time spent on this side (a slow
+   * reader of stdout) is not the server's silence.
+   */
+  async paused<T>(work: () => Promise<T>): Promise<T> {
+    this.#paused++;
+    try {
+      return await work();
+    } finally {
+      this.#paused--;
+      this.touch();
+    }
   }
 
   stop() {
@@ -324,7 +343,9 @@ export interface GetOptions {
   path: string;
   /** Where to save. */
   out: string;
+  /** Replace an existing target, and discard a part file left by an interrupted get. */
   force?: boolean;
+  /** Continue from the part file an interrupted get left. */
   resume?: boolean;
   /** The whole-file check. @default {"crc32"} */
   digest?: DigestName;
@@ -332,12 +353,18 @@ export interface GetOptions {
   onProgress?: (received: number, expected: number) => void;
   /** Called once the size is known. */
   onStart?: (size: number, offset: number) => void;
+  /**
+   * Aborting it stops the get at once (the connection is closed); a part
+   * file with bytes in it stays for `--resume`.
+   */
+  signal?: AbortSignal;
 }
 
 /**
  * Fetches one file into `out`, verified and renamed atomically. The part
- * file is removed on every failure except a cut connection (or timeout) with
- * bytes in it, which stays for `--resume`.
+ * file is removed on every failure except a cut connection, a timeout or an
+ * abort with bytes in it, which stays for `--resume`. Without `resume` or
+ * `force`, a part file that holds bytes is not discarded: the get is refused.
  *
  * @param client Connection options.
  * @param options Path, output and flags.
@@ -345,13 +372,18 @@ export interface GetOptions {
  * @throws {PathError} When the server refuses the path.
  * @throws {IntegrityError} When the file arrives damaged.
  * @throws {ConnectionClosedError} When the transfer is cut; the part file stays for `--resume`.
- * @throws {MoatError} `ERR_FILE_CHANGED` when the file changed on the server
- * while it was sent; nothing is kept.
+ * @throws {MoatError} `ERR_EXISTS` when `out` exists (without `force`), or
+ * its part file holds bytes (without `resume` or `force`); `ERR_FILE_CHANGED`
+ * when the file changed on the server while it was sent (nothing is kept).
+ * @throws {unknown} The signal's reason, when it is aborted.
  */
 export async function get(
   client: ClientOptions,
   options: GetOptions,
 ): Promise<ReceiveResult & { offset: number }> {
+  const { signal } = options;
+  signal?.throwIfAborted();
+  refuseToDiscardPart(options);
   await using download = prepareDownload(options.out, {
     ...(options.force !== undefined && { force: options.force }),
     ...(options.resume !== undefined && { resume: options.resume }),
@@ -359,35 +391,26 @@ export async function get(
   });
   let session: Session;
   try {
-    session = await openSession(client, "get");
+    session = await openSession(client, "get", {}, signal);
   } catch (err) {
     // Nothing arrived: a resumed part stays for the next try.
     if (download.offset > 0) download.keep();
+    signal?.throwIfAborted();
     throw err;
   }
   const { conn, reader } = session;
   // A server that stalls mid-transfer must not hold the client forever; the
   // part file stays for --resume, as after any cut.
   const watchdog = new Watchdog(conn, timeoutOf(client));
+  const onAbort = () => conn.close();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) conn.close();
   try {
-    await conn.write(encodeFrame({
-      type: Kind.Get,
-      payload: encodeJson({
-        path: options.path,
-        offset: download.offset,
-        digest: download.digest.name,
-      }),
-    }));
-    const frame = await readFrameOrClosed(reader);
-    if (frame.type === Kind.Error) {
-      throw errorFromFrame(decodeError(frame.payload));
-    }
-    if (frame.type !== Kind.FileMeta) {
-      throw new ProtocolError(
-        `Expected file metadata, got frame type 0x${frame.type.toString(16)}`,
-      );
-    }
-    const meta = decodeFileMeta(frame.payload);
+    const meta = await requestFile(session, {
+      path: options.path,
+      offset: download.offset,
+      digest: download.digest.name,
+    });
     options.onStart?.(meta.size, meta.offset);
     const onProgress = options.onProgress;
     // receiveFile keeps or removes the part itself once the file has begun.
@@ -399,6 +422,13 @@ export async function get(
     });
     return { ...result, offset: meta.offset };
   } catch (err) {
+    if (signal?.aborted) {
+      // An empty part is nothing to resume; one with bytes is.
+      download.close();
+      if (sizeOf(download.partPath) > 0) download.keep();
+      else download.discard();
+      signal.throwIfAborted();
+    }
     // Cut before the file began: only a resumed part holds anything.
     const cut = watchdog.fired || err instanceof ConnectionClosedError;
     if (cut && download.offset > 0) download.keep();
@@ -407,9 +437,70 @@ export async function get(
     }
     throw err;
   } finally {
+    signal?.removeEventListener("abort", onAbort);
     watchdog.stop();
     conn.close();
   }
+}
+
+/** A file's size, or 0 when it cannot be read. */
+function sizeOf(file: string): number {
+  try {
+    return fs.lstatSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Refuses a fresh get (no `resume`, no `force`) over a part file with bytes
+ * in it: an interrupted get of a large file may have left gigabytes there,
+ * and starting again would silently throw them away. A target that exists
+ * is left for `prepareDownload` to refuse.
+ */
+function refuseToDiscardPart(options: GetOptions): void {
+  if (options.resume || options.force) return;
+  try {
+    fs.lstatSync(options.out);
+    return;
+  } catch {
+    // No target: look at the part.
+  }
+  const part = partPathOf(options.out);
+  const size = sizeOf(part);
+  if (size === 0) return;
+  throw new MoatError(
+    Code.ERR_EXISTS,
+    `Refusing to discard "${
+      escapeText(part)
+    }": it holds ${size} bytes of an interrupted get (use --resume to continue it, or --force to start again)`,
+  );
+}
+
+/**
+ * Sends a Get and reads the FileMeta that answers it.
+ *
+ * @throws {MoatError} The server's refusal.
+ * @throws {ProtocolError} When the answer is neither.
+ */
+async function requestFile(
+  session: Session,
+  request: { path: string; offset: number; digest: DigestName },
+): Promise<FileMeta> {
+  await session.conn.write(encodeFrame({
+    type: Kind.Get,
+    payload: encodeJson(request),
+  }));
+  const frame = await readFrameOrClosed(session.reader);
+  if (frame.type === Kind.Error) {
+    throw errorFromFrame(decodeError(frame.payload));
+  }
+  if (frame.type !== Kind.FileMeta) {
+    throw new ProtocolError(
+      `Expected file metadata, got frame type 0x${frame.type.toString(16)}`,
+    );
+  }
+  return decodeFileMeta(frame.payload);
 }
 
 async function readFrameOrClosed(reader: FrameReader) {
@@ -420,6 +511,144 @@ async function readFrameOrClosed(reader: FrameReader) {
   return frame;
 }
 
+/** Options for {@linkcode getStream}. */
+export interface GetStreamOptions {
+  /** Path relative to the server's root. */
+  path: string;
+  /**
+   * Takes each piece of the file in order; the piece is only valid until the
+   * promise settles. Time spent here does not count towards the timeout.
+   */
+  write: (bytes: Uint8Array) => Promise<void>;
+  /** The whole-file check. @default {"crc32"} */
+  digest?: DigestName;
+  /** Progress: bytes received, bytes expected. */
+  onProgress?: (received: number, expected: number) => void;
+  /** Called once the size is known. */
+  onStart?: (size: number, offset: number) => void;
+  /** Aborting it stops the get at once (the connection is closed). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Fetches one file into a sink that cannot be renamed, such as stdout: the
+ * bytes are passed on as they arrive, and the size and digest are checked at
+ * the end. Unlike {@linkcode get}, a failure comes after bytes were passed
+ * on: whoever reads the sink must treat them as damaged unless this resolves.
+ *
+ * @param client Connection options.
+ * @param options Path, sink and digest.
+ * @returns What arrived (`bytes` equals `size`).
+ * @throws {PathError} When the server refuses the path.
+ * @throws {IntegrityError} On a size or digest mismatch: what was passed on
+ * is not the file.
+ * @throws {ConnectionClosedError} When the transfer is cut.
+ * @throws {MoatError} The server's error, e.g. `ERR_FILE_CHANGED`;
+ * `ERR_TIMEOUT` when the server sends nothing for the client's timeout.
+ * @throws {unknown} What `write` throws, or the signal's reason.
+ */
+export async function getStream(
+  client: ClientOptions,
+  options: GetStreamOptions,
+): Promise<ReceiveResult> {
+  const { signal } = options;
+  signal?.throwIfAborted();
+  const hash = createDigest(options.digest ?? DEFAULT_DIGEST);
+  const session = await openSession(client, "get", {}, signal).catch(
+    (err: unknown) => {
+      signal?.throwIfAborted();
+      throw err;
+    },
+  );
+  const { conn, reader } = session;
+  const watchdog = new Watchdog(conn, timeoutOf(client));
+  const onAbort = () => conn.close();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) conn.close();
+  try {
+    const meta = await requestFile(session, {
+      path: options.path,
+      offset: 0,
+      digest: hash.name,
+    });
+    if (meta.offset !== 0) {
+      throw new ProtocolError(`Server started at byte ${meta.offset}, not 0`);
+    }
+    if (meta.digest !== hash.name) {
+      throw new ProtocolError(
+        `Server announced a ${meta.digest} digest, ${hash.name} was asked for`,
+      );
+    }
+    options.onStart?.(meta.size, 0);
+    const expected = meta.size;
+    let received = 0;
+    for (;;) {
+      const header = await reader.readHeader();
+      if (header === null) {
+        throw new ConnectionClosedError(
+          `Connection closed after ${received} of ${expected} bytes`,
+        );
+      }
+      watchdog.touch();
+      if (header.type === Kind.FileData) {
+        if (received + header.length > expected) {
+          throw new IntegrityError(
+            `Server sent more than the announced ${expected} bytes`,
+          );
+        }
+        let frag: Uint8Array | null;
+        while ((frag = await reader.readFragment()) !== null) {
+          hash.update(frag);
+          const bytes = frag;
+          await watchdog.paused(() => options.write(bytes));
+          received += frag.length;
+          options.onProgress?.(received, expected);
+        }
+      } else if (header.type === Kind.FileEnd) {
+        const sent = await reader.readPayload();
+        if (sent.length !== hash.size) {
+          throw new ProtocolError(
+            `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
+          );
+        }
+        if (received !== expected) {
+          throw new IntegrityError(
+            `Size mismatch: received ${received} of ${expected} bytes`,
+          );
+        }
+        const digest = [...sent].map((b) => b.toString(16).padStart(2, "0"))
+          .join("");
+        const actual = hash.hex();
+        if (actual !== digest) {
+          throw new IntegrityError(
+            `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
+          );
+        }
+        return {
+          bytes: received,
+          size: expected,
+          digestName: hash.name,
+          digest: actual,
+        };
+      } else if (header.type === Kind.Error) {
+        throw errorFromFrame(decodeError(await reader.readPayload()));
+      } else {
+        throw new ProtocolError(
+          `Unexpected frame type 0x${header.type.toString(16)} during transfer`,
+        );
+      }
+    }
+  } catch (err) {
+    signal?.throwIfAborted();
+    if (watchdog.fired) throw timeoutError(client, "sent nothing for");
+    throw err;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    watchdog.stop();
+    conn.close();
+  }
+}
+
 /** Options for {@linkcode chat}. */
 export interface ChatOptions {
   /** Lines typed by the user; the chat ends when it ends. */
@@ -428,15 +657,31 @@ export interface ChatOptions {
   output: (line: string) => void;
   /** Called once connected. */
   onWelcome?: (welcome: Welcome) => void;
+  /**
+   * After the input ends, how long to wait for another line before leaving,
+   * in ms. @default {DEFAULT_CHAT_QUIET_MS}
+   */
+  quietMs?: number;
 }
+
+/** Default {@linkcode ChatOptions.quietMs}: 2 s. */
+export const DEFAULT_CHAT_QUIET_MS = 2_000;
 
 /**
  * Chats: sends each input line, prints each line received, until the input
  * ends (then it returns) or the server closes (then it throws).
  *
+ * When the input ends, the chat closes its sending side and, like `nc -N`,
+ * goes on printing what the server sends (a `--reply` to the last line, say)
+ * until the server closes, `quietMs` pass without a line, or the client's
+ * timeout passes, whichever comes first.
+ *
  * @param client Connection options.
  * @param options Input, output.
- * @throws {ConnectionClosedError} When the server closes the connection.
+ * @throws {ConnectionClosedError} When the server closes the connection
+ * before the input ends.
+ * @throws {MoatError} The server's error (an Error frame), even after the
+ * input ended.
  */
 export async function chat(
   client: ClientOptions,
@@ -445,13 +690,24 @@ export async function chat(
   const { conn, reader, welcome } = await openSession(client, "chat");
   options.onWelcome?.(welcome);
   let inputDone = false;
+  // Set once the wait after the input is over and this side closed the
+  // connection: a read failing then is that close, not the server's doing.
+  let leaving = false;
+  let quiet: Watchdog | undefined;
   const receiving = (async () => {
     for (;;) {
-      const frame = await reader.readFrame();
+      let frame;
+      try {
+        frame = await reader.readFrame();
+      } catch (err) {
+        if (leaving || quiet?.fired) return;
+        throw err;
+      }
       if (frame === null) {
         if (inputDone) return;
         throw new ConnectionClosedError("Connection closed by server");
       }
+      quiet?.touch();
       if (frame.type === Kind.Chat) {
         options.output(formatChatLine(decodeChatLine(frame.payload)));
       } else if (frame.type === Kind.Error) {
@@ -471,10 +727,26 @@ export async function chat(
     }
     inputDone = true;
   })();
+  // Whichever loses the race below may fail later, with nobody listening.
+  sending.catch(() => {});
+  receiving.catch(() => {});
   try {
-    // Input ended first: leave. The server left first: the race rejects.
+    // The server left first: the race rejects (or, after an end of input
+    // that raced it, resolves). Input ended first: say so, and listen on.
     await Promise.race([sending, receiving]);
+    if (!inputDone) return;
     await conn.closeWrite().catch(() => {});
+    quiet = new Watchdog(conn, options.quietMs ?? DEFAULT_CHAT_QUIET_MS);
+    const limit = setTimeout(() => {
+      leaving = true;
+      conn.close();
+    }, timeoutOf(client));
+    try {
+      await receiving;
+    } finally {
+      quiet.stop();
+      clearTimeout(limit);
+    }
   } finally {
     conn.close();
   }

@@ -24,6 +24,8 @@ export const ExitCode = {
   Integrity: 5,
   Connection: 6,
   Exists: 7,
+  /** Stopped by Ctrl-C (SIGINT), as a shell reports a process it killed (128 + 2). */
+  Interrupted: 130,
   /** Standard output's reader went away (as a process killed by SIGPIPE). */
   StdoutClosed: 141,
 } as const;

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LineWatcher, spawnMoat, startServer } from "./_e2e.ts";
+import { LineWatcher, runMoat, spawnMoat, startServer } from "./_e2e.ts";
 
 /** A C0 control or DEL: what must never reach a terminal raw. */
 // deno-lint-ignore no-control-regex -- matching controls is the point
@@ -122,4 +122,16 @@ test("moat chat exits with an error when the server goes away", async () => {
   });
   assert.equal(exited, 6);
   await a.err.waitFor((l) => /closed by server/.test(l));
+});
+
+test("moat chat fed by a pipe prints the server's --reply to its last line before exiting", async () => {
+  await using server = await startServer(["--reply", "PONG"]);
+  const r = await runMoat(["chat", "--server", `127.0.0.1:${server.port}`], {
+    input: "hi\n",
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "[server] PONG\n");
+  assert.match(r.stderr, /^moat: connected to 127\.0\.0\.1:\d+ as c\d+ /);
+  const said = await server.waitEvent((e) => e.event === "chat", "chat");
+  assert.equal(said.text, "hi");
 });

@@ -1,9 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
+import process from "node:process";
 import * as zlib from "node:zlib";
+import { Buffer } from "node:buffer";
 import {
   finished,
   runMoat,
@@ -13,6 +14,8 @@ import {
   tempDir,
   writeRandomFile,
 } from "./_e2e.ts";
+import { concat, fakeServer, fileFrames, WELCOME } from "./_fake_server.ts";
+import { holdingRelay } from "./_relay.ts";
 
 function vmHwmKiB(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
@@ -36,6 +39,8 @@ test("moat get fetches a small file, verified, and the audit log records it", as
     "hello moat\n",
   );
   assert.match(r.stderr, /saved notes\.txt \(11 bytes/);
+  // 11 bytes are not "0.00 GiB/s": the rate comes in a unit that suits it.
+  assert.match(r.stderr, / in \d+\.\d\d s, \d+(\.\d+)? (B|KiB|MiB)\/s\n$/);
   assert.equal(r.stdout, "");
   const done = await server.waitEvent(
     (e) => e.event === "get_finished",
@@ -278,59 +283,6 @@ test("moat get --resume detects a file that changed on the server and keeps noth
   assert.equal(fs.existsSync(path.join(out.dir, "f.txt.moat-part")), false);
 });
 
-/**
- * A TCP relay to `port` that stops reading from the server once `holdAfter`
- * bytes have come through, until `release()`: the server is then stuck
- * mid-send with its file open, however fast the machine.
- */
-async function holdingRelay(port: number, holdAfter: number) {
-  let relayed = 0;
-  let holding = false;
-  let released = false;
-  let onHeld = () => {};
-  const held = new Promise<void>((r) => (onHeld = r));
-  const upstreams = new Set<net.Socket>();
-  const sockets = new Set<net.Socket>();
-  const relay = net.createServer((client) => {
-    const upstream = net.connect({ port, host: "127.0.0.1" });
-    upstreams.add(upstream);
-    sockets.add(client).add(upstream);
-    client.on("error", () => upstream.destroy());
-    upstream.on("error", () => client.destroy());
-    client.pipe(upstream);
-    upstream.on("data", (d: Uint8Array) => {
-      relayed += d.length;
-      if (!client.write(d)) {
-        upstream.pause();
-        client.once("drain", () => {
-          if (!holding) upstream.resume();
-        });
-      }
-      if (!released && !holding && relayed >= holdAfter) {
-        holding = true;
-        upstream.pause();
-        onHeld();
-      }
-    });
-    upstream.on("end", () => client.end());
-    client.on("close", () => upstream.destroy());
-  });
-  await new Promise<void>((r) => relay.listen(0, "127.0.0.1", () => r()));
-  return {
-    port: (relay.address() as net.AddressInfo).port,
-    held,
-    release() {
-      holding = false;
-      released = true;
-      for (const u of upstreams) u.resume();
-    },
-    [Symbol.asyncDispose]() {
-      for (const socket of sockets) socket.destroy();
-      return new Promise<void>((r) => relay.close(() => r()));
-    },
-  };
-}
-
 test("moat get of a file rewritten on the server mid-transfer exits 1 with ERR_FILE_CHANGED and saves nothing", async () => {
   using root = tempDir();
   using out = tempDir();
@@ -405,4 +357,158 @@ test("moat get after a same-size rewrite that puts the mtime back gets the new c
       );
     }
   }
+});
+
+/** Waits (bounded) until `file` holds bytes. */
+async function untilHolds(file: string): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
+    const size = fs.existsSync(file) ? fs.statSync(file).size : 0;
+    if (size > 0) return size;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`${file} stayed empty`);
+}
+
+test("moat get stopped by Ctrl-C keeps the part and says how to resume; a get without --resume refuses that part, --resume finishes it", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  writeRandomFile(path.join(root.dir, "big.bin"), 64 << 20, 13);
+  await using server = await startServer(["--root", root.dir]);
+  await using relay = await holdingRelay(server.port, 1 << 20);
+  const child = spawnMoat([
+    "get",
+    "FILE:big.bin",
+    "--server",
+    `127.0.0.1:${relay.port}`,
+  ], { cwd: out.dir });
+  const done = finished(child, 60_000);
+  await relay.held;
+  const part = path.join(out.dir, "big.bin.moat-part");
+  await untilHolds(part);
+  // process.kill, not child.kill: Deno reports a child it signalled through
+  // child.kill as killed by that signal, whatever it exited with.
+  process.kill(child.pid!, "SIGINT");
+  const r = await done;
+  assert.equal(r.code, 130, r.stderr);
+  assert.equal(
+    r.stderr,
+    "moat: interrupted; run the same command with --resume to continue\n",
+  );
+  assert.deepEqual(fs.readdirSync(out.dir), ["big.bin.moat-part"]);
+  const kept = fs.statSync(part).size;
+  assert.ok(kept > 0 && kept < 64 << 20, `part of ${kept} bytes`);
+
+  const srv = `127.0.0.1:${server.port}`;
+  const refused = await runMoat(["get", "FILE:big.bin", "--server", srv], {
+    cwd: out.dir,
+  });
+  assert.equal(refused.code, 7, refused.stderr);
+  assert.equal(
+    refused.stderr,
+    `moat: Refusing to discard "big.bin.moat-part": it holds ${kept} bytes of an interrupted get (use --resume to continue it, or --force to start again)\n`,
+  );
+  assert.equal(fs.statSync(part).size, kept, "the part is untouched");
+
+  const resumed = await runMoat([
+    "get",
+    "FILE:big.bin",
+    "--resume",
+    "--server",
+    srv,
+  ], { cwd: out.dir, timeoutMs: 120_000 });
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.match(resumed.stderr, new RegExp(`resumed at ${kept},`));
+  assert.equal(
+    await sha256File(path.join(out.dir, "big.bin")),
+    await sha256File(path.join(root.dir, "big.bin")),
+  );
+  assert.deepEqual(fs.readdirSync(out.dir), ["big.bin"]);
+});
+
+test("moat get --force discards the part of an interrupted get and starts again", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  fs.writeFileSync(path.join(root.dir, "f.txt"), "the real content\n");
+  fs.writeFileSync(path.join(out.dir, "f.txt.moat-part"), "stale bytes");
+  await using server = await startServer(["--root", root.dir]);
+  const r = await runMoat([
+    "get",
+    "FILE:f.txt",
+    "--force",
+    "--server",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: out.dir });
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, /resumed/);
+  assert.deepEqual(fs.readdirSync(out.dir), ["f.txt"]);
+  assert.equal(
+    fs.readFileSync(path.join(out.dir, "f.txt"), "utf8"),
+    "the real content\n",
+  );
+});
+
+test("moat get -o - writes the verified file to stdout and nothing else there", async () => {
+  using root = tempDir();
+  using out = tempDir();
+  writeRandomFile(path.join(root.dir, "big.bin"), 8 << 20, 17);
+  await using server = await startServer(["--root", root.dir]);
+  const srv = `127.0.0.1:${server.port}`;
+  const child = spawnMoat(["get", "FILE:big.bin", "-o", "-", "--server", srv], {
+    cwd: out.dir,
+  });
+  const chunks: Uint8Array[] = [];
+  child.stdout!.on("data", (d: Uint8Array) => chunks.push(d));
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  child.stdin!.end();
+  const code = await new Promise<number | null>((r) =>
+    child.on("close", (c) => r(c))
+  );
+  assert.equal(code, 0, stderr);
+  assert.deepEqual(
+    Buffer.concat(chunks),
+    fs.readFileSync(path.join(root.dir, "big.bin")),
+  );
+  const crc = zlib.crc32(fs.readFileSync(path.join(root.dir, "big.bin")))
+    .toString(16).padStart(8, "0");
+  assert.match(
+    stderr,
+    new RegExp(
+      `^moat: wrote big\\.bin to stdout \\(8388608 bytes, crc32 ${crc}, verified\\) in `,
+    ),
+  );
+  assert.deepEqual(fs.readdirSync(out.dir), [], "no file, no part");
+
+  const resume = await runMoat(
+    ["get", "FILE:big.bin", "-o", "-", "--resume", "--server", srv],
+    { cwd: out.dir },
+  );
+  assert.equal(resume.code, 2);
+  assert.equal(
+    resume.stderr,
+    "moat: --resume needs a file: a get to stdout (-o -) starts from the beginning\n",
+  );
+});
+
+test("moat get -o - exits 5 on a digest mismatch and says the bytes on stdout are not the file", async () => {
+  const content = new TextEncoder().encode("not what was sent\n");
+  await using fake = await fakeServer(
+    concat(WELCOME, fileFrames(content, { crc: 0x12345678 })),
+  );
+  const r = await runMoat([
+    "get",
+    "FILE:f",
+    "-o",
+    "-",
+    "--server",
+    `127.0.0.1:${fake.port}`,
+  ]);
+  assert.equal(r.code, 5, r.stderr);
+  assert.equal(r.stdout, "not what was sent\n");
+  const crc = zlib.crc32(content).toString(16).padStart(8, "0");
+  assert.equal(
+    r.stderr,
+    `moat: crc32 mismatch: server sent 12345678, file hashes to ${crc}; the 18 bytes written to stdout are not the file\n`,
+  );
 });

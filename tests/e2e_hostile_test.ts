@@ -898,7 +898,10 @@ test("moat get gives up on a server that stalls mid-transfer and keeps the part 
   using out = tempDir();
   const r = await getFrom(fake.port, out.dir, ["--timeout", "1"]);
   assert.equal(r.code, 6, r.stderr);
-  assert.match(r.stderr, /sent nothing for 1 s \(see --timeout\)\n$/);
+  assert.match(
+    r.stderr,
+    /sent nothing for 1 s \(see --timeout\); run the same command with --resume to continue\n$/,
+  );
   assert.equal(
     fs.existsSync(path.join(out.dir, "x")),
     false,
