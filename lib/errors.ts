@@ -526,23 +526,6 @@ export class TooManyRecordsError extends RangeError {
   }
 }
 
-/** Error classes for `instanceof` checks. */
-export const errors = {
-  MoatError,
-  FrameTooLargeError,
-  ProtocolError,
-  ConnectionClosedError,
-  ConnectError,
-  AddressInUseError,
-  AccessDeniedError,
-  PathError,
-  IntegrityError,
-  UsageError,
-  SourceNameError,
-  TooManySourcesError,
-  TooManyRecordsError,
-} as const;
-
 /**
  * Longest message that crosses the wire, in UTF-16 code units: what
  * {@linkcode toErrorBody} and {@linkcode errorLine} send, and what
