@@ -17,7 +17,7 @@ import { formatChatLine } from "../lib/chat.ts";
 import { AddressInUseError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
 import { VERSION } from "../lib/version.ts";
-import { renderSystemdUnit } from "../lib/systemd.ts";
+import { renderSystemdUnit } from "../lib/systemd/mod.ts";
 import { renderNftables } from "../lib/nftables.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../lib/framer.ts";
 import { MIN_MAX_FRAME_SIZE } from "../lib/protocol.ts";

@@ -27,7 +27,7 @@ import {
 import { DEFAULT_SPOOL_BYTES } from "../lib/ship/spool.ts";
 import { defaultStatePath } from "../lib/ship/state.ts";
 import { readTakeover } from "../lib/ship/takeover.ts";
-import { renderShipUnit } from "../lib/systemd.ts";
+import { renderShipUnit } from "../lib/systemd/mod.ts";
 import { escapeText } from "../lib/text.ts";
 import { VERSION } from "../lib/version.ts";
 import {

@@ -11,8 +11,13 @@
  * @module
  */
 
-import type { ErrorBody } from "./protocol.ts";
 import { escapeControls, escapeText, truncateText } from "./text.ts";
+
+/** The body of an Error frame, and of a plain `ERR <code> <message>` line. */
+export interface ErrorBody {
+  code: string;
+  message: string;
+}
 
 /** Exit statuses used by `main.ts`. */
 export const ExitCode = {
@@ -527,23 +532,6 @@ export class TooManyRecordsError extends RangeError {
     this.name = "TooManyRecordsError";
   }
 }
-
-/** Error classes for `instanceof` checks. */
-export const errors = {
-  MoatError,
-  FrameTooLargeError,
-  ProtocolError,
-  ConnectionClosedError,
-  ConnectError,
-  AddressInUseError,
-  AccessDeniedError,
-  PathError,
-  IntegrityError,
-  UsageError,
-  SourceNameError,
-  TooManySourcesError,
-  TooManyRecordsError,
-} as const;
 
 /**
  * Longest message that crosses the wire, in UTF-16 code units: what

@@ -17,11 +17,17 @@
  *
  * - {@linkcode encodeHeader}, {@linkcode encodeFrame} and
  *   {@linkcode decodeHeader} are the codec: pure functions over `Uint8Array`.
- * - {@linkcode FrameEncoderStream} and {@linkcode FrameDecoderStream} wrap the
- *   codec in Web Streams, for chat and control messages.
  * - {@linkcode FrameReader} pulls from a socket into one reused buffer and can
  *   pass payload bytes through without copying them
- *   ({@linkcode FrameReader.prototype.readFragment}), for the bulk data path.
+ *   ({@linkcode FrameReader.prototype.readFragment}). moat itself reads every
+ *   frame with it (handshake, chat, control messages, the bulk data path) and
+ *   writes with {@linkcode encodeFrame}, or {@linkcode encodeHeader} in place
+ *   ahead of a file chunk.
+ * - {@linkcode FrameEncoderStream} and {@linkcode FrameDecoderStream} wrap the
+ *   codec in Web Streams, for API users who hold a `ReadableStream` /
+ *   `WritableStream` pair. No command uses them; the tests and the framer fuzz
+ *   soak (`soak/framer_fuzz.ts`) check them against the same reference decoder
+ *   as `FrameReader`.
  *
  * @module
  */

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ProtocolError } from "./errors.ts";
+import { type ErrorBody, ProtocolError } from "./errors.ts";
 import { type DigestName, parseDigestName } from "./digest.ts";
 import { truncateText } from "./text.ts";
 
@@ -110,11 +110,7 @@ export interface Welcome {
   maxFrameSize: number;
 }
 
-/** Body of an error frame. */
-export interface ErrorBody {
-  code: string;
-  message: string;
-}
+export type { ErrorBody };
 
 /** A chat line as relayed by the server. */
 export interface ChatLine {

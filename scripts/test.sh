@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Lints, format-checks and type-checks, runs the whole suite under Deno and
-# Bun, then the end-to-end tests against the compiled linux-x64 binary, and
-# prints one line "N passed, N failed".
+# Lints, format-checks and type-checks, runs the doc examples of lib/ and
+# cli/ (`deno test --doc`), the whole suite under Deno and Bun, then the
+# end-to-end tests against the compiled linux-x64 binary, and prints one line
+# "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=node_modules/.bin
@@ -48,6 +49,9 @@ if ! run static bash -c "$BIN/deno lint && $BIN/deno fmt --check && $BIN/deno ch
   failed=$((failed + 1))
   echo "-- static checks failed"
 fi
+# Each example block is one test; this run type-checks them too.
+run doc "$BIN/deno" test -A --doc lib/ cli/
+count_deno doc
 run deno "$BIN/deno" test -A --no-check tests/
 count_deno deno
 run bun "$BIN/bun" test --timeout 180000 tests/

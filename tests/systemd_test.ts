@@ -19,7 +19,7 @@ import {
   type ServeFlag,
   type ShipUnitOptions,
   type SystemdUnitOptions,
-} from "../lib/systemd.ts";
+} from "../lib/systemd/mod.ts";
 import { UsageError } from "../lib/errors.ts";
 
 const MAIN = path.resolve(import.meta.dirname ?? ".", "..", "main.ts");
