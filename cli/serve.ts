@@ -392,12 +392,13 @@ export async function serveCommand(
   // Installed before listening: a signal that follows the "listening" line
   // at once must still shut down cleanly.
   let stopping = false;
-  let status: StatusSocket | undefined;
+  // Set once listening: the status socket is named after the bound port.
+  const opened: { status?: StatusSocket | undefined } = {};
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     audit.write("signal", { signal });
-    await status?.close();
+    await opened.status?.close();
     await server.close();
     await vault?.close();
     process.exit(0);
@@ -416,7 +417,7 @@ export async function serveCommand(
     addrs = await server.listen();
   }
   const running = server;
-  status = await openStatus(values, {
+  opened.status = await openStatus(values, {
     port: addrs[0]?.port ?? values.port,
     env: context.env,
     audit,
