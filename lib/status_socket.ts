@@ -41,6 +41,8 @@ const MAX_REQUEST_BYTES = 4096;
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 /** A client must send its request this soon. */
 const REQUEST_TIMEOUT_MS = 5_000;
+/** Most bytes read after the request line before the close. */
+const MAX_DRAIN_BYTES = 65_536;
 /** Status requests served at once; more are closed unanswered. */
 const MAX_CLIENTS = 8;
 /** Default time `requestStatus` waits for the whole answer. */
@@ -270,6 +272,15 @@ export class StatusSocket {
       }
       await conn.write(encodeText(JSON.stringify(answer) + "\n"));
       await conn.closeWrite();
+      // Closing over unread input would reset the connection and lose the
+      // answer: drain what an over-long request still holds (bounded, and
+      // by the timer).
+      const sink = new Uint8Array(4096);
+      for (let drained = 0; drained < MAX_DRAIN_BYTES;) {
+        const n = await conn.read(sink);
+        if (n === null) break;
+        drained += n;
+      }
     } catch {
       // The client went away.
     } finally {
@@ -420,9 +431,7 @@ function decodeAnswer(text: string, file: string): unknown {
     throw new ProtocolError(`The server at ${where} answered no object`);
   }
   const a = answer as Record<string, unknown>;
-  if (a.ok === true && typeof a.status === "object" && a.status !== null) {
-    return a.status;
-  }
+  if (a.ok === true && "status" in a) return a.status;
   const error = a.error as Record<string, unknown> | undefined;
   const message = typeof error?.message === "string"
     ? escapeText(error.message, { maxLength: 512 })
