@@ -228,7 +228,14 @@ export const SERVE: CommandSpec<typeof SERVE_OPTIONS> = {
 allowed peers only. Everyone else is refused before a byte is read, and logged.
 With no --allow, only loopback may connect and moat listens on loopback only.`,
   options: SERVE_OPTIONS,
-  env: SERVE_SECURITY_ENV,
+  env: [
+    ...SERVE_SECURITY_ENV,
+    {
+      name: "XDG_RUNTIME_DIR",
+      description:
+        "Where the default --socket of a server without a vault is (its moat folder)",
+    },
+  ],
   exits: [
     {
       code: 0,

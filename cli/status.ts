@@ -79,7 +79,8 @@ for root, or TMPDIR/moat-UID/moat-PORT.sock; or its --socket PATH.`,
   options: STATUS_OPTIONS,
   env: [{
     name: "XDG_RUNTIME_DIR",
-    description: "where the socket of a server without a vault is looked for",
+    description:
+      "Where the socket of a server without a vault is looked for (its moat folder)",
   }],
   exits: [
     ...COMMON_EXITS,
