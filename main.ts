@@ -27,6 +27,7 @@ import { CERT, certCommand } from "./cli/cert.ts";
 import { CHAT, chatCommand } from "./cli/chat.ts";
 import { SHIP, shipCommand } from "./cli/ship.ts";
 import { VAULT, vaultCommand } from "./cli/vault.ts";
+import { STATUS, statusCommand } from "./cli/status.ts";
 
 // Set by `bun build --define` for release binaries.
 declare const MOAT_TARGET: string | undefined;
@@ -40,6 +41,7 @@ const COMMANDS: Record<string, Command> = {
   chat: { spec: CHAT, run: chatCommand },
   ship: { spec: SHIP, run: shipCommand },
   vault: { spec: VAULT, run: vaultCommand },
+  status: { spec: STATUS, run: statusCommand },
 };
 
 function commandNamed(name: string): Command {

@@ -36,6 +36,9 @@ import {
   type Vault,
 } from "../lib/vault/store.ts";
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
+import { DEFAULT_SILENT_AFTER_MS } from "../lib/server/liveness.ts";
+import { SealTracker } from "../lib/server/status.ts";
+import { defaultSocketPath, StatusSocket } from "../lib/status_socket.ts";
 import { stdinLines } from "./_stdin.ts";
 import {
   type CommandSpec,
@@ -185,6 +188,22 @@ const SERVE_OPTIONS = {
     description:
       "Longest syslog message; a longer one is refused and its connection closed",
   },
+  "silent-after": {
+    type: "integer",
+    placeholder: "SECS",
+    min: 1,
+    default: DEFAULT_SILENT_AFTER_MS / 1000,
+    description:
+      "Log source_silent when a vault source that shipped sends no record and no heartbeat for SECS (a killed shipper), and source_back when it returns",
+  },
+  socket: {
+    type: "string",
+    placeholder: "PATH",
+    defaultText:
+      "DIR/moat.sock with --vault; else $XDG_RUNTIME_DIR/moat/moat-PORT.sock, /run/moat/moat-PORT.sock as root, or TMPDIR/moat-UID/moat-PORT.sock",
+    description:
+      "Answer moat status on this Unix socket (mode 0600, in a folder no other user may write)",
+  },
   "print-systemd-unit": {
     type: "boolean",
     description:
@@ -209,7 +228,14 @@ export const SERVE: CommandSpec<typeof SERVE_OPTIONS> = {
 allowed peers only. Everyone else is refused before a byte is read, and logged.
 With no --allow, only loopback may connect and moat listens on loopback only.`,
   options: SERVE_OPTIONS,
-  env: SERVE_SECURITY_ENV,
+  env: [
+    ...SERVE_SECURITY_ENV,
+    {
+      name: "XDG_RUNTIME_DIR",
+      description:
+        "Where the default --socket of a server without a vault is (its moat folder)",
+    },
+  ],
   exits: [
     {
       code: 0,
@@ -306,17 +332,20 @@ export async function serveCommand(
   const audit = new AuditLog(sink);
 
   let vault: Vault | undefined;
+  const seals = new SealTracker();
   if (values.vault !== undefined) {
     try {
       vault = await openVault(values.vault, {
         onEvent: (e) => audit.write("vault_repair", { ...e }),
         sealIntervalMs: values["seal-interval"] * 1000,
         maxSourcesPerPeer: values["max-sources-per-peer"],
-        onSeal: (e) =>
+        onSeal: (e) => {
+          seals.note(e);
           audit.write(
             e.type === "sealed" ? "vault_sealed" : "vault_seal_failed",
             { ...e },
-          ),
+          );
+        },
       });
     } catch (err) {
       if (err instanceof UsageError) throw err;
@@ -353,6 +382,7 @@ export async function serveCommand(
       maxFrameSize: values["max-frame"],
       maxLine: values["max-line"],
       plain: !values["no-plain"],
+      silentAfterMs: values["silent-after"] * 1000,
       ...security,
       ...(values.reply !== undefined && { reply: values.reply }),
       onChat: (line) => printLine(formatChatLine(line)),
@@ -369,26 +399,46 @@ export async function serveCommand(
   // Installed before listening: a signal that follows the "listening" line
   // at once must still shut down cleanly.
   let stopping = false;
+  // Set once listening: the status socket is named after the bound port.
+  const opened: { status?: StatusSocket | undefined } = {};
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     audit.write("signal", { signal });
+    await opened.status?.close();
     await server.close();
     await vault?.close();
     process.exit(0);
   };
   process.on("SIGINT", () => void stop("SIGINT"));
   process.on("SIGTERM", () => void stop("SIGTERM"));
+  let addrs;
   try {
-    await server.listen();
+    addrs = await server.listen();
   } catch (err) {
     // A host without IPv6 still serves IPv4; a taken port is fatal.
     if (values.host !== undefined || err instanceof AddressInUseError) {
       throw err;
     }
     server = make([allowlist.loopbackOnly ? "127.0.0.1" : "0.0.0.0"]);
-    await server.listen();
+    addrs = await server.listen();
   }
+  const running = server;
+  opened.status = await openStatus(values, {
+    port: addrs[0]?.port ?? values.port,
+    env: context.env,
+    audit,
+    report: () => ({
+      ...running.status(),
+      pid: process.pid,
+      runtime: `${net.runtime} ${net.runtimeVersion}`,
+      seal: vault === undefined ? null : seals.status(vault.sealed),
+    }),
+  }).catch(async (err) => {
+    await running.close();
+    await vault?.close();
+    throw err;
+  });
 
   // The operator's console: each stdin line goes to every chat client.
   (async () => {
@@ -399,6 +449,47 @@ export async function serveCommand(
     }
   })();
   await new Promise(() => {});
+}
+
+/**
+ * Opens the status socket of `moat status`. At a path given with --socket
+ * (or where another server answers) a failure stops the server; at a
+ * default path it is logged (`status_unavailable`) and the server serves on
+ * without one, as before there was one.
+ */
+async function openStatus(
+  values: ServeValues,
+  options: {
+    port: number;
+    env: Record<string, string | undefined>;
+    audit: AuditLog;
+    report: () => unknown;
+  },
+): Promise<StatusSocket | undefined> {
+  const given = values.socket;
+  const path = given ??
+    defaultSocketPath({
+      vault: values.vault,
+      port: options.port,
+      env: options.env,
+    });
+  try {
+    const socket = await StatusSocket.open(getNet(), {
+      path,
+      // Only the folder under the runtime or temporary folder is ours to make.
+      createDir: given === undefined && values.vault === undefined,
+      report: options.report,
+    });
+    options.audit.write("status_listening", { path: socket.path });
+    return socket;
+  } catch (err) {
+    if (given !== undefined || err instanceof AddressInUseError) throw err;
+    options.audit.write("status_unavailable", {
+      path,
+      message: (err as Error).message,
+    });
+    return undefined;
+  }
 }
 
 /** The --syslog-port and --syslog-max options; undefined without a port. */

@@ -47,6 +47,7 @@ import {
 } from "./file_sender.ts";
 import { createDigest, DEFAULT_DIGEST, type DigestName } from "./digest.ts";
 import type { FileMeta } from "./protocol.ts";
+import { Heartbeat, heartbeatInterval } from "./heartbeat.ts";
 
 /** A server address. */
 export interface ServerAddr {
@@ -208,6 +209,8 @@ function safeWelcome(welcome: Welcome): Welcome {
     name: serverText(welcome.name),
     peer: serverText(welcome.peer),
     maxFrameSize: welcome.maxFrameSize,
+    ...(welcome.idleTimeoutMs !== undefined &&
+      { idleTimeoutMs: welcome.idleTimeoutMs }),
   };
 }
 
@@ -689,6 +692,8 @@ export async function chat(
 ): Promise<void> {
   const { conn, reader, welcome } = await openSession(client, "chat");
   options.onWelcome?.(welcome);
+  // A quiet listener pings, so the server does not drop it as idle.
+  const heartbeat = new Heartbeat(conn, heartbeatInterval(welcome));
   let inputDone = false;
   // Set once the wait after the input is over and this side closed the
   // connection: a read failing then is that close, not the server's doing.
@@ -708,6 +713,7 @@ export async function chat(
         throw new ConnectionClosedError("Connection closed by server");
       }
       quiet?.touch();
+      if (frame.type === Kind.Pong) continue;
       if (frame.type === Kind.Chat) {
         options.output(formatChatLine(decodeChatLine(frame.payload)));
       } else if (frame.type === Kind.Error) {
@@ -721,7 +727,7 @@ export async function chat(
   })();
   const sending = (async () => {
     for await (const line of options.input) {
-      await conn.write(
+      await heartbeat.write(
         encodeFrame({ type: Kind.Chat, payload: encodeText(line) }),
       );
     }
@@ -735,6 +741,7 @@ export async function chat(
     // that raced it, resolves). Input ended first: say so, and listen on.
     await Promise.race([sending, receiving]);
     if (!inputDone) return;
+    await heartbeat.stop();
     await conn.closeWrite().catch(() => {});
     quiet = new Watchdog(conn, options.quietMs ?? DEFAULT_CHAT_QUIET_MS);
     const limit = setTimeout(() => {
@@ -748,6 +755,7 @@ export async function chat(
       clearTimeout(limit);
     }
   } finally {
+    void heartbeat.stop();
     conn.close();
   }
 }

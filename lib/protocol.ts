@@ -43,6 +43,13 @@ export const Kind = {
   Challenge: 0x03,
   /** client → server, the answer to a Challenge: JSON `{name, proof}` (lib/auth.ts) */
   Auth: 0x04,
+  /**
+   * client → server after the Welcome, empty: "still here". Sent only to a
+   * server whose Welcome carries `idleTimeoutMs`; see {@linkcode Welcome}.
+   */
+  Ping: 0x05,
+  /** server → client, empty: the answer to a Ping */
+  Pong: 0x06,
   /** either way, JSON {@linkcode ErrorBody}; the sender closes after it */
   Error: 0x0f,
   /** client → server: UTF-8 text; server → client: JSON {@linkcode ChatLine} */
@@ -108,6 +115,13 @@ export interface Welcome {
   /** The client's address as the server sees it. */
   peer: string;
   maxFrameSize: number;
+  /**
+   * The server's idle timeout in ms. A server that sends it answers Ping
+   * with Pong and counts a Ping as activity, so a client that pings more
+   * often than this is never dropped for being quiet. Absent from servers
+   * that predate heartbeats: a client must then send no Ping.
+   */
+  idleTimeoutMs?: number;
 }
 
 export type { ErrorBody };
@@ -255,12 +269,16 @@ export function decodeHello(payload: Uint8Array): Hello {
  */
 export function decodeWelcome(payload: Uint8Array): Welcome {
   const o = decodeJson(payload, "welcome");
-  return {
+  const welcome: Welcome = {
     server: field(o, "server", "string", "welcome"),
     name: field(o, "name", "string", "welcome"),
     peer: field(o, "peer", "string", "welcome"),
     maxFrameSize: count(o, "maxFrameSize", "welcome"),
   };
+  if (o.idleTimeoutMs !== undefined) {
+    welcome.idleTimeoutMs = count(o, "idleTimeoutMs", "welcome");
+  }
+  return welcome;
 }
 
 /**

@@ -426,5 +426,20 @@ export function memoryNet(): MemoryNet {
       l.push(server);
       return Promise.resolve(client);
     },
+    // Unix sockets are files: tests of them use the runtime's own Net.
+    listenUnix(options: { path: string }): Promise<Listener> {
+      return Promise.reject(
+        new TypeError(
+          `Cannot listen on "${options.path}": memoryNet is TCP only`,
+        ),
+      );
+    },
+    connectUnix(options: { path: string }): Promise<Conn> {
+      return Promise.reject(
+        new ConnectError(
+          `Cannot connect to "${options.path}": memoryNet is TCP only`,
+        ),
+      );
+    },
   };
 }

@@ -1,5 +1,6 @@
 /**
- * The Bun adapter: {@linkcode Net} over `Bun.listen` and `Bun.connect`.
+ * The Bun adapter: {@linkcode Net} over `Bun.listen` and `Bun.connect`
+ * (TCP, and Unix sockets with `unix`).
  *
  * Bun delivers bytes through callbacks; this module turns them into the pull
  * API of {@linkcode Conn}:
@@ -30,6 +31,7 @@
 
 import * as nodeTls from "node:tls";
 import {
+  AddressInUseError,
   ConnectError,
   ConnectionClosedError,
   ExitCode,
@@ -45,6 +47,8 @@ import type {
   Net,
   ServerTlsOptions,
   TlsInfo,
+  UnixConnectOptions,
+  UnixListenOptions,
 } from "./types.ts";
 import { DescriptorReserve } from "./_fd_reserve.ts";
 import { checkServerKey } from "./node_tls.ts";
@@ -132,6 +136,13 @@ interface BunSocketOptions {
   tls?: BunTlsOptions;
 }
 
+/** A Unix socket instead of a host and port. */
+interface BunUnixSocketOptions {
+  unix: string;
+  allowHalfOpen: boolean;
+  socket: BunSocketHandler;
+}
+
 /** The subset of Bun's TCP server used here. */
 interface BunServer {
   readonly hostname: string;
@@ -144,8 +155,8 @@ interface BunServer {
 /** Only what this module uses; Deno type-checks this file without Bun's types. */
 declare const Bun: {
   readonly version: string;
-  listen(options: BunSocketOptions): BunServer;
-  connect(options: BunSocketOptions): Promise<BunSocket>;
+  listen(options: BunSocketOptions | BunUnixSocketOptions): BunServer;
+  connect(options: BunSocketOptions | BunUnixSocketOptions): Promise<BunSocket>;
 };
 
 /** Pause the socket when more than this many received bytes are unread. */
@@ -233,7 +244,100 @@ export function bunNet(): Net {
       }
       return conn;
     },
+    listenUnix(options: UnixListenOptions): Promise<Listener> {
+      try {
+        return Promise.resolve(new BunUnixListener(options.path));
+      } catch (error) {
+        return Promise.reject(toUnixListenError(error, options.path));
+      }
+    },
+    async connectUnix(options: UnixConnectOptions): Promise<Conn> {
+      let socket: BunSocket;
+      try {
+        socket = await Bun.connect({
+          unix: options.path,
+          allowHalfOpen: true,
+          socket: clientHandler,
+        });
+      } catch (error) {
+        const code = errorCode(error);
+        const reason = code === "ENOENT"
+          ? "no such socket"
+          : code === "ECONNREFUSED"
+          ? "connection refused"
+          : code === "EACCES" || code === "EPERM"
+          ? "permission denied"
+          : describe(error);
+        throw new ConnectError(
+          `Cannot connect to "${options.path}": ${reason}`,
+          { cause: error },
+        );
+      }
+      const conn = socket.data;
+      if (conn === undefined) {
+        socket.end();
+        throw new ConnectError(
+          `Cannot connect to "${options.path}": socket did not open`,
+        );
+      }
+      return conn;
+    },
   };
+}
+
+/** Wraps a failure to listen on a Unix socket. */
+function toUnixListenError(error: unknown, path: string): unknown {
+  const code = errorCode(error);
+  if (code === "EADDRINUSE") {
+    return new AddressInUseError(
+      `Cannot listen on "${path}": something exists there already`,
+      { cause: error },
+    );
+  }
+  const reason = code === "ENOENT"
+    ? "no such directory"
+    : code === "EACCES" || code === "EPERM"
+    ? "permission denied"
+    : describe(error);
+  return new MoatError(
+    "ERR_LISTEN",
+    `Cannot listen on "${path}": ${reason}`,
+    undefined,
+    { cause: error },
+  );
+}
+
+/**
+ * A listening Unix socket; iterating it yields accepted connections until
+ * `close()`, which removes the socket file (Bun's `stop` does).
+ */
+class BunUnixListener implements Listener {
+  readonly addr: Addr;
+  #server: BunServer;
+  #queue = new AcceptQueue();
+
+  constructor(path: string) {
+    const queue = this.#queue;
+    this.#server = Bun.listen({
+      unix: path,
+      allowHalfOpen: true,
+      socket: BunConn.handler((conn) => queue.push(conn)),
+    });
+    this.addr = { hostname: path, port: 0 };
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    return this.#queue[Symbol.asyncIterator]();
+  }
+
+  close(): void {
+    if (!this.#queue.close()) return;
+    try {
+      this.#server.stop(false);
+    } catch {
+      // close() never throws.
+    }
+  }
 }
 
 /** Bun's client `tls` option: TLS 1.3; the caller verifies the peer. */
@@ -413,9 +517,10 @@ class BunConn implements Conn {
     this.#socket = socket;
     // Read now: Bun's getters return nothing useful once the socket closed.
     // The local address (a syscall; the server never asks) is read on demand.
+    // A Unix socket has neither (Bun reports undefined).
     this.remoteAddr = {
-      hostname: socket.remoteAddress,
-      port: socket.remotePort,
+      hostname: socket.remoteAddress ?? "",
+      port: socket.remotePort ?? 0,
     };
   }
 

@@ -1,5 +1,6 @@
 /**
- * The Deno adapter: {@linkcode Net} over `Deno.listen` and `Deno.connect`.
+ * The Deno adapter: {@linkcode Net} over `Deno.listen` and `Deno.connect`
+ * (TCP, and Unix sockets with `transport: "unix"`).
  *
  * `read` and `write` go straight to the `Deno.TcpConn` (no per-read
  * allocation); Deno's errors are wrapped in moat's error classes here, at the
@@ -27,6 +28,8 @@ import type {
   Listener,
   ListenOptions,
   Net,
+  UnixConnectOptions,
+  UnixListenOptions,
 } from "./types.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import {
@@ -37,6 +40,9 @@ import {
 } from "./node_tls.ts";
 import { formatAddr } from "./_errors.ts";
 import { DescriptorReserve, isOutOfDescriptors } from "./_fd_reserve.ts";
+
+/** Pause before a Unix listener retries a failed accept. */
+const ACCEPT_RETRY_MS = 100;
 
 /**
  * Returns the Deno implementation of {@linkcode Net}.
@@ -68,6 +74,8 @@ export function denoNet(): Net {
     runtimeVersion: Deno.version.deno,
     listen: listenDeno,
     connect: connectDeno,
+    listenUnix: listenUnixDeno,
+    connectUnix: connectUnixDeno,
   };
 }
 
@@ -106,6 +114,81 @@ async function connectDeno(options: ConnectOptions): Promise<Conn> {
     throw toConnectError(error, options);
   }
   return new DenoConn(conn);
+}
+
+function listenUnixDeno(options: UnixListenOptions): Promise<Listener> {
+  try {
+    const listener = Deno.listen({ path: options.path, transport: "unix" });
+    return Promise.resolve(new DenoUnixListener(listener, options.path));
+  } catch (error) {
+    return Promise.reject(toUnixListenError(error, options.path));
+  }
+}
+
+async function connectUnixDeno(options: UnixConnectOptions): Promise<Conn> {
+  let conn: Deno.UnixConn;
+  try {
+    conn = await Deno.connect({ path: options.path, transport: "unix" });
+  } catch (error) {
+    throw toUnixConnectError(error, options.path);
+  }
+  return new DenoConn(conn);
+}
+
+/**
+ * A listening Unix socket; iterating it accepts connections until
+ * `close()`, which also removes the socket file (as Bun's does). A failed
+ * accept (out of descriptors) is retried after a pause, never in a spin.
+ */
+class DenoUnixListener implements Listener {
+  readonly addr: Addr;
+  #listener: Deno.UnixListener;
+  #closed = false;
+
+  constructor(listener: Deno.UnixListener, path: string) {
+    this.#listener = listener;
+    this.addr = { hostname: path, port: 0 };
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
+    while (!this.#closed) {
+      let conn: Deno.UnixConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (
+          this.#closed || error instanceof Deno.errors.BadResource ||
+          error instanceof Deno.errors.Interrupted
+        ) {
+          return;
+        }
+        if (!(error instanceof Deno.errors.ConnectionAborted)) {
+          await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+        }
+        continue;
+      }
+      if (this.#closed) {
+        conn.close();
+        return;
+      }
+      yield new DenoConn(conn);
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed by the runtime; close() never throws.
+    }
+    try {
+      Deno.removeSync(this.addr.hostname);
+    } catch {
+      // Already gone (Deno removes it itself in some cases).
+    }
+  }
 }
 
 /**
@@ -201,11 +284,11 @@ class DenoListener implements Listener {
   }
 }
 
-/** A connected TCP stream over a `Deno.TcpConn`. */
+/** A connected stream over a `Deno.TcpConn` or a `Deno.UnixConn`. */
 class DenoConn implements Conn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
-  #conn: Deno.TcpConn;
+  #conn: Deno.TcpConn | Deno.UnixConn;
   #closed = false;
   #writeClosed = false;
   /** Writes so far, up to 2: Nagle's algorithm is turned off before the second. */
@@ -213,7 +296,7 @@ class DenoConn implements Conn {
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
-  constructor(conn: Deno.TcpConn) {
+  constructor(conn: Deno.TcpConn | Deno.UnixConn) {
     this.#conn = conn;
     this.localAddr = toAddr(conn.localAddr);
     this.remoteAddr = toAddr(conn.remoteAddr);
@@ -234,7 +317,10 @@ class DenoConn implements Conn {
     // Nagle only holds back a segment while earlier data is unacknowledged,
     // so the first write goes out at once anyway; setting TCP_NODELAY before
     // the second saves an op on connections that write once (a refusal).
-    if (this.#writeCount < 2 && ++this.#writeCount === 2) {
+    if (
+      this.#writeCount < 2 && ++this.#writeCount === 2 &&
+      "setNoDelay" in this.#conn
+    ) {
       try {
         this.#conn.setNoDelay(true);
       } catch {
@@ -286,7 +372,8 @@ class DenoConn implements Conn {
   }
 }
 
-function toAddr(addr: Deno.NetAddr): Addr {
+function toAddr(addr: Deno.NetAddr | Deno.UnixAddr): Addr {
+  if ("path" in addr) return { hostname: addr.path ?? "", port: 0 };
   return { hostname: addr.hostname, port: addr.port };
 }
 
@@ -353,6 +440,40 @@ function toConnectError(error: unknown, options: ConnectOptions): unknown {
     reason = describe(error);
   }
   return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
+    cause: error,
+  });
+}
+
+function toUnixListenError(error: unknown, path: string): unknown {
+  const where = `"${path}"`;
+  if (error instanceof Deno.errors.AddrInUse) {
+    return new AddressInUseError(
+      `Cannot listen on ${where}: something exists there already`,
+      { cause: error },
+    );
+  }
+  const reason = error instanceof Deno.errors.NotFound
+    ? "no such directory"
+    : error instanceof Deno.errors.PermissionDenied
+    ? "permission denied"
+    : describe(error);
+  return new MoatError(
+    "ERR_LISTEN",
+    `Cannot listen on ${where}: ${reason}`,
+    undefined,
+    { cause: error },
+  );
+}
+
+function toUnixConnectError(error: unknown, path: string): unknown {
+  const reason = error instanceof Deno.errors.NotFound
+    ? "no such socket"
+    : error instanceof Deno.errors.ConnectionRefused
+    ? "connection refused"
+    : error instanceof Deno.errors.PermissionDenied
+    ? "permission denied"
+    : describe(error);
+  return new ConnectError(`Cannot connect to "${path}": ${reason}`, {
     cause: error,
   });
 }

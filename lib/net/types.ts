@@ -5,7 +5,11 @@
  * @module
  */
 
-/** The address of one end of a connection. */
+/**
+ * The address of one end of a connection. On a Unix socket, `hostname` is
+ * the socket's path ("" for an unnamed end, such as a connecting client)
+ * and `port` is 0.
+ */
 export interface Addr {
   /** IP address as the runtime reports it (IPv6 without brackets). */
   readonly hostname: string;
@@ -153,6 +157,18 @@ export interface ConnectOptions {
   tls?: ClientTlsOptions;
 }
 
+/** Options for {@linkcode Net.listenUnix}. */
+export interface UnixListenOptions {
+  /** Where the socket file is made; nothing may exist there yet. */
+  path: string;
+}
+
+/** Options for {@linkcode Net.connectUnix}. */
+export interface UnixConnectOptions {
+  /** The socket file. */
+  path: string;
+}
+
 /** What a runtime adapter provides. */
 export interface Net {
   /** "deno" or "bun". */
@@ -163,4 +179,18 @@ export interface Net {
   listen(options: ListenOptions): Promise<Listener>;
   /** Throws ConnectError when the server cannot be reached. */
   connect(options: ConnectOptions): Promise<Conn>;
+  /**
+   * Listens on a Unix stream socket: the file is made at `path` with the
+   * process's umask (the caller sets its mode), and `close()` removes it.
+   * The listener's `addr` is `{ hostname: path, port: 0 }`.
+   * Throws AddressInUseError when something exists at `path`, and a
+   * MoatError `ERR_LISTEN` with a one-line reason otherwise.
+   */
+  listenUnix(options: UnixListenOptions): Promise<Listener>;
+  /**
+   * Connects to a Unix stream socket. Throws ConnectError naming the path
+   * and the reason: "no such socket", "connection refused" (a socket file
+   * nobody listens on), "permission denied".
+   */
+  connectUnix(options: UnixConnectOptions): Promise<Conn>;
 }

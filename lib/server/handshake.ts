@@ -121,6 +121,8 @@ export async function handshake(
       name: s.name,
       peer: s.peer,
       maxFrameSize: options.maxFrameSize,
+      // Tells clients this server takes Ping (see liveness.ts).
+      idleTimeoutMs: options.idleTimeoutMs,
     }),
   });
   const out = new Uint8Array(PREAMBLE_SIZE + welcome.length);

@@ -21,6 +21,7 @@ import {
   checkCertificate,
   guard,
   type Port,
+  type Refusal,
   Refusals,
   sweepInterval,
   sweepSessions,
@@ -40,6 +41,13 @@ import {
 } from "./session.ts";
 import { serveConnection } from "./sniff.ts";
 import { serveSyslog } from "./syslog.ts";
+import { SourceWatch } from "./liveness.ts";
+import {
+  connectionStatus,
+  RecentCount,
+  type ServerStatus,
+  sourceStatuses,
+} from "./status.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
 
@@ -74,6 +82,10 @@ export class Server {
   #closing = false;
   #acceptLoops: Promise<void>[] = [];
   #handlers = new Map<Conn, Promise<void>>();
+  /** Refused connections of the last hour, for {@linkcode Server.prototype.status}. */
+  #refused = new RecentCount();
+  #addrs: Addr[] = [];
+  #startedAt = 0;
 
   /**
    * Makes a server; nothing is bound until {@linkcode Server.prototype.listen}.
@@ -89,6 +101,11 @@ export class Server {
       audit: o.audit,
       hub: new ChatHub((line) => o.onChat?.(line)),
       cache: new DigestCache(),
+      sources: new SourceWatch({
+        audit: o.audit,
+        silentAfterMs: o.silentAfterMs,
+        now: o.now,
+      }),
     };
     this.#refusals = new Refusals(o.audit, o.now);
   }
@@ -159,6 +176,8 @@ export class Server {
         ...(o.auth?.tokens ? ["token"] : []),
       ],
     });
+    this.#addrs = addrs;
+    this.#startedAt = o.now();
     for (const l of this.#listeners) this.#acceptOn(l, "main");
     for (const l of this.#syslogListeners) this.#acceptOn(l, "syslog");
     this.#sweeper = setInterval(() => this.sweep(), sweepInterval(o));
@@ -187,9 +206,39 @@ export class Server {
       now,
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
+    this.#ctx.sources.sweep(now);
     // Summaries of audit lines the rate limit held back, once their peer
     // has gone quiet: nothing held back stays unaccounted for long.
     this.#o.audit.flush();
+  }
+
+  /**
+   * What the server is doing now, for `moat status`: its connections, its
+   * vault's sources and when each was last heard from, and the refusals of
+   * the last minute and hour.
+   *
+   * @returns A snapshot; every field is JSON.
+   */
+  status(): ServerStatus {
+    const o = this.#o;
+    const now = o.now();
+    return {
+      server: `moat/${o.version}`,
+      startedAt: new Date(this.#startedAt).toISOString(),
+      now: new Date(now).toISOString(),
+      listening: this.#addrs.map(formatAddr),
+      idleTimeoutMs: o.idleTimeoutMs,
+      silentAfterMs: o.silentAfterMs,
+      connections: [...this.#sessions].map(connectionStatus),
+      vault: o.vault?.dir ?? null,
+      sources: o.vault === undefined
+        ? []
+        : sourceStatuses(o.vault, { watch: this.#ctx.sources, now }),
+      refusals: {
+        lastMinute: this.#refused.count(now, 60),
+        lastHour: this.#refused.count(now, 3600),
+      },
+    };
   }
 
   /**
@@ -236,7 +285,7 @@ export class Server {
         port,
       });
       if (refusal !== undefined) {
-        this.#refusals.refuse(conn, refusal, tag);
+        this.#refuse(conn, refusal, tag);
         return;
       }
       if (conn.handshake !== undefined && !await this.#handshakeTls(conn)) {
@@ -244,7 +293,7 @@ export class Server {
       }
       const verdict = checkCertificate(conn, this.#o, port);
       if ("code" in verdict) {
-        this.#refusals.refuse(conn, verdict, tag);
+        this.#refuse(conn, verdict, tag);
         return;
       }
       const s = new Session(this.#ctx, {
@@ -293,6 +342,12 @@ export class Server {
     }
   }
 
+  /** Refuses a connection (see `Refusals`) and counts it. */
+  #refuse(conn: Conn, refusal: Refusal, tag: { port: string } | undefined) {
+    this.#refused.add(this.#o.now());
+    this.#refusals.refuse(conn, refusal, tag);
+  }
+
   /**
    * Runs the TLS handshake of an allowed connection as a session of its
    * own: it counts against `maxConns` and the sweep ends it at the
@@ -305,12 +360,14 @@ export class Server {
       name: `c${this.#nextId++}`,
       conn,
     });
+    pending.mode = "tls";
     pending.deadline = this.#o.now() + this.#o.handshakeTimeoutMs;
     this.#sessions.add(pending);
     try {
       await conn.handshake!();
       return true;
     } catch (err) {
+      this.#refused.add(this.#o.now());
       this.#o.audit.write("refused", {
         peer: pending.peer,
         reason: pending.reason === "handshake timeout"
@@ -326,6 +383,7 @@ export class Server {
 
   /** Serves a connection on the syslog port (see `syslog.ts`). */
   async #syslog(s: Session) {
+    s.mode = "syslog";
     const reason = await serveSyslog({
       conn: s.conn,
       peer: s.peer,

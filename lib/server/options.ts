@@ -13,6 +13,7 @@ import type { AuditLog } from "../audit.ts";
 import type { Vault } from "../vault/store.ts";
 import type { ChatLine } from "../protocol.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framer.ts";
+import { DEFAULT_SILENT_AFTER_MS } from "./liveness.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -61,6 +62,11 @@ export interface ServerOptions {
   vault?: Vault;
   /** Also accept syslog over TCP into the vault (needs `vault`; see `lib/server/syslog.ts`). */
   syslog?: ServerSyslog;
+  /**
+   * Audit `source_silent` when a vault source that shipped goes this long
+   * without a record or a heartbeat (see `liveness.ts`). @default {300_000}
+   */
+  silentAfterMs?: number;
   /**
    * The clock of every deadline: idle time, the handshake timeout, the
    * linger of a refusal or of an ending plain connection. Tests pass a fake
@@ -116,6 +122,7 @@ export function resolveServerOptions(
     maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
     maxLine: DEFAULT_MAX_LINE,
     plain: true,
+    silentAfterMs: DEFAULT_SILENT_AFTER_MS,
     now: Date.now,
     ...options,
   };

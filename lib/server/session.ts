@@ -13,6 +13,8 @@ import { encodeFrame } from "../framer.ts";
 import { encodeJson, encodeText, type ErrorBody, Kind } from "../protocol.ts";
 import { escapeText } from "../text.ts";
 import type { ResolvedServerOptions } from "./options.ts";
+import type { SourceWatch } from "./liveness.ts";
+import { SessionConn } from "./session_conn.ts";
 
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 export const READ_BUFFER = 4096;
@@ -27,7 +29,23 @@ export interface ServerContext {
   readonly hub: ChatHub;
   /** File digests already computed, shared by every get. */
   readonly cache: DigestCache;
+  /** Vault sources that shipped, for `source_silent` and `moat status`. */
+  readonly sources: SourceWatch;
 }
+
+/**
+ * What a session is doing, for `moat status`: accepted and not yet told
+ * apart ("new"), in its TLS or moat handshake, or serving a mode.
+ */
+export type SessionMode =
+  | "new"
+  | "tls"
+  | "handshake"
+  | "get"
+  | "chat"
+  | "ship"
+  | "plain"
+  | "syslog";
 
 /** Who a session is, when it is created. */
 export interface SessionInit {
@@ -50,8 +68,14 @@ export class Session {
   readonly name: string;
   /** The peer as the audit log shows it, "host:port". */
   readonly peer: string;
-  /** The socket. */
-  readonly conn: Conn;
+  /** The socket: writes one at a time, bytes counted (see `session_conn.ts`). */
+  readonly conn: SessionConn;
+  /** When it was accepted (the server's clock). */
+  readonly since: number;
+  /** What it is doing. */
+  mode: SessionMode = "new";
+  /** Mode "ship": the source name the shipper gave. */
+  source: string | undefined = undefined;
   /** When it last read or wrote (the server's clock). */
   lastActive: number;
   /** Close unless the handshake is done by then (ms timestamp). */
@@ -70,10 +94,10 @@ export class Session {
   constructor(server: ServerContext, init: SessionInit) {
     this.server = server;
     this.name = init.name;
-    this.conn = init.conn;
+    this.conn = new SessionConn(init.conn);
     this.peer = formatAddr(init.conn.remoteAddr);
     this.identity = init.identity;
-    this.lastActive = server.options.now();
+    this.since = this.lastActive = server.options.now();
   }
 
   /**

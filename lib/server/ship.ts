@@ -102,6 +102,8 @@ export async function serveShip(
     source: key.name,
     lastSeq: source.lastSeq,
   });
+  s.source = key.name;
+  const unwatch = s.server.sources.attach(key, source, s);
   const acks = new Outbox(s);
   const ack = new Uint8Array(8);
   const appends = new AppendPipeline(source, {
@@ -142,6 +144,7 @@ export async function serveShip(
     }
     s.reason = `ship ended: ${body.message}`;
   } finally {
+    unwatch();
     audit.write("ship_finished", {
       peer: s.peer,
       name: s.name,

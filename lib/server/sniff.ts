@@ -5,12 +5,12 @@
  * @module
  */
 
-import { FrameReader } from "../framer.ts";
 import { MAGIC } from "../protocol.ts";
 import { ProtocolError } from "../errors.ts";
 import { serveFramedChat } from "./chat.ts";
 import { serveGets } from "./get.ts";
 import { handshake } from "./handshake.ts";
+import { HeartbeatReader } from "./liveness.ts";
 import { endPlain, servePlain } from "./plain.ts";
 import { READ_BUFFER, type Session } from "./session.ts";
 import { serveShip } from "./ship.ts";
@@ -55,16 +55,16 @@ export async function serveConnection(s: Session): Promise<void> {
   }
   if (head !== null && head[0] === MAGIC[0]) {
     s.deadline = options.now() + options.handshakeTimeoutMs;
-    const reader = new FrameReader(
-      { read: (buf) => s.read(buf) },
-      {
-        maxFrameSize: options.maxFrameSize,
-        bufferSize: READ_BUFFER,
-        prefix: head,
-      },
-    );
+    s.mode = "handshake";
+    // Answers heartbeats after the handshake (see liveness.ts).
+    const reader = new HeartbeatReader(s, {
+      maxFrameSize: options.maxFrameSize,
+      bufferSize: READ_BUFFER,
+      prefix: head,
+    });
     const done = await handshake(s, reader);
     if (done === undefined) return;
+    s.mode = done.hello.mode;
     if (done.hello.mode === "get") return await serveGets(s, done);
     if (done.hello.mode === "ship") return await serveShip(s, done);
     return await serveFramedChat(s, done.reader);
@@ -92,6 +92,7 @@ export async function serveConnection(s: Session): Promise<void> {
     }
     return;
   }
+  s.mode = "plain";
   // Returned, not awaited: a silent client's wait keeps one frame less alive.
   return servePlain(s, head ?? first);
 }

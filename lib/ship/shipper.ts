@@ -33,6 +33,7 @@ import {
   readLines,
 } from "./follow.ts";
 import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
+import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
@@ -351,9 +352,12 @@ async function session(
   finished: () => boolean,
   setWake: (wake: () => void) => void,
 ): Promise<void> {
-  const { conn, reader } = await openSession(options.client, "ship", {
+  const { conn, reader, welcome } = await openSession(options.client, "ship", {
     source: options.source,
   }, options.signal);
+  // A shipper of a quiet log pings, so the server neither drops it as idle
+  // nor reports its source silent.
+  const heartbeat = new Heartbeat(conn, heartbeatInterval(welcome));
   const stop = new AbortController();
   // Closing at once ends a write the server is not reading and an ack that
   // will not come; whatever is unacknowledged stays in the spool.
@@ -422,6 +426,7 @@ async function session(
         if (frame === null) {
           throw new ConnectionClosedError("Connection closed by server");
         }
+        if (frame.type === Kind.Pong) continue;
         if (frame.type === Kind.Error) {
           throw errorFromFrame(decodeError(frame.payload));
         }
@@ -452,7 +457,7 @@ async function session(
       })
     ) {
       for (const group of frames(batch)) {
-        await conn.write(
+        await heartbeat.write(
           encodeFrame({
             type: Kind.ShipBatch,
             payload: encodeShipBatch(group),
@@ -468,8 +473,10 @@ async function session(
       return;
     }
     await Promise.race([acked, acking]);
+    await heartbeat.stop();
     await conn.closeWrite().catch(() => {});
   } finally {
+    void heartbeat.stop();
     options.signal.removeEventListener("abort", onAbort);
     setWake(() => {});
     conn.close();
