@@ -27,6 +27,7 @@ import {
   DEFAULT_MAX_CONNS,
   DEFAULT_MAX_LINE,
   DEFAULT_PORT,
+  DEFAULT_SILENT_AFTER_MS,
 } from "../lib/limits.ts";
 import {
   DEFAULT_MAX_LINE_BYTES,
@@ -36,7 +37,6 @@ import {
   type Vault,
 } from "../lib/vault/store.ts";
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
-import { DEFAULT_SILENT_AFTER_MS } from "../lib/server/liveness.ts";
 import { SealTracker } from "../lib/server/status.ts";
 import { defaultSocketPath, StatusSocket } from "../lib/status_socket.ts";
 import { stdinLines } from "./_stdin.ts";

@@ -22,3 +22,5 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
  * once. The shipper never puts more in one frame.
  */
 export const DEFAULT_MAX_BATCH_RECORDS = 4096;
+/** A source that was shipping and is quiet this long is reported, in milliseconds. */
+export const DEFAULT_SILENT_AFTER_MS = 300_000;

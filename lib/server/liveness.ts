@@ -9,6 +9,9 @@
  */
 
 import type { AuditLog } from "../audit.ts";
+import { DEFAULT_SILENT_AFTER_MS } from "../limits.ts";
+
+export { DEFAULT_SILENT_AFTER_MS };
 import { ProtocolError } from "../errors.ts";
 import {
   encodeFrame,
@@ -18,10 +21,17 @@ import {
 } from "../framer.ts";
 import { Kind } from "../protocol.ts";
 import type { SourceKey, VaultSource } from "../vault/store.ts";
-import type { Session } from "./session.ts";
 
-/** Default `--silent-after`: a source quiet for 5 minutes is reported. */
-export const DEFAULT_SILENT_AFTER_MS = 300_000;
+/**
+ * What liveness needs of a session (its reads, its socket for the Pong, its
+ * last activity): a structural type, so that session.ts, which holds the
+ * server's SourceWatch, and this module do not import each other.
+ */
+export interface Session {
+  read(buf: Uint8Array): Promise<number | null>;
+  readonly conn: { write(bytes: Uint8Array): Promise<void> };
+  readonly lastActive: number;
+}
 
 const PONG: Uint8Array = encodeFrame({
   type: Kind.Pong,

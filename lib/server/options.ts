@@ -13,13 +13,13 @@ import type { AuditLog } from "../audit.ts";
 import type { Vault } from "../vault/store.ts";
 import type { ChatLine } from "../protocol.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framer.ts";
-import { DEFAULT_SILENT_AFTER_MS } from "./liveness.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_CONNS,
   DEFAULT_MAX_LINE,
   DEFAULT_PORT,
+  DEFAULT_SILENT_AFTER_MS,
 } from "../limits.ts";
 
 /** Options for {@linkcode Server}. */
