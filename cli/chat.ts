@@ -41,10 +41,11 @@ export const CHAT: CommandSpec<typeof CHAT_OPTIONS> = {
   usage: ["chat [options]"],
   description:
     `Send each line typed on stdin; print each line received, tagged with its sender.
-Ctrl-D (end of input) leaves: like nc -N, moat then closes its sending side and
-still prints what the server sends (the answer to a last line, as in
-echo hi | moat chat) until the server closes, 2 s pass without a line, or
---timeout passes.`,
+Members joining and leaving are shown as [server] lines; /who lists the members
+(to you alone). Ctrl-D (end of input) leaves: like nc -N, moat then closes its
+sending side and still prints what the server sends (the answer to a last
+line, as in echo hi | moat chat) until the server closes, 2 s pass without a
+line, or --timeout passes.`,
   options: CHAT_OPTIONS,
   env: CLIENT_SECURITY_ENV,
   exits: CLIENT_EXITS,

@@ -54,7 +54,7 @@ export const SERVE_SECURITY_OPTIONS = {
     type: "file",
     placeholder: "F",
     description:
-      'Require a token from F ("NAME SECRET" lines), else from $MOAT_TOKEN; proved by challenge–response, never sent. TLS or a token turns plain-text mode off',
+      'Require a token from F ("NAME SECRET" lines), else from $MOAT_TOKEN; proved by challenge–response, never sent. A token turns plain-text mode off',
     group: SECURITY,
   },
 } as const satisfies OptionTable;

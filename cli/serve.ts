@@ -244,7 +244,9 @@ With no --allow, only loopback may connect and moat listens on loopback only.`,
     },
     ...COMMON_EXITS.filter((e) => e.code !== 0),
   ],
-  notes: `Lines typed on stdin go to every chat client as "operator".`,
+  notes:
+    `Lines typed on stdin go to every chat client as "operator"; a line /who
+lists the chat's members instead (to the operator alone).`,
 };
 
 type ServeValues = OptionValues<typeof SERVE_OPTIONS>;

@@ -1,11 +1,18 @@
 /**
- * The chat hub: who is connected, and relaying each line to everyone else.
+ * The chat hub: who is connected, relaying each line to everyone else,
+ * telling everyone who joins and leaves, and answering `/who`.
  *
  * @module
  */
 
 import type { ChatLine } from "./protocol.ts";
 import { escapeText } from "./text.ts";
+
+/** The chat command that lists the members, answered to the asker alone. */
+export const WHO_COMMAND = "/who";
+
+/** Most members a `/who` answer names; the rest are only counted. */
+export const WHO_MAX = 64;
 
 /** One participant, framed or plain. */
 export interface ChatMember {
@@ -35,13 +42,43 @@ export function formatChatLine(line: ChatLine): string {
   return `[${escapeText(tag)}] ${escapeText(line.text)}`;
 }
 
-/** Relays lines between members and the operator. */
+/**
+ * Relays lines between members and the operator. Every member and the
+ * operator hear, from `server`, each member that joins or leaves; `/who`
+ * lists the members to whoever asked.
+ *
+ * @example Presence lines and /who
+ * ```ts
+ * import { ChatHub, type ChatMember, formatChatLine } from "./chat.ts";
+ * import assert from "node:assert/strict";
+ * const seen: string[] = [];
+ * const member = (name: string, addr: string): ChatMember => ({
+ *   name,
+ *   addr,
+ *   deliver: (line) => (seen.push(`${name} ${formatChatLine(line)}`), true),
+ *   drop: () => {},
+ * });
+ * const hub = new ChatHub((line) => seen.push(`op ${formatChatLine(line)}`));
+ * const a = member("c1", "127.0.0.1:5000");
+ * hub.join(a);
+ * hub.join(member("c2", "127.0.0.1:5001"));
+ * assert.equal(hub.command("/who", a), true);
+ * assert.deepEqual(seen, [
+ *   "op [server] c1 (127.0.0.1:5000) joined",
+ *   "op [server] c2 (127.0.0.1:5001) joined",
+ *   "c1 [server] c2 (127.0.0.1:5001) joined",
+ *   "c1 [server] 2 members: c1 (127.0.0.1:5000), c2 (127.0.0.1:5001)",
+ * ]);
+ * ```
+ */
 export class ChatHub {
   #members = new Map<string, ChatMember>();
   #operator: (line: ChatLine) => void;
+  #closed = false;
 
   /**
-   * @param operator Shows each client line to the server's operator.
+   * @param operator Shows each client line, and each presence line, to the
+   * server's operator.
    */
   constructor(operator: (line: ChatLine) => void) {
     this.#operator = operator;
@@ -53,19 +90,27 @@ export class ChatHub {
   }
 
   /**
+   * Adds a member (no-op if present) and tells the operator and every other
+   * member: `c7 (127.0.0.1:5000) joined`.
+   *
    * @param member Joins the hub.
    */
   join(member: ChatMember): void {
+    if (this.#members.get(member.name) === member) return;
     this.#members.set(member.name, member);
+    this.#presence(member, "joined");
   }
 
   /**
-   * @param member Leaves the hub (no-op if absent).
+   * Removes a member (no-op if absent) and tells the operator and every
+   * other member: `c7 (127.0.0.1:5000) left`.
+   *
+   * @param member Leaves the hub.
    */
   leave(member: ChatMember): void {
-    if (this.#members.get(member.name) === member) {
-      this.#members.delete(member.name);
-    }
+    if (this.#members.get(member.name) !== member) return;
+    this.#members.delete(member.name);
+    this.#presence(member, "left");
   }
 
   /**
@@ -96,13 +141,97 @@ export class ChatHub {
     this.#broadcast(line, undefined);
   }
 
+  /**
+   * Answers a chat command to whoever typed it and nobody else: `/who`
+   * (exactly) gets the list of members, from `server`.
+   *
+   * @param text A line typed by a member or the operator.
+   * @param asker The member who typed it; the operator when absent.
+   * @returns True when `text` was a command: it is then neither relayed nor
+   * audited as a chat line.
+   */
+  command(text: string, asker?: ChatMember): boolean {
+    if (text !== WHO_COMMAND) return false;
+    if (asker === undefined) {
+      this.#operator({ from: "server", addr: "", text: this.who() });
+    } else {
+      this.announce("server", this.who(), asker);
+    }
+    return true;
+  }
+
+  /**
+   * The members, in the order they joined, as one line: at most
+   * {@linkcode WHO_MAX} named, the rest counted.
+   *
+   * @returns e.g. `2 members: c1 (127.0.0.1:5000), c2 ([::1]:5001 token:bob)`.
+   */
+  who(): string {
+    const n = this.#members.size;
+    if (n === 0) return "no members";
+    const named: string[] = [];
+    for (const m of this.#members.values()) {
+      if (named.length === WHO_MAX) break;
+      named.push(describe(m));
+    }
+    const more = n > named.length ? `, and ${n - named.length} more` : "";
+    return `${n} member${n === 1 ? "" : "s"}: ${named.join(", ")}${more}`;
+  }
+
+  /**
+   * Stops presence lines: the server is shutting down, every member is
+   * about to leave, and telling each of the others would cost N² writes to
+   * connections that are closing anyway.
+   */
+  close(): void {
+    this.#closed = true;
+  }
+
+  #presence(member: ChatMember, what: string) {
+    if (this.#closed) return;
+    const line: ChatLine = {
+      from: "server",
+      addr: "",
+      text: `${describe(member)} ${what}`,
+    };
+    this.#operator(line);
+    this.#broadcast(line, member);
+  }
+
   #broadcast(line: ChatLine, except: ChatMember | undefined) {
+    const dropped: ChatMember[] = [];
+    this.#deliverAll(line, except, dropped);
+    // Members dropped as slow consumers leave like any other: the others
+    // are told, which may drop more. Each member is dropped at most once,
+    // so this ends.
+    for (let i = 0; i < dropped.length && !this.#closed; i++) {
+      const gone: ChatLine = {
+        from: "server",
+        addr: "",
+        text: `${describe(dropped[i]!)} left (slow consumer)`,
+      };
+      this.#operator(gone);
+      this.#deliverAll(gone, undefined, dropped);
+    }
+  }
+
+  #deliverAll(
+    line: ChatLine,
+    except: ChatMember | undefined,
+    dropped: ChatMember[],
+  ) {
     for (const m of [...this.#members.values()]) {
       if (m === except) continue;
       if (!m.deliver(line)) {
         this.#members.delete(m.name);
         m.drop("slow consumer");
+        dropped.push(m);
       }
     }
   }
+}
+
+/** A member as presence lines and `/who` show it: `c7 (127.0.0.1:5000)`. */
+function describe(member: ChatMember): string {
+  return `${member.name} (${member.addr})`;
 }

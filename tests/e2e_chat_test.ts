@@ -15,7 +15,7 @@ async function chatClient(port: number) {
     15_000,
     "chat connected",
   );
-  const name = /as (c\d+)/.exec(hello)![1]!;
+  const [, name, addr] = /as (c\d+) \(([^)]+)\)/.exec(hello)!;
   const exited = new Promise<number | null>((r) =>
     child.on("close", (c) => r(c))
   );
@@ -23,7 +23,9 @@ async function chatClient(port: number) {
     child,
     out,
     err,
-    name,
+    name: name!,
+    /** "cN (127.0.0.1:PORT)", as presence lines and /who name it. */
+    tag: `${name} (${addr})`,
     say: (line: string) => child.stdin!.write(line + "\n"),
     async quit() {
       child.stdin!.end();
@@ -134,4 +136,63 @@ test("moat chat fed by a pipe prints the server's --reply to its last line befor
   assert.match(r.stderr, /^moat: connected to 127\.0\.0\.1:\d+ as c\d+ /);
   const said = await server.waitEvent((e) => e.event === "chat", "chat");
   assert.equal(said.text, "hi");
+});
+
+test("moat chat shows joins and leaves as [server] lines; /who answers the asker, or the operator, alone", async () => {
+  await using server = await startServer([]);
+  const a = await chatClient(server.port);
+  const b = await chatClient(server.port);
+  try {
+    assert.equal(
+      await a.out.waitFor((l) => l.includes("joined"), 15_000, "b's join"),
+      `[server] ${b.tag} joined`,
+    );
+    for (const who of [a, b]) {
+      await server.stdout.waitFor(
+        (l) => l === `[server] ${who.tag} joined`,
+        15_000,
+        `${who.name}'s join at the operator`,
+      );
+    }
+    const list = `[server] 2 members: ${a.tag}, ${b.tag}`;
+    b.say("/who");
+    assert.equal(
+      await b.out.waitFor((l) => l.includes("members"), 15_000, "b's list"),
+      list,
+    );
+    server.child.stdin!.write("/who\n");
+    assert.equal(
+      await server.stdout.waitFor((l) => l.includes("members")),
+      list,
+    );
+    // What each hears next is the next thing said: no /who was relayed.
+    server.child.stdin!.write("sync\n");
+    for (const who of [a, b]) {
+      await who.out.waitFor((l) => l === "[operator] sync");
+    }
+    assert.deepEqual(a.out.lines, [
+      `[server] ${b.tag} joined`,
+      "[operator] sync",
+    ]);
+    assert.deepEqual(b.out.lines, [list, "[operator] sync"]);
+    assert.equal(
+      server.stdout.lines.filter((l) => l.includes("members")).length,
+      1,
+    );
+    assert.ok(!server.stdout.lines.some((l) => l.includes("/who")));
+    assert.equal(await b.quit(), 0);
+    assert.equal(
+      await a.out.waitFor((l) => l.includes("left"), 15_000, "b's leave"),
+      `[server] ${b.tag} left`,
+    );
+    await server.stdout.waitFor((l) => l === `[server] ${b.tag} left`);
+    assert.deepEqual(
+      server.events().filter((e) => e.event === "chat"),
+      [],
+      "neither /who is a chat line",
+    );
+  } finally {
+    await a.quit();
+    await b.quit();
+  }
 });

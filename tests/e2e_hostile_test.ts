@@ -574,6 +574,21 @@ const FRAMED_ONLY: Uint8Array[] = [
   bytesOf('\n{"event":"refused"}\n'),
 ];
 
+/** A join or leave line, which every member and the operator also hear. */
+const PRESENCE = /^\[server\] c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
+
+/** The lines of a transcript that are not join or leave lines. */
+function chatLines(lines: readonly string[]): string[] {
+  return lines.filter((l) => !PRESENCE.test(l));
+}
+
+/** The frames of a framed receiver that are not join or leave lines. */
+function chatFrames(frames: readonly { payload: Uint8Array }[]) {
+  return frames.filter((f) =>
+    JSON.parse(decodeText(f.payload)).from !== "server"
+  );
+}
+
 test("moat serve relays hostile chat text as one escaped, correctly tagged line per message", async () => {
   await using server = await startServer([]);
   const port = server.port;
@@ -604,17 +619,26 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
     15_000,
     "sync at the chat client",
   );
+  // Join lines (from the server) come and go around it; they are not compared.
   await until(
-    () => plainRx.text() === "[operator] sync\n",
+    () =>
+      chatLines(plainRx.text().split("\n")).join("\n") === "[operator] sync\n",
     15_000,
     "sync at the plain client",
   );
-  await until(() => framedRx.frames.length === 1, 15_000, "sync at framed");
-  assert.deepEqual(JSON.parse(decodeText(framedRx.frames[0]!.payload)), {
-    from: "operator",
-    addr: "",
-    text: "sync",
-  });
+  await until(
+    () => chatFrames(framedRx.frames).length === 1,
+    15_000,
+    "sync at framed",
+  );
+  assert.deepEqual(
+    JSON.parse(decodeText(chatFrames(framedRx.frames)[0]!.payload)),
+    {
+      from: "operator",
+      addr: "",
+      text: "sync",
+    },
+  );
   const plainName = nameOf(server.events(), plainTx.port);
   const sent: { from: string; port: number; bytes: Uint8Array }[] = [];
   try {
@@ -625,7 +649,7 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
     // The plain sender's lines are all relayed before the framed sender
     // speaks, so every receiver sees one order.
     await until(
-      () => server.stdout.lines.length === HOSTILE_LINES.length,
+      () => chatLines(server.stdout.lines).length === HOSTILE_LINES.length,
       15_000,
       "the plain lines at the operator",
     );
@@ -660,13 +684,13 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
       "the last frame at the framed client",
     );
     // The sync line was first everywhere; what follows it is compared.
-    const cliLines = cliOut.lines.slice(1);
-    const plainLines = plainRx.text().split("\n").slice(1, -1);
-    framedRx.frames.shift();
+    const cliLines = chatLines(cliOut.lines).slice(1);
+    const plainLines = chatLines(plainRx.text().split("\n")).slice(1, -1);
+    const framedLines = chatFrames(framedRx.frames).slice(1);
     for (
       const [who, lines] of [
         ["moat chat stdout", cliLines],
-        ["operator stdout", server.stdout.lines],
+        ["operator stdout", chatLines(server.stdout.lines)],
         ["plain client", plainLines],
       ] as const
     ) {
@@ -677,7 +701,7 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
     }
     // Framed receivers get the sender's own name and address, whatever the text says.
     assert.deepEqual(
-      framedRx.frames.map((f) => JSON.parse(decodeText(f.payload))),
+      framedLines.map((f) => JSON.parse(decodeText(f.payload))),
       sent.map((m) => ({
         from: m.from,
         addr: `127.0.0.1:${m.port}`,

@@ -277,6 +277,9 @@ function eventsOf(server: RunningServer, name: string): string[] {
 // deno-lint-ignore no-control-regex
 const CONTROL = /[\x00-\x1f\x7f]/;
 
+/** A join or leave line: from the server, naming a client and its address. */
+const PRESENCE = /^\[server\] c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
+
 /** Waits (bounded) until at least `n` audit events match. */
 async function waitEvents(
   server: RunningServer,
@@ -340,6 +343,57 @@ test("plain nc chat relays lines both ways with moat chat and the operator", asy
     assert.equal(chat.text, "hello from nc");
   } finally {
     assert.equal(await framed.quit(), 0);
+  }
+});
+
+test("plain nc hears joins and leaves from [server], and /who lists the members to it alone", async () => {
+  requireTools();
+  await using server = await startServer([]);
+  const nc = lineClient(["nc", "-N", "127.0.0.1", String(server.port)]);
+  try {
+    nc.send("here\n");
+    const { name, addr } = senderOf(
+      await server.stdout.waitFor((l) => l.endsWith("] here")),
+    );
+    const ncTag = `${name} (${addr})`;
+    const framed = await chatClient(server.port);
+    const joined = await nc.out.waitFor(
+      (l) => l.includes("joined"),
+      15_000,
+      "the framed client's join at nc",
+    );
+    assert.match(joined, PRESENCE);
+    const framedTag = joined.slice("[server] ".length, -" joined".length);
+    assert.ok(framedTag.startsWith(`${framed.name} (`), joined);
+    nc.send("/who\n");
+    assert.equal(
+      await nc.out.waitFor((l) => l.includes("members"), 15_000, "the list"),
+      `[server] 2 members: ${ncTag}, ${framedTag}`,
+    );
+    // The framed client's next line is the next thing said: /who was not relayed.
+    nc.send("after\n");
+    assert.equal(
+      await framed.out.waitFor((l) => l.endsWith("] after")),
+      `[${name} ${addr}] after`,
+    );
+    assert.deepEqual(framed.out.lines, [`[${name} ${addr}] after`]);
+    assert.equal(await framed.quit(), 0);
+    assert.equal(
+      await nc.out.waitFor((l) => l.endsWith(" left"), 15_000, "the leave"),
+      `[server] ${framedTag} left`,
+    );
+    assert.deepEqual(nc.out.lines, [
+      `[server] ${framedTag} joined`,
+      `[server] 2 members: ${ncTag}, ${framedTag}`,
+      `[server] ${framedTag} left`,
+    ]);
+    assert.deepEqual(
+      server.events().filter((e) => e.event === "chat").map((e) => e.text),
+      ["here", "after"],
+    );
+    assert.ok(!server.stdout.lines.some((l) => l.includes("/who")));
+  } finally {
+    assert.equal(await nc.quit(), 0);
   }
 });
 
@@ -685,8 +739,11 @@ test("forged senders from plain clients arrive escaped under their real tag", as
       ]
     ) {
       assert.ok(!CONTROL.test(l), JSON.stringify(l));
+      // Every line is a client's under its real tag, the operator's, or a
+      // join/leave line from the server (which no client can write).
       assert.ok(
-        l.startsWith("[operator] ") || /^\[c\d+ 127\.0\.0\.1:\d+\] /.test(l),
+        l.startsWith("[operator] ") || /^\[c\d+ 127\.0\.0\.1:\d+\] /.test(l) ||
+          PRESENCE.test(l),
         JSON.stringify(l),
       );
     }
@@ -731,7 +788,19 @@ test("serve --no-plain refuses nc, socat and silent clients with one ERR line; f
   }
   const framed = await chatClient(server.port);
   assert.equal(await framed.quit(), 0);
-  assert.equal(server.stdout.lines.length, 0);
+  // The operator saw the framed client come and go, and nothing else: no
+  // refused plain client ever reached the chat.
+  const left = await server.stdout.waitFor(
+    (l) => l.startsWith(`[server] ${framed.name} `) && l.endsWith(" left"),
+    10_000,
+    "the framed client's leave line",
+  );
+  const tag = left.slice("[server] ".length, -" left".length);
+  assert.deepEqual(server.stdout.lines, [
+    `[server] ${tag} joined`,
+    `[server] ${tag} left`,
+  ]);
+  assert.match(tag, /^c\d+ \(127\.0\.0\.1:\d+\)$/);
   const refused = await waitEvents(
     server,
     (e) => e.reason === "plain-text client refused (--no-plain)",

@@ -14,7 +14,13 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { createHmac } from "node:crypto";
-import { runMoat, type RunningServer, startServer, tempDir } from "./_e2e.ts";
+import {
+  LineWatcher,
+  runMoat,
+  type RunningServer,
+  startServer,
+  tempDir,
+} from "./_e2e.ts";
 
 /** Runs openssl; throws with its stderr on failure. */
 function openssl(args: string[], cwd: string): string {
@@ -672,7 +678,7 @@ test("a plain client on a TLS port and a TLS client on a plain port each get one
   );
 });
 
-test("openssl s_client: TLS 1.3 with moat's certificate; TLS 1.2 refused; no plain text over TLS", async () => {
+test("openssl s_client: TLS 1.3 with moat's certificate; TLS 1.2 refused; plain FILE: over TLS", async () => {
   using t = fixture();
   selfSigned(t.dir, "srv");
   await using server = await tlsServer(t.dir, "srv");
@@ -683,15 +689,15 @@ test("openssl s_client: TLS 1.3 with moat's certificate; TLS 1.2 refused; no pla
     "-ign_eof",
   ], {
     cwd: t.dir,
-    input: "",
+    input: "FILE:hello.txt\n",
     encoding: "utf8",
     timeout: 15_000,
   });
   assert.match(s13.stdout, /TLSv1\.3/);
-  assert.match(
-    s13.stdout,
-    /ERR PLAIN_DISABLED plain-text mode is off on this server/,
-  );
+  // A port without tokens speaks plain text inside TLS too: the file's bytes,
+  // then the server's close (which ends s_client despite -ign_eof).
+  assert.equal(s13.status, 0, s13.stderr);
+  assert.match(s13.stdout, /\nhello over tls\n/);
   const pem = s13.stdout.match(
     /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/,
   )?.[0];
@@ -714,6 +720,161 @@ test("openssl s_client: TLS 1.3 with moat's certificate; TLS 1.2 refused; no pla
     s12.stderr + s12.stdout,
     /alert protocol version|no protocols available|unsupported protocol/i,
   );
+});
+
+/** `openssl s_client -quiet` (no commands, no certificate dump): stdout, after `input`. */
+function sClient(
+  dir: string,
+  port: number,
+  input: string,
+  extra: string[] = [],
+) {
+  return spawnSync("openssl", [
+    "s_client",
+    "-quiet",
+    "-connect",
+    `127.0.0.1:${port}`,
+    ...extra,
+  ], { cwd: dir, input, encoding: "utf8", timeout: 15_000 });
+}
+
+/** `socat - OPENSSL:…,verify=0` fed `input`: stdout once the server closes. */
+function socatTls(dir: string, port: number, input: string, extra = "") {
+  return spawnSync("socat", [
+    "-t",
+    "10",
+    "-",
+    `OPENSSL:127.0.0.1:${port},verify=0${extra}`,
+  ], { cwd: dir, input, encoding: "utf8", timeout: 15_000 });
+}
+
+test("openssl s_client -quiet and socat OPENSSL speak plain text over TLS: FILE: and chat lines", async () => {
+  using t = fixture();
+  selfSigned(t.dir, "srv");
+  await using server = await tlsServer(t.dir, "srv", ["--reply", "PONG"]);
+  const viaSClient = sClient(t.dir, server.port, "FILE:hello.txt\n");
+  assert.equal(viaSClient.status, 0, viaSClient.stderr);
+  assert.equal(viaSClient.stdout, "hello over tls\n");
+  const viaSocat = socatTls(t.dir, server.port, "FILE:hello.txt\n");
+  assert.equal(viaSocat.status, 0, viaSocat.stderr);
+  assert.equal(viaSocat.stdout, "hello over tls\n");
+
+  // socat passes its end of input on; the server answers, then closes.
+  const chat = socatTls(t.dir, server.port, "hi from socat\n");
+  assert.equal(chat.status, 0, chat.stderr);
+  assert.equal(chat.stdout, "[server] PONG\n");
+  assert.match(
+    await server.stdout.waitFor((l) => l.endsWith("] hi from socat")),
+    /^\[c\d+ 127\.0\.0\.1:\d+\] hi from socat$/,
+  );
+  // s_client -quiet ignores the end of its input: it is ended once answered.
+  const child = spawn("openssl", [
+    "s_client",
+    "-quiet",
+    "-connect",
+    `127.0.0.1:${server.port}`,
+  ], { cwd: t.dir, stdio: ["pipe", "pipe", "ignore"] });
+  const exited = new Promise((resolve) => child.on("close", resolve));
+  try {
+    const out = new LineWatcher(child.stdout!);
+    child.stdin!.write("hi from s_client\n");
+    assert.equal(
+      await out.waitFor((l) => l.includes("PONG"), 15_000, "s_client reply"),
+      "[server] PONG",
+    );
+  } finally {
+    child.kill("SIGKILL");
+    await exited;
+  }
+  await server.stdout.waitFor((l) => l.endsWith("] hi from s_client"));
+
+  const gets = server.events().filter((e) => e.event === "get_finished");
+  assert.equal(gets.length, 2);
+  const started = server.events().filter((e) => e.event === "get_started");
+  assert.deepEqual(started.map((e) => [e.mode, e.path]), [
+    ["plain", "hello.txt"],
+    ["plain", "hello.txt"],
+  ]);
+  const chats = server.events().filter((e) => e.event === "chat");
+  assert.deepEqual(chats.map((e) => e.text).sort(), [
+    "hi from s_client",
+    "hi from socat",
+  ]);
+});
+
+test("serve --allow-cert: s_client with the allowed certificate gets FILE: in plain text under its identity; without one it is refused", async () => {
+  using t = fixture();
+  selfSigned(t.dir, "srv");
+  selfSigned(t.dir, "alice");
+  const alice = hexFp(t.dir, "alice.pem");
+  await using server = await tlsServer(t.dir, "srv", ["--allow-cert", alice]);
+  const ok = sClient(t.dir, server.port, "FILE:hello.txt\n", [
+    "-cert",
+    "alice.pem",
+    "-key",
+    "alice.key",
+  ]);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.equal(ok.stdout, "hello over tls\n");
+  const accepted = await server.waitEvent((e) =>
+    e.event === "accepted" && e.identity === `cert:${alice}`
+  );
+  const closed = await server.waitEvent((e) =>
+    e.event === "closed" && e.name === accepted.name
+  );
+  assert.equal(closed.reason, "file sent");
+  // socat with the same certificate chats under that identity.
+  const chat = socatTls(
+    t.dir,
+    server.port,
+    "hi with a certificate\n",
+    ",cert=alice.pem,key=alice.key",
+  );
+  assert.equal(chat.status, 0, chat.stderr);
+  assert.match(
+    await server.stdout.waitFor((l) => l.endsWith("] hi with a certificate")),
+    new RegExp(
+      `^\\[c\\d+ 127\\.0\\.0\\.1:\\d+ cert:${alice}\\] hi with a certificate$`,
+    ),
+  );
+  const none = sClient(t.dir, server.port, "FILE:hello.txt\n");
+  assert.equal(none.stdout, "ERR CERT_REQUIRED client certificate required\n");
+  assert.equal(
+    server.events().filter((e) => e.event === "get_finished").length,
+    1,
+  );
+});
+
+test("a token or --no-plain keeps plain text off over TLS: s_client and socat read ERR PLAIN_DISABLED", async () => {
+  using t = fixture();
+  selfSigned(t.dir, "srv");
+  fs.writeFileSync(path.join(t.dir, "t"), "carol carols-long-secret-token\n", {
+    mode: 0o600,
+  });
+  const want = "ERR PLAIN_DISABLED plain-text mode is off on this server\n";
+  const rows: [string[], string][] = [
+    [
+      ["--token-file", path.join(t.dir, "t")],
+      "plain-text client refused (token required)",
+    ],
+    [["--no-plain"], "plain-text client refused (--no-plain)"],
+  ];
+  for (const [extra, reason] of rows) {
+    await using server = await tlsServer(t.dir, "srv", extra);
+    const viaSClient = sClient(t.dir, server.port, "FILE:hello.txt\n");
+    assert.equal(viaSClient.stdout, want, extra.join(" "));
+    const viaSocat = socatTls(t.dir, server.port, "hello\n");
+    assert.equal(viaSocat.stdout, want, extra.join(" "));
+    // Both refusals are logged (the second once its linger ends).
+    const first = await server.waitEvent((e) =>
+      e.event === "closed" && e.reason === reason
+    );
+    await server.waitEvent((e) =>
+      e.event === "closed" && e.reason === reason && e.name !== first.name
+    );
+    assert.ok(!server.events().some((e) => e.event === "chat"));
+    assert.ok(!server.events().some((e) => e.event === "get_started"));
+  }
 });
 
 /** Everything a raw TCP client from `from` reads after sending `bytes`. */

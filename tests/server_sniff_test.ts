@@ -5,10 +5,25 @@
  * @module
  */
 
+import { SourceWatch } from "../lib/server/liveness.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { decodeText, decodeWelcome, Kind } from "../lib/protocol.ts";
 import { FrameReader } from "../lib/framer.ts";
+import { AuditLog } from "../lib/audit.ts";
+import { ChatHub } from "../lib/chat.ts";
+import { compileAllowlist } from "../lib/allowlist.ts";
+import { DigestCache } from "../lib/file_sender.ts";
+import {
+  resolveServerOptions,
+  type ServerOptions,
+} from "../lib/server/options.ts";
+import { Session } from "../lib/server/session.ts";
+import { plainRefusal } from "../lib/server/sniff.ts";
+import type { Token } from "../lib/auth.ts";
+import { memoryConnPair, memoryNet } from "./_memory_conn.ts";
 import {
   bytes,
   helloBytes,
@@ -18,6 +33,11 @@ import {
   startMemoryServer,
   within,
 } from "./_server.ts";
+
+const ALICE: Token = { name: "alice", secret: "s3cret-token-for-alice" };
+/** Never parsed in process: the memory net speaks no TLS. */
+const TLS = { cert: "CERT", key: "KEY" };
+const CERTS = { allowed: new Set(["sha256:" + "ab".repeat(32)]) };
 
 test("serveConnection treats a first byte of 0x89 as a framed client and welcomes it", async () => {
   await using t = await startMemoryServer();
@@ -45,6 +65,13 @@ test("serveConnection serves any other first byte as plain-text chat", async () 
   const conn = await t.connect();
   await conn.write(bytes("hello\n"));
   assert.equal(await readLine(conn), "[server] pong\n");
+  // The listener hears the plain client join, then its line.
+  const joined = await within(listener.reader.readFrame(), "presence line");
+  assert.deepEqual(JSON.parse(decodeText(joined!.payload)), {
+    from: "server",
+    addr: "",
+    text: `c2 (127.0.0.1:${conn.localAddr.port}) joined`,
+  });
   const frame = await within(listener.reader.readFrame(), "relayed line");
   assert.equal(frame?.type, Kind.Chat);
   assert.deepEqual(JSON.parse(decodeText(frame!.payload)), {
@@ -100,4 +127,107 @@ test("serveConnection ends a connection that closes before sending anything", as
   assert.equal(await readText(conn), "");
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.equal(closed.reason, "peer closed before sending anything");
+});
+
+test("resolveServerOptions turns plain text off for tokens or plain: false, and leaves it on with TLS and client certificates", () => {
+  const base: ServerOptions = {
+    net: memoryNet(),
+    hosts: ["127.0.0.1"],
+    allowlist: compileAllowlist({}),
+    jail: { root: ".", open: () => Promise.reject(new Error("unused")) },
+    audit: new AuditLog(() => {}),
+    version: "0.0.0-test",
+  };
+  const rows: [string, Partial<ServerOptions>, boolean][] = [
+    ["plain TCP", {}, true],
+    ["plain TCP, plain: false", { plain: false }, false],
+    ["plain TCP, tokens", { auth: { tokens: [ALICE] } }, false],
+    ["TLS", { tls: TLS }, true],
+    ["TLS, plain: false", { tls: TLS, plain: false }, false],
+    ["TLS, client certificates", { tls: TLS, auth: { certs: CERTS } }, true],
+    ["TLS, tokens", { tls: TLS, auth: { tokens: [ALICE] } }, false],
+    [
+      "TLS, certificates and tokens",
+      { tls: TLS, auth: { certs: CERTS, tokens: [ALICE] } },
+      false,
+    ],
+    ["tokens, plain: true", { plain: true, auth: { tokens: [ALICE] } }, false],
+  ];
+  for (const [name, extra, plain] of rows) {
+    assert.equal(
+      resolveServerOptions({ ...base, ...extra }).plain,
+      plain,
+      name,
+    );
+  }
+});
+
+test("serveConnection serves FILE: and chat lines on a TLS server that requires no token", async () => {
+  await using t = await startMemoryServer({ tls: TLS, reply: "PONG" });
+  fs.writeFileSync(path.join(t.root, "hello.txt"), "hello over tls\n");
+  const get = await t.connect();
+  await get.write(bytes("FILE:hello.txt\n"));
+  assert.equal(await readText(get), "hello over tls\n");
+  const chat = await t.connect();
+  await chat.write(bytes("hi\n"));
+  assert.equal(await readLine(chat), "[server] PONG\n");
+  assert.equal(t.audit.named("listening")[0]!.plain, true);
+  chat.close();
+});
+
+test("serveConnection refuses plain text on a TLS server that requires a token, and says why in the audit log", async () => {
+  await using t = await startMemoryServer({
+    tls: TLS,
+    auth: { tokens: [ALICE] },
+  });
+  const conn = await t.connect();
+  await conn.write(bytes("FILE:hello.txt\n"));
+  assert.equal(
+    await readText(conn),
+    "ERR PLAIN_DISABLED plain-text mode is off on this server\n",
+  );
+  conn.close();
+  const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
+  assert.equal(closed.reason, "plain-text client refused (token required)");
+  assert.equal(t.audit.named("listening")[0]!.plain, false);
+});
+
+test("plainRefusal serves a certificate port's connection only with a verified certificate", () => {
+  const options = resolveServerOptions({
+    net: memoryNet(),
+    hosts: ["127.0.0.1"],
+    allowlist: compileAllowlist({}),
+    jail: { root: ".", open: () => Promise.reject(new Error("unused")) },
+    audit: new AuditLog(() => {}),
+    version: "0.0.0-test",
+    tls: TLS,
+    auth: { certs: CERTS },
+  });
+  const ctx = {
+    options,
+    audit: options.audit,
+    hub: new ChatHub(() => {}),
+    cache: new DigestCache(),
+    sources: new SourceWatch({
+      audit: options.audit,
+      silentAfterMs: options.silentAfterMs,
+      now: options.now,
+    }),
+  };
+  const [client, conn] = memoryConnPair();
+  const verified = new Session(ctx, {
+    name: "c1",
+    conn,
+    identity: `cert:sha256:${"ab".repeat(32)}`,
+  });
+  assert.equal(plainRefusal(verified), undefined);
+  // Fails closed: the guard refuses such a peer first, but if that check
+  // were ever skipped, plain text would not be served either.
+  const unverified = new Session(ctx, { name: "c2", conn });
+  assert.equal(
+    plainRefusal(unverified),
+    "plain-text client refused (no verified client certificate)",
+  );
+  client.close();
+  conn.close();
 });

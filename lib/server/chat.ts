@@ -93,13 +93,15 @@ export function encodePlainChat(line: ChatLine): Uint8Array {
 
 /**
  * Relays a member's line to the operator and every other member (after the
- * server's `reply`, if set, to the member alone), and audits it.
+ * server's `reply`, if set, to the member alone), and audits it. A chat
+ * command (`/who`) is answered to the member alone instead.
  *
  * @param member The sender.
  * @param text The line, unescaped.
  */
 export function relay(member: Member, text: string): void {
   const server = member.session.server;
+  if (server.hub.command(text, member)) return;
   // Writes are started first and the audit line written after, in the same
   // turn: a crash cannot fall between them, and the answer does not wait
   // for the log's syscall.

@@ -185,11 +185,13 @@ export class Server {
   }
 
   /**
-   * Sends an operator line to every chat client.
+   * Sends an operator line to every chat client; a chat command (`/who`) is
+   * answered to the operator alone, through `onChat`.
    *
    * @param text The line.
    */
   say(text: string): void {
+    if (this.#ctx.hub.command(text)) return;
     this.#ctx.hub.announce("operator", text);
   }
 
@@ -251,6 +253,7 @@ export class Server {
     for (const l of this.#listeners) l.close();
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
+    this.#ctx.hub.close();
     for (const s of this.#sessions) {
       s.reason ??= "server shutting down";
       s.conn.close();

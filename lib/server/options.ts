@@ -48,15 +48,21 @@ export interface ServerOptions {
   maxFrameSize?: number;
   /** Longest chat line, in bytes. @default {8192} */
   maxLine?: number;
-  /** Serve plain-text clients. @default {true} */
+  /**
+   * Serve plain-text clients (chat lines, `FILE:`), inside TLS too; off
+   * whatever this says when tokens are required. @default {true}
+   */
   plain?: boolean;
   /** Answer every chat line with this text. */
   reply?: string;
   /** Shows each client chat line to the operator. */
   onChat?: (line: ChatLine) => void;
-  /** Speak TLS 1.3 only; turns plain-text mode off. */
+  /** Speak TLS 1.3 only; plain text then runs inside TLS. */
   tls?: ServerTlsOptions;
-  /** Client authentication; tokens turn plain-text mode off. */
+  /**
+   * Client authentication: a client certificate is checked before the first
+   * byte (plain text stays on); tokens turn plain-text mode off.
+   */
   auth?: ServerAuth;
   /** Accept shipped log records into this vault. */
   vault?: Vault;
@@ -105,7 +111,7 @@ export type ResolvedServerOptions =
 
 /**
  * Fills in the defaults of `options` (from `lib/limits.ts`) and the rules
- * between them: TLS or tokens turn plain-text mode off.
+ * between them: tokens turn plain-text mode off.
  *
  * @param options What the caller gave.
  * @returns A new object with every default present.
@@ -126,8 +132,11 @@ export function resolveServerOptions(
     now: Date.now,
     ...options,
   };
-  // Nothing unauthenticated or unencrypted may share a TLS or token port.
-  if (o.tls !== undefined || o.auth?.tokens !== undefined) o.plain = false;
+  // A plain client cannot answer a token challenge, so a token port serves
+  // framed clients only. TLS, the allowlist and a client certificate are
+  // all checked before the first byte is read (lib/server/listener.ts), so
+  // plain text behind them is guarded exactly as framed clients are.
+  if (o.auth?.tokens !== undefined) o.plain = false;
   if (o.syslog !== undefined && o.vault === undefined) {
     throw new TypeError("Invalid server options: syslog needs a vault");
   }

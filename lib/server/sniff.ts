@@ -25,7 +25,7 @@ const TLS_HANDSHAKE = 0x16;
  * the preamble's first byte means a framed client (handshake, then get,
  * chat or ship); a TLS ClientHello on a port without TLS is refused with one
  * ERR line; anything else, or a second of silence, is plain text (refused
- * with one ERR line when plain-text mode is off).
+ * with one ERR line when {@linkcode plainRefusal} says so).
  *
  * @param s The session, just accepted.
  * @throws What the handler of the protocol throws; the caller audits it.
@@ -78,8 +78,9 @@ export async function serveConnection(s: Session): Promise<void> {
     });
     return;
   }
-  if (!options.plain) {
-    s.reason = "plain-text client refused (--no-plain)";
+  const refused = plainRefusal(s);
+  if (refused !== undefined) {
+    s.reason = refused;
     await endPlain(s, {
       code: "PLAIN_DISABLED",
       message: "plain-text mode is off on this server",
@@ -95,6 +96,30 @@ export async function serveConnection(s: Session): Promise<void> {
   s.mode = "plain";
   // Returned, not awaited: a silent client's wait keeps one frame less alive.
   return servePlain(s, head ?? first);
+}
+
+/**
+ * Whether a connection may speak plain text (chat lines, `FILE:`), on TLS
+ * or plain TCP alike: yes when nothing more is asked of it than what was
+ * checked before its first byte (the allowlist and, where required, a
+ * client certificate); no on a port that requires a token (a plain client
+ * cannot answer the challenge) or with `--no-plain`.
+ *
+ * @param s The session, its certificate (if required) already verified.
+ * @returns The audit reason of the refusal, or undefined to serve it.
+ */
+export function plainRefusal(s: Session): string | undefined {
+  const { options } = s.server;
+  if (options.auth?.tokens !== undefined) {
+    return "plain-text client refused (token required)";
+  }
+  if (!options.plain) return "plain-text client refused (--no-plain)";
+  // Fails closed: the guard refuses a missing certificate before a session
+  // exists, so this never fires unless that check was skipped.
+  if (options.auth?.certs !== undefined && s.identity === undefined) {
+    return "plain-text client refused (no verified client certificate)";
+  }
+  return undefined;
 }
 
 /** Reads the first byte: resolves it (1 byte) or, at end of input, nothing. */
