@@ -33,12 +33,11 @@ import {
   errorCode,
   errorMessage,
   formatAddr,
-  peerIdentity,
   type ServerContext,
   Session,
 } from "./session.ts";
 import { serveConnection } from "./sniff.ts";
-import { serveSyslog } from "./syslog.ts";
+import { SyslogPort } from "./syslog.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
 export { formatAddr } from "./session.ts";
@@ -61,7 +60,9 @@ export class Server {
   #ctx: ServerContext;
   #listeners: Listener[] = [];
   #syslogListeners: Listener[] = [];
+  /** Sessions of the main port; the syslog port keeps its own. */
   #sessions = new Set<Session>();
+  #syslog: SyslogPort | undefined;
   #refusals: Refusals;
   #nextId = 1;
   #sweeper: ReturnType<typeof setInterval> | undefined;
@@ -85,11 +86,12 @@ export class Server {
       cache: new DigestCache(),
     };
     this.#refusals = new Refusals(o.audit, o.now);
+    if (o.syslog !== undefined) this.#syslog = new SyslogPort(o);
   }
 
-  /** Connections currently open. */
+  /** Connections currently open, on both ports. */
   get connections(): number {
-    return this.#sessions.size;
+    return this.#sessions.size + (this.#syslog?.sessions.size ?? 0);
   }
 
   /**
@@ -129,8 +131,10 @@ export class Server {
     }
     o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
-      ...(o.syslog &&
-        { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
+      ...(this.#syslog && {
+        syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)),
+        syslogMaxConns: this.#syslog.guardOptions.maxConns,
+      }),
       allow: o.allowlist.describe(),
       root: o.jail.root,
       maxConns: o.maxConns,
@@ -169,6 +173,7 @@ export class Server {
       now,
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
+    this.#syslog?.sweep(now);
     // Summaries of audit lines the rate limit held back, once their peer
     // has gone quiet: nothing held back stays unaccounted for long.
     this.#o.audit.flush();
@@ -184,7 +189,7 @@ export class Server {
     for (const l of this.#listeners) l.close();
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
-    for (const s of this.#sessions) {
+    for (const s of [...this.#sessions, ...(this.#syslog?.sessions ?? [])]) {
       s.reason ??= "server shutting down";
       s.conn.close();
     }
@@ -213,8 +218,11 @@ export class Server {
     try {
       // Syslog connections are marked in every audit line about them.
       const tag = port === "syslog" ? { port } : undefined;
-      const verdict = guard(conn, this.#o, {
-        sessions: this.#sessions.size,
+      // Each port counts against its own limit.
+      const syslog = tag && this.#syslog;
+      const sessions = syslog ? syslog.sessions : this.#sessions;
+      const verdict = guard(conn, syslog ? syslog.guardOptions : this.#o, {
+        sessions: sessions.size,
         port,
       });
       if ("code" in verdict) {
@@ -226,7 +234,7 @@ export class Server {
         conn,
         identity: verdict.identity,
       });
-      this.#sessions.add(s);
+      sessions.add(s);
       this.#o.audit.write("accepted", {
         peer: s.peer,
         name: s.name,
@@ -235,7 +243,7 @@ export class Server {
       });
       const started = Date.now();
       try {
-        await (tag ? this.#syslog(s) : serveConnection(s));
+        await (syslog ? syslog.serve(s) : serveConnection(s));
       } catch (err) {
         if (!(err instanceof ConnectionClosedError) || s.reason === undefined) {
           s.reason ??= errorMessage(err);
@@ -249,7 +257,7 @@ export class Server {
           }
         }
       } finally {
-        this.#sessions.delete(s);
+        sessions.delete(s);
         conn.close();
         this.#o.audit.write("closed", {
           peer: s.peer,
@@ -265,22 +273,5 @@ export class Server {
     } finally {
       this.#handlers.delete(conn);
     }
-  }
-
-  /** Serves a connection on the syslog port (see `syslog.ts`). */
-  async #syslog(s: Session) {
-    const reason = await serveSyslog({
-      conn: s.conn,
-      peer: s.peer,
-      name: s.name,
-      read: (buf) => s.read(buf),
-    }, {
-      vault: this.#o.vault!,
-      audit: this.#o.audit,
-      peerKey: peerIdentity(s.conn.remoteAddr.hostname),
-      ...(this.#o.syslog?.maxMessage !== undefined &&
-        { maxMessage: this.#o.syslog.maxMessage }),
-    });
-    s.reason ??= reason;
   }
 }
