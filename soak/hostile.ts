@@ -1,8 +1,9 @@
 /**
  * Hostile peers for a running `moat serve`, shared by
  * `tests/e2e_hostile_test.ts` (short runs) and `soak/main.ts` (long runs):
- * handshake fuzzing, floods from refused addresses, slow clients, and checks
- * on the audit log. Everything talks to loopback only, and every loop is
+ * handshake fuzzing, floods from refused addresses, slow clients, syslog
+ * senders writing as fast as the server takes it, and checks on the audit
+ * log. Everything talks to loopback only, and every loop is
  * bounded in count and time.
  *
  * @module
