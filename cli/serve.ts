@@ -39,6 +39,11 @@ import {
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
 import { SealTracker } from "../lib/server/status.ts";
 import { defaultSocketPath, StatusSocket } from "../lib/status_socket.ts";
+import {
+  DEFAULT_SYSLOG_IDLE_TIMEOUT_MS,
+  DEFAULT_SYSLOG_MAX_CONNS,
+  DEFAULT_SYSLOG_QUIET_TIMEOUT_MS,
+} from "../lib/server/syslog.ts";
 import { stdinLines } from "./_stdin.ts";
 import {
   type CommandSpec,
@@ -204,6 +209,30 @@ const SERVE_OPTIONS = {
     description:
       "Answer moat status on this Unix socket (mode 0600, in a folder no other user may write)",
   },
+  "syslog-max-conns": {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    default: DEFAULT_SYSLOG_MAX_CONNS,
+    description:
+      "Most syslog connections at once, counted apart from --max-conns",
+  },
+  "syslog-idle-timeout": {
+    type: "integer",
+    placeholder: "SECS",
+    min: 1,
+    default: DEFAULT_SYSLOG_IDLE_TIMEOUT_MS / 1000,
+    description:
+      "Close a syslog connection that sends no whole message within SECS of connecting",
+  },
+  "syslog-quiet-timeout": {
+    type: "integer",
+    placeholder: "SECS",
+    min: 1,
+    default: DEFAULT_SYSLOG_QUIET_TIMEOUT_MS / 1000,
+    description:
+      "Close a syslog connection that sent messages, then none for SECS (forwarders keep theirs open between bursts)",
+  },
   "print-systemd-unit": {
     type: "boolean",
     description:
@@ -309,7 +338,8 @@ export async function serveCommand(
       allowlist,
       port: values.port,
       extraPorts: [syslog?.port ?? []].flat(),
-      maxConns: values["max-conns"],
+      // Descriptors for both ports' connections.
+      maxConns: values["max-conns"] + (syslog?.maxConns ?? 0),
       version: VERSION,
     }));
     return;
@@ -494,12 +524,21 @@ async function openStatus(
   }
 }
 
-/** The --syslog-port and --syslog-max options; undefined without a port. */
+/** Options that mean something only with --syslog-port. */
+const SYSLOG_ONLY = [
+  "syslog-max",
+  "syslog-max-conns",
+  "syslog-idle-timeout",
+  "syslog-quiet-timeout",
+] as const;
+
+/** The --syslog-* options; undefined without a port. */
 function syslogOptions(values: ServeValues, gave: Set<string>) {
   const port = values["syslog-port"];
   if (port === undefined) {
-    if (gave.has("syslog-max")) {
-      throw new UsageError("--syslog-max needs --syslog-port");
+    const stray = SYSLOG_ONLY.find((name) => gave.has(name));
+    if (stray !== undefined) {
+      throw new UsageError(`--${stray} needs --syslog-port`);
     }
     return undefined;
   }
@@ -514,5 +553,11 @@ function syslogOptions(values: ServeValues, gave: Set<string>) {
       `Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`,
     );
   }
-  return { port, maxMessage };
+  return {
+    port,
+    maxMessage,
+    maxConns: values["syslog-max-conns"],
+    idleTimeoutMs: values["syslog-idle-timeout"] * 1000,
+    quietTimeoutMs: values["syslog-quiet-timeout"] * 1000,
+  };
 }

@@ -108,6 +108,9 @@ const BSD_TAG = /^([^\s:[\]]{1,64})(?:\[([^\s\]]{0,128})\])?(:)? ?/;
 
 const DAY_MS = 86_400_000;
 
+/** First buffer of a message that continues into the next chunk. */
+const HELD_MIN = 256;
+
 const UTF8 = new TextDecoder();
 
 /**
@@ -117,8 +120,10 @@ const UTF8 = new TextDecoder();
  * dropped, and empty messages are skipped.
  *
  * Messages are returned as views: into the pushed chunk when a message lies
- * wholly inside it, else into a fresh buffer. Use them before the chunk's
- * buffer is reused. Errors leave the framer unusable: close the connection.
+ * wholly inside it, else into a buffer of its own. Use them before the
+ * chunk's buffer is reused. A message that continues into the next chunk is
+ * held in a buffer that grows with what arrived, never allocated at the size
+ * a count announces. Errors leave the framer unusable: close the connection.
  *
  * @example Octet counting, split across chunks
  * ```ts
@@ -139,12 +144,15 @@ export class SyslogFramer {
   /** Octet counting: the count parsed so far, and how many digits it had. */
   #count = 0;
   #digits = 0;
-  /** Octet counting: the message being filled, and how much of it is. */
-  #body: Uint8Array | undefined;
-  #filled = 0;
-  /** Newline framing: pieces of an unterminated line, and their length. */
-  #pieces: Uint8Array[] = [];
-  #pending = 0;
+  /** Octet counting: the length of the message being received; 0 between messages. */
+  #want = 0;
+  /**
+   * A message that continues into the next chunk: what arrived of it so far,
+   * in a buffer that grows as it fills (never to more than twice that, nor
+   * past the message's length), not to the length a count announces.
+   */
+  #held: Uint8Array | undefined;
+  #heldLength = 0;
 
   /**
    * @param options The message size limit.
@@ -163,6 +171,11 @@ export class SyslogFramer {
   /** The framing detected from the first byte; undefined before any byte. */
   get framing(): SyslogFraming | undefined {
     return this.#framing;
+  }
+
+  /** Bytes of memory held for a message that continues into the next chunk. */
+  get heldBytes(): number {
+    return this.#held?.length ?? 0;
   }
 
   /**
@@ -193,12 +206,12 @@ export class SyslogFramer {
    */
   end(out: Uint8Array[]): void {
     if (this.#framing === "newline") {
-      if (this.#pending > 0) this.#emit(this.#takePieces(), out);
+      if (this.#heldLength > 0) this.#emit(this.#release(), out);
       return;
     }
-    if (this.#body !== undefined) {
+    if (this.#want > 0) {
       throw new ProtocolError(
-        `Truncated syslog frame: the stream ended after ${this.#filled} of ${this.#body.length} bytes`,
+        `Truncated syslog frame: the stream ended after ${this.#heldLength} of ${this.#want} bytes`,
       );
     }
     if (this.#digits > 0) {
@@ -215,17 +228,15 @@ export class SyslogFramer {
       if (lf < 0) {
         const rest = chunk.length - start;
         if (rest === 0) return;
-        this.#checkLine(this.#pending + rest);
-        this.#pieces.push(chunk.slice(start));
-        this.#pending += rest;
+        this.#checkLine(this.#heldLength + rest);
+        this.#hold(chunk.subarray(start), this.#max + 1);
         return;
       }
       let line = chunk.subarray(start, lf);
-      if (this.#pending > 0) {
-        this.#checkLine(this.#pending + line.length);
-        this.#pieces.push(line);
-        this.#pending += line.length;
-        line = this.#takePieces();
+      if (this.#heldLength > 0) {
+        this.#checkLine(this.#heldLength + line.length);
+        this.#hold(line, this.#max + 1);
+        line = this.#release();
       } else {
         this.#checkLine(line.length);
       }
@@ -239,29 +250,45 @@ export class SyslogFramer {
     if (length > this.#max + 1) throw tooLarge(length, this.#max, "at least ");
   }
 
-  #takePieces(): Uint8Array {
-    const pieces = this.#pieces;
-    const line = pieces.length === 1
-      ? pieces[0]!
-      : concat(pieces, this.#pending);
-    this.#pieces = [];
-    this.#pending = 0;
-    return line;
+  /**
+   * Appends `bytes` to the held message, growing its buffer by doubling (from
+   * 256 bytes), never past `cap`: memory follows what arrived, and a sender
+   * trickling a byte at a time costs no more than one that sends it whole.
+   */
+  #hold(bytes: Uint8Array, cap: number) {
+    const length = this.#heldLength + bytes.length;
+    let held = this.#held;
+    if (held === undefined || length > held.length) {
+      const size = Math.min(
+        cap,
+        Math.max(length, 2 * (held?.length ?? 0), HELD_MIN),
+      );
+      const grown = new Uint8Array(size);
+      if (held !== undefined) grown.set(held.subarray(0, this.#heldLength));
+      held = this.#held = grown;
+    }
+    held.set(bytes, this.#heldLength);
+    this.#heldLength = length;
+  }
+
+  /** The held message, handed over: the next one gets a buffer of its own. */
+  #release(): Uint8Array {
+    const message = this.#held!.subarray(0, this.#heldLength);
+    this.#held = undefined;
+    this.#heldLength = 0;
+    return message;
   }
 
   #pushCounted(chunk: Uint8Array, out: Uint8Array[]) {
     let i = 0;
     while (i < chunk.length) {
-      const body = this.#body;
-      if (body !== undefined) {
-        const want = body.length - this.#filled;
-        const n = Math.min(want, chunk.length - i);
-        body.set(chunk.subarray(i, i + n), this.#filled);
-        this.#filled += n;
+      if (this.#want > 0) {
+        const n = Math.min(this.#want - this.#heldLength, chunk.length - i);
+        this.#hold(chunk.subarray(i, i + n), this.#want);
         i += n;
-        if (this.#filled === body.length) {
-          this.#emit(body, out);
-          this.#body = undefined;
+        if (this.#heldLength === this.#want) {
+          this.#want = 0;
+          this.#emit(this.#release(), out);
         }
         continue;
       }
@@ -302,9 +329,8 @@ export class SyslogFramer {
         this.#emit(chunk.subarray(i, i + count), out);
         i += count;
       } else {
-        // Allocated only for a message that continues into the next chunk.
-        this.#body = new Uint8Array(count);
-        this.#filled = 0;
+        // The rest is held as it arrives (see #hold).
+        this.#want = count;
       }
     }
   }
@@ -334,16 +360,6 @@ function describeByte(b: number): string {
   return b >= 0x21 && b <= 0x7e
     ? `"${String.fromCharCode(b)}"`
     : `byte 0x${b.toString(16).padStart(2, "0")}`;
-}
-
-function concat(pieces: readonly Uint8Array[], length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const p of pieces) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
  * Hostile peers for a running `moat serve`, shared by
  * `tests/e2e_hostile_test.ts` (short runs) and `soak/main.ts` (long runs):
- * handshake fuzzing, floods from refused addresses, slow clients, and checks
- * on the audit log. Everything talks to loopback only, and every loop is
+ * handshake fuzzing, floods from refused addresses, slow clients, syslog
+ * senders writing as fast as the server takes it, and checks on the audit
+ * log. Everything talks to loopback only, and every loop is
  * bounded in count and time.
  *
  * @module
@@ -800,6 +801,154 @@ export async function slowClients(options: SlowOptions): Promise<SlowStats> {
   await Promise.all(Array.from({ length: options.clients }, (_, i) => one(i)));
   stats.closeMs.sort((a, b) => a - b);
   return stats;
+}
+
+/** Totals of {@linkcode syslogFlood}. */
+export interface SyslogFloodStats {
+  /** Connections that connected. */
+  connected: number;
+  /** Connections that failed to connect. */
+  connectErrors: number;
+  /** Messages written, all connections together. */
+  messages: number;
+  /** Bytes written, all connections together. */
+  bytes: number;
+  /** Connections the server closed after reading all they sent. */
+  closed: number;
+  /** Connections closed or reset before they were done sending: findings. */
+  cutShort: number;
+  /** Connections still open when the run gave up (destroyed then): findings. */
+  held: number;
+  /** From the first connect to the last close, in milliseconds. */
+  ms: number;
+}
+
+/** Options for {@linkcode syslogFlood}. */
+export interface SyslogFloodOptions {
+  /** The server's syslog port. */
+  port: number;
+  connections: number;
+  /** Stop writing after this long. */
+  durationMs: number;
+  /** Stop writing a connection after this many bytes. @default {Infinity} */
+  bytesPerConnection?: number;
+  /** After writing stops, most time for the server to close every connection. */
+  drainMs: number;
+}
+
+/**
+ * One 64 KiB chunk of syslog messages (RFC 5424, 40 to 220 bytes each) in
+ * one framing, and how many messages it holds.
+ */
+function syslogChunk(
+  octetCounted: boolean,
+): { bytes: Uint8Array; count: number } {
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  let count = 0;
+  for (;;) {
+    const pad = "x".repeat((count * 37) % 180);
+    const text =
+      `<13>1 2024-05-01T10:00:00.000Z soak flood - - - ${count} ${pad}`;
+    const wire = enc.encode(
+      octetCounted ? `${text.length} ${text}` : `${text}\n`,
+    );
+    if (size + wire.length > 64 * 1024) break;
+    parts.push(wire);
+    size += wire.length;
+    count++;
+  }
+  return { bytes: concat(parts), count };
+}
+
+/**
+ * Opens `connections` syslog connections, half octet-counted and half
+ * newline-framed, and writes messages on each as fast as the server takes
+ * them until `durationMs` (or `bytesPerConnection`), then half-closes each and
+ * waits for the server to close it: once it has, everything written is
+ * stored.
+ *
+ * @param options Port, connections, how long and how much.
+ * @returns The totals.
+ */
+export function syslogFlood(
+  options: SyslogFloodOptions,
+): Promise<SyslogFloodStats> {
+  const chunks = [syslogChunk(false), syslogChunk(true)];
+  const limit = options.bytesPerConnection ?? Infinity;
+  const stats: SyslogFloodStats = {
+    connected: 0,
+    connectErrors: 0,
+    messages: 0,
+    bytes: 0,
+    closed: 0,
+    cutShort: 0,
+    held: 0,
+    ms: 0,
+  };
+  const started = performance.now();
+  let stopped = false;
+  const enders: (() => void)[] = [];
+  const one = (i: number) =>
+    new Promise<void>((resolve) => {
+      const chunk = chunks[i % 2]!;
+      const sock = net.connect({ port: options.port, host: "127.0.0.1" });
+      let connected = false;
+      let ended = false;
+      let sent = 0;
+      let gaveUp = false;
+      let giveUp: ReturnType<typeof setTimeout> | undefined;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        sock.end();
+        giveUp = setTimeout(() => {
+          gaveUp = true;
+          stats.held++;
+          sock.destroy();
+        }, options.drainMs);
+      };
+      enders.push(end);
+      // Writes until the socket buffers (then again on "drain"); a write
+      // that returns false is still taken whole.
+      const pump = () => {
+        while (!ended) {
+          if (stopped || sent + chunk.bytes.length > limit) return end();
+          sent += chunk.bytes.length;
+          stats.bytes += chunk.bytes.length;
+          stats.messages += chunk.count;
+          if (!sock.write(chunk.bytes)) return;
+        }
+      };
+      sock.on("connect", () => {
+        connected = true;
+        stats.connected++;
+        pump();
+      });
+      sock.on("drain", pump);
+      sock.on("data", () => {});
+      sock.on("error", () => {});
+      sock.on("close", (hadError) => {
+        clearTimeout(giveUp);
+        if (!connected) stats.connectErrors++;
+        else if (gaveUp) {
+          // Counted as held.
+        } else if (!ended || hadError) stats.cutShort++;
+        else stats.closed++;
+        resolve();
+      });
+    });
+  const timer = setTimeout(() => {
+    stopped = true;
+    for (const end of enders) end();
+  }, options.durationMs);
+  return Promise.all(
+    Array.from({ length: options.connections }, (_, i) => one(i)),
+  ).then(() => {
+    clearTimeout(timer);
+    stats.ms = performance.now() - started;
+    return stats;
+  });
 }
 
 /** Result of {@linkcode checkAuditLines}. */

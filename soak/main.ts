@@ -10,6 +10,8 @@
  *   and up for 10 s each, while an allowed client fetches 1 GiB files,
  *   between unloaded windows.
  * - Slow clients: 1,000 clients trickling a handshake byte per second.
+ * - Syslog flood: 200 syslog senders writing as fast as they can for 10 s;
+ *   the server's peak RSS must stay within 256 MiB.
  * - Faults: 100 rounds of SIGKILL to the server or the client of a get.
  *
  * Usage:
@@ -50,6 +52,7 @@ import {
   sampleRss,
   slowClients,
   startLoggedServer,
+  syslogFlood,
 } from "./hostile.ts";
 import {
   runMoat,
@@ -637,11 +640,98 @@ async function workerFaults(): Promise<Result> {
   }
 }
 
+async function workerSyslog(): Promise<Result> {
+  // The vault goes on disk, not tmpfs: records pile up while commits are slow.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-soak-syslog-"));
+  try {
+    const root = path.join(dir, "root");
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, "a.txt"), "after the flood\n");
+    const vault = path.join(dir, "vault");
+    const server = await startLoggedServer(
+      ["--root", root, "--vault", vault, "--syslog-port", "0"],
+      path.join(dir, "audit.log"),
+    );
+    const port = Number(
+      /"syslog":\["127\.0\.0\.1:(\d+)"/.exec(server.text())?.[1],
+    );
+    const pid = server.child.pid!;
+    const baseRss = memoryKiB(pid).rss;
+    const during = sampleRss(pid, 50);
+    const connections = 200;
+    const durationMs = QUICK ? 3000 : 10_000;
+    const flood = await syslogFlood({
+      port,
+      connections,
+      durationMs,
+      drainMs: 120_000,
+    });
+    const peak = Math.max(during.stop(), memoryKiB(pid).hwm);
+    // Memory that keeps growing once the senders are gone is a leak.
+    const after = sampleRss(pid, 100);
+    await new Promise((r) => setTimeout(r, 5000));
+    const afterPeak = after.stop();
+    const afterRss = memoryKiB(pid).rss;
+    const got = path.join(dir, "got.txt");
+    const get = await runMoat([
+      "get",
+      "FILE:a.txt",
+      "-o",
+      got,
+      "--server",
+      `127.0.0.1:${server.port}`,
+    ]);
+    const getOk = get.code === 0 &&
+      fs.readFileSync(got, "utf8") === "after the flood\n";
+    const ls = await runMoat(["vault", "ls", vault]);
+    const stored = sum(
+      ls.stdout.trim().split("\n").slice(1).map((row) =>
+        Number(row.split("\t")[2])
+      ),
+    );
+    await server.stop();
+    const audit = checkAuditLines(server.text());
+    const peakOk = peak <= 256 * 1024;
+    const ok = peakOk && getOk && ls.code === 0 &&
+      flood.connected === connections && flood.closed === connections &&
+      stored === flood.messages && audit.badCount === 0;
+    const secs = flood.ms / 1000;
+    return {
+      rows: [{
+        check: "Syslog flood: 200 senders as fast as they can",
+        runtime: runtimeName(),
+        tried:
+          `${connections} syslog connections from 127.0.0.1 (half octet-counted, half newline-framed, 40-220 byte messages) ` +
+          `writing for ${
+            durationMs / 1000
+          } s, then half-closing; vault on disk`,
+        held:
+          `${fmt(flood.messages)} messages (${mib(flood.bytes / 1024)}) sent, ${
+            fmt(stored)
+          } stored (${fmt(stored / secs)}/s over ${
+            secs.toFixed(1)
+          } s to the last close); ` +
+          `${flood.closed} closed by the server after their end, ${flood.cutShort} cut short, ${flood.held} held, ${flood.connectErrors} connect errors; ` +
+          `server RSS ${mib(baseRss)} → peak ${mib(peak)} (${
+            peakOk ? "≤" : ">"
+          } 256 MiB), ${mib(afterPeak)} at most in the 5 s after, ${
+            mib(afterRss)
+          } at the end; get afterwards ${getOk ? "OK" : "FAILED"}; ` +
+          `${fmt(audit.lines)} audit lines, ${audit.badCount} not JSON`,
+        ok,
+      }],
+    };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const WORKERS: Record<string, () => Promise<Result>> = {
   fuzz: workerFuzz,
   handshake: workerHandshake,
   flood: workerFlood,
   slow: workerSlow,
+  syslog: workerSyslog,
   faults: workerFaults,
 };
 
@@ -744,7 +834,7 @@ async function parent(): Promise<number> {
   await both("fuzz", 420_000);
   await both("handshake", 300_000);
   // Timing-sensitive phases: one at a time.
-  for (const phase of ["flood", "slow"]) {
+  for (const phase of ["flood", "slow", "syslog"]) {
     for (const rt of ["deno", "bun"]) {
       progress(`${phase} on ${rt}`);
       add(await runWorker(rt, phase, 300_000));

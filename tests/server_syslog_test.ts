@@ -1,7 +1,8 @@
 /**
  * In-process tests of `lib/server/syslog.ts` and `lib/server/append_pipeline.ts`
  * against a real vault: syslog over a memory connection into the vault, the
- * size limit, and the pipeline's ordering of failures.
+ * size limit, the port's own connection limit and deadlines, the budget of
+ * bytes in flight, and the pipeline's ordering of failures.
  *
  * @module
  */
@@ -13,12 +14,16 @@ import { openVault, type VaultSource } from "../lib/vault/store.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
 import { AppendPipeline } from "../lib/server/append_pipeline.ts";
+import { SyslogBudget } from "../lib/server/syslog.ts";
 import { tempDir } from "./_e2e.ts";
 import {
   bytes,
+  openFramed,
   readAll,
+  readText,
   startMemoryServer,
   type TestServer,
+  within,
 } from "./_server.ts";
 
 async function testVault() {
@@ -35,6 +40,8 @@ async function testVault() {
   };
 }
 
+let nextPort = 52000;
+
 /** Connects to the server's syslog port. */
 function connectSyslog(t: TestServer, from = "127.0.0.1") {
   const listening = t.audit.named("listening")[0]!;
@@ -42,8 +49,24 @@ function connectSyslog(t: TestServer, from = "127.0.0.1") {
   return t.net.connect({
     hostname: "127.0.0.1",
     port: Number(addr.slice(addr.lastIndexOf(":") + 1)),
-    from: { hostname: from, port: 52000 },
+    from: { hostname: from, port: nextPort++ },
   });
+}
+
+/** Waits until `pred` holds, checking after each turn of the event loop. */
+async function waitUntil(pred: () => boolean, what: string) {
+  for (let i = 0; i < 10_000 && !pred(); i++) {
+    await within(new Promise((r) => setTimeout(r, 1)), what);
+  }
+  if (!pred()) throw new Error(`Gave up waiting for ${what}`);
+}
+
+/** Resolves whether `p` has settled once every queued callback has run. */
+async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  p.then(() => (done = true), () => (done = true));
+  await new Promise((r) => setTimeout(r, 0));
+  return done;
 }
 
 test("serveSyslog stores newline-framed messages in order under the peer's syslog source", async () => {
@@ -173,4 +196,192 @@ test("AppendPipeline waits once the in-flight limit is reached", async () => {
   assert.equal(max, 3);
   assert.equal(appends.stored, 10);
   assert.equal(source.lastSeq, 10);
+});
+
+test("Server counts syslog connections apart from the main port: neither port's limit or refusals take the other's slots", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({
+    vault: v.vault,
+    maxConns: 2,
+    syslog: { port: 0, maxConns: 2 },
+  });
+  // Two silent syslog sockets: the syslog port is full.
+  const silent = [await connectSyslog(t), await connectSyslog(t)];
+  await t.audit.waitCount(
+    (e) => e.event === "accepted" && e.port === "syslog",
+    2,
+    "two syslog accepts",
+  );
+  const third = await connectSyslog(t);
+  assert.equal(
+    await readText(third),
+    "ERR BUSY server busy: too many connections\n",
+  );
+  // The main port still has both of its slots.
+  const a = await openFramed(t, "chat");
+  const b = await openFramed(t, "chat");
+  assert.deepEqual([a.welcome.name, b.welcome.name], ["c3", "c4"]);
+  const busyMain = await t.connect();
+  assert.equal(
+    await readText(busyMain),
+    "ERR BUSY server busy: too many connections\n",
+  );
+  const refused = t.audit.named("refused");
+  assert.deepEqual(refused.map((e) => e.port ?? "main"), ["syslog", "main"]);
+  // One syslog socket goes; its slot is free again though the main port is full.
+  silent[0]!.close();
+  await t.audit.waitFor(
+    (e) => e.event === "closed" && e.port === "syslog",
+    "the syslog close",
+  );
+  const next = await connectSyslog(t);
+  await next.write(bytes("<13>after\n"));
+  await next.closeWrite();
+  assert.equal((await readAll(next)).length, 0);
+  const finished = await t.audit.waitFor(
+    (e) => e.event === "syslog_finished" && e.records === 1,
+    "the new syslog connection's records",
+  );
+  assert.equal(finished.port, "syslog");
+  assert.equal(t.server.connections, 3);
+});
+
+test("SyslogPort closes a syslog connection that sends no message by its deadline, with an audit line", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({
+    vault: v.vault,
+    syslog: { port: 0, idleTimeoutMs: 5000 },
+  });
+  const conn = await connectSyslog(t);
+  // A partial message is not a message: it does not move the deadline.
+  await conn.write(bytes("<13>never ends"));
+  await within(conn.drained(), "the server to read the partial message");
+  t.clock.advance(5000);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, false, "closed before the deadline");
+  t.clock.advance(1);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, true, "open past the deadline");
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.port === "syslog",
+    "closed",
+  );
+  assert.equal(
+    closed.reason,
+    "syslog idle timeout: no message in 5 s after connecting",
+  );
+  assert.equal((await readAll(conn)).length, 0);
+});
+
+test("SyslogPort keeps a sender that keeps sending, and closes it once it has been quiet too long", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({
+    vault: v.vault,
+    idleTimeoutMs: 1000,
+    syslog: { port: 0, idleTimeoutMs: 5000, quietTimeoutMs: 60_000 },
+  });
+  const conn = await connectSyslog(t);
+  const source = v.vault.source({ peer: "127.0.0.1", name: "syslog" });
+  for (let i = 1; i <= 5; i++) {
+    t.clock.advance(i === 1 ? 4000 : 59_000);
+    await conn.write(bytes(`<13>message ${i}\n`));
+    await waitUntil(() => source.lastSeq === i, `message ${i} stored`);
+    t.clock.advance(59_000);
+    t.server.sweep();
+    // Past the silent deadline and the main port's idle timeout, inside the quiet one.
+    assert.equal(conn.peer.isClosed, false, `closed after message ${i}`);
+  }
+  t.clock.advance(1001);
+  t.server.sweep();
+  assert.equal(conn.peer.isClosed, true, "open after an hour's quiet");
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.port === "syslog",
+    "closed",
+  );
+  assert.equal(closed.reason, "syslog quiet timeout: no message in 60 s");
+  const finished = t.audit.named("syslog_finished")[0]!;
+  assert.equal(finished.records, 5);
+});
+
+test("serveSyslog stores every connection's messages, each in its order, through a budget far smaller than one read", async () => {
+  await using v = await testVault();
+  await using t = await startMemoryServer({
+    vault: v.vault,
+    syslog: { port: 0, maxBytesInFlight: 1000 },
+  });
+  const conns = 12;
+  const perConn = 400;
+  await Promise.all(
+    Array.from({ length: conns }, async (_, c) => {
+      const conn = await connectSyslog(t);
+      let text = "";
+      for (let m = 1; m <= perConn; m++) text += `<13>c${c} m${m}\n`;
+      // Written in pieces, so reads, budget turns and appends interleave.
+      const wire = bytes(text);
+      for (let at = 0; at < wire.length; at += 1500) {
+        await conn.write(wire.subarray(at, at + 1500));
+      }
+      await conn.closeWrite();
+      assert.equal((await readAll(conn)).length, 0);
+    }),
+  );
+  await t.audit.waitCount(
+    (e) => e.event === "syslog_finished",
+    conns,
+    "every connection finished",
+  );
+  const next = new Array<number>(conns).fill(1);
+  let seq = 0;
+  for await (const r of readRecords(v.dir)) {
+    assert.equal(r.seq, ++seq);
+    const m = /^<13>c(\d+) m(\d+)$/.exec(decodeText(r.line));
+    assert.ok(m, decodeText(r.line));
+    const c = Number(m[1]);
+    assert.equal(Number(m[2]), next[c]!++, `connection ${c} in order`);
+  }
+  assert.equal(seq, conns * perConn);
+  assert.ok(next.every((n) => n === perConn + 1));
+  for (const e of t.audit.named("syslog_finished")) {
+    assert.equal(e.records, perConn);
+  }
+});
+
+test("SyslogBudget goes on at once while it has room and nobody waits", () => {
+  const budget = new SyslogBudget(100);
+  assert.equal(budget.enter(), undefined);
+  budget.take(60);
+  budget.leave();
+  assert.equal(budget.enter(), undefined);
+  budget.take(60);
+  budget.leave();
+  assert.equal(budget.used, 120);
+  assert.ok(budget.enter() instanceof Promise);
+  assert.throws(() => new SyslogBudget(0), RangeError);
+});
+
+test("SyslogBudget lets waiters in one at a time, in arrival order, only while it has room", async () => {
+  const budget = new SyslogBudget(100);
+  budget.take(150);
+  const b = budget.enter()!;
+  const c = budget.enter()!;
+  assert.equal(budget.waiting, 2);
+  budget.give(40);
+  assert.equal(await settled(b), false, "let in while over the limit");
+  budget.give(40);
+  assert.equal(await settled(b), true);
+  assert.equal(await settled(c), false, "two let in at once");
+  // While b has its turn, a newcomer waits even though there is room.
+  const d = budget.enter();
+  assert.ok(d instanceof Promise);
+  budget.take(200);
+  budget.leave();
+  assert.equal(await settled(c), false, "let in while over the limit");
+  budget.give(200);
+  assert.equal(await settled(c), true);
+  assert.equal(await settled(d), false, "d before c left");
+  budget.leave();
+  assert.equal(await settled(d), true);
+  budget.leave();
+  assert.equal(budget.waiting, 0);
+  assert.equal(budget.used, 70);
 });

@@ -549,6 +549,44 @@ describe("SyslogFramer", () => {
     }
   });
 
+  test("SyslogFramer holds what arrived of an announced frame, not the size it announces", () => {
+    const framer = new SyslogFramer({ maxMessage: 65_536 });
+    const out: Uint8Array[] = [];
+    const body = "<13>" + "x".repeat(60_000 - 4);
+    framer.push(te.encode(`60000 ${body.slice(0, 100)}`), out);
+    assert.equal(out.length, 0);
+    assert.ok(framer.heldBytes <= 256, `${framer.heldBytes} bytes held`);
+    let sent = 100;
+    for (; sent < 30_000; sent += 1000) {
+      framer.push(te.encode(body.slice(sent, sent + 1000)), out);
+      assert.ok(
+        framer.heldBytes <= 2 * (sent + 1000),
+        `${framer.heldBytes} bytes held for ${sent + 1000}`,
+      );
+    }
+    framer.push(te.encode(body.slice(sent) + "2 ok"), out);
+    assert.deepEqual(out.map((m) => new TextDecoder().decode(m)), [body, "ok"]);
+    assert.equal(framer.heldBytes, 0);
+  });
+
+  test("SyslogFramer keeps a line trickled a byte at a time in one growing buffer", () => {
+    const framer = new SyslogFramer({ maxMessage: 10_000 });
+    const out: Uint8Array[] = [];
+    const line = te.encode("<13>" + "y".repeat(5000 - 4));
+    for (let i = 0; i < line.length; i++) {
+      framer.push(line.subarray(i, i + 1), out);
+    }
+    assert.ok(framer.heldBytes >= 5000 && framer.heldBytes <= 8192);
+    framer.push(te.encode("\n"), out);
+    assert.deepEqual(out, [line]);
+    assert.equal(framer.heldBytes, 0);
+    // The next line does not overwrite the one handed out.
+    framer.push(te.encode("<13>z"), out);
+    framer.end(out);
+    assert.deepEqual(out.map((m) => m.length), [5000, 5]);
+    assert.equal(out[0]![4], 0x79);
+  });
+
   test("SyslogFramer rejects a non-positive maxMessage", () => {
     assert.throws(() => new SyslogFramer({ maxMessage: 0 }), RangeError);
   });

@@ -95,10 +95,12 @@ export class AppendPipeline {
     options: AppendOptions,
   ): Promise<void> {
     const index = this.#next++;
+    // Only the count is kept: the records may go once the vault has them.
+    const count = records.length;
     const p = this.#source.append(records, options).then(
       (seq) => {
         if (index > this.#failedAt) return;
-        this.#stored += records.length;
+        this.#stored += count;
         this.#onDurable?.(seq);
       },
       (err) => {

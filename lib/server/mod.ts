@@ -35,12 +35,11 @@ import {
   errorCode,
   errorMessage,
   formatAddr,
-  peerIdentity,
   type ServerContext,
   Session,
 } from "./session.ts";
 import { serveConnection } from "./sniff.ts";
-import { serveSyslog } from "./syslog.ts";
+import { SyslogPort } from "./syslog.ts";
 import { SourceWatch } from "./liveness.ts";
 import {
   connectionStatus,
@@ -75,7 +74,9 @@ export class Server {
   #ctx: ServerContext;
   #listeners: Listener[] = [];
   #syslogListeners: Listener[] = [];
+  /** Sessions of the main port; the syslog port keeps its own. */
   #sessions = new Set<Session>();
+  #syslog: SyslogPort | undefined;
   #refusals: Refusals;
   #nextId = 1;
   #sweeper: ReturnType<typeof setInterval> | undefined;
@@ -108,11 +109,12 @@ export class Server {
       }),
     };
     this.#refusals = new Refusals(o.audit, o.now);
+    if (o.syslog !== undefined) this.#syslog = new SyslogPort(o);
   }
 
-  /** Connections currently open. */
+  /** Connections currently open, on both ports. */
   get connections(): number {
-    return this.#sessions.size;
+    return this.#sessions.size + (this.#syslog?.sessions.size ?? 0);
   }
 
   /**
@@ -164,8 +166,10 @@ export class Server {
     }
     o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
-      ...(o.syslog &&
-        { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
+      ...(this.#syslog && {
+        syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)),
+        syslogMaxConns: this.#syslog.guardOptions.maxConns,
+      }),
       allow: o.allowlist.describe(),
       root: o.jail.root,
       maxConns: o.maxConns,
@@ -209,6 +213,7 @@ export class Server {
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
     this.#ctx.sources.sweep(now);
+    this.#syslog?.sweep(now);
     // Summaries of audit lines the rate limit held back, once their peer
     // has gone quiet: nothing held back stays unaccounted for long.
     this.#o.audit.flush();
@@ -254,7 +259,7 @@ export class Server {
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
     this.#ctx.hub.close();
-    for (const s of this.#sessions) {
+    for (const s of [...this.#sessions, ...(this.#syslog?.sessions ?? [])]) {
       s.reason ??= "server shutting down";
       s.conn.close();
     }
@@ -283,8 +288,11 @@ export class Server {
     try {
       // Syslog connections are marked in every audit line about them.
       const tag = port === "syslog" ? { port } : undefined;
-      const refusal = guard(conn, this.#o, {
-        sessions: this.#sessions.size,
+      // Each port counts against its own limit.
+      const syslog = tag && this.#syslog;
+      const sessions = syslog ? syslog.sessions : this.#sessions;
+      const refusal = guard(conn, syslog ? syslog.guardOptions : this.#o, {
+        sessions: sessions.size,
         port,
       });
       if (refusal !== undefined) {
@@ -304,7 +312,7 @@ export class Server {
         conn,
         identity: verdict.identity,
       });
-      this.#sessions.add(s);
+      sessions.add(s);
       this.#o.audit.write("accepted", {
         peer: s.peer,
         name: s.name,
@@ -313,7 +321,8 @@ export class Server {
       });
       const started = Date.now();
       try {
-        await (tag ? this.#syslog(s) : serveConnection(s));
+        if (syslog) s.mode = "syslog";
+        await (syslog ? syslog.serve(s) : serveConnection(s));
       } catch (err) {
         if (!(err instanceof ConnectionClosedError) || s.reason === undefined) {
           s.reason ??= errorMessage(err);
@@ -327,7 +336,7 @@ export class Server {
           }
         }
       } finally {
-        this.#sessions.delete(s);
+        sessions.delete(s);
         conn.close();
         this.#o.audit.write("closed", {
           peer: s.peer,
@@ -382,23 +391,5 @@ export class Server {
     } finally {
       this.#sessions.delete(pending);
     }
-  }
-
-  /** Serves a connection on the syslog port (see `syslog.ts`). */
-  async #syslog(s: Session) {
-    s.mode = "syslog";
-    const reason = await serveSyslog({
-      conn: s.conn,
-      peer: s.peer,
-      name: s.name,
-      read: (buf) => s.read(buf),
-    }, {
-      vault: this.#o.vault!,
-      audit: this.#o.audit,
-      peerKey: peerIdentity(s.conn.remoteAddr.hostname),
-      ...(this.#o.syslog?.maxMessage !== undefined &&
-        { maxMessage: this.#o.syslog.maxMessage }),
-    });
-    s.reason ??= reason;
   }
 }

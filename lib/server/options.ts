@@ -81,12 +81,24 @@ export interface ServerOptions {
   now?: () => number;
 }
 
-/** The syslog listener of a {@linkcode Server}: plain TCP on the same hosts. */
+/**
+ * The syslog listener of a {@linkcode Server}: plain TCP on the same hosts,
+ * with limits of its own (see `lib/server/syslog.ts` for the defaults and
+ * why).
+ */
 export interface ServerSyslog {
   /** Port; 0 picks a free one. */
   port: number;
   /** Longest message accepted, in bytes; a longer one closes its connection. @default {65536} */
   maxMessage?: number;
+  /** Most syslog connections at once, apart from the main port's `maxConns`. @default {256} */
+  maxConns?: number;
+  /** Close a connection that sent no whole message this long after it was accepted. @default {60_000} */
+  idleTimeoutMs?: number;
+  /** Close a connection that sent messages, then none for this long. @default {3_600_000} */
+  quietTimeoutMs?: number;
+  /** Bytes of records on their way into the vault, all connections together, before reading stops. @default {4_194_304} */
+  maxBytesInFlight?: number;
 }
 
 /** How clients prove who they are (see `lib/tls.ts` and `lib/auth.ts`). */
