@@ -168,6 +168,7 @@ const RESUME_BELOW = 512 * 1024;
 const STREAM_WAIT_SIZE = 16_384;
 
 const RESOLVED: Promise<void> = Promise.resolve();
+const EMPTY_CHUNK = new Uint8Array(0);
 const EOF: Promise<number | null> = Promise.resolve(null);
 /** TLS1_3_VERSION, as Bun wants `minVersion`. */
 const TLS_1_3 = 0x0304;
@@ -812,7 +813,7 @@ class BunConn implements Conn {
       n += count;
       this.#offset += count;
       if (this.#offset === chunk.length) {
-        this.#head++;
+        this.#chunks[this.#head++] = EMPTY_CHUNK;
         this.#offset = 0;
       }
     }
@@ -825,7 +826,7 @@ class BunConn implements Conn {
     const chunk = this.#chunks[this.#head];
     if (chunk === undefined) return null;
     const rest = this.#offset === 0 ? chunk : chunk.subarray(this.#offset);
-    this.#head++;
+    this.#chunks[this.#head++] = EMPTY_CHUNK;
     this.#offset = 0;
     this.#consumed(rest.length);
     return rest;
@@ -835,6 +836,9 @@ class BunConn implements Conn {
     this.#queued -= n;
     if (this.#head === this.#chunks.length) {
       this.#chunks = NO_CHUNKS;
+      this.#head = 0;
+    } else if (this.#head >= 64 && this.#head * 2 >= this.#chunks.length) {
+      this.#chunks = this.#chunks.slice(this.#head);
       this.#head = 0;
     }
     if (this.#paused && this.#queued <= RESUME_BELOW && !this.#socketGone) {
