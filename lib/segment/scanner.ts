@@ -238,3 +238,47 @@ export async function* readSegment(
     await handle.close();
   }
 }
+
+/**
+ * Reads the first record of a segment, with the checks of
+ * {@linkcode readSegment}, reading little more than that record.
+ *
+ * @param path The segment file.
+ * @param options Format and first sequence number.
+ * @returns The record, or undefined if the segment holds none yet (a
+ * segment being created).
+ * @throws {MoatError} `ERR_CORRUPT` for a bad header or a bad first record
+ * in a segment that is not the last.
+ */
+export async function readFirstRecord(
+  path: string,
+  options: Omit<ReadSegmentOptions, "batchBytes">,
+): Promise<RawRecord | undefined> {
+  const handle = await open(path, "r");
+  try {
+    const size = (await handle.stat()).size;
+    const header = new Uint8Array(Math.min(size, SEGMENT_HEADER_BYTES));
+    await handle.read(header, 0, header.length, 0);
+    const bad = checkSegmentHeader(header, options);
+    if (bad !== undefined) {
+      if (options.last) return undefined;
+      throw corruptError(path, 0, bad);
+    }
+    const scanner = new SegmentScanner(handle, {
+      kind: options.kind,
+      nextSeq: options.firstSeq,
+      readBytes: 4096,
+    });
+    const [first] = await scanner.read(size, 1);
+    if (first === undefined && !options.last) {
+      throw corruptError(
+        path,
+        scanner.offset,
+        scanner.error ?? "segment holds no complete record",
+      );
+    }
+    return first;
+  } finally {
+    await handle.close();
+  }
+}
