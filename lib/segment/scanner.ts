@@ -13,6 +13,8 @@ import {
   checkRecord,
   checkSegmentHeader,
   corruptError,
+  getU64,
+  MAX_RECORD_BYTES,
   parseSegmentName,
   RECORD_HEADER_BYTES,
   SEGMENT_HEADER_BYTES,
@@ -140,6 +142,80 @@ export class SegmentScanner {
       if (filled === keep.length) return out;
     }
     return out;
+  }
+
+  /**
+   * Moves past records while `skip` says so, checking only each record's
+   * length, kind and sequence number, not its checksum: for records a
+   * reader passes over and never returns (a time filter), at the cost of
+   * reading little more than their headers. Stops before the first record
+   * not skipped, at `limit`, or at bytes that fail those checks or do not
+   * hold a whole record (left for {@linkcode SegmentScanner.read}, which
+   * checks them in full).
+   *
+   * @param limit File offset to stop at (as for `read`).
+   * @param options How many bytes of a record `skip` looks at (from its
+   * start), and the test: it is given a view of the data and the record's
+   * offset in it, with `peek` bytes there (fewer if the record is shorter:
+   * `length` says how long it is).
+   * @returns When stopped; `offset` and `nextSeq` are past the records skipped.
+   */
+  async skipWhile(
+    limit: number,
+    options: {
+      peek: number;
+      skip: (view: DataView, at: number, length: number) => boolean;
+    },
+  ): Promise<void> {
+    const peek = Math.max(RECORD_HEADER_BYTES, options.peek);
+    let view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+    let size = this.#buf.length;
+    while (this.error === undefined && this.offset < limit) {
+      let pos = this.offset - this.#bufOffset;
+      if (pos + RECORD_HEADER_BYTES > size) {
+        await this.#fill(limit, RECORD_HEADER_BYTES);
+        view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+        size = this.#buf.length;
+        pos = 0;
+        if (RECORD_HEADER_BYTES > size) return;
+      }
+      const length = view.getUint32(pos + 4, true);
+      if (
+        length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES ||
+        this.offset + length > limit || view.getUint8(pos + 8) !== this.#kind ||
+        getU64(view, pos + 12) !== this.nextSeq
+      ) return;
+      const need = Math.min(length, peek);
+      if (pos + need > size) {
+        await this.#fill(limit, need);
+        view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+        size = this.#buf.length;
+        if (need > size) return;
+        continue;
+      }
+      if (!options.skip(view, pos, length)) return;
+      this.offset += length;
+      this.nextSeq++;
+    }
+  }
+
+  /** Reads from `offset` into a fresh buffer: at least `need` bytes if the file has them. */
+  async #fill(limit: number, need: number): Promise<void> {
+    const want = Math.min(Math.max(this.#readBytes, need), limit - this.offset);
+    const next = new Uint8Array(want);
+    let filled = 0;
+    while (filled < want) {
+      const { bytesRead } = await this.#handle.read(
+        next,
+        filled,
+        want - filled,
+        this.offset + filled,
+      );
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    this.#buf = next.subarray(0, filled);
+    this.#bufOffset = this.offset;
   }
 }
 

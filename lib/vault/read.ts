@@ -16,6 +16,7 @@ import { ExitCode, MoatError } from "../errors.ts";
 import {
   checkSegmentHeader,
   corruptError,
+  getU64,
   SEGMENT_HEADER_BYTES,
 } from "../segment/codec.ts";
 import { systemErrorCode } from "../segment/fs.ts";
@@ -52,6 +53,8 @@ function _batchBytes(sources: number): number {
   const each = Math.floor(32 * 1024 * 1024 / Math.max(1, sources));
   return Math.min(1024 * 1024, Math.max(16 * 1024, each));
 }
+/** Where a vault record's receive time ends: all a time filter looks at. */
+const RECV_TS_END = 36;
 /** Bytes of output `catRecords` gathers before yielding them. */
 const CAT_CHUNK_BYTES = 64 * 1024;
 
@@ -273,6 +276,16 @@ class _SourceReader {
         offset: this.#offset,
         readBytes: this.#batchBytes,
       });
+      const since = this.#range.since;
+      if (since !== undefined) {
+        // Records received before `since` are passed over unread (only
+        // their headers are checked): they are never returned.
+        await scanner.skipWhile(size, {
+          peek: RECV_TS_END,
+          skip: (view, at, length) =>
+            length >= RECV_TS_END && getU64(view, at + 28) < since,
+        });
+      }
       const raw = await scanner.read(size, this.#batchBytes);
       this.#offset = scanner.offset;
       this.#nextSeq = scanner.nextSeq;
