@@ -196,6 +196,39 @@ describe("Vault.prune", () => {
     assert.deepEqual(report.problems, []);
   });
 
+  test("Vault.prune dates the segments of a vault from before the index by its seal log", async () => {
+    const { dir, key, clock, vault } = await daily(10);
+    await vault.close();
+    const firsts = segmentFirsts(dir);
+    // As an earlier version left it: no index.
+    fs.rmSync(path.join(sourceDir(dir), "segments.json"));
+    const reopened = await openVault(dir, {
+      sealIntervalMs: 0,
+      now: clock.now,
+    });
+    const before = T0 + 6 * DAY;
+    const info = await reopened.prune({ before });
+    await reopened.close();
+    // The same cut as with the index all along: each segment dated by the
+    // first seal that covered it, not by the seal at open.
+    assert.equal(info.sources[0]!.throughSeq, expectedCut(firsts, before));
+    const index = JSON.parse(
+      fs.readFileSync(path.join(sourceDir(dir), "segments.json"), "utf8"),
+    );
+    const kept = firsts.filter((f) => f > info.sources[0]!.throughSeq);
+    assert.deepEqual(
+      index.segments.map((e: { first: number }) => e.first),
+      kept.slice(0, -1),
+    );
+    for (const entry of index.segments) {
+      assert.equal(entry.sealedAt, T0 + dayOf(entry.last) * DAY);
+      assert.equal(entry.maxRecvTs, T0 + dayOf(entry.last) * DAY);
+      assert.match(entry.lastLink, /^[0-9a-f]{64}$/);
+    }
+    const report = await verifyVault(dir, { key, now: clock.t });
+    assert.deepEqual(report.problems, []);
+  });
+
   test("Vault.prune of an unsealed vault writes a prune marker that verifyVault starts from", async () => {
     const { dir, clock, vault } = await daily(6, { sealed: false });
     const firsts = segmentFirsts(dir);

@@ -130,6 +130,8 @@ export async function writePruneMarker(
  *
  * @param root The vault directory.
  * @param wants Per source hash (hex), the sequence numbers asked about.
+ * @param options `stopped` ends the search early (between seal segments)
+ * once it returns true; what was found so far is returned.
  * @returns Per source hash, the time for each record a seal covers (records
  * no seal covers are left out).
  * @throws {MoatError} `ERR_CORRUPT` for a damaged seal segment.
@@ -137,6 +139,7 @@ export async function writePruneMarker(
 export async function findFirstCovers(
   root: string,
   wants: ReadonlyMap<string, readonly number[]>,
+  options: { stopped?: () => boolean } = {},
 ): Promise<Map<string, Map<number, number>>> {
   const found = new Map<string, Map<number, number>>();
   let open: { hash: string; seq: number }[] = [];
@@ -146,6 +149,7 @@ export async function findFirstCovers(
   }
   const segments = await listSegments(join(root, SEALS_DIR));
   for (let i = segments.length - 1; i >= 0 && open.length > 0; i--) {
+    if (options.stopped?.()) break;
     const segment = segments[i]!;
     // Per seal of this segment, in order: its time and the counts asked about.
     const seals: { time: number; counts: Map<string, number> }[] = [];

@@ -460,8 +460,7 @@ async function _openLocked(
         continue;
       }
       const key = await readSourceKey(path, entry);
-      await removeTempFiles(join(path, INDEX_FILE));
-      await removeTempFiles(join(path, PRUNED_FILE));
+      await _removeSourceTemps(path);
       const log = await SegmentLog.open(path, {
         ...impl.logOptions,
         onRepair(repair) {
@@ -620,7 +619,9 @@ class _Vault implements Vault {
       }
     }
     if (wants.size === 0 || this.#closed) return;
-    const covers = await findFirstCovers(this.dir, wants);
+    const covers = await findFirstCovers(this.dir, wants, {
+      stopped: () => this.#closed,
+    });
     for (const source of undated.keys()) {
       source.date(covers.get(source.hash) ?? new Map());
     }
@@ -931,6 +932,19 @@ class _Vault implements Vault {
   #checkOpen(): void {
     if (this.#closed) {
       throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
+    }
+  }
+}
+
+/**
+ * Removes what an interrupted atomic write of a source's index or prune
+ * marker left (one directory listing for both).
+ */
+async function _removeSourceTemps(dir: string): Promise<void> {
+  const prefixes = [`.${INDEX_FILE}.tmp-`, `.${PRUNED_FILE}.tmp-`];
+  for (const name of await readdir(dir)) {
+    if (prefixes.some((p) => name.startsWith(p))) {
+      await rm(join(dir, name), { force: true });
     }
   }
 }
