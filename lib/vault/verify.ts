@@ -374,8 +374,9 @@ export async function verifyVault(
     }
     return { starts, found };
   };
-  let state = await pruneState(seals);
+  const state = await pruneState(seals);
   problems.push(...state.found);
+  const starts = state.starts;
 
   const progress = options.onProgress && {
     report: options.onProgress,
@@ -386,20 +387,23 @@ export async function verifyVault(
   const check = (
     entry: (typeof entries)[number],
     seals: SealState,
-    starts: Map<string, _Start>,
+    start: _Start | undefined,
   ) =>
     _verifySource(join(sourcesDir, entry.id), {
       key: entry.key,
       genesis: chainGenesis(vaultId, entry.key),
       checkpoints: seals.checkpoints.get(entry.hash) ?? [],
       tail,
-      start: starts.get(entry.hash),
-      points: starts.get(entry.hash)?.points ?? new Map(),
+      start,
+      points: start?.points ?? new Map(),
       progress,
     });
   const results = new Map<string, Awaited<ReturnType<typeof check>>>();
   for (const entry of picked) {
-    results.set(entry.hash, await check(entry, seals, state.starts));
+    results.set(
+      entry.hash,
+      await check(entry, seals, starts.get(entry.hash)),
+    );
   }
   // A prune that ran while verifying removes segments that the seals (or
   // markers) read at the start did not yet name: check such sources again,
@@ -411,18 +415,19 @@ export async function verifyVault(
   if (moved.length > 0) {
     const again = await verifySeals(root, vaultId, key?.k0);
     const next = await pruneState(again);
+    let rechecked = false;
     for (const entry of moved) {
-      if (
-        next.starts.get(entry.hash)?.seq === state.starts.get(entry.hash)?.seq
-      ) continue;
-      results.set(entry.hash, await check(entry, again, next.starts));
-      state = {
-        starts: new Map([...state.starts, [
-          entry.hash,
-          next.starts.get(entry.hash)!,
-        ]]),
-        found: state.found,
-      };
+      const start = next.starts.get(entry.hash);
+      if (start?.seq === starts.get(entry.hash)?.seq) continue;
+      rechecked = true;
+      results.set(entry.hash, await check(entry, again, start));
+      if (start) starts.set(entry.hash, start);
+      else starts.delete(entry.hash);
+    }
+    if (rechecked) {
+      // What is wrong with the prunes recorded since.
+      const seen = new Set(problems.map((p) => p.message));
+      problems.push(...next.found.filter((p) => !seen.has(p.message)));
     }
   }
 
@@ -431,7 +436,7 @@ export async function verifyVault(
   for (const entry of picked) {
     seen.add(entry.hash);
     const result = results.get(entry.hash)!;
-    const start = state.starts.get(entry.hash);
+    const start = starts.get(entry.hash);
     const sealedSeq = result.sealedSeq;
     sources.push({
       label: sourceLabel(entry.key),
