@@ -283,10 +283,10 @@ async function lsCommand(dir: string): Promise<void> {
   }
 }
 
-/** A time as ISO 8601 UTC, or "-" for none (or one out of range). */
+/** A time as ISO 8601 UTC, or "-" for none (0, or one out of range). */
 function _iso(t: number): string {
   const date = new Date(t);
-  return Number.isNaN(date.getTime()) ? "-" : date.toISOString();
+  return t === 0 || Number.isNaN(date.getTime()) ? "-" : date.toISOString();
 }
 
 async function catCommand(
@@ -315,7 +315,10 @@ async function catCommand(
   // --follow runs until a signal; each ends it cleanly (exit 0).
   const stop = new AbortController();
   const onSignal = () => stop.abort();
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  // Windows knows only SIGINT (Ctrl-C) of these.
+  const signals = process.platform === "win32"
+    ? ["SIGINT"] as const
+    : ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   if (values.follow) { for (const s of signals) process.on(s, onSignal); }
   try {
     // A log line is attacker-controlled: escaped on a terminal; into a pipe
