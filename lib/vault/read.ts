@@ -1,9 +1,11 @@
 /**
- * The vault's readers: list sources, read records in order, and format them
- * for `moat vault cat`. They take no lock and may run while a server
- * appends: a record still being written (or a torn tail not yet cut by
- * recovery) ends the data, and is never returned. Every record's checksum
- * is verified before it is returned.
+ * The vault's readers: list sources, read records in order (within a
+ * receive-time range, skipping what the segment index dates outside it),
+ * follow a vault being written, and format records for `moat vault cat`
+ * (lines or JSON). They take no lock and may run while a server appends: a
+ * record still being written (or a torn tail not yet cut by recovery) ends
+ * the data, and is never returned. Every record's checksum is verified
+ * before it is returned.
  *
  * @module
  */

@@ -2,6 +2,8 @@
  * The vault's writer: per-source append-only segment logs with group commit.
  * An append resolves only once its records are fsync'd; appends from many
  * sources that arrive while a commit runs share the next round of fsyncs.
+ * It keeps each source's segment index, and prunes old segments (recorded
+ * in a seal first) on demand or on a retention schedule.
  *
  * Layout and guarantees: `docs/VAULT.md`.
  *
