@@ -34,6 +34,8 @@ import {
   DEFAULT_MAX_SOURCES_PER_PEER,
   DEFAULT_SEAL_INTERVAL_MS,
   openVault,
+  type PruneEvent,
+  sourceLabel,
   type Vault,
 } from "../lib/vault/store.ts";
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
@@ -45,6 +47,7 @@ import {
   DEFAULT_SYSLOG_QUIET_TIMEOUT_MS,
 } from "../lib/server/syslog.ts";
 import { stdinLines } from "./_stdin.ts";
+import { parseDuration } from "./vault.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -176,6 +179,12 @@ const SERVE_OPTIONS = {
     default: DEFAULT_MAX_SOURCES_PER_PEER,
     description:
       "Most vault sources one peer address may create (each holds files on disk); more are refused and logged",
+  },
+  retain: {
+    type: "string",
+    placeholder: "DURATION",
+    description:
+      "Prune the vault at start and every hour: remove records first sealed more than DURATION ago (such as 30d; whole segments, never a source's newest), recorded in a seal",
   },
   "syslog-port": {
     type: "integer",
@@ -363,11 +372,41 @@ export async function serveCommand(
   }
   const audit = new AuditLog(sink);
 
+  if (values.retain !== undefined && values.vault === undefined) {
+    throw new UsageError("--retain needs --vault DIR");
+  }
+  const retainMs = values.retain === undefined
+    ? undefined
+    : parseDuration("--retain", values.retain);
   let vault: Vault | undefined;
   const seals = new SealTracker();
   if (values.vault !== undefined) {
     try {
       vault = await openVault(values.vault, {
+        ...(retainMs !== undefined && {
+          retainMs,
+          onPrune: (e: PruneEvent) =>
+            e.type === "pruned"
+              ? audit.write("vault_pruned", {
+                before: new Date(e.before).toISOString(),
+                ...(e.epoch !== undefined && { epoch: e.epoch }),
+                records: e.records,
+                bytes: e.bytes,
+                sources: e.sources.map((s) => ({
+                  source: sourceLabel(s.source),
+                  through: s.throughSeq,
+                  records: s.records,
+                  bytes: s.bytes,
+                })),
+                ...(e.skipped.length > 0 && {
+                  skipped: e.skipped.map((s) => ({
+                    source: sourceLabel(s.source),
+                    reason: s.reason,
+                  })),
+                }),
+              })
+              : audit.write("vault_prune_failed", { message: e.message }),
+        }),
         onEvent: (e) => audit.write("vault_repair", { ...e }),
         sealIntervalMs: values["seal-interval"] * 1000,
         maxSourcesPerPeer: values["max-sources-per-peer"],

@@ -1,5 +1,5 @@
 /**
- * `moat vault init|verify|ls|cat`: keep a vault and read it back.
+ * `moat vault init|verify|ls|cat|prune`: keep a vault and read it back.
  *
  * @module
  */
@@ -9,9 +9,11 @@ import * as path from "node:path";
 import process from "node:process";
 import { ExitCode, MoatError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
-import { catRecords, listSources } from "../lib/vault/read.ts";
+import { catRecords, listSources, matchSources } from "../lib/vault/read.ts";
 import { initVault } from "../lib/vault/init.ts";
+import { openVault, sourceLabel } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
+import type { VerifyProgress, VerifyReport } from "../lib/vault/verify.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -24,20 +26,50 @@ import {
   type RunContext,
   unknownWord,
 } from "./options.ts";
+import { formatBytes } from "./progress.ts";
 import { printLine, printToStderr, writeStdout } from "./output.ts";
 
-const VERIFY_OPTIONS = {
+const KEY_OPTIONS = {
   key: {
     type: "string",
     placeholder: "KEY",
     description: "The verification key printed by init",
-    group: "Options of verify",
+    group: "Options of verify and prune",
   },
   "key-file": {
     type: "file",
     placeholder: "FILE",
     description: "Read the verification key from FILE",
+    group: "Options of verify and prune",
+  },
+} as const satisfies OptionTable;
+
+const VERIFY_OPTIONS = {
+  ...KEY_OPTIONS,
+  "min-retain": {
+    type: "string",
+    placeholder: "DURATION",
+    description:
+      "Count as damage a prune that cut records younger than DURATION (such as 30d) at its time: give the --retain the server runs with",
     group: "Options of verify",
+  },
+} as const satisfies OptionTable;
+
+const PRUNE_OPTIONS = {
+  ...KEY_OPTIONS,
+  before: {
+    type: "string",
+    placeholder: "TIME",
+    description:
+      "Remove records first sealed before TIME (an ISO 8601 date or time)",
+    group: "Options of prune",
+  },
+  keep: {
+    type: "string",
+    placeholder: "DURATION",
+    description:
+      "Remove records first sealed more than DURATION ago (90s, 15m, 2h, 30d)",
+    group: "Options of prune",
   },
 } as const satisfies OptionTable;
 
@@ -55,19 +87,40 @@ const CAT_OPTIONS = {
       "Only records received at or after TIME: an ISO 8601 date or time, or a duration ago such as 90s, 15m, 2h, 7d",
     group: "Options of cat",
   },
+  until: {
+    type: "string",
+    placeholder: "TIME",
+    description: "Only records received before TIME (as --since)",
+    group: "Options of cat",
+  },
+  json: {
+    type: "boolean",
+    description:
+      "One JSON object per record: source, peer, identity, name, seq, ts, recvTs, line (lineBase64 too if it is not UTF-8), partial",
+    group: "Options of cat",
+  },
+  follow: {
+    type: "boolean",
+    short: "f",
+    description:
+      "Then keep printing new records as they arrive, until interrupted",
+    group: "Options of cat",
+  },
 } as const satisfies OptionTable;
 
-const SUBCOMMANDS = ["init", "verify", "ls", "cat"] as const;
+const SUBCOMMANDS = ["init", "verify", "ls", "cat", "prune"] as const;
 
 /** `moat vault`'s options (by subcommand), usage and help. */
 export const VAULT: CommandSpec = {
   name: "vault",
-  summary: "Keep a vault: moat vault init|verify|ls|cat DIR",
+  summary: "Keep a vault: moat vault init|verify|ls|cat|prune DIR",
   usage: [
     "vault init DIR",
-    "vault verify DIR [--key KEY | --key-file FILE]",
+    "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION]",
     "vault ls DIR",
-    "vault cat DIR [--source NAME] [--since TIME]",
+    "vault cat DIR [--source NAME] [--since TIME] [--until TIME] [--json]",
+    "vault cat DIR --follow [--source NAME] [--since TIME] [--json]",
+    "vault prune DIR --before TIME | --keep DURATION [--key KEY]",
   ],
   description:
     `init    makes DIR a sealed vault (or seals an unsealed one) and prints its
@@ -75,17 +128,29 @@ export const VAULT: CommandSpec = {
         then seals every --seal-interval with a key that evolves one way.
 verify  checks every record's checksum and hash chain, and with the key every
         seal; exits 0 only if nothing is damaged, else names the first bad
-        point. Records after the last seal are reported as an unsealed tail.
-ls      lists the sources in a vault: records, first and last time.
+        point. Records after the last seal are reported as an unsealed tail,
+        pruned ones as pruned. On a terminal it shows its progress.
+ls      lists the sources in a vault: records kept, size on disk, the
+        shipper's time of the first and last record, and last seen (when
+        the newest record was received).
 cat     prints stored lines in order (per source by sequence number; sources
-        merged by receive time). On a terminal, control characters are escaped.`,
+        merged by receive time). On a terminal, control characters are escaped.
+prune   removes old records (whole segments, never a source's newest) of a
+        vault no server has open, after verifying it. A sealed vault records
+        the prune in a seal first, so verify tells it from a deletion.
+        moat serve --retain prunes on its own.`,
   positionals: true,
-  options: { ...VERIFY_OPTIONS, ...CAT_OPTIONS },
+  options: { ...VERIFY_OPTIONS, ...PRUNE_OPTIONS, ...CAT_OPTIONS },
   exits: [
     ...COMMON_EXITS,
     {
+      code: ExitCode.NotFound,
+      description: "cat: --source matches no source",
+    },
+    {
       code: ExitCode.Integrity,
-      description: "verify found damage (it names the first bad point)",
+      description:
+        "verify found damage (it names the first bad point); prune refused a damaged vault",
     },
   ],
 };
@@ -126,6 +191,11 @@ export async function vaultCommand(
     case "cat": {
       const parsed = parseVault(sub, CAT_OPTIONS, rest, context);
       if (parsed) await catCommand(parsed.dir, parsed.values);
+      return;
+    }
+    case "prune": {
+      const parsed = parseVault(sub, PRUNE_OPTIONS, rest, context);
+      if (parsed) await pruneCommand(parsed.dir, parsed.values);
       return;
     }
     default:
@@ -192,8 +262,10 @@ function checkVaultDir(dir: string): void {
 
 async function lsCommand(dir: string): Promise<void> {
   const rows = await listSources(dir);
-  printLine(["PEER", "SOURCE", "RECORDS", "FIRST", "LAST"].join("\t"));
-  const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : "-");
+  printLine(
+    ["PEER", "SOURCE", "RECORDS", "SIZE", "FIRST", "LAST", "LAST-SEEN"]
+      .join("\t"),
+  );
   for (const r of rows) {
     printLine(
       [
@@ -202,28 +274,72 @@ async function lsCommand(dir: string): Promise<void> {
         ),
         escapeText(r.name),
         r.records,
-        iso(r.firstRecvTs),
-        iso(r.lastRecvTs),
+        formatBytes(r.bytes),
+        _iso(r.firstTs),
+        _iso(r.lastTs),
+        _iso(r.lastRecvTs),
       ].join("\t"),
     );
   }
+}
+
+/** A time as ISO 8601 UTC, or "-" for none (0, or one out of range). */
+function _iso(t: number): string {
+  const date = new Date(t);
+  return t === 0 || Number.isNaN(date.getTime()) ? "-" : date.toISOString();
 }
 
 async function catCommand(
   dir: string,
   values: OptionValues<typeof CAT_OPTIONS>,
 ): Promise<void> {
-  // A log line is attacker-controlled: escaped on a terminal; into a pipe as
-  // stored but with line feeds inside a record written as \n, and labelled
-  // with its source whenever more than one matches (lib/vault/read.ts).
-  for await (
-    const chunk of catRecords(dir, {
-      ...(values.source !== undefined && { source: values.source }),
-      ...(values.since !== undefined && { since: parseSince(values.since) }),
-      terminal: process.stdout.isTTY === true,
-    })
-  ) {
-    await writeStdout(chunk);
+  const source = values.source;
+  if (source !== undefined && (await matchSources(dir, source)).length === 0) {
+    throw new MoatError(
+      "ERR_NO_SOURCE",
+      `No source in vault "${escapeText(dir)}" matches --source "${
+        escapeText(source)
+      }" (see moat vault ls)`,
+      ExitCode.NotFound,
+    );
+  }
+  const since = values.since === undefined
+    ? undefined
+    : parseTime("--since", values.since);
+  const until = values.until === undefined
+    ? undefined
+    : parseTime("--until", values.until);
+  if (values.follow && until !== undefined) {
+    throw new UsageError("--follow and --until cannot be combined");
+  }
+  // --follow runs until a signal; each ends it cleanly (exit 0).
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  // Windows knows only SIGINT (Ctrl-C) of these.
+  const signals = process.platform === "win32"
+    ? ["SIGINT"] as const
+    : ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  if (values.follow) { for (const s of signals) process.on(s, onSignal); }
+  try {
+    // A log line is attacker-controlled: escaped on a terminal; into a pipe
+    // as stored but with line feeds inside a record written as \n, and
+    // labelled with its source whenever more than one matches; as JSON with
+    // every terminal control escaped (lib/vault/read.ts).
+    for await (
+      const chunk of catRecords(dir, {
+        ...(source !== undefined && { source }),
+        ...(since !== undefined && { since }),
+        ...(until !== undefined && { until }),
+        json: values.json,
+        follow: values.follow,
+        signal: stop.signal,
+        terminal: process.stdout.isTTY === true,
+      })
+    ) {
+      await writeStdout(chunk);
+    }
+  } finally {
+    if (values.follow) { for (const s of signals) process.off(s, onSignal); }
   }
 }
 
@@ -235,16 +351,25 @@ async function catCommand(
  * @throws {UsageError} If it is neither.
  */
 export function parseSince(text: string): number {
-  const m = /^(\d+)(s|m|h|d)$/.exec(text);
-  if (m) {
-    const unit =
-      { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
-    return Date.now() - Number(m[1]) * unit;
+  return parseTime("--since", text);
+}
+
+/**
+ * Parses a time option: ISO 8601, or a duration ago (90s, 15m, 2h, 7d).
+ *
+ * @param option The option's name, for the error.
+ * @param text The value.
+ * @returns Milliseconds since the epoch.
+ * @throws {UsageError} If it is neither.
+ */
+export function parseTime(option: string, text: string): number {
+  if (/^\d+[smhd]$/.test(text)) {
+    return Date.now() - parseDuration(option, text);
   }
   const t = Date.parse(text);
   if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(t)) {
     throw new UsageError(
-      `Invalid --since "${
+      `Invalid ${option} "${
         escapeText(text)
       }": expected an ISO 8601 time or a duration like 15m`,
     );
@@ -252,33 +377,128 @@ export function parseSince(text: string): number {
   return t;
 }
 
+/**
+ * Parses a duration: a positive whole number of seconds, minutes, hours or
+ * days (90s, 15m, 2h, 30d).
+ *
+ * @example
+ * ```ts
+ * import { parseDuration } from "./vault.ts";
+ * import assert from "node:assert/strict";
+ * assert.equal(parseDuration("--retain", "30d"), 30 * 86_400_000);
+ * ```
+ *
+ * @param option The option's name, for the error.
+ * @param text The value.
+ * @returns Milliseconds.
+ * @throws {UsageError} If it is not one.
+ */
+export function parseDuration(option: string, text: string): number {
+  const m = /^(\d+)(s|m|h|d)$/.exec(text);
+  const ms = m
+    ? Number(m[1]) *
+      { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"]
+    : NaN;
+  if (!Number.isSafeInteger(ms) || ms <= 0) {
+    throw new UsageError(
+      `Invalid ${option} "${
+        escapeText(text)
+      }": expected a duration like 90s, 15m, 2h or 30d`,
+    );
+  }
+  return ms;
+}
+
+/** The verification key from --key or --key-file, if given. */
+function readKey(
+  values: { key?: string | undefined; "key-file"?: string | undefined },
+): string | undefined {
+  if (values.key !== undefined && values["key-file"] !== undefined) {
+    throw new UsageError("Give --key or --key-file, not both");
+  }
+  if (values["key-file"] === undefined) return values.key;
+  try {
+    return fs.readFileSync(values["key-file"], "utf8");
+  } catch (err) {
+    throw new UsageError(
+      `Cannot read --key-file "${escapeText(values["key-file"])}": ${
+        describeFsError(err)
+      }`,
+    );
+  }
+}
+
+/**
+ * Verification progress on stderr when it is a terminal: records and bytes
+ * checked, redrawn in place at most 10 times a second, cut to the width;
+ * nothing otherwise.
+ */
+function verifyProgress(): {
+  update?: (progress: VerifyProgress) => void;
+  end(): void;
+} {
+  if (process.stderr.isTTY !== true) return { end() {} };
+  let last = 0;
+  let drawn = false;
+  return {
+    update(p: VerifyProgress) {
+      const now = performance.now();
+      if (now - last < 100 && p.bytes < p.totalBytes) return;
+      last = now;
+      const share = p.totalBytes > 0
+        ? ` (${Math.min(100, Math.floor(p.bytes / p.totalBytes * 100))}%)`
+        : "";
+      const text = `verifying: ${p.records} records, ${
+        formatBytes(p.bytes)
+      } of ${formatBytes(p.totalBytes)}${share}`;
+      const width = Math.max(10, (process.stderr.columns ?? 80) - 1);
+      process.stderr.write(`\r${text.slice(0, width)}\x1b[K`);
+      drawn = true;
+    },
+    end() {
+      if (drawn) process.stderr.write("\r\x1b[K");
+    },
+  };
+}
+
+/** Runs verifyVault with progress on a terminal; a bad key is a usage error. */
+async function runVerify(
+  dir: string,
+  options: { key?: string | undefined; minRetainMs?: number | undefined },
+): Promise<VerifyReport> {
+  const progress = verifyProgress();
+  try {
+    return await verifyVault(dir, {
+      ...(options.key !== undefined && { key: options.key }),
+      ...(options.minRetainMs !== undefined &&
+        { minRetainMs: options.minRetainMs }),
+      ...(progress.update && { onProgress: progress.update }),
+    });
+  } catch (err) {
+    if (err instanceof TypeError) throw new UsageError(err.message);
+    throw err;
+  } finally {
+    progress.end();
+  }
+}
+
+/** Prints what verify found wrong, one line each. */
+function printProblems(report: VerifyReport): void {
+  for (const p of report.problems) {
+    printLine(`DAMAGED: ${escapeText(p.message)}`);
+  }
+}
+
 /** `moat vault verify`: prints the report; exits 5 (integrity) on damage. */
 async function verifyCommand(
   dir: string,
   values: OptionValues<typeof VERIFY_OPTIONS>,
 ): Promise<void> {
-  if (values.key !== undefined && values["key-file"] !== undefined) {
-    throw new UsageError("Give --key or --key-file, not both");
-  }
-  let key = values.key;
-  if (values["key-file"] !== undefined) {
-    try {
-      key = fs.readFileSync(values["key-file"], "utf8");
-    } catch (err) {
-      throw new UsageError(
-        `Cannot read --key-file "${escapeText(values["key-file"])}": ${
-          describeFsError(err)
-        }`,
-      );
-    }
-  }
-  let report;
-  try {
-    report = await verifyVault(dir, key === undefined ? {} : { key });
-  } catch (err) {
-    if (err instanceof TypeError) throw new UsageError(err.message);
-    throw err;
-  }
+  const key = readKey(values);
+  const minRetainMs = values["min-retain"] === undefined
+    ? undefined
+    : parseDuration("--min-retain", values["min-retain"]);
+  const report = await runVerify(dir, { key, minRetainMs });
   const iso = (t: number) => new Date(t).toISOString();
   printLine(
     `vault ${report.id}: ${report.seals} seal(s)${
@@ -288,19 +508,28 @@ async function verifyCommand(
     }${report.keyed ? ", verified with the key" : ""}`,
   );
   for (const s of report.sources) {
+    const label = escapeText(s.label);
     const tail = s.unsealed > 0
       ? `, unsealed tail (${s.unsealed} records)`
       : "";
-    printLine(
-      `  ${
-        escapeText(s.label)
-      }: ${s.records} records, ${s.sealedSeq} sealed${tail}`,
-    );
+    printLine(`  ${label}: ${s.records} records, ${s.sealedSeq} sealed${tail}`);
+    const pruned = s.pruned;
+    if (pruned) {
+      printLine(
+        `  ${label}: records 1 to ${pruned.throughSeq} pruned (first ${
+          report.seals > 0 ? "sealed" : "received"
+        } before ${iso(pruned.before)}; pruned at ${iso(pruned.time)}${
+          pruned.epoch !== undefined ? `, recorded in seal ${pruned.epoch}` : ""
+        })${
+          pruned.pending
+            ? `; ${pruned.pending} of them still on disk, removed by the next prune`
+            : ""
+        }`,
+      );
+    }
     if (s.torn) {
       printLine(
-        `  ${
-          escapeText(s.label)
-        }: ${s.torn.bytes} bytes after the last record are not a whole record ` +
+        `  ${label}: ${s.torn.bytes} bytes after the last record are not a whole record ` +
           `(a write in progress or a torn write, cut when the vault is next opened; not verified)`,
       );
     }
@@ -315,9 +544,7 @@ async function verifyCommand(
       `unsealed tail (${report.unsealed} records): chained but not yet covered by a seal, so not verified`,
     );
   }
-  for (const p of report.problems) {
-    printLine(`DAMAGED: ${escapeText(p.message)}`);
-  }
+  printProblems(report);
   if (!report.ok) {
     throw new MoatError(
       "ERR_INTEGRITY",
@@ -330,4 +557,81 @@ async function verifyCommand(
       ? "OK: every record and seal is intact"
       : "OK: every record and chain is intact",
   );
+}
+
+/**
+ * `moat vault prune`: takes the vault's lock, verifies it (with the key if
+ * given), and only then prunes; prints what went.
+ */
+async function pruneCommand(
+  dir: string,
+  values: OptionValues<typeof PRUNE_OPTIONS>,
+): Promise<void> {
+  if ((values.before === undefined) === (values.keep === undefined)) {
+    throw new UsageError(
+      "vault prune takes one of --before TIME or --keep DURATION",
+    );
+  }
+  const before = values.before !== undefined
+    ? parseTime("--before", values.before)
+    : Date.now() - parseDuration("--keep", values.keep!);
+  const key = readKey(values);
+  let vault;
+  try {
+    // No seal at open, no timer: the prune writes its own seal.
+    vault = await openVault(dir, { sealIntervalMs: 0 });
+  } catch (err) {
+    if (err instanceof MoatError && err.code === "ERR_LOCKED") {
+      throw new MoatError(
+        "ERR_LOCKED",
+        `${err.message}: stop the server first, or let moat serve --retain prune it`,
+        err.exitCode,
+      );
+    }
+    throw err;
+  }
+  let info;
+  try {
+    // Pruned records can never be checked again: check them now.
+    const report = await runVerify(dir, { key });
+    if (!report.ok) {
+      printProblems(report);
+      throw new MoatError(
+        "ERR_INTEGRITY",
+        `Vault "${escapeText(dir)}" failed verification: nothing was pruned`,
+        ExitCode.Integrity,
+      );
+    }
+    if (!report.keyed && vault.sealed) {
+      printToStderr(
+        "moat: verified without --key: checksums and chains only, seals not checked",
+      );
+    }
+    info = await vault.prune({ before });
+  } finally {
+    await vault.close();
+  }
+  const when = new Date(before).toISOString();
+  const first = vault.sealed ? "first sealed" : "received";
+  for (const { source, reason } of info.skipped) {
+    printLine(`  ${escapeText(sourceLabel(source))}: left alone: ${reason}`);
+  }
+  if (info.sources.length === 0) {
+    printLine(`Nothing to prune: no whole segment ${first} before ${when}`);
+    return;
+  }
+  printLine(
+    `Pruned ${info.records} records (${
+      formatBytes(info.bytes)
+    }) ${first} before ${when} from ${info.sources.length} source(s)${
+      info.epoch !== undefined ? `, recorded in seal ${info.epoch}` : ""
+    }:`,
+  );
+  for (const s of info.sources) {
+    printLine(
+      `  ${
+        escapeText(sourceLabel(s.source))
+      }: records 1 to ${s.throughSeq} are gone (${s.records} now, ${s.segments} segment(s))`,
+    );
+  }
 }

@@ -185,6 +185,11 @@ export const CODES = {
     peer: true,
     meaning: "ship to a server without `--vault`",
   },
+  ERR_NO_SOURCE: {
+    exit: NotFound,
+    peer: false,
+    meaning: "no vault source matches `--source`",
+  },
   ERR_NOT_FILE: {
     exit: NotFound,
     peer: true,

@@ -407,7 +407,9 @@ test("vaultCommand names a mistyped subcommand before anything else", async () =
   );
   await assert.rejects(
     vaultCommand(["frob", "DIR"], context),
-    { message: 'Unknown vault command "frob" (init, verify, ls or cat)' },
+    {
+      message: 'Unknown vault command "frob" (init, verify, ls, cat or prune)',
+    },
   );
   await assert.rejects(
     vaultCommand(["ls", "--sorce", "x", "DIR"], context),

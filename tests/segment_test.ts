@@ -10,8 +10,10 @@ import os from "node:os";
 import path from "node:path";
 import {
   checkRecord,
+  checkSegmentHeader,
   encodeSegmentHeader,
   finishRecord,
+  getU64,
   scanSegment,
   segmentName,
 } from "../lib/segment/codec.ts";
@@ -117,6 +119,70 @@ describe("segment readers", () => {
         assert.equal(scanned.end, Math.max(mem.end, 32), `case ${n}`);
       }
       assert.equal(mem.stop === undefined, mem.end === written.length);
+    }
+  });
+
+  test("SegmentScanner.skipWhile passes over records by their headers alone, and read checks the rest in full", async () => {
+    const random = seededRandom(13);
+    const file = path.join(base, segmentName(5));
+    // Reference: skipped records need only a sound length, kind and
+    // sequence number; from the first one kept, every check applies.
+    const reference = (bytes: Uint8Array, below: number): number[] => {
+      if (checkSegmentHeader(bytes, { magic: MAGIC, firstSeq: 5 })) return [];
+      const view = new DataView(bytes.buffer, bytes.byteOffset);
+      let at = 32;
+      let seq = 5;
+      while (at + 20 <= bytes.length && seq < below) {
+        const length = view.getUint32(at + 4, true);
+        if (
+          length < 20 || at + length > bytes.length || bytes[at + 8] !== KIND ||
+          getU64(view, at + 12) !== seq
+        ) break;
+        at += length;
+        seq++;
+      }
+      const out: number[] = [];
+      while (at < bytes.length) {
+        const length = checkRecord(bytes, at, { kind: KIND, seq });
+        if (typeof length !== "number") break;
+        out.push(seq++);
+        at += length;
+      }
+      return out;
+    };
+    for (let n = 0; n < 300; n++) {
+      const sizes = Array.from({ length: 1 + random(12) }, () => random(90));
+      let bytes = segment(5, sizes);
+      const damage = random(3);
+      if (damage === 0) {
+        bytes[32 + random(bytes.length - 32)]! ^= 1 << random(8);
+      }
+      if (damage === 1) {
+        bytes = bytes.subarray(0, 32 + random(bytes.length - 31));
+      }
+      fs.writeFileSync(file, bytes);
+      const below = 5 + random(sizes.length + 2);
+      const handle = await open(file, "r");
+      const seqs: number[] = [];
+      try {
+        const scanner = new SegmentScanner(handle, {
+          kind: KIND,
+          nextSeq: 5,
+          readBytes: 64,
+        });
+        await scanner.skipWhile(bytes.length, {
+          peek: 20,
+          skip: (view, at) => getU64(view, at + 12) < below,
+        });
+        while (true) {
+          const batch = await scanner.read(bytes.length, 100);
+          if (batch.length === 0) break;
+          seqs.push(...batch.map((r) => r.seq));
+        }
+      } finally {
+        await handle.close();
+      }
+      assert.deepEqual(seqs, reference(bytes, below), `case ${n}`);
     }
   });
 

@@ -69,6 +69,7 @@ function watchAppends(vault: Vault) {
       return vault.stats;
     },
     seal: () => vault.seal(),
+    prune: (options) => vault.prune(options),
     append: (key, records, options) => vault.append(key, records, options),
     sources: () => vault.sources(),
     close: () => vault.close(),

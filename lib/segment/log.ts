@@ -25,10 +25,20 @@ import {
 import type { CommitGroup, GroupMember } from "./commit_group.ts";
 import { syncDir, systemErrorCode } from "./fs.ts";
 import { recoverSegment } from "./recover.ts";
-import type { LogRepair, SegmentInfo } from "./recover.ts";
+import type {
+  LogRepair,
+  SegmentInfo,
+  SegmentSummarizer,
+  SegmentSummary,
+} from "./recover.ts";
 import { listSegments } from "./scanner.ts";
 
-export type { LogRepair, SegmentInfo } from "./recover.ts";
+export type {
+  LogRepair,
+  SegmentInfo,
+  SegmentSummarizer,
+  SegmentSummary,
+} from "./recover.ts";
 
 /**
  * Hooks for tests. Not part of the API.
@@ -66,12 +76,47 @@ export interface SegmentLogOptions {
   init?: () => Promise<void>;
   /** Told about every repair made while opening. */
   onRepair?: (repair: LogRepair) => void;
+  /**
+   * Reads a record's time and tail, to summarize the last segment at open
+   * (see {@linkcode SegmentInfo.summary}); without it, only segments
+   * written by this process have a summary.
+   */
+  summarizer?: SegmentSummarizer;
+  /**
+   * Told when a new segment starts: the one before it is complete, with
+   * its last sequence number and, if known, its summary. May be told again
+   * about the same segment if the new one could not be created.
+   */
+  onSegmentClosed?: (closed: ClosedSegment) => void;
+}
+
+/** A segment that will take no more records (see `onSegmentClosed`). */
+export interface ClosedSegment {
+  /** Sequence number of its first record. */
+  firstSeq: number;
+  /** Sequence number of its last record. */
+  lastSeq: number;
+  /** Its path. */
+  path: string;
+  /** Its records' times and tail, if known. */
+  summary: SegmentSummary | undefined;
+}
+
+/** What the caller knows about the records of one queued chunk. */
+export interface ChunkNote {
+  /** Least record time in the chunk. */
+  minTime: number;
+  /** Greatest record time in the chunk. */
+  maxTime: number;
+  /** The tail after the chunk's last record. */
+  tail?: Uint8Array;
 }
 
 interface Chunk {
   bytes: Uint8Array;
   firstSeq: number;
   lastSeq: number;
+  note: ChunkNote | undefined;
 }
 
 interface Waiter {
@@ -156,7 +201,10 @@ export class SegmentLog implements GroupMember {
     let lastRecord: Uint8Array | undefined;
     while (segments.length > 0) {
       const segment = segments[segments.length - 1]!;
-      const found = await recoverSegment(segment, options);
+      const found = await recoverSegment(segment, {
+        ...options,
+        summarizer: options.summarizer,
+      });
       if (found !== undefined) {
         lastSeq = found.lastSeq;
         lastRecord = found.lastRecord;
@@ -222,14 +270,15 @@ export class SegmentLog implements GroupMember {
    * Queues encoded records for the next group commit.
    *
    * @param bytes Records `firstSeq` to `lastSeq`, encoded back to back.
-   * @param seqs The first and last sequence numbers in `bytes`.
+   * @param seqs The first and last sequence numbers in `bytes`, and what
+   * the caller knows about their times and tail (for segment summaries).
    * @returns Resolves with `lastSeq` once durable; rejects if the commit fails.
    * @throws {MoatError} `ERR_CLOSED` after close; `ERR_SEQUENCE` if
    * `firstSeq` does not follow `lastSeq`.
    */
   enqueue(
     bytes: Uint8Array,
-    seqs: { firstSeq: number; lastSeq: number },
+    seqs: { firstSeq: number; lastSeq: number; note?: ChunkNote },
   ): Promise<number> {
     this.#checkOpen();
     if (seqs.firstSeq !== this.#lastSeq + 1 || seqs.lastSeq < seqs.firstSeq) {
@@ -238,7 +287,12 @@ export class SegmentLog implements GroupMember {
         `Cannot queue records ${seqs.firstSeq} to ${seqs.lastSeq}: the log ends at ${this.#lastSeq}`,
       );
     }
-    this.#pending.push({ bytes, ...seqs });
+    this.#pending.push({
+      bytes,
+      firstSeq: seqs.firstSeq,
+      lastSeq: seqs.lastSeq,
+      note: seqs.note,
+    });
     this.#pendingBytes += bytes.length;
     this.#lastSeq = seqs.lastSeq;
     this.#options.group.mark(this);
@@ -306,6 +360,14 @@ export class SegmentLog implements GroupMember {
           segment.size + batch[i]!.bytes.length > options.segmentBytes
         ) {
           await this.#closeHandle();
+          if (segment !== undefined) {
+            options.onSegmentClosed?.({
+              firstSeq: segment.firstSeq,
+              lastSeq: batch[i]!.firstSeq - 1,
+              path: segment.path,
+              summary: segment.summary,
+            });
+          }
           segment = {
             firstSeq: batch[i]!.firstSeq,
             path: join(this.dir, segmentName(batch[i]!.firstSeq)),
@@ -322,11 +384,13 @@ export class SegmentLog implements GroupMember {
         }
         let size = segment.size + (created ? SEGMENT_HEADER_BYTES : 0);
         let lastSeq = this.#durableSeq;
+        let summary = created ? null : segment.summary;
         do {
           const chunk = batch[i]!;
           bufs.push(chunk.bytes);
           size += chunk.bytes.length;
           lastSeq = chunk.lastSeq;
+          summary = _addNote(summary, chunk.note);
           i++;
         } while (
           i < batch.length &&
@@ -343,6 +407,7 @@ export class SegmentLog implements GroupMember {
         this.#inflightBytes -= size - segment.size -
           (created ? SEGMENT_HEADER_BYTES : 0);
         segment.size = size;
+        segment.summary = summary ?? undefined;
         this.#durableSeq = lastSeq;
         this.#settle();
       }
@@ -468,6 +533,22 @@ export class SegmentLog implements GroupMember {
   }
 
   /**
+   * Takes every segment but the last whose records all have sequence
+   * numbers up to `seq` out of the log (the vault's prune), for the caller
+   * to delete with {@linkcode removeSegments}. Never the segment being
+   * written.
+   *
+   * @param seq Highest sequence number that may go.
+   * @returns The segments taken, oldest first.
+   */
+  takeClosedSegmentsThrough(seq: number): SegmentInfo[] {
+    const segments = this.#segments;
+    let n = 0;
+    while (n + 1 < segments.length && segments[n + 1]!.firstSeq - 1 <= seq) n++;
+    return segments.splice(0, n);
+  }
+
+  /**
    * Deletes segment files taken with {@linkcode takeSegmentsThrough} and
    * fsyncs the directory.
    *
@@ -511,6 +592,31 @@ export class SegmentLog implements GroupMember {
       throw new MoatError("ERR_CLOSED", `Log "${this.dir}" is closed`);
     }
   }
+}
+
+/**
+ * A segment's summary with one more chunk: `null` stands for a new segment
+ * (no record yet), undefined for unknown (a chunk without a note makes it
+ * unknown).
+ */
+function _addNote(
+  summary: SegmentSummary | null | undefined,
+  note: ChunkNote | undefined,
+): SegmentSummary | undefined {
+  if (note === undefined || summary === undefined) return undefined;
+  const tail = note.tail;
+  if (summary === null) {
+    return {
+      minTime: note.minTime,
+      maxTime: note.maxTime,
+      ...(tail && { tail }),
+    };
+  }
+  return {
+    minTime: Math.min(summary.minTime, note.minTime),
+    maxTime: Math.max(summary.maxTime, note.maxTime),
+    ...(tail && { tail }),
+  };
 }
 
 /** Writes every buffer at `position`, looping over short writes. */

@@ -21,6 +21,14 @@ export * from "./commit_group.ts";
 export * from "./crc32c.ts";
 export * from "./fs.ts";
 export { SegmentLog } from "./log.ts";
-export type { LogRepair, SegmentInfo, SegmentLogOptions } from "./log.ts";
+export type {
+  ChunkNote,
+  ClosedSegment,
+  LogRepair,
+  SegmentInfo,
+  SegmentLogOptions,
+  SegmentSummarizer,
+  SegmentSummary,
+} from "./log.ts";
 export { recoverSegment } from "./recover.ts";
 export * from "./scanner.ts";

@@ -13,6 +13,8 @@ import {
   checkRecord,
   checkSegmentHeader,
   corruptError,
+  getU64,
+  MAX_RECORD_BYTES,
   parseSegmentName,
   RECORD_HEADER_BYTES,
   SEGMENT_HEADER_BYTES,
@@ -141,6 +143,80 @@ export class SegmentScanner {
     }
     return out;
   }
+
+  /**
+   * Moves past records while `skip` says so, checking only each record's
+   * length, kind and sequence number, not its checksum: for records a
+   * reader passes over and never returns (a time filter), at the cost of
+   * reading little more than their headers. Stops before the first record
+   * not skipped, at `limit`, or at bytes that fail those checks or do not
+   * hold a whole record (left for {@linkcode SegmentScanner.read}, which
+   * checks them in full).
+   *
+   * @param limit File offset to stop at (as for `read`).
+   * @param options How many bytes of a record `skip` looks at (from its
+   * start), and the test: it is given a view of the data and the record's
+   * offset in it, with `peek` bytes there (fewer if the record is shorter:
+   * `length` says how long it is).
+   * @returns When stopped; `offset` and `nextSeq` are past the records skipped.
+   */
+  async skipWhile(
+    limit: number,
+    options: {
+      peek: number;
+      skip: (view: DataView, at: number, length: number) => boolean;
+    },
+  ): Promise<void> {
+    const peek = Math.max(RECORD_HEADER_BYTES, options.peek);
+    let view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+    let size = this.#buf.length;
+    while (this.error === undefined && this.offset < limit) {
+      let pos = this.offset - this.#bufOffset;
+      if (pos + RECORD_HEADER_BYTES > size) {
+        await this.#fill(limit, RECORD_HEADER_BYTES);
+        view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+        size = this.#buf.length;
+        pos = 0;
+        if (RECORD_HEADER_BYTES > size) return;
+      }
+      const length = view.getUint32(pos + 4, true);
+      if (
+        length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES ||
+        this.offset + length > limit || view.getUint8(pos + 8) !== this.#kind ||
+        getU64(view, pos + 12) !== this.nextSeq
+      ) return;
+      const need = Math.min(length, peek);
+      if (pos + need > size) {
+        await this.#fill(limit, need);
+        view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
+        size = this.#buf.length;
+        if (need > size) return;
+        continue;
+      }
+      if (!options.skip(view, pos, length)) return;
+      this.offset += length;
+      this.nextSeq++;
+    }
+  }
+
+  /** Reads from `offset` into a fresh buffer: at least `need` bytes if the file has them. */
+  async #fill(limit: number, need: number): Promise<void> {
+    const want = Math.min(Math.max(this.#readBytes, need), limit - this.offset);
+    const next = new Uint8Array(want);
+    let filled = 0;
+    while (filled < want) {
+      const { bytesRead } = await this.#handle.read(
+        next,
+        filled,
+        want - filled,
+        this.offset + filled,
+      );
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    this.#buf = next.subarray(0, filled);
+    this.#bufOffset = this.offset;
+  }
 }
 
 /** A segment file found by {@linkcode listSegments}. */
@@ -234,6 +310,50 @@ export async function* readSegment(
         scanner.error ?? "last record is incomplete",
       );
     }
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Reads the first record of a segment, with the checks of
+ * {@linkcode readSegment}, reading little more than that record.
+ *
+ * @param path The segment file.
+ * @param options Format and first sequence number.
+ * @returns The record, or undefined if the segment holds none yet (a
+ * segment being created).
+ * @throws {MoatError} `ERR_CORRUPT` for a bad header or a bad first record
+ * in a segment that is not the last.
+ */
+export async function readFirstRecord(
+  path: string,
+  options: Omit<ReadSegmentOptions, "batchBytes">,
+): Promise<RawRecord | undefined> {
+  const handle = await open(path, "r");
+  try {
+    const size = (await handle.stat()).size;
+    const header = new Uint8Array(Math.min(size, SEGMENT_HEADER_BYTES));
+    await handle.read(header, 0, header.length, 0);
+    const bad = checkSegmentHeader(header, options);
+    if (bad !== undefined) {
+      if (options.last) return undefined;
+      throw corruptError(path, 0, bad);
+    }
+    const scanner = new SegmentScanner(handle, {
+      kind: options.kind,
+      nextSeq: options.firstSeq,
+      readBytes: 4096,
+    });
+    const [first] = await scanner.read(size, 1);
+    if (first === undefined && !options.last) {
+      throw corruptError(
+        path,
+        scanner.offset,
+        scanner.error ?? "segment holds no complete record",
+      );
+    }
+    return first;
   } finally {
     await handle.close();
   }

@@ -49,6 +49,8 @@ export const SEAL_ENTRIES_OFFSET = 60;
 export const SEAL_ENTRY_BYTES = 72;
 /** Bytes of the HMAC that ends a seal record. */
 export const SEAL_MAC_BYTES = 32;
+/** Bytes per prune entry in a seal record: source hash, last seq pruned, its link, cut-off. */
+export const SEAL_PRUNE_BYTES = 80;
 
 const EVOLVE_LABEL = new TextEncoder().encode("moat-evolve");
 const KEY_PREFIX = "moat-vk1-";
@@ -74,6 +76,21 @@ export interface SealEntry {
   head: Uint8Array;
 }
 
+/**
+ * A prune carried by a seal: records 1 to `seq` of a source were removed
+ * (whole segments, each first covered by a seal made before `before`).
+ */
+export interface SealPrune {
+  /** The source's hash. */
+  source: Uint8Array;
+  /** Last record removed. */
+  seq: number;
+  /** The chain link of record `seq`: the chain of the records kept starts from it. */
+  link: Uint8Array;
+  /** The cut-off, ms since the epoch. */
+  before: number;
+}
+
 /** A decoded seal record. */
 export interface Seal {
   /** Epoch number (the seal's sequence number), from 1. */
@@ -86,6 +103,8 @@ export interface Seal {
   total: number;
   /** Entries sorted by source hash. */
   entries: SealEntry[];
+  /** Prunes made with this seal, sorted by source hash (usually none). */
+  prunes: SealPrune[];
   /** The HMAC stored in the record. */
   mac: Uint8Array;
 }
@@ -93,23 +112,30 @@ export interface Seal {
 /**
  * Encodes a seal record and its HMAC with the epoch key.
  *
- * @param seal Epoch, time, vault id and entries (sorted here).
+ * @param seal Epoch, time, vault id, entries and prunes (both sorted here).
  * @param key The epoch's key `k[epoch]`.
  * @returns The whole record.
  */
 export function encodeSeal(
-  seal: Omit<Seal, "mac" | "total">,
+  seal: Omit<Seal, "mac" | "total" | "prunes"> & {
+    prunes?: readonly SealPrune[];
+  },
   key: Uint8Array,
 ): Uint8Array {
   const entries = [...seal.entries].sort((a, b) =>
     _compareBytes(a.source, b.source)
   );
-  const macAt = SEAL_ENTRIES_OFFSET + SEAL_ENTRY_BYTES * entries.length;
+  const prunes = [...(seal.prunes ?? [])].sort((a, b) =>
+    _compareBytes(a.source, b.source)
+  );
+  const prunesAt = SEAL_ENTRIES_OFFSET + SEAL_ENTRY_BYTES * entries.length;
+  const macAt = prunesAt + SEAL_PRUNE_BYTES * prunes.length;
   const out = new Uint8Array(macAt + SEAL_MAC_BYTES);
   const view = new DataView(out.buffer);
   setU64(view, 20, seal.time);
   out.set(seal.vaultId, 28);
   view.setUint32(44, entries.length, true);
+  view.setUint32(48, prunes.length, true);
   let total = 0;
   let at = SEAL_ENTRIES_OFFSET;
   for (const entry of entries) {
@@ -120,6 +146,13 @@ export function encodeSeal(
     at += SEAL_ENTRY_BYTES;
   }
   setU64(view, 52, total);
+  for (const prune of prunes) {
+    out.set(prune.source, at);
+    setU64(view, at + 32, prune.seq);
+    out.set(prune.link, at + 40);
+    setU64(view, at + 72, prune.before);
+    at += SEAL_PRUNE_BYTES;
+  }
   // Header fields first (the MAC covers them), then the MAC, then the CRC.
   finishRecord(out, { kind: SEAL_KIND, flags: 0, seq: seal.epoch });
   out.set(sealMac(out, key), macAt);
@@ -156,11 +189,13 @@ export function decodeSeal(record: Uint8Array): Seal | string {
     record.byteLength,
   );
   const count = view.getUint32(44, true);
+  const pruneCount = view.getUint32(48, true);
   if (
     record.length !==
-      SEAL_ENTRIES_OFFSET + SEAL_ENTRY_BYTES * count + SEAL_MAC_BYTES
+      SEAL_ENTRIES_OFFSET + SEAL_ENTRY_BYTES * count +
+        SEAL_PRUNE_BYTES * pruneCount + SEAL_MAC_BYTES
   ) {
-    return `seal record length does not fit ${count} sources`;
+    return `seal record length does not fit ${count} sources and ${pruneCount} prunes`;
   }
   const entries: SealEntry[] = [];
   let at = SEAL_ENTRIES_OFFSET;
@@ -172,12 +207,23 @@ export function decodeSeal(record: Uint8Array): Seal | string {
     });
     at += SEAL_ENTRY_BYTES;
   }
+  const prunes: SealPrune[] = [];
+  for (let i = 0; i < pruneCount; i++) {
+    prunes.push({
+      source: record.slice(at, at + 32),
+      seq: getU64(view, at + 32),
+      link: record.slice(at + 40, at + 72),
+      before: getU64(view, at + 72),
+    });
+    at += SEAL_PRUNE_BYTES;
+  }
   return {
     epoch: getU64(view, 12),
     time: getU64(view, 20),
     vaultId: record.slice(28, 44),
     total: getU64(view, 52),
     entries,
+    prunes,
     mac: record.slice(record.length - SEAL_MAC_BYTES),
   };
 }
@@ -461,7 +507,13 @@ export function _hex(bytes: Uint8Array): string {
   return out;
 }
 
-function _unhex(text: string): Uint8Array {
+/**
+ * Bytes of lowercase or uppercase hex text of even length.
+ *
+ * @param text The hex text (checked by the caller).
+ * @returns The bytes.
+ */
+export function _unhex(text: string): Uint8Array {
   const out = new Uint8Array(text.length / 2);
   for (let i = 0; i < out.length; i++) {
     out[i] = Number.parseInt(text.slice(2 * i, 2 * i + 2), 16);

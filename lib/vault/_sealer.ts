@@ -20,7 +20,7 @@ import {
   SEALS_DIR,
   writeSealingKey,
 } from "./_seal.ts";
-import type { SealEntry } from "./_seal.ts";
+import type { SealEntry, SealPrune } from "./_seal.ts";
 
 /** Seal-log segments start anew past this size (64 MiB, as sources). */
 const SEAL_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -35,6 +35,16 @@ export interface SealInfo {
   sources: number;
   /** Records covered, over all sources. */
   records: number;
+}
+
+/** A durable seal, as the vault learns of it (to date its segments). */
+export interface WrittenSeal {
+  /** Its epoch. */
+  epoch: number;
+  /** When it was made. */
+  time: number;
+  /** Every source's durable count and head it covered. */
+  entries: readonly SealEntry[];
 }
 
 /** A seal written by the timer, at open or at close, or one that failed. */
@@ -55,6 +65,8 @@ export class Sealer {
   #keySaved = true;
   #heads: () => SealEntry[];
   #onSeal: ((event: SealEvent) => void) | undefined;
+  #onSealed: ((seal: WrittenSeal) => void) | undefined;
+  #now: () => number;
   #sealing: Promise<unknown> = Promise.resolve();
   #timer: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
@@ -68,9 +80,13 @@ export class Sealer {
       epoch: number;
       heads: () => SealEntry[];
       onSeal: ((event: SealEvent) => void) | undefined;
+      onSealed: ((seal: WrittenSeal) => void) | undefined;
+      now: () => number;
     },
   ) {
     this.#root = root;
+    this.#onSealed = options.onSealed;
+    this.#now = options.now;
     this.#vaultId = options.vaultId;
     this.#log = options.log;
     this.#key = options.key;
@@ -85,7 +101,8 @@ export class Sealer {
    * moved forward; a key ahead of it means seals are missing.
    *
    * @param root The vault directory (its lock is held).
-   * @param options Vault id, the source heads, the seal callback.
+   * @param options Vault id, the source heads, the seal callbacks (`onSeal`
+   * for reports, `onSealed` with what every durable seal covered), the clock.
    * @returns The sealer.
    * @throws {MoatError} `ERR_SEAL_KEY` for a missing or malformed key file;
    * `ERR_CORRUPT` if the key is ahead of the seal log.
@@ -96,6 +113,8 @@ export class Sealer {
       vaultId: Uint8Array;
       heads: () => SealEntry[];
       onSeal: ((event: SealEvent) => void) | undefined;
+      onSealed?: ((seal: WrittenSeal) => void) | undefined;
+      now?: (() => number) | undefined;
     },
   ): Promise<Sealer> {
     const stored = await readSealingKey(root, options.vaultId);
@@ -118,7 +137,14 @@ export class Sealer {
     // One way: moving the key forward loses nothing.
     let key = stored.key;
     for (let epoch = stored.epoch; epoch < next; epoch++) key = evolveKey(key);
-    const sealer = new Sealer(root, { ...options, log, key, epoch: next });
+    const sealer = new Sealer(root, {
+      ...options,
+      log,
+      key,
+      epoch: next,
+      onSealed: options.onSealed,
+      now: options.now ?? Date.now,
+    });
     if (stored.epoch !== next) await sealer.#saveKey();
     return sealer;
   }
@@ -162,17 +188,19 @@ export class Sealer {
   /**
    * Writes a seal now (after any seal still running).
    *
+   * @param prunes Prunes the seal carries (records to be removed, all
+   * covered by an earlier seal).
    * @returns What it covered.
    * @throws {MoatError} `ERR_CLOSED` after close; the system error if
    * writing fails (the key is then kept and the next seal retries).
    */
-  seal(): Promise<SealInfo> {
-    const run = this.#sealing.then(() => this.#seal());
+  seal(prunes: readonly SealPrune[] = []): Promise<SealInfo> {
+    const run = this.#sealing.then(() => this.#seal(prunes));
     this.#sealing = run.catch(() => {});
     return run;
   }
 
-  async #seal(): Promise<SealInfo> {
+  async #seal(prunes: readonly SealPrune[]): Promise<SealInfo> {
     const log = this.#log;
     if (log.closed) {
       throw new MoatError("ERR_CLOSED", `Vault "${this.#root}" is closed`);
@@ -181,12 +209,15 @@ export class Sealer {
     let records = 0;
     for (const entry of entries) records += entry.lastSeq;
     const epoch = this.#epoch;
-    const time = Date.now();
+    const time = this.#now();
+    // A cut-off cannot be later than the prune itself.
+    const cut = prunes.map((p) => ({ ...p, before: Math.min(p.before, time) }));
     const bytes = encodeSeal(
-      { epoch, time, vaultId: this.#vaultId, entries },
+      { epoch, time, vaultId: this.#vaultId, entries, prunes: cut },
       this.#key,
     );
     await log.enqueue(bytes, { firstSeq: epoch, lastSeq: epoch });
+    this.#onSealed?.({ epoch, time, entries });
     // The seal is durable: move to the next key and erase this one.
     const old = this.#key;
     this.#key = evolveKey(old);

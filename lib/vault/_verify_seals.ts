@@ -22,7 +22,7 @@ import {
   sealMac,
   SEALS_DIR,
 } from "./_seal.ts";
-import type { Seal, SealingKey } from "./_seal.ts";
+import type { Seal, SealingKey, SealPrune } from "./_seal.ts";
 
 /** Kinds of damage `verifyVault` names. */
 export type VerifyProblemKind =
@@ -54,6 +54,8 @@ export type VerifyProblemKind =
   | "unsealed"
   /** A sealed source is missing. */
   | "missing-source"
+  /** A prune breaks the rules: it removed records no earlier seal covered, or first sealed after its cut-off, it is dated in the future or (with a minimum retention) too early, or its chain head does not match. */
+  | "prune"
   /** A file or directory of the vault cannot be read. */
   | "unreadable"
   /** The vault's identity does not match the key, or its identity file or sources directory is missing. */
@@ -82,8 +84,26 @@ export interface VerifyProblem {
 /** A source's state in one trusted seal. */
 export interface Checkpoint {
   epoch: number;
+  /** The seal's time. */
+  time: number;
   lastSeq: number;
   head: Uint8Array;
+}
+
+/** A prune a trusted seal carries, for one source. */
+export interface SealedPrune {
+  /** The seal's epoch and time. */
+  epoch: number;
+  time: number;
+  /** Records 1 to `seq` were removed. */
+  seq: number;
+  /** The chain link of record `seq`. */
+  link: Uint8Array;
+  /** The cut-off. */
+  before: number;
+  /** Where the seal is. */
+  file: string;
+  offset: number;
 }
 
 /**
@@ -234,9 +254,13 @@ export async function verifySeals(
   found: boolean;
   lastTime?: number;
   checkpoints: Map<string, Checkpoint[]>;
+  prunes: Map<string, SealedPrune[]>;
+  pruneProblems: VerifyProblem[];
   problem?: VerifyProblem;
 }> {
   const checkpoints = new Map<string, Checkpoint[]>();
+  const prunes = new Map<string, SealedPrune[]>();
+  const pruneProblems: VerifyProblem[] = [];
   const sealsDir = join(root, SEALS_DIR);
   const listed = await listForCheck(sealsDir);
   let count = 0;
@@ -248,6 +272,8 @@ export async function verifySeals(
     count,
     found: "found" in listed && listed.found,
     checkpoints,
+    prunes,
+    pruneProblems,
     ...(lastTime !== undefined && { lastTime }),
     ...(problem && { problem }),
   });
@@ -331,8 +357,32 @@ export async function verifySeals(
         if (!list) checkpoints.set(hash, list = []);
         list.push({
           epoch: seal.epoch,
+          time: seal.time,
           lastSeq: entry.lastSeq,
           head: entry.head,
+        });
+      }
+      for (const prune of seal.prunes) {
+        const hash = _hex(prune.source);
+        const bad = _checkPrune(prune, seal, previous);
+        if (bad !== undefined) {
+          pruneProblems.push({
+            kind: "prune",
+            message:
+              `Seal ${seal.epoch} carries a prune of source ${hash} (records 1 to ${prune.seq}) that ${bad}`,
+            epoch: seal.epoch,
+            ...where,
+          });
+        }
+        let list = prunes.get(hash);
+        if (!list) prunes.set(hash, list = []);
+        list.push({
+          epoch: seal.epoch,
+          time: seal.time,
+          seq: prune.seq,
+          link: prune.link,
+          before: prune.before,
+          ...where,
         });
       }
       previous = seal;
@@ -358,6 +408,83 @@ export async function verifySeals(
     previousFile = { path: segment.path, end: scan.end };
   }
   return result();
+}
+
+/**
+ * Checks a prune against the seal carrying it and the seal before: only
+ * records that seal covered can go, at least one record of the source
+ * stays, and the cut-off is not after the seal.
+ */
+function _checkPrune(
+  prune: SealPrune,
+  seal: Seal,
+  previous: Seal | undefined,
+): string | undefined {
+  const hash = _hex(prune.source);
+  const now = seal.entries.find((e) => _hex(e.source) === hash);
+  if (now === undefined) return "names no source of the seal";
+  if (prune.seq < 1 || prune.seq >= now.lastSeq) {
+    return `would leave none of its ${now.lastSeq} records`;
+  }
+  const before = previous?.entries.find((e) => _hex(e.source) === hash);
+  if (before === undefined || before.lastSeq < prune.seq) {
+    return `removed records the seal before it did not cover (it covered ${
+      before?.lastSeq ?? 0
+    })`;
+  }
+  if (prune.before > seal.time) {
+    return `has a cut-off (${
+      new Date(prune.before).toISOString()
+    }) after the seal itself`;
+  }
+  return undefined;
+}
+
+/**
+ * Checks the prunes of one source against its trusted seals and the
+ * verifier's rules: records may go only if a seal made before the cut-off
+ * covered them; the prune's head must equal a seal's head at the same
+ * record; its seal may not be dated after `now` (plus `graceMs`); and with
+ * `minRetainMs`, the cut-off must be at least that long before its seal.
+ *
+ * @param prunes The source's prunes, in epoch order.
+ * @param checkpoints The source's trusted checkpoints, in epoch order.
+ * @param rules The verifier's time, grace and minimum retention.
+ * @returns A reason per prune that breaks a rule (with the prune).
+ */
+export function checkPruneRules(
+  prunes: readonly SealedPrune[],
+  checkpoints: readonly Checkpoint[],
+  rules: { now: number; graceMs: number; minRetainMs?: number | undefined },
+): { prune: SealedPrune; reason: string }[] {
+  const out: { prune: SealedPrune; reason: string }[] = [];
+  const iso = (t: number) => new Date(t).toISOString();
+  for (const prune of prunes) {
+    const cover = checkpoints.find((c) => c.lastSeq >= prune.seq);
+    const same = checkpoints.find((c) => c.lastSeq === prune.seq);
+    let reason: string | undefined;
+    if (cover === undefined || cover.epoch >= prune.epoch) {
+      reason = "removed records no earlier seal covered";
+    } else if (cover.time >= prune.before) {
+      reason = `removed records first sealed at ${
+        iso(cover.time)
+      } (seal ${cover.epoch}), not before its cut-off ${iso(prune.before)}`;
+    } else if (same !== undefined && !_equal(same.head, prune.link)) {
+      reason =
+        `names a chain head at record ${prune.seq} that seal ${same.epoch} does not`;
+    } else if (prune.time > rules.now + rules.graceMs) {
+      reason = `is dated ${iso(prune.time)}, after the verification time`;
+    } else if (
+      rules.minRetainMs !== undefined &&
+      prune.before > prune.time - rules.minRetainMs
+    ) {
+      reason = `cut at ${iso(prune.before)}, less than the minimum retention (${
+        rules.minRetainMs / 1000
+      } s) before the prune at ${iso(prune.time)}`;
+    }
+    if (reason !== undefined) out.push({ prune, reason });
+  }
+  return out;
 }
 
 /** Checks a seal against the one before it. */

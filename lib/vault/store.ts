@@ -2,6 +2,8 @@
  * The vault's writer: per-source append-only segment logs with group commit.
  * An append resolves only once its records are fsync'd; appends from many
  * sources that arrive while a commit runs share the next round of fsyncs.
+ * It keeps each source's segment index, and prunes old segments (recorded
+ * in a seal first) on demand or on a retention schedule.
  *
  * Layout and guarantees: `docs/VAULT.md`.
  *
@@ -24,8 +26,14 @@ import {
 import { acquireLock, makeDir, removeTempFiles } from "../segment/fs.ts";
 import type { Lock } from "../segment/fs.ts";
 import { SegmentLog } from "../segment/log.ts";
-import type { LogRepair, SegmentLogOptions } from "../segment/log.ts";
+import type {
+  ClosedSegment,
+  LogRepair,
+  SegmentLogOptions,
+} from "../segment/log.ts";
 import { LINK_BYTES } from "./_chain.ts";
+import { INDEX_FILE, linkOf, recvTsOf } from "./_index.ts";
+import { findFirstCovers, PRUNED_FILE } from "./_prune.ts";
 import {
   encodeVaultRecords,
   LOCK_FILE,
@@ -54,13 +62,24 @@ import {
 } from "./_seal.ts";
 import type { SealEntry } from "./_seal.ts";
 import { Sealer } from "./_sealer.ts";
-import type { SealEvent, SealInfo } from "./_sealer.ts";
+import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
-import type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
+import type {
+  AppendOptions,
+  AppendRecord,
+  PrunedSource,
+  PrunePlan,
+  VaultSource,
+} from "./_source.ts";
 
 export type { SourceKey } from "./_key.ts";
 export { sourceKey, sourceLabel } from "./_key.ts";
-export type { AppendOptions, AppendRecord, VaultSource } from "./_source.ts";
+export type {
+  AppendOptions,
+  AppendRecord,
+  PrunedSource,
+  VaultSource,
+} from "./_source.ts";
 export type { SealEvent, SealInfo } from "./_sealer.ts";
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
@@ -84,6 +103,41 @@ export const DEFAULT_MAX_SOURCES_PER_PEER = 64;
  * inside the usual limit of 1024 together with the connections.
  */
 export const DEFAULT_MAX_OPEN_SEGMENTS = DEFAULT_MAX_OPEN_FILES;
+/** Default interval between prunes of a vault with a retention: one hour. */
+export const DEFAULT_PRUNE_INTERVAL_MS = 3_600_000;
+
+/** Options for {@linkcode Vault.prune}. */
+export interface PruneOptions {
+  /**
+   * The cut-off, ms since the epoch. Whole segments go, oldest first, while
+   * every record in them was first covered by a seal made before it (in an
+   * unsealed vault: was received before it); never a source's last segment.
+   */
+  before: number;
+}
+
+/** What a prune removed. */
+export interface PruneInfo {
+  /** The cut-off. */
+  before: number;
+  /** When the prune was made (its seal's time in a sealed vault). */
+  time: number;
+  /** The seal that records the prune (sealed vaults, when it pruned something new). */
+  epoch?: number;
+  /** Sources records were removed from. */
+  sources: PrunedSource[];
+  /** Records removed, over all sources. */
+  records: number;
+  /** Bytes removed, over all sources. */
+  bytes: number;
+  /** Sources left alone: the chain at their cut does not hold (verify them). */
+  skipped: { source: SourceKey; reason: string }[];
+}
+
+/** A prune made for `retainMs`, or one that failed. */
+export type PruneEvent =
+  | ({ type: "pruned" } & PruneInfo)
+  | { type: "prune_failed"; message: string };
 
 /** A repair made while opening the vault: a torn tail cut, or an empty segment removed. */
 export type VaultEvent = LogRepair & {
@@ -126,6 +180,22 @@ export interface OpenVaultOptions {
    * @default {128}
    */
   maxOpenSegments?: number;
+  /**
+   * The clock, in ms since the epoch: seal times, the default receive time,
+   * and the cut-off of `retainMs`.
+   * @default {Date.now}
+   */
+  now?: () => number;
+  /**
+   * Keep records this many milliseconds: at open and every
+   * `pruneIntervalMs` the vault prunes with the cut-off `now() - retainMs`
+   * (see {@linkcode Vault.prune}). Undefined: it never prunes on its own.
+   */
+  retainMs?: number;
+  /** Milliseconds between prunes with `retainMs`. @default {3600000} */
+  pruneIntervalMs?: number;
+  /** Told about every prune for `retainMs` that removed or skipped something, and every one that failed. */
+  onPrune?: (event: PruneEvent) => void;
 }
 
 /** Counters for tests and monitoring. */
@@ -217,6 +287,24 @@ export interface Vault {
    */
   sources(): VaultSource[];
   /**
+   * Removes old records: per source, whole segments from the oldest on,
+   * while every record in them was first covered by a seal made before
+   * `before` (in an unsealed vault: was received before it). Never a
+   * source's last segment, nor a record no seal covers. In a sealed vault
+   * the prune is first recorded in a seal (the source, the last record
+   * removed, its chain link and the cut-off, under the seal's HMAC), so that
+   * `verify` checks the kept records from the cut and tells a prune from a
+   * deletion; then each source's `pruned.json` is written and the segment
+   * files deleted. Prunes run one at a time.
+   *
+   * @param options The cut-off.
+   * @returns What was removed.
+   * @throws {RangeError} For a bad cut-off.
+   * @throws {MoatError} `ERR_CLOSED` after close; the system error if the
+   * seal or a deletion fails (what is sealed is removed by a later prune).
+   */
+  prune(options: PruneOptions): Promise<PruneInfo>;
+  /**
    * Waits for running commits, then closes every file and releases the lock.
    *
    * @returns When closed.
@@ -274,8 +362,12 @@ interface _Settings {
   maxSourcesPerPeer: number;
   maxRecordsPerAppend: number;
   maxOpenSegments: number;
+  pruneIntervalMs: number;
+  retainMs: number | undefined;
+  now: () => number;
   onEvent: ((event: VaultEvent) => void) | undefined;
   onSeal: ((event: SealEvent) => void) | undefined;
+  onPrune: ((event: PruneEvent) => void) | undefined;
 }
 
 function _settings(options: OpenVaultOptions): _Settings {
@@ -288,8 +380,12 @@ function _settings(options: OpenVaultOptions): _Settings {
     maxRecordsPerAppend: options.maxRecordsPerAppend ??
       DEFAULT_MAX_BATCH_RECORDS,
     maxOpenSegments: options.maxOpenSegments ?? DEFAULT_MAX_OPEN_SEGMENTS,
+    pruneIntervalMs: options.pruneIntervalMs ?? DEFAULT_PRUNE_INTERVAL_MS,
+    retainMs: options.retainMs,
+    now: options.now ?? Date.now,
     onEvent: options.onEvent,
     onSeal: options.onSeal,
+    onPrune: options.onPrune,
   };
   const { sealIntervalMs, segmentBytes, maxLineBytes } = settings;
   if (
@@ -313,11 +409,18 @@ function _settings(options: OpenVaultOptions): _Settings {
       `Invalid maxLineBytes: ${maxLineBytes} is out of range (1 to 16 MiB)`,
     );
   }
+  const retain = settings.retainMs;
+  if (retain !== undefined && (!Number.isSafeInteger(retain) || retain < 1)) {
+    throw new RangeError(
+      `Invalid retainMs: ${retain} is not a positive integer`,
+    );
+  }
   for (
     const name of [
       "maxSourcesPerPeer",
       "maxRecordsPerAppend",
       "maxOpenSegments",
+      "pruneIntervalMs",
     ] as const
   ) {
     const value = settings[name];
@@ -359,13 +462,15 @@ async function _openLocked(
         continue;
       }
       const key = await readSourceKey(path, entry);
+      await _removeSourceTemps(path);
       const log = await SegmentLog.open(path, {
         ...impl.logOptions,
         onRepair(repair) {
           settings.onEvent?.({ ...repair, source: key });
         },
+        onSegmentClosed: (closed) => impl.segmentClosed(entry, closed),
       });
-      impl.adopt(key, entry, log);
+      await impl.load(impl.adopt(key, entry, log));
     }
   } catch (error) {
     await impl.abandon();
@@ -382,6 +487,12 @@ async function _openLocked(
       await writeVaultInfo(root, { ...info, sealIntervalMs: interval });
     }
     impl.startTimer(interval);
+  }
+  if (force.seal === undefined) {
+    // After the seal at open: every complete segment is then covered by a
+    // seal in the log, which dates the ones the index has no time for.
+    impl.startBackfill();
+    if (settings.retainMs !== undefined) impl.startRetention();
   }
   return impl;
 }
@@ -414,6 +525,15 @@ class _Vault implements Vault {
   #appends = 0;
   #closed = false;
   #sealer: Sealer | undefined;
+  #now: () => number;
+  /** Index writes, one at a time over all sources. */
+  #indexQueue: Promise<void> = Promise.resolve();
+  #indexDirty = new Set<SourceLog>();
+  /** Completing the index of segments found at open; never rejects. */
+  #backfilled: Promise<void> = Promise.resolve();
+  /** The prune running or last run; never rejects. */
+  #pruning: Promise<unknown> = Promise.resolve();
+  #pruneTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     dir: string,
@@ -424,6 +544,7 @@ class _Vault implements Vault {
     this.#group = new CommitGroup({ maxOpenFiles: settings.maxOpenSegments });
     this.#lock = lock;
     this.#settings = settings;
+    this.#now = settings.now;
     this.vaultId = settings.vaultId;
   }
 
@@ -441,7 +562,168 @@ class _Vault implements Vault {
       vaultId: this.vaultId,
       heads: () => this.#heads(),
       onSeal: this.#settings.onSeal,
+      onSealed: (seal) => this.#stamp(seal),
+      now: this.#now,
     });
+  }
+
+  /** Dates the segments a durable seal covers now. */
+  #stamp(seal: WrittenSeal): void {
+    const counts = new Map<string, number>();
+    for (const entry of seal.entries) {
+      counts.set(_hex(entry.source), entry.lastSeq);
+    }
+    for (const source of this.#sources.values()) {
+      const count = counts.get(source.hash);
+      if (count !== undefined) source.stamp(count, seal.time);
+    }
+  }
+
+  /** Queues a write of a source's segment index (a cache: failures are ignored). */
+  #indexChanged(source: SourceLog): void {
+    if (this.#indexDirty.has(source)) return;
+    this.#indexDirty.add(source);
+    this.#indexQueue = this.#indexQueue.then(async () => {
+      this.#indexDirty.delete(source);
+      await source.writeIndex().catch(() => {});
+    });
+  }
+
+  /** Tells a source its log closed a segment. */
+  segmentClosed(id: string, closed: ClosedSegment): void {
+    this.#sources.get(id)?.segmentClosed(closed);
+  }
+
+  /** Loads a source's index and prune marker (sources found at open). */
+  load(source: SourceLog): Promise<void> {
+    return source.load(() => this.#indexChanged(source));
+  }
+
+  /**
+   * Completes the index of the complete segments found at open: their
+   * times and last link (read from each segment whose entry lacks them),
+   * and their seal times (from the seal log).
+   */
+  startBackfill(): void {
+    this.#backfilled = this.#backfill().catch(() => {});
+  }
+
+  async #backfill(): Promise<void> {
+    const wants = new Map<string, number[]>();
+    const undated = new Map<SourceLog, Map<number, number>>();
+    for (const source of [...this.#sources.values()]) {
+      if (this.#closed) return;
+      await source.finishPrune().catch(() => {});
+      const found = await source.backfill(() => this.#closed);
+      if (found.size > 0 && this.#sealer !== undefined) {
+        wants.set(source.hash, [...found.values()]);
+        undated.set(source, found);
+      }
+    }
+    if (wants.size === 0 || this.#closed) return;
+    const covers = await findFirstCovers(this.dir, wants, {
+      stopped: () => this.#closed,
+    });
+    for (const source of undated.keys()) {
+      source.date(covers.get(source.hash) ?? new Map());
+    }
+  }
+
+  /** Prunes for `retainMs` now and then every `pruneIntervalMs`. */
+  startRetention(): void {
+    const retainMs = this.#settings.retainMs!;
+    const onPrune = this.#settings.onPrune;
+    const tick = async () => {
+      try {
+        const info = await this.prune({ before: this.#now() - retainMs });
+        if (info.sources.length > 0 || info.skipped.length > 0) {
+          onPrune?.({ type: "pruned", ...info });
+        }
+      } catch (error) {
+        if (this.#closed) return;
+        onPrune?.({
+          type: "prune_failed",
+          message: error instanceof Error ? error.message : String(error),
+        });
+      }
+      if (!this.#closed) {
+        this.#pruneTimer = setTimeout(tick, this.#settings.pruneIntervalMs);
+      }
+    };
+    void tick();
+  }
+
+  prune(options: PruneOptions): Promise<PruneInfo> {
+    try {
+      this.#checkOpen();
+      _checkTime("before", options?.before);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const run = this.#pruning.then(() => this.#prune(options.before));
+    this.#pruning = run.catch(() => {});
+    return run;
+  }
+
+  async #prune(cutoff: number): Promise<PruneInfo> {
+    await this.#backfilled;
+    this.#checkOpen();
+    // A cut-off cannot be later than the prune itself.
+    let before = Math.min(cutoff, this.#now());
+    const sealer = this.#sealer;
+    const plans: [SourceLog, PrunePlan][] = [];
+    const skipped: PruneInfo["skipped"] = [];
+    for (const source of [...this.#sources.values()]) {
+      const plan = await source.planPrune(before, sealer !== undefined);
+      if (typeof plan === "string") {
+        skipped.push({ source: source.key, reason: plan });
+      } else if (plan !== undefined) {
+        plans.push([source, plan]);
+      }
+    }
+    const fresh = plans.filter(([, plan]) => plan.fresh);
+    let time = this.#now();
+    let epoch: number | undefined;
+    if (sealer !== undefined && fresh.length > 0) {
+      // Recorded under a seal before anything goes: a prune verify cannot
+      // find is a deletion.
+      const sealed = await sealer.seal(
+        fresh.map(([source, plan]) => ({
+          source: sourceHash(source.key),
+          seq: plan.through,
+          link: plan.link,
+          before,
+        })),
+      );
+      this.#settings.onSeal?.({ type: "sealed", ...sealed });
+      time = sealed.time;
+      epoch = sealed.epoch;
+    }
+    before = Math.min(before, time);
+    const sources: PrunedSource[] = [];
+    for (const [source, plan] of plans) {
+      const done = await source.applyPrune(plan, {
+        before,
+        time,
+        ...(epoch !== undefined && { epoch }),
+      });
+      if (done.segments > 0) sources.push(done);
+    }
+    let records = 0;
+    let bytes = 0;
+    for (const done of sources) {
+      records += done.records;
+      bytes += done.bytes;
+    }
+    return {
+      before,
+      time,
+      ...(epoch !== undefined && { epoch }),
+      sources,
+      records,
+      bytes,
+      skipped,
+    };
   }
 
   /** Every source's durable record count and chain head, for a seal. */
@@ -492,6 +774,7 @@ class _Vault implements Vault {
       kind: VAULT_KIND,
       segmentBytes: this.#settings.segmentBytes,
       group: this.#group,
+      summarizer: { timeOf: recvTsOf, tailOf: linkOf },
     };
   }
 
@@ -503,6 +786,7 @@ class _Vault implements Vault {
       queue: (source, log, records, options) =>
         this.queue(source, log, records, options),
     });
+    source.watchIndex(() => this.#indexChanged(source));
     this.#sources.set(id, source);
     this.#perPeer.set(key.peer, (this.#perPeer.get(key.peer) ?? 0) + 1);
     return source;
@@ -527,6 +811,7 @@ class _Vault implements Vault {
     const log = SegmentLog.empty(join(sourcesDir, id), {
       ...this.logOptions,
       init: () => createSourceDir(sourcesDir, id, copy),
+      onSegmentClosed: (closed) => this.segmentClosed(id, closed),
     });
     return this.adopt(copy, id, log);
   }
@@ -560,7 +845,7 @@ class _Vault implements Vault {
         this.#settings.maxRecordsPerAppend,
       );
     }
-    const recvTs = options.recvTs ?? Date.now();
+    const recvTs = options.recvTs ?? this.#now();
     _checkTime("recvTs", recvTs);
     const accepted = log.lastSeq;
     let start = 0;
@@ -613,6 +898,7 @@ class _Vault implements Vault {
     const done = log.enqueue(bytes, {
       firstSeq: accepted + 1,
       lastSeq: accepted + fresh.length,
+      note: { minTime: recvTs, maxTime: recvTs, tail: chain.link },
     });
     source.pushHead(accepted + fresh.length, chain.link);
     return done;
@@ -625,10 +911,14 @@ class _Vault implements Vault {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#pruneTimer);
     this.#sealer?.stop();
+    await this.#backfilled;
+    await this.#pruning;
     await this.#group.idle();
     // A last seal, so a cleanly stopped vault has no unsealed tail.
     await this.#sealer?.close();
+    await this.#indexQueue;
     for (const source of this.#sources.values()) await source.close();
     await this.#lock.release();
   }
@@ -636,6 +926,7 @@ class _Vault implements Vault {
   /** Closes what an open that failed half-way had opened (not the lock). */
   async abandon(): Promise<void> {
     this.#closed = true;
+    await this.#indexQueue;
     await this.#sealer?.discard();
     for (const source of this.#sources.values()) await source.close();
   }
@@ -643,6 +934,19 @@ class _Vault implements Vault {
   #checkOpen(): void {
     if (this.#closed) {
       throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
+    }
+  }
+}
+
+/**
+ * Removes what an interrupted atomic write of a source's index or prune
+ * marker left (one directory listing for both).
+ */
+async function _removeSourceTemps(dir: string): Promise<void> {
+  const prefixes = [`.${INDEX_FILE}.tmp-`, `.${PRUNED_FILE}.tmp-`];
+  for (const name of await readdir(dir)) {
+    if (prefixes.some((p) => name.startsWith(p))) {
+      await rm(join(dir, name), { force: true });
     }
   }
 }

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
 import { getU64, scanSegment } from "../segment/codec.ts";
@@ -35,8 +35,10 @@ import {
   SEALS_DIR,
 } from "./_seal.ts";
 import type { SealingKey } from "./_seal.ts";
+import { readPruneMarker } from "./_prune.ts";
 import {
   checkKeyFile,
+  checkPruneRules,
   listForCheck,
   readForCheck,
   stopKind,
@@ -45,6 +47,7 @@ import {
 } from "./_verify_seals.ts";
 import type {
   Checkpoint,
+  SealedPrune,
   VerifyProblem,
   VerifyProblemKind,
 } from "./_verify_seals.ts";
@@ -56,14 +59,36 @@ export const DEFAULT_VERIFY_INTERVAL_MS = 60_000;
 /** Least slack past the seal interval before an unsealed record is damage. */
 const MIN_GRACE_MS = 60_000;
 
+/** What a source's prunes removed, as verify found them. */
+export interface VerifyPruned {
+  /** Records 1 to this one were pruned. */
+  throughSeq: number;
+  /** The cut-off of the last prune: what it removed was first sealed (unsealed vault: received) before it. */
+  before: number;
+  /** When the last prune was made. */
+  time: number;
+  /** The seal that records it (sealed vaults). */
+  epoch?: number;
+  /**
+   * Pruned records still all on disk (a prune cut short before it deleted
+   * any; the writer deletes them at its next open); checked to chain on to
+   * the prune's head.
+   */
+  pending?: number;
+}
+
 /** One source's result. */
 export interface VerifySource {
   /** The source's label. */
   label: string;
   /** The source's directory name. */
   id: string;
-  /** Records read up to the first problem (or all). */
+  /** Records read up to the first problem (or all), after any pruned ones. */
   records: number;
+  /** Sequence number of the last record read (0 if none). */
+  lastSeq: number;
+  /** Records pruned from the start of the source, if any. */
+  pruned?: VerifyPruned;
   /** Highest sequence number covered by a verified seal. */
   sealedSeq: number;
   /** Records after `sealedSeq`: chained but not sealed. */
@@ -117,6 +142,25 @@ export interface VerifyOptions {
    * @default {Date.now()}
    */
   now?: number;
+  /**
+   * The least retention the vault is run with, in milliseconds: a prune
+   * whose cut-off is less than this before the prune itself is damage
+   * (kind `prune`). Without it, any prune that keeps the other rules is
+   * accepted and reported.
+   */
+  minRetainMs?: number;
+  /** Told how far verification got, after each segment and every few thousand records. */
+  onProgress?: (progress: VerifyProgress) => void;
+}
+
+/** How far {@linkcode verifyVault} got. */
+export interface VerifyProgress {
+  /** Records checked so far. */
+  records: number;
+  /** Bytes of segment files checked so far. */
+  bytes: number;
+  /** Bytes of the segment files to check, as listed when it started. */
+  totalBytes: number;
 }
 
 /** What unsealed records of a sealed vault may be (see {@linkcode _tailProblem}). */
@@ -233,8 +277,7 @@ export async function verifyVault(
     }
     : undefined;
 
-  const sources: VerifySource[] = [];
-  const seen = new Set<string>();
+  const graceMs = Math.max(intervalMs, MIN_GRACE_MS);
   const sourcesDir = join(root, SOURCES_DIR);
   let ids: string[] = [];
   try {
@@ -242,11 +285,12 @@ export async function verifyVault(
   } catch (error) {
     problems.push(unreadableProblem(sourcesDir, error, "sources directory"));
   }
-  const entries: { key: SourceKey; id: string }[] = [];
+  const entries: { key: SourceKey; id: string; hash: string }[] = [];
   const sourceProblems: VerifyProblem[] = [];
   for (const id of ids) {
     try {
-      entries.push({ key: await readSourceKey(join(sourcesDir, id), id), id });
+      const key = await readSourceKey(join(sourcesDir, id), id);
+      entries.push({ key, id, hash: _hex(sourceHash(key)) });
     } catch (error) {
       sourceProblems.push({
         kind: "header",
@@ -263,24 +307,150 @@ export async function verifyVault(
       : 0
   );
   const filter = options.source;
-  for (const entry of entries) {
-    if (filter !== undefined && !matchesSource(entry.key, filter)) continue;
-    const hash = _hex(sourceHash(entry.key));
-    seen.add(hash);
-    const checkpoints = seals.checkpoints.get(hash) ?? [];
-    const result = await _verifySource(join(sourcesDir, entry.id), {
+  const picked = entries.filter((entry) =>
+    filter === undefined || matchesSource(entry.key, filter)
+  );
+  const labels = new Map(entries.map((e) => [e.hash, sourceLabel(e.key)]));
+
+  // The prunes every trusted seal (sealed vault) or prune marker (unsealed
+  // vault) records, checked against the rules; each source is then checked
+  // from its last prune on.
+  const pruneState = async (seals: SealState) => {
+    const starts = new Map<string, _Start>();
+    const found: VerifyProblem[] = [];
+    if (sealed) {
+      found.push(...seals.pruneProblems.map((p) => _named(p, labels)));
+      for (const [hash, list] of seals.prunes) {
+        const broken = checkPruneRules(
+          list,
+          seals.checkpoints.get(hash) ?? [],
+          { now, graceMs, minRetainMs: options.minRetainMs },
+        );
+        for (const { prune, reason } of broken) {
+          const label = labels.get(hash) ?? `source ${hash}`;
+          found.push({
+            kind: "prune",
+            message:
+              `${label}: the prune of records 1 to ${prune.seq} in seal ${prune.epoch} ${reason}`,
+            source: label,
+            epoch: prune.epoch,
+            file: prune.file,
+            offset: prune.offset,
+          });
+        }
+        starts.set(hash, _startOf(list));
+      }
+      return { starts, found };
+    }
+    for (const entry of picked) {
+      const dirOf = join(sourcesDir, entry.id);
+      try {
+        const marker = await readPruneMarker(dirOf);
+        if (marker) {
+          starts.set(entry.hash, {
+            seq: marker.seq,
+            link: marker.link,
+            pruned: {
+              throughSeq: marker.seq,
+              before: marker.before,
+              time: marker.time,
+            },
+            points: new Map([
+              [marker.seq, marker.link],
+              ...(marker.from
+                ? [[marker.from.seq, marker.from.link]] as const
+                : []),
+            ]),
+          });
+        }
+      } catch (error) {
+        found.push({
+          kind: "prune",
+          message: `${sourceLabel(entry.key)}: ${(error as Error).message}`,
+          source: sourceLabel(entry.key),
+          file: dirOf,
+        });
+      }
+    }
+    return { starts, found };
+  };
+  const state = await pruneState(seals);
+  problems.push(...state.found);
+  const starts = state.starts;
+
+  const progress = options.onProgress && {
+    report: options.onProgress,
+    records: 0,
+    bytes: 0,
+    totalBytes: await _totalBytes(sourcesDir, picked),
+  };
+  const check = (
+    entry: (typeof entries)[number],
+    seals: SealState,
+    start: _Start | undefined,
+  ) =>
+    _verifySource(join(sourcesDir, entry.id), {
       key: entry.key,
       genesis: chainGenesis(vaultId, entry.key),
-      checkpoints,
+      checkpoints: seals.checkpoints.get(entry.hash) ?? [],
       tail,
+      start,
+      points: start?.points ?? new Map(),
+      progress,
     });
-    const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
+  const results = new Map<string, Awaited<ReturnType<typeof check>>>();
+  for (const entry of picked) {
+    results.set(
+      entry.hash,
+      await check(entry, seals, starts.get(entry.hash)),
+    );
+  }
+  // A prune that ran while verifying removes segments that the seals (or
+  // markers) read at the start did not yet name: check such sources again,
+  // once, against the prunes recorded now.
+  const moved = picked.filter((entry) => {
+    const kind = results.get(entry.hash)!.problem?.kind;
+    return kind === "gap" || kind === "sequence" || kind === "unreadable";
+  });
+  if (moved.length > 0) {
+    const again = await verifySeals(root, vaultId, key?.k0);
+    const next = await pruneState(again);
+    let rechecked = false;
+    for (const entry of moved) {
+      const start = next.starts.get(entry.hash);
+      if (start?.seq === starts.get(entry.hash)?.seq) continue;
+      rechecked = true;
+      results.set(entry.hash, await check(entry, again, start));
+      if (start) starts.set(entry.hash, start);
+      else starts.delete(entry.hash);
+    }
+    if (rechecked) {
+      // What is wrong with the prunes recorded since.
+      const seen = new Set(problems.map((p) => p.message));
+      problems.push(...next.found.filter((p) => !seen.has(p.message)));
+    }
+  }
+
+  const sources: VerifySource[] = [];
+  const seen = new Set<string>();
+  for (const entry of picked) {
+    seen.add(entry.hash);
+    const result = results.get(entry.hash)!;
+    const start = starts.get(entry.hash);
+    const sealedSeq = result.sealedSeq;
     sources.push({
       label: sourceLabel(entry.key),
       id: entry.id,
       records: result.records,
+      lastSeq: result.lastSeq,
+      ...(start && {
+        pruned: {
+          ...start.pruned,
+          ...(result.pending && { pending: result.pending }),
+        },
+      }),
       sealedSeq,
-      unsealed: Math.max(0, result.records - sealedSeq),
+      unsealed: Math.max(0, result.lastSeq - sealedSeq),
       ...(result.torn && { torn: result.torn }),
     });
     if (result.problem) sourceProblems.push(result.problem);
@@ -310,6 +480,65 @@ export async function verifyVault(
     unsealed,
     problems,
   };
+}
+
+type SealState = Awaited<ReturnType<typeof verifySeals>>;
+
+/** Where a source's check starts: after its last prune. */
+interface _Start {
+  seq: number;
+  link: Uint8Array;
+  pruned: VerifyPruned;
+  /** Where every prune of the source ended, and the head there. */
+  points: Map<number, Uint8Array>;
+}
+
+function _startOf(prunes: readonly SealedPrune[]): _Start {
+  const last = prunes.reduce((a, b) => (b.seq > a.seq ? b : a));
+  return {
+    seq: last.seq,
+    link: last.link,
+    pruned: {
+      throughSeq: last.seq,
+      before: last.before,
+      time: last.time,
+      epoch: last.epoch,
+    },
+    points: new Map(prunes.map((p) => [p.seq, p.link])),
+  };
+}
+
+/** A seal-log prune problem with the source's label instead of its hash. */
+function _named(
+  problem: VerifyProblem,
+  labels: ReadonlyMap<string, string>,
+): VerifyProblem {
+  for (const [hash, label] of labels) {
+    if (problem.message.includes(`source ${hash}`)) {
+      return {
+        ...problem,
+        message: problem.message.replace(`source ${hash}`, `"${label}"`),
+        source: label,
+      };
+    }
+  }
+  return problem;
+}
+
+/** Bytes of the segment files of some sources (for progress). */
+async function _totalBytes(
+  sourcesDir: string,
+  entries: readonly { id: string }[],
+): Promise<number> {
+  let total = 0;
+  for (const entry of entries) {
+    const listed = await listForCheck(join(sourcesDir, entry.id));
+    if ("error" in listed) continue;
+    for (const segment of listed.segments) {
+      total += await stat(segment.path).then((s) => s.size, () => 0);
+    }
+  }
+  return total;
 }
 
 /**
@@ -353,28 +582,55 @@ async function _verifySource(
     genesis: Uint8Array;
     checkpoints: Checkpoint[];
     tail: TailRule | undefined;
+    /** The last prune: the check starts after it. */
+    start: _Start | undefined;
+    /** Where earlier prunes ended, with their heads (for pruned records still on disk). */
+    points: ReadonlyMap<number, Uint8Array>;
+    progress:
+      | {
+        report: (progress: VerifyProgress) => void;
+        records: number;
+        bytes: number;
+        totalBytes: number;
+      }
+      | undefined;
   },
 ): Promise<{
   records: number;
+  lastSeq: number;
+  sealedSeq: number;
+  pending?: number;
   problem?: VerifyProblem;
   torn?: VerifySource["torn"];
 }> {
   const label = sourceLabel(options.key);
-  const checkpoints = options.checkpoints;
-  const sealedSeq = checkpoints.at(-1)?.lastSeq ?? 0;
-  let prev = options.genesis;
-  let expect = 1;
+  const start = options.start;
+  const base = start?.seq ?? 0;
+  // Seals over pruned records cannot be checked any more; the prune's head
+  // stands in for them (checked against them in checkPruneRules).
+  const checkpoints = options.checkpoints.filter((c) => c.lastSeq > base);
+  const sealedSeq = Math.max(base, options.checkpoints.at(-1)?.lastSeq ?? 0);
+  const progress = options.progress;
+  let prev = start?.link ?? options.genesis;
+  let expect = base + 1;
   let cp = 0;
-  let sealedFrom = 1;
+  let sealedFrom = base + 1;
+  let pending = 0;
   let last: { path: string; end: number } | undefined;
   let torn: VerifySource["torn"];
+  const done = () => ({
+    records: Math.max(0, expect - 1 - base),
+    lastSeq: expect - 1,
+    sealedSeq,
+    ...(pending > 0 && { pending }),
+  });
   const problem = (
     kind: VerifyProblemKind,
     message: string,
     where: { seq: number; file: string; offset: number },
     extra: Partial<VerifyProblem> = {},
   ) => ({
-    records: expect - 1,
+    ...done(),
     problem: {
       kind,
       message:
@@ -387,30 +643,61 @@ async function _verifySource(
   const listed = await listForCheck(dir);
   if ("error" in listed) {
     const bad = unreadableProblem(dir, listed.error, "source directory");
-    return problem("unreadable", bad.message, { seq: 1, file: dir, offset: 0 });
+    return problem("unreadable", bad.message, {
+      seq: expect,
+      file: dir,
+      offset: 0,
+    });
   }
   const segments = listed.segments;
+  const oldest = segments[0];
+  if (start !== undefined && oldest !== undefined && oldest.firstSeq <= base) {
+    // Pruned records still on disk: a prune recorded but cut short before
+    // it deleted them. They must run on from an earlier prune (or the
+    // genesis) to this prune's head; a prune cut short half-way (some of
+    // its segments gone) cannot be told from a deletion, and the writer
+    // finishes it at its next open.
+    const from = oldest.firstSeq - 1;
+    const link = from === 0 ? options.genesis : options.points.get(from);
+    if (link === undefined) {
+      return problem(
+        "gap",
+        `segment starts at record ${oldest.firstSeq}, but no prune ended at record ${from} (records 1 to ${base} were pruned: if that prune was cut short, moat vault prune, or the server at its next start, removes the rest)`,
+        { seq: base + 1, file: oldest.path, offset: 0 },
+      );
+    }
+    prev = link;
+    expect = from + 1;
+    sealedFrom = expect;
+    pending = base - from;
+  }
   for (let i = 0; i < segments.length; i++) {
     const segment = segments[i]!;
     const isLast = i === segments.length - 1;
     if (segment.firstSeq !== expect) {
       if (segment.firstSeq > expect && last) {
+        // Within the pruned records: a prune that was cut short.
+        const hint = expect <= base
+          ? ` (a prune of records 1 to ${base} was cut short: moat vault prune, or the server at its next start, removes the rest)`
+          : "";
         return problem(
           "gap",
-          `records ${expect} to ${segment.firstSeq - 1} are missing`,
+          `records ${expect} to ${segment.firstSeq - 1} are missing${hint}`,
           { seq: expect, file: last.path, offset: last.end },
         );
       }
       return problem(
         segment.firstSeq > expect ? "gap" : "sequence",
-        `segment starts at record ${segment.firstSeq} where ${expect} is due`,
+        segment.firstSeq > expect && base > 0
+          ? `segment starts at record ${segment.firstSeq} where ${expect} is due (records 1 to ${base} were pruned)`
+          : `segment starts at record ${segment.firstSeq} where ${expect} is due`,
         { seq: expect, file: segment.path, offset: 0 },
       );
     }
     const read = await readForCheck(segment.path);
     if ("error" in read) {
-      // The vault never deletes a segment that held a record: one that
-      // vanished or cannot be read is damage.
+      // The vault never deletes a segment that held a record, except by a
+      // recorded prune: one that vanished or cannot be read is damage.
       const bad = unreadableProblem(segment.path, read.error, "segment");
       return problem("unreadable", bad.message, {
         seq: expect,
@@ -424,6 +711,7 @@ async function _verifySource(
       kind: VAULT_KIND,
       firstSeq: segment.firstSeq,
     });
+    let counted = 0;
     for (const record of scan.records) {
       const where = {
         seq: record.seq,
@@ -447,7 +735,16 @@ async function _verifySource(
       if (!ok) {
         return problem(
           "link",
-          "the chain link does not follow from the previous record",
+          record.seq === base + 1 && base > 0
+            ? `the chain link does not follow from the head of the prune of records 1 to ${base}`
+            : "the chain link does not follow from the previous record",
+          where,
+        );
+      }
+      if (record.seq === base && start && !_equal(link, start.link)) {
+        return problem(
+          "prune",
+          `the pruned records still on disk do not end in the head of the prune of records 1 to ${base}`,
           where,
         );
       }
@@ -481,6 +778,22 @@ async function _verifySource(
           sealedFrom = record.seq + 1;
         }
       }
+      if (progress && ++counted % PROGRESS_RECORDS === 0) {
+        progress.report({
+          records: progress.records + counted,
+          bytes: progress.bytes + record.offset,
+          totalBytes: progress.totalBytes,
+        });
+      }
+    }
+    if (progress) {
+      progress.records += scan.records.length;
+      progress.bytes += bytes.length;
+      progress.report({
+        records: progress.records,
+        bytes: progress.bytes,
+        totalBytes: progress.totalBytes,
+      });
     }
     if (scan.stop) {
       const stop = scan.stop;
@@ -517,5 +830,8 @@ async function _verifySource(
       { epoch: point.epoch },
     );
   }
-  return { records: expect - 1, ...(torn && { torn }) };
+  return { ...done(), ...(torn && { torn }) };
 }
+
+/** Records between progress reports inside one segment. */
+const PROGRESS_RECORDS = 8192;
