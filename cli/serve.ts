@@ -188,6 +188,11 @@ const SERVE_OPTIONS = {
     description:
       "Longest syslog message; a longer one is refused and its connection closed",
   },
+  "syslog-tls": {
+    type: "boolean",
+    description:
+      "The syslog port speaks TLS 1.3 (RFC 5425) with --tls-cert and --tls-key; with --client-ca or --allow-cert it requires a client certificate too, and the certificate joins the source key",
+  },
   "silent-after": {
     type: "integer",
     placeholder: "SECS",
@@ -492,12 +497,14 @@ async function openStatus(
   }
 }
 
-/** The --syslog-port and --syslog-max options; undefined without a port. */
+/** The --syslog-port, --syslog-max and --syslog-tls options; undefined without a port. */
 function syslogOptions(values: ServeValues, gave: Set<string>) {
   const port = values["syslog-port"];
   if (port === undefined) {
-    if (gave.has("syslog-max")) {
-      throw new UsageError("--syslog-max needs --syslog-port");
+    for (const name of ["syslog-max", "syslog-tls"]) {
+      if (gave.has(name)) {
+        throw new UsageError(`--${name} needs --syslog-port`);
+      }
     }
     return undefined;
   }
@@ -512,5 +519,11 @@ function syslogOptions(values: ServeValues, gave: Set<string>) {
       `Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`,
     );
   }
-  return { port, maxMessage };
+  const tls = values["syslog-tls"];
+  if (tls && values["tls-cert"] === undefined) {
+    throw new UsageError(
+      "--syslog-tls needs --tls-cert and --tls-key (the syslog port uses the server's certificate)",
+    );
+  }
+  return { port, maxMessage, tls };
 }

@@ -40,7 +40,8 @@ import {
   Session,
 } from "./session.ts";
 import { serveConnection } from "./sniff.ts";
-import { serveSyslog } from "./syslog.ts";
+import { serveSyslog, SYSLOG_SOURCE } from "./syslog.ts";
+import { sourceKey } from "../vault/store.ts";
 import { SourceWatch } from "./liveness.ts";
 import {
   connectionStatus,
@@ -154,6 +155,9 @@ export class Server {
         this.#syslogListeners = await bindAll(o.net, {
           hosts: o.hosts,
           port: o.syslog.port,
+          // RFC 5425: syslog over TLS, with the main port's certificate and
+          // client certificate request.
+          tls: o.syslog.tls ? tls : undefined,
           ...accepting("syslog"),
         });
       } catch (err) {
@@ -165,7 +169,10 @@ export class Server {
     o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
       ...(o.syslog &&
-        { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
+        {
+          syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)),
+          syslogTls: o.syslog.tls === true,
+        }),
       allow: o.allowlist.describe(),
       root: o.jail.root,
       maxConns: o.maxConns,
@@ -288,7 +295,9 @@ export class Server {
         this.#refuse(conn, refusal, tag);
         return;
       }
-      if (conn.handshake !== undefined && !await this.#handshakeTls(conn)) {
+      if (
+        conn.handshake !== undefined && !await this.#handshakeTls(conn, tag)
+      ) {
         return;
       }
       const verdict = checkCertificate(conn, this.#o, port);
@@ -353,9 +362,14 @@ export class Server {
    * own: it counts against `maxConns` and the sweep ends it at the
    * handshake deadline, so silent TLS peers cannot pile up unseen.
    *
+   * @param conn The connection.
+   * @param tag Extra audit fields (the syslog port's `{ port: "syslog" }`).
    * @returns Whether the handshake is done; if not, it is audited.
    */
-  async #handshakeTls(conn: Conn): Promise<boolean> {
+  async #handshakeTls(
+    conn: Conn,
+    tag: { port: string } | undefined,
+  ): Promise<boolean> {
     const pending = new Session(this.#ctx, {
       name: `c${this.#nextId++}`,
       conn,
@@ -373,6 +387,7 @@ export class Server {
         reason: pending.reason === "handshake timeout"
           ? "TLS handshake timeout"
           : errorMessage(err),
+        ...tag,
       });
       conn.close();
       return false;
@@ -392,7 +407,13 @@ export class Server {
     }, {
       vault: this.#o.vault!,
       audit: this.#o.audit,
-      peerKey: peerIdentity(s.conn.remoteAddr.hostname),
+      // Keyed like a shipped source: address, plus the certificate identity
+      // when the port requires one, so hosts sharing a certificate still
+      // never share a source.
+      key: sourceKey({
+        address: peerIdentity(s.conn.remoteAddr.hostname),
+        identity: s.identity,
+      }, SYSLOG_SOURCE),
       ...(this.#o.syslog?.maxMessage !== undefined &&
         { maxMessage: this.#o.syslog.maxMessage }),
     });

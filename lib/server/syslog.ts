@@ -19,7 +19,12 @@
 
 import type { Conn } from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
-import type { AppendRecord, Vault, VaultSource } from "../vault/store.ts";
+import type {
+  AppendRecord,
+  SourceKey,
+  Vault,
+  VaultSource,
+} from "../vault/store.ts";
 import {
   DEFAULT_SYSLOG_MAX,
   parseSyslogTime,
@@ -56,8 +61,11 @@ export interface ServeSyslogOptions {
   vault: Vault;
   /** Where refusals, errors and the per-connection summary are logged. */
   audit: AuditLog;
-  /** The peer part of the source key: the peer's address as the server identifies it. */
-  peerKey: string;
+  /**
+   * The source the messages go to, built by the server: the peer's address
+   * and identity (`sourceKey` in `lib/vault/store.ts`), name `syslog`.
+   */
+  key: SourceKey;
   /** Longest message accepted, in bytes. @default {65536} */
   maxMessage?: number;
 }
@@ -72,7 +80,7 @@ export interface ServeSyslogOptions {
  * ```ts ignore
  * const reason = await serveSyslog(
  *   { conn, peer: "10.0.0.5:51234", name: "c1", read: (b) => conn.read(b) },
- *   { vault, audit, peerKey: "10.0.0.5" },
+ *   { vault, audit, key: { peer: "10.0.0.5", name: SYSLOG_SOURCE } },
  * );
  * ```
  *
@@ -89,7 +97,7 @@ export async function serveSyslog(
   const framer = new SyslogFramer({
     maxMessage: options.maxMessage ?? DEFAULT_SYSLOG_MAX,
   });
-  const key = { peer: options.peerKey, name: SYSLOG_SOURCE };
+  const { key } = options;
   const where = { peer: c.peer, name: c.name, port: "syslog" };
   const messages: Uint8Array[] = [];
   let reason = "peer closed";
