@@ -202,6 +202,11 @@ const SERVE_OPTIONS = {
     description:
       "Longest syslog message; a longer one is refused and its connection closed",
   },
+  "syslog-tls": {
+    type: "boolean",
+    description:
+      "The syslog port speaks TLS 1.3 (RFC 5425) with --tls-cert and --tls-key; with --client-ca or --allow-cert it requires a client certificate too, and the certificate joins the source key",
+  },
   "silent-after": {
     type: "integer",
     placeholder: "SECS",
@@ -569,6 +574,7 @@ const SYSLOG_ONLY = [
   "syslog-max-conns",
   "syslog-idle-timeout",
   "syslog-quiet-timeout",
+  "syslog-tls",
 ] as const;
 
 /** The --syslog-* options; undefined without a port. */
@@ -592,11 +598,18 @@ function syslogOptions(values: ServeValues, gave: Set<string>) {
       `Invalid --syslog-max "${maxMessage}": the vault stores lines of at most ${DEFAULT_MAX_LINE_BYTES} bytes`,
     );
   }
+  const tls = values["syslog-tls"];
+  if (tls && values["tls-cert"] === undefined) {
+    throw new UsageError(
+      "--syslog-tls needs --tls-cert and --tls-key (the syslog port uses the server's certificate)",
+    );
+  }
   return {
     port,
     maxMessage,
     maxConns: values["syslog-max-conns"],
     idleTimeoutMs: values["syslog-idle-timeout"] * 1000,
     quietTimeoutMs: values["syslog-quiet-timeout"] * 1000,
+    tls,
   };
 }

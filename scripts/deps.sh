@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests drive as real peers, if missing.
 # The one list: .ci/run and `npm test` both call this script.
 set -euo pipefail
-pkgs=(socat netcat-openbsd openssl bsdutils rsyslog nftables iproute2
+pkgs=(socat netcat-openbsd openssl bsdutils rsyslog rsyslog-gnutls nftables iproute2
   qemu-user-static libc6-arm64-cross)
 need=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done

@@ -163,8 +163,9 @@ export function guard(
 }
 
 /**
- * After the TLS handshake, on the main port of a server that requires one:
- * the client certificate.
+ * After the TLS handshake, on a server that requires one: the client
+ * certificate. The main port requires it; so does the syslog port when it
+ * speaks TLS (RFC 5425's mutual authentication).
  *
  * @param conn The connection, its handshake done.
  * @param o The server's options.
@@ -176,8 +177,8 @@ export function checkCertificate(
   o: ResolvedServerOptions,
   port: Port,
 ): Refusal | { identity: string | undefined } {
-  // The syslog port is plain TCP: the allowlist is its only guard.
-  if (o.auth?.certs && port === "main") {
+  // A plain-TCP syslog port has the allowlist as its only guard.
+  if (o.auth?.certs && (port === "main" || o.syslog?.tls)) {
     const verdict = checkClientCertificate(conn.tls, o.auth.certs);
     if ("code" in verdict) return verdict;
     return { identity: verdict.identity };

@@ -156,6 +156,9 @@ export class Server {
         this.#syslogListeners = await bindAll(o.net, {
           hosts: o.hosts,
           port: o.syslog.port,
+          // RFC 5425: syslog over TLS, with the main port's certificate and
+          // client certificate request.
+          tls: o.syslog.tls ? tls : undefined,
           ...accepting("syslog"),
         });
       } catch (err) {
@@ -169,6 +172,7 @@ export class Server {
       ...(this.#syslog && {
         syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)),
         syslogMaxConns: this.#syslog.guardOptions.maxConns,
+        syslogTls: o.syslog?.tls === true,
       }),
       allow: o.allowlist.describe(),
       root: o.jail.root,
@@ -299,7 +303,9 @@ export class Server {
         this.#refuse(conn, refusal, tag);
         return;
       }
-      if (conn.handshake !== undefined && !await this.#handshakeTls(conn)) {
+      if (
+        conn.handshake !== undefined && !await this.#handshakeTls(conn, tag)
+      ) {
         return;
       }
       const verdict = checkCertificate(conn, this.#o, port);
@@ -365,9 +371,14 @@ export class Server {
    * own: it counts against `maxConns` and the sweep ends it at the
    * handshake deadline, so silent TLS peers cannot pile up unseen.
    *
+   * @param conn The connection.
+   * @param tag Extra audit fields (the syslog port's `{ port: "syslog" }`).
    * @returns Whether the handshake is done; if not, it is audited.
    */
-  async #handshakeTls(conn: Conn): Promise<boolean> {
+  async #handshakeTls(
+    conn: Conn,
+    tag: { port: string } | undefined,
+  ): Promise<boolean> {
     const pending = new Session(this.#ctx, {
       name: `c${this.#nextId++}`,
       conn,
@@ -385,6 +396,7 @@ export class Server {
         reason: pending.reason === "handshake timeout"
           ? "TLS handshake timeout"
           : errorMessage(err),
+        ...tag,
       });
       conn.close();
       return false;

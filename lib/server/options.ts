@@ -82,13 +82,19 @@ export interface ServerOptions {
 }
 
 /**
- * The syslog listener of a {@linkcode Server}: plain TCP on the same hosts,
- * with limits of its own (see `lib/server/syslog.ts` for the defaults and
- * why).
+ * The syslog listener of a {@linkcode Server}: TCP on the same hosts, plain
+ * or (RFC 5425) TLS, with limits of its own (see `lib/server/syslog.ts` for
+ * the defaults and why).
  */
 export interface ServerSyslog {
   /** Port; 0 picks a free one. */
   port: number;
+  /**
+   * Speak TLS 1.3 with the server's `tls` certificate (needs `tls`); client
+   * certificates are then required as on the main port when `auth.certs` is
+   * set. @default {false}
+   */
+  tls?: boolean;
   /** Longest message accepted, in bytes; a longer one closes its connection. @default {65536} */
   maxMessage?: number;
   /** Most syslog connections at once, apart from the main port's `maxConns`. @default {256} */
@@ -127,7 +133,8 @@ export type ResolvedServerOptions =
  *
  * @param options What the caller gave.
  * @returns A new object with every default present.
- * @throws {TypeError} When `syslog` is given without a `vault`.
+ * @throws {TypeError} When `syslog` is given without a `vault`, or with
+ * `tls` without the server's `tls`.
  */
 export function resolveServerOptions(
   options: ServerOptions,
@@ -151,6 +158,11 @@ export function resolveServerOptions(
   if (o.auth?.tokens !== undefined) o.plain = false;
   if (o.syslog !== undefined && o.vault === undefined) {
     throw new TypeError("Invalid server options: syslog needs a vault");
+  }
+  if (o.syslog?.tls && o.tls === undefined) {
+    throw new TypeError(
+      "Invalid server options: syslog.tls needs tls (a certificate and key)",
+    );
   }
   return o;
 }

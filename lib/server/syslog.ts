@@ -26,11 +26,13 @@
 
 import type { Conn } from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
-import type {
-  AppendOptions,
-  AppendRecord,
-  Vault,
-  VaultSource,
+import {
+  type AppendOptions,
+  type AppendRecord,
+  type SourceKey,
+  sourceKey,
+  type Vault,
+  type VaultSource,
 } from "../vault/store.ts";
 import {
   DEFAULT_SYSLOG_MAX,
@@ -213,8 +215,11 @@ export interface ServeSyslogOptions {
   vault: Vault;
   /** Where refusals, errors and the per-connection summary are logged. */
   audit: AuditLog;
-  /** The peer part of the source key: the peer's address as the server identifies it. */
-  peerKey: string;
+  /**
+   * The source the messages go to, built by the server: the peer's address
+   * and identity (`sourceKey` in `lib/vault/store.ts`), name `syslog`.
+   */
+  key: SourceKey;
   /** Longest message accepted, in bytes. @default {65536} */
   maxMessage?: number;
   /** The budget shared with the other connections. @default {a budget of its own, 4 MiB} */
@@ -235,7 +240,7 @@ export interface ServeSyslogOptions {
  * ```ts ignore
  * const reason = await serveSyslog(
  *   { conn, peer: "10.0.0.5:51234", name: "c1", read: (b) => conn.read(b) },
- *   { vault, audit, peerKey: "10.0.0.5" },
+ *   { vault, audit, key: { peer: "10.0.0.5", name: SYSLOG_SOURCE } },
  * );
  * ```
  *
@@ -254,7 +259,7 @@ export async function serveSyslog(
   const framer = new SyslogFramer({
     maxMessage: options.maxMessage ?? DEFAULT_SYSLOG_MAX,
   });
-  const key = { peer: options.peerKey, name: SYSLOG_SOURCE };
+  const { key } = options;
   const where = { peer: c.peer, name: c.name, port: "syslog" };
   const messages: Uint8Array[] = [];
   let reason = "peer closed";
@@ -475,7 +480,13 @@ export class SyslogPort {
       }, {
         vault: this.#o.vault!,
         audit: this.#o.audit,
-        peerKey: peerIdentity(s.conn.remoteAddr.hostname),
+        // Keyed like a shipped source: address, plus the certificate
+        // identity when the port requires one, so hosts sharing a
+        // certificate still never share a source.
+        key: sourceKey({
+          address: peerIdentity(s.conn.remoteAddr.hostname),
+          identity: s.identity,
+        }, SYSLOG_SOURCE),
         maxMessage: this.#limits.maxMessage,
         budget: this.#budget,
         onActivity: (what) => {
