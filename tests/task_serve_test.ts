@@ -61,7 +61,13 @@ test("deno task serve serves the checkout on 127.0.0.1:4320 and logs to moat-aud
       fs.readFileSync(path.join(REPO, "deno.json"), "utf8"),
     );
   } finally {
-    process.kill(-child.pid!, "SIGTERM");
+    if (child.exitCode === null && child.signalCode === null) {
+      try {
+        process.kill(-child.pid!, "SIGTERM");
+      } catch {
+        // Gone between the check and the kill.
+      }
+    }
     await exited;
     if (!hadAudit) fs.rmSync(AUDIT, { force: true });
   }
