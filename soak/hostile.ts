@@ -1773,3 +1773,23 @@ export function captureClientHello(): Promise<Uint8Array> {
     });
   });
 }
+
+/**
+ * Connections the kernel dropped because a listen queue was full
+ * (`TcpExt ListenDrops` in `/proc/net/netstat`). The counter covers the
+ * whole network namespace, so read it around a run to see whether clients
+ * waited on TCP retransmissions rather than on the server.
+ *
+ * @returns The counter, or NaN where it cannot be read.
+ */
+export function listenDrops(): number {
+  try {
+    const lines = fs.readFileSync("/proc/net/netstat", "utf8").split("\n");
+    const i = lines.findIndex((l) => l.startsWith("TcpExt:"));
+    const names = lines[i]!.split(/\s+/);
+    const values = lines[i + 1]!.split(/\s+/);
+    return Number(values[names.indexOf("ListenDrops")]);
+  } catch {
+    return NaN;
+  }
+}
