@@ -68,6 +68,7 @@ async function getFile(
   };
 }
 
+/** The server's stderr: its audit log, one JSON object per line. */
 function auditText(server: RunningServer): string {
   return server.audit.lines.join("\n");
 }
@@ -84,11 +85,12 @@ test("moat serve at its descriptor limit answers a refused flood with ACCESS_DEN
   ]);
   limitDescriptors(server.child.pid!, LIMIT);
   // All at once, and none hanging up after the refusal: each refusal holds
-  // a descriptor until its drain deadline (1 s), so 600 arriving together
-  // are far more than 128 descriptors can take.
+  // a descriptor until its drain deadline (1 s), so 400 arriving together
+  // are far more than 128 descriptors can take (and fewer than the listen
+  // queue holds, so that the kernel drops none).
   const flood = await answerConnections({
     port: server.port,
-    count: 600,
+    count: 400,
     from: refusedAddress,
     holdMs: 1500,
     timeoutMs: WAIT_MS,
@@ -97,7 +99,7 @@ test("moat serve at its descriptor limit answers a refused flood with ACCESS_DEN
   assert.deepEqual(flood.otherSamples, []);
   assert.equal(flood.tlsRecords, 0);
   assert.equal(flood.connectErrors, 0);
-  assert.equal(flood.denied + flood.busy + flood.silentClose, 600);
+  assert.equal(flood.denied + flood.busy + flood.silentClose, 400);
   assert.ok(flood.denied > 0, JSON.stringify(flood));
   assert.ok(flood.busy > 0, "descriptors ran out: newcomers were told BUSY");
 
@@ -123,7 +125,13 @@ test("moat serve at its descriptor limit answers a refused flood with ACCESS_DEN
     e.event === "accepted" && !String(e.peer).startsWith("127.0.0.1:")
   );
   assert.deepEqual(strangers, []);
-  assert.deepEqual(checkAuditLines(auditText(server)).bad, []);
+  // Deno itself, loading the system's CA certificates while descriptors are
+  // out, may print one warning to stderr, where the audit log goes without
+  // --log: that line is the runtime's, not moat's; every other must be JSON.
+  const bad = checkAuditLines(auditText(server)).bad.filter((l) =>
+    !/^Warning: Ignoring extra certs from .* Too many open files/.test(l)
+  );
+  assert.deepEqual(bad, []);
 });
 
 test("moat serve at its descriptor limit holds allowed idle connections, tells newcomers BUSY, idles, and recovers when they leave", async () => {
