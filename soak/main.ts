@@ -728,7 +728,9 @@ function fdEpisodes(e: AcceptEpisodes): string {
 function fdAnswers(a: AnswerStats): string {
   return `${fmt(a.denied)} ACCESS_DENIED, ${fmt(a.busy)} BUSY, ${
     fmt(a.silentClose)
-  } closed without a byte, ${a.hung} hung, ${a.other} other, ${a.connectErrors} connect errors`;
+  } closed without a byte, ${
+    fmt(a.hung)
+  } hung, ${a.other} other, ${a.connectErrors} connect errors`;
 }
 
 async function workerFdFlood(): Promise<Result> {
