@@ -3,7 +3,9 @@
  * `tests/e2e_hostile_test.ts` (short runs) and `soak/main.ts` (long runs):
  * handshake fuzzing, floods from refused addresses, slow clients, syslog
  * senders writing as fast as the server takes it, and checks on the audit
- * log. Everything talks to loopback only, and every loop is
+ * log; and, for `tests/e2e_fd_test.ts` and the soak's descriptor rows, a
+ * server's descriptor limit, the peers and shippers that exhaust it, and its
+ * exhaustion episodes. Everything talks to loopback only, and every loop is
  * bounded in count and time.
  *
  * @module
@@ -16,10 +18,20 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
-import { encodeHeader } from "../lib/framer.ts";
-import { encodePreamble, Kind } from "../lib/protocol.ts";
+import * as tls from "node:tls";
+import { encodeFrame, encodeHeader } from "../lib/framer.ts";
+import {
+  decodeError,
+  decodeShipReady,
+  encodePreamble,
+  encodeShipBatch,
+  Kind,
+} from "../lib/protocol.ts";
 import { prng, toHex } from "./framer_fuzz.ts";
 import { runMoat, spawnMoat } from "../tests/_e2e.ts";
+import { openSession } from "../lib/client.ts";
+import { getNet } from "../lib/net/mod.ts";
+import { VERSION } from "../lib/version.ts";
 
 const enc = new TextEncoder();
 
@@ -1370,4 +1382,563 @@ async function sha256Of(file: string): Promise<string> {
     hash.update(chunk as Uint8Array);
   }
   return hash.digest("hex");
+}
+
+// ---------------------------------------------------------------------------
+// Descriptor exhaustion and refusals before TLS (issue 13): a server run
+// with a low descriptor limit, the connections and shippers that exhaust it,
+// and what its audit log says about each episode.
+
+/** What a server out of descriptors answers a newcomer, before the close. */
+export const BUSY_LINE = "ERR BUSY server busy: out of file descriptors\n";
+/** What a refused address reads, on a plain port and on a TLS port alike. */
+export const DENIED_LINE = "ERR ACCESS_DENIED access refused by server\n";
+
+/**
+ * Lowers a running process's descriptor limit, soft and hard, with
+ * `prlimit(1)`. Done after start, so a runtime that raises its soft limit
+ * to the hard one at startup (Bun does) cannot undo it.
+ *
+ * @param pid The process.
+ * @param limit Most descriptors it may hold.
+ * @throws {Error} When prlimit fails or `/proc` shows another limit.
+ */
+export function limitDescriptors(pid: number, limit: number): void {
+  const r = spawnSync("prlimit", [
+    "--pid",
+    String(pid),
+    `--nofile=${limit}:${limit}`,
+  ], { encoding: "utf8", timeout: 10_000 });
+  if (r.status !== 0) {
+    throw new Error(
+      `prlimit --pid ${pid} --nofile=${limit}:${limit} failed: ${
+        r.error?.message ?? r.stderr.trim()
+      }`,
+    );
+  }
+  const limits = fs.readFileSync(`/proc/${pid}/limits`, "utf8");
+  const m = /Max open files\s+(\d+)\s+(\d+)/.exec(limits);
+  if (m?.[1] !== String(limit) || m[2] !== String(limit)) {
+    throw new Error(`Descriptor limit of ${pid} is not ${limit}: ${m?.[0]}`);
+  }
+}
+
+/**
+ * Counts a process's open descriptors.
+ *
+ * @param pid The process.
+ * @returns Entries of `/proc/PID/fd`, or 0 if it is gone.
+ */
+export function openDescriptors(pid: number): number {
+  try {
+    return fs.readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Samples a process's open descriptors every `everyMs` until stopped.
+ *
+ * @param pid The process.
+ * @param everyMs Sampling period.
+ * @returns `stop()`, which returns the most seen.
+ */
+export function sampleDescriptors(
+  pid: number,
+  everyMs = 20,
+): { stop(): number } {
+  let peak = openDescriptors(pid);
+  const timer = setInterval(() => {
+    peak = Math.max(peak, openDescriptors(pid));
+  }, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      return Math.max(peak, openDescriptors(pid));
+    },
+  };
+}
+
+/**
+ * Waits until `pred()` holds, checking every 20 ms.
+ *
+ * @param pred The condition.
+ * @param ms Most time to wait.
+ * @param what What is awaited, for the error.
+ * @throws {Error} When `ms` passes first.
+ */
+export async function waitUntil(
+  pred: () => boolean,
+  ms: number,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The `accept_exhausted` / `accept_recovered` lines of an audit log. */
+export interface AcceptEpisodes {
+  exhausted: number;
+  recovered: number;
+  /** The lines alternate, starting with `accept_exhausted`: one report per episode. */
+  alternate: boolean;
+  /** Connections turned away, summed over the `accept_recovered` lines. */
+  busy: number;
+  /** Milliseconds spent exhausted, by the lines' timestamps (ended episodes). */
+  ms: number;
+  /** The last episode has not ended. */
+  open: boolean;
+}
+
+/**
+ * Reads the descriptor-exhaustion episodes out of an audit log.
+ *
+ * @param text The whole log (JSON lines).
+ * @returns Counts, whether each episode was reported once, and their length.
+ */
+export function acceptEpisodes(text: string): AcceptEpisodes {
+  const out: AcceptEpisodes = {
+    exhausted: 0,
+    recovered: 0,
+    alternate: true,
+    busy: 0,
+    ms: 0,
+    open: false,
+  };
+  let since: number | undefined;
+  for (const line of text.split("\n")) {
+    if (!line.includes('"event":"accept_')) continue;
+    let e: { event?: unknown; ts?: unknown; busy?: unknown };
+    try {
+      e = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    const ts = Date.parse(String(e.ts));
+    if (e.event === "accept_exhausted") {
+      out.exhausted++;
+      if (out.open) out.alternate = false;
+      out.open = true;
+      since = ts;
+    } else if (e.event === "accept_recovered") {
+      out.recovered++;
+      if (!out.open) out.alternate = false;
+      out.open = false;
+      if (Number.isSafeInteger(e.busy)) out.busy += e.busy as number;
+      if (since !== undefined) out.ms += ts - since;
+      since = undefined;
+    }
+  }
+  return out;
+}
+
+/** Totals of {@linkcode answerConnections}: what each connection read before the close. */
+export interface AnswerStats {
+  attempted: number;
+  /** Read exactly {@linkcode DENIED_LINE}. */
+  denied: number;
+  /** Read exactly {@linkcode BUSY_LINE}. */
+  busy: number;
+  /** Closed (or reset) by the server without a byte. */
+  silentClose: number;
+  /** Read something starting with a TLS record header (0x14-0x17, 0x03): findings. */
+  tlsRecords: number;
+  /** Read anything else (first 5 kept, quoted, in `otherSamples`). */
+  other: number;
+  otherSamples: string[];
+  /** Still open at the time limit (then destroyed): findings. */
+  hung: number;
+  /** Failed to connect at all. */
+  connectErrors: number;
+  /** Milliseconds from connect to the close (after `holdMs`, if any), sorted. */
+  closeMs: number[];
+}
+
+/** Options for {@linkcode answerConnections}. */
+export interface AnswerOptions {
+  port: number;
+  count: number;
+  /** Source address of connection `i`. @default {() => "127.0.0.1"} */
+  from?: (i: number) => string;
+  /** Connections started per second; all at once when undefined. */
+  rate?: number;
+  /** Written once connected (a ClientHello, say); nothing when undefined. */
+  payload?: Uint8Array;
+  /**
+   * Keep our side open this long after the server's half-close, as a peer
+   * that never hangs up would: the server then holds the connection's
+   * descriptor until its drain deadline. Undefined: end at once.
+   */
+  holdMs?: number;
+  /** A connection still open this long after its start counts as hung. */
+  timeoutMs: number;
+}
+
+function emptyAnswers(): AnswerStats {
+  return {
+    attempted: 0,
+    denied: 0,
+    busy: 0,
+    silentClose: 0,
+    tlsRecords: 0,
+    other: 0,
+    otherSamples: [],
+    hung: 0,
+    connectErrors: 0,
+    closeMs: [],
+  };
+}
+
+/**
+ * Opens one connection, reads until the server closes it or `timeoutMs`
+ * passes, and counts the outcome into `stats`.
+ *
+ * @returns The socket, and a promise settled once it is counted.
+ */
+function watchConnection(
+  stats: AnswerStats,
+  options: {
+    port: number;
+    localAddress: string;
+    payload?: Uint8Array | undefined;
+    holdMs?: number | undefined;
+    /** Infinity: no limit. */
+    timeoutMs: number;
+    /** True when the close is ours (a release), not the server's: not counted. */
+    ours?: () => boolean;
+  },
+): { sock: net.Socket; done: Promise<void> } {
+  stats.attempted++;
+  const t0 = performance.now();
+  const sock = net.connect({
+    port: options.port,
+    host: "127.0.0.1",
+    localAddress: options.localAddress,
+    allowHalfOpen: options.holdMs !== undefined,
+  });
+  let head: Uint8Array = new Uint8Array(0);
+  let hold: ReturnType<typeof setTimeout> | undefined;
+  let connected = false;
+  let hung = false;
+  const timer = Number.isFinite(options.timeoutMs)
+    ? setTimeout(() => {
+      hung = true;
+      sock.destroy();
+    }, options.timeoutMs)
+    : undefined;
+  sock.on("connect", () => {
+    connected = true;
+    if (options.payload !== undefined) sock.write(options.payload);
+  });
+  sock.on("data", (d: Uint8Array) => {
+    if (head.length < 256) head = concat([head, d.subarray(0, 256)]);
+  });
+  sock.on("end", () => {
+    if (options.holdMs !== undefined) {
+      hold = setTimeout(() => sock.end(), options.holdMs);
+    }
+  });
+  sock.on("error", () => {});
+  const done = new Promise<void>((resolve) =>
+    sock.on("close", () => {
+      clearTimeout(timer);
+      clearTimeout(hold);
+      if (options.ours?.()) {
+        // Released by the caller: not an answer.
+      } else if (hung) stats.hung++;
+      else if (!connected) stats.connectErrors++;
+      else {
+        stats.closeMs.push(performance.now() - t0);
+        const text = latin1(head);
+        if (head.length === 0) stats.silentClose++;
+        else if (head[0]! >= 0x14 && head[0]! <= 0x17 && head[1] === 3) {
+          stats.tlsRecords++;
+        } else if (text === DENIED_LINE) stats.denied++;
+        else if (text === BUSY_LINE) stats.busy++;
+        else {
+          stats.other++;
+          if (stats.otherSamples.length < 5) {
+            stats.otherSamples.push(JSON.stringify(text.slice(0, 100)));
+          }
+        }
+      }
+      resolve();
+    })
+  );
+  return { sock, done };
+}
+
+/**
+ * Opens `count` connections (at `rate` per second, or all at once), sends
+ * each the payload if any, and classifies what each reads before the
+ * server closes it; none may stay open past `timeoutMs`.
+ *
+ * @param options Port, count, sources, pace, payload and time limit.
+ * @returns The totals.
+ */
+export async function answerConnections(
+  options: AnswerOptions,
+): Promise<AnswerStats> {
+  const stats = emptyAnswers();
+  const from = options.from ?? (() => "127.0.0.1");
+  const pending: Promise<void>[] = [];
+  const start = (i: number) =>
+    pending.push(
+      watchConnection(stats, {
+        port: options.port,
+        localAddress: from(i),
+        payload: options.payload,
+        holdMs: options.holdMs,
+        timeoutMs: options.timeoutMs,
+      }).done,
+    );
+  if (options.rate === undefined) {
+    for (let i = 0; i < options.count; i++) start(i);
+  } else {
+    const rate = options.rate;
+    const started = performance.now();
+    await new Promise<void>((resolve) => {
+      const tick = setInterval(() => {
+        const due = Math.min(
+          options.count,
+          Math.floor((rate * (performance.now() - started)) / 1000),
+        );
+        while (stats.attempted < due) start(stats.attempted);
+        if (stats.attempted >= options.count) {
+          clearInterval(tick);
+          resolve();
+        }
+      }, 10);
+    });
+  }
+  await Promise.all(pending);
+  stats.closeMs.sort((a, b) => a - b);
+  return stats;
+}
+
+/** Connections opened by {@linkcode holdConnections}. */
+export interface HeldConnections {
+  /** What the ones the server closed read (those released are not counted). */
+  stats: AnswerStats;
+  /** Connections still open. */
+  readonly open: number;
+  /** Closes every connection still open; resolves once all are counted. */
+  release(): Promise<void>;
+}
+
+/**
+ * Opens `count` silent connections at once and keeps them open until
+ * released: the peers that hold a server's descriptors.
+ *
+ * @param options Port, count and source address.
+ * @returns The connections.
+ */
+export function holdConnections(
+  options: { port: number; count: number; localAddress?: string },
+): HeldConnections {
+  const stats = emptyAnswers();
+  const socks = new Set<net.Socket>();
+  const pending: Promise<void>[] = [];
+  let released = false;
+  for (let i = 0; i < options.count; i++) {
+    const { sock, done } = watchConnection(stats, {
+      port: options.port,
+      localAddress: options.localAddress ?? "127.0.0.1",
+      timeoutMs: Infinity,
+      ours: () => released,
+    });
+    socks.add(sock);
+    pending.push(done.then(() => void socks.delete(sock)));
+  }
+  return {
+    stats,
+    get open() {
+      return socks.size;
+    },
+    async release() {
+      released = true;
+      for (const s of socks) s.destroy();
+      await Promise.all(pending);
+      stats.closeMs.sort((a, b) => a - b);
+    },
+  };
+}
+
+/** Totals of {@linkcode shipSources}. */
+export interface ShipSourcesStats {
+  /** Sources asked for. */
+  asked: number;
+  /** Sources that took a record and acknowledged it. */
+  stored: number;
+  /**
+   * Other outcomes by code: an Error frame's code (`ERR_TOO_MANY_SOURCES`),
+   * a handshake refusal's (`ERR_BUSY`), `ERR_CONNECTION_CLOSED` for a close.
+   */
+  refused: Record<string, number>;
+  /** Shippers the server left without an answer for `answerMs`: findings. */
+  unanswered: number;
+}
+
+/** Options for {@linkcode shipSources}. */
+export interface ShipSourcesOptions {
+  port: number;
+  /** Sources to ask for, named `<prefix>-0`, `<prefix>-1`, … */
+  count: number;
+  prefix: string;
+  /** Sources being shipped at once. @default {8} */
+  concurrency?: number;
+  /** Longest wait for each answer (handshake, ShipReady, ShipAck). */
+  answerMs: number;
+}
+
+/**
+ * A shipper with many log streams: for each source, a connection from
+ * 127.0.0.1 that says hello in ship mode (moat's own client handshake),
+ * ships one record and waits for its acknowledgement.
+ *
+ * @param options Port, how many sources, and the time limit of each answer.
+ * @returns What became of each source.
+ */
+export async function shipSources(
+  options: ShipSourcesOptions,
+): Promise<ShipSourcesStats> {
+  const stats: ShipSourcesStats = {
+    asked: 0,
+    stored: 0,
+    refused: {},
+    unanswered: 0,
+  };
+  const client = {
+    net: getNet(),
+    server: { hostname: "127.0.0.1", port: options.port },
+    version: VERSION,
+    timeoutMs: options.answerMs,
+  };
+  const count = (outcome: string) => {
+    if (outcome === "stored") stats.stored++;
+    else if (outcome === "unanswered") stats.unanswered++;
+    else stats.refused[outcome] = (stats.refused[outcome] ?? 0) + 1;
+  };
+  const indexes = Array.from({ length: options.count }, (_, i) => i);
+  await pool(indexes, options.concurrency ?? 8, async (i) => {
+    stats.asked++;
+    let session;
+    try {
+      session = await openSession(client, "ship", {
+        source: `${options.prefix}-${i}`,
+      });
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      return count(code === "ERR_TIMEOUT" ? "unanswered" : String(code));
+    }
+    const { conn, reader } = session;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const silence = new Promise<"unanswered">((resolve) => {
+      timer = setTimeout(() => resolve("unanswered"), options.answerMs);
+    });
+    const answer = async (): Promise<string> => {
+      const ready = await reader.readFrame();
+      if (ready === null) return "ERR_CONNECTION_CLOSED";
+      if (ready.type === Kind.Error) return decodeError(ready.payload).code;
+      const seq = decodeShipReady(ready.payload).lastSeq + 1;
+      await conn.write(encodeFrame({
+        type: Kind.ShipBatch,
+        payload: encodeShipBatch([{
+          seq,
+          ts: Date.now(),
+          line: enc.encode(`record of source ${i}`),
+          partial: false,
+        }]),
+      }));
+      const ack = await reader.readFrame();
+      if (ack === null) return "ERR_CONNECTION_CLOSED";
+      if (ack.type === Kind.Error) return decodeError(ack.payload).code;
+      if (ack.type !== Kind.ShipAck) return `frame 0x${ack.type.toString(16)}`;
+      const acked = new DataView(
+        ack.payload.buffer,
+        ack.payload.byteOffset,
+        ack.payload.byteLength,
+      ).getFloat64(0, true);
+      return acked >= seq ? "stored" : "ack short";
+    };
+    try {
+      count(
+        await Promise.race([
+          answer().catch((err) =>
+            String((err as { code?: unknown }).code ?? "error")
+          ),
+          silence,
+        ]),
+      );
+    } finally {
+      clearTimeout(timer);
+      conn.close();
+    }
+  });
+  return stats;
+}
+
+/**
+ * Makes a real TLS 1.3 ClientHello: node:tls connects to a listener here,
+ * which keeps the first record and closes.
+ *
+ * @returns The ClientHello record, header included.
+ * @throws {Error} When no whole record arrives within 10 s.
+ */
+export function captureClientHello(): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    let got: Uint8Array = new Uint8Array(0);
+    const server = net.createServer((sock) => {
+      sock.on("error", () => {});
+      sock.on("data", (d: Uint8Array) => {
+        got = concat([got, d]);
+        if (got.length < 5) return;
+        const size = 5 + ((got[3]! << 8) | got[4]!);
+        if (got.length < size) return;
+        clearTimeout(timer);
+        sock.destroy();
+        server.close();
+        resolve(got.subarray(0, size));
+      });
+    });
+    const timer = setTimeout(() => {
+      server.close();
+      reject(new Error("No ClientHello arrived within 10 s"));
+    }, 10_000);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      const client = tls.connect({
+        host: "127.0.0.1",
+        port,
+        servername: "localhost",
+        minVersion: "TLSv1.3",
+        rejectUnauthorized: false,
+      });
+      client.on("error", () => {});
+    });
+  });
+}
+
+/**
+ * Connections the kernel dropped because a listen queue was full
+ * (`TcpExt ListenDrops` in `/proc/net/netstat`). The counter covers the
+ * whole network namespace, so read it around a run to see whether clients
+ * waited on TCP retransmissions rather than on the server.
+ *
+ * @returns The counter, or NaN where it cannot be read.
+ */
+export function listenDrops(): number {
+  try {
+    const lines = fs.readFileSync("/proc/net/netstat", "utf8").split("\n");
+    const i = lines.findIndex((l) => l.startsWith("TcpExt:"));
+    const names = lines[i]!.split(/\s+/);
+    const values = lines[i + 1]!.split(/\s+/);
+    return Number(values[names.indexOf("ListenDrops")]);
+  } catch {
+    return NaN;
+  }
 }
