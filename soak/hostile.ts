@@ -1547,6 +1547,11 @@ export interface AnswerStats {
   silentClose: number;
   /** Read something starting with a TLS record header (0x14-0x17, 0x03): findings. */
   tlsRecords: number;
+  /**
+   * Read only chat presence lines (`[server] c7 (…) joined`): an allowed
+   * silent peer becomes a plain chat member and hears who comes and goes.
+   */
+  presence: number;
   /** Read anything else (first 5 kept, quoted, in `otherSamples`). */
   other: number;
   otherSamples: string[];
@@ -1586,6 +1591,7 @@ function emptyAnswers(): AnswerStats {
     silentClose: 0,
     tlsRecords: 0,
     other: 0,
+    presence: 0,
     otherSamples: [],
     hung: 0,
     connectErrors: 0,
@@ -1659,6 +1665,7 @@ function watchConnection(
           stats.tlsRecords++;
         } else if (text === DENIED_LINE) stats.denied++;
         else if (text === BUSY_LINE) stats.busy++;
+        else if (isPresence(text)) stats.presence++;
         else {
           stats.other++;
           if (stats.otherSamples.length < 5) {
@@ -1941,4 +1948,13 @@ export function listenDrops(): number {
   } catch {
     return NaN;
   }
+}
+
+/** Whether `text` holds only chat presence lines (the last may be cut). */
+function isPresence(text: string): boolean {
+  const lines = text.split("\n");
+  const whole = lines.slice(0, -1);
+  return whole.length > 0 &&
+    whole.every((l) => /^\[server\] \S+ \(.*\) (joined|left)/.test(l)) &&
+    "[server] ".startsWith(lines.at(-1)!.slice(0, 9));
 }

@@ -260,9 +260,12 @@ class DenoListener implements Listener {
       }
       reserve.accepted();
       if (reserve.exhausted) {
-        // Not awaited: the write of a short line to a fresh socket returns at
-        // once, and the next accept must not wait on a peer that reads nothing.
-        void reserve.refuse(new DenoConn(conn));
+        // Awaited: its descriptor must be free before the next accept, or
+        // that accept fails with EMFILE and backs off, capping refusals near
+        // 1,000/s while the listen queue overflows (measured by the soak's
+        // refused-flood row). A short line to a fresh socket fits its send
+        // buffer, so a peer that reads nothing does not hold this up.
+        await reserve.refuse(new DenoConn(conn));
         continue;
       }
       // On a TLS port the connection stays plain until handshake().
