@@ -185,16 +185,16 @@ for (const c of LOGGER_CASES) {
         (e) => e.event === "syslog_finished",
         "syslog_finished",
       );
-      assert.equal(finished.port, "syslog");
+      assert.equal(finished.listener, "syslog");
       assert.equal(finished.framing, c.framed);
       assert.equal(finished.records, 10_000);
       assert.ok(
         server.events().some((e) =>
-          e.event === "accepted" && e.port === "syslog"
+          e.event === "accepted" && e.listener === "syslog"
         ),
       );
       await server.waitEvent(
-        (e) => e.event === "closed" && e.port === "syslog",
+        (e) => e.event === "closed" && e.listener === "syslog",
         "closed",
       );
 
@@ -346,7 +346,7 @@ test("moat serve --syslog-port refuses a peer the allowlist does not allow, befo
   assert.equal(refused.closedBy, "server");
   assert.match(refused.received, /^ERR ACCESS_DENIED/);
   const event = await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog",
+    (e) => e.event === "refused" && e.listener === "syslog",
     "refused",
   );
   assert.match(String(event.peer), /^127\.0\.0\.1:/);
@@ -392,7 +392,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   const counted = await exchange(port, `5 <13>a5 <13>b${big.length} ${big}`);
   assert.equal(counted.closedBy, "server");
   const first = await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog",
+    (e) => e.event === "refused" && e.listener === "syslog",
     "refused",
   );
   assert.match(
@@ -403,7 +403,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   const lined = await exchange(port, `<13>c\n${big}`);
   assert.equal(lined.closedBy, "server");
   await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog" && e !== first,
+    (e) => e.event === "refused" && e.listener === "syslog" && e !== first,
     "second refusal",
   );
   // The server is still serving.
@@ -414,7 +414,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   assert.equal(await waitCount(vault, 4, 10_000), 4);
   assert.deepEqual(await catLines(vault), ["<13>a", "<13>b", "<13>c", "<13>d"]);
   const closed = server.events().filter((e) =>
-    e.event === "closed" && e.port === "syslog"
+    e.event === "closed" && e.listener === "syslog"
   );
   assert.equal(
     closed.filter((e) => e.reason === "syslog message too large").length,

@@ -70,7 +70,7 @@ test("serveSyslog stores newline-framed messages in order under the peer's syslo
   assert.equal(finished.records, 300);
   assert.equal(finished.lastSeq, 300);
   assert.equal(finished.framing, "newline");
-  assert.equal(finished.port, "syslog");
+  assert.equal(finished.listener, "syslog");
   const stored: string[] = [];
   for await (const r of readRecords(v.dir)) {
     assert.equal(r.peer, "127.0.0.1");
@@ -96,7 +96,7 @@ test("serveSyslog refuses an oversize message with an audit line and keeps what 
     (e) => e.event === "refused",
     "refused",
   );
-  assert.equal(refused.port, "syslog");
+  assert.equal(refused.listener, "syslog");
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.equal(closed.reason, "syslog message too large");
   const stored: string[] = [];
@@ -121,7 +121,7 @@ test("Server refuses a syslog peer outside the allowlist before reading it", asy
     (e) => e.event === "refused",
     "refused",
   );
-  assert.equal(refused.port, "syslog");
+  assert.equal(refused.listener, "syslog");
   assert.deepEqual(t.audit.named("accepted"), []);
 });
 

@@ -27,6 +27,7 @@ import type {
   Listener,
   ListenOptions,
   Net,
+  ServerTlsOptions,
 } from "./types.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import {
@@ -187,6 +188,13 @@ class DenoListener implements Listener {
         ? new DenoConn(conn)
         : new DeferredTlsConn(new DenoConn(conn), this.#tls);
     }
+  }
+
+  setTls(tls: ServerTlsOptions): void {
+    if (this.#tls === undefined) {
+      throw new TypeError("Cannot set TLS on a plain TCP listener");
+    }
+    this.#tls = serverTlsContext(tls);
   }
 
   close(): void {

@@ -37,11 +37,29 @@ import {
   peerIdentity,
   type ServerContext,
   Session,
+  sessionAudit,
 } from "./session.ts";
+import {
+  checkReload,
+  diffReload,
+  type ReloadResult,
+  revokedBy,
+  type ServerReload,
+} from "./reload.ts";
 import { serveConnection } from "./sniff.ts";
 import { serveSyslog } from "./syslog.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
+export type { ReloadResult, ServerReload } from "./reload.ts";
+
+/** Options for {@linkcode Server.prototype.close}. */
+export interface CloseOptions {
+  /**
+   * Runs once every connection has ended, before the `shutdown` line: the
+   * vault's last seal, so that its audit line comes first.
+   */
+  beforeShutdown?: () => Promise<void>;
+}
 
 /** What a peer taken from the descriptor reserve reads before the close. */
 const BUSY_NOTICE = new TextEncoder().encode(
@@ -67,7 +85,8 @@ export class Server {
   #ctx: ServerContext;
   #listeners: Listener[] = [];
   #syslogListeners: Listener[] = [];
-  #sessions = new Set<Session>();
+  /** Open sessions by name (a TLS handshake in progress is one too). */
+  #sessions = new Map<string, Session>();
   #refusals: Refusals;
   #nextId = 1;
   #sweeper: ReturnType<typeof setInterval> | undefined;
@@ -86,7 +105,7 @@ export class Server {
     this.#o = o;
     this.#ctx = {
       options: o,
-      audit: o.audit,
+      audit: sessionAudit(o.audit, this.#sessions),
       hub: new ChatHub((line) => o.onChat?.(line)),
       cache: new DigestCache(),
     };
@@ -96,6 +115,11 @@ export class Server {
   /** Connections currently open. */
   get connections(): number {
     return this.#sessions.size;
+  }
+
+  /** The syslog port's addresses once listening; empty without one. */
+  get syslogAddrs(): Addr[] {
+    return this.#syslogListeners.map((l) => l.addr);
   }
 
   /**
@@ -120,7 +144,7 @@ export class Server {
           {
             message: e.message,
             ...(e.kind === "recovered" && { busy: e.busy }),
-            ...(port === "syslog" && { port }),
+            ...(port === "syslog" && { listener: port }),
           },
         ),
       busyNotice: BUSY_NOTICE,
@@ -147,6 +171,7 @@ export class Server {
     }
     o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
+      ...(o.namePrefix !== "" && { namePrefix: o.namePrefix }),
       ...(o.syslog &&
         { syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)) }),
       allow: o.allowlist.describe(),
@@ -183,7 +208,7 @@ export class Server {
   sweep(): void {
     const now = this.#o.now();
     this.#refusals.sweep(now);
-    sweepSessions(this.#sessions, {
+    sweepSessions(this.#sessions.values(), {
       now,
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
@@ -193,23 +218,79 @@ export class Server {
   }
 
   /**
-   * Stops listening, closes every connection, and waits for handlers to end.
+   * Applies new settings to the connections accepted from now on, and
+   * closes the open ones they refuse (an address no longer allowed, a token
+   * revoked, a certificate under changed rules), each with a `closed` line.
+   * Nothing changes when it throws.
+   *
+   * @param next The allowlist, TLS settings and client authentication, whole.
+   * @returns What changed and how many connections were closed.
+   * @throws {TypeError} When it would turn TLS, client certificates or
+   * tokens on or off (a restart does that).
+   * @throws {MoatError} `ERR_TLS_CONFIG` when the certificate or key cannot
+   * be used.
    */
-  async close(): Promise<void> {
+  reload(next: ServerReload): ReloadResult {
+    const o = this.#o;
+    const before = { allowlist: o.allowlist, tls: o.tls, auth: o.auth };
+    checkReload(before, next);
+    const changed = diffReload(before, next);
+    const tlsChanged = changed.includes("certificate") ||
+      changed.includes("client-ca");
+    if (next.tls !== undefined && tlsChanged) {
+      const tls = {
+        ...next.tls,
+        ...(next.auth?.certs && { requestCert: true }),
+      };
+      // One listener checks the new context; only then do the others take
+      // it, so a bad certificate leaves every listener as it was.
+      for (const l of this.#listeners) {
+        if (l.setTls === undefined) {
+          throw new TypeError("Cannot reload TLS on this listener");
+        }
+        l.setTls(tls);
+      }
+    }
+    o.allowlist = next.allowlist;
+    // checkReload made sure neither appears nor disappears.
+    if (next.tls !== undefined) o.tls = next.tls;
+    if (next.auth !== undefined) o.auth = next.auth;
+    let closed = 0;
+    for (const s of this.#sessions.values()) {
+      const reason = revokedBy(s, { before, after: next, changed });
+      if (reason === undefined) continue;
+      s.reason ??= reason;
+      s.conn.close();
+      closed++;
+    }
+    return { changed, closed };
+  }
+
+  /**
+   * Stops listening, closes every connection, waits for handlers to end,
+   * and writes the `shutdown` line, last.
+   *
+   * @param options What runs before the `shutdown` line.
+   */
+  async close(options: CloseOptions = {}): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
     clearInterval(this.#sweeper);
     for (const l of this.#listeners) l.close();
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
-    for (const s of this.#sessions) {
+    for (const s of this.#sessions.values()) {
       s.reason ??= "server shutting down";
       s.conn.close();
     }
     await Promise.allSettled(this.#acceptLoops);
     await Promise.allSettled([...this.#handlers.values()]);
-    this.#o.audit.flush(true);
-    this.#o.audit.write("shutdown", {});
+    try {
+      await options.beforeShutdown?.();
+    } finally {
+      this.#o.audit.flush(true);
+      this.#o.audit.write("shutdown", {});
+    }
   }
 
   #acceptOn(listener: Listener, port: Port) {
@@ -230,7 +311,7 @@ export class Server {
   async #handle(conn: Conn, port: Port) {
     try {
       // Syslog connections are marked in every audit line about them.
-      const tag = port === "syslog" ? { port } : undefined;
+      const tag = port === "syslog" ? { listener: port } : undefined;
       const refusal = guard(conn, this.#o, {
         sessions: this.#sessions.size,
         port,
@@ -248,11 +329,11 @@ export class Server {
         return;
       }
       const s = new Session(this.#ctx, {
-        name: `c${this.#nextId++}`,
+        name: this.#newName(),
         conn,
         identity: verdict.identity,
       });
-      this.#sessions.add(s);
+      this.#sessions.set(s.name, s);
       this.#o.audit.write("accepted", {
         peer: s.peer,
         name: s.name,
@@ -275,7 +356,7 @@ export class Server {
           }
         }
       } finally {
-        this.#sessions.delete(s);
+        this.#sessions.delete(s.name);
         conn.close();
         this.#o.audit.write("closed", {
           peer: s.peer,
@@ -302,17 +383,18 @@ export class Server {
    */
   async #handshakeTls(conn: Conn): Promise<boolean> {
     const pending = new Session(this.#ctx, {
-      name: `c${this.#nextId++}`,
+      name: this.#newName(),
       conn,
     });
     pending.deadline = this.#o.now() + this.#o.handshakeTimeoutMs;
-    this.#sessions.add(pending);
+    this.#sessions.set(pending.name, pending);
     try {
       await conn.handshake!();
       return true;
     } catch (err) {
       this.#o.audit.write("refused", {
         peer: pending.peer,
+        code: "TLS_HANDSHAKE",
         reason: pending.reason === "handshake timeout"
           ? "TLS handshake timeout"
           : errorMessage(err),
@@ -320,8 +402,13 @@ export class Server {
       conn.close();
       return false;
     } finally {
-      this.#sessions.delete(pending);
+      this.#sessions.delete(pending.name);
     }
+  }
+
+  /** The next connection name: the prefix, then `c1`, `c2`… */
+  #newName(): string {
+    return `${this.#o.namePrefix}c${this.#nextId++}`;
   }
 
   /** Serves a connection on the syslog port (see `syslog.ts`). */

@@ -51,6 +51,12 @@ export interface ServerOptions {
   plain?: boolean;
   /** Answer every chat line with this text. */
   reply?: string;
+  /**
+   * Put before every connection name (`k3f9-` makes `k3f9-c7`), so that
+   * names stay unique across restarts; `moat serve` picks one at random at
+   * each start. @default {""}
+   */
+  namePrefix?: string;
   /** Shows each client chat line to the operator. */
   onChat?: (line: ChatLine) => void;
   /** Speak TLS 1.3 only; turns plain-text mode off. */
@@ -116,6 +122,7 @@ export function resolveServerOptions(
     maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
     maxLine: DEFAULT_MAX_LINE,
     plain: true,
+    namePrefix: "",
     now: Date.now,
     ...options,
   };
