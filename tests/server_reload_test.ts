@@ -169,6 +169,8 @@ test("Server.prototype.reload closes the sessions of a removed or changed token 
   );
   const chat = await t.audit.waitFor((e) => e.event === "chat", "bob's line");
   assert.equal(chat.identity, "token:bob");
+  assert.equal(chat.peer, `127.0.0.1:${chat.port}`);
+  assert.equal(chat.ip, "127.0.0.1");
   bob.conn.close();
 });
 
