@@ -8,9 +8,10 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import * as tls from "node:tls";
 import { createSelfSignedCert, fingerprint } from "../lib/cert.ts";
@@ -220,6 +221,35 @@ test("moat serve keeps writing to a moved --log until SIGHUP, then to a new file
 
 const LOGROTATE = "/usr/sbin/logrotate";
 
+/**
+ * The logrotate stanza of docs/DEPLOY.md, with this test's log, its own user
+ * and group for `moat`'s, and a `kill -HUP` of the pid in `pidfile` for
+ * `systemctl reload moat`.
+ */
+function deployStanza(paths: { log: string; pidfile: string }): string {
+  const doc = fs.readFileSync(
+    path.join(import.meta.dirname ?? ".", "..", "docs", "DEPLOY.md"),
+    "utf8",
+  );
+  const stanza = /```conf\n(\/var\/log\/moat\/audit\.log \{\n[\s\S]*?\n\})\n```/
+    .exec(doc)?.[1];
+  assert.ok(stanza, "docs/DEPLOY.md has the logrotate stanza");
+  const user = os.userInfo().username;
+  const group = spawnSync("id", ["-gn"], { encoding: "utf8" }).stdout.trim();
+  const swaps: [string, string][] = [
+    ["/var/log/moat/audit.log", paths.log],
+    ["su moat moat", `su ${user} ${group}`],
+    ["create 0640 moat moat", `create 0640 ${user} ${group}`],
+    ["systemctl reload moat", `kill -HUP "$(cat ${paths.pidfile})"`],
+  ];
+  let out = stanza;
+  for (const [from, to] of swaps) {
+    assert.ok(out.includes(from), `the stanza has "${from}"`);
+    out = out.replace(from, to);
+  }
+  return out + "\n";
+}
+
 test(
   "moat serve under logrotate -f: the old file is rotated, the new one gets every later event, and no line is lost or written twice",
   {
@@ -231,22 +261,7 @@ test(
     const log = path.join(tmp.dir, "audit.log");
     const pidfile = path.join(tmp.dir, "moat.pid");
     const conf = path.join(tmp.dir, "logrotate.conf");
-    // The stanza docs/DEPLOY.md gives, with this test's paths.
-    fs.writeFileSync(
-      conf,
-      `${log} {
-  rotate 2
-  missingok
-  notifempty
-  nocompress
-  create 0640
-  postrotate
-    kill -HUP "$(cat ${pidfile})"
-  endscript
-}
-`,
-      { mode: 0o644 },
-    );
+    fs.writeFileSync(conf, deployStanza({ log, pidfile }), { mode: 0o644 });
     await using server = await startLogged(
       log,
       ["--allow", "127.0.0.1"],
@@ -306,6 +321,10 @@ test(
     // Nothing reached the new file before moat reopened it.
     assert.equal(fresh[0]?.event, "reloaded");
     assert.equal(fresh.at(-1)?.event, "shutdown");
+    const refusedIn = (events: AuditEvent[]) =>
+      events.filter((e) => e.event === "refused").length;
+    assert.ok(refusedIn(old) >= 20, "the refusals before rotation");
+    assert.ok(refusedIn(fresh) >= 20, "the refusals after it");
     const refusedPorts = [...old, ...fresh]
       .filter((e) => e.event === "refused")
       .map((e) => e.port as number);
