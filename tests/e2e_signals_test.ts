@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import * as tls from "node:tls";
 import { createSelfSignedCert, fingerprint } from "../lib/cert.ts";
@@ -234,8 +233,11 @@ function deployStanza(paths: { log: string; pidfile: string }): string {
   const stanza = /```conf\n(\/var\/log\/moat\/audit\.log \{\n[\s\S]*?\n\})\n```/
     .exec(doc)?.[1];
   assert.ok(stanza, "docs/DEPLOY.md has the logrotate stanza");
-  const user = os.userInfo().username;
-  const group = spawnSync("id", ["-gn"], { encoding: "utf8" }).stdout.trim();
+  // id, not os.userInfo(): Bun 1.4.5 names root "unknown" here.
+  const id = (flag: string) =>
+    spawnSync("id", [flag], { encoding: "utf8" }).stdout.trim();
+  const user = id("-un");
+  const group = id("-gn");
   const swaps: [string, string][] = [
     ["/var/log/moat/audit.log", paths.log],
     ["su moat moat", `su ${user} ${group}`],
