@@ -61,7 +61,7 @@ export function handleServeSignals(s: ServeSignals): void {
   const inspectorAtStart = inspectorUrl();
   process.on("SIGUSR1", () => {
     s.audit.write("signal", { signal: "SIGUSR1", action: "ignored" });
-    if (inspectorAtStart === undefined) closeInspector(s.audit);
+    if (typeof inspectorAtStart !== "string") closeInspector(s.audit);
   });
 }
 
@@ -106,11 +106,15 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-function inspectorUrl(): string | undefined {
+/**
+ * The inspector's address: undefined when none is open, null when this
+ * process may not ask (Deno without --allow-sys).
+ */
+function inspectorUrl(): string | undefined | null {
   try {
     return inspector.url();
   } catch {
-    return undefined;
+    return null;
   }
 }
 
@@ -118,27 +122,40 @@ function inspectorUrl(): string | undefined {
  * Deno (2.9.2 on) answers SIGUSR1 as node does: it opens the V8 inspector on
  * 127.0.0.1:9229, without authentication, so any local user could attach
  * and run code as moat. Bun 1.4.5 does not, but may (oven-sh/bun#37336).
- * The signal cannot be kept from the runtime, so this closes the inspector
- * as soon as it shows, and logs `inspector_closed`.
+ * The signal cannot be kept from the runtime, so for a while after it this
+ * closes the inspector as soon as it shows, and logs `inspector_closed`.
+ * Where moat may not ask whether one is open (Deno without --allow-sys),
+ * it closes one at every check, which needs no permission, and cannot say.
  */
 function closeInspector(audit: AuditLog): void {
   let checks = 0;
   const check = () => {
     const url = inspectorUrl();
-    if (url === undefined) {
-      if (++checks < INSPECTOR_CHECKS) setTimeout(check, INSPECTOR_CHECK_MS);
-      return;
+    if (url !== undefined) {
+      try {
+        inspector.close();
+      } catch (err) {
+        if (url !== null) {
+          audit.write("error", {
+            url: withoutSession(url),
+            message: `Cannot close the inspector SIGUSR1 opened: ${
+              err instanceof Error ? err.message : String(err)
+            }`,
+          });
+          return;
+        }
+      }
+      if (url !== null) {
+        audit.write("inspector_closed", { url: withoutSession(url) });
+        return;
+      }
     }
-    let closed = true;
-    try {
-      inspector.close();
-    } catch {
-      closed = false;
-    }
-    audit.write(closed ? "inspector_closed" : "error", {
-      url: url.replace(/\/[^/]*$/, ""),
-      ...(!closed && { message: "Cannot close the inspector SIGUSR1 opened" }),
-    });
+    if (++checks < INSPECTOR_CHECKS) setTimeout(check, INSPECTOR_CHECK_MS);
   };
   check();
+}
+
+/** "ws://127.0.0.1:9229/<uuid>" without its session id. */
+function withoutSession(url: string): string {
+  return url.replace(/\/[^/]*$/, "");
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import process from "node:process";
@@ -84,16 +84,32 @@ export interface LoggedServer {
 /**
  * Starts `moat serve --host 127.0.0.1 --port 0 --log <log> …` in `cwd` and
  * waits for its `listening` line in the log.
+ *
+ * @param command What runs moat, instead of the moat under test.
  */
 export async function startLogged(
   log: string,
   args: string[],
   cwd: string,
+  command?: string[],
 ): Promise<LoggedServer> {
-  const child = spawnMoat(
-    ["serve", "--host", "127.0.0.1", "--port", "0", "--log", log, ...args],
-    { cwd },
-  );
+  const serveArgs = [
+    "serve",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--log",
+    log,
+    ...args,
+  ];
+  const child = command === undefined
+    ? spawnMoat(serveArgs, { cwd })
+    : spawn(command[0]!, [...command.slice(1), ...serveArgs], {
+      cwd,
+      env: { ...process.env, NO_COLOR: "1" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
   const stderr = new LineWatcher(child.stderr!);
   const stdout = new LineWatcher(child.stdout!);
   const exited = new Promise<number | null>((resolve) =>
