@@ -224,12 +224,18 @@ export const SERVE: CommandSpec<typeof SERVE_OPTIONS> = {
 allowed peers only. Everyone else is refused before a byte is read, and logged.
 With no --allow, only loopback may connect and moat listens on loopback only.`,
   options: SERVE_OPTIONS,
-  env: SERVE_SECURITY_ENV,
+  env: [
+    ...SERVE_SECURITY_ENV,
+    {
+      name: "NO_COLOR",
+      description: "Set: the banner on a terminal has no colour",
+    },
+  ],
   exits: [
     {
       code: 0,
       description:
-        "stopped by SIGINT or SIGTERM (or the unit or ruleset was printed); SIGHUP reloads",
+        "stopped by SIGINT or SIGTERM (or the unit or ruleset was printed)",
     },
     ...COMMON_EXITS.filter((e) => e.code !== 0),
   ],
