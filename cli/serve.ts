@@ -158,10 +158,9 @@ const SERVE_OPTIONS = {
   log: {
     type: "string",
     placeholder: "FILE",
-    defaultText:
-      "stderr; ./moat-audit.log when the chat is on a terminal (--log - for stderr)",
+    defaultText: "stderr, or ./moat-audit.log when the chat is on a terminal",
     description:
-      "Append the JSON audit log to FILE (reopened on SIGHUP; docs/AUDIT.md)",
+      'Append the JSON audit log to FILE ("-": stderr), reopened on SIGHUP; see docs/AUDIT.md',
   },
   vault: {
     type: "string",
