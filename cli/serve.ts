@@ -7,12 +7,17 @@
  */
 
 import * as fs from "node:fs";
+import * as path from "node:path";
 import process from "node:process";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
-import { compileAllowlist, splitRules } from "../lib/allowlist.ts";
+import {
+  type Allowlist,
+  compileAllowlist,
+  splitRules,
+} from "../lib/allowlist.ts";
 import { createJail } from "../lib/jail.ts";
 import { AuditLog } from "../lib/audit.ts";
-import { Server } from "../lib/server/mod.ts";
+import { formatAddr, Server } from "../lib/server/mod.ts";
 import { formatChatLine } from "../lib/chat.ts";
 import { AddressInUseError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
@@ -58,12 +63,20 @@ import {
   parseCommand,
   type RunContext,
 } from "./options.ts";
-import { printLine, writeStdoutText } from "./output.ts";
+import {
+  printLine,
+  printNote,
+  printToStderr,
+  writeStdoutText,
+} from "./output.ts";
 import {
   SERVE_SECURITY_ENV,
   SERVE_SECURITY_OPTIONS,
   serverSecurity,
 } from "./secure_cli.ts";
+import { AuditFile, chooseAuditLog } from "./serve_log.ts";
+import { handleServeSignals } from "./serve_signals.ts";
+import { formatBanner } from "./banner.ts";
 
 /** The largest TCP port. */
 const MAX_PORT = 65535;
@@ -156,8 +169,9 @@ const SERVE_OPTIONS = {
   log: {
     type: "string",
     placeholder: "FILE",
-    defaultText: "stderr",
-    description: "Append the JSON audit log to FILE",
+    defaultText: "stderr, or ./moat-audit.log when the chat is on a terminal",
+    description:
+      'Append the JSON audit log to FILE ("-": stderr), reopened on SIGHUP; see docs/AUDIT.md',
   },
   vault: {
     type: "string",
@@ -278,6 +292,10 @@ With no --allow, only loopback may connect and moat listens on loopback only.`,
       description:
         "Where the default --socket of a server without a vault is (its moat folder)",
     },
+    {
+      name: "NO_COLOR",
+      description: "Set: the banner on a terminal has no colour",
+    },
   ],
   exits: [
     {
@@ -287,9 +305,11 @@ With no --allow, only loopback may connect and moat listens on loopback only.`,
     },
     ...COMMON_EXITS.filter((e) => e.code !== 0),
   ],
-  notes:
-    `Lines typed on stdin go to every chat client as "operator"; a line /who
-lists the chat's members instead (to the operator alone).`,
+  notes: `Lines typed on stdin go to every chat client as "operator"; a line
+/who lists the chat's members instead (to the operator alone).
+SIGHUP reopens --log and reads --allow-file, --tls-cert, --tls-key,
+--client-ca and --token-file again; a configuration that does not load is
+refused and the old one stays. SIGUSR1 is logged and ignored.`,
 };
 
 type ServeValues = OptionValues<typeof SERVE_OPTIONS>;
@@ -310,21 +330,7 @@ export async function serveCommand(
   const { values, given } = parsed;
   const gave = new Set(given.map((g) => g.name));
 
-  const allow = [...values.allow];
-  for (const file of values["allow-file"]) {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, "utf8");
-    } catch (err) {
-      throw new UsageError(
-        `Cannot read --allow-file "${escapeText(file)}": ${
-          describeFsError(err)
-        }`,
-      );
-    }
-    allow.push(...splitRules(text));
-  }
-  const allowlist = compileAllowlist({ allow, deny: values.deny });
+  const allowlist = readAllowlist(values);
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
   if (values["print-systemd-unit"] && values["print-nftables"]) {
@@ -359,23 +365,23 @@ export async function serveCommand(
     return;
   }
 
-  let sink: (line: string) => void;
-  if (values.log !== undefined) {
-    let fd: number;
-    try {
-      fd = fs.openSync(values.log, "a", 0o640);
-    } catch (err) {
-      throw new UsageError(
-        `Cannot open --log "${escapeText(values.log)}": ${
-          describeFsError(err)
-        }`,
-      );
-    }
-    sink = (line) => fs.writeSync(fd, line + "\n");
-  } else {
-    sink = (line) => process.stderr.write(line + "\n");
-  }
-  const audit = new AuditLog(sink);
+  const terminals = {
+    stdin: process.stdin.isTTY === true,
+    stdout: process.stdout.isTTY === true,
+    stderr: process.stderr.isTTY === true,
+  };
+  const target = chooseAuditLog(values.log, terminals);
+  const log = target.file === undefined ? undefined : new AuditFile(
+    target.file,
+    target.byDefault
+      ? `the audit log "${target.file}" (the default when the chat is on a terminal: give --log FILE, or --log - for stderr)`
+      : `--log "${escapeText(target.file)}"`,
+  );
+  const audit = new AuditLog(
+    log ? (line) => log.write(line) : (line) => {
+      process.stderr.write(line + "\n");
+    },
+  );
 
   if (values.retain !== undefined && values.vault === undefined) {
     throw new UsageError("--retain needs --vault DIR");
@@ -443,6 +449,9 @@ export async function serveCommand(
 
   const security = serverSecurity(values, context.env);
   const net = getNet();
+  // Unique across restarts, so that a name in a months-long log is one
+  // connection.
+  const namePrefix = `${randomTag()}-`;
   const make = (hosts: string[]) =>
     new Server({
       net,
@@ -459,6 +468,7 @@ export async function serveCommand(
       maxLine: values["max-line"],
       plain: !values["no-plain"],
       silentAfterMs: values["silent-after"] * 1000,
+      namePrefix,
       ...security,
       ...(values.reply !== undefined && { reply: values.reply }),
       onChat: (line) => printLine(formatChatLine(line)),
@@ -472,22 +482,30 @@ export async function serveCommand(
     ? ["127.0.0.1", "::1"]
     : ["::"];
   let server = make(hosts);
-  // Installed before listening: a signal that follows the "listening" line
-  // at once must still shut down cleanly.
-  let stopping = false;
   // Set once listening: the status socket is named after the bound port.
   const opened: { status?: StatusSocket | undefined } = {};
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    audit.write("signal", { signal });
-    await opened.status?.close();
-    await server.close();
-    await vault?.close();
-    process.exit(0);
-  };
-  process.on("SIGINT", () => void stop("SIGINT"));
-  process.on("SIGTERM", () => void stop("SIGTERM"));
+  handleServeSignals({
+    audit,
+    log,
+    reload: () =>
+      server.reload({
+        allowlist: readAllowlist(values),
+        ...serverSecurity(values, context.env),
+      }),
+    // The vault's last seal and its audit line come before "shutdown".
+    stop: async () => {
+      try {
+        await opened.status?.close();
+        await server.close({
+          beforeShutdown: async () => await vault?.close(),
+        });
+      } finally {
+        log?.close();
+        process.exit(0);
+      }
+    },
+    note: printNote,
+  });
   let addrs;
   try {
     addrs = await server.listen();
@@ -498,6 +516,29 @@ export async function serveCommand(
     }
     server = make([allowlist.loopbackOnly ? "127.0.0.1" : "0.0.0.0"]);
     addrs = await server.listen();
+  }
+  if (terminals.stderr) {
+    const lines = formatBanner({
+      version: VERSION,
+      root: jail.root,
+      addrs: addrs.map(formatAddr),
+      ...(syslog && { syslog: server.syslogAddrs.map(formatAddr) }),
+      allow: allowlist.describe(),
+      tls: security.tls !== undefined,
+      clientAuth: [
+        ...(security.auth?.certs ? ["client certificate"] : []),
+        ...(security.auth?.tokens ? ["token"] : []),
+      ],
+      plain: !values["no-plain"] && security.tls === undefined &&
+        security.auth?.tokens === undefined,
+      vault: vault && { dir: vault.dir, sealed: vault.sealed },
+      auditFile: log && path.resolve(log.path),
+      auditByDefault: target.byDefault,
+    }, {
+      columns: process.stderr.columns ?? 80,
+      color: !context.env.NO_COLOR,
+    });
+    printToStderr(lines.join("\n"));
   }
   const running = server;
   opened.status = await openStatus(values, {
@@ -576,6 +617,37 @@ const SYSLOG_ONLY = [
   "syslog-quiet-timeout",
   "syslog-tls",
 ] as const;
+
+/**
+ * The allowlist of --allow, --allow-file and --deny, the files read now (at
+ * start and on each SIGHUP).
+ */
+function readAllowlist(values: ServeValues): Allowlist {
+  const allow = [...values.allow];
+  for (const file of values["allow-file"]) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+      throw new UsageError(
+        `Cannot read --allow-file "${escapeText(file)}": ${
+          describeFsError(err)
+        }`,
+      );
+    }
+    allow.push(...splitRules(text));
+  }
+  return compileAllowlist({ allow, deny: values.deny });
+}
+
+/** Digits and lower-case letters but i, l, o and u: 32, for an even draw. */
+const TAG_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
+
+/** Four random characters of {@linkcode TAG_ALPHABET}, e.g. "k3f9". */
+function randomTag(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(4));
+  return [...bytes].map((b) => TAG_ALPHABET[b & 31]).join("");
+}
 
 /** The --syslog-* options; undefined without a port. */
 function syslogOptions(values: ServeValues, gave: Set<string>) {

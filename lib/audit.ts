@@ -68,13 +68,44 @@ function peerAddress(peer: unknown): string | undefined {
   return v4 ? v4[1] : peer;
 }
 
+/** "host:port" or "[v6]:port", as `formatAddr` writes a peer. */
+const PEER_WITH_PORT = /^(?:\[([^\]]*)\]|([^:[\]]*)):(\d{1,5})$/;
+/** An IPv4-mapped IPv6 address, `::ffff:a.b.c.d`. */
+const V4_MAPPED = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
+
+/**
+ * A peer's address as the `ip` field shows it: IPv4-mapped IPv6 as IPv4,
+ * IPv6 in lower case.
+ */
+function ipOf(address: string): string {
+  return V4_MAPPED.exec(address)?.[1] ?? address.toLowerCase();
+}
+
+/**
+ * `fields` with `ip` and `port` put right after a `peer` of the form
+ * "host:port" or "[v6]:port", so that tools can match the address alone
+ * (fail2ban's `<HOST>`, `jq 'select(.ip == …)'`). Fields the caller set
+ * itself win; anything else is returned as it is.
+ */
+function withAddress(fields: Record<string, unknown>): Record<string, unknown> {
+  const peer = fields.peer;
+  if (typeof peer !== "string" || "ip" in fields || "port" in fields) {
+    return fields;
+  }
+  const m = PEER_WITH_PORT.exec(peer);
+  if (!m) return fields;
+  return { peer, ip: ipOf(m[1] ?? m[2]!), port: Number(m[3]), ...fields };
+}
+
 /**
  * Writes audit records as JSON lines. `JSON.stringify` escapes every control
  * character, so no field value can break a line or forge another record.
  *
- * Events about a peer (those with a `peer` field) are rate-limited per event
- * kind and peer address, and per event kind overall, so that a flood of
- * refused connections or chat lines cannot fill the log disk. What a limit
+ * A `peer` field of the form "host:port" is followed by `ip` and `port`
+ * (IPv4-mapped addresses shown as IPv4). Events about a peer (those with a
+ * `peer` field) are rate-limited per event kind and peer address, and per
+ * event kind overall, so that a flood of refused connections or chat lines
+ * cannot fill the log disk. What a limit
  * holds back is never lost silently: a `suppressed` record names the event,
  * the address (`*` for the overall limit) and the count, written before the
  * key's next line or by {@linkcode AuditLog.flush}.
@@ -124,7 +155,7 @@ export class AuditLog {
     if (this.#limit !== undefined && address !== undefined) {
       if (!this.#admit(event, address)) return false;
     }
-    this.#emit(event, fields);
+    this.#emit(event, withAddress(fields));
     return true;
   }
 
@@ -208,9 +239,11 @@ export class AuditLog {
 
   #summarise(key: string, b: Bucket, global: boolean) {
     const space = key.indexOf(" ");
+    const address = key.slice(space + 1);
     this.#emit("suppressed", {
       of: global ? key : key.slice(0, space),
-      peer: global ? "*" : key.slice(space + 1),
+      peer: global ? "*" : address,
+      ...(!global && { ip: ipOf(address) }),
       count: b.suppressed,
       since: new Date(b.since).toISOString(),
     });

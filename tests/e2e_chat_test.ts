@@ -15,7 +15,7 @@ async function chatClient(port: number) {
     15_000,
     "chat connected",
   );
-  const [, name, addr] = /as (c\d+) \(([^)]+)\)/.exec(hello)!;
+  const [, name, addr] = /as ([0-9a-z]{4}-c\d+) \(([^)]+)\)/.exec(hello)!;
   const exited = new Promise<number | null>((r) =>
     child.on("close", (c) => r(c))
   );
@@ -133,7 +133,10 @@ test("moat chat fed by a pipe prints the server's --reply to its last line befor
   });
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, "[server] PONG\n");
-  assert.match(r.stderr, /^moat: connected to 127\.0\.0\.1:\d+ as c\d+ /);
+  assert.match(
+    r.stderr,
+    /^moat: connected to 127\.0\.0\.1:\d+ as [0-9a-z]{4}-c\d+ /,
+  );
   const said = await server.waitEvent((e) => e.event === "chat", "chat");
   assert.equal(said.text, "hi");
 });

@@ -159,7 +159,7 @@ async function chatClient(port: number) {
     15_000,
     "chat connected",
   );
-  const name = /as (c\d+)/.exec(hello)![1]!;
+  const name = /as ([0-9a-z]{4}-c\d+)/.exec(hello)![1]!;
   return {
     out,
     name,
@@ -262,7 +262,7 @@ class RawClient {
 
 /** The name the server gave the plain client whose line the operator saw. */
 function senderOf(line: string): { name: string; addr: string } {
-  const m = /^\[(c\d+) (127\.0\.0\.1:\d+)\] /.exec(line);
+  const m = /^\[([0-9a-z]{4}-c\d+) (127\.0\.0\.1:\d+)\] /.exec(line);
   assert.ok(m, `not a tagged client line: ${JSON.stringify(line)}`);
   return { name: m[1]!, addr: m[2]! };
 }
@@ -417,7 +417,7 @@ test("plain socat and a telnet-style client chat with each other, CRLF stripped"
       15_000,
       "socat line at operator",
     );
-    assert.match(atOp, /^\[c\d+ 127\.0\.0\.1:\d+\] from socat$/);
+    assert.match(atOp, /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+\] from socat$/);
     await raw.waitText(
       (t) => t.includes("] from socat\n"),
       15_000,
@@ -430,7 +430,7 @@ test("plain socat and a telnet-style client chat with each other, CRLF stripped"
       15_000,
       "telnet line at socat",
     );
-    assert.match(atSo, /^\[c\d+ 127\.0\.0\.1:\d+\] from telnet$/);
+    assert.match(atSo, /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+\] from telnet$/);
     assert.equal(await so.quit(), 0);
   } finally {
     raw.destroy();
@@ -742,7 +742,8 @@ test("forged senders from plain clients arrive escaped under their real tag", as
       // Every line is a client's under its real tag, the operator's, or a
       // join/leave line from the server (which no client can write).
       assert.ok(
-        l.startsWith("[operator] ") || /^\[c\d+ 127\.0\.0\.1:\d+\] /.test(l) ||
+        l.startsWith("[operator] ") ||
+          /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+\] /.test(l) ||
           PRESENCE.test(l),
         JSON.stringify(l),
       );

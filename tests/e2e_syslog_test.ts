@@ -226,16 +226,16 @@ for (const c of LOGGER_CASES) {
         (e) => e.event === "syslog_finished",
         "syslog_finished",
       );
-      assert.equal(finished.port, "syslog");
+      assert.equal(finished.listener, "syslog");
       assert.equal(finished.framing, c.framed);
       assert.equal(finished.records, 10_000);
       assert.ok(
         server.events().some((e) =>
-          e.event === "accepted" && e.port === "syslog"
+          e.event === "accepted" && e.listener === "syslog"
         ),
       );
       await server.waitEvent(
-        (e) => e.event === "closed" && e.port === "syslog",
+        (e) => e.event === "closed" && e.listener === "syslog",
         "closed",
       );
 
@@ -355,7 +355,7 @@ test("moat serve --syslog-port refuses a peer the allowlist does not allow, befo
   assert.equal(refused.closedBy, "server");
   assert.match(refused.received, /^ERR ACCESS_DENIED/);
   const event = await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog",
+    (e) => e.event === "refused" && e.listener === "syslog",
     "refused",
   );
   assert.match(String(event.peer), /^127\.0\.0\.1:/);
@@ -401,7 +401,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   const counted = await exchange(port, `5 <13>a5 <13>b${big.length} ${big}`);
   assert.equal(counted.closedBy, "server");
   const first = await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog",
+    (e) => e.event === "refused" && e.listener === "syslog",
     "refused",
   );
   assert.match(
@@ -412,7 +412,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   const lined = await exchange(port, `<13>c\n${big}`);
   assert.equal(lined.closedBy, "server");
   await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog" && e !== first,
+    (e) => e.event === "refused" && e.listener === "syslog" && e !== first,
     "second refusal",
   );
   // The server is still serving.
@@ -423,7 +423,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
   assert.equal(await waitCount(vault, 4, 10_000), 4);
   assert.deepEqual(await catLines(vault), ["<13>a", "<13>b", "<13>c", "<13>d"]);
   const closed = server.events().filter((e) =>
-    e.event === "closed" && e.port === "syslog"
+    e.event === "closed" && e.listener === "syslog"
   );
   assert.equal(
     closed.filter((e) => e.reason === "syslog message too large").length,
@@ -483,7 +483,7 @@ test("moat serve --syslog-idle-timeout closes a syslog connection that sends not
   const silent = await exchange(server.syslogPort, "");
   assert.equal(silent.closedBy, "server");
   const closed = await server.waitEvent(
-    (e) => e.event === "closed" && e.port === "syslog",
+    (e) => e.event === "closed" && e.listener === "syslog",
     "closed",
   );
   assert.equal(
@@ -633,7 +633,7 @@ test(
     assert.equal(finished.framing, "octet-counting");
     assert.equal(finished.records, 500);
     const accepted = server.events().find((e) =>
-      e.event === "accepted" && e.port === "syslog"
+      e.event === "accepted" && e.listener === "syslog"
     )!;
     assert.equal(accepted.identity, undefined, "no client certificate asked");
   },
@@ -658,7 +658,7 @@ test(
       }),
     );
     const refused = await server.waitEvent(
-      (e) => e.event === "refused" && e.port === "syslog",
+      (e) => e.event === "refused" && e.listener === "syslog",
       "refused",
       60_000,
     );
@@ -701,7 +701,7 @@ test(
       }),
     );
     const refused = await server.waitEvent(
-      (e) => e.event === "refused" && e.port === "syslog",
+      (e) => e.event === "refused" && e.listener === "syslog",
       "refused",
       60_000,
     );
@@ -710,7 +710,7 @@ test(
     await rsyslog.stop();
     assert.equal(n, 200, `rsyslogd said: ${rsyslog.output()}`);
     const accepted = server.events().filter((e) =>
-      e.event === "accepted" && e.port === "syslog"
+      e.event === "accepted" && e.listener === "syslog"
     );
     assert.ok(accepted.length > 0);
     for (const e of accepted) assert.equal(e.identity, identity);
@@ -739,7 +739,7 @@ test("moat serve --syslog-tls stores nothing from a plain-TCP sender", async () 
   );
   assert.equal(plain.closedBy, "server");
   const refused = await server.waitEvent(
-    (e) => e.event === "refused" && e.port === "syslog",
+    (e) => e.event === "refused" && e.listener === "syslog",
     "refused",
   );
   assert.match(String(refused.reason), /TLS/);

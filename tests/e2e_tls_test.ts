@@ -521,7 +521,7 @@ test("serve --token-file: the right token passes and names the client; wrong or 
   );
   assert.match(
     relayed,
-    /^\[c\d+ 127\.0\.0\.1:\d+ token:alice\] hi from alice$/,
+    /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+ token:alice\] hi from alice$/,
   );
   const wrong = await getHello(t.dir, server.port, [
     "--token-file",

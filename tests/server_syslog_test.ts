@@ -93,7 +93,7 @@ test("serveSyslog stores newline-framed messages in order under the peer's syslo
   assert.equal(finished.records, 300);
   assert.equal(finished.lastSeq, 300);
   assert.equal(finished.framing, "newline");
-  assert.equal(finished.port, "syslog");
+  assert.equal(finished.listener, "syslog");
   const stored: string[] = [];
   for await (const r of readRecords(v.dir)) {
     assert.equal(r.peer, "127.0.0.1");
@@ -119,7 +119,7 @@ test("serveSyslog refuses an oversize message with an audit line and keeps what 
     (e) => e.event === "refused",
     "refused",
   );
-  assert.equal(refused.port, "syslog");
+  assert.equal(refused.listener, "syslog");
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.equal(closed.reason, "syslog message too large");
   const stored: string[] = [];
@@ -144,7 +144,7 @@ test("Server refuses a syslog peer outside the allowlist before reading it", asy
     (e) => e.event === "refused",
     "refused",
   );
-  assert.equal(refused.port, "syslog");
+  assert.equal(refused.listener, "syslog");
   assert.deepEqual(t.audit.named("accepted"), []);
 });
 
@@ -208,7 +208,7 @@ test("Server counts syslog connections apart from the main port: neither port's 
   // Two silent syslog sockets: the syslog port is full.
   const silent = [await connectSyslog(t), await connectSyslog(t)];
   await t.audit.waitCount(
-    (e) => e.event === "accepted" && e.port === "syslog",
+    (e) => e.event === "accepted" && e.listener === "syslog",
     2,
     "two syslog accepts",
   );
@@ -227,11 +227,11 @@ test("Server counts syslog connections apart from the main port: neither port's 
     "ERR BUSY server busy: too many connections\n",
   );
   const refused = t.audit.named("refused");
-  assert.deepEqual(refused.map((e) => e.port ?? "main"), ["syslog", "main"]);
+  assert.deepEqual(refused.map((e) => e.listener ?? "main"), ["syslog", "main"]);
   // One syslog socket goes; its slot is free again though the main port is full.
   silent[0]!.close();
   await t.audit.waitFor(
-    (e) => e.event === "closed" && e.port === "syslog",
+    (e) => e.event === "closed" && e.listener === "syslog",
     "the syslog close",
   );
   const next = await connectSyslog(t);
@@ -242,7 +242,7 @@ test("Server counts syslog connections apart from the main port: neither port's 
     (e) => e.event === "syslog_finished" && e.records === 1,
     "the new syslog connection's records",
   );
-  assert.equal(finished.port, "syslog");
+  assert.equal(finished.listener, "syslog");
   assert.equal(t.server.connections, 3);
 });
 
@@ -263,7 +263,7 @@ test("SyslogPort closes a syslog connection that sends no message by its deadlin
   t.server.sweep();
   assert.equal(conn.peer.isClosed, true, "open past the deadline");
   const closed = await t.audit.waitFor(
-    (e) => e.event === "closed" && e.port === "syslog",
+    (e) => e.event === "closed" && e.listener === "syslog",
     "closed",
   );
   assert.equal(
@@ -295,7 +295,7 @@ test("SyslogPort keeps a sender that keeps sending, and closes it once it has be
   t.server.sweep();
   assert.equal(conn.peer.isClosed, true, "open after an hour's quiet");
   const closed = await t.audit.waitFor(
-    (e) => e.event === "closed" && e.port === "syslog",
+    (e) => e.event === "closed" && e.listener === "syslog",
     "closed",
   );
   assert.equal(closed.reason, "syslog quiet timeout: no message in 60 s");

@@ -403,9 +403,12 @@ class BunListener implements Listener {
   #server: BunServer;
   #queue = new AcceptQueue();
   #reserve: DescriptorReserve;
+  /** What connections accepted from now on upgrade with; see setTls. */
+  #tls: { current: BunTlsOptions } | undefined;
 
   constructor(options: ListenOptions) {
-    const tls = options.tls && serverTls(options.tls);
+    const tls = this.#tls = options.tls &&
+      { current: serverTls(options.tls) };
     const queue = this.#queue;
     // Made once the address is known; nothing is accepted before.
     let reserve: DescriptorReserve | undefined;
@@ -435,6 +438,13 @@ class BunListener implements Listener {
 
   [Symbol.asyncIterator](): AsyncGenerator<Conn, void, undefined> {
     return this.#queue[Symbol.asyncIterator]();
+  }
+
+  setTls(tls: ServerTlsOptions): void {
+    if (this.#tls === undefined) {
+      throw new TypeError("Cannot set TLS on a plain TCP listener");
+    }
+    this.#tls.current = serverTls(tls);
   }
 
   close(): void {
@@ -537,11 +547,12 @@ class BunConn implements Conn {
    * Builds the callbacks for a server (`onOpen` gets each accepted
    * connection) or for client sockets (`onOpen` null). With `tls` the
    * sockets speak TLS from the start (clients); with `serverTls` they are
-   * plain until `handshake()` upgrades them.
+   * plain until `handshake()` upgrades them, with the settings current when
+   * they were accepted.
    */
   static handler(
     onOpen: ((conn: BunConn) => void) | null,
-    options: { tls?: boolean; serverTls?: BunTlsOptions } = {},
+    options: { tls?: boolean; serverTls?: { current: BunTlsOptions } } = {},
   ): BunSocketHandler {
     const tls = options.tls === true;
     const serverTls = options.serverTls;
@@ -556,7 +567,7 @@ class BunConn implements Conn {
           // Not a byte is read before handshake() or read(): a refused peer's
           // ClientHello is never looked at, and none is answered.
           socket.pause();
-          conn.#serverTls = serverTls;
+          conn.#serverTls = serverTls.current;
           conn.handshake = () => conn.#startTls();
         }
         // A client's TLS connection is handed out once its handshake is done.

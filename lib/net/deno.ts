@@ -28,6 +28,7 @@ import type {
   Listener,
   ListenOptions,
   Net,
+  ServerTlsOptions,
   UnixConnectOptions,
   UnixListenOptions,
 } from "./types.ts";
@@ -273,6 +274,13 @@ class DenoListener implements Listener {
         ? new DenoConn(conn)
         : new DeferredTlsConn(new DenoConn(conn), this.#tls);
     }
+  }
+
+  setTls(tls: ServerTlsOptions): void {
+    if (this.#tls === undefined) {
+      throw new TypeError("Cannot set TLS on a plain TCP listener");
+    }
+    this.#tls = serverTlsContext(tls);
   }
 
   close(): void {

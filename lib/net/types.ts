@@ -113,6 +113,15 @@ export interface Listener extends AsyncIterable<Conn> {
   readonly addr: Addr;
   /** Stops accepting; ends the iteration. Idempotent; never throws. */
   close(): void;
+  /**
+   * On a TLS listener: the certificate, key and client CA of connections
+   * accepted from now on (those already accepted keep theirs).
+   *
+   * @throws {MoatError} `ERR_TLS_CONFIG` when they make no usable TLS
+   * context; the listener then keeps the one it had. A `TypeError` on a
+   * plain TCP listener.
+   */
+  setTls?(tls: ServerTlsOptions): void;
 }
 
 /**

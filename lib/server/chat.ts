@@ -109,7 +109,11 @@ export function relay(member: Member, text: string): void {
     server.hub.announce("server", server.options.reply, member);
   }
   server.hub.say(member, text);
-  server.audit.write("chat", { peer: member.addr, name: member.name, text });
+  server.audit.write("chat", {
+    peer: member.session.peer,
+    name: member.name,
+    text,
+  });
 }
 
 /**

@@ -217,12 +217,13 @@ export class Refusals {
    *
    * @param conn The refused connection.
    * @param refusal Code and reason.
-   * @param tag Extra audit fields (the syslog port's `{ port: "syslog" }`).
+   * @param tag Extra audit fields (the syslog port's `{ listener: "syslog" }`).
    */
-  refuse(conn: Conn, refusal: Refusal, tag?: { port: string }): void {
+  refuse(conn: Conn, refusal: Refusal, tag?: { listener: string }): void {
     const { code, reason } = refusal;
     this.#audit.write("refused", {
       peer: formatAddr(conn.remoteAddr),
+      code,
       reason,
       ...tag,
     });

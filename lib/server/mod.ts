@@ -37,7 +37,15 @@ import {
   formatAddr,
   type ServerContext,
   Session,
+  sessionAudit,
 } from "./session.ts";
+import {
+  checkReload,
+  diffReload,
+  type ReloadResult,
+  revokedBy,
+  type ServerReload,
+} from "./reload.ts";
 import { serveConnection } from "./sniff.ts";
 import { SyslogPort } from "./syslog.ts";
 import { SourceWatch } from "./liveness.ts";
@@ -49,6 +57,16 @@ import {
 } from "./status.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
+export type { ReloadResult, ServerReload } from "./reload.ts";
+
+/** Options for {@linkcode Server.prototype.close}. */
+export interface CloseOptions {
+  /**
+   * Runs once every connection has ended, before the `shutdown` line: the
+   * vault's last seal, so that its audit line comes first.
+   */
+  beforeShutdown?: () => Promise<void>;
+}
 
 /** What a peer taken from the descriptor reserve reads before the close. */
 const BUSY_NOTICE = new TextEncoder().encode(
@@ -99,7 +117,7 @@ export class Server {
     this.#o = o;
     this.#ctx = {
       options: o,
-      audit: o.audit,
+      audit: sessionAudit(o.audit, { get: (name) => this.#sessionNamed(name) }),
       hub: new ChatHub((line) => o.onChat?.(line)),
       cache: new DigestCache(),
       sources: new SourceWatch({
@@ -115,6 +133,11 @@ export class Server {
   /** Connections currently open, on both ports. */
   get connections(): number {
     return this.#sessions.size + (this.#syslog?.sessions.size ?? 0);
+  }
+
+  /** The syslog port's addresses once listening; empty without one. */
+  get syslogAddrs(): Addr[] {
+    return this.#syslogListeners.map((l) => l.addr);
   }
 
   /**
@@ -139,7 +162,7 @@ export class Server {
           {
             message: e.message,
             ...(e.kind === "recovered" && { busy: e.busy }),
-            ...(port === "syslog" && { port }),
+            ...(port === "syslog" && { listener: port }),
           },
         ),
       busyNotice: BUSY_NOTICE,
@@ -169,6 +192,7 @@ export class Server {
     }
     o.audit.write("listening", {
       addrs: addrs.map(formatAddr),
+      ...(o.namePrefix !== "" && { namePrefix: o.namePrefix }),
       ...(this.#syslog && {
         syslog: this.#syslogListeners.map((l) => formatAddr(l.addr)),
         syslogMaxConns: this.#syslog.guardOptions.maxConns,
@@ -253,9 +277,61 @@ export class Server {
   }
 
   /**
-   * Stops listening, closes every connection, and waits for handlers to end.
+   * Applies new settings to the connections accepted from now on, and
+   * closes the open ones they refuse (an address no longer allowed, a token
+   * revoked, a certificate under changed rules), each with a `closed` line.
+   * Nothing changes when it throws.
+   *
+   * @param next The allowlist, TLS settings and client authentication, whole.
+   * @returns What changed and how many connections were closed.
+   * @throws {TypeError} When it would turn TLS, client certificates or
+   * tokens on or off (a restart does that).
+   * @throws {MoatError} `ERR_TLS_CONFIG` when the certificate or key cannot
+   * be used.
    */
-  async close(): Promise<void> {
+  reload(next: ServerReload): ReloadResult {
+    const o = this.#o;
+    const before = { allowlist: o.allowlist, tls: o.tls, auth: o.auth };
+    checkReload(before, next);
+    const changed = diffReload(before, next);
+    const tlsChanged = changed.includes("certificate") ||
+      changed.includes("client-ca");
+    if (next.tls !== undefined && tlsChanged) {
+      const tls = {
+        ...next.tls,
+        ...(next.auth?.certs && { requestCert: true }),
+      };
+      // One listener checks the new context; only then do the others take
+      // it, so a bad certificate leaves every listener as it was.
+      for (const l of this.#listeners) {
+        if (l.setTls === undefined) {
+          throw new TypeError("Cannot reload TLS on this listener");
+        }
+        l.setTls(tls);
+      }
+    }
+    o.allowlist = next.allowlist;
+    // checkReload made sure neither appears nor disappears.
+    if (next.tls !== undefined) o.tls = next.tls;
+    if (next.auth !== undefined) o.auth = next.auth;
+    let closed = 0;
+    for (const s of [...this.#sessions, ...(this.#syslog?.sessions ?? [])]) {
+      const reason = revokedBy(s, { before, after: next, changed });
+      if (reason === undefined) continue;
+      s.reason ??= reason;
+      s.conn.close();
+      closed++;
+    }
+    return { changed, closed };
+  }
+
+  /**
+   * Stops listening, closes every connection, waits for handlers to end,
+   * and writes the `shutdown` line, last.
+   *
+   * @param options What runs before the `shutdown` line.
+   */
+  async close(options: CloseOptions = {}): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
     clearInterval(this.#sweeper);
@@ -269,8 +345,12 @@ export class Server {
     }
     await Promise.allSettled(this.#acceptLoops);
     await Promise.allSettled([...this.#handlers.values()]);
-    this.#o.audit.flush(true);
-    this.#o.audit.write("shutdown", {});
+    try {
+      await options.beforeShutdown?.();
+    } finally {
+      this.#o.audit.flush(true);
+      this.#o.audit.write("shutdown", {});
+    }
   }
 
   #acceptOn(listener: Listener, port: Port) {
@@ -291,7 +371,7 @@ export class Server {
   async #handle(conn: Conn, port: Port) {
     try {
       // Syslog connections are marked in every audit line about them.
-      const tag = port === "syslog" ? { port } : undefined;
+      const tag = port === "syslog" ? { listener: port } : undefined;
       // Each port counts against its own limit.
       const syslog = tag && this.#syslog;
       const sessions = syslog ? syslog.sessions : this.#sessions;
@@ -314,7 +394,7 @@ export class Server {
         return;
       }
       const s = new Session(this.#ctx, {
-        name: `c${this.#nextId++}`,
+        name: this.#newName(),
         conn,
         identity: verdict.identity,
       });
@@ -361,7 +441,11 @@ export class Server {
   }
 
   /** Refuses a connection (see `Refusals`) and counts it. */
-  #refuse(conn: Conn, refusal: Refusal, tag: { port: string } | undefined) {
+  #refuse(
+    conn: Conn,
+    refusal: Refusal,
+    tag: { listener: string } | undefined,
+  ) {
     this.#refused.add(this.#o.now());
     this.#refusals.refuse(conn, refusal, tag);
   }
@@ -372,15 +456,15 @@ export class Server {
    * handshake deadline, so silent TLS peers cannot pile up unseen.
    *
    * @param conn The connection.
-   * @param tag Extra audit fields (the syslog port's `{ port: "syslog" }`).
+   * @param tag Extra audit fields (the syslog port's `{ listener: "syslog" }`).
    * @returns Whether the handshake is done; if not, it is audited.
    */
   async #handshakeTls(
     conn: Conn,
-    tag: { port: string } | undefined,
+    tag: { listener: string } | undefined,
   ): Promise<boolean> {
     const pending = new Session(this.#ctx, {
-      name: `c${this.#nextId++}`,
+      name: this.#newName(),
       conn,
     });
     pending.mode = "tls";
@@ -393,6 +477,7 @@ export class Server {
       this.#refused.add(this.#o.now());
       this.#o.audit.write("refused", {
         peer: pending.peer,
+        code: "TLS_HANDSHAKE",
         reason: pending.reason === "handshake timeout"
           ? "TLS handshake timeout"
           : errorMessage(err),
@@ -403,5 +488,17 @@ export class Server {
     } finally {
       this.#sessions.delete(pending);
     }
+  }
+
+  /** The open session named `name`, on either port (for audit identities). */
+  #sessionNamed(name: string): Session | undefined {
+    for (const s of this.#sessions) if (s.name === name) return s;
+    for (const s of this.#syslog?.sessions ?? []) if (s.name === name) return s;
+    return undefined;
+  }
+
+  /** The next connection name: the prefix, then `c1`, `c2`… */
+  #newName(): string {
+    return `${this.#o.namePrefix}c${this.#nextId++}`;
   }
 }

@@ -55,6 +55,12 @@ export interface ServerOptions {
   plain?: boolean;
   /** Answer every chat line with this text. */
   reply?: string;
+  /**
+   * Put before every connection name (`k3f9-` makes `k3f9-c7`), so that
+   * names stay unique across restarts; `moat serve` picks one at random at
+   * each start. @default {""}
+   */
+  namePrefix?: string;
   /** Shows each client chat line to the operator. */
   onChat?: (line: ChatLine) => void;
   /** Speak TLS 1.3 only; plain text then runs inside TLS. */
@@ -148,6 +154,7 @@ export function resolveServerOptions(
     maxLine: DEFAULT_MAX_LINE,
     plain: true,
     silentAfterMs: DEFAULT_SILENT_AFTER_MS,
+    namePrefix: "",
     now: Date.now,
     ...options,
   };

@@ -23,8 +23,8 @@ export const READ_BUFFER = 4096;
 export interface ServerContext {
   /** The options, defaults filled in. */
   readonly options: ResolvedServerOptions;
-  /** Where every event is logged (`options.audit`). */
-  readonly audit: AuditLog;
+  /** Where every event is logged: `options.audit`, through {@linkcode sessionAudit}. */
+  readonly audit: AuditWriter;
   /** The chat room of framed and plain members. */
   readonly hub: ChatHub;
   /** File digests already computed, shared by every get. */
@@ -47,9 +47,45 @@ export type SessionMode =
   | "plain"
   | "syslog";
 
+/** What the handlers write audit lines to. */
+export type AuditWriter = Pick<AuditLog, "write">;
+
+/**
+ * The audit log as the handlers see it: a line whose `name` is that of an
+ * open session that proved who it is (a certificate, a token) also carries
+ * that `identity`, right after the name, so that every event of an
+ * authenticated connection says who it was.
+ *
+ * @param audit The server's audit log.
+ * @param sessions The open sessions, by name.
+ * @returns A writer that adds the identity and writes to `audit`.
+ */
+export function sessionAudit(
+  audit: AuditLog,
+  sessions: { get(name: string): Session | undefined },
+): AuditWriter {
+  return {
+    write(event, fields = {}) {
+      const name = fields.name;
+      const identity = typeof name === "string"
+        ? sessions.get(name)?.identity
+        : undefined;
+      if (identity === undefined || "identity" in fields) {
+        return audit.write(event, fields);
+      }
+      const out: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(fields)) {
+        out[key] = value;
+        if (key === "name") out.identity = identity;
+      }
+      return audit.write(event, out);
+    },
+  };
+}
+
 /** Who a session is, when it is created. */
 export interface SessionInit {
-  /** The server's name for it, e.g. "c7". */
+  /** The server's name for it, e.g. "k3f9-c7". */
   name: string;
   /** The socket. */
   conn: Conn;
@@ -64,7 +100,7 @@ export interface SessionInit {
 export class Session {
   /** The server it belongs to. */
   readonly server: ServerContext;
-  /** The server's name for it, e.g. "c7". */
+  /** The server's name for it, e.g. "k3f9-c7". */
   readonly name: string;
   /** The peer as the audit log shows it, "host:port". */
   readonly peer: string;

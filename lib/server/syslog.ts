@@ -260,7 +260,7 @@ export async function serveSyslog(
     maxMessage: options.maxMessage ?? DEFAULT_SYSLOG_MAX,
   });
   const { key } = options;
-  const where = { peer: c.peer, name: c.name, port: "syslog" };
+  const where = { peer: c.peer, name: c.name, listener: "syslog" };
   const messages: Uint8Array[] = [];
   let reason = "peer closed";
   let buf = new Uint8Array(FIRST_READ);

@@ -341,6 +341,7 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
     "[Service]",
     "Type=exec",
     `ExecStart=${execStart}`,
+    "ExecReload=/bin/kill -HUP $MAINPID",
     "Restart=on-failure",
     "RestartSec=2s",
     "TimeoutStopSec=15s",
