@@ -227,7 +227,10 @@ test("Server counts syslog connections apart from the main port: neither port's 
     "ERR BUSY server busy: too many connections\n",
   );
   const refused = t.audit.named("refused");
-  assert.deepEqual(refused.map((e) => e.listener ?? "main"), ["syslog", "main"]);
+  assert.deepEqual(refused.map((e) => e.listener ?? "main"), [
+    "syslog",
+    "main",
+  ]);
   // One syslog socket goes; its slot is free again though the main port is full.
   silent[0]!.close();
   await t.audit.waitFor(
