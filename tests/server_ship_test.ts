@@ -23,6 +23,7 @@ import {
 } from "../lib/protocol.ts";
 import { encodeFrame, FrameReader } from "../lib/framer.ts";
 import { answerChallenge } from "../lib/auth.ts";
+import { INTERNAL_MESSAGE } from "../lib/errors.ts";
 import { tempDir } from "./_e2e.ts";
 import {
   bytes,
@@ -384,4 +385,74 @@ test("serveShip never lets a second host holding the same token write into the f
     await storedLines(v.dir, "127.0.0.1[token:fleet]/auth"),
     lines(1, 12),
   );
+});
+
+test("serveShip tells a shipper ERR_INTERNAL for a system error naming the vault's path, and keeps it in the audit log", async () => {
+  await using v = await testVault();
+  const failing: Vault = Object.create(v.vault, {
+    source: {
+      value: () => {
+        throw Object.assign(
+          new Error(
+            `EMFILE: too many open files, open '${v.dir}/sources/x/log'`,
+          ),
+          { code: "EMFILE", errno: -24, syscall: "open" },
+        );
+      },
+    },
+  });
+  await using t = await startMemoryServer({ vault: failing });
+  const client = await openFramed(t, "ship", { hello: { source: "app" } });
+  const frame = await within(client.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  const refused = await t.audit.waitFor(
+    (e) => e.event === "refused" && e.code === "EMFILE",
+    "the refusal in the audit log",
+  );
+  assert.ok(String(refused.message).includes(v.dir));
+});
+
+test("serveShip tells a shipper ERR_INTERNAL when an append fails with a system error naming the vault's path", async () => {
+  await using v = await testVault();
+  const failing: Vault = Object.create(v.vault, {
+    source: {
+      value: (key: Parameters<Vault["source"]>[0]) => {
+        const source = v.vault.source(key);
+        return {
+          key: source.key,
+          id: source.id,
+          lastSeq: source.lastSeq,
+          acceptedSeq: source.acceptedSeq,
+          append: () =>
+            Promise.reject(
+              Object.assign(
+                new Error(`EIO: i/o error, write '${v.dir}/segments/0001'`),
+                { code: "EIO" },
+              ),
+            ),
+        };
+      },
+    },
+  });
+  await using t = await startMemoryServer({ vault: failing });
+  const shipper = await openShip(t, "app");
+  await shipper.conn.write(batch(1, lines(1, 3)));
+  const frame = await within(shipper.reader.readFrame(), "the error");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "ship",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "EIO");
+  assert.ok(String(err.message).includes(v.dir));
 });

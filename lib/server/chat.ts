@@ -15,7 +15,7 @@ import {
   encodeText,
   Kind,
 } from "../protocol.ts";
-import { ProtocolError } from "../errors.ts";
+import { Code, MoatError, ProtocolError } from "../errors.ts";
 import { Outbox } from "./outbox.ts";
 import type { Session } from "./session.ts";
 
@@ -135,11 +135,12 @@ export async function serveFramedChat(
         );
       }
       if (frame.payload.length > options.maxLine) {
-        await s.sendError({
-          code: "ERR_LINE_TOO_LONG",
-          message:
+        await s.sendError(
+          new MoatError(
+            Code.ERR_LINE_TOO_LONG,
             `Chat line of ${frame.payload.length} bytes exceeds the limit of ${options.maxLine}`,
-        });
+          ),
+        );
         s.reason = "chat line too long";
         return;
       }

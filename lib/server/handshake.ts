@@ -26,12 +26,13 @@ import {
   verifyAnswer,
 } from "../auth.ts";
 import {
+  Code,
   ConnectionClosedError,
   FrameTooLargeError,
   MoatError,
   ProtocolError,
 } from "../errors.ts";
-import { errorCode, errorMessage, type Session } from "./session.ts";
+import type { Session } from "./session.ts";
 
 /**
  * Largest Hello or Auth payload. Until a client has completed the handshake
@@ -77,11 +78,12 @@ export async function handshake(
   if (version !== PROTOCOL_VERSION) {
     // Answer in our version so the client can decode the refusal.
     await s.conn.write(encodePreamble()).catch(() => {});
-    await s.sendError({
-      code: "ERR_VERSION",
-      message:
+    await s.sendError(
+      new MoatError(
+        Code.ERR_VERSION,
         `Unsupported protocol version ${version}; this server speaks ${PROTOCOL_VERSION}`,
-    });
+      ),
+    );
     s.reason = `unsupported protocol version ${version}`;
     return undefined;
   }
@@ -102,7 +104,7 @@ export async function handshake(
   } catch (err) {
     if (err instanceof MoatError || err instanceof RangeError) {
       await s.conn.write(encodePreamble()).catch(() => {});
-      await s.sendError({ code: errorCode(err), message: errorMessage(err) });
+      await s.sendError(err);
     }
     throw err;
   }
@@ -169,10 +171,9 @@ async function tokenAuth(
       name: s.name,
       reason: "token authentication failed",
     });
-    await s.sendError({
-      code: "ERR_AUTH",
-      message: "token authentication failed",
-    });
+    await s.sendError(
+      new MoatError(Code.ERR_AUTH, "token authentication failed"),
+    );
     s.reason = "token authentication failed";
     return false;
   }

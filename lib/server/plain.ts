@@ -5,11 +5,12 @@
  * @module
  */
 
-import { decodeText, type ErrorBody } from "../protocol.ts";
+import { decodeText } from "../protocol.ts";
+import { Code, MoatError } from "../errors.ts";
 import { DEFAULT_CHUNK_SIZE } from "../file_sender.ts";
 import { encodePlainChat, Member, type QueuedMember, relay } from "./chat.ts";
 import { serveFile } from "./get.ts";
-import { plainErrorLine, READ_BUFFER, type Session } from "./session.ts";
+import { READ_BUFFER, type Session } from "./session.ts";
 
 /** A plain client's message is complete after this long without a byte. */
 const PLAIN_QUIET_MS = 40;
@@ -51,14 +52,15 @@ export async function servePlain(
 }
 
 /**
- * Writes one `ERR <code> <message>` line if given, half-closes, and starts
- * the linger deadline (the caller keeps discarding input until EOF).
+ * Writes one `ERR <CODE> <message>` line if given (`errorLine`), half-closes,
+ * and starts the linger deadline (the caller keeps discarding input until
+ * EOF).
  *
  * @param s The session.
  * @param error The refusal to write first.
  */
-export async function endPlain(s: Session, error?: ErrorBody): Promise<void> {
-  if (error) await s.conn.write(plainErrorLine(error)).catch(() => {});
+export async function endPlain(s: Session, error?: MoatError): Promise<void> {
+  if (error) await s.sendErrorLine(error);
   await s.conn.closeWrite().catch(() => {});
   s.deadline = s.server.options.now() + PLAIN_LINGER_MS;
 }
@@ -126,10 +128,13 @@ async function plainLines(
       if (ending === undefined) {
         if (!feed(chunk)) {
           s.reason = "chat line too long";
-          ending = plainFinish(member, {
-            code: "ERR_LINE_TOO_LONG",
-            message: `Chat line exceeds the limit of ${max} bytes`,
-          });
+          ending = plainFinish(
+            member,
+            new MoatError(
+              Code.ERR_LINE_TOO_LONG,
+              `Chat line exceeds the limit of ${max} bytes`,
+            ),
+          );
         } else if (len > 0 && ending === undefined) {
           // A classic client may send a message without a newline and wait:
           // a short quiet spell completes it.
@@ -183,7 +188,7 @@ async function plainFile(
 /** Ends a plain connection, optionally with one ERR line, after its queued chat. */
 async function plainFinish(
   member: Member,
-  error?: ErrorBody,
+  error?: MoatError,
 ): Promise<void> {
   member.session.server.hub.leave(member);
   await plainFlush(member);

@@ -10,8 +10,8 @@ import type { AuditLog } from "../audit.ts";
 import type { ChatHub } from "../chat.ts";
 import type { DigestCache } from "../file_sender.ts";
 import { encodeFrame } from "../framer.ts";
-import { encodeJson, encodeText, type ErrorBody, Kind } from "../protocol.ts";
-import { escapeText } from "../text.ts";
+import { encodeError, encodeText, Kind } from "../protocol.ts";
+import { Code, errorLine, toErrorBody } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
 
 /** Server-side read buffer: small, because idle connections must stay cheap. */
@@ -94,16 +94,29 @@ export class Session {
   }
 
   /**
-   * Sends an Error frame; a failed write is ignored (the connection is
-   * ending anyway).
+   * Sends an Error frame with what the peer may be told of `err`
+   * (`toErrorBody`: a code that may not reach a peer goes out as
+   * `ERR_INTERNAL`, its message left for the audit log). A failed write is
+   * ignored (the connection is ending anyway).
    *
-   * @param body Code and message.
+   * @param err The error, or a `{ code, message }` body.
    */
-  async sendError(body: ErrorBody): Promise<void> {
+  async sendError(err: unknown): Promise<void> {
     await this.conn.write(
-      encodeFrame({ type: Kind.Error, payload: encodeJson(body) }),
+      encodeFrame({ type: Kind.Error, payload: encodeError(toErrorBody(err)) }),
     )
       .catch(() => {});
+  }
+
+  /**
+   * Writes one plain-text error line, `ERR <CODE> <message>` (`errorLine`:
+   * the same rule as {@linkcode Session.prototype.sendError}). A failed
+   * write is ignored.
+   *
+   * @param err The error, or a `{ code, message }` body.
+   */
+  async sendErrorLine(err: unknown): Promise<void> {
+    await this.conn.write(encodeText(errorLine(err))).catch(() => {});
   }
 }
 
@@ -138,10 +151,12 @@ export function peerIdentity(hostname: string): string {
 }
 
 /**
- * The stable code of an error, for Error frames and audit lines.
+ * The raw code of an error, for the audit log only: what a peer is told
+ * goes through `toErrorBody` ({@linkcode Session.prototype.sendError}).
  *
  * @param err Anything thrown.
- * @returns Its `code` string, or "ERR_INTERNAL".
+ * @returns Its `code` string (a system error's `EMFILE` included), or
+ * "ERR_INTERNAL".
  */
 export function errorCode(err: unknown): string {
   if (
@@ -150,41 +165,16 @@ export function errorCode(err: unknown): string {
   ) {
     return err.code;
   }
-  return "ERR_INTERNAL";
+  return Code.ERR_INTERNAL;
 }
 
 /**
- * The message of an error.
+ * The raw message of an error, for the audit log only (it may name server
+ * paths).
  *
  * @param err Anything thrown.
  * @returns Its message, or its text form.
  */
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** Characters that would break a plain-text ERR line. */
-// deno-lint-ignore no-control-regex
-const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
-
-/**
- * One plain-text error line, `ERR <code> <message>\n`, with codes spelt like
- * the refusals (`ACCESS_DENIED`, not `ERR_ACCESS_DENIED`).
- *
- * @example
- * ```ts
- * import { plainErrorLine } from "./session.ts";
- * import assert from "node:assert/strict";
- * const line = plainErrorLine({ code: "ERR_NOT_FOUND", message: "No\nfile" });
- * assert.equal(new TextDecoder().decode(line), "ERR NOT_FOUND No\\nfile\n");
- * ```
- *
- * @param error Code and message.
- * @returns The encoded line.
- */
-export function plainErrorLine(error: ErrorBody): Uint8Array {
-  const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
-  return encodeText(
-    `ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`,
-  );
 }

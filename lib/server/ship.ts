@@ -7,7 +7,12 @@
 
 import { encodeFrame } from "../framer.ts";
 import { decodeShipBatch, encodeJson, Kind } from "../protocol.ts";
-import { ConnectionClosedError, ProtocolError } from "../errors.ts";
+import {
+  Code,
+  ConnectionClosedError,
+  MoatError,
+  ProtocolError,
+} from "../errors.ts";
 import { AppendPipeline } from "./append_pipeline.ts";
 import type { Handshake } from "./handshake.ts";
 import { Outbox } from "./outbox.ts";
@@ -43,10 +48,12 @@ export async function serveShip(
   const { hello, reader } = handshake;
   const vault = options.vault;
   if (vault === undefined) {
-    await s.sendError({
-      code: "ERR_NO_VAULT",
-      message: "This server keeps no vault (start it with --vault DIR)",
-    });
+    await s.sendError(
+      new MoatError(
+        Code.ERR_NO_VAULT,
+        "This server keeps no vault (start it with --vault DIR)",
+      ),
+    );
     s.reason = "ship refused: no vault";
     return;
   }
@@ -54,11 +61,11 @@ export async function serveShip(
     // The syslog port numbers these records itself: a shipper's sequence
     // numbers in the same source would collide with them. ERR_PROTOCOL:
     // the shipper gives up instead of retrying.
-    await s.sendError({
-      code: "ERR_PROTOCOL",
-      message:
+    await s.sendError(
+      new ProtocolError(
         `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
-    });
+      ),
+    );
     s.reason = "ship refused: reserved source name";
     return;
   }
@@ -76,16 +83,19 @@ export async function serveShip(
     source = vault.source(key);
   } catch (err) {
     // A refused name, or too many sources for this peer: said to the peer
-    // (the codes carry no server path) and audited.
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    // (those codes carry no server path); anything else (a system error
+    // naming the vault's path) reaches it only as ERR_INTERNAL. The audit
+    // log keeps the raw error.
+    const message = errorMessage(err);
     audit.write("refused", {
       peer: s.peer,
       name: s.name,
       source: key.name,
-      ...body,
+      code: errorCode(err),
+      message,
     });
-    await s.sendError(body);
-    s.reason = `ship refused: ${body.message}`;
+    await s.sendError(err);
+    s.reason = `ship refused: ${message}`;
     return;
   }
   await s.conn.write(encodeFrame({
@@ -127,20 +137,21 @@ export async function serveShip(
     await acks.flush();
   } catch (err) {
     await appends.settle();
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    const message = errorMessage(err);
     // Nothing unacknowledged is lost: the shipper still holds it and resends.
     audit.write("error", {
       peer: s.peer,
       name: s.name,
       source: key.name,
-      ...body,
+      code: errorCode(err),
+      message,
       during: "ship",
     });
     if (!(err instanceof ConnectionClosedError)) {
       await acks.flush();
-      await s.sendError(body);
+      await s.sendError(err);
     }
-    s.reason = `ship ended: ${body.message}`;
+    s.reason = `ship ended: ${message}`;
   } finally {
     audit.write("ship_finished", {
       peer: s.peer,

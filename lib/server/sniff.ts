@@ -7,7 +7,7 @@
 
 import { FrameReader } from "../framer.ts";
 import { MAGIC } from "../protocol.ts";
-import { ProtocolError } from "../errors.ts";
+import { Code, MoatError, ProtocolError } from "../errors.ts";
 import { serveFramedChat } from "./chat.ts";
 import { serveGets } from "./get.ts";
 import { handshake } from "./handshake.ts";
@@ -72,18 +72,24 @@ export async function serveConnection(s: Session): Promise<void> {
   if (head !== null && head[0] === TLS_HANDSHAKE && options.tls === undefined) {
     // A TLS ClientHello is not chat: never relay it.
     s.reason = "TLS client on a plain port";
-    await endPlain(s, {
-      code: "TLS_NOT_ENABLED",
-      message: "this server does not speak TLS on this port",
-    });
+    await endPlain(
+      s,
+      new MoatError(
+        Code.ERR_TLS_NOT_ENABLED,
+        "this server does not speak TLS on this port",
+      ),
+    );
     return;
   }
   if (!options.plain) {
     s.reason = "plain-text client refused (--no-plain)";
-    await endPlain(s, {
-      code: "PLAIN_DISABLED",
-      message: "plain-text mode is off on this server",
-    });
+    await endPlain(
+      s,
+      new MoatError(
+        Code.ERR_PLAIN_DISABLED,
+        "plain-text mode is off on this server",
+      ),
+    );
     // Discard input until the peer closes or the linger deadline passes.
     if (head === null && (await first).length === 0) return;
     const buf = new Uint8Array(READ_BUFFER);
