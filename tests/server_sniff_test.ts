@@ -7,7 +7,12 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeText, decodeWelcome, Kind } from "../lib/protocol.ts";
+import {
+  decodeError,
+  decodeText,
+  decodeWelcome,
+  Kind,
+} from "../lib/protocol.ts";
 import { FrameReader } from "../lib/framer.ts";
 import {
   bytes,
@@ -100,4 +105,25 @@ test("serveConnection ends a connection that closes before sending anything", as
   assert.equal(await readText(conn), "");
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.equal(closed.reason, "peer closed before sending anything");
+});
+
+test("serveConnection answers a frame over maxFrameSize after the handshake with ERR_FRAME_TOO_LARGE before the close", async () => {
+  await using t = await startMemoryServer({ maxFrameSize: 65_536 });
+  for (const mode of ["get", "chat"] as const) {
+    const client = await openFramed(t, mode);
+    // A header announcing one byte over the limit, and none of its payload.
+    await client.conn.write(Uint8Array.of(Kind.Get, 0, 1, 0, 1));
+    const frame = await within(client.reader.readFrame(), "the refusal");
+    assert.equal(frame?.type, Kind.Error, mode);
+    assert.deepEqual(decodeError(frame!.payload), {
+      code: "ERR_FRAME_TOO_LARGE",
+      message: "Cannot decode frame: length 65537 exceeds maxFrameSize 65536",
+    });
+    assert.equal(await within(client.reader.readFrame(), "the close"), null);
+    const err = await t.audit.waitFor(
+      (e) => e.event === "error" && e.name === client.welcome.name,
+      "the error in the audit log",
+    );
+    assert.equal(err.code, "ERR_FRAME_TOO_LARGE");
+  }
 });

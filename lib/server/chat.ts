@@ -127,24 +127,25 @@ export async function serveFramedChat(
   hub.join(member);
   try {
     for (;;) {
-      const frame = await reader.readFrame();
-      if (frame === null) return;
-      if (frame.type !== Kind.Chat) {
+      const header = await reader.readHeader();
+      if (header === null) return;
+      if (header.type !== Kind.Chat) {
         throw new ProtocolError(
-          `Expected a chat frame, got type 0x${frame.type.toString(16)}`,
+          `Expected a chat frame, got type 0x${header.type.toString(16)}`,
         );
       }
-      if (frame.payload.length > options.maxLine) {
+      // Refused from the header alone: a line over the limit is never read.
+      if (header.length > options.maxLine) {
         await s.sendError(
           new MoatError(
             Code.ERR_LINE_TOO_LONG,
-            `Chat line of ${frame.payload.length} bytes exceeds the limit of ${options.maxLine}`,
+            `Chat line of ${header.length} bytes exceeds the limit of ${options.maxLine}`,
           ),
         );
         s.reason = "chat line too long";
         return;
       }
-      relay(member, decodeText(frame.payload));
+      relay(member, decodeText(await reader.readPayload()));
     }
   } finally {
     hub.leave(member);

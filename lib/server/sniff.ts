@@ -7,7 +7,12 @@
 
 import { FrameReader } from "../framer.ts";
 import { MAGIC } from "../protocol.ts";
-import { Code, MoatError, ProtocolError } from "../errors.ts";
+import {
+  Code,
+  FrameTooLargeError,
+  MoatError,
+  ProtocolError,
+} from "../errors.ts";
 import { serveFramedChat } from "./chat.ts";
 import { serveGets } from "./get.ts";
 import { handshake } from "./handshake.ts";
@@ -65,9 +70,17 @@ export async function serveConnection(s: Session): Promise<void> {
     );
     const done = await handshake(s, reader);
     if (done === undefined) return;
-    if (done.hello.mode === "get") return await serveGets(s, done);
-    if (done.hello.mode === "ship") return await serveShip(s, done);
-    return await serveFramedChat(s, done.reader);
+    try {
+      if (done.hello.mode === "get") return await serveGets(s, done);
+      if (done.hello.mode === "ship") return await serveShip(s, done);
+      return await serveFramedChat(s, done.reader);
+    } catch (err) {
+      // A limit the client broke is said before the close, so that it can
+      // tell "too large" from a dropped connection (the ship path says it
+      // itself, after acknowledging what it stored).
+      if (err instanceof FrameTooLargeError) await s.sendError(err);
+      throw err;
+    }
   }
   if (head !== null && head[0] === TLS_HANDSHAKE && options.tls === undefined) {
     // A TLS ClientHello is not chat: never relay it.
