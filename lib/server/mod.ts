@@ -12,6 +12,7 @@
  */
 
 import type { Addr, Conn, Listener } from "../net/types.ts";
+import { AuthThrottle } from "../auth.ts";
 import { ChatHub } from "../chat.ts";
 import { DigestCache } from "../file_sender.ts";
 import { ConnectionClosedError } from "../errors.ts";
@@ -83,6 +84,7 @@ export class Server {
       audit: o.audit,
       hub: new ChatHub((line) => o.onChat?.(line)),
       cache: new DigestCache(),
+      authThrottle: new AuthThrottle({ now: o.now }),
     };
     this.#refusals = new Refusals(o.audit, o.now);
   }

@@ -7,6 +7,7 @@
 
 import type { Addr, Conn } from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
+import type { AuthThrottle } from "../auth.ts";
 import type { ChatHub } from "../chat.ts";
 import type { DigestCache } from "../file_sender.ts";
 import { encodeFrame } from "../framer.ts";
@@ -27,6 +28,8 @@ export interface ServerContext {
   readonly hub: ChatHub;
   /** File digests already computed, shared by every get. */
   readonly cache: DigestCache;
+  /** Failed token proofs per address, and how long each must wait. */
+  readonly authThrottle: AuthThrottle;
 }
 
 /** Who a session is, when it is created. */
