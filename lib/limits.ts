@@ -22,3 +22,21 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
  * once. The shipper never puts more in one frame.
  */
 export const DEFAULT_MAX_BATCH_RECORDS = 4096;
+/**
+ * Most bytes all file transfers together hold in send buffers. Each transfer
+ * takes its chunk buffer from it: smaller chunks when it is tight.
+ */
+export const DEFAULT_SEND_BUFFER_BYTES = 64 * 1024 * 1024;
+/**
+ * Chat lines one peer address may send per second (with a burst of two
+ * seconds' worth); past it the server stops reading that peer until the
+ * rate allows, and the room as a whole (and the operator's stdout) takes
+ * 20 times this.
+ */
+export const DEFAULT_CHAT_RATE = 50;
+/**
+ * Audit lines one peer address may cause per second and event kind (with a
+ * burst of ten seconds' worth; all peers together 20 times this); what the
+ * limit holds back is counted in `suppressed` lines.
+ */
+export const DEFAULT_AUDIT_RATE = 10;

@@ -17,7 +17,7 @@ import {
 } from "../protocol.ts";
 import { Code, MoatError, ProtocolError } from "../errors.ts";
 import { Outbox } from "./outbox.ts";
-import type { Session } from "./session.ts";
+import { peerIdentity, type Session } from "./session.ts";
 
 /** Bytes of chat a slow member may have queued before it is dropped. */
 export const OUTBOX_LIMIT = 1 << 20;
@@ -91,6 +91,35 @@ export function encodePlainChat(line: ChatLine): Uint8Array {
   return encodeText(formatChatLine(line) + "\n");
 }
 
+/** One session's side of the chat rate (see {@linkcode chatRateOf}). */
+export interface PeerRate {
+  /** Spends a token of the peer's address now, if it has one. */
+  tryTake(): boolean;
+  /**
+   * Spends a token, waiting until the rate allows; the session counts as
+   * paused meanwhile, and the wait ends when it is closed.
+   */
+  take(): Promise<void>;
+}
+
+/**
+ * The chat rate of a session's peer address (`--chat-rate`): a reader that
+ * spends a token per line, and waits for one before it reads on, never
+ * drops a line and holds at most one.
+ *
+ * @param s The session.
+ * @returns Its rate, or undefined when chat is unlimited.
+ */
+export function chatRateOf(s: Session): PeerRate | undefined {
+  const { chatRate, pauses } = s.server;
+  if (chatRate === undefined) return undefined;
+  const key = peerIdentity(s.conn.remoteAddr.hostname);
+  return {
+    tryTake: () => chatRate.tryTake(key),
+    take: () => pauses.during(chatRate.take(key, s.closed)),
+  };
+}
+
 /**
  * Relays a member's line to the operator and every other member (after the
  * server's `reply`, if set, to the member alone), and audits it.
@@ -113,6 +142,7 @@ export function relay(member: Member, text: string): void {
 /**
  * Serves a framed chat client after its Welcome: relays each Chat frame
  * until the client closes; a line over `maxLine` ends it with an Error frame.
+ * Over its chat rate, the client is not read until the rate allows.
  *
  * @param s The session.
  * @param reader Its frames.
@@ -123,6 +153,7 @@ export async function serveFramedChat(
   reader: FrameReader,
 ): Promise<void> {
   const { hub, options } = s.server;
+  const rate = chatRateOf(s);
   const member = new Member(s, encodeFramedChat);
   hub.join(member);
   try {
@@ -145,7 +176,9 @@ export async function serveFramedChat(
         s.reason = "chat line too long";
         return;
       }
-      relay(member, decodeText(await reader.readPayload()));
+      const text = decodeText(await reader.readPayload());
+      if (rate !== undefined && !rate.tryTake()) await rate.take();
+      relay(member, text);
     }
   } finally {
     hub.leave(member);

@@ -78,7 +78,7 @@ export async function serveFile(
   s: Session,
   request: FileRequest,
 ): Promise<boolean> {
-  const { audit, options, cache } = s.server;
+  const { audit, options, cache, sendBudget } = s.server;
   const started = Date.now();
   audit.write("get_started", {
     peer: s.peer,
@@ -120,6 +120,9 @@ export async function serveFile(
       ...(request.digest && { digest: request.digest }),
       cache,
       onProgress: () => s.touch(),
+      // A transfer waiting for room still obeys the idle timeout: the sweep
+      // closes the session, which ends the wait.
+      buffers: sendBudget.for(s.closed),
     });
     audit.write("get_finished", {
       peer: s.peer,

@@ -267,11 +267,9 @@ export function sweepSessions(
   const { now, idleTimeoutMs } = options;
   for (const s of sessions) {
     if (s.deadline !== undefined && now > s.deadline) {
-      s.reason ??= "handshake timeout";
-      s.conn.close();
+      s.close("handshake timeout");
     } else if (now - s.lastActive > idleTimeoutMs) {
-      s.reason ??= "idle timeout";
-      s.conn.close();
+      s.close("idle timeout");
     }
   }
 }

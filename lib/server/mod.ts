@@ -34,14 +34,35 @@ import {
   errorCode,
   errorMessage,
   formatAddr,
+  Pauses,
   peerIdentity,
   type ServerContext,
   Session,
 } from "./session.ts";
+import { RateLimiter } from "./rate.ts";
+import { SendBudget } from "./send_budget.ts";
 import { serveConnection } from "./sniff.ts";
 import { serveSyslog } from "./syslog.ts";
 
 export type { ServerAuth, ServerOptions, ServerSyslog } from "./options.ts";
+
+/** What a {@linkcode Server} holds now, for its budgets and their tests. */
+export interface ServerUsage {
+  /** Connections open. */
+  connections: number;
+  /** The send-buffer budget: bytes granted, the total, grants held, takers waiting. */
+  sendBuffers: {
+    used: number;
+    total: number;
+    holders: number;
+    waiting: number;
+  };
+  /**
+   * Connections not read now because of backpressure: over their chat rate,
+   * or not reading their ship acks.
+   */
+  pausedReads: number;
+}
 export { formatAddr } from "./session.ts";
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -85,6 +106,15 @@ export class Server {
       hub: new ChatHub((line) => o.onChat?.(line)),
       cache: new DigestCache(),
       authThrottle: new AuthThrottle({ now: o.now }),
+      sendBudget: new SendBudget(o.sendBufferBytes, { reserveFor: o.maxConns }),
+      chatRate: o.chatRate === 0 ? undefined : new RateLimiter({
+        perSecond: o.chatRate,
+        burst: 2 * o.chatRate,
+        globalPerSecond: 20 * o.chatRate,
+        globalBurst: 40 * o.chatRate,
+        now: o.now,
+      }),
+      pauses: new Pauses(),
     };
     this.#refusals = new Refusals(o.audit, o.now);
   }
@@ -92,6 +122,25 @@ export class Server {
   /** Connections currently open. */
   get connections(): number {
     return this.#sessions.size;
+  }
+
+  /**
+   * What the server holds now against its budgets.
+   *
+   * @returns Connections, send buffers and paused reads.
+   */
+  usage(): ServerUsage {
+    const b = this.#ctx.sendBudget;
+    return {
+      connections: this.#sessions.size,
+      sendBuffers: {
+        used: b.used,
+        total: b.total,
+        holders: b.holders,
+        waiting: b.waiting,
+      },
+      pausedReads: this.#ctx.pauses.count,
+    };
   }
 
   /**
@@ -171,6 +220,9 @@ export class Server {
       now,
       idleTimeoutMs: this.#o.idleTimeoutMs,
     });
+    // Readers paused by the chat rate whose tokens are due (the rate's own
+    // timer does this too; a fake clock moves only here).
+    this.#ctx.chatRate?.poke();
     // Summaries of audit lines the rate limit held back, once their peer
     // has gone quiet: nothing held back stays unaccounted for long.
     this.#o.audit.flush();
@@ -186,10 +238,8 @@ export class Server {
     for (const l of this.#listeners) l.close();
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
-    for (const s of this.#sessions) {
-      s.reason ??= "server shutting down";
-      s.conn.close();
-    }
+    this.#ctx.chatRate?.close();
+    for (const s of this.#sessions) s.close("server shutting down");
     await Promise.allSettled(this.#acceptLoops);
     await Promise.allSettled([...this.#handlers.values()]);
     this.#o.audit.flush(true);
@@ -252,7 +302,7 @@ export class Server {
         }
       } finally {
         this.#sessions.delete(s);
-        conn.close();
+        s.close();
         this.#o.audit.write("closed", {
           peer: s.peer,
           name: s.name,

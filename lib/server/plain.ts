@@ -8,7 +8,13 @@
 import { decodeText } from "../protocol.ts";
 import { Code, MoatError } from "../errors.ts";
 import { DEFAULT_CHUNK_SIZE } from "../file_sender.ts";
-import { encodePlainChat, Member, type QueuedMember, relay } from "./chat.ts";
+import {
+  chatRateOf,
+  encodePlainChat,
+  Member,
+  type QueuedMember,
+  relay,
+} from "./chat.ts";
 import { serveFile } from "./get.ts";
 import { READ_BUFFER, type Session } from "./session.ts";
 
@@ -88,27 +94,47 @@ async function plainLines(
   // the input is discarded.
   let ending: Promise<void> | undefined;
 
-  const complete = () => {
+  // Over its chat rate, a line waits (and nothing more is read) until its
+  // token is spent; it is then relayed with that token.
+  const rate = chatRateOf(s);
+  let paid = false;
+
+  // Completes the line; false, keeping it, when it waits for the chat rate.
+  const complete = (): boolean => {
     let end = len;
     if (end > 0 && line[end - 1] === 0x0d) end--;
     const text = decodeText(line.subarray(0, end));
-    len = 0;
     if (text.startsWith("FILE:")) {
+      len = 0;
       ending = plainFile(member, text.slice(5));
-      return;
+      return true;
     }
+    if (text.length > 0 && !paid && rate !== undefined && !rate.tryTake()) {
+      return false;
+    }
+    paid = false;
+    len = 0;
     join();
     if (text.length > 0) relay(member, text);
+    return true;
   };
-  // Returns false when the line limit was hit.
-  const feed = (bytes: Uint8Array): boolean => {
-    for (let i = 0; i < bytes.length && ending === undefined; i++) {
+  // Completes the line after waiting for the chat rate if it must.
+  const completeInTurn = async () => {
+    if (complete()) return;
+    await rate!.take();
+    paid = true;
+    complete();
+  };
+  // Feeds `bytes` from `from`; returns where it stopped: their end, the
+  // newline of a line that waits for the chat rate, or -1 at the line limit.
+  const feed = (bytes: Uint8Array, from: number): number => {
+    for (let i = from; i < bytes.length && ending === undefined; i++) {
       const b = bytes[i]!;
       if (b === 0x0a) {
-        complete();
+        if (!complete()) return i;
         continue;
       }
-      if (len === max) return false;
+      if (len === max) return -1;
       if (len === line.length) {
         const bigger = new Uint8Array(
           Math.min(max, Math.max(256, line.length * 2)),
@@ -118,7 +144,14 @@ async function plainLines(
       }
       line[len++] = b;
     }
-    return true;
+    return bytes.length;
+  };
+  // A classic client may send a message without a newline and wait: a
+  // short quiet spell completes it (or, over the chat rate, tries again).
+  const quietSpell = () => {
+    quiet = setTimeout(() => {
+      if (len > 0 && ending === undefined && !complete()) quietSpell();
+    }, PLAIN_QUIET_MS);
   };
 
   try {
@@ -126,7 +159,14 @@ async function plainLines(
     let chunk: Uint8Array = first;
     for (;;) {
       if (ending === undefined) {
-        if (!feed(chunk)) {
+        let at = feed(chunk, 0);
+        while (at >= 0 && at < chunk.length && ending === undefined) {
+          // The line at `at` waits for the chat rate: so does the socket.
+          await rate!.take();
+          paid = true;
+          at = feed(chunk, at);
+        }
+        if (at < 0) {
           s.reason = "chat line too long";
           ending = plainFinish(
             member,
@@ -135,20 +175,14 @@ async function plainLines(
               `Chat line exceeds the limit of ${max} bytes`,
             ),
           );
-        } else if (len > 0 && ending === undefined) {
-          // A classic client may send a message without a newline and wait:
-          // a short quiet spell completes it.
-          quiet = setTimeout(() => {
-            if (len > 0 && ending === undefined) complete();
-          }, PLAIN_QUIET_MS);
-        }
+        } else if (len > 0 && ending === undefined) quietSpell();
       }
       // Once ending, this loop only discards input; the linger deadline
       // (set when the answer is out) bounds it.
       const n = await s.read(buf);
       clearTimeout(quiet);
       if (n === null) {
-        if (len > 0 && ending === undefined) complete();
+        if (len > 0 && ending === undefined) await completeInTurn();
         break;
       }
       chunk = buf.subarray(0, n);
@@ -171,7 +205,7 @@ async function plainFile(
   if (!(await plainFlush(member))) {
     // Chat still queued: the file's bytes cannot go out without mixing in.
     s.reason = "slow consumer";
-    s.conn.close();
+    s.close();
     return;
   }
   const sent = await serveFile(s, {

@@ -14,6 +14,8 @@ import { encodeFrame } from "../framer.ts";
 import { encodeError, encodeText, Kind } from "../protocol.ts";
 import { Code, errorLine, toErrorBody } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
+import type { SendBudget } from "./send_budget.ts";
+import type { RateLimiter } from "./rate.ts";
 
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 export const READ_BUFFER = 4096;
@@ -30,6 +32,41 @@ export interface ServerContext {
   readonly cache: DigestCache;
   /** Failed token proofs per address, and how long each must wait. */
   readonly authThrottle: AuthThrottle;
+  /** The memory every file transfer takes its send buffer from. */
+  readonly sendBudget: SendBudget;
+  /** Chat lines per peer address; undefined when unlimited. */
+  readonly chatRate: RateLimiter | undefined;
+  /** Sessions not read now because of backpressure. */
+  readonly pauses: Pauses;
+}
+
+/**
+ * Counts the sessions whose input is not read now because of backpressure
+ * (a peer over its chat rate, a shipper not reading its acks): what
+ * `Server.usage()` reports.
+ */
+export class Pauses {
+  #count = 0;
+
+  /** Sessions paused now. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /**
+   * Counts one session as paused while `waiting` is pending.
+   *
+   * @param waiting What the session waits for before it reads again.
+   * @returns What `waiting` resolves.
+   */
+  async during<T>(waiting: Promise<T>): Promise<T> {
+    this.#count++;
+    try {
+      return await waiting;
+    } finally {
+      this.#count--;
+    }
+  }
 }
 
 /** Who a session is, when it is created. */
@@ -63,6 +100,9 @@ export class Session {
   reason: string | undefined = undefined;
   /** Who the client proved to be (`cert:sha256:…`, `token:NAME`), if it had to. */
   identity: string | undefined;
+  /** Made on first use: an idle connection should cost little more than its socket. */
+  #closing: AbortController | undefined;
+  #closed = false;
 
   /**
    * Starts a session, active from now.
@@ -89,6 +129,30 @@ export class Session {
     const n = await this.conn.read(buf);
     this.lastActive = this.server.options.now();
     return n;
+  }
+
+  /**
+   * Aborted once the session is closed: whatever it waits for that is not
+   * its socket (a send buffer, its chat rate) stops waiting.
+   */
+  get closed(): AbortSignal {
+    if (this.#closing === undefined) {
+      this.#closing = new AbortController();
+      if (this.#closed) this.#closing.abort();
+    }
+    return this.#closing.signal;
+  }
+
+  /**
+   * Closes the connection and ends every wait of the session.
+   *
+   * @param reason Why, for the `closed` audit line; the first reason set wins.
+   */
+  close(reason?: string): void {
+    if (reason !== undefined) this.reason ??= reason;
+    this.conn.close();
+    this.#closed = true;
+    this.#closing?.abort();
   }
 
   /** Records activity that is not a read (a chunk of a file sent). */

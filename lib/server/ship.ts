@@ -26,10 +26,17 @@ import { SYSLOG_SOURCE } from "./syslog.ts";
 import { sourceKey, type VaultSource } from "../vault/store.ts";
 
 /**
+ * Bytes of acks (13 each) that may wait for a shipper that is not reading
+ * them before the server stops reading its batches.
+ */
+export const ACKS_QUEUED_MAX = 4096;
+
+/**
  * Serves a shipper after its Welcome: takes its records into the vault and
  * acknowledges each batch once it is fsync'd. Appends are pipelined (the
- * vault keeps their order) but at most 8 batches wait at once, which bounds
- * memory. Records the source already has are dropped by the vault, so a
+ * vault keeps their order) but at most 8 batches wait at once, and no batch
+ * is read while more than {@linkcode ACKS_QUEUED_MAX} bytes of acks wait for
+ * the shipper to read them: both bound memory. Records the source already has are dropped by the vault, so a
  * shipper's resend after a reconnect stores nothing twice.
  *
  * Refused with an Error frame when the server keeps no vault, or when the
@@ -122,6 +129,11 @@ export async function serveShip(
   });
   try {
     while (!appends.failed) {
+      // A shipper that does not read its acks is not read either: its acks
+      // stay a few KiB, and its next batches wait in its socket.
+      if (acks.pending > ACKS_QUEUED_MAX) {
+        await s.server.pauses.during(acks.flush());
+      }
       const frame = await reader.readFrame();
       if (frame === null) break;
       if (frame.type !== Kind.ShipBatch) {
