@@ -11,6 +11,10 @@
  *   between unloaded windows.
  * - Slow clients: 1,000 clients trickling a handshake byte per second.
  * - Faults: 100 rounds of SIGKILL to the server or the client of a get.
+ * - Allowed peers that make the server spend memory: 400 gets that never
+ *   read, a chat flood (plain and framed), ship acks never read, and ship
+ *   batches of thousands of empty records; each row reports the server's
+ *   peak RSS (target ≤ 256 MiB) and that it still serves a get.
  *
  * Usage:
  *
@@ -51,6 +55,7 @@ import {
   slowClients,
   startLoggedServer,
 } from "./hostile.ts";
+import { chatFlood, shipFlood, unreadGets } from "./amplify.ts";
 import {
   runMoat,
   sha256File,
@@ -637,12 +642,193 @@ async function workerFaults(): Promise<Result> {
   }
 }
 
+/** Peak RSS a flood by allowed peers may cost the server. */
+const AMPLIFY_LIMIT_KIB = 256 * 1024;
+
+/** Waits until `pred()` holds, polling every 50 ms, for at most `ms`. */
+async function until(pred: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+async function workerAmplify(): Promise<Result> {
+  const dir = scratch("moat-soak-amplify-");
+  try {
+    const root = path.join(dir, "root");
+    fs.mkdirSync(root);
+    writeRandomFile(path.join(root, "big.bin"), 64 << 20, 17);
+    fs.writeFileSync(path.join(root, "small.txt"), "hello small\n");
+    const server = await startLoggedServer([
+      "--root",
+      root,
+      "--vault",
+      path.join(dir, "vault"),
+      "--max-conns",
+      "1000",
+    ], path.join(dir, "audit.log"));
+    const pid = server.child.pid!;
+    const rt = runtimeName();
+    const rows: Row[] = [];
+    let gets = 0;
+    const getOk = async () => {
+      const out = path.join(dir, `small-${gets++}.txt`);
+      const r = await runMoat([
+        "get",
+        "FILE:small.txt",
+        "-o",
+        out,
+        "--server",
+        `127.0.0.1:${server.port}`,
+      ], { timeoutMs: 60_000 }).catch(() => undefined);
+      return r?.code === 0 &&
+        fs.readFileSync(out, "utf8") === "hello small\n";
+    };
+    const events = () => checkAuditLines(server.text()).events;
+    const secs = QUICK ? 2 : 5;
+    /** Runs one flood, sampling RSS; the row says what held. */
+    const row = async (
+      check: string,
+      tried: string,
+      flood: (during: () => Promise<boolean>) => Promise<string>,
+    ) => {
+      const base = memoryKiB(pid).rss;
+      const rss = sampleRss(pid, 50);
+      let duringOk = false;
+      const what = await flood(async () => (duringOk = await getOk()));
+      const peak = rss.stop();
+      const afterOk = await getOk();
+      const ok = duringOk && afterOk && !server.exited &&
+        peak <= AMPLIFY_LIMIT_KIB;
+      rows.push({
+        check,
+        runtime: rt,
+        tried,
+        held: `${what}; server RSS ${mib(base)} → peak ${mib(peak)} (limit ${
+          mib(AMPLIFY_LIMIT_KIB)
+        }); a get during the flood ${duringOk ? "OK" : "FAILED"}, after it ${
+          afterOk ? "OK" : "FAILED"
+        }`,
+        ok,
+      });
+    };
+
+    const count = QUICK ? 100 : 400;
+    await row(
+      "Allowed peers: gets that never read",
+      `${count} framed gets of a 64 MiB file whose clients never read a byte, held ${secs} s after the last get started`,
+      async (during) => {
+        const started0 = events().get_started ?? 0;
+        const stats = await unreadGets({
+          port: server.port,
+          count,
+          path: "big.bin",
+          hold: async () => {
+            await until(
+              () => (events().get_started ?? 0) - started0 >= count,
+              30_000,
+            );
+            await new Promise((r) => setTimeout(r, secs * 1000));
+            await during();
+          },
+        });
+        return `${stats.sent} gets sent, ${
+          (events().get_started ?? 0) - started0
+        } started, ${stats.closedByServer} closed by the server while held`;
+      },
+    );
+
+    for (const framed of [false, true]) {
+      const kind = framed ? "framed" : "plain";
+      await row(
+        `Allowed peers: ${kind} chat flood`,
+        `one ${kind} client writing 1000-byte chat lines as fast as its socket takes them for ${secs} s (defaults: --chat-rate 50, --audit-rate 10)`,
+        async (during) => {
+          const chat0 = events().chat ?? 0;
+          const out0 = server.stdoutLines();
+          const log0 = server.text().length;
+          const flooding = chatFlood({
+            port: server.port,
+            framed,
+            durationMs: secs * 1000,
+          });
+          await during();
+          const stats = await flooding;
+          // The audit lines the limit held back are summarised once the peer is quiet.
+          await until(() => (events().chat ?? 0) - chat0 > 0, 5000);
+          const relayed = server.stdoutLines() - out0;
+          return `${fmt(stats.linesWritten)} lines (${
+            (stats.bytesWritten / 2 ** 20).toFixed(1)
+          } MiB) taken by the socket, ${
+            fmt(relayed)
+          } relayed to the operator, audit log +${
+            ((server.text().length - log0) / 2 ** 20).toFixed(2)
+          } MiB`;
+        },
+      );
+    }
+
+    await row(
+      "Allowed peers: ship acks never read",
+      `4 shippers sending 1-record batches as fast as their sockets take them for ${secs} s, never reading an ack`,
+      async (during) => {
+        const flooding = shipFlood({
+          port: server.port,
+          connections: 4,
+          durationMs: secs * 1000,
+          recordsPerBatch: 1,
+          lineBytes: 100,
+          readAcks: false,
+        });
+        await during();
+        const stats = await flooding;
+        return `${
+          fmt(stats.batches)
+        } batches taken by the sockets, ${stats.closedByServer} shippers closed by the server`;
+      },
+    );
+
+    const shippers = QUICK ? 16 : 60;
+    await row(
+      "Allowed peers: ship batches of empty records",
+      `${shippers} shippers sending batches of 4096 empty records (86 KiB each) for ${secs} s, reading their acks`,
+      async (during) => {
+        const flooding = shipFlood({
+          port: server.port,
+          connections: shippers,
+          durationMs: secs * 1000,
+          recordsPerBatch: 4096,
+          lineBytes: 0,
+          readAcks: true,
+        });
+        await during();
+        const stats = await flooding;
+        return `${fmt(stats.records)} records in ${
+          fmt(stats.batches)
+        } batches taken by the sockets, ${stats.closedByServer} shippers closed by the server`;
+      },
+    );
+    await server.stop();
+    const audit = checkAuditLines(server.text());
+    if (audit.badCount > 0) {
+      for (const r of rows) r.ok = false;
+    }
+    return { rows };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const WORKERS: Record<string, () => Promise<Result>> = {
   fuzz: workerFuzz,
   handshake: workerHandshake,
   flood: workerFlood,
   slow: workerSlow,
   faults: workerFaults,
+  amplify: workerAmplify,
 };
 
 // ---------------------------------------------------------------------------
@@ -751,6 +937,11 @@ async function parent(): Promise<number> {
     }
   }
   await both("faults", 480_000);
+  // Memory is what these measure: one runtime at a time.
+  for (const rt of ["deno", "bun"]) {
+    progress(`amplify on ${rt}`);
+    add(await runWorker(rt, "amplify", 300_000));
+  }
   progress("done");
   notes.push(
     'A get whose preamble the server relayed as chat: under load the server\'s 1 s "silence means plain text" timer ' +
