@@ -147,7 +147,8 @@ export async function serveFile(
     if (request.framed && !(err instanceof ConnectionClosedError)) {
       await s.sendError(err);
     }
-    s.reason = `transfer aborted: ${message}`;
+    // An idle timeout or a shutdown that cut the transfer is the reason.
+    s.reason ??= `transfer aborted: ${message}`;
     return false;
   } finally {
     file.close();

@@ -40,6 +40,7 @@ import {
   Session,
 } from "./session.ts";
 import { RateLimiter } from "./rate.ts";
+import { AppendBudget, DEFAULT_APPEND_BUDGET } from "./append_pipeline.ts";
 import { SendBudget } from "./send_budget.ts";
 import { serveConnection } from "./sniff.ts";
 import { serveSyslog } from "./syslog.ts";
@@ -57,6 +58,8 @@ export interface ServerUsage {
     holders: number;
     waiting: number;
   };
+  /** Bytes of ship appends in flight, the total, and batches waiting to fit. */
+  appends: { used: number; total: number; waiting: number };
   /**
    * Connections not read now because of backpressure: over their chat rate,
    * or not reading their ship acks.
@@ -107,6 +110,7 @@ export class Server {
       cache: new DigestCache(),
       authThrottle: new AuthThrottle({ now: o.now }),
       sendBudget: new SendBudget(o.sendBufferBytes, { reserveFor: o.maxConns }),
+      appendBudget: new AppendBudget(DEFAULT_APPEND_BUDGET),
       chatRate: o.chatRate === 0 ? undefined : new RateLimiter({
         perSecond: o.chatRate,
         burst: 2 * o.chatRate,
@@ -138,6 +142,11 @@ export class Server {
         total: b.total,
         holders: b.holders,
         waiting: b.waiting,
+      },
+      appends: {
+        used: this.#ctx.appendBudget.used,
+        total: this.#ctx.appendBudget.total,
+        waiting: this.#ctx.appendBudget.waiting,
       },
       pausedReads: this.#ctx.pauses.count,
     };

@@ -16,6 +16,7 @@ import { Code, errorLine, toErrorBody } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
 import type { SendBudget } from "./send_budget.ts";
 import type { RateLimiter } from "./rate.ts";
+import type { AppendBudget } from "./append_pipeline.ts";
 
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 export const READ_BUFFER = 4096;
@@ -34,6 +35,8 @@ export interface ServerContext {
   readonly authThrottle: AuthThrottle;
   /** The memory every file transfer takes its send buffer from. */
   readonly sendBudget: SendBudget;
+  /** Bytes of ship appends in flight, shared by every shipper. */
+  readonly appendBudget: AppendBudget;
   /** Chat lines per peer address; undefined when unlimited. */
   readonly chatRate: RateLimiter | undefined;
   /** Sessions not read now because of backpressure. */

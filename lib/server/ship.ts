@@ -6,14 +6,21 @@
  */
 
 import { encodeFrame } from "../framer.ts";
-import { decodeShipBatch, encodeJson, Kind } from "../protocol.ts";
+import {
+  decodeShipBatch,
+  encodeJson,
+  Kind,
+  SHIP_RECORD_HEADER,
+} from "../protocol.ts";
 import {
   Code,
   ConnectionClosedError,
   MoatError,
   ProtocolError,
+  TooManyRecordsError,
 } from "../errors.ts";
-import { AppendPipeline } from "./append_pipeline.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
+import { AppendPipeline, encodedCost } from "./append_pipeline.ts";
 import type { Handshake } from "./handshake.ts";
 import { Outbox } from "./outbox.ts";
 import {
@@ -122,6 +129,8 @@ export async function serveShip(
   const acks = new Outbox(s);
   const ack = new Uint8Array(8);
   const appends = new AppendPipeline(source, {
+    budget: s.server.appendBudget,
+    signal: s.closed,
     onDurable: (seq) => {
       new DataView(ack.buffer).setFloat64(0, seq, true);
       acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
@@ -141,9 +150,20 @@ export async function serveShip(
           `Expected a ship batch frame, got type 0x${frame.type.toString(16)}`,
         );
       }
-      const records = decodeShipBatch(frame.payload);
-      if (records.length === 0) continue;
-      await appends.push(records, { recvTs: Date.now() });
+      // Refused before decoding: a 1 MiB frame of empty records would be
+      // 50,000 objects, where the vault takes 4,096 at once.
+      const count = countShipRecords(frame.payload);
+      if (count > DEFAULT_MAX_BATCH_RECORDS) {
+        throw new TooManyRecordsError(count, DEFAULT_MAX_BATCH_RECORDS);
+      }
+      if (frame.payload.length === 0) continue;
+      // Decoded once the shared append budget has room: a shipper waiting
+      // for it holds its frame's bytes, not thousands of records.
+      const payload = frame.payload;
+      await appends.push({
+        cost: encodedCost(payload.length, count),
+        decode: () => decodeShipBatch(payload),
+      }, { recvTs: Date.now() });
     }
     await appends.finish();
     await acks.flush();
@@ -173,4 +193,22 @@ export async function serveShip(
       lastSeq: source.lastSeq,
     });
   }
+}
+
+/**
+ * The records of a ShipBatch payload, counted from their headers (each
+ * `SHIP_RECORD_HEADER` bytes, the line's length at offset 17) without
+ * decoding them; a truncated record is left to `decodeShipBatch` to refuse.
+ */
+function countShipRecords(payload: Uint8Array): number {
+  const view = new DataView(
+    payload.buffer,
+    payload.byteOffset,
+    payload.byteLength,
+  );
+  let count = 0;
+  for (let at = 0; at + SHIP_RECORD_HEADER <= payload.length; count++) {
+    at += SHIP_RECORD_HEADER + view.getUint32(at + 17, true);
+  }
+  return count;
 }
