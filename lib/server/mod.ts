@@ -98,7 +98,9 @@ export class Server {
    * Makes a server; nothing is bound until {@linkcode Server.prototype.listen}.
    *
    * @param options Listening addresses, guard, jail, audit log and limits.
-   * @throws {TypeError} When `syslog` is given without a `vault`.
+   * @throws {TypeError} When `syslog` is given without a `vault`, or for a
+   * negative `chatRate`.
+   * @throws {RangeError} For a `sendBufferBytes` below 16 KiB.
    */
   constructor(options: ServerOptions) {
     const o = resolveServerOptions(options);
