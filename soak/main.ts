@@ -665,6 +665,7 @@ async function workerAmplify(): Promise<Result> {
     fs.writeFileSync(path.join(root, "small.txt"), "hello small\n");
     const rt = runtimeName();
     const rows: Row[] = [];
+    const notes: string[] = [];
     const secs = QUICK ? 2 : 5;
     let gets = 0;
     let servers = 0;
@@ -688,8 +689,10 @@ async function workerAmplify(): Promise<Result> {
         "--max-conns",
         "1000",
       ], path.join(dir, `audit-${servers++}.log`));
+      const failures: string[] = [];
       const getOk = async () => {
         const out = path.join(dir, `small-${gets++}.txt`);
+        const t0 = performance.now();
         const r = await runMoat([
           "get",
           "FILE:small.txt",
@@ -697,9 +700,21 @@ async function workerAmplify(): Promise<Result> {
           out,
           "--server",
           `127.0.0.1:${server.port}`,
-        ], { timeoutMs: 60_000 }).catch(() => undefined);
-        return r?.code === 0 &&
+        ], { timeoutMs: 60_000 }).catch((err: Error) => err);
+        if (r instanceof Error) {
+          failures.push(`get: ${r.message.slice(0, 200)}`);
+          return false;
+        }
+        const ok = r.code === 0 &&
           fs.readFileSync(out, "utf8") === "hello small\n";
+        if (!ok) {
+          failures.push(
+            `get exited ${r.code} after ${
+              ((performance.now() - t0) / 1000).toFixed(1)
+            } s: ${r.stderr.trim().slice(0, 200)}`,
+          );
+        }
+        return ok;
       };
       const pid = server.child.pid!;
       const base = memoryKiB(pid).rss;
@@ -718,6 +733,13 @@ async function workerAmplify(): Promise<Result> {
       const alive = !server.exited;
       await server.stop();
       const audit = checkAuditLines(server.text());
+      // A get whose preamble the server took for plain-text chat.
+      const misread = server.text().split("\n").filter((l) =>
+        l.includes('"event":"chat"') && l.includes("MOAT")
+      ).length;
+      if (misread > 0) {
+        failures.push(`${misread} preambles relayed as chat`);
+      }
       const ok = duringOk && afterOk && alive && audit.badCount === 0 &&
         peak <= AMPLIFY_LIMIT_KIB;
       rows.push({
@@ -733,6 +755,9 @@ async function workerAmplify(): Promise<Result> {
         }`,
         ok,
       });
+      notes.push(...failures.map((f) =>
+        `${check} (${rt}): ${f}`
+      ));
     };
 
     const count = QUICK ? 100 : 400;
@@ -825,7 +850,7 @@ async function workerAmplify(): Promise<Result> {
         } batches taken by the sockets, ${stats.closedByServer} shippers closed by the server`;
       },
     );
-    return { rows };
+    return { rows, notes };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -26,7 +26,7 @@ export const DEFAULT_APPEND_BUDGET = 16 * 1024 * 1024;
  * What one record costs in flight beyond its line: its decoded form, and
  * its encoding and chain hash in the vault until the commit.
  */
-const RECORD_COST = 128;
+const RECORD_COST = 384;
 
 /**
  * What a batch costs against an {@linkcode AppendBudget}.

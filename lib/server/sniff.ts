@@ -22,6 +22,10 @@ import { serveShip } from "./ship.ts";
 
 /** A connection that sends nothing this long is served as plain text. */
 const DETECT_MS = 1000;
+/** After a late detection timer, the server waits in spells of this long… */
+const STALLED_SPELL_MS = 100;
+/** …at most this many of them (10 s), while each fires late too. */
+const STALLED_SPELLS = 100;
 /** First byte of a TLS handshake record (a ClientHello). */
 const TLS_HANDSHAKE = 0x16;
 
@@ -46,13 +50,17 @@ export async function serveConnection(s: Session): Promise<void> {
   const first = readFirst(s, probe);
   // A framed client writes its preamble at once; a plain client may write
   // nothing until it hears something, so silence means plain text.
-  const armed = performance.now();
+  let armed = performance.now();
   let head = await raceTimer(first, DETECT_MS);
-  if (head === null && performance.now() - armed > DETECT_MS + 50) {
-    // The timer fired late, so the event loop was stalled: bytes that are
-    // already waiting may not have been read yet. Give them a moment
-    // before calling a framed client silent (and relaying its preamble).
-    head = await raceTimer(first, 100);
+  let late = performance.now() - armed - DETECT_MS;
+  // A timer that fired late means the event loop was stalled (a busy
+  // server): bytes that are already waiting may not have been read yet.
+  // Wait in short spells until one fires on time before calling a framed
+  // client silent (and relaying its preamble), for at most 10 s.
+  for (let i = 0; head === null && late > 50 && i < STALLED_SPELLS; i++) {
+    armed = performance.now();
+    head = await raceTimer(first, STALLED_SPELL_MS);
+    late = performance.now() - armed - STALLED_SPELL_MS;
   }
   if (head !== null && head.length === 0) {
     s.reason ??= "peer closed before sending anything";
