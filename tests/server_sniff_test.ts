@@ -127,3 +127,44 @@ test("serveConnection answers a frame over maxFrameSize after the handshake with
     assert.equal(err.code, "ERR_FRAME_TOO_LARGE");
   }
 });
+
+test("serveConnection serves a silent connection whose late first bytes are a preamble as a framed client", async () => {
+  await using t = await startMemoryServer();
+  const conn = await t.connect();
+  const reader = new FrameReader(conn, { bufferSize: 4096 });
+  // Silent past the detection time: the server takes it for a plain client
+  // that waits to be spoken to, and it hears the operator.
+  const firstByte = reader.readExact(1).then((b) => decodeText(b));
+  let heard: string | undefined;
+  for (let i = 0; i < 200 && heard === undefined; i++) {
+    t.server.say("anyone?");
+    heard = await Promise.race([
+      firstByte,
+      new Promise<undefined>((r) => setTimeout(r, 20)),
+    ]);
+  }
+  assert.equal(heard, "[");
+  assert.equal(
+    decodeText(await within(reader.readExact(18), "the line")),
+    "operator] anyone?\n",
+  );
+  // Then its preamble arrives: a framed client that was starved, not text.
+  await conn.write(helloBytes("chat"));
+  // Lines said before it joined the framed side come first.
+  for (let i = 0; i < 200; i++) {
+    const [next] = await within(reader.peek(1), "more bytes");
+    if (next === 0x89) break;
+    assert.equal(
+      decodeText(await within(reader.readExact(19), "a line")),
+      "[operator] anyone?\n",
+    );
+  }
+  assert.deepEqual(
+    [...await within(reader.readExact(8), "the preamble")],
+    [0x89, 0x4d, 0x4f, 0x41, 0x54, 0x0d, 0x0a, 0x01],
+  );
+  const frame = await within(reader.readFrame(), "the welcome");
+  assert.equal(frame?.type, Kind.Welcome);
+  assert.deepEqual(t.audit.named("chat"), [], "the preamble relayed as chat");
+  conn.close();
+});

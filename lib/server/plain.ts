@@ -5,7 +5,7 @@
  * @module
  */
 
-import { decodeText } from "../protocol.ts";
+import { decodeText, MAGIC } from "../protocol.ts";
 import { Code, MoatError } from "../errors.ts";
 import { DEFAULT_CHUNK_SIZE } from "../file_sender.ts";
 import {
@@ -30,16 +30,27 @@ const PLAIN_LINGER_MS = 5000;
 /** Longest wait for a plain member's queued chat lines before moving on. */
 const PLAIN_FLUSH_MS = 5000;
 
+/** Options for {@linkcode servePlain}. */
+export interface ServePlainOptions {
+  /**
+   * Serves a silent connection whose first byte turns out to be the moat
+   * preamble's: a framed client that was late, not a plain one.
+   */
+  framed?: (head: Uint8Array) => Promise<void>;
+}
+
 /**
  * Serves a plain-text connection. `first` is its first byte, or the
  * promise of it for a client that was silent (it hears the chat at once).
  *
  * @param s The session.
  * @param first The first byte read, or the read still waiting for it.
+ * @param options Where a late framed client goes.
  */
 export async function servePlain(
   s: Session,
   first: Uint8Array | Promise<Uint8Array>,
+  options: ServePlainOptions = {},
 ): Promise<void> {
   const { hub } = s.server;
   const member = new Member(s, encodePlainChat);
@@ -51,6 +62,14 @@ export async function servePlain(
     // Nothing else is set up until it speaks.
     hub.join(member);
     const head = await first;
+    if (head.length > 0 && head[0] === MAGIC[0] && options.framed) {
+      // No text starts with 0x89: a framed client that was starved past the
+      // detection time. It goes framed once the chat it heard meanwhile (if
+      // any; it then refuses the connection) is out.
+      hub.leave(member);
+      await plainFlush(member);
+      return await options.framed(head);
+    }
     if (head.length > 0) await plainLines(member, head, true);
   } finally {
     hub.leave(member);

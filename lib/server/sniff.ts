@@ -34,7 +34,9 @@ const TLS_HANDSHAKE = 0x16;
  * the preamble's first byte means a framed client (handshake, then get,
  * chat or ship); a TLS ClientHello on a port without TLS is refused with one
  * ERR line; anything else, or a second of silence, is plain text (refused
- * with one ERR line when plain-text mode is off).
+ * with one ERR line when plain-text mode is off). A silent connection whose
+ * first byte, when it comes, is the preamble's is served as framed after
+ * all: a client starved of CPU may send its preamble late.
  *
  * @param s The session, just accepted.
  * @throws What the handler of the protocol throws; the caller audits it.
@@ -66,30 +68,7 @@ export async function serveConnection(s: Session): Promise<void> {
     s.reason ??= "peer closed before sending anything";
     return;
   }
-  if (head !== null && head[0] === MAGIC[0]) {
-    s.deadline = options.now() + options.handshakeTimeoutMs;
-    const reader = new FrameReader(
-      { read: (buf) => s.read(buf) },
-      {
-        maxFrameSize: options.maxFrameSize,
-        bufferSize: READ_BUFFER,
-        prefix: head,
-      },
-    );
-    const done = await handshake(s, reader);
-    if (done === undefined) return;
-    try {
-      if (done.hello.mode === "get") return await serveGets(s, done);
-      if (done.hello.mode === "ship") return await serveShip(s, done);
-      return await serveFramedChat(s, done.reader);
-    } catch (err) {
-      // A limit the client broke is said before the close, so that it can
-      // tell "too large" from a dropped connection (the ship path says it
-      // itself, after acknowledging what it stored).
-      if (err instanceof FrameTooLargeError) await s.sendError(err);
-      throw err;
-    }
-  }
+  if (head !== null && head[0] === MAGIC[0]) return await serveFramed(s, head);
   if (head !== null && head[0] === TLS_HANDSHAKE && options.tls === undefined) {
     // A TLS ClientHello is not chat: never relay it.
     s.reason = "TLS client on a plain port";
@@ -120,7 +99,39 @@ export async function serveConnection(s: Session): Promise<void> {
     return;
   }
   // Returned, not awaited: a silent client's wait keeps one frame less alive.
-  return servePlain(s, head ?? first);
+  return servePlain(s, head ?? first, {
+    framed: (late) => serveFramed(s, late),
+  });
+}
+
+/**
+ * Serves a framed client from its first byte on: the handshake, then get,
+ * chat or ship.
+ */
+async function serveFramed(s: Session, head: Uint8Array): Promise<void> {
+  const { options } = s.server;
+  s.deadline = options.now() + options.handshakeTimeoutMs;
+  const reader = new FrameReader(
+    { read: (buf) => s.read(buf) },
+    {
+      maxFrameSize: options.maxFrameSize,
+      bufferSize: READ_BUFFER,
+      prefix: head,
+    },
+  );
+  const done = await handshake(s, reader);
+  if (done === undefined) return;
+  try {
+    if (done.hello.mode === "get") return await serveGets(s, done);
+    if (done.hello.mode === "ship") return await serveShip(s, done);
+    return await serveFramedChat(s, done.reader);
+  } catch (err) {
+    // A limit the client broke is said before the close, so that it can
+    // tell "too large" from a dropped connection (the ship path says it
+    // itself, after acknowledging what it stored).
+    if (err instanceof FrameTooLargeError) await s.sendError(err);
+    throw err;
+  }
 }
 
 /** Reads the first byte: resolves it (1 byte) or, at end of input, nothing. */
