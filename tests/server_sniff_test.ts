@@ -140,7 +140,7 @@ test("serveConnection serves a silent connection whose late first bytes are a pr
     t.server.say("anyone?");
     heard = await Promise.race([
       firstByte,
-      new Promise<undefined>((r) => setTimeout(r, 20)),
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 20)),
     ]);
   }
   assert.equal(heard, "[");
