@@ -16,7 +16,7 @@ import {
   splitRules,
 } from "../lib/allowlist.ts";
 import { createJail } from "../lib/jail.ts";
-import { AuditLog } from "../lib/audit.ts";
+import { AuditLog, auditRateLimit } from "../lib/audit.ts";
 import { formatAddr, Server } from "../lib/server/mod.ts";
 import { formatChatLine } from "../lib/chat.ts";
 import { AddressInUseError, UsageError } from "../lib/errors.ts";
@@ -27,11 +27,14 @@ import { renderNftables } from "../lib/nftables.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../lib/framer.ts";
 import { MIN_MAX_FRAME_SIZE } from "../lib/protocol.ts";
 import {
+  DEFAULT_AUDIT_RATE,
+  DEFAULT_CHAT_RATE,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_CONNS,
   DEFAULT_MAX_LINE,
   DEFAULT_PORT,
+  DEFAULT_SEND_BUFFER_BYTES,
   DEFAULT_SILENT_AFTER_MS,
 } from "../lib/limits.ts";
 import {
@@ -156,6 +159,31 @@ const SERVE_OPTIONS = {
     min: 1,
     default: DEFAULT_MAX_LINE,
     description: "Longest chat line",
+  },
+  "chat-rate": {
+    type: "integer",
+    placeholder: "N",
+    min: 0,
+    default: DEFAULT_CHAT_RATE,
+    description:
+      "Chat lines per second from one peer address (bursts of 2 s worth; the whole room 20 times N); past it the peer is not read until the rate allows, so no line is dropped; 0 is unlimited",
+  },
+  "send-buffers": {
+    type: "integer",
+    placeholder: "MIB",
+    min: 1,
+    max: 1_048_576,
+    default: DEFAULT_SEND_BUFFER_BYTES / 2 ** 20,
+    description:
+      "Memory all file transfers together may hold in send buffers, in MiB; transfers take smaller chunks when it is tight",
+  },
+  "audit-rate": {
+    type: "integer",
+    placeholder: "N",
+    min: 0,
+    default: DEFAULT_AUDIT_RATE,
+    description:
+      "Audit lines per second per peer address and event kind (bursts of 10 s worth; all peers 20 times N); what it holds back is counted in suppressed lines; 0 is unlimited",
   },
   reply: {
     type: "string",
@@ -381,6 +409,7 @@ export async function serveCommand(
     log ? (line) => log.write(line) : (line) => {
       process.stderr.write(line + "\n");
     },
+    { limit: auditRateLimit(values["audit-rate"]) },
   );
 
   if (values.retain !== undefined && values.vault === undefined) {
@@ -466,6 +495,8 @@ export async function serveCommand(
       handshakeTimeoutMs: values["handshake-timeout"] * 1000,
       maxFrameSize: values["max-frame"],
       maxLine: values["max-line"],
+      chatRate: values["chat-rate"],
+      sendBufferBytes: values["send-buffers"] * 2 ** 20,
       plain: !values["no-plain"],
       silentAfterMs: values["silent-after"] * 1000,
       namePrefix,

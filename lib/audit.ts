@@ -40,6 +40,35 @@ export interface AuditLimit {
   maxKeys?: number;
 }
 
+/**
+ * The limit of `moat serve --audit-rate N`: `N` lines per second per peer
+ * address and event kind, a burst of ten seconds' worth, and `20 × N` for
+ * all peers together.
+ *
+ * @example
+ * ```ts
+ * import { auditRateLimit } from "./audit.ts";
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(auditRateLimit(10), {
+ *   perSecond: 10,
+ *   burst: 100,
+ *   globalPerSecond: 200,
+ * });
+ * assert.equal(auditRateLimit(0), false);
+ * ```
+ *
+ * @param perSecond Lines per second per peer and event kind; 0 for no limit.
+ * @returns The `limit` option of {@linkcode AuditLog}.
+ */
+export function auditRateLimit(perSecond: number): AuditLimit | false {
+  if (perSecond === 0) return false;
+  return {
+    perSecond,
+    burst: 10 * perSecond,
+    globalPerSecond: 20 * perSecond,
+  };
+}
+
 /** Options for {@linkcode AuditLog}. */
 export interface AuditLogOptions {
   /** Rate limit for events about a peer; `false` writes every line. @default {{}} */

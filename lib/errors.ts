@@ -81,6 +81,12 @@ export const CODES = {
     peer: true,
     meaning: "token authentication failed (wrong token, or a replayed Auth)",
   },
+  ERR_AUTH_THROTTLED: {
+    exit: AccessDenied,
+    peer: true,
+    meaning:
+      "too many failed token proofs from this address: wait the seconds the message names",
+  },
   ERR_BAD_OFFSET: {
     exit: Failure,
     peer: true,

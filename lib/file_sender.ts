@@ -207,6 +207,26 @@ export class DigestCache {
   }
 }
 
+/**
+ * The first send buffer of a transfer that takes its buffers from a budget:
+ * no connection gets a 1 MiB buffer before its peer has taken anything.
+ */
+export const FIRST_CHUNK_SIZE = 65_536;
+
+/**
+ * Where {@linkcode sendFile} takes its send buffer from: a budget shared by
+ * every transfer (the server's `SendBudget`), so that many peers that stop
+ * reading cannot make it hold a chunk each without bound.
+ */
+export interface SendBuffers {
+  /** Grants at most `max` payload bytes (at least 1), waiting while the budget is spent. */
+  take(max: number): Promise<number>;
+  /** Grows a grant of `held` bytes toward `max` without waiting; returns the new grant. */
+  grow(held: number, max: number): number;
+  /** Returns the last grant. */
+  give(grant: number): void;
+}
+
 /** Options for {@linkcode sendFile}. */
 export interface SendFileOptions {
   /** First byte to send. @default {0} */
@@ -221,6 +241,13 @@ export interface SendFileOptions {
   cache?: DigestCache;
   /** Called after each chunk is accepted by the socket. */
   onProgress?: (sent: number) => void;
+  /**
+   * Take the send buffer from this budget: the first is at most
+   * {@linkcode FIRST_CHUNK_SIZE}, and it doubles toward `chunkSize` after
+   * each chunk the socket took, as far as the budget has room. Without it,
+   * one `chunkSize` buffer is allocated.
+   */
+  buffers?: SendBuffers;
 }
 
 /** What {@linkcode sendFile} did. */
@@ -284,12 +311,40 @@ export async function sendFile(
   options: SendFileOptions = {},
 ): Promise<SendResult> {
   const offset = options.offset ?? 0;
-  const framed = options.framed ?? true;
-  const chunk = Math.max(
+  const want = Math.max(
     1,
     Math.min(options.chunkSize ?? DEFAULT_CHUNK_SIZE, file.size - offset || 1),
   );
-  const buf = new Uint8Array(PAYLOAD_OFFSET + chunk);
+  const buffers = options.buffers;
+  const grant: Grant = {
+    want,
+    chunk: buffers === undefined
+      ? want
+      : await buffers.take(Math.min(want, FIRST_CHUNK_SIZE)),
+  };
+  try {
+    return await sendChunks(sink, file, { ...options, grant });
+  } finally {
+    buffers?.give(grant.chunk);
+  }
+}
+
+/** The payload bytes a send wants per chunk, and those it holds now. */
+interface Grant {
+  readonly want: number;
+  chunk: number;
+}
+
+/** {@linkcode sendFile} once its first buffer is granted; records what it grows to in `grant`. */
+async function sendChunks(
+  sink: ByteSink,
+  file: OpenedFile,
+  options: SendFileOptions & { grant: Grant },
+): Promise<SendResult> {
+  const offset = options.offset ?? 0;
+  const framed = options.framed ?? true;
+  const { buffers, grant } = options;
+  let buf = new Uint8Array(PAYLOAD_OFFSET + grant.chunk);
   const digestName = options.digest ?? "sha256";
   const before = readStamp(file.fd);
   if (!matchesOpened(before, file)) throw fileChanged(file);
@@ -318,7 +373,7 @@ export async function sendFile(
   let pos = offset;
   const start = framed ? PAYLOAD_OFFSET - HEADER_SIZE : PAYLOAD_OFFSET;
   while (pos < file.size) {
-    const n = readAt(file.fd, buf, Math.min(chunk, file.size - pos), pos);
+    const n = readAt(file.fd, buf, Math.min(grant.chunk, file.size - pos), pos);
     if (n === 0) throw fileChanged(file, "shrank");
     const payload = buf.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + n);
     hash?.update(payload);
@@ -326,6 +381,17 @@ export async function sendFile(
     await sink.write(buf.subarray(start, PAYLOAD_OFFSET + n));
     pos += n;
     options.onProgress?.(pos - offset);
+    if (buffers !== undefined && grant.chunk < grant.want && pos < file.size) {
+      // The socket took a chunk: a larger one, if the budget has room.
+      const grown = buffers.grow(
+        grant.chunk,
+        Math.min(grant.want, grant.chunk * 2),
+      );
+      if (grown > grant.chunk) {
+        grant.chunk = grown;
+        buf = new Uint8Array(PAYLOAD_OFFSET + grown);
+      }
+    }
   }
 
   // Every byte was read: the file must be the one it was at the start.

@@ -24,3 +24,21 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_BATCH_RECORDS = 4096;
 /** A source that was shipping and is quiet this long is reported, in milliseconds. */
 export const DEFAULT_SILENT_AFTER_MS = 300_000;
+/**
+ * Most bytes all file transfers together hold in send buffers. Each transfer
+ * takes its chunk buffer from it: smaller chunks when it is tight.
+ */
+export const DEFAULT_SEND_BUFFER_BYTES = 64 * 1024 * 1024;
+/**
+ * Chat lines one peer address may send per second (with a burst of two
+ * seconds' worth); past it the server stops reading that peer until the
+ * rate allows, and the room as a whole (and the operator's stdout) takes
+ * 20 times this.
+ */
+export const DEFAULT_CHAT_RATE = 50;
+/**
+ * Audit lines one peer address may cause per second and event kind (with a
+ * burst of ten seconds' worth; all peers together 20 times this); what the
+ * limit holds back is counted in `suppressed` lines.
+ */
+export const DEFAULT_AUDIT_RATE = 10;

@@ -1080,8 +1080,10 @@ export interface LoggedServer {
   log: string;
   /** The audit log so far. */
   text(): string;
-  /** Lines the operator saw on stdout. */
+  /** Lines the operator saw on stdout (the first MiB of them). */
   stdout(): string;
+  /** Lines the operator saw on stdout, counted to the end. */
+  stdoutLines(): number;
   /** True once the process exited. */
   readonly exited: boolean;
   /** SIGKILL, then wait for exit. */
@@ -1114,9 +1116,13 @@ export async function startLoggedServer(
     ...args,
   ]);
   let stdout = "";
+  let stdoutLines = 0;
   let stderr = "";
   child.stdout!.setEncoding("utf8").on("data", (d: string) => {
     if (stdout.length < 1 << 20) stdout += d;
+    for (let i = d.indexOf("\n"); i >= 0; i = d.indexOf("\n", i + 1)) {
+      stdoutLines++;
+    }
   });
   child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   let exited = false;
@@ -1149,6 +1155,7 @@ export async function startLoggedServer(
     log,
     text,
     stdout: () => stdout,
+    stdoutLines: () => stdoutLines,
     get exited() {
       return exited;
     },

@@ -12,6 +12,10 @@
  * - Slow clients: 1,000 clients trickling a handshake byte per second.
  * - Syslog flood: 200 syslog senders writing as fast as they can for 10 s;
  *   the server's peak RSS must stay within 256 MiB.
+ * - Allowed peers that make the server spend memory: 400 gets that never
+ *   read, a chat flood (plain and framed), ship acks never read, and ship
+ *   batches of thousands of empty records; each row reports the server's
+ *   peak RSS (target ≤ 256 MiB) and that it still serves a get.
  * - Faults: 100 rounds of SIGKILL to the server or the client of a get.
  * - Descriptor exhaustion (issue 13), with the server's limit lowered to 128:
  *   a refused flood, 300 allowed idle connections, and a shipper opening
@@ -76,6 +80,7 @@ import {
   syslogFlood,
   waitUntil,
 } from "./hostile.ts";
+import { chatFlood, shipFlood, unreadGets } from "./amplify.ts";
 import {
   runMoat,
   sha256File,
@@ -1329,6 +1334,219 @@ async function workerSyslog(): Promise<Result> {
   }
 }
 
+/** Peak RSS a flood by allowed peers may cost the server. */
+const AMPLIFY_LIMIT_KIB = 256 * 1024;
+
+/** Waits until `pred()` holds, polling every 50 ms, for at most `ms`. */
+async function until(pred: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+async function workerAmplify(): Promise<Result> {
+  const dir = scratch("moat-soak-amplify-");
+  try {
+    const root = path.join(dir, "root");
+    fs.mkdirSync(root);
+    writeRandomFile(path.join(root, "big.bin"), 64 << 20, 17);
+    fs.writeFileSync(path.join(root, "small.txt"), "hello small\n");
+    const rt = runtimeName();
+    const rows: Row[] = [];
+    const notes: string[] = [];
+    const secs = QUICK ? 2 : 5;
+    let gets = 0;
+    let servers = 0;
+    /**
+     * Runs one flood against a fresh server (so that each row's peak is its
+     * own), sampling its RSS; a get runs during the flood and one after.
+     */
+    const row = async (
+      check: string,
+      tried: string,
+      flood: (
+        server: LoggedServer,
+        during: () => Promise<void>,
+      ) => Promise<string>,
+    ) => {
+      const server = await startLoggedServer([
+        "--root",
+        root,
+        "--vault",
+        path.join(dir, `vault-${servers}`),
+        "--max-conns",
+        "1000",
+      ], path.join(dir, `audit-${servers++}.log`));
+      const failures: string[] = [];
+      const getOk = async () => {
+        const out = path.join(dir, `small-${gets++}.txt`);
+        const t0 = performance.now();
+        const r = await runMoat([
+          "get",
+          "FILE:small.txt",
+          "-o",
+          out,
+          "--server",
+          `127.0.0.1:${server.port}`,
+        ], { timeoutMs: 60_000 }).catch((err: Error) => err);
+        if (r instanceof Error) {
+          failures.push(`get: ${r.message.slice(0, 200)}`);
+          return false;
+        }
+        const ok = r.code === 0 &&
+          fs.readFileSync(out, "utf8") === "hello small\n";
+        if (!ok) {
+          failures.push(
+            `get exited ${r.code} after ${
+              ((performance.now() - t0) / 1000).toFixed(1)
+            } s: ${r.stderr.trim().slice(0, 200)}`,
+          );
+        }
+        return ok;
+      };
+      const pid = server.child.pid!;
+      const base = memoryKiB(pid).rss;
+      const rss = sampleRss(pid, 50);
+      let duringOk = false;
+      let what: string;
+      try {
+        what = await flood(server, async () => {
+          duringOk = await getOk();
+        });
+      } catch (err) {
+        what = `flood failed: ${(err as Error).message}`;
+      }
+      const peak = rss.stop();
+      const afterOk = await getOk();
+      const alive = !server.exited;
+      await server.stop();
+      const audit = checkAuditLines(server.text());
+      // A get whose preamble the server took for plain-text chat.
+      const misread = server.text().split("\n").filter((l) =>
+        l.includes('"event":"chat"') && l.includes("MOAT")
+      ).length;
+      if (misread > 0) {
+        failures.push(`${misread} preambles relayed as chat`);
+      }
+      const ok = duringOk && afterOk && alive && audit.badCount === 0 &&
+        peak <= AMPLIFY_LIMIT_KIB;
+      rows.push({
+        check,
+        runtime: rt,
+        tried,
+        held: `${what}; server RSS ${mib(base)} at start → peak ${
+          mib(peak)
+        } (limit ${mib(AMPLIFY_LIMIT_KIB)}); a get during the flood ${
+          duringOk ? "OK" : "FAILED"
+        }, after it ${afterOk ? "OK" : "FAILED"}${
+          alive ? "" : "; server DIED"
+        }`,
+        ok,
+      });
+      notes.push(...failures.map((f) =>
+        `${check} (${rt}): ${f}`
+      ));
+    };
+
+    const count = QUICK ? 100 : 400;
+    await row(
+      "Allowed peers: gets that never read",
+      `${count} framed gets of a 64 MiB file whose clients never read a byte, held ${secs} s once all started (default --send-buffers 64)`,
+      async (server, during) => {
+        // Written or counted in a `suppressed` line (the audit rate).
+        const started = () =>
+          checkAuditLines(server.text()).events.get_started ?? 0;
+        let startedAll = false;
+        const stats = await unreadGets({
+          port: server.port,
+          count,
+          path: "big.bin",
+          hold: async () => {
+            startedAll = await until(() => started() >= count, 30_000);
+            await new Promise((r) => setTimeout(r, secs * 1000));
+            await during();
+          },
+        });
+        return `${stats.sent} gets sent, ${
+          startedAll ? "all" : "NOT all"
+        } started, ${stats.closedByServer} closed by the server while held`;
+      },
+    );
+
+    for (const framed of [false, true]) {
+      const kind = framed ? "framed" : "plain";
+      await row(
+        `Allowed peers: ${kind} chat flood`,
+        `one ${kind} client writing 1000-byte chat lines as fast as its socket takes them for ${secs} s (defaults: --chat-rate 50, --audit-rate 10)`,
+        async (server, during) => {
+          const log0 = server.text().length;
+          const flooding = chatFlood({
+            port: server.port,
+            framed,
+            durationMs: secs * 1000,
+          });
+          await during();
+          const stats = await flooding;
+          return `${fmt(stats.linesWritten)} lines (${
+            (stats.bytesWritten / 2 ** 20).toFixed(1)
+          } MiB) taken by the socket, ${
+            fmt(server.stdoutLines())
+          } relayed to the operator, audit log +${
+            ((server.text().length - log0) / 2 ** 20).toFixed(2)
+          } MiB`;
+        },
+      );
+    }
+
+    await row(
+      "Allowed peers: ship acks never read",
+      `4 shippers sending 1-record batches as fast as their sockets take them for ${secs} s, never reading an ack`,
+      async (server, during) => {
+        const flooding = shipFlood({
+          port: server.port,
+          connections: 4,
+          durationMs: secs * 1000,
+          recordsPerBatch: 1,
+          lineBytes: 100,
+          readAcks: false,
+        });
+        await during();
+        const stats = await flooding;
+        return `${
+          fmt(stats.batches)
+        } batches taken by the sockets, ${stats.closedByServer} shippers closed by the server`;
+      },
+    );
+
+    const shippers = QUICK ? 16 : 60;
+    await row(
+      "Allowed peers: ship batches of empty records",
+      `${shippers} shippers sending batches of 4096 empty records (86 KiB each) for ${secs} s, reading their acks`,
+      async (server, during) => {
+        const flooding = shipFlood({
+          port: server.port,
+          connections: shippers,
+          durationMs: secs * 1000,
+          recordsPerBatch: 4096,
+          lineBytes: 0,
+          readAcks: true,
+        });
+        await during();
+        const stats = await flooding;
+        return `${fmt(stats.records)} records in ${
+          fmt(stats.batches)
+        } batches taken by the sockets, ${stats.closedByServer} shippers closed by the server`;
+      },
+    );
+    return { rows, notes };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const FD_WORKERS: Record<string, () => Promise<Result>> = {
   "fd-flood": workerFdFlood,
   "fd-idle": workerFdIdle,
@@ -1343,6 +1561,7 @@ const WORKERS: Record<string, () => Promise<Result>> = {
   flood: workerFlood,
   slow: workerSlow,
   syslog: workerSyslog,
+  amplify: workerAmplify,
   faults: workerFaults,
   ...FD_WORKERS,
 };
@@ -1454,6 +1673,13 @@ async function parent(): Promise<number> {
     }
   }
   await both("faults", 480_000);
+  // Memory is what these measure: one runtime at a time.
+  if (selected("amplify")) {
+    for (const rt of ["deno", "bun"]) {
+      progress(`amplify on ${rt}`);
+      add(await runWorker(rt, "amplify", 300_000));
+    }
+  }
   for (const phase of Object.keys(FD_WORKERS).filter(selected)) {
     for (const rt of ["deno", "bun"]) {
       progress(`${phase} on ${rt}`);

@@ -6,9 +6,10 @@
  *
  * Each direction is a byte queue: a write is copied in and resolves once the
  * queue holds at most 64 KiB (backpressure); `closeWrite()` ends it (the peer
- * reads what is queued, then EOF); `close()` ends this end's writing, throws
- * away its unread input, and makes the peer's later writes fail with
- * `ConnectionClosedError`, as a reset would.
+ * reads what is queued, then EOF); `close()` ends this end's writing (its
+ * writes still waiting for room fail), throws away its unread input, and
+ * makes the peer's later writes fail with `ConnectionClosedError`, as a reset
+ * would.
  *
  * @module
  */
@@ -41,6 +42,8 @@ class Pipe {
   #ended = false;
   /** The reader closed: queued bytes are dropped and writes fail. */
   #gone = false;
+  /** The writer closed: writes waiting for room fail. */
+  #aborted = false;
   #read:
     | { buf: Uint8Array; resolve: (n: number | null) => void }
     | undefined;
@@ -67,6 +70,10 @@ class Pipe {
       const check = () => {
         if (this.#gone) {
           reject(new ConnectionClosedError("Connection reset by peer"));
+        } else if (this.#aborted) {
+          reject(
+            new ConnectionClosedError("Cannot write: the connection is closed"),
+          );
         } else if (this.#size <= HIGH_WATER) resolve();
         else this.#waiters.push(check);
       };
@@ -100,6 +107,15 @@ class Pipe {
   end(): void {
     this.#ended = true;
     this.#serve();
+  }
+
+  /**
+   * The writer closed its end: it is done, and its writes still waiting for
+   * room fail, as a closed socket's do (their bytes stay queued).
+   */
+  abort(): void {
+    this.#aborted = true;
+    this.end();
   }
 
   /** The reader is gone. */
@@ -222,7 +238,7 @@ class MemoryConnImpl implements MemoryConn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#out.end();
+    this.#out.abort();
     this.#in.leave();
   }
 }

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { Server, type ServerOptions } from "../lib/server/mod.ts";
 import { AuditLog } from "../lib/audit.ts";
 import { compileAllowlist } from "../lib/allowlist.ts";
-import { createJail } from "../lib/jail.ts";
+import { createJail, type Jail } from "../lib/jail.ts";
 import { encodeFrame, FrameReader } from "../lib/framer.ts";
 import {
   decodeText,
@@ -151,7 +151,11 @@ export interface TestServer {
 /** Options for {@linkcode startMemoryServer}: any server option, and the root. */
 export type TestServerOptions =
   & Partial<Omit<ServerOptions, "net" | "audit" | "jail" | "now">>
-  & { root?: string };
+  & {
+    root?: string;
+    /** Wraps the jail of `root` (to make it fail as a system would). */
+    wrapJail?: (jail: Jail) => Jail;
+  };
 
 let nextPort = 51000;
 
@@ -166,12 +170,13 @@ let nextPort = 51000;
 export async function startMemoryServer(
   options: TestServerOptions = {},
 ): Promise<TestServer> {
-  const { root: given, ...rest } = options;
+  const { root: given, wrapJail, ...rest } = options;
   const root = given ??
     fs.mkdtempSync(path.join(os.tmpdir(), "moat-server-test-"));
   const net = memoryNet();
   const audit = new AuditEvents();
   const clock = fakeClock();
+  const jail = await createJail(root);
   const server = new Server({
     net,
     hosts: ["127.0.0.1"],
@@ -179,7 +184,7 @@ export async function startMemoryServer(
     allowlist: compileAllowlist({}),
     version: "0.0.0-test",
     ...rest,
-    jail: await createJail(root),
+    jail: wrapJail ? wrapJail(jail) : jail,
     audit: audit.log,
     now: clock.now,
   });

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { AuditLog } from "../lib/audit.ts";
+import { AuditLog, auditRateLimit } from "../lib/audit.ts";
 
 interface Record_ {
   event: string;
@@ -170,4 +170,29 @@ test("AuditLog flush(true) summarises every key that held lines back", () => {
   log.flush(true);
   assert.equal(accounted(records, "refused"), 4);
   assert.equal(records.at(-1)!.event, "suppressed");
+});
+
+test("auditRateLimit(N) lets a peer write 10 s worth at once, then N a second", () => {
+  const { log, records, clock } = clockedLog({ limit: auditRateLimit(2) });
+  for (let i = 0; i < 30; i++) log.write("chat", { peer: "10.0.0.5:1" });
+  assert.equal(records.filter((r) => r.event === "chat").length, 20);
+  clock.t += 1000;
+  for (let i = 0; i < 5; i++) log.write("chat", { peer: "10.0.0.5:1" });
+  assert.equal(records.filter((r) => r.event === "chat").length, 22);
+  log.flush(true);
+  assert.equal(accounted(records, "chat"), 35);
+});
+
+test("auditRateLimit(N) lets all peers together write 20 N lines of a kind a second", () => {
+  const { log, records } = clockedLog({ limit: auditRateLimit(2) });
+  for (let p = 0; p < 50; p++) log.write("chat", { peer: `10.0.1.${p}:1` });
+  assert.equal(records.filter((r) => r.event === "chat").length, 40);
+  log.flush(true);
+  assert.equal(accounted(records, "chat"), 50);
+});
+
+test("auditRateLimit(0) writes every line", () => {
+  const { log, records } = clockedLog({ limit: auditRateLimit(0) });
+  for (let i = 0; i < 500; i++) log.write("chat", { peer: "10.0.0.5:1" });
+  assert.equal(records.length, 500);
 });

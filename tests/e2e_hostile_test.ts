@@ -2,7 +2,9 @@
  * Hostile peers against real `moat` processes over loopback: handshake
  * fuzzing, refused floods, slow clients, SIGKILL faults, a symlink swapped
  * during gets, and injection through chat lines, file names and a hostile
- * server. Short versions of what `npm run soak` runs for longer.
+ * server, and floods by allowed peers (gets that never read, chat floods,
+ * unread ship acks, empty records). Short versions of what `npm run soak`
+ * runs for longer.
  *
  * @module
  */
@@ -33,6 +35,7 @@ import {
   slowClients,
 } from "../soak/hostile.ts";
 import { prng } from "../soak/framer_fuzz.ts";
+import { chatFlood, shipFlood, unreadGets } from "../soak/amplify.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import { decodeText, encodePreamble, Kind } from "../lib/protocol.ts";
 import { escapeText } from "../lib/text.ts";
@@ -383,6 +386,174 @@ test("moat serve still recognises framed clients whose preamble arrived while it
     socks.map(() => 0x89),
     "every client gets a preamble back",
   );
+});
+
+// ---------------------------------------------------------------------------
+// Floods by allowed peers: short versions of the soak's rows (soak/amplify.ts)
+
+/** The most a flood by allowed peers may make the server's RSS peak at. */
+const FLOOD_RSS_KIB = 256 * 1024;
+
+/** Gets `FILE:small.txt` from the server; true when it arrived whole. */
+async function smallGet(port: number, dir: string): Promise<boolean> {
+  const out = path.join(dir, `small-${Math.random().toString(36).slice(2)}`);
+  const r = await runMoat([
+    "get",
+    "FILE:small.txt",
+    "-o",
+    out,
+    "--server",
+    `127.0.0.1:${port}`,
+  ], { timeoutMs: 60_000 });
+  return r.code === 0 && fs.readFileSync(out, "utf8") === "hello small\n";
+}
+
+/** A root with a 32 MiB `big.bin` and a `small.txt`. */
+function floodRoot(dir: string): string {
+  const root = path.join(dir, "root");
+  fs.mkdirSync(root);
+  writeRandomFile(path.join(root, "big.bin"), 32 << 20, 41);
+  fs.writeFileSync(path.join(root, "small.txt"), "hello small\n");
+  return root;
+}
+
+test("moat serve keeps 200 gets that never read within its send budget and serves a get meanwhile", async () => {
+  using tmp = tempDir();
+  const root = floodRoot(tmp.dir);
+  await using server = await startServer(["--root", root]);
+  const rss = sampleRss(server.child.pid!, 50);
+  let during = false;
+  const stats = await unreadGets({
+    port: server.port,
+    // Without a budget, 200 stalled gets held 1 MiB each: over 256 MiB.
+    count: 200,
+    path: "big.bin",
+    hold: async () => {
+      // Every get started (lines the audit rate held back are counted in
+      // `suppressed` lines once the peer is quiet).
+      await until(
+        () =>
+          (checkAuditLines(server.audit.lines.join("\n")).events
+            .get_started ?? 0) >= 200,
+        30_000,
+        "200 gets started",
+      );
+      during = await smallGet(server.port, tmp.dir);
+    },
+  });
+  const peak = rss.stop();
+  assert.equal(stats.sent, 200);
+  assert.equal(stats.closedByServer, 0);
+  assert.ok(during, "a get while 200 gets were stalled");
+  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
+  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
+});
+
+test("moat serve holds a plain and a framed chat flood to --chat-rate and --audit-rate and drops no line", async () => {
+  using tmp = tempDir();
+  const root = floodRoot(tmp.dir);
+  const server = await startServer([
+    "--root",
+    root,
+    "--chat-rate",
+    "20",
+    "--audit-rate",
+    "5",
+  ]);
+  const rss = sampleRss(server.child.pid!, 50);
+  const started = performance.now();
+  let during = false;
+  let stats: Awaited<ReturnType<typeof chatFlood>>[];
+  try {
+    const flooding = Promise.all([
+      chatFlood({ port: server.port, framed: false, durationMs: 1500 }),
+      chatFlood({ port: server.port, framed: true, durationMs: 1500 }),
+    ]);
+    during = await smallGet(server.port, tmp.dir);
+    stats = await flooding;
+  } finally {
+    // What the server still holds of the flood is in its sockets, read at
+    // the chat rate; the shutdown ends it and summarises the audit lines.
+    assert.equal(await server.stop(), 0);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const peak = rss.stop();
+  assert.ok(during, "a get during the flood");
+  const written = stats.reduce((n, s) => n + s.linesWritten, 0);
+  // Both clients share one address: 40 lines at once, then 20 a second.
+  const relayed = server.stdout.lines.filter((l) => / \d+ x+$/.test(l));
+  assert.ok(relayed.length > 0);
+  assert.ok(
+    relayed.length <= 40 + 20 * Math.ceil(seconds + 1),
+    `${relayed.length} lines relayed in ${seconds.toFixed(1)} s`,
+  );
+  assert.ok(written > relayed.length, "the flood outran the rate");
+  // The audit log wrote 50 at once, then 5 a second, and counted the rest:
+  // every relayed line is in it, written or in a `suppressed` count.
+  const chatLines = server.events().filter((e) => e.event === "chat");
+  assert.ok(
+    chatLines.length <= 50 + 5 * Math.ceil(seconds + 1),
+    `${chatLines.length} chat audit lines in ${seconds.toFixed(1)} s`,
+  );
+  const audit = checkAuditLines(server.audit.lines.join("\n"));
+  assert.equal(audit.events.chat, relayed.length);
+  assert.deepEqual(audit.bad, []);
+  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
+});
+
+test("moat serve stops reading shippers that do not read their acks, and serves a get meanwhile", async () => {
+  using tmp = tempDir();
+  const root = floodRoot(tmp.dir);
+  await using server = await startServer([
+    "--root",
+    root,
+    "--vault",
+    path.join(tmp.dir, "vault"),
+  ]);
+  const rss = sampleRss(server.child.pid!, 50);
+  const flooding = shipFlood({
+    port: server.port,
+    connections: 4,
+    durationMs: 1500,
+    recordsPerBatch: 1,
+    lineBytes: 100,
+    readAcks: false,
+  });
+  const during = await smallGet(server.port, tmp.dir);
+  const stats = await flooding;
+  const peak = rss.stop();
+  assert.equal(stats.shippers, 4);
+  assert.ok(during, "a get during the flood");
+  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
+  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
+});
+
+test("moat serve takes batches of thousands of empty records from 8 shippers within its budgets, and serves a get meanwhile", async () => {
+  using tmp = tempDir();
+  const root = floodRoot(tmp.dir);
+  await using server = await startServer([
+    "--root",
+    root,
+    "--vault",
+    path.join(tmp.dir, "vault"),
+  ]);
+  const rss = sampleRss(server.child.pid!, 50);
+  const flooding = shipFlood({
+    port: server.port,
+    connections: 8,
+    durationMs: 1500,
+    recordsPerBatch: 4096,
+    lineBytes: 0,
+    readAcks: true,
+  });
+  const during = await smallGet(server.port, tmp.dir);
+  const stats = await flooding;
+  const peak = rss.stop();
+  assert.equal(stats.shippers, 8);
+  assert.ok(stats.records > 0);
+  assert.ok(during, "a get during the flood");
+  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
+  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
 });
 
 // ---------------------------------------------------------------------------

@@ -440,7 +440,17 @@ test("plain socat and a telnet-style client chat with each other, CRLF stripped"
 test("serve --reply answers nc, socat, telnet-style and framed chat lines", async () => {
   requireTools();
   using tmp = tempDir();
-  await using server = await startServer(["--reply", "PONG"]);
+  // 3,000 lines from one peer, every one in the audit log: no chat or audit
+  // rate (their limits are tested in tests/server_chat_test.ts and
+  // tests/e2e_hostile_test.ts).
+  await using server = await startServer([
+    "--reply",
+    "PONG",
+    "--chat-rate",
+    "0",
+    "--audit-rate",
+    "0",
+  ]);
   const p = server.port;
 
   const viaNc = await sh(`printf 'hello\\n' | nc -N 127.0.0.1 ${p}`, {

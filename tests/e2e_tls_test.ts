@@ -523,6 +523,14 @@ test("serve --token-file: the right token passes and names the client; wrong or 
     relayed,
     /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+ token:alice\] hi from alice$/,
   );
+  const none = await getHello(t.dir, server.port, []);
+  assert.equal(none.code, 3, none.stderr);
+  assert.match(
+    oneLine(none.stderr),
+    /Server requires a token: pass --token-file FILE or set MOAT_TOKEN/,
+  );
+  // The wrong token last: its failure makes this address wait before the
+  // next challenge (ERR_AUTH_THROTTLED).
   const wrong = await getHello(t.dir, server.port, [
     "--token-file",
     "wrong.token",
@@ -531,12 +539,6 @@ test("serve --token-file: the right token passes and names the client; wrong or 
   assert.equal(
     oneLine(wrong.stderr),
     "moat: Server refused: token authentication failed",
-  );
-  const none = await getHello(t.dir, server.port, []);
-  assert.equal(none.code, 3, none.stderr);
-  assert.match(
-    oneLine(none.stderr),
-    /Server requires a token: pass --token-file FILE or set MOAT_TOKEN/,
   );
   // Plain text is off on a token port.
   const plain = await rawExchange(server.port, Buffer.from("hello\n"));

@@ -14,7 +14,7 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { get } from "../lib/client.ts";
 import { createDigest } from "../lib/digest.ts";
-import { PathError } from "../lib/errors.ts";
+import { INTERNAL_MESSAGE, PathError } from "../lib/errors.ts";
 import {
   decodeError,
   decodeFileMeta,
@@ -201,4 +201,47 @@ test("serveGets ends a connection that sends something other than a get", async 
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.equal(closed.reason, "Expected a get frame, got type 0x10");
   assert.equal(t.audit.named("error")[0]!.code, "ERR_PROTOCOL");
+});
+
+/** A system error as node:fs makes it: its message names a server path. */
+function systemError(code: string, file: string): Error {
+  return Object.assign(
+    new Error(`${code}: too many open files, open '${file}'`),
+    { code, errno: -24, syscall: "open", path: file },
+  );
+}
+
+test("serveFile tells a peer ERR_INTERNAL for a system error naming a server path, and keeps the path in the audit log", async () => {
+  let secretPath = "";
+  await using t = await startMemoryServer({
+    wrapJail: (jail) => ({
+      root: jail.root,
+      open: (requestPath) => {
+        secretPath = path.join(jail.root, requestPath);
+        return Promise.reject(systemError("EMFILE", secretPath));
+      },
+    }),
+  });
+  const framed = await openFramed(t, "get");
+  await framed.send(Kind.Get, encodeJson({ path: "a.txt", offset: 0 }));
+  const frame = await within(framed.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  const body = decodeError(frame!.payload);
+  assert.deepEqual(body, { code: "ERR_INTERNAL", message: INTERNAL_MESSAGE });
+  assert.ok(!decodeText(frame!.payload).includes(t.root));
+
+  const plain = await t.connect();
+  await plain.write(bytes("FILE:b.txt\n"));
+  const line = decodeText(await readAll(plain));
+  assert.equal(line, `ERR INTERNAL ${INTERNAL_MESSAGE}\n`);
+  assert.ok(!line.includes(t.root));
+
+  // The operator still sees what happened, path and all.
+  const errors = await t.audit.waitCount(
+    (e) => e.event === "error" && e.code === "EMFILE",
+    2,
+    "the errors",
+  );
+  assert.ok(errors.every((e) => String(e.message).includes(t.root)));
+  assert.ok(String(errors[1]!.message).includes(secretPath));
 });

@@ -19,6 +19,7 @@ import {
 import { answerChallenge, type Token } from "../lib/auth.ts";
 import {
   bytes,
+  helloBytes,
   openFramed,
   readAll,
   startMemoryServer,
@@ -249,4 +250,131 @@ test("Server turns plain-text mode off when tokens are required", async () => {
     decodeText(await readAll(conn)),
     "ERR PLAIN_DISABLED plain-text mode is off on this server\n",
   );
+});
+
+const WRONG: Token = { name: "alice", secret: "not-the-right-secret!!" };
+
+/**
+ * Sends a Hello to a token server from `from`; returns what follows the
+ * preamble (a Challenge, or a refusal) and a way to answer the challenge.
+ */
+async function startTokenHandshake(
+  t: Awaited<ReturnType<typeof startMemoryServer>>,
+  from: string,
+) {
+  const conn = await t.connect(from);
+  await conn.write(helloBytes("chat"));
+  const { FrameReader } = await import("../lib/framer.ts");
+  const reader = new FrameReader(conn, { bufferSize: 4096 });
+  await within(reader.readExact(8), "the preamble");
+  const first = await within(reader.readFrame(), "the challenge");
+  return {
+    conn,
+    first,
+    async answer(token: Token) {
+      assert.equal(first?.type, Kind.Challenge);
+      await conn.write(encodeFrame({
+        type: Kind.Auth,
+        payload: answerChallenge(first!.payload, {
+          token,
+          mode: "chat",
+          binding: "",
+        }),
+      }));
+      return await within(reader.readFrame(), "the answer");
+    },
+  };
+}
+
+/** Asserts that `frame` is ERR_AUTH_THROTTLED naming `seconds`. */
+function assertThrottled(
+  frame: { type: number; payload: Uint8Array } | null,
+  seconds: number,
+) {
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_AUTH_THROTTLED",
+    message:
+      `Too many failed authentication attempts from this address: try again in ${seconds} s`,
+  });
+}
+
+test("handshake throttles failed token proofs per address: the wait doubles, a waiting address is not challenged, a success clears it", async () => {
+  await using t = await startMemoryServer({ auth: { tokens: [ALICE] } });
+  /** Fails one proof; `failures` is what the audit line should count. */
+  const fail = async (failures: number) => {
+    const before = t.audit.named("auth_failed").length;
+    const h = await startTokenHandshake(t, "127.0.0.1");
+    const reply = await h.answer(WRONG);
+    assert.equal(decodeError(reply!.payload).code, "ERR_AUTH");
+    const e = await t.audit.waitCount(
+      (e) => e.event === "auth_failed",
+      before + 1,
+      "auth_failed",
+    );
+    assert.deepEqual(
+      {
+        ...e.at(-1)!,
+        ts: undefined,
+        peer: undefined,
+        name: undefined,
+        port: undefined,
+      },
+      {
+        ts: undefined,
+        event: "auth_failed",
+        peer: undefined,
+        name: undefined,
+        ip: "127.0.0.1",
+        port: undefined,
+        address: "127.0.0.1",
+        token: "alice",
+        failures,
+      },
+    );
+    assert.equal(e.at(-1)!.peer, `127.0.0.1:${h.conn.localAddr.port}`);
+  };
+  await fail(1);
+  // 250 ms to wait: refused at once, before any challenge.
+  const early = await startTokenHandshake(t, "127.0.0.1");
+  assertThrottled(early.first, 1);
+  assert.equal(await within(early.conn.read(new Uint8Array(1)), "EOF"), null);
+  // Another address is not held up.
+  const other = await startTokenHandshake(t, "127.0.0.2");
+  assert.equal((await other.answer(ALICE))?.type, Kind.Welcome);
+  t.clock.advance(250);
+  await fail(2);
+  t.clock.advance(499);
+  assertThrottled((await startTokenHandshake(t, "127.0.0.1")).first, 1);
+  t.clock.advance(1);
+  await fail(3);
+  t.clock.advance(999);
+  assertThrottled((await startTokenHandshake(t, "127.0.0.1")).first, 1);
+  t.clock.advance(1);
+  const ok = await startTokenHandshake(t, "127.0.0.1");
+  assert.equal((await ok.answer(ALICE))?.type, Kind.Welcome);
+  // The success cleared the address: its next failure counts from 1 again.
+  await fail(1);
+  assertThrottled((await startTokenHandshake(t, "127.0.0.1")).first, 1);
+  const throttled = t.audit.events.filter((e) =>
+    e.event === "refused" && e.reason === "authentication throttled"
+  );
+  assert.equal(throttled.length, 4);
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.reason === "authentication throttled",
+    "a throttled close",
+  );
+  assert.equal(closed.name, "c2");
+});
+
+test("handshake checks no proof from an address whose parallel connection just failed", async () => {
+  await using t = await startMemoryServer({ auth: { tokens: [ALICE] } });
+  // Both are challenged before either answers: guessing in parallel.
+  const a = await startTokenHandshake(t, "127.0.0.1");
+  const b = await startTokenHandshake(t, "127.0.0.1");
+  assert.equal(decodeError((await a.answer(WRONG))!.payload).code, "ERR_AUTH");
+  // Even the right token is not checked while the address waits.
+  assertThrottled(await b.answer(ALICE), 1);
+  assert.equal(t.audit.named("auth_failed").length, 1);
+  assert.deepEqual(t.audit.named("authenticated"), []);
 });

@@ -93,7 +93,7 @@ test("Server.prototype.reload refuses new peers the new allowlist drops and clos
     (e) => e.event === "refused" && e.ip === "127.0.0.2",
     "the refusal",
   );
-  assert.equal(refused.code, "ACCESS_DENIED");
+  assert.equal(refused.code, "ERR_ACCESS_DENIED");
   kept.conn.close();
 });
 

@@ -9,7 +9,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as path from "node:path";
-import { openVault, type Vault } from "../lib/vault/store.ts";
+import { openVault, type Vault, type VaultSource } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
 import {
   decodeError,
@@ -23,6 +23,14 @@ import {
 } from "../lib/protocol.ts";
 import { encodeFrame, FrameReader } from "../lib/framer.ts";
 import { answerChallenge } from "../lib/auth.ts";
+import { ConnectionClosedError, INTERNAL_MESSAGE } from "../lib/errors.ts";
+import { ACKS_QUEUED_MAX } from "../lib/server/ship.ts";
+import {
+  APPEND_IN_FLIGHT,
+  AppendBudget,
+  AppendPipeline,
+} from "../lib/server/append_pipeline.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
 import { tempDir } from "./_e2e.ts";
 import {
   bytes,
@@ -385,4 +393,236 @@ test("serveShip never lets a second host holding the same token write into the f
     await storedLines(v.dir, "127.0.0.1[token:fleet]/auth"),
     lines(1, 12),
   );
+});
+
+test("serveShip tells a shipper ERR_INTERNAL for a system error naming the vault's path, and keeps it in the audit log", async () => {
+  await using v = await testVault();
+  const failing: Vault = Object.create(v.vault, {
+    source: {
+      value: () => {
+        throw Object.assign(
+          new Error(
+            `EMFILE: too many open files, open '${v.dir}/sources/x/log'`,
+          ),
+          { code: "EMFILE", errno: -24, syscall: "open" },
+        );
+      },
+    },
+  });
+  await using t = await startMemoryServer({ vault: failing });
+  const client = await openFramed(t, "ship", { hello: { source: "app" } });
+  const frame = await within(client.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  const refused = await t.audit.waitFor(
+    (e) => e.event === "refused" && e.code === "EMFILE",
+    "the refusal in the audit log",
+  );
+  assert.ok(String(refused.message).includes(v.dir));
+});
+
+test("serveShip tells a shipper ERR_INTERNAL when an append fails with a system error naming the vault's path", async () => {
+  await using v = await testVault();
+  const failing: Vault = Object.create(v.vault, {
+    source: {
+      value: (key: Parameters<Vault["source"]>[0]) => {
+        const source = v.vault.source(key);
+        return {
+          key: source.key,
+          id: source.id,
+          lastSeq: source.lastSeq,
+          acceptedSeq: source.acceptedSeq,
+          append: () =>
+            Promise.reject(
+              Object.assign(
+                new Error(`EIO: i/o error, write '${v.dir}/segments/0001'`),
+                { code: "EIO" },
+              ),
+            ),
+        };
+      },
+    },
+  });
+  await using t = await startMemoryServer({ vault: failing });
+  const shipper = await openShip(t, "app");
+  await shipper.conn.write(batch(1, lines(1, 3)));
+  const frame = await within(shipper.reader.readFrame(), "the error");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "ship",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "EIO");
+  assert.ok(String(err.message).includes(v.dir));
+});
+
+/**
+ * A vault whose sources take every append at once, durable on the next
+ * turn, without touching a disk; `stats.appended` counts the records taken.
+ */
+function instantVault(base: Vault) {
+  const stats = { appended: 0 };
+  const vault: Vault = Object.create(base, {
+    source: {
+      value: (key: Parameters<Vault["source"]>[0]) => {
+        let last = 0;
+        return {
+          key,
+          id: "instant",
+          get lastSeq() {
+            return last;
+          },
+          get acceptedSeq() {
+            return last;
+          },
+          append(records: readonly { seq: number }[]) {
+            stats.appended += records.length;
+            last = records.at(-1)?.seq ?? last;
+            return Promise.resolve(last);
+          },
+        };
+      },
+    },
+  });
+  return { vault, stats };
+}
+
+/** Waits (bounded) until `pred()` holds: the server reaches a state. */
+async function until(pred: () => boolean, what: string): Promise<void> {
+  await within(
+    (async () => {
+      while (!pred()) await new Promise((r) => setTimeout(r, 1));
+    })(),
+    what,
+  );
+}
+
+test("serveShip stops reading a shipper that does not read its acks, and goes on once it does", async () => {
+  await using v = await testVault();
+  const instant = instantVault(v.vault);
+  await using t = await startMemoryServer({ vault: instant.vault });
+  const shipper = await openShip(t, "app");
+  // 8,000 one-record batches: far more acks than the ack pipe holds.
+  const n = 8000;
+  const frames: Uint8Array[] = [];
+  for (let seq = 1; seq <= n; seq++) frames.push(batch(seq, [`r${seq}`]));
+  const writing = shipper.conn.write(concat(frames));
+  await until(
+    () => t.server.usage().pausedReads === 1,
+    "the server to stop reading",
+  );
+  // Stored: what the ack pipe (64 KiB, 13 bytes an ack), the outbox bound
+  // and the appends in flight account for; the rest waits in the socket.
+  const bound = Math.ceil(64 * 1024 / 13) + 1 +
+    Math.ceil(ACKS_QUEUED_MAX / 13) + 1 + APPEND_IN_FLIGHT;
+  assert.ok(
+    instant.stats.appended <= bound,
+    `${instant.stats.appended} batches taken while the acks went unread`,
+  );
+  assert.ok(bound < n);
+  // Every ack comes, in order, once the shipper reads them.
+  const acks = await readAcks(shipper, n);
+  assert.deepEqual(acks, Array.from({ length: n }, (_, i) => i + 1));
+  await within(writing, "the shipper's batches all read");
+  assert.equal(instant.stats.appended, n);
+  assert.equal(t.server.usage().pausedReads, 0);
+});
+
+test("serveShip refuses a batch of more records than the vault takes at once, before decoding it", async () => {
+  await using v = await testVault();
+  const instant = instantVault(v.vault);
+  await using t = await startMemoryServer({ vault: instant.vault });
+  const shipper = await openShip(t, "app");
+  const empty = Array.from({ length: DEFAULT_MAX_BATCH_RECORDS + 1 }, () => "");
+  await shipper.conn.write(concat([batch(1, ["a"]), batch(2, empty)]));
+  assert.deepEqual(await readAcks(shipper, 1), [1]);
+  const frame = await within(shipper.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_TOO_MANY_RECORDS",
+    message:
+      "Cannot append 4097 records at once: a batch holds at most 4096 (maxRecordsPerAppend)",
+  });
+  assert.equal(instant.stats.appended, 1);
+});
+
+test("serveShip refuses a batch whose last record is cut short", async () => {
+  await using v = await testVault();
+  const instant = instantVault(v.vault);
+  await using t = await startMemoryServer({ vault: instant.vault });
+  const shipper = await openShip(t, "app");
+  const whole = encodeShipBatch([
+    { seq: 1, ts: 1, partial: false, line: bytes("abc") },
+  ]);
+  await shipper.send(Kind.ShipBatch, whole.subarray(0, whole.length - 1));
+  const frame = await within(shipper.reader.readFrame(), "the refusal");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_PROTOCOL",
+    message: "Cannot decode ship batch: truncated line",
+  });
+  assert.equal(instant.stats.appended, 0);
+});
+
+test("AppendPipeline keeps the appends of every pipeline on one budget within it, and decodes a waiting batch only once it fits", async () => {
+  const budget = new AppendBudget(3 * 1000);
+  const pending: (() => void)[] = [];
+  const source = (name: string): VaultSource => ({
+    key: { peer: "10.0.0.5", name },
+    id: name,
+    lastSeq: 0,
+    acceptedSeq: 0,
+    append: (records) =>
+      new Promise((resolve) =>
+        pending.push(() => resolve(records.at(-1)!.seq))
+      ),
+  });
+  const a = new AppendPipeline(source("a"), { budget });
+  const b = new AppendPipeline(source("b"), { budget });
+  const decoded: string[] = [];
+  const lazy = (name: string, seq: number) => ({
+    cost: 1000,
+    decode: () => {
+      decoded.push(`${name}${seq}`);
+      return [{ seq, ts: 1, line: new Uint8Array(0) }];
+    },
+  });
+  await a.push(lazy("a", 1), { recvTs: 1 });
+  await b.push(lazy("b", 1), { recvTs: 1 });
+  await a.push(lazy("a", 2), { recvTs: 1 });
+  assert.equal(budget.used, 3000);
+  const waiting = b.push(lazy("b", 2), { recvTs: 1 });
+  assert.equal(budget.waiting, 1);
+  assert.deepEqual(decoded, ["a1", "b1", "a2"]);
+  // One commit makes room for the waiting batch.
+  pending.shift()!();
+  await waiting;
+  assert.deepEqual(decoded, ["a1", "b1", "a2", "b2"]);
+  assert.equal(budget.used, 3000);
+  for (const done of pending.splice(0)) done();
+  await a.finish();
+  await b.finish();
+  assert.equal(budget.used, 0);
+  assert.equal(a.stored + b.stored, 4);
+});
+
+test("AppendBudget lets one batch in alone whatever its cost, and ends a wait on abort", async () => {
+  const budget = new AppendBudget(100);
+  await budget.take(1000);
+  const gone = new AbortController();
+  const waiting = budget.take(1, gone.signal);
+  gone.abort();
+  await assert.rejects(waiting, ConnectionClosedError);
+  budget.give(1000);
+  assert.equal(budget.used, 0);
+  assert.equal(budget.waiting, 0);
 });

@@ -5,12 +5,23 @@
  * @module
  */
 
+import { AuthThrottle } from "../lib/auth.ts";
+import { SendBudget } from "../lib/server/send_budget.ts";
+import {
+  AppendBudget,
+  DEFAULT_APPEND_BUDGET,
+} from "../lib/server/append_pipeline.ts";
 import { SourceWatch } from "../lib/server/liveness.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { decodeText, decodeWelcome, Kind } from "../lib/protocol.ts";
+import {
+  decodeError,
+  decodeText,
+  decodeWelcome,
+  Kind,
+} from "../lib/protocol.ts";
 import { FrameReader } from "../lib/framer.ts";
 import { AuditLog } from "../lib/audit.ts";
 import { ChatHub } from "../lib/chat.ts";
@@ -20,7 +31,7 @@ import {
   resolveServerOptions,
   type ServerOptions,
 } from "../lib/server/options.ts";
-import { Session } from "../lib/server/session.ts";
+import { Pauses, Session } from "../lib/server/session.ts";
 import { plainRefusal } from "../lib/server/sniff.ts";
 import type { Token } from "../lib/auth.ts";
 import { memoryConnPair, memoryNet } from "./_memory_conn.ts";
@@ -213,6 +224,11 @@ test("plainRefusal serves a certificate port's connection only with a verified c
       silentAfterMs: options.silentAfterMs,
       now: options.now,
     }),
+    authThrottle: new AuthThrottle(),
+    sendBudget: new SendBudget(options.sendBufferBytes),
+    appendBudget: new AppendBudget(DEFAULT_APPEND_BUDGET),
+    chatRate: undefined,
+    pauses: new Pauses(),
   };
   const [client, conn] = memoryConnPair();
   const verified = new Session(ctx, {
@@ -229,5 +245,66 @@ test("plainRefusal serves a certificate port's connection only with a verified c
     "plain-text client refused (no verified client certificate)",
   );
   client.close();
+});
+
+test("serveConnection answers a frame over maxFrameSize after the handshake with ERR_FRAME_TOO_LARGE before the close", async () => {
+  await using t = await startMemoryServer({ maxFrameSize: 65_536 });
+  for (const mode of ["get", "chat"] as const) {
+    const client = await openFramed(t, mode);
+    // A header announcing one byte over the limit, and none of its payload.
+    await client.conn.write(Uint8Array.of(Kind.Get, 0, 1, 0, 1));
+    const frame = await within(client.reader.readFrame(), "the refusal");
+    assert.equal(frame?.type, Kind.Error, mode);
+    assert.deepEqual(decodeError(frame!.payload), {
+      code: "ERR_FRAME_TOO_LARGE",
+      message: "Cannot decode frame: length 65537 exceeds maxFrameSize 65536",
+    });
+    assert.equal(await within(client.reader.readFrame(), "the close"), null);
+    const err = await t.audit.waitFor(
+      (e) => e.event === "error" && e.name === client.welcome.name,
+      "the error in the audit log",
+    );
+    assert.equal(err.code, "ERR_FRAME_TOO_LARGE");
+  }
+});
+
+test("serveConnection serves a silent connection whose late first bytes are a preamble as a framed client", async () => {
+  await using t = await startMemoryServer();
+  const conn = await t.connect();
+  const reader = new FrameReader(conn, { bufferSize: 4096 });
+  // Silent past the detection time: the server takes it for a plain client
+  // that waits to be spoken to, and it hears the operator.
+  const firstByte = reader.readExact(1).then((b) => decodeText(b));
+  let heard: string | undefined;
+  for (let i = 0; i < 200 && heard === undefined; i++) {
+    t.server.say("anyone?");
+    heard = await Promise.race([
+      firstByte,
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 20)),
+    ]);
+  }
+  assert.equal(heard, "[");
+  assert.equal(
+    decodeText(await within(reader.readExact(18), "the line")),
+    "operator] anyone?\n",
+  );
+  // Then its preamble arrives: a framed client that was starved, not text.
+  await conn.write(helloBytes("chat"));
+  // Lines said before it joined the framed side come first.
+  for (let i = 0; i < 200; i++) {
+    const [next] = await within(reader.peek(1), "more bytes");
+    if (next === 0x89) break;
+    assert.equal(
+      decodeText(await within(reader.readExact(19), "a line")),
+      "[operator] anyone?\n",
+    );
+  }
+  assert.deepEqual(
+    [...await within(reader.readExact(8), "the preamble")],
+    [0x89, 0x4d, 0x4f, 0x41, 0x54, 0x0d, 0x0a, 0x01],
+  );
+  const frame = await within(reader.readFrame(), "the welcome");
+  assert.equal(frame?.type, Kind.Welcome);
+  assert.deepEqual(t.audit.named("chat"), [], "the preamble relayed as chat");
   conn.close();
 });

@@ -10,9 +10,167 @@ import type {
   AppendRecord,
   VaultSource,
 } from "../vault/store.ts";
+import { ConnectionClosedError } from "../errors.ts";
 
 /** Appends one connection may have waiting for the vault at once. */
 export const APPEND_IN_FLIGHT = 8;
+
+/**
+ * What the appends of every connection together may hold in flight, in
+ * bytes ({@linkcode appendCost}): without it, 8 appends per connection
+ * times every connection.
+ */
+export const DEFAULT_APPEND_BUDGET = 16 * 1024 * 1024;
+
+/**
+ * What one record costs in flight beyond its line: its decoded form, and
+ * its encoding and chain hash in the vault until the commit.
+ */
+const RECORD_COST = 384;
+
+/**
+ * What a batch costs against an {@linkcode AppendBudget}.
+ *
+ * @param records The batch.
+ * @returns Its lines' bytes plus a fixed cost per record.
+ */
+export function appendCost(records: readonly AppendRecord[]): number {
+  let cost = 0;
+  for (const r of records) cost += RECORD_COST + r.line.length;
+  return cost;
+}
+
+/**
+ * What an encoded batch costs against an {@linkcode AppendBudget}, from its
+ * size and record count alone (at least what {@linkcode appendCost} says of
+ * its records).
+ *
+ * @param bytes Its encoded size.
+ * @param records How many records it holds.
+ * @returns The cost.
+ */
+export function encodedCost(bytes: number, records: number): number {
+  return bytes + records * RECORD_COST;
+}
+
+/**
+ * Bytes of appends in flight that every connection shares. A batch waits,
+ * in order, until it fits; one batch alone always fits, whatever its size.
+ *
+ * @example
+ * ```ts
+ * import { AppendBudget } from "./append_pipeline.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const budget = new AppendBudget(1000);
+ * await budget.take(800);
+ * let second = false;
+ * const waiting = budget.take(800).then(() => (second = true));
+ * assert.equal(budget.waiting, 1);
+ * budget.give(800);
+ * await waiting;
+ * assert.ok(second);
+ * ```
+ */
+export class AppendBudget {
+  readonly #total: number;
+  #used = 0;
+  #waiters: { cost: number; resolve: () => void }[] = [];
+
+  /**
+   * @param total Bytes in flight at most (but one batch always fits).
+   */
+  constructor(total: number) {
+    this.#total = total;
+  }
+
+  /** The budget, in bytes. */
+  get total(): number {
+    return this.#total;
+  }
+
+  /** Bytes in flight now. */
+  get used(): number {
+    return this.#used;
+  }
+
+  /** Batches waiting to fit. */
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+
+  /**
+   * Takes `cost` bytes, waiting in order until they fit.
+   *
+   * @param cost From {@linkcode appendCost}.
+   * @param signal Ends the wait (the connection was closed).
+   * @returns When taken; give them back with {@linkcode AppendBudget.prototype.give}.
+   * @throws {ConnectionClosedError} When `signal` aborts first.
+   */
+  take(cost: number, signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(closedWhileWaiting());
+    if (this.#waiters.length === 0 && this.#fits(cost)) {
+      this.#used += cost;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        cost,
+        resolve: () => {
+          signal?.removeEventListener("abort", abort);
+          resolve();
+        },
+      };
+      const abort = () => {
+        const i = this.#waiters.indexOf(waiter);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        reject(closedWhileWaiting());
+        this.#wake();
+      };
+      signal?.addEventListener("abort", abort, { once: true });
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /**
+   * Gives bytes back, and lets waiting batches in, in order.
+   *
+   * @param cost What was taken.
+   */
+  give(cost: number): void {
+    this.#used -= cost;
+    this.#wake();
+  }
+
+  #fits(cost: number): boolean {
+    return this.#used === 0 || this.#used + cost <= this.#total;
+  }
+
+  #wake() {
+    while (this.#waiters.length > 0 && this.#fits(this.#waiters[0]!.cost)) {
+      const w = this.#waiters.shift()!;
+      this.#used += w.cost;
+      w.resolve();
+    }
+  }
+}
+
+function closedWhileWaiting(): ConnectionClosedError {
+  return new ConnectionClosedError(
+    "Connection closed while waiting for the vault",
+  );
+}
+
+/**
+ * A batch decoded only once the shared budget has room for it: while it
+ * waits, only its encoded bytes are held, not thousands of record objects.
+ */
+export interface LazyBatch {
+  /** What it costs against the budget: see {@linkcode appendCost}. */
+  readonly cost: number;
+  /** Its records, in sequence order. */
+  decode(): readonly AppendRecord[];
+}
 
 /** Options for {@linkcode AppendPipeline}. */
 export interface AppendPipelineOptions {
@@ -23,6 +181,10 @@ export interface AppendPipelineOptions {
    * sequence number it stored; never after an earlier append failed.
    */
   onDurable?: (seq: number) => void;
+  /** Bytes in flight shared with other connections' pipelines. */
+  budget?: AppendBudget;
+  /** Ends a wait for the budget (the connection was closed). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -49,6 +211,8 @@ export class AppendPipeline {
   #source: VaultSource;
   #limit: number;
   #onDurable: ((seq: number) => void) | undefined;
+  #budget: AppendBudget | undefined;
+  #signal: AbortSignal | undefined;
   #inFlight = new Set<Promise<void>>();
   #next = 0;
   #failedAt = Infinity;
@@ -65,6 +229,8 @@ export class AppendPipeline {
     this.#source = source;
     this.#limit = options.inFlight ?? APPEND_IN_FLIGHT;
     this.#onDurable = options.onDurable;
+    this.#budget = options.budget;
+    this.#signal = options.signal;
   }
 
   /** Records stored durably so far (before the first failure). */
@@ -83,21 +249,48 @@ export class AppendPipeline {
   }
 
   /**
-   * Starts an append. The vault copies the records before this returns, so
-   * the caller may reuse their buffers at once.
+   * Starts an append, once the shared budget (if any) has room for it. The
+   * vault copies the records before this returns, so the caller may reuse
+   * their buffers at once; nothing here keeps them while the append is in
+   * flight (records that live that long are promoted by the garbage
+   * collector, and a fast shipper's then fill the heap).
    *
-   * @param records Records in sequence order.
+   * @param batch Records in sequence order, or a {@linkcode LazyBatch}
+   * decoded only once it fits the budget.
    * @param options Receive time.
    * @returns When fewer than `inFlight` appends are waiting.
+   * @throws {ConnectionClosedError} When the signal aborts while the batch
+   * waits for the budget.
    */
   async push(
-    records: readonly AppendRecord[],
+    batch: readonly AppendRecord[] | LazyBatch,
     options: AppendOptions,
   ): Promise<void> {
+    const budget = this.#budget;
+    const lazy = "decode" in batch ? batch : undefined;
+    const cost = budget === undefined
+      ? 0
+      : lazy?.cost ?? appendCost(batch as readonly AppendRecord[]);
+    // Without a budget nothing is awaited before the append starts: callers
+    // that push several batches in a row (the syslog port) number each from
+    // the source's acceptedSeq, which only the append moves.
+    if (budget !== undefined) await budget.take(cost, this.#signal);
     const index = this.#next++;
-    // Only the count is kept: the records may go once the vault has them.
-    const count = records.length;
-    const p = this.#source.append(records, options).then(
+    let count: number;
+    let appending: Promise<number>;
+    try {
+      const records = lazy ? lazy.decode() : batch as readonly AppendRecord[];
+      count = records.length;
+      appending = this.#source.append(records, options);
+    } catch (err) {
+      budget?.give(cost);
+      throw err;
+    }
+    if (budget !== undefined) {
+      const settled = () => budget.give(cost);
+      appending.then(settled, settled);
+    }
+    const p = appending.then(
       (seq) => {
         if (index > this.#failedAt) return;
         this.#stored += count;

@@ -15,9 +15,9 @@ import {
   encodeText,
   Kind,
 } from "../protocol.ts";
-import { ProtocolError } from "../errors.ts";
+import { Code, MoatError, ProtocolError } from "../errors.ts";
 import { Outbox } from "./outbox.ts";
-import type { Session } from "./session.ts";
+import { peerIdentity, type Session } from "./session.ts";
 
 /** Bytes of chat a slow member may have queued before it is dropped. */
 export const OUTBOX_LIMIT = 1 << 20;
@@ -91,6 +91,35 @@ export function encodePlainChat(line: ChatLine): Uint8Array {
   return encodeText(formatChatLine(line) + "\n");
 }
 
+/** One session's side of the chat rate (see {@linkcode chatRateOf}). */
+export interface PeerRate {
+  /** Spends a token of the peer's address now, if it has one. */
+  tryTake(): boolean;
+  /**
+   * Spends a token, waiting until the rate allows; the session counts as
+   * paused meanwhile, and the wait ends when it is closed.
+   */
+  take(): Promise<void>;
+}
+
+/**
+ * The chat rate of a session's peer address (`--chat-rate`): a reader that
+ * spends a token per line, and waits for one before it reads on, never
+ * drops a line and holds at most one.
+ *
+ * @param s The session.
+ * @returns Its rate, or undefined when chat is unlimited.
+ */
+export function chatRateOf(s: Session): PeerRate | undefined {
+  const { chatRate, pauses } = s.server;
+  if (chatRate === undefined) return undefined;
+  const key = peerIdentity(s.conn.remoteAddr.hostname);
+  return {
+    tryTake: () => chatRate.tryTake(key),
+    take: () => pauses.during(chatRate.take(key, s.closed)),
+  };
+}
+
 /**
  * Relays a member's line to the operator and every other member (after the
  * server's `reply`, if set, to the member alone), and audits it. A chat
@@ -119,6 +148,7 @@ export function relay(member: Member, text: string): void {
 /**
  * Serves a framed chat client after its Welcome: relays each Chat frame
  * until the client closes; a line over `maxLine` ends it with an Error frame.
+ * Over its chat rate, the client is not read until the rate allows.
  *
  * @param s The session.
  * @param reader Its frames.
@@ -129,27 +159,32 @@ export async function serveFramedChat(
   reader: FrameReader,
 ): Promise<void> {
   const { hub, options } = s.server;
+  const rate = chatRateOf(s);
   const member = new Member(s, encodeFramedChat);
   hub.join(member);
   try {
     for (;;) {
-      const frame = await reader.readFrame();
-      if (frame === null) return;
-      if (frame.type !== Kind.Chat) {
+      const header = await reader.readHeader();
+      if (header === null) return;
+      if (header.type !== Kind.Chat) {
         throw new ProtocolError(
-          `Expected a chat frame, got type 0x${frame.type.toString(16)}`,
+          `Expected a chat frame, got type 0x${header.type.toString(16)}`,
         );
       }
-      if (frame.payload.length > options.maxLine) {
-        await s.sendError({
-          code: "ERR_LINE_TOO_LONG",
-          message:
-            `Chat line of ${frame.payload.length} bytes exceeds the limit of ${options.maxLine}`,
-        });
+      // Refused from the header alone: a line over the limit is never read.
+      if (header.length > options.maxLine) {
+        await s.sendError(
+          new MoatError(
+            Code.ERR_LINE_TOO_LONG,
+            `Chat line of ${header.length} bytes exceeds the limit of ${options.maxLine}`,
+          ),
+        );
         s.reason = "chat line too long";
         return;
       }
-      relay(member, decodeText(frame.payload));
+      const text = decodeText(await reader.readPayload());
+      if (rate !== undefined && !rate.tryTake()) await rate.take();
+      relay(member, text);
     }
   } finally {
     hub.leave(member);

@@ -8,14 +8,14 @@
 import { decodeGet, Kind } from "../protocol.ts";
 import { DEFAULT_CHUNK_SIZE, sendFile } from "../file_sender.ts";
 import type { DigestName } from "../digest.ts";
-import { ConnectionClosedError, MoatError, ProtocolError } from "../errors.ts";
-import type { Handshake } from "./handshake.ts";
 import {
-  errorCode,
-  errorMessage,
-  plainErrorLine,
-  type Session,
-} from "./session.ts";
+  Code,
+  ConnectionClosedError,
+  MoatError,
+  ProtocolError,
+} from "../errors.ts";
+import type { Handshake } from "./handshake.ts";
+import { errorCode, errorMessage, type Session } from "./session.ts";
 
 /** One file to send, for {@linkcode serveFile}. */
 export interface FileRequest {
@@ -78,7 +78,7 @@ export async function serveFile(
   s: Session,
   request: FileRequest,
 ): Promise<boolean> {
-  const { audit, options, cache } = s.server;
+  const { audit, options, cache, sendBudget } = s.server;
   const started = Date.now();
   audit.write("get_started", {
     peer: s.peer,
@@ -92,22 +92,24 @@ export async function serveFile(
     file = await options.jail.open(request.path);
     if (request.offset > file.size) {
       throw new MoatError(
-        "ERR_BAD_OFFSET",
+        Code.ERR_BAD_OFFSET,
         `Resume offset ${request.offset} is past the end of "${file.path}" (${file.size} bytes)`,
       );
     }
   } catch (err) {
     file?.close();
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    // The audit log keeps the raw error; the peer is told what it may know.
+    const code = errorCode(err);
     audit.write("error", {
       peer: s.peer,
       name: s.name,
       path: request.path,
-      ...body,
+      code,
+      message: errorMessage(err),
     });
-    if (request.framed) await s.sendError(body);
-    else await s.conn.write(plainErrorLine(body)).catch(() => {});
-    s.reason = `refused path: ${body.code}`;
+    if (request.framed) await s.sendError(err);
+    else await s.sendErrorLine(err);
+    s.reason = `refused path: ${code}`;
     return false;
   }
   try {
@@ -118,6 +120,9 @@ export async function serveFile(
       ...(request.digest && { digest: request.digest }),
       cache,
       onProgress: () => s.touch(),
+      // A transfer waiting for room still obeys the idle timeout: the sweep
+      // closes the session, which ends the wait.
+      buffers: sendBudget.for(s.closed),
     });
     audit.write("get_finished", {
       peer: s.peer,
@@ -130,18 +135,20 @@ export async function serveFile(
     });
     return true;
   } catch (err) {
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    const message = errorMessage(err);
     audit.write("error", {
       peer: s.peer,
       name: s.name,
       path: file.path,
-      ...body,
+      code: errorCode(err),
+      message,
       during: "transfer",
     });
     if (request.framed && !(err instanceof ConnectionClosedError)) {
-      await s.sendError(body);
+      await s.sendError(err);
     }
-    s.reason = `transfer aborted: ${body.message}`;
+    // An idle timeout or a shutdown that cut the transfer is the reason.
+    s.reason ??= `transfer aborted: ${message}`;
     return false;
   } finally {
     file.close();

@@ -26,12 +26,14 @@ import {
   verifyAnswer,
 } from "../auth.ts";
 import {
+  Code,
   ConnectionClosedError,
   FrameTooLargeError,
   MoatError,
   ProtocolError,
 } from "../errors.ts";
-import { errorCode, errorMessage, type Session } from "./session.ts";
+import { truncateText } from "../text.ts";
+import { peerIdentity, type Session } from "./session.ts";
 
 /**
  * Largest Hello or Auth payload. Until a client has completed the handshake
@@ -77,11 +79,12 @@ export async function handshake(
   if (version !== PROTOCOL_VERSION) {
     // Answer in our version so the client can decode the refusal.
     await s.conn.write(encodePreamble()).catch(() => {});
-    await s.sendError({
-      code: "ERR_VERSION",
-      message:
+    await s.sendError(
+      new MoatError(
+        Code.ERR_VERSION,
         `Unsupported protocol version ${version}; this server speaks ${PROTOCOL_VERSION}`,
-    });
+      ),
+    );
     s.reason = `unsupported protocol version ${version}`;
     return undefined;
   }
@@ -102,7 +105,7 @@ export async function handshake(
   } catch (err) {
     if (err instanceof MoatError || err instanceof RangeError) {
       await s.conn.write(encodePreamble()).catch(() => {});
-      await s.sendError({ code: errorCode(err), message: errorMessage(err) });
+      await s.sendError(err);
     }
     throw err;
   }
@@ -132,16 +135,27 @@ export async function handshake(
   return { hello, reader };
 }
 
+/** Longest token name tried that the audit log shows. */
+const MAX_LOGGED_NAME = 64;
+
 /**
  * Sends the preamble and a Challenge, and checks the client's Auth answer.
- * Returns false (after an Error frame) when it does not prove a token.
+ * Returns false (after an Error frame) when it does not prove a token, or
+ * when its address must still wait after failed proofs (the
+ * {@linkcode AuthThrottle}): then no Challenge is sent, or no proof checked.
  */
 async function tokenAuth(
   s: Session,
   handshake: Handshake,
   tokens: readonly Token[],
 ): Promise<boolean> {
-  const { audit, options } = s.server;
+  const { audit, options, authThrottle } = s.server;
+  const address = peerIdentity(s.conn.remoteAddr.hostname);
+  const waiting = authThrottle.wait(address);
+  if (waiting > 0) {
+    await throttled(s, waiting, { preamble: true });
+    return false;
+  }
   const challenge = newChallenge();
   const frame = encodeFrame({
     type: Kind.Challenge,
@@ -160,24 +174,41 @@ async function tokenAuth(
       `Expected an auth frame, got type 0x${answer.type.toString(16)}`,
     );
   }
-  const token = verifyAnswer(tokens, decodeAuth(answer.payload), {
+  const auth = decodeAuth(answer.payload);
+  // Another connection from this address may have failed while this one was
+  // challenged: no proof is checked while its wait runs, so connections
+  // opened in parallel guess no faster than one.
+  const wait = authThrottle.wait(address);
+  if (wait > 0) {
+    await throttled(s, wait, { preamble: false });
+    return false;
+  }
+  const token = verifyAnswer(tokens, auth, {
     nonce: challenge.nonce,
     mode: handshake.hello.mode,
     binding: options.auth?.binding ?? "",
   });
   if (token === undefined) {
+    const failures = authThrottle.failed(address);
+    audit.write("auth_failed", {
+      peer: s.peer,
+      name: s.name,
+      address,
+      token: truncateText(auth.name, MAX_LOGGED_NAME),
+      failures,
+    });
     audit.write("refused", {
       peer: s.peer,
       name: s.name,
       reason: "token authentication failed",
     });
-    await s.sendError({
-      code: "ERR_AUTH",
-      message: "token authentication failed",
-    });
+    await s.sendError(
+      new MoatError(Code.ERR_AUTH, "token authentication failed"),
+    );
     s.reason = "token authentication failed";
     return false;
   }
+  authThrottle.succeeded(address);
   const id = `token:${token.name}`;
   s.identity = s.identity === undefined ? id : `${s.identity} ${id}`;
   audit.write("authenticated", {
@@ -186,6 +217,33 @@ async function tokenAuth(
     identity: s.identity,
   });
   return true;
+}
+
+/**
+ * Refuses a client whose address must still wait after failed proofs:
+ * ERR_AUTH_THROTTLED with the whole seconds left, after the preamble unless
+ * it was sent with the Challenge already.
+ */
+async function throttled(
+  s: Session,
+  waitMs: number,
+  options: { preamble: boolean },
+) {
+  const seconds = Math.ceil(waitMs / 1000);
+  s.server.audit.write("refused", {
+    peer: s.peer,
+    name: s.name,
+    reason: "authentication throttled",
+    waitS: seconds,
+  });
+  if (options.preamble) await s.conn.write(encodePreamble()).catch(() => {});
+  await s.sendError(
+    new MoatError(
+      Code.ERR_AUTH_THROTTLED,
+      `Too many failed authentication attempts from this address: try again in ${seconds} s`,
+    ),
+  );
+  s.reason = "authentication throttled";
 }
 
 /** Reads a handshake frame, refusing one over {@linkcode HANDSHAKE_FRAME_MAX} before reading its payload. */

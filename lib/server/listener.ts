@@ -17,6 +17,7 @@ import type {
 import type { AuditLog } from "../audit.ts";
 import { checkClientCertificate } from "../tls.ts";
 import { encodeText } from "../protocol.ts";
+import { Code, errorLine, isCode } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
 import { errorMessage, formatAddr, type Session } from "./session.ts";
 
@@ -123,8 +124,8 @@ export async function acceptAll(
 
 /** Why the guard refused a connection: the ERR line's code and reason. */
 export interface Refusal {
-  /** e.g. "ACCESS_DENIED", "BUSY", "CERT_REQUIRED". */
-  readonly code: string;
+  /** e.g. `ERR_ACCESS_DENIED`, sent as `ERR ACCESS_DENIED …`. */
+  readonly code: Code;
   /** One line for the peer and the audit log. */
   readonly reason: string;
 }
@@ -154,10 +155,13 @@ export function guard(
   options: GuardOptions,
 ): Refusal | undefined {
   if (!o.allowlist.check(conn.remoteAddr.hostname)) {
-    return { code: "ACCESS_DENIED", reason: "access refused by server" };
+    return {
+      code: Code.ERR_ACCESS_DENIED,
+      reason: "access refused by server",
+    };
   }
   if (options.sessions >= o.maxConns) {
-    return { code: "BUSY", reason: "server busy: too many connections" };
+    return { code: Code.ERR_BUSY, reason: "server busy: too many connections" };
   }
   return undefined;
 }
@@ -180,7 +184,14 @@ export function checkCertificate(
   // A plain-TCP syslog port has the allowlist as its only guard.
   if (o.auth?.certs && (port === "main" || o.syslog?.tls)) {
     const verdict = checkClientCertificate(conn.tls, o.auth.certs);
-    if ("code" in verdict) return verdict;
+    if ("code" in verdict) {
+      // lib/tls.ts names its refusals as text lines spell them.
+      const code = `ERR_${verdict.code}`;
+      return {
+        code: isCode(code) ? code : Code.ERR_CERT_REJECTED,
+        reason: verdict.reason,
+      };
+    }
     return { identity: verdict.identity };
   }
   return { identity: undefined };
@@ -213,7 +224,8 @@ export class Refusals {
   }
 
   /**
-   * Logs the refusal, writes `ERR <code> <reason>`, half-closes, and drains.
+   * Logs the refusal, writes `ERR <CODE> <reason>` (`errorLine`),
+   * half-closes, and drains.
    *
    * @param conn The refused connection.
    * @param refusal Code and reason.
@@ -231,7 +243,7 @@ export class Refusals {
     const key = `${code} ${reason}`;
     let notice = this.#notices.get(key);
     if (notice === undefined) {
-      notice = encodeText(`ERR ${key}\n`);
+      notice = encodeText(errorLine({ code, message: reason }));
       // A few fixed lines repeat; certificate problems name dates and may
       // not, so the cache stays small whatever the peers send.
       if (this.#notices.size < NOTICE_CACHE_MAX) this.#notices.set(key, notice);
@@ -287,11 +299,9 @@ export function sweepSessions(
   const { now, idleTimeoutMs } = options;
   for (const s of sessions) {
     if (s.deadline !== undefined && now > s.deadline) {
-      s.reason ??= "handshake timeout";
-      s.conn.close();
+      s.close("handshake timeout");
     } else if (now - s.lastActive > idleTimeoutMs) {
-      s.reason ??= "idle timeout";
-      s.conn.close();
+      s.close("idle timeout");
     }
   }
 }

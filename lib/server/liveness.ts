@@ -68,6 +68,32 @@ export class HeartbeatReader extends FrameReader {
    * @throws {ProtocolError} For a Ping with a payload (checked from its
    * header), and as {@linkcode FrameReader.prototype.readFrame}.
    */
+  /** Set once the handshake is done: from then on every read answers Pings. */
+  answerPings = false;
+
+  /**
+   * Reads the next frame header; once {@linkcode HeartbeatReader.prototype.answerPings}
+   * is set, answers every Ping before it, so that handlers reading headers
+   * (chat refuses an over-long line from its header) never see one.
+   *
+   * @returns The header, or null if input ended cleanly between frames.
+   * @throws {ProtocolError} For a Ping with a payload.
+   */
+  override async readHeader(): ReturnType<FrameReader["readHeader"]> {
+    for (;;) {
+      const header = await super.readHeader();
+      if (header === null || !this.answerPings || header.type !== Kind.Ping) {
+        return header;
+      }
+      if (header.length !== 0) {
+        throw new ProtocolError(
+          `Expected an empty ping frame, got ${header.length} bytes`,
+        );
+      }
+      await this.#session.conn.write(PONG);
+    }
+  }
+
   override async readFrame(): Promise<Frame | null> {
     for (;;) {
       const header = await this.readHeader();

@@ -12,6 +12,7 @@
  */
 
 import type { AcceptErrorEvent, Addr, Conn, Listener } from "../net/types.ts";
+import { AuthThrottle } from "../auth.ts";
 import { ChatHub } from "../chat.ts";
 import { DigestCache } from "../file_sender.ts";
 import { ConnectionClosedError } from "../errors.ts";
@@ -35,6 +36,7 @@ import {
   errorCode,
   errorMessage,
   formatAddr,
+  Pauses,
   type ServerContext,
   Session,
   sessionAudit,
@@ -46,6 +48,9 @@ import {
   revokedBy,
   type ServerReload,
 } from "./reload.ts";
+import { RateLimiter } from "./rate.ts";
+import { AppendBudget, DEFAULT_APPEND_BUDGET } from "./append_pipeline.ts";
+import { SendBudget } from "./send_budget.ts";
 import { serveConnection } from "./sniff.ts";
 import { SyslogPort } from "./syslog.ts";
 import { SourceWatch } from "./liveness.ts";
@@ -72,6 +77,26 @@ export interface CloseOptions {
 const BUSY_NOTICE = new TextEncoder().encode(
   "ERR BUSY server busy: out of file descriptors\n",
 );
+
+/** What a {@linkcode Server} holds now, for its budgets and their tests. */
+export interface ServerUsage {
+  /** Connections open. */
+  connections: number;
+  /** The send-buffer budget: bytes granted, the total, grants held, takers waiting. */
+  sendBuffers: {
+    used: number;
+    total: number;
+    holders: number;
+    waiting: number;
+  };
+  /** Bytes of ship appends in flight, the total, and batches waiting to fit. */
+  appends: { used: number; total: number; waiting: number };
+  /**
+   * Connections not read now because of backpressure: over their chat rate,
+   * or not reading their ship acks.
+   */
+  pausedReads: number;
+}
 export { formatAddr } from "./session.ts";
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -110,7 +135,9 @@ export class Server {
    * Makes a server; nothing is bound until {@linkcode Server.prototype.listen}.
    *
    * @param options Listening addresses, guard, jail, audit log and limits.
-   * @throws {TypeError} When `syslog` is given without a `vault`.
+   * @throws {TypeError} When `syslog` is given without a `vault`, or for a
+   * negative `chatRate`.
+   * @throws {RangeError} For a `sendBufferBytes` below 16 KiB.
    */
   constructor(options: ServerOptions) {
     const o = resolveServerOptions(options);
@@ -125,6 +152,17 @@ export class Server {
         silentAfterMs: o.silentAfterMs,
         now: o.now,
       }),
+      authThrottle: new AuthThrottle({ now: o.now }),
+      sendBudget: new SendBudget(o.sendBufferBytes, { reserveFor: o.maxConns }),
+      appendBudget: new AppendBudget(DEFAULT_APPEND_BUDGET),
+      chatRate: o.chatRate === 0 ? undefined : new RateLimiter({
+        perSecond: o.chatRate,
+        burst: 2 * o.chatRate,
+        globalPerSecond: 20 * o.chatRate,
+        globalBurst: 40 * o.chatRate,
+        now: o.now,
+      }),
+      pauses: new Pauses(),
     };
     this.#refusals = new Refusals(o.audit, o.now);
     if (o.syslog !== undefined) this.#syslog = new SyslogPort(o);
@@ -138,6 +176,30 @@ export class Server {
   /** The syslog port's addresses once listening; empty without one. */
   get syslogAddrs(): Addr[] {
     return this.#syslogListeners.map((l) => l.addr);
+  }
+
+  /**
+   * What the server holds now against its budgets.
+   *
+   * @returns Connections, send buffers and paused reads.
+   */
+  usage(): ServerUsage {
+    const b = this.#ctx.sendBudget;
+    return {
+      connections: this.#sessions.size,
+      sendBuffers: {
+        used: b.used,
+        total: b.total,
+        holders: b.holders,
+        waiting: b.waiting,
+      },
+      appends: {
+        used: this.#ctx.appendBudget.used,
+        total: this.#ctx.appendBudget.total,
+        waiting: this.#ctx.appendBudget.waiting,
+      },
+      pausedReads: this.#ctx.pauses.count,
+    };
   }
 
   /**
@@ -242,6 +304,9 @@ export class Server {
     });
     this.#ctx.sources.sweep(now);
     this.#syslog?.sweep(now);
+    // Readers paused by the chat rate whose tokens are due (the rate's own
+    // timer does this too; a fake clock moves only here).
+    this.#ctx.chatRate?.poke();
     // Summaries of audit lines the rate limit held back, once their peer
     // has gone quiet: nothing held back stays unaccounted for long.
     this.#o.audit.flush();
@@ -339,9 +404,9 @@ export class Server {
     for (const l of this.#syslogListeners) l.close();
     this.#refusals.close();
     this.#ctx.hub.close();
+    this.#ctx.chatRate?.close();
     for (const s of [...this.#sessions, ...(this.#syslog?.sessions ?? [])]) {
-      s.reason ??= "server shutting down";
-      s.conn.close();
+      s.close("server shutting down");
     }
     await Promise.allSettled(this.#acceptLoops);
     await Promise.allSettled([...this.#handlers.values()]);
@@ -423,7 +488,7 @@ export class Server {
         }
       } finally {
         sessions.delete(s);
-        conn.close();
+        s.close();
         this.#o.audit.write("closed", {
           peer: s.peer,
           name: s.name,

@@ -14,11 +14,13 @@ import type { Vault } from "../vault/store.ts";
 import type { ChatLine } from "../protocol.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framer.ts";
 import {
+  DEFAULT_CHAT_RATE,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_CONNS,
   DEFAULT_MAX_LINE,
   DEFAULT_PORT,
+  DEFAULT_SEND_BUFFER_BYTES,
   DEFAULT_SILENT_AFTER_MS,
 } from "../limits.ts";
 
@@ -48,6 +50,18 @@ export interface ServerOptions {
   maxFrameSize?: number;
   /** Longest chat line, in bytes. @default {8192} */
   maxLine?: number;
+  /**
+   * Most bytes all file transfers together hold in send buffers; each takes
+   * its chunks from it, smaller ones when it is tight. @default {67_108_864}
+   */
+  sendBufferBytes?: number;
+  /**
+   * Chat lines per second from one peer address, with a burst of two
+   * seconds' worth; the room as a whole takes 20 times this. Past it the
+   * server stops reading the peer until the rate allows: no line is
+   * dropped. 0 is unlimited. @default {50}
+   */
+  chatRate?: number;
   /**
    * Serve plain-text clients (chat lines, `FILE:`), inside TLS too; off
    * whatever this says when tokens are required. @default {true}
@@ -140,7 +154,7 @@ export type ResolvedServerOptions =
  * @param options What the caller gave.
  * @returns A new object with every default present.
  * @throws {TypeError} When `syslog` is given without a `vault`, or with
- * `tls` without the server's `tls`.
+ * `tls` without the server's `tls`, or for a negative `chatRate`.
  */
 export function resolveServerOptions(
   options: ServerOptions,
@@ -152,6 +166,8 @@ export function resolveServerOptions(
     handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
     maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
     maxLine: DEFAULT_MAX_LINE,
+    sendBufferBytes: DEFAULT_SEND_BUFFER_BYTES,
+    chatRate: DEFAULT_CHAT_RATE,
     plain: true,
     silentAfterMs: DEFAULT_SILENT_AFTER_MS,
     namePrefix: "",
@@ -169,6 +185,11 @@ export function resolveServerOptions(
   if (o.syslog?.tls && o.tls === undefined) {
     throw new TypeError(
       "Invalid server options: syslog.tls needs tls (a certificate and key)",
+    );
+  }
+  if (!(Number.isFinite(o.chatRate) && o.chatRate >= 0)) {
+    throw new TypeError(
+      `Invalid server options: chatRate must be 0 (unlimited) or more, got ${o.chatRate}`,
     );
   }
   return o;

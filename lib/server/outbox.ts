@@ -54,12 +54,17 @@ export class Outbox {
     return true;
   }
 
+  /** Bytes queued and not yet written. */
+  get pending(): number {
+    return this.#pending;
+  }
+
   async #write(bytes: Uint8Array) {
     try {
       await this.session.conn.write(bytes);
       this.session.touch();
     } catch {
-      this.session.conn.close();
+      this.session.close();
     } finally {
       this.#pending -= bytes.length;
     }
@@ -80,7 +85,6 @@ export class Outbox {
    * @param reason Why, for the `closed` audit line.
    */
   end(reason: string): void {
-    this.session.reason ??= reason;
-    this.session.conn.close();
+    this.session.close(reason);
   }
 }

@@ -7,14 +7,18 @@
 
 import type { Addr, Conn } from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
+import type { AuthThrottle } from "../auth.ts";
 import type { ChatHub } from "../chat.ts";
 import type { DigestCache } from "../file_sender.ts";
 import { encodeFrame } from "../framer.ts";
-import { encodeJson, encodeText, type ErrorBody, Kind } from "../protocol.ts";
-import { escapeText } from "../text.ts";
+import { encodeError, encodeText, Kind } from "../protocol.ts";
+import { Code, errorLine, toErrorBody } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
 import type { SourceWatch } from "./liveness.ts";
 import { SessionConn } from "./session_conn.ts";
+import type { SendBudget } from "./send_budget.ts";
+import type { RateLimiter } from "./rate.ts";
+import type { AppendBudget } from "./append_pipeline.ts";
 
 /** Server-side read buffer: small, because idle connections must stay cheap. */
 export const READ_BUFFER = 4096;
@@ -31,6 +35,16 @@ export interface ServerContext {
   readonly cache: DigestCache;
   /** Vault sources that shipped, for `source_silent` and `moat status`. */
   readonly sources: SourceWatch;
+  /** Failed token proofs per address, and how long each must wait. */
+  readonly authThrottle: AuthThrottle;
+  /** The memory every file transfer takes its send buffer from. */
+  readonly sendBudget: SendBudget;
+  /** Bytes of ship appends in flight, shared by every shipper. */
+  readonly appendBudget: AppendBudget;
+  /** Chat lines per peer address; undefined when unlimited. */
+  readonly chatRate: RateLimiter | undefined;
+  /** Sessions not read now because of backpressure. */
+  readonly pauses: Pauses;
 }
 
 /**
@@ -83,6 +97,35 @@ export function sessionAudit(
   };
 }
 
+/**
+ * Counts the sessions whose input is not read now because of backpressure
+ * (a peer over its chat rate, a shipper not reading its acks): what
+ * `Server.usage()` reports.
+ */
+export class Pauses {
+  #count = 0;
+
+  /** Sessions paused now. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /**
+   * Counts one session as paused while `waiting` is pending.
+   *
+   * @param waiting What the session waits for before it reads again.
+   * @returns What `waiting` resolves.
+   */
+  async during<T>(waiting: Promise<T>): Promise<T> {
+    this.#count++;
+    try {
+      return await waiting;
+    } finally {
+      this.#count--;
+    }
+  }
+}
+
 /** Who a session is, when it is created. */
 export interface SessionInit {
   /** The server's name for it, e.g. "k3f9-c7". */
@@ -120,6 +163,9 @@ export class Session {
   reason: string | undefined = undefined;
   /** Who the client proved to be (`cert:sha256:…`, `token:NAME`), if it had to. */
   identity: string | undefined;
+  /** Made on first use: an idle connection should cost little more than its socket. */
+  #closing: AbortController | undefined;
+  #closed = false;
 
   /**
    * Starts a session, active from now.
@@ -148,22 +194,59 @@ export class Session {
     return n;
   }
 
+  /**
+   * Aborted once the session is closed: whatever it waits for that is not
+   * its socket (a send buffer, its chat rate) stops waiting.
+   */
+  get closed(): AbortSignal {
+    if (this.#closing === undefined) {
+      this.#closing = new AbortController();
+      if (this.#closed) this.#closing.abort();
+    }
+    return this.#closing.signal;
+  }
+
+  /**
+   * Closes the connection and ends every wait of the session.
+   *
+   * @param reason Why, for the `closed` audit line; the first reason set wins.
+   */
+  close(reason?: string): void {
+    if (reason !== undefined) this.reason ??= reason;
+    this.conn.close();
+    this.#closed = true;
+    this.#closing?.abort();
+  }
+
   /** Records activity that is not a read (a chunk of a file sent). */
   touch(): void {
     this.lastActive = this.server.options.now();
   }
 
   /**
-   * Sends an Error frame; a failed write is ignored (the connection is
-   * ending anyway).
+   * Sends an Error frame with what the peer may be told of `err`
+   * (`toErrorBody`: a code that may not reach a peer goes out as
+   * `ERR_INTERNAL`, its message left for the audit log). A failed write is
+   * ignored (the connection is ending anyway).
    *
-   * @param body Code and message.
+   * @param err The error, or a `{ code, message }` body.
    */
-  async sendError(body: ErrorBody): Promise<void> {
+  async sendError(err: unknown): Promise<void> {
     await this.conn.write(
-      encodeFrame({ type: Kind.Error, payload: encodeJson(body) }),
+      encodeFrame({ type: Kind.Error, payload: encodeError(toErrorBody(err)) }),
     )
       .catch(() => {});
+  }
+
+  /**
+   * Writes one plain-text error line, `ERR <CODE> <message>` (`errorLine`:
+   * the same rule as {@linkcode Session.prototype.sendError}). A failed
+   * write is ignored.
+   *
+   * @param err The error, or a `{ code, message }` body.
+   */
+  async sendErrorLine(err: unknown): Promise<void> {
+    await this.conn.write(encodeText(errorLine(err))).catch(() => {});
   }
 }
 
@@ -198,10 +281,12 @@ export function peerIdentity(hostname: string): string {
 }
 
 /**
- * The stable code of an error, for Error frames and audit lines.
+ * The raw code of an error, for the audit log only: what a peer is told
+ * goes through `toErrorBody` ({@linkcode Session.prototype.sendError}).
  *
  * @param err Anything thrown.
- * @returns Its `code` string, or "ERR_INTERNAL".
+ * @returns Its `code` string (a system error's `EMFILE` included), or
+ * "ERR_INTERNAL".
  */
 export function errorCode(err: unknown): string {
   if (
@@ -210,41 +295,16 @@ export function errorCode(err: unknown): string {
   ) {
     return err.code;
   }
-  return "ERR_INTERNAL";
+  return Code.ERR_INTERNAL;
 }
 
 /**
- * The message of an error.
+ * The raw message of an error, for the audit log only (it may name server
+ * paths).
  *
  * @param err Anything thrown.
  * @returns Its message, or its text form.
  */
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** Characters that would break a plain-text ERR line. */
-// deno-lint-ignore no-control-regex
-const LINE_BREAKING = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
-
-/**
- * One plain-text error line, `ERR <code> <message>\n`, with codes spelt like
- * the refusals (`ACCESS_DENIED`, not `ERR_ACCESS_DENIED`).
- *
- * @example
- * ```ts
- * import { plainErrorLine } from "./session.ts";
- * import assert from "node:assert/strict";
- * const line = plainErrorLine({ code: "ERR_NOT_FOUND", message: "No\nfile" });
- * assert.equal(new TextDecoder().decode(line), "ERR NOT_FOUND No\\nfile\n");
- * ```
- *
- * @param error Code and message.
- * @returns The encoded line.
- */
-export function plainErrorLine(error: ErrorBody): Uint8Array {
-  const code = error.code.startsWith("ERR_") ? error.code.slice(4) : error.code;
-  return encodeText(
-    `ERR ${code} ${error.message.replace(LINE_BREAKING, escapeText)}\n`,
-  );
 }

@@ -6,9 +6,21 @@
  */
 
 import { encodeFrame } from "../framer.ts";
-import { decodeShipBatch, encodeJson, Kind } from "../protocol.ts";
-import { ConnectionClosedError, ProtocolError } from "../errors.ts";
-import { AppendPipeline } from "./append_pipeline.ts";
+import {
+  decodeShipBatch,
+  encodeJson,
+  Kind,
+  SHIP_RECORD_HEADER,
+} from "../protocol.ts";
+import {
+  Code,
+  ConnectionClosedError,
+  MoatError,
+  ProtocolError,
+  TooManyRecordsError,
+} from "../errors.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
+import { AppendPipeline, encodedCost } from "./append_pipeline.ts";
 import type { Handshake } from "./handshake.ts";
 import { Outbox } from "./outbox.ts";
 import {
@@ -21,10 +33,17 @@ import { SYSLOG_SOURCE } from "./syslog.ts";
 import { sourceKey, type VaultSource } from "../vault/store.ts";
 
 /**
+ * Bytes of acks (13 each) that may wait for a shipper that is not reading
+ * them before the server stops reading its batches.
+ */
+export const ACKS_QUEUED_MAX = 4096;
+
+/**
  * Serves a shipper after its Welcome: takes its records into the vault and
  * acknowledges each batch once it is fsync'd. Appends are pipelined (the
- * vault keeps their order) but at most 8 batches wait at once, which bounds
- * memory. Records the source already has are dropped by the vault, so a
+ * vault keeps their order) but at most 8 batches wait at once, and no batch
+ * is read while more than {@linkcode ACKS_QUEUED_MAX} bytes of acks wait for
+ * the shipper to read them: both bound memory. Records the source already has are dropped by the vault, so a
  * shipper's resend after a reconnect stores nothing twice.
  *
  * Refused with an Error frame when the server keeps no vault, or when the
@@ -43,10 +62,12 @@ export async function serveShip(
   const { hello, reader } = handshake;
   const vault = options.vault;
   if (vault === undefined) {
-    await s.sendError({
-      code: "ERR_NO_VAULT",
-      message: "This server keeps no vault (start it with --vault DIR)",
-    });
+    await s.sendError(
+      new MoatError(
+        Code.ERR_NO_VAULT,
+        "This server keeps no vault (start it with --vault DIR)",
+      ),
+    );
     s.reason = "ship refused: no vault";
     return;
   }
@@ -54,11 +75,11 @@ export async function serveShip(
     // The syslog port numbers these records itself: a shipper's sequence
     // numbers in the same source would collide with them. ERR_PROTOCOL:
     // the shipper gives up instead of retrying.
-    await s.sendError({
-      code: "ERR_PROTOCOL",
-      message:
+    await s.sendError(
+      new ProtocolError(
         `Source name "${SYSLOG_SOURCE}" is reserved for the syslog port (ship with another --source)`,
-    });
+      ),
+    );
     s.reason = "ship refused: reserved source name";
     return;
   }
@@ -76,16 +97,19 @@ export async function serveShip(
     source = vault.source(key);
   } catch (err) {
     // A refused name, or too many sources for this peer: said to the peer
-    // (the codes carry no server path) and audited.
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    // (those codes carry no server path); anything else (a system error
+    // naming the vault's path) reaches it only as ERR_INTERNAL. The audit
+    // log keeps the raw error.
+    const message = errorMessage(err);
     audit.write("refused", {
       peer: s.peer,
       name: s.name,
       source: key.name,
-      ...body,
+      code: errorCode(err),
+      message,
     });
-    await s.sendError(body);
-    s.reason = `ship refused: ${body.message}`;
+    await s.sendError(err);
+    s.reason = `ship refused: ${message}`;
     return;
   }
   await s.conn.write(encodeFrame({
@@ -107,6 +131,8 @@ export async function serveShip(
   const acks = new Outbox(s);
   const ack = new Uint8Array(8);
   const appends = new AppendPipeline(source, {
+    budget: s.server.appendBudget,
+    signal: s.closed,
     onDurable: (seq) => {
       new DataView(ack.buffer).setFloat64(0, seq, true);
       acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
@@ -114,6 +140,11 @@ export async function serveShip(
   });
   try {
     while (!appends.failed) {
+      // A shipper that does not read its acks is not read either: its acks
+      // stay a few KiB, and its next batches wait in its socket.
+      if (acks.pending > ACKS_QUEUED_MAX) {
+        await s.server.pauses.during(acks.flush());
+      }
       const frame = await reader.readFrame();
       if (frame === null) break;
       if (frame.type !== Kind.ShipBatch) {
@@ -121,28 +152,40 @@ export async function serveShip(
           `Expected a ship batch frame, got type 0x${frame.type.toString(16)}`,
         );
       }
-      const records = decodeShipBatch(frame.payload);
-      if (records.length === 0) continue;
-      await appends.push(records, { recvTs: Date.now() });
+      // Refused before decoding: a 1 MiB frame of empty records would be
+      // 50,000 objects, where the vault takes 4,096 at once.
+      const count = countShipRecords(frame.payload);
+      if (count > DEFAULT_MAX_BATCH_RECORDS) {
+        throw new TooManyRecordsError(count, DEFAULT_MAX_BATCH_RECORDS);
+      }
+      if (frame.payload.length === 0) continue;
+      // Decoded once the shared append budget has room: a shipper waiting
+      // for it holds its frame's bytes, not thousands of records.
+      const payload = frame.payload;
+      await appends.push({
+        cost: encodedCost(payload.length, count),
+        decode: () => decodeShipBatch(payload),
+      }, { recvTs: Date.now() });
     }
     await appends.finish();
     await acks.flush();
   } catch (err) {
     await appends.settle();
-    const body = { code: errorCode(err), message: errorMessage(err) };
+    const message = errorMessage(err);
     // Nothing unacknowledged is lost: the shipper still holds it and resends.
     audit.write("error", {
       peer: s.peer,
       name: s.name,
       source: key.name,
-      ...body,
+      code: errorCode(err),
+      message,
       during: "ship",
     });
     if (!(err instanceof ConnectionClosedError)) {
       await acks.flush();
-      await s.sendError(body);
+      await s.sendError(err);
     }
-    s.reason = `ship ended: ${body.message}`;
+    s.reason = `ship ended: ${message}`;
   } finally {
     unwatch();
     audit.write("ship_finished", {
@@ -153,4 +196,22 @@ export async function serveShip(
       lastSeq: source.lastSeq,
     });
   }
+}
+
+/**
+ * The records of a ShipBatch payload, counted from their headers (each
+ * `SHIP_RECORD_HEADER` bytes, the line's length at offset 17) without
+ * decoding them; a truncated record is left to `decodeShipBatch` to refuse.
+ */
+function countShipRecords(payload: Uint8Array): number {
+  const view = new DataView(
+    payload.buffer,
+    payload.byteOffset,
+    payload.byteLength,
+  );
+  let count = 0;
+  for (let at = 0; at + SHIP_RECORD_HEADER <= payload.length; count++) {
+    at += SHIP_RECORD_HEADER + view.getUint32(at + 17, true);
+  }
+  return count;
 }

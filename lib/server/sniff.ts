@@ -6,7 +6,12 @@
  */
 
 import { MAGIC } from "../protocol.ts";
-import { ProtocolError } from "../errors.ts";
+import {
+  Code,
+  FrameTooLargeError,
+  MoatError,
+  ProtocolError,
+} from "../errors.ts";
 import { serveFramedChat } from "./chat.ts";
 import { serveGets } from "./get.ts";
 import { handshake } from "./handshake.ts";
@@ -17,6 +22,10 @@ import { serveShip } from "./ship.ts";
 
 /** A connection that sends nothing this long is served as plain text. */
 const DETECT_MS = 1000;
+/** After a late detection timer, the server waits in spells of this long… */
+const STALLED_SPELL_MS = 100;
+/** …at most this many of them (10 s), while each fires late too. */
+const STALLED_SPELLS = 100;
 /** First byte of a TLS handshake record (a ClientHello). */
 const TLS_HANDSHAKE = 0x16;
 
@@ -25,7 +34,9 @@ const TLS_HANDSHAKE = 0x16;
  * the preamble's first byte means a framed client (handshake, then get,
  * chat or ship); a TLS ClientHello on a port without TLS is refused with one
  * ERR line; anything else, or a second of silence, is plain text (refused
- * with one ERR line when {@linkcode plainRefusal} says so).
+ * with one ERR line when {@linkcode plainRefusal} says so). A silent
+ * connection whose first byte, when it comes, is the preamble's is served as
+ * framed after all: a client starved of CPU may send its preamble late.
  *
  * @param s The session, just accepted.
  * @throws What the handler of the protocol throws; the caller audits it.
@@ -41,50 +52,45 @@ export async function serveConnection(s: Session): Promise<void> {
   const first = readFirst(s, probe);
   // A framed client writes its preamble at once; a plain client may write
   // nothing until it hears something, so silence means plain text.
-  const armed = performance.now();
+  let armed = performance.now();
   let head = await raceTimer(first, DETECT_MS);
-  if (head === null && performance.now() - armed > DETECT_MS + 50) {
-    // The timer fired late, so the event loop was stalled: bytes that are
-    // already waiting may not have been read yet. Give them a moment
-    // before calling a framed client silent (and relaying its preamble).
-    head = await raceTimer(first, 100);
+  let late = performance.now() - armed - DETECT_MS;
+  // A timer that fired late means the event loop was stalled (a busy
+  // server): bytes that are already waiting may not have been read yet.
+  // Wait in short spells until one fires on time before calling a framed
+  // client silent (and relaying its preamble), for at most 10 s.
+  for (let i = 0; head === null && late > 50 && i < STALLED_SPELLS; i++) {
+    armed = performance.now();
+    head = await raceTimer(first, STALLED_SPELL_MS);
+    late = performance.now() - armed - STALLED_SPELL_MS;
   }
   if (head !== null && head.length === 0) {
     s.reason ??= "peer closed before sending anything";
     return;
   }
-  if (head !== null && head[0] === MAGIC[0]) {
-    s.deadline = options.now() + options.handshakeTimeoutMs;
-    s.mode = "handshake";
-    // Answers heartbeats after the handshake (see liveness.ts).
-    const reader = new HeartbeatReader(s, {
-      maxFrameSize: options.maxFrameSize,
-      bufferSize: READ_BUFFER,
-      prefix: head,
-    });
-    const done = await handshake(s, reader);
-    if (done === undefined) return;
-    s.mode = done.hello.mode;
-    if (done.hello.mode === "get") return await serveGets(s, done);
-    if (done.hello.mode === "ship") return await serveShip(s, done);
-    return await serveFramedChat(s, done.reader);
-  }
+  if (head !== null && head[0] === MAGIC[0]) return await serveFramed(s, head);
   if (head !== null && head[0] === TLS_HANDSHAKE && options.tls === undefined) {
     // A TLS ClientHello is not chat: never relay it.
     s.reason = "TLS client on a plain port";
-    await endPlain(s, {
-      code: "TLS_NOT_ENABLED",
-      message: "this server does not speak TLS on this port",
-    });
+    await endPlain(
+      s,
+      new MoatError(
+        Code.ERR_TLS_NOT_ENABLED,
+        "this server does not speak TLS on this port",
+      ),
+    );
     return;
   }
   const refused = plainRefusal(s);
   if (refused !== undefined) {
     s.reason = refused;
-    await endPlain(s, {
-      code: "PLAIN_DISABLED",
-      message: "plain-text mode is off on this server",
-    });
+    await endPlain(
+      s,
+      new MoatError(
+        Code.ERR_PLAIN_DISABLED,
+        "plain-text mode is off on this server",
+      ),
+    );
     // Discard input until the peer closes or the linger deadline passes.
     if (head === null && (await first).length === 0) return;
     const buf = new Uint8Array(READ_BUFFER);
@@ -95,7 +101,40 @@ export async function serveConnection(s: Session): Promise<void> {
   }
   s.mode = "plain";
   // Returned, not awaited: a silent client's wait keeps one frame less alive.
-  return servePlain(s, head ?? first);
+  return servePlain(s, head ?? first, {
+    framed: (late) => serveFramed(s, late),
+  });
+}
+
+/**
+ * Serves a framed client from its first byte on: the handshake, then get,
+ * chat or ship.
+ */
+async function serveFramed(s: Session, head: Uint8Array): Promise<void> {
+  const { options } = s.server;
+  s.deadline = options.now() + options.handshakeTimeoutMs;
+  s.mode = "handshake";
+  // Answers heartbeats after the handshake (see liveness.ts).
+  const reader = new HeartbeatReader(s, {
+    maxFrameSize: options.maxFrameSize,
+    bufferSize: READ_BUFFER,
+    prefix: head,
+  });
+  const done = await handshake(s, reader);
+  if (done === undefined) return;
+  s.mode = done.hello.mode;
+  reader.answerPings = true;
+  try {
+    if (done.hello.mode === "get") return await serveGets(s, done);
+    if (done.hello.mode === "ship") return await serveShip(s, done);
+    return await serveFramedChat(s, done.reader);
+  } catch (err) {
+    // A limit the client broke is said before the close, so that it can
+    // tell "too large" from a dropped connection (the ship path says it
+    // itself, after acknowledging what it stored).
+    if (err instanceof FrameTooLargeError) await s.sendError(err);
+    throw err;
+  }
 }
 
 /**
