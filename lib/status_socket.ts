@@ -93,19 +93,43 @@ export function defaultSocketPath(options: SocketPathOptions): string {
     return path.join(path.resolve(options.vault), VAULT_SOCKET_NAME);
   }
   const name = `moat-${options.port}.sock`;
-  const runtime = options.env.XDG_RUNTIME_DIR;
+  const runtime = readable(() => options.env.XDG_RUNTIME_DIR);
   // The XDG spec: a relative value is invalid and must be ignored.
   if (runtime !== undefined && path.isAbsolute(runtime)) {
     return path.join(runtime, "moat", name);
   }
   const uid = options.uid ?? currentUid();
   if (uid === 0) return path.join("/run/moat", name);
-  return path.join(options.tmpdir ?? os.tmpdir(), `moat-${uid}`, name);
+  return path.join(
+    options.tmpdir ?? readable(() => os.tmpdir()) ?? "/tmp",
+    `moat-${uid}`,
+    name,
+  );
+}
+
+/**
+ * A value read from the environment, or undefined where reading it is not
+ * permitted (Deno run with narrowed --allow-env, as its systemd unit and
+ * `deno task serve` are): the default path then falls back instead of
+ * stopping the server.
+ */
+function readable(read: () => string | undefined): string | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
 }
 
 /** The user running this process (0 where the platform has no uids). */
 function currentUid(): number {
-  return process.getuid?.() ?? 0;
+  try {
+    return process.getuid?.() ?? 0;
+  } catch {
+    // Not permitted (Deno without --allow-sys): the socket's folder is then
+    // checked, and refused if unsafe, when it is made.
+    return 0;
+  }
 }
 
 /** Options for {@linkcode StatusSocket.open}. */

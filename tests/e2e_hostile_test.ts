@@ -746,7 +746,8 @@ const FRAMED_ONLY: Uint8Array[] = [
 ];
 
 /** A join or leave line, which every member and the operator also hear. */
-const PRESENCE = /^\[server\] c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
+const PRESENCE =
+  /^\[server\] [0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
 
 /** The lines of a transcript that are not join or leave lines. */
 function chatLines(lines: readonly string[]): string[] {

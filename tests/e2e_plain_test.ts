@@ -278,7 +278,8 @@ function eventsOf(server: RunningServer, name: string): string[] {
 const CONTROL = /[\x00-\x1f\x7f]/;
 
 /** A join or leave line: from the server, naming a client and its address. */
-const PRESENCE = /^\[server\] c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
+const PRESENCE =
+  /^\[server\] [0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
 
 /** Waits (bounded) until at least `n` audit events match. */
 async function waitEvents(
@@ -811,7 +812,7 @@ test("serve --no-plain refuses nc, socat and silent clients with one ERR line; f
     `[server] ${tag} joined`,
     `[server] ${tag} left`,
   ]);
-  assert.match(tag, /^c\d+ \(127\.0\.0\.1:\d+\)$/);
+  assert.match(tag, /^[0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\)$/);
   const refused = await waitEvents(
     server,
     (e) => e.reason === "plain-text client refused (--no-plain)",

@@ -87,7 +87,10 @@ test("moat status shows a running server's ship connection and source, as text a
     assert.match(text.stdout, /^moat\/\S+ \((deno|bun) [^)]+\), pid \d+, up /);
     assert.match(text.stdout, /^vault .*: unsealed/m);
     assert.match(text.stdout, /^1 connection$/m);
-    assert.match(text.stdout, /^c\d+ +127\.0\.0\.1:\d+ +- +ship +app /m);
+    assert.match(
+      text.stdout,
+      /^[0-9a-z]{4}-c\d+ +127\.0\.0\.1:\d+ +- +ship +app /m,
+    );
     assert.match(text.stdout, /^127\.0\.0\.1 +- +app +3 +1 +.* shipping$/m);
   } finally {
     shipper.child.kill("SIGKILL");

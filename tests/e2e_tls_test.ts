@@ -767,7 +767,7 @@ test("openssl s_client -quiet and socat OPENSSL speak plain text over TLS: FILE:
   assert.equal(chat.stdout, "[server] PONG\n");
   assert.match(
     await server.stdout.waitFor((l) => l.endsWith("] hi from socat")),
-    /^\[c\d+ 127\.0\.0\.1:\d+\] hi from socat$/,
+    /^\[[0-9a-z]{4}-c\d+ 127\.0\.0\.1:\d+\] hi from socat$/,
   );
   // s_client -quiet ignores the end of its input: it is ended once answered.
   const child = spawn("openssl", [
@@ -836,7 +836,7 @@ test("serve --allow-cert: s_client with the allowed certificate gets FILE: in pl
   assert.match(
     await server.stdout.waitFor((l) => l.endsWith("] hi with a certificate")),
     new RegExp(
-      `^\\[c\\d+ 127\\.0\\.0\\.1:\\d+ cert:${alice}\\] hi with a certificate$`,
+      `^\\[[0-9a-z]{4}-c\\d+ 127\\.0\\.0\\.1:\\d+ cert:${alice}\\] hi with a certificate$`,
     ),
   );
   const none = sClient(t.dir, server.port, "FILE:hello.txt\n");
