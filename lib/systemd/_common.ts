@@ -49,3 +49,38 @@ export function isUnder(p: string, dir: string): boolean {
 export function isUnderAny(p: string, dirs: readonly string[]): boolean {
   return dirs.some((d) => isUnder(p, d));
 }
+
+/**
+ * The end of every unit moat prints: capabilities, the kernel and system
+ * call restrictions, and the [Install] section. Both units run JavaScript,
+ * so both keep MemoryDenyWriteExecute= off.
+ *
+ * @param capability The one capability the service keeps ("" for none).
+ * @returns The unit's lines.
+ */
+export function kernelHardening(capability: string): string[] {
+  return [
+    `CapabilityBoundingSet=${capability}`,
+    `AmbientCapabilities=${capability}`,
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "RemoveIPC=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "SystemCallErrorNumber=EPERM",
+    "# MemoryDenyWriteExecute= stays off: the JavaScript JIT needs W+X pages.",
+    "",
+    "[Install]",
+    "WantedBy=multi-user.target",
+  ];
+}
