@@ -19,7 +19,14 @@ export function openssl(args: string[], cwd: string): string {
   return r.stdout;
 }
 
-const EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+/** openssl arguments for a new ECDSA P-256 key, unencrypted. */
+export const EC = [
+  "-newkey",
+  "ec",
+  "-pkeyopt",
+  "ec_paramgen_curve:P-256",
+  "-nodes",
+];
 
 /**
  * `<dir>/<ca>.pem/.key` (made on first use), and `<dir>/<name>.pem/.key`

@@ -14,6 +14,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { createHmac } from "node:crypto";
+import { EC, issued, openssl } from "./_certs.ts";
 import {
   LineWatcher,
   runMoat,
@@ -21,18 +22,6 @@ import {
   startServer,
   tempDir,
 } from "./_e2e.ts";
-
-/** Runs openssl; throws with its stderr on failure. */
-function openssl(args: string[], cwd: string): string {
-  const r = spawnSync("openssl", args, { cwd, encoding: "utf8" });
-  if (r.error) throw new Error("openssl is not installed: run scripts/deps.sh");
-  if (r.status !== 0) {
-    throw new Error(`openssl ${args.join(" ")} failed: ${r.stderr}`);
-  }
-  return r.stdout;
-}
-
-const EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
 
 /** A self-signed certificate `<name>.pem` / `<name>.key` for 127.0.0.1. */
 function selfSigned(
@@ -69,36 +58,6 @@ function selfSigned(
     "-addext",
     "subjectAltName=IP:127.0.0.1,DNS:localhost",
   ], dir);
-}
-
-/** A test CA `<ca>.pem/.key`, and `<name>.pem/.key` issued by it. */
-function issued(dir: string, ca: string, name: string): void {
-  if (!fs.existsSync(path.join(dir, `${ca}.pem`))) {
-    openssl([
-      "req",
-      "-x509",
-      ...EC,
-      "-keyout",
-      `${ca}.key`,
-      "-out",
-      `${ca}.pem`,
-      "-days",
-      "2",
-      "-subj",
-      `/CN=${ca}`,
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign",
-    ], dir);
-  }
-  signedCert(dir, name, {
-    ext:
-      "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n" +
-      "extendedKeyUsage=serverAuth,clientAuth\n",
-    signer: ["-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial"],
-    days: 2,
-  });
 }
 
 /**
