@@ -113,6 +113,12 @@ export const CODES = {
     peer: true,
     meaning: "the server requires a client certificate",
   },
+  ERR_CHECKPOINT: {
+    exit: Integrity,
+    peer: false,
+    meaning:
+      "a signed checkpoint, key or proof is malformed, unsigned, or does not verify",
+  },
   ERR_CLOSED: {
     exit: Failure,
     peer: false,

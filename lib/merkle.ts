@@ -1,0 +1,442 @@
+/**
+ * Merkle tree hashing and proofs exactly as RFC 9162 §2.1 defines them (the
+ * hashing of RFC 6962, Certificate Transparency): leaf hash =
+ * SHA-256(0x00 ‖ leaf), interior = SHA-256(0x01 ‖ left ‖ right), and a tree of
+ * n leaves splits at the largest power of two below n. Anyone with the RFC can
+ * recompute every root and proof this module produces.
+ *
+ * {@link MerkleLog} appends leaves and answers roots and proofs for any earlier
+ * size from the hashes of complete subtrees kept in a {@link NodeStore}, so
+ * proofs cost O(log² n) node reads and hashes whatever the size. The verify
+ * functions need nothing but the proof.
+ *
+ * Sizes and indexes are numbers below 2^53; the arithmetic avoids 32-bit
+ * bit operators for that reason.
+ *
+ * @module
+ */
+
+import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
+
+/** Bytes of every hash in a tree. */
+export const HASH_BYTES = 32;
+
+/** SHA-256 of `bytes`, one-shot where the runtime has `crypto.hash`. */
+function sha256(...parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1 && typeof oneShotHash === "function") {
+    return new Uint8Array(
+      oneShotHash("sha256", parts[0]!, "buffer") as unknown as Uint8Array,
+    );
+  }
+  const h = createHash("sha256");
+  for (const p of parts) h.update(p);
+  return new Uint8Array(h.digest());
+}
+
+const LEAF_PREFIX = new Uint8Array([0]);
+const NODE_PREFIX = new Uint8Array([1]);
+
+/**
+ * The hash of an empty tree: SHA-256 of nothing.
+ *
+ * @example
+ * ```ts
+ * import { emptyRoot } from "./merkle.ts";
+ * if (Buffer.from(emptyRoot()).toString("hex").slice(0, 8) !== "e3b0c442") {
+ *   throw new Error("not SHA-256 of nothing");
+ * }
+ * ```
+ */
+export function emptyRoot(): Uint8Array {
+  return sha256(new Uint8Array(0));
+}
+
+/**
+ * RFC 9162 leaf hash: SHA-256(0x00 ‖ leaf).
+ *
+ * @param leaf The leaf's bytes.
+ * @returns Its 32-byte hash.
+ */
+export function leafHash(leaf: Uint8Array): Uint8Array {
+  return sha256(LEAF_PREFIX, leaf);
+}
+
+/**
+ * RFC 9162 interior node hash: SHA-256(0x01 ‖ left ‖ right).
+ *
+ * @param left The left child's hash.
+ * @param right The right child's hash.
+ * @returns The node's hash.
+ */
+export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
+  return sha256(NODE_PREFIX, left, right);
+}
+
+/** The largest power of two strictly below `n` (n ≥ 2). */
+function splitPoint(n: number): number {
+  let k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return n >= 1 && 2 ** Math.round(Math.log2(n)) === n;
+}
+
+function odd(n: number): boolean {
+  return n % 2 === 1;
+}
+
+function half(n: number): number {
+  return Math.floor(n / 2);
+}
+
+/**
+ * The RFC 9162 root of a list of leaf hashes, computed from the definition.
+ * O(n); for tests and small trees. {@link MerkleLog} is the incremental one.
+ *
+ * @example
+ * ```ts
+ * import { leafHash, nodeHash, rootOf } from "./merkle.ts";
+ * const a = leafHash(new Uint8Array([1]));
+ * const b = leafHash(new Uint8Array([2]));
+ * const root = rootOf([a, b]);
+ * if (Buffer.compare(root, nodeHash(a, b)) !== 0) throw new Error("shape");
+ * ```
+ *
+ * @param leaves The leaf hashes, in order.
+ * @returns The root hash.
+ */
+export function rootOf(leaves: readonly Uint8Array[]): Uint8Array {
+  if (leaves.length === 0) return emptyRoot();
+  if (leaves.length === 1) return leaves[0]!;
+  const k = splitPoint(leaves.length);
+  return nodeHash(rootOf(leaves.slice(0, k)), rootOf(leaves.slice(k)));
+}
+
+/**
+ * Where a log keeps the hashes of its complete subtrees: the node at `level`
+ * L and `index` i is the root of leaves [i·2^L, (i+1)·2^L). Level 0 holds the
+ * leaf hashes.
+ */
+export interface NodeStore {
+  /** Reads a node that {@link NodeStore.put} stored before. */
+  get(level: number, index: number): Uint8Array;
+  /** Stores a node; nodes of one level arrive in index order. */
+  put(level: number, index: number, hash: Uint8Array): void;
+}
+
+/** A {@link NodeStore} in memory, for tests and small trees. */
+export class MemoryNodeStore implements NodeStore {
+  readonly #levels: Uint8Array[][] = [];
+
+  /** @inheritdoc */
+  get(level: number, index: number): Uint8Array {
+    const node = this.#levels[level]?.[index];
+    if (node === undefined) {
+      throw new RangeError(`no Merkle node at level ${level} index ${index}`);
+    }
+    return node;
+  }
+
+  /** @inheritdoc */
+  put(level: number, index: number, hash: Uint8Array): void {
+    (this.#levels[level] ??= [])[index] = hash;
+  }
+
+  /** How many nodes each level holds (for tests). */
+  get counts(): number[] {
+    return this.#levels.map((l) => l.length);
+  }
+}
+
+/**
+ * An append-only RFC 9162 tree over a {@link NodeStore}. Every append stores
+ * the leaf hash and each subtree it completes, so any root or proof for a size
+ * up to {@link MerkleLog.size} is built from O(log n) stored subtrees.
+ *
+ * @example
+ * ```ts
+ * import { leafHash, MemoryNodeStore, MerkleLog, verifyConsistency, verifyInclusion } from "./merkle.ts";
+ * const log = new MerkleLog(new MemoryNodeStore());
+ * for (let i = 0; i < 10; i++) log.append(leafHash(new Uint8Array([i])));
+ * const root = log.root();
+ * const path = log.inclusionProof(3, 10);
+ * if (!verifyInclusion(leafHash(new Uint8Array([3])), 3, 10, path, root)) {
+ *   throw new Error("inclusion");
+ * }
+ * const proof = log.consistencyProof(6, 10);
+ * if (!verifyConsistency(6, 10, log.root(6), root, proof)) {
+ *   throw new Error("consistency");
+ * }
+ * ```
+ */
+export class MerkleLog {
+  readonly #store: NodeStore;
+  #size: number;
+  /**
+   * The roots of the complete subtrees that make up the tree now, largest
+   * (leftmost) first: one per set bit of the size.
+   */
+  #frontier: Uint8Array[] = [];
+
+  /**
+   * @param store Where the nodes live.
+   * @param size How many leaves the store already holds (its nodes must be
+   *   complete for that size).
+   */
+  constructor(store: NodeStore, size = 0) {
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new RangeError(`bad Merkle tree size ${size}`);
+    }
+    this.#store = store;
+    this.#size = size;
+    let start = 0;
+    for (let level = 52; level >= 0; level--) {
+      const span = 2 ** level;
+      if (start + span <= size) {
+        this.#frontier.push(store.get(level, start / span));
+        start += span;
+      }
+    }
+  }
+
+  /** How many leaves the tree holds. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /**
+   * Appends one leaf hash, storing it and every subtree it completes.
+   *
+   * @param hash The leaf's hash ({@link leafHash} of its bytes).
+   */
+  append(hash: Uint8Array): void {
+    if (hash.length !== HASH_BYTES) {
+      throw new RangeError(`a leaf hash is ${HASH_BYTES} bytes`);
+    }
+    const index = this.#size;
+    this.#store.put(0, index, hash);
+    let node = hash;
+    let level = 0;
+    let i = index;
+    // Each trailing 1 bit of the old size is a left sibling to merge with.
+    while (odd(i)) {
+      const left = this.#frontier.pop()!;
+      node = nodeHash(left, node);
+      level++;
+      i = half(i);
+      this.#store.put(level, i, node);
+    }
+    this.#frontier.push(node);
+    this.#size = index + 1;
+  }
+
+  /**
+   * The root of the tree as it was at `size` leaves.
+   *
+   * @param size A size up to {@link MerkleLog.size}; the current one if omitted.
+   * @returns The root hash.
+   */
+  root(size = this.#size): Uint8Array {
+    this.#checkSize(size);
+    if (size === this.#size) {
+      if (size === 0) return emptyRoot();
+      let node = this.#frontier[this.#frontier.length - 1]!;
+      for (let j = this.#frontier.length - 2; j >= 0; j--) {
+        node = nodeHash(this.#frontier[j]!, node);
+      }
+      return node;
+    }
+    return size === 0 ? emptyRoot() : this.#subtree(0, size);
+  }
+
+  /**
+   * The RFC 9162 inclusion proof (audit path) of leaf `index` in the tree of
+   * `size` leaves, deepest sibling first.
+   *
+   * @param index The leaf's index (0-based), below `size`.
+   * @param size The tree size the proof is for.
+   * @returns The audit path.
+   */
+  inclusionProof(index: number, size: number = this.#size): Uint8Array[] {
+    this.#checkSize(size);
+    if (!Number.isSafeInteger(index) || index < 0 || index >= size) {
+      throw new RangeError(`leaf ${index} is not in a tree of ${size}`);
+    }
+    const path: Uint8Array[] = [];
+    const walk = (m: number, start: number, n: number): void => {
+      if (n === 1) return;
+      const k = splitPoint(n);
+      if (m < k) {
+        walk(m, start, k);
+        path.push(this.#subtree(start + k, n - k));
+      } else {
+        walk(m - k, start + k, n - k);
+        path.push(this.#subtree(start, k));
+      }
+    };
+    walk(index, 0, size);
+    return path;
+  }
+
+  /**
+   * The RFC 9162 consistency proof that the tree of `size` leaves extends the
+   * tree of `from` leaves. Empty when `from` is 0 or equals `size`.
+   *
+   * @param from The older size.
+   * @param size The newer size, at least `from`.
+   * @returns The proof.
+   */
+  consistencyProof(from: number, size: number = this.#size): Uint8Array[] {
+    this.#checkSize(size);
+    if (!Number.isSafeInteger(from) || from < 0 || from > size) {
+      throw new RangeError(`size ${from} is not within a tree of ${size}`);
+    }
+    const proof: Uint8Array[] = [];
+    if (from === 0 || from === size) return proof;
+    const sub = (m: number, start: number, n: number, whole: boolean) => {
+      if (m === n) {
+        if (!whole) proof.push(this.#subtree(start, m));
+        return;
+      }
+      const k = splitPoint(n);
+      if (m <= k) {
+        sub(m, start, k, whole);
+        proof.push(this.#subtree(start + k, n - k));
+      } else {
+        sub(m - k, start + k, n - k, false);
+        proof.push(this.#subtree(start, k));
+      }
+    };
+    sub(from, 0, size, true);
+    return proof;
+  }
+
+  /**
+   * The root of leaves [start, start + n), a range the RFC recursion produces
+   * (so `start` is a multiple of the power of two at or above `n`).
+   */
+  #subtree(start: number, n: number): Uint8Array {
+    if (isPowerOfTwo(n) && start % n === 0) {
+      return this.#store.get(Math.round(Math.log2(n)), start / n);
+    }
+    const k = splitPoint(n);
+    return nodeHash(this.#subtree(start, k), this.#subtree(start + k, n - k));
+  }
+
+  #checkSize(size: number): void {
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.#size) {
+      throw new RangeError(
+        `tree size ${size} is beyond the ${this.#size} leaves held`,
+      );
+    }
+  }
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function wellFormed(path: readonly Uint8Array[]): boolean {
+  return path.every((p) => p instanceof Uint8Array && p.length === HASH_BYTES);
+}
+
+/**
+ * Checks an inclusion proof (RFC 9162 §2.1.3.2).
+ *
+ * @param leaf The leaf hash.
+ * @param index The leaf's index.
+ * @param size The tree size the proof is for.
+ * @param path The audit path.
+ * @param root The tree's root at `size`.
+ * @returns Whether the proof shows the leaf at `index` in that tree.
+ */
+export function verifyInclusion(
+  leaf: Uint8Array,
+  index: number,
+  size: number,
+  path: readonly Uint8Array[],
+  root: Uint8Array,
+): boolean {
+  if (
+    !Number.isSafeInteger(index) || !Number.isSafeInteger(size) ||
+    index < 0 || index >= size || !wellFormed(path)
+  ) return false;
+  let fn = index;
+  let sn = size - 1;
+  let r = leaf;
+  for (const p of path) {
+    if (sn === 0) return false;
+    if (odd(fn) || fn === sn) {
+      r = nodeHash(p, r);
+      if (!odd(fn)) {
+        while (!odd(fn) && fn !== 0) {
+          fn = half(fn);
+          sn = half(sn);
+        }
+      }
+    } else {
+      r = nodeHash(r, p);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return sn === 0 && equal(r, root);
+}
+
+/**
+ * Checks a consistency proof (RFC 9162 §2.1.4.2): the tree of `size` leaves
+ * with root `newRoot` extends the tree of `from` leaves with root `oldRoot`.
+ * Every tree extends the empty one; equal sizes need equal roots and an empty
+ * proof.
+ *
+ * @param from The older size.
+ * @param size The newer size.
+ * @param oldRoot The older root.
+ * @param newRoot The newer root.
+ * @param proof The consistency proof.
+ * @returns Whether the proof holds.
+ */
+export function verifyConsistency(
+  from: number,
+  size: number,
+  oldRoot: Uint8Array,
+  newRoot: Uint8Array,
+  proof: readonly Uint8Array[],
+): boolean {
+  if (
+    !Number.isSafeInteger(from) || !Number.isSafeInteger(size) ||
+    from < 0 || from > size || !wellFormed(proof)
+  ) return false;
+  if (from === 0) return proof.length === 0;
+  if (from === size) return proof.length === 0 && equal(oldRoot, newRoot);
+  const path = isPowerOfTwo(from) ? [oldRoot, ...proof] : [...proof];
+  if (path.length === 0) return false;
+  let fn = from - 1;
+  let sn = size - 1;
+  while (odd(fn)) {
+    fn = half(fn);
+    sn = half(sn);
+  }
+  let fr = path[0]!;
+  let sr = path[0]!;
+  for (const c of path.slice(1)) {
+    if (sn === 0) return false;
+    if (odd(fn) || fn === sn) {
+      fr = nodeHash(c, fr);
+      sr = nodeHash(c, sr);
+      if (!odd(fn)) {
+        while (!odd(fn) && fn !== 0) {
+          fn = half(fn);
+          sn = half(sn);
+        }
+      }
+    } else {
+      sr = nodeHash(sr, c);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return sn === 0 && equal(fr, oldRoot) && equal(sr, newRoot);
+}
