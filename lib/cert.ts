@@ -215,9 +215,7 @@ export async function createSelfSignedCert(
   serial[0] = serial[0]! & 0x7f; // Positive, as RFC 5280 requires.
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: [...serial].map((b) => b.toString(16).padStart(2, "0")).join(
-      "",
-    ),
+    serialNumber: serial.toHex(),
     name: [{ CN: [names[0]!] }, { O: ["moat"] }],
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + days * 86_400_000),

@@ -619,8 +619,7 @@ export async function getStream(
             `Size mismatch: received ${received} of ${expected} bytes`,
           );
         }
-        const digest = [...sent].map((b) => b.toString(16).padStart(2, "0"))
-          .join("");
+        const digest = sent.toHex();
         const actual = hash.hex();
         if (actual !== digest) {
           throw new IntegrityError(

@@ -409,27 +409,13 @@ async function sendChunks(
     if (same && cached === undefined) {
       options.cache?.set(before, digestName, digest);
     }
-    const bytes = hexToBytes(digest);
+    const bytes = Uint8Array.fromHex(digest);
     const end = new Uint8Array(HEADER_SIZE + bytes.length);
     encodeHeader(Kind.FileEnd, bytes.length, end, 0);
     end.set(bytes, HEADER_SIZE);
     await sink.write(end);
   }
   return { bytes: pos - offset, digestName, digest };
-}
-
-function hexToBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  }
-  return out;
-}
-
-function bytesToHex(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += b.toString(16).padStart(2, "0");
-  return s;
 }
 
 /** Options for {@linkcode prepareDownload}. */
@@ -690,7 +676,7 @@ export async function receiveFile(
             `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
           );
         }
-        const digest = bytesToHex(sent);
+        const digest = sent.toHex();
         if (received !== expected) {
           throw new IntegrityError(
             `Size mismatch: received ${received} of ${expected} bytes`,

@@ -230,19 +230,20 @@ test("DigestCache serves a second send without rehashing and forgets the oldest"
   const cache = new DigestCache({ limit: 1, now: () => Date.now() + 60_000 });
   const f = await jail.open("a");
   assert.equal(cache.get(readStamp(f.fd), "sha256"), undefined);
-  cache.set(readStamp(f.fd), "sha256", "x".repeat(64));
-  assert.equal(cache.get(readStamp(f.fd), "sha256"), "x".repeat(64));
+  // A made-up digest, as hex: the sender turns it into FileEnd's bytes.
+  cache.set(readStamp(f.fd), "sha256", "ab".repeat(32));
+  assert.equal(cache.get(readStamp(f.fd), "sha256"), "ab".repeat(32));
   assert.equal(
     cache.get(readStamp(f.fd), "crc32"),
     undefined,
     "keyed by digest name",
   );
   const r = await sendFile(memorySink(), f, { cache, digest: "sha256" });
-  assert.equal(r.digest, "x".repeat(64), "cached digest used");
+  assert.equal(r.digest, "ab".repeat(32), "cached digest used");
   f.close();
   fs.writeFileSync(path.join(t.dir, "b"), "def");
   const g = await jail.open("b");
-  cache.set(readStamp(g.fd), "sha256", "y".repeat(64));
+  cache.set(readStamp(g.fd), "sha256", "cd".repeat(32));
   g.close();
   const f2 = await jail.open("a");
   assert.equal(cache.get(readStamp(f2.fd), "sha256"), undefined, "evicted");
