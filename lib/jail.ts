@@ -50,6 +50,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import {
   closeSync,
   constants,
@@ -158,7 +159,9 @@ export function validateRequestPath(path: string): string {
     throw new PathError("ERR_BAD_PATH", 'Invalid path: "" is empty');
   }
   // Every UTF-16 unit is at least one UTF-8 byte: bound the work first.
-  if (path.length > MAX_PATH_BYTES || _utf8Length(path) > MAX_PATH_BYTES) {
+  if (
+    path.length > MAX_PATH_BYTES || Buffer.byteLength(path) > MAX_PATH_BYTES
+  ) {
     throw _badPath(path, `is longer than ${MAX_PATH_BYTES} bytes`);
   }
   for (let i = 0; i < path.length; i++) {
@@ -201,7 +204,7 @@ export function validateRequestPath(path: string): string {
     if (/^[. ]+$/.test(segment)) {
       throw _badPath(path, "has a segment made only of dots and spaces");
     }
-    if (_utf8Length(segment) > MAX_SEGMENT_BYTES) {
+    if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) {
       throw _badPath(
         path,
         `has a segment longer than ${MAX_SEGMENT_BYTES} bytes`,
@@ -555,24 +558,6 @@ function _describe(stats: BigIntStats): string {
   if (stats.isBlockDevice()) return "a block device";
   if (stats.isSymbolicLink()) return "a symbolic link";
   return "not a regular file";
-}
-
-/** UTF-8 length of `s`; a lone surrogate counts 3 bytes (U+FFFD). */
-function _utf8Length(s: string): number {
-  let bytes = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) bytes += 1;
-    else if (c < 0x800) bytes += 2;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-      const next = s.charCodeAt(i + 1);
-      if (next >= 0xdc00 && next <= 0xdfff) {
-        bytes += 4;
-        i++;
-      } else bytes += 3;
-    } else bytes += 3;
-  }
-  return bytes;
 }
 
 function _codePoint(c: number): string {

@@ -489,6 +489,26 @@ describe("validateRequestPath", () => {
     assert.throws(() => validateRequestPath(p + "y"), { code: BAD });
   });
 
+  test("validateRequestPath counts UTF-8 bytes, not UTF-16 units", () => {
+    // 85 × 3 bytes and 63 × 4 + 3 bytes: exactly MAX_SEGMENT_BYTES each.
+    for (const segment of ["€".repeat(85), "😀".repeat(63) + "abc"]) {
+      assert.equal(new TextEncoder().encode(segment).length, 255);
+      assert.equal(validateRequestPath(segment), segment);
+      assert.throws(() => validateRequestPath(segment + "é"), {
+        code: BAD,
+        message: /has a segment longer than 255 bytes$/,
+      });
+    }
+    // 16 × 255 + 16 bytes in 2,056 UTF-16 units.
+    const p = ("é".repeat(127) + "/").repeat(16) + "é".repeat(8);
+    assert.equal(new TextEncoder().encode(p).length, MAX_PATH_BYTES);
+    assert.equal(validateRequestPath(p), p);
+    assert.throws(() => validateRequestPath(p + "x"), {
+      code: BAD,
+      message: /is longer than 4096 bytes$/,
+    });
+  });
+
   test("validateRequestPath refuses a non-string", () => {
     for (const value of [undefined, null, 1, ["a"]]) {
       assert.throws(
