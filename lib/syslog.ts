@@ -443,16 +443,6 @@ function validCivil(
   return d <= days;
 }
 
-/** Days from 1970-01-01 to a proleptic Gregorian date (month 1 to 12). */
-function daysFromCivil(y: number, mo: number, d: number): number {
-  const yy = mo <= 2 ? y - 1 : y;
-  const era = Math.floor(yy / 400);
-  const yoe = yy - era * 400;
-  const doy = Math.floor((153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5) + d - 1;
-  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
-  return era * 146_097 + doe - 719_468;
-}
-
 function checkTs(t: number): number | undefined {
   return Number.isSafeInteger(t) && t >= 0 ? t : undefined;
 }
@@ -498,9 +488,7 @@ function readRfc3339(
   if (!fieldEnds(b, i)) return undefined;
   // A leap second is stored as the last millisecond before it.
   const ms = s === 60 ? 59_999 : s * 1000 + frac[0];
-  const ts = checkTs(
-    daysFromCivil(y, mo, d) * DAY_MS + (h * 60 + mi) * 60_000 + ms - offset,
-  );
+  const ts = checkTs(Date.UTC(y, mo - 1, d, h, mi, 0, ms) - offset);
   return ts === undefined ? undefined : [ts, i];
 }
 

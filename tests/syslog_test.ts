@@ -317,6 +317,26 @@ describe("parseSyslog", () => {
       );
     }
   });
+
+  // Epoch milliseconds worked out apart from Date (Python's calendar), so
+  // the conversion is checked against something other than itself.
+  const CALENDAR: [string, number | undefined][] = [
+    ["1970-01-01T00:00:00Z", 0],
+    ["1970-01-01T00:30:00+01:00", undefined], // before the epoch
+    ["2000-02-29T00:00:00Z", 951_782_400_000], // a leap century
+    ["2000-03-01T00:00:00Z", 951_868_800_000],
+    ["2100-02-29T00:00:00Z", undefined], // not a leap year
+    ["2024-02-29T12:00:00+12:00", 1_709_164_800_000],
+    ["2024-03-01T00:00:00-00:00", 1_709_251_200_000],
+    ["2016-12-31T23:59:60Z", 1_483_228_799_999], // a leap second
+    ["9999-12-31T23:59:59.999Z", 253_402_300_799_999],
+  ];
+  for (const [time, want] of CALENDAR) {
+    test(`parseSyslogTime reads ${time} as ${want}`, () => {
+      const bytes = te.encode(`<13>1 ${time} host app - - - hi`);
+      assert.equal(parseSyslogTime(bytes), want);
+    });
+  }
 });
 
 /**
