@@ -9,6 +9,7 @@
  */
 
 import * as fs from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 
 /**
  * Thrown when stdout's reader has gone (EPIPE): nothing more can be shown,
@@ -69,7 +70,7 @@ export async function writeStdout(bytes: Uint8Array): Promise<void> {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === "EPIPE") throw new StdoutClosedError({ cause: err });
       if (code !== "EAGAIN") throw err;
-      await new Promise((r) => setTimeout(r, 5));
+      await sleep(5);
     }
   }
 }

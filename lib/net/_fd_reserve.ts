@@ -49,6 +49,7 @@ import {
   setInterval,
   setTimeout,
 } from "node:timers";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { AcceptErrorEvent, Conn } from "./types.ts";
 import { errorCode } from "./_errors.ts";
 
@@ -167,7 +168,7 @@ export class DescriptorReserve {
   backoff(): Promise<void> {
     const delay = this.#retryDelay;
     this.#retryDelay = Math.min(delay * 2, MAX_DELAY_MS);
-    return new Promise((resolve) => setTimeout(resolve, delay));
+    return sleep(delay);
   }
 
   /**

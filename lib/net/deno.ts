@@ -15,6 +15,7 @@
  * @module
  */
 
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   AddressInUseError,
   ConnectError,
@@ -164,7 +165,7 @@ class DenoUnixListener implements Listener {
           return;
         }
         if (!(error instanceof Deno.errors.ConnectionAborted)) {
-          await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+          await sleep(ACCEPT_RETRY_MS);
         }
         continue;
       }
