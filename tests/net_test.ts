@@ -11,6 +11,7 @@ import {
   AddressInUseError,
   ConnectError,
   ConnectionClosedError,
+  MoatError,
 } from "../lib/errors.ts";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
 import type { Conn, Listener } from "../lib/net/types.ts";
@@ -371,6 +372,23 @@ describe("lib/net", () => {
     } finally {
       listener.close();
     }
+  });
+
+  test("Net.listen on an address this host does not have throws ERR_LISTEN", async () => {
+    // 192.0.2.1 is TEST-NET-1: never a local address, and bind sends nothing.
+    await assert.rejects(
+      net.listen({ hostname: "192.0.2.1", port: 0 }),
+      (error: unknown) => {
+        assert.ok(error instanceof MoatError, String(error));
+        assert.ok(!(error instanceof AddressInUseError));
+        assert.equal(error.code, "ERR_LISTEN");
+        assert.equal(
+          error.message,
+          "Cannot listen on 192.0.2.1:0: address not available",
+        );
+        return true;
+      },
+    );
   });
 
   test("Conn reports localAddr and remoteAddr of both ends", async () => {

@@ -1,6 +1,8 @@
 /**
- * Error mapping shared by the adapters whose runtimes report node-style
- * `code` strings (Bun's sockets and `node:tls`).
+ * Error mapping shared by the adapters. Every runtime error here carries a
+ * node-style errno `code` string: Bun's sockets and `node:tls` do, and so do
+ * Deno's (`Deno.errors.AddrInUse` has `code: "EADDRINUSE"`), so one mapping
+ * serves all three and the messages are the same on every runtime.
  *
  * @module
  */
@@ -29,12 +31,17 @@ export function errorCode(error: unknown): string | undefined {
   return typeof error.code === "string" ? error.code : undefined;
 }
 
-/** The first line of an error's message, lower-cased at the start. */
+/**
+ * The first line of an error's message, lower-cased at the start, without
+ * Deno's errno suffix: "Address not available (os error 99)" becomes
+ * "address not available".
+ */
 export function describe(error: unknown): string {
   const text =
     (error instanceof Error ? error.message : String(error)).split("\n")[0] ??
       "";
-  return text.charAt(0).toLowerCase() + text.slice(1);
+  const bare = text.replace(/ \(os error \d+\)$/, "");
+  return bare.charAt(0).toLowerCase() + bare.slice(1);
 }
 
 /** Wraps an error on an open connection. */
@@ -51,27 +58,75 @@ export function toClosedError(error: Error): ConnectionClosedError {
   return new ConnectionClosedError(undefined, { cause: error });
 }
 
-/** Wraps a failure to listen. */
+/** Wraps a failure to listen on TCP. */
 export function toListenError(error: unknown, options: ListenOptions): unknown {
-  const where = formatAddr(options.hostname, options.port);
   const code = errorCode(error);
-  if (code === "EADDRINUSE") {
-    return new AddressInUseError(
-      `Cannot listen on ${where}: address already in use`,
-      { cause: error },
-    );
-  }
-  const reason = code === "EADDRNOTAVAIL"
-    ? "address not available"
-    : code === "EACCES"
+  return listenError(
+    formatAddr(options.hostname, options.port),
+    code === "EADDRINUSE"
+      ? "address already in use"
+      : code === "EADDRNOTAVAIL"
+      ? "address not available"
+      : code === "EACCES" || code === "EPERM"
+      ? "permission denied"
+      : describe(error),
+    error,
+  );
+}
+
+/** Wraps a failure to listen on a Unix socket. */
+export function toUnixListenError(error: unknown, path: string): unknown {
+  const code = errorCode(error);
+  return listenError(
+    `"${path}"`,
+    code === "EADDRINUSE"
+      ? "something exists there already"
+      : code === "ENOENT"
+      ? "no such directory"
+      : code === "EACCES" || code === "EPERM"
+      ? "permission denied"
+      : describe(error),
+    error,
+  );
+}
+
+/** AddressInUseError for EADDRINUSE, else ERR_LISTEN; both name the place. */
+function listenError(where: string, reason: string, error: unknown): MoatError {
+  const message = `Cannot listen on ${where}: ${reason}`;
+  return errorCode(error) === "EADDRINUSE"
+    ? new AddressInUseError(message, { cause: error })
+    : new MoatError("ERR_LISTEN", message, undefined, { cause: error });
+}
+
+/** Wraps a failure to connect over TCP. */
+export function toConnectError(
+  error: unknown,
+  options: ConnectOptions,
+): ConnectError {
+  const where = formatAddr(options.hostname, options.port);
+  // Deno's failed name lookup is a plain Error with no code.
+  const lookup = error instanceof Error &&
+    error.message.startsWith("failed to lookup");
+  const reason = connectReason(errorCode(error)) ??
+    (lookup ? "host not found" : describe(error));
+  return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
+    cause: error,
+  });
+}
+
+/** Wraps a failure to connect to a Unix socket. */
+export function toUnixConnectError(error: unknown, path: string): ConnectError {
+  const code = errorCode(error);
+  const reason = code === "ENOENT"
+    ? "no such socket"
+    : code === "ECONNREFUSED"
+    ? "connection refused"
+    : code === "EACCES" || code === "EPERM"
     ? "permission denied"
     : describe(error);
-  return new MoatError(
-    "ERR_LISTEN",
-    `Cannot listen on ${where}: ${reason}`,
-    undefined,
-    { cause: error },
-  );
+  return new ConnectError(`Cannot connect to "${path}": ${reason}`, {
+    cause: error,
+  });
 }
 
 /** The reason a connect failed, for the errno codes that have a plain one. */

@@ -16,12 +16,7 @@
  */
 
 import { setTimeout as sleep } from "node:timers/promises";
-import {
-  AddressInUseError,
-  ConnectError,
-  ConnectionClosedError,
-  MoatError,
-} from "../errors.ts";
+import { ConnectionClosedError } from "../errors.ts";
 import type {
   Addr,
   Conn,
@@ -40,7 +35,14 @@ import {
   type ServerTlsContext,
   serverTlsContext,
 } from "./node_tls.ts";
-import { formatAddr } from "./_errors.ts";
+import {
+  describe,
+  formatAddr,
+  toConnectError,
+  toListenError,
+  toUnixConnectError,
+  toUnixListenError,
+} from "./_errors.ts";
 import { DescriptorReserve, isOutOfDescriptors } from "./_fd_reserve.ts";
 
 /** Pause before a Unix listener retries a failed accept. */
@@ -414,85 +416,4 @@ function toClosedError(error: unknown): unknown {
     return new ConnectionClosedError(undefined, { cause: error });
   }
   return error;
-}
-
-function toListenError(error: unknown, options: ListenOptions): unknown {
-  const where = formatAddr(options.hostname, options.port);
-  if (error instanceof Deno.errors.AddrInUse) {
-    return new AddressInUseError(
-      `Cannot listen on ${where}: address already in use`,
-      { cause: error },
-    );
-  }
-  const reason = error instanceof Deno.errors.AddrNotAvailable
-    ? "address not available"
-    : error instanceof Deno.errors.PermissionDenied
-    ? "permission denied"
-    : describe(error);
-  return new MoatError(
-    "ERR_LISTEN",
-    `Cannot listen on ${where}: ${reason}`,
-    undefined,
-    { cause: error },
-  );
-}
-
-function toConnectError(error: unknown, options: ConnectOptions): unknown {
-  const where = formatAddr(options.hostname, options.port);
-  let reason: string;
-  if (error instanceof Deno.errors.ConnectionRefused) {
-    reason = "connection refused";
-  } else if (error instanceof Deno.errors.TimedOut) {
-    reason = "timed out";
-  } else if (
-    error instanceof Error && error.message.startsWith("failed to lookup")
-  ) {
-    reason = "host not found";
-  } else {
-    reason = describe(error);
-  }
-  return new ConnectError(`Cannot connect to ${where}: ${reason}`, {
-    cause: error,
-  });
-}
-
-function toUnixListenError(error: unknown, path: string): unknown {
-  const where = `"${path}"`;
-  if (error instanceof Deno.errors.AddrInUse) {
-    return new AddressInUseError(
-      `Cannot listen on ${where}: something exists there already`,
-      { cause: error },
-    );
-  }
-  const reason = error instanceof Deno.errors.NotFound
-    ? "no such directory"
-    : error instanceof Deno.errors.PermissionDenied
-    ? "permission denied"
-    : describe(error);
-  return new MoatError(
-    "ERR_LISTEN",
-    `Cannot listen on ${where}: ${reason}`,
-    undefined,
-    { cause: error },
-  );
-}
-
-function toUnixConnectError(error: unknown, path: string): unknown {
-  const reason = error instanceof Deno.errors.NotFound
-    ? "no such socket"
-    : error instanceof Deno.errors.ConnectionRefused
-    ? "connection refused"
-    : error instanceof Deno.errors.PermissionDenied
-    ? "permission denied"
-    : describe(error);
-  return new ConnectError(`Cannot connect to "${path}": ${reason}`, {
-    cause: error,
-  });
-}
-
-/** "Address not available (os error 99)" becomes "address not available". */
-function describe(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const text = message.replace(/ \(os error \d+\)$/, "");
-  return text.charAt(0).toLowerCase() + text.slice(1);
 }
