@@ -30,7 +30,6 @@ import {
   ConnectionClosedError,
   errorFromFrame,
   errorFromLine,
-  IntegrityError,
   MoatError,
   ProtocolError,
 } from "./errors.ts";
@@ -43,6 +42,7 @@ import {
   partPathOf,
   prepareDownload,
   receiveFile,
+  receiveFileData,
   type ReceiveResult,
 } from "./file_sender.ts";
 import { createDigest, DEFAULT_DIGEST, type DigestName } from "./digest.ts";
@@ -583,63 +583,12 @@ export async function getStream(
       );
     }
     options.onStart?.(meta.size, 0);
-    const expected = meta.size;
-    let received = 0;
-    for (;;) {
-      const header = await reader.readHeader();
-      if (header === null) {
-        throw new ConnectionClosedError(
-          `Connection closed after ${received} of ${expected} bytes`,
-        );
-      }
-      watchdog.touch();
-      if (header.type === Kind.FileData) {
-        if (received + header.length > expected) {
-          throw new IntegrityError(
-            `Server sent more than the announced ${expected} bytes`,
-          );
-        }
-        let frag: Uint8Array | null;
-        while ((frag = await reader.readFragment()) !== null) {
-          hash.update(frag);
-          const bytes = frag;
-          await watchdog.paused(() => options.write(bytes));
-          received += frag.length;
-          options.onProgress?.(received, expected);
-        }
-      } else if (header.type === Kind.FileEnd) {
-        const sent = await reader.readPayload();
-        if (sent.length !== hash.size) {
-          throw new ProtocolError(
-            `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
-          );
-        }
-        if (received !== expected) {
-          throw new IntegrityError(
-            `Size mismatch: received ${received} of ${expected} bytes`,
-          );
-        }
-        const digest = sent.toHex();
-        const actual = hash.hex();
-        if (actual !== digest) {
-          throw new IntegrityError(
-            `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
-          );
-        }
-        return {
-          bytes: received,
-          size: expected,
-          digestName: hash.name,
-          digest: actual,
-        };
-      } else if (header.type === Kind.Error) {
-        throw errorFromFrame(decodeError(await reader.readPayload()));
-      } else {
-        throw new ProtocolError(
-          `Unexpected frame type 0x${header.type.toString(16)} during transfer`,
-        );
-      }
-    }
+    const { bytes, digest } = await receiveFileData(reader, meta, hash, {
+      write: (frag) => watchdog.paused(() => options.write(frag)),
+      onFrame: () => watchdog.touch(),
+      onProgress: options.onProgress,
+    });
+    return { bytes, size: meta.size, digestName: hash.name, digest };
   } catch (err) {
     signal?.throwIfAborted();
     if (watchdog.fired) throw timeoutError(client, "sent nothing for");

@@ -599,6 +599,103 @@ function writeAllAt(fd: number, bytes: Uint8Array, pos: number) {
   }
 }
 
+/** Where {@linkcode receiveFileData} passes the file's bytes. */
+export interface FileDataSink {
+  /**
+   * Takes each piece of the file in order; the piece is only valid until
+   * this returns or its promise settles.
+   *
+   * @param bytes The piece.
+   * @param at Bytes of this run before it.
+   */
+  write(bytes: Uint8Array, at: number): void | Promise<void>;
+  /** Called after each frame header arrives. */
+  onFrame?: () => void;
+  /** Called as bytes arrive, with the bytes of this run and the total expected in it. */
+  onProgress?: ((received: number, expected: number) => void) | undefined;
+}
+
+/**
+ * The body of a download, after FileMeta: FileData frames passed to `sink`
+ * up to FileEnd, whose digest must be the one `hash` computes over exactly
+ * `meta.size - meta.offset` bytes. Shared by {@linkcode receiveFile} (into a
+ * part file) and the client's `getStream` (into a sink such as stdout).
+ *
+ * @param reader The connection's frame reader, positioned after FileMeta.
+ * @param meta The FileMeta the server sent.
+ * @param hash A fresh digest of the kind FileMeta names.
+ * @param sink Where the bytes go.
+ * @returns Bytes received and the verified digest (hex).
+ * @throws {IntegrityError} On a size or digest mismatch.
+ * @throws {ConnectionClosedError} When the connection ends early.
+ * @throws {ProtocolError} On an unexpected frame or a FileEnd of the wrong size.
+ * @throws {MoatError} The server's error (see `errorFromFrame`).
+ */
+export async function receiveFileData(
+  reader: FrameReader,
+  meta: FileMeta,
+  hash: Digest,
+  sink: FileDataSink,
+): Promise<{ bytes: number; digest: string }> {
+  const expected = meta.size - meta.offset;
+  let received = 0;
+  for (;;) {
+    const header = await reader.readHeader();
+    if (header === null) {
+      throw new ConnectionClosedError(
+        `Connection closed after ${received} of ${expected} bytes`,
+      );
+    }
+    sink.onFrame?.();
+    if (header.type === Kind.FileData) {
+      if (received + header.length > expected) {
+        throw new IntegrityError(
+          `Server sent more than the announced ${meta.size} bytes`,
+        );
+      }
+      let frag: Uint8Array | null;
+      while ((frag = await reader.readFragment()) !== null) {
+        hash.update(frag);
+        // Awaited only when it is a promise: the part file's writes are
+        // synchronous and this is the bulk data path.
+        const wrote = sink.write(frag, received);
+        if (wrote !== undefined) await wrote;
+        received += frag.length;
+        // Per read, not per frame: a frame is up to 1 MiB, which a slow
+        // link takes minutes to carry, and the client's stall timeout
+        // listens here.
+        sink.onProgress?.(received, expected);
+      }
+    } else if (header.type === Kind.FileEnd) {
+      const sent = await reader.readPayload();
+      if (sent.length !== hash.size) {
+        throw new ProtocolError(
+          `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
+        );
+      }
+      if (received !== expected) {
+        throw new IntegrityError(
+          `Size mismatch: received ${received} of ${expected} bytes`,
+        );
+      }
+      const digest = sent.toHex();
+      const actual = hash.hex();
+      if (actual !== digest) {
+        throw new IntegrityError(
+          `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
+        );
+      }
+      return { bytes: received, digest: actual };
+    } else if (header.type === Kind.Error) {
+      throw errorFromFrame(decodeError(await reader.readPayload()));
+    } else {
+      throw new ProtocolError(
+        `Unexpected frame type 0x${header.type.toString(16)} during transfer`,
+      );
+    }
+  }
+}
+
 /** Whether a failed download's part is worthless: damaged, or of a file that changed. */
 function spoils(err: unknown): boolean {
   return err instanceof IntegrityError || err instanceof ProtocolError ||
@@ -632,8 +729,6 @@ export async function receiveFile(
   options: ReceiveFileOptions = {},
 ): Promise<ReceiveResult> {
   const { fd, digest: hash } = download;
-  const expected = meta.size - meta.offset;
-  let received = 0;
   try {
     if (meta.offset !== download.offset) {
       throw new ProtocolError(
@@ -646,63 +741,12 @@ export async function receiveFile(
       );
     }
     if (download.offset > 0) fs.ftruncateSync(fd, download.offset);
-    for (;;) {
-      const header = await reader.readHeader();
-      if (header === null) {
-        throw new ConnectionClosedError(
-          `Connection closed after ${received} of ${expected} bytes`,
-        );
-      }
-      if (header.type === Kind.FileData) {
-        if (received + header.length > expected) {
-          throw new IntegrityError(
-            `Server sent more than the announced ${meta.size} bytes`,
-          );
-        }
-        let frag: Uint8Array | null;
-        while ((frag = await reader.readFragment()) !== null) {
-          writeAllAt(fd, frag, download.offset + received);
-          hash.update(frag);
-          received += frag.length;
-          // Per read, not per frame: a frame is up to 1 MiB, which a slow
-          // link takes minutes to carry, and the client's stall timeout
-          // listens here.
-          options.onProgress?.(received, expected);
-        }
-      } else if (header.type === Kind.FileEnd) {
-        const sent = await reader.readPayload();
-        if (sent.length !== hash.size) {
-          throw new ProtocolError(
-            `File end carries ${sent.length} bytes, a ${hash.name} digest has ${hash.size}`,
-          );
-        }
-        const digest = sent.toHex();
-        if (received !== expected) {
-          throw new IntegrityError(
-            `Size mismatch: received ${received} of ${expected} bytes`,
-          );
-        }
-        const actual = hash.hex();
-        if (actual !== digest) {
-          throw new IntegrityError(
-            `${hash.name} mismatch: server sent ${digest}, file hashes to ${actual}`,
-          );
-        }
-        download.commit();
-        return {
-          bytes: received,
-          size: meta.size,
-          digestName: hash.name,
-          digest: actual,
-        };
-      } else if (header.type === Kind.Error) {
-        throw errorFromFrame(decodeError(await reader.readPayload()));
-      } else {
-        throw new ProtocolError(
-          `Unexpected frame type 0x${header.type.toString(16)} during transfer`,
-        );
-      }
-    }
+    const { bytes, digest } = await receiveFileData(reader, meta, hash, {
+      write: (frag, at) => writeAllAt(fd, frag, download.offset + at),
+      onProgress: options.onProgress,
+    });
+    download.commit();
+    return { bytes, size: meta.size, digestName: hash.name, digest };
   } catch (err) {
     // A corrupt part is worthless; an interrupted one is kept for --resume.
     if (spoils(err)) download.discard();
