@@ -1,9 +1,13 @@
 /**
- * What the serve and ship units share: the flag and launcher types, and the
- * folders that systemd's sandbox settings hide or replace.
+ * What the serve and ship units share: the flag and launcher types, the
+ * folders that systemd's sandbox settings hide or replace, the program's
+ * paths and the end of the unit.
  *
  * @module
  */
+
+import * as path from "node:path";
+import { checkPath } from "./_quote.ts";
 
 /** One serve flag as given on the command line, in order. */
 export interface ServeFlag {
@@ -51,15 +55,50 @@ export function isUnderAny(p: string, dirs: readonly string[]): boolean {
 }
 
 /**
- * The end of every unit moat prints: capabilities, the kernel and system
- * call restrictions, and the [Install] section. Both units run JavaScript,
- * so both keep MemoryDenyWriteExecute= off.
+ * The program the unit runs, as absolute paths: the executable, then the
+ * script when moat runs from source.
  *
+ * @param launcher How the unit starts moat.
+ * @param cwd What a relative script path is relative to.
+ * @returns One or two paths, each checked with `checkPath`.
+ * @throws {UsageError} When a path cannot be written in a unit.
+ */
+export function programPaths(launcher: SystemdLauncher, cwd: string): string[] {
+  const program = [launcher.executable];
+  if (launcher.script !== undefined) {
+    program.push(path.resolve(cwd, launcher.script));
+  }
+  for (const p of program) checkPath(p, "the program path");
+  return program;
+}
+
+/**
+ * The end of every unit moat prints: a private /tmp and /dev unless a path
+ * the unit names is there, capabilities, the kernel and system call
+ * restrictions, and the [Install] section. Both units run JavaScript, so
+ * both keep MemoryDenyWriteExecute= off.
+ *
+ * @param paths Every path the unit names (read, written or run).
  * @param capability The one capability the service keeps ("" for none).
  * @returns The unit's lines.
  */
-export function kernelHardening(capability: string): string[] {
+export function unitTail(
+  paths: readonly string[],
+  capability: string,
+): string[] {
+  const privateTmp = !paths.some((p) => isUnderAny(p, TMP_DIRS));
+  const privateDevices = !paths.some((p) => isUnder(p, DEV_DIR));
   return [
+    ...(privateTmp
+      ? []
+      : ["# A path above is in /tmp or /var/tmp: keep the host's."]),
+    `PrivateTmp=${privateTmp ? "yes" : "no"}`,
+    ...(privateDevices ? [] : ["# A path above is in /dev: keep the host's."]),
+    `PrivateDevices=${privateDevices ? "yes" : "no"}`,
+    "PrivateMounts=yes",
+    "",
+    "# Privileges and the kernel.",
+    "NoNewPrivileges=yes",
     `CapabilityBoundingSet=${capability}`,
     `AmbientCapabilities=${capability}`,
     "ProtectKernelTunables=yes",

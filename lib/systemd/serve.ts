@@ -23,15 +23,14 @@ import * as path from "node:path";
 import { type Cidr, formatCidr } from "../allowlist.ts";
 import { subtractCidrs } from "../cidr.ts";
 import {
-  DEV_DIR,
   HOME_DIRS,
   isUnder,
   isUnderAny,
-  kernelHardening,
   OWN_FLAG,
+  programPaths,
   type ServeFlag,
   type SystemdLauncher,
-  TMP_DIRS,
+  unitTail,
 } from "./_common.ts";
 import {
   bindWord,
@@ -285,16 +284,10 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
   const readOnly = [root, ...allowFiles, ...secrets];
   const tokenFile = options.flags.some((f) => f.name === "token-file");
   const ports = [port, ...(options.extraPorts ?? [])];
-  const program = [launcher.executable];
-  if (launcher.script !== undefined) {
-    program.push(path.resolve(cwd, launcher.script));
-  }
-  for (const p of program) checkPath(p, "the program path");
+  const program = programPaths(launcher, cwd);
 
   const all = [...readOnly, ...readWrite, ...program];
   const home = all.some((p) => isUnderAny(p, HOME_DIRS));
-  const privateTmp = !all.some((p) => isUnderAny(p, TMP_DIRS));
-  const privateDevices = !all.some((p) => isUnder(p, DEV_DIR));
 
   // The command.
   const command: string[] = [];
@@ -419,18 +412,6 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
     );
   }
   if (deno) push("CacheDirectory=moat", "Environment=DENO_DIR=%C/moat/deno");
-  if (!privateTmp) {
-    push("# A path above is in /tmp or /var/tmp: keep the host's.");
-  }
-  push(`PrivateTmp=${privateTmp ? "yes" : "no"}`);
-  if (!privateDevices) push("# A path above is in /dev: keep the host's.");
-  push(
-    `PrivateDevices=${privateDevices ? "yes" : "no"}`,
-    "PrivateMounts=yes",
-    "",
-    "# Privileges and the kernel.",
-    "NoNewPrivileges=yes",
-    ...kernelHardening(lowPort ? "CAP_NET_BIND_SERVICE" : ""),
-  );
+  push(...unitTail(all, lowPort ? "CAP_NET_BIND_SERVICE" : ""));
   return l.join("\n") + "\n";
 }

@@ -11,15 +11,14 @@ import * as path from "node:path";
 import { parseIp } from "../allowlist.ts";
 import { UsageError } from "../errors.ts";
 import {
-  DEV_DIR,
   HOME_DIRS,
   isUnder,
   isUnderAny,
-  kernelHardening,
   OWN_FLAG,
+  programPaths,
   type ServeFlag,
   type SystemdLauncher,
-  TMP_DIRS,
+  unitTail,
 } from "./_common.ts";
 import {
   bindWord,
@@ -252,15 +251,9 @@ export function renderShipUnit(options: ShipUnitOptions): string {
     const dir = path.posix.dirname(file);
     if (!folders.includes(dir)) folders.push(dir);
   }
-  const program = [launcher.executable];
-  if (launcher.script !== undefined) {
-    program.push(path.resolve(cwd, launcher.script));
-  }
-  for (const p of program) checkPath(p, "the program path");
+  const program = programPaths(launcher, cwd);
   const all = [...folders, ...readOnly, ...readWrite, ...program];
   const home = all.some((p) => isUnderAny(p, HOME_DIRS));
-  const privateTmp = !all.some((p) => isUnderAny(p, TMP_DIRS));
-  const privateDevices = !all.some((p) => isUnder(p, DEV_DIR));
   const deno = launcher.runtime === "deno" && launcher.script !== undefined;
 
   const command: string[] = [];
@@ -401,18 +394,6 @@ export function renderShipUnit(options: ShipUnitOptions): string {
   if (deno) {
     push("CacheDirectory=moat-ship", "Environment=DENO_DIR=%C/moat-ship/deno");
   }
-  if (!privateTmp) {
-    push("# A path above is in /tmp or /var/tmp: keep the host's.");
-  }
-  push(`PrivateTmp=${privateTmp ? "yes" : "no"}`);
-  if (!privateDevices) push("# A path above is in /dev: keep the host's.");
-  push(
-    `PrivateDevices=${privateDevices ? "yes" : "no"}`,
-    "PrivateMounts=yes",
-    "",
-    "# Privileges and the kernel.",
-    "NoNewPrivileges=yes",
-    ...kernelHardening(""),
-  );
+  push(...unitTail(all, ""));
   return l.join("\n") + "\n";
 }
