@@ -10,7 +10,7 @@ import type {
   AppendRecord,
   VaultSource,
 } from "../vault/store.ts";
-import { ConnectionClosedError } from "../errors.ts";
+import { closedWhileWaiting, waitInLine } from "./wait_line.ts";
 
 /** Appends one connection may have waiting for the vault at once. */
 export const APPEND_IN_FLIGHT = 8;
@@ -108,28 +108,20 @@ export class AppendBudget {
    * @throws {ConnectionClosedError} When `signal` aborts first.
    */
   take(cost: number, signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) return Promise.reject(closedWhileWaiting());
+    if (signal?.aborted) return Promise.reject(closedWhileWaiting(WAITS_FOR));
     if (this.#waiters.length === 0 && this.#fits(cost)) {
       this.#used += cost;
       return Promise.resolve();
     }
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        cost,
-        resolve: () => {
-          signal?.removeEventListener("abort", abort);
-          resolve();
-        },
-      };
-      const abort = () => {
-        const i = this.#waiters.indexOf(waiter);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(closedWhileWaiting());
-        this.#wake();
-      };
-      signal?.addEventListener("abort", abort, { once: true });
-      this.#waiters.push(waiter);
-    });
+    return waitInLine(
+      this.#waiters,
+      (resolve) => ({ cost, resolve }),
+      WAITS_FOR,
+      {
+        signal,
+        onLeave: () => this.#wake(),
+      },
+    );
   }
 
   /**
@@ -155,11 +147,8 @@ export class AppendBudget {
   }
 }
 
-function closedWhileWaiting(): ConnectionClosedError {
-  return new ConnectionClosedError(
-    "Connection closed while waiting for the vault",
-  );
-}
+/** What a batch waiting for the {@linkcode AppendBudget} waits for. */
+const WAITS_FOR = "the vault";
 
 /**
  * A batch decoded only once the shared budget has room for it: while it

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ConnectionClosedError } from "../errors.ts";
+import { closedWhileWaiting, waitInLine } from "./wait_line.ts";
 
 /** Options for {@linkcode RateLimiter}. */
 export interface RateLimiterOptions {
@@ -148,27 +148,18 @@ export class RateLimiter {
    * @throws {ConnectionClosedError} When `signal` aborts first.
    */
   take(key: string, signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(closedWhileWaiting());
+    if (signal.aborted) return Promise.reject(closedWhileWaiting(WAITS_FOR));
     if (this.#waiters.length === 0 && this.tryTake(key)) {
       return Promise.resolve();
     }
-    return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
-        key,
-        resolve: () => {
-          signal.removeEventListener("abort", abort);
-          resolve();
-        },
-      };
-      const abort = () => {
-        const i = this.#waiters.indexOf(waiter);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(closedWhileWaiting());
-      };
-      signal.addEventListener("abort", abort, { once: true });
-      this.#waiters.push(waiter);
-      this.#arm();
-    });
+    const taken = waitInLine<void, Waiter>(
+      this.#waiters,
+      (resolve) => ({ key, resolve }),
+      WAITS_FOR,
+      { signal },
+    );
+    this.#arm();
+    return taken;
   }
 
   /**
@@ -179,8 +170,8 @@ export class RateLimiter {
   poke(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    const waiters = this.#waiters;
-    this.#waiters = [];
+    // Emptied in place: an aborted waiter leaves this same array.
+    const waiters = this.#waiters.splice(0);
     let woken = 0;
     for (const w of waiters) {
       if (this.tryTake(w.key)) {
@@ -251,8 +242,5 @@ function refill(b: Bucket, now: number, perSecond: number, burst: number) {
   b.at = now;
 }
 
-function closedWhileWaiting(): ConnectionClosedError {
-  return new ConnectionClosedError(
-    "Connection closed while waiting for its chat rate",
-  );
-}
+/** What a chat reader waiting for the {@linkcode RateLimiter} waits for. */
+const WAITS_FOR = "its chat rate";

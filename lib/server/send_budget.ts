@@ -4,7 +4,7 @@
  * @module
  */
 
-import { ConnectionClosedError } from "../errors.ts";
+import { closedWhileWaiting, waitInLine } from "./wait_line.ts";
 import type { SendBuffers } from "../file_sender.ts";
 
 /**
@@ -112,29 +112,18 @@ export class SendBudget {
    * @throws {ConnectionClosedError} When `signal` aborts before a grant.
    */
   take(max: number, signal?: AbortSignal): Promise<number> {
-    if (signal?.aborted) return Promise.reject(closedWhileWaiting());
+    if (signal?.aborted) return Promise.reject(closedWhileWaiting(WAITS_FOR));
     if (this.#waiters.length === 0) {
       const grant = this.#tryTake(max);
       if (grant > 0) return Promise.resolve(grant);
     }
-    return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
-        max,
-        resolve: (grant) => {
-          signal?.removeEventListener("abort", abort);
-          resolve(grant);
-        },
-      };
-      const abort = () => {
-        const i = this.#waiters.indexOf(waiter);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(closedWhileWaiting());
-        // The first in line may have been all that held the others back.
-        this.#wake();
-      };
-      signal?.addEventListener("abort", abort, { once: true });
-      this.#waiters.push(waiter);
-    });
+    return waitInLine<number, Waiter>(
+      this.#waiters,
+      (resolve) => ({ max, resolve }),
+      WAITS_FOR,
+      // The first in line may have been all that held the others back.
+      { signal, onLeave: () => this.#wake() },
+    );
   }
 
   /**
@@ -206,8 +195,5 @@ function cost(grant: number): number {
   return Math.max(grant, MIN_SEND_CHUNK);
 }
 
-function closedWhileWaiting(): ConnectionClosedError {
-  return new ConnectionClosedError(
-    "Connection closed while waiting for a send buffer",
-  );
-}
+/** What a transfer waiting for the {@linkcode SendBudget} waits for. */
+const WAITS_FOR = "a send buffer";
