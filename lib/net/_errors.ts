@@ -129,6 +129,25 @@ export function toUnixConnectError(error: unknown, path: string): ConnectError {
   });
 }
 
+/**
+ * `ERR_TLS_CONFIG`: a certificate, key or CA that the runtime's TLS refused.
+ *
+ * @param error What the runtime threw.
+ * @param what What could not be used.
+ * @returns "Cannot use the TLS certificate or key: …".
+ */
+export function tlsConfigError(
+  error: unknown,
+  what = "TLS certificate or key",
+): MoatError {
+  return new MoatError(
+    "ERR_TLS_CONFIG",
+    `Cannot use the ${what}: ${describe(error)}`,
+    undefined,
+    { cause: error },
+  );
+}
+
 /** The reason a connect failed, for the errno codes that have a plain one. */
 export function connectReason(code: string | undefined): string | undefined {
   if (code === "ECONNREFUSED") return "connection refused";

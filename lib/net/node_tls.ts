@@ -36,8 +36,8 @@ import * as tls from "node:tls";
 import { ConnectionClosedError, ExitCode, MoatError } from "../errors.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import {
-  describe,
   handshakeReason,
+  tlsConfigError,
   toClosedError,
   toTlsConnectError,
 } from "./_errors.ts";
@@ -71,12 +71,7 @@ export function checkServerKey(config: ServerTlsOptions): void {
       createPrivateKey(config.key),
     );
   } catch (error) {
-    throw new MoatError(
-      "ERR_TLS_CONFIG",
-      `Cannot use the TLS certificate or key: ${describe(error)}`,
-      ExitCode.Failure,
-      { cause: error },
-    );
+    throw tlsConfigError(error);
   }
   if (!matches) {
     throw new MoatError(
@@ -114,12 +109,7 @@ export function serverTlsContext(config: ServerTlsOptions): ServerTlsContext {
       requestCert: config.requestCert === true || config.clientCa !== undefined,
     };
   } catch (error) {
-    throw new MoatError(
-      "ERR_TLS_CONFIG",
-      `Cannot use the TLS certificate or key: ${describe(error)}`,
-      ExitCode.Failure,
-      { cause: error },
-    );
+    throw tlsConfigError(error);
   }
 }
 
@@ -146,16 +136,7 @@ export function connectNodeTls(options: ConnectOptions): Promise<Conn> {
         };
       socket = tls.connect(connectOptions);
     } catch (error) {
-      reject(
-        new MoatError(
-          "ERR_TLS_CONFIG",
-          `Cannot use the TLS client certificate or key: ${describe(error)}`,
-          undefined,
-          {
-            cause: error,
-          },
-        ),
-      );
+      reject(tlsConfigError(error, "TLS client certificate or key"));
       return;
     }
     const onError = (error: Error) => {
