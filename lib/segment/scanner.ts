@@ -117,29 +117,8 @@ export class SegmentScanner {
         pos += checked;
       }
       if (out.length > 0 || this.offset >= limit) return out;
-      // Refill: keep the unparsed tail, read at least one whole record.
-      const keep = buf.subarray(pos);
-      const want = Math.min(
-        Math.max(this.#readBytes, need),
-        limit - this.offset,
-      );
-      if (want <= keep.length) return out;
-      const next = new Uint8Array(want);
-      next.set(keep, 0);
-      let filled = keep.length;
-      while (filled < want) {
-        const { bytesRead } = await this.#handle.read(
-          next,
-          filled,
-          want - filled,
-          this.offset + filled,
-        );
-        if (bytesRead === 0) break;
-        filled += bytesRead;
-      }
-      this.#buf = next.subarray(0, filled);
-      this.#bufOffset = this.offset;
-      if (filled === keep.length) return out;
+      // Read at least one whole record.
+      if (!await this.#fill(limit, need)) return out;
     }
     return out;
   }
@@ -173,7 +152,7 @@ export class SegmentScanner {
     while (this.error === undefined && this.offset < limit) {
       let pos = this.offset - this.#bufOffset;
       if (pos + RECORD_HEADER_BYTES > size) {
-        await this.#fill(limit, RECORD_HEADER_BYTES);
+        if (!await this.#fill(limit, RECORD_HEADER_BYTES)) return;
         view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
         size = this.#buf.length;
         pos = 0;
@@ -187,7 +166,7 @@ export class SegmentScanner {
       ) return;
       const need = Math.min(length, peek);
       if (pos + need > size) {
-        await this.#fill(limit, need);
+        if (!await this.#fill(limit, need)) return;
         view = new DataView(this.#buf.buffer, this.#buf.byteOffset);
         size = this.#buf.length;
         if (need > size) return;
@@ -199,11 +178,22 @@ export class SegmentScanner {
     }
   }
 
-  /** Reads from `offset` into a fresh buffer: at least `need` bytes if the file has them. */
-  async #fill(limit: number, need: number): Promise<void> {
+  /**
+   * Moves the buffer to start at `offset`: the unread bytes it holds, then
+   * the file's, at least `need` bytes in all if the file has them, never
+   * past `limit`.
+   *
+   * @returns Whether it now holds more bytes from `offset` than before (if
+   * not, it is left as it was).
+   */
+  async #fill(limit: number, need: number): Promise<boolean> {
+    // Empty when `offset` is past the buffer (a skipped record ran on).
+    const keep = this.#buf.subarray(this.offset - this.#bufOffset);
     const want = Math.min(Math.max(this.#readBytes, need), limit - this.offset);
+    if (want <= keep.length) return false;
     const next = new Uint8Array(want);
-    let filled = 0;
+    next.set(keep, 0);
+    let filled = keep.length;
     while (filled < want) {
       const { bytesRead } = await this.#handle.read(
         next,
@@ -216,6 +206,7 @@ export class SegmentScanner {
     }
     this.#buf = next.subarray(0, filled);
     this.#bufOffset = this.offset;
+    return filled > keep.length;
   }
 }
 
