@@ -16,6 +16,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -430,13 +431,7 @@ async function readAnswer(conn: Conn): Promise<Uint8Array> {
     }
     parts.push(buf.subarray(0, n));
   }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return Buffer.concat(parts, size);
 }
 
 function decodeAnswer(text: string, file: string): unknown {

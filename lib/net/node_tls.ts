@@ -30,6 +30,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import * as tls from "node:tls";
@@ -355,7 +356,7 @@ function duplexOver(
     },
     writev(chunks, callback) {
       const parts = chunks.map(({ chunk }) => chunk as Uint8Array);
-      write(parts.length === 1 ? parts[0]! : concat(parts), callback);
+      write(parts.length === 1 ? parts[0]! : Buffer.concat(parts), callback);
     },
     final(callback) {
       conn.closeWrite().then(() => callback(), callback);
@@ -387,18 +388,6 @@ function handshakeAlert(error: unknown): Uint8Array {
     0x02,
     version ? 70 : 40,
   ]);
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  let size = 0;
-  for (const part of parts) size += part.length;
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 /** A connection over a `node:tls` socket whose handshake is done. */
