@@ -4,6 +4,8 @@
  * @module
  */
 
+import { stringifySafe } from "./text.ts";
+
 /** Audit events. */
 export type AuditEvent =
   | "listening"
@@ -16,14 +18,6 @@ export type AuditEvent =
   | "closed"
   | "shutdown"
   | string;
-
-/** Characters JSON.stringify leaves raw that a terminal may act on. */
-const UNSAFE_IN_JSON =
-  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
-
-function escapeUnit(ch: string): string {
-  return "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0");
-}
 
 /** Receives each finished log line (without the newline). */
 export type AuditSink = (line: string) => void;
@@ -281,15 +275,13 @@ export class AuditLog {
 
   #emit(event: string, fields: Record<string, unknown>) {
     try {
-      // JSON.stringify leaves DEL, C1 controls, line separators and bidi or
-      // invisible format characters raw; escape them so the line is safe to
-      // show on a terminal (the same JSON value).
+      // Safe to show on a terminal: see stringifySafe.
       this.#sink(
-        JSON.stringify({
+        stringifySafe({
           ts: new Date(this.#now()).toISOString(),
           event,
           ...fields,
-        }).replace(UNSAFE_IN_JSON, escapeUnit),
+        }),
       );
     } catch {
       // A failing sink (disk full, closed pipe) must not take the server down;

@@ -64,6 +64,7 @@ import {
 import type { BigIntStats, Stats } from "node:fs";
 import { dirname, isAbsolute, join, sep } from "node:path";
 import { ExitCode, MoatError, PathError, UsageError } from "./errors.ts";
+import { stringifySafe } from "./text.ts";
 
 /** Longest request path accepted, in UTF-8 bytes (Linux `PATH_MAX`). */
 export const MAX_PATH_BYTES = 4096;
@@ -564,10 +565,6 @@ function _codePoint(c: number): string {
   return "U+" + c.toString(16).toUpperCase().padStart(4, "0");
 }
 
-/** Characters JSON.stringify leaves alone that must not reach a log raw. */
-const UNSAFE_IN_QUOTE =
-  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
-
 /**
  * Quotes a request path for a one-line message: JSON string syntax with every
  * control, bidirectional and invisible format character escaped, shortened
@@ -575,10 +572,6 @@ const UNSAFE_IN_QUOTE =
  */
 function _quote(path: string): string {
   const short = path.length > MAX_QUOTED;
-  const quoted = JSON.stringify(short ? path.slice(0, MAX_QUOTED) : path)
-    .replace(
-      UNSAFE_IN_QUOTE,
-      (ch) => "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0"),
-    );
+  const quoted = stringifySafe(short ? path.slice(0, MAX_QUOTED) : path);
   return short ? `${quoted}…` : quoted;
 }

@@ -91,6 +91,36 @@ export function escapeControls(text: string): string {
   return text.replace(CONTROL, escapeChar);
 }
 
+/** Characters JSON.stringify leaves raw that a terminal may act on. */
+const UNSAFE_IN_JSON =
+  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
+
+function escapeUnit(ch: string): string {
+  return "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0");
+}
+
+/**
+ * `JSON.stringify`, with the characters it leaves raw that a terminal may
+ * act on (DEL, C1 controls, the soft hyphen, line separators, bidirectional
+ * and invisible format characters) written as `\uXXXX`: the same JSON
+ * value, safe to show on one line.
+ *
+ * @param value Anything `JSON.stringify` takes that gives a string.
+ * @returns The JSON text.
+ *
+ * @example
+ * ```ts
+ * import { stringifySafe } from "./text.ts";
+ * import assert from "node:assert/strict";
+ * const json = stringifySafe({ path: "a\u202eb" });
+ * assert.equal(json, '{"path":"a\\u202eb"}');
+ * assert.deepEqual(JSON.parse(json), { path: "a\u202eb" });
+ * ```
+ */
+export function stringifySafe(value: unknown): string {
+  return JSON.stringify(value).replace(UNSAFE_IN_JSON, escapeUnit);
+}
+
 /**
  * Cuts text to a length, marking the cut with `…`, never between the two
  * halves of a surrogate pair.

@@ -196,3 +196,18 @@ test("auditRateLimit(0) writes every line", () => {
   for (let i = 0; i < 500; i++) log.write("chat", { peer: "10.0.0.5:1" });
   assert.equal(records.length, 500);
 });
+
+test("AuditLog escapes what a terminal acts on, and the line parses to the same value", () => {
+  const lines: string[] = [];
+  const log = new AuditLog((l) => lines.push(l), { limit: false });
+  // DEL, a C1 control, soft hyphen, line separator, RLO, BOM, and plain text.
+  const name = "a\x7f\x85\u00ad\u2028\u202e\ufeffé";
+  log.write("get_started", { path: name });
+  assert.equal(lines.length, 1);
+  assert.match(
+    lines[0]!,
+    /"path":"a\\u007f\\u0085\\u00ad\\u2028\\u202e\\ufeffé"/,
+  );
+  assert.doesNotMatch(lines[0]!, /[\x7f-\x9f\u00ad\u2028\u202e\ufeff]/);
+  assert.equal(JSON.parse(lines[0]!).path, name);
+});
