@@ -28,7 +28,7 @@ import {
   Kind,
 } from "../lib/protocol.ts";
 import { prng, toHex } from "./framer_fuzz.ts";
-import { runMoat, spawnMoat } from "../tests/_e2e.ts";
+import { presencePattern, runMoat, spawnMoat } from "../tests/_e2e.ts";
 import { openSession } from "../lib/client.ts";
 import { getNet } from "../lib/net/mod.ts";
 import { VERSION } from "../lib/version.ts";
@@ -1957,11 +1957,14 @@ export function listenDrops(): number {
   }
 }
 
+/** A join or leave line of any member, from any address. */
+const ANY_PRESENCE = presencePattern(String.raw`\S+ \(.*\)`);
+
 /** Whether `text` holds only chat presence lines (the last may be cut). */
 function isPresence(text: string): boolean {
   const lines = text.split("\n");
   const whole = lines.slice(0, -1);
   return whole.length > 0 &&
-    whole.every((l) => /^\[server\] \S+ \(.*\) (joined|left)/.test(l)) &&
+    whole.every((l) => ANY_PRESENCE.test(l)) &&
     "[server] ".startsWith(lines.at(-1)!.slice(0, 9));
 }

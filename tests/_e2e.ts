@@ -300,3 +300,19 @@ export async function sha256File(file: string): Promise<string> {
   fs.closeSync(fd);
   return hash.digest("hex");
 }
+
+/**
+ * Matches a chat join or leave line: the server naming a member.
+ *
+ * @param member A regex source for the member: by default a connection
+ * name (`k3f9-c7`) and a loopback address, as the tests' clients have.
+ * @returns The pattern, anchored at both ends.
+ */
+export function presencePattern(
+  member = String.raw`[0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\)`,
+): RegExp {
+  return new RegExp(String.raw`^\[server\] ${member} (joined|left)$`);
+}
+
+/** A join or leave line of a test's client: see {@linkcode presencePattern}. */
+export const PRESENCE: RegExp = presencePattern();

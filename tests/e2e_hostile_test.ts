@@ -18,6 +18,7 @@ import * as path from "node:path";
 import process from "node:process";
 import {
   LineWatcher,
+  PRESENCE,
   runMoat,
   sha256File,
   spawnMoat,
@@ -744,10 +745,6 @@ const FRAMED_ONLY: Uint8Array[] = [
   bytesOf("\r\n"),
   bytesOf('\n{"event":"refused"}\n'),
 ];
-
-/** A join or leave line, which every member and the operator also hear. */
-const PRESENCE =
-  /^\[server\] [0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
 
 /** The lines of a transcript that are not join or leave lines. */
 function chatLines(lines: readonly string[]): string[] {

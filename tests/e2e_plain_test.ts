@@ -17,6 +17,7 @@ import * as path from "node:path";
 import process from "node:process";
 import {
   LineWatcher,
+  PRESENCE,
   type RunningServer,
   sha256File,
   spawnMoat,
@@ -276,10 +277,6 @@ function eventsOf(server: RunningServer, name: string): string[] {
 
 // deno-lint-ignore no-control-regex
 const CONTROL = /[\x00-\x1f\x7f]/;
-
-/** A join or leave line: from the server, naming a client and its address. */
-const PRESENCE =
-  /^\[server\] [0-9a-z]{4}-c\d+ \(127\.0\.0\.1:\d+\) (joined|left)$/;
 
 /** Waits (bounded) until at least `n` audit events match. */
 async function waitEvents(
