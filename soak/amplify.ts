@@ -18,6 +18,7 @@
 import * as net from "node:net";
 import { encodeHeader } from "../lib/framer.ts";
 import { encodePreamble, encodeShipBatch, Kind } from "../lib/protocol.ts";
+import { concatBytes } from "../tests/_test_utils.ts";
 
 const enc = new TextEncoder();
 
@@ -30,19 +31,9 @@ function frame(type: number, payload: Uint8Array | string): Uint8Array {
   return out;
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /** The preamble and a Hello of `mode`. */
 function opening(mode: string, extra: Record<string, unknown> = {}) {
-  return concat([
+  return concatBytes([
     encodePreamble(),
     frame(
       Kind.Hello,
@@ -126,7 +117,7 @@ function readFrames(
       else resolve(frames);
     };
     const onData = (d: Uint8Array) => {
-      buf = concat([buf, d]);
+      buf = concatBytes([buf, d]);
       if (!preamble && buf.length >= 8) {
         preamble = true;
         buf = buf.subarray(8);
@@ -189,7 +180,7 @@ export interface UnreadGetsStats {
 export async function unreadGets(
   options: UnreadGetsOptions,
 ): Promise<UnreadGetsStats> {
-  const request = concat([
+  const request = concatBytes([
     opening("get"),
     frame(
       Kind.Get,
@@ -295,7 +286,7 @@ export async function chatFlood(
           options.framed ? frame(Kind.Chat, line) : enc.encode(line + "\n"),
         );
       }
-      const bytes = concat(lines);
+      const bytes = concatBytes(lines);
       if (!(await writeBefore(sock, bytes, end))) break;
       stats.linesWritten += perWrite;
       stats.bytesWritten += bytes.length;

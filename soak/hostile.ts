@@ -27,7 +27,8 @@ import {
   encodeShipBatch,
   Kind,
 } from "../lib/protocol.ts";
-import { prng, toHex } from "./framer_fuzz.ts";
+import { prng } from "./framer_fuzz.ts";
+import { concatBytes } from "../tests/_test_utils.ts";
 import { presencePattern, runMoat, spawnMoat } from "../tests/_e2e.ts";
 import { openSession } from "../lib/client.ts";
 import { getNet } from "../lib/net/mod.ts";
@@ -45,18 +46,6 @@ export interface HandshakeCase {
   gapMs: number;
   /** Half-close after the last write, so the server reads EOF. */
   end: boolean;
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 function latin1(bytes: Uint8Array): string {
@@ -196,7 +185,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
     }
     case 2:
       kind = "bad-version";
-      bytes = concat([
+      bytes = concatBytes([
         pre.subarray(0, 7),
         Uint8Array.of([0, 2, 3, 127, 255][rand(5)]!),
         hello("get"),
@@ -214,7 +203,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
         0xffff_fffe,
         0xffff_ffff,
       ];
-      bytes = concat([
+      bytes = concatBytes([
         pre,
         rawHeader(rand(256), lengths[rand(lengths.length)]!),
         new Uint8Array(rand(32)),
@@ -223,7 +212,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
     }
     case 4:
       kind = "hostile-hello";
-      bytes = concat([
+      bytes = concatBytes([
         pre,
         frame(Kind.Hello, HOSTILE_HELLOS[rand(HOSTILE_HELLOS.length)]!),
       ]);
@@ -233,7 +222,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
       const depth = [1000, 50_000, 200_000, 500_000][rand(4)]!;
       const open = rand(2) ? "[" : '{"a":';
       const close = open === "[" ? "]" : "}";
-      bytes = concat([
+      bytes = concatBytes([
         pre,
         frame(Kind.Hello, open.repeat(depth) + "1" + close.repeat(depth)),
       ]);
@@ -241,7 +230,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
     }
     case 6:
       kind = "wrong-first-frame";
-      bytes = concat([
+      bytes = concatBytes([
         pre,
         frame(
           [Kind.Chat, Kind.Get, Kind.Error, Kind.Welcome, 0x7f, 0xff][rand(6)]!,
@@ -255,7 +244,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
       for (let i = rand(3) + 1; i > 0; i--) {
         gets.push(frame(Kind.Get, HOSTILE_GETS[rand(HOSTILE_GETS.length)]!));
       }
-      bytes = concat([
+      bytes = concatBytes([
         pre,
         hello("get", [0, 1, 7, 1024, 1_048_576][rand(5)]!),
         ...gets,
@@ -271,7 +260,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
         for (let j = 0; j < body.length; j++) body[j] = rand(256);
         lines.push(frame(type, body));
       }
-      bytes = concat([pre, hello("chat"), ...lines]);
+      bytes = concatBytes([pre, hello("chat"), ...lines]);
       break;
     }
     case 9: {
@@ -292,7 +281,7 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
       kind = "mutated-handshake";
       bytes = mutateBytes(
         rand,
-        concat([
+        concatBytes([
           pre,
           hello(rand(2) ? "get" : "chat"),
           frame(Kind.Get, HOSTILE_GETS[7]!),
@@ -305,8 +294,10 @@ export function handshakeCase(seed: number, index: number): HandshakeCase {
       break;
     default:
       kind = "valid";
-      bytes = concat([pre, hello(rand(2) ? "get" : "chat")]);
-      if (rand(2)) bytes = concat([bytes, frame(Kind.Get, HOSTILE_GETS[7]!)]);
+      bytes = concatBytes([pre, hello(rand(2) ? "get" : "chat")]);
+      if (rand(2)) {
+        bytes = concatBytes([bytes, frame(Kind.Get, HOSTILE_GETS[7]!)]);
+      }
   }
   // Split into up to 4 writes.
   const parts: Uint8Array[] = [];
@@ -507,7 +498,7 @@ export async function fuzzHandshake(
       stats.silent.push({
         index: i,
         kind: c.kind,
-        hex: toHex(concat(c.parts).subarray(0, 64)),
+        hex: concatBytes(c.parts).subarray(0, 64).toHex(),
       });
     }
     if (c.end && r.closedMs === undefined && r.bytes <= 1 << 20) {
@@ -759,7 +750,7 @@ export interface SlowOptions {
  */
 export async function slowClients(options: SlowOptions): Promise<SlowStats> {
   const interval = options.intervalMs ?? 1000;
-  const wire = concat([encodePreamble(), hello("get")]);
+  const wire = concatBytes([encodePreamble(), hello("get")]);
   const stats: SlowStats = {
     clients: options.clients,
     closed: 0,
@@ -870,7 +861,7 @@ function syslogChunk(
     size += wire.length;
     count++;
   }
-  return { bytes: concat(parts), count };
+  return { bytes: concatBytes(parts), count };
 }
 
 /**
@@ -1648,7 +1639,7 @@ function watchConnection(
     if (options.payload !== undefined) sock.write(options.payload);
   });
   sock.on("data", (d: Uint8Array) => {
-    if (head.length < 256) head = concat([head, d.subarray(0, 256)]);
+    if (head.length < 256) head = concatBytes([head, d.subarray(0, 256)]);
   });
   sock.on("end", () => {
     if (options.holdMs !== undefined) {
@@ -1909,7 +1900,7 @@ export function captureClientHello(): Promise<Uint8Array> {
     const server = net.createServer((sock) => {
       sock.on("error", () => {});
       sock.on("data", (d: Uint8Array) => {
-        got = concat([got, d]);
+        got = concatBytes([got, d]);
         if (got.length < 5) return;
         const size = 5 + ((got[3]! << 8) | got[4]!);
         if (got.length < size) return;

@@ -16,6 +16,7 @@ import { ConnectionClosedError } from "../lib/errors.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import { decodeError, Kind } from "../lib/protocol.ts";
 import type { MemoryConn } from "./_memory_conn.ts";
+import { concatBytes } from "./_test_utils.ts";
 import {
   bytes,
   openFramed,
@@ -125,16 +126,6 @@ async function until(pred: () => boolean, what: string): Promise<void> {
   );
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 const LINES = Array.from({ length: 50 }, (_, i) => `line ${i}`);
 
 /** A server whose operator lines are collected in `heard`. */
@@ -183,7 +174,7 @@ test("serveFramedChat stops reading a peer over its chat rate and relays every l
   await using _ = t;
   const client = await openFramed(t, "chat");
   await client.conn.write(
-    concat(
+    concatBytes(
       LINES.map((l) => encodeFrame({ type: Kind.Chat, payload: bytes(l) })),
     ),
   );

@@ -32,6 +32,7 @@ import {
 } from "../lib/server/append_pipeline.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
 import { tempDir } from "./_e2e.ts";
+import { concatBytes } from "./_test_utils.ts";
 import {
   bytes,
   type FramedClient,
@@ -133,16 +134,6 @@ function batch(first: number, texts: readonly string[]): Uint8Array {
   });
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /** A shipper after its Welcome and ShipReady. */
 async function openShip(
   t: TestServer,
@@ -203,7 +194,7 @@ test("serveShip pipelines batches: several in flight, at most 8, acks in order, 
   for (let b = 0; b < 20; b++) {
     frames.push(batch(b * 50 + 1, all.slice(b * 50, b * 50 + 50)));
   }
-  await shipper.conn.write(concat(frames));
+  await shipper.conn.write(concatBytes(frames));
   const acks = await readAcks(shipper, 20);
   assert.deepEqual(acks, Array.from({ length: 20 }, (_, b) => (b + 1) * 50));
   assert.equal(watched.stats.calls, 20);
@@ -230,7 +221,7 @@ test("serveShip drops records the vault already has, so a resend after a reconne
   first.conn.close();
   const again = await openShip(t, "app");
   assert.equal(again.ready.lastSeq, 10);
-  await again.conn.write(concat([
+  await again.conn.write(concatBytes([
     batch(1, all.slice(0, 5)),
     batch(6, all.slice(5, 15)),
   ]));
@@ -275,7 +266,7 @@ test("serveShip acknowledges what was stored, then reports a sequence gap with a
   await using v = await testVault();
   await using t = await startMemoryServer({ vault: v.vault });
   const shipper = await openShip(t, "app");
-  await shipper.conn.write(concat([
+  await shipper.conn.write(concatBytes([
     batch(1, lines(1, 5)),
     batch(8, lines(8, 10)),
   ]));
@@ -331,7 +322,7 @@ async function openTokenShip(
     maxFrameSize: 65536,
     source,
   };
-  await conn.write(concat([
+  await conn.write(concatBytes([
     encodePreamble(),
     encodeFrame({ type: Kind.Hello, payload: encodeJson(hello) }),
   ]));
@@ -515,7 +506,7 @@ test("serveShip stops reading a shipper that does not read its acks, and goes on
   const n = 8000;
   const frames: Uint8Array[] = [];
   for (let seq = 1; seq <= n; seq++) frames.push(batch(seq, [`r${seq}`]));
-  const writing = shipper.conn.write(concat(frames));
+  const writing = shipper.conn.write(concatBytes(frames));
   await until(
     () => t.server.usage().pausedReads === 1,
     "the server to stop reading",
@@ -543,7 +534,7 @@ test("serveShip refuses a batch of more records than the vault takes at once, be
   await using t = await startMemoryServer({ vault: instant.vault });
   const shipper = await openShip(t, "app");
   const empty = Array.from({ length: DEFAULT_MAX_BATCH_RECORDS + 1 }, () => "");
-  await shipper.conn.write(concat([batch(1, ["a"]), batch(2, empty)]));
+  await shipper.conn.write(concatBytes([batch(1, ["a"]), batch(2, empty)]));
   assert.deepEqual(await readAcks(shipper, 1), [1]);
   const frame = await within(shipper.reader.readFrame(), "the refusal");
   assert.equal(frame?.type, Kind.Error);
