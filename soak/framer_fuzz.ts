@@ -657,22 +657,6 @@ export async function runCase(c: FuzzCase): Promise<CaseResult> {
   return { expected, findings, dropped };
 }
 
-/** Hex of bytes. */
-export function toHex(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += b.toString(16).padStart(2, "0");
-  return s;
-}
-
-/** Bytes of hex. */
-export function fromHex(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
-}
-
 /** A corpus entry as stored in `tests/fixtures/framer_corpus.json`. */
 export interface CorpusEntry {
   name: string;
@@ -702,7 +686,7 @@ export function caseFromEntry(
   e: CorpusEntry,
 ): { c: FuzzCase; expected: Expected } {
   const c: FuzzCase = {
-    bytes: fromHex(e.hex),
+    bytes: Uint8Array.fromHex(e.hex),
     cuts: e.cuts,
     maxFrameSize: e.maxFrameSize,
     bufferSize: e.bufferSize,
@@ -713,7 +697,7 @@ export function caseFromEntry(
   const expected: Expected = {
     frames: e.expect.frames.map((f) => ({
       type: f.type,
-      payload: fromHex(f.hex),
+      payload: Uint8Array.fromHex(f.hex),
     })),
     ending: e.expect.ending,
   };
@@ -733,7 +717,7 @@ export function caseFromEntry(
 export function entryFromCase(name: string, c: FuzzCase): CorpusEntry {
   const x = modelDecode(c.bytes, c.maxFrameSize);
   const expect: CorpusEntry["expect"] = {
-    frames: x.frames.map((f) => ({ type: f.type, hex: toHex(f.payload) })),
+    frames: x.frames.map((f) => ({ type: f.type, hex: f.payload.toHex() })),
     ending: x.ending,
   };
   if (x.size !== undefined) expect.size = x.size;
@@ -741,7 +725,7 @@ export function entryFromCase(name: string, c: FuzzCase): CorpusEntry {
   if (x.total !== undefined) expect.total = x.total;
   return {
     name,
-    hex: toHex(c.bytes),
+    hex: c.bytes.toHex(),
     cuts: c.cuts,
     maxFrameSize: c.maxFrameSize,
     bufferSize: c.bufferSize,
@@ -852,7 +836,7 @@ export async function fuzzFramer(options: FuzzOptions): Promise<FuzzStats> {
           stats.findings.push({
             index: i,
             finding: "hang",
-            hex: toHex(c.bytes.subarray(0, 256)),
+            hex: c.bytes.subarray(0, 256).toHex(),
           });
         }
         continue;
@@ -866,7 +850,7 @@ export async function fuzzFramer(options: FuzzOptions): Promise<FuzzStats> {
           stats.findings.push({
             index: i,
             finding,
-            hex: toHex(c.bytes.subarray(0, 256)),
+            hex: c.bytes.subarray(0, 256).toHex(),
           });
         }
       }

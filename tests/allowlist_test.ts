@@ -26,11 +26,6 @@ function wrongVerdicts(list: Allowlist, rows: readonly PeerRow[]): string[] {
     .map((row) => `${JSON.stringify(row.addr)} expected ${row.expected}`);
 }
 
-/** Hex of bytes, for readable comparisons. */
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** The error `fn` throws, asserting it is a one-line UsageError. */
 function usageError(fn: () => unknown): UsageError {
   let caught: unknown;
@@ -130,7 +125,7 @@ test("parseIp parses canonical IPv4 and RFC 4291 IPv6 forms", () => {
     const ip = parseIp(row.text);
     assert.ok(ip !== null, row.text);
     assert.equal(ip.family, row.family, row.text);
-    assert.equal(hex(ip.bytes), row.hex, row.text);
+    assert.equal(ip.bytes.toHex(), row.hex, row.text);
   }
 });
 
@@ -224,7 +219,7 @@ test("parseRule accepts addresses and CIDRs and formatCidr prints them canonical
     const again = parseRule(row.expected);
     assert.equal(again.family, cidr.family, row.rule);
     assert.equal(again.prefix, cidr.prefix, row.rule);
-    assert.equal(hex(again.bytes), hex(cidr.bytes), row.rule);
+    assert.equal(again.bytes.toHex(), cidr.bytes.toHex(), row.rule);
   }
 });
 
@@ -237,7 +232,7 @@ test("parseRule returns the family, network bytes and prefix", () => {
   const v6 = parseRule("2001:db8::/32");
   assert.equal(v6.family, 6);
   assert.equal(v6.prefix, 32);
-  assert.equal(hex(v6.bytes), "20010db8" + "0".repeat(24));
+  assert.equal(v6.bytes.toHex(), "20010db8" + "0".repeat(24));
 });
 
 /** Rules that must stop start-up, with a fragment of the expected reason. */
@@ -410,10 +405,10 @@ test("formatCidr output round-trips through parseIp for random IPv6 addresses", 
     assert.doesNotMatch(text, /(^|:)0[0-9a-f]/, text); // no leading zeros
     const parsed = parseIp(text);
     assert.ok(parsed !== null, text);
-    assert.equal(hex(parsed.bytes), hex(bytes), text);
+    assert.equal(parsed.bytes.toHex(), bytes.toHex(), text);
     // The full, uncompressed, upper-case form parses to the same bytes.
-    const full = hex(bytes).toUpperCase().match(/.{4}/g)!.join(":");
-    assert.equal(hex(parseIp(full)!.bytes), hex(bytes), full);
+    const full = bytes.toHex().toUpperCase().match(/.{4}/g)!.join(":");
+    assert.equal(parseIp(full)!.bytes.toHex(), bytes.toHex(), full);
   }
 });
 
@@ -890,7 +885,7 @@ test("compileAllowlist agrees with a bit-string reference on random rules and pe
         bits(peer).slice(0, prefix) === bits(network).slice(0, prefix);
       const text = family === 4
         ? peer.join(".")
-        : hex(peer).match(/.{4}/g)!.join(":");
+        : peer.toHex().match(/.{4}/g)!.join(":");
       if (family === 6 && /^0000:0000:0000:0000:0000:ffff:/.test(text)) {
         continue;
       }
