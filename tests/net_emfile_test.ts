@@ -25,6 +25,7 @@ import {
 } from "../lib/net/_fd_reserve.ts";
 import { cpuSeconds } from "../bench/_util.ts";
 import { tempDir } from "./_e2e.ts";
+import { within } from "./_server.ts";
 
 /** Bounds every wait in this file: a hang fails the test instead of stalling it. */
 const TIMEOUT_MS = 30_000;
@@ -43,22 +44,6 @@ const CHILD = path.join(ROOT, "tests", "_net_child.ts");
 const BUSY_LINE = "ERR BUSY server busy: out of file descriptors\n";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-/** Rejects if `promise` does not settle within TIMEOUT_MS; clears its timer either way. */
-async function withTimeout<T>(promise: Promise<T>, label: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Timed out: ${label}`)),
-      TIMEOUT_MS,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 describe("DescriptorReserve", () => {
   test("isOutOfDescriptors is true for EMFILE and ENFILE only", () => {
@@ -114,7 +99,7 @@ describe("DescriptorReserve", () => {
       client.close();
       assert.equal(text, BUSY_LINE);
       // Descriptors are plentiful here: the backoff's first checks end it.
-      await withTimeout(done, "recovered event");
+      await within(done, "recovered event", TIMEOUT_MS);
       assert.equal(reserve.exhausted, false);
       assert.deepEqual(events.map((e) => e.kind), ["exhausted", "recovered"]);
       assert.match(events[0]!.message, /^Cannot accept: too many open files: /);
@@ -186,9 +171,10 @@ class ChildEvents {
   ): Promise<Record<string, unknown>> {
     const seen = past ? this.events.find(pred) : undefined;
     if (seen !== undefined) return Promise.resolve(seen);
-    return withTimeout(
+    return within(
       new Promise((resolve) => this.#waiters.push({ pred, resolve })),
       what,
+      TIMEOUT_MS,
     );
   }
 
@@ -201,18 +187,19 @@ class ChildEvents {
 function readUntilClosed(socket: net.Socket): Promise<string> {
   let text = "";
   socket.setEncoding("utf8").on("data", (data: string) => text += data);
-  return withTimeout(
+  return within(
     new Promise((resolve) => {
       socket.on("error", () => {});
       socket.on("close", () => resolve(text));
     }),
     "the server to answer or close",
+    TIMEOUT_MS,
   );
 }
 
 /** Sends "ping\n" and waits for "pong\n", over TLS or not. */
 function ping(port: number, secure: boolean): Promise<string> {
-  return withTimeout(
+  return within(
     new Promise((resolve, reject) => {
       const onReady = () => socket.write("ping\n");
       const socket: net.Socket = secure
@@ -229,6 +216,7 @@ function ping(port: number, secure: boolean): Promise<string> {
       socket.once("error", reject);
     }),
     "pong",
+    TIMEOUT_MS,
   );
 }
 
@@ -250,7 +238,7 @@ async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once("exit", resolve));
   process.kill(child.pid!, "SIGTERM");
-  await withTimeout(exited, "the child to exit");
+  await within(exited, "the child to exit", TIMEOUT_MS);
 }
 
 for (const secure of [false, true]) {

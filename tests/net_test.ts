@@ -15,6 +15,7 @@ import {
 } from "../lib/errors.ts";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
 import type { Conn, Listener } from "../lib/net/types.ts";
+import { within } from "./_server.ts";
 
 const net = getNet();
 const encoder = new TextEncoder();
@@ -38,22 +39,6 @@ async function canListen(hostname: string): Promise<boolean> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Rejects if `promise` does not settle within `ms`; clears its timer either way. */
-async function withTimeout<T>(promise: Promise<T>, label: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Timed out: ${label}`)),
-      TIMEOUT_MS,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Whether `promise` is still pending after `ms`. */
@@ -82,7 +67,7 @@ async function openPair(hostname = "127.0.0.1"): Promise<Pair> {
   try {
     const accepted = listener[Symbol.asyncIterator]().next();
     const client = await net.connect({ hostname, port: listener.addr.port });
-    const result = await withTimeout(accepted, "accept");
+    const result = await within(accepted, "accept", TIMEOUT_MS);
     if (result.done) throw new Error("Listener ended before accepting");
     return { listener, client, server: result.value };
   } catch (error) {
@@ -102,7 +87,7 @@ async function readToEnd(conn: Conn, limit = 1 << 20): Promise<Uint8Array> {
   const out = new Uint8Array(limit);
   let size = 0;
   while (size < limit) {
-    const n = await withTimeout(conn.read(out.subarray(size)), "read");
+    const n = await within(conn.read(out.subarray(size)), "read", TIMEOUT_MS);
     if (n === null) return out.slice(0, size);
     size += n;
   }
@@ -114,7 +99,7 @@ async function readExactly(conn: Conn, size: number): Promise<Uint8Array> {
   const out = new Uint8Array(size);
   let filled = 0;
   while (filled < size) {
-    const n = await withTimeout(conn.read(out.subarray(filled)), "read");
+    const n = await within(conn.read(out.subarray(filled)), "read", TIMEOUT_MS);
     if (n === null) throw new Error(`EOF after ${filled} of ${size} bytes`);
     filled += n;
   }
@@ -136,7 +121,7 @@ async function sendStamped(conn: Conn, total: number): Promise<string> {
     view.setUint32(0, i);
     view.setUint32(part.length - 4, i ^ 0x5a5a5a5a);
     hash.update(part);
-    await withTimeout(conn.write(part), "write");
+    await within(conn.write(part), "write", TIMEOUT_MS);
     sent += part.length;
   }
   return hash.digest("hex");
@@ -148,7 +133,7 @@ async function receiveSlowly(conn: Conn): Promise<[number, string]> {
   const buf = new Uint8Array(65_536);
   let total = 0;
   for (let reads = 1; reads < 1_000_000; reads++) {
-    const n = await withTimeout(conn.read(buf), "read");
+    const n = await within(conn.read(buf), "read", TIMEOUT_MS);
     if (n === null) return [total, hash.digest("hex")];
     hash.update(buf.subarray(0, n));
     total += n;
@@ -188,7 +173,7 @@ describe("lib/net", () => {
         );
       }
       await pair.client.closeWrite();
-      await withTimeout(echo, "echo loop");
+      await within(echo, "echo loop", TIMEOUT_MS);
       await pair.server.closeWrite();
       assert.equal(await readToEnd(pair.client).then((b) => b.length), 0);
     } finally {
@@ -240,7 +225,7 @@ describe("lib/net", () => {
         `${written} bytes were accepted while nobody read`,
       );
       const [total] = await receiveSlowly(pair.server);
-      await withTimeout(writing, "writes after reading");
+      await within(writing, "writes after reading", TIMEOUT_MS);
       assert.equal(total, chunks * chunk.length);
     } finally {
       closePair(pair);
@@ -255,7 +240,7 @@ describe("lib/net", () => {
       await pair.client.closeWrite(); // idempotent
       assert.equal(decoder.decode(await readToEnd(pair.server)), "ping");
       assert.equal(
-        await withTimeout(pair.server.read(new Uint8Array(8)), "read"),
+        await within(pair.server.read(new Uint8Array(8)), "read", TIMEOUT_MS),
         null,
       );
       // Reply later: Bun without allowHalfOpen closes right after the FIN's
@@ -281,7 +266,7 @@ describe("lib/net", () => {
       assert.equal(decoder.decode(await readToEnd(pair.client)), "bye");
       for (let i = 0; i < 3; i++) {
         assert.equal(
-          await withTimeout(pair.client.read(new Uint8Array(8)), "read"),
+          await within(pair.client.read(new Uint8Array(8)), "read", TIMEOUT_MS),
           null,
         );
       }
@@ -296,9 +281,9 @@ describe("lib/net", () => {
       const reading = pair.client.read(new Uint8Array(8));
       assert.ok(await isPending(reading, 50), "read settled without data");
       pair.client.close();
-      assert.equal(await withTimeout(reading, "pending read"), null);
+      assert.equal(await within(reading, "pending read", TIMEOUT_MS), null);
       assert.equal(
-        await withTimeout(pair.client.read(new Uint8Array(8)), "read"),
+        await within(pair.client.read(new Uint8Array(8)), "read", TIMEOUT_MS),
         null,
       );
       await assert.rejects(
@@ -321,7 +306,7 @@ describe("lib/net", () => {
       let failure: unknown;
       for (let i = 0; i < 200 && failure === undefined; i++) {
         try {
-          await withTimeout(pair.client.write(chunk), "write");
+          await within(pair.client.write(chunk), "write", TIMEOUT_MS);
         } catch (error) {
           failure = error;
         }
@@ -447,7 +432,7 @@ describe("lib/net", () => {
         ) {
           const client = await net.connect({ hostname, port });
           conns.push(client);
-          const accepted = await withTimeout(accepting.next(), "accept");
+          const accepted = await within(accepting.next(), "accept", TIMEOUT_MS);
           assert.equal(accepted.done, false);
           if (accepted.done) return;
           conns.push(accepted.value);
@@ -474,7 +459,7 @@ describe("lib/net", () => {
       assert.equal(accepted.length, 1);
       listener.close();
       listener.close(); // idempotent
-      await withTimeout(loop, "for-await loop");
+      await within(loop, "for-await loop", TIMEOUT_MS);
       assert.equal(accepted.length, 1);
       await assert.rejects(
         net.connect({ hostname: "127.0.0.1", port }),

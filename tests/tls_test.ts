@@ -39,6 +39,7 @@ import { getNet } from "../lib/net/mod.ts";
 import type { Conn, Listener, TlsInfo } from "../lib/net/types.ts";
 import { toTlsConnectError } from "../lib/net/_errors.ts";
 import { tempDir } from "./_e2e.ts";
+import { within } from "./_server.ts";
 
 const made = await createSelfSignedCert({
   names: ["127.0.0.1", "localhost"],
@@ -391,22 +392,6 @@ test("Net.listen with tls speaks TLS 1.3 and reports the peers' certificates", a
 /** Bounds every wait below: a hang fails the test instead of stalling it. */
 const TIMEOUT_MS = 20_000;
 
-/** Rejects if `promise` does not settle within TIMEOUT_MS; clears its timer either way. */
-async function withTimeout<T>(promise: Promise<T>, label: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Timed out: ${label}`)),
-      TIMEOUT_MS,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** The first TLS record a `node:tls` client sends: a real ClientHello. */
 async function captureClientHello(): Promise<Uint8Array> {
   const server = nodeNet.createServer();
@@ -428,7 +413,7 @@ async function captureClientHello(): Promise<Uint8Array> {
   const client = nodeTls.connect({ host: "127.0.0.1", port });
   client.on("error", () => {});
   try {
-    return await withTimeout(hello, "a ClientHello");
+    return await within(hello, "a ClientHello", TIMEOUT_MS);
   } finally {
     client.destroy();
     server.close();
@@ -458,8 +443,8 @@ function exchange(port: number, bytes: Uint8Array): {
   });
   return {
     socket,
-    connected: withTimeout(connecting, "the connection"),
-    received: withTimeout(received, "the server to close"),
+    connected: within(connecting, "the connection", TIMEOUT_MS),
+    received: within(received, "the server to close", TIMEOUT_MS),
   };
 }
 
@@ -476,9 +461,10 @@ async function tlsListener(
 }
 
 function nextConn(listener: Listener): Promise<Conn> {
-  return withTimeout(
+  return within(
     listener[Symbol.asyncIterator]().next().then(({ value }) => value!),
     "a connection from the listener",
+    TIMEOUT_MS,
   );
 }
 
@@ -562,9 +548,10 @@ describe("Listener with tls", () => {
         secured,
         "a second call, the same promise",
       );
-      const [conn] = await withTimeout(
+      const [conn] = await within(
         Promise.all([connecting, secured]),
         "the handshake",
+        TIMEOUT_MS,
       );
       assert.equal(server.tls?.protocol, "TLSv1.3");
       assert.equal(
@@ -631,9 +618,10 @@ describe("Listener with tls", () => {
       const conn = await nextConn(listener);
       const secured = conn.handshake!();
       conn.close();
-      await withTimeout(
+      await within(
         assert.rejects(secured, { code: "ERR_TLS_HANDSHAKE" }),
         "the handshake to fail",
+        TIMEOUT_MS,
       );
       await received;
     } finally {
@@ -738,7 +726,7 @@ async function greeter(cert: string, key: string): Promise<Listener> {
 
 async function greeting(conn: Conn): Promise<string> {
   const buf = new Uint8Array(16);
-  const n = await withTimeout(conn.read(buf), "the greeting");
+  const n = await within(conn.read(buf), "the greeting", TIMEOUT_MS);
   conn.close();
   return new TextDecoder().decode(buf.subarray(0, n ?? 0));
 }
