@@ -15,6 +15,7 @@ import { AuditLog } from "../lib/audit.ts";
 import { compileAllowlist } from "../lib/allowlist.ts";
 import { createJail, type Jail } from "../lib/jail.ts";
 import { encodeFrame, FrameReader } from "../lib/framer.ts";
+import { answerChallenge, type Token } from "../lib/auth.ts";
 import {
   decodeText,
   decodeWelcome,
@@ -335,6 +336,37 @@ export async function openFramed(
     welcome: decodeWelcome(frame.payload),
     send: (type, payload) => conn.write(encodeFrame({ type, payload })),
   };
+}
+
+/**
+ * Connects, sends the preamble and a Hello, reads the preamble and the
+ * Challenge of a server that requires a token, and answers it with `token`.
+ *
+ * @param t The server.
+ * @param mode The Hello's mode.
+ * @param token The token to prove.
+ * @param options Extra Hello fields, and the client's address.
+ * @returns The connection and its reader, before the server's answer.
+ */
+export async function answerTokenChallenge(
+  t: TestServer,
+  mode: Mode,
+  token: Token,
+  options: { hello?: Record<string, unknown>; from?: string } = {},
+): Promise<{ conn: MemoryConn; reader: FrameReader }> {
+  const conn = await t.connect(options.from);
+  await conn.write(helloBytes(mode, options.hello));
+  const reader = new FrameReader(conn, { bufferSize: 64 * 1024 });
+  await within(reader.readExact(PREAMBLE_SIZE), "the preamble");
+  const challenge = await within(reader.readFrame(), "the challenge");
+  if (challenge === null || challenge.type !== Kind.Challenge) {
+    throw new Error(`Expected a challenge, got ${challenge?.type ?? "EOF"}`);
+  }
+  await conn.write(encodeFrame({
+    type: Kind.Auth,
+    payload: answerChallenge(challenge.payload, { token, mode, binding: "" }),
+  }));
+  return { conn, reader };
 }
 
 /**

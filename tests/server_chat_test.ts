@@ -11,8 +11,8 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ChatHub, type ChatMember, WHO_MAX } from "../lib/chat.ts";
-import { answerChallenge, type Token } from "../lib/auth.ts";
-import { encodeFrame, FrameReader } from "../lib/framer.ts";
+import type { Token } from "../lib/auth.ts";
+import { encodeFrame } from "../lib/framer.ts";
 import {
   type ChatLine,
   decodeChatLine,
@@ -22,9 +22,9 @@ import {
 import { encodePlainChat } from "../lib/server/chat.ts";
 import type { MemoryConn } from "./_memory_conn.ts";
 import {
+  answerTokenChallenge,
   bytes,
   type FramedClient,
-  helloBytes,
   openFramed,
   readAll,
   readLine,
@@ -220,20 +220,7 @@ async function tokenChat(
   t: Awaited<ReturnType<typeof startMemoryServer>>,
   token: Token,
 ): Promise<FramedClient> {
-  const conn = await t.connect();
-  await conn.write(helloBytes("chat"));
-  const reader = new FrameReader(conn, { bufferSize: 4096 });
-  await within(reader.readExact(8), "the preamble");
-  const challenge = await within(reader.readFrame(), "the challenge");
-  assert.equal(challenge?.type, Kind.Challenge);
-  await conn.write(encodeFrame({
-    type: Kind.Auth,
-    payload: answerChallenge(challenge!.payload, {
-      token,
-      mode: "chat",
-      binding: "",
-    }),
-  }));
+  const { conn, reader } = await answerTokenChallenge(t, "chat", token);
   const welcome = await within(reader.readFrame(), "the welcome");
   assert.equal(welcome?.type, Kind.Welcome);
   return {

@@ -18,6 +18,7 @@ import {
 } from "../lib/protocol.ts";
 import { answerChallenge, type Token } from "../lib/auth.ts";
 import {
+  answerTokenChallenge,
   bytes,
   helloBytes,
   openFramed,
@@ -181,33 +182,9 @@ async function tokenHandshake(
   t: Awaited<ReturnType<typeof startMemoryServer>>,
   token: Token,
 ) {
-  const conn = await t.connect();
-  await conn.write(
-    concat(
-      encodePreamble(),
-      encodeFrame({
-        type: Kind.Hello,
-        payload: encodeJson({
-          client: "moat/test",
-          mode: "chat",
-          maxFrameSize: 65536,
-        }),
-      }),
-    ),
-  );
-  const { FrameReader } = await import("../lib/framer.ts");
-  const reader = new FrameReader(conn, { bufferSize: 4096 });
-  await within(reader.readExact(8), "the preamble");
-  const challenge = await within(reader.readFrame(), "the challenge");
-  assert.equal(challenge?.type, Kind.Challenge);
-  await conn.write(encodeFrame({
-    type: Kind.Auth,
-    payload: answerChallenge(challenge!.payload, {
-      token,
-      mode: "chat",
-      binding: "",
-    }),
-  }));
+  const { conn, reader } = await answerTokenChallenge(t, "chat", token, {
+    hello: { maxFrameSize: 65536 },
+  });
   return { conn, reply: await within(reader.readFrame(), "the answer") };
 }
 

@@ -15,14 +15,11 @@ import {
   decodeError,
   decodeShipReady,
   decodeText,
-  encodeJson,
-  encodePreamble,
   encodeShipBatch,
   Kind,
   type ShipReady,
 } from "../lib/protocol.ts";
-import { encodeFrame, FrameReader } from "../lib/framer.ts";
-import { answerChallenge } from "../lib/auth.ts";
+import { encodeFrame } from "../lib/framer.ts";
 import { ConnectionClosedError, INTERNAL_MESSAGE } from "../lib/errors.ts";
 import { ACKS_QUEUED_MAX } from "../lib/server/ship.ts";
 import {
@@ -34,6 +31,7 @@ import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
 import { tempDir } from "./_e2e.ts";
 import { concatBytes } from "./_test_utils.ts";
 import {
+  answerTokenChallenge,
   bytes,
   type FramedClient,
   openFramed,
@@ -315,29 +313,10 @@ async function openTokenShip(
   from: string,
   token: { name: string; secret: string },
 ): Promise<Pick<FramedClient, "conn" | "reader"> & { ready: ShipReady }> {
-  const conn = await t.connect(from);
-  const hello = {
-    client: "moat/test",
-    mode: "ship",
-    maxFrameSize: 65536,
-    source,
-  };
-  await conn.write(concatBytes([
-    encodePreamble(),
-    encodeFrame({ type: Kind.Hello, payload: encodeJson(hello) }),
-  ]));
-  const reader = new FrameReader(conn, { bufferSize: 65536 });
-  await within(reader.readExact(8), "the preamble");
-  const challenge = await within(reader.readFrame(), "the challenge");
-  assert.equal(challenge?.type, Kind.Challenge);
-  await conn.write(encodeFrame({
-    type: Kind.Auth,
-    payload: answerChallenge(challenge!.payload, {
-      token,
-      mode: "ship",
-      binding: "",
-    }),
-  }));
+  const { conn, reader } = await answerTokenChallenge(t, "ship", token, {
+    hello: { maxFrameSize: 65536, source },
+    from,
+  });
   const welcome = await within(reader.readFrame(), "the Welcome");
   assert.equal(welcome?.type, Kind.Welcome);
   const ready = await within(reader.readFrame(), "ShipReady");
