@@ -6,6 +6,8 @@ import { encodeSegmentHeader } from "../lib/segment/codec.ts";
 import { encodeVaultRecords, VAULT_MAGIC } from "../lib/vault/_format.ts";
 import { sourceDirName } from "../lib/vault/_key.ts";
 import type { SourceKey } from "../lib/vault/_key.ts";
+import { openVault, type Vault } from "../lib/vault/store.ts";
+import { tempDir } from "./_e2e.ts";
 
 /**
  * Writes a source directory as an earlier moat left it: `source.json` with
@@ -62,4 +64,37 @@ export function openFds(under?: string): number | undefined {
     }
   }
   return n;
+}
+
+/** A vault from {@linkcode testVault}. */
+export interface TestVault extends AsyncDisposable {
+  vault: Vault;
+  /** The vault's directory. */
+  dir: string;
+  /** The temporary directory it is in, for files beside it. */
+  root: string;
+}
+
+/**
+ * A real vault (sealing at once) in a new temporary directory, closed and
+ * removed on dispose.
+ *
+ * @param prefix The temporary directory's name prefix.
+ * @returns The vault.
+ */
+export async function testVault(
+  prefix = "moat-vault-test-",
+): Promise<TestVault> {
+  const tmp = tempDir(prefix);
+  const dir = path.join(tmp.dir, "vault");
+  const vault = await openVault(dir, { sealIntervalMs: 0 });
+  return {
+    vault,
+    dir,
+    root: tmp.dir,
+    async [Symbol.asyncDispose]() {
+      await vault.close();
+      tmp[Symbol.dispose]();
+    },
+  };
 }

@@ -11,7 +11,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as path from "node:path";
-import { openVault } from "../lib/vault/store.ts";
 import {
   decodeShipReady,
   decodeText,
@@ -23,7 +22,7 @@ import { encodeFrame } from "../lib/framer.ts";
 import type { Conn, Net } from "../lib/net/types.ts";
 import { chat } from "../lib/client.ts";
 import { ship } from "../lib/ship/shipper.ts";
-import { tempDir } from "./_e2e.ts";
+import { testVault } from "./_vault_test_utils.ts";
 import type { MemoryConn } from "./_memory_conn.ts";
 import {
   bytes,
@@ -36,22 +35,6 @@ import {
 } from "./_server.ts";
 
 const PING = encodeFrame({ type: Kind.Ping, payload: new Uint8Array(0) });
-
-/** A real vault in a temporary directory, closed and removed on dispose. */
-async function testVault() {
-  const tmp = tempDir("moat-liveness-test-");
-  const vault = await openVault(path.join(tmp.dir, "vault"), {
-    sealIntervalMs: 0,
-  });
-  return {
-    vault,
-    dir: tmp.dir,
-    async [Symbol.asyncDispose]() {
-      await vault.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
 
 /** One ShipBatch frame of `texts`, numbered from `first`. */
 function batch(first: number, texts: readonly string[]): Uint8Array {
@@ -214,7 +197,7 @@ test("HeartbeatReader answers a Ping with a Pong, and the Ping counts as activit
 });
 
 test("HeartbeatReader answers Pings between ship batches without disturbing the acks", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   await using t = await startMemoryServer({ vault: v.vault });
   const c = await openShip(t, "app");
   await c.conn.write(PING);
@@ -261,7 +244,7 @@ test("handshake still refuses a Ping before the Welcome", async () => {
 });
 
 test("Server still drops a framed client that never pings at the idle timeout", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     idleTimeoutMs: 1000,
@@ -311,7 +294,7 @@ test("chat keeps a quiet connection open past the idle timeout with heartbeats",
 });
 
 test("ship keeps a quiet connection open past the idle timeout, and its source is not reported silent", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     idleTimeoutMs: 900,
@@ -328,7 +311,7 @@ test("ship keeps a quiet connection open past the idle timeout, and its source i
     },
     inputs: ["-"],
     stdin: held.input,
-    statePath: path.join(v.dir, "ship.json"),
+    statePath: path.join(v.root, "ship.json"),
     source: "quiet",
     signal: stop.signal,
     onEvent: () => {},
@@ -347,7 +330,7 @@ test("ship keeps a quiet connection open past the idle timeout, and its source i
 });
 
 test("SourceWatch reports source_silent after silentAfterMs without a shipper, and source_back when it ships again", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     silentAfterMs: 5000,
@@ -394,7 +377,7 @@ test("SourceWatch reports source_silent after silentAfterMs without a shipper, a
 });
 
 test("SourceWatch reports a connected shipper that stopped sending, and its return at its next heartbeat", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     silentAfterMs: 2000,
@@ -424,7 +407,7 @@ test("SourceWatch reports a connected shipper that stopped sending, and its retu
 });
 
 test("SourceWatch never reports a source that did not ship since the server started", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-liveness-test-");
   const line = bytes("from an earlier run");
   await v.vault.append({ peer: "10.0.0.9", name: "old" }, [
     { seq: 1, ts: 1, line },

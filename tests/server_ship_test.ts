@@ -8,8 +8,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import * as path from "node:path";
-import { openVault, type Vault, type VaultSource } from "../lib/vault/store.ts";
+import type { Vault, VaultSource } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
 import {
   decodeError,
@@ -28,7 +27,7 @@ import {
   AppendPipeline,
 } from "../lib/server/append_pipeline.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
-import { tempDir } from "./_e2e.ts";
+import { testVault } from "./_vault_test_utils.ts";
 import { concatBytes } from "./_test_utils.ts";
 import {
   answerTokenChallenge,
@@ -40,21 +39,6 @@ import {
   type TestServer,
   within,
 } from "./_server.ts";
-
-/** A real vault in a temporary directory, closed and removed on dispose. */
-async function testVault() {
-  const tmp = tempDir("moat-ship-test-");
-  const dir = path.join(tmp.dir, "vault");
-  const vault = await openVault(dir, { sealIntervalMs: 0 });
-  return {
-    vault,
-    dir,
-    async [Symbol.asyncDispose]() {
-      await vault.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
 
 /**
  * Wraps a vault so that every source counts its appends in flight (called,
@@ -178,7 +162,7 @@ async function storedLines(dir: string, source?: string): Promise<string[]> {
 }
 
 test("serveShip pipelines batches: several in flight, at most 8, acks in order, every record once", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const watched = watchAppends(v.vault);
   await using t = await startMemoryServer({ vault: watched.vault });
   const shipper = await openShip(t, "app");
@@ -210,7 +194,7 @@ test("serveShip pipelines batches: several in flight, at most 8, acks in order, 
 });
 
 test("serveShip drops records the vault already has, so a resend after a reconnect stores nothing twice", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   await using t = await startMemoryServer({ vault: v.vault });
   const all = lines(1, 15);
   const first = await openShip(t, "app");
@@ -230,7 +214,7 @@ test("serveShip drops records the vault already has, so a resend after a reconne
 });
 
 test("serveShip keys vault sources by peer address: another host cannot write into this host's records", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   await using t = await startMemoryServer({ vault: v.vault });
   const web = lines(1, 10);
   const own = await openShip(t, "web", "127.0.0.1");
@@ -261,7 +245,7 @@ test("serveShip keys vault sources by peer address: another host cannot write in
 });
 
 test("serveShip acknowledges what was stored, then reports a sequence gap with an Error frame", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   await using t = await startMemoryServer({ vault: v.vault });
   const shipper = await openShip(t, "app");
   await shipper.conn.write(concatBytes([
@@ -295,7 +279,7 @@ test("serveShip refuses a shipper when the server keeps no vault", async () => {
 });
 
 test("serveShip refuses the syslog port's source name", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   await using t = await startMemoryServer({ vault: v.vault });
   const client = await openFramed(t, "ship", { hello: { source: "syslog" } });
   const frame = await within(client.reader.readFrame(), "the refusal");
@@ -330,7 +314,7 @@ async function openTokenShip(
 
 test("serveShip never lets a second host holding the same token write into the first host's source", async () => {
   const token = { name: "fleet", secret: "0123456789abcdef0123456789abcdef" };
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     auth: { tokens: [token] },
@@ -366,7 +350,7 @@ test("serveShip never lets a second host holding the same token write into the f
 });
 
 test("serveShip tells a shipper ERR_INTERNAL for a system error naming the vault's path, and keeps it in the audit log", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const failing: Vault = Object.create(v.vault, {
     source: {
       value: () => {
@@ -396,7 +380,7 @@ test("serveShip tells a shipper ERR_INTERNAL for a system error naming the vault
 });
 
 test("serveShip tells a shipper ERR_INTERNAL when an append fails with a system error naming the vault's path", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const failing: Vault = Object.create(v.vault, {
     source: {
       value: (key: Parameters<Vault["source"]>[0]) => {
@@ -477,7 +461,7 @@ async function until(pred: () => boolean, what: string): Promise<void> {
 }
 
 test("serveShip stops reading a shipper that does not read its acks, and goes on once it does", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const instant = instantVault(v.vault);
   await using t = await startMemoryServer({ vault: instant.vault });
   const shipper = await openShip(t, "app");
@@ -508,7 +492,7 @@ test("serveShip stops reading a shipper that does not read its acks, and goes on
 });
 
 test("serveShip refuses a batch of more records than the vault takes at once, before decoding it", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const instant = instantVault(v.vault);
   await using t = await startMemoryServer({ vault: instant.vault });
   const shipper = await openShip(t, "app");
@@ -526,7 +510,7 @@ test("serveShip refuses a batch of more records than the vault takes at once, be
 });
 
 test("serveShip refuses a batch whose last record is cut short", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-ship-test-");
   const instant = instantVault(v.vault);
   await using t = await startMemoryServer({ vault: instant.vault });
   const shipper = await openShip(t, "app");

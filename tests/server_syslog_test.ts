@@ -9,13 +9,12 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import * as path from "node:path";
-import { openVault, type VaultSource } from "../lib/vault/store.ts";
+import type { VaultSource } from "../lib/vault/store.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
 import { AppendPipeline } from "../lib/server/append_pipeline.ts";
 import { SyslogBudget } from "../lib/server/syslog.ts";
-import { tempDir } from "./_e2e.ts";
+import { testVault } from "./_vault_test_utils.ts";
 import {
   bytes,
   openFramed,
@@ -25,20 +24,6 @@ import {
   type TestServer,
   within,
 } from "./_server.ts";
-
-async function testVault() {
-  const tmp = tempDir("moat-syslog-test-");
-  const dir = path.join(tmp.dir, "vault");
-  const vault = await openVault(dir, { sealIntervalMs: 0 });
-  return {
-    vault,
-    dir,
-    async [Symbol.asyncDispose]() {
-      await vault.close();
-      tmp[Symbol.dispose]();
-    },
-  };
-}
 
 let nextPort = 52000;
 
@@ -70,7 +55,7 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
 }
 
 test("serveSyslog stores newline-framed messages in order under the peer's syslog source", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     syslog: { port: 0 },
@@ -107,7 +92,7 @@ test("serveSyslog stores newline-framed messages in order under the peer's syslo
 });
 
 test("serveSyslog refuses an oversize message with an audit line and keeps what came before", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     syslog: { port: 0, maxMessage: 100 },
@@ -128,7 +113,7 @@ test("serveSyslog refuses an oversize message with an audit line and keeps what 
 });
 
 test("Server refuses a syslog peer outside the allowlist before reading it", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     syslog: { port: 0 },
@@ -149,7 +134,7 @@ test("Server refuses a syslog peer outside the allowlist before reading it", asy
 });
 
 test("AppendPipeline keeps the first failure in batch order and counts nothing after it", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   const source = v.vault.source({ peer: "10.0.0.5", name: "app" });
   const durable: number[] = [];
   const appends = new AppendPipeline(source, {
@@ -168,7 +153,7 @@ test("AppendPipeline keeps the first failure in batch order and counts nothing a
 });
 
 test("AppendPipeline waits once the in-flight limit is reached", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   const source = v.vault.source({ peer: "10.0.0.5", name: "app" });
   let inFlight = 0;
   let max = 0;
@@ -199,7 +184,7 @@ test("AppendPipeline waits once the in-flight limit is reached", async () => {
 });
 
 test("Server counts syslog connections apart from the main port: neither port's limit or refusals take the other's slots", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     maxConns: 2,
@@ -250,7 +235,7 @@ test("Server counts syslog connections apart from the main port: neither port's 
 });
 
 test("SyslogPort closes a syslog connection that sends no message by its deadline, with an audit line", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     syslog: { port: 0, idleTimeoutMs: 5000 },
@@ -277,7 +262,7 @@ test("SyslogPort closes a syslog connection that sends no message by its deadlin
 });
 
 test("SyslogPort keeps a sender that keeps sending, and closes it once it has been quiet too long", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     idleTimeoutMs: 1000,
@@ -307,7 +292,7 @@ test("SyslogPort keeps a sender that keeps sending, and closes it once it has be
 });
 
 test("serveSyslog stores every connection's messages, each in its order, through a budget far smaller than one read", async () => {
-  await using v = await testVault();
+  await using v = await testVault("moat-syslog-test-");
   await using t = await startMemoryServer({
     vault: v.vault,
     syslog: { port: 0, maxBytesInFlight: 1000 },
