@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
+import { setTimeout as sleep } from "node:timers/promises";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 
@@ -316,3 +317,51 @@ export function presencePattern(
 
 /** A join or leave line of a test's client: see {@linkcode presencePattern}. */
 export const PRESENCE: RegExp = presencePattern();
+
+/**
+ * The rows of `moat vault ls`, split into fields (label, first and last
+ * record numbers, records, …).
+ *
+ * @param dir The vault.
+ * @returns The rows, or undefined when the listing failed.
+ */
+export async function vaultLs(dir: string): Promise<string[][] | undefined> {
+  const r = await runMoat(["vault", "ls", dir]);
+  if (r.code !== 0) return undefined;
+  return r.stdout.trim().split("\n").slice(1).map((row) => row.split("\t"));
+}
+
+/**
+ * @param dir The vault.
+ * @returns How many records `moat vault ls` counts in it, -1 when it fails.
+ */
+export async function vaultCount(dir: string): Promise<number> {
+  const rows = await vaultLs(dir);
+  return rows === undefined
+    ? -1
+    : rows.reduce((n, row) => n + Number(row[2]), 0);
+}
+
+/**
+ * Asks {@linkcode vaultCount} every 200 ms until it reaches `want` or
+ * `timeoutMs` has passed.
+ *
+ * @param dir The vault.
+ * @param want Records to wait for.
+ * @param timeoutMs How long to keep asking.
+ * @returns The last count.
+ */
+export async function waitVaultCount(
+  dir: string,
+  want: number,
+  timeoutMs: number,
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let n = -1;
+  while (Date.now() < deadline) {
+    n = await vaultCount(dir);
+    if (n >= want) return n;
+    await sleep(200);
+  }
+  return n;
+}

@@ -10,6 +10,8 @@ import {
   spawnMoat,
   startServer,
   tempDir,
+  vaultCount,
+  waitVaultCount,
 } from "./_e2e.ts";
 import { defaultStatePath } from "../lib/ship/state.ts";
 
@@ -19,30 +21,6 @@ function lines(from: number, to: number, tag = "line"): string {
   let s = "";
   for (let i = from; i <= to; i++) s += `${tag} ${i} ${"x".repeat(i % 50)}\n`;
   return s;
-}
-
-async function vaultCount(dir: string): Promise<number> {
-  const r = await runMoat(["vault", "ls", dir]);
-  if (r.code !== 0) return -1;
-  return r.stdout.trim().split("\n").slice(1).reduce(
-    (n, row) => n + Number(row.split("\t")[2]),
-    0,
-  );
-}
-
-async function waitCount(
-  dir: string,
-  want: number,
-  timeoutMs: number,
-): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  let n = -1;
-  while (Date.now() < deadline) {
-    n = await vaultCount(dir);
-    if (n >= want) return n;
-    await sleep(200);
-  }
-  return n;
 }
 
 function startShipper(
@@ -108,7 +86,7 @@ test("moat ship: 100,000 lines survive 5 server and 5 shipper SIGKILLs, stored e
       }
     }
     assert.deepEqual(kills, { server: 5, shipper: 5 });
-    const n = await waitCount(vault, total, 60_000);
+    const n = await waitVaultCount(vault, total, 60_000);
     assert.equal(
       n,
       total,
@@ -181,15 +159,15 @@ test("moat ship follows rotation by rename and by truncation: nothing lost, noth
     "app",
   ], dir.dir);
   try {
-    assert.equal(await waitCount(vault, 1000, 20_000), 1000);
+    assert.equal(await waitVaultCount(vault, 1000, 20_000), 1000);
     fs.appendFileSync(log, lines(1001, 1500, "a"));
     fs.renameSync(log, log + ".1");
     fs.writeFileSync(log, lines(1, 1000, "b"));
-    assert.equal(await waitCount(vault, 2500, 20_000), 2500);
+    assert.equal(await waitVaultCount(vault, 2500, 20_000), 2500);
     fs.truncateSync(log, 0);
     await sleep(600);
     fs.appendFileSync(log, lines(1, 700, "c"));
-    assert.equal(await waitCount(vault, 3200, 20_000), 3200);
+    assert.equal(await waitVaultCount(vault, 3200, 20_000), 3200);
   } finally {
     process.kill(shipper.child.pid!, "SIGTERM");
     assert.equal(await shipper.exited, 0);
@@ -417,7 +395,7 @@ test("README's moat ship examples run as written, against a local server", async
       const want = c.includes("--config") ? 150 : 500;
       const before = await vaultCount(vault);
       assert.equal(
-        await waitCount(vault, before + want, 30_000),
+        await waitVaultCount(vault, before + want, 30_000),
         before + want,
         err.lines.join("\n"),
       );
@@ -542,7 +520,7 @@ test("moat ship continues files an earlier moat shipped as the host's source, lo
     await now.err.waitFor(
       (l) => /holds 200 unacknowledged lines: they are sent as/.test(l),
     );
-    assert.equal(await waitCount(vault, 250, 30_000), 250);
+    assert.equal(await waitVaultCount(vault, 250, 30_000), 250);
   } finally {
     process.kill(now.child.pid!, "SIGTERM");
   }
@@ -555,7 +533,7 @@ test("moat ship continues files an earlier moat shipped as the host's source, lo
     env,
   );
   try {
-    assert.equal(await waitCount(vault, 260, 30_000), 260);
+    assert.equal(await waitVaultCount(vault, 260, 30_000), 260);
   } finally {
     process.kill(again.child.pid!, "SIGTERM");
   }

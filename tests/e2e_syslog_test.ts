@@ -5,13 +5,18 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import process from "node:process";
-import { runMoat, type RunningServer, startServer, tempDir } from "./_e2e.ts";
+import {
+  runMoat,
+  type RunningServer,
+  startServer,
+  tempDir,
+  vaultLs,
+  waitVaultCount,
+} from "./_e2e.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { parseSyslog } from "../lib/syslog.ts";
 import { memoryKiB, syslogFlood } from "../soak/hostile.ts";
 import { certIdentity, issued } from "./_certs.ts";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The path of a system binary, or undefined if it is not installed. */
 function findBinary(name: string): string | undefined {
@@ -59,25 +64,9 @@ async function startSyslogServer(dir: string, extra: string[] = []) {
   return Object.assign(server, { vault, syslogPort: syslogPort(server) });
 }
 
+/** The vault's rows; none when it cannot be listed. */
 async function vaultRows(dir: string): Promise<string[][]> {
-  const r = await runMoat(["vault", "ls", dir]);
-  if (r.code !== 0) return [];
-  return r.stdout.trim().split("\n").slice(1).map((row) => row.split("\t"));
-}
-
-async function waitCount(
-  dir: string,
-  want: number,
-  timeoutMs: number,
-): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  let n = -1;
-  while (Date.now() < deadline) {
-    n = (await vaultRows(dir)).reduce((sum, row) => sum + Number(row[2]), 0);
-    if (n >= want) return n;
-    await sleep(200);
-  }
-  return n;
+  return (await vaultLs(dir)) ?? [];
 }
 
 /** Runs a child to exit; rejects after `timeoutMs`. */
@@ -216,7 +205,7 @@ for (const c of LOGGER_CASES) {
       logger.stdin!.end(numbered(10_000, "msg"));
       const r = await done;
       assert.equal(r.code, 0, r.stderr);
-      assert.equal(await waitCount(vault, 10_000, 30_000), 10_000);
+      assert.equal(await waitVaultCount(vault, 10_000, 30_000), 10_000);
       assert.deepEqual((await vaultRows(vault)).map((row) => row.slice(0, 3)), [
         ["127.0.0.1", "syslog", "10000"],
       ]);
@@ -277,7 +266,7 @@ action(type="omfwd" target="127.0.0.1" port="${port}" protocol="tcp" TCP_Framing
 action(type="omfwd" target="127.0.0.1" port="${port}" protocol="tcp" TCP_Framing="traditional")
 `,
     );
-    const n = await waitCount(vault, 20_000, 60_000);
+    const n = await waitVaultCount(vault, 20_000, 60_000);
     await rsyslog.stop();
     assert.equal(n, 20_000, `rsyslogd said: ${rsyslog.output()}`);
     const lines = await catLines(vault);
@@ -376,7 +365,7 @@ test("moat serve --syslog-port refuses a peer the allowlist does not allow, befo
       () => resolve(),
     );
   });
-  assert.equal(await waitCount(vault, 2, 10_000), 2);
+  assert.equal(await waitVaultCount(vault, 2, 10_000), 2);
   assert.deepEqual((await vaultRows(vault)).map((row) => row.slice(0, 3)), [[
     "127.0.0.2",
     "syslog",
@@ -420,7 +409,7 @@ test("moat serve --syslog-max refuses an oversize message with an audit line and
     (await exchange(port, "<13>d\n", { end: true })).closedBy,
     "server",
   );
-  assert.equal(await waitCount(vault, 4, 10_000), 4);
+  assert.equal(await waitVaultCount(vault, 4, 10_000), 4);
   assert.deepEqual(await catLines(vault), ["<13>a", "<13>b", "<13>c", "<13>d"]);
   const closed = server.events().filter((e) =>
     e.event === "closed" && e.listener === "syslog"
@@ -460,7 +449,10 @@ test("moat serve --syslog-port stays within its memory and keeps serving while 5
   );
   assert.equal(flood.connected, 50);
   assert.equal(flood.closed, 50, JSON.stringify(flood));
-  assert.equal(await waitCount(vault, flood.messages, 30_000), flood.messages);
+  assert.equal(
+    await waitVaultCount(vault, flood.messages, 30_000),
+    flood.messages,
+  );
   const got = path.join(dir.dir, "got.txt");
   const r = await runMoat([
     "get",
@@ -619,7 +611,7 @@ test(
         ],
       }),
     );
-    const n = await waitCount(vault, 500, 60_000);
+    const n = await waitVaultCount(vault, 500, 60_000);
     await rsyslog.stop();
     assert.equal(n, 500, `rsyslogd said: ${rsyslog.output()}`);
     assertNumbered(await catLines(vault), 500, RFC5424_LINE, "tls");
@@ -706,7 +698,7 @@ test(
       60_000,
     );
     assert.equal(refused.reason, "client certificate required");
-    const n = await waitCount(vault, 200, 60_000);
+    const n = await waitVaultCount(vault, 200, 60_000);
     await rsyslog.stop();
     assert.equal(n, 200, `rsyslogd said: ${rsyslog.output()}`);
     const accepted = server.events().filter((e) =>
