@@ -25,7 +25,12 @@ import {
 } from "../checkpoint.ts";
 import type { Signer, Verifier } from "../checkpoint.ts";
 import { MoatError } from "../errors.ts";
-import { leafHash, MerkleLog } from "../merkle.ts";
+import {
+  leafHash,
+  MerkleLog,
+  verifyConsistency,
+  verifyInclusion,
+} from "../merkle.ts";
 import { readTextIfExists, writeFileAtomic } from "../segment/fs.ts";
 import { readSegment } from "../segment/scanner.ts";
 import { _equal } from "./_chain.ts";
@@ -828,7 +833,30 @@ export class SourceTree {
     if (!Number.isSafeInteger(from) || from < 0 || from > to) {
       throw new RangeError(`Tree size ${from} is not within 0 to ${to}`);
     }
-    return this.#file.reading(() => this.#log.consistencyProof(from, to));
+    return this.#file.reading(() => {
+      const proof = this.#log.consistencyProof(from, to);
+      // Stored nodes are not fsync'd one by one: a proof built from a
+      // damaged one must not leave the vault.
+      if (
+        !verifyConsistency(
+          from,
+          to,
+          this.#log.root(from),
+          this.#log.root(to),
+          proof,
+        )
+      ) this.#damaged();
+      return proof;
+    });
+  }
+
+  #damaged(): never {
+    throw new MoatError(
+      "ERR_CORRUPT",
+      `The stored Merkle tree of "${
+        sourceLabel(this.host.key)
+      }" is damaged (moat vault verify names where); the server rebuilds it at its next start`,
+    );
   }
 
   /**
@@ -883,7 +911,13 @@ export class SourceTree {
           `Record ${seq} of "${label}" does not match its leaf in the Merkle tree`,
         );
       }
-      return { leaf, index, path: this.#log.inclusionProof(index, size) };
+      const path = this.#log.inclusionProof(index, size);
+      if (
+        !verifyInclusion(leafHash(leaf), index, size, path, this.root(size))
+      ) {
+        this.#damaged();
+      }
+      return { leaf, index, path };
     });
   }
 
