@@ -393,6 +393,11 @@ export class SourceTree {
   #failed: Error | undefined;
   /** Report `tree_built` when the running build ends (an upgrade). */
   #announce = false;
+  /**
+   * Chunks whose place in their segment is not known yet: a chunk's end is
+   * the segment's durable size only while it is the last durable record.
+   */
+  #unplaced: { firstSeq: number; bytes: Uint8Array }[] = [];
   /** Log writes, one at a time. */
   #writes: Promise<unknown> = Promise.resolve();
   /** Set by `stop`: no more building (the vault is closing). */
@@ -612,9 +617,39 @@ export class SourceTree {
         at += length;
       }
       if (this.#file.full) this.#file.flush();
+      this.#place(firstSeq, bytes, this.last);
     } catch (error) {
       this.#fail(error);
     }
+  }
+
+  /**
+   * Tells the record locator where the chunks committed since the last
+   * placed one are, once one ends at the last durable record: they lie
+   * back to back before the segment's durable end.
+   */
+  #place(firstSeq: number, bytes: Uint8Array, lastSeq: number): void {
+    const unplaced = this.#unplaced;
+    unplaced.push({ firstSeq, bytes });
+    if (lastSeq !== this.host.durableSeq()) {
+      if (unplaced.length > 64) unplaced.splice(0, unplaced.length - 64);
+      return;
+    }
+    const segments = this.host.segments();
+    const segment = segments[segments.length - 1];
+    let end = segment?.size ?? 0;
+    for (let i = unplaced.length - 1; i >= 0 && segment; i--) {
+      const chunk = unplaced[i]!;
+      if (chunk.firstSeq < segment.firstSeq) break;
+      this.#locator.noteChunk(
+        segment.firstSeq,
+        chunk.firstSeq,
+        chunk.bytes,
+        end,
+      );
+      end -= chunk.bytes.length;
+    }
+    unplaced.length = 0;
   }
 
   #fail(error: unknown): void {

@@ -380,11 +380,16 @@ const WALK_BYTES = 256 * 1024;
 
 /**
  * Reads single records by sequence number. Remembers the offset of every
- * 256th record of each segment it walked, so a later read walks at most 256
- * records.
+ * 256th record of each segment (as records are committed, as the tree
+ * builder reads them, and as it walks), so a read walks at most 256
+ * records once the offsets are known, and a whole segment the first time
+ * it reads one whose offsets are not.
  */
 export class RecordLocator {
-  /** Per segment (by first seq): offsets of records first, first+256, … */
+  /**
+   * Per segment (by first seq): at index k the offset of record
+   * first + 256·k, where known (holes elsewhere).
+   */
   #offsets = new Map<number, number[]>();
 
   /**
@@ -413,7 +418,35 @@ export class RecordLocator {
       list = [SEGMENT_HEADER_BYTES];
       this.#offsets.set(segmentFirst, list);
     }
-    if (list.length === k / STRIDE) list.push(offset);
+    list[k / STRIDE] = offset;
+  }
+
+  /**
+   * Notes where the records of a chunk just committed are: it ends at
+   * `end` in the segment starting at `segmentFirst`.
+   *
+   * @param segmentFirst The segment's first sequence number.
+   * @param firstSeq The chunk's first record.
+   * @param bytes The chunk (records back to back).
+   * @param end Where the chunk ends in the segment.
+   */
+  noteChunk(
+    segmentFirst: number,
+    firstSeq: number,
+    bytes: Uint8Array,
+    end: number,
+  ): void {
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    const start = end - bytes.length;
+    let at = 0;
+    let seq = firstSeq;
+    while (at < bytes.length) {
+      if (seq >= segmentFirst && (seq - segmentFirst) % STRIDE === 0) {
+        this.note(segmentFirst, seq, start + at);
+      }
+      at += view.getUint32(at + 4, true);
+      seq++;
+    }
   }
 
   /**
@@ -443,15 +476,28 @@ export class RecordLocator {
     }
     if (found < 0) return undefined;
     const segment = segments[found]!;
+    try {
+      return this.#walk(segment, seq);
+    } catch (error) {
+      const list = this.#offsets.get(segment.firstSeq);
+      if (list === undefined || list.length <= 1) throw error;
+      // A remembered offset was wrong: walk once from the segment's start.
+      this.#offsets.delete(segment.firstSeq);
+      return this.#walk(segment, seq);
+    }
+  }
+
+  #walk(segment: LocatorSegment, seq: number): Uint8Array | undefined {
     let list = this.#offsets.get(segment.firstSeq);
     if (list === undefined) {
       list = [SEGMENT_HEADER_BYTES];
       this.#offsets.set(segment.firstSeq, list);
     }
-    const k = Math.min(
+    let k = Math.min(
       Math.floor((seq - segment.firstSeq) / STRIDE),
       list.length - 1,
     );
+    while (list[k] === undefined) k--;
     let at = list[k]!;
     let current = segment.firstSeq + k * STRIDE;
     const fd = openSync(segment.path, "r");
@@ -492,7 +538,7 @@ export class RecordLocator {
           );
         }
         const k2 = current - segment.firstSeq;
-        if (k2 % STRIDE === 0 && list.length === k2 / STRIDE) list.push(at);
+        if (k2 % STRIDE === 0) list[k2 / STRIDE] = at;
         if (current === seq) {
           const whole = window(length);
           if (whole === undefined) return undefined;
