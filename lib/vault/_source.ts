@@ -514,11 +514,6 @@ export class SourceLog implements VaultSource {
     return this.#log.durableSeq;
   }
 
-  /** The source directory. */
-  get dir(): string {
-    return this.#log.dir;
-  }
-
   /** The oldest record held (`lastSeq + 1` if none). */
   get firstSeq(): number {
     return this.#log.firstSeq;

@@ -23,7 +23,7 @@ import {
   readCheckpointLog,
   readTreeMeta,
   TREE_FILE,
-} from "./_tree.ts";
+} from "./_checkpoints.ts";
 import {
   leafHashOfRecord,
   nodesForSize,

@@ -25,7 +25,7 @@ import {
   writeVaultInfo,
 } from "./_seal.ts";
 import { _openForFirstSeal } from "./store.ts";
-import { loadCheckpointKey } from "./_tree.ts";
+import { loadCheckpointKey } from "./_checkpoints.ts";
 
 /** What {@linkcode initVault} made. */
 export interface InitVaultResult {

@@ -25,7 +25,11 @@ import { readSourceKey, SOURCES_DIR } from "./_format.ts";
 import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import { _hex, readVaultInfo } from "./_seal.ts";
-import { checkpointOrigin, firstSeqOf, openLoggedTree } from "./_tree.ts";
+import {
+  checkpointOrigin,
+  firstSeqOf,
+  openLoggedTree,
+} from "./_checkpoints.ts";
 import { leafOfRecord, RecordLocator } from "./_tree_file.ts";
 import { decodeLeaf } from "./leaf.ts";
 import type { Leaf } from "./leaf.ts";

@@ -66,7 +66,8 @@ import type { SealEntry, VaultInfo } from "./_seal.ts";
 import { Sealer } from "./_sealer.ts";
 import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
-import { checkpointOrigin, loadCheckpointKey, SourceTree } from "./_tree.ts";
+import { checkpointOrigin, loadCheckpointKey } from "./_checkpoints.ts";
+import { SourceTree } from "./_tree.ts";
 import type {
   SignedCheckpoint,
   TreeContext,
@@ -696,7 +697,7 @@ class _Vault implements Vault {
   async openTrees(): Promise<void> {
     const ctx = this.#trees!;
     for (const source of this.#sources.values()) {
-      source.tree = await SourceTree.open(_treeHost(source), ctx);
+      source.tree = await SourceTree.open(_treeHost(source, this.dir), ctx);
     }
   }
 
@@ -1050,7 +1051,7 @@ class _Vault implements Vault {
     });
     const source = this.adopt(copy, id, log);
     if (this.#trees) {
-      source.tree = SourceTree.fresh(_treeHost(source), this.#trees);
+      source.tree = SourceTree.fresh(_treeHost(source, this.dir), this.#trees);
     }
     return source;
   }
@@ -1196,10 +1197,10 @@ class _Vault implements Vault {
 }
 
 /** What a source's tree needs of it. */
-function _treeHost(source: SourceLog): TreeHost {
+function _treeHost(source: SourceLog, root: string): TreeHost {
   return {
     key: source.key,
-    dir: source.dir,
+    dir: join(root, SOURCES_DIR, source.id),
     sourceHash: sourceHash(source.key),
     segments: () => source.segmentList(),
     durableSeq: () => source.lastSeq,

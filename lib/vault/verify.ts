@@ -38,7 +38,7 @@ import type { SealingKey } from "./_seal.ts";
 import { readPruneMarker } from "./_prune.ts";
 import { openCheckpoint, parseVerifier } from "../checkpoint.ts";
 import type { Verifier } from "../checkpoint.ts";
-import { checkpointOrigin } from "./_tree.ts";
+import { checkpointOrigin } from "./_checkpoints.ts";
 import { TreeCheck } from "./_verify_tree.ts";
 import type { OutsideCheckpoint, TreeReport } from "./_verify_tree.ts";
 import {
