@@ -169,7 +169,8 @@ export const VAULT: CommandSpec = {
     "Keep a vault: moat vault init|verify|ls|cat|prune|checkpoint|proof DIR",
   usage: [
     "vault init DIR",
-    "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION] [--checkpoint FILE]...",
+    "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION]",
+    "vault verify DIR --checkpoint FILE... [--key KEY]",
     "vault ls DIR",
     "vault cat DIR [--source NAME] [--since TIME] [--until TIME] [--json]",
     "vault cat DIR --follow [--source NAME] [--since TIME] [--json]",
