@@ -172,13 +172,9 @@ export class TreeFile implements NodeStore {
     return out;
   }
 
-  put(level: number, index: number, hash: Uint8Array): void {
-    if (nodePosition(level, index) !== this.count) {
-      throw new MoatError(
-        "ERR_INTERNAL",
-        `Merkle node ${level}/${index} stored out of order`,
-      );
-    }
+  put(_level: number, _index: number, hash: Uint8Array): void {
+    // MerkleLog stores nodes in exactly the file's order (the leaf, then
+    // each subtree it completes), so a put is an append.
     if (this.#buffered + NODE_BYTES > this.#buffer.length) {
       const bigger = new Uint8Array(this.#buffer.length * 2);
       bigger.set(this.#buffer.subarray(0, this.#buffered));
