@@ -342,7 +342,7 @@ export class SourceTree {
     const unplaced = this.#unplaced;
     unplaced.push({ firstSeq, bytes });
     if (lastSeq !== this.host.durableSeq()) {
-      if (unplaced.length > 64) unplaced.splice(0, unplaced.length - 64);
+      if (unplaced.length > 16) unplaced.splice(0, unplaced.length - 16);
       return;
     }
     const segments = this.host.segments();

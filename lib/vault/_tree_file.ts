@@ -120,7 +120,8 @@ export class TreeFile implements NodeStore {
   readonly path: string;
   /** Nodes written to the file. */
   #written: number;
-  #buffer = new Uint8Array(FLUSH_BYTES + 64 * NODE_BYTES);
+  /** Nodes not written yet; grown as needed (a quiet source holds little). */
+  #buffer = new Uint8Array(0);
   #buffered = 0;
   /** The descriptor of a read session (see `reading`). */
   #fd: number | undefined;
@@ -176,7 +177,7 @@ export class TreeFile implements NodeStore {
     // MerkleLog stores nodes in exactly the file's order (the leaf, then
     // each subtree it completes), so a put is an append.
     if (this.#buffered + NODE_BYTES > this.#buffer.length) {
-      const bigger = new Uint8Array(this.#buffer.length * 2);
+      const bigger = new Uint8Array(Math.max(2048, this.#buffer.length * 2));
       bigger.set(this.#buffer.subarray(0, this.#buffered));
       this.#buffer = bigger;
     }
@@ -237,7 +238,7 @@ export class TreeFile implements NodeStore {
     }
     this.#written += this.#buffered / NODE_BYTES;
     this.#buffered = 0;
-    if (this.#buffer.length > 4 * FLUSH_BYTES) {
+    if (this.#buffer.length > 2 * FLUSH_BYTES) {
       this.#buffer = new Uint8Array(FLUSH_BYTES + 64 * NODE_BYTES);
     }
   }

@@ -124,6 +124,8 @@ export class TreeCheck {
   /** Leaves the last logged checkpoint vouches for (their nodes were fsync'd). */
   readonly #trustedSize: number;
   readonly #wanted: Wanted[];
+  /** The sizes of `#wanted`, whose roots the recomputation keeps. */
+  readonly #sizes: Set<number>;
   readonly #problems: VerifyProblem[];
   #store: CompareStore | undefined;
   #log: MerkleLog | undefined;
@@ -152,6 +154,7 @@ export class TreeCheck {
     this.#stored = state.stored;
     this.#trustedSize = state.trustedSize;
     this.#wanted = state.wanted;
+    this.#sizes = new Set(state.wanted.map((w) => w.size));
     this.#problems = state.problems;
   }
 
@@ -283,7 +286,7 @@ export class TreeCheck {
       return;
     }
     log.append(leafHashOfRecord(record, this.#sourceHash));
-    if (this.#wanted.some((w) => w.size === log.size)) {
+    if (this.#sizes.has(log.size)) {
       this.#roots.set(log.size, log.root());
     }
   }
