@@ -212,7 +212,7 @@ const SERVE_OPTIONS = {
     min: 1,
     default: DEFAULT_SEAL_INTERVAL_MS / 1000,
     description:
-      "Seal a vault set up with moat vault init this often, even when nothing arrived",
+      "Seal a vault set up with moat vault init this often, even when nothing arrived; and log a signed checkpoint of each source whose Merkle tree grew",
   },
   "max-sources-per-peer": {
     type: "integer",
