@@ -44,6 +44,7 @@ import { VAULT_KIND, VAULT_MAGIC } from "./_format.ts";
 import { sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import {
+  leafHashAt,
   leafHashOfRecord,
   leafOfRecord,
   nodesForSize,
@@ -321,9 +322,7 @@ export class SourceTree {
       let at = 0;
       while (at < bytes.length) {
         const length = view.getUint32(at + 4, true);
-        this.#log.append(
-          leafHashOfRecord(bytes.subarray(at, at + length), source),
-        );
+        this.#log.append(leafHashAt(bytes, at, length, source));
         at += length;
       }
       if (this.#file.full) this.#file.flush();

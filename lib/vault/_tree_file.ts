@@ -304,11 +304,12 @@ export class TreeFile implements NodeStore {
 }
 
 /**
- * Scratch space for {@linkcode leafHashOfRecord}: 0x00, then the leaf.
- * Grown to the longest record seen; hashing is synchronous, so one buffer
- * serves every source.
+ * Scratch space for {@linkcode leafHashAt}: 0x00, then the leaf. Grown to
+ * the longest record seen; hashing is synchronous, so one buffer serves
+ * every source (the source hash in it is rewritten when the source changes).
  */
 let scratch = new Uint8Array(4096);
+let scratchSource: Uint8Array | undefined;
 
 /**
  * The RFC 9162 leaf hash, SHA-256(0x00 ‖ leaf), of a stored vault line
@@ -322,23 +323,45 @@ export function leafHashOfRecord(
   record: Uint8Array,
   source: Uint8Array,
 ): Uint8Array {
-  const flags = record[9]!;
+  return leafHashAt(record, 0, record.length, source);
+}
+
+/**
+ * {@linkcode leafHashOfRecord} of the record at `at` in `bytes`, without a
+ * view of it: the hot path of every append (one copy of the line, one hash
+ * call).
+ *
+ * @param bytes Records back to back.
+ * @param at Where the record starts.
+ * @param length Its length.
+ * @param source The source hash.
+ * @returns The leaf hash.
+ */
+export function leafHashAt(
+  bytes: Uint8Array,
+  at: number,
+  length: number,
+  source: Uint8Array,
+): Uint8Array {
+  const flags = bytes[at + 9]!;
   const lineAt = VAULT_LINE_OFFSET +
     (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
-  const lineBytes = record.length - lineAt;
-  const total = 1 + LEAF_HEADER_BYTES + lineBytes;
+  const total = 1 + LEAF_HEADER_BYTES + length - lineAt;
   if (total > scratch.length) {
     scratch = new Uint8Array(Math.max(total, scratch.length * 2));
+    scratchSource = undefined;
   }
   const s = scratch;
-  s[0] = 0;
-  s[1] = LEAF_VERSION;
-  s.set(source, 2);
-  // seq (record bytes 12–19), ts and recvTs (20–35) are u64 LE in both.
-  s.set(record.subarray(12, 20), 2 + SOURCE_HASH_BYTES);
-  s.set(record.subarray(20, 36), 10 + SOURCE_HASH_BYTES);
+  if (scratchSource !== source) {
+    s[0] = 0;
+    s[1] = LEAF_VERSION;
+    s.set(source, 2);
+    scratchSource = source;
+  }
+  // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
+  for (let i = 0; i < 24; i++) s[34 + i] = bytes[at + 12 + i]!;
   s[1 + 57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
-  s.set(record.subarray(lineAt), 1 + LEAF_HEADER_BYTES);
+  s.set(bytes.subarray(at + lineAt, at + length), 1 + LEAF_HEADER_BYTES);
   return sha256(s.subarray(0, total));
 }
 
