@@ -212,7 +212,7 @@ const SERVE_OPTIONS = {
     min: 1,
     default: DEFAULT_SEAL_INTERVAL_MS / 1000,
     description:
-      "Seal a vault set up with moat vault init this often, even when nothing arrived",
+      "Seal a vault set up with moat vault init this often, even when nothing arrived; and log a signed checkpoint of each source whose Merkle tree grew",
   },
   "max-sources-per-peer": {
     type: "integer",
@@ -421,6 +421,7 @@ export async function serveCommand(
   let vault: Vault | undefined;
   const seals = new SealTracker();
   if (values.vault !== undefined) {
+    let keyCreated = false;
     try {
       vault = await openVault(values.vault, {
         ...(retainMs !== undefined && {
@@ -448,6 +449,13 @@ export async function serveCommand(
               : audit.write("vault_prune_failed", { message: e.message }),
         }),
         onEvent: (e) => audit.write("vault_repair", { ...e }),
+        onTree: (e) =>
+          e.type === "checkpoint_key_created"
+            ? (keyCreated = true)
+            : audit.write("vault_tree", {
+              ...e,
+              source: sourceLabel(e.source),
+            }),
         sealIntervalMs: values["seal-interval"] * 1000,
         maxSourcesPerPeer: values["max-sources-per-peer"],
         onSeal: (e) => {
@@ -466,6 +474,10 @@ export async function serveCommand(
         }`,
       );
     }
+    audit.write("vault_checkpoint_key", {
+      verifier: vault.checkpointVerifier,
+      created: keyCreated,
+    });
     if (!vault.sealed) {
       audit.write("vault_unsealed", {
         dir: vault.dir,

@@ -1,5 +1,6 @@
 /**
- * `moat vault init|verify|ls|cat|prune`: keep a vault and read it back.
+ * `moat vault init|verify|ls|cat|prune|checkpoint|proof`: keep a vault, read
+ * it back, and prove what it holds.
  *
  * @module
  */
@@ -13,6 +14,11 @@ import { catRecords, listSources, matchSources } from "../lib/vault/read.ts";
 import { initVault } from "../lib/vault/init.ts";
 import { openVault, sourceLabel } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
+import {
+  latestCheckpoint,
+  proveConsistency,
+  proveInclusion,
+} from "../lib/vault/proof.ts";
 import type { VerifyProgress, VerifyReport } from "../lib/vault/verify.ts";
 import {
   type CommandSpec,
@@ -27,7 +33,12 @@ import {
   unknownWord,
 } from "./options.ts";
 import { formatBytes } from "./progress.ts";
-import { printLine, printToStderr, writeStdout } from "./output.ts";
+import {
+  printLine,
+  printToStderr,
+  writeStdout,
+  writeStdoutText,
+} from "./output.ts";
 
 const KEY_OPTIONS = {
   key: {
@@ -46,6 +57,14 @@ const KEY_OPTIONS = {
 
 const VERIFY_OPTIONS = {
   ...KEY_OPTIONS,
+  checkpoint: {
+    type: "file",
+    placeholder: "FILE",
+    multiple: true,
+    description:
+      "A signed checkpoint held outside the vault (from a shipper's state, a witness, moat vault checkpoint): the vault must extend it, or verify fails naming FILE; repeatable",
+    group: "Options of verify",
+  },
   "min-retain": {
     type: "string",
     placeholder: "DURATION",
@@ -73,13 +92,38 @@ const PRUNE_OPTIONS = {
   },
 } as const satisfies OptionTable;
 
-const CAT_OPTIONS = {
+const SOURCE_OPTION = {
   source: {
     type: "string",
     placeholder: "NAME",
-    description: "Only this source: its name, or PEER/NAME",
-    group: "Options of cat",
+    description:
+      "Only this source (cat), the source (checkpoint, proof): its name, or PEER/NAME",
+    group: "Options of cat, checkpoint and proof",
   },
+} as const satisfies OptionTable;
+
+const PROOF_OPTIONS = {
+  ...SOURCE_OPTION,
+  seq: {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    description:
+      "Prove that record N is in the tree of the latest checkpoint (an inclusion proof)",
+    group: "Options of proof",
+  },
+  from: {
+    type: "integer",
+    placeholder: "SIZE",
+    min: 0,
+    description:
+      "Prove that the latest checkpoint extends the tree of SIZE records (a consistency proof)",
+    group: "Options of proof",
+  },
+} as const satisfies OptionTable;
+
+const CAT_OPTIONS = {
+  ...SOURCE_OPTION,
   since: {
     type: "string",
     placeholder: "TIME",
@@ -108,28 +152,44 @@ const CAT_OPTIONS = {
   },
 } as const satisfies OptionTable;
 
-const SUBCOMMANDS = ["init", "verify", "ls", "cat", "prune"] as const;
+const SUBCOMMANDS = [
+  "init",
+  "verify",
+  "ls",
+  "cat",
+  "prune",
+  "checkpoint",
+  "proof",
+] as const;
 
 /** `moat vault`'s options (by subcommand), usage and help. */
 export const VAULT: CommandSpec = {
   name: "vault",
-  summary: "Keep a vault: moat vault init|verify|ls|cat|prune DIR",
+  summary:
+    "Keep a vault: moat vault init|verify|ls|cat|prune|checkpoint|proof DIR",
   usage: [
     "vault init DIR",
     "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION]",
+    "vault verify DIR --checkpoint FILE... [--key KEY]",
     "vault ls DIR",
     "vault cat DIR [--source NAME] [--since TIME] [--until TIME] [--json]",
     "vault cat DIR --follow [--source NAME] [--since TIME] [--json]",
     "vault prune DIR --before TIME | --keep DURATION [--key KEY]",
+    "vault checkpoint DIR --source NAME",
+    "vault proof DIR --source NAME --seq N | --from SIZE",
   ],
   description:
     `init    makes DIR a sealed vault (or seals an unsealed one) and prints its
         verification key once: keep it off the vault host. moat serve --vault
         then seals every --seal-interval with a key that evolves one way.
+        It also prints the public key of the vault's checkpoints (stderr).
 verify  checks every record's checksum and hash chain, and with the key every
-        seal; exits 0 only if nothing is damaged, else names the first bad
-        point. Records after the last seal are reported as an unsealed tail,
-        pruned ones as pruned. On a terminal it shows its progress.
+        seal; recomputes each source's Merkle tree and checks it against the
+        stored tree, the vault's checkpoints and every --checkpoint FILE
+        (a vault rolled back, cut or rewritten fails naming FILE). Exits 0
+        only if nothing is damaged, else names the first bad point. Records
+        after the last seal are reported as an unsealed tail, pruned ones as
+        pruned. On a terminal it shows its progress.
 ls      lists the sources in a vault: records kept, size on disk, the
         shipper's time of the first and last record, and last seen (when
         the newest record was received).
@@ -138,19 +198,30 @@ cat     prints stored lines in order (per source by sequence number; sources
 prune   removes old records (whole segments, never a source's newest) of a
         vault no server has open, after verifying it. A sealed vault records
         the prune in a seal first, so verify tells it from a deletion.
-        moat serve --retain prunes on its own.`,
+        moat serve --retain prunes on its own.
+checkpoint  prints a source's latest signed checkpoint (tree size and root
+        of its Merkle tree, signed with the vault's checkpoint key), as the
+        server logged it.
+proof   prints, as JSON, the inclusion proof of record N (--seq), or the
+        consistency proof from a tree of SIZE records (--from), to the
+        latest checkpoint. Check it anywhere with moat verify-proof.`,
   positionals: true,
-  options: { ...VERIFY_OPTIONS, ...PRUNE_OPTIONS, ...CAT_OPTIONS },
+  options: {
+    ...VERIFY_OPTIONS,
+    ...PRUNE_OPTIONS,
+    ...CAT_OPTIONS,
+    ...PROOF_OPTIONS,
+  },
   exits: [
     ...COMMON_EXITS,
     {
       code: ExitCode.NotFound,
-      description: "cat: --source matches no source",
+      description: "cat, checkpoint, proof: --source matches no source",
     },
     {
       code: ExitCode.Integrity,
       description:
-        "verify found damage (it names the first bad point); prune refused a damaged vault",
+        "verify found damage (it names the first bad point) or a --checkpoint the vault does not extend; prune refused a damaged vault; checkpoint, proof: no checkpoint, or the stored tree does not match",
     },
   ],
 };
@@ -198,6 +269,22 @@ export async function vaultCommand(
       if (parsed) await pruneCommand(parsed.dir, parsed.values);
       return;
     }
+    case "checkpoint": {
+      const parsed = parseVault(sub, SOURCE_OPTION, rest, context);
+      if (parsed) {
+        const cp = await latestCheckpoint(
+          parsed.dir,
+          requireSource(sub, parsed.values.source),
+        );
+        await writeStdoutText(cp.note);
+      }
+      return;
+    }
+    case "proof": {
+      const parsed = parseVault(sub, PROOF_OPTIONS, rest, context);
+      if (parsed) await proofCommand(parsed.dir, parsed.values);
+      return;
+    }
     default:
       throw unknownWord("vault command", sub, {
         candidates: SUBCOMMANDS,
@@ -232,9 +319,35 @@ function parseVault<O extends OptionTable>(
   return { dir, values: parsed.values };
 }
 
+/** --source of checkpoint and proof: required, one source. */
+function requireSource(sub: string, source: string | undefined): string {
+  if (source === undefined) {
+    throw new UsageError(`vault ${sub} takes --source NAME`);
+  }
+  return source;
+}
+
+/** `moat vault proof`: the proof as indented JSON on stdout. */
+async function proofCommand(
+  dir: string,
+  values: OptionValues<typeof PROOF_OPTIONS>,
+): Promise<void> {
+  const source = requireSource("proof", values.source);
+  if ((values.seq === undefined) === (values.from === undefined)) {
+    throw new UsageError("vault proof takes one of --seq N or --from SIZE");
+  }
+  const proof = values.seq !== undefined
+    ? await proveInclusion(dir, source, values.seq)
+    : await proveConsistency(dir, source, values.from!);
+  await writeStdoutText(JSON.stringify(proof, null, 2) + "\n");
+}
+
 async function initCommand(dir: string): Promise<void> {
   const made = await initVault(dir);
   printLine(made.verificationKey);
+  printToStderr(
+    `Checkpoint key (public; give it to shippers with --vault-key, and to moat verify-proof): ${made.checkpointKey}`,
+  );
   printToStderr(
     `Vault "${escapeText(made.dir)}" (id ${made.id}) is ${
       made.existed ? "now " : ""
@@ -409,6 +522,26 @@ export function parseDuration(option: string, text: string): number {
   return ms;
 }
 
+/** A small text file named by an option (a checkpoint). */
+function readText(option: string, file: string): string {
+  try {
+    const stat = fs.statSync(file);
+    if (stat.size > 64 * 1024) {
+      throw new UsageError(
+        `${option} "${
+          escapeText(file)
+        }" is larger than 64 KiB: not a checkpoint`,
+      );
+    }
+    return fs.readFileSync(file, "utf8");
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(
+      `Cannot read ${option} "${escapeText(file)}": ${describeFsError(err)}`,
+    );
+  }
+}
+
 /** The verification key from --key or --key-file, if given. */
 function readKey(
   values: { key?: string | undefined; "key-file"?: string | undefined },
@@ -464,12 +597,17 @@ function verifyProgress(): {
 /** Runs verifyVault with progress on a terminal; a bad key is a usage error. */
 async function runVerify(
   dir: string,
-  options: { key?: string | undefined; minRetainMs?: number | undefined },
+  options: {
+    key?: string | undefined;
+    minRetainMs?: number | undefined;
+    checkpoints?: { file: string; note: string }[];
+  },
 ): Promise<VerifyReport> {
   const progress = verifyProgress();
   try {
     return await verifyVault(dir, {
       ...(options.key !== undefined && { key: options.key }),
+      ...(options.checkpoints && { checkpoints: options.checkpoints }),
       ...(options.minRetainMs !== undefined &&
         { minRetainMs: options.minRetainMs }),
       ...(progress.update && { onProgress: progress.update }),
@@ -498,7 +636,11 @@ async function verifyCommand(
   const minRetainMs = values["min-retain"] === undefined
     ? undefined
     : parseDuration("--min-retain", values["min-retain"]);
-  const report = await runVerify(dir, { key, minRetainMs });
+  const checkpoints = values.checkpoint.map((file) => ({
+    file,
+    note: readText("--checkpoint", file),
+  }));
+  const report = await runVerify(dir, { key, minRetainMs, checkpoints });
   const iso = (t: number) => new Date(t).toISOString();
   printLine(
     `vault ${report.id}: ${report.seals} seal(s)${
@@ -523,6 +665,22 @@ async function verifyCommand(
         })${
           pruned.pending
             ? `; ${pruned.pending} of them still on disk, removed by the next prune`
+            : ""
+        }`,
+      );
+    }
+    const tree = s.tree;
+    if (tree?.unchecked) {
+      printLine(`  ${label}: Merkle tree not checked: ${tree.unchecked}`);
+    } else if (tree?.noTree && s.records > 0) {
+      printLine(
+        `  ${label}: no stored Merkle tree yet (the server builds it at its next start); recomputed from the records`,
+      );
+    } else if (tree && tree.checkpoints > 0) {
+      printLine(
+        `  ${label}: Merkle tree of ${tree.size} records matches ${tree.checkpoints} checkpoint(s)${
+          tree.outside > 0
+            ? `, ${tree.outside} of them given with --checkpoint`
             : ""
         }`,
       );

@@ -23,6 +23,7 @@ import { CHAT } from "../cli/chat.ts";
 import { SHIP } from "../cli/ship.ts";
 import { CERT } from "../cli/cert.ts";
 import { parseSince, VAULT, vaultCommand } from "../cli/vault.ts";
+import { VERIFY_PROOF } from "../cli/verify_proof.ts";
 import { UsageError } from "../lib/errors.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -408,7 +409,8 @@ test("vaultCommand names a mistyped subcommand before anything else", async () =
   await assert.rejects(
     vaultCommand(["frob", "DIR"], context),
     {
-      message: 'Unknown vault command "frob" (init, verify, ls, cat or prune)',
+      message:
+        'Unknown vault command "frob" (init, verify, ls, cat, prune, checkpoint or proof)',
     },
   );
   await assert.rejects(
@@ -506,7 +508,15 @@ test("formatHelp shows each option with its placeholder and default, the environ
 });
 
 test("every command's --help fits 80 columns and lists its defaults, environment and exit codes", () => {
-  const specs = [SERVE, GET, CHAT, SHIP, VAULT, CERT] as CommandSpec[];
+  const specs = [
+    SERVE,
+    GET,
+    CHAT,
+    SHIP,
+    VAULT,
+    CERT,
+    VERIFY_PROOF,
+  ] as CommandSpec[];
   for (const spec of specs) {
     const text = formatHelp(spec);
     for (const line of text.split("\n")) {

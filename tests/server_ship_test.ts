@@ -59,6 +59,13 @@ function watchAppends(vault: Vault) {
     get stats() {
       return vault.stats;
     },
+    get checkpointVerifier() {
+      return vault.checkpointVerifier;
+    },
+    checkpoint: (key) => vault.checkpoint(key),
+    consistencyProof: (key, from, to) => vault.consistencyProof(key, from, to),
+    inclusionProof: (key, seq, size) => vault.inclusionProof(key, seq, size),
+    storeCosigned: (key, note) => vault.storeCosigned(key, note),
     seal: () => vault.seal(),
     prune: (options) => vault.prune(options),
     append: (key, records, options) => vault.append(key, records, options),

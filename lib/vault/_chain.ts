@@ -7,7 +7,8 @@
  * @module
  */
 
-import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { sha256 as fastSha256 } from "../sha256.ts";
 import { sourceHash } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 
@@ -19,16 +20,14 @@ export const LINK_BYTES = 32;
 const GENESIS_LABEL = new TextEncoder().encode("moat-chain-1\0");
 
 /**
- * SHA-256 of `bytes` (one-shot where the runtime has `crypto.hash`).
+ * SHA-256 of `bytes`, by the faster implementation for its size on this
+ * runtime (see `lib/sha256.ts`).
  *
  * @param bytes The data.
  * @returns The 32-byte digest.
  */
 export function sha256(bytes: Uint8Array): Uint8Array {
-  if (typeof oneShotHash === "function") {
-    return oneShotHash("sha256", bytes, "buffer") as unknown as Uint8Array;
-  }
-  return createHash("sha256").update(bytes).digest();
+  return fastSha256(bytes);
 }
 
 /**

@@ -59,7 +59,11 @@ export type VerifyProblemKind =
   /** A file or directory of the vault cannot be read. */
   | "unreadable"
   /** The vault's identity does not match the key, or its identity file or sources directory is missing. */
-  | "vault";
+  | "vault"
+  /** A source's Merkle tree or its checkpoint log does not match the records (second layer, see `_verify_tree.ts`). */
+  | "tree"
+  /** A checkpoint held outside the vault (`--checkpoint`) that the vault does not extend: rolled back, cut, or rewritten. */
+  | "checkpoint";
 
 /** The first bad point found in one source, or in the seals. */
 export interface VerifyProblem {

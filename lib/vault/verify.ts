@@ -36,6 +36,11 @@ import {
 } from "./_seal.ts";
 import type { SealingKey } from "./_seal.ts";
 import { readPruneMarker } from "./_prune.ts";
+import { openCheckpoint, parseVerifier } from "../checkpoint.ts";
+import type { Verifier } from "../checkpoint.ts";
+import { checkpointOrigin } from "./_checkpoints.ts";
+import { TreeCheck } from "./_verify_tree.ts";
+import type { OutsideCheckpoint, TreeReport } from "./_verify_tree.ts";
 import {
   checkKeyFile,
   checkPruneRules,
@@ -53,6 +58,7 @@ import type {
 } from "./_verify_seals.ts";
 
 export type { VerifyProblem, VerifyProblemKind } from "./_verify_seals.ts";
+export type { TreeReport } from "./_verify_tree.ts";
 
 /** The seal interval assumed for a vault that recorded none: 60 s. */
 export const DEFAULT_VERIFY_INTERVAL_MS = 60_000;
@@ -99,6 +105,8 @@ export interface VerifySource {
    * the vault cuts them). Not verified, and not counted as damage.
    */
   torn?: { file: string; offset: number; bytes: number; reason: string };
+  /** The Merkle tree recomputed from the records, and the checkpoints checked against it. */
+  tree?: TreeReport;
 }
 
 /** The result of {@linkcode verifyVault}. */
@@ -151,6 +159,13 @@ export interface VerifyOptions {
   minRetainMs?: number;
   /** Told how far verification got, after each segment and every few thousand records. */
   onProgress?: (progress: VerifyProgress) => void;
+  /**
+   * Signed checkpoints held outside the vault (by shippers, a witness, or
+   * saved by hand): each must be signed by the vault's checkpoint key and
+   * be a size of its source's tree with the same root. One the vault does
+   * not extend is a `checkpoint` problem naming its `file`.
+   */
+  checkpoints?: readonly { file: string; note: string }[];
 }
 
 /** How far {@linkcode verifyVault} got. */
@@ -312,6 +327,63 @@ export async function verifyVault(
   );
   const labels = new Map(entries.map((e) => [e.hash, sourceLabel(e.key)]));
 
+  // The Merkle trees' key, and the checkpoints held outside: each must be
+  // signed by it and name a source of this vault.
+  let verifier: Verifier | undefined;
+  if (info?.checkpointKey !== undefined) {
+    try {
+      verifier = parseVerifier(info.checkpointKey);
+    } catch (error) {
+      problems.push({
+        kind: "vault",
+        message: `vault.json names a malformed checkpoint key: ${
+          (error as Error).message
+        }`,
+      });
+    }
+  }
+  const outside = new Map<string, OutsideCheckpoint[]>();
+  for (const { file, note } of options.checkpoints ?? []) {
+    const bad = (message: string) =>
+      problems.push({ kind: "checkpoint", message, file });
+    if (verifier === undefined) {
+      bad(
+        `Checkpoint "${file}" cannot be checked: the vault has no checkpoint key (vault.json names none)`,
+      );
+      continue;
+    }
+    let checkpoint;
+    try {
+      checkpoint = openCheckpoint(note, verifier);
+    } catch (error) {
+      bad(
+        `Checkpoint "${file}" is not one of this vault's: ${
+          (error as Error).message
+        } (the vault's key is ${verifier.text})`,
+      );
+      continue;
+    }
+    const m = /^moat\/([0-9a-f]{32})\/([0-9a-f]{64})$/.exec(checkpoint.origin);
+    if (m === null || m[1] !== _hex(vaultId)) {
+      bad(
+        `Checkpoint "${file}" is of ${checkpoint.origin}, not of a source of vault ${
+          _hex(vaultId)
+        }`,
+      );
+      continue;
+    }
+    const hash = m[2]!;
+    if (!labels.has(hash)) {
+      bad(
+        `Checkpoint "${file}" covers ${checkpoint.size} records of source ${hash}, which the vault does not hold: it was removed, or the vault rolled back to before it existed`,
+      );
+      continue;
+    }
+    const list = outside.get(hash) ?? [];
+    list.push({ file, checkpoint });
+    outside.set(hash, list);
+  }
+
   // The prunes every trusted seal (sealed vault) or prune marker (unsealed
   // vault) records, checked against the rules; each source is then checked
   // from its last prune on.
@@ -384,12 +456,20 @@ export async function verifyVault(
     bytes: 0,
     totalBytes: await _totalBytes(sourcesDir, picked),
   };
-  const check = (
+  const check = async (
     entry: (typeof entries)[number],
     seals: SealState,
     start: _Start | undefined,
-  ) =>
-    _verifySource(join(sourcesDir, entry.id), {
+  ) => {
+    const dirOf = join(sourcesDir, entry.id);
+    const tree = await TreeCheck.open(dirOf, {
+      label: sourceLabel(entry.key),
+      sourceHash: sourceHash(entry.key),
+      origin: checkpointOrigin(vaultId, sourceHash(entry.key)),
+      verifier,
+      outside: outside.get(entry.hash) ?? [],
+    });
+    const result = await _verifySource(dirOf, {
       key: entry.key,
       genesis: chainGenesis(vaultId, entry.key),
       checkpoints: seals.checkpoints.get(entry.hash) ?? [],
@@ -397,7 +477,10 @@ export async function verifyVault(
       start,
       points: start?.points ?? new Map(),
       progress,
+      tree,
     });
+    return { ...result, tree: tree.finish() };
+  };
   const results = new Map<string, Awaited<ReturnType<typeof check>>>();
   for (const entry of picked) {
     results.set(
@@ -452,8 +535,14 @@ export async function verifyVault(
       sealedSeq,
       unsealed: Math.max(0, result.lastSeq - sealedSeq),
       ...(result.torn && { torn: result.torn }),
+      tree: result.tree.report,
     });
     if (result.problem) sourceProblems.push(result.problem);
+    // The tree is checked only as far as the records are intact.
+    const treeProblems = result.problem
+      ? result.tree.problems.filter((p) => p.kind === "checkpoint")
+      : result.tree.problems;
+    sourceProblems.push(...treeProblems);
   }
   for (const [hash, checkpoints] of seals.checkpoints) {
     if (seen.has(hash) || filter !== undefined) continue;
@@ -586,6 +675,8 @@ async function _verifySource(
     start: _Start | undefined;
     /** Where earlier prunes ended, with their heads (for pruned records still on disk). */
     points: ReadonlyMap<number, Uint8Array>;
+    /** The source's Merkle tree check, fed every record whose link holds. */
+    tree?: TreeCheck;
     progress:
       | {
         report: (progress: VerifyProgress) => void;
@@ -759,6 +850,7 @@ async function _verifySource(
           return problem("unsealed", `record ${record.seq}: ${why}`, where);
         }
       }
+      options.tree?.add(record.seq, record.bytes);
       prev = link;
       expect = record.seq + 1;
       while (
