@@ -28,6 +28,7 @@ import { CHAT, chatCommand } from "./cli/chat.ts";
 import { SHIP, shipCommand } from "./cli/ship.ts";
 import { VAULT, vaultCommand } from "./cli/vault.ts";
 import { STATUS, statusCommand } from "./cli/status.ts";
+import { WITNESS, witnessCommand } from "./cli/witness.ts";
 
 // Set by `bun build --define` for release binaries.
 declare const MOAT_TARGET: string | undefined;
@@ -42,6 +43,7 @@ const COMMANDS: Record<string, Command> = {
   ship: { spec: SHIP, run: shipCommand },
   vault: { spec: VAULT, run: vaultCommand },
   status: { spec: STATUS, run: statusCommand },
+  witness: { spec: WITNESS, run: witnessCommand },
 };
 
 function commandNamed(name: string): Command {

@@ -651,9 +651,15 @@ const SYSLOG_ONLY = [
 
 /**
  * The allowlist of --allow, --allow-file and --deny, the files read now (at
- * start and on each SIGHUP).
+ * start and on each SIGHUP); `moat witness` takes the same options.
+ *
+ * @param values The three options' values.
+ * @returns The compiled allowlist.
+ * @throws {UsageError} For a bad rule or an unreadable file.
  */
-function readAllowlist(values: ServeValues): Allowlist {
+export function readAllowlist(
+  values: Pick<ServeValues, "allow" | "allow-file" | "deny">,
+): Allowlist {
   const allow = [...values.allow];
   for (const file of values["allow-file"]) {
     let text: string;
