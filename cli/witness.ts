@@ -28,8 +28,8 @@ import {
 } from "../lib/limits.ts";
 import {
   DEFAULT_MAX_ORIGINS_PER_PEER,
-  openWitness,
   type OpenedWitness,
+  openWitness,
 } from "../lib/witness/witness.ts";
 import {
   type CommandSpec,
@@ -189,11 +189,14 @@ export async function witnessCommand(
     throw new UsageError("moat witness needs --state DIR");
   }
   if (values.init) {
-    const stray = given.find((g) => g.name !== "state" && g.name !== "init" &&
+    const stray = given.find((g) =>
+      g.name !== "state" && g.name !== "init" &&
       g.name !== "name"
     );
     if (stray !== undefined) {
-      throw new UsageError(`--init takes only --state and --name, not --${stray.name}`);
+      throw new UsageError(
+        `--init takes only --state and --name, not --${stray.name}`,
+      );
     }
   }
   // The signed-note rules lib/checkpoint.ts applies, said as a usage error.
@@ -311,9 +314,9 @@ export async function witnessCommand(
     });
   }
   printNote(
-    `witness listening on ${addrs.map(formatAddr).join(", ")}; key ${
-      witness.verifier
-    }`,
+    `witness listening on ${
+      addrs.map(formatAddr).join(", ")
+    }; key ${witness.verifier}`,
   );
   await new Promise(() => {});
 }

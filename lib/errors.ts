@@ -604,9 +604,9 @@ export class WitnessRefusedError extends MoatError {
       Code.ERR_WITNESS_REFUSED,
       `Witness refused the checkpoint${
         origin === "" ? "" : ` of ${JSON.stringify(origin)}`
-      }${
-        offered ? ` (${name(offered)})` : ""
-      }: ${reason}${held ? `; it holds ${name(held)}` : ""}`,
+      }${offered ? ` (${name(offered)})` : ""}: ${reason}${
+        held ? `; it holds ${name(held)}` : ""
+      }`,
       undefined,
       options,
     );

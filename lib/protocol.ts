@@ -626,7 +626,11 @@ export function decodeWitnessCosigned(payload: Uint8Array): string {
  * @throws {ProtocolError} On a malformed payload.
  */
 export function decodeWitnessConflict(payload: Uint8Array): number {
-  return count(decodeJson(payload, "witness conflict"), "size", "witness conflict");
+  return count(
+    decodeJson(payload, "witness conflict"),
+    "size",
+    "witness conflict",
+  );
 }
 
 function base64Of(bytes: Uint8Array): string {

@@ -6,11 +6,7 @@
  * @module
  */
 
-import {
-  generateKey,
-  parseSigner,
-  signCheckpoint,
-} from "../lib/checkpoint.ts";
+import { generateKey, parseSigner, signCheckpoint } from "../lib/checkpoint.ts";
 import { leafHash, MemoryNodeStore, MerkleLog } from "../lib/merkle.ts";
 import type { WitnessAdd } from "../lib/protocol.ts";
 

@@ -274,7 +274,9 @@ test("Witness refuses a malformed checkpoint without holding anything", async ()
   using tmp = tempDir("moat-witness-");
   await using w = await opened(tmp.dir);
   const add = new TestLog().grow(2).add(0);
-  for (const checkpoint of ["", "x\n\n", add.checkpoint.replace("\u2014", "-")]) {
+  for (
+    const checkpoint of ["", "x\n\n", add.checkpoint.replace("\u2014", "-")]
+  ) {
     await refusal(
       w.witness.add({ ...add, checkpoint }, "10.0.0.1"),
       /malformed/,

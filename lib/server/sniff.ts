@@ -165,10 +165,10 @@ export function plainRefusal(s: Session): string | undefined {
   if (options.auth?.tokens !== undefined) {
     return "plain-text client refused (token required)";
   }
-  if (!options.plain) return "plain-text client refused (--no-plain)";
   if (options.witness !== undefined) {
     return "plain-text client refused (a witness)";
   }
+  if (!options.plain) return "plain-text client refused (--no-plain)";
   // Fails closed: the guard refuses a missing certificate before a session
   // exists, so this never fires unless that check was skipped.
   if (options.auth?.certs !== undefined && s.identity === undefined) {

@@ -43,8 +43,8 @@ export const WITNESS_FRAME_MAX = 16 * 1024;
  *
  * @param s The session.
  * @param handshake The vault's Hello and its frames.
- * @throws {ProtocolError} For a frame that is not a WitnessAdd, or a
- * malformed one (after an Error frame).
+ * @throws {ProtocolError} For a frame that is not a WitnessAdd (after an
+ * Error frame).
  * @throws {FrameTooLargeError} For a frame over
  * {@linkcode WITNESS_FRAME_MAX}, before its payload is read.
  */
@@ -69,14 +69,19 @@ export async function serveWitness(
   for (;;) {
     const header = await reader.readHeader();
     if (header === null) return;
+    // Said to the vault before the close, so that it can tell a broken
+    // request from a dropped connection.
     if (header.type !== Kind.WitnessAdd) {
-      throw new ProtocolError(
+      const err = new ProtocolError(
         `Expected a witness request frame, got type 0x${
           header.type.toString(16)
         }`,
       );
+      await s.sendError(err);
+      throw err;
     }
     if (header.length > WITNESS_FRAME_MAX) {
+      // sniff.ts says this one.
       throw new FrameTooLargeError(header.length, WITNESS_FRAME_MAX);
     }
     let answer: Uint8Array;

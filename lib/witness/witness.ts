@@ -24,8 +24,8 @@ import { readdir, rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import {
-  COSIGNATURE_V1,
   cosign,
+  COSIGNATURE_V1,
   ED25519,
   generateKey,
   openCheckpoint,
