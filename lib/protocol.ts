@@ -554,7 +554,7 @@ export function encodeWitnessAdd(add: WitnessAdd): Uint8Array {
   return encodeJson({
     key: add.key,
     old: add.old,
-    proof: add.proof.map((h) => base64Of(h)),
+    proof: add.proof.map((h) => Buffer.from(h).toString("base64")),
     checkpoint: add.checkpoint,
   });
 }
@@ -595,7 +595,7 @@ export function decodeWitnessAdd(payload: Uint8Array): WitnessAdd {
         `Cannot decode ${what}: a proof hash is not 32 bytes of base64`,
       );
     }
-    return bytesOfBase64(h);
+    return new Uint8Array(Buffer.from(h, "base64"));
   });
   return { key, old: count(o, "old", what), proof, checkpoint };
 }
@@ -631,17 +631,4 @@ export function decodeWitnessConflict(payload: Uint8Array): number {
     "size",
     "witness conflict",
   );
-}
-
-function base64Of(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s);
-}
-
-function bytesOfBase64(text: string): Uint8Array {
-  const s = atob(text);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-  return out;
 }

@@ -128,7 +128,7 @@ export async function serveWitness(
           peer: s.peer,
           name: s.name,
           code: err.code,
-          reason: err.message,
+          message: err.message,
         });
         s.reason = "witness refused: too many origins";
       } else {
