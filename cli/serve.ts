@@ -78,6 +78,7 @@ import {
   serverSecurity,
 } from "./secure_cli.ts";
 import { AuditFile, chooseAuditLog } from "./serve_log.ts";
+import { SERVE_WITNESS_OPTIONS, witnessTargets } from "./serve_witness.ts";
 import { handleServeSignals } from "./serve_signals.ts";
 import { formatBanner } from "./banner.ts";
 
@@ -299,6 +300,7 @@ const SERVE_OPTIONS = {
     description:
       "Print an nftables ruleset that drops, in the kernel, new connections to these ports from peers the allowlist refuses, and exit (docs/DEPLOY.md)",
   },
+  ...SERVE_WITNESS_OPTIONS,
   ...SERVE_SECURITY_OPTIONS,
 } as const satisfies OptionTable;
 
@@ -361,6 +363,7 @@ export async function serveCommand(
   const allowlist = readAllowlist(values);
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
+  const witnesses = witnessTargets(values);
   if (values["print-systemd-unit"] && values["print-nftables"]) {
     throw new UsageError(
       "--print-systemd-unit and --print-nftables cannot be combined; print one, then the other",
@@ -388,6 +391,7 @@ export async function serveCommand(
       extraPorts: [syslog?.port ?? []].flat(),
       // Descriptors for both ports' connections.
       maxConns: values["max-conns"] + (syslog?.maxConns ?? 0),
+      connects: witnesses.map((w) => w.client.server),
       version: VERSION,
     }));
     return;

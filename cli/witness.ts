@@ -25,6 +25,7 @@ import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_CONNS,
+  DEFAULT_WITNESS_PORT,
 } from "../lib/limits.ts";
 import {
   DEFAULT_MAX_ORIGINS_PER_PEER,
@@ -48,9 +49,6 @@ import {
 import { readAllowlist, SERVE } from "./serve.ts";
 import { AuditFile } from "./serve_log.ts";
 import { handleServeSignals } from "./serve_signals.ts";
-
-/** The port a witness listens on without one in `--listen`. */
-export const DEFAULT_WITNESS_PORT = 4321;
 
 const WITNESS_OPTIONS = {
   state: {

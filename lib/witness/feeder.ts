@@ -77,7 +77,10 @@ export interface WitnessFeederOptions<K> {
   witnesses: readonly WitnessTarget[];
   /** Where its events go (`cosigned`, `cosign_*` and `witness_*` lines). */
   audit: Pick<AuditLog, "write">;
-  /** A source as the audit log names it. */
+  /**
+   * A source as the audit log names it; also its identity here (two keys
+   * with one label are one source).
+   */
   label: (key: K) => string;
   /** First retry delay after a witness failed. @default {1000} */
   retryMinMs?: number;
@@ -93,10 +96,10 @@ class Target<K> {
   readonly client: ClientOptions;
   readonly verifier: Verifier;
   readonly label: string;
-  /** Sources whose latest checkpoint it has not cosigned yet, in order. */
-  readonly pending = new Set<K>();
-  /** The size it was last seen to hold, per source. */
-  readonly holds = new Map<K, number>();
+  /** Sources whose latest checkpoint it has not cosigned yet, by label, in order. */
+  readonly pending = new Map<string, K>();
+  /** The size it was last seen to hold, per source label. */
+  readonly holds = new Map<string, number>();
   running: Promise<void> | undefined;
   retry: ReturnType<typeof setTimeout> | undefined;
   /** Failed rounds in a row. */
@@ -165,7 +168,7 @@ export class WitnessFeeder<K> {
     const list = [...keys];
     if (list.length === 0) return;
     for (const t of this.#targets) {
-      for (const k of list) t.pending.add(k);
+      for (const k of list) t.pending.set(this.#label(k), k);
       // A witness waiting for its retry gets the new ones then.
       if (t.retry === undefined) this.#start(t);
     }
@@ -218,9 +221,9 @@ export class WitnessFeeder<K> {
         if (t.conn === undefined || t.conn.closed) {
           t.conn = await WitnessConnection.open(t.client);
         }
-        const key = t.pending.values().next().value as K;
+        const [label, key] = t.pending.entries().next().value as [string, K];
         if (await this.#send(t, t.conn, key)) cosigned++;
-        t.pending.delete(key);
+        t.pending.delete(label);
         // Back once it answered, not merely accepted a connection.
         if (t.downSince !== undefined) {
           this.#audit.write("witness_reachable", {
@@ -274,9 +277,10 @@ export class WitnessFeeder<K> {
    * @throws What the connection throws, but for a refusal (logged).
    */
   async #send(t: Target<K>, conn: WitnessConnection, key: K) {
+    const label = this.#label(key);
     const cp = await this.#log.checkpoint(key);
     if (cp === undefined) return false;
-    let old = t.holds.get(key) ?? 0;
+    let old = t.holds.get(label) ?? 0;
     for (let conflicts = 0; conflicts <= MAX_CONFLICTS; conflicts++) {
       // A witness that holds more than the vault has is sent no proof: it
       // refuses the smaller tree, and says so in both audit logs.
@@ -299,7 +303,7 @@ export class WitnessFeeder<K> {
         ) {
           this.#audit.write("cosign_refused", {
             witness: t.label,
-            source: this.#label(key),
+            source: label,
             size: cp.size,
             code: err.code,
             message: err.message,
@@ -310,7 +314,7 @@ export class WitnessFeeder<K> {
       }
       if (answer.kind === "conflict") {
         old = answer.size;
-        t.holds.set(key, old);
+        t.holds.set(label, old);
         continue;
       }
       const note = addSignatures(cp.note, answer.cosignature);
@@ -319,13 +323,13 @@ export class WitnessFeeder<K> {
       } catch (err) {
         this.#audit.write("cosign_invalid", {
           witness: t.label,
-          source: this.#label(key),
+          source: label,
           size: cp.size,
           message: (err as Error).message,
         });
         return false;
       }
-      t.holds.set(key, cp.size);
+      t.holds.set(label, cp.size);
       try {
         await this.#log.storeCosigned(key, note);
       } catch (err) {
@@ -333,7 +337,7 @@ export class WitnessFeeder<K> {
         // checkpoint is cosigned and stored again.
         this.#audit.write("error", {
           witness: t.label,
-          source: this.#label(key),
+          source: label,
           code: (err as { code?: unknown }).code ?? Code.ERR_INTERNAL,
           message: (err as Error).message,
           during: "witness",
