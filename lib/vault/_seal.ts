@@ -288,6 +288,12 @@ export interface VaultInfo {
    * assumes the default, 60 s).
    */
   sealIntervalMs?: number;
+  /**
+   * The verifier key of the vault's checkpoint key (`checkpoint.key`), as
+   * shippers and witnesses pin it; absent in a vault from before trees
+   * until its next open.
+   */
+  checkpointKey?: string;
 }
 
 /**
@@ -319,10 +325,19 @@ export async function readVaultInfo(
     ) {
       throw new Error(`sealIntervalMs ${interval} is out of range`);
     }
+    const checkpointKey = parsed.checkpointKey;
+    if (
+      checkpointKey !== undefined &&
+      (typeof checkpointKey !== "string" ||
+        !/^[\x21-\x7e]{1,300}$/.test(checkpointKey))
+    ) {
+      throw new Error("checkpointKey is not a key");
+    }
     return {
       id: _unhex(parsed.id),
       sealed: parsed.sealed,
       ...(interval !== undefined && { sealIntervalMs: interval }),
+      ...(checkpointKey !== undefined && { checkpointKey }),
     };
   } catch (error) {
     throw new MoatError(
@@ -350,6 +365,8 @@ export async function writeVaultInfo(
     sealed: info.sealed,
     ...(info.sealIntervalMs !== undefined &&
       { sealIntervalMs: info.sealIntervalMs }),
+    ...(info.checkpointKey !== undefined &&
+      { checkpointKey: info.checkpointKey }),
   }) + "\n";
   await writeFileAtomic(join(root, INFO_FILE), new TextEncoder().encode(text));
 }

@@ -31,6 +31,8 @@ import type { SourceKey } from "./_key.ts";
 import { readPruneMarker, writePruneMarker } from "./_prune.ts";
 import type { PruneMarker } from "./_prune.ts";
 import { _hex } from "./_seal.ts";
+import type { SourceTree } from "./_tree.ts";
+import type { LocatorSegment } from "./_tree_file.ts";
 
 /** One record handed to `Vault.append`. */
 export interface AppendRecord {
@@ -127,6 +129,8 @@ export class SourceLog implements VaultSource {
   /** The prune point before that one, as the prune marker names it. */
   #prunedFrom: { seq: number; link: Uint8Array } | undefined;
   #indexChanged: () => void = () => {};
+  /** The source's Merkle tree (set by the vault; see `_tree.ts`). */
+  tree: SourceTree | undefined;
   /**
    * Chain heads: the one at the last durable record, then one per queued
    * chunk (a commit makes whole chunks durable, and a failed one rolls back
@@ -508,6 +512,25 @@ export class SourceLog implements VaultSource {
 
   get lastSeq(): number {
     return this.#log.durableSeq;
+  }
+
+  /** The source directory. */
+  get dir(): string {
+    return this.#log.dir;
+  }
+
+  /** The oldest record held (`lastSeq + 1` if none). */
+  get firstSeq(): number {
+    return this.#log.firstSeq;
+  }
+
+  /**
+   * The segments, oldest first, with their durable sizes (a snapshot).
+   *
+   * @returns The segments.
+   */
+  segmentList(): readonly LocatorSegment[] {
+    return this.#log.segments;
   }
 
   get acceptedSeq(): number {

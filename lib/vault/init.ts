@@ -25,6 +25,7 @@ import {
   writeVaultInfo,
 } from "./_seal.ts";
 import { _openForFirstSeal } from "./store.ts";
+import { loadCheckpointKey } from "./_tree.ts";
 
 /** What {@linkcode initVault} made. */
 export interface InitVaultResult {
@@ -37,6 +38,11 @@ export interface InitVaultResult {
    * stored nowhere; without it the vault's seals cannot be checked.
    */
   verificationKey: string;
+  /**
+   * The verifier key of the vault's checkpoint key: public, for shippers
+   * (`moat ship --vault-key`), witnesses and `moat verify-proof`.
+   */
+  checkpointKey: string;
   /** True if the vault already existed (unsealed) and keeps its records and id. */
   existed: boolean;
 }
@@ -45,7 +51,9 @@ export interface InitVaultResult {
  * Creates a sealed vault, or turns an existing unsealed one into a sealed
  * one: makes a random epoch-0 key `k0`, stores only `k1 = HMAC(k0,
  * "moat-evolve")` as the sealing key, and returns `k0` (with the vault id)
- * as the verification key. A vault that already holds sources gets its
+ * as the verification key. It also makes the vault's checkpoint key
+ * (`checkpoint.key`, 0600; kept if the vault has one) and returns its
+ * verifier. A vault that already holds sources gets its
  * first seal (with `k1`) before it is marked sealed, so a sealed vault's
  * records are never without a seal.
  *
@@ -80,6 +88,12 @@ export async function initVault(dir: string): Promise<InitVaultResult> {
     }
     const id = found?.id ?? newRandom(VAULT_ID_BYTES);
     if (!found) await writeVaultInfo(root, { id, sealed: false });
+    const { signer } = await loadCheckpointKey(
+      root,
+      id,
+      found?.checkpointKey,
+    );
+    const checkpointKey = signer.verifier;
     const k0 = newRandom(32);
     const k1 = evolveKey(k0);
     // Seals and key first: a crash before the info file says "sealed"
@@ -99,10 +113,16 @@ export async function initVault(dir: string): Promise<InitVaultResult> {
         await vault.close();
       }
     }
-    await writeVaultInfo(root, { id, sealed: true });
+    await writeVaultInfo(root, { id, sealed: true, checkpointKey });
     const verificationKey = formatVerificationKey(id, k0);
     k0.fill(0);
-    return { dir: root, id: _hex(id), verificationKey, existed: !!found };
+    return {
+      dir: root,
+      id: _hex(id),
+      verificationKey,
+      checkpointKey,
+      existed: !!found,
+    };
   } finally {
     await lock.release();
   }

@@ -12,6 +12,8 @@
 
 import { readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import { parseVerifier, signCheckpoint } from "../checkpoint.ts";
+import { emptyRoot } from "../merkle.ts";
 import {
   MoatError,
   TooManyRecordsError,
@@ -60,10 +62,17 @@ import {
   MAX_SEAL_INTERVAL_MS,
   writeVaultInfo,
 } from "./_seal.ts";
-import type { SealEntry } from "./_seal.ts";
+import type { SealEntry, VaultInfo } from "./_seal.ts";
 import { Sealer } from "./_sealer.ts";
 import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
+import { checkpointOrigin, loadCheckpointKey, SourceTree } from "./_tree.ts";
+import type {
+  SignedCheckpoint,
+  TreeContext,
+  TreeEvent,
+  TreeHost,
+} from "./_tree.ts";
 import type {
   AppendOptions,
   AppendRecord,
@@ -81,6 +90,24 @@ export type {
   VaultSource,
 } from "./_source.ts";
 export type { SealEvent, SealInfo } from "./_sealer.ts";
+export type { SignedCheckpoint, TreeEvent } from "./_tree.ts";
+export { encodeLeaf } from "./leaf.ts";
+
+/** A checkpoint the vault logged (every seal interval, per source that grew). */
+export interface CheckpointEvent extends SignedCheckpoint {
+  /** The source. */
+  source: SourceKey;
+}
+
+/** An inclusion proof of one record (see {@linkcode Vault.inclusionProof}). */
+export interface InclusionProof {
+  /** The record's leaf bytes (`encodeLeaf` in `leaf.ts`). */
+  leaf: Uint8Array;
+  /** The leaf's index: its sequence number minus the tree's first. */
+  index: number;
+  /** The RFC 9162 audit path, deepest sibling first. */
+  path: Uint8Array[];
+}
 
 /** Default segment size: a new segment starts once one would pass 64 MiB. */
 export const DEFAULT_SEGMENT_BYTES: number = 64 * 1024 * 1024;
@@ -196,6 +223,17 @@ export interface OpenVaultOptions {
   pruneIntervalMs?: number;
   /** Told about every prune for `retainMs` that removed or skipped something, and every one that failed. */
   onPrune?: (event: PruneEvent) => void;
+  /**
+   * Told about the Merkle trees: a checkpoint key made, trees built for
+   * sources from before trees, a tree rebuilt, restarted, cut back behind
+   * its last checkpoint, or failing.
+   */
+  onTree?: (event: TreeEvent) => void;
+  /**
+   * Told about every checkpoint logged (every `sealIntervalMs`, for each
+   * source whose tree grew, and at close): what a witness should see.
+   */
+  onCheckpoint?: (event: CheckpointEvent) => void;
 }
 
 /** Counters for tests and monitoring. */
@@ -235,6 +273,63 @@ export interface Vault {
   seal(): Promise<SealInfo>;
   /** Counters. */
   readonly stats: VaultStats;
+  /**
+   * The verifier key of the vault's checkpoint key
+   * (`<name>+<id>+<base64>`): what shippers and witnesses pin.
+   */
+  readonly checkpointVerifier: string;
+  /**
+   * The latest signed checkpoint of a source's Merkle tree, covering only
+   * durable (fsync'd, acknowledged) records: every record whose append has
+   * resolved, at least. Signed anew only when the tree grew since the last
+   * call (Ed25519 is deterministic: the same size gives the same note).
+   * Waits while the tree catches up with records after an open, so it
+   * never signs less than it signed before. A source the vault does not
+   * hold gets a checkpoint of the empty tree.
+   *
+   * @param key The source.
+   * @returns The note (C2SP signed checkpoint), its tree size and root.
+   * @throws {MoatError} `ERR_CORRUPT` (as a rejection) if the tree cannot be
+   * built from the records; `ERR_CLOSED` after close.
+   */
+  checkpoint(key: SourceKey): Promise<SignedCheckpoint>;
+  /**
+   * The RFC 9162 consistency proof between two sizes of a source's tree.
+   *
+   * @param key The source.
+   * @param from The older size.
+   * @param to The newer size, at most the tree's current size.
+   * @returns The proof (empty when `from` is 0 or equals `to`).
+   * @throws {RangeError} For sizes out of range.
+   * @throws {MoatError} `ERR_NO_SOURCE` for a source the vault does not hold.
+   */
+  consistencyProof(key: SourceKey, from: number, to: number): Uint8Array[];
+  /**
+   * The inclusion proof of record `seq` in the source's tree of `size`
+   * leaves (leaf index `seq - first`, first = 1 unless the tree started
+   * after a prune), with the record's leaf read from its segment.
+   *
+   * @param key The source.
+   * @param seq The record's sequence number.
+   * @param size The tree size (a checkpoint's), at most the current size.
+   * @returns Leaf bytes, leaf index and audit path.
+   * @throws {RangeError} For a record not in that tree, pruned, or absent.
+   * @throws {MoatError} `ERR_NO_SOURCE` for a source the vault does not
+   * hold; `ERR_CORRUPT` if the record on disk does not match the tree.
+   */
+  inclusionProof(key: SourceKey, seq: number, size: number): InclusionProof;
+  /**
+   * Keeps a cosigned checkpoint of a source in its checkpoint log, after
+   * checking that the vault signed it and that it agrees with the tree
+   * (cosignatures are not checked: the caller did).
+   *
+   * @param key The source.
+   * @param note The checkpoint with its cosignature lines.
+   * @returns When durable.
+   * @throws {MoatError} `ERR_CHECKPOINT` if it is not a checkpoint of this
+   * source's tree; `ERR_NO_SOURCE` for an unknown source.
+   */
+  storeCosigned(key: SourceKey, note: string): Promise<void>;
   /**
    * Returns the handle of a source, creating it in memory if it is new (its
    * directory is made at its first commit). Build the key with
@@ -368,6 +463,8 @@ interface _Settings {
   onEvent: ((event: VaultEvent) => void) | undefined;
   onSeal: ((event: SealEvent) => void) | undefined;
   onPrune: ((event: PruneEvent) => void) | undefined;
+  onTree: ((event: TreeEvent) => void) | undefined;
+  onCheckpoint: ((event: CheckpointEvent) => void) | undefined;
 }
 
 function _settings(options: OpenVaultOptions): _Settings {
@@ -386,6 +483,8 @@ function _settings(options: OpenVaultOptions): _Settings {
     onEvent: options.onEvent,
     onSeal: options.onSeal,
     onPrune: options.onPrune,
+    onTree: options.onTree,
+    onCheckpoint: options.onCheckpoint,
   };
   const { sealIntervalMs, segmentBytes, maxLineBytes } = settings;
   if (
@@ -454,6 +553,7 @@ async function _openLocked(
   const sourcesDir = join(root, SOURCES_DIR);
   try {
     if (sealed) await impl.openSeals();
+    if (force.seal === undefined) await impl.openCheckpointKey(info);
     for (const entry of await readdir(sourcesDir)) {
       const path = join(sourcesDir, entry);
       if (entry.startsWith(".tmp-")) {
@@ -472,6 +572,7 @@ async function _openLocked(
       });
       await impl.load(impl.adopt(key, entry, log));
     }
+    if (force.seal === undefined) await impl.openTrees();
   } catch (error) {
     await impl.abandon();
     throw error;
@@ -493,6 +594,7 @@ async function _openLocked(
     // seal in the log, which dates the ones the index has no time for.
     impl.startBackfill();
     if (settings.retainMs !== undefined) impl.startRetention();
+    if (interval > 0) impl.startCheckpoints(interval);
   }
   return impl;
 }
@@ -534,6 +636,11 @@ class _Vault implements Vault {
   /** The prune running or last run; never rejects. */
   #pruning: Promise<unknown> = Promise.resolve();
   #pruneTimer: ReturnType<typeof setTimeout> | undefined;
+  /** What every source's tree shares; undefined until the key is loaded. */
+  #trees: TreeContext | undefined;
+  #checkpointTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The checkpoint round running; never rejects. */
+  #checkpointing: Promise<void> = Promise.resolve();
 
   constructor(
     dir: string,
@@ -554,6 +661,130 @@ class _Vault implements Vault {
 
   get sealed(): boolean {
     return this.#sealer !== undefined;
+  }
+
+  /** Loads (or makes) the checkpoint key, recording its verifier. */
+  async openCheckpointKey(info: VaultInfo): Promise<void> {
+    const { signer, created } = await loadCheckpointKey(
+      this.dir,
+      this.vaultId,
+      info.checkpointKey,
+    );
+    if (info.checkpointKey === undefined) {
+      await writeVaultInfo(this.dir, {
+        ...info,
+        checkpointKey: signer.verifier,
+      });
+      info.checkpointKey = signer.verifier;
+    }
+    this.#trees = {
+      vaultId: this.vaultId,
+      signer,
+      verifier: parseVerifier(signer.verifier),
+      now: this.#now,
+      onEvent: this.#settings.onTree,
+    };
+    if (created) {
+      this.#settings.onTree?.({
+        type: "checkpoint_key_created",
+        verifier: signer.verifier,
+      });
+    }
+  }
+
+  /** Opens the tree of every source found at open (building missing ones). */
+  async openTrees(): Promise<void> {
+    const ctx = this.#trees!;
+    for (const source of this.#sources.values()) {
+      source.tree = await SourceTree.open(_treeHost(source), ctx);
+    }
+  }
+
+  get checkpointVerifier(): string {
+    return this.#trees?.signer.verifier ?? "";
+  }
+
+  #tree(key: SourceKey): SourceTree {
+    this.#checkOpen();
+    const tree = this.#sources.get(sourceDirName(key))?.tree;
+    if (tree === undefined) {
+      throw new MoatError(
+        "ERR_NO_SOURCE",
+        `The vault holds no source "${sourceLabel(key)}"`,
+      );
+    }
+    return tree;
+  }
+
+  checkpoint(key: SourceKey): Promise<SignedCheckpoint> {
+    try {
+      this.#checkOpen();
+      const tree = this.#sources.get(sourceDirName(key))?.tree;
+      if (tree !== undefined) return tree.checkpoint();
+      const ctx = this.#trees;
+      if (ctx === undefined) throw new MoatError("ERR_CLOSED", "no trees");
+      const root = emptyRoot();
+      const note = signCheckpoint(
+        {
+          origin: checkpointOrigin(this.vaultId, sourceHash(key)),
+          size: 0,
+          root,
+        },
+        ctx.signer,
+      );
+      return Promise.resolve({ note, size: 0, root });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  consistencyProof(key: SourceKey, from: number, to: number): Uint8Array[] {
+    return this.#tree(key).consistencyProof(from, to);
+  }
+
+  inclusionProof(key: SourceKey, seq: number, size: number): InclusionProof {
+    return this.#tree(key).inclusionProof(seq, size);
+  }
+
+  storeCosigned(key: SourceKey, note: string): Promise<void> {
+    try {
+      return this.#tree(key).storeCosigned(note);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** Logs a checkpoint every `intervalMs` for each source that grew. */
+  startCheckpoints(intervalMs: number): void {
+    const tick = () => {
+      this.#checkpointTimer = setTimeout(() => {
+        this.#checkpointing = this.#logCheckpoints().finally(() => {
+          if (!this.#closed) tick();
+        });
+      }, intervalMs);
+    };
+    tick();
+  }
+
+  /** Logs the latest checkpoint of every source whose tree grew; never rejects. */
+  async #logCheckpoints(): Promise<void> {
+    const sources = [...this.#sources.values()];
+    // A few at a time: their fsyncs share the file system's journal commits.
+    const next = async (): Promise<void> => {
+      for (let source = sources.pop(); source; source = sources.pop()) {
+        try {
+          const cp = await source.tree?.logCheckpoint();
+          if (cp) this.#settings.onCheckpoint?.({ source: source.key, ...cp });
+        } catch (error) {
+          this.#settings.onTree?.({
+            type: "tree_failed",
+            source: source.key,
+            message: error instanceof Error ? error.message : String(error),
+          });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, next));
   }
 
   /** Opens the seal log and the key, and lines the key up with the log. */
@@ -667,6 +898,10 @@ class _Vault implements Vault {
 
   async #prune(cutoff: number): Promise<PruneInfo> {
     await this.#backfilled;
+    // Records a tree has not taken in yet must stay until it has.
+    for (const source of [...this.#sources.values()]) {
+      await source.tree?.caughtUp().catch(() => {});
+    }
     this.#checkOpen();
     // A cut-off cannot be later than the prune itself.
     let before = Math.min(cutoff, this.#now());
@@ -813,7 +1048,11 @@ class _Vault implements Vault {
       init: () => createSourceDir(sourcesDir, id, copy),
       onSegmentClosed: (closed) => this.segmentClosed(id, closed),
     });
-    return this.adopt(copy, id, log);
+    const source = this.adopt(copy, id, log);
+    if (this.#trees) {
+      source.tree = SourceTree.fresh(_treeHost(source), this.#trees);
+    }
+    return source;
   }
 
   append(
@@ -901,7 +1140,15 @@ class _Vault implements Vault {
       note: { minTime: recvTs, maxTime: recvTs, tail: chain.link },
     });
     source.pushHead(accepted + fresh.length, chain.link);
-    return done;
+    const tree = source.tree;
+    if (tree === undefined) return done;
+    // Into the tree once durable, before the append resolves: a checkpoint
+    // asked for after it covers these records.
+    const firstSeq = accepted + 1;
+    return done.then((seq) => {
+      tree.appendDurable(firstSeq, bytes);
+      return seq;
+    });
   }
 
   sources(): VaultSource[] {
@@ -912,10 +1159,19 @@ class _Vault implements Vault {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#pruneTimer);
+    clearTimeout(this.#checkpointTimer);
     this.#sealer?.stop();
     await this.#backfilled;
     await this.#pruning;
     await this.#group.idle();
+    await this.#checkpointing;
+    // A last checkpoint of every tree that grew, so the next open trusts it
+    // whole; the trees stop building first.
+    for (const source of this.#sources.values()) {
+      await source.tree?.stop();
+    }
+    await this.#logCheckpoints();
+    for (const source of this.#sources.values()) await source.tree?.close();
     // A last seal, so a cleanly stopped vault has no unsealed tail.
     await this.#sealer?.close();
     await this.#indexQueue;
@@ -926,6 +1182,7 @@ class _Vault implements Vault {
   /** Closes what an open that failed half-way had opened (not the lock). */
   async abandon(): Promise<void> {
     this.#closed = true;
+    for (const source of this.#sources.values()) await source.tree?.close();
     await this.#indexQueue;
     await this.#sealer?.discard();
     for (const source of this.#sources.values()) await source.close();
@@ -936,6 +1193,18 @@ class _Vault implements Vault {
       throw new MoatError("ERR_CLOSED", `Vault "${this.dir}" is closed`);
     }
   }
+}
+
+/** What a source's tree needs of it. */
+function _treeHost(source: SourceLog): TreeHost {
+  return {
+    key: source.key,
+    dir: source.dir,
+    sourceHash: sourceHash(source.key),
+    segments: () => source.segmentList(),
+    durableSeq: () => source.lastSeq,
+    firstSeq: () => source.firstSeq,
+  };
 }
 
 /**

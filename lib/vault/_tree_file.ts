@@ -1,0 +1,515 @@
+/**
+ * Where a source's Merkle tree lives on disk, and how a record is found by
+ * its sequence number without reading its whole segment:
+ *
+ * - `TreeFile`: a `NodeStore` over one append-only file of 32-byte hashes,
+ *   every complete subtree in the order `MerkleLog` stores them (the leaf,
+ *   then each subtree it completes). The node at level L, index i is the
+ *   (2m − popcount(m) + L)-th hash, m = (i + 1)·2^L − 1: the layout of Go's
+ *   checksum database (`golang.org/x/mod/sumdb/tlog`, `StoredHashIndex`). A
+ *   tree of n leaves holds 2n − popcount(n) hashes. Writes are buffered and
+ *   written without fsync (the tree is derived from the records; see
+ *   `_tree.ts` for what is trusted at open); reads are positioned reads.
+ * - `leafHashOfRecord`: the RFC 9162 leaf hash of a stored vault record,
+ *   computed from its bytes with one hash call and no allocation but the
+ *   digest.
+ * - `RecordLocator`: reads one record by sequence number, with a sparse
+ *   in-memory index of record offsets built as segments are walked.
+ *
+ * Format: `docs/VAULT.md`, "Merkle trees".
+ *
+ * @module
+ */
+
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  openSync,
+  readSync,
+  truncateSync,
+  writeSync,
+} from "node:fs";
+import { open } from "node:fs/promises";
+import { MoatError } from "../errors.ts";
+import type { NodeStore } from "../merkle.ts";
+import {
+  checkRecord,
+  MAX_RECORD_BYTES,
+  RECORD_HEADER_BYTES,
+  SEGMENT_HEADER_BYTES,
+} from "../segment/codec.ts";
+import { systemErrorCode } from "../segment/fs.ts";
+import { sha256 } from "./_chain.ts";
+import {
+  CHAIN_LINK_BYTES,
+  FLAG_CHAIN,
+  FLAG_PARTIAL,
+  VAULT_KIND,
+  VAULT_LINE_OFFSET,
+} from "./_format.ts";
+import {
+  LEAF_FLAG_PARTIAL,
+  LEAF_HEADER_BYTES,
+  LEAF_VERSION,
+  SOURCE_HASH_BYTES,
+} from "./leaf.ts";
+
+/** Bytes per stored node. */
+const NODE_BYTES = 32;
+/** Buffered node bytes written once past this (about 1,000 records). */
+const FLUSH_BYTES = 64 * 1024;
+
+/**
+ * Set bits of a non-negative integer below 2^53.
+ *
+ * @param n The integer.
+ * @returns How many bits are set.
+ */
+export function popcount(n: number): number {
+  let count = 0;
+  let lo = n % 0x100000000;
+  let hi = Math.floor(n / 0x100000000);
+  while (lo) {
+    lo &= lo - 1;
+    count++;
+  }
+  while (hi) {
+    hi &= hi - 1;
+    count++;
+  }
+  return count;
+}
+
+/**
+ * Hashes a tree of `size` leaves stores: 2·size − popcount(size).
+ *
+ * @param size Leaves.
+ * @returns Stored nodes.
+ */
+export function nodesForSize(size: number): number {
+  return 2 * size - popcount(size);
+}
+
+/**
+ * The largest tree size whose nodes fit in `nodes` stored hashes.
+ *
+ * @param nodes Hashes stored.
+ * @returns Leaves.
+ */
+export function sizeForNodes(nodes: number): number {
+  let size = Math.floor((nodes + 53) / 2);
+  while (size > 0 && nodesForSize(size) > nodes) size--;
+  return size;
+}
+
+/**
+ * Where the node at `level`, `index` is in the file, in nodes.
+ *
+ * @param level Its level (0: leaves).
+ * @param index Its index in the level.
+ * @returns Its position.
+ */
+export function nodePosition(level: number, index: number): number {
+  const m = (index + 1) * 2 ** level - 1;
+  return nodesForSize(m) + level;
+}
+
+/** A tree's nodes in one file; see the module doc. */
+export class TreeFile implements NodeStore {
+  readonly path: string;
+  /** Nodes written to the file. */
+  #written: number;
+  #buffer = new Uint8Array(FLUSH_BYTES + 64 * NODE_BYTES);
+  #buffered = 0;
+  /** The descriptor of a read session (see `reading`). */
+  #fd: number | undefined;
+
+  /**
+   * @param path The file (need not exist when `written` is 0).
+   * @param written Nodes the file holds that count (the rest is cut).
+   */
+  constructor(path: string, written: number) {
+    this.path = path;
+    this.#written = written;
+  }
+
+  /** Nodes held, written and buffered. */
+  get count(): number {
+    return this.#written + this.#buffered / NODE_BYTES;
+  }
+
+  /** Nodes written to the file. */
+  get written(): number {
+    return this.#written;
+  }
+
+  get(level: number, index: number): Uint8Array {
+    const pos = nodePosition(level, index);
+    if (pos >= this.#written) {
+      const at = (pos - this.#written) * NODE_BYTES;
+      if (at + NODE_BYTES > this.#buffered) {
+        throw new RangeError(
+          `no Merkle node at level ${level} index ${index}`,
+        );
+      }
+      return this.#buffer.slice(at, at + NODE_BYTES);
+    }
+    const out = new Uint8Array(NODE_BYTES);
+    const session = this.#fd;
+    const fd = session ?? openSync(this.path, "r");
+    try {
+      const n = readSync(fd, out, 0, NODE_BYTES, pos * NODE_BYTES);
+      if (n !== NODE_BYTES) {
+        throw new MoatError(
+          "ERR_CORRUPT",
+          `Merkle tree file "${this.path}" ends before node ${pos}`,
+        );
+      }
+    } finally {
+      if (session === undefined) closeSync(fd);
+    }
+    return out;
+  }
+
+  put(level: number, index: number, hash: Uint8Array): void {
+    if (nodePosition(level, index) !== this.count) {
+      throw new MoatError(
+        "ERR_INTERNAL",
+        `Merkle node ${level}/${index} stored out of order`,
+      );
+    }
+    if (this.#buffered + NODE_BYTES > this.#buffer.length) {
+      const bigger = new Uint8Array(this.#buffer.length * 2);
+      bigger.set(this.#buffer.subarray(0, this.#buffered));
+      this.#buffer = bigger;
+    }
+    this.#buffer.set(hash, this.#buffered);
+    this.#buffered += NODE_BYTES;
+  }
+
+  /** True once enough nodes are buffered to be worth a write. */
+  get full(): boolean {
+    return this.#buffered >= FLUSH_BYTES;
+  }
+
+  /**
+   * Runs `fn` with one descriptor open for its reads (a proof reads
+   * O(log² n) nodes).
+   *
+   * @param fn The reads.
+   * @returns What `fn` returns.
+   */
+  reading<T>(fn: () => T): T {
+    if (this.#fd !== undefined || this.#written === 0) return fn();
+    this.#fd = openSync(this.path, "r");
+    try {
+      return fn();
+    } finally {
+      closeSync(this.#fd);
+      this.#fd = undefined;
+    }
+  }
+
+  /**
+   * Writes the buffered nodes to the file (no fsync).
+   *
+   * @throws {Error} The system error; the nodes stay buffered.
+   */
+  flush(): void {
+    if (this.#buffered === 0) return;
+    const fd = openSync(
+      this.path,
+      constants.O_WRONLY | constants.O_CREAT,
+      0o600,
+    );
+    try {
+      let done = 0;
+      while (done < this.#buffered) {
+        const n = writeSync(
+          fd,
+          this.#buffer,
+          done,
+          this.#buffered - done,
+          this.#written * NODE_BYTES + done,
+        );
+        if (n <= 0) throw new MoatError("ERR_IO", "no progress writing");
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    this.#written += this.#buffered / NODE_BYTES;
+    this.#buffered = 0;
+    if (this.#buffer.length > 4 * FLUSH_BYTES) {
+      this.#buffer = new Uint8Array(FLUSH_BYTES + 64 * NODE_BYTES);
+    }
+  }
+
+  /**
+   * Writes the buffered nodes and fsyncs the file.
+   *
+   * @returns When durable.
+   */
+  async sync(): Promise<void> {
+    this.flush();
+    if (this.#written === 0) return;
+    const handle = await open(this.path, "r+");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * Cuts the tree to `nodes` nodes (buffered ones first).
+   *
+   * @param nodes Nodes to keep.
+   */
+  truncate(nodes: number): void {
+    if (nodes >= this.#written) {
+      this.#buffered = Math.min(
+        this.#buffered,
+        (nodes - this.#written) * NODE_BYTES,
+      );
+      return;
+    }
+    this.#buffered = 0;
+    this.#written = nodes;
+    try {
+      truncateSync(this.path, nodes * NODE_BYTES);
+    } catch (error) {
+      if (systemErrorCode(error) !== "ENOENT") throw error;
+    }
+  }
+
+  /**
+   * Nodes a tree file holds on disk (whole 32-byte hashes).
+   *
+   * @param path The file.
+   * @returns Its node count; 0 if it does not exist.
+   */
+  static nodesOnDisk(path: string): number {
+    let fd: number;
+    try {
+      fd = openSync(path, "r");
+    } catch (error) {
+      if (systemErrorCode(error) === "ENOENT") return 0;
+      throw error;
+    }
+    try {
+      return Math.floor(fstatSync(fd).size / NODE_BYTES);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+/**
+ * Scratch space for {@linkcode leafHashOfRecord}: 0x00, then the leaf.
+ * Grown to the longest record seen; hashing is synchronous, so one buffer
+ * serves every source.
+ */
+let scratch = new Uint8Array(4096);
+
+/**
+ * The RFC 9162 leaf hash, SHA-256(0x00 ‖ leaf), of a stored vault line
+ * record (its leaf as `encodeLeaf` in `leaf.ts` builds it).
+ *
+ * @param record The whole record, header included (checked).
+ * @param source The source hash.
+ * @returns The leaf hash.
+ */
+export function leafHashOfRecord(
+  record: Uint8Array,
+  source: Uint8Array,
+): Uint8Array {
+  const flags = record[9]!;
+  const lineAt = VAULT_LINE_OFFSET +
+    (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
+  const lineBytes = record.length - lineAt;
+  const total = 1 + LEAF_HEADER_BYTES + lineBytes;
+  if (total > scratch.length) {
+    scratch = new Uint8Array(Math.max(total, scratch.length * 2));
+  }
+  const s = scratch;
+  s[0] = 0;
+  s[1] = LEAF_VERSION;
+  s.set(source, 2);
+  // seq (record bytes 12–19), ts and recvTs (20–35) are u64 LE in both.
+  s.set(record.subarray(12, 20), 2 + SOURCE_HASH_BYTES);
+  s.set(record.subarray(20, 36), 10 + SOURCE_HASH_BYTES);
+  s[1 + 57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
+  s.set(record.subarray(lineAt), 1 + LEAF_HEADER_BYTES);
+  return sha256(s.subarray(0, total));
+}
+
+/** The fields of a leaf, read from a stored vault line record. */
+export function leafOfRecord(
+  record: Uint8Array,
+  source: Uint8Array,
+): Uint8Array {
+  const flags = record[9]!;
+  const lineAt = VAULT_LINE_OFFSET +
+    (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
+  const out = new Uint8Array(LEAF_HEADER_BYTES + record.length - lineAt);
+  out[0] = LEAF_VERSION;
+  out.set(source, 1);
+  out.set(record.subarray(12, 20), 1 + SOURCE_HASH_BYTES);
+  out.set(record.subarray(20, 36), 9 + SOURCE_HASH_BYTES);
+  out[57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
+  out.set(record.subarray(lineAt), LEAF_HEADER_BYTES);
+  return out;
+}
+
+/** A segment as the locator needs it. */
+export interface LocatorSegment {
+  /** Its first record's sequence number. */
+  firstSeq: number;
+  /** Its path. */
+  path: string;
+  /** Bytes of durable records in it, header included. */
+  size: number;
+}
+
+/** Records between the offsets the locator remembers. */
+const STRIDE = 256;
+/** Bytes read at a time while walking records. */
+const WALK_BYTES = 256 * 1024;
+
+/**
+ * Reads single records by sequence number. Remembers the offset of every
+ * 256th record of each segment it walked, so a later read walks at most 256
+ * records.
+ */
+export class RecordLocator {
+  /** Per segment (by first seq): offsets of records first, first+256, … */
+  #offsets = new Map<number, number[]>();
+
+  /**
+   * Forgets segments that are gone (after a prune).
+   *
+   * @param firstSeqs The segments still there.
+   */
+  keep(firstSeqs: ReadonlySet<number>): void {
+    for (const first of this.#offsets.keys()) {
+      if (!firstSeqs.has(first)) this.#offsets.delete(first);
+    }
+  }
+
+  /**
+   * Notes where a record is (the tree builder walks every record).
+   *
+   * @param segmentFirst The segment's first sequence number.
+   * @param seq The record's.
+   * @param offset Its offset in the segment.
+   */
+  note(segmentFirst: number, seq: number, offset: number): void {
+    const k = seq - segmentFirst;
+    if (k % STRIDE !== 0) return;
+    let list = this.#offsets.get(segmentFirst);
+    if (list === undefined) {
+      list = [SEGMENT_HEADER_BYTES];
+      this.#offsets.set(segmentFirst, list);
+    }
+    if (list.length === k / STRIDE) list.push(offset);
+  }
+
+  /**
+   * Reads record `seq`, checked (length, checksum, kind, sequence).
+   *
+   * @param seq The sequence number.
+   * @param segments The source's segments, oldest first, with their durable
+   * sizes.
+   * @returns A copy of the whole record, or undefined if no segment holds it.
+   * @throws {MoatError} `ERR_CORRUPT` if the data on the way is damaged.
+   */
+  read(
+    seq: number,
+    segments: readonly LocatorSegment[],
+  ): Uint8Array | undefined {
+    let lo = 0;
+    let hi = segments.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (segments[mid]!.firstSeq <= seq) {
+        found = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    if (found < 0) return undefined;
+    const segment = segments[found]!;
+    let list = this.#offsets.get(segment.firstSeq);
+    if (list === undefined) {
+      list = [SEGMENT_HEADER_BYTES];
+      this.#offsets.set(segment.firstSeq, list);
+    }
+    const k = Math.min(
+      Math.floor((seq - segment.firstSeq) / STRIDE),
+      list.length - 1,
+    );
+    let at = list[k]!;
+    let current = segment.firstSeq + k * STRIDE;
+    const fd = openSync(segment.path, "r");
+    try {
+      let buf = new Uint8Array(WALK_BYTES);
+      let bufAt = -1;
+      let bufLen = 0;
+      const window = (need: number): Uint8Array | undefined => {
+        if (at + need > segment.size) return undefined;
+        if (bufAt < 0 || at < bufAt || at + need > bufAt + bufLen) {
+          if (need > buf.length) buf = new Uint8Array(need);
+          bufAt = at;
+          bufLen = readSync(
+            fd,
+            buf,
+            0,
+            Math.min(buf.length, segment.size - at),
+            at,
+          );
+          if (bufLen < need) return undefined;
+        }
+        return buf.subarray(at - bufAt, at - bufAt + need);
+      };
+      while (true) {
+        const header = window(RECORD_HEADER_BYTES);
+        if (header === undefined) return undefined;
+        const view = new DataView(header.buffer, header.byteOffset, 20);
+        const length = view.getUint32(4, true);
+        const recSeq = view.getUint32(12, true) +
+          view.getUint32(16, true) * 0x100000000;
+        if (
+          length < RECORD_HEADER_BYTES || length > MAX_RECORD_BYTES ||
+          recSeq !== current
+        ) {
+          throw new MoatError(
+            "ERR_CORRUPT",
+            `Damaged segment "${segment.path}" at byte ${at}: record ${current} is due there`,
+          );
+        }
+        const k2 = current - segment.firstSeq;
+        if (k2 % STRIDE === 0 && list.length === k2 / STRIDE) list.push(at);
+        if (current === seq) {
+          const whole = window(length);
+          if (whole === undefined) return undefined;
+          const checked = checkRecord(whole, 0, { kind: VAULT_KIND, seq });
+          if (typeof checked !== "number") {
+            throw new MoatError(
+              "ERR_CORRUPT",
+              `Damaged segment "${segment.path}" at byte ${at}: ${checked.reason}`,
+            );
+          }
+          return whole.slice();
+        }
+        at += length;
+        current++;
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
