@@ -43,9 +43,11 @@ import {
   DEFAULT_SEAL_INTERVAL_MS,
   openVault,
   type PruneEvent,
+  type SourceKey,
   sourceLabel,
   type Vault,
 } from "../lib/vault/store.ts";
+import { WitnessFeeder } from "../lib/witness/feeder.ts";
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
 import { SealTracker } from "../lib/server/status.ts";
 import { defaultSocketPath, StatusSocket } from "../lib/status_socket.ts";
@@ -423,6 +425,8 @@ export async function serveCommand(
     ? undefined
     : parseDuration("--retain", values.retain);
   let vault: Vault | undefined;
+  // Made once the vault is open; the vault tells it of each new checkpoint.
+  let feeder: WitnessFeeder<SourceKey> | undefined;
   const seals = new SealTracker();
   if (values.vault !== undefined) {
     try {
@@ -461,6 +465,7 @@ export async function serveCommand(
             { ...e },
           );
         },
+        onCheckpoint: (e) => feeder?.submit([e.source]),
       });
     } catch (err) {
       if (err instanceof UsageError) throw err;
@@ -469,6 +474,17 @@ export async function serveCommand(
           (err as Error).message
         }`,
       );
+    }
+    if (witnesses.length > 0) {
+      feeder = new WitnessFeeder(vault, {
+        witnesses,
+        audit,
+        label: sourceLabel,
+      });
+      // Every source's latest checkpoint at once: a vault put back from an
+      // older copy while every shipper was offline is refused now, not
+      // when a source next grows.
+      feeder.submit(vault.sources().map((s) => s.key));
     }
     if (!vault.sealed) {
       audit.write("vault_unsealed", {
@@ -532,7 +548,11 @@ export async function serveCommand(
       try {
         await opened.status?.close();
         await server.close({
-          beforeShutdown: async () => await vault?.close(),
+          // The feeder asks the vault for checkpoints: it stops first.
+          beforeShutdown: async () => {
+            await feeder?.close();
+            await vault?.close();
+          },
         });
       } finally {
         log?.close();
@@ -588,6 +608,7 @@ export async function serveCommand(
     }),
   }).catch(async (err) => {
     await running.close();
+    await feeder?.close();
     await vault?.close();
     throw err;
   });

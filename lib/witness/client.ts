@@ -43,12 +43,16 @@ export class WitnessConnection {
    *
    * @param options The witness's address, TLS and token, and the timeout
    * of the connection and of each answer.
+   * @param signal Aborting it ends the connection attempt.
    * @returns The connection.
    * @throws {MoatError} What {@linkcode openSession} throws: refused,
    * unreachable, timed out.
    */
-  static async open(options: ClientOptions): Promise<WitnessConnection> {
-    const session = await openSession(options, "witness");
+  static async open(
+    options: ClientOptions,
+    signal?: AbortSignal,
+  ): Promise<WitnessConnection> {
+    const session = await openSession(options, "witness", {}, signal);
     return new WitnessConnection(
       session,
       options.timeoutMs ?? DEFAULT_WITNESS_TIMEOUT_MS,

@@ -140,6 +140,8 @@ export class WitnessFeeder<K> {
   #retryMinMs: number;
   #retryMaxMs: number;
   #closed = false;
+  /** Aborted by close: connection attempts in progress end at once. */
+  #closing = new AbortController();
 
   /**
    * @param log The vault.
@@ -186,13 +188,15 @@ export class WitnessFeeder<K> {
   }
 
   /**
-   * Stops: cancels retries, closes open connections, and waits for rounds
-   * in progress to end.
+   * Stops: cancels retries, ends connections and connection attempts, and
+   * waits for rounds in progress to end. Call it before closing the vault:
+   * nothing is asked of the vault after it resolves.
    *
    * @returns When stopped.
    */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#closing.abort();
     for (const t of this.#targets) {
       clearTimeout(t.retry);
       t.retry = undefined;
@@ -219,7 +223,10 @@ export class WitnessFeeder<K> {
     try {
       while (t.pending.size > 0 && !this.#closed) {
         if (t.conn === undefined || t.conn.closed) {
-          t.conn = await WitnessConnection.open(t.client);
+          t.conn = await WitnessConnection.open(
+            t.client,
+            this.#closing.signal,
+          );
         }
         const [label, key] = t.pending.entries().next().value as [string, K];
         if (await this.#send(t, t.conn, key)) cosigned++;
