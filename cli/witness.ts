@@ -74,7 +74,7 @@ const WITNESS_OPTIONS = {
     placeholder: "HOST[:PORT]",
     defaultText:
       `127.0.0.1 and ::1 without --allow; :: with --allow; port ${DEFAULT_WITNESS_PORT}`,
-    description: "Listen on this address only",
+    description: "Listen on this address only; port 0 picks a free one",
   },
   allow: SERVE.options.allow,
   "allow-file": SERVE.options["allow-file"],
@@ -219,7 +219,7 @@ export async function witnessCommand(
   }
   const listen = values.listen === undefined
     ? undefined
-    : parseServerAddr(values.listen, DEFAULT_WITNESS_PORT);
+    : listenAddr(values.listen);
   const allowlist = readAllowlist(values);
   const security = serverSecurity(values, context.env);
   const opened = await openState(values.state, {
@@ -317,6 +317,13 @@ export async function witnessCommand(
     }; key ${witness.verifier}`,
   );
   await new Promise(() => {});
+}
+
+/** `--listen HOST[:PORT]`; port 0 picks a free one. */
+function listenAddr(text: string): { hostname: string; port: number } {
+  const any = /^(.+):0$/.exec(text);
+  const addr = parseServerAddr(any ? any[1]! : text, DEFAULT_WITNESS_PORT);
+  return any ? { hostname: addr.hostname, port: 0 } : addr;
 }
 
 /** Opens the state folder, turning what is wrong with it into one line. */
