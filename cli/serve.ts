@@ -86,6 +86,8 @@ import { formatBanner } from "./banner.ts";
 
 /** The largest TCP port. */
 const MAX_PORT = 65535;
+/** Longest wait at shutdown for the witnesses to cosign the last checkpoints. */
+const WITNESS_FINISH_MS = 5000;
 
 const SERVE_OPTIONS = {
   host: {
@@ -548,9 +550,14 @@ export async function serveCommand(
       try {
         await opened.status?.close();
         await server.close({
-          // The feeder asks the vault for checkpoints: it stops first.
+          // Every record is durable now: the witnesses get the final
+          // checkpoints (for a few seconds at most), and the feeder, which
+          // asks the vault for them, stops before the vault closes.
           beforeShutdown: async () => {
-            await feeder?.close();
+            await feeder?.finish(
+              vault?.sources().map((s) => s.key) ?? [],
+              WITNESS_FINISH_MS,
+            );
             await vault?.close();
           },
         });

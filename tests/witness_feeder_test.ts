@@ -254,3 +254,39 @@ test("WitnessFeeder refuses a cosignature that does not verify with the witness 
   const [line] = audit.named("cosign_invalid");
   assert.match(String(line?.message), /not cosigned by/);
 });
+
+test("WitnessFeeder.finish sends the last checkpoints before it closes, and gives up on a witness that is down", async () => {
+  using tmp = tempDir("moat-feeder-");
+  const net = memoryNet();
+  await using w = await startWitness(net, tmp.dir);
+  const a = new TestLog("moat/v/a").grow(5);
+  const vault = new FakeVault(a.verifier);
+  vault.logs.set("a", a);
+  const audit = new AuditEvents();
+  const f = feeder(vault, {
+    net,
+    port: w.port,
+    key: w.witness.verifier,
+    audit,
+  });
+  await f.finish(["a"], 10_000);
+  assert.equal(vault.cosigned.get("a")!.length, 1);
+  // Closed: nothing more is sent.
+  a.grow(1);
+  f.submit(["a"]);
+  await f.idle();
+  assert.equal(vault.cosigned.get("a")!.length, 1);
+
+  const down = feeder(vault, {
+    net,
+    port: 1,
+    key: w.witness.verifier,
+    audit,
+  });
+  await down.finish(["a"], 50);
+  await audit.waitFor(
+    (e) => e.event === "witness_unreachable" && e.witness === "127.0.0.1:1",
+    "witness_unreachable",
+  );
+  assert.equal(vault.cosigned.get("a")!.length, 1);
+});

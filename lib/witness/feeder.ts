@@ -188,6 +188,34 @@ export class WitnessFeeder<K> {
   }
 
   /**
+   * Sends these sources' latest checkpoints to every witness once more, at
+   * once (a witness waiting for its retry is tried now), waits at most
+   * `graceMs` for the answers, then {@linkcode WitnessFeeder.prototype.close}s.
+   * A server stopping calls it after its last record is durable, so that
+   * the vault's final checkpoints are cosigned too.
+   *
+   * @param keys The sources.
+   * @param graceMs Longest wait.
+   * @returns When closed.
+   */
+  async finish(keys: Iterable<K>, graceMs: number): Promise<void> {
+    if (!this.#closed) {
+      for (const t of this.#targets) {
+        clearTimeout(t.retry);
+        t.retry = undefined;
+      }
+      this.submit(keys);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.idle(),
+        new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs)),
+      ]);
+      clearTimeout(timer);
+    }
+    await this.close();
+  }
+
+  /**
    * Stops: cancels retries, ends connections and connection attempts, and
    * waits for rounds in progress to end. Call it before closing the vault:
    * nothing is asked of the vault after it resolves.
