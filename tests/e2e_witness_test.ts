@@ -15,6 +15,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { parseVerifier, verifyCosignature } from "../lib/checkpoint.ts";
+import { readCheckpointLog } from "../lib/vault/_tree.ts";
+import { checkWitnessed } from "../lib/witness/verify.ts";
 import {
   LineWatcher,
   runMoat,
@@ -61,10 +63,14 @@ async function startWitness(state: string) {
     audit,
     waitEvent: async (pred: (e: Event) => boolean, what: string) =>
       parse(
-        await audit.waitFor((l) => {
-          const e = parse(l);
-          return e !== undefined && pred(e);
-        }, 30_000, what),
+        await audit.waitFor(
+          (l) => {
+            const e = parse(l);
+            return e !== undefined && pred(e);
+          },
+          30_000,
+          what,
+        ),
       )!,
     stop: () => stop(child, exited),
   };
@@ -142,6 +148,25 @@ test("moat witness cosigns what moat serve --witness sends, and refuses the vaul
     const grown = await sizeCosigned(20_000);
     assert.equal(grown.from, 10_000);
   }
+  // The vault kept the cosigned checkpoints: its latest is cosigned, as
+  // vault verify --witness-key requires.
+  const [sourceDir] = fs.readdirSync(path.join(vaultDir, "sources"));
+  const logged = await readCheckpointLog(
+    path.join(vaultDir, "sources", sourceDir!),
+  );
+  const report = checkWitnessed(logged, {
+    vault: parseVerifier(
+      JSON.parse(fs.readFileSync(path.join(vaultDir, "vault.json"), "utf8"))
+        .checkpointKey,
+    ),
+    witnesses: [parseVerifier(key)],
+    now: Date.now() + 3_600_000,
+    graceMs: 60_000,
+  });
+  assert.deepEqual(report.problems, []);
+  assert.deepEqual(report.witnessed, {
+    [parseVerifier(key).name]: 20_000,
+  });
   // The witness forgets nothing across a restart.
   assert.equal(await witness.stop(), 0);
   const held = fs.readdirSync(path.join(state, "origins"));
