@@ -164,7 +164,17 @@ async function loadOrMakeKey(
   await removeTempFiles(join(dir, PUBLIC_KEY_FILE));
   const text = await readTextIfExists(keyPath);
   if (text !== undefined) {
-    const signer = parseSigner(text);
+    let signer: Signer;
+    try {
+      signer = parseSigner(text);
+    } catch (err) {
+      throw new MoatError(
+        "ERR_CHECKPOINT",
+        `"${keyPath}" is not a witness key: ${(err as Error).message}`,
+        undefined,
+        { cause: err },
+      );
+    }
     if (signer.type !== COSIGNATURE_V1) {
       throw new MoatError(
         "ERR_CHECKPOINT",
