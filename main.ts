@@ -29,6 +29,7 @@ import { SHIP, shipCommand } from "./cli/ship.ts";
 import { VAULT, vaultCommand } from "./cli/vault.ts";
 import { STATUS, statusCommand } from "./cli/status.ts";
 import { VERIFY_PROOF, verifyProofCommand } from "./cli/verify_proof.ts";
+import { WITNESS, witnessCommand } from "./cli/witness.ts";
 
 // Set by `bun build --define` for release binaries.
 declare const MOAT_TARGET: string | undefined;
@@ -44,6 +45,7 @@ const COMMANDS: Record<string, Command> = {
   vault: { spec: VAULT, run: vaultCommand },
   status: { spec: STATUS, run: statusCommand },
   "verify-proof": { spec: VERIFY_PROOF, run: verifyProofCommand },
+  witness: { spec: WITNESS, run: witnessCommand },
 };
 
 function commandNamed(name: string): Command {

@@ -43,9 +43,11 @@ import {
   DEFAULT_SEAL_INTERVAL_MS,
   openVault,
   type PruneEvent,
+  type SourceKey,
   sourceLabel,
   type Vault,
 } from "../lib/vault/store.ts";
+import { WitnessFeeder } from "../lib/witness/feeder.ts";
 import { DEFAULT_SYSLOG_MAX } from "../lib/syslog.ts";
 import { SealTracker } from "../lib/server/status.ts";
 import { defaultSocketPath, StatusSocket } from "../lib/status_socket.ts";
@@ -78,11 +80,14 @@ import {
   serverSecurity,
 } from "./secure_cli.ts";
 import { AuditFile, chooseAuditLog } from "./serve_log.ts";
+import { SERVE_WITNESS_OPTIONS, witnessTargets } from "./serve_witness.ts";
 import { handleServeSignals } from "./serve_signals.ts";
 import { formatBanner } from "./banner.ts";
 
 /** The largest TCP port. */
 const MAX_PORT = 65535;
+/** Longest wait at shutdown for the witnesses to cosign the last checkpoints. */
+const WITNESS_FINISH_MS = 5000;
 
 const SERVE_OPTIONS = {
   host: {
@@ -299,6 +304,7 @@ const SERVE_OPTIONS = {
     description:
       "Print an nftables ruleset that drops, in the kernel, new connections to these ports from peers the allowlist refuses, and exit (docs/DEPLOY.md)",
   },
+  ...SERVE_WITNESS_OPTIONS,
   ...SERVE_SECURITY_OPTIONS,
 } as const satisfies OptionTable;
 
@@ -361,6 +367,7 @@ export async function serveCommand(
   const allowlist = readAllowlist(values);
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
+  const witnesses = witnessTargets(values);
   if (values["print-systemd-unit"] && values["print-nftables"]) {
     throw new UsageError(
       "--print-systemd-unit and --print-nftables cannot be combined; print one, then the other",
@@ -388,6 +395,7 @@ export async function serveCommand(
       extraPorts: [syslog?.port ?? []].flat(),
       // Descriptors for both ports' connections.
       maxConns: values["max-conns"] + (syslog?.maxConns ?? 0),
+      connects: witnesses.map((w) => w.client.server),
       version: VERSION,
     }));
     return;
@@ -419,6 +427,8 @@ export async function serveCommand(
     ? undefined
     : parseDuration("--retain", values.retain);
   let vault: Vault | undefined;
+  // Made once the vault is open; the vault tells it of each new checkpoint.
+  let feeder: WitnessFeeder<SourceKey> | undefined;
   const seals = new SealTracker();
   if (values.vault !== undefined) {
     let keyCreated = false;
@@ -465,6 +475,7 @@ export async function serveCommand(
             { ...e },
           );
         },
+        onCheckpoint: (e) => feeder?.submit([e.source]),
       });
     } catch (err) {
       if (err instanceof UsageError) throw err;
@@ -478,6 +489,17 @@ export async function serveCommand(
       verifier: vault.checkpointVerifier,
       created: keyCreated,
     });
+    if (witnesses.length > 0) {
+      feeder = new WitnessFeeder(vault, {
+        witnesses,
+        audit,
+        label: sourceLabel,
+      });
+      // Every source's latest checkpoint at once: a vault put back from an
+      // older copy while every shipper was offline is refused now, not
+      // when a source next grows.
+      feeder.submit(vault.sources().map((s) => s.key));
+    }
     if (!vault.sealed) {
       audit.write("vault_unsealed", {
         dir: vault.dir,
@@ -540,7 +562,16 @@ export async function serveCommand(
       try {
         await opened.status?.close();
         await server.close({
-          beforeShutdown: async () => await vault?.close(),
+          // Every record is durable now: the witnesses get the final
+          // checkpoints (for a few seconds at most), and the feeder, which
+          // asks the vault for them, stops before the vault closes.
+          beforeShutdown: async () => {
+            await feeder?.finish(
+              vault?.sources().map((s) => s.key) ?? [],
+              WITNESS_FINISH_MS,
+            );
+            await vault?.close();
+          },
         });
       } finally {
         log?.close();
@@ -596,6 +627,7 @@ export async function serveCommand(
     }),
   }).catch(async (err) => {
     await running.close();
+    await feeder?.close();
     await vault?.close();
     throw err;
   });
@@ -663,9 +695,15 @@ const SYSLOG_ONLY = [
 
 /**
  * The allowlist of --allow, --allow-file and --deny, the files read now (at
- * start and on each SIGHUP).
+ * start and on each SIGHUP); `moat witness` takes the same options.
+ *
+ * @param values The three options' values.
+ * @returns The compiled allowlist.
+ * @throws {UsageError} For a bad rule or an unreadable file.
  */
-function readAllowlist(values: ServeValues): Allowlist {
+export function readAllowlist(
+  values: Pick<ServeValues, "allow" | "allow-file" | "deny">,
+): Allowlist {
   const allow = [...values.allow];
   for (const file of values["allow-file"]) {
     let text: string;

@@ -218,6 +218,12 @@ export const CODES = {
     peer: false,
     meaning: "the directory is not a moat vault",
   },
+  ERR_NOT_WITNESS: {
+    exit: Failure,
+    peer: true,
+    meaning:
+      "a witness request to a server that is not a witness, or another request to a witness (`moat witness`)",
+  },
   ERR_OUTSIDE_ROOT: {
     exit: NotFound,
     peer: true,
@@ -314,6 +320,12 @@ export const CODES = {
     meaning:
       "the server's certificate is not trusted: wrong pin, changed fingerprint, not from `--ca`, wrong name, expired, CA:TRUE",
   },
+  ERR_TOO_MANY_ORIGINS: {
+    exit: Failure,
+    peer: true,
+    meaning:
+      "a peer asked a witness to hold more origins than `--max-origins-per-peer`",
+  },
   ERR_TOO_MANY_RECORDS: {
     exit: Failure,
     peer: true,
@@ -354,6 +366,12 @@ export const CODES = {
     exit: Failure,
     peer: true,
     meaning: "unsupported protocol version",
+  },
+  ERR_WITNESS_REFUSED: {
+    exit: Failure,
+    peer: true,
+    meaning:
+      "a witness refused a checkpoint that does not extend the one it holds (rollback, fork, failed proof, other key) or whose signature does not verify",
   },
 } as const satisfies Record<`ERR_${string}`, CodeInfo>;
 
@@ -547,6 +565,52 @@ export class TooManyRecordsError extends RangeError {
       options,
     );
     this.name = "TooManyRecordsError";
+  }
+}
+
+/** A checkpoint as named in a {@linkcode WitnessRefusedError}. */
+export interface CheckpointRef {
+  /** The tree size. */
+  size: number;
+  /** The root hash, base64. */
+  root: string;
+}
+
+/**
+ * A witness refused a checkpoint: it does not extend the one the witness
+ * holds for its origin, or its key or signature is not the pinned one. The
+ * message names the origin and both checkpoints and no server path, so it
+ * may go to the peer.
+ */
+export class WitnessRefusedError extends MoatError {
+  /**
+   * @param reason What is wrong, in a few words ("smaller tree: a rollback").
+   * @param detail The origin, the checkpoint the witness holds (if any) and
+   * the one offered (if it could be read).
+   * @param options `cause`.
+   */
+  constructor(
+    readonly reason: string,
+    readonly detail: {
+      origin: string;
+      held?: CheckpointRef | undefined;
+      offered?: CheckpointRef | undefined;
+    },
+    options?: ErrorOptions,
+  ) {
+    const { origin, held, offered } = detail;
+    const name = (c: CheckpointRef) => `size ${c.size} root ${c.root}`;
+    super(
+      Code.ERR_WITNESS_REFUSED,
+      `Witness refused the checkpoint${
+        origin === "" ? "" : ` of ${JSON.stringify(origin)}`
+      }${offered ? ` (${name(offered)})` : ""}: ${reason}${
+        held ? `; it holds ${name(held)}` : ""
+      }`,
+      undefined,
+      options,
+    );
+    this.name = "WitnessRefusedError";
   }
 }
 

@@ -8,6 +8,8 @@
 
 /** The port moat listens on and clients connect to by default. */
 export const DEFAULT_PORT = 4320;
+/** The port `moat witness` listens on, and `moat serve --witness` connects to, by default. */
+export const DEFAULT_WITNESS_PORT = 4321;
 /** Most connections at once on the main port; more get a `BUSY` refusal. */
 export const DEFAULT_MAX_CONNS = 512;
 /** Longest chat line, in bytes. */

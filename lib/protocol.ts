@@ -68,12 +68,18 @@ export const Kind = {
   ShipBatch: 0x31,
   /** server → client, 8 bytes: f64 LE, every record up to this seq is durable */
   ShipAck: 0x32,
+  /** vault → witness, JSON {@linkcode WitnessAdd}: a checkpoint to cosign */
+  WitnessAdd: 0x40,
+  /** witness → vault, JSON `{cosignature}`: the cosignature line */
+  WitnessCosigned: 0x41,
+  /** witness → vault, JSON `{size}`: the size it holds is not the request's `old` */
+  WitnessConflict: 0x42,
 } as const;
 /** A frame type. */
 export type Kind = typeof Kind[keyof typeof Kind];
 
 /** What a client intends to do on this connection. */
-export type Mode = "get" | "chat" | "ship";
+export type Mode = "get" | "chat" | "ship" | "witness";
 
 /** First frame a client sends. */
 export interface Hello {
@@ -234,7 +240,9 @@ function count(obj: Record<string, unknown>, key: string, what: string) {
 export function decodeHello(payload: Uint8Array): Hello {
   const o = decodeJson(payload, "hello");
   const mode = field(o, "mode", "string", "hello");
-  if (mode !== "get" && mode !== "chat" && mode !== "ship") {
+  if (
+    mode !== "get" && mode !== "chat" && mode !== "ship" && mode !== "witness"
+  ) {
     throw new ProtocolError(`Cannot decode hello: unknown mode "${mode}"`);
   }
   const hello: Hello = {
@@ -510,4 +518,117 @@ export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
     at = start + len;
   }
   return out;
+}
+
+/** Most hashes in a {@linkcode WitnessAdd}'s consistency proof (a tree of 2^64 leaves needs 64). */
+export const WITNESS_PROOF_MAX = 64;
+/** Longest signed checkpoint a {@linkcode WitnessAdd} carries, in characters. */
+export const WITNESS_NOTE_MAX = 8192;
+/** Longest vault key a {@linkcode WitnessAdd} carries, in characters. */
+const WITNESS_KEY_MAX = 512;
+/** Longest cosignature line a {@linkcode decodeWitnessCosigned} takes. */
+const COSIGNATURE_MAX = 1024;
+
+/**
+ * A vault's request to a witness: cosign this checkpoint, which extends the
+ * one the vault believes the witness holds.
+ */
+export interface WitnessAdd {
+  /** The vault's verifier key (`name+id+base64`), pinned per origin by the witness. */
+  key: string;
+  /** The tree size the vault believes the witness holds for this origin (0: none). */
+  old: number;
+  /** The consistency proof from `old` to the checkpoint's size. */
+  proof: Uint8Array[];
+  /** The signed checkpoint (a signed note). */
+  checkpoint: string;
+}
+
+/**
+ * Encodes a WitnessAdd payload: JSON, the proof as base64 hashes.
+ *
+ * @param add The request.
+ * @returns UTF-8 JSON bytes.
+ */
+export function encodeWitnessAdd(add: WitnessAdd): Uint8Array {
+  return encodeJson({
+    key: add.key,
+    old: add.old,
+    proof: add.proof.map((h) => Buffer.from(h).toString("base64")),
+    checkpoint: add.checkpoint,
+  });
+}
+
+/**
+ * Parses a WitnessAdd payload, bounding each field: the key at 512
+ * characters, the checkpoint at {@linkcode WITNESS_NOTE_MAX}, the proof at
+ * {@linkcode WITNESS_PROOF_MAX} hashes of 32 bytes each.
+ *
+ * @param payload Frame payload.
+ * @returns The request.
+ * @throws {ProtocolError} On a malformed or oversized field.
+ */
+export function decodeWitnessAdd(payload: Uint8Array): WitnessAdd {
+  const what = "witness request";
+  const o = decodeJson(payload, what);
+  const key = field(o, "key", "string", what);
+  const checkpoint = field(o, "checkpoint", "string", what);
+  if (key.length > WITNESS_KEY_MAX) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: key is over ${WITNESS_KEY_MAX} characters`,
+    );
+  }
+  if (checkpoint.length > WITNESS_NOTE_MAX) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: checkpoint is over ${WITNESS_NOTE_MAX} characters`,
+    );
+  }
+  const list = o.proof;
+  if (!Array.isArray(list) || list.length > WITNESS_PROOF_MAX) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: proof must be a list of at most ${WITNESS_PROOF_MAX} hashes`,
+    );
+  }
+  const proof = list.map((h) => {
+    if (typeof h !== "string" || !/^[A-Za-z0-9+/]{43}=$/.test(h)) {
+      throw new ProtocolError(
+        `Cannot decode ${what}: a proof hash is not 32 bytes of base64`,
+      );
+    }
+    return new Uint8Array(Buffer.from(h, "base64"));
+  });
+  return { key, old: count(o, "old", what), proof, checkpoint };
+}
+
+/**
+ * Parses a WitnessCosigned payload.
+ *
+ * @param payload Frame payload.
+ * @returns The cosignature line, ending in a newline.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeWitnessCosigned(payload: Uint8Array): string {
+  const what = "witness cosignature";
+  const line = field(decodeJson(payload, what), "cosignature", "string", what);
+  if (line.length > COSIGNATURE_MAX || !/^[^\n]+\n$/.test(line)) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: not one signature line`,
+    );
+  }
+  return line;
+}
+
+/**
+ * Parses a WitnessConflict payload.
+ *
+ * @param payload Frame payload.
+ * @returns The tree size the witness holds for the origin.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeWitnessConflict(payload: Uint8Array): number {
+  return count(
+    decodeJson(payload, "witness conflict"),
+    "size",
+    "witness conflict",
+  );
 }

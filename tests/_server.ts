@@ -185,7 +185,9 @@ export async function startMemoryServer(
     allowlist: compileAllowlist({}),
     version: "0.0.0-test",
     ...rest,
-    jail: wrapJail ? wrapJail(jail) : jail,
+    // A witness serves no files.
+    ...(rest.witness === undefined &&
+      { jail: wrapJail ? wrapJail(jail) : jail }),
     audit: audit.log,
     now: clock.now,
   });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import * as path from "node:path";
 import { runMoat, spawnMoat, startServer, tempDir } from "./_e2e.ts";
 
-const COMMANDS = ["serve", "get", "cert", "chat", "ship", "vault"];
+const COMMANDS = ["serve", "get", "cert", "chat", "ship", "vault", "witness"];
 
 test("moat --help lists every command and the environment variables", async () => {
   for (const args of [["--help"], ["-h"], ["help"], []]) {

@@ -551,6 +551,44 @@ describe("renderSystemdUnit", () => {
     ]);
   });
 
+  test("renderSystemdUnit lets the server reach its witnesses, by IP address only", () => {
+    const flags = [
+      { name: "allow", value: "10.0.0.0/8" },
+      { name: "vault", value: "/var/lib/moat" },
+      { name: "witness", value: "192.0.2.7:4321" },
+      { name: "witness", value: "[2001:db8::7]" },
+    ];
+    const connects = [
+      { hostname: "192.0.2.7", port: 4321 },
+      { hostname: "2001:db8::7", port: 4321 },
+    ];
+    const unit = unitFor(flags, {
+      connects,
+      launcher: {
+        executable: "/usr/bin/deno",
+        script: "/opt/moat/main.ts",
+        runtime: "deno",
+      },
+    });
+    assert.deepEqual(settings(unit, "IPAddressAllow"), [
+      "10.0.0.0/8",
+      "192.0.2.7",
+      "2001:db8::7",
+    ]);
+    assert.equal(
+      execStartOf(unit)[3],
+      "--allow-net=0.0.0.0:4320,[::]:4320,192.0.2.7:4321,[2001:db8::7]:4321",
+    );
+    assert.throws(
+      () =>
+        unitFor(flags, {
+          connects: [{ hostname: "witness.example", port: 4321 }],
+        }),
+      (err) =>
+        err instanceof UsageError && /not an IP address/.test(err.message),
+    );
+  });
+
   test("renderSystemdUnit runs a script under Bun without permission flags", () => {
     const unit = unitFor([], {
       launcher: {

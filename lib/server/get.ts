@@ -89,6 +89,10 @@ export async function serveFile(
   });
   let file;
   try {
+    // Only a witness has no jail, and it never gets here (sniff.ts).
+    if (options.jail === undefined) {
+      throw new MoatError(Code.ERR_NOT_WITNESS, "This server serves no files");
+    }
     file = await options.jail.open(request.path);
     if (request.offset > file.size) {
       throw new MoatError(

@@ -261,7 +261,11 @@ export class Server {
         syslogTls: o.syslog?.tls === true,
       }),
       allow: o.allowlist.describe(),
-      root: o.jail.root,
+      ...(o.jail && { root: o.jail.root }),
+      ...(o.witness && {
+        witness: o.witness.verifier,
+        origins: o.witness.origins,
+      }),
       maxConns: o.maxConns,
       plain: o.plain,
       tls: o.tls !== undefined,

@@ -11,6 +11,7 @@ import type { Allowlist } from "../allowlist.ts";
 import type { Jail } from "../jail.ts";
 import type { AuditLog } from "../audit.ts";
 import type { Vault } from "../vault/store.ts";
+import type { Witness } from "../witness/witness.ts";
 import type { ChatLine } from "../protocol.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framer.ts";
 import {
@@ -34,8 +35,8 @@ export interface ServerOptions {
   port?: number;
   /** Who may connect; everyone else is refused before a byte is read. */
   allowlist: Allowlist;
-  /** The root files are served from. */
-  jail: Jail;
+  /** The root files are served from; required unless `witness` is given. */
+  jail?: Jail;
   /** Where every event is logged. */
   audit: AuditLog;
   /** Reported in the Welcome frame. */
@@ -86,6 +87,12 @@ export interface ServerOptions {
   auth?: ServerAuth;
   /** Accept shipped log records into this vault. */
   vault?: Vault;
+  /**
+   * Be a witness (`moat witness`): serve witness requests only, with this
+   * state; no files, chat, ship or plain text. Excludes `jail`, `vault`
+   * and `syslog`.
+   */
+  witness?: Witness;
   /** Also accept syslog over TCP into the vault (needs `vault`; see `lib/server/syslog.ts`). */
   syslog?: ServerSyslog;
   /**
@@ -142,7 +149,14 @@ export type ResolvedServerOptions =
   & Required<
     Omit<
       ServerOptions,
-      "reply" | "onChat" | "tls" | "auth" | "vault" | "syslog"
+      | "reply"
+      | "onChat"
+      | "tls"
+      | "auth"
+      | "vault"
+      | "syslog"
+      | "jail"
+      | "witness"
     >
   >
   & ServerOptions;
@@ -154,7 +168,8 @@ export type ResolvedServerOptions =
  * @param options What the caller gave.
  * @returns A new object with every default present.
  * @throws {TypeError} When `syslog` is given without a `vault`, or with
- * `tls` without the server's `tls`, or for a negative `chatRate`.
+ * `tls` without the server's `tls`, for a negative `chatRate`, without a
+ * `jail`, or with a `witness` and a `jail` or `vault`.
  */
 export function resolveServerOptions(
   options: ServerOptions,
@@ -179,6 +194,16 @@ export function resolveServerOptions(
   // all checked before the first byte is read (lib/server/listener.ts), so
   // plain text behind them is guarded exactly as framed clients are.
   if (o.auth?.tokens !== undefined) o.plain = false;
+  if (o.witness !== undefined) {
+    if (o.jail !== undefined || o.vault !== undefined) {
+      throw new TypeError(
+        "Invalid server options: a witness serves no files and keeps no vault",
+      );
+    }
+    o.plain = false;
+  } else if (o.jail === undefined) {
+    throw new TypeError("Invalid server options: jail is required");
+  }
   if (o.syslog !== undefined && o.vault === undefined) {
     throw new TypeError("Invalid server options: syslog needs a vault");
   }

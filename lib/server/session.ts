@@ -58,6 +58,7 @@ export type SessionMode =
   | "get"
   | "chat"
   | "ship"
+  | "witness"
   | "plain"
   | "syslog";
 

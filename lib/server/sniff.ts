@@ -19,6 +19,7 @@ import { HeartbeatReader } from "./liveness.ts";
 import { endPlain, servePlain } from "./plain.ts";
 import { READ_BUFFER, type Session } from "./session.ts";
 import { serveShip } from "./ship.ts";
+import { serveWitness } from "./witness.ts";
 
 /** A connection that sends nothing this long is served as plain text. */
 const DETECT_MS = 1000;
@@ -108,7 +109,7 @@ export async function serveConnection(s: Session): Promise<void> {
 
 /**
  * Serves a framed client from its first byte on: the handshake, then get,
- * chat or ship.
+ * chat or ship; on a witness, witness requests only.
  */
 async function serveFramed(s: Session, head: Uint8Array): Promise<void> {
   const { options } = s.server;
@@ -125,6 +126,18 @@ async function serveFramed(s: Session, head: Uint8Array): Promise<void> {
   s.mode = done.hello.mode;
   reader.answerPings = true;
   try {
+    // A witness serves witness requests and nothing else.
+    if (options.witness !== undefined || done.hello.mode === "witness") {
+      if (done.hello.mode === "witness") return await serveWitness(s, done);
+      await s.sendError(
+        new MoatError(
+          Code.ERR_NOT_WITNESS,
+          `This server is a witness: it serves no ${done.hello.mode}`,
+        ),
+      );
+      s.reason = `${done.hello.mode} refused: a witness`;
+      return;
+    }
     if (done.hello.mode === "get") return await serveGets(s, done);
     if (done.hello.mode === "ship") return await serveShip(s, done);
     return await serveFramedChat(s, done.reader);
@@ -151,6 +164,9 @@ export function plainRefusal(s: Session): string | undefined {
   const { options } = s.server;
   if (options.auth?.tokens !== undefined) {
     return "plain-text client refused (token required)";
+  }
+  if (options.witness !== undefined) {
+    return "plain-text client refused (a witness)";
   }
   if (!options.plain) return "plain-text client refused (--no-plain)";
   // Fails closed: the guard refuses a missing certificate before a session

@@ -19,7 +19,7 @@ export interface ConnectionStatus {
   peer: string;
   /** The identity it proved (`cert:sha256:…`, `token:NAME`), or null. */
   identity: string | null;
-  /** "new", "tls", "handshake", "get", "chat", "ship", "plain" or "syslog". */
+  /** "new", "tls", "handshake", "get", "chat", "ship", "witness", "plain" or "syslog". */
   mode: string;
   /** Mode "ship": the source name it ships, else null. */
   source: string | null;

@@ -20,7 +20,8 @@
  */
 
 import * as path from "node:path";
-import { type Cidr, formatCidr } from "../allowlist.ts";
+import { type Cidr, formatCidr, parseIp } from "../allowlist.ts";
+import { UsageError } from "../errors.ts";
 import { subtractCidrs } from "../cidr.ts";
 import {
   HOME_DIRS,
@@ -70,6 +71,11 @@ export interface SystemdUnitOptions {
   extraPorts?: readonly number[];
   /** The connection limit (`--max-conns`); sets `LimitNOFILE=`. */
   maxConns: number;
+  /**
+   * Where the server itself connects (its `--witness` addresses): IP
+   * addresses, let through the kernel's filter and Deno's `--allow-net`.
+   */
+  connects?: readonly { hostname: string; port: number }[];
   /** moat's version, for the header comment. */
   version?: string;
 }
@@ -152,6 +158,11 @@ export function computeIpAddressAllow(
     maxCidrs: options.maxRules ?? 1024,
   });
   return { rules: cidrs.map(formatCidr), exact };
+}
+
+/** An address as a `host:port` entry takes it: IPv6 in brackets. */
+function _bracketed(host: string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
 
 /** The `host:port` entries Deno's `--allow-net` needs to listen. */
@@ -284,6 +295,16 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
   const readOnly = [root, ...allowFiles, ...secrets];
   const tokenFile = options.flags.some((f) => f.name === "token-file");
   const ports = [port, ...(options.extraPorts ?? [])];
+  const connects = (options.connects ?? []).map((c) => {
+    if (parseIp(c.hostname) === null || c.hostname.includes("%")) {
+      throw new UsageError(
+        `Cannot write a systemd unit: ${
+          JSON.stringify(c.hostname)
+        } is not an IP address (give --witness as one)`,
+      );
+    }
+    return c;
+  });
   const program = programPaths(launcher, cwd);
 
   const all = [...readOnly, ...readWrite, ...program];
@@ -297,10 +318,10 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
       command.push(
         "run",
         "--no-prompt",
-        denoList(
-          "allow-net",
-          ports.flatMap((p) => _denoNet(flags, allowlist.loopbackOnly, p)),
-        ),
+        denoList("allow-net", [
+          ...ports.flatMap((p) => _denoNet(flags, allowlist.loopbackOnly, p)),
+          ...connects.map((c) => `${_bracketed(c.hostname)}:${c.port}`),
+        ]),
         denoList("allow-read", [...readOnly, ...vaults]),
       );
       // Without --token-file, moat reads the token from $MOAT_TOKEN.
@@ -354,6 +375,12 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
     push("# (none: every allowed network is also denied)");
   }
   for (const rule of kernel.rules) push(`IPAddressAllow=${rule}`);
+  if (connects.length > 0) {
+    push("# The witnesses this server sends its checkpoints to.");
+    for (const ip of new Set(connects.map((c) => c.hostname))) {
+      push(`IPAddressAllow=${ip}`);
+    }
+  }
   if (allowlist.loopbackOnly) {
     push("# No --allow given: loopback only, as moat itself enforces.");
   }
