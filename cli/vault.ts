@@ -15,6 +15,11 @@ import { initVault } from "../lib/vault/init.ts";
 import { openVault, sourceLabel } from "../lib/vault/store.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import {
+  COSIGNATURE_V1,
+  parseVerifier,
+  type Verifier,
+} from "../lib/checkpoint.ts";
+import {
   latestCheckpoint,
   proveConsistency,
   proveInclusion,
@@ -63,6 +68,21 @@ const VERIFY_OPTIONS = {
     multiple: true,
     description:
       "A signed checkpoint held outside the vault (from a shipper's state, a witness, moat vault checkpoint): the vault must extend it, or verify fails naming FILE; repeatable",
+    group: "Options of verify",
+  },
+  "witness-key": {
+    type: "string",
+    placeholder: "KEY",
+    multiple: true,
+    description:
+      "Require this witness's cosignatures (its public key, as moat witness --init prints it): each source's latest checkpoint must be cosigned once older than --witness-grace, and what it cosigned must hold for the records; repeatable",
+    group: "Options of verify",
+  },
+  "witness-grace": {
+    type: "string",
+    placeholder: "DURATION",
+    description:
+      "How long a checkpoint may wait for its cosignatures (default 10m, or more with a long seal interval)",
     group: "Options of verify",
   },
   "min-retain": {
@@ -171,6 +191,7 @@ export const VAULT: CommandSpec = {
     "vault init DIR",
     "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION]",
     "vault verify DIR --checkpoint FILE... [--key KEY]",
+    "vault verify DIR --witness-key KEY... [--witness-grace DURATION]",
     "vault ls DIR",
     "vault cat DIR [--source NAME] [--since TIME] [--until TIME] [--json]",
     "vault cat DIR --follow [--source NAME] [--since TIME] [--json]",
@@ -186,7 +207,9 @@ export const VAULT: CommandSpec = {
 verify  checks every record's checksum and hash chain, and with the key every
         seal; recomputes each source's Merkle tree and checks it against the
         stored tree, the vault's checkpoints and every --checkpoint FILE
-        (a vault rolled back, cut or rewritten fails naming FILE). Exits 0
+        (a vault rolled back, cut or rewritten fails naming FILE); with
+        --witness-key, that each source's latest checkpoint is cosigned by
+        that witness and that what it cosigned holds. Exits 0
         only if nothing is damaged, else names the first bad point. Records
         after the last seal are reported as an unsealed tail, pruned ones as
         pruned. On a terminal it shows its progress.
@@ -601,6 +624,8 @@ async function runVerify(
     key?: string | undefined;
     minRetainMs?: number | undefined;
     checkpoints?: { file: string; note: string }[];
+    witnesses?: Verifier[];
+    witnessGraceMs?: number | undefined;
   },
 ): Promise<VerifyReport> {
   const progress = verifyProgress();
@@ -608,6 +633,9 @@ async function runVerify(
     return await verifyVault(dir, {
       ...(options.key !== undefined && { key: options.key }),
       ...(options.checkpoints && { checkpoints: options.checkpoints }),
+      ...(options.witnesses && { witnesses: options.witnesses }),
+      ...(options.witnessGraceMs !== undefined &&
+        { witnessGraceMs: options.witnessGraceMs }),
       ...(options.minRetainMs !== undefined &&
         { minRetainMs: options.minRetainMs }),
       ...(progress.update && { onProgress: progress.update }),
@@ -640,7 +668,30 @@ async function verifyCommand(
     file,
     note: readText("--checkpoint", file),
   }));
-  const report = await runVerify(dir, { key, minRetainMs, checkpoints });
+  const witnesses = values["witness-key"].map((text) => {
+    let w;
+    try {
+      w = parseVerifier(text);
+    } catch (error) {
+      throw new UsageError(`--witness-key: ${(error as Error).message}`);
+    }
+    if (w.type !== COSIGNATURE_V1) {
+      throw new UsageError(
+        `--witness-key: ${w.name} is not a witness key (a cosignature/v1 key, as moat witness --init prints it)`,
+      );
+    }
+    return w;
+  });
+  const witnessGraceMs = values["witness-grace"] === undefined
+    ? undefined
+    : parseDuration("--witness-grace", values["witness-grace"]);
+  const report = await runVerify(dir, {
+    key,
+    minRetainMs,
+    checkpoints,
+    witnesses,
+    witnessGraceMs,
+  });
   const iso = (t: number) => new Date(t).toISOString();
   printLine(
     `vault ${report.id}: ${report.seals} seal(s)${

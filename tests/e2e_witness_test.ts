@@ -167,6 +167,52 @@ test("moat witness cosigns what moat serve --witness sends, and refuses the vaul
   assert.deepEqual(report.witnessed, {
     [parseVerifier(key).name]: 20_000,
   });
+  // vault verify --witness-key requires the same, from the command line;
+  // a cosignature altered in the vault's log is damage (exit 5).
+  const verified = await runMoat([
+    "vault",
+    "verify",
+    vaultDir,
+    "--witness-key",
+    key,
+  ]);
+  assert.equal(verified.code, 0, verified.stdout + verified.stderr);
+  const logFile = path.join(vaultDir, "sources", sourceDir!, "checkpoints");
+  const original = fs.readFileSync(logFile, "utf8");
+  const entries = original.trimEnd().split("\n").map((l) => JSON.parse(l));
+  const last = entries.at(-1)!;
+  const witnessName = parseVerifier(key).name;
+  // Flip one base64 digit inside the Ed25519 signature (after the key id
+  // and the time), so the line still names the witness.
+  last.note = last.note.replace(
+    new RegExp(`(\u2014 ${witnessName.replace(/\./g, "\\.")} .{50})(.)`),
+    (_: string, head: string, c: string) => head + (c === "A" ? "B" : "A"),
+  );
+  fs.writeFileSync(
+    logFile,
+    entries.map((e) => JSON.stringify(e)).join("\n") + "\n",
+  );
+  const forged = await runMoat([
+    "vault",
+    "verify",
+    vaultDir,
+    "--witness-key",
+    key,
+  ]);
+  assert.equal(forged.code, 5, forged.stdout + forged.stderr);
+  assert.match(forged.stdout, /DAMAGED: .*cosignature by .* does not verify/);
+  fs.writeFileSync(logFile, original);
+  const notWitness = await runMoat([
+    "vault",
+    "verify",
+    vaultDir,
+    "--witness-key",
+    JSON.parse(fs.readFileSync(path.join(vaultDir, "vault.json"), "utf8"))
+      .checkpointKey,
+  ]);
+  assert.equal(notWitness.code, 2, notWitness.stderr);
+  assert.match(notWitness.stderr, /not a witness key/);
+
   // The witness forgets nothing across a restart.
   assert.equal(await witness.stop(), 0);
   const held = fs.readdirSync(path.join(state, "origins"));
@@ -197,6 +243,18 @@ test("moat witness cosigns what moat serve --witness sends, and refuses the vaul
   );
   assert.equal(loud.code, "ERR_WITNESS_REFUSED");
   assert.match(String(loud.message), /size 10000 .*rollback.*size 20000/);
+  // The checkpoint the witness holds shows the rollback offline too.
+  const held20k = path.join(tmp.dir, "held.checkpoint");
+  fs.writeFileSync(held20k, origin.checkpoint);
+  const rolled = await runMoat([
+    "vault",
+    "verify",
+    vaultDir,
+    "--checkpoint",
+    held20k,
+  ]);
+  assert.equal(rolled.code, 5, rolled.stdout + rolled.stderr);
+  assert.match(rolled.stdout, /DAMAGED: .*held\.checkpoint/);
   // The server serves on: another source ships and is acknowledged.
   const other = await runMoat([
     "ship",

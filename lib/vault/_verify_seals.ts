@@ -63,7 +63,9 @@ export type VerifyProblemKind =
   /** A source's Merkle tree or its checkpoint log does not match the records (second layer, see `_verify_tree.ts`). */
   | "tree"
   /** A checkpoint held outside the vault (`--checkpoint`) that the vault does not extend: rolled back, cut, or rewritten. */
-  | "checkpoint";
+  | "checkpoint"
+  /** With required witnesses (`--witness-key`): a cosignature that does not verify, or a latest checkpoint not cosigned in time. */
+  | "witness";
 
 /** The first bad point found in one source, or in the seals. */
 export interface VerifyProblem {

@@ -38,7 +38,8 @@ import type { SealingKey } from "./_seal.ts";
 import { readPruneMarker } from "./_prune.ts";
 import { openCheckpoint, parseVerifier } from "../checkpoint.ts";
 import type { Verifier } from "../checkpoint.ts";
-import { checkpointOrigin } from "./_checkpoints.ts";
+import { checkpointOrigin, readCheckpointLog } from "./_checkpoints.ts";
+import { checkWitnessed } from "../witness/verify.ts";
 import { TreeCheck } from "./_verify_tree.ts";
 import type { OutsideCheckpoint, TreeReport } from "./_verify_tree.ts";
 import {
@@ -166,6 +167,19 @@ export interface VerifyOptions {
    * not extend is a `checkpoint` problem naming its `file`.
    */
   checkpoints?: readonly { file: string; note: string }[];
+  /**
+   * Witnesses whose cosignatures are required (`--witness-key`): every
+   * cosignature in a source's checkpoint log must verify, its latest
+   * checkpoint must be cosigned by each of them once older than
+   * `witnessGraceMs`, and each cosigned checkpoint is held to the records
+   * like a checkpoint in `checkpoints`.
+   */
+  witnesses?: readonly Verifier[];
+  /**
+   * How long a checkpoint (or a new source) may wait for its cosignatures.
+   * @default {the seal interval's grace, at least 10 minutes}
+   */
+  witnessGraceMs?: number;
 }
 
 /** How far {@linkcode verifyVault} got. */
@@ -382,6 +396,69 @@ export async function verifyVault(
     const list = outside.get(hash) ?? [];
     list.push({ file, checkpoint });
     outside.set(hash, list);
+  }
+
+  // Required witnesses: their cosignatures in each source's checkpoint log
+  // must verify and keep up, and what they cosigned must hold for the
+  // records. Fails closed: no checkpoint key, an unreadable log, or a source
+  // older than the grace without any logged checkpoint is damage.
+  const witnesses = options.witnesses ?? [];
+  if (witnesses.length > 0) {
+    const witnessGraceMs = options.witnessGraceMs ??
+      Math.max(graceMs, 10 * 60_000);
+    if (verifier === undefined) {
+      problems.push({
+        kind: "witness",
+        message:
+          "--witness-key needs the vault's checkpoint key, and vault.json names none",
+      });
+    }
+    for (const entry of verifier === undefined ? [] : picked) {
+      const label = sourceLabel(entry.key);
+      const dirOf = join(sourcesDir, entry.id);
+      const bad = (message: string) =>
+        problems.push({
+          kind: "witness",
+          message: `${label}: ${message}`,
+          source: label,
+        });
+      let logged;
+      let created;
+      try {
+        logged = await readCheckpointLog(dirOf);
+        created = (await stat(join(dirOf, "source.json"))).mtimeMs;
+      } catch (error) {
+        bad(`its checkpoint log cannot be read: ${(error as Error).message}`);
+        continue;
+      }
+      if (logged.length === 0 && now - created > witnessGraceMs) {
+        bad(
+          `no checkpoint is logged, so no witness cosigned one (the source is older than the ${
+            Math.round(witnessGraceMs / 1000)
+          } s grace)`,
+        );
+        continue;
+      }
+      const report = checkWitnessed(logged, {
+        vault: verifier!,
+        witnesses,
+        now,
+        graceMs: witnessGraceMs,
+      });
+      for (const p of report.problems) bad(p);
+      const list = outside.get(entry.hash) ?? [];
+      for (const c of report.cosigned) {
+        list.push({
+          file: `checkpoint of size ${c.size} cosigned by witness ${c.witness}`,
+          checkpoint: {
+            origin: checkpointOrigin(vaultId, sourceHash(entry.key)),
+            size: c.size,
+            root: c.root,
+          },
+        });
+      }
+      outside.set(entry.hash, list);
+    }
   }
 
   // The prunes every trusted seal (sealed vault) or prune marker (unsealed
