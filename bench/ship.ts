@@ -32,7 +32,10 @@
  *
  * Usage: bun bench/ship.ts [--lines N] [--rounds N] [--dir DIR] [--quick]
  *        [--no-follow] [--no-rsyslog] [--only moat,rsyslog,binary,deno,bun]
- *        [--out FILE] [--keep]
+ *        [--out FILE] [--keep] [--base DIR]
+ *
+ * `--base DIR` adds "moat at DIR on Bun" (flavor "base"): another checkout,
+ * e.g. the same build without a change, measured in the same rounds.
  *
  * @module
  */
@@ -90,8 +93,13 @@ export interface ShipBenchOptions {
   follow?: boolean;
   /** Also measure rsyslog (installed with apt-get when missing and root). @default {true} */
   rsyslog?: boolean;
-  /** Only these moat flavors ("binary", "deno", "bun"); rsyslog unaffected. */
+  /** Only these moat flavors ("binary", "deno", "bun", "base"); rsyslog unaffected. */
   flavors?: readonly string[];
+  /**
+   * Also measure the moat of another checkout on Bun (flavor "base"), in
+   * the same rounds: the same build without a change, say.
+   */
+  base?: string;
   /** Where the JSON goes; null writes none. @default {"bench/ship-results.json"} */
   out?: string | null;
   /** Keep the work area. @default {false} */
@@ -341,6 +349,9 @@ interface Flavor {
   argv: string[];
 }
 
+/** Another checkout of moat to compare with (`--base DIR`), run on Bun. */
+let baseCheckout: string | undefined;
+
 function flavors(only: readonly string[] | undefined): Flavor[] {
   const all: Flavor[] = [
     ...(fs.existsSync(MOAT_BIN)
@@ -348,6 +359,13 @@ function flavors(only: readonly string[] | undefined): Flavor[] {
       : []),
     { id: "deno", name: "moat on Deno", argv: [DENO, "run", "-A", MAIN] },
     { id: "bun", name: "moat on Bun", argv: [BUN, MAIN] },
+    ...(baseCheckout !== undefined
+      ? [{
+        id: "base",
+        name: `moat at ${path.basename(baseCheckout)} on Bun`,
+        argv: [BUN, path.join(baseCheckout, "main.ts")],
+      }]
+      : []),
   ];
   return only ? all.filter((f) => only.includes(f.id)) : all;
 }
@@ -857,6 +875,9 @@ export async function benchShip(
     Math.floor((options.lines ?? 2_000_000) / MANY) * MANY,
   );
   const rounds = Math.max(1, options.rounds ?? 3);
+  baseCheckout = options.base === undefined
+    ? undefined
+    : path.resolve(options.base);
   const began = performance.now();
   const deadline = began + (options.deadlineMs ?? 90 * 60_000);
   if (process.platform !== "linux") {
@@ -1121,13 +1142,14 @@ async function main(argv: string[]): Promise<void> {
       only: { type: "string" },
       out: { type: "string" },
       keep: { type: "boolean" },
+      base: { type: "string" },
     },
   });
   const only = values.only?.split(",").map((s) => s.trim());
   // --only: "moat" means every flavor; naming no flavor (only "rsyslog") means no moat.
   const picked = only === undefined || only.includes("moat")
     ? undefined
-    : only.filter((s) => ["binary", "deno", "bun"].includes(s));
+    : only.filter((s) => ["binary", "deno", "bun", "base"].includes(s));
   const count = (text: string | undefined, name: string, fallback: number) => {
     if (text === undefined) return fallback;
     const n = Number(text);
@@ -1147,6 +1169,7 @@ async function main(argv: string[]): Promise<void> {
     ...(picked && { flavors: picked }),
     ...(values.out !== undefined && { out: values.out }),
     ...(values.keep && { keep: true }),
+    ...(values.base !== undefined && { base: values.base }),
   });
   console.log(result.markdown);
 }

@@ -50,6 +50,8 @@ import { printLine, printNote, writeStdoutText } from "./output.ts";
 import { formatBytes } from "./progress.ts";
 import { CLIENT_SECURITY_ENV, CLIENT_SECURITY_OPTIONS } from "./secure_cli.ts";
 
+/** The most --audit-every allows: ten a second. */
+const MAX_AUDITS_PER_MINUTE = 600;
 /** The smallest --spool-size: room for at least a MiB of lines. */
 const MIN_SPOOL_BYTES = 1 << 20;
 /** Most status line redraws per second on a terminal. */
@@ -92,6 +94,21 @@ const SHIP_OPTIONS = {
     description:
       "Bound on each source's spool; when full, reading pauses, loudly",
   },
+  "vault-key": {
+    type: "string",
+    placeholder: "KEY",
+    description:
+      "The vault's checkpoint key (moat vault init prints it): checkpoints signed by any other key are refused",
+    defaultText: "pinned at first contact, like ssh's known_hosts",
+  },
+  "audit-every": {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    max: MAX_AUDITS_PER_MINUTE,
+    description:
+      "Each minute, ask the vault to prove N random shipped records unaltered in the checkpoint held",
+  },
   timeout: TIMEOUT_OPTION,
   "print-systemd-unit": {
     type: "boolean",
@@ -119,7 +136,14 @@ Each line gets a sequence number; the server acknowledges only what it has
 fsync'd, and the shipper keeps everything else in an on-disk spool per
 source and resends it after a reconnect. A restarted shipper continues
 exactly where it stopped. With only "-", moat exits once every line was
-acknowledged. On a terminal, a status line shows the backlog.`,
+acknowledged. On a terminal, a status line shows the backlog.
+
+A vault that signs checkpoints sends one on connecting and at least once a
+second while shipping: the shipper checks that each extends the one it
+holds (signed by the vault's key, with a proof), keeps it in the state
+file, and trims from the spool only what a checkpoint covers. A vault that
+shows anything else (rolled back, cut, forked, another key, unsigned) stops
+the shipper with exit 5 and the spool kept.`,
   positionals: true,
   options: SHIP_OPTIONS,
   env: [
@@ -140,6 +164,11 @@ acknowledged. On a terminal, a status line shows the backlog.`,
       code: ExitCode.AccessDenied,
       description:
         "the server refused this client (allowlist, token, certificate)",
+    },
+    {
+      code: ExitCode.Integrity,
+      description:
+        "the vault rolled back, forked, changed key or failed an audit",
     },
   ],
   notes:
@@ -244,6 +273,8 @@ export async function shipCommand(
         statePath: run.statePath,
         source: run.name,
         spoolBytes: values["spool-size"],
+        vaultKey: values["vault-key"],
+        auditEvery: values["audit-every"],
         backlog: run.backlog,
         signal: stop.signal,
         onEvent: (e) => {
@@ -516,6 +547,12 @@ export function describeShipEvent(
         return `${escapeText(e.event.path)} ${e.event.type}`;
       }
       return undefined;
+    case "pinned":
+      return `pinned the vault's checkpoint key ${
+        escapeText(e.key)
+      } (first contact; check it against moat vault init's, or give --vault-key)`;
+    case "receipt":
+    case "audited":
     case "done":
       return undefined;
   }

@@ -230,7 +230,7 @@ function safeWelcome(welcome: Welcome): Welcome {
 export async function openSession(
   options: ClientOptions,
   mode: Mode,
-  extra: { source?: string } = {},
+  extra: { source?: string; receipts?: number } = {},
   signal?: AbortSignal,
 ): Promise<Session> {
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;

@@ -245,6 +245,12 @@ export const CODES = {
     peer: true,
     meaning: "malformed frame, JSON or sequence",
   },
+  ERR_ROLLBACK: {
+    exit: Integrity,
+    peer: false,
+    meaning:
+      "the vault showed a checkpoint that does not extend the one the shipper holds (rollback, cut tail, fork, other key, unsigned), or failed an audit",
+  },
   ERR_SEAL_KEY: {
     exit: Failure,
     peer: false,

@@ -68,6 +68,23 @@ export const Kind = {
   ShipBatch: 0x31,
   /** server → client, 8 bytes: f64 LE, every record up to this seq is durable */
   ShipAck: 0x32,
+  /**
+   * server → client, only to a shipper that asked for receipts: the source's
+   * signed checkpoint and a consistency proof, see {@linkcode encodeShipReceipt}
+   */
+  ShipReceipt: 0x33,
+  /**
+   * client → server, empty: "a receipt now, please" (its spool is full, or
+   * it is done); only after receipts were offered
+   */
+  ShipSync: 0x34,
+  /**
+   * client → server, 16 bytes: seq f64 LE, size f64 LE: "prove that record
+   * seq is in the tree of that size"; only after receipts were offered
+   */
+  ShipProve: 0x35,
+  /** server → client, the answer to a ShipProve, see {@linkcode encodeShipProof} */
+  ShipProof: 0x36,
   /** vault → witness, JSON {@linkcode WitnessAdd}: a checkpoint to cosign */
   WitnessAdd: 0x40,
   /** witness → vault, JSON `{cosignature}`: the cosignature line */
@@ -89,6 +106,11 @@ export interface Hello {
   maxFrameSize: number;
   /** Mode "ship": the shipper's source name. */
   source?: string;
+  /**
+   * Mode "ship": the shipper wants receipts (ShipReceipt frames), and holds
+   * a checkpoint of this tree size for the source (0: none yet).
+   */
+  receipts?: number;
 }
 
 /** Server's answer to a shipper's hello: where to resume. */
@@ -98,6 +120,12 @@ export interface ShipReady {
   source: string;
   /** Highest sequence number durably stored for this source (0 if none). */
   lastSeq: number;
+  /**
+   * The vault's checkpoint verifier key (`name+id+base64`), present exactly
+   * when the shipper asked for receipts and the vault signs checkpoints: a
+   * ShipReceipt then follows at once.
+   */
+  vaultKey?: string;
 }
 
 /** One shipped log record. */
@@ -264,6 +292,9 @@ export function decodeHello(payload: Uint8Array): Hello {
       );
     }
     hello.source = source;
+    if (o.receipts !== undefined) {
+      hello.receipts = count(o, "receipts", "hello");
+    }
   }
   return hello;
 }
@@ -432,6 +463,272 @@ export function isMagicPrefix(bytes: Uint8Array): boolean {
   return true;
 }
 
+/** Longest `vaultKey` a ShipReady may carry (a verifier key is about 100). */
+export const VAULT_KEY_MAX = 512;
+
+/** Longest signed note a ShipReceipt carries, in bytes. */
+export const SHIP_NOTE_MAX = 8192;
+
+/**
+ * Most hashes in a receipt's consistency proof or a proof's audit path: a
+ * tree below 2^53 leaves needs at most 54.
+ */
+export const SHIP_PROOF_HASHES_MAX = 64;
+
+/**
+ * Largest ShipReceipt payload: from (8), note length (2), the note, hash
+ * count (1) and the hashes. A server sends receipts only to a shipper whose
+ * Hello announces at least this `maxFrameSize`.
+ */
+export const SHIP_RECEIPT_MAX = 8 + 2 + SHIP_NOTE_MAX + 1 +
+  SHIP_PROOF_HASHES_MAX * 32;
+
+/** A source's signed checkpoint, and the proof that it extends one before. */
+export interface ShipReceipt {
+  /**
+   * The tree size the proof starts from: the size the shipper said it holds
+   * (Hello `receipts`), then the size of the previous receipt sent on this
+   * connection.
+   */
+  from: number;
+  /** The signed checkpoint (a C2SP signed note), as text. */
+  note: string;
+  /** RFC 9162 consistency proof from `from` to the note's size. */
+  proof: Uint8Array[];
+}
+
+/** A ShipProve request: is record `seq` in the tree of `size` leaves? */
+export interface ShipProve {
+  seq: number;
+  size: number;
+}
+
+/** The answer to a {@linkcode ShipProve}. */
+export interface ShipProof extends ShipProve {
+  /** False: the vault cannot prove the record in that tree (nothing follows). */
+  found: boolean;
+  /** The record's leaf bytes (docs/VAULT.md), empty when not found. */
+  leaf: Uint8Array;
+  /** RFC 9162 audit path of the leaf in the tree of `size`. */
+  path: Uint8Array[];
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+function hashesAt(
+  payload: Uint8Array,
+  at: number,
+  what: string,
+): Uint8Array[] {
+  if (payload.length < at + 1) {
+    throw new ProtocolError(`Cannot decode ${what}: truncated`);
+  }
+  const n = payload[at]!;
+  if (n > SHIP_PROOF_HASHES_MAX) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: ${n} hashes is more than ${SHIP_PROOF_HASHES_MAX}`,
+    );
+  }
+  if (payload.length !== at + 1 + n * 32) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: ${payload.length} bytes where ${
+        at + 1 + n * 32
+      } were announced`,
+    );
+  }
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    out.push(payload.slice(at + 1 + i * 32, at + 33 + i * 32));
+  }
+  return out;
+}
+
+function putHashes(
+  out: Uint8Array,
+  at: number,
+  hashes: readonly Uint8Array[],
+): void {
+  out[at] = hashes.length;
+  hashes.forEach((h, i) => out.set(h, at + 1 + i * 32));
+}
+
+function checkHashes(hashes: readonly Uint8Array[], what: string): void {
+  if (hashes.length > SHIP_PROOF_HASHES_MAX) {
+    throw new RangeError(`Cannot encode ${what}: too many hashes`);
+  }
+  for (const h of hashes) {
+    if (h.length !== 32) {
+      throw new RangeError(`Cannot encode ${what}: a hash is 32 bytes`);
+    }
+  }
+}
+
+function sizeAt(view: DataView, at: number, what: string): number {
+  const n = view.getFloat64(at, true);
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw new ProtocolError(`Cannot decode ${what}: bad tree size or seq`);
+  }
+  return n;
+}
+
+function viewOf(payload: Uint8Array): DataView {
+  return new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+}
+
+/**
+ * Encodes a ShipReceipt payload: from (f64 LE), note length (u16 LE), the
+ * note (UTF-8), hash count (u8), the hashes (32 bytes each).
+ *
+ * @param receipt The receipt.
+ * @returns The payload, at most {@linkcode SHIP_RECEIPT_MAX} bytes.
+ * @throws {RangeError} For a note over {@linkcode SHIP_NOTE_MAX} bytes or
+ * a proof of more than {@linkcode SHIP_PROOF_HASHES_MAX} hashes.
+ */
+export function encodeShipReceipt(receipt: ShipReceipt): Uint8Array {
+  const note = encoder.encode(receipt.note);
+  if (note.length === 0 || note.length > SHIP_NOTE_MAX) {
+    throw new RangeError(
+      `Cannot encode ship receipt: note of ${note.length} bytes`,
+    );
+  }
+  checkHashes(receipt.proof, "ship receipt");
+  const out = new Uint8Array(11 + note.length + receipt.proof.length * 32);
+  const view = viewOf(out);
+  view.setFloat64(0, receipt.from, true);
+  view.setUint16(8, note.length, true);
+  out.set(note, 10);
+  putHashes(out, 10 + note.length, receipt.proof);
+  return out;
+}
+
+/**
+ * Decodes a ShipReceipt payload. The note is checked to be UTF-8 of the
+ * allowed length only: its signature and form are the shipper's to check.
+ *
+ * @param payload Frame payload.
+ * @returns The receipt.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeShipReceipt(payload: Uint8Array): ShipReceipt {
+  const what = "ship receipt";
+  if (payload.length > SHIP_RECEIPT_MAX || payload.length < 11) {
+    throw new ProtocolError(
+      `Cannot decode ${what}: ${payload.length} bytes is out of range`,
+    );
+  }
+  const view = viewOf(payload);
+  const from = sizeAt(view, 0, what);
+  const len = view.getUint16(8, true);
+  if (len === 0 || len > SHIP_NOTE_MAX || payload.length < 11 + len) {
+    throw new ProtocolError(`Cannot decode ${what}: bad note length ${len}`);
+  }
+  let note: string;
+  try {
+    note = strictUtf8.decode(payload.subarray(10, 10 + len));
+  } catch (err) {
+    throw new ProtocolError(`Cannot decode ${what}: note is not UTF-8`, {
+      cause: err,
+    });
+  }
+  return { from, note, proof: hashesAt(payload, 10 + len, what) };
+}
+
+/**
+ * Encodes a ShipProve payload: seq (f64 LE), size (f64 LE).
+ *
+ * @param request The record and the tree size.
+ * @returns 16 bytes.
+ */
+export function encodeShipProve(request: ShipProve): Uint8Array {
+  const out = new Uint8Array(16);
+  const view = viewOf(out);
+  view.setFloat64(0, request.seq, true);
+  view.setFloat64(8, request.size, true);
+  return out;
+}
+
+/**
+ * Decodes a ShipProve payload.
+ *
+ * @param payload Frame payload.
+ * @returns The request.
+ * @throws {ProtocolError} Unless it is 16 bytes of two counts, seq ≥ 1.
+ */
+export function decodeShipProve(payload: Uint8Array): ShipProve {
+  const what = "ship prove";
+  if (payload.length !== 16) {
+    throw new ProtocolError(`Cannot decode ${what}: ${payload.length} bytes`);
+  }
+  const view = viewOf(payload);
+  const seq = sizeAt(view, 0, what);
+  const size = sizeAt(view, 8, what);
+  if (seq < 1) throw new ProtocolError(`Cannot decode ${what}: seq 0`);
+  return { seq, size };
+}
+
+/**
+ * Encodes a ShipProof payload: seq (f64 LE), size (f64 LE), status (u8: 0 =
+ * found, 1 = cannot prove, nothing follows), then when found the leaf length
+ * (u32 LE), the leaf, hash count (u8) and the audit path.
+ *
+ * @param proof The answer.
+ * @returns The payload.
+ * @throws {RangeError} For an audit path that is too long.
+ */
+export function encodeShipProof(proof: ShipProof): Uint8Array {
+  const head = 17;
+  const size = proof.found
+    ? head + 4 + proof.leaf.length + 1 + proof.path.length * 32
+    : head;
+  if (proof.found) checkHashes(proof.path, "ship proof");
+  const out = new Uint8Array(size);
+  const view = viewOf(out);
+  view.setFloat64(0, proof.seq, true);
+  view.setFloat64(8, proof.size, true);
+  out[16] = proof.found ? 0 : 1;
+  if (proof.found) {
+    view.setUint32(head, proof.leaf.length, true);
+    out.set(proof.leaf, head + 4);
+    putHashes(out, head + 4 + proof.leaf.length, proof.path);
+  }
+  return out;
+}
+
+/**
+ * Decodes a ShipProof payload.
+ *
+ * @param payload Frame payload.
+ * @returns The answer; the leaf is a copy.
+ * @throws {ProtocolError} On a malformed payload.
+ */
+export function decodeShipProof(payload: Uint8Array): ShipProof {
+  const what = "ship proof";
+  if (payload.length < 17) {
+    throw new ProtocolError(`Cannot decode ${what}: truncated`);
+  }
+  const view = viewOf(payload);
+  const seq = sizeAt(view, 0, what);
+  const size = sizeAt(view, 8, what);
+  const status = payload[16];
+  if (status === 1 && payload.length === 17) {
+    return { seq, size, found: false, leaf: new Uint8Array(0), path: [] };
+  }
+  if (status !== 0 || payload.length < 22) {
+    throw new ProtocolError(`Cannot decode ${what}: bad status or length`);
+  }
+  const len = view.getUint32(17, true);
+  if (payload.length < 21 + len + 1) {
+    throw new ProtocolError(`Cannot decode ${what}: truncated leaf`);
+  }
+  return {
+    seq,
+    size,
+    found: true,
+    leaf: payload.slice(21, 21 + len),
+    path: hashesAt(payload, 21 + len, what),
+  };
+}
+
 /**
  * Parses a ShipReady payload.
  *
@@ -441,11 +738,21 @@ export function isMagicPrefix(bytes: Uint8Array): boolean {
  */
 export function decodeShipReady(payload: Uint8Array): ShipReady {
   const o = decodeJson(payload, "ship ready");
-  return {
+  const ready: ShipReady = {
     peer: field(o, "peer", "string", "ship ready"),
     source: field(o, "source", "string", "ship ready"),
     lastSeq: count(o, "lastSeq", "ship ready"),
   };
+  if (o.vaultKey !== undefined) {
+    const key = field(o, "vaultKey", "string", "ship ready");
+    if (key.length === 0 || key.length > VAULT_KEY_MAX) {
+      throw new ProtocolError(
+        `Cannot decode ship ready: vaultKey must be 1 to ${VAULT_KEY_MAX} characters`,
+      );
+    }
+    ready.vaultKey = key;
+  }
+  return ready;
 }
 
 /**

@@ -31,6 +31,7 @@ import {
 } from "./session.ts";
 import { SYSLOG_SOURCE } from "./syslog.ts";
 import { sourceKey, type VaultSource } from "../vault/store.ts";
+import { receiptKey, ShipReceipts } from "./receipts.ts";
 
 /**
  * Bytes of acks (13 each) that may wait for a shipper that is not reading
@@ -112,12 +113,16 @@ export async function serveShip(
     s.reason = `ship refused: ${message}`;
     return;
   }
+  // Receipts only for a shipper that asked: an older one would take a
+  // ShipReceipt for a broken ack.
+  const vaultKey = receiptKey(vault, hello);
   await s.conn.write(encodeFrame({
     type: Kind.ShipReady,
     payload: encodeJson({
       peer: key.peer,
       source: key.name,
       lastSeq: source.lastSeq,
+      ...(vaultKey !== undefined && { vaultKey }),
     }),
   }));
   audit.write("ship_started", {
@@ -129,24 +134,39 @@ export async function serveShip(
   s.source = key.name;
   const unwatch = s.server.sources.attach(key, source, s);
   const acks = new Outbox(s);
+  const receipts = vaultKey === undefined ? undefined : new ShipReceipts(s, {
+    vault,
+    key,
+    out: acks,
+    hello,
+  });
+  const out = receipts ?? acks;
   const ack = new Uint8Array(8);
   const appends = new AppendPipeline(source, {
     budget: s.server.appendBudget,
     signal: s.closed,
     onDurable: (seq) => {
       new DataView(ack.buffer).setFloat64(0, seq, true);
-      acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
+      out.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
     },
   });
   try {
     while (!appends.failed) {
       // A shipper that does not read its acks is not read either: its acks
       // stay a few KiB, and its next batches wait in its socket.
-      if (acks.pending > ACKS_QUEUED_MAX) {
-        await s.server.pauses.during(acks.flush());
+      if (out.pending > ACKS_QUEUED_MAX) {
+        await s.server.pauses.during(out.flush());
       }
       const frame = await reader.readFrame();
       if (frame === null) break;
+      if (frame.type === Kind.ShipProve && receipts !== undefined) {
+        await receipts.prove(frame.payload);
+        continue;
+      }
+      if (frame.type === Kind.ShipSync && receipts !== undefined) {
+        await receipts.sync(frame.payload);
+        continue;
+      }
       if (frame.type !== Kind.ShipBatch) {
         throw new ProtocolError(
           `Expected a ship batch frame, got type 0x${frame.type.toString(16)}`,
@@ -168,7 +188,8 @@ export async function serveShip(
       }, { recvTs: Date.now() });
     }
     await appends.finish();
-    await acks.flush();
+    receipts?.close();
+    await out.flush();
   } catch (err) {
     await appends.settle();
     const message = errorMessage(err);
@@ -181,12 +202,14 @@ export async function serveShip(
       message,
       during: "ship",
     });
+    receipts?.close();
     if (!(err instanceof ConnectionClosedError)) {
-      await acks.flush();
+      await out.flush();
       await s.sendError(err);
     }
     s.reason = `ship ended: ${message}`;
   } finally {
+    receipts?.close();
     unwatch();
     audit.write("ship_finished", {
       peer: s.peer,

@@ -6,7 +6,7 @@
  */
 
 import { type ClientOptions, openSession, serverText } from "../client.ts";
-import { encodeFrame } from "../framer.ts";
+import { DEFAULT_MAX_FRAME_SIZE, encodeFrame } from "../framer.ts";
 import {
   Code,
   ConnectionClosedError,
@@ -16,8 +16,11 @@ import {
 } from "../errors.ts";
 import {
   decodeError,
+  decodeShipProof,
   decodeShipReady,
+  decodeShipReceipt,
   encodeShipBatch,
+  encodeShipProve,
   Kind,
   SHIP_RECORD_HEADER,
   type ShipReady,
@@ -34,6 +37,8 @@ import {
 } from "./follow.ts";
 import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
 import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
+import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
+import { Witness } from "./witness.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
@@ -84,6 +89,26 @@ export type ShipperEvent =
     type: "spool";
     event: Exclude<SpoolEvent, { type: "full" | "resumed" }>;
   }
+  | {
+    /**
+     * The vault's checkpoint key was pinned at first contact (no
+     * `vaultKey` given): later checkpoints must be signed by it.
+     */
+    type: "pinned";
+    key: string;
+  }
+  | {
+    /** A checkpoint accepted: it extends the one held before. */
+    type: "receipt";
+    size: number;
+    /** The highest sequence number it covers. */
+    covered: number;
+  }
+  | {
+    /** An audited record was proven in the vault, unaltered. */
+    type: "audited";
+    seq: number;
+  }
   | { type: "done"; lastSeq: number };
 
 /** Options for {@linkcode ship}. */
@@ -109,6 +134,17 @@ export interface ShipOptions {
   source: string;
   /** Bound on the on-disk spool. @default {268435456} */
   spoolBytes?: number;
+  /**
+   * The vault's checkpoint verifier key (`--vault-key`): checkpoints must be
+   * signed by it. Without it the key is pinned at first contact.
+   */
+  vaultKey?: string | undefined;
+  /**
+   * Records a minute to audit (`--audit-every`): each gets an inclusion
+   * proof from the vault, checked against the checkpoint held. A vault
+   * that signs no checkpoints is then refused. @default {0}
+   */
+  auditEvery?: number | undefined;
   /** Stops following and shipping (SIGINT/SIGTERM). */
   signal: AbortSignal;
   onEvent: (event: ShipperEvent) => void;
@@ -145,6 +181,8 @@ const FATAL: ReadonlySet<Code> = new Set([
   Code.ERR_SOURCE_NAME,
   Code.ERR_TOO_MANY_SOURCES,
   Code.ERR_TOO_MANY_RECORDS,
+  // A vault that rolled back, forked or failed an audit: never again.
+  Code.ERR_ROLLBACK,
 ]);
 
 function isFatal(err: unknown): boolean {
@@ -202,13 +240,38 @@ export async function ship(options: ShipOptions): Promise<number> {
     options.onEvent(event);
   };
   const pressure = new _SpoolPressure(onEvent);
+  let wake = () => {};
   const spool = await openSpool(options.statePath, {
     source: options.source,
     maxLineBytes: SHIP_MAX_LINE,
     ...(options.spoolBytes !== undefined && { maxBytes: options.spoolBytes }),
-    onEvent: (event) => pressure.event(event),
+    onEvent: (event) => {
+      pressure.event(event);
+      // A full spool may wait for a receipt (the session asks for one).
+      if (event.type === "full") wake();
+    },
   });
   pressure.spool = spool;
+  let witness: Witness;
+  try {
+    witness = new Witness({
+      store: {
+        vaultKey: spool.vaultKey,
+        checkpoint: spool.vaultCheckpoint,
+        keep: (key, note) => spool.keepReceipt(key, note),
+      },
+      vaultKey: options.vaultKey,
+      stateFile: spool.stateFile,
+    });
+  } catch (error) {
+    await spool.close();
+    throw error;
+  }
+  const spot = options.auditEvery
+    ? new SpotCheck({
+      maxLine: (options.client.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE) - 4096,
+    })
+    : undefined;
   if (backlog !== undefined) {
     // Lines spooled by an earlier run and not yet acknowledged.
     backlog.reset(spool.ackedSeq);
@@ -223,7 +286,6 @@ export async function ship(options: ShipOptions): Promise<number> {
   }
   const stdinMode = options.inputs.every((path) => path === "-");
   let inputDone = options.inputs.length === 0;
-  let wake = () => {};
   const readers = options.inputs.map(async (path) => {
     const input = await spool.input(path);
     const start = input.position ?? options.resume?.get(input.path);
@@ -266,12 +328,13 @@ export async function ship(options: ShipOptions): Promise<number> {
       if (stdinMode && inputDone && spool.ackedSeq >= spool.lastSeq) break;
       connected = false;
       try {
-        await session(
-          { ...options, onEvent },
+        await session({ ...options, onEvent }, {
           spool,
-          () => inputDone && stdinMode,
-          (w) => (wake = w),
-        );
+          witness,
+          spot,
+          finished: () => inputDone && stdinMode,
+          setWake: (w) => (wake = w),
+        });
         backoff = 200;
       } catch (err) {
         if (isFatal(err) || readError !== undefined) throw readError ?? err;
@@ -345,15 +408,31 @@ class _SpoolPressure {
   }
 }
 
-/** One connection: handshake, resend from the server's position, stream, collect acks. */
-async function session(
-  options: ShipOptions,
-  spool: Spool,
-  finished: () => boolean,
-  setWake: (wake: () => void) => void,
-): Promise<void> {
+const SYNC = encodeFrame({ type: Kind.ShipSync, payload: new Uint8Array(0) });
+
+/** What a session shares with the shipper around it. */
+interface _Shared {
+  spool: Spool;
+  witness: Witness;
+  spot: SpotCheck | undefined;
+  finished: () => boolean;
+  setWake: (wake: () => void) => void;
+}
+
+/**
+ * One connection: handshake, resend from the server's position, stream,
+ * collect acks. With receipts (a vault that signs checkpoints), an
+ * acknowledged record leaves the spool only once a checkpoint that covers
+ * it was accepted: every record is either still in the spool or in a tree
+ * the vault signed for.
+ */
+async function session(options: ShipOptions, shared: _Shared): Promise<void> {
+  const { spool, witness, spot, finished, setWake } = shared;
+  const server =
+    `${options.client.server.hostname}:${options.client.server.port}`;
   const { conn, reader, welcome } = await openSession(options.client, "ship", {
     source: options.source,
+    receipts: witness.size,
   }, options.signal);
   // A shipper of a quiet log pings, so the server neither drops it as idle
   // nor reports its source silent.
@@ -367,6 +446,7 @@ async function session(
   };
   options.signal.addEventListener("abort", onAbort, { once: true });
   if (options.signal.aborted) onAbort();
+  let auditTimer: ReturnType<typeof setInterval> | undefined;
   try {
     const first = await reader.readFrame();
     if (first === null) {
@@ -382,7 +462,48 @@ async function session(
         `Expected ship ready, got frame type 0x${first.type.toString(16)}`,
       );
     }
-    const ready = safeReady(decodeShipReady(first.payload));
+    const raw = decodeShipReady(first.payload);
+    const ready = safeReady(raw);
+    // Before anything is sent or trimmed: is this the vault we know?
+    const keyed = witness.keyed;
+    const receipts = witness.offered(raw.vaultKey, server);
+    if (!receipts && options.auditEvery) {
+      throw witness.fail(
+        `the vault at ${server} sends no signed checkpoints, so --audit-every cannot check it`,
+      );
+    }
+    if (receipts) {
+      const frame = await reader.readFrame();
+      if (frame === null) {
+        throw new ConnectionClosedError(
+          "Connection closed by server before its first receipt",
+        );
+      }
+      if (frame.type === Kind.Error) {
+        throw errorFromFrame(decodeError(frame.payload));
+      }
+      if (frame.type !== Kind.ShipReceipt) {
+        throw new ProtocolError(
+          `Expected a ship receipt, got frame type 0x${
+            frame.type.toString(16)
+          }`,
+        );
+      }
+      const held = witness.accept(
+        decodeShipReceipt(frame.payload),
+        raw.lastSeq,
+      );
+      if (!keyed) options.onEvent({ type: "pinned", key: raw.vaultKey! });
+      options.onEvent({
+        type: "receipt",
+        size: held.size,
+        covered: witness.covered,
+      });
+    }
+    /** Acknowledged up to `seq`: trimmed only as far as a checkpoint covers. */
+    const ack = (seq: number) => {
+      spool.ack(receipts ? Math.min(seq, witness.covered) : seq);
+    };
     if (ready.lastSeq > spool.lastSeq) {
       throw new MoatError(
         Code.ERR_STATE_LOST,
@@ -399,25 +520,38 @@ async function session(
       );
     }
     if (ready.lastSeq > spool.ackedSeq) {
-      spool.ack(ready.lastSeq);
+      ack(ready.lastSeq);
       options.backlog?.ack(ready.lastSeq);
     }
     options.onEvent({
       type: "connected",
-      server: `${options.client.server.hostname}:${options.client.server.port}`,
+      server,
       peer: ready.peer,
       source: ready.source,
       lastSeq: ready.lastSeq,
     });
 
     let sent = ready.lastSeq;
+    /** The highest ack on this connection. */
+    let acked = ready.lastSeq;
+    let audit: PendingAudit | undefined;
+    let syncing = false;
     let allAcked: () => void = () => {};
-    const acked = new Promise<void>((resolve) => (allAcked = resolve));
+    const ackedAll = new Promise<void>((resolve) => (allAcked = resolve));
     const checkDone = () => {
-      if (finished() && sent >= spool.lastSeq) {
-        stop.abort();
-        if (spool.ackedSeq >= sent) allAcked();
+      const done = finished() && sent >= spool.lastSeq;
+      if (done) stop.abort();
+      // Acknowledged records wait in the spool for a receipt: ask for one
+      // now rather than in a second when they are all that is left, or
+      // when they hold up reading.
+      if (
+        receipts && !syncing && acked > spool.ackedSeq &&
+        (spool.full || (done && acked >= sent))
+      ) {
+        syncing = true;
+        heartbeat.write(SYNC).catch(() => {});
       }
+      if (done && spool.ackedSeq >= sent) allAcked();
     };
     setWake(checkDone);
     const acking = (async () => {
@@ -430,6 +564,37 @@ async function session(
         if (frame.type === Kind.Error) {
           throw errorFromFrame(decodeError(frame.payload));
         }
+        if (receipts && frame.type === Kind.ShipReceipt) {
+          const held = witness.accept(
+            decodeShipReceipt(frame.payload),
+            acked,
+          );
+          ack(acked);
+          syncing = false;
+          options.onEvent({
+            type: "receipt",
+            size: held.size,
+            covered: witness.covered,
+          });
+          checkDone();
+          continue;
+        }
+        if (receipts && frame.type === Kind.ShipProof && audit !== undefined) {
+          const proof = decodeShipProof(frame.payload);
+          const { record, checkpoint } = audit;
+          if (proof.seq !== record.seq || proof.size !== checkpoint.size) {
+            throw new ProtocolError("A ship proof that was not asked for");
+          }
+          const wrong = checkAudit(proof, audit);
+          if (wrong !== undefined) {
+            throw witness.fail(
+              `audit of record ${record.seq} against ${server}'s checkpoint of size ${checkpoint.size} failed: ${wrong}`,
+            );
+          }
+          audit = undefined;
+          options.onEvent({ type: "audited", seq: record.seq });
+          continue;
+        }
         if (frame.type !== Kind.ShipAck || frame.payload.length !== 8) {
           throw new ProtocolError(
             `Unexpected frame type 0x${frame.type.toString(16)} while shipping`,
@@ -440,14 +605,29 @@ async function session(
           frame.payload.byteOffset,
           8,
         ).getFloat64(0, true);
-        if (seq > spool.ackedSeq && seq <= sent) {
-          spool.ack(seq);
+        if (seq > acked && seq <= sent) {
+          acked = seq;
+          ack(seq);
           options.backlog?.ack(seq);
         }
         checkDone();
       }
     })();
     acking.catch(() => stop.abort());
+
+    if (receipts && spot !== undefined && options.auditEvery) {
+      auditTimer = setInterval(() => {
+        const checkpoint = witness.held;
+        if (audit !== undefined || checkpoint === undefined) return;
+        const record = spot.take(witness.covered, witness.first);
+        if (record === undefined) return;
+        audit = { record, checkpoint, first: witness.first };
+        heartbeat.write(encodeFrame({
+          type: Kind.ShipProve,
+          payload: encodeShipProve({ seq: record.seq, size: checkpoint.size }),
+        })).catch(() => {});
+      }, Math.max(10, 60_000 / options.auditEvery));
+    }
 
     checkDone();
     for await (
@@ -464,6 +644,7 @@ async function session(
           }),
         );
         sent = group[group.length - 1]!.seq;
+        spot?.offer(group);
       }
       checkDone();
     }
@@ -472,10 +653,11 @@ async function session(
       await Promise.race([acking, Promise.resolve()]);
       return;
     }
-    await Promise.race([acked, acking]);
+    await Promise.race([ackedAll, acking]);
     await heartbeat.stop();
     await conn.closeWrite().catch(() => {});
   } finally {
+    clearInterval(auditTimer);
     void heartbeat.stop();
     options.signal.removeEventListener("abort", onAbort);
     setWake(() => {});

@@ -50,6 +50,7 @@ import {
   _isCount,
   newShipState,
   readShipState,
+  STATE_VERSION_RECEIPTS,
   writeShipState,
 } from "./state.ts";
 import type { ShipState } from "./state.ts";
@@ -218,6 +219,18 @@ export interface Spool {
    * @throws {RangeError} If `seq` is beyond `lastSeq` or not an integer.
    */
   ack(seq: number): void;
+  /** The vault key and checkpoint the state holds (`lib/ship/witness.ts`). */
+  readonly vaultKey: string | undefined;
+  readonly vaultCheckpoint: string | undefined;
+  /**
+   * Keeps a vault key and an accepted checkpoint in the state, saved by the
+   * next checkpoint, in the same write as the acknowledgements it covers:
+   * acknowledge no more than its size before calling this.
+   *
+   * @param vaultKey The vault's verifier key.
+   * @param checkpoint The signed note.
+   */
+  keepReceipt(vaultKey: string, checkpoint: string): void;
   /**
    * Saves the state and trims acknowledged segments now.
    *
@@ -715,6 +728,22 @@ class _Spool implements Spool {
     if (seq <= this.#acked) return;
     this.#acked = seq;
     this.#schedule(this.#blocked.length > 0 ? 0 : this.#checkpointMs);
+  }
+
+  get vaultKey(): string | undefined {
+    return this.#state.vaultKey;
+  }
+
+  get vaultCheckpoint(): string | undefined {
+    return this.#state.checkpoint;
+  }
+
+  keepReceipt(vaultKey: string, checkpoint: string): void {
+    this.#state.version = STATE_VERSION_RECEIPTS;
+    this.#state.vaultKey = vaultKey;
+    this.#state.checkpoint = checkpoint;
+    this.#stateDirty = true;
+    this.#schedule(this.#checkpointMs);
   }
 
   #schedule(ms: number): void {

@@ -17,6 +17,13 @@ import type { FilePosition } from "./follow.ts";
 
 /** State file format version. */
 export const STATE_VERSION = 1;
+/**
+ * The version of a state that holds a vault key and checkpoint: an older
+ * moat refuses it rather than drop them when it saves.
+ */
+export const STATE_VERSION_RECEIPTS = 2;
+/** Longest vault key or checkpoint note a state may hold. */
+const MAX_RECEIPT_TEXT = 16 * 1024;
 
 /** One input (a followed file, or `-` for standard input). */
 export interface StateInput {
@@ -28,7 +35,10 @@ export interface StateInput {
 
 /** Contents of a state file. */
 export interface ShipState {
-  /** Always {@linkcode STATE_VERSION}. */
+  /**
+   * {@linkcode STATE_VERSION}, or {@linkcode STATE_VERSION_RECEIPTS} once it
+   * holds a vault key.
+   */
   version: number;
   /** The source name shipped as. */
   source: string;
@@ -38,6 +48,10 @@ export interface ShipState {
   acked: number;
   /** Inputs in registration order; a spool record names one by its index. */
   inputs: StateInput[];
+  /** The vault's checkpoint key, pinned at first contact or `--vault-key`. */
+  vaultKey?: string;
+  /** The latest checkpoint accepted from the vault: its signed note. */
+  checkpoint?: string;
 }
 
 /**
@@ -90,7 +104,7 @@ export function _isCount(value: unknown): value is number {
 function _parse(data: unknown): ShipState {
   const s = data as Partial<ShipState> | null;
   if (typeof s !== "object" || s === null) throw new TypeError("not an object");
-  if (s.version !== STATE_VERSION) {
+  if (s.version !== STATE_VERSION && s.version !== STATE_VERSION_RECEIPTS) {
     throw new TypeError(`version ${String(s.version)} is not supported`);
   }
   if (typeof s.source !== "string" || typeof s.stream !== "string") {
@@ -113,13 +127,28 @@ function _parse(data: unknown): ShipState {
       position: { dev: p.dev, ino: p.ino, offset: p.offset },
     };
   });
-  return {
+  const state: ShipState = {
     version: STATE_VERSION,
     source: s.source,
     stream: s.stream,
     acked: s.acked,
     inputs,
   };
+  if (s.version === STATE_VERSION_RECEIPTS) {
+    if (!_isText(s.vaultKey)) throw new TypeError("vaultKey is not text");
+    if (s.checkpoint !== undefined && !_isText(s.checkpoint)) {
+      throw new TypeError("checkpoint is not text");
+    }
+    state.version = STATE_VERSION_RECEIPTS;
+    state.vaultKey = s.vaultKey;
+    if (s.checkpoint !== undefined) state.checkpoint = s.checkpoint;
+  }
+  return state;
+}
+
+function _isText(value: unknown): value is string {
+  return typeof value === "string" && value.length > 0 &&
+    value.length <= MAX_RECEIPT_TEXT;
 }
 
 /**
