@@ -37,14 +37,11 @@ function parse(line: string): Event | undefined {
 }
 
 /** A running `moat witness`, its audit log on stderr. */
-async function startWitness(state: string) {
-  const child = spawnMoat([
-    "witness",
-    "--state",
-    state,
-    "--listen",
-    "127.0.0.1:0",
-  ]);
+async function startWitness(
+  state: string,
+  args = ["--state", state, "--listen", "127.0.0.1:0"],
+) {
+  const child = spawnMoat(["witness", ...args]);
   const audit = new LineWatcher(child.stderr!);
   const exited = new Promise<number | null>((resolve) =>
     child.on("close", (code) => resolve(code))
@@ -303,4 +300,67 @@ test("moat witness --init refuses other options, and moat serve --witness needs 
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, message);
   }
+});
+
+test("README's witness example runs as written, on loopback", async () => {
+  using tmp = tempDir("moat-e2e-witness-readme-");
+  const readme = fs.readFileSync(
+    path.join(import.meta.dirname ?? ".", "..", "README.md"),
+    "utf8",
+  );
+  const at = readme.indexOf("**A witness.**");
+  assert.ok(at >= 0, "README has the witness paragraph");
+  const block = /```sh\n([\s\S]*?)```/.exec(readme.slice(at))![1]!;
+  const commands = block.split("\n").map((l) => l.replace(/\s+#.*$/, "").trim())
+    .filter((l) => l !== "");
+  assert.equal(commands.length, 3, commands.join(" | "));
+  for (const c of commands) {
+    assert.doesNotMatch(c, /["'\\$`;&|]/, `plain words only: ${c}`);
+  }
+  // The README's addresses and paths, moved to loopback and the test's folder.
+  let witnessAddr = "";
+  let key = "";
+  const words = (c: string) =>
+    c.split(/\s+/).slice(2).map((w) =>
+      w.replace(/^\/var\//, `${tmp.dir}/var/`)
+        .replace(/^10\.0\.0\.1$/, "127.0.0.1")
+        .replace(/^10\.0\.0\.0\/24$/, "127.0.0.0/8")
+        .replace(/^0\.0\.0\.0:4321$/, "127.0.0.1:0")
+        .replace(/^10\.0\.0\.9:4321$/, () => witnessAddr)
+        .replace(/^KEY$/, () => key)
+    );
+  const [init, run, serve] = commands as [string, string, string];
+  assert.match(init, /^moat witness --init /);
+  const made = await runMoat(["witness", ...words(init)]);
+  assert.equal(made.code, 0, made.stderr);
+  key = made.stdout.trim();
+  assert.equal(parseVerifier(key).type, 0x04);
+  assert.match(run, /^moat witness --state /);
+  const witness = await startWitness("", words(run));
+  witnessAddr = witness.addr;
+  assert.match(serve, /^moat serve /);
+  {
+    await using server = await startServer([
+      ...words(serve),
+      "--seal-interval",
+      "1",
+    ]);
+    const shipped = await runMoat([
+      "ship",
+      "-",
+      "--source",
+      "app",
+      "--server",
+      `127.0.0.1:${server.port}`,
+      "--state-dir",
+      path.join(tmp.dir, "ship"),
+    ], { input: lines(1, 10) });
+    assert.equal(shipped.code, 0, shipped.stderr);
+    await witness.waitEvent(
+      (e) => e.event === "witness_cosigned" && e.size === 10,
+      "witness_cosigned at size 10",
+    );
+    await server.waitEvent((e) => e.event === "cosigned", "cosigned");
+  }
+  assert.equal(await witness.stop(), 0);
 });
