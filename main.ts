@@ -21,36 +21,59 @@ import {
   STDOUT_CLOSED_EXIT,
   StdoutClosedError,
 } from "./cli/output.ts";
-import { SERVE, serveCommand } from "./cli/serve.ts";
-import { GET, getCommand } from "./cli/get.ts";
-import { CERT, certCommand } from "./cli/cert.ts";
-import { CHAT, chatCommand } from "./cli/chat.ts";
-import { SHIP, shipCommand } from "./cli/ship.ts";
-import { VAULT, vaultCommand } from "./cli/vault.ts";
-import { STATUS, statusCommand } from "./cli/status.ts";
-import { VERIFY_PROOF, verifyProofCommand } from "./cli/verify_proof.ts";
-import { WITNESS, witnessCommand } from "./cli/witness.ts";
 
 // Set by `bun build --define` for release binaries.
 declare const MOAT_TARGET: string | undefined;
 const TARGET = typeof MOAT_TARGET === "string" ? MOAT_TARGET : "script";
 
-/** Every command, in the order `moat --help` lists them. */
-const COMMANDS: Record<string, Command> = {
-  serve: { spec: SERVE, run: serveCommand },
-  get: { spec: GET, run: getCommand },
-  cert: { spec: CERT, run: certCommand },
-  chat: { spec: CHAT, run: chatCommand },
-  ship: { spec: SHIP, run: shipCommand },
-  vault: { spec: VAULT, run: vaultCommand },
-  status: { spec: STATUS, run: statusCommand },
-  "verify-proof": { spec: VERIFY_PROOF, run: verifyProofCommand },
-  witness: { spec: WITNESS, run: witnessCommand },
+/**
+ * Every command, in the order `moat --help` lists them, each loaded only when
+ * it runs: a command evaluates its own modules and the runtime's built-ins it
+ * needs (node:tls, node:crypto, node:zlib… cost milliseconds each), not every
+ * command's. `moat serve` reaches its listening socket that much sooner.
+ */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  serve: async () => {
+    const m = await import("./cli/serve.ts");
+    return { spec: m.SERVE, run: m.serveCommand };
+  },
+  get: async () => {
+    const m = await import("./cli/get.ts");
+    return { spec: m.GET, run: m.getCommand };
+  },
+  cert: async () => {
+    const m = await import("./cli/cert.ts");
+    return { spec: m.CERT, run: m.certCommand };
+  },
+  chat: async () => {
+    const m = await import("./cli/chat.ts");
+    return { spec: m.CHAT, run: m.chatCommand };
+  },
+  ship: async () => {
+    const m = await import("./cli/ship.ts");
+    return { spec: m.SHIP, run: m.shipCommand };
+  },
+  vault: async () => {
+    const m = await import("./cli/vault.ts");
+    return { spec: m.VAULT, run: m.vaultCommand };
+  },
+  status: async () => {
+    const m = await import("./cli/status.ts");
+    return { spec: m.STATUS, run: m.statusCommand };
+  },
+  "verify-proof": async () => {
+    const m = await import("./cli/verify_proof.ts");
+    return { spec: m.VERIFY_PROOF, run: m.verifyProofCommand };
+  },
+  witness: async () => {
+    const m = await import("./cli/witness.ts");
+    return { spec: m.WITNESS, run: m.witnessCommand };
+  },
 };
 
-function commandNamed(name: string): Command {
-  const command = COMMANDS[name];
-  if (command !== undefined && Object.hasOwn(COMMANDS, name)) return command;
+function commandNamed(name: string): Promise<Command> {
+  const load = COMMANDS[name];
+  if (load !== undefined && Object.hasOwn(COMMANDS, name)) return load();
   throw unknownWord("command", name, {
     candidates: [...Object.keys(COMMANDS), "help"],
     see: "see moat help",
@@ -66,18 +89,17 @@ async function main(argv: string[], context: RunContext): Promise<void> {
     case "--help": {
       const topic = rest[0];
       if (topic === undefined || topic === "help") {
-        return printLine(
-          formatMainHelp(Object.values(COMMANDS).map((c) => c.spec)),
-        );
+        const all = await Promise.all(Object.values(COMMANDS).map((c) => c()));
+        return printLine(formatMainHelp(all.map((c) => c.spec)));
       }
-      return printLine(formatHelp(commandNamed(topic).spec));
+      return printLine(formatHelp((await commandNamed(topic)).spec));
     }
     case "-V":
     case "--version":
     case "version":
       return printVersion(context.target);
     default:
-      return await commandNamed(name).run(rest, context);
+      return await (await commandNamed(name)).run(rest, context);
   }
 }
 
