@@ -5,6 +5,13 @@
  * Bun delivers bytes through callbacks; this module turns them into the pull
  * API of {@linkcode Conn}:
  *
+ * - On a plain connection (not TLS) `read` first takes what the kernel holds
+ *   with a non-blocking `recv(2)` straight into the caller's buffer
+ *   (`./_bun_recv.ts`, through `bun:ffi`), and Bun's own reading stays paused
+ *   meanwhile. Only a read that finds nothing waits on Bun's `data` callback;
+ *   a client in the middle of a bulk transfer first looks again a few times,
+ *   a millisecond apart. Where `bun:ffi` or libc is not there, or on TLS,
+ *   every read goes through the callbacks, as below.
  * - Received chunks are queued and copied into the caller's buffer by `read`.
  *   Bun hands every `data` callback a freshly allocated array (measured on Bun
  *   1.4.5: each chunk owns its own `ArrayBuffer`), so chunks are queued without
@@ -30,6 +37,7 @@
  */
 
 import * as nodeTls from "node:tls";
+import { setImmediate } from "node:timers";
 import {
   AddressInUseError,
   ConnectError,
@@ -53,6 +61,7 @@ import type {
 import { DescriptorReserve } from "./_fd_reserve.ts";
 import { checkServerKey } from "./node_tls.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
+import { directRecv, type Recv } from "./_bun_recv.ts";
 import { pullByob, writableFrom } from "./streams.ts";
 import {
   connectReason,
@@ -73,6 +82,8 @@ interface BunSocket {
   readonly remotePort: number;
   readonly localAddress: string;
   readonly localPort: number;
+  /** The descriptor; -1 once Bun closed the socket. */
+  readonly fd: number;
   write(data: Uint8Array, byteOffset?: number, byteLength?: number): number;
   shutdown(halfClose?: boolean): void;
   end(): void;
@@ -163,6 +174,23 @@ declare const Bun: {
 const PAUSE_ABOVE = 2 * 1024 * 1024;
 /** Resume a paused socket when the unread bytes fall to this many. */
 const RESUME_BELOW = 512 * 1024;
+
+/**
+ * Direct reads in a row before one waits for a macrotask: a reader that
+ * always finds bytes waiting would otherwise run in microtasks only and
+ * starve timers (the client's stall timeout) and signal handlers.
+ */
+const DIRECT_READS_PER_TURN = 64;
+
+/**
+ * A client's bulk read that finds the kernel queue empty looks again after
+ * this many ms, up to POLL_TRIES times, before it waits on Bun; see
+ * BunConn's #poll.
+ */
+const POLL_MS = 1;
+const POLL_TRIES = 4;
+/** Bytes a connection reads without a pause before it counts as a bulk transfer. */
+const BULK_BYTES = 1_048_576;
 
 /** Buffer a default stream reader waits with when no data is queued. */
 const STREAM_WAIT_SIZE = 16_384;
@@ -507,6 +535,28 @@ class BunConn implements Conn {
   #readBuf: Uint8Array | null = null;
   #readResolve: ((n: number | null) => void) | null = null;
   #readReject: ((error: unknown) => void) | null = null;
+  /**
+   * `recv` straight into the caller's buffer (see `./_bun_recv.ts`), set at
+   * the first read of a plain connection; null for TLS, and where the
+   * fallback (Bun's callbacks) is used.
+   */
+  #recv: Recv | null = null;
+  /** Direct reads since the last wait; see DIRECT_READS_PER_TURN. */
+  #directStreak = 0;
+  /**
+   * With direct reads, Bun's own reading is paused except while a read
+   * waits: otherwise, whenever the event loop turns, Bun reads what the
+   * kernel holds into a new array (34 MiB of them on a 1 GiB get, which
+   * the collector frees late) that a direct read would have taken.
+   */
+  #held = false;
+  /** A client connection; see #poll. */
+  #patient = false;
+  /** Bytes read since the connection was last quiet; see #poll. */
+  #streamed = 0;
+  /** A read is looking again after a pause; see #poll. */
+  #polling = false;
+
   // Write side.
   #writes: PendingWrite[] = NO_WRITES;
   #writeClosed = false;
@@ -570,6 +620,8 @@ class BunConn implements Conn {
           conn.#serverTls = serverTls.current;
           conn.handshake = () => conn.#startTls();
         }
+        // Client sockets (no onOpen) are made by connect().
+        conn.#patient = onOpen === null;
         // A client's TLS connection is handed out once its handshake is done.
         if (tls) conn.#expectHandshake();
         else onOpen?.(conn);
@@ -704,10 +756,59 @@ class BunConn implements Conn {
     if (this.#failure !== null) return Promise.reject(this.#failure);
     if (this.#eof) return EOF;
     if (buf.length === 0) return Promise.resolve(0);
-    if (this.#readResolve !== null) {
+    if (this.#readResolve !== null || this.#polling) {
       return Promise.reject(
         new TypeError("Cannot read: another read is already pending"),
       );
+    }
+    if (this.#recv !== null) {
+      const n = this.#readDirect(buf);
+      if (n !== -1) return n === 0 ? EOF : this.#direct(n);
+      if (this.#patient && this.#streamed >= BULK_BYTES) return this.#poll(buf);
+    }
+    return this.#wait(buf);
+  }
+
+  /**
+   * A bulk transfer ran dry for a moment (the sender is between writes or
+   * off the CPU): look again after POLL_MS, Bun's reading still paused, up
+   * to POLL_TRIES times, before waiting on Bun, whose callback would bring
+   * the next bytes in a new array (on a 1 GiB get, 5–10 MiB of them that
+   * the collector frees late; more on a slower link, where every read would
+   * wait). Only on client connections: the one transfer a `moat get` makes
+   * loses nothing by a millisecond's delay, while a server's connections
+   * keep reacting to the event loop.
+   */
+  async #poll(buf: Uint8Array): Promise<number | null> {
+    this.#polling = true;
+    try {
+      for (let i = 0; i < POLL_TRIES; i++) {
+        await new Promise<void>((resolve) => setTimeout(resolve, POLL_MS));
+        if (this.#closed) return null;
+        if (this.#failure !== null) throw this.#failure;
+        if (this.#eof) return null;
+        const n = this.#readDirect(buf);
+        if (n === 0) return null;
+        if (n > 0) {
+          this.#streamed += n;
+          return n;
+        }
+      }
+    } finally {
+      this.#polling = false;
+    }
+    // Quiet for POLL_TRIES × POLL_MS: whatever comes next starts afresh.
+    this.#streamed = 0;
+    return await this.#wait(buf);
+  }
+
+  /** Waits for Bun's `data` callback to fill `buf`. */
+  #wait(buf: Uint8Array): Promise<number | null> {
+    this.#directStreak = 0;
+    if (this.#held) {
+      // Nothing waiting: Bun watches the socket and hands over what comes.
+      this.#held = false;
+      if (!this.#paused && !this.#socketGone) this.#socket.resume();
     }
     return new Promise((resolve, reject) => {
       this.#readBuf = buf;
@@ -719,9 +820,48 @@ class BunConn implements Conn {
   /** The first read: a connection paused for its TLS handshake stays plain. */
   #startReading(): void {
     this.#readStarted = true;
-    if (this.#serverTls === undefined) return;
+    const pausedForTls = this.#serverTls !== undefined;
     this.#serverTls = undefined;
-    if (!this.#socketGone && !this.#paused) this.#socket.resume();
+    // Never on TLS: the socket's bytes are ciphertext.
+    if (this.#handshake === null) this.#recv = directRecv() ?? null;
+    if (this.#recv !== null) {
+      if (!pausedForTls) this.#hold();
+      else this.#held = true;
+    } else if (pausedForTls && !this.#socketGone && !this.#paused) {
+      this.#socket.resume();
+    }
+  }
+
+  /** Pauses Bun's reading until the next read that has to wait. */
+  #hold(): void {
+    if (this.#held) return;
+    this.#held = true;
+    if (!this.#paused && !this.#socketGone) this.#socket.pause();
+  }
+
+  /**
+   * Reads what the kernel holds into `buf`, bypassing Bun's callback; the
+   * queue is empty, so no byte Bun delivered is skipped. Bun only reads in
+   * its event loop and hands what it read to `data` at once, so the two
+   * never split the stream. Returns the count, 0 at the peer's FIN, or -1:
+   * nothing waiting or an error, which Bun's own path then waits for and
+   * reports.
+   */
+  #readDirect(buf: Uint8Array): number {
+    // -1 once Bun closed the socket, so a reused descriptor is never read.
+    const fd = this.#socketGone ? -1 : this.#socket.fd;
+    if (fd < 0) return -1;
+    const n = this.#recv!(fd, buf);
+    if (n === 0) this.#eof = true;
+    return n < 0 ? -1 : n;
+  }
+
+  /** Resolves a direct read, on a new macrotask every DIRECT_READS_PER_TURN reads. */
+  #direct(n: number): Promise<number> {
+    this.#streamed += n;
+    if (++this.#directStreak < DIRECT_READS_PER_TURN) return Promise.resolve(n);
+    this.#directStreak = 0;
+    return new Promise((resolve) => setImmediate(() => resolve(n)));
   }
 
   write(bytes: Uint8Array): Promise<void> {
@@ -854,7 +994,7 @@ class BunConn implements Conn {
     }
     if (this.#paused && this.#queued <= RESUME_BELOW && !this.#socketGone) {
       this.#paused = false;
-      this.#socket.resume();
+      if (!this.#held) this.#socket.resume();
     }
   }
 
@@ -876,13 +1016,18 @@ class BunConn implements Conn {
         this.#queued = data.length - count;
       }
       this.#settleRead(count);
+      // The wait is over: direct reads take it from here.
+      if (this.#recv !== null) {
+        this.#hold();
+        this.#streamed += count;
+      }
     } else {
       this.#pushChunk(data);
       this.#queued += data.length;
     }
     if (this.#queued > PAUSE_ABOVE && !this.#paused && !this.#socketGone) {
       this.#paused = true;
-      this.#socket.pause();
+      if (!this.#held) this.#socket.pause();
     }
   }
 
