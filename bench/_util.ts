@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type ChildProcess, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as net from "node:net";
@@ -185,4 +185,149 @@ export function table(head: string[], rows: string[][]): string {
   return [line(head), line(head.map(() => "---")), ...rows.map(line)].join(
     "\n",
   );
+}
+
+// ---------------------------------------------------------------------------
+// Measured processes
+
+/** Waits for `child` to exit; kills everything tracked and rejects after `timeoutMs`. */
+export function exited(
+  child: ChildProcess,
+  timeoutMs: number,
+  what: string,
+): Promise<number | null> {
+  return new Promise<number | null>((resolve, reject) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      return resolve(child.exitCode);
+    }
+    const timer = setTimeout(() => {
+      killAll();
+      reject(new Error(`${what} did not exit within ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
+  });
+}
+
+/** A process run under `/usr/bin/time -v`. */
+export interface Timed {
+  child: ChildProcess;
+  /** Where `time` writes its report. */
+  report: string;
+  /** performance.now() at spawn. */
+  started: number;
+}
+
+let timedCount = 0;
+
+/** Spawns `argv` under `/usr/bin/time -v` (report in `dir`), stdio as given. */
+export function spawnTimed(
+  dir: string,
+  argv: string[],
+  options: {
+    cwd?: string;
+    stdin?: number | "ignore" | "pipe";
+    stdout?: number | "ignore" | "pipe";
+    stderr?: number | "ignore" | "pipe";
+    env?: Record<string, string | undefined>;
+  } = {},
+): Timed {
+  const report = `${dir}/time-${++timedCount}.txt`;
+  const started = performance.now();
+  const child = track(
+    spawn("/usr/bin/time", ["-v", "-o", report, ...argv], {
+      cwd: options.cwd ?? dir,
+      stdio: [
+        options.stdin ?? "ignore",
+        options.stdout ?? "ignore",
+        options.stderr ?? "ignore",
+      ],
+      ...(options.env && { env: options.env }),
+    }),
+  );
+  return { child, report, started };
+}
+
+/** What `time -v` reported: peak RSS (KiB) and CPU seconds. */
+export async function timeReport(
+  report: string,
+): Promise<{ peakKiB: number; userSec: number; sysSec: number }> {
+  const text = await fsp.readFile(report, "utf8");
+  const num = (re: RegExp) => {
+    const m = re.exec(text);
+    if (!m) throw new Error(`${re} not in ${report}: ${text}`);
+    return Number(m[1]);
+  };
+  return {
+    peakKiB: num(/Maximum resident set size \(kbytes\): (\d+)/),
+    userSec: num(/User time \(seconds\): ([\d.]+)/),
+    sysSec: num(/System time \(seconds\): ([\d.]+)/),
+  };
+}
+
+/** The measured process under `time` (its only child). */
+export async function innerPid(timed: Timed): Promise<number> {
+  for (let i = 0; i < 500; i++) {
+    const pids = childPids(timed.child.pid!);
+    if (pids.length === 1) return pids[0]!;
+    await sleep(2);
+  }
+  throw new Error("cannot find the process under time");
+}
+
+/** Throws unless `file` holds exactly `size` bytes. */
+export async function checkSize(
+  file: string,
+  size: number,
+  what: string,
+): Promise<void> {
+  const st = await fsp.stat(file).catch(() => undefined);
+  if (st?.size !== size) {
+    throw new Error(
+      `${what}: received ${st?.size ?? "no"} bytes, expected ${size}`,
+    );
+  }
+}
+
+/** Minimum, median and maximum, as "median (min–max)". */
+export function spread(xs: readonly number[], digits = 2): string {
+  const ok = xs.filter((x) => Number.isFinite(x));
+  if (ok.length === 0) return "—";
+  return `${fmt(median(ok), digits)} (${fmt(Math.min(...ok), digits)}–${
+    fmt(Math.max(...ok), digits)
+  })`;
+}
+
+// ---------------------------------------------------------------------------
+// rsyslog
+
+/**
+ * The one rsyslog configuration both the ship and the syslog bench use:
+ * imtcp on `port` → omfile `out`, raw messages, tuned for throughput (batches
+ * of up to 1024 messages from the main queue, a 256 KiB write buffer: with
+ * the default 4 KiB buffer rsyslog 8.2302 writes, and with `sync`, fsyncs,
+ * every 4 KiB, about 34 lines). `sync`: `sync="on"`, fsync of file and
+ * directory after each batch; otherwise the page cache only.
+ */
+export function rsyslogConf(
+  workDir: string,
+  port: number,
+  out: string,
+  sync: boolean,
+): string {
+  return [
+    `global(workDirectory="${workDir}")`,
+    'main_queue(queue.dequeueBatchSize="1024")',
+    `module(load="imtcp")`,
+    `input(type="imtcp" address="127.0.0.1" port="${port}" ruleset="bench")`,
+    `template(name="raw" type="string" string="%rawmsg%\\n")`,
+    `ruleset(name="bench") {`,
+    `  action(type="omfile" file="${out}" template="raw" ioBufferSize="256k"${
+      sync ? ' sync="on"' : ""
+    })`,
+    `}`,
+    "",
+  ].join("\n");
 }

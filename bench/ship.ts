@@ -17,8 +17,9 @@
  * In the same run, interleaved round by round, Debian's rsyslog (imtcp on a
  * loopback port → omfile, as an unprivileged foreground process) receives the
  * same lines over TCP from a small batching generator inside this process,
- * once with defaults (page cache, no fsync) and once with `sync="on"` (fsync
- * of file and directory after each batch). rsyslog acknowledges nothing; its
+ * with the tuned configuration of `rsyslogConf` in `./_util.ts` (the one
+ * the syslog bench uses too), once without fsync (page cache) and once with
+ * `sync="on"` (fsync of file and directory after each batch). rsyslog acknowledges nothing; its
  * run ends when its output file holds every line (lines are fixed-size, so
  * the file size tells), and the newline count is checked afterwards.
  *
@@ -56,6 +57,7 @@ import {
   has,
   killAll,
   median,
+  rsyslogConf,
   sh,
   sleep,
   table,
@@ -639,29 +641,6 @@ async function moatFollowRun(ctx: Context, flavor: Flavor) {
   }
 }
 
-/**
- * rsyslog's configuration. `sync`: `sync="on"` (fsync of file and directory
- * after each batch) with a 256 KiB write buffer and batches of up to 1024
- * messages; with the default 4 KiB buffer, rsyslog 8.2302 writes and fsyncs
- * every 4 KiB (about 34 lines).
- */
-function rsyslogConf(dir: string, port: number, sync: boolean): string {
-  const out = path.join(dir, "out.log");
-  return [
-    `global(workDirectory="${dir}")`,
-    ...(sync ? ['main_queue(queue.dequeueBatchSize="1024")'] : []),
-    `module(load="imtcp")`,
-    `input(type="imtcp" address="127.0.0.1" port="${port}" ruleset="bench")`,
-    `template(name="raw" type="string" string="%rawmsg%\\n")`,
-    `ruleset(name="bench") {`,
-    sync
-      ? `  action(type="omfile" file="${out}" template="raw" sync="on" ioBufferSize="256k")`
-      : `  action(type="omfile" file="${out}" template="raw")`,
-    `}`,
-    "",
-  ].join("\n");
-}
-
 /** Writes `bytes` to a new connection with backpressure, then ends it. */
 function feed(port: number, bytes: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -695,7 +674,11 @@ async function rsyslogRun(ctx: Context, sync: boolean, senders: number) {
   if (root) await fsp.chown(dir, UNPRIVILEGED, UNPRIVILEGED);
   const port = await freePort();
   const conf = path.join(dir, "rsyslog.conf");
-  await fsp.writeFile(conf, rsyslogConf(dir, port, sync), { mode: 0o644 });
+  await fsp.writeFile(
+    conf,
+    rsyslogConf(dir, port, path.join(dir, "out.log"), sync),
+    { mode: 0o644 },
+  );
   const out = path.join(dir, "out.log");
   const daemon = [
     "rsyslogd",
@@ -779,7 +762,7 @@ function contenders(
         const family = sync ? "rsyslog-sync" : "rsyslog-defaults";
         list.push({
           id: `${family}-${senders}`,
-          name: sync ? 'rsyslog sync="on"' : "rsyslog defaults",
+          name: sync ? 'rsyslog sync="on"' : "rsyslog, no fsync",
           family,
           senders,
           how: "TCP generator",
@@ -1062,7 +1045,7 @@ export async function benchShip(
         "senders",
         "lines/s (median)",
         "min–max",
-        "× rsyslog defaults",
+        "× rsyslog, no fsync",
         '× rsyslog sync="on"',
         "receiver CPU µs/line",
         "shipper CPU µs/line",
@@ -1073,10 +1056,10 @@ export async function benchShip(
     "moat `ship -`: acknowledged lines (fsync'd by the server, after the shipper's own fsync'd spool), " +
     "clock from spawning the shipper(s) to the last exit. moat `ship FILE`: until every record is in the vault's " +
     "segment files (its fsync and ack follow within one commit). rsyslog: until its output file holds every line; " +
-    "it acknowledges nothing, and its generator runs inside the bench. rsyslog defaults: imtcp → omfile, page " +
-    'cache only. rsyslog sync="on": fsync of file and directory per batch, with `ioBufferSize="256k"` and ' +
-    '`main_queue(queue.dequeueBatchSize="1024")` (with the default 4 KiB buffer rsyslog 8.2302 fsyncs every ' +
-    "4 KiB, ~34 lines). Ratios: run by run against rsyslog in the same round with the same number of senders " +
+    "it acknowledges nothing, and its generator runs inside the bench. rsyslog: imtcp → omfile tuned with " +
+    '`ioBufferSize="256k"` and `main_queue(queue.dequeueBatchSize="1024")` (with the default 4 KiB buffer ' +
+    'rsyslog 8.2302 writes, and fsyncs, every 4 KiB, ~34 lines); no fsync (page cache only), or `sync="on"` ' +
+    "(fsync of file and directory per batch). Ratios: run by run against rsyslog in the same round with the same number of senders " +
     "(follow: 1 sender). CPU: receiver from /proc during the run; shippers from `/usr/bin/time`, start-up included.",
     "",
     `Target ≥ 300,000 acknowledged lines/s: ${

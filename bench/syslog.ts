@@ -1,19 +1,21 @@
 // deno-lint-ignore-file no-console
 /**
- * Syslog ingestion benchmark (not part of the tests): records per second
- * from a TCP syslog sender until every record is stored, moat's syslog port
- * (each record sealed with its checksum and fsync'd before
+ * Syslog ingestion benchmark (a section of `npm run bench`; also runs alone):
+ * records per second from a TCP syslog sender until every record is stored,
+ * moat's syslog port (each record sealed with its checksum and fsync'd before
  * `syslog_finished` is logged) against rsyslog imtcp → omfile, in the same
  * run, contenders interleaved round by round:
  *
- * - moat serve --vault --syslog-port on Bun and on Deno: done when the audit
- *   log says `syslog_finished` with every record (all appends durable);
- * - rsyslog 8 imtcp → omfile with its defaults (page cache, no fsync) and
- *   with `sync="on"` (fsync per batch): done when the file holds every line.
+ * - `moat serve --vault DIR --syslog-port 0`, the binary and on Bun and Deno:
+ *   done when the audit log says `syslog_finished` with every record (all
+ *   appends durable);
+ * - rsyslog 8 imtcp → omfile with the tuned configuration of `rsyslogConf`
+ *   in `./_util.ts` (the ship bench's), without fsync and with `sync="on"`:
+ *   done when the file holds every line.
  *
  * The sender is one connection writing pre-built newline-framed 120-byte
- * RFC 5424 messages in 1 MiB writes (a small batching generator; see
- * PERF.md on loggen). Timing starts at connect.
+ * RFC 5424 messages in 1 MiB writes. Timing starts at connect. The work area
+ * is on a disk (/var/tmp or /tmp), never tmpfs: fsync is the point.
  *
  * Usage: bun bench/syslog.ts [--messages N] [--rounds R]
  *
@@ -23,24 +25,26 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { freePort, killAll, median, sleep, track } from "./_util.ts";
+import {
+  freePort,
+  killAll,
+  median,
+  rsyslogConf,
+  sleep,
+  spread,
+  table,
+  track,
+} from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN_DIR = path.join(ROOT, "node_modules", ".bin");
 const MAIN = path.join(ROOT, "main.ts");
 const LINE = 120;
-
-const { values } = parseArgs({
-  options: { messages: { type: "string" }, rounds: { type: "string" } },
-});
-const MESSAGES = Number(values.messages ?? 500_000);
-const ROUNDS = Number(values.rounds ?? 3);
-
-process.on("exit", killAll);
+/** rsyslog runs as this user when the bench runs as root (nobody). */
+const UNPRIVILEGED = 65534;
 
 /** `count` newline-framed RFC 5424 messages of exactly LINE bytes each (LF included). */
 function buildPayload(count: number): Buffer {
@@ -75,6 +79,7 @@ interface Contender {
   /** Starts the receiver; returns its port, a completion waiter, and a stop. */
   start(
     dir: string,
+    messages: number,
   ): Promise<
     { port: number; done: () => Promise<void>; stop: () => Promise<void> }
   >;
@@ -92,15 +97,18 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-function moat(runtime: "bun" | "deno"): Contender {
+/** A moat to measure: its name and the argv prefix that runs it. */
+export interface SyslogFlavor {
+  name: string;
+  argv: string[];
+}
+
+function moat(flavor: SyslogFlavor): Contender {
   return {
-    name: `moat on ${runtime === "bun" ? "Bun" : "Deno"} (vault, fsync)`,
-    async start(dir) {
-      const argv = runtime === "bun"
-        ? [path.join(BIN_DIR, "bun"), MAIN]
-        : [path.join(BIN_DIR, "deno"), "run", "-A", MAIN];
-      const child = track(spawn(argv[0]!, [
-        ...argv.slice(1),
+    name: `${flavor.name} (vault, fsync)`,
+    async start(dir, messages) {
+      const child = track(spawn(flavor.argv[0]!, [
+        ...flavor.argv.slice(1),
         "serve",
         "--host",
         "127.0.0.1",
@@ -139,7 +147,7 @@ function moat(runtime: "bun" | "deno"): Contender {
           const found = seen.find(pred);
           if (found) return resolve(found);
           const t = setTimeout(
-            () => reject(new Error("moat timed out")),
+            () => reject(new Error(`${flavor.name} timed out: ${err}`)),
             300_000,
           );
           waiters.push({
@@ -157,8 +165,10 @@ function moat(runtime: "bun" | "deno"): Contender {
         port,
         done: async () => {
           const e = await wait((e) => e.event === "syslog_finished");
-          if (e.records !== MESSAGES) {
-            throw new Error(`moat stored ${e.records} of ${MESSAGES}`);
+          if (e.records !== messages) {
+            throw new Error(
+              `${flavor.name} stored ${e.records} of ${messages}`,
+            );
           }
         },
         stop: () => stopChild(child),
@@ -169,26 +179,18 @@ function moat(runtime: "bun" | "deno"): Contender {
 
 function rsyslog(sync: boolean): Contender {
   return {
-    name: `rsyslog imtcp → omfile (${
-      sync ? 'sync="on"' : "defaults, no fsync"
-    })`,
-    async start(dir) {
+    name: `rsyslog imtcp → omfile (${sync ? 'sync="on"' : "no fsync"})`,
+    async start(dir, messages) {
       const port = await freePort();
       const out = path.join(dir, "out.log");
-      fs.mkdirSync(path.join(dir, "work"), { recursive: true });
       const conf = path.join(dir, "rsyslog.conf");
-      fs.writeFileSync(
-        conf,
-        `global(workDirectory="${path.join(dir, "work")}")
-module(load="imtcp")
-input(type="imtcp" address="127.0.0.1" port="${port}")
-template(name="raw" type="string" string="%rawmsg%\\n")
-action(type="omfile" file="${out}" template="raw"${sync ? ' sync="on"' : ""})
-`,
-      );
+      fs.writeFileSync(conf, rsyslogConf(dir, port, out, sync));
+      const root = process.getuid?.() === 0;
+      if (root) fs.chownSync(dir, UNPRIVILEGED, UNPRIVILEGED);
       const child = track(
         spawn("rsyslogd", ["-n", "-f", conf, "-i", path.join(dir, "pid")], {
           stdio: ["ignore", "ignore", "inherit"],
+          ...(root && { uid: UNPRIVILEGED, gid: UNPRIVILEGED }),
         }),
       );
       // Wait until imtcp accepts.
@@ -203,7 +205,7 @@ action(type="omfile" file="${out}" template="raw"${sync ? ' sync="on"' : ""})
         if (ok) break;
         await sleep(25);
       }
-      const want = MESSAGES * LINE;
+      const want = messages * LINE;
       return {
         port,
         done: async () => {
@@ -221,41 +223,132 @@ action(type="omfile" file="${out}" template="raw"${sync ? ' sync="on"' : ""})
   };
 }
 
-async function main() {
-  const payload = buildPayload(MESSAGES);
-  const contenders = [moat("bun"), moat("deno"), rsyslog(false), rsyslog(true)];
-  const rates = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const c of contenders) {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-bench-syslog-"));
+/** Options for {@linkcode benchSyslog}. */
+export interface SyslogBenchOptions {
+  /** Where work folders are made: a disk, not tmpfs. */
+  dir: string;
+  messages: number;
+  rounds: number;
+  flavors: SyslogFlavor[];
+  /** Also measure rsyslog (skipped when rsyslogd is missing). */
+  rsyslog: boolean;
+  log: (message: string) => void;
+}
+
+/** A receiver's records per second, one per round, and its ratios. */
+export interface SyslogRow {
+  name: string;
+  rates: number[];
+  /** Per round: × rsyslog without fsync, × rsyslog with `sync="on"`. */
+  ratios: { nofsync: number[]; sync: number[] };
+}
+
+/**
+ * Runs the syslog ingest section.
+ *
+ * @param o Work area, size, rounds, contenders.
+ * @returns Rows and a Markdown table.
+ */
+export async function benchSyslog(
+  o: SyslogBenchOptions,
+): Promise<{ rows: SyslogRow[]; markdown: string }> {
+  const payload = buildPayload(o.messages);
+  const contenders = [
+    ...o.flavors.map(moat),
+    ...(o.rsyslog ? [rsyslog(false), rsyslog(true)] : []),
+  ];
+  const rows: SyslogRow[] = contenders.map((c) => ({
+    name: c.name,
+    rates: [],
+    ratios: { nofsync: [], sync: [] },
+  }));
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const [i, c] of contenders.entries()) {
+      const dir = fs.mkdtempSync(path.join(o.dir, "moat-bench-syslog-"));
       try {
-        const r = await c.start(dir);
+        const r = await c.start(dir, o.messages);
         const started = await send(r.port, payload);
         await r.done();
         const secs = (performance.now() - started) / 1000;
         await r.stop();
-        rates.get(c.name)!.push(MESSAGES / secs);
-        console.error(
-          `round ${round}: ${c.name}: ${Math.round(MESSAGES / secs)} records/s`,
-        );
+        rows[i]!.rates.push(o.messages / secs);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }
     }
-  }
-  console.log(
-    `\n${MESSAGES} messages of ${LINE} bytes, 1 connection, median of ${ROUNDS} rounds (${os.tmpdir()})\n`,
-  );
-  console.log("| receiver | records/s | runs |");
-  console.log("|---|---|---|");
-  for (const [name, xs] of rates) {
-    console.log(
-      `| ${name} | ${Math.round(median(xs)).toLocaleString("en")} | ${
-        xs.map((x) => Math.round(x / 1000) + "k").join(", ")
-      } |`,
+    const nofsync = rows.find((r) => r.name.includes("no fsync"));
+    const sync = rows.find((r) => r.name.includes('sync="on"'));
+    for (const row of rows) {
+      const rate = row.rates[round - 1]!;
+      row.ratios.nofsync.push(nofsync ? rate / nofsync.rates[round - 1]! : NaN);
+      row.ratios.sync.push(sync ? rate / sync.rates[round - 1]! : NaN);
+    }
+    o.log(
+      `  round ${round}/${o.rounds}: ${
+        rows.map((r) => `${r.name} ${Math.round(r.rates[round - 1]! / 1000)}k`)
+          .join(", ")
+      } records/s`,
     );
   }
+  const markdown = table(
+    [
+      "receiver",
+      "records/s median (min–max)",
+      "× rsyslog, no fsync",
+      '× rsyslog sync="on"',
+    ],
+    rows.map((r) => [
+      r.name,
+      `${Math.round(median(r.rates)).toLocaleString("en-US")} (${
+        Math.round(Math.min(...r.rates) / 1000)
+      }k–${Math.round(Math.max(...r.rates) / 1000)}k)`,
+      spread(r.ratios.nofsync),
+      spread(r.ratios.sync),
+    ]),
+  );
+  return { rows, markdown };
 }
 
-await main();
-process.exit(0);
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { messages: { type: "string" }, rounds: { type: "string" } },
+  });
+  const bin = path.join(ROOT, "dist", "moat-linux-x64");
+  const flavors: SyslogFlavor[] = [
+    ...(fs.existsSync(bin) ? [{ name: "moat binary", argv: [bin] }] : []),
+    { name: "moat on Bun", argv: [path.join(BIN_DIR, "bun"), MAIN] },
+    {
+      name: "moat on Deno",
+      argv: [path.join(BIN_DIR, "deno"), "run", "-A", MAIN],
+    },
+  ];
+  const dir = fs.existsSync("/var/tmp") ? "/var/tmp" : "/tmp";
+  const { markdown } = await benchSyslog({
+    dir,
+    messages: Number(values.messages ?? 500_000),
+    rounds: Number(values.rounds ?? 3),
+    flavors,
+    rsyslog: true,
+    log: (m) => console.error(m),
+  });
+  console.log(
+    `\n${
+      values.messages ?? 500_000
+    } messages of ${LINE} bytes, 1 connection (${dir})\n`,
+  );
+  console.log(markdown);
+}
+
+if (import.meta.main) {
+  process.on("exit", killAll);
+  try {
+    await main();
+    process.exit(0);
+  } catch (err) {
+    console.error(
+      `bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}`,
+    );
+    killAll();
+    process.exit(1);
+  }
+}

@@ -1,289 +1,488 @@
 // deno-lint-ignore-file no-console
 /**
- * TLS benchmark (standalone; not part of the tests): a 1 GiB `moat get` over
- * TLS 1.3 from /dev/shm to /dev/shm, the moat binary and moat on Deno and Bun,
- * against `socat -b 262144` with OPENSSL-LISTEN/OPENSSL in the same run,
- * interleaved round by round; then the handshake time (connect until the
- * Welcome) with TLS and without, measured in-process with the library.
+ * TLS get benchmark (a section of `npm run bench`; also runs alone): one file
+ * from a moat server with `--tls-cert` to `moat get --tls --pin` on the same
+ * runtime, against `socat OPENSSL-LISTEN` → `socat OPENSSL` (TLS 1.3 only),
+ * interleaved round by round, from a directory on /dev/shm to a file beside
+ * it.
+ *
+ * Same cipher: moat's servers follow the client's preference, and the
+ * clients differ (Bun's BoringSSL offers AES-128-GCM first, Deno's node:tls
+ * AES-256-GCM). socat runs twice per round, once with each suite (set
+ * through `OPENSSL_CONF`), and every moat is compared with the socat of its
+ * own suite in the same round. The suites are not assumed: one get per
+ * contender goes through a relay here that reads the ServerHello.
  *
  * Usage: bun bench/tls.ts [--rounds N] [--size MIB]
  *
  * @module
  */
 
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import * as fsp from "node:fs/promises";
+import * as net from "node:net";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { getNet } from "../lib/net/mod.ts";
-import { openSession } from "../lib/client.ts";
-import { median, sleep } from "./_util.ts";
+import {
+  checkSize,
+  descendants,
+  exited,
+  fmt,
+  freePort,
+  innerPid,
+  killAll,
+  median,
+  spawnTimed,
+  spread,
+  table,
+  timeReport,
+  tryKill,
+  waitListening,
+} from "./_util.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
-const BIN = path.join(ROOT, "node_modules", ".bin");
-const { values } = parseArgs({
-  args: process.argv.slice(2),
-  options: { rounds: { type: "string" }, size: { type: "string" } },
-});
-const ROUNDS = Number(values.rounds ?? 3);
-const SIZE = Number(values.size ?? 1024) * 2 ** 20;
-const DIR = fs.mkdtempSync("/dev/shm/moat-tls-bench-");
-const BIG = path.join(DIR, "big.bin");
-const OUT = path.join(DIR, "out.bin");
+const GIB = 2 ** 30;
+/** socat's buffer, as in the plain get. */
+const SOCAT_BUFFER = 262144;
 
-function run(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { cwd: DIR, encoding: "utf8" });
+/** The TLS 1.3 suites the contenders may negotiate, by IANA number. */
+const SUITES: Record<number, string> = {
+  0x1301: "TLS_AES_128_GCM_SHA256",
+  0x1302: "TLS_AES_256_GCM_SHA384",
+  0x1303: "TLS_CHACHA20_POLY1305_SHA256",
+};
+
+/** A moat to measure: its name and the argv prefix that runs it. */
+export interface TlsFlavor {
+  name: string;
+  argv: string[];
+}
+
+/** Options for {@linkcode benchTls}. */
+export interface TlsBenchOptions {
+  /** Work area on /dev/shm; the certificate and outputs go here. */
+  dir: string;
+  /** The file to send (its folder is the moat server's root). */
+  file: string;
+  /** Its size in bytes. */
+  size: number;
+  /** Rounds, each running every contender once. */
+  rounds: number;
+  flavors: TlsFlavor[];
+  log: (message: string) => void;
+}
+
+/** One timed get. */
+export interface TlsRun {
+  gibps: number;
+  wallMs: number;
+  /** The receiving client's user + system CPU seconds. */
+  cpuSec: number;
+  clientKiB: number;
+}
+
+/** A contender's runs and its ratios to the same-suite socat of each round. */
+export interface TlsRow {
+  name: string;
+  /** The suite seen in the ServerHello. */
+  suite: string;
+  runs: TlsRun[];
+  /** Per round: GiB/s over the same-suite socat's GiB/s. */
+  ratios: number[];
+}
+
+// ---------------------------------------------------------------------------
+// Certificate and suites
+
+function run(cmd: string, args: string[], cwd: string): string {
+  const r = spawnSync(cmd, args, { cwd, encoding: "utf8" });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr}`);
   return r.stdout;
 }
 
-/** Starts a process and waits until a TCP port accepts; returns it and the port. */
-async function startServer(argv: string[], port: number) {
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: DIR,
-    stdio: ["pipe", "ignore", "ignore"],
-  });
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = spawnSync("bash", ["-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
-      resolve(s.status === 0);
-    });
-    if (ok) return child;
-    await sleep(50);
-  }
-  child.kill("SIGKILL");
-  throw new Error(`${argv.join(" ")} did not listen`);
+/** A P-256 certificate for 127.0.0.1 in `dir`; returns its pin. */
+function makeCertificate(dir: string): string {
+  run("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    "k.pem",
+    "-out",
+    "c.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=127.0.0.1",
+    "-addext",
+    "basicConstraints=critical,CA:FALSE",
+    "-addext",
+    "subjectAltName=IP:127.0.0.1",
+  ], dir);
+  const fp = run("openssl", [
+    "x509",
+    "-in",
+    "c.pem",
+    "-noout",
+    "-fingerprint",
+    "-sha256",
+  ], dir).trim().split("=")[1]!;
+  return "sha256:" + fp.replaceAll(":", "").toLowerCase();
 }
 
-/** Wall time of a command. */
-function timed(argv: string[]): Promise<number> {
-  const t0 = performance.now();
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: DIR,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let err = "";
-  child.stderr!.on("data", (d) => (err += d));
-  return new Promise((resolve, reject) =>
-    child.on("close", (code) => {
-      if (code !== 0) {
-        reject(new Error(`${argv.join(" ")} exited ${code}: ${err}`));
-      } else resolve((performance.now() - t0) / 1000);
-    })
-  );
-}
-
-let nextPort = 41000 + Math.floor(Math.random() * 10000);
-
-run("openssl", [
-  "req",
-  "-x509",
-  "-newkey",
-  "ec",
-  "-pkeyopt",
-  "ec_paramgen_curve:P-256",
-  "-nodes",
-  "-keyout",
-  "k.pem",
-  "-out",
-  "c.pem",
-  "-days",
-  "2",
-  "-subj",
-  "/CN=127.0.0.1",
-  "-addext",
-  "basicConstraints=critical,CA:FALSE",
-  "-addext",
-  "subjectAltName=IP:127.0.0.1",
-]);
-const FP = "sha256:" +
-  run("openssl", ["x509", "-in", "c.pem", "-noout", "-fingerprint", "-sha256"])
-    .trim().split("=")[1]!.replaceAll(
-      ":",
+/** An OpenSSL configuration that allows TLS 1.3 with `suite` only. */
+function opensslConf(dir: string, suite: string): string {
+  const file = path.join(dir, `openssl-${suite}.cnf`);
+  fs.writeFileSync(
+    file,
+    [
+      "openssl_conf = default_conf",
+      "[default_conf]",
+      "ssl_conf = ssl_sect",
+      "[ssl_sect]",
+      "system_default = system_default_sect",
+      "[system_default_sect]",
+      "MinProtocol = TLSv1.3",
+      `Ciphersuites = ${suite}`,
       "",
-    ).toLowerCase();
-{
-  const fd = fs.openSync(BIG, "w");
-  const chunk = new Uint8Array(2 ** 20);
-  crypto.getRandomValues(chunk.subarray(0, 65536));
-  for (let i = 1; i < 16; i++) chunk.copyWithin(i * 65536, 0, 65536);
-  for (let done = 0; done < SIZE; done += chunk.length) {
-    fs.writeSync(fd, chunk, 0, Math.min(chunk.length, SIZE - done));
-  }
-  fs.closeSync(fd);
+    ].join("\n"),
+  );
+  return file;
 }
 
-const flavors: [string, string[]][] = [
-  ["moat binary", [path.join(ROOT, "dist", "moat-linux-x64")]],
-  ["moat on Deno", [
-    path.join(BIN, "deno"),
-    "run",
-    "-A",
-    path.join(ROOT, "main.ts"),
-  ]],
-  ["moat on Bun", [path.join(BIN, "bun"), path.join(ROOT, "main.ts")]],
-].filter(([name, argv]) =>
-  name !== "moat binary" || fs.existsSync(argv![0]!)
-) as [string, string[]][];
+/**
+ * A one-connection relay on a free port to `port` that reports the suite of
+ * the first TLS ServerHello it forwards.
+ */
+async function suiteRelay(
+  port: number,
+): Promise<{ port: number; suite: Promise<string>; close: () => void }> {
+  let report!: (suite: string) => void;
+  const suite = new Promise<string>((resolve) => (report = resolve));
+  const sockets: net.Socket[] = [];
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ host: "127.0.0.1", port });
+    sockets.push(client, upstream);
+    client.pipe(upstream);
+    let head = Buffer.alloc(0);
+    let done = false;
+    upstream.on("data", (chunk: Buffer) => {
+      if (!done) {
+        head = Buffer.concat([head, chunk]);
+        // Record header 5, handshake header 4, version 2, random 32, session id.
+        const at = head.indexOf(Buffer.from([0x16, 0x03]));
+        if (at >= 0 && head.length >= at + 44) {
+          const sid = head[at + 43]!;
+          if (head.length >= at + 44 + sid + 2) {
+            done = true;
+            const id = head.readUInt16BE(at + 44 + sid);
+            report(SUITES[id] ?? `0x${id.toString(16)}`);
+          }
+        }
+      }
+      client.write(chunk);
+    });
+    upstream.on("end", () => client.end());
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+  });
+  const relayPort = await new Promise<number>((resolve) =>
+    server.listen(
+      0,
+      "127.0.0.1",
+      () => resolve((server.address() as net.AddressInfo).port),
+    )
+  );
+  return {
+    port: relayPort,
+    suite,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
 
-const results = new Map<string, number[]>();
-const ratios = new Map<string, number[]>();
-for (let round = 0; round < ROUNDS; round++) {
-  const times = new Map<string, number>();
-  for (const [name, argv] of flavors) {
-    const port = nextPort++;
-    const server = await startServer(
-      [
-        ...argv,
+// ---------------------------------------------------------------------------
+// Contenders
+
+interface Contender {
+  name: string;
+  /** Which suite it must use (socat), or undefined (moat: whatever it picks). */
+  suite?: string;
+  /**
+   * One get of `name` (relative to the root) through `via` (a relay port) or
+   * directly; returns the run, and checks the output.
+   */
+  get(via?: (port: number) => Promise<number>): Promise<TlsRun>;
+}
+
+function moatContender(
+  flavor: TlsFlavor,
+  o: TlsBenchOptions,
+  pin: string,
+): Contender {
+  const root = path.dirname(o.file);
+  const name = path.basename(o.file);
+  const out = path.join(o.dir, "tls-out.bin");
+  return {
+    name: flavor.name,
+    async get(via) {
+      const port = await freePort();
+      await fsp.rm(out, { force: true });
+      const server = spawnTimed(o.dir, [
+        ...flavor.argv,
         "serve",
         "--host",
         "127.0.0.1",
         "--port",
         String(port),
         "--root",
-        DIR,
+        root,
         "--tls-cert",
-        "c.pem",
+        path.join(o.dir, "c.pem"),
         "--tls-key",
-        "k.pem",
-      ],
-      port,
-    );
-    try {
-      const secs = await timed([
-        ...argv,
-        "get",
-        "FILE:big.bin",
-        "--server",
-        `127.0.0.1:${port}`,
-        "--tls",
-        "--pin",
-        FP,
-        "-o",
-        OUT,
-        "--force",
+        path.join(o.dir, "k.pem"),
       ]);
-      if (fs.statSync(OUT).size !== SIZE) {
-        throw new Error(`${name}: short file`);
+      try {
+        await waitListening(port, server.child, `${flavor.name} TLS server`);
+        const target = via ? await via(port) : port;
+        const client = spawnTimed(o.dir, [
+          ...flavor.argv,
+          "get",
+          `FILE:${name}`,
+          "--server",
+          `127.0.0.1:${target}`,
+          "--tls",
+          "--pin",
+          pin,
+          "-o",
+          out,
+          "--force",
+        ], { stderr: "pipe" });
+        let err = "";
+        client.child.stderr!.setEncoding("utf8").on("data", (d: string) => {
+          err += d;
+        });
+        const code = await exited(client.child, 300_000, `${flavor.name} get`);
+        const wallMs = performance.now() - client.started;
+        if (code !== 0) {
+          throw new Error(`${flavor.name} TLS get failed (${code}): ${err}`);
+        }
+        await checkSize(out, o.size, `${flavor.name} TLS get`);
+        const t = await timeReport(client.report);
+        return {
+          gibps: o.size / GIB / (wallMs / 1000),
+          wallMs,
+          cpuSec: t.userSec + t.sysSec,
+          clientKiB: t.peakKiB,
+        };
+      } finally {
+        const pid = await innerPid(server).catch(() => undefined);
+        tryKill(pid, "SIGTERM");
+        await exited(server.child, 20_000, `${flavor.name} TLS server`).catch(
+          () => {
+            for (const p of descendants(server.child.pid!)) {
+              tryKill(p, "SIGKILL");
+            }
+          },
+        );
       }
-      times.set(name, secs);
-    } finally {
-      server.kill("SIGTERM");
-      await sleep(200);
+    },
+  };
+}
+
+function socatContender(o: TlsBenchOptions, suite: string): Contender {
+  const conf = opensslConf(o.dir, suite);
+  const out = path.join(o.dir, "tls-out.bin");
+  const env = { ...process.env, OPENSSL_CONF: conf };
+  return {
+    name: `socat -b ${SOCAT_BUFFER} OPENSSL, ${suite}`,
+    suite,
+    async get(via) {
+      const port = await freePort();
+      await fsp.rm(out, { force: true });
+      const server = spawnTimed(o.dir, [
+        "socat",
+        "-b",
+        String(SOCAT_BUFFER),
+        "-u",
+        `OPEN:${o.file}`,
+        `OPENSSL-LISTEN:${port},reuseaddr,bind=127.0.0.1,cert=c.pem,key=k.pem,verify=0`,
+      ], { env });
+      try {
+        await waitListening(port, server.child, "socat OPENSSL-LISTEN");
+        const target = via ? await via(port) : port;
+        const client = spawnTimed(o.dir, [
+          "socat",
+          "-b",
+          String(SOCAT_BUFFER),
+          "-u",
+          `OPENSSL:127.0.0.1:${target},verify=0`,
+          `CREATE:${out}`,
+        ], { env });
+        const code = await exited(client.child, 300_000, "socat OPENSSL");
+        const wallMs = performance.now() - client.started;
+        if (code !== 0) throw new Error(`socat OPENSSL failed (${code})`);
+        await exited(server.child, 20_000, "socat OPENSSL-LISTEN");
+        await checkSize(out, o.size, "socat OPENSSL");
+        const t = await timeReport(client.report);
+        return {
+          gibps: o.size / GIB / (wallMs / 1000),
+          wallMs,
+          cpuSec: t.userSec + t.sysSec,
+          clientKiB: t.peakKiB,
+        };
+      } finally {
+        if (server.child.exitCode === null) {
+          for (const p of descendants(server.child.pid!)) {
+            tryKill(p, "SIGKILL");
+          }
+        }
+      }
+    },
+  };
+}
+
+/** The suite one get of `c` negotiates, read off the wire by a relay. */
+async function suiteOf(c: Contender): Promise<string> {
+  let relay: Awaited<ReturnType<typeof suiteRelay>> | undefined;
+  try {
+    await c.get(async (port) => {
+      relay = await suiteRelay(port);
+      return relay.port;
+    });
+    return await relay!.suite;
+  } finally {
+    relay?.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The section
+
+/**
+ * Runs the TLS section: suites first (one get each through a relay), then
+ * `rounds` interleaved rounds of timed gets.
+ *
+ * @param o Work area, file, rounds, the moats to measure.
+ * @returns Each contender's runs and same-suite ratios, and a Markdown table.
+ */
+export async function benchTls(
+  o: TlsBenchOptions,
+): Promise<{ rows: TlsRow[]; markdown: string }> {
+  const pin = makeCertificate(o.dir);
+  const socats = Object.values(SUITES).slice(0, 2).map((s) =>
+    socatContender(o, s)
+  );
+  const moats = o.flavors.map((f) => moatContender(f, o, pin));
+  const all = [...moats, ...socats];
+  const rows: TlsRow[] = [];
+  for (const c of all) {
+    const suite = await suiteOf(c);
+    if (c.suite !== undefined && suite !== c.suite) {
+      throw new Error(`${c.name} negotiated ${suite}, not ${c.suite}`);
     }
+    o.log(`  ${c.name}: ${suite}`);
+    rows.push({ name: c.name, suite, runs: [], ratios: [] });
   }
-  {
-    // socat's listener accepts once: no readiness probe, a short wait instead.
-    const port2 = nextPort++;
-    const s2 = spawn("socat", [
-      "-b",
-      "262144",
-      "-u",
-      `OPEN:${BIG}`,
-      `OPENSSL-LISTEN:${port2},reuseaddr,bind=127.0.0.1,cert=c.pem,key=k.pem,verify=0`,
-    ], { cwd: DIR, stdio: "ignore" });
-    await sleep(300);
-    const secs = await timed([
-      "socat",
-      "-b",
-      "262144",
-      "-u",
-      `OPENSSL:127.0.0.1:${port2},verify=0`,
-      `OPEN:${OUT},creat,trunc`,
-    ]);
-    s2.kill("SIGKILL");
-    if (fs.statSync(OUT).size !== SIZE) throw new Error("socat: short file");
-    times.set("socat -b 262144 OPENSSL", secs);
+  for (let r = 0; r < o.rounds; r++) {
+    for (const [i, c] of all.entries()) rows[i]!.runs.push(await c.get());
+    for (const row of rows) {
+      const base = rows.find((b) =>
+        b.name.startsWith("socat") && b.suite === row.suite
+      );
+      row.ratios.push(
+        base ? row.runs[r]!.gibps / base.runs[r]!.gibps : NaN,
+      );
+    }
+    o.log(
+      `  round ${r + 1}/${o.rounds}: ${
+        rows.map((row) => `${row.name} ${fmt(row.runs[r]!.gibps)}`).join(", ")
+      } GiB/s`,
+    );
   }
-  const socat = times.get("socat -b 262144 OPENSSL")!;
-  for (const [name, secs] of times) {
-    results.set(name, [...(results.get(name) ?? []), SIZE / 2 ** 30 / secs]);
-    ratios.set(name, [...(ratios.get(name) ?? []), socat / secs]);
-  }
-  console.error(`round ${round + 1}/${ROUNDS} done`);
+  const markdown = table(
+    [
+      "receiver (TLS 1.3)",
+      "suite",
+      "GiB/s median (min–max)",
+      "× socat OPENSSL, same suite, median (min–max)",
+      "client CPU s/GiB",
+      "client peak RSS MiB",
+    ],
+    rows.map((row) => [
+      row.name,
+      row.suite,
+      spread(row.runs.map((t) => t.gibps)),
+      spread(row.ratios),
+      fmt(median(row.runs.map((t) => t.cpuSec / (o.size / GIB)))),
+      fmt(median(row.runs.map((t) => t.clientKiB / 1024)), 0),
+    ]),
+  );
+  return { rows, markdown };
 }
 
-console.log(
-  `\n### ${
-    SIZE / 2 ** 20
-  } MiB get over TLS 1.3, 127.0.0.1, /dev/shm → /dev/shm (${ROUNDS} rounds, medians)\n`,
-);
-console.log("| path | GiB/s | × socat OPENSSL |");
-console.log("|---|---|---|");
-for (const [name, xs] of results) {
-  console.log(
-    `| ${name} | ${median(xs).toFixed(2)} | ${
-      median(ratios.get(name)!).toFixed(2)
-    } |`,
-  );
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: { rounds: { type: "string" }, size: { type: "string" } },
+  });
+  const size = Number(values.size ?? 1024) * 2 ** 20;
+  const dir = fs.mkdtempSync("/dev/shm/moat-tls-bench-");
+  process.on("exit", () => {
+    killAll();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const root = path.join(dir, "root");
+  fs.mkdirSync(root);
+  const file = path.join(root, "big.bin");
+  const block = new Uint8Array(16 * 2 ** 20);
+  crypto.getRandomValues(block.subarray(0, 65536));
+  for (let i = 1; i < 256; i++) block.copyWithin(i * 65536, 0, 65536);
+  const fd = fs.openSync(file, "w");
+  for (let done = 0; done < size; done += block.length) {
+    fs.writeSync(fd, block, 0, Math.min(block.length, size - done));
+  }
+  fs.closeSync(fd);
+  const bin = path.join(ROOT, "node_modules", ".bin");
+  const flavors: TlsFlavor[] = [
+    { name: "moat binary", argv: [path.join(ROOT, "dist", "moat-linux-x64")] },
+    {
+      name: "moat on Deno",
+      argv: [path.join(bin, "deno"), "run", "-A", path.join(ROOT, "main.ts")],
+    },
+    {
+      name: "moat on Bun",
+      argv: [path.join(bin, "bun"), path.join(ROOT, "main.ts")],
+    },
+  ].filter((f) => fs.existsSync(f.argv[0]!));
+  const { markdown } = await benchTls({
+    dir,
+    file,
+    size,
+    rounds: Number(values.rounds ?? 3),
+    flavors,
+    log: (m) => console.error(m),
+  });
+  console.log(markdown);
 }
 
-// Handshake: connect → Welcome, in this process (the runtime running the bench).
-const HANDSHAKES = 50;
-const argv = flavors[0]![1];
-const hsPort = nextPort++;
-const hsServer = await startServer(
-  [
-    ...argv,
-    "serve",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(hsPort),
-    "--root",
-    DIR,
-    "--tls-cert",
-    "c.pem",
-    "--tls-key",
-    "k.pem",
-  ],
-  hsPort,
-);
-const plainPort = nextPort++;
-const plainServer = await startServer([
-  ...argv,
-  "serve",
-  "--host",
-  "127.0.0.1",
-  "--port",
-  String(plainPort),
-  "--root",
-  DIR,
-], plainPort);
-const hs: Record<string, number[]> = { tls: [], plain: [] };
-for (let i = 0; i < HANDSHAKES; i++) {
-  for (const mode of ["tls", "plain"] as const) {
-    const t0 = performance.now();
-    const session = await openSession({
-      net: getNet(),
-      server: {
-        hostname: "127.0.0.1",
-        port: mode === "tls" ? hsPort : plainPort,
-      },
-      version: "bench",
-      ...(mode === "tls" && { tls: { trust: { kind: "pin", pins: [FP] } } }),
-    }, "get");
-    hs[mode]!.push(performance.now() - t0);
-    session.conn.close();
+if (import.meta.main) {
+  try {
+    await main();
+    process.exit(0);
+  } catch (err) {
+    console.error(
+      `bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}`,
+    );
+    killAll();
+    process.exit(1);
   }
 }
-hsServer.kill("SIGTERM");
-plainServer.kill("SIGTERM");
-console.log(
-  `\n### Handshake, connect → Welcome (${HANDSHAKES} each, client ${getNet().runtime} in-process, server ${
-    flavors[0]![0]
-  })\n`,
-);
-console.log("| | median ms | p90 ms |");
-console.log("|---|---|---|");
-for (const [mode, xs] of Object.entries(hs)) {
-  const s = [...xs].sort((a, b) => a - b);
-  console.log(
-    `| ${mode === "tls" ? "TLS 1.3 (P-256, pinned)" : "plain TCP"} | ${
-      median(xs).toFixed(2)
-    } | ${s[Math.floor(s.length * 0.9)]!.toFixed(2)} |`,
-  );
-}
-fs.rmSync(DIR, { recursive: true, force: true });
-process.exit(0);
