@@ -389,6 +389,61 @@ test("Net.listen with tls speaks TLS 1.3 and reports the peers' certificates", a
   }
 });
 
+test("a TLS client that does not read holds the server's writes back, then gets every byte", async () => {
+  const net = getNet();
+  const listener = await net.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    tls: { cert: made.cert, key: made.key },
+  });
+  const chunk = new Uint8Array(1 << 20);
+  const chunks = 64;
+  let written = 0;
+  try {
+    const accepted = listener[Symbol.asyncIterator]().next().then(
+      async ({ value }) => {
+        await value!.handshake!();
+        return value!;
+      },
+    );
+    const conn = await net.connect({
+      hostname: "127.0.0.1",
+      port: listener.addr.port,
+      tls: {},
+    });
+    const server = await accepted;
+    try {
+      const writing = (async () => {
+        for (let i = 0; i < chunks; i++) {
+          chunk[0] = i;
+          await server.write(chunk);
+          written += chunk.length;
+        }
+        await server.closeWrite();
+      })();
+      writing.catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      // Kernel buffers, TLS's own and the adapter's bounded read queue; the
+      // whole 64 MiB when the client's TLS reads on regardless (Deno's
+      // node:tls over its own socket, 2.9.6).
+      assert.ok(
+        written <= 24 << 20,
+        `${written} bytes were accepted while the client did not read`,
+      );
+      const buf = new Uint8Array(1 << 20);
+      let total = 0;
+      for (let n; (n = await conn.read(buf)) !== null;) total += n;
+      await writing;
+      assert.equal(total, chunks * chunk.length);
+    } finally {
+      conn.close();
+      server.close();
+    }
+  } finally {
+    listener.close();
+  }
+});
+
 /** Bounds every wait below: a hang fails the test instead of stalling it. */
 const TIMEOUT_MS = 20_000;
 

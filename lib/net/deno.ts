@@ -105,8 +105,6 @@ function listenDeno(options: ListenOptions): Promise<Listener> {
 }
 
 async function connectDeno(options: ConnectOptions): Promise<Conn> {
-  // Deno.connectTls does not expose the server's certificate (pinning needs it).
-  if (options.tls !== undefined) return await connectNodeTls(options);
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({
@@ -116,6 +114,10 @@ async function connectDeno(options: ConnectOptions): Promise<Conn> {
     });
   } catch (error) {
     throw toConnectError(error, options);
+  }
+  // Deno.connectTls does not expose the server's certificate (pinning needs it).
+  if (options.tls !== undefined) {
+    return await connectNodeTls(new DenoConn(conn), options);
   }
   return new DenoConn(conn);
 }
