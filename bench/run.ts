@@ -164,6 +164,8 @@ interface Transfer {
   clientKiB: number;
   /** The receiving client's user + system CPU seconds. */
   clientCpuSec: number;
+  /** The sending server's user + system CPU seconds (its whole life). */
+  serverCpuSec: number;
 }
 
 /** Stops a server under `time` (SIGTERM to the process itself), or kills what is left. */
@@ -227,12 +229,14 @@ async function moatTransfer(
     await stopTimed(server, `${flavor.name} server`);
     await checkSize(out, size, flavor.name);
     const c = await timeReport(client.report);
+    const sv = await timeReport(server.report);
     return {
       gibps: size / GIB / (wallMs / 1000),
       wallMs,
-      serverKiB: (await timeReport(server.report)).peakKiB,
+      serverKiB: sv.peakKiB,
       clientKiB: c.peakKiB,
       clientCpuSec: c.userSec + c.sysSec,
+      serverCpuSec: sv.userSec + sv.sysSec,
     };
   } finally {
     await stopTimed(server, `${flavor.name} server`);
@@ -318,12 +322,14 @@ async function peerTransfer(
     await exited(server.child, 20_000, `${peer.name} server`);
     await checkSize(out, size, peer.name);
     const ct = await timeReport(client.report);
+    const sv = await timeReport(server.report);
     return {
       gibps: size / GIB / (wallMs / 1000),
       wallMs,
-      serverKiB: (await timeReport(server.report)).peakKiB,
+      serverKiB: sv.peakKiB,
       clientKiB: ct.peakKiB,
       clientCpuSec: ct.userSec + ct.sysSec,
+      serverCpuSec: sv.userSec + sv.sysSec,
     };
   } finally {
     if (server.child.exitCode === null) {
@@ -378,12 +384,14 @@ async function iperfTransfer(size: number): Promise<Transfer> {
       throw new Error(`iperf3 received ${got.bytes} of ${size} bytes`);
     }
     const ct = await timeReport(client.report);
+    const sv = await timeReport(server.report);
     return {
       gibps: got.bytes / GIB / got.seconds,
       wallMs,
-      serverKiB: (await timeReport(server.report)).peakKiB,
+      serverKiB: sv.peakKiB,
       clientKiB: ct.peakKiB,
       clientCpuSec: ct.userSec + ct.sysSec,
+      serverCpuSec: sv.userSec + sv.sysSec,
     };
   } finally {
     if (server.child.exitCode === null) {
@@ -977,8 +985,8 @@ async function main(argv: string[]): Promise<void> {
       `**1. get, plain** — ${sizeLabel} from /dev/shm over 127.0.0.1 to a file in /dev/shm, ${rounds} rounds, ` +
         "contenders interleaved. GiB/s from the wall time of the receiving client process (moat: the whole `moat get`: " +
         "start-up, handshake, transfer, CRC-32 (or SHA-256) check, fsync, rename); iperf3 reports its own receiver rate " +
-        "(memory to memory, no start-up). Ratios per round, then median (min–max). CPU: the receiving client's " +
-        "user + system seconds per GiB (`/usr/bin/time -v`).",
+        "(memory to memory, no start-up). Ratios per round, then median (min–max). CPU: user + system seconds " +
+        "per GiB of the receiving client and of the sending server, its start-up included (`/usr/bin/time -v`).",
       "",
       table(
         [
@@ -987,7 +995,7 @@ async function main(argv: string[]): Promise<void> {
           "× socat",
           "× iperf3",
           "slowest / median round",
-          "client CPU s/GiB",
+          "CPU s/GiB client / server",
           "peak RSS server / client MiB",
         ],
         tp.map((row) => {
@@ -998,7 +1006,11 @@ async function main(argv: string[]): Promise<void> {
             spread(row.ratios),
             spread(row.ceiling),
             fmt(median(g) / Math.min(...g)),
-            fmt(median(row.runs.map((t) => t.clientCpuSec / (bigSize / GIB)))),
+            `${
+              fmt(median(row.runs.map((t) => t.clientCpuSec / (bigSize / GIB))))
+            } / ${
+              fmt(median(row.runs.map((t) => t.serverCpuSec / (bigSize / GIB))))
+            }`,
             `${mib(median(row.runs.map((t) => t.serverKiB)))} / ${
               mib(median(row.runs.map((t) => t.clientKiB)))
             }`,
