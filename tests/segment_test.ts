@@ -18,6 +18,7 @@ import {
   segmentName,
 } from "../lib/segment/codec.ts";
 import { CommitGroup } from "../lib/segment/commit_group.ts";
+import { crc32c } from "../lib/segment/crc32c.ts";
 import { SegmentLog } from "../lib/segment/log.ts";
 import {
   listSegments,
@@ -79,6 +80,35 @@ async function scanFile(
     await handle.close();
   }
 }
+
+/** CRC-32C one bit at a time: the reference the table-driven one must match. */
+function bitwiseCrc32c(bytes: Uint8Array, start: number, end: number): number {
+  let crc = 0xffffffff;
+  for (let i = start; i < end; i++) {
+    crc ^= bytes[i]!;
+    for (let k = 0; k < 8; k++) {
+      crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1;
+    }
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+test("crc32c matches the bitwise definition for every length and offset up to 40 bytes", () => {
+  const bytes = new Uint8Array(80);
+  const random = seededRandom(17);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = random(256);
+  for (let start = 0; start < 20; start++) {
+    for (let end = start; end <= start + 40; end++) {
+      assert.equal(
+        crc32c(bytes, start, end),
+        bitwiseCrc32c(bytes, start, end),
+        `[${start}, ${end})`,
+      );
+    }
+  }
+  assert.equal(crc32c(bytes), bitwiseCrc32c(bytes, 0, bytes.length));
+  assert.equal(crc32c(new TextEncoder().encode("123456789")), 0xe3069283);
+});
 
 describe("segment readers", () => {
   test("scanSegment, SegmentScanner and readSegment agree on 400 damaged segments", async () => {

@@ -522,7 +522,7 @@ describe("verifyVault tells a prune from a deletion", () => {
     changed[changed.length - 1]! ^= 1;
     new DataView(changed.buffer).setUint32(
       at,
-      crc32c(changed.subarray(at), { start: 4 }),
+      crc32c(changed.subarray(at), 4),
       true,
     );
     fs.writeFileSync(victim, changed);

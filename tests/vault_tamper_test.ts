@@ -211,7 +211,7 @@ function splice(
 function fixCrc(record: Uint8Array): void {
   new DataView(record.buffer, record.byteOffset).setUint32(
     0,
-    crc32c(record, { start: 4 }),
+    crc32c(record, 4),
     true,
   );
 }

@@ -80,7 +80,7 @@ export function finishRecord(
   view.setUint8(9, fields.flags);
   view.setUint16(10, 0, true);
   setU64(view, 12, fields.seq);
-  view.setUint32(0, crc32c(bytes, { start: 4 }), true);
+  view.setUint32(0, crc32c(bytes, 4), true);
 }
 
 /**
@@ -128,7 +128,7 @@ export function encodeSegmentHeader(
   view.setUint16(8, SEGMENT_VERSION, true);
   view.setUint16(10, SEGMENT_HEADER_BYTES, true);
   setU64(view, 16, firstSeq);
-  view.setUint32(24, crc32c(header, { end: 24 }), true);
+  view.setUint32(24, crc32c(header, 0, 24), true);
   return header;
 }
 
@@ -146,7 +146,7 @@ export function checkSegmentHeader(
 ): string | undefined {
   if (header.length < SEGMENT_HEADER_BYTES) return "header is incomplete";
   const view = new DataView(header.buffer, header.byteOffset, header.length);
-  if (view.getUint32(24, true) !== crc32c(header, { end: 24 })) {
+  if (view.getUint32(24, true) !== crc32c(header, 0, 24)) {
     return "header checksum does not match";
   }
   for (let i = 0; i < 8; i++) {
@@ -208,7 +208,7 @@ export function checkRecord(
     };
   }
   const record = bytes.subarray(at, at + length);
-  if (view.getUint32(0, true) !== crc32c(record, { start: 4 })) {
+  if (view.getUint32(0, true) !== crc32c(record, 4)) {
     return { kind: "damaged", reason: "record checksum does not match" };
   }
   if (record[8] !== expect.kind) {
