@@ -305,8 +305,9 @@ export function spread(xs: readonly number[], digits = 2): string {
 
 /**
  * The one rsyslog configuration both the ship and the syslog bench use:
- * imtcp on `port` → omfile `out`, raw messages, tuned for throughput (batches
- * of up to 1024 messages from the main queue, a 256 KiB write buffer: with
+ * imtcp on `port` → omfile `out`, raw messages, tuned for throughput (room
+ * for 2,000 sessions, batches of up to 1024 messages from the main queue, a
+ * 256 KiB write buffer: with
  * the default 4 KiB buffer rsyslog 8.2302 writes, and with `sync`, fsyncs,
  * every 4 KiB, about 34 lines). `sync`: `sync="on"`, fsync of file and
  * directory after each batch; otherwise the page cache only.
@@ -320,7 +321,10 @@ export function rsyslogConf(
   return [
     `global(workDirectory="${workDir}")`,
     'main_queue(queue.dequeueBatchSize="1024")',
-    `module(load="imtcp")`,
+    // rsyslog listens with a backlog of a tenth of MaxSessions (200 by
+    // default): 100 feeders connecting at once overflowed it, and lines of
+    // the connections left waiting arrived after the run's deadline.
+    `module(load="imtcp" MaxSessions="2000")`,
     `input(type="imtcp" address="127.0.0.1" port="${port}" ruleset="bench")`,
     `template(name="raw" type="string" string="%rawmsg%\\n")`,
     `ruleset(name="bench") {`,
