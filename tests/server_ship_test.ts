@@ -27,7 +27,7 @@ import {
   AppendPipeline,
 } from "../lib/server/append_pipeline.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
-import { testVault } from "./_vault_test_utils.ts";
+import { stalledVault, testVault } from "./_vault_test_utils.ts";
 import { concatBytes } from "./_test_utils.ts";
 import {
   answerTokenChallenge,
@@ -424,6 +424,53 @@ test("serveShip tells a shipper ERR_INTERNAL when an append fails with a system 
   );
   assert.equal(err.code, "EIO");
   assert.ok(String(err.message).includes(v.dir));
+});
+
+test("serveShip tells a shipper waiting for its ack that the append failed, audits it and closes, though the server was reading the next frame", async () => {
+  await using v = await testVault();
+  const stalled = stalledVault(v.vault);
+  await using t = await startMemoryServer({ vault: stalled.vault });
+  const shipper = await openShip(t, "app");
+  await shipper.conn.write(batch(1, lines(1, 3)));
+  await within(stalled.appended, "the append");
+  // A Pong shows the server back in its read of the next frame.
+  await shipper.conn.write(
+    encodeFrame({ type: Kind.Ping, payload: new Uint8Array(0) }),
+  );
+  const pong = await within(shipper.reader.readFrame(), "the pong");
+  assert.equal(pong?.type, Kind.Pong);
+  // The commit fails now: the segment could not be opened.
+  stalled.fail(
+    Object.assign(
+      new Error(
+        `EMFILE: too many open files, open '${v.dir}/sources/app/0001.seg'`,
+      ),
+      { code: "EMFILE", errno: -24, syscall: "open" },
+    ),
+  );
+  const frame = await within(shipper.reader.readFrame(), "the error");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  assert.equal(
+    await within(shipper.reader.readFrame(), "the close"),
+    null,
+    "the connection closes after the Error frame",
+  );
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "ship",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "EMFILE");
+  assert.ok(String(err.message).includes(v.dir));
+  const finished = await t.audit.waitFor(
+    (e) => e.event === "ship_finished",
+    "the end of the ship session",
+  );
+  assert.equal(finished.records, 0);
 });
 
 /**

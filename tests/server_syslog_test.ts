@@ -14,7 +14,7 @@ import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
 import { AppendPipeline } from "../lib/server/append_pipeline.ts";
 import { SyslogBudget } from "../lib/server/syslog.ts";
-import { testVault } from "./_vault_test_utils.ts";
+import { stalledVault, testVault } from "./_vault_test_utils.ts";
 import {
   bytes,
   openFramed,
@@ -289,6 +289,39 @@ test("SyslogPort keeps a sender that keeps sending, and closes it once it has be
   assert.equal(closed.reason, "syslog quiet timeout: no message in 60 s");
   const finished = t.audit.named("syslog_finished")[0]!;
   assert.equal(finished.records, 5);
+});
+
+test("serveSyslog audits an append that fails while the sender is quiet, and closes the connection at once", async () => {
+  await using v = await testVault();
+  const stalled = stalledVault(v.vault);
+  await using t = await startMemoryServer({
+    vault: stalled.vault,
+    syslog: { port: 0 },
+  });
+  const conn = await connectSyslog(t);
+  await conn.write(bytes("<13>one\n"));
+  await within(stalled.appended, "the append");
+  // One turn of the event loop runs every queued callback: the server then
+  // waits for the next message.
+  await new Promise((r) => setTimeout(r, 0));
+  stalled.fail(
+    Object.assign(
+      new Error(`ENOSPC: no space left on device, write '${v.dir}/x.seg'`),
+      { code: "ENOSPC" },
+    ),
+  );
+  assert.equal((await within(readAll(conn), "the close")).length, 0);
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "syslog",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "ENOSPC");
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.listener === "syslog",
+    "closed",
+  );
+  assert.match(String(closed.reason), /^syslog ended: ENOSPC/);
+  assert.equal(t.audit.named("syslog_finished")[0]!.records, 0);
 });
 
 test("serveSyslog stores every connection's messages, each in its order, through a budget far smaller than one read", async () => {

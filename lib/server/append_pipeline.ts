@@ -206,6 +206,8 @@ export class AppendPipeline {
   #next = 0;
   #failedAt = Infinity;
   #failure: unknown;
+  #failing: Promise<void> | undefined;
+  #onFailure: (() => void) | undefined;
   #stored = 0;
 
   /**
@@ -235,6 +237,23 @@ export class AppendPipeline {
   /** The first failure in batch order; undefined while none failed. */
   get failure(): unknown {
     return this.#failure;
+  }
+
+  /**
+   * Resolves once an append has failed; never rejects. A connection races
+   * its next read against it: an append fails after the connection went
+   * back to reading (a commit's fsync, a segment that cannot be opened), and
+   * a shipper waiting for the acknowledgement sends nothing more.
+   *
+   * @example
+   * ```ts ignore
+   * const frame = await Promise.race([reader.readFrame(), appends.failing]);
+   * ```
+   */
+  get failing(): Promise<void> {
+    return this.#failing ??= this.failed
+      ? Promise.resolve()
+      : new Promise((resolve) => (this.#onFailure = resolve));
   }
 
   /**
@@ -289,6 +308,7 @@ export class AppendPipeline {
         if (index < this.#failedAt) {
           this.#failedAt = index;
           this.#failure = err;
+          this.#onFailure?.();
         }
       },
     );

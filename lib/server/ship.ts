@@ -38,6 +38,9 @@ import { sourceKey, type VaultSource } from "../vault/store.ts";
  */
 export const ACKS_QUEUED_MAX = 4096;
 
+/** What a read raced against a failed append gets instead of a frame. */
+const FAILED: unique symbol = Symbol("append failed");
+
 /**
  * Serves a shipper after its Welcome: takes its records into the vault and
  * acknowledges each batch once it is fsync'd. Appends are pipelined (the
@@ -47,7 +50,11 @@ export const ACKS_QUEUED_MAX = 4096;
  * shipper's resend after a reconnect stores nothing twice.
  *
  * Refused with an Error frame when the server keeps no vault, or when the
- * shipper names the syslog port's source.
+ * shipper names the syslog port's source. An append that fails (a refused
+ * record, or the vault's disk full or out of descriptors) is told to the
+ * shipper at once, in an Error frame (system errors as `ERR_INTERNAL`, never
+ * with a server path), after the acks of what was stored; the connection
+ * then closes, and the shipper resends the rest when it reconnects.
  *
  * @param s The session.
  * @param handshake The shipper's Hello (its source name) and its frames.
@@ -138,6 +145,9 @@ export async function serveShip(
       acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
     },
   });
+  // An append that fails while the next frame is awaited ends the wait: the
+  // shipper, waiting for its ack, would send nothing more.
+  const failed = appends.failing.then((): typeof FAILED => FAILED);
   try {
     while (!appends.failed) {
       // A shipper that does not read its acks is not read either: its acks
@@ -145,7 +155,13 @@ export async function serveShip(
       if (acks.pending > ACKS_QUEUED_MAX) {
         await s.server.pauses.during(acks.flush());
       }
-      const frame = await reader.readFrame();
+      const reading = reader.readFrame();
+      const frame = await Promise.race([reading, failed]);
+      if (frame === FAILED) {
+        // Ends with the connection's close.
+        reading.catch(() => {});
+        break;
+      }
       if (frame === null) break;
       if (frame.type !== Kind.ShipBatch) {
         throw new ProtocolError(

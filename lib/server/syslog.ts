@@ -89,6 +89,9 @@ export const DEFAULT_SYSLOG_BYTES_IN_FLIGHT: number = 4 * 1024 * 1024;
  */
 export const SYSLOG_RECORD_COST = 96;
 
+/** What a read raced against a failed append gets instead of a count. */
+const FAILED: unique symbol = Symbol("append failed");
+
 /** First read buffer: small, because idle connections must stay cheap. */
 const FIRST_READ = 4096;
 /**
@@ -231,7 +234,8 @@ export interface ServeSyslogOptions {
 /**
  * Serves one syslog connection until the peer closes, it breaks the framing,
  * it sends an oversize message (refused with an audit line), or the vault
- * fails. Each read's messages are appended at once, in batches the vault
+ * fails (audited at once, even while the connection waits for its next
+ * message; the server then closes it). Each read's messages are appended at once, in batches the vault
  * accepts; appends are pipelined, at most 8 at once, and all are durable (or
  * failed) when this resolves. While the budget is spent, the connection is
  * not read.
@@ -304,9 +308,18 @@ export async function serveSyslog(
     return Promise.all(pushed);
   };
 
+  // A failed append ends the connection at once, not at the next read: a
+  // quiet sender would otherwise hold it, unaware, until its quiet timeout.
+  const failed = appends.failing.then((): typeof FAILED => FAILED);
   try {
     for (;;) {
-      const n = await c.read(buf);
+      const reading = c.read(buf);
+      const n = await Promise.race([reading, failed]);
+      if (n === FAILED) {
+        // Ends with the connection's close.
+        reading.catch(() => {});
+        throw appends.failure;
+      }
       const turn = budget.enter();
       if (turn !== undefined) {
         onActivity?.("waiting");
