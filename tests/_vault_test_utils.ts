@@ -101,14 +101,15 @@ export async function testVault(
 
 /**
  * A vault whose sources' appends stay in flight until the test fails them:
- * `appended` resolves at the first append, `fail` rejects it.
+ * `appended` resolves at the first append, `fail` rejects it (if it was
+ * made; again does nothing).
  */
 export function stalledVault(base: Vault): {
   vault: Vault;
   appended: Promise<void>;
   fail: (err: unknown) => void;
 } {
-  let fail!: (err: unknown) => void;
+  let fail: ((err: unknown) => void) | undefined;
   let called!: () => void;
   const appended = new Promise<void>((resolve) => (called = resolve));
   const vault: Vault = Object.create(base, {
@@ -128,5 +129,5 @@ export function stalledVault(base: Vault): {
       },
     },
   });
-  return { vault, appended, fail: (err: unknown) => fail(err) };
+  return { vault, appended, fail: (err: unknown) => fail?.(err) };
 }

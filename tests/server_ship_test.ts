@@ -431,6 +431,8 @@ test("serveShip tells a shipper waiting for its ack that the append failed, audi
   const stalled = stalledVault(v.vault);
   await using t = await startMemoryServer({ vault: stalled.vault });
   const shipper = await openShip(t, "app");
+  // Failed on the way out too: the server's close waits for the append.
+  using _end = { [Symbol.dispose]: () => stalled.fail(new Error("test end")) };
   await shipper.conn.write(batch(1, lines(1, 3)));
   await within(stalled.appended, "the append");
   // A Pong shows the server back in its read of the next frame.

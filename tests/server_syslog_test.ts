@@ -12,7 +12,11 @@ import assert from "node:assert/strict";
 import type { VaultSource } from "../lib/vault/store.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
-import { AppendPipeline } from "../lib/server/append_pipeline.ts";
+import {
+  AppendBudget,
+  AppendPipeline,
+  encodedCost,
+} from "../lib/server/append_pipeline.ts";
 import { SyslogBudget } from "../lib/server/syslog.ts";
 import { stalledVault, testVault } from "./_vault_test_utils.ts";
 import {
@@ -298,18 +302,23 @@ test("serveSyslog audits an append that fails while the sender is quiet, and clo
     vault: stalled.vault,
     syslog: { port: 0 },
   });
+  // Failed on the way out too: the server's close waits for the append.
+  using _end = { [Symbol.dispose]: () => stalled.fail(new Error("test end")) };
   const conn = await connectSyslog(t);
   await conn.write(bytes("<13>one\n"));
   await within(stalled.appended, "the append");
   // One turn of the event loop runs every queued callback: the server then
   // waits for the next message.
   await new Promise((r) => setTimeout(r, 0));
+  const inFlight = t.server.usage().appends.used;
   stalled.fail(
     Object.assign(
       new Error(`ENOSPC: no space left on device, write '${v.dir}/x.seg'`),
       { code: "ENOSPC" },
     ),
   );
+  // The record in flight counted against the append budget ship shares.
+  assert.equal(inFlight, encodedCost("<13>one".length, 1));
   assert.equal((await within(readAll(conn), "the close")).length, 0);
   const err = await t.audit.waitFor(
     (e) => e.event === "error" && e.during === "syslog",
@@ -322,6 +331,41 @@ test("serveSyslog audits an append that fails while the sender is quiet, and clo
   );
   assert.match(String(closed.reason), /^syslog ended: ENOSPC/);
   assert.equal(t.audit.named("syslog_finished")[0]!.records, 0);
+  assert.equal(t.server.usage().appends.used, 0);
+});
+
+test("SyslogBudget charges the server's append budget too, and waits while it is spent or ship batches wait for it", async () => {
+  const shared = new AppendBudget(1000);
+  const budget = new SyslogBudget(10_000, { shared });
+  assert.equal(budget.enter(), undefined);
+  budget.take(100, 900);
+  budget.leave();
+  assert.equal(shared.used, 900);
+  // A ship batch that does not fit waits, and the syslog port behind it,
+  // though its own budget has room.
+  let shipIn = false;
+  const ship = shared.take(500).then(() => (shipIn = true));
+  const turn = budget.enter();
+  assert.ok(turn instanceof Promise);
+  let syslogIn = false;
+  void turn.then(() => (syslogIn = true));
+  assert.equal(await settled(turn), false);
+  budget.give(100, 900);
+  await within(ship, "the ship batch");
+  await within(turn, "the syslog turn");
+  assert.ok(shipIn && syslogIn);
+  assert.equal(shared.used, 500);
+  budget.leave();
+  // Spent by ship batches alone: the syslog port waits for their give.
+  shared.charge(600);
+  const next = budget.enter();
+  assert.ok(next instanceof Promise);
+  assert.equal(await settled(next), false);
+  shared.give(600);
+  await within(next, "the next turn");
+  budget.leave();
+  shared.give(500);
+  assert.equal(shared.used, 0);
 });
 
 test("serveSyslog stores every connection's messages, each in its order, through a budget far smaller than one read", async () => {

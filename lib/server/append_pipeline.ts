@@ -76,6 +76,7 @@ export class AppendBudget {
   readonly #total: number;
   #used = 0;
   #waiters: { cost: number; resolve: () => void }[] = [];
+  #onGive: (() => void)[] = [];
 
   /**
    * @param total Bytes in flight at most (but one batch always fits).
@@ -97,6 +98,37 @@ export class AppendBudget {
   /** Batches waiting to fit. */
   get waiting(): number {
     return this.#waiters.length;
+  }
+
+  /**
+   * Whether a {@linkcode AppendBudget.prototype.charge} may go in now: room
+   * left, and no batch waiting before it.
+   */
+  get open(): boolean {
+    return this.#waiters.length === 0 && this.#used < this.#total;
+  }
+
+  /**
+   * Takes `cost` at once, without waiting, for a caller that must start its
+   * append in the same turn (the syslog port numbers its records from the
+   * source's last one) and checked {@linkcode AppendBudget.prototype.open}
+   * first; it may pass the total by what it charges then.
+   *
+   * @param cost From {@linkcode appendCost}; give it back the same way.
+   */
+  charge(cost: number): void {
+    this.#used += cost;
+  }
+
+  /**
+   * Calls `fn` after every give, once the batches waiting that fit were let
+   * in: the moment a caller of {@linkcode AppendBudget.prototype.charge} may
+   * find it open again.
+   *
+   * @param fn The callback.
+   */
+  onGive(fn: () => void): void {
+    this.#onGive.push(fn);
   }
 
   /**
@@ -132,6 +164,7 @@ export class AppendBudget {
   give(cost: number): void {
     this.#used -= cost;
     this.#wake();
+    for (const fn of this.#onGive) fn();
   }
 
   #fits(cost: number): boolean {
