@@ -13,6 +13,7 @@ import type { VaultSource } from "../lib/vault/store.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
 import {
+  APPEND_FAILED,
   AppendBudget,
   AppendPipeline,
   encodedCost,
@@ -154,6 +155,37 @@ test("AppendPipeline keeps the first failure in batch order and counts nothing a
   assert.equal(appends.failed, true);
   assert.deepEqual(durable, [2]);
   assert.equal(appends.stored, 2);
+});
+
+test("AppendPipeline.orFailure gives what it waits for, or APPEND_FAILED once an append fails meanwhile", async () => {
+  let fail!: (err: unknown) => void;
+  const source: VaultSource = {
+    key: { peer: "10.0.0.5", name: "app" },
+    id: "app",
+    lastSeq: 0,
+    acceptedSeq: 0,
+    append: () => new Promise((_, reject) => (fail = reject)),
+  };
+  const appends = new AppendPipeline(source);
+  assert.equal(await appends.orFailure(Promise.resolve(5)), 5);
+  await assert.rejects(
+    appends.orFailure(Promise.reject(new Error("closed"))),
+    /closed/,
+  );
+  await appends.push([{ seq: 1, ts: 1, line: bytes("one") }], { recvTs: 1 });
+  let closed!: (err: unknown) => void;
+  const waiting = appends.orFailure(
+    new Promise((_, reject) => (closed = reject)),
+  );
+  assert.equal(await settled(waiting), false);
+  fail(new Error("EIO: i/o error"));
+  assert.equal(await within(waiting, "the failure"), APPEND_FAILED);
+  // The read it gave up on fails later, as the connection closes: handled.
+  closed(new Error("closed"));
+  assert.equal(
+    await appends.orFailure(new Promise(() => {})),
+    APPEND_FAILED,
+  );
 });
 
 test("AppendPipeline waits once the in-flight limit is reached", async () => {

@@ -184,6 +184,12 @@ export class AppendBudget {
 const WAITS_FOR = "the vault";
 
 /**
+ * What {@linkcode AppendPipeline.prototype.orFailure} resolves with once an
+ * append has failed.
+ */
+export const APPEND_FAILED: unique symbol = Symbol("append failed");
+
+/**
  * A batch decoded only once the shared budget has room for it: while it
  * waits, only its encoded bytes are held, not thousands of record objects.
  */
@@ -239,8 +245,8 @@ export class AppendPipeline {
   #next = 0;
   #failedAt = Infinity;
   #failure: unknown;
-  #failing: Promise<void> | undefined;
-  #onFailure: (() => void) | undefined;
+  /** Waits of {@linkcode AppendPipeline.prototype.orFailure} in progress. */
+  #onFailure = new Set<() => void>();
   #stored = 0;
 
   /**
@@ -273,20 +279,41 @@ export class AppendPipeline {
   }
 
   /**
-   * Resolves once an append has failed; never rejects. A connection races
-   * its next read against it: an append fails after the connection went
-   * back to reading (a commit's fsync, a segment that cannot be opened), and
-   * a shipper waiting for the acknowledgement sends nothing more.
+   * Waits for `promise`, or for an append to fail, whichever comes first. A
+   * connection waits for its next read this way: an append fails after the
+   * connection went back to reading (a commit's fsync, a segment that
+   * cannot be opened), and a shipper waiting for the acknowledgement sends
+   * nothing more. (A `Promise.race` against one promise of the failure
+   * would keep every value read until the connection ends: each race
+   * leaves a reaction on it.)
    *
    * @example
    * ```ts ignore
-   * const frame = await Promise.race([reader.readFrame(), appends.failing]);
+   * const frame = await appends.orFailure(reader.readFrame());
+   * if (frame === APPEND_FAILED) throw appends.failure;
    * ```
+   *
+   * @param promise What to wait for; a rejection after a failure won is
+   * handled (dropped).
+   * @returns What `promise` resolves with, or {@linkcode APPEND_FAILED}.
+   * @throws What `promise` rejects with, if that comes first.
    */
-  get failing(): Promise<void> {
-    return this.#failing ??= this.failed
-      ? Promise.resolve()
-      : new Promise((resolve) => (this.#onFailure = resolve));
+  orFailure<T>(promise: Promise<T>): Promise<T | typeof APPEND_FAILED> {
+    if (this.failed) {
+      promise.catch(() => {});
+      return Promise.resolve(APPEND_FAILED);
+    }
+    return new Promise((resolve, reject) => {
+      const failed = () => resolve(APPEND_FAILED);
+      this.#onFailure.add(failed);
+      promise.then((value) => {
+        this.#onFailure.delete(failed);
+        resolve(value);
+      }, (err) => {
+        this.#onFailure.delete(failed);
+        reject(err);
+      });
+    });
   }
 
   /**
@@ -341,7 +368,8 @@ export class AppendPipeline {
         if (index < this.#failedAt) {
           this.#failedAt = index;
           this.#failure = err;
-          this.#onFailure?.();
+          for (const failed of this.#onFailure) failed();
+          this.#onFailure.clear();
         }
       },
     );

@@ -20,7 +20,11 @@ import {
   TooManyRecordsError,
 } from "../errors.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
-import { AppendPipeline, encodedCost } from "./append_pipeline.ts";
+import {
+  APPEND_FAILED,
+  AppendPipeline,
+  encodedCost,
+} from "./append_pipeline.ts";
 import type { Handshake } from "./handshake.ts";
 import { Outbox } from "./outbox.ts";
 import {
@@ -37,9 +41,6 @@ import { sourceKey, type VaultSource } from "../vault/store.ts";
  * them before the server stops reading its batches.
  */
 export const ACKS_QUEUED_MAX = 4096;
-
-/** What a read raced against a failed append gets instead of a frame. */
-const FAILED: unique symbol = Symbol("append failed");
 
 /**
  * Serves a shipper after its Welcome: takes its records into the vault and
@@ -145,9 +146,6 @@ export async function serveShip(
       acks.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
     },
   });
-  // An append that fails while the next frame is awaited ends the wait: the
-  // shipper, waiting for its ack, would send nothing more.
-  const failed = appends.failing.then((): typeof FAILED => FAILED);
   try {
     while (!appends.failed) {
       // A shipper that does not read its acks is not read either: its acks
@@ -155,13 +153,11 @@ export async function serveShip(
       if (acks.pending > ACKS_QUEUED_MAX) {
         await s.server.pauses.during(acks.flush());
       }
-      const reading = reader.readFrame();
-      const frame = await Promise.race([reading, failed]);
-      if (frame === FAILED) {
-        // Ends with the connection's close.
-        reading.catch(() => {});
-        break;
-      }
+      // An append that fails while the next frame is awaited ends the wait:
+      // the shipper, waiting for its ack, would send nothing more. (The read
+      // ends with the connection's close.)
+      const frame = await appends.orFailure(reader.readFrame());
+      if (frame === APPEND_FAILED) break;
       if (frame === null) break;
       if (frame.type !== Kind.ShipBatch) {
         throw new ProtocolError(

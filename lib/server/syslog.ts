@@ -47,6 +47,7 @@ import {
 export { SYSLOG_SOURCE };
 import { ConnectionClosedError } from "../errors.ts";
 import {
+  APPEND_FAILED,
   AppendBudget,
   AppendPipeline,
   encodedCost,
@@ -95,9 +96,6 @@ export const DEFAULT_SYSLOG_BYTES_IN_FLIGHT: number = 4 * 1024 * 1024;
  * link in the vault (68 bytes), and a share of the append's bookkeeping.
  */
 export const SYSLOG_RECORD_COST = 96;
-
-/** What a read raced against a failed append gets instead of a count. */
-const FAILED: unique symbol = Symbol("append failed");
 
 /** First read buffer: small, because idle connections must stay cheap. */
 const FIRST_READ = 4096;
@@ -332,18 +330,13 @@ export async function serveSyslog(
     return Promise.all(pushed);
   };
 
-  // A failed append ends the connection at once, not at the next read: a
-  // quiet sender would otherwise hold it, unaware, until its quiet timeout.
-  const failed = appends.failing.then((): typeof FAILED => FAILED);
   try {
     for (;;) {
-      const reading = c.read(buf);
-      const n = await Promise.race([reading, failed]);
-      if (n === FAILED) {
-        // Ends with the connection's close.
-        reading.catch(() => {});
-        throw appends.failure;
-      }
+      // A failed append ends the connection at once, not at the next read: a
+      // quiet sender would otherwise hold it, unaware, until its quiet
+      // timeout. (The read ends with the connection's close.)
+      const n = await appends.orFailure(c.read(buf));
+      if (n === APPEND_FAILED) throw appends.failure;
       const turn = budget.enter();
       if (turn !== undefined) {
         onActivity?.("waiting");
