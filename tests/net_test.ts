@@ -39,7 +39,7 @@ async function canListen(hostname: string): Promise<boolean> {
   }
 }
 
-/** Resolves once `pred()` holds, checking every 5 ms (bounded by the caller's withTimeout). */
+/** Resolves once `pred()` holds, checking every 5 ms (bounded by the caller's within). */
 async function until(pred: () => boolean): Promise<void> {
   while (!pred()) await sleep(5);
 }
@@ -504,7 +504,7 @@ describe("lib/net", () => {
       client.on("data", () => {});
       let server: Conn | undefined;
       try {
-        const result = await withTimeout(accepted, "accept");
+        const result = await within(accepted, "accept", TIMEOUT_MS);
         if (result.done) throw new Error("Listener ended before accepting");
         server = result.value;
         // Far more than the kernel's buffers and the adapter's queue hold.
@@ -512,7 +512,11 @@ describe("lib/net", () => {
         for (let i = 0; i < 32; i++) client.write(chunk);
         const limit = 256 * 1024;
         const conn = server;
-        await withTimeout(until(() => _unreadBytes(conn) > limit), "queue");
+        await within(
+          until(() => _unreadBytes(conn) > limit),
+          "queue",
+          TIMEOUT_MS,
+        );
         const queued = _unreadBytes(conn);
         // Past the limit by at most what one receive delivers.
         assert.ok(queued <= limit + (512 << 10), `${queued} bytes queued`);
@@ -527,13 +531,13 @@ describe("lib/net", () => {
             await sleep(5);
           }
         };
-        await withTimeout(failed().catch(() => {}), "a failed write");
+        await within(failed().catch(() => {}), "a failed write", TIMEOUT_MS);
         const buf = new Uint8Array(4096);
         let total = 0;
         let end: unknown;
         for (;;) {
           try {
-            const n = await withTimeout(conn.read(buf), "read");
+            const n = await within(conn.read(buf), "read", TIMEOUT_MS);
             if (n === null) break;
             total += n;
           } catch (error) {

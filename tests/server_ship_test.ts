@@ -8,7 +8,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { Vault, VaultSource } from "../lib/vault/store.ts";
+import type { AppendBatch, Vault, VaultSource } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
 import {
   decodeError,
@@ -494,9 +494,10 @@ function instantVault(base: Vault) {
           get acceptedSeq() {
             return last;
           },
-          append(records: readonly { seq: number }[]) {
+          // The server hands over ship frames read by index.
+          append(records: AppendBatch) {
             stats.appended += records.length;
-            last = records.at(-1)?.seq ?? last;
+            if (records.length > 0) last = records.seq(records.length - 1);
             return Promise.resolve(last);
           },
         };
@@ -593,7 +594,10 @@ test("AppendPipeline keeps the appends of every pipeline on one budget within it
     acceptedSeq: 0,
     append: (records) =>
       new Promise((resolve) =>
-        pending.push(() => resolve(records.at(-1)!.seq))
+        // This test's batches are arrays.
+        pending.push(() =>
+          resolve((records as readonly { seq: number }[]).at(-1)!.seq)
+        )
       ),
   });
   const a = new AppendPipeline(source("a"), { budget });

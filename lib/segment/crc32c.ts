@@ -46,9 +46,33 @@ export function crc32c(
   bytes: Uint8Array,
   range: { start?: number; end?: number } = {},
 ): number {
+  return crc32cRange(bytes, range.start ?? 0, range.end ?? bytes.length);
+}
+
+/**
+ * {@linkcode crc32c} of `bytes[start, end)`, without an options object: for
+ * loops over thousands of records.
+ *
+ * @example
+ * ```ts
+ * import { crc32c, crc32cRange } from "./crc32c.ts";
+ * import assert from "node:assert/strict";
+ * const bytes = new TextEncoder().encode("..123456789");
+ * assert.equal(crc32cRange(bytes, 2, bytes.length), crc32c(bytes, { start: 2 }));
+ * ```
+ *
+ * @param bytes The data.
+ * @param start First byte.
+ * @param end After the last byte.
+ * @returns The checksum as an unsigned 32-bit integer.
+ */
+export function crc32cRange(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+): number {
   const t = TABLE;
-  let i = range.start ?? 0;
-  const end = range.end ?? bytes.length;
+  let i = start;
   let crc = 0xffffffff;
   const fast = end - ((end - i) & 7);
   while (i < fast) {

@@ -6,6 +6,7 @@
  */
 
 import type {
+  AppendBatch,
   AppendOptions,
   AppendRecord,
   VaultSource,
@@ -197,7 +198,7 @@ export interface LazyBatch {
   /** What it costs against the budget: see {@linkcode appendCost}. */
   readonly cost: number;
   /** Its records, in sequence order. */
-  decode(): readonly AppendRecord[];
+  decode(): readonly AppendRecord[] | AppendBatch;
 }
 
 /** Options for {@linkcode AppendPipeline}. */

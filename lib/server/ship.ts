@@ -7,8 +7,8 @@
 
 import { encodeFrame } from "../framer.ts";
 import {
-  decodeShipBatch,
   encodeJson,
+  indexShipBatch,
   Kind,
   SHIP_RECORD_HEADER,
 } from "../protocol.ts";
@@ -172,11 +172,13 @@ export async function serveShip(
       }
       if (frame.payload.length === 0) continue;
       // Decoded once the shared append budget has room: a shipper waiting
-      // for it holds its frame's bytes, not thousands of records.
+      // for it holds its frame's bytes, not thousands of records. Read by
+      // index even then: an object per record was most of the garbage a
+      // flood of empty records made.
       const payload = frame.payload;
       await appends.push({
         cost: encodedCost(payload.length, count),
-        decode: () => decodeShipBatch(payload),
+        decode: () => indexShipBatch(payload),
       }, { recvTs: Date.now() });
     }
     await appends.finish();
@@ -213,7 +215,7 @@ export async function serveShip(
 /**
  * The records of a ShipBatch payload, counted from their headers (each
  * `SHIP_RECORD_HEADER` bytes, the line's length at offset 17) without
- * decoding them; a truncated record is left to `decodeShipBatch` to refuse.
+ * decoding them; a truncated record is left to `indexShipBatch` to refuse.
  */
 function countShipRecords(payload: Uint8Array): number {
   const view = new DataView(
