@@ -780,19 +780,110 @@ export function encodeShipBatch(records: readonly ShipRecord[]): Uint8Array {
 }
 
 /**
- * Decodes a ShipBatch payload.
+ * A ShipBatch payload, checked and indexed: record `i` is read from the
+ * payload when asked for, so a frame of thousands of records costs one
+ * array of offsets, not an object and a view per record (it satisfies the
+ * vault's `AppendBatch`). Made by {@linkcode indexShipBatch}.
+ */
+export class ShipBatchView {
+  /** How many records. */
+  readonly length: number;
+  readonly #payload: Uint8Array;
+  readonly #view: DataView;
+  /** Where each record's header starts. */
+  readonly #starts: Uint32Array;
+
+  /**
+   * @param payload The payload.
+   * @param starts Where each record's header starts, checked.
+   */
+  constructor(payload: Uint8Array, starts: Uint32Array) {
+    this.#payload = payload;
+    this.#view = new DataView(
+      payload.buffer,
+      payload.byteOffset,
+      payload.byteLength,
+    );
+    this.#starts = starts;
+    this.length = starts.length;
+  }
+
+  /**
+   * @param i A record's index.
+   * @returns Its sequence number.
+   */
+  seq(i: number): number {
+    return this.#view.getFloat64(this.#starts[i]!, true);
+  }
+
+  /**
+   * @param i A record's index.
+   * @returns The shipper's timestamp.
+   */
+  ts(i: number): number {
+    return this.#view.getFloat64(this.#starts[i]! + 8, true);
+  }
+
+  /**
+   * @param i A record's index.
+   * @returns Whether the next record continues its line.
+   */
+  partial(i: number): boolean {
+    return this.#payload[this.#starts[i]! + 16] === 1;
+  }
+
+  /**
+   * @param i A record's index.
+   * @returns Its line's length in bytes.
+   */
+  lineLength(i: number): number {
+    return this.#view.getUint32(this.#starts[i]! + 17, true);
+  }
+
+  /**
+   * @param i A record's index.
+   * @returns Its line: a view into the payload.
+   */
+  line(i: number): Uint8Array {
+    const start = this.#starts[i]! + SHIP_RECORD_HEADER;
+    return this.#payload.subarray(start, start + this.lineLength(i));
+  }
+
+  /**
+   * Copies a record's line.
+   *
+   * @param i A record's index.
+   * @param to Where to.
+   * @param at At what offset.
+   */
+  copyLine(i: number, to: Uint8Array, at: number): void {
+    const from = this.#starts[i]! + SHIP_RECORD_HEADER;
+    const length = this.lineLength(i);
+    const payload = this.#payload;
+    // A short line byte by byte: a view to copy it would cost more.
+    if (length <= 64) {
+      for (let k = 0; k < length; k++) to[at + k] = payload[from + k]!;
+    } else {
+      to.set(payload.subarray(from, from + length), at);
+    }
+  }
+}
+
+/**
+ * Checks a ShipBatch payload and indexes its records (see
+ * {@linkcode encodeShipBatch} for the layout).
  *
- * @param payload Frame payload.
- * @returns The records; lines are views into `payload`.
+ * @param payload Frame payload; the view reads it, so it must not change.
+ * @returns The records, read by index.
  * @throws {ProtocolError} On a truncated record, a bad number or flag.
  */
-export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
+export function indexShipBatch(payload: Uint8Array): ShipBatchView {
   const view = new DataView(
     payload.buffer,
     payload.byteOffset,
     payload.byteLength,
   );
-  const out: ShipRecord[] = [];
+  let count = 0;
   let at = 0;
   while (at < payload.length) {
     if (payload.length - at < SHIP_RECORD_HEADER) {
@@ -816,13 +907,36 @@ export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
     if (payload.length - start < len) {
       throw new ProtocolError("Cannot decode ship batch: truncated line");
     }
-    out.push({
-      seq,
-      ts,
-      partial: flags === 1,
-      line: payload.subarray(start, start + len),
-    });
     at = start + len;
+    count++;
+  }
+  const starts = new Uint32Array(count);
+  at = 0;
+  for (let i = 0; i < count; i++) {
+    starts[i] = at;
+    at += SHIP_RECORD_HEADER + view.getUint32(at + 17, true);
+  }
+  return new ShipBatchView(payload, starts);
+}
+
+/**
+ * Decodes a ShipBatch payload into one object per record (the server reads
+ * it by index instead: {@linkcode indexShipBatch}).
+ *
+ * @param payload Frame payload.
+ * @returns The records; lines are views into `payload`.
+ * @throws {ProtocolError} On a truncated record, a bad number or flag.
+ */
+export function decodeShipBatch(payload: Uint8Array): ShipRecord[] {
+  const batch = indexShipBatch(payload);
+  const out: ShipRecord[] = new Array(batch.length);
+  for (let i = 0; i < batch.length; i++) {
+    out[i] = {
+      seq: batch.seq(i),
+      ts: batch.ts(i),
+      partial: batch.partial(i),
+      line: batch.line(i),
+    };
   }
   return out;
 }

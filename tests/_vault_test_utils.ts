@@ -98,3 +98,36 @@ export async function testVault(
     },
   };
 }
+
+/**
+ * A vault whose sources' appends stay in flight until the test fails them:
+ * `appended` resolves at the first append, `fail` rejects it (if it was
+ * made; again does nothing).
+ */
+export function stalledVault(base: Vault): {
+  vault: Vault;
+  appended: Promise<void>;
+  fail: (err: unknown) => void;
+} {
+  let fail: ((err: unknown) => void) | undefined;
+  let called!: () => void;
+  const appended = new Promise<void>((resolve) => (called = resolve));
+  const vault: Vault = Object.create(base, {
+    source: {
+      value: (key: Parameters<Vault["source"]>[0]) => {
+        const source = base.source(key);
+        return {
+          key: source.key,
+          id: source.id,
+          lastSeq: source.lastSeq,
+          acceptedSeq: source.acceptedSeq,
+          append: () => {
+            called();
+            return new Promise((_, reject) => (fail = reject));
+          },
+        };
+      },
+    },
+  });
+  return { vault, appended, fail: (err: unknown) => fail?.(err) };
+}

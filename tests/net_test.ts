@@ -15,6 +15,8 @@ import {
   MoatError,
 } from "../lib/errors.ts";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
+import { _unreadBytes } from "../lib/net/bun.ts";
+import * as nodeNet from "node:net";
 import type { Conn, Listener } from "../lib/net/types.ts";
 import { within } from "./_server.ts";
 import { directRecv, setDirectRecv } from "../lib/net/_bun_recv.ts";
@@ -37,6 +39,11 @@ async function canListen(hostname: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Resolves once `pred()` holds, checking every 5 ms (bounded by the caller's within). */
+async function until(pred: () => boolean): Promise<void> {
+  while (!pred()) await sleep(5);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -599,6 +606,81 @@ describe("lib/net on Bun: reads with recv(2)", {
       closePair(pair);
     }
   });
+
+  test(
+    "Conn on Bun holds at most 256 KiB unread for a reader of small buffers, and nothing a reset peer's kernel buffer held",
+    {
+      skip: net.runtime !== "bun" &&
+        "only Bun's adapter queues received bytes (Deno's stay in the kernel)",
+    },
+    async () => {
+      // Bun's own reading, where the queue lives (recv(2) leaves bytes in
+      // the kernel).
+      setDirectRecv(false);
+      const listener = await net.listen({ hostname: "127.0.0.1", port: 0 });
+      const accepted = listener[Symbol.asyncIterator]().next();
+      const client = nodeNet.connect({
+        host: "127.0.0.1",
+        port: listener.addr.port,
+      });
+      client.on("error", () => {});
+      client.on("data", () => {});
+      let server: Conn | undefined;
+      try {
+        const result = await within(accepted, "accept", TIMEOUT_MS);
+        if (result.done) throw new Error("Listener ended before accepting");
+        server = result.value;
+        // Far more than the kernel's buffers and the adapter's queue hold.
+        const chunk = new Uint8Array(1 << 20);
+        for (let i = 0; i < 32; i++) client.write(chunk);
+        const limit = 256 * 1024;
+        const conn = server;
+        await within(
+          until(() => _unreadBytes(conn) > limit),
+          "queue",
+          TIMEOUT_MS,
+        );
+        const queued = _unreadBytes(conn);
+        // Past the limit by at most what one receive delivers.
+        assert.ok(queued <= limit + (512 << 10), `${queued} bytes queued`);
+        // The peer goes, and the server writes to it until a write fails:
+        // Bun then reads the whole kernel receive buffer (MiBs) into the
+        // paused socket.
+        client.destroy();
+        const ack = new Uint8Array(13);
+        const failed = async () => {
+          for (;;) {
+            await conn.write(ack);
+            await sleep(5);
+          }
+        };
+        await within(failed().catch(() => {}), "a failed write", TIMEOUT_MS);
+        const buf = new Uint8Array(4096);
+        let total = 0;
+        let end: unknown;
+        for (;;) {
+          try {
+            const n = await within(conn.read(buf), "read", TIMEOUT_MS);
+            if (n === null) break;
+            total += n;
+          } catch (error) {
+            end = error;
+            break;
+          }
+        }
+        assert.equal(total, queued, "bytes read after the reset");
+        assert.ok(
+          end === undefined || end instanceof ConnectionClosedError,
+          `read ended with ${String(end)}`,
+        );
+      } finally {
+        client.destroy();
+        server?.close();
+        listener.close();
+        setDirectRecv(true);
+      }
+    },
+  );
 
   test("Conn.close while a bulk read looks again resolves it with null", async () => {
     setDirectRecv(true);

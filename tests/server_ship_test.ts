@@ -8,7 +8,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { Vault, VaultSource } from "../lib/vault/store.ts";
+import type { AppendBatch, Vault, VaultSource } from "../lib/vault/store.ts";
 import { listSources, readRecords } from "../lib/vault/read.ts";
 import {
   decodeError,
@@ -27,7 +27,7 @@ import {
   AppendPipeline,
 } from "../lib/server/append_pipeline.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../lib/limits.ts";
-import { testVault } from "./_vault_test_utils.ts";
+import { stalledVault, testVault } from "./_vault_test_utils.ts";
 import { concatBytes } from "./_test_utils.ts";
 import {
   answerTokenChallenge,
@@ -426,6 +426,55 @@ test("serveShip tells a shipper ERR_INTERNAL when an append fails with a system 
   assert.ok(String(err.message).includes(v.dir));
 });
 
+test("serveShip tells a shipper waiting for its ack that the append failed, audits it and closes, though the server was reading the next frame", async () => {
+  await using v = await testVault();
+  const stalled = stalledVault(v.vault);
+  await using t = await startMemoryServer({ vault: stalled.vault });
+  const shipper = await openShip(t, "app");
+  // Failed on the way out too: the server's close waits for the append.
+  using _end = { [Symbol.dispose]: () => stalled.fail(new Error("test end")) };
+  await shipper.conn.write(batch(1, lines(1, 3)));
+  await within(stalled.appended, "the append");
+  // A Pong shows the server back in its read of the next frame.
+  await shipper.conn.write(
+    encodeFrame({ type: Kind.Ping, payload: new Uint8Array(0) }),
+  );
+  const pong = await within(shipper.reader.readFrame(), "the pong");
+  assert.equal(pong?.type, Kind.Pong);
+  // The commit fails now: the segment could not be opened.
+  stalled.fail(
+    Object.assign(
+      new Error(
+        `EMFILE: too many open files, open '${v.dir}/sources/app/0001.seg'`,
+      ),
+      { code: "EMFILE", errno: -24, syscall: "open" },
+    ),
+  );
+  const frame = await within(shipper.reader.readFrame(), "the error");
+  assert.equal(frame?.type, Kind.Error);
+  assert.deepEqual(decodeError(frame!.payload), {
+    code: "ERR_INTERNAL",
+    message: INTERNAL_MESSAGE,
+  });
+  assert.ok(!decodeText(frame!.payload).includes(v.dir));
+  assert.equal(
+    await within(shipper.reader.readFrame(), "the close"),
+    null,
+    "the connection closes after the Error frame",
+  );
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "ship",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "EMFILE");
+  assert.ok(String(err.message).includes(v.dir));
+  const finished = await t.audit.waitFor(
+    (e) => e.event === "ship_finished",
+    "the end of the ship session",
+  );
+  assert.equal(finished.records, 0);
+});
+
 /**
  * A vault whose sources take every append at once, durable on the next
  * turn, without touching a disk; `stats.appended` counts the records taken.
@@ -445,9 +494,10 @@ function instantVault(base: Vault) {
           get acceptedSeq() {
             return last;
           },
-          append(records: readonly { seq: number }[]) {
+          // The server hands over ship frames read by index.
+          append(records: AppendBatch) {
             stats.appended += records.length;
-            last = records.at(-1)?.seq ?? last;
+            if (records.length > 0) last = records.seq(records.length - 1);
             return Promise.resolve(last);
           },
         };
@@ -544,7 +594,10 @@ test("AppendPipeline keeps the appends of every pipeline on one budget within it
     acceptedSeq: 0,
     append: (records) =>
       new Promise((resolve) =>
-        pending.push(() => resolve(records.at(-1)!.seq))
+        // This test's batches are arrays.
+        pending.push(() =>
+          resolve((records as readonly { seq: number }[]).at(-1)!.seq)
+        )
       ),
   });
   const a = new AppendPipeline(source("a"), { budget });

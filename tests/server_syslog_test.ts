@@ -12,9 +12,14 @@ import assert from "node:assert/strict";
 import type { VaultSource } from "../lib/vault/store.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { decodeText } from "../lib/protocol.ts";
-import { AppendPipeline } from "../lib/server/append_pipeline.ts";
+import {
+  APPEND_FAILED,
+  AppendBudget,
+  AppendPipeline,
+  encodedCost,
+} from "../lib/server/append_pipeline.ts";
 import { SyslogBudget } from "../lib/server/syslog.ts";
-import { testVault } from "./_vault_test_utils.ts";
+import { stalledVault, testVault } from "./_vault_test_utils.ts";
 import {
   bytes,
   openFramed,
@@ -150,6 +155,37 @@ test("AppendPipeline keeps the first failure in batch order and counts nothing a
   assert.equal(appends.failed, true);
   assert.deepEqual(durable, [2]);
   assert.equal(appends.stored, 2);
+});
+
+test("AppendPipeline.orFailure gives what it waits for, or APPEND_FAILED once an append fails meanwhile", async () => {
+  let fail!: (err: unknown) => void;
+  const source: VaultSource = {
+    key: { peer: "10.0.0.5", name: "app" },
+    id: "app",
+    lastSeq: 0,
+    acceptedSeq: 0,
+    append: () => new Promise((_, reject) => (fail = reject)),
+  };
+  const appends = new AppendPipeline(source);
+  assert.equal(await appends.orFailure(Promise.resolve(5)), 5);
+  await assert.rejects(
+    appends.orFailure(Promise.reject(new Error("closed"))),
+    /closed/,
+  );
+  await appends.push([{ seq: 1, ts: 1, line: bytes("one") }], { recvTs: 1 });
+  let closed!: (err: unknown) => void;
+  const waiting = appends.orFailure(
+    new Promise((_, reject) => (closed = reject)),
+  );
+  assert.equal(await settled(waiting), false);
+  fail(new Error("EIO: i/o error"));
+  assert.equal(await within(waiting, "the failure"), APPEND_FAILED);
+  // The read it gave up on fails later, as the connection closes: handled.
+  closed(new Error("closed"));
+  assert.equal(
+    await appends.orFailure(new Promise(() => {})),
+    APPEND_FAILED,
+  );
 });
 
 test("AppendPipeline waits once the in-flight limit is reached", async () => {
@@ -289,6 +325,79 @@ test("SyslogPort keeps a sender that keeps sending, and closes it once it has be
   assert.equal(closed.reason, "syslog quiet timeout: no message in 60 s");
   const finished = t.audit.named("syslog_finished")[0]!;
   assert.equal(finished.records, 5);
+});
+
+test("serveSyslog audits an append that fails while the sender is quiet, and closes the connection at once", async () => {
+  await using v = await testVault();
+  const stalled = stalledVault(v.vault);
+  await using t = await startMemoryServer({
+    vault: stalled.vault,
+    syslog: { port: 0 },
+  });
+  // Failed on the way out too: the server's close waits for the append.
+  using _end = { [Symbol.dispose]: () => stalled.fail(new Error("test end")) };
+  const conn = await connectSyslog(t);
+  await conn.write(bytes("<13>one\n"));
+  await within(stalled.appended, "the append");
+  // One turn of the event loop runs every queued callback: the server then
+  // waits for the next message.
+  await new Promise((r) => setTimeout(r, 0));
+  const inFlight = t.server.usage().appends.used;
+  stalled.fail(
+    Object.assign(
+      new Error(`ENOSPC: no space left on device, write '${v.dir}/x.seg'`),
+      { code: "ENOSPC" },
+    ),
+  );
+  // The record in flight counted against the append budget ship shares.
+  assert.equal(inFlight, encodedCost("<13>one".length, 1));
+  assert.equal((await within(readAll(conn), "the close")).length, 0);
+  const err = await t.audit.waitFor(
+    (e) => e.event === "error" && e.during === "syslog",
+    "the error in the audit log",
+  );
+  assert.equal(err.code, "ENOSPC");
+  const closed = await t.audit.waitFor(
+    (e) => e.event === "closed" && e.listener === "syslog",
+    "closed",
+  );
+  assert.match(String(closed.reason), /^syslog ended: ENOSPC/);
+  assert.equal(t.audit.named("syslog_finished")[0]!.records, 0);
+  assert.equal(t.server.usage().appends.used, 0);
+});
+
+test("SyslogBudget charges the server's append budget too, and waits while it is spent or ship batches wait for it", async () => {
+  const shared = new AppendBudget(1000);
+  const budget = new SyslogBudget(10_000, { shared });
+  assert.equal(budget.enter(), undefined);
+  budget.take(100, 900);
+  budget.leave();
+  assert.equal(shared.used, 900);
+  // A ship batch that does not fit waits, and the syslog port behind it,
+  // though its own budget has room.
+  let shipIn = false;
+  const ship = shared.take(500).then(() => (shipIn = true));
+  const turn = budget.enter();
+  assert.ok(turn instanceof Promise);
+  let syslogIn = false;
+  void turn.then(() => (syslogIn = true));
+  assert.equal(await settled(turn), false);
+  budget.give(100, 900);
+  await within(ship, "the ship batch");
+  await within(turn, "the syslog turn");
+  assert.ok(shipIn && syslogIn);
+  assert.equal(shared.used, 500);
+  budget.leave();
+  // Spent by ship batches alone: the syslog port waits for their give.
+  shared.charge(600);
+  const next = budget.enter();
+  assert.ok(next instanceof Promise);
+  assert.equal(await settled(next), false);
+  shared.give(600);
+  await within(next, "the next turn");
+  budget.leave();
+  shared.give(500);
+  assert.equal(shared.used, 0);
 });
 
 test("serveSyslog stores every connection's messages, each in its order, through a budget far smaller than one read", async () => {

@@ -19,7 +19,7 @@ import {
 import { openSpool } from "../lib/ship/spool.ts";
 import { readTakeover } from "../lib/ship/takeover.ts";
 import { readRecords } from "../lib/vault/read.ts";
-import { openVault } from "../lib/vault/store.ts";
+import { openVault, type Vault } from "../lib/vault/store.ts";
 import { VERSION } from "../lib/version.ts";
 
 const base = fs.realpathSync(
@@ -46,8 +46,15 @@ function lines(from: number, to: number, tag = "line"): string {
   return s;
 }
 
-/** A moat server with a vault on a loopback port (0: any). */
-async function startVaultServer(dir: string, port = 0) {
+/**
+ * A moat server with a vault on a loopback port (0: any); `wrap` may change
+ * what the server sees of the vault.
+ */
+async function startVaultServer(
+  dir: string,
+  port = 0,
+  wrap: (vault: Vault) => Vault = (vault) => vault,
+) {
   const vault = await openVault(path.join(dir, "vault"));
   const server = new Server({
     net: getNet(),
@@ -57,7 +64,7 @@ async function startVaultServer(dir: string, port = 0) {
     jail: await createJail(dir),
     audit: new AuditLog(() => {}),
     version: VERSION,
-    vault,
+    vault: wrap(vault),
   });
   const [addr] = await server.listen();
   return {
@@ -383,5 +390,64 @@ describe("ship takeover", () => {
     await shipping;
     assert.equal(await vaultLines(dir, "web1"), lines(1, 300, "auth"));
     assert.equal(await vaultLines(dir, "auth"), lines(301, 400, "auth"));
+  });
+});
+
+describe("ship after a failed append", () => {
+  test("ship reconnects with backoff when the server's vault fails an append (ERR_INTERNAL, no server path), and ships every line once", async () => {
+    const dir = freshDir();
+    let failures = 2;
+    // The first two appends fail as a full descriptor table would make them.
+    const failing = (vault: Vault): Vault =>
+      Object.create(vault, {
+        source: {
+          value: (key: Parameters<Vault["source"]>[0]) => {
+            const source = vault.source(key);
+            return {
+              key: source.key,
+              id: source.id,
+              get lastSeq() {
+                return source.lastSeq;
+              },
+              get acceptedSeq() {
+                return source.acceptedSeq;
+              },
+              append: (...args: Parameters<typeof source.append>) =>
+                failures-- > 0
+                  ? Promise.reject(
+                    Object.assign(
+                      new Error(`EMFILE: too many open files, open '${dir}'`),
+                      { code: "EMFILE" },
+                    ),
+                  )
+                  : source.append(...args),
+            };
+          },
+        },
+      });
+    await using server = await startVaultServer(dir, 0, failing);
+    const events = new Events();
+    const text = lines(1, 300);
+    const last = await ship(options(dir, server.port, {
+      stdin: chunks(text, 1000),
+      signal: new AbortController().signal,
+      onEvent: events.push,
+    }));
+    assert.equal(last, 300);
+    const lost = events.list.filter((e) => e.type === "disconnected");
+    assert.equal(lost.length, 2);
+    for (const e of lost) {
+      assert.ok(e.type === "disconnected" && e.connected);
+      assert.equal(
+        e.message,
+        "Server error: Internal error (see the server's audit log)",
+      );
+    }
+    // Backoff doubles while the server keeps failing.
+    assert.deepEqual(
+      lost.map((e) => e.type === "disconnected" && e.retryMs),
+      [200, 400],
+    );
+    assert.equal(await vaultLines(dir, "app"), text);
   });
 });

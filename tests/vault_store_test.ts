@@ -22,7 +22,10 @@ import {
   TooManySourcesError,
 } from "../lib/errors.ts";
 import { encodeFrame } from "../lib/framer.ts";
-import { encodeShipBatch, Kind } from "../lib/protocol.ts";
+import { encodeShipBatch, indexShipBatch, Kind } from "../lib/protocol.ts";
+import { encodeVaultRecords } from "../lib/vault/_format.ts";
+import { checkLink } from "../lib/vault/_chain.ts";
+import { crc32c } from "../lib/segment/crc32c.ts";
 import { openFds, writeLegacySource } from "./_vault_test_utils.ts";
 
 const base = fs.realpathSync(
@@ -65,6 +68,47 @@ function segmentFiles(dir: string, key = KEY): string[] {
   return fs.readdirSync(sdir).filter((n) => n.endsWith(".seg")).sort()
     .map((n) => path.join(sdir, n));
 }
+
+describe("encodeVaultRecords", () => {
+  test("encodeVaultRecords encodes a ship frame read by index as the same records in an array, each link and CRC as the reader checks them", () => {
+    const lengths = [0, 1, 63, 64, 65, 300, 0, 17];
+    const records = lengths.map((n, i) => ({
+      seq: 40 + i,
+      ts: 1_700_000_000_000 + i,
+      partial: i % 3 === 1,
+      line: new Uint8Array(n).map((_, k) => (k * 7 + i) & 0xff),
+    }));
+    const genesis = createHash("sha256").update("genesis").digest();
+    const fromArray = { link: new Uint8Array(genesis) };
+    const fromView = { link: new Uint8Array(genesis) };
+    const a = encodeVaultRecords(records.slice(2), 99, { chain: fromArray });
+    const b = encodeVaultRecords(
+      indexShipBatch(encodeShipBatch(records)),
+      99,
+      { chain: fromView, from: 2 },
+    );
+    assert.deepEqual(b, a);
+    assert.deepEqual(fromView.link, fromArray.link);
+    // Each record against the reader's own checks: its CRC, its link from
+    // the one before (computeLink), the line and flags.
+    const view = new DataView(a.buffer, a.byteOffset, a.byteLength);
+    let prev: Uint8Array = genesis;
+    let at = 0;
+    for (const r of records.slice(2)) {
+      const length = view.getUint32(at + 4, true);
+      const record = a.slice(at, at + length);
+      assert.equal(view.getUint32(at, true), crc32c(record, 4));
+      const { link, ok } = checkLink(record, prev);
+      assert.ok(ok, `link of record ${r.seq}`);
+      assert.deepEqual(record.subarray(68), r.line);
+      assert.equal(record[9], 0x01 | (r.partial ? 0x02 : 0));
+      prev = link;
+      at += length;
+    }
+    assert.equal(at, a.length);
+    assert.deepEqual(fromArray.link, new Uint8Array(prev));
+  });
+});
 
 describe("Vault.append", () => {
   test("Vault.append stores records and resolves with the last sequence number", async () => {

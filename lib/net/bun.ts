@@ -15,9 +15,18 @@
  * - Received chunks are queued and copied into the caller's buffer by `read`.
  *   Bun hands every `data` callback a freshly allocated array (measured on Bun
  *   1.4.5: each chunk owns its own `ArrayBuffer`), so chunks are queued without
- *   a copy. When more than 2 MiB sits unread the socket is paused
- *   (`socket.pause()`), and resumed once the queue falls under 512 KiB, so a
- *   slow reader pushes back on the sender through TCP.
+ *   a copy. When more unread bytes sit in the queue than twice the largest
+ *   buffer a read asked for (at least 256 KiB, at most 2 MiB) the socket is
+ *   paused (`socket.pause()`), and resumed once the queue falls to a quarter
+ *   of that, so a slow reader pushes back on the sender through TCP: a
+ *   server reading 4 KiB at a time holds 256 KiB per connection, a client
+ *   reading 1 MiB frames keeps 2 MiB ahead of it.
+ * - Bun delivers bytes to a paused socket only when the connection breaks
+ *   (the peer reset it while we were writing to it): it then reads the
+ *   whole kernel receive buffer at once, MiBs per connection (measured on
+ *   Bun 1.4.5; pausing held on healthy plain and TLS connections). Those
+ *   bytes are not kept, the socket is closed at the first of them, and reads
+ *   end with a `ConnectionClosedError` once the bytes queued before are read.
  * - `socket.write` is unbuffered and returns how many bytes it took; the rest
  *   of the caller's array is kept (not copied) and written on `drain`. `write`
  *   resolves only once every byte was accepted.
@@ -87,6 +96,8 @@ interface BunSocket {
   write(data: Uint8Array, byteOffset?: number, byteLength?: number): number;
   shutdown(halfClose?: boolean): void;
   end(): void;
+  /** Closes at once, without flushing. */
+  terminate(): void;
   pause(): void;
   resume(): void;
   setNoDelay(noDelay?: boolean): boolean;
@@ -170,10 +181,18 @@ declare const Bun: {
   connect(options: BunSocketOptions | BunUnixSocketOptions): Promise<BunSocket>;
 };
 
-/** Pause the socket when more than this many received bytes are unread. */
-const PAUSE_ABOVE = 2 * 1024 * 1024;
-/** Resume a paused socket when the unread bytes fall to this many. */
-const RESUME_BELOW = 512 * 1024;
+/**
+ * Unread received bytes above which a socket is paused, until a read asks
+ * for more (see {@linkcode PAUSE_ABOVE_MAX}): a server reads 4 KiB at a
+ * time, and 60 shippers it was not reading held 2 MiB each with a fixed
+ * threshold (Bun's peak RSS in the soak's flood of empty records).
+ */
+const PAUSE_ABOVE_MIN = 256 * 1024;
+/**
+ * The most unread received bytes before a pause: twice the largest read
+ * buffer, up to this, so a client reading 1 MiB frames keeps its pace.
+ */
+const PAUSE_ABOVE_MAX = 2 * 1024 * 1024;
 
 /**
  * Direct reads in a row before one waits for a macrotask: a reader that
@@ -505,6 +524,18 @@ interface PendingWrite {
   reject: (error: unknown) => void;
 }
 
+/**
+ * Bytes a connection of this adapter has received and not yet handed to a
+ * read, for tests of its read limit.
+ *
+ * @internal
+ * @param conn A connection from {@linkcode bunNet}.
+ * @returns The unread bytes (0 for any other connection).
+ */
+export function _unreadBytes(conn: Conn): number {
+  return conn instanceof BunConn ? BunConn.unread(conn) : 0;
+}
+
 /** A connected TCP stream over a Bun socket. */
 class BunConn implements Conn {
   readonly remoteAddr: Addr;
@@ -529,6 +560,8 @@ class BunConn implements Conn {
   #head = 0;
   #offset = 0;
   #queued = 0;
+  /** Pause above this many unread bytes; resume at a quarter of it. */
+  #pauseAbove = PAUSE_ABOVE_MIN;
   #paused = false;
   #eof = false;
   #failure: ConnectionClosedError | null = null;
@@ -583,6 +616,11 @@ class BunConn implements Conn {
       hostname: socket.remoteAddress ?? "",
       port: socket.remotePort ?? 0,
     };
+  }
+
+  /** See {@linkcode _unreadBytes}. */
+  static unread(conn: BunConn): number {
+    return conn.#queued;
   }
 
   /** Read on first use, which must come before the socket closes. */
@@ -751,6 +789,9 @@ class BunConn implements Conn {
 
   read(buf: Uint8Array): Promise<number | null> {
     if (!this.#readStarted) this.#startReading();
+    if (buf.length * 2 > this.#pauseAbove) {
+      this.#pauseAbove = Math.min(PAUSE_ABOVE_MAX, buf.length * 2);
+    }
     if (this.#closed) return EOF;
     if (this.#queued > 0) return Promise.resolve(this.#take(buf));
     if (this.#failure !== null) return Promise.reject(this.#failure);
@@ -992,7 +1033,9 @@ class BunConn implements Conn {
       this.#chunks = this.#chunks.slice(this.#head);
       this.#head = 0;
     }
-    if (this.#paused && this.#queued <= RESUME_BELOW && !this.#socketGone) {
+    if (
+      this.#paused && this.#queued <= this.#pauseAbove / 4 && !this.#socketGone
+    ) {
       this.#paused = false;
       if (!this.#held) this.#socket.resume();
     }
@@ -1005,6 +1048,17 @@ class BunConn implements Conn {
 
   #onData(data: Uint8Array): void {
     if (this.#closed || data.length === 0) return;
+    if (this.#paused) {
+      // Only a breaking connection gets here (see the module doc): its
+      // receive buffer is not added to the server's memory, and closing it
+      // now stops Bun reading the rest (half a MiB at a time).
+      this.#failure ??= new ConnectionClosedError(
+        "Connection reset: data arrived past the read limit",
+      );
+      if (this.#queued === 0) this.#settleRead(this.#failure);
+      if (!this.#socketGone) this.#socket.terminate();
+      return;
+    }
     const buf = this.#readBuf;
     if (buf !== null) {
       // A read is waiting, so the queue is empty: fill it directly.
@@ -1025,7 +1079,7 @@ class BunConn implements Conn {
       this.#pushChunk(data);
       this.#queued += data.length;
     }
-    if (this.#queued > PAUSE_ABOVE && !this.#paused && !this.#socketGone) {
+    if (this.#queued > this.#pauseAbove && !this.#socketGone) {
       this.#paused = true;
       if (!this.#held) this.#socket.pause();
     }

@@ -6,6 +6,7 @@
  */
 
 import type {
+  AppendBatch,
   AppendOptions,
   AppendRecord,
   VaultSource,
@@ -76,6 +77,7 @@ export class AppendBudget {
   readonly #total: number;
   #used = 0;
   #waiters: { cost: number; resolve: () => void }[] = [];
+  #onGive: (() => void)[] = [];
 
   /**
    * @param total Bytes in flight at most (but one batch always fits).
@@ -97,6 +99,37 @@ export class AppendBudget {
   /** Batches waiting to fit. */
   get waiting(): number {
     return this.#waiters.length;
+  }
+
+  /**
+   * Whether a {@linkcode AppendBudget.prototype.charge} may go in now: room
+   * left, and no batch waiting before it.
+   */
+  get open(): boolean {
+    return this.#waiters.length === 0 && this.#used < this.#total;
+  }
+
+  /**
+   * Takes `cost` at once, without waiting, for a caller that must start its
+   * append in the same turn (the syslog port numbers its records from the
+   * source's last one) and checked {@linkcode AppendBudget.prototype.open}
+   * first; it may pass the total by what it charges then.
+   *
+   * @param cost From {@linkcode appendCost}; give it back the same way.
+   */
+  charge(cost: number): void {
+    this.#used += cost;
+  }
+
+  /**
+   * Calls `fn` after every give, once the batches waiting that fit were let
+   * in: the moment a caller of {@linkcode AppendBudget.prototype.charge} may
+   * find it open again.
+   *
+   * @param fn The callback.
+   */
+  onGive(fn: () => void): void {
+    this.#onGive.push(fn);
   }
 
   /**
@@ -132,6 +165,7 @@ export class AppendBudget {
   give(cost: number): void {
     this.#used -= cost;
     this.#wake();
+    for (const fn of this.#onGive) fn();
   }
 
   #fits(cost: number): boolean {
@@ -151,6 +185,12 @@ export class AppendBudget {
 const WAITS_FOR = "the vault";
 
 /**
+ * What {@linkcode AppendPipeline.prototype.orFailure} resolves with once an
+ * append has failed.
+ */
+export const APPEND_FAILED: unique symbol = Symbol("append failed");
+
+/**
  * A batch decoded only once the shared budget has room for it: while it
  * waits, only its encoded bytes are held, not thousands of record objects.
  */
@@ -158,7 +198,7 @@ export interface LazyBatch {
   /** What it costs against the budget: see {@linkcode appendCost}. */
   readonly cost: number;
   /** Its records, in sequence order. */
-  decode(): readonly AppendRecord[];
+  decode(): readonly AppendRecord[] | AppendBatch;
 }
 
 /** Options for {@linkcode AppendPipeline}. */
@@ -206,6 +246,8 @@ export class AppendPipeline {
   #next = 0;
   #failedAt = Infinity;
   #failure: unknown;
+  /** Waits of {@linkcode AppendPipeline.prototype.orFailure} in progress. */
+  #onFailure = new Set<() => void>();
   #stored = 0;
 
   /**
@@ -235,6 +277,44 @@ export class AppendPipeline {
   /** The first failure in batch order; undefined while none failed. */
   get failure(): unknown {
     return this.#failure;
+  }
+
+  /**
+   * Waits for `promise`, or for an append to fail, whichever comes first. A
+   * connection waits for its next read this way: an append fails after the
+   * connection went back to reading (a commit's fsync, a segment that
+   * cannot be opened), and a shipper waiting for the acknowledgement sends
+   * nothing more. (A `Promise.race` against one promise of the failure
+   * would keep every value read until the connection ends: each race
+   * leaves a reaction on it.)
+   *
+   * @example
+   * ```ts ignore
+   * const frame = await appends.orFailure(reader.readFrame());
+   * if (frame === APPEND_FAILED) throw appends.failure;
+   * ```
+   *
+   * @param promise What to wait for; a rejection after a failure won is
+   * handled (dropped).
+   * @returns What `promise` resolves with, or {@linkcode APPEND_FAILED}.
+   * @throws What `promise` rejects with, if that comes first.
+   */
+  orFailure<T>(promise: Promise<T>): Promise<T | typeof APPEND_FAILED> {
+    if (this.failed) {
+      promise.catch(() => {});
+      return Promise.resolve(APPEND_FAILED);
+    }
+    return new Promise((resolve, reject) => {
+      const failed = () => resolve(APPEND_FAILED);
+      this.#onFailure.add(failed);
+      promise.then((value) => {
+        this.#onFailure.delete(failed);
+        resolve(value);
+      }, (err) => {
+        this.#onFailure.delete(failed);
+        reject(err);
+      });
+    });
   }
 
   /**
@@ -289,6 +369,8 @@ export class AppendPipeline {
         if (index < this.#failedAt) {
           this.#failedAt = index;
           this.#failure = err;
+          for (const failed of this.#onFailure) failed();
+          this.#onFailure.clear();
         }
       },
     );

@@ -165,7 +165,9 @@ export class Server {
       pauses: new Pauses(),
     };
     this.#refusals = new Refusals(o.audit, o.now);
-    if (o.syslog !== undefined) this.#syslog = new SyslogPort(o);
+    if (o.syslog !== undefined) {
+      this.#syslog = new SyslogPort(o, this.#ctx.appendBudget);
+    }
   }
 
   /** Connections currently open, on both ports. */

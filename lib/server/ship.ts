@@ -7,8 +7,8 @@
 
 import { encodeFrame } from "../framer.ts";
 import {
-  decodeShipBatch,
   encodeJson,
+  indexShipBatch,
   Kind,
   SHIP_RECORD_HEADER,
 } from "../protocol.ts";
@@ -20,7 +20,11 @@ import {
   TooManyRecordsError,
 } from "../errors.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
-import { AppendPipeline, encodedCost } from "./append_pipeline.ts";
+import {
+  APPEND_FAILED,
+  AppendPipeline,
+  encodedCost,
+} from "./append_pipeline.ts";
 import type { Handshake } from "./handshake.ts";
 import { Outbox } from "./outbox.ts";
 import {
@@ -48,7 +52,11 @@ export const ACKS_QUEUED_MAX = 4096;
  * shipper's resend after a reconnect stores nothing twice.
  *
  * Refused with an Error frame when the server keeps no vault, or when the
- * shipper names the syslog port's source.
+ * shipper names the syslog port's source. An append that fails (a refused
+ * record, or the vault's disk full or out of descriptors) is told to the
+ * shipper at once, in an Error frame (system errors as `ERR_INTERNAL`, never
+ * with a server path), after the acks of what was stored; the connection
+ * then closes, and the shipper resends the rest when it reconnects.
  *
  * @param s The session.
  * @param handshake The shipper's Hello (its source name) and its frames.
@@ -157,7 +165,11 @@ export async function serveShip(
       if (out.pending > ACKS_QUEUED_MAX) {
         await s.server.pauses.during(out.flush());
       }
-      const frame = await reader.readFrame();
+      // An append that fails while the next frame is awaited ends the wait:
+      // the shipper, waiting for its ack, would send nothing more. (The read
+      // ends with the connection's close.)
+      const frame = await appends.orFailure(reader.readFrame());
+      if (frame === APPEND_FAILED) break;
       if (frame === null) break;
       if (frame.type === Kind.ShipProve && receipts !== undefined) {
         await receipts.prove(frame.payload);
@@ -180,11 +192,13 @@ export async function serveShip(
       }
       if (frame.payload.length === 0) continue;
       // Decoded once the shared append budget has room: a shipper waiting
-      // for it holds its frame's bytes, not thousands of records.
+      // for it holds its frame's bytes, not thousands of records. Read by
+      // index even then: an object per record was most of the garbage a
+      // flood of empty records made.
       const payload = frame.payload;
       await appends.push({
         cost: encodedCost(payload.length, count),
-        decode: () => decodeShipBatch(payload),
+        decode: () => indexShipBatch(payload),
       }, { recvTs: Date.now() });
     }
     await appends.finish();
@@ -224,7 +238,7 @@ export async function serveShip(
 /**
  * The records of a ShipBatch payload, counted from their headers (each
  * `SHIP_RECORD_HEADER` bytes, the line's length at offset 17) without
- * decoding them; a truncated record is left to `decodeShipBatch` to refuse.
+ * decoding them; a truncated record is left to `indexShipBatch` to refuse.
  */
 function countShipRecords(payload: Uint8Array): number {
   const view = new DataView(

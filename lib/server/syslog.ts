@@ -15,7 +15,10 @@
  * senders that stay silent, and holds every connection to one budget of
  * bytes on their way into the vault ({@linkcode SyslogBudget}): a connection
  * whose records would pass it is not read until earlier ones are durable, so
- * a fast sender waits in its TCP window, not in the server's memory.
+ * a fast sender waits in its TCP window, not in the server's memory. The
+ * same records also count against the server's append budget, which ship
+ * connections share ({@linkcode AppendBudget}): while it is spent, or ship
+ * batches wait for it, syslog connections are not read either.
  *
  * The `Server` accepts the connection, applies the allowlist and the
  * connection limit, and writes the `accepted`/`refused`/`closed` audit
@@ -43,7 +46,12 @@ import {
 
 export { SYSLOG_SOURCE };
 import { ConnectionClosedError } from "../errors.ts";
-import { AppendPipeline } from "./append_pipeline.ts";
+import {
+  APPEND_FAILED,
+  AppendBudget,
+  AppendPipeline,
+  encodedCost,
+} from "./append_pipeline.ts";
 import type { ResolvedServerOptions } from "./options.ts";
 import {
   errorCode,
@@ -105,7 +113,10 @@ const BUSY_READ = 16 * 1024;
  * and {@linkcode SyslogBudget.prototype.leave}s; the vault's commits give
  * the bytes back. Once the budget is spent, connections wait in arrival
  * order and are let in one at a time while it has room, so the total passes
- * the limit by at most one connection's read.
+ * the limit by at most one connection's read. With a `shared`
+ * {@linkcode AppendBudget}, the records are charged to it too, and
+ * connections also wait while it is not open (spent, or batches waiting
+ * for it).
  *
  * @example
  * ```ts
@@ -125,19 +136,23 @@ const BUSY_READ = 16 * 1024;
 export class SyslogBudget {
   #limit: number;
   #used = 0;
+  #shared: AppendBudget | undefined;
   #waiters: (() => void)[] = [];
   /** A woken waiter has not left yet: nobody else may enter. */
   #turn = false;
 
   /**
    * @param limit Bytes in flight above which connections wait.
+   * @param options The server's append budget, charged too.
    * @throws {RangeError} For a limit that is not a positive integer.
    */
-  constructor(limit: number) {
+  constructor(limit: number, options: { shared?: AppendBudget } = {}) {
     if (!Number.isSafeInteger(limit) || limit < 1) {
       throw new RangeError(`Invalid syslog budget: ${limit} is not positive`);
     }
     this.#limit = limit;
+    this.#shared = options.shared;
+    this.#shared?.onGive(() => this.#wake());
   }
 
   /** Bytes charged and not yet given back. */
@@ -157,7 +172,7 @@ export class SyslogBudget {
    * @returns Undefined to go on at once, or a promise of the turn.
    */
   enter(): Promise<void> | undefined {
-    if (!this.#turn && this.#waiters.length === 0 && this.#used < this.#limit) {
+    if (!this.#turn && this.#waiters.length === 0 && this.#room()) {
       return undefined;
     }
     return new Promise((resolve) => this.#waiters.push(resolve));
@@ -173,23 +188,33 @@ export class SyslogBudget {
    * Charges bytes now in flight.
    *
    * @param cost Bytes.
+   * @param shared What the records cost the shared budget (its own measure,
+   * see `appendCost`). @default {cost}
    */
-  take(cost: number): void {
+  take(cost: number, shared: number = cost): void {
     this.#used += cost;
+    this.#shared?.charge(shared);
   }
 
   /**
    * Gives back bytes no longer in flight.
    *
    * @param cost Bytes, as taken.
+   * @param shared As taken. @default {cost}
    */
-  give(cost: number): void {
+  give(cost: number, shared: number = cost): void {
     this.#used -= cost;
-    this.#wake();
+    // Its waiters first, then ours (through onGive).
+    if (this.#shared !== undefined) this.#shared.give(shared);
+    else this.#wake();
+  }
+
+  #room(): boolean {
+    return this.#used < this.#limit && (this.#shared?.open ?? true);
   }
 
   #wake() {
-    if (this.#turn || this.#used >= this.#limit) return;
+    if (this.#turn || !this.#room()) return;
     const next = this.#waiters.shift();
     if (next === undefined) return;
     this.#turn = true;
@@ -231,7 +256,8 @@ export interface ServeSyslogOptions {
 /**
  * Serves one syslog connection until the peer closes, it breaks the framing,
  * it sends an oversize message (refused with an audit line), or the vault
- * fails. Each read's messages are appended at once, in batches the vault
+ * fails (audited at once, even while the connection waits for its next
+ * message; the server then closes it). Each read's messages are appended at once, in batches the vault
  * accepts; appends are pipelined, at most 8 at once, and all are durable (or
  * failed) when this resolves. While the budget is spent, the connection is
  * not read.
@@ -306,7 +332,11 @@ export async function serveSyslog(
 
   try {
     for (;;) {
-      const n = await c.read(buf);
+      // A failed append ends the connection at once, not at the next read: a
+      // quiet sender would otherwise hold it, unaware, until its quiet
+      // timeout. (The read ends with the connection's close.)
+      const n = await appends.orFailure(c.read(buf));
+      if (n === APPEND_FAILED) throw appends.failure;
       const turn = budget.enter();
       if (turn !== undefined) {
         onActivity?.("waiting");
@@ -382,11 +412,19 @@ function budgeted(source: VaultSource, budget: SyslogBudget): VaultSource {
       return source.acceptedSeq;
     },
     append(records: readonly AppendRecord[], options?: AppendOptions) {
-      let cost = records.length * SYSLOG_RECORD_COST;
-      for (const r of records) cost += r.line.length;
-      budget.take(cost);
-      const done = source.append(records, options);
-      done.then(() => budget.give(cost), () => budget.give(cost));
+      let bytes = 0;
+      for (const r of records) bytes += r.line.length;
+      const cost = bytes + records.length * SYSLOG_RECORD_COST;
+      const shared = encodedCost(bytes, records.length);
+      budget.take(cost, shared);
+      let done: Promise<number>;
+      try {
+        done = source.append(records, options);
+      } catch (err) {
+        done = Promise.reject(err);
+      }
+      const settled = () => budget.give(cost, shared);
+      done.then(settled, settled);
       return done;
     },
   };
@@ -423,9 +461,11 @@ export class SyslogPort {
 
   /**
    * @param o The server's options, with `vault` and `syslog` set.
+   * @param appendBudget The server's append budget, shared with ship
+   * connections.
    * @throws {TypeError} Without them.
    */
-  constructor(o: ResolvedServerOptions) {
+  constructor(o: ResolvedServerOptions, appendBudget?: AppendBudget) {
     const syslog = o.syslog;
     if (syslog === undefined || o.vault === undefined) {
       throw new TypeError("Invalid server options: syslog needs a vault");
@@ -442,6 +482,7 @@ export class SyslogPort {
     };
     this.#budget = new SyslogBudget(
       syslog.maxBytesInFlight ?? DEFAULT_SYSLOG_BYTES_IN_FLIGHT,
+      { ...(appendBudget !== undefined && { shared: appendBudget }) },
     );
   }
 

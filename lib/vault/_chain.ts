@@ -7,8 +7,8 @@
  * @module
  */
 
-import { createHash, timingSafeEqual } from "node:crypto";
-import { sha256 as fastSha256 } from "../sha256.ts";
+import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
+import { jsLimit, sha256 as fastSha256, sha256Js } from "../sha256.ts";
 import { sourceHash } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 
@@ -56,6 +56,43 @@ export function chainGenesis(vaultId: Uint8Array, key: SourceKey): Uint8Array {
 export function computeLink(record: Uint8Array, prev: Uint8Array): Uint8Array {
   record.set(prev, LINK_OFFSET);
   return sha256(record.subarray(4));
+}
+
+/**
+ * Computes the chain link of the record at `bytes[start, end)` in place, as
+ * {@linkcode computeLink} does: its link field must hold the previous link,
+ * and holds the record's own afterwards. Where `lib/sha256.ts` hashes
+ * natively (Bun; on Deno, long records), the digest comes as hex and is
+ * written in place: `node:crypto` would make a Buffer per record, most of
+ * what a batch of thousands of empty records cost the garbage collector.
+ *
+ * @param bytes Holds the record (flag 0x01 set, header fields written).
+ * @param start The record's first byte.
+ * @param end After its last byte.
+ */
+export function writeLink(bytes: Uint8Array, start: number, end: number): void {
+  const data = bytes.subarray(start + 4, end);
+  const at = start + LINK_OFFSET;
+  if (data.length <= jsLimit()) {
+    bytes.set(sha256Js(data), at);
+    return;
+  }
+  const hex = typeof oneShotHash === "function"
+    ? oneShotHash("sha256", data, "hex")
+    : createHash("sha256").update(data).digest("hex");
+  for (let i = 0; i < LINK_BYTES; i++) {
+    bytes[at + i] = (HEX[hex.charCodeAt(2 * i)]! << 4) |
+      HEX[hex.charCodeAt(2 * i + 1)]!;
+  }
+}
+
+/** Lowercase hex digit → value, by character code. */
+const HEX: Uint8Array = hexTable();
+
+function hexTable(): Uint8Array {
+  const table = new Uint8Array(128);
+  for (let i = 0; i < 16; i++) table["0123456789abcdef".charCodeAt(i)] = i;
+  return table;
 }
 
 /**

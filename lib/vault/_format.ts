@@ -6,14 +6,10 @@
 
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import {
-  corruptError,
-  finishRecord,
-  getU64,
-  setU64,
-} from "../segment/codec.ts";
+import { corruptError, getU64, setU64 } from "../segment/codec.ts";
+import { crc32c } from "../segment/crc32c.ts";
 import type { RawRecord } from "../segment/codec.ts";
-import { computeLink, LINK_BYTES } from "./_chain.ts";
+import { LINK_BYTES, LINK_OFFSET, writeLink } from "./_chain.ts";
 import { checkSourceKey, sourceDirName } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 
@@ -73,52 +69,170 @@ export interface VaultRecord {
   partial: boolean;
 }
 
+/** One record, as an array of them holds it. */
+interface LineRecord {
+  seq: number;
+  ts: number;
+  line: Uint8Array;
+  partial?: boolean;
+}
+
+/**
+ * Records read by index, with no object per record: what a decoded ship
+ * frame is (`ShipBatchView` in `lib/protocol.ts`), so that a batch of
+ * thousands of records costs the vault (and the garbage collector) a few
+ * objects, not thousands. An array of records is read through
+ * {@linkcode recordBatch}.
+ */
+export interface AppendBatch {
+  /** How many records. */
+  readonly length: number;
+  /**
+   * @param i A record's index.
+   * @returns Its sequence number.
+   */
+  seq(i: number): number;
+  /**
+   * @param i A record's index.
+   * @returns Its timestamp.
+   */
+  ts(i: number): number;
+  /**
+   * @param i A record's index.
+   * @returns Whether the next record continues its line.
+   */
+  partial(i: number): boolean;
+  /**
+   * @param i A record's index.
+   * @returns Its line's length in bytes.
+   * @throws {TypeError} When the record has no line.
+   */
+  lineLength(i: number): number;
+  /**
+   * Copies a record's line.
+   *
+   * @param i A record's index.
+   * @param to Where to.
+   * @param at At what offset.
+   */
+  copyLine(i: number, to: Uint8Array, at: number): void;
+}
+
+/**
+ * Reads an array of records as an {@linkcode AppendBatch}.
+ *
+ * @param records The records.
+ * @returns The batch (a view: the array is not copied).
+ */
+export function recordBatch(records: readonly LineRecord[]): AppendBatch {
+  return new _ArrayBatch(records);
+}
+
+class _ArrayBatch implements AppendBatch {
+  readonly #records: readonly LineRecord[];
+
+  constructor(records: readonly LineRecord[]) {
+    this.#records = records;
+  }
+
+  get length(): number {
+    return this.#records.length;
+  }
+
+  seq(i: number): number {
+    return this.#records[i]!.seq;
+  }
+
+  ts(i: number): number {
+    return this.#records[i]!.ts;
+  }
+
+  partial(i: number): boolean {
+    return this.#records[i]!.partial === true;
+  }
+
+  lineLength(i: number): number {
+    const record = this.#records[i]!;
+    if (!(record.line instanceof Uint8Array)) {
+      throw new TypeError(
+        `Invalid record ${record.seq}: line is not a Uint8Array`,
+      );
+    }
+    return record.line.length;
+  }
+
+  copyLine(i: number, to: Uint8Array, at: number): void {
+    to.set(this.#records[i]!.line, at);
+  }
+}
+
 /**
  * Encodes line records back to back. With `options.chain`, every record
  * carries flag 0x01 and its chain link (see `docs/VAULT.md`), and
- * `chain.link` is advanced to the last record's link.
+ * `chain.link` is advanced to the last record's link. Nothing is allocated
+ * per record but the view each link is hashed through.
  *
  * @param records Records, sequence numbers consecutive.
  * @param recvTs The receive time stamped on all of them.
- * @param options The chain state to continue (updated in place).
+ * @param options The chain state to continue (updated in place), and the
+ * index of the first record to encode (those before it are skipped).
  * @returns The bytes.
  */
 export function encodeVaultRecords(
-  records: readonly {
-    seq: number;
-    ts: number;
-    line: Uint8Array;
-    partial?: boolean;
-  }[],
+  records: readonly LineRecord[] | AppendBatch,
   recvTs: number,
-  options: { chain?: { link: Uint8Array } } = {},
+  options: {
+    chain?: { link: Uint8Array };
+    from?: number;
+  } = {},
 ): Uint8Array {
+  const batch = Array.isArray(records)
+    ? recordBatch(records)
+    : records as AppendBatch;
   const chain = options.chain;
+  const from = options.from ?? 0;
+  const count = batch.length;
   const lineAt = VAULT_LINE_OFFSET + (chain ? CHAIN_LINK_BYTES : 0);
   let total = 0;
-  for (const record of records) total += lineAt + record.line.length;
+  for (let i = from; i < count; i++) total += lineAt + batch.lineLength(i);
   const out = new Uint8Array(total);
-  const view = new DataView(out.buffer);
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   let at = 0;
-  for (const record of records) {
-    const length = lineAt + record.line.length;
-    const bytes = out.subarray(at, at + length);
-    const flags = (record.partial ? FLAG_PARTIAL : 0) |
+  let last = -1;
+  for (let i = from; i < count; i++) {
+    const lineLength = batch.lineLength(i);
+    const length = lineAt + lineLength;
+    const end = at + length;
+    const flags = (batch.partial(i) ? FLAG_PARTIAL : 0) |
       (chain ? FLAG_CHAIN : 0);
-    setU64(view, at + 20, record.ts);
+    // The header as finishRecord writes it (the link covers it, so it is
+    // written before the hash).
+    view.setUint32(at + 4, length, true);
+    view.setUint8(at + 8, VAULT_KIND);
+    view.setUint8(at + 9, flags);
+    view.setUint16(at + 10, 0, true);
+    setU64(view, at + 12, batch.seq(i));
+    setU64(view, at + 20, batch.ts(i));
     setU64(view, at + 28, recvTs);
-    out.set(record.line, at + lineAt);
+    if (lineLength > 0) batch.copyLine(i, out, at + lineAt);
     if (chain) {
-      // The link covers the header fields, so set them before hashing.
-      view.setUint32(at + 4, length, true);
-      view.setUint8(at + 8, VAULT_KIND);
-      view.setUint8(at + 9, flags);
-      setU64(view, at + 12, record.seq);
-      chain.link = computeLink(bytes, chain.link);
-      bytes.set(chain.link, VAULT_LINE_OFFSET);
+      const linkAt = at + LINK_OFFSET;
+      if (last < 0) out.set(chain.link, linkAt);
+      else {
+        out.copyWithin(
+          linkAt,
+          last + LINK_OFFSET,
+          last + LINK_OFFSET + LINK_BYTES,
+        );
+      }
+      writeLink(out, at, end);
     }
-    finishRecord(bytes, { kind: VAULT_KIND, flags, seq: record.seq });
-    at += length;
+    view.setUint32(at, crc32c(out, at + 4, end), true);
+    last = at;
+    at = end;
+  }
+  if (chain && last >= 0) {
+    chain.link = out.slice(last + LINK_OFFSET, last + LINK_OFFSET + LINK_BYTES);
   }
   return out;
 }

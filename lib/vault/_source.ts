@@ -13,6 +13,7 @@ import type { ClosedSegment, SegmentLog } from "../segment/log.ts";
 import { readFirstRecord } from "../segment/scanner.ts";
 import { chainGenesis, checkLink, LINK_BYTES, LINK_OFFSET } from "./_chain.ts";
 import {
+  type AppendBatch,
   FLAG_CHAIN,
   readSourceKey,
   SOURCE_FILE,
@@ -65,12 +66,13 @@ export interface VaultSource {
   /**
    * Appends records; see `Vault.append`.
    *
-   * @param records Records in sequence order.
+   * @param records Records in sequence order: an array, or a batch read by
+   * index (a decoded ship frame, no object per record).
    * @param options Receive time.
    * @returns The highest sequence number in `records`, once durable.
    */
   append(
-    records: readonly AppendRecord[],
+    records: readonly AppendRecord[] | AppendBatch,
     options?: AppendOptions,
   ): Promise<number>;
 }
@@ -79,7 +81,7 @@ export interface VaultSource {
 export type QueueAppend = (
   source: SourceLog,
   log: SegmentLog,
-  records: readonly AppendRecord[],
+  records: readonly AppendRecord[] | AppendBatch,
   options: AppendOptions,
 ) => Promise<number>;
 
@@ -533,7 +535,7 @@ export class SourceLog implements VaultSource {
   }
 
   append(
-    records: readonly AppendRecord[],
+    records: readonly AppendRecord[] | AppendBatch,
     options: AppendOptions = {},
   ): Promise<number> {
     try {

@@ -37,10 +37,12 @@ import { LINK_BYTES } from "./_chain.ts";
 import { INDEX_FILE, linkOf, recvTsOf } from "./_index.ts";
 import { findFirstCovers, PRUNED_FILE } from "./_prune.ts";
 import {
+  type AppendBatch,
   encodeVaultRecords,
   LOCK_FILE,
   MARKER_FILE,
   readSourceKey,
+  recordBatch,
   SOURCES_DIR,
   VAULT_KIND,
   VAULT_LINE_OFFSET,
@@ -90,6 +92,7 @@ export type {
   PrunedSource,
   VaultSource,
 } from "./_source.ts";
+export type { AppendBatch } from "./_format.ts";
 export type { SealEvent, SealInfo } from "./_sealer.ts";
 export type { SignedCheckpoint, TreeEvent } from "./_tree.ts";
 export { encodeLeaf } from "./leaf.ts";
@@ -373,7 +376,7 @@ export interface Vault {
    */
   append(
     key: SourceKey,
-    records: readonly AppendRecord[],
+    records: readonly AppendRecord[] | AppendBatch,
     options?: AppendOptions,
   ): Promise<number>;
   /**
@@ -1058,7 +1061,7 @@ class _Vault implements Vault {
 
   append(
     key: SourceKey,
-    records: readonly AppendRecord[],
+    records: readonly AppendRecord[] | AppendBatch,
     options?: AppendOptions,
   ): Promise<number> {
     try {
@@ -1072,16 +1075,22 @@ class _Vault implements Vault {
   queue(
     source: SourceLog,
     log: SegmentLog,
-    records: readonly AppendRecord[],
+    records: readonly AppendRecord[] | AppendBatch,
     options: AppendOptions,
   ): Promise<number> {
     this.#checkOpen();
-    if (!Array.isArray(records)) {
+    const batch = Array.isArray(records)
+      ? recordBatch(records)
+      : _isBatch(records)
+      ? records
+      : undefined;
+    if (batch === undefined) {
       throw new TypeError("Invalid records: not an array");
     }
-    if (records.length > this.#settings.maxRecordsPerAppend) {
+    const count = batch.length;
+    if (count > this.#settings.maxRecordsPerAppend) {
       throw new TooManyRecordsError(
-        records.length,
+        count,
         this.#settings.maxRecordsPerAppend,
       );
     }
@@ -1090,23 +1099,22 @@ class _Vault implements Vault {
     const accepted = log.lastSeq;
     let start = 0;
     let highest = 0;
-    while (start < records.length) {
-      const seq = _checkSeq(records[start]!.seq);
+    while (start < count) {
+      const seq = _checkSeq(batch.seq(start));
       if (seq > accepted) break;
       if (seq <= highest) throw _outOfOrder(source.key, seq, highest);
       highest = seq;
       start++;
     }
-    if (start === records.length) {
+    if (start === count) {
       return highest === 0
         ? log.waitDurable(log.durableSeq)
         : log.waitDurable(highest);
     }
     const maxLineBytes = this.#settings.maxLineBytes;
-    for (let i = start; i < records.length; i++) {
-      const record = records[i]!;
+    for (let i = start; i < count; i++) {
       const expected = accepted + 1 + i - start;
-      const seq = _checkSeq(record.seq);
+      const seq = _checkSeq(batch.seq(i));
       if (seq !== expected) {
         if (i === start && seq > expected) {
           const missing = seq - 1 === expected
@@ -1121,26 +1129,24 @@ class _Vault implements Vault {
         }
         throw _outOfOrder(source.key, seq, expected - 1);
       }
-      _checkTime("ts", record.ts);
-      if (!(record.line instanceof Uint8Array)) {
-        throw new TypeError(`Invalid record ${seq}: line is not a Uint8Array`);
-      }
-      if (record.line.length > maxLineBytes) {
+      _checkTime("ts", batch.ts(i));
+      const length = batch.lineLength(i);
+      if (length > maxLineBytes) {
         throw new RangeError(
-          `Invalid record ${seq}: line of ${record.line.length} bytes exceeds maxLineBytes ${maxLineBytes}`,
+          `Invalid record ${seq}: line of ${length} bytes exceeds maxLineBytes ${maxLineBytes}`,
         );
       }
     }
-    const fresh = start === 0 ? records : records.slice(start);
     const chain = { link: source.acceptedHead() };
-    const bytes = encodeVaultRecords(fresh, recvTs, { chain });
+    const bytes = encodeVaultRecords(batch, recvTs, { chain, from: start });
+    const added = count - start;
     this.#appends++;
     const done = log.enqueue(bytes, {
       firstSeq: accepted + 1,
-      lastSeq: accepted + fresh.length,
+      lastSeq: accepted + added,
       note: { minTime: recvTs, maxTime: recvTs, tail: chain.link },
     });
-    source.pushHead(accepted + fresh.length, chain.link);
+    source.pushHead(accepted + added, chain.link);
     const tree = source.tree;
     if (tree === undefined) return done;
     // Into the tree once durable, before the append resolves: a checkpoint
@@ -1219,6 +1225,13 @@ async function _removeSourceTemps(dir: string): Promise<void> {
       await rm(join(dir, name), { force: true });
     }
   }
+}
+
+/** Whether `records` is read by index (an {@linkcode AppendBatch}). */
+function _isBatch(records: unknown): records is AppendBatch {
+  return typeof records === "object" && records !== null &&
+    typeof (records as AppendBatch).seq === "function" &&
+    typeof (records as AppendBatch).copyLine === "function";
 }
 
 function _checkSeq(seq: unknown): number {
