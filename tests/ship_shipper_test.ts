@@ -398,10 +398,16 @@ describe("ship after a failed append", () => {
     const dir = freshDir();
     let failures = 2;
     // The first two appends fail as a full descriptor table would make them.
+    // A Proxy, not Object.create: the Vault's methods use private fields,
+    // so every method but source() runs on the vault itself.
     const failing = (vault: Vault): Vault =>
-      Object.create(vault, {
-        source: {
-          value: (key: Parameters<Vault["source"]>[0]) => {
+      new Proxy(vault, {
+        get: (target, prop) => {
+          if (prop !== "source") {
+            const value = Reflect.get(target, prop, target);
+            return typeof value === "function" ? value.bind(target) : value;
+          }
+          return (key: Parameters<Vault["source"]>[0]) => {
             const source = vault.source(key);
             return {
               key: source.key,
@@ -422,7 +428,7 @@ describe("ship after a failed append", () => {
                   )
                   : source.append(...args),
             };
-          },
+          };
         },
       });
     await using server = await startVaultServer(dir, 0, failing);
