@@ -176,3 +176,29 @@ export function seededRandom(seed: number): (max: number) => number {
     return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * max);
   };
 }
+
+/**
+ * A loopback TCP port that is free now and that the kernel never picks by
+ * itself: one below Linux's ephemeral range (32768–60999), where `port: 0`
+ * listeners and outgoing connections get theirs. For a test that needs a
+ * port nothing listens on for a while, or that stops a server and starts
+ * another on the same port: a port the kernel picked can be handed to
+ * another socket in between, by any test running at the same time.
+ *
+ * @param host The address to check it on.
+ * @returns A port from 20000 to 31999.
+ * @throws {Error} If 100 random ports in that range were all taken.
+ */
+export async function quietPort(host = "127.0.0.1"): Promise<number> {
+  const { createServer } = await import("node:net");
+  for (let tries = 0; tries < 100; tries++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const server = createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, host, () => server.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error(`No free port from 20000 to 31999 on ${host}`);
+}

@@ -21,6 +21,7 @@ import { encodeFrame } from "../lib/framer.ts";
 import { encodeError, encodeJson, Kind } from "../lib/protocol.ts";
 import { getNet } from "../lib/net/mod.ts";
 import { concat, fakeServer, fileFrames, WELCOME } from "./_fake_server.ts";
+import { quietPort } from "./_test_utils.ts";
 
 function tmp() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-client-"));
@@ -28,15 +29,6 @@ function tmp() {
     dir,
     [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }),
   };
-}
-
-/** A loopback port that nothing listens on. */
-async function closedPort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const { port } = srv.address() as net.AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 function clientOf(port: number) {
@@ -54,7 +46,7 @@ function rejection(p: Promise<unknown>): Promise<unknown> {
 
 test("get removes a fresh part and keeps a resumed one when the server cannot be reached", async () => {
   using t = tmp();
-  const port = await closedPort();
+  const port = await quietPort();
   const out = path.join(t.dir, "a.bin");
   const fresh = await rejection(get(clientOf(port), { path: "a", out }));
   assert.ok(fresh instanceof MoatError && fresh.code === Code.ERR_CONNECT);
@@ -108,7 +100,7 @@ test("get keeps a resumed part when the server closes before the file begins, an
 
 test("get refuses to discard a part that holds bytes without --resume or --force", async () => {
   using t = tmp();
-  const port = await closedPort();
+  const port = await quietPort();
   const out = path.join(t.dir, "a.bin");
   fs.writeFileSync(partPathOf(out), "12345");
   const refused = await rejection(get(clientOf(port), { path: "a", out }));
@@ -140,7 +132,7 @@ test("get refuses an existing target before looking at its part", async () => {
   fs.writeFileSync(out, "done");
   fs.writeFileSync(partPathOf(out), "12345");
   const err = await rejection(
-    get(clientOf(await closedPort()), { path: "a", out }),
+    get(clientOf(await quietPort()), { path: "a", out }),
   );
   assert.ok(err instanceof MoatError && err.code === Code.ERR_EXISTS);
   assert.match(err.message, /^Refusing to overwrite ".*a\.bin": it exists/);

@@ -14,6 +14,7 @@ import {
   waitVaultCount,
 } from "./_e2e.ts";
 import { defaultStatePath } from "../lib/ship/state.ts";
+import { quietPort } from "./_test_utils.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -42,13 +43,14 @@ test("moat ship: 100,000 lines survive 5 server and 5 shipper SIGKILLs, stored e
   const vault = path.join(dir.dir, "vault");
   const state = path.join(dir.dir, "ship.json");
   fs.writeFileSync(log, "");
-  const first = await startServer(["--vault", vault]);
-  const port = first.port;
+  // A port no other socket is handed while the server is down.
+  const port = await quietPort();
+  const serverArgs = ["--vault", vault, "--port", String(port)];
+  const first = await startFixed(serverArgs);
   let server: {
     child: import("node:child_process").ChildProcess;
     stop(): Promise<number | null>;
   } = first;
-  const serverArgs = ["--vault", vault, "--port", String(port)];
   const shipArgs = [
     log,
     "--server",
@@ -386,6 +388,8 @@ test("README's moat ship examples run as written, against a local server", async
   // moat ship FILE FILE=NAME: runs until stopped.
   for (const c of [...shipFiles, shipConfig]) {
     const args = words(c, server.port).slice(1);
+    // Counted before the shipper starts: a quick one would be counted too.
+    const before = await vaultCount(vault);
     const shipper = spawnMoat(["ship", ...args], { cwd: root, env });
     const err = new LineWatcher(shipper.stderr!);
     const exited = new Promise<number | null>((r) =>
@@ -393,7 +397,6 @@ test("README's moat ship examples run as written, against a local server", async
     );
     try {
       const want = c.includes("--config") ? 150 : 500;
-      const before = await vaultCount(vault);
       assert.equal(
         await waitVaultCount(vault, before + want, 30_000),
         before + want,
@@ -488,8 +491,8 @@ test("moat ship continues files an earlier moat shipped as the host's source, lo
   // An earlier moat: every file in one source named after the host, with
   // its default state; the server was down, so it all waits in the spool.
   const host = os.hostname();
-  const down = await startServer(["--vault", vault]);
-  const port = down.port;
+  const port = await quietPort();
+  const down = await startFixed(["--vault", vault, "--port", String(port)]);
   await down.stop();
   const earlier = startShipper(
     [log, "--source", host, "--server", `127.0.0.1:${port}`],

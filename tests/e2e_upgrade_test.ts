@@ -28,6 +28,7 @@ import {
   spawnMoat,
   tempDir,
 } from "./_e2e.ts";
+import { quietPort } from "./_test_utils.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 /** The README's source file and destination folder; the test swaps in its own. */
@@ -231,9 +232,10 @@ test(
     const vault = path.join(dir.dir, "vault");
     const log = path.join(dir.dir, "app.log");
     fs.writeFileSync(log, "");
+    // The restart below reuses the port: one no other socket is handed meanwhile.
     const first = await serveFrom(
       moat,
-      ["--port", "0", "--vault", vault],
+      ["--port", String(await quietPort()), "--vault", vault],
       dir.dir,
     );
     await first.waitEvent(

@@ -21,6 +21,7 @@ import { readTakeover } from "../lib/ship/takeover.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { openVault, type Vault } from "../lib/vault/store.ts";
 import { VERSION } from "../lib/version.ts";
+import { quietPort } from "./_test_utils.ts";
 
 const base = fs.realpathSync(
   fs.mkdtempSync(path.join(os.tmpdir(), "moat-shipper-")),
@@ -74,14 +75,6 @@ async function startVaultServer(
       await vault.close();
     },
   };
-}
-
-/** A loopback port nothing listens on (it was free a moment ago). */
-async function closedPort(): Promise<number> {
-  const listener = await getNet().listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
 }
 
 function client(port: number): ClientOptions {
@@ -189,7 +182,7 @@ describe("ship spool pressure", () => {
     const stop = new AbortController();
     const backlog = new ShipBacklog();
     const done = ship({
-      client: client(await closedPort()),
+      client: client(await quietPort()),
       inputs: [log],
       statePath: path.join(dir, "ship.json"),
       source: "app",
@@ -229,7 +222,7 @@ describe("ship spool pressure", () => {
 
   test("ship says so once acknowledgements make room, and the backlog drains to nothing", async () => {
     const dir = freshDir();
-    const port = await closedPort();
+    const port = await quietPort();
     const events = new Events();
     const backlog = new ShipBacklog();
     const text = lines(1, 60_000);
@@ -258,7 +251,7 @@ describe("ship spool pressure", () => {
 describe("ship backlog", () => {
   test("ship counts lines an earlier run left in the spool", async () => {
     const dir = freshDir();
-    const port = await closedPort();
+    const port = await quietPort();
     const stop = new AbortController();
     const text = lines(1, 500);
     const spooled = new ShipBacklog();
@@ -297,7 +290,7 @@ describe("ship backlog", () => {
 
   test("ship with no inputs sends what the spool holds and ends; with nothing spooled it does not connect", async () => {
     const dir = freshDir();
-    const port = await closedPort();
+    const port = await quietPort();
     const events = new Events();
     assert.equal(
       await ship(options(dir, port, {
@@ -314,7 +307,7 @@ describe("ship backlog", () => {
 describe("ship takeover", () => {
   test("readTakeover and ship resume a file where an earlier source stopped, and send its rest", async () => {
     const dir = freshDir();
-    const port = await closedPort();
+    const port = await quietPort();
     const log = path.join(dir, "auth.log");
     fs.writeFileSync(log, lines(1, 300, "auth"));
     // An earlier moat shipped every file as the host's source; the server
