@@ -9,6 +9,10 @@
  * multiarch (`libc6:arm64`) or the cross package (`libc6-arm64-cross`, found
  * through `QEMU_LD_PREFIX=/usr/aarch64-linux-gnu`). Without it qemu stops
  * with "Could not open '/lib/ld-linux-aarch64.so.1'".
+ *
+ * The arm64 binary is the same whatever runtime runs the tests, so these run
+ * once, with the binary suite (MOAT_BIN set, as `npm test` does), not again
+ * under Deno and Bun.
  */
 
 import { test } from "node:test";
@@ -19,6 +23,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
+import { moatFlavor } from "./_e2e.ts";
 
 const ROOT = path.resolve(import.meta.dirname ?? ".", "..");
 const BIN = path.join(ROOT, "dist", "moat-linux-arm64");
@@ -27,6 +32,9 @@ const LOADER = "lib/ld-linux-aarch64.so.1";
 
 /** How to run the arm64 binary here, or why it cannot run. */
 function runner(): { argv: string[]; env: Record<string, string> } | string {
+  if (moatFlavor() !== "binary") {
+    return "skipped: runs with the binary suite (MOAT_BIN=dist/moat-linux-x64)";
+  }
   if (process.platform !== "linux") return "skipped: not a Linux host";
   if (!fs.existsSync(BIN)) {
     return "skipped: dist/moat-linux-arm64 is not built (npm run build)";
