@@ -3,6 +3,18 @@
 # cli/ (`deno test --doc`), the whole suite under Deno and Bun, then the
 # end-to-end tests against the compiled linux-x64 binary, and prints one line
 # "N passed, N failed".
+#
+# The phases run at the same time, and each suite runs its files in parallel
+# (one worker per core): most of a suite's time is spent waiting on child
+# processes, sockets and timeouts, not computing, so the waits overlap. The
+# binary is built first (the suites' install test reuses it instead of
+# building its own while the binary suite runs it). Each phase writes its own
+# log; the logs are printed whole, in a fixed order, once their phase ended.
+#
+# Temporary files go to a fresh folder per run (TMPDIR), on a tmpfs of its
+# own when run as root: the vault tests fsync thousands of times, which costs
+# seconds of kernel time on a disk and nothing on a tmpfs. A run leaves
+# neither folder nor mount behind.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=node_modules/.bin
@@ -13,13 +25,46 @@ passed=0
 failed=0
 status=0
 log=$(mktemp -d)
+tmp=$(mktemp -d)
+mounted=
+# A run holds about 1 GiB of temporary files at its peak; the tmpfs takes at
+# most half the memory available, and is not used below 4 GiB available.
+avail=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo 2>/dev/null || echo 0)
+if [ "$(id -u)" -eq 0 ] && [ "${avail:-0}" -ge 4096 ] &&
+  mount -t tmpfs -o "size=$((avail / 2))m,mode=1777" moat-test "$tmp" 2>/dev/null; then
+  mounted=1
+fi
+cleanup() {
+  [ -z "$mounted" ] || umount -l "$tmp"
+  rm -rf "$log" "$tmp"
+}
+trap cleanup EXIT
+export TMPDIR=$tmp
+# Status sockets of servers started without --socket or --vault go here, not
+# to /run/moat where another run's (or a real) server may hold the same port.
+export XDG_RUNTIME_DIR=$tmp/run
+mkdir -m 0700 "$XDG_RUNTIME_DIR"
 
-run() { # name, then the command
+start() { # name, then the command: runs it in the background into its log
   local name=$1
   shift
-  echo "== $name: $*"
-  "$@" 2>&1 | tee "$log/$name.txt"
-  local rc=${PIPESTATUS[0]}
+  echo "$*" >"$log/$name.cmd"
+  (
+    s=$SECONDS
+    "$@" >"$log/$name.txt" 2>&1
+    echo $? >"$log/$name.rc"
+    echo $((SECONDS - s)) >"$log/$name.secs"
+  ) &
+  echo $! >"$log/$name.pid"
+}
+
+finish() { # name: waits for it, prints its log, returns its exit status
+  local name=$1 rc
+  wait "$(cat "$log/$name.pid")" 2>/dev/null
+  rc=$(cat "$log/$name.rc" 2>/dev/null || echo 1)
+  echo "== $name: $(cat "$log/$name.cmd")"
+  cat "$log/$name.txt"
+  echo "-- $name took $(cat "$log/$name.secs" 2>/dev/null || echo '?') s"
   [ "$rc" -eq 0 ] || status=1
   return "$rc"
 }
@@ -45,24 +90,35 @@ count_bun() {
 
 # Lint, format and types once (the runs below skip type checking); a failure
 # counts as one failed check, like a failed build.
-if ! run static bash -c "$BIN/deno lint && $BIN/deno fmt --check && $BIN/deno check main.ts soak/ bench/ tests/ scripts/"; then
+start static bash -c "$BIN/deno lint && $BIN/deno fmt --check && $BIN/deno check main.ts soak/ bench/ tests/ scripts/"
+# Each example block is one test; this run type-checks them too.
+start doc "$BIN/deno" test -A --doc lib/ cli/
+start build bash scripts/build.sh linux-x64 linux-arm64
+wait "$(cat "$log/build.pid")"
+start deno "$BIN/deno" test -A --no-check --parallel tests/
+start bun "$BIN/bun" test --timeout 180000 --parallel tests/
+built=$(cat "$log/build.rc")
+if [ "$built" -eq 0 ]; then
+  start binary env MOAT_BIN=dist/moat-linux-x64 "$BIN/bun" test --timeout 180000 --parallel tests/e2e_
+fi
+
+if ! finish static; then
   failed=$((failed + 1))
   echo "-- static checks failed"
 fi
-# Each example block is one test; this run type-checks them too.
-run doc "$BIN/deno" test -A --doc lib/ cli/
+finish doc
 count_deno doc
-run deno "$BIN/deno" test -A --no-check tests/
+finish build
+finish deno
 count_deno deno
-run bun "$BIN/bun" test --timeout 180000 tests/
+finish bun
 count_bun bun
-if run build bash scripts/build.sh linux-x64 linux-arm64; then
-  MOAT_BIN=dist/moat-linux-x64 run binary "$BIN/bun" test --timeout 180000 tests/e2e_
+if [ "$built" -eq 0 ]; then
+  finish binary
   count_bun binary
 else
   failed=$((failed + 1))
   echo "-- build failed"
 fi
-rm -rf "$log"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
