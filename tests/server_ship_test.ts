@@ -263,7 +263,10 @@ test("serveShip acknowledges what was stored, then reports a sequence gap with a
   const frame = await within(shipper.reader.readFrame(), "the error");
   assert.equal(frame?.type, Kind.Error);
   assert.equal(decodeError(frame!.payload).code, "ERR_SEQ_GAP");
+  // The server half-closes after the Error frame and reads on (so that no
+  // reset destroys the frame) until the shipper closes, as a shipper does.
   assert.equal((await readAll(shipper.conn)).length, 0);
+  shipper.conn.close();
   const closed = await t.audit.waitFor((e) => e.event === "closed", "closed");
   assert.match(String(closed.reason), /^ship ended: /);
   const finished = t.audit.named("ship_finished")[0]!;
@@ -462,6 +465,7 @@ test("serveShip tells a shipper waiting for its ack that the append failed, audi
     null,
     "the connection closes after the Error frame",
   );
+  shipper.conn.close();
   const err = await t.audit.waitFor(
     (e) => e.event === "error" && e.during === "ship",
     "the error in the audit log",

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { PLAIN_LINGER_MS } from "./plain.ts";
 import { encodeFrame } from "../framer.ts";
 import {
   encodeJson,
@@ -158,6 +159,8 @@ export async function serveShip(
       out.push(encodeFrame({ type: Kind.ShipAck, payload: ack }));
     },
   });
+  // A frame read still under way when an append failed.
+  let pendingRead: Promise<unknown> | undefined;
   try {
     while (!appends.failed) {
       // A shipper that does not read its acks is not read either: its acks
@@ -168,8 +171,12 @@ export async function serveShip(
       // An append that fails while the next frame is awaited ends the wait:
       // the shipper, waiting for its ack, would send nothing more. (The read
       // ends with the connection's close.)
-      const frame = await appends.orFailure(reader.readFrame());
-      if (frame === APPEND_FAILED) break;
+      const reading = reader.readFrame();
+      const frame = await appends.orFailure(reading);
+      if (frame === APPEND_FAILED) {
+        pendingRead = reading;
+        break;
+      }
       if (frame === null) break;
       if (frame.type === Kind.ShipProve && receipts !== undefined) {
         await receipts.prove(frame.payload);
@@ -220,6 +227,20 @@ export async function serveShip(
     if (!(err instanceof ConnectionClosedError)) {
       await out.flush();
       await s.sendError(err);
+      // Half-close, then discard what the shipper still sends until it read
+      // the Error frame and closed (or the linger deadline): closing with
+      // its batches unread resets the connection, and a reset can destroy
+      // the Error frame in the shipper's kernel before it is read.
+      await s.conn.closeWrite().catch(() => {});
+      s.deadline = s.server.options.now() + PLAIN_LINGER_MS;
+      try {
+        await pendingRead;
+        while ((await reader.readFrame()) !== null) {
+          // Discarded.
+        }
+      } catch {
+        // A broken or closed connection: nothing left to wait for.
+      }
     }
     s.reason = `ship ended: ${message}`;
   } finally {
