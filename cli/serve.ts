@@ -89,6 +89,24 @@ const MAX_PORT = 65535;
 /** Longest wait at shutdown for the witnesses to cosign the last checkpoints. */
 const WITNESS_FINISH_MS = 5000;
 
+/** The connection limits `moat serve` and `moat witness` share. */
+export const CONNECTION_OPTIONS = {
+  "max-conns": {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    default: DEFAULT_MAX_CONNS,
+    description: "Most connections at once",
+  },
+  "idle-timeout": {
+    type: "integer",
+    placeholder: "SECS",
+    min: 1,
+    default: DEFAULT_IDLE_TIMEOUT_MS / 1000,
+    description: "Close connections idle this long",
+  },
+} as const satisfies OptionTable;
+
 const SERVE_OPTIONS = {
   host: {
     type: "string",
@@ -130,20 +148,7 @@ const SERVE_OPTIONS = {
     defaultText: "the current folder",
     description: "Serve files under DIR",
   },
-  "max-conns": {
-    type: "integer",
-    placeholder: "N",
-    min: 1,
-    default: DEFAULT_MAX_CONNS,
-    description: "Most connections at once",
-  },
-  "idle-timeout": {
-    type: "integer",
-    placeholder: "SECS",
-    min: 1,
-    default: DEFAULT_IDLE_TIMEOUT_MS / 1000,
-    description: "Close connections idle this long",
-  },
+  ...CONNECTION_OPTIONS,
   "handshake-timeout": {
     type: "integer",
     placeholder: "SECS",

@@ -23,8 +23,6 @@ import { VERSION } from "../lib/version.ts";
 import {
   DEFAULT_AUDIT_RATE,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
-  DEFAULT_IDLE_TIMEOUT_MS,
-  DEFAULT_MAX_CONNS,
   DEFAULT_WITNESS_PORT,
 } from "../lib/limits.ts";
 import {
@@ -46,7 +44,7 @@ import {
   SERVE_SECURITY_OPTIONS,
   serverSecurity,
 } from "./secure_cli.ts";
-import { readAllowlist, SERVE } from "./serve.ts";
+import { CONNECTION_OPTIONS, readAllowlist, SERVE } from "./serve.ts";
 import { AuditFile } from "./serve_log.ts";
 import { handleServeSignals } from "./serve_signals.ts";
 
@@ -94,20 +92,7 @@ const WITNESS_OPTIONS = {
     description:
       "Most origins (vault sources) one peer address may make the witness hold; more are refused and logged",
   },
-  "max-conns": {
-    type: "integer",
-    placeholder: "N",
-    min: 1,
-    default: DEFAULT_MAX_CONNS,
-    description: "Most connections at once",
-  },
-  "idle-timeout": {
-    type: "integer",
-    placeholder: "SECS",
-    min: 1,
-    default: DEFAULT_IDLE_TIMEOUT_MS / 1000,
-    description: "Close connections idle this long",
-  },
+  ...CONNECTION_OPTIONS,
   "handshake-timeout": {
     type: "integer",
     placeholder: "SECS",
