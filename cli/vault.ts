@@ -731,7 +731,7 @@ async function verifyCommand(
       printLine(
         `  ${label}: Merkle tree of ${tree.size} records matches ${tree.checkpoints} checkpoint(s)${
           tree.outside > 0
-            ? `, ${tree.outside} of them given with --checkpoint`
+            ? `, ${tree.outside} of them held outside the vault (--checkpoint, a witness)`
             : ""
         }`,
       );

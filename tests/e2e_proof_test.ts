@@ -105,7 +105,7 @@ test("the README's rollback example: checkpoint, proof, verify-proof, and verify
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.match(
     r.stdout,
-    /matches \d+ checkpoint\(s\), 1 of them given with --checkpoint/,
+    /matches \d+ checkpoint\(s\), 1 of them held outside the vault \(--checkpoint, a witness\)/,
   );
 
   // The older copy put back.
