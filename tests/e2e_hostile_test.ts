@@ -878,7 +878,15 @@ test("moat serve relays hostile chat text as one escaped, correctly tagged line 
       })),
     );
     // The audit log (the operator's stderr) is one JSON object per line, with
-    // nothing that can drive a terminal or break a line.
+    // nothing that can drive a terminal or break a line. It is a pipe of its
+    // own, so it may trail stdout: wait for every chat line in it.
+    await until(
+      () =>
+        server.events().filter((e) => e.event === "chat").length >=
+          sent.length,
+      15_000,
+      "every chat line in the audit log",
+    );
     const audit = checkAuditLines(server.audit.lines.join("\n"));
     assert.deepEqual(audit.bad, []);
     assert.equal(audit.events.chat, sent.length);
