@@ -11,8 +11,9 @@
  * @module
  */
 
-import { createHash, randomInt } from "node:crypto";
+import { randomInt } from "node:crypto";
 import { leafHash, verifyInclusion } from "../merkle.ts";
+import { sha256 } from "../sha256.ts";
 import type { ShipProof, ShipRecord } from "../protocol.ts";
 import { decodeLeaf } from "../vault/leaf.ts";
 import type { HeldCheckpoint } from "./witness.ts";
@@ -40,10 +41,6 @@ export interface PendingAudit {
   checkpoint: HeldCheckpoint;
   /** Sequence number of leaf 0 in that tree. */
   first: number;
-}
-
-function sha256(bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash("sha256").update(bytes).digest());
 }
 
 function same(a: Uint8Array, b: Uint8Array): boolean {

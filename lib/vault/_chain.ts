@@ -8,7 +8,7 @@
  */
 
 import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
-import { jsLimit, sha256 as fastSha256, sha256Js } from "../sha256.ts";
+import { jsLimit, sha256, sha256Js } from "../sha256.ts";
 import { sourceHash } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 
@@ -18,17 +18,6 @@ export const LINK_OFFSET = 36;
 export const LINK_BYTES = 32;
 
 const GENESIS_LABEL = new TextEncoder().encode("moat-chain-1\0");
-
-/**
- * SHA-256 of `bytes`, by the faster implementation for its size on this
- * runtime (see `lib/sha256.ts`).
- *
- * @param bytes The data.
- * @returns The 32-byte digest.
- */
-export function sha256(bytes: Uint8Array): Uint8Array {
-  return fastSha256(bytes);
-}
 
 /**
  * The link before a source's first record: SHA-256 over `"moat-chain-1\0"`,

@@ -19,7 +19,7 @@ import {
   systemErrorCode,
   writeFileAtomic,
 } from "../segment/fs.ts";
-import { sha256 } from "./_chain.ts";
+import { sha256 } from "../sha256.ts";
 import { LOCK_FILE, MARKER_FILE, MARKER_TEXT, SOURCES_DIR } from "./_format.ts";
 
 /** Magic at the start of every seal-log segment: 0x89 "MOATSEL". */

@@ -40,7 +40,7 @@ import {
   SEGMENT_HEADER_BYTES,
 } from "../segment/codec.ts";
 import { systemErrorCode } from "../segment/fs.ts";
-import { sha256 } from "./_chain.ts";
+import { sha256 } from "../sha256.ts";
 import {
   CHAIN_LINK_BYTES,
   FLAG_CHAIN,
