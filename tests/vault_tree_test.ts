@@ -557,3 +557,53 @@ test("verifyVault with outside checkpoints catches a rolled-back copy, a cut tai
   const damaged = await verifyVault(main);
   assert.deepEqual(damaged.problems.map((p) => p.kind), ["tree"]);
 });
+
+test("verifyVault with required witnesses fails closed: no checkpoint key, no cosignature past the grace, no checkpoint logged, an unreadable log", async () => {
+  using tmp = tempDir();
+  const vault = await open(tmp.dir);
+  await fill(vault, 20, []);
+  await vault.checkpoint(KEY);
+  await vault.close();
+  const w = parseVerifier(generateKey("w.test", COSIGNATURE_V1).verifier);
+  const later = Date.now() + 3_600_000;
+  // Within the grace, an uncosigned latest checkpoint is not yet damage.
+  assert.deepEqual(
+    (await verifyVault(tmp.dir, { witnesses: [w] })).problems,
+    [],
+  );
+  // Past it, it is.
+  const late = await verifyVault(tmp.dir, { witnesses: [w], now: later });
+  assert.deepEqual(late.problems.map((p) => p.kind), ["witness"]);
+  assert.match(late.problems[0]!.message, /not cosigned by witness w\.test/);
+  // A source with no checkpoint logged at all, older than the grace.
+  const log = path.join(sourceDir(tmp.dir), "checkpoints");
+  const kept = fs.readFileSync(log);
+  fs.writeFileSync(log, "");
+  const none = await verifyVault(tmp.dir, { witnesses: [w], now: later });
+  assert.ok(
+    none.problems.some((p) => /no checkpoint is logged/.test(p.message)),
+  );
+  // A log that cannot be read.
+  fs.rmSync(log);
+  fs.mkdirSync(log);
+  const unreadable = await verifyVault(tmp.dir, { witnesses: [w] });
+  assert.ok(
+    unreadable.problems.some((p) =>
+      p.kind === "witness" && /cannot be read/.test(p.message)
+    ),
+    JSON.stringify(unreadable.problems),
+  );
+  fs.rmdirSync(log);
+  fs.writeFileSync(log, kept);
+  // No checkpoint key in vault.json: nothing can be checked, so damage.
+  const infoFile = path.join(tmp.dir, "vault.json");
+  const info = JSON.parse(fs.readFileSync(infoFile, "utf8"));
+  delete info.checkpointKey;
+  fs.writeFileSync(infoFile, JSON.stringify(info));
+  const keyless = await verifyVault(tmp.dir, { witnesses: [w] });
+  assert.ok(
+    keyless.problems.some((p) =>
+      p.kind === "witness" && /needs the vault's checkpoint key/.test(p.message)
+    ),
+  );
+});
