@@ -26,8 +26,7 @@ const PLAIN_QUIET_MS = 40;
  * long has passed: closing with unread input would reset the connection and
  * could destroy the last bytes before the peer reads them.
  */
-/** How long an ending connection may keep sending before it is closed. */
-export const PLAIN_LINGER_MS = 5000;
+const PLAIN_LINGER_MS = 5000;
 /** Longest wait for a plain member's queued chat lines before moving on. */
 const PLAIN_FLUSH_MS = 5000;
 

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { PLAIN_LINGER_MS } from "./plain.ts";
+import { endPlain } from "./plain.ts";
 import { encodeFrame } from "../framer.ts";
 import {
   encodeJson,
@@ -231,8 +231,7 @@ export async function serveShip(
       // the Error frame and closed (or the linger deadline): closing with
       // its batches unread resets the connection, and a reset can destroy
       // the Error frame in the shipper's kernel before it is read.
-      await s.conn.closeWrite().catch(() => {});
-      s.deadline = s.server.options.now() + PLAIN_LINGER_MS;
+      await endPlain(s);
       try {
         await pendingRead;
         while ((await reader.readFrame()) !== null) {
