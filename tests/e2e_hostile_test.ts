@@ -36,7 +36,13 @@ import {
   slowClients,
 } from "../soak/hostile.ts";
 import { prng } from "../soak/framer_fuzz.ts";
-import { chatFlood, shipFlood, unreadGets } from "../soak/amplify.ts";
+import {
+  chatFlood,
+  shipFlood,
+  type ShipFloodOptions,
+  type ShipFloodStats,
+  unreadGets,
+} from "../soak/amplify.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import { decodeText, encodePreamble, Kind } from "../lib/protocol.ts";
 import { escapeText } from "../lib/text.ts";
@@ -502,7 +508,13 @@ test("moat serve holds a plain and a framed chat flood to --chat-rate and --audi
   assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
 });
 
-test("moat serve stops reading shippers that do not read their acks, and serves a get meanwhile", async () => {
+/**
+ * Runs a ship flood against a fresh server with a vault, checking a get
+ * during it and one after it and the server's peak RSS.
+ */
+async function shipFloodServed(
+  flood: Omit<ShipFloodOptions, "port" | "durationMs">,
+): Promise<ShipFloodStats> {
   using tmp = tempDir();
   const root = floodRoot(tmp.dir);
   await using server = await startServer([
@@ -513,48 +525,38 @@ test("moat serve stops reading shippers that do not read their acks, and serves 
   ]);
   const rss = sampleRss(server.child.pid!, 50);
   const flooding = shipFlood({
+    ...flood,
     port: server.port,
-    connections: 4,
     durationMs: 1500,
+  });
+  const during = await smallGet(server.port, tmp.dir);
+  const stats = await flooding;
+  const peak = rss.stop();
+  assert.ok(during, "a get during the flood");
+  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
+  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
+  return stats;
+}
+
+test("moat serve stops reading shippers that do not read their acks, and serves a get meanwhile", async () => {
+  const stats = await shipFloodServed({
+    connections: 4,
     recordsPerBatch: 1,
     lineBytes: 100,
     readAcks: false,
   });
-  const during = await smallGet(server.port, tmp.dir);
-  const stats = await flooding;
-  const peak = rss.stop();
   assert.equal(stats.shippers, 4);
-  assert.ok(during, "a get during the flood");
-  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
-  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
 });
 
 test("moat serve takes batches of thousands of empty records from 8 shippers within its budgets, and serves a get meanwhile", async () => {
-  using tmp = tempDir();
-  const root = floodRoot(tmp.dir);
-  await using server = await startServer([
-    "--root",
-    root,
-    "--vault",
-    path.join(tmp.dir, "vault"),
-  ]);
-  const rss = sampleRss(server.child.pid!, 50);
-  const flooding = shipFlood({
-    port: server.port,
+  const stats = await shipFloodServed({
     connections: 8,
-    durationMs: 1500,
     recordsPerBatch: 4096,
     lineBytes: 0,
     readAcks: true,
   });
-  const during = await smallGet(server.port, tmp.dir);
-  const stats = await flooding;
-  const peak = rss.stop();
   assert.equal(stats.shippers, 8);
   assert.ok(stats.records > 0);
-  assert.ok(during, "a get during the flood");
-  assert.ok(await smallGet(server.port, tmp.dir), "a get afterwards");
-  assert.ok(peak <= FLOOD_RSS_KIB, `server RSS peaked at ${peak} KiB`);
 });
 
 // ---------------------------------------------------------------------------
