@@ -3,7 +3,7 @@
 # The one list: .ci/run and `npm test` both call this script.
 set -euo pipefail
 pkgs=(socat netcat-openbsd openssl bsdutils rsyslog rsyslog-gnutls nftables iproute2
-  qemu-user-static libc6-arm64-cross logrotate fail2ban jq tmux)
+  qemu-user-static libc6-arm64-cross logrotate fail2ban jq tmux nats-server)
 need=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 [ ${#need[@]} -eq 0 ] && exit 0
