@@ -110,6 +110,8 @@ export interface NatsVault extends Vault {
   readonly natsStats: NatsVaultStats;
   /** The stream's name. */
   readonly stream: string;
+  /** Whether opening created the stream. */
+  readonly created: boolean;
 }
 
 /**
@@ -242,6 +244,9 @@ class _NatsVault implements NatsVault {
 
   get stream(): string {
     return this.#stream.name;
+  }
+  get created(): boolean {
+    return this.#stream.created;
   }
   get streamInfo(): OpenStream {
     return this.#stream;
