@@ -1,0 +1,232 @@
+/**
+ * Applying a JetStream vault's record messages to a local directory vault:
+ * the one code path a front door's materialized copy, its catch-up, and
+ * every reader (`vault export/cat/verify` on `nats://`) go through. The
+ * chain links, trees and seals of the directory vault then follow from the
+ * records, exactly as if the door had appended them there.
+ *
+ * Order is checked, never assumed: within a source each message must
+ * continue the last one applied (first sequence = last + 1) and come later
+ * in the stream. No NATS client here: callers hand in message bodies.
+ *
+ * @module
+ */
+
+import { MoatError } from "../../errors.ts";
+import { DEFAULT_MAX_BATCH_RECORDS } from "../../limits.ts";
+import { makeDir } from "../../segment/fs.ts";
+import { sourceLabel } from "../_key.ts";
+import type { SourceKey } from "../_key.ts";
+import {
+  _hex,
+  ensureVaultDir,
+  readVaultInfo,
+  writeVaultInfo,
+} from "../_seal.ts";
+import type { Vault } from "../store.ts";
+import { decodeRecordMessage, sliceBatch } from "./codec.ts";
+import type { RecordMessage, StreamMeta } from "./codec.ts";
+
+/** Options for {@linkcode applyRecordMessage}. */
+export interface ApplyOptions {
+  /**
+   * Skip a message whose records the local copy already holds, and the
+   * leading records it already holds of one that overlaps (a catch-up that
+   * starts before the local copy's end). Off: every message must start
+   * exactly after the local copy's last record.
+   * @default {false}
+   */
+  skipApplied?: boolean;
+  /** Most records per append to the local vault (its `maxRecordsPerAppend`). @default {4096} */
+  maxRecordsPerAppend?: number;
+}
+
+/**
+ * Appends the records of one decoded message to the local vault, with the
+ * receive times the door stamped (one append per run of equal receive
+ * times, at most `maxRecordsPerAppend` records each), and waits until they
+ * are durable there.
+ *
+ * @param vault The local directory vault.
+ * @param msg The message.
+ * @param options Whether records already held are skipped.
+ * @returns The source's last sequence number afterwards.
+ * @throws {MoatError} `ERR_CORRUPT` (as a rejection) when the message does
+ * not continue the local copy: a gap, or (without `skipApplied`) records
+ * the copy already holds.
+ */
+export async function applyRecordMessage(
+  vault: Vault,
+  msg: RecordMessage,
+  options: ApplyOptions = {},
+): Promise<number> {
+  const source = vault.source(msg.key);
+  const have = source.acceptedSeq;
+  if (msg.firstSeq > have + 1) {
+    throw _order(
+      msg.key,
+      `a message starts at record ${msg.firstSeq}, but the records before it end at ${have}`,
+    );
+  }
+  if (msg.firstSeq <= have && !options.skipApplied) {
+    throw _order(
+      msg.key,
+      `a message starts at record ${msg.firstSeq}, but record ${have} was already applied`,
+    );
+  }
+  if (msg.lastSeq <= have) return source.lastSeq;
+  const max = options.maxRecordsPerAppend ?? DEFAULT_MAX_BATCH_RECORDS;
+  let i = have + 1 - msg.firstSeq;
+  const count = msg.length;
+  let last: Promise<number> = Promise.resolve(have);
+  while (i < count) {
+    const recvTs = msg.recvTs(i);
+    let end = i + 1;
+    while (end < count && end - i < max && msg.recvTs(end) === recvTs) end++;
+    last = source.append(sliceBatch(msg, i, end), { recvTs });
+    i = end;
+  }
+  // Appends of one source commit in order: the last one resolving means
+  // every one did (a failed one rejects the ones after it too).
+  return await last;
+}
+
+/**
+ * Applies the messages of one source's subject in stream order, checking
+ * that stream sequence numbers grow and records continue.
+ */
+export class SourceApplier {
+  readonly #vault: Vault;
+  readonly #srcid: string;
+  readonly #options: ApplyOptions;
+  #streamSeq: number;
+
+  /**
+   * @param vault The local directory vault.
+   * @param srcid The source id the subject names (every message's key must
+   * hash to it).
+   * @param options As {@linkcode applyRecordMessage}; `streamSeq` is the
+   * stream sequence of the last message already applied (0: none).
+   */
+  constructor(
+    vault: Vault,
+    srcid: string,
+    options: ApplyOptions & { streamSeq?: number } = {},
+  ) {
+    this.#vault = vault;
+    this.#srcid = srcid;
+    this.#options = options;
+    this.#streamSeq = options.streamSeq ?? 0;
+  }
+
+  /** The stream sequence of the last message applied (0: none). */
+  get streamSeq(): number {
+    return this.#streamSeq;
+  }
+
+  /**
+   * Decodes, checks and applies one message of the subject.
+   *
+   * @param streamSeq The message's stream sequence number.
+   * @param body Its body.
+   * @returns The message, once its records are durable in the local vault.
+   * @throws {MoatError} `ERR_CORRUPT` (as a rejection) for a malformed
+   * message, one of another source, one out of stream order, or records
+   * that do not continue the local copy.
+   */
+  async apply(streamSeq: number, body: Uint8Array): Promise<RecordMessage> {
+    if (streamSeq <= this.#streamSeq) {
+      throw new MoatError(
+        "ERR_CORRUPT",
+        `Stream message ${streamSeq} of source ${this.#srcid} arrived after message ${this.#streamSeq}`,
+      );
+    }
+    let msg: RecordMessage;
+    try {
+      msg = decodeRecordMessage(body, this.#srcid);
+    } catch (error) {
+      throw new MoatError(
+        "ERR_CORRUPT",
+        `Stream message ${streamSeq}: ${(error as Error).message}`,
+        undefined,
+        { cause: error },
+      );
+    }
+    await applyRecordMessage(this.#vault, msg, this.#options);
+    this.#streamSeq = streamSeq;
+    return msg;
+  }
+}
+
+/**
+ * Makes `dir` ready to be opened as the local copy of a stream: a new or
+ * empty directory becomes a vault with the stream's vault id (so chains
+ * match every other copy); an existing vault must have that id, and (when
+ * it names one) the stream's checkpoint key.
+ *
+ * A reader's copy (`signs: false`) does not record the checkpoint key: it
+ * holds no private key, and the directory vault makes itself one that signs
+ * nothing anyone pins.
+ *
+ * @param dir The directory.
+ * @param meta The stream's meta message.
+ * @param options `signs`: the copy is a front door's, which must sign with
+ * the stream's checkpoint key (copied there as `checkpoint.key`).
+ * @returns When ready.
+ * @throws {MoatError} `ERR_NOT_VAULT` for a non-empty directory that is not
+ * a vault; `ERR_CHECKPOINT` for a vault of another id or checkpoint key.
+ */
+export async function prepareLocalCopy(
+  dir: string,
+  meta: StreamMeta,
+  options: { signs?: boolean } = {},
+): Promise<void> {
+  const signs = options.signs ?? true;
+  await makeDir(dir);
+  await ensureVaultDir(dir);
+  const info = await readVaultInfo(dir);
+  if (info === undefined) {
+    await writeVaultInfo(dir, {
+      id: _unhex(meta.vaultId),
+      sealed: false,
+      ...(signs && { checkpointKey: meta.checkpointKey }),
+    });
+    return;
+  }
+  if (_hex(info.id) !== meta.vaultId) {
+    throw new MoatError(
+      "ERR_CHECKPOINT",
+      `The vault "${dir}" has id ${
+        _hex(info.id)
+      }, but the stream holds vault ${meta.vaultId}: use an empty directory or a copy of this stream`,
+    );
+  }
+  if (!signs) return;
+  if (
+    info.checkpointKey !== undefined &&
+    info.checkpointKey !== meta.checkpointKey
+  ) {
+    throw new MoatError(
+      "ERR_CHECKPOINT",
+      `The vault "${dir}" signs with ${info.checkpointKey}, but the stream's checkpoint key is ${meta.checkpointKey}: copy the stream's checkpoint.key there`,
+    );
+  }
+  if (info.checkpointKey === undefined) {
+    await writeVaultInfo(dir, { ...info, checkpointKey: meta.checkpointKey });
+  }
+}
+
+function _unhex(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  }
+  return out;
+}
+
+function _order(key: SourceKey, what: string): MoatError {
+  return new MoatError(
+    "ERR_CORRUPT",
+    `Stream out of order for source "${sourceLabel(key)}": ${what}`,
+  );
+}
