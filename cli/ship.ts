@@ -30,10 +30,12 @@ import { readTakeover } from "../lib/ship/takeover.ts";
 import { renderShipUnit } from "../lib/systemd/mod.ts";
 import { escapeText } from "../lib/text.ts";
 import { VERSION } from "../lib/version.ts";
+import { doorText, parseDoors } from "../lib/ship/doors.ts";
+import type { ServerAddr } from "../lib/client.ts";
 import {
   clientOptions,
+  DEFAULT_SERVER,
   SERVER_OPTION,
-  serverAddr,
   TIMEOUT_OPTION,
 } from "./_client.ts";
 import {
@@ -60,7 +62,14 @@ const STATUS_PER_SECOND = 4;
 const RATE_WINDOW_MS = 5000;
 
 const SHIP_OPTIONS = {
-  server: SERVER_OPTION,
+  server: {
+    ...SERVER_OPTION,
+    placeholder: "HOST[:PORT][,…]",
+    description:
+      "Front door of the vault: HOST, HOST:PORT or [IPV6]:PORT (the port defaults to 4320); several, comma-separated or repeated, are front doors of one vault, tried in order when one fails",
+    multiple: true,
+    defaultText: DEFAULT_SERVER,
+  },
   source: {
     type: "string",
     placeholder: "NAME",
@@ -138,6 +147,17 @@ source and resends it after a reconnect. A restarted shipper continues
 exactly where it stopped. With only "-", moat exits once every line was
 acknowledged. On a terminal, a status line shows the backlog.
 
+Given several servers (--server a,b,c), the shipper uses the first and
+moves to the next when one cannot be reached, closes or resets the
+connection, fails the TLS handshake, or answers that it cannot take the
+lines now (busy, internal error); each move is reported, and after every
+door failed in a row it waits (0.2 s, doubling to 10 s) before the next
+round. It resumes from what the new door's vault holds, with its spool
+intact. Refusals of this shipper (access, token, certificate) and a vault
+that fails the checks below stop it on any door. The doors must serve one
+vault and sign with one checkpoint key; the state file is named after the
+first door.
+
 A vault that signs checkpoints sends one on connecting and at least once a
 second while shipping: the shipper checks that each extends the one it
 holds (signed by the vault's key, with a proof), keeps it in the state
@@ -209,7 +229,9 @@ export async function shipCommand(
     source: values.source,
     hostname: os.hostname,
   });
-  const server = serverAddr(values.server);
+  const doors = parseDoors(
+    values.server.length > 0 ? values.server : [DEFAULT_SERVER],
+  );
   if (values.state !== undefined && values["state-dir"] !== undefined) {
     throw new UsageError("Use either --state or --state-dir, not both");
   }
@@ -221,9 +243,17 @@ export async function shipCommand(
     );
   }
   if (values["print-systemd-unit"]) {
-    return await printShipUnit({ values, given, argInputs, sources, context });
+    return await printShipUnit({
+      doors,
+      values,
+      given,
+      argInputs,
+      sources,
+      context,
+    });
   }
-  const serverText = `${server.hostname}:${server.port}`;
+  // The state's name keeps the form it had with one server: the first door.
+  const serverText = `${doors[0]!.hostname}:${doors[0]!.port}`;
   const runs: _Run[] = sources.map((s) => ({
     ...s,
     statePath: statePathOf(s.name, {
@@ -252,7 +282,10 @@ export async function shipCommand(
     }
   }
 
-  const client = clientOptions(values, context.env);
+  const client = clientOptions(
+    { ...values, server: doorText(doors[0]!) },
+    context.env,
+  );
   const status = process.stderr.isTTY === true
     ? new _StatusLine(runs, () => process.stderr.columns ?? 80)
     : undefined;
@@ -267,6 +300,7 @@ export async function shipCommand(
     try {
       return await ship({
         client,
+        doors,
         inputs: run.inputs,
         ...(resume !== undefined && { resume }),
         stdin: process.stdin as AsyncIterable<Uint8Array>,
@@ -501,10 +535,19 @@ export function describeShipEvent(
       return `shipping "${escapeText(e.source)}" to ${
         escapeText(e.server)
       } as ${escapeText(e.peer)}; server holds ${e.lastSeq} records`;
-    case "disconnected":
-      return `${e.connected ? "connection lost" : "server unreachable"} (${
-        escapeText(e.message)
-      }); retrying in ${seconds(e.retryMs)} s; ${describeBacklog(backlog)}`;
+    case "disconnected": {
+      if (e.next === undefined || e.server === undefined) {
+        return `${e.connected ? "connection lost" : "server unreachable"} (${
+          escapeText(e.message)
+        }); retrying in ${seconds(e.retryMs)} s; ${describeBacklog(backlog)}`;
+      }
+      const door = escapeText(e.server);
+      return `${
+        e.connected ? `connection to ${door} lost` : `${door} unreachable`
+      } (${escapeText(e.message)}); trying ${escapeText(e.next)} ${
+        e.retryMs > 0 ? `in ${seconds(e.retryMs)} s` : "now"
+      }; ${describeBacklog(backlog)}`;
+    }
     case "full":
       return `SPOOL FULL: ${count(e.usedBytes)} of ${
         count(e.maxBytes)
@@ -703,8 +746,8 @@ class _StatusLine {
 
 /** Prints the systemd unit for these inputs and options. */
 async function printShipUnit(options: {
+  doors: readonly ServerAddr[];
   values: {
-    server: string;
     state?: string | undefined;
     "state-dir"?: string | undefined;
   };
@@ -713,8 +756,7 @@ async function printShipUnit(options: {
   sources: readonly ShipSource[];
   context: RunContext;
 }): Promise<void> {
-  const { values, context } = options;
-  const server = serverAddr(values.server);
+  const { values, context, doors } = options;
   const followed = options.sources.flatMap((s) => s.inputs).filter((p) =>
     p !== "-"
   );
@@ -724,18 +766,22 @@ async function printShipUnit(options: {
       'Cannot write a systemd unit that reads standard input ("-"): a service has none',
     );
   }
-  const host = server.hostname.replace(/^\[|\]$/g, "");
-  let addresses: string[];
-  try {
-    addresses = (await dns.lookup(host, { all: true, verbatim: true })).map(
-      (a) => a.address,
-    );
-  } catch (err) {
-    throw new UsageError(
-      `Cannot write a systemd unit: cannot resolve "${escapeText(host)}" (${
-        escapeText((err as Error).message)
-      })`,
-    );
+  const addresses: string[] = [];
+  for (const door of doors) {
+    const host = door.hostname.replace(/^\[|\]$/g, "");
+    try {
+      addresses.push(
+        ...(await dns.lookup(host, { all: true, verbatim: true })).map(
+          (a) => a.address,
+        ),
+      );
+    } catch (err) {
+      throw new UsageError(
+        `Cannot write a systemd unit: cannot resolve "${escapeText(host)}" (${
+          escapeText((err as Error).message)
+        })`,
+      );
+    }
   }
   const runtime = runtimeInfo().runtime === "deno" ? "deno" : "bun";
   const access = readAccess(followed);
@@ -752,7 +798,7 @@ async function printShipUnit(options: {
     inputs: options.argInputs,
     followed,
     cwd: process.cwd(),
-    server,
+    server: doors,
     serverAddresses: addresses,
     nameServers: nameServers(),
     ...(state !== undefined && { state }),

@@ -105,6 +105,9 @@ export async function serveShip(
   let source: VaultSource;
   try {
     source = vault.source(key);
+    // Another front door of a shared vault may have taken this source's
+    // records since: the shipper resumes after them, not before.
+    await vault.catchUp?.(key);
   } catch (err) {
     // A refused name, or too many sources for this peer: said to the peer
     // (those codes carry no server path); anything else (a system error

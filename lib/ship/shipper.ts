@@ -5,7 +5,12 @@
  * @module
  */
 
-import { type ClientOptions, openSession, serverText } from "../client.ts";
+import {
+  type ClientOptions,
+  openSession,
+  type ServerAddr,
+  serverText,
+} from "../client.ts";
 import { DEFAULT_MAX_FRAME_SIZE, encodeFrame } from "../framer.ts";
 import {
   Code,
@@ -39,6 +44,7 @@ import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
 import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
 import { Witness } from "./witness.ts";
+import { DoorRotation, doorText } from "./doors.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
@@ -66,6 +72,10 @@ export type ShipperEvent =
     retryMs: number;
     /** Whether the server had answered (ShipReady) before the failure. */
     connected: boolean;
+    /** The door that failed, `host:port`. */
+    server?: string;
+    /** With several doors: the one tried next. */
+    next?: string;
   }
   | { type: "follow"; event: FollowEvent }
   | {
@@ -113,7 +123,14 @@ export type ShipperEvent =
 
 /** Options for {@linkcode ship}. */
 export interface ShipOptions {
+  /** How to connect; its `server` is the only door unless `doors` is given. */
   client: ClientOptions;
+  /**
+   * The front doors of one vault (`--server a,b,c`), tried in order: a
+   * failure moves to the next (lib/ship/doors.ts says which failures).
+   * @default {[client.server]}
+   */
+  doors?: readonly ServerAddr[];
   /**
    * Files to follow; or ["-"] for stdin; or [] to send only what the spool
    * holds. With ["-"] or [], shipping ends once everything is acknowledged.
@@ -321,8 +338,8 @@ export async function ship(options: ShipOptions): Promise<number> {
     wake();
   });
 
+  const doors = new DoorRotation(options.doors ?? [options.client.server]);
   try {
-    let backoff = 200;
     while (!signal.aborted) {
       if (readError !== undefined) throw readError;
       if (stdinMode && inputDone && spool.ackedSeq >= spool.lastSeq) break;
@@ -332,21 +349,28 @@ export async function ship(options: ShipOptions): Promise<number> {
           spool,
           witness,
           spot,
+          door: doors.current,
+          ready: () => doors.connected(),
+          progressed: () => doors.progressed(),
           finished: () => inputDone && stdinMode,
           setWake: (w) => (wake = w),
         });
-        backoff = 200;
+        doors.succeeded();
       } catch (err) {
+        // Fatal on any door: another door of the same vault would say the
+        // same, and one that did not would not be believed.
         if (isFatal(err) || readError !== undefined) throw readError ?? err;
         if (signal.aborted) break;
+        const { from, to, delayMs } = doors.failed();
         onEvent({
           type: "disconnected",
           message: (err as Error).message,
-          retryMs: backoff,
+          retryMs: delayMs,
           connected,
+          server: doorText(from),
+          ...(doors.doors.length > 1 && { next: doorText(to) }),
         });
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, 10_000);
+        await sleep(delayMs, signal);
       }
     }
     onEvent({ type: "done", lastSeq: spool.ackedSeq });
@@ -415,6 +439,12 @@ interface _Shared {
   spool: Spool;
   witness: Witness;
   spot: SpotCheck | undefined;
+  /** The front door to connect to. */
+  door: ServerAddr;
+  /** Called once the door answered (ShipReady). */
+  ready: () => void;
+  /** Called when the door acknowledged new records. */
+  progressed: () => void;
   finished: () => boolean;
   setWake: (wake: () => void) => void;
 }
@@ -428,9 +458,9 @@ interface _Shared {
  */
 async function session(options: ShipOptions, shared: _Shared): Promise<void> {
   const { spool, witness, spot, finished, setWake } = shared;
-  const server =
-    `${options.client.server.hostname}:${options.client.server.port}`;
-  const { conn, reader, welcome } = await openSession(options.client, "ship", {
+  const server = doorText(shared.door);
+  const client = { ...options.client, server: shared.door };
+  const { conn, reader, welcome } = await openSession(client, "ship", {
     source: options.source,
     receipts: witness.size,
   }, options.signal);
@@ -523,6 +553,7 @@ async function session(options: ShipOptions, shared: _Shared): Promise<void> {
       ack(ready.lastSeq);
       options.backlog?.ack(ready.lastSeq);
     }
+    shared.ready();
     options.onEvent({
       type: "connected",
       server,
@@ -609,6 +640,7 @@ async function session(options: ShipOptions, shared: _Shared): Promise<void> {
           acked = seq;
           ack(seq);
           options.backlog?.ack(seq);
+          shared.progressed();
         }
         checkDone();
       }

@@ -73,11 +73,17 @@ export interface ShipUnitOptions {
   followed: readonly string[];
   /** Absolute directory that relative paths in `flags` are resolved against. */
   cwd: string;
-  /** The server, as the unit's `--server`. */
-  server: { hostname: string; port: number };
   /**
-   * The server's addresses: itself for an IP address, else what its name
-   * resolved to when the unit was made. The kernel lets only these through.
+   * The server, as the unit's `--server`; or several front doors of one
+   * vault, in order.
+   */
+  server:
+    | { hostname: string; port: number }
+    | readonly { hostname: string; port: number }[];
+  /**
+   * The server's addresses (every door's): itself for an IP address, else
+   * what its name resolved to when the unit was made. The kernel lets only
+   * these through.
    */
   serverAddresses: readonly string[];
   /** Name servers to let through as well when the server is a name. */
@@ -194,16 +200,21 @@ export function renderShipUnit(options: ShipUnitOptions): string {
       "Cannot write a systemd unit that trusts the server on first use: add --pin FP or --ca FILE",
     );
   }
+  const doors = "hostname" in options.server
+    ? [options.server]
+    : options.server;
   const addresses = [...new Set(options.serverAddresses.map(_address))];
   if (addresses.length === 0) {
     throw new UsageError(
       `Cannot write a systemd unit: ${
-        JSON.stringify(options.server.hostname)
+        JSON.stringify(doors[0]?.hostname)
       } has no address`,
     );
   }
-  const byName = parseIp(options.server.hostname.replace(/^\[|\]$/g, "")) ===
-    null;
+  const names = doors.map((d) => d.hostname).filter((h) =>
+    parseIp(h.replace(/^\[|\]$/g, "")) === null
+  );
+  const byName = names.length > 0;
   const nameServers = byName
     ? [...new Set((options.nameServers ?? []).map(_address))]
     : [];
@@ -229,7 +240,7 @@ export function renderShipUnit(options: ShipUnitOptions): string {
     words.push(`--${f.name}`);
     if (value !== undefined) words.push(value);
   }
-  words.push("--server", _hostPort(options.server));
+  words.push("--server", doors.map(_hostPort).join(","));
   const state = options.state ?? { dir: SHIP_STATE_DIR };
   let stateDir: string;
   if ("file" in state) {
@@ -263,7 +274,7 @@ export function renderShipUnit(options: ShipUnitOptions): string {
       command.push(
         "run",
         "--no-prompt",
-        denoList("allow-net", [_hostPort(options.server)]),
+        denoList("allow-net", doors.map(_hostPort)),
         denoList("allow-read", [...folders, ...readOnly, stateDir]),
         denoList("allow-write", [stateDir]),
       );
@@ -274,7 +285,7 @@ export function renderShipUnit(options: ShipUnitOptions): string {
   command.push(...words);
   const execStart = [exe, ...command.map(quoteSystemdArg)].join(" ");
 
-  const server = _hostPort(options.server);
+  const server = doors.map(_hostPort).join(", ");
   const l: string[] = [];
   const push = (...lines: string[]) => l.push(...lines);
   push(
@@ -338,7 +349,9 @@ export function renderShipUnit(options: ShipUnitOptions): string {
   for (const a of addresses) push(`IPAddressAllow=${a}`);
   if (byName) {
     push(
-      `# ${options.server.hostname} resolved to the addresses above when the unit was made:`,
+      `# ${
+        names.join(", ")
+      } resolved to the addresses above when the unit was made:`,
       "# regenerate the unit when they change. The name servers it is resolved with:",
     );
     for (const a of nameServers) push(`IPAddressAllow=${a}`);

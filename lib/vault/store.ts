@@ -380,6 +380,16 @@ export interface Vault {
     options?: AppendOptions,
   ): Promise<number>;
   /**
+   * Brings a source up to date with the vault's shared store before a
+   * shipper is told its last sequence number: a JetStream vault reads what
+   * other front doors wrote (`lib/vault/nats/vault.ts`). Absent for a
+   * directory vault, which nobody else writes.
+   *
+   * @param key The source.
+   * @returns When the source's `lastSeq` is current.
+   */
+  catchUp?(key: SourceKey): Promise<void>;
+  /**
    * Every source known: found on disk at open or appended to since.
    *
    * @returns The handles.
