@@ -4,7 +4,8 @@
  * with its own store directory under the test's temp dir, and the account
  * layout of docs/DEPLOY.md (an admin user that creates the stream; a moat
  * user that may publish the vault's subjects and read, but not delete, purge,
- * update or create streams).
+ * update or create streams). Both are nkey users; each gets a credentials
+ * file (`cluster.users.moat.creds`) for `--nats-creds`.
  *
  * Readiness waits on the server's own signals: the "Server is ready" log
  * line, then `/healthz` on the monitoring port (which answers 200 only once
@@ -21,7 +22,9 @@
  */
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
 import * as fs from "node:fs";
+import { Buffer } from "node:buffer";
 import * as net from "node:net";
 import * as path from "node:path";
 import process from "node:process";
@@ -47,11 +50,100 @@ function whyNoNats(): string | false {
   return false;
 }
 
-/** Names and passwords of the three users of the test cluster. */
+/**
+ * A NATS user authenticated by an nkey (an Ed25519 key pair): the server
+ * config names its public key; the client signs the server's nonce with the
+ * seed, which a credentials file carries (`--nats-creds`).
+ */
+export interface NkeyUser {
+  /** Public nkey, `U…` (in the server config). */
+  readonly nkey: string;
+  /** Seed, `SU…` (secret). */
+  readonly seed: string;
+  /** The private key, for the raw client's signature. */
+  readonly privateKey: KeyObject;
+  /** A credentials file holding the seed (see {@linkcode credsFileText}). */
+  readonly creds: string;
+}
+
+/** The users of the test cluster. */
 export interface NatsUsers {
-  admin: { user: string; password: string };
-  moat: { user: string; password: string };
+  /** Creates the stream; not given to moat. */
+  admin: NkeyUser;
+  /** What `moat serve` / `moat vault` use. */
+  moat: NkeyUser;
+  /** The system account's user (password). */
   sys: { user: string; password: string };
+}
+
+function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const b of bytes) {
+    crc ^= b << 8;
+    for (let i = 0; i < 8; i++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc;
+}
+
+function base32(bytes: Uint8Array): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = 0;
+  let value = 0;
+  let out = "";
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      out += alphabet[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += alphabet[(value << (5 - bits)) & 31];
+  return out;
+}
+
+function withCrc(bytes: number[]): Uint8Array {
+  const raw = Uint8Array.from(bytes);
+  const crc = crc16(raw);
+  return Uint8Array.from([...raw, crc & 0xff, crc >> 8]);
+}
+
+/** NATS nkey prefixes: seed "S", user "U". */
+const PREFIX_SEED = 18 << 3;
+const PREFIX_USER = 20 << 3;
+
+/**
+ * The text of a NATS credentials file for an nkey user of a config-file
+ * account. A server without an operator does not read the JWT part (the
+ * NATS clients' credentials parser requires one), only the signature made
+ * with the seed.
+ */
+export function credsFileText(seed: string): string {
+  return `-----BEGIN NATS USER JWT-----
+eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.unused
+------END NATS USER JWT------
+
+-----BEGIN USER NKEY SEED-----
+${seed}
+------END USER NKEY SEED------
+`;
+}
+
+/**
+ * Makes a user nkey pair and writes its credentials file (0600) to `file`.
+ */
+export function makeNkeyUser(file: string): NkeyUser {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const d = Buffer.from(privateKey.export({ format: "jwk" }).d!, "base64url");
+  const x = Buffer.from(publicKey.export({ format: "jwk" }).x!, "base64url");
+  const seed = base32(
+    withCrc([PREFIX_SEED | (PREFIX_USER >> 5), (PREFIX_USER & 31) << 3, ...d]),
+  );
+  const nkey = base32(withCrc([PREFIX_USER, ...x]));
+  fs.writeFileSync(file, credsFileText(seed), { mode: 0o600 });
+  return { nkey, seed, privateKey, creds: file };
 }
 
 /** What the account layout protects. */
@@ -64,7 +156,7 @@ export interface AccountLayout {
 
 /**
  * The `accounts { … }` block of the server config: the exact text
- * docs/DEPLOY.md shows (with the passwords it shows), which the tests use.
+ * docs/DEPLOY.md shows (with the keys it shows), which the tests use.
  *
  * The moat user may publish the vault's subjects, make the JetStream API
  * calls a publisher and an ordered/ephemeral-consumer reader need for this
@@ -73,7 +165,11 @@ export interface AccountLayout {
  * explicitly so that a later, wider allow entry cannot let them through.
  */
 export function accountsConfig(
-  users: NatsUsers,
+  users: {
+    admin: { nkey: string };
+    moat: { nkey: string };
+    sys: { user: string; password: string };
+  },
   layout: AccountLayout = {},
 ): string {
   const stream = layout.stream ?? "MOAT";
@@ -90,10 +186,10 @@ accounts {
     jetstream: enabled
     users: [
       # Creates the stream (with deny_delete and deny_purge); not given to moat.
-      { user: ${q(users.admin.user)}, password: ${q(users.admin.password)} }
+      { nkey: ${users.admin.nkey} }
       # moat serve / moat vault: publish records, read them back, no administration.
       {
-        user: ${q(users.moat.user)}, password: ${q(users.moat.password)}
+        nkey: ${users.moat.nkey}
         permissions: {
           publish: {
             allow: [
@@ -211,14 +307,14 @@ export async function startNatsCluster(
   const stream = options.stream ?? "MOAT";
   const subjects = options.subjects ?? `moat.${stream.toLowerCase()}.>`;
   const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
-  const users: NatsUsers = {
-    admin: { user: "moat-admin", password: randomPassword() },
-    moat: { user: "moat", password: randomPassword() },
-    sys: { user: "sys", password: randomPassword() },
-  };
   const ports = await freePorts(3 * count);
   const root = path.join(options.dir, "nats");
   fs.mkdirSync(root, { recursive: true });
+  const users: NatsUsers = {
+    admin: makeNkeyUser(path.join(root, "admin.creds")),
+    moat: makeNkeyUser(path.join(root, "moat.creds")),
+    sys: { user: "sys", password: randomPassword() },
+  };
   const accounts = accountsConfig(users, { stream, subjects });
 
   interface Node extends NatsNode {
@@ -424,7 +520,7 @@ const dec = new TextDecoder();
  */
 export function rawConnect(
   port: number,
-  user: { user: string; password: string },
+  user: NkeyUser,
   timeoutMs = 15_000,
 ): Promise<RawConn> {
   const sock = net.connect(port, "127.0.0.1");
@@ -435,6 +531,7 @@ export function rawConnect(
   let onPong: (() => void) | undefined;
   let failed: ((e: Error) => void) | undefined;
   let sid = 0;
+  let connected = false;
 
   const parse = () => {
     for (;;) {
@@ -464,7 +561,30 @@ export function rawConnect(
         continue;
       }
       buf = buf.slice(nl + 2);
-      if (line === "PING") sock.write("PONG\r\n");
+      if (line.startsWith("INFO ") && !connected) {
+        // The server's first line, with the nonce to sign: answer with
+        // CONNECT and a PING (its PONG means we are in).
+        connected = true;
+        const nonce = JSON.parse(line.slice(5)).nonce as string;
+        const sig = sign(null, enc.encode(nonce), user.privateKey).toString(
+          "base64url",
+        );
+        sock.write(
+          `CONNECT ${
+            JSON.stringify({
+              verbose: false,
+              pedantic: false,
+              nkey: user.nkey,
+              sig,
+              headers: true,
+              "no_responders": true,
+              lang: "moat-test",
+              version: "0",
+              protocol: 1,
+            })
+          }\r\nPING\r\n`,
+        );
+      } else if (line === "PING") sock.write("PONG\r\n");
       else if (line === "PONG") onPong?.();
       else if (line.startsWith("-ERR")) {
         if (pending !== undefined) {
@@ -494,24 +614,6 @@ export function rawConnect(
       b.set(d, buf.length);
       buf = b;
       parse();
-    });
-    sock.once("data", () => {
-      // The first line is INFO; answer with CONNECT and a PING.
-      sock.write(
-        `CONNECT ${
-          JSON.stringify({
-            verbose: false,
-            pedantic: false,
-            user: user.user,
-            pass: user.password,
-            headers: true,
-            "no_responders": true,
-            lang: "moat-test",
-            version: "0",
-            protocol: 1,
-          })
-        }\r\nPING\r\n`,
-      );
     });
     onPong = () => {
       clearTimeout(timer);

@@ -181,8 +181,8 @@ test(
   () => {
     const doc = fs.readFileSync(path.join(ROOT, "docs/DEPLOY.md"), "utf8");
     const shown = accountsConfig({
-      admin: { user: "moat-admin", password: "ADMIN-PASSWORD" },
-      moat: { user: "moat", password: "MOAT-PASSWORD" },
+      admin: { nkey: "UADMIN…" },
+      moat: { nkey: "UMOAT…" },
       sys: { user: "sys", password: "SYS-PASSWORD" },
     });
     assert.ok(
