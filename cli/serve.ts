@@ -787,7 +787,10 @@ function checkNatsOptions(
       "--retain cannot prune a JetStream vault (its stream denies deletes)",
     );
   }
-  if ((values["nats-tls-cert"] === undefined) !== (values["nats-tls-key"] === undefined)) {
+  if (
+    (values["nats-tls-cert"] === undefined) !==
+      (values["nats-tls-key"] === undefined)
+  ) {
     throw new UsageError("--nats-tls-cert and --nats-tls-key go together");
   }
 }

@@ -33,12 +33,7 @@ async function lines(dir: string): Promise<number[]> {
 async function setup(dir: string, nodes: 1 | 3 = 1) {
   const cluster = await startNatsCluster({ dir, nodes });
   await createVaultStream(cluster);
-  const creds = join(dir, "moat.creds");
-  await writeFile(
-    creds,
-    `${cluster.users.moat.user}:${cluster.users.moat.password}\n`,
-    { mode: 0o600 },
-  );
+  const creds = cluster.users.moat.creds;
   return { cluster, creds };
 }
 
