@@ -31,8 +31,15 @@
  *
  * Prints a Markdown table and writes bench/ship-results.json.
  *
+ * With nats-server installed (unless `--no-nats`), the same moat flavors
+ * also store into `--vault nats://…`: a three-node JetStream cluster on
+ * loopback (tests/_nats.ts, its stores on the bench's disk), a fresh
+ * three-replica stream per run; one shipper and the fan-in generator. Those
+ * runs are verified by reading every source back from the stream into a
+ * fresh local copy (what the stream stores, against what was acknowledged).
+ *
  * Usage: bun bench/ship.ts [--lines N] [--rounds N] [--dir DIR] [--quick]
- *        [--no-follow] [--no-rsyslog] [--only moat,rsyslog,binary,deno,bun]
+ *        [--no-follow] [--no-rsyslog] [--no-nats] [--only moat,rsyslog,binary,deno,bun]
  *        [--out FILE] [--keep] [--base DIR]
  *
  * `--base DIR` adds "moat at DIR on Bun" (flavor "base"): another checkout,
@@ -66,6 +73,9 @@ import {
   waitListening,
 } from "./_util.ts";
 import { openSession } from "../lib/client.ts";
+import { openNatsVault } from "../lib/vault/nats/vault.ts";
+import { noNats, startNatsCluster } from "../tests/_nats.ts";
+import type { NatsCluster } from "../tests/_nats.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import { getNet } from "../lib/net/mod.ts";
 import {
@@ -124,6 +134,12 @@ export interface ShipBenchOptions {
   deadlineMs?: number;
   /** Progress lines. @default {console.error} */
   log?: (message: string) => void;
+  /**
+   * Also measure `--vault nats://…` into a three-replica stream on a local
+   * three-node cluster (when nats-server is installed).
+   * @default {true}
+   */
+  nats?: boolean;
 }
 
 /** One measured run. */
@@ -481,14 +497,80 @@ class VaultTail {
   }
 }
 
-async function startMoatServer(flavor: Flavor, dir: string) {
+/**
+ * The three-node JetStream cluster of the `nats://` rows (`--nats`), on the
+ * bench's disk; each run gets a stream of its own (3 replicas), made by the
+ * door with the cluster's admin credentials.
+ */
+let natsCluster: NatsCluster | undefined;
+let natsStreams = 0;
+
+/** The `--vault` options of a door on a fresh stream, and the stream's name. */
+function natsVaultArgs(vault: string): { args: string[]; stream: string } {
+  const cluster = natsCluster!;
+  const stream = `BENCH${++natsStreams}`;
+  return {
+    stream,
+    args: [
+      "--vault",
+      `nats://${cluster.servers.replaceAll("nats://", "")}`,
+      "--vault-cache",
+      vault,
+      "--nats-creds",
+      cluster.users.admin.creds,
+      "--stream",
+      stream,
+      "--replicas",
+      "3",
+    ],
+  };
+}
+
+/**
+ * Records of the given sources (peer 127.0.0.1) read back from a stream
+ * into a fresh local copy: what the stream stores, not what a door holds.
+ */
+async function streamCount(
+  dir: string,
+  stream: string,
+  cache: string,
+  names: string[],
+): Promise<number> {
+  const copy = path.join(dir, "read-back");
+  await fsp.mkdir(copy);
+  await fsp.copyFile(
+    path.join(cache, "checkpoint.key"),
+    path.join(copy, "checkpoint.key"),
+  );
+  const cluster = natsCluster!;
+  const vault = await openNatsVault({
+    url: `nats://${cluster.servers.replaceAll("nats://", "")}`,
+    creds: cluster.users.admin.creds,
+    stream,
+    cache: copy,
+    sealIntervalMs: 0,
+  });
+  let n = 0;
+  try {
+    for (const name of names) {
+      const key = { peer: "127.0.0.1", name };
+      await vault.catchUp(key);
+      n += vault.source(key).lastSeq;
+    }
+  } finally {
+    await vault.close();
+  }
+  return n;
+}
+
+async function startMoatServer(flavor: Flavor, dir: string, nats = false) {
   const port = await freePort();
   const vault = path.join(dir, "vault");
+  const onNats = nats ? natsVaultArgs(vault) : undefined;
   const server = track(spawn(flavor.argv[0]!, [
     ...flavor.argv.slice(1),
     "serve",
-    "--vault",
-    vault,
+    ...(onNats?.args ?? ["--vault", vault]),
     "--host",
     "127.0.0.1",
     "--port",
@@ -501,7 +583,7 @@ async function startMoatServer(flavor: Flavor, dir: string) {
   ], { cwd: dir, stdio: ["ignore", "ignore", "pipe"] }));
   const err = tail(server.stderr);
   await waitListening(port, server, `${flavor.name} serve`, err.text);
-  return { server, port, vault, err };
+  return { server, port, vault, err, stream: onNats?.stream };
 }
 
 function shipperArgv(flavor: Flavor, report: string, args: string[]): string[] {
@@ -512,9 +594,18 @@ function shipperArgv(flavor: Flavor, report: string, args: string[]): string[] {
 }
 
 /** One run: a fresh server, `senders` shippers reading stdin, server stopped, vault counted. */
-async function moatStdinRun(ctx: Context, flavor: Flavor, senders: number) {
+async function moatStdinRun(
+  ctx: Context,
+  flavor: Flavor,
+  senders: number,
+  nats = false,
+) {
   const dir = await freshDir(ctx, `${flavor.id}-${senders}`);
-  const { server, port, vault, err } = await startMoatServer(flavor, dir);
+  const { server, port, vault, err, stream } = await startMoatServer(
+    flavor,
+    dir,
+    nats,
+  );
   try {
     const files = senders === 1 ? [ctx.inputs.one] : ctx.inputs.many;
     const cpu0 = cpuSeconds(server.pid);
@@ -580,7 +671,14 @@ async function moatStdinRun(ctx: Context, flavor: Flavor, senders: number) {
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
       senderCpuSec,
-      verified: vaultCount(vault),
+      verified: stream === undefined
+        ? vaultCount(vault)
+        : await streamCount(
+          dir,
+          stream,
+          vault,
+          files.map((_, i) => `bench-${i}`),
+        ),
     };
   } finally {
     await stop(server, 5_000);
@@ -640,9 +738,14 @@ async function moatGeneratorRun(
   ctx: Context,
   flavor: Flavor,
   sources: number,
+  nats = false,
 ) {
   const dir = await freshDir(ctx, `${flavor.id}-gen-${sources}`);
-  const { server, port, vault, err } = await startMoatServer(flavor, dir);
+  const { server, port, vault, err, stream } = await startMoatServer(
+    flavor,
+    dir,
+    nats,
+  );
   const frames = generatorFrames(ctx.data, sources);
   const client = {
     net: getNet(),
@@ -694,7 +797,14 @@ async function moatGeneratorRun(
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
       senderCpuSec: NaN,
-      verified: vaultCount(vault),
+      verified: stream === undefined
+        ? vaultCount(vault)
+        : await streamCount(
+          dir,
+          stream,
+          vault,
+          frames.map((_, i) => `gen-${i}`),
+        ),
     };
   } finally {
     await stop(server, 5_000);
@@ -884,9 +994,34 @@ function contenders(
     follow: boolean;
     rsyslog: boolean;
     only: readonly string[] | undefined;
+    nats: boolean;
   },
 ) {
   const list: Contender[] = [];
+  if (options.nats) {
+    // The replicated stream, next to the directory vault in the same rounds.
+    for (const flavor of flavors(options.only)) {
+      const name = `${flavor.name}, nats:// (3 replicas)`;
+      list.push({
+        id: `${flavor.id}-nats-1`,
+        name,
+        family: flavor.id,
+        senders: 1,
+        how: "`ship -` (stdin)",
+        run: (ctx) => moatStdinRun(ctx, flavor, 1, true),
+      });
+      for (const senders of FAN_IN) {
+        list.push({
+          id: `${flavor.id}-nats-gen-${senders}`,
+          name,
+          family: flavor.id,
+          senders,
+          how: "one generator process",
+          run: (ctx) => moatGeneratorRun(ctx, flavor, senders, true),
+        });
+      }
+    }
+  }
   for (const senders of [1, MANY]) {
     if (options.rsyslog) {
       for (const sync of [false, true]) {
@@ -1032,13 +1167,18 @@ export async function benchShip(
     );
   }
   const withRsyslog = options.rsyslog !== false && ensureRsyslog(log);
+  const withNats = options.nats !== false && noNats === false;
   const list = contenders({
     follow: options.follow !== false,
     rsyslog: withRsyslog,
     only: options.flavors,
+    nats: withNats,
   });
   const work = fs.mkdtempSync(path.join(base, "moat-bench-ship-"));
   fs.chmodSync(work, 0o755);
+  if (withNats) {
+    natsCluster = await startNatsCluster({ dir: work, nodes: 3 });
+  }
   const cleanup = () => {
     killAll();
     if (!options.keep) fs.rmSync(work, { recursive: true, force: true });
@@ -1143,6 +1283,8 @@ export async function benchShip(
       }
     }
   } finally {
+    await natsCluster?.stop();
+    natsCluster = undefined;
     process.off("exit", cleanup);
     cleanup();
   }
@@ -1313,6 +1455,7 @@ async function main(argv: string[]): Promise<void> {
       quick: { type: "boolean" },
       "no-follow": { type: "boolean" },
       "no-rsyslog": { type: "boolean" },
+      "no-nats": { type: "boolean" },
       only: { type: "string" },
       out: { type: "string" },
       keep: { type: "boolean" },
@@ -1339,6 +1482,7 @@ async function main(argv: string[]): Promise<void> {
     rounds: count(values.rounds, "rounds", values.quick ? 1 : 3),
     follow: !values["no-follow"] && !values.quick,
     rsyslog: !values["no-rsyslog"] && !(only && !only.includes("rsyslog")),
+    nats: !values["no-nats"],
     ...(values.dir !== undefined && { dir: values.dir }),
     ...(picked && { flavors: picked }),
     ...(values.out !== undefined && { out: values.out }),

@@ -112,6 +112,13 @@ export interface NatsVault extends Vault {
   readonly stream: string;
   /** Whether opening created the stream. */
   readonly created: boolean;
+  /**
+   * Reads what other doors wrote of a source into the local copy.
+   *
+   * @param key The source.
+   * @returns When the source's `lastSeq` is the stream's.
+   */
+  catchUp(key: SourceKey): Promise<void>;
 }
 
 /**
