@@ -31,6 +31,7 @@ import { renderShipUnit } from "../lib/systemd/mod.ts";
 import { escapeText } from "../lib/text.ts";
 import { VERSION } from "../lib/version.ts";
 import { doorText, parseDoors } from "../lib/ship/doors.ts";
+import { DEFAULT_PORT } from "../lib/limits.ts";
 import type { ServerAddr } from "../lib/client.ts";
 import {
   clientOptions,
@@ -66,7 +67,7 @@ const SHIP_OPTIONS = {
     ...SERVER_OPTION,
     placeholder: "HOST[:PORT][,…]",
     description:
-      "Front door of the vault: HOST, HOST:PORT or [IPV6]:PORT (the port defaults to 4320); several, comma-separated or repeated, are front doors of one vault, tried in order when one fails",
+      `Front door of the vault: HOST, HOST:PORT or [IPV6]:PORT (the port defaults to ${DEFAULT_PORT}); several, comma-separated or repeated, are front doors of one vault, tried in order when one fails`,
     multiple: true,
     defaultText: DEFAULT_SERVER,
   },

@@ -74,6 +74,44 @@ describe("describeShipEvent", () => {
     );
   });
 
+  test("describeShipEvent names the failed door and the next one, with several doors", () => {
+    assert.equal(
+      describeShipEvent({
+        type: "disconnected",
+        message: "Connection closed by server",
+        retryMs: 0,
+        connected: true,
+        server: "a:4320",
+        next: "[::1]:4320",
+      }, backlog),
+      "connection to a:4320 lost (Connection closed by server); trying [::1]:4320 now; " +
+        "backlog 12,345 lines, 1.4 MiB",
+    );
+    assert.equal(
+      describeShipEvent({
+        type: "disconnected",
+        message: "Cannot connect to b:4320: connection refused",
+        retryMs: 400,
+        connected: false,
+        server: "b:4320",
+        next: "a\x1b:4320",
+      }, backlog),
+      "b:4320 unreachable (Cannot connect to b:4320: connection refused); trying a\\e:4320 in 0.4 s; " +
+        "backlog 12,345 lines, 1.4 MiB",
+    );
+    // One door: as before.
+    assert.equal(
+      describeShipEvent({
+        type: "disconnected",
+        message: "Connection closed by server",
+        retryMs: 200,
+        connected: true,
+        server: "a:4320",
+      }, backlog),
+      "connection lost (Connection closed by server); retrying in 0.2 s; backlog 12,345 lines, 1.4 MiB",
+    );
+  });
+
   test("describeShipEvent gives a full spool's numbers so that they add up", () => {
     assert.equal(
       describeShipEvent({

@@ -11,11 +11,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { compileAllowlist } from "../lib/allowlist.ts";
-import { AuditLog } from "../lib/audit.ts";
 import { MoatError } from "../lib/errors.ts";
-import { createJail } from "../lib/jail.ts";
-import type { AppendBatch } from "../lib/vault/store.ts";
-import { Server, type ServerOptions } from "../lib/server/mod.ts";
 import {
   DoorRotation,
   doorText,
@@ -25,10 +21,17 @@ import {
 import { ship, type ShipperEvent } from "../lib/ship/shipper.ts";
 import { readShipState } from "../lib/ship/state.ts";
 import { openSpool } from "../lib/ship/spool.ts";
-import { readRecords } from "../lib/vault/read.ts";
-import { openVault, type Vault } from "../lib/vault/store.ts";
+import { openVault } from "../lib/vault/store.ts";
 import { tempDir } from "./_e2e.ts";
-import { type MemoryNet, memoryNet } from "./_memory_conn.ts";
+import {
+  client,
+  door,
+  Doors,
+  gated,
+  lines,
+  stored,
+  watched,
+} from "./_doors.ts";
 import { within } from "./_server.ts";
 
 const tmp = tempDir("moat-doors-");
@@ -38,15 +41,6 @@ function freshDir(): string {
   const dir = path.join(tmp.dir, `t${counter++}`);
   fs.mkdirSync(dir);
   return dir;
-}
-
-const te = new TextEncoder();
-const td = new TextDecoder();
-
-function lines(from: number, to: number): string {
-  let s = "";
-  for (let i = from; i <= to; i++) s += `line ${i} ${"x".repeat(i % 40)}\n`;
-  return s;
 }
 
 describe("parseDoors", () => {
@@ -156,121 +150,6 @@ describe("DoorRotation", () => {
   });
 });
 
-/** Front doors on one in-memory network. */
-class Doors {
-  readonly net: MemoryNet = memoryNet();
-  #servers: Server[] = [];
-
-  /** A front door serving `vault`; other server options as given. */
-  async open(
-    vault: Vault,
-    extra: Partial<ServerOptions> = {},
-  ): Promise<{ server: Server; port: number }> {
-    const root = freshDir();
-    const server = new Server({
-      net: this.net,
-      hosts: ["127.0.0.1"],
-      port: 0,
-      allowlist: compileAllowlist({}),
-      jail: await createJail(root),
-      audit: new AuditLog(() => {}),
-      version: "0.0.0-test",
-      vault,
-      ...extra,
-    });
-    const [addr] = await server.listen();
-    this.#servers.push(server);
-    return { server, port: addr!.port };
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await Promise.all(this.#servers.map((s) => s.close()));
-  }
-}
-
-/** Lines as stdin: each chunk after its gate opens. */
-async function* gated(parts: { text: string; gate?: Promise<void> }[]) {
-  for (const part of parts) {
-    await part.gate;
-    yield te.encode(part.text);
-  }
-}
-
-function door(port: number) {
-  return { hostname: "127.0.0.1", port };
-}
-
-/** The records of source "app", as text. */
-async function stored(vault: Vault): Promise<string> {
-  let out = "";
-  for await (const r of readRecords(vault.dir, { source: "app" })) {
-    out += td.decode(r.line) + "\n";
-  }
-  return out;
-}
-
-/** The first and last sequence numbers of an append's records. */
-type Span = { first: number; last: number };
-
-function span(records: readonly { seq: number }[] | AppendBatch): Span {
-  const n = records.length;
-  if ("copyLine" in records) {
-    return { first: records.seq(0), last: records.seq(n - 1) };
-  }
-  const list = records as readonly { seq: number }[];
-  return { first: list[0]!.seq, last: list[n - 1]!.seq };
-}
-
-/**
- * The vault with its sources' appends watched: `onAppend` sees each batch's
- * span and may replace the append (given the real one).
- */
-function watched(
-  vault: Vault,
-  onAppend: (records: Span, append: () => Promise<unknown>) => Promise<unknown>,
-): Vault {
-  return new Proxy(vault, {
-    get(target, prop) {
-      if (prop === "source") {
-        return (key: Parameters<Vault["source"]>[0]) => {
-          const source = target.source(key);
-          return new Proxy(source, {
-            get(s, p) {
-              if (p === "append") {
-                return (
-                  records: { seq: number }[] | AppendBatch,
-                  ...rest: unknown[]
-                ) =>
-                  onAppend(
-                    span(records),
-                    () =>
-                      (s.append as (...a: unknown[]) => Promise<unknown>)(
-                        records,
-                        ...rest,
-                      ),
-                  );
-              }
-              const v = Reflect.get(s, p, s);
-              return typeof v === "function" ? v.bind(s) : v;
-            },
-          });
-        };
-      }
-      const v = Reflect.get(target, prop, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-}
-
-function client(net: MemoryNet, port: number) {
-  return {
-    net,
-    server: door(port),
-    version: "0.0.0-test",
-    timeoutMs: 10_000,
-  };
-}
-
 describe("ship across front doors", () => {
   test("a door that fails mid-batch after storing it: the shipper moves on, resumes from the next door's lastSeq, nothing stored twice or lost", async () => {
     const dir = freshDir();
@@ -327,7 +206,7 @@ describe("ship across front doors", () => {
     // B holds what A stored, acknowledged or not; the shipper sends from there.
     assert.equal(onB.lastSeq, failedAt);
     assert.equal(firstOnB[0], failedAt + 1);
-    assert.equal(await stored(vault), text);
+    assert.equal(await stored(vault.dir), text);
     await vault.close();
   });
 
@@ -380,7 +259,7 @@ describe("ship across front doors", () => {
       e.type === "connected" && e.server === `127.0.0.1:${b.port}`
     );
     assert.ok(onB?.type === "connected" && onB.lastSeq >= 1000);
-    assert.equal(await stored(vault), text);
+    assert.equal(await stored(vault.dir), text);
     await vault.close();
   });
 
@@ -412,7 +291,7 @@ describe("ship across front doors", () => {
     assert.ok(lost?.type === "disconnected");
     assert.equal(lost.server, `127.0.0.1:${busy.port}`);
     assert.match(lost.message, /busy/i);
-    assert.equal(await stored(vault), text);
+    assert.equal(await stored(vault.dir), text);
     await vault.close();
   });
 

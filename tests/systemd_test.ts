@@ -941,6 +941,35 @@ describe("renderShipUnit", () => {
     assert.match(named, /loghost resolved to the addresses above/);
   });
 
+  test("renderShipUnit with several front doors: every door in --server, in order, and only their addresses", () => {
+    const unit = shipUnit({
+      server: [
+        { hostname: "10.0.0.1", port: 4320 },
+        { hostname: "2001:db8::2", port: 4321 },
+        { hostname: "door3", port: 4320 },
+      ],
+      serverAddresses: ["10.0.0.1", "2001:db8::2", "10.0.0.3"],
+      nameServers: ["127.0.0.53"],
+    });
+    const words = execStartOf(unit);
+    assert.equal(
+      words[words.indexOf("--server") + 1],
+      "10.0.0.1:4320,[2001:db8::2]:4321,door3:4320",
+    );
+    assert.equal(words.filter((w) => w === "--server").length, 1);
+    assert.deepEqual(settings(unit, "IPAddressAllow"), [
+      "10.0.0.1",
+      "2001:db8::2",
+      "10.0.0.3",
+      "127.0.0.53",
+    ]);
+    assert.match(unit, /^# door3 resolved to the addresses above/m);
+    assert.match(
+      unit,
+      /^Description=moat log shipper to 10\.0\.0\.1:4320, \[2001:db8::2\]:4321, door3:4320$/m,
+    );
+  });
+
   test("renderShipUnit makes the state writable: StateDirectory under /var/lib, else ReadWritePaths", () => {
     const file = shipUnit({ state: { file: "/var/lib/ship/s.json" } });
     assert.deepEqual(execStartOf(file).slice(-2), [

@@ -36,26 +36,21 @@ import type { ShipBacklog } from "./backlog.ts";
 import {
   type FilePosition,
   follow,
-  type FollowedLine,
   type FollowEvent,
   readLines,
 } from "./follow.ts";
-import { openSpool, type Spool, type SpoolEvent } from "./spool.ts";
+import { openSpool, type Spool } from "./spool.ts";
 import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
 import { Witness } from "./witness.ts";
+import { SpoolPressure, type SpoolPressureEvent } from "./pressure.ts";
 import { DoorRotation, doorText } from "./doors.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
 /** Encoded bytes per ShipBatch frame, well under the default 1 MiB frame limit. */
 const FRAME_BUDGET = 512 * 1024;
-/**
- * Bytes a spool record takes before its line (record header, timestamp,
- * input and position: docs/VAULT.md "Spool line record"), which count
- * against --spool-size. tests/ship_shipper_test.ts checks it against a spool.
- */
-export const SPOOL_RECORD_OVERHEAD = 56;
+export { SPOOL_RECORD_OVERHEAD } from "./pressure.ts";
 
 /** What the shipper reports, for `main.ts` to print. */
 export type ShipperEvent =
@@ -78,27 +73,7 @@ export type ShipperEvent =
     next?: string;
   }
   | { type: "follow"; event: FollowEvent }
-  | {
-    /**
-     * Reading is paused: the spool stayed full after trimming everything
-     * acknowledged. `usedBytes` (on disk) plus `waitingBytes` (the lines
-     * read and waiting, with their record headers) exceed `maxBytes`.
-     */
-    type: "full";
-    usedBytes: number;
-    maxBytes: number;
-    waitingLines: number;
-    waitingBytes: number;
-  }
-  | {
-    /** Acknowledgements made room after a reported `full`; reading resumed. */
-    type: "resumed";
-  }
-  | {
-    /** Other spool news: repairs at open, a failed checkpoint. */
-    type: "spool";
-    event: Exclude<SpoolEvent, { type: "full" | "resumed" }>;
-  }
+  | SpoolPressureEvent
   | {
     /**
      * The vault's checkpoint key was pinned at first contact (no
@@ -256,7 +231,7 @@ export async function ship(options: ShipOptions): Promise<number> {
     if (event.type === "connected") connected = true;
     options.onEvent(event);
   };
-  const pressure = new _SpoolPressure(onEvent);
+  const pressure = new SpoolPressure(onEvent);
   let wake = () => {};
   const spool = await openSpool(options.statePath, {
     source: options.source,
@@ -380,55 +355,6 @@ export async function ship(options: ShipOptions): Promise<number> {
     // not room, so it is not reported as such.
     pressure.closing = true;
     await spool.close();
-  }
-}
-
-/**
- * Reports spool pressure as the user sees it: `full` only when the spool is
- * still full after trimming what was acknowledged (a trim that makes room
- * at once is not news), with the size of what waits; `resumed` only after a
- * reported `full`, and not when closing.
- */
-class _SpoolPressure {
-  spool: Spool | undefined;
-  /** The lines being handed to `append` (the `full` event fires inside it). */
-  appending: readonly FollowedLine[] | undefined;
-  closing = false;
-  #reported = false;
-  #onEvent: (event: ShipperEvent) => void;
-
-  constructor(onEvent: (event: ShipperEvent) => void) {
-    this.#onEvent = onEvent;
-  }
-
-  event(event: SpoolEvent): void {
-    if (event.type === "full") {
-      const spool = this.spool;
-      const lines = this.appending ?? [];
-      let waitingBytes = 0;
-      for (const l of lines) {
-        waitingBytes += SPOOL_RECORD_OVERHEAD + l.line.length;
-      }
-      if (spool === undefined) return;
-      // The spool trims at once when full; what is left after that counts.
-      spool.checkpoint().catch(() => {}).then(() => {
-        if (!spool.full || this.closing || this.#reported) return;
-        this.#reported = true;
-        this.#onEvent({
-          type: "full",
-          usedBytes: spool.usedBytes,
-          maxBytes: event.maxBytes,
-          waitingLines: lines.length,
-          waitingBytes,
-        });
-      });
-    } else if (event.type === "resumed") {
-      if (!this.#reported || this.closing) return;
-      this.#reported = false;
-      this.#onEvent({ type: "resumed" });
-    } else {
-      this.#onEvent({ type: "spool", event });
-    }
   }
 }
 
