@@ -276,6 +276,13 @@ export async function verifyVault(
       }`,
     });
   }
+  if (keys.length > 1 && !doorMode) {
+    problems.push({
+      kind: "vault",
+      message:
+        `${keys.length} keys were given, but this vault has one seal log (only a JetStream vault read into a directory has one per front door)`,
+    });
+  }
   if (key && info && !info.sealed && !doorMode) {
     problems.push({
       kind: "vault",

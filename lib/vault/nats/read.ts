@@ -41,6 +41,7 @@ import {
   writeVaultInfo,
 } from "../_seal.ts";
 import { openVault } from "../store.ts";
+import type { Vault } from "../store.ts";
 import { STREAM_FILE } from "../_stream_file.ts";
 import type { StreamFile, StreamProblem } from "../_stream_file.ts";
 import { DOORS_DIR } from "../_verify_doors.ts";
@@ -146,19 +147,9 @@ export async function materializeStream(
 
     await prepareLocalCopy(options.dir, meta, { signs: false });
     const vault = await openVault(options.dir, { sealIntervalMs: 0 });
-    const problems: StreamProblem[] = [];
-    const appliers = new Map<string, SourceApplier>();
-    const keys = new Map<string, SourceKey>();
-    const early = new Map<string, { time: number; note: string }[]>();
-    const doors = new Map<string, { seals: number; file: string }>();
+    const reader = new _Reader(options.dir, vault, subjects.prefix, metaSeq);
+    const { problems, keys, early, doors } = reader;
     let messages = 0;
-    const skip = (streamSeq: number, message: string, source?: string) => {
-      problems.push({
-        message: `Stream message ${streamSeq}: ${message}`,
-        streamSeq,
-        ...(source !== undefined && { source }),
-      });
-    };
     try {
       if (lastSeq >= firstSeq && lastSeq > 0) {
         const consumer = await js.consumers.get(name, {
@@ -174,7 +165,7 @@ export async function materializeStream(
             const seq = m.seq;
             messages++;
             const time = Math.floor(m.info.timestampNanos / 1_000_000);
-            await dispatch(m.subject, seq, m.data, time);
+            await reader.dispatch(m.subject, seq, m.data, time);
             // As far as the stream reached when the read began (doors may
             // be writing meanwhile), or all there is.
             if (seq >= lastSeq || m.info.pending === 0) break;
@@ -230,120 +221,6 @@ export async function materializeStream(
       JSON.stringify(file, null, 2) + "\n",
     );
     return file;
-
-    async function dispatch(
-      subject: string,
-      seq: number,
-      data: Uint8Array,
-      time: number,
-    ): Promise<void> {
-      if (!subject.startsWith(subjects.prefix + ".")) {
-        return skip(seq, `unknown subject ${subject}`);
-      }
-      const rest = subject.slice(subjects.prefix.length + 1);
-      if (rest === "meta") {
-        if (seq === metaSeq) return;
-        return skip(
-          seq,
-          "a second meta message (the first one, message " + metaSeq +
-            ", holds)",
-        );
-      }
-      const dot = rest.indexOf(".");
-      const kind = rest.slice(0, dot);
-      const id = rest.slice(dot + 1);
-      if (kind === "rec" && isSourceId(id)) {
-        let applier = appliers.get(id);
-        if (applier === undefined) {
-          applier = new SourceApplier(vault, id);
-          appliers.set(id, applier);
-        }
-        try {
-          const msg = await applier.apply(seq, data);
-          if (!keys.has(id)) {
-            keys.set(id, msg.key);
-            const held = early.get(id);
-            early.delete(id);
-            for (const c of held ?? []) await logCheckpoint(msg.key, c);
-          }
-        } catch (error) {
-          if ((error as MoatError).code !== "ERR_CORRUPT") throw error;
-          const key = keys.get(id);
-          skip(
-            seq,
-            `skipped: ${(error as Error).message}`,
-            key === undefined ? `source ${id}` : sourceLabel(key),
-          );
-        }
-        return;
-      }
-      if (kind === "ckpt" && isSourceId(id)) {
-        const note = new TextDecoder().decode(data);
-        const key = keys.get(id);
-        if (key !== undefined) return await logCheckpoint(key, { time, note });
-        const held = early.get(id) ?? [];
-        if (held.length >= MAX_EARLY_CHECKPOINTS) {
-          return skip(seq, `too many checkpoints before any record of ${id}`);
-        }
-        held.push({ time, note });
-        early.set(id, held);
-        return;
-      }
-      if (kind === "seal" && DOOR_ID.test(id)) {
-        return await addSeal(id, seq, data);
-      }
-      return skip(seq, `unknown subject ${subject}`);
-    }
-
-    async function logCheckpoint(
-      key: SourceKey,
-      c: { time: number; note: string },
-    ): Promise<void> {
-      const file = join(
-        options.dir,
-        "sources",
-        sourceDirName(key),
-        STREAM_CHECKPOINTS,
-      );
-      await appendFile(
-        file,
-        JSON.stringify({ time: c.time, note: c.note }) + "\n",
-      );
-    }
-
-    /**
-     * Appends a seal record to the door's seal log as published: the log's
-     * own checks (`verify`) judge it. Only its framing is checked here, so
-     * that one malformed message cannot hide the seals after it.
-     */
-    async function addSeal(
-      door: string,
-      seq: number,
-      data: Uint8Array,
-    ): Promise<void> {
-      if (data.length < 20) return skip(seq, `seal of door ${door} is short`);
-      const epoch = getU64(
-        new DataView(data.buffer, data.byteOffset, data.byteLength),
-        12,
-      );
-      if (
-        checkRecord(data, 0, { kind: SEAL_KIND, seq: epoch }) !== data.length
-      ) {
-        return skip(seq, `the message on seal.${door} is not a seal record`);
-      }
-      let d = doors.get(door);
-      if (d === undefined) {
-        const dir = join(options.dir, DOORS_DIR, door, SEALS_DIR);
-        await makeDir(dir);
-        // One segment per door, named after the first epoch published.
-        const file = join(dir, segmentName(epoch));
-        await writeFile(file, encodeSegmentHeader(SEAL_MAGIC, epoch));
-        d = { seals: 0, file };
-        doors.set(door, d);
-      }
-      await appendFile(d.file, data);
-      d.seals++;
-    }
   } finally {
     await nc.close().catch(() => {});
   }
@@ -358,4 +235,160 @@ export async function materializeStream(
  */
 export function tempCopyPath(parent: string): string {
   return join(parent, `moat-nats-${randomBytes(8).toString("hex")}`);
+}
+
+/** Dispatches the stream's messages to the local copy, keeping problems. */
+class _Reader {
+  readonly #dir: string;
+  readonly #vault: Vault;
+  readonly #prefix: string;
+  readonly #metaSeq: number;
+  readonly #appliers = new Map<string, SourceApplier>();
+  /** Messages skipped. */
+  readonly problems: StreamProblem[] = [];
+  /** Each source's key, from its first message applied. */
+  readonly keys = new Map<string, SourceKey>();
+  /** Checkpoints of sources without a record yet. */
+  readonly early = new Map<string, { time: number; note: string }[]>();
+  /** Seal logs, per door. */
+  readonly doors = new Map<string, { seals: number; file: string }>();
+
+  constructor(dir: string, vault: Vault, prefix: string, metaSeq: number) {
+    this.#dir = dir;
+    this.#vault = vault;
+    this.#prefix = prefix;
+    this.#metaSeq = metaSeq;
+  }
+
+  #skip(streamSeq: number, message: string, source?: string): void {
+    this.problems.push({
+      message: `Stream message ${streamSeq}: ${message}`,
+      streamSeq,
+      ...(source !== undefined && { source }),
+    });
+  }
+
+  async dispatch(
+    subject: string,
+    seq: number,
+    data: Uint8Array,
+    time: number,
+  ): Promise<void> {
+    if (!subject.startsWith(this.#prefix + ".")) {
+      return this.#skip(seq, `unknown subject ${subject}`);
+    }
+    const rest = subject.slice(this.#prefix.length + 1);
+    if (rest === "meta") {
+      if (seq === this.#metaSeq) return;
+      return this.#skip(
+        seq,
+        "a second meta message (the first one, message " + this.#metaSeq +
+          ", holds)",
+      );
+    }
+    const dot = rest.indexOf(".");
+    const kind = rest.slice(0, dot);
+    const id = rest.slice(dot + 1);
+    if (kind === "rec" && isSourceId(id)) {
+      let applier = this.#appliers.get(id);
+      if (applier === undefined) {
+        applier = new SourceApplier(this.#vault, id);
+        this.#appliers.set(id, applier);
+      }
+      try {
+        const msg = await applier.apply(seq, data);
+        if (!this.keys.has(id)) {
+          this.keys.set(id, msg.key);
+          const held = this.early.get(id);
+          this.early.delete(id);
+          for (const c of held ?? []) await this.#logCheckpoint(msg.key, c);
+        }
+      } catch (error) {
+        if ((error as MoatError).code !== "ERR_CORRUPT") throw error;
+        const key = this.keys.get(id);
+        this.#skip(
+          seq,
+          `skipped: ${(error as Error).message}`,
+          key === undefined ? `source ${id}` : sourceLabel(key),
+        );
+      }
+      return;
+    }
+    if (kind === "ckpt" && isSourceId(id)) {
+      const note = new TextDecoder().decode(data);
+      const key = this.keys.get(id);
+      if (key !== undefined) {
+        return await this.#logCheckpoint(key, { time, note });
+      }
+      const held = this.early.get(id) ?? [];
+      if (held.length >= MAX_EARLY_CHECKPOINTS) {
+        return this.#skip(
+          seq,
+          `too many checkpoints before any record of ${id}`,
+        );
+      }
+      held.push({ time, note });
+      this.early.set(id, held);
+      return;
+    }
+    if (kind === "seal" && DOOR_ID.test(id)) {
+      return await this.#addSeal(id, seq, data);
+    }
+    return this.#skip(seq, `unknown subject ${subject}`);
+  }
+
+  async #logCheckpoint(
+    key: SourceKey,
+    c: { time: number; note: string },
+  ): Promise<void> {
+    const file = join(
+      this.#dir,
+      "sources",
+      sourceDirName(key),
+      STREAM_CHECKPOINTS,
+    );
+    await appendFile(
+      file,
+      JSON.stringify({ time: c.time, note: c.note }) + "\n",
+    );
+  }
+
+  /**
+   * Appends a seal record to the door's seal log as published: the log's
+   * own checks (`verify`) judge it. Only its framing is checked here, so
+   * that one malformed message cannot hide the seals after it.
+   */
+  async #addSeal(
+    door: string,
+    seq: number,
+    data: Uint8Array,
+  ): Promise<void> {
+    if (data.length < 20) {
+      return this.#skip(seq, `seal of door ${door} is short`);
+    }
+    const epoch = getU64(
+      new DataView(data.buffer, data.byteOffset, data.byteLength),
+      12,
+    );
+    if (
+      checkRecord(data, 0, { kind: SEAL_KIND, seq: epoch }) !== data.length
+    ) {
+      return this.#skip(
+        seq,
+        `the message on seal.${door} is not a seal record`,
+      );
+    }
+    let d = this.doors.get(door);
+    if (d === undefined) {
+      const dir = join(this.#dir, DOORS_DIR, door, SEALS_DIR);
+      await makeDir(dir);
+      // One segment per door, named after the first epoch published.
+      const file = join(dir, segmentName(epoch));
+      await writeFile(file, encodeSegmentHeader(SEAL_MAGIC, epoch));
+      d = { seals: 0, file };
+      this.doors.set(door, d);
+    }
+    await appendFile(d.file, data);
+    d.seals++;
+  }
 }
