@@ -25,6 +25,8 @@ import {
   proveInclusion,
 } from "../lib/vault/proof.ts";
 import type { VerifyProgress, VerifyReport } from "../lib/vault/verify.ts";
+import { isNatsUrl } from "../lib/vault/nats/url.ts";
+import { NATS_READ_OPTIONS } from "./vault_nats_options.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -62,6 +64,12 @@ const KEY_OPTIONS = {
 
 const VERIFY_OPTIONS = {
   ...KEY_OPTIONS,
+  key: {
+    ...KEY_OPTIONS.key,
+    multiple: true,
+    description:
+      "The verification key printed by init; of a nats:// vault, each front door's (repeatable)",
+  },
   checkpoint: {
     type: "file",
     placeholder: "FILE",
@@ -180,13 +188,15 @@ const SUBCOMMANDS = [
   "prune",
   "checkpoint",
   "proof",
+  "export",
+  "import",
 ] as const;
 
 /** `moat vault`'s options (by subcommand), usage and help. */
 export const VAULT: CommandSpec = {
   name: "vault",
   summary:
-    "Keep a vault: moat vault init|verify|ls|cat|prune|checkpoint|proof DIR",
+    "Keep a vault: moat vault init|verify|ls|cat|prune|checkpoint|proof|export|import DIR",
   usage: [
     "vault init DIR",
     "vault verify DIR [--key KEY|--key-file FILE] [--min-retain DURATION]",
@@ -198,6 +208,9 @@ export const VAULT: CommandSpec = {
     "vault prune DIR --before TIME | --keep DURATION [--key KEY]",
     "vault checkpoint DIR --source NAME",
     "vault proof DIR --source NAME --seq N | --from SIZE",
+    "vault verify|ls|cat|checkpoint|proof nats://HOST:PORT,… [--nats-creds FILE] [--stream NAME] [--cache DIR] …",
+    "vault export nats://HOST:PORT,… DIR [--nats-creds FILE] [--stream NAME]",
+    "vault import DIR nats://HOST:PORT,… [--nats-creds FILE] [--stream NAME]",
   ],
   description:
     `init    makes DIR a sealed vault (or seals an unsealed one) and prints its
@@ -227,13 +240,23 @@ checkpoint  prints a source's latest signed checkpoint (tree size and root
         server logged it.
 proof   prints, as JSON, the inclusion proof of record N (--seq), or the
         consistency proof from a tree of SIZE records (--from), to the
-        latest checkpoint. Check it anywhere with moat verify-proof.`,
+        latest checkpoint. Check it anywhere with moat verify-proof.
+export  reads a JetStream vault (nats://…) into DIR, a new or empty
+        directory: records, checkpoints, and each front door's seals under
+        DIR/doors/; skipped messages no front door writes are kept in
+        DIR/stream.json. verify, ls, cat, checkpoint and proof take nats://…
+        too: they read the stream so into a temporary directory (or --cache
+        DIR) and then run as on a directory. verify takes one --key per
+        front door.
+import  publishes a directory vault's records, checkpoints and seals into
+        a JetStream stream (resuming where the stream ends).`,
   positionals: true,
   options: {
     ...VERIFY_OPTIONS,
     ...PRUNE_OPTIONS,
     ...CAT_OPTIONS,
     ...PROOF_OPTIONS,
+    ...NATS_READ_OPTIONS,
   },
   exits: [
     ...COMMON_EXITS,
@@ -265,6 +288,12 @@ export async function vaultCommand(
     sub === undefined || sub === "-h" || sub === "--help" || sub === "help"
   ) {
     return printLine(formatHelp(VAULT));
+  }
+  if (
+    SUBCOMMANDS.includes(sub as (typeof SUBCOMMANDS)[number]) &&
+    (sub === "export" || sub === "import" || rest.some(isNatsUrl))
+  ) {
+    return await _nats(sub as (typeof SUBCOMMANDS)[number], rest, context);
   }
   switch (sub) {
     case "init": {
@@ -314,6 +343,53 @@ export async function vaultCommand(
         see: listWords(SUBCOMMANDS, "or"),
       });
   }
+}
+
+/**
+ * A subcommand on a nats:// vault, `export` or `import`: cli/vault_nats.ts,
+ * loaded only now (it loads the NATS client).
+ */
+async function _nats(
+  sub: (typeof SUBCOMMANDS)[number],
+  rest: string[],
+  context: RunContext,
+): Promise<void> {
+  const nats = await import("./vault_nats.ts");
+  const dirCommands: Partial<
+    Record<typeof sub, import("./vault_nats.ts").DirCommand>
+  > = {
+    verify: {
+      options: VERIFY_OPTIONS,
+      run: (dir, v) =>
+        verifyCommand(dir, v as OptionValues<typeof VERIFY_OPTIONS>),
+    },
+    ls: { options: {}, run: (dir) => lsCommand(dir) },
+    cat: {
+      options: CAT_OPTIONS,
+      run: (dir, v) => catCommand(dir, v as OptionValues<typeof CAT_OPTIONS>),
+    },
+    checkpoint: {
+      options: SOURCE_OPTION,
+      run: async (dir, v) => {
+        const source = requireSource("checkpoint", v.source as string);
+        await writeStdoutText((await latestCheckpoint(dir, source)).note);
+      },
+    },
+    proof: {
+      options: PROOF_OPTIONS,
+      run: (dir, v) =>
+        proofCommand(dir, v as OptionValues<typeof PROOF_OPTIONS>),
+    },
+  };
+  if (sub === "export") return await nats.exportCommand(VAULT, rest, context);
+  if (sub === "import") return await nats.importCommand(VAULT, rest, context);
+  const command = dirCommands[sub];
+  if (command === undefined) {
+    throw new UsageError(
+      `vault ${sub} works on a directory vault only (a JetStream vault is never pruned; init makes a directory)`,
+    );
+  }
+  await nats.natsReadCommand(VAULT, sub, rest, context, command);
 }
 
 /**
@@ -567,12 +643,16 @@ function readText(option: string, file: string): string {
 
 /** The verification key from --key or --key-file, if given. */
 function readKey(
-  values: { key?: string | undefined; "key-file"?: string | undefined },
+  values: {
+    key?: string | string[] | undefined;
+    "key-file"?: string | undefined;
+  },
 ): string | undefined {
-  if (values.key !== undefined && values["key-file"] !== undefined) {
+  const key = Array.isArray(values.key) ? values.key[0] : values.key;
+  if (key !== undefined && values["key-file"] !== undefined) {
     throw new UsageError("Give --key or --key-file, not both");
   }
-  if (values["key-file"] === undefined) return values.key;
+  if (values["key-file"] === undefined) return key;
   try {
     return fs.readFileSync(values["key-file"], "utf8");
   } catch (err) {
@@ -622,6 +702,7 @@ async function runVerify(
   dir: string,
   options: {
     key?: string | undefined;
+    keys?: string[];
     minRetainMs?: number | undefined;
     checkpoints?: { file: string; note: string }[];
     witnesses?: Verifier[];
@@ -632,6 +713,7 @@ async function runVerify(
   try {
     return await verifyVault(dir, {
       ...(options.key !== undefined && { key: options.key }),
+      ...(options.keys !== undefined && { keys: options.keys }),
       ...(options.checkpoints && { checkpoints: options.checkpoints }),
       ...(options.witnesses && { witnesses: options.witnesses }),
       ...(options.witnessGraceMs !== undefined &&
@@ -660,7 +742,11 @@ async function verifyCommand(
   dir: string,
   values: OptionValues<typeof VERIFY_OPTIONS>,
 ): Promise<void> {
-  const key = readKey(values);
+  // One key per front door of a nats:// vault (--key-file adds one).
+  const more = values.key.slice(values["key-file"] === undefined ? 1 : 0);
+  const key = values.key.length > 0 || values["key-file"] !== undefined
+    ? readKey({ "key-file": values["key-file"], key: values.key[0] })
+    : undefined;
   const minRetainMs = values["min-retain"] === undefined
     ? undefined
     : parseDuration("--min-retain", values["min-retain"]);
@@ -687,6 +773,7 @@ async function verifyCommand(
     : parseDuration("--witness-grace", values["witness-grace"]);
   const report = await runVerify(dir, {
     key,
+    keys: more,
     minRetainMs,
     checkpoints,
     witnesses,

@@ -65,7 +65,9 @@ export type VerifyProblemKind =
   /** A checkpoint held outside the vault (`--checkpoint`) that the vault does not extend: rolled back, cut, or rewritten. */
   | "checkpoint"
   /** With required witnesses (`--witness-key`): a cosignature that does not verify, or a latest checkpoint not cosigned in time. */
-  | "witness";
+  | "witness"
+  /** A JetStream vault's stream holds a message no front door writes (out of order, malformed, a second meta), or does not protect its records (`stream.json`). */
+  | "stream";
 
 /** The first bad point found in one source, or in the seals. */
 export interface VerifyProblem {

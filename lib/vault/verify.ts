@@ -42,6 +42,8 @@ import { checkpointOrigin, readCheckpointLog } from "./_checkpoints.ts";
 import { checkWitnessed } from "../witness/verify.ts";
 import { TreeCheck } from "./_verify_tree.ts";
 import type { OutsideCheckpoint, TreeReport } from "./_verify_tree.ts";
+import { listDoors, verifyDoors } from "./_verify_doors.ts";
+import { readStreamProblems } from "./_stream_file.ts";
 import {
   checkKeyFile,
   checkPruneRules,
@@ -138,6 +140,12 @@ export interface VerifyReport {
 export interface VerifyOptions {
   /** The verification key printed by `moat vault init`; without it only chains are checked. */
   key?: string;
+  /**
+   * More verification keys: a JetStream vault read into a directory holds
+   * the seal log of each front door (`doors/<doorid>/seals/`), each sealed
+   * with its own key; give each door's. See `_verify_doors.ts`.
+   */
+  keys?: readonly string[];
   /**
    * Check only the sources this picks (a name or a label, as in
    * `readRecords`); the seals are always checked, and sealed sources that
@@ -238,14 +246,20 @@ export async function verifyVault(
       ExitCode.Usage,
     );
   }
-  const key = options.key === undefined
-    ? undefined
-    : parseVerificationKey(options.key);
+  const keys = [
+    ...(options.key === undefined ? [] : [options.key]),
+    ...(options.keys ?? []),
+  ].map(parseVerificationKey);
+  const key = keys[0];
   const problems: VerifyProblem[] = [];
   const info = await readVaultInfo(root).catch((error) => {
     problems.push({ kind: "vault", message: (error as Error).message });
     return undefined;
   });
+  // A JetStream vault read into this directory: unsealed itself, with the
+  // seal log of each front door beside it.
+  const doorMode = info?.sealed === false &&
+    (await listDoors(root).catch(() => [])).length > 0;
   const vaultId = key?.vaultId ?? info?.id ?? new Uint8Array(16);
   if (info === undefined && problems.length === 0) {
     problems.push({
@@ -253,36 +267,63 @@ export async function verifyVault(
       message: "The vault has no identity file (vault.json)",
     });
   }
-  if (key && info && !_equal(key.vaultId, info.id)) {
+  for (const k of info ? keys : []) {
+    if (_equal(k.vaultId, info!.id)) continue;
     problems.push({
       kind: "vault",
-      message: `The key belongs to vault ${_hex(key.vaultId)}, this is vault ${
-        _hex(info.id)
+      message: `The key belongs to vault ${_hex(k.vaultId)}, this is vault ${
+        _hex(info!.id)
       }`,
     });
   }
-  if (key && info && !info.sealed) {
+  if (keys.length > 1 && !doorMode) {
+    problems.push({
+      kind: "vault",
+      message:
+        `${keys.length} keys were given, but this vault has one seal log (only a JetStream vault read into a directory has one per front door)`,
+    });
+  }
+  if (key && info && !info.sealed && !doorMode) {
     problems.push({
       kind: "vault",
       message: "The vault is not sealed (vault.json), but a key was given",
     });
   }
   // Without a readable vault.json, a key says the vault is meant to be sealed.
-  const sealed = info?.sealed ?? key !== undefined;
+  const sealed = doorMode || (info?.sealed ?? key !== undefined);
   const intervalMs = info?.sealIntervalMs ?? DEFAULT_VERIFY_INTERVAL_MS;
 
   // The key file before the seal log: the server moves the key on only once
   // the seal before it is durable, so a seal log read afterwards holds every
   // seal the key file counts, even while the server runs.
+  // (A stream's seals cannot be removed, and a door's key file stays on
+  // its host: no key file to check.)
   let keyFile: SealingKey | undefined;
-  if (sealed) {
+  if (sealed && !doorMode) {
     try {
       keyFile = await readSealingKey(root, vaultId);
     } catch (error) {
       problems.push({ kind: "seal-key", message: (error as Error).message });
     }
   }
-  const seals = await verifySeals(root, vaultId, key?.k0);
+  let lastEpoch: number | undefined;
+  let seals: SealState;
+  if (doorMode) {
+    const doors = await verifyDoors(root, vaultId, keys.map((k) => k.k0));
+    problems.push(...doors.problems);
+    lastEpoch = doors.last?.epoch;
+    seals = {
+      count: doors.count,
+      found: true,
+      checkpoints: doors.checkpoints,
+      prunes: new Map(),
+      pruneProblems: [],
+      ...(doors.last && { lastTime: doors.last.time }),
+    };
+  } else {
+    seals = await verifySeals(root, vaultId, key?.k0);
+  }
+  problems.push(...await readStreamProblems(root));
   if (seals.problem) problems.push(seals.problem);
   if (sealed && !seals.problem && !seals.found) {
     problems.push({
@@ -302,7 +343,7 @@ export async function verifyVault(
       intervalMs,
       now,
       ...(seals.lastTime !== undefined &&
-        { last: { time: seals.lastTime, epoch: seals.count } }),
+        { last: { time: seals.lastTime, epoch: lastEpoch ?? seals.count } }),
     }
     : undefined;
 
@@ -637,7 +678,7 @@ export async function verifyVault(
   return {
     ok: problems.length === 0,
     id: _hex(vaultId),
-    keyed: key !== undefined,
+    keyed: keys.length > 0,
     seals: seals.count,
     ...(seals.lastTime !== undefined && { lastSealTime: seals.lastTime }),
     ...(keyFile && { keyEpoch: keyFile.epoch }),

@@ -1,0 +1,342 @@
+/**
+ * Reading a JetStream vault (lib/vault/nats/read.ts, import.ts) against a
+ * real nats-server: a sealed directory vault imported into a stream reads
+ * back (export) as the same vault and verifies with its key; and every kind
+ * of tampering a stream allows — a foreign writer's message out of order, a
+ * forged record batch that continues a source, a malformed message, a
+ * second meta, a forged or missing seal, a forged checkpoint — is caught by
+ * `verifyVault` on the copy.
+ *
+ * @module
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { tempDir } from "./_e2e.ts";
+import {
+  createVaultStream,
+  jsPublish,
+  type NatsCluster,
+  noNats,
+  rawConnect,
+  startNatsCluster,
+} from "./_nats.ts";
+import { initVault } from "../lib/vault/init.ts";
+import { openVault } from "../lib/vault/store.ts";
+import { verifyVault } from "../lib/vault/verify.ts";
+import type { VerifyReport } from "../lib/vault/verify.ts";
+import { materializeStream } from "../lib/vault/nats/read.ts";
+import { importVault } from "../lib/vault/nats/import.ts";
+import {
+  encodeRecordMessage,
+  encodeRecordSection,
+  recordMsgId,
+  sourceId,
+} from "../lib/vault/nats/codec.ts";
+import { recordBatch } from "../lib/vault/_format.ts";
+import { finishRecord } from "../lib/segment/codec.ts";
+import { latestCheckpoint, proveInclusion } from "../lib/vault/proof.ts";
+import { readRecords } from "../lib/vault/read.ts";
+
+const KEY = { peer: "10.0.0.5", name: "web" };
+const OTHER = { peer: "10.0.0.6", identity: "token:db", name: "db" };
+const enc = new TextEncoder();
+
+/**
+ * A sealed directory vault with two sources (250 and 40 records), sealed
+ * and checkpointed: what import publishes.
+ */
+async function sealedVault(dir: string): Promise<string> {
+  const { verificationKey } = await initVault(dir);
+  const vault = await openVault(dir, { sealIntervalMs: 0 });
+  const now = Date.now();
+  for (let b = 0; b < 5; b++) {
+    await vault.append(
+      KEY,
+      Array.from({ length: 50 }, (_, i) => ({
+        seq: b * 50 + i + 1,
+        ts: now + i,
+        line: enc.encode(`web line ${b * 50 + i + 1}`),
+      })),
+      { recvTs: now + b },
+    );
+  }
+  await vault.append(
+    OTHER,
+    Array.from({ length: 40 }, (_, i) => ({
+      seq: i + 1,
+      ts: now,
+      line: enc.encode(`db ${i + 1}`),
+      ...(i === 7 && { partial: true }),
+    })),
+  );
+  await vault.checkpoint(KEY);
+  await vault.checkpoint(OTHER);
+  await vault.seal();
+  await vault.close();
+  return verificationKey;
+}
+
+interface Setup {
+  cluster: NatsCluster;
+  url: string;
+  key: string;
+  src: string;
+  tmp: string;
+}
+
+async function withImported(
+  tmp: string,
+  fn: (s: Setup) => Promise<void>,
+): Promise<void> {
+  await using cluster = await startNatsCluster({ dir: tmp, nodes: 1 });
+  await createVaultStream(cluster);
+  const src = path.join(tmp, "src");
+  const key = await sealedVault(src);
+  const url = `nats://${cluster.servers}`;
+  const report = await importVault({
+    url,
+    creds: cluster.users.moat.creds,
+    dir: src,
+  });
+  assert.equal(report.records, 290);
+  assert.equal(report.sources, 2);
+  assert.ok(report.seals >= 2, JSON.stringify(report));
+  assert.equal(report.checkpoints, 2);
+  await fn({ cluster, url, key, src, tmp });
+}
+
+let exports = 0;
+async function exportAndVerify(
+  s: Setup,
+  keys: string[] = [s.key],
+): Promise<{ dir: string; report: VerifyReport }> {
+  const dir = path.join(s.tmp, `out${++exports}`);
+  await materializeStream({
+    url: s.url,
+    creds: s.cluster.users.moat.creds,
+    dir,
+  });
+  const report = await verifyVault(dir, { keys });
+  return { dir, report };
+}
+
+function kinds(report: VerifyReport): string[] {
+  return report.problems.map((p) => p.kind);
+}
+
+test(
+  "JetStream read: a sealed vault imported into a stream exports as the same vault and verifies with its key",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      const { dir, report } = await exportAndVerify(s);
+      assert.deepEqual(report.problems, []);
+      assert.equal(report.ok, true);
+      assert.equal(report.keyed, true);
+      assert.ok(report.seals >= 2);
+      assert.deepEqual(
+        report.sources.map((x) => [x.label, x.records, x.sealedSeq]),
+        [
+          ["10.0.0.5/web", 250, 250],
+          ["10.0.0.6[token:db]/db", 40, 40],
+        ],
+      );
+      // Records, receive times and flags as stored in the directory.
+      const a = await Array.fromAsync(readRecords(s.src));
+      const b = await Array.fromAsync(readRecords(dir));
+      assert.deepEqual(b, a);
+      // The checkpoints are the directory's, and proofs work on the copy.
+      const cp = await latestCheckpoint(dir, "web");
+      assert.equal(cp.note, (await latestCheckpoint(s.src, "web")).note);
+      const proof = await proveInclusion(dir, "web", 17);
+      assert.deepEqual(proof, await proveInclusion(s.src, "web", 17));
+      // Import again: nothing new.
+      const again = await importVault({
+        url: s.url,
+        creds: s.cluster.users.moat.creds,
+        dir: s.src,
+      });
+      assert.deepEqual(
+        [again.records, again.checkpoints, again.seals],
+        [0, 0, 0],
+      );
+      // Without the key: chains only; with a wrong key: refused.
+      const unkeyed = await verifyVault(dir);
+      assert.equal(unkeyed.ok, true);
+      assert.equal(unkeyed.keyed, false);
+      const other = await initVault(path.join(s.tmp, "other"));
+      const wrong = await verifyVault(dir, {
+        keys: [other.verificationKey],
+      });
+      assert.equal(wrong.ok, false);
+      assert.ok(kinds(wrong).includes("vault"), JSON.stringify(wrong));
+    });
+  },
+);
+
+/** Publishes a record message as a foreign writer would: no expected-sequence header. */
+async function publishRecords(
+  s: Setup,
+  key: typeof KEY | typeof OTHER,
+  first: number,
+  lines: string[],
+  recvTs = Date.now(),
+): Promise<void> {
+  using conn = await rawConnect(
+    s.cluster.nodes[0]!.clientPort,
+    s.cluster.users.moat,
+  );
+  const batch = recordBatch(
+    lines.map((line, i) => ({
+      seq: first + i,
+      ts: recvTs,
+      line: enc.encode(line),
+    })),
+  );
+  const body = encodeRecordMessage(key, first, lines.length, [
+    encodeRecordSection(batch, recvTs),
+  ]);
+  const srcid = sourceId(key);
+  await jsPublish(conn, `moat.moat.rec.${srcid}`, body, {
+    "Nats-Msg-Id": recordMsgId(srcid, first, first + lines.length - 1) + "x",
+  });
+}
+
+async function publishRaw(
+  s: Setup,
+  subject: string,
+  body: Uint8Array | string,
+): Promise<void> {
+  using conn = await rawConnect(
+    s.cluster.nodes[0]!.clientPort,
+    s.cluster.users.moat,
+  );
+  await jsPublish(conn, subject, body);
+}
+
+test(
+  "JetStream read: a foreign writer's message out of order (a gap, a rewrite of held records) is skipped and reported",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      // Records 100-101 again, with other lines: a rewrite attempt.
+      await publishRecords(s, KEY, 100, ["forged 100", "forged 101"]);
+      // Records after a gap.
+      await publishRecords(s, OTHER, 45, ["after a gap"]);
+      const { dir, report } = await exportAndVerify(s);
+      assert.equal(report.ok, false);
+      const stream = report.problems.filter((p) => p.kind === "stream");
+      assert.equal(stream.length, 2, JSON.stringify(report.problems));
+      assert.match(stream[0]!.message, /already applied/);
+      assert.match(stream[1]!.message, /records before it end at 40/);
+      // The skipped messages changed nothing.
+      const lines = (await Array.fromAsync(readRecords(dir, { source: "web" })))
+        .map((r) => new TextDecoder().decode(r.line));
+      assert.equal(lines[99], "web line 100");
+      assert.equal(lines.length, 250);
+    });
+  },
+);
+
+test(
+  "JetStream read: a forged record batch that continues a source is unsealed: damage once the grace is past",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      const hour = 3_600_000;
+      // Dated an hour ago: no door's seal covers it, and the seals say a
+      // door sealed well after it arrived.
+      await publishRecords(s, KEY, 251, ["forged 251"], Date.now() - hour);
+      const { report } = await exportAndVerify(s);
+      assert.equal(report.ok, false);
+      const unsealed = report.problems.find((p) => p.kind === "unsealed");
+      assert.ok(unsealed, JSON.stringify(report.problems));
+      assert.equal(unsealed.seq, 251);
+    });
+  },
+);
+
+test(
+  "JetStream read: malformed messages, a second meta, an unknown subject and a forged checkpoint are reported",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      const srcid = sourceId(KEY);
+      await publishRaw(s, `moat.moat.rec.${srcid}`, "not a record message");
+      await publishRaw(
+        s,
+        "moat.moat.meta",
+        JSON.stringify({
+          format: 1,
+          vaultId: "00".repeat(16),
+          checkpointKey: "moat/x+00000000+AAAA",
+        }),
+      );
+      await publishRaw(s, "moat.moat.other", "?");
+      await publishRaw(s, `moat.moat.ckpt.${srcid}`, "forged checkpoint");
+      const { report } = await exportAndVerify(s);
+      assert.equal(report.ok, false);
+      const messages = report.problems.map((p) => `${p.kind}: ${p.message}`);
+      assert.ok(
+        messages.some((m) => /stream: .*wrong magic|too short/.test(m)),
+        messages.join("\n"),
+      );
+      assert.ok(messages.some((m) => /a second meta message/.test(m)));
+      assert.ok(
+        messages.some((m) => /unknown subject moat\.moat\.other/.test(m)),
+      );
+      assert.ok(
+        messages.some((m) => /^tree: .*does not verify/.test(m)),
+        messages.join("\n"),
+      );
+    });
+  },
+);
+
+test(
+  "JetStream read: a forged seal, a seal out of order, and a door whose key is not given are caught",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      // Seal 1 published again under the same door: out of order.
+      const { dir: first } = await exportAndVerify(s);
+      const doorId = fs.readdirSync(path.join(first, "doors"))[0]!;
+      const segs = fs.readdirSync(path.join(first, "doors", doorId, "seals"));
+      const bytes = fs.readFileSync(
+        path.join(first, "doors", doorId, "seals", segs[0]!),
+      );
+      const seal1 = new Uint8Array(
+        bytes.subarray(32, 32 + bytes.readUInt32LE(32 + 4)),
+      );
+      await publishRaw(s, `moat.moat.seal.${doorId}`, seal1);
+      const replayed = await exportAndVerify(s);
+      assert.equal(replayed.report.ok, false);
+      assert.ok(
+        kinds(replayed.report).some((k) => k === "seal" || k === "sequence"),
+        JSON.stringify(replayed.report.problems),
+      );
+
+      // A door nobody gave the key of (here: a forged one, whose MAC no
+      // key opens): its seals are not trusted, and verify says so.
+      const forged = Uint8Array.from(seal1);
+      forged[forged.length - 1]! ^= 1;
+      finishRecord(forged, { kind: 3, flags: 0, seq: 1 });
+      await publishRaw(s, "moat.moat.seal.forgeddoor", forged);
+      const both = await exportAndVerify(s);
+      assert.ok(
+        both.report.problems.some((p) =>
+          p.kind === "seal-key" && /forgeddoor/.test(p.message)
+        ),
+        JSON.stringify(both.report.problems),
+      );
+    });
+  },
+);
