@@ -238,7 +238,10 @@ class _NatsVault implements NatsVault {
   readonly #now: () => number;
   readonly #onPublishFailed: OpenNatsVaultOptions["onPublishFailed"];
   readonly publishTimeoutMs: number;
+  /** Records are packed into messages of at most this many bytes… */
   readonly maxMessageBytes: number;
+  /** …but a single record may take up to this many (the servers' max_payload). */
+  readonly maxPayloadBytes: number;
   readonly natsStats: NatsVaultStats = {
     published: 0,
     conflicts: 0,
@@ -266,10 +269,11 @@ class _NatsVault implements NatsVault {
     this.#now = options.now ?? Date.now;
     this.#onPublishFailed = options.onPublishFailed;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
-    const payload = nc.info?.max_payload ?? 1024 * 1024;
+    // Headers share max_payload: 8 KiB is left for them.
+    this.maxPayloadBytes = (nc.info?.max_payload ?? 1024 * 1024) - 8 * 1024;
     this.maxMessageBytes = Math.min(
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-      payload - 8 * 1024,
+      this.maxPayloadBytes,
     );
     for (const source of local.sources()) this.#adopt(source.key);
   }
@@ -485,11 +489,11 @@ class _NatsVault implements NatsVault {
         bytes += RECORD_FIXED_BYTES + batch.lineLength(to);
         to++;
       }
-      if (bytes > limit) {
+      if (bytes > this.maxPayloadBytes - recordMessageBytes(source.key, 0)) {
         throw new RangeError(
           `Invalid record ${batch.seq(from)}: a line of ${
             batch.lineLength(from)
-          } bytes does not fit in a NATS message of ${this.maxMessageBytes} bytes (raise the servers' max_payload)`,
+          } bytes does not fit in a NATS message of ${this.maxPayloadBytes} bytes (raise the servers' max_payload)`,
         );
       }
       entries.push({
