@@ -549,6 +549,7 @@ async function streamCount(
     stream,
     cache: copy,
     sealIntervalMs: 0,
+    maxSourcesPerPeer: 100_000,
   });
   let n = 0;
   try {
@@ -671,14 +672,12 @@ async function moatStdinRun(
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
       senderCpuSec,
-      verified: stream === undefined
-        ? vaultCount(vault)
-        : await streamCount(
-          dir,
-          stream,
-          vault,
-          files.map((_, i) => `bench-${i}`),
-        ),
+      verified: stream === undefined ? vaultCount(vault) : await streamCount(
+        dir,
+        stream,
+        vault,
+        files.map((_, i) => `bench-${i}`),
+      ),
     };
   } finally {
     await stop(server, 5_000);
@@ -797,14 +796,12 @@ async function moatGeneratorRun(
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
       senderCpuSec: NaN,
-      verified: stream === undefined
-        ? vaultCount(vault)
-        : await streamCount(
-          dir,
-          stream,
-          vault,
-          frames.map((_, i) => `gen-${i}`),
-        ),
+      verified: stream === undefined ? vaultCount(vault) : await streamCount(
+        dir,
+        stream,
+        vault,
+        frames.map((_, i) => `gen-${i}`),
+      ),
     };
   } finally {
     await stop(server, 5_000);

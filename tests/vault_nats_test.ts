@@ -9,6 +9,8 @@ import { openNatsVault } from "../lib/vault/nats/vault.ts";
 import type { NatsVault } from "../lib/vault/nats/vault.ts";
 import { readRecords } from "../lib/vault/read.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
+import { initVault } from "../lib/vault/init.ts";
+import { materializeStream } from "../lib/vault/nats/read.ts";
 
 const enc = new TextEncoder();
 const key = { peer: "10.0.0.5", name: "app" };
@@ -150,6 +152,57 @@ test(
       assert.deepEqual(await lines(join(dir, "a")), [1, 2, 3, 4]);
     } finally {
       await a?.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault publishes a sealed door's seals and checkpoints: the stream read back verifies with the door's key",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const { verificationKey } = await initVault(join(dir, "a"));
+      const a = await openNatsVault({
+        url: `nats://${cluster.servers.replaceAll("nats://", "")}`,
+        creds,
+        cache: join(dir, "a"),
+        replicas: 1,
+        sealIntervalMs: 0,
+      });
+      assert.equal(a.sealed, true);
+      await a.append(key, records(1, 300));
+      await a.seal();
+      await a.append(key, records(301, 400));
+      await a.close();
+      const out = join(dir, "export");
+      const file = await materializeStream({
+        url: `nats://${cluster.servers.replaceAll("nats://", "")}`,
+        creds,
+        dir: out,
+      });
+      assert.deepEqual(file.problems ?? [], []);
+      assert.deepEqual(await lines(out), records(1, 400).map((r) => r.seq));
+      const report = await verifyVault(out, { keys: [verificationKey] });
+      assert.equal(report.ok, true, JSON.stringify(report.problems));
+      // As many seals as the door's own copy holds.
+      const local = await verifyVault(join(dir, "a"), {
+        keys: [verificationKey],
+      });
+      assert.equal(report.seals, local.seals);
+      assert.ok(report.seals >= 2, `${report.seals} seals`);
+      assert.equal(report.unsealed, 0);
+      // Without the door's seals every record would be unsealed: another
+      // key opens no door.
+      const other = await initVault(join(dir, "other"));
+      const wrong = await verifyVault(out, { keys: [other.verificationKey] });
+      assert.equal(wrong.ok, false);
+    } finally {
       await cluster.stop();
       await rm(dir, { recursive: true, force: true });
     }

@@ -68,6 +68,7 @@ import {
   sourceId,
 } from "./codec.ts";
 import { connectNats } from "./connect.ts";
+import { doorId, SealPublisher } from "./seals.ts";
 import type { NatsConnection, NatsConnectOptions } from "./connect.ts";
 import {
   _unavailable,
@@ -152,10 +153,17 @@ export async function openNatsVault(
       // door bounds the ones its own peers create.
       maxSourcesPerPeer: Number.MAX_SAFE_INTEGER,
     };
-    const hooks: { onCheckpoint?: (e: CheckpointEvent) => void } = {};
+    const hooks: {
+      onCheckpoint?: (e: CheckpointEvent) => void;
+      onSealed?: () => void;
+    } = {};
     localOptions.onCheckpoint = (e) => {
       options.onCheckpoint?.(e);
       hooks.onCheckpoint?.(e);
+    };
+    localOptions.onSeal = (e) => {
+      options.onSeal?.(e);
+      if (e.type === "sealed") hooks.onSealed?.();
     };
     let local: Vault;
     if (meta === undefined) {
@@ -185,8 +193,22 @@ export async function openNatsVault(
       await prepareLocalCopy(options.cache, meta);
       local = await openVault(options.cache, localOptions);
     }
-    const vault = new _NatsVault(nc, stream, local, options);
+    const seals = new SealPublisher(
+      stream,
+      options.cache,
+      await doorId(options.cache),
+      {
+        timeoutMs: options.publishTimeoutMs ?? 10_000,
+        onFailed: (message) =>
+          options.onPublishFailed?.({ what: "seals", message }),
+      },
+    );
+    const vault = new _NatsVault(nc, stream, local, options, seals);
     hooks.onCheckpoint = (e) => vault.publishCheckpoint(e);
+    hooks.onSealed = () => seals.kick();
+    // The seals made so far (the one at open, any a crash kept from the
+    // stream).
+    if (local.sealed) seals.kick();
     return vault;
   } catch (error) {
     await nc.close().catch(() => {});
@@ -207,6 +229,7 @@ class _NatsVault implements NatsVault {
   readonly #nc: NatsConnection;
   readonly #stream: OpenStream;
   readonly #local: Vault;
+  readonly #seals: SealPublisher;
   readonly #sources = new Map<string, _NatsSource>();
   readonly #perPeer = new Map<string, number>();
   readonly #maxSourcesPerPeer: number;
@@ -215,7 +238,10 @@ class _NatsVault implements NatsVault {
   readonly #now: () => number;
   readonly #onPublishFailed: OpenNatsVaultOptions["onPublishFailed"];
   readonly publishTimeoutMs: number;
+  /** Records are packed into messages of at most this many bytes… */
   readonly maxMessageBytes: number;
+  /** …but a single record may take up to this many (the servers' max_payload). */
+  readonly maxPayloadBytes: number;
   readonly natsStats: NatsVaultStats = {
     published: 0,
     conflicts: 0,
@@ -229,7 +255,9 @@ class _NatsVault implements NatsVault {
     stream: OpenStream,
     local: Vault,
     options: OpenNatsVaultOptions,
+    seals: SealPublisher,
   ) {
+    this.#seals = seals;
     this.#nc = nc;
     this.#stream = stream;
     this.#local = local;
@@ -241,10 +269,11 @@ class _NatsVault implements NatsVault {
     this.#now = options.now ?? Date.now;
     this.#onPublishFailed = options.onPublishFailed;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
-    const payload = nc.info?.max_payload ?? 1024 * 1024;
+    // Headers share max_payload: 8 KiB is left for them.
+    this.maxPayloadBytes = (nc.info?.max_payload ?? 1024 * 1024) - 8 * 1024;
     this.maxMessageBytes = Math.min(
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-      payload - 8 * 1024,
+      this.maxPayloadBytes,
     );
     for (const source of local.sources()) this.#adopt(source.key);
   }
@@ -460,11 +489,11 @@ class _NatsVault implements NatsVault {
         bytes += RECORD_FIXED_BYTES + batch.lineLength(to);
         to++;
       }
-      if (bytes > limit) {
+      if (bytes > this.maxPayloadBytes - recordMessageBytes(source.key, 0)) {
         throw new RangeError(
           `Invalid record ${batch.seq(from)}: a line of ${
             batch.lineLength(from)
-          } bytes does not fit in a NATS message of ${this.maxMessageBytes} bytes (raise the servers' max_payload)`,
+          } bytes does not fit in a NATS message of ${this.maxPayloadBytes} bytes (raise the servers' max_payload)`,
         );
       }
       entries.push({
@@ -506,6 +535,7 @@ class _NatsVault implements NatsVault {
     // connection closes.
     await this.#local.close();
     await Promise.all(this.#notes);
+    await this.#seals.idle();
     await this.#nc.close().catch(() => {});
   }
 
@@ -532,6 +562,9 @@ class _NatsSource implements VaultSource {
   /** Highest sequence number queued, published or held. */
   #queued: number;
   #pending: _Entry[] = [];
+  /** Acknowledged messages going into the local copy (never rejects). */
+  #applying: Promise<void> = Promise.resolve();
+  #applies = 0;
   #running: Promise<void> | undefined;
   /** Waiters for records at or below a sequence number that are queued. */
   #waiters: {
@@ -594,8 +627,9 @@ class _NatsSource implements VaultSource {
     return run;
   }
 
-  idle(): Promise<void> {
-    return this.#running?.catch(() => {}) ?? Promise.resolve();
+  async idle(): Promise<void> {
+    await this.#running?.catch(() => {});
+    await this.#applying;
   }
 
   #serial(task: () => Promise<void>): Promise<void> {
@@ -666,15 +700,33 @@ class _NatsSource implements VaultSource {
           await this.#sync();
           continue;
         }
-        await applyRecordMessage(
-          this.#vault.local,
-          decodeRecordMessage(body, this.srcid),
-        );
         this.#streamSeq = ack.seq;
-        for (const e of taken) e.resolve?.(e.last);
-        this.#wake();
+        // Into the local copy while the next message is published (its
+        // fsync overlaps the next publish's round trip); acknowledged only
+        // once there. Local appends of one source run in order.
+        const msg = decodeRecordMessage(body, this.srcid);
+        const entries = taken;
+        taken = [];
+        this.#applies++;
+        this.#applying = this.#applying.then(async () => {
+          try {
+            await applyRecordMessage(this.#vault.local, msg);
+            for (const e of entries) e.resolve?.(e.last);
+            this.#wake();
+          } catch (error) {
+            // The stream holds them, the local copy does not: read them
+            // back before the next publish.
+            this.#streamSeq = undefined;
+            for (const e of entries) e.reject?.(error);
+          } finally {
+            this.#applies--;
+          }
+        });
+        // At most two messages ahead of the local copy.
+        if (this.#applies > 1) await this.#applying;
       } catch (error) {
         this.#vault.natsStats.failures++;
+        await this.#applying;
         // Nothing after the local copy is known to be stored: every queued
         // append fails (the shipper keeps them and sends them again), and
         // the next publish first reads where the stream is.
@@ -710,6 +762,7 @@ class _NatsSource implements VaultSource {
    * queued records the stream now holds, and fails the queue on a gap.
    */
   async #sync(): Promise<void> {
+    await this.#applying;
     const stream = this.#vault.streamHandle;
     const local = this.#vault.local;
     let start: number;
