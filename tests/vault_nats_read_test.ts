@@ -31,7 +31,9 @@ import { materializeStream } from "../lib/vault/nats/read.ts";
 import { importVault } from "../lib/vault/nats/import.ts";
 import { openNatsVault } from "../lib/vault/nats/vault.ts";
 import { prepareLocalCopy } from "../lib/vault/nats/apply.ts";
+import process from "node:process";
 import {
+  encodeMeta,
   encodeRecordMessage,
   encodeRecordSection,
   recordMsgId,
@@ -449,5 +451,66 @@ test(
       assert.equal(outside.ok, false);
       assert.ok(kinds(outside).includes("checkpoint"), JSON.stringify(outside));
     });
+  },
+);
+
+test(
+  "JetStream read: a cluster that stops answering mid-read ends the read with an error instead of a hang",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
+    await createVaultStream(cluster);
+    const node = cluster.nodes[0]!;
+    {
+      using conn = await rawConnect(node.clientPort, cluster.users.moat);
+      await jsPublish(
+        conn,
+        "moat.moat.meta",
+        encodeMeta({
+          format: 1,
+          vaultId: "ab".repeat(16),
+          checkpointKey: "moat/x+00000000+AA",
+        }),
+      );
+      // One record per message: the copy fsyncs each, so the read takes a
+      // while after its consumer appears.
+      for (let i = 1; i <= 2000; i++) {
+        await jsPublish(
+          conn,
+          `moat.moat.rec.${sourceId(KEY)}`,
+          encodeRecordMessage(KEY, i, 1, [
+            encodeRecordSection(
+              recordBatch([{ seq: i, ts: 1, line: enc.encode(`x${i}`) }]),
+              5,
+            ),
+          ]),
+        );
+      }
+    }
+    const read = materializeStream({
+      url: `nats://${cluster.servers}`,
+      creds: cluster.users.moat.creds,
+      dir: path.join(tmp.dir, "out"),
+      timeoutMs: 1000,
+    });
+    const settled = read.then(() => "done", (e: Error) => e.message);
+    // The read has begun once its consumer exists: then stop the server.
+    for (;;) {
+      const r = await fetch(
+        `http://127.0.0.1:${node.monitorPort}/jsz?accounts=true&consumers=true`,
+      );
+      if (/"consumer_detail"/.test(await r.text())) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    process.kill(node.child!.pid!, "SIGSTOP");
+    try {
+      assert.match(
+        await settled,
+        /^Stream "MOAT" stopped answering after \d+ of its messages/,
+      );
+    } finally {
+      process.kill(node.child!.pid!, "SIGCONT");
+    }
   },
 );

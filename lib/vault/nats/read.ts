@@ -56,6 +56,8 @@ import { _unavailable, checkStreamConfig } from "./stream.ts";
 const STREAM_CHECKPOINTS = "checkpoints.stream";
 /** A front door id in a subject: 1 to 64 letters, digits, `_` or `-`. */
 const DOOR_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Skipped messages kept in `stream.json`; the rest are counted. */
+const MAX_PROBLEMS = 1000;
 /** Checkpoints of a source held back until its first record arrives. */
 const MAX_EARLY_CHECKPOINTS = 1024;
 
@@ -88,7 +90,8 @@ export async function materializeStream(
   const name = options.stream ?? "MOAT";
   const subjects = subjectsOf(name);
   const timeout = options.timeoutMs ?? 10_000;
-  await makeDir(options.dir);
+  // The copy holds every record: readable by its owner only.
+  await makeDir(options.dir, 0o700);
   const present = await readdir(options.dir);
   if (present.length > 0) {
     throw new MoatError(
@@ -160,8 +163,20 @@ export async function materializeStream(
           max_messages: 256,
           expires: timeout,
         });
+        // The client reconnects and re-creates the consumer forever: a
+        // cluster that stops answering mid-read ends the read instead.
+        let stalled = false;
+        let watchdog = setTimeout(function stall() {
+          stalled = true;
+          void iter.close();
+        }, 3 * timeout);
         try {
           for await (const m of iter) {
+            clearTimeout(watchdog);
+            watchdog = setTimeout(() => {
+              stalled = true;
+              void iter.close();
+            }, 3 * timeout);
             const seq = m.seq;
             messages++;
             const time = Math.floor(m.info.timestampNanos / 1_000_000);
@@ -171,13 +186,28 @@ export async function materializeStream(
             if (seq >= lastSeq || m.info.pending === 0) break;
           }
         } finally {
+          clearTimeout(watchdog);
           await iter.close();
+        }
+        if (stalled) {
+          throw new MoatError(
+            "ERR_CONNECT",
+            `Stream "${name}" stopped answering after ${messages} of its messages (nothing for ${
+              Math.round(3 * timeout / 1000)
+            } s)`,
+          );
         }
       }
     } finally {
       await vault.close();
     }
 
+    if (reader.moreProblems > 0) {
+      problems.push({
+        message:
+          `${reader.moreProblems} more messages skipped (only the first ${MAX_PROBLEMS} are listed)`,
+      });
+    }
     // Checkpoints of sources with no record: nothing they could check.
     for (const [srcid, list] of early) {
       problems.push({
@@ -244,8 +274,10 @@ class _Reader {
   readonly #prefix: string;
   readonly #metaSeq: number;
   readonly #appliers = new Map<string, SourceApplier>();
-  /** Messages skipped. */
+  /** Messages skipped (the first {@linkcode MAX_PROBLEMS}). */
   readonly problems: StreamProblem[] = [];
+  /** Messages skipped beyond those. */
+  moreProblems = 0;
   /** Each source's key, from its first message applied. */
   readonly keys = new Map<string, SourceKey>();
   /** Checkpoints of sources without a record yet. */
@@ -261,6 +293,11 @@ class _Reader {
   }
 
   #skip(streamSeq: number, message: string, source?: string): void {
+    // Anyone with moat's credentials can publish junk: keep the first ones.
+    if (this.problems.length >= MAX_PROBLEMS) {
+      this.moreProblems++;
+      return;
+    }
     this.problems.push({
       message: `Stream message ${streamSeq}: ${message}`,
       streamSeq,
