@@ -778,3 +778,47 @@ export async function createVaultStream(
     );
   }
 }
+
+/**
+ * Resolves once the stream has a leader that answers its info request, and
+ * node `via` knows the meta leader (both are elected again after a leader's
+ * node died or the quorum came back; `/healthz` may answer 200 before):
+ * asked every 100 ms, as the moat user, until `timeoutMs`.
+ */
+export async function waitStreamLeader(
+  cluster: NatsCluster,
+  via = 0,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  // Requests time out while the stream has no leader: each waits 2 s.
+  using conn = await rawConnect(
+    cluster.nodes[via]!.clientPort,
+    cluster.users.moat,
+    2_000,
+  );
+  let last = "";
+  for (;;) {
+    const r = await conn.request(`$JS.API.STREAM.INFO.${cluster.stream}`)
+      .catch((e: Error): RawReply => ({ ok: false, error: e.message }));
+    if (r.ok && r.data.length > 0) {
+      const info = r.json() as { cluster?: { leader?: string } };
+      // Consumers are placed by the meta leader: it must be back too.
+      const jsz = await fetch(
+        `http://127.0.0.1:${cluster.nodes[via]!.monitorPort}/jsz`,
+      ).then((res) => res.json()).catch(() => ({})) as {
+        "meta_cluster"?: { leader?: string };
+      };
+      if (info.cluster?.leader && jsz.meta_cluster?.leader) return;
+      last = JSON.stringify({ stream: info.cluster, meta: jsz.meta_cluster });
+    } else {
+      last = r.ok ? r.headers.split("\r\n")[0]! : r.error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `Stream ${cluster.stream} has no leader within ${timeoutMs} ms: ${last}`,
+      );
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}

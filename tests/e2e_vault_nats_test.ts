@@ -22,6 +22,7 @@ import {
   noNats,
   rawConnect,
   startNatsCluster,
+  waitStreamLeader,
 } from "./_nats.ts";
 import { initVault } from "../lib/vault/init.ts";
 import { openVault } from "../lib/vault/store.ts";
@@ -278,5 +279,32 @@ test(
       assert.equal(r.code, 0, `${line}\n${r.stdout}${r.stderr}`);
     }
     assert.ok(fs.existsSync(path.join(tmp.dir, "copy", "stream.json")));
+  },
+);
+
+test(
+  "moat vault on nats:// with the cluster's quorum lost (two of three nodes down): a one-line error, then it reads again once a node is back",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-e2e-nats-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 3 });
+    await createVaultStream(cluster);
+    const src = path.join(tmp.dir, "src");
+    await sealedVault(src);
+    const url = `nats://${cluster.servers}`;
+    const creds = ["--nats-creds", cluster.users.moat.creds];
+    const imported = await runMoat(["vault", "import", src, url, ...creds]);
+    assert.equal(imported.code, 0, imported.stderr);
+    await cluster.kill(1);
+    await cluster.kill(2);
+    const down = await runMoat(["vault", "ls", url, ...creds]);
+    assert.notEqual(down.code, 0);
+    assert.match(down.stderr, /^moat: Cannot read stream "MOAT": /);
+    assert.equal(down.stderr.trim().split("\n").length, 1, down.stderr);
+    await cluster.restart(1);
+    await waitStreamLeader(cluster);
+    const back = await runMoat(["vault", "ls", url, ...creds]);
+    assert.equal(back.code, 0, back.stderr);
+    assert.match(back.stdout, /\n10\.0\.0\.5\tweb\t30\t/);
   },
 );

@@ -28,7 +28,7 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { StreamInfo } from "@nats-io/jetstream";
+import type { JetStreamClient, StreamInfo } from "@nats-io/jetstream";
 import { ExitCode, MoatError } from "../../errors.ts";
 import {
   checkRecord,
@@ -107,7 +107,6 @@ export async function materializeStream(
   const nc = await connectNats({ ...options, name: "moat vault" });
   try {
     const jsm = await jetstreamManager(nc, { checkAPI: false, timeout });
-    const js = jetstream(nc, { timeout });
     let info: StreamInfo;
     try {
       info = await jsm.streams.info(name);
@@ -190,55 +189,51 @@ export async function materializeStream(
     let messages = before?.messages ?? 0;
     const from = (before?.lastSeq ?? 0) + 1;
     try {
-      if (lastSeq >= Math.max(firstSeq, from) && lastSeq > 0) {
-        const consumer = await js.consumers.get(name, {
-          filter_subjects: subjects.all,
-          ...(from > 1
-            ? {
-              deliver_policy: DeliverPolicy.StartSequence,
-              opt_start_seq: from,
-            }
-            : { deliver_policy: DeliverPolicy.All }),
-        });
-        const iter = await consumer.consume({
-          max_messages: 256,
-          expires: timeout,
-        });
-        // The client reconnects and re-creates the consumer forever: a
-        // cluster that stops answering mid-read ends the read instead.
-        let stalled = false;
-        let watchdog = setTimeout(function stall() {
-          stalled = true;
-          void iter.close();
-        }, 3 * timeout);
-        try {
-          for await (const m of iter) {
-            clearTimeout(watchdog);
-            watchdog = setTimeout(() => {
-              stalled = true;
-              void iter.close();
-            }, 3 * timeout);
-            const seq = m.seq;
-            messages++;
-            const time = Math.floor(m.info.timestampNanos / 1_000_000);
-            await reader.dispatch(m.subject, seq, m.data, time);
-            // As far as the stream reached when the read began (doors may
-            // be writing meanwhile), or all there is.
-            if (seq >= lastSeq || m.info.pending === 0) break;
-          }
-        } finally {
-          clearTimeout(watchdog);
-          await iter.close();
-        }
-        if (stalled) {
-          throw new MoatError(
-            "ERR_CONNECT",
-            `Stream "${name}" stopped answering after ${messages} of its messages (nothing for ${
-              Math.round(3 * timeout / 1000)
-            } s)`,
-          );
+      let next = Math.max(firstSeq, from);
+      const handle = async (m: _Msg) => {
+        messages++;
+        await reader.dispatch(m.subject, m.seq, m.data, m.time);
+        next = m.seq + 1;
+      };
+      if (lastSeq >= next && lastSeq > 0) {
+        const done = await _consume(
+          // A consumer placed on a node that is down never answers: give
+          // up on it soon, and read on message by message.
+          jetstream(nc, { timeout: Math.min(timeout, 2000) }),
+          name,
+          subjects.all,
+          next,
+          lastSeq,
+          timeout,
+          handle,
+        );
+        // Message by message, needing only the stream's leader: when the
+        // consumer could not be made or stopped. (With a node of three
+        // down, 2.9.10 places about one ephemeral consumer in three on it,
+        // and its creation times out.)
+        while (!done && next <= lastSeq) {
+          const m = await jsm.streams.getMessage(name, {
+            seq: next,
+            next_by_subj: subjects.all,
+          } as unknown as { seq: number });
+          if (m === null || m.seq > lastSeq) break;
+          await handle({
+            subject: m.subject,
+            seq: m.seq,
+            data: m.data,
+            time: m.time.getTime(),
+          });
         }
       }
+    } catch (error) {
+      // The client's own errors (a timeout, no responders while the stream
+      // has no leader) say the cluster is not answering; the copy's and the
+      // file system's pass as they are.
+      if (
+        error instanceof MoatError ||
+        typeof (error as { errno?: unknown }).errno === "number"
+      ) throw error;
+      throw _unavailable(`Cannot read stream "${name}"`, error);
     } finally {
       await vault.close();
     }
@@ -349,6 +344,79 @@ async function _reopenCopy(dir: string): Promise<void> {
     const { checkpointKey: _named, ...rest } = info;
     await writeVaultInfo(dir, rest);
   }
+}
+
+/** A message read from the stream. */
+interface _Msg {
+  subject: string;
+  seq: number;
+  data: Uint8Array;
+  /** Its stream timestamp, ms since the epoch. */
+  time: number;
+}
+
+/**
+ * Reads messages `from` to `last` (those on `filter`) through an ordered
+ * consumer, handing each to `handle` in order.
+ *
+ * @returns True once at `last` or the end; false if the consumer could not
+ * be made, failed, or went quiet for three timeouts (the caller reads on
+ * message by message from where this stopped). `handle`'s errors are
+ * thrown.
+ */
+async function _consume(
+  js: JetStreamClient,
+  name: string,
+  filter: string,
+  from: number,
+  last: number,
+  timeout: number,
+  handle: (m: _Msg) => Promise<void>,
+): Promise<boolean> {
+  let iter;
+  try {
+    const consumer = await js.consumers.get(name, {
+      filter_subjects: filter,
+      ...(from > 1
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }
+        : { deliver_policy: DeliverPolicy.All }),
+    });
+    iter = await consumer.consume({ max_messages: 256, expires: timeout });
+  } catch {
+    return false;
+  }
+  // The client re-creates a consumer that vanished, forever: a consumer
+  // that goes quiet ends this instead.
+  const arm = () => setTimeout(() => void iter.close(), 3 * timeout);
+  let watchdog = arm();
+  let failed: { error: unknown } | undefined;
+  try {
+    for await (const m of iter) {
+      clearTimeout(watchdog);
+      watchdog = arm();
+      try {
+        await handle({
+          subject: m.subject,
+          seq: m.seq,
+          data: m.data,
+          time: Math.floor(m.info.timestampNanos / 1_000_000),
+        });
+      } catch (error) {
+        failed = { error };
+        break;
+      }
+      // As far as the stream reached when the read began (doors may be
+      // writing meanwhile), or all there is.
+      if (m.seq >= last || m.info.pending === 0) return true;
+    }
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(watchdog);
+    await iter.close();
+  }
+  if (failed) throw failed.error;
+  return false;
 }
 
 /**
