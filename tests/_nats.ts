@@ -822,3 +822,33 @@ export async function waitStreamLeader(
     await new Promise((res) => setTimeout(res, 100));
   }
 }
+
+/**
+ * Resolves once node `via` has no JetStream meta leader any more (after a
+ * majority of the nodes stopped, the survivors notice within seconds; until
+ * then a stream leader among them may still answer): `/jsz` asked every
+ * 100 ms until `timeoutMs`.
+ */
+export async function waitNoMetaLeader(
+  cluster: NatsCluster,
+  via = 0,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  for (;;) {
+    const jsz = await fetch(
+      `http://127.0.0.1:${cluster.nodes[via]!.monitorPort}/jsz`,
+    ).then((res) => res.json()).catch(() => ({})) as {
+      "meta_cluster"?: { leader?: string };
+    };
+    if (jsz.meta_cluster !== undefined && !jsz.meta_cluster.leader) return;
+    last = JSON.stringify(jsz.meta_cluster);
+    if (Date.now() > deadline) {
+      throw new Error(
+        `Node ${via} still has a meta leader after ${timeoutMs} ms: ${last}`,
+      );
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}

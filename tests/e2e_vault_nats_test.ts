@@ -22,6 +22,7 @@ import {
   noNats,
   rawConnect,
   startNatsCluster,
+  waitNoMetaLeader,
   waitStreamLeader,
 } from "./_nats.ts";
 import { initVault } from "../lib/vault/init.ts";
@@ -297,6 +298,7 @@ test(
     assert.equal(imported.code, 0, imported.stderr);
     await cluster.kill(1);
     await cluster.kill(2);
+    await waitNoMetaLeader(cluster);
     const down = await runMoat(["vault", "ls", url, ...creds]);
     assert.notEqual(down.code, 0);
     assert.match(down.stderr, /^moat: Cannot read stream "MOAT": /);
