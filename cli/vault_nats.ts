@@ -67,6 +67,12 @@ export async function natsReadCommand(
   }
   const values = parsed.values as OptionValues<typeof options>;
   const url = parsed.positionals[0]!;
+  if ((values as { follow?: boolean }).follow) {
+    // The copy is read once: following it would never show a new record.
+    throw new UsageError(
+      "vault cat --follow reads a directory: follow a front door's --vault-cache instead of nats://…",
+    );
+  }
   const keep = values.cache;
   const dir = keep ?? tempCopyPath(os.tmpdir());
   try {

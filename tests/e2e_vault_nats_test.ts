@@ -222,6 +222,10 @@ test(
     assert.equal(prune.code, 2);
     assert.match(prune.stderr, /directory vault only/);
 
+    const follow = await runMoat(["vault", "cat", url, "--follow", ...creds]);
+    assert.equal(follow.code, 2);
+    assert.match(follow.stderr, /follow a front door's --vault-cache/);
+
     const tls = await runMoat([
       "vault",
       "ls",
