@@ -208,3 +208,48 @@ test(
     }
   },
 );
+
+test(
+  "NatsVault numbers a door's own (syslog) lines on after another door's instead of dropping them",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const a = await open(cluster, creds, join(dir, "a"));
+      await mkdir(join(dir, "b"));
+      await copyFile(
+        join(dir, "a", "checkpoint.key"),
+        join(dir, "b", "checkpoint.key"),
+      );
+      const b = await open(cluster, creds, join(dir, "b"));
+      const syslog = { peer: "10.0.0.9", name: "syslog" };
+      const msg = (who: string, n: number) =>
+        Array.from(
+          { length: n },
+          (_, i) => ({
+            seq: i + 1,
+            ts: 1,
+            line: enc.encode(`${who} ${i + 1}`),
+          }),
+        );
+      // Both doors number from 1: A's land first, B's go after them.
+      assert.equal(await a.append(syslog, msg("a", 3), { fresh: true }), 3);
+      assert.equal(await b.append(syslog, msg("b", 2), { fresh: true }), 5);
+      await a.close();
+      await b.close();
+      const got = [];
+      for await (const r of readRecords(join(dir, "b"))) {
+        got.push(
+          `${r.seq}:${new TextDecoder().decode(r.line)}`,
+        );
+      }
+      assert.deepEqual(got, ["1:a 1", "2:a 2", "3:a 3", "4:b 1", "5:b 2"]);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -221,6 +221,8 @@ interface _Entry {
   first: number;
   last: number;
   section: Uint8Array;
+  /** Numbered by this door (syslog): renumbered, not dropped, on a conflict. */
+  fresh: boolean;
   resolve?: (seq: number) => void;
   reject?: (error: unknown) => void;
 }
@@ -500,6 +502,7 @@ class _NatsVault implements NatsVault {
         first: batch.seq(from),
         last: batch.seq(to - 1),
         section: encodeRecordSection(sliceBatch(batch, from, to), recvTs),
+        fresh: options.fresh === true,
       });
       from = to;
     }
@@ -782,6 +785,17 @@ class _NatsSource implements VaultSource {
     }
     this.#streamSeq = applier.streamSeq;
     const held = this.#local.lastSeq;
+    if (this.#pending[0]?.fresh && this.#pending[0].first <= held) {
+      // Lines this door numbered whose numbers another door took: they go
+      // after that door's records (the append resolves with the new last).
+      let next = held + 1;
+      for (const e of this.#pending) {
+        const count = e.last - e.first + 1;
+        e.first = next;
+        e.last = next + count - 1;
+        next += count;
+      }
+    }
     // Queued records the stream holds now are done.
     while (this.#pending.length > 0 && this.#pending[0]!.last <= held) {
       const e = this.#pending.shift()!;
