@@ -418,6 +418,8 @@ export async function serveCommand(
   const allowlist = readAllowlist(values);
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
+  const nats = values.vault !== undefined && isNatsUrl(values.vault);
+  checkNatsOptions(values, nats, gave);
   const witnesses = witnessTargets(values);
   if (values["print-systemd-unit"] && values["print-nftables"]) {
     throw new UsageError(
@@ -446,7 +448,10 @@ export async function serveCommand(
       extraPorts: [syslog?.port ?? []].flat(),
       // Descriptors for both ports' connections.
       maxConns: values["max-conns"] + (syslog?.maxConns ?? 0),
-      connects: witnesses.map((w) => w.client.server),
+      connects: [
+        ...witnesses.map((w) => w.client.server),
+        ...natsServers(values.vault),
+      ],
       version: VERSION,
     }));
     return;
@@ -474,8 +479,6 @@ export async function serveCommand(
   if (values.retain !== undefined && values.vault === undefined) {
     throw new UsageError("--retain needs --vault DIR");
   }
-  const nats = values.vault !== undefined && isNatsUrl(values.vault);
-  checkNatsOptions(values, nats, gave);
   const retainMs = values.retain === undefined
     ? undefined
     : parseDuration("--retain", values.retain);
@@ -738,6 +741,18 @@ async function openStatus(
     });
     return undefined;
   }
+}
+
+/** The servers of a --vault nats://…, as host and port (none for a directory). */
+function natsServers(vault: string | undefined) {
+  if (vault === undefined || !isNatsUrl(vault)) return [];
+  return parseNatsUrl(vault).map((server) => {
+    const colon = server.lastIndexOf(":");
+    return {
+      hostname: server.slice(0, colon).replace(/^\[(.*)\]$/, "$1"),
+      port: Number(server.slice(colon + 1)),
+    };
+  });
 }
 
 /** The vault directory on this host: --vault DIR, or the --vault-cache of a nats:// vault. */
