@@ -58,6 +58,7 @@ import {
 } from "../lib/server/syslog.ts";
 import { stdinLines } from "./_stdin.ts";
 import { parseDuration } from "./vault.ts";
+import { isNatsUrl, parseNatsUrl } from "../lib/vault/nats/url.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -213,8 +214,53 @@ const SERVE_OPTIONS = {
   },
   vault: {
     type: "string",
+    placeholder: "DIR|nats://H:P,…",
+    description:
+      "Accept shipped logs from allowed peers into DIR, or into a JetStream stream on a NATS cluster (nats://host1:4222,host2:4222,…; needs --vault-cache; see docs/DEPLOY.md)",
+  },
+  "vault-cache": {
+    type: "string",
     placeholder: "DIR",
-    description: "Accept shipped logs from allowed peers into DIR",
+    description:
+      "With --vault nats://…: this front door's local copy of the stream (a directory vault; a new door's starts empty but for the vault's checkpoint.key)",
+  },
+  "nats-creds": {
+    type: "string",
+    placeholder: "FILE",
+    description:
+      "With --vault nats://…: NATS credentials, a .creds file or one line user:password",
+  },
+  "nats-tls-ca": {
+    type: "string",
+    placeholder: "FILE",
+    description:
+      "With --vault nats://…: connect with TLS, trusting the CA in FILE (PEM)",
+  },
+  "nats-tls-cert": {
+    type: "string",
+    placeholder: "FILE",
+    description: "With --vault nats://…: TLS client certificate (PEM)",
+  },
+  "nats-tls-key": {
+    type: "string",
+    placeholder: "FILE",
+    description: "With --vault nats://…: TLS client key (PEM)",
+  },
+  stream: {
+    type: "string",
+    placeholder: "NAME",
+    default: "MOAT",
+    description:
+      "With --vault nats://…: the JetStream stream (subjects moat.<name>.>)",
+  },
+  replicas: {
+    type: "integer",
+    placeholder: "N",
+    min: 1,
+    max: 5,
+    default: 3,
+    description:
+      "With --vault nats://…: replicas of the stream if moat creates it (an existing one is checked, not changed)",
   },
   "seal-interval": {
     type: "integer",
@@ -428,6 +474,8 @@ export async function serveCommand(
   if (values.retain !== undefined && values.vault === undefined) {
     throw new UsageError("--retain needs --vault DIR");
   }
+  const nats = values.vault !== undefined && isNatsUrl(values.vault);
+  checkNatsOptions(values, nats, gave);
   const retainMs = values.retain === undefined
     ? undefined
     : parseDuration("--retain", values.retain);
@@ -438,7 +486,10 @@ export async function serveCommand(
   if (values.vault !== undefined) {
     let keyCreated = false;
     try {
-      vault = await openVault(values.vault, {
+      const open = nats
+        ? (await import("./serve_nats.ts")).natsVaultOpener(values, audit)
+        : openVault;
+      vault = await open(values.vault, {
         ...(retainMs !== undefined && {
           retainMs,
           onPrune: (e: PruneEvent) =>
@@ -666,7 +717,7 @@ async function openStatus(
   const given = values.socket;
   const path = given ??
     defaultSocketPath({
-      vault: values.vault,
+      vault: localVaultDir(values),
       port: options.port,
       env: options.env,
     });
@@ -674,7 +725,7 @@ async function openStatus(
     const socket = await StatusSocket.open(getNet(), {
       path,
       // Only the folder under the runtime or temporary folder is ours to make.
-      createDir: given === undefined && values.vault === undefined,
+      createDir: given === undefined && localVaultDir(values) === undefined,
       report: options.report,
     });
     options.audit.write("status_listening", { path: socket.path });
@@ -686,6 +737,58 @@ async function openStatus(
       message: (err as Error).message,
     });
     return undefined;
+  }
+}
+
+/** The vault directory on this host: --vault DIR, or the --vault-cache of a nats:// vault. */
+function localVaultDir(values: ServeValues): string | undefined {
+  if (values.vault === undefined || !isNatsUrl(values.vault)) {
+    return values.vault;
+  }
+  return values["vault-cache"];
+}
+
+/** Options that mean something only with --vault nats://…. */
+const NATS_ONLY = [
+  "vault-cache",
+  "nats-creds",
+  "nats-tls-ca",
+  "nats-tls-cert",
+  "nats-tls-key",
+  "stream",
+  "replicas",
+] as const;
+
+/** Checks the --vault nats://… options against each other. */
+function checkNatsOptions(
+  values: ServeValues,
+  nats: boolean,
+  gave: Set<string>,
+): void {
+  if (!nats) {
+    const stray = NATS_ONLY.find((name) => gave.has(name));
+    if (stray !== undefined) {
+      throw new UsageError(`--${stray} needs --vault nats://…`);
+    }
+    return;
+  }
+  try {
+    parseNatsUrl(values.vault!);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values["vault-cache"] === undefined) {
+    throw new UsageError(
+      "--vault nats://… needs --vault-cache DIR (this front door's local copy of the stream)",
+    );
+  }
+  if (values.retain !== undefined) {
+    throw new UsageError(
+      "--retain cannot prune a JetStream vault (its stream denies deletes)",
+    );
+  }
+  if ((values["nats-tls-cert"] === undefined) !== (values["nats-tls-key"] === undefined)) {
+    throw new UsageError("--nats-tls-cert and --nats-tls-key go together");
   }
 }
 

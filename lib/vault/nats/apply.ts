@@ -14,7 +14,20 @@
 
 import { MoatError } from "../../errors.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../../limits.ts";
-import { makeDir } from "../../segment/fs.ts";
+import { readdir } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  makeDir,
+  readTextIfExists,
+  writeFileAtomic,
+} from "../../segment/fs.ts";
+import { CHECKPOINT_KEY_FILE } from "../_checkpoints.ts";
+import {
+  LOCK_FILE,
+  MARKER_FILE,
+  MARKER_TEXT,
+  SOURCES_DIR,
+} from "../_format.ts";
 import { sourceLabel } from "../_key.ts";
 import type { SourceKey } from "../_key.ts";
 import {
@@ -183,6 +196,20 @@ export async function prepareLocalCopy(
 ): Promise<void> {
   const signs = options.signs ?? true;
   await makeDir(dir);
+  if (await readTextIfExists(join(dir, MARKER_FILE)) === undefined) {
+    // A new front door's directory may already hold the vault's
+    // checkpoint key, copied from the first door: it becomes the vault.
+    const entries = (await readdir(dir)).filter((e) =>
+      e !== LOCK_FILE && e !== CHECKPOINT_KEY_FILE
+    );
+    if (entries.length === 0) {
+      await makeDir(join(dir, SOURCES_DIR));
+      await writeFileAtomic(
+        join(dir, MARKER_FILE),
+        new TextEncoder().encode(MARKER_TEXT),
+      );
+    }
+  }
   await ensureVaultDir(dir);
   const info = await readVaultInfo(dir);
   if (info === undefined) {

@@ -18,7 +18,10 @@ export type { NatsConnection } from "@nats-io/transport-node";
 export interface NatsConnectOptions {
   /** `nats://host:port,…`. */
   url: string;
-  /** A NATS credentials file (user JWT and nkey seed). */
+  /**
+   * A credentials file: a NATS `.creds` file (user JWT and nkey seed), or
+   * one line `user:password` for a server with plain users (docs/DEPLOY.md).
+   */
   creds?: string | undefined;
   /** CA certificate file (PEM) the servers' certificates must chain to; implies TLS. */
   tlsCa?: string | undefined;
@@ -44,9 +47,9 @@ export async function connectNats(
   options: NatsConnectOptions,
 ): Promise<NatsConnection> {
   const servers = parseNatsUrl(options.url);
-  const creds = options.creds === undefined
-    ? undefined
-    : new Uint8Array(await readFile(options.creds));
+  const auth = options.creds === undefined
+    ? {}
+    : _credentials(new Uint8Array(await readFile(options.creds)));
   const tls = options.tlsCa ?? options.tlsCert ?? options.tlsKey;
   try {
     return await connect({
@@ -56,7 +59,7 @@ export async function connectNats(
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       // Every publish waits for its ack anyway; nothing queues while down.
-      ...(creds !== undefined && { authenticator: credsAuthenticator(creds) }),
+      ...auth,
       ...(tls !== undefined && {
         tls: {
           ...(options.tlsCa !== undefined && { caFile: options.tlsCa }),
@@ -75,4 +78,26 @@ export async function connectNats(
       { cause: error },
     );
   }
+}
+
+/** Connection options for the contents of a credentials file. */
+function _credentials(
+  bytes: Uint8Array,
+): { authenticator: ReturnType<typeof credsAuthenticator> } | {
+  user: string;
+  pass: string;
+} {
+  const text = new TextDecoder().decode(bytes);
+  if (text.includes("-----BEGIN NATS USER JWT-----")) {
+    return { authenticator: credsAuthenticator(bytes) };
+  }
+  const line = text.split("\n")[0]!.replace(/\r$/, "");
+  const colon = line.indexOf(":");
+  if (colon < 1) {
+    throw new MoatError(
+      "ERR_USAGE",
+      "Invalid NATS credentials file: neither a .creds file nor one line user:password",
+    );
+  }
+  return { user: line.slice(0, colon), pass: line.slice(colon + 1) };
 }

@@ -102,7 +102,10 @@ export async function openStream(
   }
   const subjects = subjectsOf(name);
   const timeout = options.timeoutMs ?? 10_000;
-  const jsm = await jetstreamManager(nc, { checkAPI: false, timeout });
+  const jsm = await jetstreamManager(nc, {
+    checkAPI: false,
+    timeout: Math.min(timeout, 5_000),
+  });
   const js = jetstream(nc, { timeout });
   let info: StreamInfo;
   let created = false;
@@ -216,14 +219,11 @@ export async function lastMessage(
   stream: OpenStream,
   subject: string,
 ): Promise<StoredRecordMsg | undefined> {
-  try {
-    const m = await stream.jsm.streams.getMessage(stream.name, {
-      last_by_subj: subject,
-    });
-    return m === null ? undefined : { seq: m.seq, data: m.data };
-  } catch (error) {
-    throw _unavailable(`Cannot read stream "${stream.name}"`, error);
-  }
+  const m = await _read(
+    stream,
+    () => stream.jsm.streams.getMessage(stream.name, { last_by_subj: subject }),
+  );
+  return m === null ? undefined : { seq: m.seq, data: m.data };
 }
 
 /**
@@ -240,16 +240,36 @@ export async function nextMessage(
   subject: string,
   seq: number,
 ): Promise<StoredRecordMsg | undefined> {
-  try {
-    // The manager's types name only seq and last_by_subj; the server's
-    // MSG.GET request takes next_by_subj with seq too.
-    const query = { seq, next_by_subj: subject } as unknown as {
-      seq: number;
-    };
-    const m = await stream.jsm.streams.getMessage(stream.name, query);
-    return m === null ? undefined : { seq: m.seq, data: m.data };
-  } catch (error) {
-    throw _unavailable(`Cannot read stream "${stream.name}"`, error);
+  // The manager's types name only seq and last_by_subj; the server's
+  // MSG.GET request takes next_by_subj with seq too.
+  const query = { seq, next_by_subj: subject } as unknown as { seq: number };
+  const m = await _read(
+    stream,
+    () => stream.jsm.streams.getMessage(stream.name, query),
+  );
+  return m === null ? undefined : { seq: m.seq, data: m.data };
+}
+
+/** Attempts a read makes before it fails. */
+const READ_ATTEMPTS = 3;
+
+/**
+ * Runs a read request, again after a timeout or "no responders": a request
+ * sent while the client reconnects can be lost with the old connection, and
+ * a stream whose leader is being elected answers nobody for a moment. Reads
+ * change nothing, so trying again is safe.
+ */
+async function _read<T>(stream: OpenStream, request: () => Promise<T>) {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await request();
+    } catch (error) {
+      const name = (error as Error).name;
+      const retry = name === "TimeoutError" || name === "NoRespondersError";
+      if (!retry || attempt >= READ_ATTEMPTS) {
+        throw _unavailable(`Cannot read stream "${stream.name}"`, error);
+      }
+    }
   }
 }
 
