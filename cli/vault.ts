@@ -208,9 +208,9 @@ export const VAULT: CommandSpec = {
     "vault prune DIR --before TIME | --keep DURATION [--key KEY]",
     "vault checkpoint DIR --source NAME",
     "vault proof DIR --source NAME --seq N | --from SIZE",
-    "vault verify|ls|cat|checkpoint|proof nats://HOST:PORT,… [--nats-creds FILE] [--stream NAME] [--cache DIR] …",
-    "vault export nats://HOST:PORT,… DIR [--nats-creds FILE] [--stream NAME]",
-    "vault import DIR nats://HOST:PORT,… [--nats-creds FILE] [--stream NAME]",
+    "vault verify|ls|cat|checkpoint|proof nats://HOST:PORT,… [OPTIONS]",
+    "vault export nats://HOST:PORT,… DIR [--nats-creds FILE]",
+    "vault import DIR nats://HOST:PORT,… [--nats-creds FILE]",
   ],
   description:
     `init    makes DIR a sealed vault (or seals an unsealed one) and prints its

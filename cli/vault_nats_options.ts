@@ -21,7 +21,7 @@ export const NATS_READ_OPTIONS = {
     type: "file",
     placeholder: "FILE",
     description:
-      "With nats://…: connect with TLS, trusting the CA in FILE (PEM)",
+      "With nats://…: TLS, trusting the CA in FILE (PEM)",
     group: "Options with a nats:// vault",
   },
   "nats-tls-cert": {

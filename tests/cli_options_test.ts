@@ -410,7 +410,7 @@ test("vaultCommand names a mistyped subcommand before anything else", async () =
     vaultCommand(["frob", "DIR"], context),
     {
       message:
-        'Unknown vault command "frob" (init, verify, ls, cat, prune, checkpoint or proof)',
+        'Unknown vault command "frob" (init, verify, ls, cat, prune, checkpoint, proof, export or import)',
     },
   );
   await assert.rejects(

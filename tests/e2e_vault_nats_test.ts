@@ -12,7 +12,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { runMoat, tempDir } from "./_e2e.ts";
+import { spawn } from "node:child_process";
+import process from "node:process";
+import { finished, moatCommand, runMoat, tempDir } from "./_e2e.ts";
 import {
   createVaultStream,
   freePorts,
@@ -224,5 +226,54 @@ test(
     ]);
     assert.equal(tls.code, 2);
     assert.match(tls.stderr, /go together/);
+  },
+);
+
+/** The sh block after "### More than one vault host" in the README. */
+function readmeBlock(): string[] {
+  const readme = fs.readFileSync(
+    path.join(import.meta.dirname!, "..", "README.md"),
+    "utf8",
+  );
+  const at = readme.indexOf("### More than one vault host");
+  assert.ok(at >= 0, "README has no More than one vault host section");
+  const block = /```sh\n([\s\S]*?)```/.exec(readme.slice(at))![1]!;
+  return block.split("\n").map((l) => l.replace(/\s+#\s.*$/, "").trim())
+    .filter((l) => l !== "");
+}
+
+test(
+  "the README's JetStream vault example runs as written: import, verify, export, verify offline",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-e2e-nats-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
+    await createVaultStream(cluster);
+    const src = path.join(tmp.dir, "vault");
+    fs.writeFileSync(path.join(tmp.dir, "vault.key"), await sealedVault(src));
+    const lines = readmeBlock();
+    assert.equal(lines.length, 4, lines.join("\n"));
+    const moat = moatCommand().map((w) => `'${w.replaceAll("'", `'\\''`)}'`)
+      .join(" ");
+    for (const line of lines) {
+      const script = `set -o pipefail\nmoat() { ${moat} "$@"; }\n${
+        line
+          .replaceAll(
+            "nats://10.0.0.11:4222,10.0.0.12:4222",
+            `nats://${cluster.servers}`,
+          )
+          .replaceAll("/etc/moat/nats.creds", cluster.users.moat.creds)
+          .replaceAll("/var/lib/moat/vault", src)
+          .replaceAll("/srv/moat-copy", path.join(tmp.dir, "copy"))
+      }\n`;
+      const child = spawn("bash", ["-c", script], {
+        cwd: tmp.dir,
+        env: { ...process.env, NO_COLOR: "1" },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      const r = await finished(child, 60_000);
+      assert.equal(r.code, 0, `${line}\n${r.stdout}${r.stderr}`);
+    }
+    assert.ok(fs.existsSync(path.join(tmp.dir, "copy", "stream.json")));
   },
 );

@@ -29,6 +29,8 @@ import { verifyVault } from "../lib/vault/verify.ts";
 import type { VerifyReport } from "../lib/vault/verify.ts";
 import { materializeStream } from "../lib/vault/nats/read.ts";
 import { importVault } from "../lib/vault/nats/import.ts";
+import { openNatsVault } from "../lib/vault/nats/vault.ts";
+import { prepareLocalCopy } from "../lib/vault/nats/apply.ts";
 import {
   encodeRecordMessage,
   encodeRecordSection,
@@ -337,6 +339,115 @@ test(
         ),
         JSON.stringify(both.report.problems),
       );
+    });
+  },
+);
+
+test(
+  "JetStream read: two front doors' stream (NatsVault) verifies with both doors' keys; with one, the other door is reported",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
+    await createVaultStream(cluster);
+    const url = `nats://${cluster.servers}`;
+    const creds = cluster.users.moat.creds;
+    // Door A: a sealed cache; the stream adopts its vault id.
+    const cacheA = path.join(tmp.dir, "a");
+    const keyA = (await initVault(cacheA)).verificationKey;
+    const a = await openNatsVault({ url, creds, cache: cacheA, replicas: 1 });
+    const now = Date.now();
+    const lines = (from: number, n: number, tag: string) =>
+      Array.from({ length: n }, (_, i) => ({
+        seq: from + i,
+        ts: now,
+        line: enc.encode(`${tag} ${from + i}`),
+      }));
+    await a.append(KEY, lines(1, 100, "a"));
+    // Door B: the stream's id and checkpoint key, then its own seal key.
+    const cacheB = path.join(tmp.dir, "b");
+    fs.mkdirSync(cacheB);
+    fs.copyFileSync(
+      path.join(cacheA, "checkpoint.key"),
+      path.join(cacheB, "checkpoint.key"),
+    );
+    const vaultJson = JSON.parse(
+      fs.readFileSync(path.join(cacheA, "vault.json"), "utf8"),
+    );
+    await prepareLocalCopy(cacheB, {
+      format: 1,
+      vaultId: vaultJson.id,
+      checkpointKey: vaultJson.checkpointKey,
+    });
+    const keyB = (await initVault(cacheB)).verificationKey;
+    const b = await openNatsVault({ url, creds, cache: cacheB, replicas: 1 });
+    // B takes KEY over (catch-up first, as the ship handler does) and
+    // writes OTHER.
+    await b.catchUp?.(KEY);
+    await b.append(KEY, lines(101, 50, "b"));
+    await b.append(OTHER, lines(1, 20, "b-other"));
+    for (const door of [a, b]) {
+      await door.checkpoint(KEY);
+      await door.seal();
+      await door.close();
+    }
+    // Each door published its seals to seal.<doorid> (lib/vault/nats/seals.ts).
+    const dir = path.join(tmp.dir, "out");
+    const file = await materializeStream({ url, creds, dir });
+    assert.equal(Object.keys(file.doors).length, 2);
+    const both = await verifyVault(dir, { keys: [keyB, keyA] });
+    assert.deepEqual(both.problems, []);
+    assert.deepEqual(
+      both.sources.map((s) => [s.label, s.records, s.sealedSeq]),
+      [["10.0.0.5/web", 150, 150], ["10.0.0.6[token:db]/db", 20, 20]],
+    );
+    const onlyA = await verifyVault(dir, { keys: [keyA] });
+    assert.equal(onlyA.ok, false);
+    assert.deepEqual(kinds(onlyA), ["seal-key"]);
+    assert.match(onlyA.problems[0]!.message, /no --key given opens its seals/);
+  },
+);
+
+test(
+  "JetStream read: a record changed on a NATS host's disk (one replica) fails verify, with the key and with a checkpoint held outside",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      const held = (await latestCheckpoint(s.src, "web")).note;
+      await s.cluster.kill(0);
+      let patched = 0;
+      const walk = (d: string): string[] =>
+        fs.readdirSync(d, { withFileTypes: true }).flatMap((e) =>
+          e.isDirectory() ? walk(path.join(d, e.name)) : [path.join(d, e.name)]
+        );
+      for (const f of walk(s.cluster.nodes[0]!.storeDir)) {
+        if (!f.endsWith(".blk")) continue;
+        const b = fs.readFileSync(f);
+        const at = b.indexOf("web line 17");
+        if (at < 0) continue;
+        b[at + 9] = "X".charCodeAt(0);
+        fs.writeFileSync(f, b);
+        patched++;
+      }
+      assert.equal(patched, 1);
+      await s.cluster.restart(0);
+      const dir = path.join(s.tmp, "out");
+      await materializeStream({
+        url: s.url,
+        creds: s.cluster.users.moat.creds,
+        dir,
+      });
+      // Whether the server cuts its store at the damage (2.9.10 does) or
+      // serves the changed message, verify fails: the seals, and the
+      // checkpoint held outside, no longer match.
+      const keyed = await verifyVault(dir, { keys: [s.key] });
+      assert.equal(keyed.ok, false);
+      const outside = await verifyVault(dir, {
+        checkpoints: [{ file: "held", note: held }],
+      });
+      assert.equal(outside.ok, false);
+      assert.ok(kinds(outside).includes("checkpoint"), JSON.stringify(outside));
     });
   },
 );

@@ -28,7 +28,7 @@ import {
   SegmentScanner,
 } from "../segment/scanner.ts";
 import type { SegmentFile } from "../segment/scanner.ts";
-import { escapeText } from "../text.ts";
+import { escapeText, stringifySafe } from "../text.ts";
 import {
   decodeVaultRecord,
   MARKER_FILE,
@@ -596,12 +596,6 @@ export async function* catRecords(
   if (size > 0) yield _concat(out, size);
 }
 
-// Characters JSON leaves as they are but that can drive a terminal or
-// reorder what it shows: DEL, C1 controls, line and paragraph separators,
-// bidi, zero-width and other invisible format marks (as lib/audit.ts).
-const JSON_UNSAFE =
-  /[\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
-
 const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
 const LOOSE_UTF8 = new TextDecoder("utf-8");
 
@@ -649,7 +643,8 @@ export function formatRecordJson(record: VaultRecord): string {
   const key = record.identity === undefined
     ? { peer: record.peer, name: record.name }
     : { peer: record.peer, identity: record.identity, name: record.name };
-  return JSON.stringify({
+  // Every character that could drive a terminal written as a \u escape.
+  return stringifySafe({
     source: sourceLabel(key),
     ...key,
     seq: record.seq,
@@ -658,10 +653,7 @@ export function formatRecordJson(record: VaultRecord): string {
     line,
     ...(raw !== undefined && { lineBase64: raw }),
     ...(record.partial && { partial: true }),
-  }).replace(
-    JSON_UNSAFE,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+  });
 }
 
 const NEWLINE = Uint8Array.of(0x0a);

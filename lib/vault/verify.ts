@@ -43,7 +43,7 @@ import { checkWitnessed } from "../witness/verify.ts";
 import { TreeCheck } from "./_verify_tree.ts";
 import type { OutsideCheckpoint, TreeReport } from "./_verify_tree.ts";
 import { listDoors, verifyDoors } from "./_verify_doors.ts";
-import { readStreamProblems } from "./_stream_file.ts";
+import { readStreamProblems, STREAM_FILE } from "./_stream_file.ts";
 import {
   checkKeyFile,
   checkPruneRules,
@@ -284,10 +284,22 @@ export async function verifyVault(
     });
   }
   if (key && info && !info.sealed && !doorMode) {
-    problems.push({
-      kind: "vault",
-      message: "The vault is not sealed (vault.json), but a key was given",
-    });
+    const stream = await stat(join(root, STREAM_FILE)).then(
+      () => true,
+      () => false,
+    );
+    problems.push(
+      stream
+        ? {
+          kind: "seal-key",
+          message:
+            "The stream holds no front door's seals, but a key was given: they were lost, or never published",
+        }
+        : {
+          kind: "vault",
+          message: "The vault is not sealed (vault.json), but a key was given",
+        },
+    );
   }
   // Without a readable vault.json, a key says the vault is meant to be sealed.
   const sealed = doorMode || (info?.sealed ?? key !== undefined);

@@ -150,7 +150,9 @@ export async function importVault(
         report,
       );
     }
-    await _importSeals(stream, options.dir, report);
+    const sealed = await publishSeals(stream, options.dir);
+    report.seals = sealed.seals;
+    if (sealed.door !== undefined) report.door = sealed.door;
     return report;
   } finally {
     await nc.close().catch(() => {});
@@ -278,18 +280,31 @@ async function _importCheckpoints(
   }
 }
 
-async function _importSeals(
+/**
+ * Publishes a directory vault's seal log to `seal.<doorid>`: the seals the
+ * subject does not hold yet, in order. What `vault import` does with a
+ * directory's seals, and what a front door does with its copy's after each
+ * seal.
+ *
+ * @param stream The stream.
+ * @param dir The directory vault.
+ * @returns The door id (undefined for a vault without seals) and how many
+ * seals were published.
+ * @throws {MoatError} `ERR_USAGE` for a seal log that does not start at 1;
+ * `ERR_CONNECT` when a publish fails.
+ */
+export async function publishSeals(
   stream: OpenStream,
   dir: string,
-  report: ImportReport,
-): Promise<void> {
+): Promise<{ door?: string; seals: number }> {
+  const report: { door?: string; seals: number } = { seals: 0 };
   const sealsDir = join(dir, SEALS_DIR);
   let names: string[];
   try {
     names = (await readdir(sealsDir))
       .filter((n) => parseSegmentName(n) !== undefined).sort();
   } catch (error) {
-    if ((error as { code?: string }).code === "ENOENT") return;
+    if ((error as { code?: string }).code === "ENOENT") return report;
     throw error;
   }
   let subject: string | undefined;
@@ -324,6 +339,7 @@ async function _importSeals(
       report.seals++;
     }
   }
+  return report;
 }
 
 function _epochOf(record: Uint8Array): number {
