@@ -3,7 +3,13 @@ import assert from "node:assert/strict";
 import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createVaultStream, noNats, startNatsCluster } from "./_nats.ts";
+import {
+  createVaultStream,
+  noNats,
+  rawConnect,
+  startNatsCluster,
+  vaultStreamConfig,
+} from "./_nats.ts";
 import type { NatsCluster } from "./_nats.ts";
 import { openNatsVault } from "../lib/vault/nats/vault.ts";
 import type { NatsVault } from "../lib/vault/nats/vault.ts";
@@ -247,6 +253,70 @@ test(
         );
       }
       assert.deepEqual(got, ["1:a 1", "2:a 2", "3:a 3", "4:b 1", "5:b 2"]);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault refuses a stream whose records could be deleted, and stores a line too long to pack alone in a message",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const url = `nats://${cluster.servers.replaceAll("nats://", "")}`;
+      {
+        using admin = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.admin,
+        );
+        for (
+          const [name, change] of [["LOOSE", { deny_delete: false }], [
+            "PURGE",
+            { deny_purge: false },
+          ], ["AGED", { max_age: 86_400_000_000_000 }]] as const
+        ) {
+          const r = await admin.api(`$JS.API.STREAM.CREATE.${name}`, {
+            ...vaultStreamConfig(name, `moat.${name.toLowerCase()}.>`, 1),
+            ...change,
+          });
+          assert.equal(r.error, undefined, JSON.stringify(r));
+          await assert.rejects(
+            openNatsVault({
+              url,
+              creds: cluster.users.admin.creds,
+              stream: name,
+              cache: join(dir, name),
+              replicas: 1,
+            }),
+            { code: "ERR_USAGE" },
+          );
+        }
+      }
+      const a = await open(cluster, creds, join(dir, "a"));
+      // 1 MiB: more than a packed message takes (1 MiB less 8 KiB), less than
+      // the servers' max_payload (4 MB): a message of its own.
+      const long = new Uint8Array(1024 * 1024).fill(0x6c);
+      assert.equal(await a.append(key, records(1, 2)), 2);
+      assert.equal(
+        await a.append(key, [{ seq: 3, ts: 1, line: long }, ...records(4, 5)]),
+        5,
+      );
+      const published = a.natsStats.published;
+      await a.close();
+      assert.equal(published, 3);
+      const sizes = [];
+      for await (const r of readRecords(join(dir, "a"))) {
+        sizes.push(
+          r.line.length,
+        );
+      }
+      assert.deepEqual(sizes, [6, 6, 1024 * 1024, 6, 6]);
     } finally {
       await cluster.stop();
       await rm(dir, { recursive: true, force: true });
