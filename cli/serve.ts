@@ -58,7 +58,11 @@ import {
 } from "../lib/server/syslog.ts";
 import { stdinLines } from "./_stdin.ts";
 import { parseDuration } from "./vault.ts";
-import { isNatsUrl, parseNatsUrl } from "../lib/vault/nats/url.ts";
+import {
+  checkStreamName,
+  isNatsUrl,
+  parseNatsUrl,
+} from "../lib/vault/nats/url.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -789,6 +793,7 @@ function checkNatsOptions(
   }
   try {
     parseNatsUrl(values.vault!);
+    checkStreamName(values.stream);
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
