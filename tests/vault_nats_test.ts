@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { sourceDirName } from "../lib/vault/_key.ts";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -194,6 +195,12 @@ test(
       });
       assert.deepEqual(file.problems ?? [], []);
       assert.deepEqual(await lines(out), records(1, 400).map((r) => r.seq));
+      // The checkpoint the door logged at close came through ckpt.<srcid>.
+      const log = await readFile(
+        join(out, "sources", sourceDirName(key), "checkpoints"),
+        "utf8",
+      );
+      assert.match(log, /\\n400\\n/);
       const report = await verifyVault(out, { keys: [verificationKey] });
       assert.equal(report.ok, true, JSON.stringify(report.problems));
       // As many seals as the door's own copy holds.
