@@ -721,6 +721,7 @@ class _NatsSource implements VaultSource {
             // back before the next publish.
             this.#streamSeq = undefined;
             for (const e of entries) e.reject?.(error);
+            for (const w of this.#waiters.splice(0)) w.reject(error);
           } finally {
             this.#applies--;
           }
