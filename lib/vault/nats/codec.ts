@@ -191,14 +191,16 @@ export function parseRecordMsgId(
  * @param batch The records (read by index).
  * @param recvTs The receive time of all of them.
  * @param from The index of the first record to encode.
+ * @param to After the last one.
  * @returns The section.
  */
 export function encodeRecordSection(
   batch: AppendBatch,
   recvTs: number,
   from = 0,
+  to: number = batch.length,
 ): Uint8Array {
-  const count = batch.length;
+  const count = to;
   let total = 0;
   for (let i = from; i < count; i++) {
     total += RECORD_FIXED_BYTES + batch.lineLength(i);

@@ -64,7 +64,6 @@ import {
   RECORD_FIXED_BYTES,
   recordMessageBytes,
   recordMsgId,
-  sliceBatch,
   sourceId,
 } from "./codec.ts";
 import { connectNats } from "./connect.ts";
@@ -501,7 +500,7 @@ class _NatsVault implements NatsVault {
       entries.push({
         first: batch.seq(from),
         last: batch.seq(to - 1),
-        section: encodeRecordSection(sliceBatch(batch, from, to), recvTs),
+        section: encodeRecordSection(batch, recvTs, from, to),
         fresh: options.fresh === true,
       });
       from = to;
