@@ -244,10 +244,11 @@ proof   prints, as JSON, the inclusion proof of record N (--seq), or the
 export  reads a JetStream vault (nats://…) into DIR, a new or empty
         directory: records, checkpoints, and each front door's seals under
         DIR/doors/; skipped messages no front door writes are kept in
-        DIR/stream.json. verify, ls, cat, checkpoint and proof take nats://…
-        too: they read the stream so into a temporary directory (or --cache
-        DIR) and then run as on a directory. verify takes one --key per
-        front door.
+        DIR/stream.json. Into a DIR it filled before, it reads only what is
+        new, and refuses a stream that was deleted and made again. verify,
+        ls, cat, checkpoint and proof take nats://… too: they read the
+        stream so into a temporary directory (or --cache DIR) and then run
+        as on a directory. verify takes one --key per front door.
 import  publishes a directory vault's records, checkpoints and seals into
         a JetStream stream (resuming where the stream ends).`,
   positionals: true,

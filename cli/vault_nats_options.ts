@@ -20,8 +20,7 @@ export const NATS_READ_OPTIONS = {
   "nats-tls-ca": {
     type: "file",
     placeholder: "FILE",
-    description:
-      "With nats://…: TLS, trusting the CA in FILE (PEM)",
+    description: "With nats://…: TLS, trusting the CA in FILE (PEM)",
     group: "Options with a nats:// vault",
   },
   "nats-tls-cert": {
@@ -47,7 +46,7 @@ export const NATS_READ_OPTIONS = {
     type: "string",
     placeholder: "DIR",
     description:
-      "With nats://…: read the stream into DIR (new or empty) and keep it, instead of a temporary directory",
+      "With nats://…: read the stream into DIR and keep it (a DIR an earlier read filled is brought up to date), instead of a temporary directory",
     group: "Options with a nats:// vault",
   },
 } as const satisfies OptionTable;

@@ -524,6 +524,7 @@ export function rawConnect(
   timeoutMs = 15_000,
 ): Promise<RawConn> {
   const sock = net.connect(port, "127.0.0.1");
+  sock.setNoDelay(true);
   let buf = new Uint8Array(0);
   let pending:
     | { inbox: string; resolve: (r: RawReply) => void }
@@ -641,24 +642,34 @@ export function rawConnect(
               res(r);
             },
           };
-          sock.write(`SUB ${inbox} ${s}\r\n`);
+          // One write per request: small writes in a row would wait on
+          // Nagle's algorithm and the peer's delayed ack (~40 ms each).
+          let head: Uint8Array;
           if (headers === undefined) {
-            sock.write(`PUB ${subject} ${inbox} ${data.length}\r\n`);
+            head = enc.encode(
+              `SUB ${inbox} ${s}\r\nPUB ${subject} ${inbox} ${data.length}\r\n`,
+            );
           } else {
-            const h = "NATS/1.0\r\n" +
-              Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join(
-                "",
-              ) + "\r\n";
-            const hb = enc.encode(h);
-            sock.write(
-              `HPUB ${subject} ${inbox} ${hb.length} ${
+            const hb = enc.encode(
+              "NATS/1.0\r\n" +
+                Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`)
+                  .join("") +
+                "\r\n",
+            );
+            const line = enc.encode(
+              `SUB ${inbox} ${s}\r\nHPUB ${subject} ${inbox} ${hb.length} ${
                 hb.length + data.length
               }\r\n`,
             );
-            sock.write(hb);
+            head = new Uint8Array(line.length + hb.length);
+            head.set(line);
+            head.set(hb, line.length);
           }
-          sock.write(data);
-          sock.write("\r\n");
+          const out = new Uint8Array(head.length + data.length + 2);
+          out.set(head);
+          out.set(data, head.length);
+          out.set([13, 10], head.length + data.length);
+          sock.write(out);
         });
       },
       async api(subject, body) {

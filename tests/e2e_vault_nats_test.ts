@@ -148,10 +148,13 @@ test(
     assert.match(exported.stdout, /seals of 1 front door\(s\)\) into /);
     const offline = await runMoat(["vault", "verify", out, "--key", key]);
     assert.equal(offline.code, 0, offline.stdout + offline.stderr);
-    // Into a directory that is not empty: refused.
+    // Again into the same directory: brought up to date (nothing new);
+    // into another directory that is not empty: refused.
     const again = await runMoat(["vault", "export", url, out, ...creds]);
-    assert.equal(again.code, 2, again.stderr);
-    assert.match(again.stderr, /not empty/);
+    assert.equal(again.code, 0, again.stderr);
+    const busy = await runMoat(["vault", "export", url, src, ...creds]);
+    assert.equal(busy.code, 2, busy.stderr);
+    assert.match(busy.stderr, /not empty, and no earlier read/);
 
     // A forged batch that continues the source, published with moat's own
     // credentials an hour back-dated: verify fails, exit 5.

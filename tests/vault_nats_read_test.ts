@@ -31,7 +31,9 @@ import { materializeStream } from "../lib/vault/nats/read.ts";
 import { importVault } from "../lib/vault/nats/import.ts";
 import { openNatsVault } from "../lib/vault/nats/vault.ts";
 import { prepareLocalCopy } from "../lib/vault/nats/apply.ts";
+import process from "node:process";
 import {
+  encodeMeta,
   encodeRecordMessage,
   encodeRecordSection,
   recordMsgId,
@@ -448,6 +450,151 @@ test(
       });
       assert.equal(outside.ok, false);
       assert.ok(kinds(outside).includes("checkpoint"), JSON.stringify(outside));
+    });
+  },
+);
+
+test(
+  "JetStream read: a cluster that stops answering mid-read ends the read with an error instead of a hang",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
+    await createVaultStream(cluster);
+    const node = cluster.nodes[0]!;
+    {
+      using conn = await rawConnect(node.clientPort, cluster.users.moat);
+      await jsPublish(
+        conn,
+        "moat.moat.meta",
+        encodeMeta({
+          format: 1,
+          vaultId: "ab".repeat(16),
+          checkpointKey: "moat/x+00000000+AA",
+        }),
+      );
+      // One record per message: the copy fsyncs each, so the read takes a
+      // while after its consumer appears.
+      for (let i = 1; i <= 2000; i++) {
+        await jsPublish(
+          conn,
+          `moat.moat.rec.${sourceId(KEY)}`,
+          encodeRecordMessage(KEY, i, 1, [
+            encodeRecordSection(
+              recordBatch([{ seq: i, ts: 1, line: enc.encode(`x${i}`) }]),
+              5,
+            ),
+          ]),
+        );
+      }
+    }
+    const read = materializeStream({
+      url: `nats://${cluster.servers}`,
+      creds: cluster.users.moat.creds,
+      dir: path.join(tmp.dir, "out"),
+      timeoutMs: 1000,
+    });
+    const settled = read.then(() => "done", (e: Error) => e.message);
+    // The read has begun once its consumer exists: then stop the server.
+    for (;;) {
+      const r = await fetch(
+        `http://127.0.0.1:${node.monitorPort}/jsz?accounts=true&consumers=true`,
+      );
+      if (/"consumer_detail"/.test(await r.text())) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    process.kill(node.child!.pid!, "SIGSTOP");
+    try {
+      assert.match(
+        await settled,
+        /^Stream "MOAT" stopped answering after \d+ of its messages/,
+      );
+    } finally {
+      process.kill(node.child!.pid!, "SIGCONT");
+    }
+  },
+);
+
+test(
+  "JetStream read: a read into an earlier copy (--cache) takes only the new messages, and refuses a stream that lost some",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      const dir = path.join(s.tmp, "cache");
+      const read = () =>
+        materializeStream({
+          url: s.url,
+          creds: s.cluster.users.moat.creds,
+          dir,
+        });
+      const first = await read();
+      // More records, a checkpoint and a seal in the source vault; imported.
+      const vault = await openVault(s.src, { sealIntervalMs: 0 });
+      await vault.append(
+        KEY,
+        Array.from({ length: 30 }, (_, i) => ({
+          seq: 251 + i,
+          ts: Date.now(),
+          line: enc.encode(`web line ${251 + i}`),
+        })),
+      );
+      await vault.checkpoint(KEY);
+      await vault.seal();
+      await vault.close();
+      await importVault({
+        url: s.url,
+        creds: s.cluster.users.moat.creds,
+        dir: s.src,
+      });
+      await publishRecords(s, OTHER, 50, ["after a gap"]);
+      const second = await read();
+      assert.ok(second.lastSeq > first.lastSeq);
+      assert.equal(
+        second.messages,
+        second.lastSeq,
+        "every message read once, over the two reads",
+      );
+      const report = await verifyVault(dir, { keys: [s.key] });
+      assert.deepEqual(
+        report.sources.map((x) => [x.label, x.records, x.sealedSeq]),
+        [["10.0.0.5/web", 280, 280], ["10.0.0.6[token:db]/db", 40, 40]],
+      );
+      assert.deepEqual(kinds(report), ["stream"], JSON.stringify(report));
+      assert.deepEqual(
+        await Array.fromAsync(readRecords(dir)),
+        await Array.fromAsync(readRecords(s.src)),
+      );
+      assert.equal(
+        (await latestCheckpoint(dir, "web")).note,
+        (await latestCheckpoint(s.src, "web")).note,
+      );
+      // Nothing new: a third read changes nothing.
+      const third = await read();
+      assert.equal(third.messages, second.messages);
+      assert.equal(third.problems.length, second.problems.length);
+
+      // The admin deletes the stream and imports the vault again: fewer
+      // messages than the copy read.
+      {
+        using admin = await rawConnect(
+          s.cluster.nodes[0]!.clientPort,
+          s.cluster.users.admin,
+        );
+        const gone = await admin.api("$JS.API.STREAM.DELETE.MOAT");
+        assert.equal(gone.success, true);
+      }
+      await createVaultStream(s.cluster);
+      await importVault({
+        url: s.url,
+        creds: s.cluster.users.moat.creds,
+        dir: s.src,
+      });
+      await assert.rejects(read(), (e: Error & { code?: string }) => {
+        assert.equal(e.code, "ERR_INTEGRITY");
+        assert.match(e.message, /deleted and made again/);
+        return true;
+      });
     });
   },
 );

@@ -29,6 +29,8 @@ export interface StreamFile {
   version: 1;
   /** The stream's name. */
   stream: string;
+  /** When the stream was created (JetStream's stream info). */
+  created?: string;
   /** The stream's meta: format, vault id, checkpoint key. */
   meta: { format: number; vaultId: string; checkpointKey: string };
   /** The last stream sequence read. */
@@ -42,8 +44,17 @@ export interface StreamFile {
    * deny_purge off, roll-ups on, limits that drop messages), if it does not.
    */
   unprotected?: string;
-  /** Messages skipped, and why. */
+  /** Messages skipped, and why (with summaries: too many, checkpoints without records). */
   problems: StreamProblem[];
+  /** Where the read stopped, for the next read into the same directory (`--cache`). */
+  read?: {
+    /** Per source id, the stream sequence of its last message applied. */
+    sources: Record<string, number>;
+    /** The skipped messages listed (without the summaries). */
+    skipped: StreamProblem[];
+    /** Skipped messages beyond those. */
+    more: number;
+  };
 }
 
 /**

@@ -18,11 +18,18 @@
  */
 
 import { randomBytes } from "node:crypto";
-import { appendFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import {
+  appendFile,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { StreamInfo } from "@nats-io/jetstream";
-import { MoatError } from "../../errors.ts";
+import { ExitCode, MoatError } from "../../errors.ts";
 import {
   checkRecord,
   encodeSegmentHeader,
@@ -46,7 +53,7 @@ import { STREAM_FILE } from "../_stream_file.ts";
 import type { StreamFile, StreamProblem } from "../_stream_file.ts";
 import { DOORS_DIR } from "../_verify_doors.ts";
 import { prepareLocalCopy, SourceApplier } from "./apply.ts";
-import { decodeMeta, isSourceId, subjectsOf } from "./codec.ts";
+import { decodeMeta, isSourceId, sourceId, subjectsOf } from "./codec.ts";
 import type { StreamMeta } from "./codec.ts";
 import { connectNats } from "./connect.ts";
 import type { NatsConnectOptions } from "./connect.ts";
@@ -56,6 +63,8 @@ import { _unavailable, checkStreamConfig } from "./stream.ts";
 const STREAM_CHECKPOINTS = "checkpoints.stream";
 /** A front door id in a subject: 1 to 64 letters, digits, `_` or `-`. */
 const DOOR_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Skipped messages kept in `stream.json`; the rest are counted. */
+const MAX_PROBLEMS = 1000;
 /** Checkpoints of a source held back until its first record arrives. */
 const MAX_EARLY_CHECKPOINTS = 1024;
 
@@ -88,14 +97,13 @@ export async function materializeStream(
   const name = options.stream ?? "MOAT";
   const subjects = subjectsOf(name);
   const timeout = options.timeoutMs ?? 10_000;
-  await makeDir(options.dir);
+  // The copy holds every record: readable by its owner only.
+  await makeDir(options.dir, 0o700);
   const present = await readdir(options.dir);
-  if (present.length > 0) {
-    throw new MoatError(
-      "ERR_USAGE",
-      `Cannot export into "${options.dir}": the directory is not empty`,
-    );
-  }
+  // A directory this read filled before (`--cache`) is brought up to date.
+  const before = present.length > 0
+    ? await _previousRead(options.dir, name)
+    : undefined;
   const nc = await connectNats({ ...options, name: "moat vault" });
   try {
     const jsm = await jetstreamManager(nc, { checkAPI: false, timeout });
@@ -144,24 +152,72 @@ export async function materializeStream(
         `Stream "${name}" holds no vault (no message on ${subjects.meta}): no front door has written to it`,
       );
     }
+    if (before !== undefined) {
+      // What was read once cannot go: a stream that lost it was deleted
+      // and made again, or rolled back.
+      if (
+        before.meta.vaultId !== meta.vaultId ||
+        before.meta.checkpointKey !== meta.checkpointKey
+      ) {
+        throw new MoatError(
+          "ERR_INTEGRITY",
+          `Stream "${name}" now holds vault ${meta.vaultId}, but "${options.dir}" read vault ${before.meta.vaultId} from it: the stream was deleted and made again`,
+          ExitCode.Integrity,
+        );
+      }
+      if (before.created !== undefined && before.created !== info.created) {
+        throw new MoatError(
+          "ERR_INTEGRITY",
+          `Stream "${name}" was created at ${info.created}, but "${options.dir}" read the stream created at ${before.created}: it was deleted and made again`,
+          ExitCode.Integrity,
+        );
+      }
+      if (lastSeq < before.lastSeq) {
+        throw new MoatError(
+          "ERR_INTEGRITY",
+          `Stream "${name}" ends at message ${lastSeq}, but "${options.dir}" read it to message ${before.lastSeq}: messages were removed (the stream deleted and made again, or rolled back)`,
+          ExitCode.Integrity,
+        );
+      }
+      await _reopenCopy(options.dir);
+    }
 
     await prepareLocalCopy(options.dir, meta, { signs: false });
     const vault = await openVault(options.dir, { sealIntervalMs: 0 });
     const reader = new _Reader(options.dir, vault, subjects.prefix, metaSeq);
+    if (before !== undefined) await reader.resume(before);
     const { problems, keys, early, doors } = reader;
-    let messages = 0;
+    let messages = before?.messages ?? 0;
+    const from = (before?.lastSeq ?? 0) + 1;
     try {
-      if (lastSeq >= firstSeq && lastSeq > 0) {
+      if (lastSeq >= Math.max(firstSeq, from) && lastSeq > 0) {
         const consumer = await js.consumers.get(name, {
           filter_subjects: subjects.all,
-          deliver_policy: DeliverPolicy.All,
+          ...(from > 1
+            ? {
+              deliver_policy: DeliverPolicy.StartSequence,
+              opt_start_seq: from,
+            }
+            : { deliver_policy: DeliverPolicy.All }),
         });
         const iter = await consumer.consume({
           max_messages: 256,
           expires: timeout,
         });
+        // The client reconnects and re-creates the consumer forever: a
+        // cluster that stops answering mid-read ends the read instead.
+        let stalled = false;
+        let watchdog = setTimeout(function stall() {
+          stalled = true;
+          void iter.close();
+        }, 3 * timeout);
         try {
           for await (const m of iter) {
+            clearTimeout(watchdog);
+            watchdog = setTimeout(() => {
+              stalled = true;
+              void iter.close();
+            }, 3 * timeout);
             const seq = m.seq;
             messages++;
             const time = Math.floor(m.info.timestampNanos / 1_000_000);
@@ -171,16 +227,33 @@ export async function materializeStream(
             if (seq >= lastSeq || m.info.pending === 0) break;
           }
         } finally {
+          clearTimeout(watchdog);
           await iter.close();
+        }
+        if (stalled) {
+          throw new MoatError(
+            "ERR_CONNECT",
+            `Stream "${name}" stopped answering after ${messages} of its messages (nothing for ${
+              Math.round(3 * timeout / 1000)
+            } s)`,
+          );
         }
       }
     } finally {
       await vault.close();
     }
 
+    // Summaries after the skipped messages (not kept for the next read).
+    const summaries: StreamProblem[] = [];
+    if (reader.moreProblems > 0) {
+      summaries.push({
+        message:
+          `${reader.moreProblems} more messages skipped (only the first ${MAX_PROBLEMS} are listed)`,
+      });
+    }
     // Checkpoints of sources with no record: nothing they could check.
     for (const [srcid, list] of early) {
-      problems.push({
+      summaries.push({
         message:
           `${list.length} checkpoint(s) of source ${srcid}, which has no record in the stream`,
       });
@@ -207,6 +280,7 @@ export async function materializeStream(
     const file: StreamFile = {
       version: 1,
       stream: name,
+      created: info.created,
       meta,
       lastSeq,
       messages,
@@ -214,7 +288,12 @@ export async function materializeStream(
         [...doors].map(([id, d]) => [id, d.seals]),
       ),
       ...(unprotected !== undefined && { unprotected }),
-      problems,
+      problems: [...problems, ...summaries],
+      read: {
+        sources: reader.streamSeqs(),
+        skipped: problems,
+        more: reader.moreProblems,
+      },
     };
     await writeFile(
       join(options.dir, STREAM_FILE),
@@ -223,6 +302,52 @@ export async function materializeStream(
     return file;
   } finally {
     await nc.close().catch(() => {});
+  }
+}
+
+/** The record of an earlier read into `dir`, which must be of `stream`. */
+async function _previousRead(
+  dir: string,
+  stream: string,
+): Promise<StreamFile> {
+  let before: StreamFile;
+  try {
+    before = JSON.parse(await readFile(join(dir, STREAM_FILE), "utf8"));
+  } catch {
+    throw new MoatError(
+      "ERR_USAGE",
+      `Cannot read a stream into "${dir}": the directory is not empty, and no earlier read of a stream filled it`,
+    );
+  }
+  if (before?.version !== 1 || before.stream !== stream || !before.read) {
+    throw new MoatError(
+      "ERR_USAGE",
+      `"${dir}" holds a copy of stream "${before?.stream}", not of "${stream}"`,
+    );
+  }
+  return before;
+}
+
+/**
+ * Makes an earlier copy writable again: the checkpoint logs set aside (the
+ * stream's lines go on after them), and no checkpoint key named, so the
+ * copy opens with a key of its own that signs nothing kept.
+ */
+async function _reopenCopy(dir: string): Promise<void> {
+  const sources = join(dir, "sources");
+  for (const id of await readdir(sources).catch(() => [] as string[])) {
+    if (id.startsWith(".")) continue;
+    await rename(
+      join(sources, id, CHECKPOINTS_FILE),
+      join(sources, id, STREAM_CHECKPOINTS),
+    ).catch((error) => {
+      if ((error as { code?: string }).code !== "ENOENT") throw error;
+    });
+  }
+  const info = await readVaultInfo(dir);
+  if (info !== undefined) {
+    const { checkpointKey: _named, ...rest } = info;
+    await writeVaultInfo(dir, rest);
   }
 }
 
@@ -244,8 +369,10 @@ class _Reader {
   readonly #prefix: string;
   readonly #metaSeq: number;
   readonly #appliers = new Map<string, SourceApplier>();
-  /** Messages skipped. */
+  /** Messages skipped (the first {@linkcode MAX_PROBLEMS}). */
   readonly problems: StreamProblem[] = [];
+  /** Messages skipped beyond those. */
+  moreProblems = 0;
   /** Each source's key, from its first message applied. */
   readonly keys = new Map<string, SourceKey>();
   /** Checkpoints of sources without a record yet. */
@@ -260,7 +387,42 @@ class _Reader {
     this.#metaSeq = metaSeq;
   }
 
+  /** Takes up where an earlier read of the same stream into this copy ended. */
+  async resume(before: StreamFile): Promise<void> {
+    const seqs = before.read?.sources ?? {};
+    for (const source of this.#vault.sources()) {
+      const id = sourceId(source.key);
+      this.keys.set(id, source.key);
+      this.#appliers.set(
+        id,
+        new SourceApplier(this.#vault, id, { streamSeq: seqs[id] ?? 0 }),
+      );
+    }
+    this.problems.push(...(before.read?.skipped ?? []));
+    this.moreProblems = before.read?.more ?? 0;
+    for (const [door, seals] of Object.entries(before.doors)) {
+      if (!DOOR_ID.test(door)) continue;
+      const dir = join(this.#dir, DOORS_DIR, door, SEALS_DIR);
+      const seg = (await readdir(dir)).find((f) => f.endsWith(".seg"));
+      if (seg !== undefined) {
+        this.doors.set(door, { seals, file: join(dir, seg) });
+      }
+    }
+  }
+
+  /** Per source id, the stream sequence of its last message applied. */
+  streamSeqs(): Record<string, number> {
+    return Object.fromEntries(
+      [...this.#appliers].map(([id, a]) => [id, a.streamSeq]),
+    );
+  }
+
   #skip(streamSeq: number, message: string, source?: string): void {
+    // Anyone with moat's credentials can publish junk: keep the first ones.
+    if (this.problems.length >= MAX_PROBLEMS) {
+      this.moreProblems++;
+      return;
+    }
     this.problems.push({
       message: `Stream message ${streamSeq}: ${message}`,
       streamSeq,
