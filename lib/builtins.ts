@@ -6,11 +6,13 @@
  * `import … from "node:…"` of every command to its top, so `moat serve`
  * evaluated `node:tls`, `node:zlib`, `node:inspector`, `node:dns/promises`,
  * `node:stream` and `node:os` before its first line ran, whether it served
- * TLS, a file or nothing yet: about 4 ms of a 19 ms start-up to the
- * listening socket (Bun 1.4.5, measured with `--compile --bytecode` test
- * binaries importing them or not). `process.getBuiltinModule` (Deno and
- * Bun both have it) loads one when it is first asked for; each getter here
- * keeps what it got. Import the types with `import type`.
+ * TLS, a file or nothing yet (Bun 1.4.5, `--compile --bytecode`: a test
+ * binary importing those six started about 4 ms later than one without;
+ * `moat serve`, which still asks `node:inspector` at start-up, went from
+ * 20.1 to 18.6 ms of CPU to its listening line, medians of 30 interleaved
+ * starts). `process.getBuiltinModule` (Deno and Bun both have it) loads one
+ * when it is first asked for; each getter here keeps what it got. Import
+ * the types with `import type`.
  *
  * @module
  */
