@@ -285,9 +285,6 @@ class _NatsVault implements NatsVault {
   get created(): boolean {
     return this.#stream.created;
   }
-  get streamInfo(): OpenStream {
-    return this.#stream;
-  }
   get local(): Vault {
     return this.#local;
   }
