@@ -8,7 +8,8 @@
  * the ship handler's pipeline does); then every source is read back from
  * the stream into a fresh copy and counted. Prints acknowledged vs stored,
  * messages, conflicts, failures, lines/s and CPU per line (door process and
- * the three nats-server processes).
+ * the three nats-server processes), and how fast a door catches up (the
+ * read-back, message by message, into its local copy).
  *
  * @module
  */
@@ -87,11 +88,13 @@ try {
     maxSourcesPerPeer: 1000,
   });
   let stored = 0;
+  const r0 = performance.now();
   for (let s = 0; s < sources; s++) {
     const key = { peer: "127.0.0.1", name: `cas-${s}` };
     await reader.catchUp(key);
     stored += reader.source(key).lastSeq;
   }
+  const readSeconds = (performance.now() - r0) / 1000;
   await reader.close();
   console.log(JSON.stringify({
     date: new Date().toISOString(),
@@ -107,6 +110,7 @@ try {
     failures: stats.failures,
     seconds: Math.round(seconds * 100) / 100,
     linesPerSec: Math.round((sources * per) / seconds),
+    catchUpLinesPerSec: Math.round(stored / readSeconds),
     doorCpuUsPerLine: Math.round((doorCpu / (sources * per)) * 1e7) / 10,
     natsCpuUsPerLine: Math.round((natsCpu / (sources * per)) * 1e7) / 10,
   }));
