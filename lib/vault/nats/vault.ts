@@ -67,7 +67,7 @@ import {
   sourceId,
 } from "./codec.ts";
 import { connectNats } from "./connect.ts";
-import { doorId, SealPublisher } from "./seals.ts";
+import { SealPublisher } from "./seals.ts";
 import type { NatsConnection, NatsConnectOptions } from "./connect.ts";
 import {
   _unavailable,
@@ -195,7 +195,6 @@ export async function openNatsVault(
     const seals = new SealPublisher(
       stream,
       options.cache,
-      await doorId(options.cache),
       {
         timeoutMs: options.publishTimeoutMs ?? 10_000,
         onFailed: (message) =>
