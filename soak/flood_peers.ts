@@ -22,6 +22,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import process from "node:process";
 import { freePort, has, waitListening } from "../bench/_util.ts";
 import { spawnMoat } from "../tests/_e2e.ts";
 
@@ -178,36 +179,35 @@ export function peersAvailable(): { ncat: boolean; socat: boolean } {
   return { ncat: has("ncat"), socat: has("socat") };
 }
 
-/**
- * Compiles `soak/refuse.c` with `cc -O2` into a temporary folder and starts
- * it on a free loopback port.
- *
- * @returns The server, or undefined when there is no C compiler.
- */
-export async function startRefuser(): Promise<
-  { pid: number; port: number; stop(): Promise<void> } | undefined
-> {
-  const source = path.join(import.meta.dirname ?? ".", "refuse.c");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-refuse-"));
-  const exe = path.join(dir, "refuse");
-  const r = spawnSync("cc", ["-O2", "-o", exe, source], {
-    encoding: "utf8",
-    timeout: 60_000,
+/** A server that refuses everyone, started on a free loopback port. */
+export interface Refuser {
+  pid: number;
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** Starts `argv`, which prints the port it listens on as its first line. */
+async function startPrintingPort(
+  argv: string[],
+  cleanup: () => void,
+): Promise<Refuser> {
+  const [cmd, ...args] = argv;
+  const child = spawn(cmd!, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => {
+    if (stderr.length < 4096) stderr += d;
   });
-  if (r.status !== 0) {
-    fs.rmSync(dir, { recursive: true, force: true });
-    return undefined;
-  }
-  const child = spawn(exe, ["0"], { stdio: ["ignore", "pipe", "pipe"] });
   const port = await new Promise<number>((resolve, reject) => {
     let out = "";
     child.stdout!.setEncoding("utf8").on("data", (d: string) => {
       out += d;
       if (out.includes("\n")) resolve(Number(out.trim()));
     });
-    child.on("close", (code) => reject(new Error(`refuse exited ${code}`)));
+    child.on("close", (code) => {
+      reject(new Error(`${cmd} exited ${code}: ${stderr.trim()}`));
+    });
   }).catch((e) => {
-    fs.rmSync(dir, { recursive: true, force: true });
+    cleanup();
     throw e;
   });
   return {
@@ -215,7 +215,41 @@ export async function startRefuser(): Promise<
     port,
     stop: async () => {
       await stopChild(child);
-      fs.rmSync(dir, { recursive: true, force: true });
+      cleanup();
     },
   };
+}
+
+/**
+ * Compiles `soak/refuse.c` with `cc -O2` into a temporary folder and starts
+ * it on a free loopback port.
+ *
+ * @returns The server, or undefined when there is no C compiler.
+ */
+export function startRefuser(): Promise<Refuser | undefined> {
+  const source = path.join(import.meta.dirname ?? ".", "refuse.c");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-refuse-"));
+  const exe = path.join(dir, "refuse");
+  const r = spawnSync("cc", ["-O2", "-o", exe, source], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
+  if (r.status !== 0) {
+    cleanup();
+    return Promise.resolve(undefined);
+  }
+  return startPrintingPort([exe, "0"], cleanup);
+}
+
+/**
+ * Starts `soak/refuse_net.ts` on the runtime running this: moat's socket
+ * layer refusing as the server does, without the server.
+ */
+export function startNetRefuser(): Promise<Refuser> {
+  const script = path.join(import.meta.dirname ?? ".", "refuse_net.ts");
+  const argv = navigator.userAgent.startsWith("Deno")
+    ? [process.execPath, "run", "-A", script]
+    : [process.execPath, script];
+  return startPrintingPort(argv, () => {});
 }

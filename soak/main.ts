@@ -87,6 +87,7 @@ import {
   moatContender,
   peersAvailable,
   startNcat,
+  startNetRefuser,
   startRefuser,
   startSocat,
 } from "./flood_peers.ts";
@@ -400,6 +401,8 @@ async function workerFlood(): Promise<Result> {
     for (const p of peers) stops.push(() => p.stop());
     const refuser = await startRefuser();
     if (refuser !== undefined) stops.push(() => refuser.stop());
+    const netRefuser = await startNetRefuser();
+    stops.push(() => netRefuser.stop());
     const contenders = [moat, ...peers];
     // One get each warms the page cache and moat's digest cache; each must
     // deliver the file whole.
@@ -452,6 +455,7 @@ async function workerFlood(): Promise<Result> {
     const alone = [
       { name: "moat", pid: server.child.pid!, port: server.port },
       ...(refuser !== undefined ? [{ name: "C", ...refuser }] : []),
+      { name: "lib/net", ...netRefuser },
       ...peers,
     ];
     for (let round = 0; round < rounds; round++) {
@@ -629,7 +633,11 @@ async function workerFlood(): Promise<Result> {
             us("C").toFixed(0)
           } µs (${usList("C")}) = ${cpuRatio.toFixed(2)}× (${
             cpuOk ? "≤" : ">"
-          } 2×); ` +
+          } 2×); moat's socket layer alone (soak/refuse_net.ts: lib/net/ on ${runtimeName()}, write, half-close, drain, close) ${
+            us("lib/net").toFixed(0)
+          } µs (${usList("lib/net")}), so the server adds ${
+            (us("moat") - us("lib/net")).toFixed(0)
+          } µs; ` +
             peers.map((p) =>
               `${p.name} ${us(p.name).toFixed(0)} µs (${usList(p.name)})`
             ).join(", ") +
