@@ -152,6 +152,8 @@ export interface ShipRun {
   receiverCpuSec: number;
   /** CPU seconds of all shippers (moat only; NaN if unknown). */
   senderCpuSec: number;
+  /** CPU seconds of the three nats-server processes (nats:// rows). */
+  clusterCpuSec?: number;
   /** Lines found afterwards (vault records / output file lines). */
   verified: number;
   /** 1-minute load average when the run ended. */
@@ -505,6 +507,15 @@ class VaultTail {
 let natsCluster: NatsCluster | undefined;
 let natsStreams = 0;
 
+/** CPU seconds the cluster's nats-server processes have used. */
+function clusterCpu(): number {
+  let sum = 0;
+  for (const node of natsCluster?.nodes ?? []) {
+    if (node.child?.pid !== undefined) sum += cpuSeconds(node.child.pid);
+  }
+  return sum;
+}
+
 /** The `--vault` options of a door on a fresh stream, and the stream's name. */
 function natsVaultArgs(vault: string): { args: string[]; stream: string } {
   const cluster = natsCluster!;
@@ -610,6 +621,7 @@ async function moatStdinRun(
   try {
     const files = senders === 1 ? [ctx.inputs.one] : ctx.inputs.many;
     const cpu0 = cpuSeconds(server.pid);
+    const cluster0 = stream === undefined ? 0 : clusterCpu();
     const started = performance.now();
     const shippers = files.map((file, i) => {
       const fd = fs.openSync(file, "r");
@@ -651,6 +663,9 @@ async function moatStdinRun(
     });
     const ended = Math.max(...exits.map((e) => e.at));
     const receiverCpuSec = cpuSeconds(server.pid) - cpu0;
+    const clusterCpuSec = stream === undefined
+      ? undefined
+      : clusterCpu() - cluster0;
     for (const [i, s] of shippers.entries()) {
       const acked = /(\d+) records acknowledged/.exec(s.err.text());
       if (exits[i]!.code !== 0 || !acked || Number(acked[1]) !== s.expect) {
@@ -671,6 +686,7 @@ async function moatStdinRun(
       seconds,
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
+      ...(clusterCpuSec !== undefined && { clusterCpuSec }),
       senderCpuSec,
       verified: stream === undefined ? vaultCount(vault) : await streamCount(
         dir,
@@ -754,6 +770,7 @@ async function moatGeneratorRun(
   };
   try {
     const cpu0 = cpuSeconds(server.pid);
+    const cluster0 = stream === undefined ? 0 : clusterCpu();
     const started = performance.now();
     await Promise.all(frames.map(async (list, i) => {
       const lines = slices(ctx.lines, sources)[i]!;
@@ -788,6 +805,9 @@ async function moatGeneratorRun(
     }));
     const ended = performance.now();
     const receiverCpuSec = cpuSeconds(server.pid) - cpu0;
+    const clusterCpuSec = stream === undefined
+      ? undefined
+      : clusterCpu() - cluster0;
     await stop(server, 20_000);
     const seconds = (ended - started) / 1000;
     return {
@@ -795,6 +815,7 @@ async function moatGeneratorRun(
       seconds,
       linesPerSec: ctx.lines / seconds,
       receiverCpuSec,
+      ...(clusterCpuSec !== undefined && { clusterCpuSec }),
       senderCpuSec: NaN,
       verified: stream === undefined ? vaultCount(vault) : await streamCount(
         dir,
@@ -1392,6 +1413,7 @@ export async function benchShip(
     }). Fan-in ≥ 400,000 lines/s from one generator: ${
       fanIn >= 400_000 ? "met" : "not met"
     } (best moat median ${thousands(fanIn)}).`,
+    ...natsNote(list, runs),
     ...(failures.length > 0
       ? ["", `Failed runs (left out): ${failures.join("; ")}.`]
       : []),
@@ -1430,6 +1452,36 @@ export async function benchShip(
     );
   }
   return { markdown, json };
+}
+
+/** The nats:// rows' cluster CPU and their ratio to the directory vault. */
+function natsNote(
+  list: readonly Contender[],
+  runs: Record<string, ShipRun[]>,
+): string[] {
+  const rows = list.filter((c) => c.id.includes("-nats-"));
+  if (rows.length === 0) return [];
+  const parts = rows.map((c) => {
+    const rs = runs[c.id]!;
+    const dirId = c.id.replace("-nats", "");
+    const cluster = median(
+      rs.map((r) => ((r.clusterCpuSec ?? NaN) / r.lines) * 1e6),
+    );
+    const toDir = median(rs.flatMap((r) => {
+      const d = runs[dirId]?.find((x) => x.round === r.round);
+      return d ? [r.linesPerSec / d.linesPerSec] : [];
+    }));
+    return `${c.senders} × ${c.how}: ${
+      fmt(toDir)
+    } × the directory vault (same rounds), ` +
+      `nats-server CPU ${fmt(cluster, 1)} µs/line (three nodes together)`;
+  });
+  return [
+    "",
+    "nats:// rows: acknowledged = after JetStream's publish ack (quorum of 3 replicas) and the door's local copy; " +
+    "verified by reading every source back from the stream. " +
+    parts.join("; ") + ".",
+  ];
 }
 
 /** Flushes dirty pages (outputs already deleted) so the next run starts clean. */

@@ -58,7 +58,11 @@ import {
 } from "../lib/server/syslog.ts";
 import { stdinLines } from "./_stdin.ts";
 import { parseDuration } from "./vault.ts";
-import { isNatsUrl, parseNatsUrl } from "../lib/vault/nats/url.ts";
+import {
+  checkStreamName,
+  isNatsUrl,
+  parseNatsUrl,
+} from "../lib/vault/nats/url.ts";
 import {
   type CommandSpec,
   COMMON_EXITS,
@@ -418,6 +422,8 @@ export async function serveCommand(
   const allowlist = readAllowlist(values);
   const jail = await createJail(values.root);
   const syslog = syslogOptions(values, gave);
+  const nats = values.vault !== undefined && isNatsUrl(values.vault);
+  checkNatsOptions(values, nats, gave);
   const witnesses = witnessTargets(values);
   if (values["print-systemd-unit"] && values["print-nftables"]) {
     throw new UsageError(
@@ -446,7 +452,10 @@ export async function serveCommand(
       extraPorts: [syslog?.port ?? []].flat(),
       // Descriptors for both ports' connections.
       maxConns: values["max-conns"] + (syslog?.maxConns ?? 0),
-      connects: witnesses.map((w) => w.client.server),
+      connects: [
+        ...witnesses.map((w) => w.client.server),
+        ...natsServers(values.vault),
+      ],
       version: VERSION,
     }));
     return;
@@ -474,8 +483,6 @@ export async function serveCommand(
   if (values.retain !== undefined && values.vault === undefined) {
     throw new UsageError("--retain needs --vault DIR");
   }
-  const nats = values.vault !== undefined && isNatsUrl(values.vault);
-  checkNatsOptions(values, nats, gave);
   const retainMs = values.retain === undefined
     ? undefined
     : parseDuration("--retain", values.retain);
@@ -740,6 +747,18 @@ async function openStatus(
   }
 }
 
+/** The servers of a --vault nats://…, as host and port (none for a directory). */
+function natsServers(vault: string | undefined) {
+  if (vault === undefined || !isNatsUrl(vault)) return [];
+  return parseNatsUrl(vault).map((server) => {
+    const colon = server.lastIndexOf(":");
+    return {
+      hostname: server.slice(0, colon).replace(/^\[(.*)\]$/, "$1"),
+      port: Number(server.slice(colon + 1)),
+    };
+  });
+}
+
 /** The vault directory on this host: --vault DIR, or the --vault-cache of a nats:// vault. */
 function localVaultDir(values: ServeValues): string | undefined {
   if (values.vault === undefined || !isNatsUrl(values.vault)) {
@@ -774,6 +793,7 @@ function checkNatsOptions(
   }
   try {
     parseNatsUrl(values.vault!);
+    checkStreamName(values.stream);
   } catch (err) {
     throw new UsageError((err as Error).message);
   }

@@ -7,11 +7,11 @@
  * @module
  */
 
-import inspector from "node:inspector";
 import process from "node:process";
 import type { AuditLog } from "../lib/audit.ts";
 import type { ReloadResult } from "../lib/server/mod.ts";
 import { escapeControls } from "../lib/text.ts";
+import { inspector } from "../lib/builtins.ts";
 import type { AuditFile } from "./serve_log.ts";
 
 /**
@@ -112,7 +112,7 @@ function messageOf(err: unknown): string {
  */
 function inspectorUrl(): string | undefined | null {
   try {
-    return inspector.url();
+    return inspector().url();
   } catch {
     return null;
   }
@@ -133,7 +133,7 @@ function closeInspector(audit: AuditLog): void {
     const url = inspectorUrl();
     if (url !== undefined) {
       try {
-        inspector.close();
+        inspector().close();
       } catch (err) {
         if (url !== null) {
           audit.write("error", {

@@ -6,9 +6,7 @@
  * @module
  */
 
-import * as dns from "node:dns/promises";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { ExitCode, MoatError, UsageError } from "../lib/errors.ts";
@@ -52,6 +50,7 @@ import {
 import { printLine, printNote, writeStdoutText } from "./output.ts";
 import { formatBytes } from "./progress.ts";
 import { CLIENT_SECURITY_ENV, CLIENT_SECURITY_OPTIONS } from "./secure_cli.ts";
+import { dns, os } from "../lib/builtins.ts";
 
 /** The most --audit-every allows: ten a second. */
 const MAX_AUDITS_PER_MINUTE = 600;
@@ -228,7 +227,7 @@ export async function shipCommand(
   }
   const sources = planSources(inputs, {
     source: values.source,
-    hostname: os.hostname,
+    hostname: () => os().hostname(),
   });
   const doors = parseDoors(
     values.server.length > 0 ? values.server : [DEFAULT_SERVER],
@@ -439,7 +438,7 @@ async function takeOver(
 ) {
   let host: string;
   try {
-    host = os.hostname();
+    host = os().hostname();
   } catch {
     return undefined;
   }
@@ -772,7 +771,7 @@ async function printShipUnit(options: {
     const host = door.hostname.replace(/^\[|\]$/g, "");
     try {
       addresses.push(
-        ...(await dns.lookup(host, { all: true, verbatim: true })).map(
+        ...(await dns().lookup(host, { all: true, verbatim: true })).map(
           (a) => a.address,
         ),
       );

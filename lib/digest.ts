@@ -16,9 +16,9 @@
  */
 
 import { createHash } from "node:crypto";
-import * as zlib from "node:zlib";
 import { ProtocolError } from "./errors.ts";
 import { escapeText } from "./text.ts";
+import { zlib } from "./builtins.ts";
 
 /** Names of the digests a Get may ask for. */
 export const DIGESTS = ["crc32", "sha256"] as const;
@@ -81,10 +81,11 @@ export function createDigest(name: DigestName): Digest {
     };
   }
   let crc = 0;
+  const { crc32 } = zlib();
   return {
     name,
     size: 4,
-    update: (bytes) => void (crc = zlib.crc32(bytes, crc)),
+    update: (bytes) => void (crc = crc32(bytes, crc)),
     hex: () => crc.toString(16).padStart(8, "0"),
   };
 }

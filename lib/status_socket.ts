@@ -18,7 +18,6 @@
 
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import type { Conn, Listener, Net } from "./net/types.ts";
@@ -31,6 +30,7 @@ import {
 } from "./errors.ts";
 import { decodeText, encodeText } from "./protocol.ts";
 import { escapeText } from "./text.ts";
+import { os } from "./builtins.ts";
 
 /** The socket's name inside a vault directory. */
 export const VAULT_SOCKET_NAME = "moat.sock";
@@ -102,7 +102,7 @@ export function defaultSocketPath(options: SocketPathOptions): string {
   const uid = options.uid ?? currentUid();
   if (uid === 0) return path.join("/run/moat", name);
   return path.join(
-    options.tmpdir ?? readable(() => os.tmpdir()) ?? "/tmp",
+    options.tmpdir ?? readable(() => os().tmpdir()) ?? "/tmp",
     `moat-${uid}`,
     name,
   );

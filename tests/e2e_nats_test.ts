@@ -241,3 +241,54 @@ test(
     }
   },
 );
+
+test("moat serve refuses nats:// options that do not go together, with one line and exit 2", async () => {
+  const cases: [string[], RegExp][] = [
+    [["--vault", "nats://127.0.0.1:4222"], /needs --vault-cache DIR/],
+    [["--vault", "/tmp/v", "--stream", "X"], /--stream needs --vault nats:/],
+    [
+      ["--vault", "/tmp/v", "--vault-cache", "/tmp/c"],
+      /--vault-cache needs --vault nats:/,
+    ],
+    [
+      ["--vault", "nats://u:p@h:4222", "--vault-cache", "/tmp/c"],
+      /not host:port/,
+    ],
+    [
+      [
+        "--vault",
+        "nats://h:4222",
+        "--vault-cache",
+        "/tmp/c",
+        "--retain",
+        "30d",
+      ],
+      /--retain cannot prune/,
+    ],
+    [[
+      "--vault",
+      "nats://h:4222",
+      "--vault-cache",
+      "/tmp/c",
+      "--nats-tls-cert",
+      "c.pem",
+    ], /go together/],
+    [
+      [
+        "--vault",
+        "nats://h:4222",
+        "--vault-cache",
+        "/tmp/c",
+        "--stream",
+        "a.b",
+      ],
+      /Invalid stream name/,
+    ],
+  ];
+  for (const [args, want] of cases) {
+    const r = await runMoat(["serve", "--port", "0", ...args]);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, want);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+});

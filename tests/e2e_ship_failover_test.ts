@@ -131,3 +131,58 @@ test("moat ship refuses a bad door list in one line, exit 2, before reading anyt
     assert.equal(fs.existsSync(path.join(dir.dir, "s.json")), false);
   }
 });
+
+test("moat ship --tls --pin B --server A,B: a door whose certificate does not verify is passed over, loudly, and nothing is sent to it", async () => {
+  using dir = tempDir();
+  const cert = async (name: string) => {
+    const out = path.join(dir.dir, name);
+    const r = await runMoat(["cert", "--out", out, "--name", "127.0.0.1"]);
+    assert.equal(r.code, 0, r.stderr);
+    return {
+      fp: r.stdout.trim(),
+      args: [
+        "--tls-cert",
+        path.join(out, "moat-cert.pem"),
+        "--tls-key",
+        path.join(out, "moat-key.pem"),
+      ],
+    };
+  };
+  const [certA, certB] = [await cert("a"), await cert("b")];
+  await using a = await startServer([
+    "--vault",
+    path.join(dir.dir, "vault-a"),
+    ...certA.args,
+  ]);
+  await using b = await startServer([
+    "--vault",
+    path.join(dir.dir, "vault-b"),
+    ...certB.args,
+  ]);
+  const text = lines(1, 100);
+  const r = await runMoat([
+    "ship",
+    "-",
+    "--source",
+    "app",
+    "--server",
+    `127.0.0.1:${a.port},127.0.0.1:${b.port}`,
+    "--tls",
+    "--pin",
+    certB.fp,
+    "--state",
+    path.join(dir.dir, "ship.json"),
+  ], { input: text, timeoutMs: 60_000 });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `^moat: 127\\.0\\.0\\.1:${a.port} unreachable \\(Server 127\\.0\\.0\\.1:${a.port} refused: certificate fingerprint sha256:[0-9a-f]{64} does not match --pin\\); trying 127\\.0\\.0\\.1:${b.port} now; `,
+      "m",
+    ),
+  );
+  const cat = await runMoat(["vault", "cat", path.join(dir.dir, "vault-b")]);
+  assert.equal(cat.stdout, text);
+  const none = await runMoat(["vault", "ls", path.join(dir.dir, "vault-a")]);
+  assert.doesNotMatch(none.stdout, /app/);
+});

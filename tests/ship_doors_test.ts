@@ -15,8 +15,10 @@ import { MoatError } from "../lib/errors.ts";
 import {
   DoorRotation,
   doorText,
+  isFatal,
   MAX_DOORS,
   parseDoors,
+  SHIP_FATAL,
 } from "../lib/ship/doors.ts";
 import { ship, type ShipperEvent } from "../lib/ship/shipper.ts";
 import { readShipState } from "../lib/ship/state.ts";
@@ -80,6 +82,30 @@ describe("parseDoors", () => {
       }, JSON.stringify(values));
     }
   });
+});
+
+test("the README names exactly the codes that stop the shipper on any door", () => {
+  const readme = fs.readFileSync(
+    path.join(import.meta.dirname!, "..", "README.md"),
+    "utf8",
+  );
+  const start = readme.indexOf("**Several front doors.**");
+  assert.ok(start >= 0);
+  const para = readme.slice(start, readme.indexOf("\n\n", start));
+  const stops = para.slice(para.indexOf("What\nstops"));
+  const named = new Set(
+    [...stops.matchAll(/`(ERR_[A-Z_]+)`/g)].map((m) => m[1]!),
+  );
+  assert.deepEqual([...named].sort(), [...SHIP_FATAL].sort());
+  // Named as what moves on, and so they do.
+  for (const code of ["ERR_BUSY", "ERR_INTERNAL"] as const) {
+    assert.ok(para.slice(0, para.indexOf("What\nstops")).includes(code));
+    assert.equal(SHIP_FATAL.has(code), false, code);
+  }
+  assert.equal(SHIP_FATAL.has("ERR_TLS_VERIFY"), false);
+  assert.equal(isFatal(new MoatError("ERR_ROLLBACK", "x")), true);
+  assert.equal(isFatal(new MoatError("ERR_BUSY", "x")), false);
+  assert.equal(isFatal(new Error("x")), false);
 });
 
 describe("DoorRotation", () => {

@@ -1,9 +1,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { sourceDirName } from "../lib/vault/_key.ts";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createVaultStream, noNats, startNatsCluster } from "./_nats.ts";
+import {
+  createVaultStream,
+  noNats,
+  rawConnect,
+  startNatsCluster,
+  vaultStreamConfig,
+} from "./_nats.ts";
 import type { NatsCluster } from "./_nats.ts";
 import { openNatsVault } from "../lib/vault/nats/vault.ts";
 import type { NatsVault } from "../lib/vault/nats/vault.ts";
@@ -188,6 +195,12 @@ test(
       });
       assert.deepEqual(file.problems ?? [], []);
       assert.deepEqual(await lines(out), records(1, 400).map((r) => r.seq));
+      // The checkpoint the door logged at close came through ckpt.<srcid>.
+      const log = await readFile(
+        join(out, "sources", sourceDirName(key), "checkpoints"),
+        "utf8",
+      );
+      assert.match(log, /\\n400\\n/);
       const report = await verifyVault(out, { keys: [verificationKey] });
       assert.equal(report.ok, true, JSON.stringify(report.problems));
       // As many seals as the door's own copy holds.
@@ -202,6 +215,115 @@ test(
       const other = await initVault(join(dir, "other"));
       const wrong = await verifyVault(out, { keys: [other.verificationKey] });
       assert.equal(wrong.ok, false);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault numbers a door's own (syslog) lines on after another door's instead of dropping them",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const a = await open(cluster, creds, join(dir, "a"));
+      await mkdir(join(dir, "b"));
+      await copyFile(
+        join(dir, "a", "checkpoint.key"),
+        join(dir, "b", "checkpoint.key"),
+      );
+      const b = await open(cluster, creds, join(dir, "b"));
+      const syslog = { peer: "10.0.0.9", name: "syslog" };
+      const msg = (who: string, n: number) =>
+        Array.from(
+          { length: n },
+          (_, i) => ({
+            seq: i + 1,
+            ts: 1,
+            line: enc.encode(`${who} ${i + 1}`),
+          }),
+        );
+      // Both doors number from 1: A's land first, B's go after them.
+      assert.equal(await a.append(syslog, msg("a", 3), { fresh: true }), 3);
+      assert.equal(await b.append(syslog, msg("b", 2), { fresh: true }), 5);
+      await a.close();
+      await b.close();
+      const got = [];
+      for await (const r of readRecords(join(dir, "b"))) {
+        got.push(
+          `${r.seq}:${new TextDecoder().decode(r.line)}`,
+        );
+      }
+      assert.deepEqual(got, ["1:a 1", "2:a 2", "3:a 3", "4:b 1", "5:b 2"]);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault refuses a stream whose records could be deleted, and stores a line too long to pack alone in a message",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const url = `nats://${cluster.servers.replaceAll("nats://", "")}`;
+      {
+        using admin = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.admin,
+        );
+        for (
+          const [name, change] of [["LOOSE", { deny_delete: false }], [
+            "PURGE",
+            { deny_purge: false },
+          ], ["AGED", { max_age: 86_400_000_000_000 }]] as const
+        ) {
+          const r = await admin.api(`$JS.API.STREAM.CREATE.${name}`, {
+            ...vaultStreamConfig(name, `moat.${name.toLowerCase()}.>`, 1),
+            ...change,
+          });
+          assert.equal(r.error, undefined, JSON.stringify(r));
+          await assert.rejects(
+            openNatsVault({
+              url,
+              creds: cluster.users.admin.creds,
+              stream: name,
+              cache: join(dir, name),
+              replicas: 1,
+            }),
+            { code: "ERR_USAGE" },
+          );
+        }
+      }
+      const a = await open(cluster, creds, join(dir, "a"));
+      // 1 MiB: more than a packed message takes (1 MiB less 8 KiB), less than
+      // the servers' max_payload (4 MB): a message of its own.
+      const long = new Uint8Array(1024 * 1024).fill(0x6c);
+      assert.equal(await a.append(key, records(1, 2)), 2);
+      assert.equal(
+        await a.append(key, [{ seq: 3, ts: 1, line: long }, ...records(4, 5)]),
+        5,
+      );
+      const published = a.natsStats.published;
+      await a.close();
+      assert.equal(published, 3);
+      const sizes = [];
+      for await (const r of readRecords(join(dir, "a"))) {
+        sizes.push(
+          r.line.length,
+        );
+      }
+      assert.deepEqual(sizes, [6, 6, 1024 * 1024, 6, 6]);
     } finally {
       await cluster.stop();
       await rm(dir, { recursive: true, force: true });

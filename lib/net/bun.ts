@@ -45,7 +45,6 @@
  * @module
  */
 
-import * as nodeTls from "node:tls";
 import { setImmediate } from "node:timers";
 import {
   AddressInUseError,
@@ -69,6 +68,7 @@ import type {
 } from "./types.ts";
 import { DescriptorReserve } from "./_fd_reserve.ts";
 import { checkServerKey } from "./node_tls.ts";
+import { tls as nodeTls } from "../builtins.ts";
 import { AcceptQueue } from "./_accept_queue.ts";
 import { directRecv, type Recv } from "./_bun_recv.ts";
 import { pullByob, writableFrom } from "./streams.ts";
@@ -417,7 +417,7 @@ function serverTls(config: ServerTlsOptions): BunTlsOptions {
   };
   checkServerKey(config);
   try {
-    nodeTls.createSecureContext({
+    nodeTls().createSecureContext({
       cert: config.cert,
       key: config.key,
       ...(config.clientCa !== undefined && { ca: config.clientCa }),

@@ -34,9 +34,10 @@
 
 import { Buffer } from "node:buffer";
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { Duplex } from "node:stream";
-import * as tls from "node:tls";
+import type { Duplex } from "node:stream";
+import type * as tls from "node:tls";
 import { ConnectionClosedError, ExitCode, MoatError } from "../errors.ts";
+import { stream, tls as nodeTls } from "../builtins.ts";
 import { readableFrom, writableFrom } from "./streams.ts";
 import {
   handshakeReason,
@@ -105,7 +106,7 @@ export function serverTlsContext(config: ServerTlsOptions): ServerTlsContext {
   checkServerKey(config);
   try {
     return {
-      secureContext: tls.createSecureContext({
+      secureContext: nodeTls().createSecureContext({
         cert: config.cert,
         key: config.key,
         minVersion: "TLSv1.3",
@@ -154,7 +155,7 @@ export function connectNodeTls(
           rejectUnauthorized: false,
           allowHalfOpen: true,
         };
-      socket = tls.connect(connectOptions);
+      socket = nodeTls().connect(connectOptions);
     } catch (error) {
       plain.close();
       reject(tlsConfigError(error, "TLS client certificate or key"));
@@ -267,7 +268,7 @@ export class DeferredTlsConn implements Conn {
           void written.finally(() => this.#plain.close());
         }
       });
-      const secure = socket = new tls.TLSSocket(over.duplex, {
+      const secure = socket = new (nodeTls().TLSSocket)(over.duplex, {
         isServer: true,
         secureContext: context.secureContext,
         requestCert: context.requestCert,
@@ -391,7 +392,7 @@ function duplexOver(
       held = undefined;
     },
   };
-  const duplex = new Duplex({
+  const duplex = new (stream().Duplex)({
     read() {
       const pull = () => {
         const buf = new Uint8Array(DUPLEX_READ_SIZE);

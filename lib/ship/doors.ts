@@ -2,23 +2,62 @@
  * The front doors a shipper may use (`moat ship --server a,b,c`): parsing
  * the list, and which door to try next after a failure, and when.
  *
- * The rule (docs/DEPLOY.md "More than one vault host"): a failure that is
- * the door's — it cannot be reached, the connection closed or reset, the
- * TLS handshake or the wait for an answer failed, or it answered with an
- * Error frame that means "not now" (`ERR_BUSY`, `ERR_INTERNAL`, …) — moves
- * to the next door. A refusal that names this shipper or the vault's
- * integrity (the shipper's `FATAL` codes: access, authentication, a vault
- * that rolled back or forked, lost state) stops the shipper on any door:
- * another door of the same vault would say the same, and one that does not
- * is not to be believed quietly.
+ * The rule (README, "Several front doors"): a failure that is the door's —
+ * it cannot be reached, the connection closed or reset, the TLS handshake
+ * (or the check of its certificate) or the wait for an answer failed, or it
+ * answered with an Error frame that means "not now" (`ERR_BUSY`,
+ * `ERR_INTERNAL`, …) — moves to the next door. A refusal that names this
+ * shipper or the vault's integrity ({@linkcode SHIP_FATAL}) stops the
+ * shipper on any door: another door of the same vault would say the same,
+ * and one that does not is not to be believed quietly.
  *
  * @module
  */
 
 import { parseServerAddr, type ServerAddr } from "../client.ts";
-import { UsageError } from "../errors.ts";
+import { Code, MoatError, UsageError } from "../errors.ts";
 import { DEFAULT_PORT } from "../limits.ts";
 import { escapeText } from "../text.ts";
+
+/**
+ * Errors that stop the shipper, on whichever door: no reconnect, here or
+ * at another door of the same vault, can fix them. Not ERR_SEQ_GAP: the
+ * shipper always resends from the server's lastSeq, so a gap can only
+ * follow a server-side rollback (a failed commit); a reconnect resends from
+ * the durable position. Not ERR_TLS_VERIFY: a door that cannot prove itself
+ * got nothing, and the next door may.
+ */
+export const SHIP_FATAL: ReadonlySet<Code> = new Set([
+  // The shipper's state and the vault disagree: lines would be lost or
+  // skipped.
+  Code.ERR_STATE_LOST,
+  Code.ERR_VAULT_LOST,
+  Code.ERR_NO_VAULT,
+  // This shipper is refused.
+  Code.ERR_ACCESS_DENIED,
+  Code.ERR_AUTH,
+  Code.ERR_CERT_REQUIRED,
+  Code.ERR_CERT_REJECTED,
+  Code.ERR_PROTOCOL,
+  // The vault refuses this source (its name, or one source too many) or
+  // this shipper's batches: resending cannot change that.
+  Code.ERR_SOURCE_NAME,
+  Code.ERR_TOO_MANY_SOURCES,
+  Code.ERR_TOO_MANY_RECORDS,
+  // A vault that rolled back, forked, changed key or failed an audit:
+  // never again.
+  Code.ERR_ROLLBACK,
+]);
+
+/**
+ * Whether an error stops the shipper (see {@linkcode SHIP_FATAL}).
+ *
+ * @param err What a session failed with.
+ * @returns True to stop; false to try the next door.
+ */
+export function isFatal(err: unknown): boolean {
+  return err instanceof MoatError && SHIP_FATAL.has(err.code);
+}
 
 /** Most front doors one shipper may be given. */
 export const MAX_DOORS = 16;

@@ -44,7 +44,7 @@ import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
 import { Witness } from "./witness.ts";
 import { SpoolPressure, type SpoolPressureEvent } from "./pressure.ts";
-import { DoorRotation, doorText } from "./doors.ts";
+import { DoorRotation, doorText, isFatal } from "./doors.ts";
 
 /** Longest line shipped whole; longer lines go as flagged pieces. Fits one frame. */
 export const SHIP_MAX_LINE = 256 * 1024;
@@ -152,33 +152,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     }
     signal.addEventListener("abort", done, { once: true });
   });
-}
-
-/**
- * Errors that no reconnect can fix. Not ERR_SEQ_GAP: the shipper always
- * resends from the server's lastSeq, so a gap can only follow a server-side
- * rollback (a failed commit); a reconnect resends from the durable position.
- */
-const FATAL: ReadonlySet<Code> = new Set([
-  Code.ERR_STATE_LOST,
-  Code.ERR_VAULT_LOST,
-  Code.ERR_NO_VAULT,
-  Code.ERR_ACCESS_DENIED,
-  Code.ERR_AUTH,
-  Code.ERR_CERT_REQUIRED,
-  Code.ERR_CERT_REJECTED,
-  Code.ERR_PROTOCOL,
-  // The vault refuses this source (its name, or one source too many) or
-  // this shipper's batches: resending cannot change that.
-  Code.ERR_SOURCE_NAME,
-  Code.ERR_TOO_MANY_SOURCES,
-  Code.ERR_TOO_MANY_RECORDS,
-  // A vault that rolled back, forked or failed an audit: never again.
-  Code.ERR_ROLLBACK,
-]);
-
-function isFatal(err: unknown): boolean {
-  return err instanceof MoatError && FATAL.has(err.code);
 }
 
 /** A ShipReady with its server-supplied text made safe to show. */

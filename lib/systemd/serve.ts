@@ -72,8 +72,9 @@ export interface SystemdUnitOptions {
   /** The connection limit (`--max-conns`); sets `LimitNOFILE=`. */
   maxConns: number;
   /**
-   * Where the server itself connects (its `--witness` addresses): IP
-   * addresses, let through the kernel's filter and Deno's `--allow-net`.
+   * Where the server itself connects (its `--witness` addresses, the
+   * servers of a `--vault nats://…`): IP addresses, let through the
+   * kernel's filter and Deno's `--allow-net`.
    */
   connects?: readonly { hostname: string; port: number }[];
   /** moat's version, for the header comment. */
@@ -113,6 +114,11 @@ const PATH_FLAGS: ReadonlySet<string> = new Set([
   "tls-key",
   "client-ca",
   "token-file",
+  "vault-cache",
+  "nats-creds",
+  "nats-tls-ca",
+  "nats-tls-cert",
+  "nats-tls-key",
 ]);
 /** The system user the unit runs as. */
 const USER = "moat";
@@ -253,13 +259,16 @@ export function renderSystemdUnit(options: SystemdUnitOptions): string {
   for (const f of options.flags) {
     if (f.name === OWN_FLAG) continue;
     let value = f.value;
-    if (value !== undefined && PATH_FLAGS.has(f.name)) {
+    // A JetStream vault is an address, not a path (its --vault-cache is).
+    const address = f.name === "vault" && value?.startsWith("nats://");
+    if (value !== undefined && PATH_FLAGS.has(f.name) && !address) {
       value = path.resolve(cwd, value);
       checkPath(value, `--${f.name}`);
       if (f.name === "root") root = value;
       else if (f.name === "log") logs.push(value);
-      else if (f.name === "vault") vaults.push(value);
-      else if (f.name === "allow-file") allowFiles.push(value);
+      else if (f.name === "vault" || f.name === "vault-cache") {
+        vaults.push(value);
+      } else if (f.name === "allow-file") allowFiles.push(value);
       else secrets.push(value);
     }
     flags.push(

@@ -51,6 +51,15 @@ export interface AppendRecord {
 export interface AppendOptions {
   /** Receive time to store, integer milliseconds since the epoch. @default {Date.now()} */
   recvTs?: number;
+  /**
+   * The records are new lines the server numbered itself (syslog), never a
+   * shipper's replay: where a shared store (a JetStream vault) finds that
+   * another front door took these sequence numbers first, they are numbered
+   * on after that door's records instead of being dropped as duplicates. A
+   * directory vault, which nobody else writes, ignores it.
+   * @default {false}
+   */
+  fresh?: boolean;
 }
 
 /** One source's log inside an open vault. */

@@ -21,7 +21,6 @@
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readdir, rm } from "node:fs/promises";
-import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import {
   cosign,
@@ -51,6 +50,7 @@ import {
   writeFileAtomic,
 } from "../segment/fs.ts";
 import type { WitnessAdd } from "../protocol.ts";
+import { os } from "../builtins.ts";
 
 /** The cosigning key's file in the state folder. */
 export const KEY_FILE = "witness.key";
@@ -144,7 +144,10 @@ function originFile(origin: string): string {
  * spaces or `+`.
  */
 function defaultName(): string {
-  const host = hostname().replace(/[^\x21-\x2a\x2c-\x7e]/g, "").slice(0, 100);
+  const host = os().hostname().replace(/[^\x21-\x2a\x2c-\x7e]/g, "").slice(
+    0,
+    100,
+  );
   return `${host || "moat"}-witness`;
 }
 

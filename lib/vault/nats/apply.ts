@@ -96,7 +96,9 @@ export async function applyRecordMessage(
     const recvTs = msg.recvTs(i);
     let end = i + 1;
     while (end < count && end - i < max && msg.recvTs(end) === recvTs) end++;
-    last = source.append(sliceBatch(msg, i, end), { recvTs });
+    // The whole message as it is when it is one run (no view per field).
+    const run = i === 0 && end === count ? msg : sliceBatch(msg, i, end);
+    last = source.append(run, { recvTs });
     i = end;
   }
   // Appends of one source commit in order: the last one resolving means

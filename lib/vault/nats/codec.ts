@@ -18,6 +18,9 @@ import { getU64, setU64 } from "../../segment/codec.ts";
 import type { AppendBatch } from "../_format.ts";
 import { FLAG_PARTIAL } from "../_format.ts";
 import { checkSourceKey } from "../_key.ts";
+import { checkStreamName } from "./url.ts";
+
+export { checkStreamName } from "./url.ts";
 import type { SourceKey } from "../_key.ts";
 
 /** Magic at the start of every record message: 0x89 "MOATREC". */
@@ -76,23 +79,7 @@ export interface Subjects {
   seal(doorid: string): string;
 }
 
-const STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const SRCID = /^[0-9a-f]{32}$/;
-
-/**
- * Checks a stream name: letters, digits, `_` and `-`, 1 to 64 of them (NATS
- * forbids `.`, `*`, `>` and white space; the name is also a subject token).
- *
- * @param name The name.
- * @throws {RangeError} For a name outside that set.
- */
-export function checkStreamName(name: string): void {
-  if (!STREAM_NAME.test(name)) {
-    throw new RangeError(
-      `Invalid stream name "${name}": use 1 to 64 letters, digits, "_" or "-"`,
-    );
-  }
-}
 
 /**
  * The subjects of a stream.
@@ -204,14 +191,16 @@ export function parseRecordMsgId(
  * @param batch The records (read by index).
  * @param recvTs The receive time of all of them.
  * @param from The index of the first record to encode.
+ * @param to After the last one.
  * @returns The section.
  */
 export function encodeRecordSection(
   batch: AppendBatch,
   recvTs: number,
   from = 0,
+  to: number = batch.length,
 ): Uint8Array {
-  const count = batch.length;
+  const count = to;
   let total = 0;
   for (let i = from; i < count; i++) {
     total += RECORD_FIXED_BYTES + batch.lineLength(i);

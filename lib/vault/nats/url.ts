@@ -59,3 +59,20 @@ export function parseNatsUrl(text: string): string[] {
   }
   return servers;
 }
+
+const STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Checks a stream name: letters, digits, `_` and `-`, 1 to 64 of them (NATS
+ * forbids `.`, `*`, `>` and white space; the name is also a subject token).
+ *
+ * @param name The name.
+ * @throws {RangeError} For a name outside that set.
+ */
+export function checkStreamName(name: string): void {
+  if (!STREAM_NAME.test(name)) {
+    throw new RangeError(
+      `Invalid stream name "${name}": use 1 to 64 letters, digits, "_" or "-"`,
+    );
+  }
+}

@@ -64,11 +64,10 @@ import {
   RECORD_FIXED_BYTES,
   recordMessageBytes,
   recordMsgId,
-  sliceBatch,
   sourceId,
 } from "./codec.ts";
 import { connectNats } from "./connect.ts";
-import { doorId, SealPublisher } from "./seals.ts";
+import { SealPublisher } from "./seals.ts";
 import type { NatsConnection, NatsConnectOptions } from "./connect.ts";
 import {
   _unavailable,
@@ -196,7 +195,6 @@ export async function openNatsVault(
     const seals = new SealPublisher(
       stream,
       options.cache,
-      await doorId(options.cache),
       {
         timeoutMs: options.publishTimeoutMs ?? 10_000,
         onFailed: (message) =>
@@ -221,6 +219,8 @@ interface _Entry {
   first: number;
   last: number;
   section: Uint8Array;
+  /** Numbered by this door (syslog): renumbered, not dropped, on a conflict. */
+  fresh: boolean;
   resolve?: (seq: number) => void;
   reject?: (error: unknown) => void;
 }
@@ -283,9 +283,6 @@ class _NatsVault implements NatsVault {
   }
   get created(): boolean {
     return this.#stream.created;
-  }
-  get streamInfo(): OpenStream {
-    return this.#stream;
   }
   get local(): Vault {
     return this.#local;
@@ -499,7 +496,8 @@ class _NatsVault implements NatsVault {
       entries.push({
         first: batch.seq(from),
         last: batch.seq(to - 1),
-        section: encodeRecordSection(sliceBatch(batch, from, to), recvTs),
+        section: encodeRecordSection(batch, recvTs, from, to),
+        fresh: options.fresh === true,
       });
       from = to;
     }
@@ -718,6 +716,7 @@ class _NatsSource implements VaultSource {
             // back before the next publish.
             this.#streamSeq = undefined;
             for (const e of entries) e.reject?.(error);
+            for (const w of this.#waiters.splice(0)) w.reject(error);
           } finally {
             this.#applies--;
           }
@@ -782,6 +781,17 @@ class _NatsSource implements VaultSource {
     }
     this.#streamSeq = applier.streamSeq;
     const held = this.#local.lastSeq;
+    if (this.#pending[0]?.fresh && this.#pending[0].first <= held) {
+      // Lines this door numbered whose numbers another door took: they go
+      // after that door's records (the append resolves with the new last).
+      let next = held + 1;
+      for (const e of this.#pending) {
+        const count = e.last - e.first + 1;
+        e.first = next;
+        e.last = next + count - 1;
+        next += count;
+      }
+    }
     // Queued records the stream holds now are done.
     while (this.#pending.length > 0 && this.#pending[0]!.last <= held) {
       const e = this.#pending.shift()!;
