@@ -17,37 +17,36 @@
  */
 
 import { timingSafeEqual } from "node:crypto";
-import { sha256 as fastSha256 } from "./sha256.ts";
+import { sha256Parts } from "./sha256.ts";
 
 /** Bytes of every hash in a tree. */
 export const HASH_BYTES = 32;
 
-/** Where the parts of one hash input are put together (interior nodes: 65 bytes). */
-let joined = new Uint8Array(128);
-
 /**
  * SHA-256 of the parts, copied together and hashed in one call by the
- * faster implementation for the size on this runtime (`sha256.ts`): an
- * incremental `node:crypto` hash costs several times more per call.
+ * faster implementation for the size on this runtime (`sha256.ts`).
  */
 function sha256(...parts: Uint8Array[]): Uint8Array {
-  let input = parts[0] ?? new Uint8Array(0);
-  if (parts.length > 1) {
-    let total = 0;
-    for (const p of parts) total += p.length;
-    if (total > joined.length) joined = new Uint8Array(total * 2);
-    let at = 0;
-    for (const p of parts) {
-      joined.set(p, at);
-      at += p.length;
-    }
-    input = joined.subarray(0, total);
+  const out = new Uint8Array(HASH_BYTES);
+  if (parts.length <= 2) {
+    const a = parts[0] ?? EMPTY;
+    const b = parts[1] ?? EMPTY;
+    sha256Parts(a, 0, a.length, b, 0, b.length, out, 0);
+    return out;
   }
-  const digest = fastSha256(input);
-  // A plain Uint8Array, not a Buffer (whose slice() is a view).
-  return digest.constructor === Uint8Array ? digest : new Uint8Array(digest);
+  let total = 0;
+  for (const p of parts) total += p.length;
+  const joined = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    joined.set(p, at);
+    at += p.length;
+  }
+  sha256Parts(joined, 0, total, EMPTY, 0, 0, out, 0);
+  return out;
 }
 
+const EMPTY = new Uint8Array(0);
 const LEAF_PREFIX = new Uint8Array([0]);
 const NODE_PREFIX = new Uint8Array([1]);
 
@@ -87,12 +86,12 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
   if (left.length !== HASH_BYTES || right.length !== HASH_BYTES) {
     return sha256(NODE_PREFIX, left, right);
   }
-  // The hot path of every append: no argument list, no second copy.
   const input = nodeInput;
   input.set(left, 1);
   input.set(right, 1 + HASH_BYTES);
-  const digest = fastSha256(input);
-  return digest.constructor === Uint8Array ? digest : new Uint8Array(digest);
+  const out = new Uint8Array(HASH_BYTES);
+  sha256Parts(input, 0, input.length, EMPTY, 0, 0, out, 0);
+  return out;
 }
 
 /** 0x01 ‖ left ‖ right, filled by {@linkcode nodeHash}. */
@@ -151,6 +150,12 @@ export interface NodeStore {
   get(level: number, index: number): Uint8Array;
   /** Stores a node; nodes of one level arrive in index order. */
   put(level: number, index: number, hash: Uint8Array): void;
+  /**
+   * Stores the node held at `buf[at, at + 32)`, copying it (the bytes are
+   * reused after the call); optional, {@link NodeStore.put} of a copy if
+   * absent.
+   */
+  putFrom?(level: number, index: number, buf: Uint8Array, at: number): void;
 }
 
 /** A {@link NodeStore} in memory, for tests and small trees. */
@@ -203,9 +208,14 @@ export class MerkleLog {
   #size: number;
   /**
    * The roots of the complete subtrees that make up the tree now, largest
-   * (leftmost) first: one per set bit of the size.
+   * (leftmost) first: one per set bit of the size, 32 bytes each, then
+   * room for the leaf being appended. Two neighbours are the left and
+   * right halves of the node they merge into, so a merge hashes them in
+   * place.
    */
-  #frontier: Uint8Array[] = [];
+  #front = new Uint8Array(HASH_BYTES * 56);
+  /** Subtrees in {@link MerkleLog.#front}. */
+  #depth = 0;
 
   /**
    * @param store Where the nodes live.
@@ -222,7 +232,10 @@ export class MerkleLog {
     for (let level = 52; level >= 0; level--) {
       const span = 2 ** level;
       if (start + span <= size) {
-        this.#frontier.push(store.get(level, start / span));
+        this.#front.set(
+          store.get(level, start / span),
+          this.#depth++ * HASH_BYTES,
+        );
         start += span;
       }
     }
@@ -242,21 +255,85 @@ export class MerkleLog {
     if (hash.length !== HASH_BYTES) {
       throw new RangeError(`a leaf hash is ${HASH_BYTES} bytes`);
     }
+    this.#front.set(hash, this.#depth * HASH_BYTES);
+    this.#settle();
+  }
+
+  /**
+   * Appends the leaf whose hash is SHA-256(a[aStart, aEnd) ‖ b[bStart,
+   * bEnd)): the caller's parts start with the leaf prefix 0x00. The hot
+   * path of the vault's appends: the hash is written where the tree keeps
+   * it, with no copy of the leaf and no allocation.
+   *
+   * @param a The first part's buffer (0x00, then the leaf's first bytes).
+   * @param aStart Its first byte.
+   * @param aEnd After its last byte.
+   * @param b The second part's buffer (the rest of the leaf).
+   * @param bStart Its first byte.
+   * @param bEnd After its last byte.
+   */
+  appendHashOf(
+    a: Uint8Array,
+    aStart: number,
+    aEnd: number,
+    b: Uint8Array,
+    bStart: number,
+    bEnd: number,
+  ): void {
+    sha256Parts(
+      a,
+      aStart,
+      aEnd,
+      b,
+      bStart,
+      bEnd,
+      this.#front,
+      this.#depth * HASH_BYTES,
+    );
+    this.#settle();
+  }
+
+  /**
+   * Stores the leaf hash just written after the frontier, and merges it
+   * with each left sibling it completes (one per trailing 1 bit of the old
+   * size), storing every merged node.
+   */
+  #settle(): void {
+    const front = this.#front;
+    const store = this.#store;
     const index = this.#size;
-    this.#store.put(0, index, hash);
-    let node = hash;
+    let depth = this.#depth;
+    let at = depth * HASH_BYTES;
+    if (store.putFrom) store.putFrom(0, index, front, at);
+    else store.put(0, index, front.slice(at, at + HASH_BYTES));
     let level = 0;
     let i = index;
-    // Each trailing 1 bit of the old size is a left sibling to merge with.
     while (odd(i)) {
-      const left = this.#frontier.pop()!;
-      node = nodeHash(left, node);
+      // 0x01 ‖ left ‖ right, the two neighbours, into the left one's slot.
+      at -= HASH_BYTES;
+      sha256Parts(
+        NODE_PREFIX,
+        0,
+        1,
+        front,
+        at,
+        at + 2 * HASH_BYTES,
+        front,
+        at,
+      );
+      depth--;
       level++;
       i = half(i);
-      this.#store.put(level, i, node);
+      if (store.putFrom) store.putFrom(level, i, front, at);
+      else store.put(level, i, front.slice(at, at + HASH_BYTES));
     }
-    this.#frontier.push(node);
+    this.#depth = depth + 1;
     this.#size = index + 1;
+  }
+
+  /** The frontier subtree at `j` (0: the largest). */
+  #frontier(j: number): Uint8Array {
+    return this.#front.slice(j * HASH_BYTES, (j + 1) * HASH_BYTES);
   }
 
   /**
@@ -269,9 +346,9 @@ export class MerkleLog {
     this.#checkSize(size);
     if (size === this.#size) {
       if (size === 0) return emptyRoot();
-      let node = this.#frontier[this.#frontier.length - 1]!;
-      for (let j = this.#frontier.length - 2; j >= 0; j--) {
-        node = nodeHash(this.#frontier[j]!, node);
+      let node = this.#frontier(this.#depth - 1);
+      for (let j = this.#depth - 2; j >= 0; j--) {
+        node = nodeHash(this.#frontier(j), node);
       }
       return node;
     }

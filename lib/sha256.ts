@@ -265,3 +265,117 @@ export function sha256(m: Uint8Array): Uint8Array {
   if (limit < 0) limit = measure();
   return m.length <= limit ? sha256Js(m) : sha256Native(m);
 }
+
+/**
+ * SHA-256 of two byte ranges one after the other, `a[aStart, aEnd) ‖
+ * b[bStart, bEnd)`, written to `dst[at, at + 32)`. The output may overlap
+ * the input (the digest is written after every input byte is read).
+ */
+export type Sha256Parts = (
+  a: Uint8Array,
+  aStart: number,
+  aEnd: number,
+  b: Uint8Array,
+  bStart: number,
+  bEnd: number,
+  dst: Uint8Array,
+  at: number,
+) => void;
+
+/** Where a native {@linkcode Sha256Parts} comes from (lib/net/sha256.ts). */
+let nativeLoader: (() => Sha256Parts | undefined) | undefined;
+/** The native one once loaded; null: none here. */
+let native: Sha256Parts | null | undefined;
+
+/**
+ * Gives {@linkcode sha256Parts} a native implementation, loaded at its
+ * first call (the runtime's own code lives in `lib/net/`; the command
+ * picks it). Without one, or where it loads none, the portable path runs.
+ *
+ * @param load Returns the implementation, or undefined where there is none.
+ */
+export function setNativeSha256(
+  load: (() => Sha256Parts | undefined) | undefined,
+): void {
+  nativeLoader = load;
+  native = undefined;
+}
+
+/** The native implementation in use, if any (for tests and benches). */
+export function nativeSha256(): Sha256Parts | undefined {
+  if (native === undefined) {
+    try {
+      native = nativeLoader?.() ?? null;
+    } catch {
+      native = null;
+    }
+  }
+  return native ?? undefined;
+}
+
+/** Where the portable path puts the two parts together. */
+let partsJoined = new Uint8Array(512);
+
+function checkRange(buf: Uint8Array, start: number, end: number): void {
+  if (!(start >= 0 && start <= end && end <= buf.length)) {
+    throw new RangeError(`bad range ${start}–${end} of ${buf.length} bytes`);
+  }
+}
+
+/**
+ * SHA-256 of `a[aStart, aEnd) ‖ b[bStart, bEnd)` into `dst[at, at + 32)`:
+ * the vault's per-record hashes (chain links, Merkle leaves and nodes)
+ * without an allocation or a copy of the input where a native one is
+ * installed ({@linkcode setNativeSha256}); else the parts are copied
+ * together and hashed by {@linkcode sha256}.
+ *
+ * @example
+ * ```ts
+ * import { sha256, sha256Parts } from "./sha256.ts";
+ * const a = new Uint8Array([1, 2, 3]);
+ * const out = new Uint8Array(32);
+ * sha256Parts(a, 0, 1, a, 1, 3, out, 0);
+ * if (Buffer.compare(out, sha256(a)) !== 0) throw new Error("parts");
+ * ```
+ *
+ * @param a The first part's buffer.
+ * @param aStart Its first byte.
+ * @param aEnd After its last byte.
+ * @param b The second part's buffer.
+ * @param bStart Its first byte.
+ * @param bEnd After its last byte.
+ * @param dst Where the digest goes.
+ * @param at Its offset in `dst`.
+ * @throws {RangeError} For a range outside its buffer.
+ */
+export function sha256Parts(
+  a: Uint8Array,
+  aStart: number,
+  aEnd: number,
+  b: Uint8Array,
+  bStart: number,
+  bEnd: number,
+  dst: Uint8Array,
+  at: number,
+): void {
+  checkRange(a, aStart, aEnd);
+  checkRange(b, bStart, bEnd);
+  checkRange(dst, at, at + 32);
+  const fast = native === undefined ? nativeSha256() : native;
+  if (fast) return fast(a, aStart, aEnd, b, bStart, bEnd, dst, at);
+  const aLen = aEnd - aStart;
+  const total = aLen + bEnd - bStart;
+  if (total > partsJoined.length) {
+    partsJoined = new Uint8Array(Math.max(total, 2 * partsJoined.length));
+  }
+  const joined = partsJoined;
+  // Byte loops: a subarray for set() costs more than copying a short part.
+  if (aLen <= 64) {
+    for (let i = 0; i < aLen; i++) joined[i] = a[aStart + i]!;
+  } else joined.set(a.subarray(aStart, aEnd));
+  if (bEnd - bStart <= 64) {
+    for (let i = bStart; i < bEnd; i++) joined[aLen + i - bStart] = b[i]!;
+  } else joined.set(b.subarray(bStart, bEnd), aLen);
+  const digest = sha256(joined.subarray(0, total));
+  for (let i = 0; i < 32; i++) dst[at + i] = digest[i]!;
+}

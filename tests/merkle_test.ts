@@ -18,6 +18,8 @@ import {
   refVerifyConsistency,
   refVerifyInclusion,
 } from "./_rfc9162.ts";
+import { setNativeSha256 } from "../lib/sha256.ts";
+import { nativeSha256Parts } from "../lib/net/sha256.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 const unhex = (s: string) => new Uint8Array(Buffer.from(s, "hex"));
@@ -316,5 +318,52 @@ test("merkle: proofs in a tree of 10 million leaves need only O(log² n) node re
     const old = log.root(from);
     assert.ok(verifyConsistency(from, size, old, root, proof));
     assert.ok(refVerifyConsistency(from, size, old, root, proof));
+  }
+});
+
+test("merkle: appendHashOf (the vault's path: leaf hashed from two parts, nodes merged in place, stored with putFrom) gives the reference roots and nodes, portable and through libcrypto", () => {
+  const leaves: Uint8Array[] = [];
+  for (let i = 0; i < 70; i++) {
+    leaves.push(Uint8Array.from({ length: i % 9 }, (_, j) => i * 31 + j));
+  }
+  try {
+    for (const load of [undefined, nativeSha256Parts]) {
+      setNativeSha256(load);
+      const plain = new MemoryNodeStore();
+      const fromParts: NodeStore & { counts: number[] } = Object.assign(
+        new MemoryNodeStore(),
+        {
+          putFrom(level: number, index: number, buf: Uint8Array, at: number) {
+            fromParts.put(level, index, buf.slice(at, at + 32));
+          },
+        },
+      );
+      const a = new MerkleLog(plain);
+      const b = new MerkleLog(fromParts);
+      const prefixed = new Uint8Array(64);
+      for (let i = 0; i < leaves.length; i++) {
+        const leaf = leaves[i]!;
+        a.append(leafHash(leaf));
+        // 0x00 and the first byte in one part, the rest of the leaf in another.
+        prefixed[0] = 0;
+        prefixed.set(leaf.subarray(0, 1), 1);
+        const split = Math.min(1, leaf.length);
+        b.appendHashOf(prefixed, 0, 1 + split, leaf, split, leaf.length);
+        assert.equal(
+          hex(b.root()),
+          hex(refMth(leaves.slice(0, i + 1).map((l) => refLeaf(l)))),
+          `size ${i + 1}`,
+        );
+        assert.equal(hex(b.root()), hex(a.root()));
+      }
+      assert.deepEqual(fromParts.counts, plain.counts);
+      for (let level = 0; level < plain.counts.length; level++) {
+        for (let i = 0; i < plain.counts[level]!; i++) {
+          assert.equal(hex(fromParts.get(level, i)), hex(plain.get(level, i)));
+        }
+      }
+    }
+  } finally {
+    setNativeSha256(undefined);
   }
 });

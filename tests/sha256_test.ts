@@ -1,7 +1,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { jsLimit, sha256, sha256Js } from "../lib/sha256.ts";
+import process from "node:process";
+import {
+  jsLimit,
+  nativeSha256,
+  setNativeSha256,
+  sha256,
+  sha256Js,
+  type Sha256Parts,
+  sha256Parts,
+} from "../lib/sha256.ts";
+import { nativeSha256Parts } from "../lib/net/sha256.ts";
 import { seededRandom } from "./_test_utils.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -46,4 +56,63 @@ test("sha256Js and sha256 agree with node:crypto at every length across the bloc
     createHash("sha256").update(big.subarray(5, 150)).digest("hex"),
   );
   assert.ok(jsLimit() === 0 || jsLimit() === 247);
+});
+
+test("sha256Parts, portable and through libcrypto (lib/net/sha256.ts), hashes two ranges as one, also into its own input", () => {
+  const random = seededRandom(12);
+  const buf = new Uint8Array(700);
+  for (let i = 0; i < buf.length; i++) buf[i] = random(256);
+  const native = nativeSha256Parts();
+  if (process.platform === "linux") {
+    // This project's hosts and CI have OpenSSL 3; elsewhere the fallback runs.
+    assert.ok(native !== undefined, "libcrypto did not load");
+  }
+  const runs: [string, (() => Sha256Parts | undefined) | undefined][] = [
+    ["portable", undefined],
+    ["native", nativeSha256Parts],
+  ];
+  try {
+    for (const [label, load] of runs) {
+      setNativeSha256(load);
+      for (let k = 0; k < 300; k++) {
+        const aStart = random(300);
+        const aEnd = aStart + random(150);
+        const bStart = random(400);
+        const bEnd = bStart + random(300);
+        const want = createHash("sha256")
+          .update(buf.subarray(aStart, aEnd))
+          .update(buf.subarray(bStart, bEnd)).digest("hex");
+        const out = new Uint8Array(40).fill(0xee);
+        sha256Parts(buf, aStart, aEnd, buf, bStart, bEnd, out, 5);
+        assert.equal(hex(out.subarray(5, 37)), want, `${label} ${k}`);
+        assert.equal(out[4], 0xee, `${label}: wrote before its place`);
+        assert.equal(out[37], 0xee, `${label}: wrote past its place`);
+      }
+      // The digest over its own input (a chain link is written in place).
+      const record = buf.slice(0, 200);
+      const want = createHash("sha256").update(record.subarray(4)).digest();
+      sha256Parts(record, 4, 200, record, 0, 0, record, 36);
+      assert.equal(hex(record.subarray(36, 68)), hex(want), label);
+      // Ranges outside their buffers are refused before any native call.
+      const out = new Uint8Array(40);
+      assert.throws(
+        () => sha256Parts(buf, 0, 701, buf, 0, 0, out, 0),
+        RangeError,
+      );
+      assert.throws(
+        () => sha256Parts(buf, 0, 1, buf, 5, 4, out, 0),
+        RangeError,
+      );
+      assert.throws(
+        () => sha256Parts(buf, 0, 1, buf, 0, 0, out, 9),
+        RangeError,
+      );
+      assert.equal(
+        nativeSha256() !== undefined,
+        load !== undefined && native !== undefined,
+      );
+    }
+  } finally {
+    setNativeSha256(undefined);
+  }
 });

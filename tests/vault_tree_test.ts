@@ -410,6 +410,41 @@ test("Vault.checkpoint covers only durable records: a failed commit adds nothing
   await vault.close();
 });
 
+test("Vault.checkpoint asked for between a commit and its tree update takes the records from the commit, not a rebuild from disk", async () => {
+  using tmp = tempDir();
+  const kept: Kept[] = [];
+  const vault = await open(tmp.dir);
+  await fill(vault, 10, kept, 9);
+  const tree = vault.sources()[0]!.tree!;
+  const builds = tree.builds;
+  let between: ReturnType<Vault["checkpoint"]> | undefined;
+  // After the fsync: a microtask queued here runs once the log has marked
+  // the records durable, before the append's own callbacks.
+  _internals.fault = (step) => {
+    if (step === "synced" && between === undefined) {
+      queueMicrotask(() => {
+        between = vault.checkpoint(KEY);
+      });
+    }
+  };
+  try {
+    await vault.append(KEY, [{ seq: 11, ts: 1, line: te.encode("eleven") }], {
+      recvTs: 5,
+    });
+  } finally {
+    _internals.fault = undefined;
+  }
+  assert.ok(between !== undefined, "no checkpoint was asked for in between");
+  const cp = await between;
+  assert.equal(cp.size, 11);
+  assert.equal(tree.builds, builds, "the tree was rebuilt from disk");
+  assert.deepEqual(
+    vault.inclusionProof(KEY, 11, 11).leaf,
+    docLeaf({ seq: 11, ts: 1, recvTs: 5, line: te.encode("eleven") }),
+  );
+  await vault.close();
+});
+
 test("Vault.storeCosigned keeps a witness's cosigned checkpoint and refuses one that is not the tree's", async () => {
   using tmp = tempDir();
   const kept: Kept[] = [];

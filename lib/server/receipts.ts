@@ -252,10 +252,6 @@ export class ShipReceipts {
 
   async #make(): Promise<void> {
     try {
-      // After the callbacks of the commit that made this ack durable: the
-      // vault adds a commit's records to its tree in those, and a
-      // checkpoint asked for between them would find the tree behind.
-      await new Promise((resolve) => setTimeout(resolve, 0));
       const cp = await this.#vault.checkpoint(this.#key);
       if (this.#closed && this.#sent) return;
       if (this.#sent && cp.size === this.#from) return;

@@ -8,7 +8,13 @@
  */
 
 import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto";
-import { jsLimit, sha256, sha256Js } from "../sha256.ts";
+import {
+  jsLimit,
+  nativeSha256,
+  sha256,
+  sha256Js,
+  sha256Parts,
+} from "../sha256.ts";
 import { sourceHash } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 
@@ -50,8 +56,10 @@ export function computeLink(record: Uint8Array, prev: Uint8Array): Uint8Array {
 /**
  * Computes the chain link of the record at `bytes[start, end)` in place, as
  * {@linkcode computeLink} does: its link field must hold the previous link,
- * and holds the record's own afterwards. Where `lib/sha256.ts` hashes
- * natively (Bun; on Deno, long records), the digest comes as hex and is
+ * and holds the record's own afterwards. With a native SHA-256 installed
+ * (`setNativeSha256`) the record is hashed where it lies and the digest
+ * written in place. Else, where `lib/sha256.ts` hashes
+ * with `node:crypto` (Bun; on Deno, long records), the digest comes as hex and is
  * written in place: `node:crypto` would make a Buffer per record, most of
  * what a batch of thousands of empty records cost the garbage collector.
  *
@@ -60,8 +68,13 @@ export function computeLink(record: Uint8Array, prev: Uint8Array): Uint8Array {
  * @param end After its last byte.
  */
 export function writeLink(bytes: Uint8Array, start: number, end: number): void {
-  const data = bytes.subarray(start + 4, end);
   const at = start + LINK_OFFSET;
+  if (nativeSha256() !== undefined) {
+    // Hashed where it lies, the digest written in place: no view, no copy.
+    sha256Parts(bytes, start + 4, end, bytes, 0, 0, bytes, at);
+    return;
+  }
+  const data = bytes.subarray(start + 4, end);
   if (data.length <= jsLimit()) {
     bytes.set(sha256Js(data), at);
     return;

@@ -44,8 +44,7 @@ import { VAULT_KIND, VAULT_MAGIC } from "./_format.ts";
 import { sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import {
-  leafHashAt,
-  leafHashOfRecord,
+  appendRecordLeaf,
   leafOfRecord,
   nodesForSize,
   RecordLocator,
@@ -109,6 +108,13 @@ export class SourceTree {
    * the segment's durable size only while it is the last durable record.
    */
   #unplaced: { firstSeq: number; bytes: Uint8Array }[] = [];
+  /**
+   * Chunks queued for commit whose leaves the tree has not taken yet,
+   * oldest first (see `expect`).
+   */
+  #pending: { firstSeq: number; lastSeq: number; bytes: Uint8Array }[] = [];
+  /** Builder runs started (for tests). */
+  #builds = 0;
   /** Log writes, one at a time. */
   #writes: Promise<unknown> = Promise.resolve();
   /** Set by `stop`: no more building (the vault is closing). */
@@ -303,32 +309,98 @@ export class SourceTree {
   }
 
   /**
+   * Notes a chunk of records being committed (called when it is queued,
+   * before it is durable): once it is, the tree takes its leaves from
+   * these bytes, whoever asks first — {@linkcode SourceTree.appendDurable}
+   * after the commit, or a checkpoint asked for between the commit and
+   * that call (which would otherwise find the tree behind the durable
+   * records and read them back from disk).
+   *
+   * @param firstSeq The first record's sequence number.
+   * @param lastSeq The last record's.
+   * @param bytes The records, encoded back to back.
+   */
+  expect(firstSeq: number, lastSeq: number, bytes: Uint8Array): void {
+    if (this.#closed) return;
+    const pending = this.#pending;
+    if (this.#building !== undefined) {
+      // The builder reads what it needs from disk: hold no bytes for it.
+      pending.length = 0;
+      return;
+    }
+    // A chunk queued again from the same sequence number replaces what
+    // was queued from there before (whose commit failed).
+    while (
+      pending.length > 0 && pending[pending.length - 1]!.firstSeq >= firstSeq
+    ) {
+      pending.pop();
+    }
+    pending.push({ firstSeq, lastSeq, bytes });
+  }
+
+  /**
    * Adds the leaves of records that just became durable (called before
-   * their append resolves). Records the tree is not ready for (it is still
-   * catching up) are left to the builder. Never throws.
+   * their append resolves), with those of every chunk noted by
+   * {@linkcode SourceTree.expect} that is durable by now. Records the tree
+   * is not ready for (it is still catching up) are left to the builder.
+   * Never throws.
    *
    * @param firstSeq The first record's sequence number.
    * @param bytes The records, encoded back to back.
    */
   appendDurable(firstSeq: number, bytes: Uint8Array): void {
     if (this.#closed) return;
-    if (firstSeq !== this.last + 1 || this.#building !== undefined) {
-      if (firstSeq > this.last + 1) this.#catchUp();
+    if (firstSeq <= this.last) return; // taken from #pending already
+    const pending = this.#pending;
+    if (!pending.some((chunk) => chunk.bytes === bytes)) {
+      // Not noted (queued while the builder ran): durable now, in order.
+      let i = pending.length;
+      while (i > 0 && pending[i - 1]!.firstSeq > firstSeq) i--;
+      pending.splice(i, 0, { firstSeq, lastSeq: Infinity, bytes });
+    }
+    this.#drain();
+    if (this.#building === undefined && this.last < this.host.durableSeq()) {
+      this.#catchUp();
+    }
+  }
+
+  /**
+   * Appends the leaves of the noted chunks that are durable now and follow
+   * the tree's last leaf; drops the ones it holds already. Never throws.
+   */
+  #drain(): void {
+    const pending = this.#pending;
+    if (pending.length === 0) return;
+    if (this.#building !== undefined) {
+      // The builder reads them from disk.
+      pending.length = 0;
       return;
     }
+    const durable = this.host.durableSeq();
+    const source = this.host.sourceHash;
+    let taken = 0;
     try {
-      const source = this.host.sourceHash;
-      const view = new DataView(bytes.buffer, bytes.byteOffset);
-      let at = 0;
-      while (at < bytes.length) {
-        const length = view.getUint32(at + 4, true);
-        this.#log.append(leafHashAt(bytes, at, length, source));
-        at += length;
+      for (; taken < pending.length; taken++) {
+        const chunk = pending[taken]!;
+        if (chunk.firstSeq <= this.last) continue;
+        if (chunk.firstSeq !== this.last + 1) break;
+        const bytes = chunk.bytes;
+        const view = new DataView(bytes.buffer, bytes.byteOffset);
+        // Infinity: appendDurable's own chunk without a note, durable now.
+        if (chunk.lastSeq !== Infinity && chunk.lastSeq > durable) break;
+        let at = 0;
+        while (at < bytes.length) {
+          const length = view.getUint32(at + 4, true);
+          appendRecordLeaf(this.#log, bytes, at, length, source);
+          at += length;
+        }
+        if (this.#file.full) this.#file.flush();
+        this.#place(chunk.firstSeq, bytes, this.last);
       }
-      if (this.#file.full) this.#file.flush();
-      this.#place(firstSeq, bytes, this.last);
     } catch (error) {
       this.#fail(error);
+    } finally {
+      pending.splice(0, taken);
     }
   }
 
@@ -369,10 +441,21 @@ export class SourceTree {
     });
   }
 
-  /** Starts the builder if the tree is behind the durable records. */
+  /** Builder runs started so far (for tests). */
+  get builds(): number {
+    return this.#builds;
+  }
+
+  /**
+   * Starts the builder if the tree is behind the durable records that it
+   * has no noted chunk for.
+   */
   #catchUp(): void {
     if (this.#building !== undefined || this.#stopped) return;
     if (this.last >= this.host.durableSeq()) return;
+    this.#drain();
+    if (this.last >= this.host.durableSeq()) return;
+    this.#builds++;
     this.#failed = undefined;
     this.#building = this.#build()
       .catch((error) => {
@@ -435,7 +518,8 @@ export class SourceTree {
                 }": record ${record.seq} follows ${due - 1}`,
               );
             }
-            this.#log.append(leafHashOfRecord(record.bytes, source));
+            const bytes = record.bytes;
+            appendRecordLeaf(this.#log, bytes, 0, bytes.length, source);
           }
           if (this.#file.full) this.#file.flush();
         }

@@ -10,9 +10,9 @@
  *   tree of n leaves holds 2n − popcount(n) hashes. Writes are buffered and
  *   written without fsync (the tree is derived from the records; see
  *   `_tree.ts` for what is trusted at open); reads are positioned reads.
- * - `leafHashOfRecord`: the RFC 9162 leaf hash of a stored vault record,
- *   computed from its bytes with one hash call and no allocation but the
- *   digest.
+ * - `appendRecordLeaf`: appends the RFC 9162 leaf hash of a stored vault
+ *   record to a tree, hashed from the record's bytes where they lie (no
+ *   copy of the line, no allocation); `leafHashOfRecord` returns it.
  * - `RecordLocator`: reads one record by sequence number, with a sparse
  *   in-memory index of record offsets built as segments are walked.
  *
@@ -32,7 +32,7 @@ import {
 } from "node:fs";
 import { open } from "node:fs/promises";
 import { MoatError } from "../errors.ts";
-import type { NodeStore } from "../merkle.ts";
+import type { MerkleLog, NodeStore } from "../merkle.ts";
 import {
   checkRecord,
   MAX_RECORD_BYTES,
@@ -40,7 +40,7 @@ import {
   SEGMENT_HEADER_BYTES,
 } from "../segment/codec.ts";
 import { systemErrorCode } from "../segment/fs.ts";
-import { sha256 } from "../sha256.ts";
+import { sha256Parts } from "../sha256.ts";
 import {
   CHAIN_LINK_BYTES,
   FLAG_CHAIN,
@@ -185,6 +185,18 @@ export class TreeFile implements NodeStore {
     this.#buffered += NODE_BYTES;
   }
 
+  putFrom(_level: number, _index: number, buf: Uint8Array, at: number): void {
+    if (this.#buffered + NODE_BYTES > this.#buffer.length) {
+      this.put(_level, _index, buf.slice(at, at + NODE_BYTES));
+      return;
+    }
+    // 32 bytes: a loop costs less than the view set() would need.
+    const out = this.#buffer;
+    const to = this.#buffered;
+    for (let i = 0; i < NODE_BYTES; i++) out[to + i] = buf[at + i]!;
+    this.#buffered = to + NODE_BYTES;
+  }
+
   /** True once enough nodes are buffered to be worth a write. */
   get full(): boolean {
     return this.#buffered >= FLUSH_BYTES;
@@ -304,18 +316,41 @@ export class TreeFile implements NodeStore {
 }
 
 /**
- * Scratch space for {@linkcode leafHashAt}: 0x00, then the leaf. Grown to
- * the longest record seen; hashing is synchronous, so one buffer serves
- * every source (the source hash in it is rewritten when the source changes).
+ * 0x00, then the leaf's bytes before its line: the first part of every
+ * leaf hash input (the line, the second, is hashed where it lies in the
+ * record). Hashing is synchronous, so one buffer serves every source (the
+ * source hash in it is rewritten when the source changes).
  */
-let scratch = new Uint8Array(4096);
-let scratchSource: Uint8Array | undefined;
+const prefix = new Uint8Array(1 + LEAF_HEADER_BYTES);
+prefix[1] = LEAF_VERSION;
+let prefixSource: Uint8Array | undefined;
+
+/**
+ * Fills {@linkcode prefix} for the record at `at` in `bytes`.
+ *
+ * @returns Where the record's line starts in `bytes`.
+ */
+function fillPrefix(bytes: Uint8Array, at: number, source: Uint8Array): number {
+  if (source.length !== SOURCE_HASH_BYTES) {
+    throw new RangeError("Invalid leaf: a source hash is 32 bytes");
+  }
+  const p = prefix;
+  if (prefixSource !== source) {
+    p.set(source, 2);
+    prefixSource = source;
+  }
+  const flags = bytes[at + 9]!;
+  // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
+  for (let i = 0; i < 24; i++) p[34 + i] = bytes[at + 12 + i]!;
+  p[1 + 57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
+  return at + VAULT_LINE_OFFSET + (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
+}
 
 /**
  * The RFC 9162 leaf hash, SHA-256(0x00 ‖ leaf), of a stored vault line
  * record (its leaf as `encodeLeaf` in `leaf.ts` builds it).
  *
- * @param record The whole record, header included (checked).
+ * @param record The whole record, header included.
  * @param source The source hash.
  * @returns The leaf hash.
  */
@@ -323,46 +358,32 @@ export function leafHashOfRecord(
   record: Uint8Array,
   source: Uint8Array,
 ): Uint8Array {
-  return leafHashAt(record, 0, record.length, source);
+  const lineAt = fillPrefix(record, 0, source);
+  const out = new Uint8Array(NODE_BYTES);
+  sha256Parts(prefix, 0, prefix.length, record, lineAt, record.length, out, 0);
+  return out;
 }
 
 /**
- * {@linkcode leafHashOfRecord} of the record at `at` in `bytes`, without a
- * view of it: the hot path of every append (one copy of the line, one hash
- * call).
+ * Appends the leaf of the record at `bytes[at, at + length)` to a tree:
+ * the hot path of every append, with no copy of the line and no
+ * allocation (the hash is written where the tree keeps it).
  *
+ * @param log The tree.
  * @param bytes Records back to back.
  * @param at Where the record starts.
  * @param length Its length.
  * @param source The source hash.
- * @returns The leaf hash.
  */
-export function leafHashAt(
+export function appendRecordLeaf(
+  log: MerkleLog,
   bytes: Uint8Array,
   at: number,
   length: number,
   source: Uint8Array,
-): Uint8Array {
-  const flags = bytes[at + 9]!;
-  const lineAt = VAULT_LINE_OFFSET +
-    (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
-  const total = 1 + LEAF_HEADER_BYTES + length - lineAt;
-  if (total > scratch.length) {
-    scratch = new Uint8Array(Math.max(total, scratch.length * 2));
-    scratchSource = undefined;
-  }
-  const s = scratch;
-  if (scratchSource !== source) {
-    s[0] = 0;
-    s[1] = LEAF_VERSION;
-    s.set(source, 2);
-    scratchSource = source;
-  }
-  // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
-  for (let i = 0; i < 24; i++) s[34 + i] = bytes[at + 12 + i]!;
-  s[1 + 57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
-  s.set(bytes.subarray(at + lineAt, at + length), 1 + LEAF_HEADER_BYTES);
-  return sha256(s.subarray(0, total));
+): void {
+  const lineAt = fillPrefix(bytes, at, source);
+  log.appendHashOf(prefix, 0, prefix.length, bytes, lineAt, at + length);
 }
 
 /** The fields of a leaf, read from a stored vault line record. */

@@ -25,7 +25,7 @@ import {
   TREE_FILE,
 } from "./_checkpoints.ts";
 import {
-  leafHashOfRecord,
+  appendRecordLeaf,
   nodesForSize,
   sizeForNodes,
   TreeFile,
@@ -285,7 +285,7 @@ export class TreeCheck {
       this.#stopped = true;
       return;
     }
-    log.append(leafHashOfRecord(record, this.#sourceHash));
+    appendRecordLeaf(log, record, 0, record.length, this.#sourceHash);
     if (this.#sizes.has(log.size)) {
       this.#roots.set(log.size, log.root());
     }

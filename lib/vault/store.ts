@@ -1160,8 +1160,11 @@ class _Vault implements Vault {
     const tree = source.tree;
     if (tree === undefined) return done;
     // Into the tree once durable, before the append resolves: a checkpoint
-    // asked for after it covers these records.
+    // asked for after it covers these records. Noted now, so that a
+    // checkpoint asked for between the commit and this callback takes
+    // them from here too, not from disk.
     const firstSeq = accepted + 1;
+    tree.expect(firstSeq, accepted + added, bytes);
     return done.then((seq) => {
       tree.appendDurable(firstSeq, bytes);
       return seq;
