@@ -1,6 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import process from "node:process";
 import {
   jsLimit,
@@ -13,6 +16,7 @@ import {
 } from "../lib/sha256.ts";
 import { nativeSha256Parts } from "../lib/net/sha256.ts";
 import { seededRandom } from "./_test_utils.ts";
+import { tempDir } from "./_e2e.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
@@ -115,4 +119,47 @@ test("sha256Parts, portable and through libcrypto (lib/net/sha256.ts), hashes tw
   } finally {
     setNativeSha256(undefined);
   }
+});
+
+test("the libcrypto SHA-256 keeps working after the collector runs (its library stays loaded)", () => {
+  // In a process of its own, where this is the library's only loader: Bun
+  // unloaded the library with its collected dlopen result, and the next
+  // call crashed the process at address 0.
+  using tmp = tempDir();
+  const script = path.join(tmp.dir, "gc.ts");
+  const module = path.resolve(
+    import.meta.dirname ?? ".",
+    "../lib/net/sha256.ts",
+  );
+  fs.writeFileSync(
+    script,
+    `import { nativeSha256Parts } from ${JSON.stringify(module)};
+const parts = nativeSha256Parts();
+const gc = globalThis.Bun?.gc;
+const input = new Uint8Array(300).map((_, i) => i);
+const out = new Uint8Array(32);
+let hex = "none";
+for (let round = 0; round < 3 && parts; round++) {
+  let garbage = [];
+  for (let i = 0; i < 100000; i++) garbage.push({ i });
+  garbage = [];
+  gc?.(true);
+  parts(input, 0, 100, input, 100, 300, out, 0);
+  hex = Buffer.from(out).toString("hex");
+}
+console.log(hex);
+`,
+  );
+  const deno = navigator.userAgent.startsWith("Deno");
+  const run = spawnSync(
+    process.execPath,
+    deno ? ["run", "-A", script] : [script],
+    { encoding: "utf8" },
+  );
+  assert.equal(run.status, 0, run.stderr);
+  const want = createHash("sha256")
+    .update(new Uint8Array(300).map((_, i) => i)).digest("hex");
+  // "none" where libcrypto does not load (not on Linux, asserted above).
+  const expected = process.platform === "linux" ? [want] : [want, "none"];
+  assert.ok(expected.includes(run.stdout.trim()), run.stdout);
 });

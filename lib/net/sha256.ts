@@ -54,6 +54,9 @@ const LIBRARIES = process.platform === "darwin"
 const ABC_HEX =
   "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
+/** What the loaded implementations use, referenced for the process's life. */
+const kept: unknown[] = [];
+
 /** Bytes kept for a SHA256_CTX (112 in OpenSSL 3). */
 const CTX_BYTES = 4096;
 
@@ -95,16 +98,20 @@ function bunParts(name: string): Sha256Parts | undefined {
   const update = lib.symbols.SHA256_Update!;
   const final = lib.symbols.SHA256_Final!;
   const ptr = ffi.ptr;
-  // Kept alive by the closure; large enough to live outside the GC heap.
+  // Large enough to live outside the GC heap.
   const ctxBuf = new Uint8Array(CTX_BYTES);
   const ctx = ptr(ctxBuf);
+  // The library and the context must outlive every call: Bun frees a
+  // library's call stubs when its dlopen result is collected (a server
+  // crashed at address 0 after about 1,500 records when only the
+  // functions were kept).
+  kept.push(lib, ctxBuf);
   // sha256Parts (lib/sha256.ts) checked every range against its buffer.
   return (a, aStart, aEnd, b, bStart, bEnd, dst, at) => {
     init(ctx);
     if (aEnd > aStart) update(ctx, ptr(a, aStart), aEnd - aStart);
     if (bEnd > bStart) update(ctx, ptr(b, bStart), bEnd - bStart);
     final(ptr(dst, at), ctx);
-    void ctxBuf;
   };
 }
 
@@ -125,6 +132,7 @@ function denoParts(name: string): Sha256Parts | undefined {
   const final = lib.symbols.SHA256_Final!;
   const ctx = new Uint8Array(CTX_BYTES);
   const digest = new Uint8Array(32);
+  kept.push(lib);
   return (a, aStart, aEnd, b, bStart, bEnd, dst, at) => {
     init(ctx);
     if (aEnd > aStart) {
