@@ -325,11 +325,7 @@ const prefix = new Uint8Array(1 + LEAF_HEADER_BYTES);
 prefix[1] = LEAF_VERSION;
 let prefixSource: Uint8Array | undefined;
 
-/**
- * Fills {@linkcode prefix} for the record at `at` in `bytes`.
- *
- * @returns Where the record's line starts in `bytes`.
- */
+/** Fills {@linkcode prefix} for the record at `at`; returns where its line starts. */
 function fillPrefix(bytes: Uint8Array, at: number, source: Uint8Array): number {
   if (source.length !== SOURCE_HASH_BYTES) {
     throw new RangeError("Invalid leaf: a source hash is 32 bytes");
