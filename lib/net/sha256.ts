@@ -98,49 +98,23 @@ function bunParts(name: string): Sha256Parts | undefined {
   const update = lib.symbols.SHA256_Update!;
   const final = lib.symbols.SHA256_Final!;
   const ptr = ffi.ptr;
-  // Large enough to live outside the GC heap.
-  const ctxBuf = new Uint8Array(CTX_BYTES);
+  // Over an ArrayBuffer of its own, so its address never changes. The
+  // storage of a small typed array made with a length can move: an address
+  // cached across calls went stale and wrong leaves were hashed (seen in
+  // testing), so every other address is taken right before its call.
+  const ctxBuf = new Uint8Array(new ArrayBuffer(CTX_BYTES));
   const ctx = ptr(ctxBuf);
-  // The library and the context must outlive every call: Bun closes the
-  // library when its dlopen result is collected (a server crashed at
-  // address 0 after about 1,500 records when only the functions were kept).
+  // The library and the context must outlive every call: Bun frees a
+  // library's call stubs when its dlopen result is collected (a server
+  // crashed at address 0 after about 1,500 records when only the
+  // functions were kept).
   kept.push(lib, ctxBuf);
-  // The addresses of the last four arrays hashed from or into (ptr() costs
-  // about 12 ns; the vault's hashes rotate among a few long-lived arrays:
-  // the leaf prefix, a chunk of records, the tree's frontier). A cached
-  // array is held until pushed out. Its address cannot change while it is
-  // held (JavaScriptCore does not move array storage, and ptr() has made
-  // it out of line); a detached array has length 0, and sha256Parts
-  // refuses any non-empty range of it before this is called.
-  let c0: Uint8Array | undefined;
-  let p0 = 0;
-  let c1: Uint8Array | undefined;
-  let p1 = 0;
-  let c2: Uint8Array | undefined;
-  let p2 = 0;
-  let c3: Uint8Array | undefined;
-  let p3 = 0;
-  const address = (view: Uint8Array): number => {
-    if (view === c0) return p0;
-    if (view === c1) return p1;
-    if (view === c2) return p2;
-    if (view === c3) return p3;
-    c3 = c2;
-    p3 = p2;
-    c2 = c1;
-    p2 = p1;
-    c1 = c0;
-    p1 = p0;
-    c0 = view;
-    p0 = ptr(view);
-    return p0;
-  };
   // sha256Parts (lib/sha256.ts) checked every range against its buffer.
   return (a, aStart, aEnd, b, bStart, bEnd, dst, at) => {
     init(ctx);
-    if (aEnd > aStart) update(ctx, address(a) + aStart, aEnd - aStart);
-    if (bEnd > bStart) update(ctx, address(b) + bStart, bEnd - bStart);
-    final(address(dst) + at, ctx);
+    if (aEnd > aStart) update(ctx, ptr(a, aStart), aEnd - aStart);
+    if (bEnd > bStart) update(ctx, ptr(b, bStart), bEnd - bStart);
+    final(ptr(dst, at), ctx);
   };
 }
 
