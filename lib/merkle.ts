@@ -260,6 +260,22 @@ export class MerkleLog {
   }
 
   /**
+   * Appends the leaf hash held at `buf[at, at + 32)` (copied).
+   *
+   * @param buf Holds the leaf's hash.
+   * @param at Where.
+   */
+  appendFrom(buf: Uint8Array, at: number): void {
+    if (!(at >= 0 && at + HASH_BYTES <= buf.length)) {
+      throw new RangeError(`no leaf hash at ${at} of ${buf.length} bytes`);
+    }
+    const front = this.#front;
+    const to = this.#depth * HASH_BYTES;
+    for (let i = 0; i < HASH_BYTES; i++) front[to + i] = buf[at + i]!;
+    this.#settle();
+  }
+
+  /**
    * Appends the leaf whose hash is SHA-256(a[aStart, aEnd) ‖ b[bStart,
    * bEnd)): the caller's parts start with the leaf prefix 0x00. The hot
    * path of the vault's appends: the hash is written where the tree keeps

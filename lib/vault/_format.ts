@@ -174,8 +174,9 @@ class _ArrayBatch implements AppendBatch {
  *
  * @param records Records, sequence numbers consecutive.
  * @param recvTs The receive time stamped on all of them.
- * @param options The chain state to continue (updated in place), and the
- * index of the first record to encode (those before it are skipped).
+ * @param options The chain state to continue (updated in place), the
+ * index of the first record to encode (those before it are skipped), and
+ * a function called with each record written.
  * @returns The bytes.
  */
 export function encodeVaultRecords(
@@ -184,6 +185,13 @@ export function encodeVaultRecords(
   options: {
     chain?: { link: Uint8Array };
     from?: number;
+    /**
+     * Called with each record once it is written whole, while its bytes
+     * are still in the CPU's cache (the vault hashes its Merkle leaf here).
+     */
+    each?:
+      | ((bytes: Uint8Array, start: number, end: number) => void)
+      | undefined;
   } = {},
 ): Uint8Array {
   const batch = Array.isArray(records)
@@ -228,6 +236,7 @@ export function encodeVaultRecords(
       writeLink(out, at, end);
     }
     view.setUint32(at, crc32c(out, at + 4, end), true);
+    options.each?.(out, at, end);
     last = at;
     at = end;
   }

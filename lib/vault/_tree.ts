@@ -112,7 +112,12 @@ export class SourceTree {
    * Chunks queued for commit whose leaves the tree has not taken yet,
    * oldest first (see `expect`).
    */
-  #pending: { firstSeq: number; lastSeq: number; bytes: Uint8Array }[] = [];
+  #pending: {
+    firstSeq: number;
+    lastSeq: number;
+    bytes: Uint8Array;
+    leaves?: Uint8Array | undefined;
+  }[] = [];
   /** Builder runs started (for tests). */
   #builds = 0;
   /** Log writes, one at a time. */
@@ -319,8 +324,15 @@ export class SourceTree {
    * @param firstSeq The first record's sequence number.
    * @param lastSeq The last record's.
    * @param bytes The records, encoded back to back.
+   * @param leaves Their leaf hashes, 32 bytes each, if hashed already
+   * (see {@linkcode SourceTree.takesLeaves}).
    */
-  expect(firstSeq: number, lastSeq: number, bytes: Uint8Array): void {
+  expect(
+    firstSeq: number,
+    lastSeq: number,
+    bytes: Uint8Array,
+    leaves?: Uint8Array,
+  ): void {
     if (this.#closed) return;
     const pending = this.#pending;
     if (this.#building !== undefined) {
@@ -335,7 +347,15 @@ export class SourceTree {
     ) {
       pending.pop();
     }
-    pending.push({ firstSeq, lastSeq, bytes });
+    pending.push({ firstSeq, lastSeq, bytes, leaves });
+  }
+
+  /**
+   * Whether leaf hashes given to {@linkcode SourceTree.expect} would be
+   * used now (not while the builder reads the records from disk).
+   */
+  get takesLeaves(): boolean {
+    return !this.#closed && this.#building === undefined;
   }
 
   /**
@@ -388,13 +408,17 @@ export class SourceTree {
         const view = new DataView(bytes.buffer, bytes.byteOffset);
         // Infinity: appendDurable's own chunk without a note, durable now.
         if (chunk.lastSeq !== Infinity && chunk.lastSeq > durable) break;
+        const leaves = chunk.leaves;
+        const file = this.#file;
         let at = 0;
-        while (at < bytes.length) {
+        for (let i = 0; at < bytes.length; i++) {
           const length = view.getUint32(at + 4, true);
-          appendRecordLeaf(this.#log, bytes, at, length, source);
+          if (leaves !== undefined) this.#log.appendFrom(leaves, 32 * i);
+          else appendRecordLeaf(this.#log, bytes, at, length, source);
           at += length;
+          // Written every 64 KiB: a large chunk would grow the buffer.
+          if (file.full) file.flush();
         }
-        if (this.#file.full) this.#file.flush();
         this.#place(chunk.firstSeq, bytes, this.last);
       }
     } catch (error) {

@@ -361,6 +361,30 @@ export function leafHashOfRecord(
 }
 
 /**
+ * Writes the leaf hash of the record at `bytes[at, at + length)` to
+ * `dst[dstAt, dstAt + 32)`.
+ *
+ * @param bytes Records back to back.
+ * @param at Where the record starts.
+ * @param length Its length.
+ * @param source The source hash.
+ * @param dst Where the hash goes.
+ * @param dstAt Its offset there.
+ */
+export function leafHashInto(
+  bytes: Uint8Array,
+  at: number,
+  length: number,
+  source: Uint8Array,
+  dst: Uint8Array,
+  dstAt: number,
+): void {
+  const lineAt = fillPrefix(bytes, at, source);
+  const end = at + length;
+  sha256Parts(prefix, 0, prefix.length, bytes, lineAt, end, dst, dstAt);
+}
+
+/**
  * Appends the leaf of the record at `bytes[at, at + length)` to a tree:
  * the hot path of every append, with no copy of the line and no
  * allocation (the hash is written where the tree keeps it).

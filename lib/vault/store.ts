@@ -70,6 +70,10 @@ import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
 import { checkpointOrigin, loadCheckpointKey } from "./_checkpoints.ts";
 import { SourceTree } from "./_tree.ts";
+import { leafHashInto } from "./_tree_file.ts";
+
+/** Bytes of a Merkle leaf hash. */
+const LEAF_HASH_BYTES = 32;
 import type {
   SignedCheckpoint,
   TreeContext,
@@ -1148,8 +1152,31 @@ class _Vault implements Vault {
       }
     }
     const chain = { link: source.acceptedHead() };
-    const bytes = encodeVaultRecords(batch, recvTs, { chain, from: start });
     const added = count - start;
+    const tree = source.tree;
+    // The Merkle leaves are hashed as each record is encoded, while its
+    // bytes are in the CPU's cache; the tree takes them once durable.
+    let leaves: Uint8Array | undefined;
+    let each: ((b: Uint8Array, at: number, end: number) => void) | undefined;
+    if (tree?.takesLeaves) {
+      const hashes = leaves = new Uint8Array(added * LEAF_HASH_BYTES);
+      const sourceHash = tree.host.sourceHash;
+      let i = 0;
+      each = (b, at, end) =>
+        leafHashInto(
+          b,
+          at,
+          end - at,
+          sourceHash,
+          hashes,
+          LEAF_HASH_BYTES * i++,
+        );
+    }
+    const bytes = encodeVaultRecords(batch, recvTs, {
+      chain,
+      from: start,
+      each,
+    });
     this.#appends++;
     const done = log.enqueue(bytes, {
       firstSeq: accepted + 1,
@@ -1157,14 +1184,13 @@ class _Vault implements Vault {
       note: { minTime: recvTs, maxTime: recvTs, tail: chain.link },
     });
     source.pushHead(accepted + added, chain.link);
-    const tree = source.tree;
     if (tree === undefined) return done;
     // Into the tree once durable, before the append resolves: a checkpoint
     // asked for after it covers these records. Noted now, so that a
     // checkpoint asked for between the commit and this callback takes
     // them from here too, not from disk.
     const firstSeq = accepted + 1;
-    tree.expect(firstSeq, accepted + added, bytes);
+    tree.expect(firstSeq, accepted + added, bytes, leaves);
     return done.then((seq) => {
       tree.appendDurable(firstSeq, bytes);
       return seq;
