@@ -418,7 +418,9 @@ test("Vault.checkpoint asked for between a commit and its tree update takes the 
   const kept: Kept[] = [];
   const vault = await open(tmp.dir);
   await fill(vault, 10, kept, 9);
-  const tree = vault.sources()[0]!.tree!;
+  // The source's tree (internal: the source object the vault keeps).
+  const tree = (vault.sources()[0] as unknown as { tree: { builds: number } })
+    .tree;
   const builds = tree.builds;
   let between: ReturnType<Vault["checkpoint"]> | undefined;
   // After the fsync: a microtask queued here runs once the log has marked
