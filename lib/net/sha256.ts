@@ -45,10 +45,15 @@ interface DenoFfi {
   ): { symbols: Record<string, (...args: unknown[]) => number> };
 }
 
-/** Library names tried in order. */
-const LIBRARIES = process.platform === "darwin"
-  ? ["libcrypto.3.dylib", "libcrypto.dylib"]
-  : ["libcrypto.so.3", "libcrypto.so"];
+/**
+ * Library names tried in order. Never macOS's unversioned
+ * `libcrypto.dylib`: loading the system's aborts the process.
+ */
+const LIBRARIES = process.platform === "linux"
+  ? ["libcrypto.so.3", "libcrypto.so"]
+  : process.platform === "darwin"
+  ? ["libcrypto.3.dylib"]
+  : [];
 
 /** FIPS 180-4's "abc" digest, checked once at load. */
 const ABC_HEX =
