@@ -824,6 +824,47 @@ export async function waitStreamLeader(
 }
 
 /**
+ * Resolves once the stream answers node `via` with no leader (a request
+ * that times out or an error reply). The meta leader goes first; the
+ * stream's leader may keep answering reads for a few seconds more, until it
+ * notices it lost its quorum and steps down.
+ *
+ * @param cluster The cluster.
+ * @param via The node to ask.
+ * @param timeoutMs The most to wait.
+ */
+export async function waitNoStreamLeader(
+  cluster: NatsCluster,
+  via = 0,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  using conn = await rawConnect(
+    cluster.nodes[via]!.clientPort,
+    cluster.users.moat,
+    2_000,
+  );
+  let last = "";
+  for (;;) {
+    const r = await conn.request(`$JS.API.STREAM.INFO.${cluster.stream}`)
+      .catch((e: Error): RawReply => ({ ok: false, error: e.message }));
+    if (!r.ok || r.data.length === 0) return;
+    const info = r.json() as {
+      error?: unknown;
+      cluster?: { leader?: string };
+    };
+    if (info.error !== undefined || !info.cluster?.leader) return;
+    last = JSON.stringify(info.cluster);
+    if (Date.now() > deadline) {
+      throw new Error(
+        `Stream ${cluster.stream} still has a leader after ${timeoutMs} ms: ${last}`,
+      );
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+/**
  * Resolves once node `via` has no JetStream meta leader any more (after a
  * majority of the nodes stopped, the survivors notice within seconds; until
  * then a stream leader among them may still answer): `/jsz` asked every

@@ -23,6 +23,7 @@ import {
   rawConnect,
   startNatsCluster,
   waitNoMetaLeader,
+  waitNoStreamLeader,
   waitStreamLeader,
 } from "./_nats.ts";
 import { initVault } from "../lib/vault/init.ts";
@@ -303,6 +304,7 @@ test(
     await cluster.kill(1);
     await cluster.kill(2);
     await waitNoMetaLeader(cluster);
+    await waitNoStreamLeader(cluster);
     const down = await runMoat(["vault", "ls", url, ...creds]);
     assert.notEqual(down.code, 0);
     assert.match(down.stderr, /^moat: Cannot read stream "MOAT": /);
