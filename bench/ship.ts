@@ -33,10 +33,12 @@
  *
  * Usage: bun bench/ship.ts [--lines N] [--rounds N] [--dir DIR] [--quick]
  *        [--no-follow] [--no-rsyslog] [--only moat,rsyslog,binary,deno,bun]
- *        [--out FILE] [--keep] [--base DIR]
+ *        [--out FILE] [--keep] [--base DIR] [--single]
  *
- * `--base DIR` adds "moat at DIR on Bun" (flavor "base"): another checkout,
- * e.g. the same build without a change, measured in the same rounds.
+ * `--base DIR` adds "moat at DIR on Bun" and "on Deno" (flavors "base",
+ * "base-deno"): another checkout, e.g. the same build without a change,
+ * measured in the same rounds. `--single` measures one sender only (no
+ * 10-shipper or fan-in runs).
  *
  * @module
  */
@@ -109,13 +111,16 @@ export interface ShipBenchOptions {
   follow?: boolean;
   /** Also measure rsyslog (installed with apt-get when missing and root). @default {true} */
   rsyslog?: boolean;
-  /** Only these moat flavors ("binary", "deno", "bun", "base"); rsyslog unaffected. */
+  /** Only these moat flavors ("binary", "deno", "bun", "base", "base-deno"); rsyslog unaffected. */
   flavors?: readonly string[];
   /**
-   * Also measure the moat of another checkout on Bun (flavor "base"), in
-   * the same rounds: the same build without a change, say.
+   * Also measure the moat of another checkout on Bun and on Deno (flavors
+   * "base", "base-deno"), in the same rounds: the same build without a
+   * change, say.
    */
   base?: string;
+  /** Only the runs with one sender: no 10-shipper or fan-in rows. */
+  single?: boolean;
   /** Where the JSON goes; null writes none. @default {"bench/ship-results.json"} */
   out?: string | null;
   /** Keep the work area. @default {false} */
@@ -380,6 +385,10 @@ function flavors(only: readonly string[] | undefined): Flavor[] {
         id: "base",
         name: `moat at ${path.basename(baseCheckout)} on Bun`,
         argv: [BUN, path.join(baseCheckout, "main.ts")],
+      }, {
+        id: "base-deno",
+        name: `moat at ${path.basename(baseCheckout)} on Deno`,
+        argv: [DENO, "run", "-A", path.join(baseCheckout, "main.ts")],
       }]
       : []),
   ];
@@ -884,10 +893,12 @@ function contenders(
     follow: boolean;
     rsyslog: boolean;
     only: readonly string[] | undefined;
+    /** Only the runs with one sender (`--single`). */
+    single?: boolean;
   },
 ) {
   const list: Contender[] = [];
-  for (const senders of [1, MANY]) {
+  for (const senders of options.single ? [1] : [1, MANY]) {
     if (options.rsyslog) {
       for (const sync of [false, true]) {
         const family = sync ? "rsyslog-sync" : "rsyslog-defaults";
@@ -913,7 +924,7 @@ function contenders(
     }
   }
   // Fan-in: one generator process, many sources.
-  for (const senders of FAN_IN) {
+  for (const senders of options.single ? [] : FAN_IN) {
     // rsyslog's feeders are one generator process already: 10 is above.
     if (options.rsyslog && senders !== MANY) {
       for (const sync of [false, true]) {
@@ -1036,6 +1047,7 @@ export async function benchShip(
     follow: options.follow !== false,
     rsyslog: withRsyslog,
     only: options.flavors,
+    single: options.single ?? false,
   });
   const work = fs.mkdtempSync(path.join(base, "moat-bench-ship-"));
   fs.chmodSync(work, 0o755);
@@ -1317,13 +1329,16 @@ async function main(argv: string[]): Promise<void> {
       out: { type: "string" },
       keep: { type: "boolean" },
       base: { type: "string" },
+      single: { type: "boolean" },
     },
   });
   const only = values.only?.split(",").map((s) => s.trim());
   // --only: "moat" means every flavor; naming no flavor (only "rsyslog") means no moat.
   const picked = only === undefined || only.includes("moat")
     ? undefined
-    : only.filter((s) => ["binary", "deno", "bun", "base"].includes(s));
+    : only.filter((s) =>
+      ["binary", "deno", "bun", "base", "base-deno"].includes(s)
+    );
   const count = (text: string | undefined, name: string, fallback: number) => {
     if (text === undefined) return fallback;
     const n = Number(text);
@@ -1344,6 +1359,7 @@ async function main(argv: string[]): Promise<void> {
     ...(values.out !== undefined && { out: values.out }),
     ...(values.keep && { keep: true }),
     ...(values.base !== undefined && { base: values.base }),
+    ...(values.single && { single: true }),
   });
   console.log(result.markdown);
 }

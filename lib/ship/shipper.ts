@@ -11,7 +11,7 @@ import {
   type ServerAddr,
   serverText,
 } from "../client.ts";
-import { DEFAULT_MAX_FRAME_SIZE, encodeFrame } from "../framer.ts";
+import { DEFAULT_MAX_FRAME_SIZE, encodeFrame, HEADER_SIZE } from "../framer.ts";
 import {
   Code,
   ConnectionClosedError,
@@ -21,15 +21,13 @@ import {
 } from "../errors.ts";
 import {
   decodeError,
+  decodeShipBatch,
   decodeShipProof,
   decodeShipReady,
   decodeShipReceipt,
-  encodeShipBatch,
   encodeShipProve,
   Kind,
-  SHIP_RECORD_HEADER,
   type ShipReady,
-  type ShipRecord,
 } from "../protocol.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
 import type { ShipBacklog } from "./backlog.ts";
@@ -40,6 +38,7 @@ import {
   readLines,
 } from "./follow.ts";
 import { openSpool, type Spool } from "./spool.ts";
+import { shipFrames } from "./frames.ts";
 import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
 import { Witness } from "./witness.ts";
@@ -161,29 +160,6 @@ function safeReady(ready: ShipReady): ShipReady {
     source: serverText(ready.source),
     lastSeq: ready.lastSeq,
   };
-}
-
-/**
- * Splits spool records into frame-sized groups of at most as many records
- * as the server takes in one batch.
- */
-function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
-  let group: ShipRecord[] = [];
-  let size = 0;
-  for (const r of records) {
-    const n = SHIP_RECORD_HEADER + r.line.length;
-    if (
-      (size + n > FRAME_BUDGET || group.length >= DEFAULT_MAX_BATCH_RECORDS) &&
-      group.length > 0
-    ) {
-      yield group;
-      group = [];
-      size = 0;
-    }
-    group.push(r);
-    size += n;
-  }
-  if (group.length > 0) yield group;
 }
 
 /**
@@ -562,20 +538,17 @@ async function session(options: ShipOptions, shared: _Shared): Promise<void> {
 
     checkDone();
     for await (
-      const batch of spool.records(ready.lastSeq + 1, {
+      const batch of spool.chunks(ready.lastSeq + 1, {
         follow: true,
         signal: stop.signal,
       })
     ) {
-      for (const group of frames(batch)) {
-        await heartbeat.write(
-          encodeFrame({
-            type: Kind.ShipBatch,
-            payload: encodeShipBatch(group),
-          }),
-        );
-        sent = group[group.length - 1]!.seq;
-        spot?.offer(group);
+      for (
+        const f of shipFrames(batch, FRAME_BUDGET, DEFAULT_MAX_BATCH_RECORDS)
+      ) {
+        await heartbeat.write(f.frame);
+        sent = f.lastSeq;
+        spot?.offer(decodeShipBatch(f.frame.subarray(HEADER_SIZE)));
       }
       checkDone();
     }
