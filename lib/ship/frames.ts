@@ -85,14 +85,15 @@ export function* shipFrames(
     let dst = HEADER_SIZE;
     let c = startChunk;
     let src = startAt;
+    let bytes = chunks[c]!.bytes;
+    let view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
     for (let i = 0; i < count; i++) {
-      let bytes = chunks[c]!.bytes;
       if (src >= bytes.length) {
         c++;
         src = 0;
         bytes = chunks[c]!.bytes;
+        view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
       }
-      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
       const length = view.getUint32(src + 4, true);
       const line = length - SPOOL_LINE_OFFSET;
       out.setFloat64(dst, seq, true);
