@@ -799,7 +799,6 @@ class _Spool implements Spool {
   /** The kept, durable append holding record `seq` with its bytes, if any. */
   #keptAt(seq: number): number {
     const kept = this.#kept;
-    if (seq > this.#log.durableSeq) return -1;
     let lo = this.#keptBytesAt;
     let hi = kept.length - 1;
     while (lo <= hi) {
@@ -807,7 +806,11 @@ class _Spool implements Spool {
       const entry = kept[mid]!;
       if (entry.lastSeq < seq) lo = mid + 1;
       else if (entry.firstSeq > seq) hi = mid - 1;
-      else return entry.bytes !== undefined ? mid : -1;
+      else {
+        const ready = entry.bytes !== undefined &&
+          entry.lastSeq <= this.#log.durableSeq;
+        return ready ? mid : -1;
+      }
     }
     return -1;
   }
