@@ -238,16 +238,26 @@ export async function ship(options: ShipOptions): Promise<number> {
         ...(start && { start }),
         onEvent: (event) => onEvent({ type: "follow", event }),
       });
+    // The backlog's line lengths, without an array per batch.
+    let lengths = new Uint32Array(0);
     for await (const batch of batches) {
       if (batch.length > 0) {
         pressure.appending = batch;
         const appended = spool.append(input.id, batch);
         pressure.appending = undefined;
         const last = await appended;
-        backlog?.add(
-          last - batch.length + 1,
-          batch.map((l) => l.line.length),
-        );
+        if (backlog !== undefined) {
+          if (lengths.length < batch.length) {
+            lengths = new Uint32Array(batch.length * 2);
+          }
+          for (let i = 0; i < batch.length; i++) {
+            lengths[i] = batch[i]!.line.length;
+          }
+          backlog.add(
+            last - batch.length + 1,
+            lengths.subarray(0, batch.length),
+          );
+        }
       }
       if (signal.aborted) break;
     }

@@ -247,8 +247,8 @@ export interface Spool {
    * Reads durable records from `fromSeq` on, as {@linkcode records} does,
    * but undecoded: batches of chunks of encoded records, for a sender that
    * copies them into frames. Records appended by this process since it
-   * opened the spool come from memory while the reader keeps up (at most
-   * 16 MiB of them are kept); others are read from disk and checked.
+   * opened the spool come from memory while the reader keeps up (up to
+   * `keepBytes` of them, each once); others are read from disk and checked.
    *
    * @param fromSeq The first sequence number wanted.
    * @param options Follow the end, abort signal, batch size.
