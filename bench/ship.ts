@@ -40,10 +40,12 @@
  *
  * Usage: bun bench/ship.ts [--lines N] [--rounds N] [--dir DIR] [--quick]
  *        [--no-follow] [--no-rsyslog] [--no-nats] [--only moat,rsyslog,binary,deno,bun]
- *        [--out FILE] [--keep] [--base DIR]
+ *        [--out FILE] [--keep] [--base DIR] [--single]
  *
- * `--base DIR` adds "moat at DIR on Bun" (flavor "base"): another checkout,
- * e.g. the same build without a change, measured in the same rounds.
+ * `--base DIR` adds "moat at DIR on Bun" and "on Deno" (flavors "base",
+ * "base-deno"): another checkout, e.g. the same build without a change,
+ * measured in the same rounds. `--single` measures one sender only (no
+ * 10-shipper or fan-in runs).
  *
  * @module
  */
@@ -119,13 +121,16 @@ export interface ShipBenchOptions {
   follow?: boolean;
   /** Also measure rsyslog (installed with apt-get when missing and root). @default {true} */
   rsyslog?: boolean;
-  /** Only these moat flavors ("binary", "deno", "bun", "base"); rsyslog unaffected. */
+  /** Only these moat flavors ("binary", "deno", "bun", "base", "base-deno"); rsyslog unaffected. */
   flavors?: readonly string[];
   /**
-   * Also measure the moat of another checkout on Bun (flavor "base"), in
-   * the same rounds: the same build without a change, say.
+   * Also measure the moat of another checkout on Bun and on Deno (flavors
+   * "base", "base-deno"), in the same rounds: the same build without a
+   * change, say.
    */
   base?: string;
+  /** Only the runs with one sender: no 10-shipper or fan-in rows. */
+  single?: boolean;
   /** Where the JSON goes; null writes none. @default {"bench/ship-results.json"} */
   out?: string | null;
   /** Keep the work area. @default {false} */
@@ -398,6 +403,10 @@ function flavors(only: readonly string[] | undefined): Flavor[] {
         id: "base",
         name: `moat at ${path.basename(baseCheckout)} on Bun`,
         argv: [BUN, path.join(baseCheckout, "main.ts")],
+      }, {
+        id: "base-deno",
+        name: `moat at ${path.basename(baseCheckout)} on Deno`,
+        argv: [DENO, "run", "-A", path.join(baseCheckout, "main.ts")],
       }]
       : []),
   ];
@@ -1013,6 +1022,8 @@ function contenders(
     rsyslog: boolean;
     only: readonly string[] | undefined;
     nats: boolean;
+    /** Only the runs with one sender (`--single`). */
+    single?: boolean;
   },
 ) {
   const list: Contender[] = [];
@@ -1028,7 +1039,7 @@ function contenders(
         how: "`ship -` (stdin)",
         run: (ctx) => moatStdinRun(ctx, flavor, 1, true),
       });
-      for (const senders of FAN_IN) {
+      for (const senders of options.single ? [] : FAN_IN) {
         list.push({
           id: `${flavor.id}-nats-gen-${senders}`,
           name,
@@ -1040,7 +1051,7 @@ function contenders(
       }
     }
   }
-  for (const senders of [1, MANY]) {
+  for (const senders of options.single ? [1] : [1, MANY]) {
     if (options.rsyslog) {
       for (const sync of [false, true]) {
         const family = sync ? "rsyslog-sync" : "rsyslog-defaults";
@@ -1066,7 +1077,7 @@ function contenders(
     }
   }
   // Fan-in: one generator process, many sources.
-  for (const senders of FAN_IN) {
+  for (const senders of options.single ? [] : FAN_IN) {
     // rsyslog's feeders are one generator process already: 10 is above.
     if (options.rsyslog && senders !== MANY) {
       for (const sync of [false, true]) {
@@ -1191,6 +1202,7 @@ export async function benchShip(
     rsyslog: withRsyslog,
     only: options.flavors,
     nats: withNats,
+    single: options.single ?? false,
   });
   const work = fs.mkdtempSync(path.join(base, "moat-bench-ship-"));
   fs.chmodSync(work, 0o755);
@@ -1509,13 +1521,16 @@ async function main(argv: string[]): Promise<void> {
       out: { type: "string" },
       keep: { type: "boolean" },
       base: { type: "string" },
+      single: { type: "boolean" },
     },
   });
   const only = values.only?.split(",").map((s) => s.trim());
   // --only: "moat" means every flavor; naming no flavor (only "rsyslog") means no moat.
   const picked = only === undefined || only.includes("moat")
     ? undefined
-    : only.filter((s) => ["binary", "deno", "bun", "base"].includes(s));
+    : only.filter((s) =>
+      ["binary", "deno", "bun", "base", "base-deno"].includes(s)
+    );
   const count = (text: string | undefined, name: string, fallback: number) => {
     if (text === undefined) return fallback;
     const n = Number(text);
@@ -1537,6 +1552,7 @@ async function main(argv: string[]): Promise<void> {
     ...(values.out !== undefined && { out: values.out }),
     ...(values.keep && { keep: true }),
     ...(values.base !== undefined && { base: values.base }),
+    ...(values.single && { single: true }),
   });
   console.log(result.markdown);
 }

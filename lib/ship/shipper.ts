@@ -11,7 +11,7 @@ import {
   type ServerAddr,
   serverText,
 } from "../client.ts";
-import { DEFAULT_MAX_FRAME_SIZE, encodeFrame } from "../framer.ts";
+import { DEFAULT_MAX_FRAME_SIZE, encodeFrame, HEADER_SIZE } from "../framer.ts";
 import {
   Code,
   ConnectionClosedError,
@@ -21,15 +21,13 @@ import {
 } from "../errors.ts";
 import {
   decodeError,
+  decodeShipBatch,
   decodeShipProof,
   decodeShipReady,
   decodeShipReceipt,
-  encodeShipBatch,
   encodeShipProve,
   Kind,
-  SHIP_RECORD_HEADER,
   type ShipReady,
-  type ShipRecord,
 } from "../protocol.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
 import type { ShipBacklog } from "./backlog.ts";
@@ -40,6 +38,7 @@ import {
   readLines,
 } from "./follow.ts";
 import { openSpool, type Spool } from "./spool.ts";
+import { shipFrames } from "./frames.ts";
 import { Heartbeat, heartbeatInterval } from "../heartbeat.ts";
 import { checkAudit, type PendingAudit, SpotCheck } from "./spot_check.ts";
 import { Witness } from "./witness.ts";
@@ -164,29 +163,6 @@ function safeReady(ready: ShipReady): ShipReady {
 }
 
 /**
- * Splits spool records into frame-sized groups of at most as many records
- * as the server takes in one batch.
- */
-function* frames(records: readonly ShipRecord[]): Generator<ShipRecord[]> {
-  let group: ShipRecord[] = [];
-  let size = 0;
-  for (const r of records) {
-    const n = SHIP_RECORD_HEADER + r.line.length;
-    if (
-      (size + n > FRAME_BUDGET || group.length >= DEFAULT_MAX_BATCH_RECORDS) &&
-      group.length > 0
-    ) {
-      yield group;
-      group = [];
-      size = 0;
-    }
-    group.push(r);
-    size += n;
-  }
-  if (group.length > 0) yield group;
-}
-
-/**
  * Ships until the signal fires, or, for stdin (and for no inputs), until
  * every line read was acknowledged. Reconnects with backoff; unacknowledged
  * records stay in the spool and are resent.
@@ -262,16 +238,26 @@ export async function ship(options: ShipOptions): Promise<number> {
         ...(start && { start }),
         onEvent: (event) => onEvent({ type: "follow", event }),
       });
+    // The backlog's line lengths, without an array per batch.
+    let lengths = new Uint32Array(0);
     for await (const batch of batches) {
       if (batch.length > 0) {
         pressure.appending = batch;
         const appended = spool.append(input.id, batch);
         pressure.appending = undefined;
         const last = await appended;
-        backlog?.add(
-          last - batch.length + 1,
-          batch.map((l) => l.line.length),
-        );
+        if (backlog !== undefined) {
+          if (lengths.length < batch.length) {
+            lengths = new Uint32Array(batch.length * 2);
+          }
+          for (let i = 0; i < batch.length; i++) {
+            lengths[i] = batch[i]!.line.length;
+          }
+          backlog.add(
+            last - batch.length + 1,
+            lengths.subarray(0, batch.length),
+          );
+        }
       }
       if (signal.aborted) break;
     }
@@ -562,20 +548,17 @@ async function session(options: ShipOptions, shared: _Shared): Promise<void> {
 
     checkDone();
     for await (
-      const batch of spool.records(ready.lastSeq + 1, {
+      const batch of spool.chunks(ready.lastSeq + 1, {
         follow: true,
         signal: stop.signal,
       })
     ) {
-      for (const group of frames(batch)) {
-        await heartbeat.write(
-          encodeFrame({
-            type: Kind.ShipBatch,
-            payload: encodeShipBatch(group),
-          }),
-        );
-        sent = group[group.length - 1]!.seq;
-        spot?.offer(group);
+      for (
+        const f of shipFrames(batch, FRAME_BUDGET, DEFAULT_MAX_BATCH_RECORDS)
+      ) {
+        await heartbeat.write(f.frame);
+        sent = f.lastSeq;
+        spot?.offer(decodeShipBatch(f.frame.subarray(HEADER_SIZE)));
       }
       checkDone();
     }

@@ -69,9 +69,18 @@ export const SPOOL_MAGIC: Uint8Array = Uint8Array.of(
 /** Record kind of a spool record. */
 export const SPOOL_KIND = 2;
 /** Offset of the line in a spool record. */
-const LINE_OFFSET = 56;
+export const SPOOL_LINE_OFFSET = 56;
+const LINE_OFFSET = SPOOL_LINE_OFFSET;
 /** Record flag: the line continues in the next record (as in the vault). */
-const FLAG_PARTIAL = 0x02;
+export const SPOOL_FLAG_PARTIAL = 0x02;
+const FLAG_PARTIAL = SPOOL_FLAG_PARTIAL;
+/**
+ * Bytes of records kept in memory after they became durable, for the
+ * sender to take without reading and checking them again (see `_Kept`).
+ */
+const KEEP_BYTES = 16 * 1024 * 1024;
+/** Appends whose positions are kept in memory for the next trim. */
+const KEEP_APPENDS = 65536;
 
 /** Default spool bound: 256 MiB. */
 export const DEFAULT_SPOOL_BYTES: number = 256 * 1024 * 1024;
@@ -98,6 +107,19 @@ export interface SpoolRecord {
   line: Uint8Array;
   /** True if the next record continues this line. */
   partial: boolean;
+}
+
+/**
+ * Consecutive spool records as they are on disk (layout: `docs/VAULT.md`),
+ * checked: read back and verified, or kept from the append that wrote them.
+ */
+export interface SpoolChunk {
+  /** Sequence number of the first record. */
+  firstSeq: number;
+  /** Sequence number of the last record. */
+  lastSeq: number;
+  /** Records `firstSeq` to `lastSeq`, back to back. May be kept; never change it. */
+  bytes: Uint8Array;
 }
 
 /** An input registered with {@linkcode Spool.input}. */
@@ -145,6 +167,16 @@ export interface OpenSpoolOptions {
   checkpointMs?: number;
   /** Told about a full spool, recovery repairs, and failed checkpoints. */
   onEvent?: (event: SpoolEvent) => void;
+  /**
+   * Bytes of appended records kept in memory for {@linkcode Spool.chunks}.
+   * @default {16777216}
+   */
+  keepBytes?: number;
+  /**
+   * Appends whose input positions are kept in memory for the next trim;
+   * past that, the trim reads them back. @default {65536}
+   */
+  keepAppends?: number;
 }
 
 /** Options for {@linkcode Spool.records}. */
@@ -211,6 +243,22 @@ export interface Spool {
     fromSeq: number,
     options?: SpoolRecordsOptions,
   ): AsyncGenerator<SpoolRecord[]>;
+  /**
+   * Reads durable records from `fromSeq` on, as {@linkcode records} does,
+   * but undecoded: batches of chunks of encoded records, for a sender that
+   * copies them into frames. Records appended by this process since it
+   * opened the spool come from memory while the reader keeps up (up to
+   * `keepBytes` of them, each once); others are read from disk and checked.
+   *
+   * @param fromSeq The first sequence number wanted.
+   * @param options Follow the end, abort signal, batch size.
+   * @returns Batches of chunks in sequence order.
+   * @throws {MoatError} As {@linkcode records}.
+   */
+  chunks(
+    fromSeq: number,
+    options?: SpoolRecordsOptions,
+  ): AsyncGenerator<SpoolChunk[]>;
   /**
    * Records that the server acknowledged everything up to `seq`. Saved and
    * trimmed at the next checkpoint (at once if appends wait for room).
@@ -293,6 +341,12 @@ export async function openSpool(
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 4096) {
     throw new RangeError(`Invalid segmentBytes: ${segmentBytes} is below 4096`);
   }
+  for (const name of ["keepBytes", "keepAppends"] as const) {
+    const n = options[name];
+    if (n !== undefined && (!Number.isSafeInteger(n) || n < 0)) {
+      throw new RangeError(`Invalid ${name}: ${n} is not a count`);
+    }
+  }
   const file = resolve(stateFile);
   const spoolDir = `${file}.spool`;
   await makeDir(dirname(file), 0o700);
@@ -350,6 +404,8 @@ export async function openSpool(
       maxLineBytes,
       checkpointMs: options.checkpointMs ?? 1000,
       onEvent: options.onEvent,
+      keepBytes: options.keepBytes ?? KEEP_BYTES,
+      keepAppends: options.keepAppends ?? KEEP_APPENDS,
     });
     await spool.checkpoint();
     return spool;
@@ -411,13 +467,74 @@ function _view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-function _decode(raw: RawRecord): SpoolRecord {
-  const view = _view(raw.bytes);
+/**
+ * Decodes the records of a chunk.
+ *
+ * @param chunk Checked spool records.
+ * @returns One object per record; lines are views into `chunk.bytes`.
+ */
+export function decodeSpoolChunk(chunk: SpoolChunk): SpoolRecord[] {
+  const { bytes } = chunk;
+  const view = _view(bytes);
+  const out: SpoolRecord[] = [];
+  let at = 0;
+  for (let seq = chunk.firstSeq; seq <= chunk.lastSeq; seq++) {
+    const length = view.getUint32(at + 4, true);
+    out.push({
+      seq,
+      ts: getU64(view, at + 20),
+      line: bytes.subarray(at + LINE_OFFSET, at + length),
+      partial: (bytes[at + 9]! & FLAG_PARTIAL) !== 0,
+    });
+    at += length;
+  }
+  return out;
+}
+
+/** The records of `raw` (contiguous, from one read) as one chunk. */
+function _chunkOf(raw: readonly RawRecord[]): SpoolChunk {
+  const first = raw[0]!.bytes;
+  const last = raw[raw.length - 1]!.bytes;
   return {
-    seq: raw.seq,
-    ts: getU64(view, 20),
-    line: raw.bytes.subarray(LINE_OFFSET),
-    partial: (raw.flags & FLAG_PARTIAL) !== 0,
+    firstSeq: raw[0]!.seq,
+    lastSeq: raw[raw.length - 1]!.seq,
+    bytes: new Uint8Array(
+      first.buffer,
+      first.byteOffset,
+      last.byteOffset + last.length - first.byteOffset,
+    ),
+  };
+}
+
+/**
+ * One append of this process, kept in memory: where its input stood after
+ * it (so a trim needs not read the segment back for positions), and, until
+ * the sender took them, its encoded records (so the sender needs not read
+ * and check them again). One append is never split across segments.
+ */
+interface _Kept {
+  firstSeq: number;
+  lastSeq: number;
+  input: number;
+  position: FilePosition;
+  /** The bytes written, until taken; none if over the bound when written. */
+  bytes: Uint8Array | undefined;
+}
+
+/** A kept append's records from `seq` on. */
+function _from(entry: _Kept, seq: number): SpoolChunk {
+  const bytes = entry.bytes!;
+  let at = 0;
+  if (seq > entry.firstSeq) {
+    const view = _view(bytes);
+    for (let s = entry.firstSeq; s < seq; s++) {
+      at += view.getUint32(at + 4, true);
+    }
+  }
+  return {
+    firstSeq: seq,
+    lastSeq: entry.lastSeq,
+    bytes: at === 0 ? bytes : bytes.subarray(at),
   };
 }
 
@@ -431,6 +548,8 @@ interface _SpoolInit {
   maxLineBytes: number;
   checkpointMs: number;
   onEvent: ((event: SpoolEvent) => void) | undefined;
+  keepBytes: number;
+  keepAppends: number;
 }
 
 interface _Blocked {
@@ -459,6 +578,19 @@ class _Spool implements Spool {
   #toDelete: SegmentInfo[] = [];
   #stateDirty = false;
   #closed = false;
+  /**
+   * Every append from `#keptFrom` on, oldest first, until a trim folds
+   * its position into the state. Appends before it (an earlier run's, or
+   * dropped when too many waited) are read back from disk when trimmed.
+   */
+  #kept: _Kept[] = [];
+  #keptFrom: number;
+  /** Bytes held by `#kept`. */
+  #keptBytes = 0;
+  /** Index in `#kept` of the oldest entry that may still hold bytes. */
+  #keptBytesAt = 0;
+  #keepBytes: number;
+  #keepAppends: number;
 
   constructor(init: _SpoolInit) {
     this.stateFile = init.file;
@@ -471,6 +603,9 @@ class _Spool implements Spool {
     this.#checkpointMs = init.checkpointMs;
     this.#onEvent = init.onEvent;
     this.#acked = init.state.acked;
+    this.#keptFrom = init.log.lastSeq + 1;
+    this.#keepBytes = init.keepBytes;
+    this.#keepAppends = init.keepAppends;
   }
 
   get source(): string {
@@ -610,18 +745,101 @@ class _Spool implements Spool {
       seq++;
     }
     const last = lines[lines.length - 1]!;
-    this.#positions.set(input, {
-      dev: last.dev,
-      ino: last.ino,
-      offset: last.offset,
+    const position = { dev: last.dev, ino: last.ino, offset: last.offset };
+    this.#positions.set(input, position);
+    const durable = log.enqueue(out, { firstSeq: first, lastSeq: seq - 1 });
+    this.#keep({
+      firstSeq: first,
+      lastSeq: seq - 1,
+      input,
+      position,
+      bytes: out,
     });
-    return log.enqueue(out, { firstSeq: first, lastSeq: seq - 1 });
+    return durable;
+  }
+
+  /** Remembers an append (see `#kept`). */
+  #keep(entry: _Kept): void {
+    const kept = this.#kept;
+    // A failed commit gave its numbers back: forget what it held.
+    while (
+      kept.length > 0 && kept[kept.length - 1]!.firstSeq >= entry.firstSeq
+    ) {
+      this.#keptBytes -= kept.pop()!.bytes?.length ?? 0;
+    }
+    this.#keptBytesAt = Math.min(this.#keptBytesAt, kept.length);
+    if (kept.length >= this.#keepAppends) {
+      // Too many small appends wait: their trim reads them back instead.
+      this.#kept = [];
+      this.#keptBytes = 0;
+      this.#keptBytesAt = 0;
+      this.#keptFrom = entry.lastSeq + 1;
+      return;
+    }
+    if (this.#keptFrom > entry.firstSeq) this.#keptFrom = entry.firstSeq;
+    if (this.#keptBytes + entry.bytes!.length > this.#keepBytes) {
+      // The sender is that far behind: it reads these from disk when it
+      // gets here, and takes the older ones kept from memory first.
+      entry.bytes = undefined;
+    }
+    this.#kept.push(entry);
+    this.#keptBytes += entry.bytes?.length ?? 0;
+  }
+
+  /** Lets go of the bytes of `#kept[at]` and of every older entry's. */
+  #dropBytes(at: number): void {
+    const kept = this.#kept;
+    while (this.#keptBytesAt <= at && this.#keptBytesAt < kept.length) {
+      const entry = kept[this.#keptBytesAt++]!;
+      this.#keptBytes -= entry.bytes?.length ?? 0;
+      entry.bytes = undefined;
+    }
+  }
+
+  /** The kept, durable append holding record `seq` with its bytes, if any. */
+  #keptAt(seq: number): number {
+    const kept = this.#kept;
+    let lo = this.#keptBytesAt;
+    let hi = kept.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const entry = kept[mid]!;
+      if (entry.lastSeq < seq) lo = mid + 1;
+      else if (entry.firstSeq > seq) hi = mid - 1;
+      else {
+        const ready = entry.bytes !== undefined &&
+          entry.lastSeq <= this.#log.durableSeq;
+        return ready ? mid : -1;
+      }
+    }
+    return -1;
+  }
+
+  /** Whether record `seq` is in a segment after `segment`. */
+  #pastSegment(segment: { firstSeq: number }, seq: number): boolean {
+    for (const s of this.#log.segments) {
+      if (s.firstSeq > segment.firstSeq) return s.firstSeq <= seq;
+    }
+    return false;
   }
 
   async *records(
     fromSeq: number,
     options: SpoolRecordsOptions = {},
   ): AsyncGenerator<SpoolRecord[]> {
+    for await (const batch of this.chunks(fromSeq, options)) {
+      const out: SpoolRecord[] = [];
+      for (const chunk of batch) {
+        for (const record of decodeSpoolChunk(chunk)) out.push(record);
+      }
+      yield out;
+    }
+  }
+
+  async *chunks(
+    fromSeq: number,
+    options: SpoolRecordsOptions = {},
+  ): AsyncGenerator<SpoolChunk[]> {
     const { follow = false, signal } = options;
     const maxBatchBytes = options.maxBatchBytes ?? 262144;
     const log = this.#log;
@@ -651,6 +869,38 @@ class _Spool implements Spool {
           await Promise.race([log.changed(), aborted]);
           continue;
         }
+        let at = this.#keptAt(next);
+        if (at !== -1) {
+          // Written by this process and not taken yet: no need to read it.
+          // The file stays open where it was: the records after these may
+          // have to be read from it.
+          const out: SpoolChunk[] = [];
+          let bytes = 0;
+          const kept = this.#kept;
+          const durable = log.durableSeq;
+          while (
+            at < kept.length && bytes < maxBatchBytes &&
+            kept[at]!.lastSeq <= durable && kept[at]!.bytes !== undefined &&
+            kept[at]!.firstSeq <= next
+          ) {
+            const entry = kept[at]!;
+            const chunk = _from(entry, next);
+            out.push(chunk);
+            bytes += chunk.bytes.length;
+            next = entry.lastSeq + 1;
+            at++;
+          }
+          // Taken: should the sender need them again (a reconnect), they
+          // are read back from disk.
+          this.#dropBytes(at - 1);
+          if (current !== undefined && this.#pastSegment(current, next)) {
+            // Not held open for a trim to wait on.
+            await current.handle.close();
+            current = undefined;
+          }
+          yield out;
+          continue;
+        }
         const segments = log.segments;
         if (current === undefined) {
           const at = segments.findLastIndex((s) => s.firstSeq <= next);
@@ -678,18 +928,27 @@ class _Spool implements Spool {
             }),
           };
         }
-        const at = segments.findIndex((s) => s.firstSeq === current!.firstSeq);
+        at = segments.findIndex((s) => s.firstSeq === current!.firstSeq);
         const isLast = at === segments.length - 1;
         const limit = at === -1
           ? (await current.handle.stat()).size
           : segments[at]!.size;
+        if (current.scanner.nextSeq < next) {
+          // Taken from memory, or before `fromSeq`: stepped over by their
+          // headers, unchecked, as they are not sent now.
+          const scanner = current.scanner;
+          await scanner.skipWhile(limit, {
+            peek: 0,
+            skip: () => scanner.nextSeq < next,
+          });
+        }
         const batch = await current.scanner.read(limit, maxBatchBytes);
         if (batch.length > 0) {
-          const out: SpoolRecord[] = [];
-          for (const raw of batch) if (raw.seq >= next) out.push(_decode(raw));
-          if (out.length > 0) {
-            next = out[out.length - 1]!.seq + 1;
-            yield out;
+          const skip = batch.findIndex((raw) => raw.seq >= next);
+          if (skip !== -1) {
+            const chunk = _chunkOf(skip === 0 ? batch : batch.slice(skip));
+            next = chunk.lastSeq + 1;
+            yield [chunk];
           }
           continue;
         }
@@ -774,9 +1033,29 @@ class _Spool implements Spool {
   async #checkpoint(): Promise<void> {
     const acked = this.#acked;
     this.#toRead.push(...this.#log.takeSegmentsThrough(acked));
+    // The last record of the segments taken (now or by a failed checkpoint).
+    const rest = this.#log.segments[0];
+    const through = rest ? rest.firstSeq - 1 : this.#log.durableSeq;
     if (this.#toRead.length > 0) {
       const positions = new Map<number, FilePosition>();
-      await _overlay(positions, this.#toRead, this.#state.inputs.length);
+      // Segments with appends not kept in memory are read back; the
+      // positions of the kept ones that follow then apply in order. Taken
+      // now: appends may change `#kept` while the segments are read.
+      const unkept = this.#toRead.filter((s) => s.firstSeq < this.#keptFrom);
+      let n = 0;
+      while (n < this.#kept.length && this.#kept[n]!.lastSeq <= through) n++;
+      const fold = this.#kept.slice(0, n);
+      await _overlay(positions, unkept, this.#state.inputs.length);
+      for (const entry of fold) positions.set(entry.input, entry.position);
+      const kept = this.#kept;
+      n = 0;
+      while (n < kept.length && kept[n]!.lastSeq <= through) n++;
+      if (n > 0) {
+        this.#dropBytes(n - 1);
+        kept.splice(0, n);
+        this.#keptBytesAt -= n;
+      }
+      if (this.#keptFrom <= through) this.#keptFrom = through + 1;
       for (const [id, position] of positions) {
         this.#state.inputs[id]!.position = position;
       }
