@@ -32,7 +32,7 @@
  * Prints Markdown tables, a summary of the issue-17 targets, and writes
  * bench/results.json (git-ignored).
  *
- * Usage: bun bench/run.ts [--rounds N] [--quick]
+ * Usage: bun bench/run.ts [--rounds N] [--quick] [--ship-lines N]
  *          [--only get,memory,tls,chat,idle,startup,size,ship,syslog]
  *
  * @module
@@ -927,7 +927,18 @@ function parseOptions(argv: string[]) {
   const sections = new Set<Section>(
     only.length > 0 ? only as Section[] : SECTIONS,
   );
-  return { quick, rounds, sections };
+  // The ship section's size: 2,000,000 lines a run by default; fewer keeps
+  // a whole bench within a sitting (it runs some 25 contenders a round).
+  const shipAt = argv.indexOf("--ship-lines");
+  const shipLines = shipAt !== -1
+    ? Math.max(10_000, Number(argv[shipAt + 1]))
+    : quick
+    ? 200_000
+    : 2_000_000;
+  if (!Number.isSafeInteger(shipLines)) {
+    throw new Error(`--ship-lines needs a whole number of lines`);
+  }
+  return { quick, rounds, sections, shipLines };
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -935,7 +946,7 @@ async function main(argv: string[]): Promise<void> {
   if (idle !== -1) {
     return await idleClient(Number(argv[idle + 1]), Number(argv[idle + 2]));
   }
-  const { quick, rounds, sections } = parseOptions(argv);
+  const { quick, rounds, sections, shipLines } = parseOptions(argv);
   const bigSize = quick ? 256 * MIB : GIB;
   const began = performance.now();
   const watchdog = setTimeout(() => {
@@ -1253,7 +1264,7 @@ async function main(argv: string[]): Promise<void> {
   if (sections.has("ship")) {
     sampleLoad("8. shipping into a vault");
     const ship: ShipBenchResult = await benchShip({
-      lines: quick ? 200_000 : 2_000_000,
+      lines: shipLines,
       rounds: quick ? 1 : 3,
       follow: !quick,
       out: null,
