@@ -490,3 +490,39 @@ test(
     }
   },
 );
+
+test(
+  "NatsVault refuses, by name, a stream a pre-release build wrote (format 1: unsigned record messages)",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      {
+        using conn = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.moat,
+        );
+        await jsPublish(
+          conn,
+          "moat.moat.meta",
+          JSON.stringify({
+            format: 1,
+            vaultId: "ab".repeat(16),
+            checkpointKey: "moat/x+00000000+AA",
+          }),
+        );
+      }
+      await assert.rejects(open(cluster, creds, join(dir, "a")), {
+        code: "ERR_CORRUPT",
+        message:
+          /format 1 \(a pre-release build's, whose record messages are unsigned\) is not read by this build: use a new stream/,
+      });
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -412,7 +412,7 @@ export function decodeRecordMessage(
   if (body[8] !== FORMAT_VERSION) {
     throw body[8] === 1
       ? new ForgedMessageError(
-        "Invalid record message: format 1 is unsigned (written by a build before record signatures; export it with that build)",
+        "Invalid record message: format 1 is unsigned (a pre-release build's): not taken",
       )
       : _bad(`unsupported format version ${body[8]}`);
   }
@@ -650,7 +650,7 @@ export function decodeMeta(body: Uint8Array): StreamMeta {
   }
   if (meta?.format === 1) {
     throw new SyntaxError(
-      "Invalid stream meta: format 1 (a pre-release build's, whose record messages are unsigned): read it with that build (vault export) and import the directory into a new stream",
+      "Invalid stream meta: format 1 (a pre-release build's, whose record messages are unsigned) is not read by this build: use a new stream (--stream)",
     );
   }
   if (meta?.format !== FORMAT_VERSION) {
