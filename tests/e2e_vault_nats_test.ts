@@ -32,8 +32,10 @@ import {
   encodeRecordMessage,
   encodeRecordSection,
   sourceId,
+  unhex,
 } from "../lib/vault/nats/codec.ts";
 import { recordBatch } from "../lib/vault/_format.ts";
+import { generateKeyPairSync } from "node:crypto";
 
 const KEY = { peer: "10.0.0.5", name: "web" };
 const enc = new TextEncoder();
@@ -160,18 +162,25 @@ test(
     assert.match(busy.stderr, /not empty, and no earlier read/);
 
     // A forged batch that continues the source, published with moat's own
-    // credentials an hour back-dated: verify fails, exit 5.
+    // credentials but signed by another key than the vault's: verify
+    // reports it as stream damage (skipped, never applied), exit 5.
     using conn = await rawConnect(
       cluster.nodes[0]!.clientPort,
       cluster.users.moat,
     );
     const t = Date.now() - 3_600_000;
+    const vaultId = JSON.parse(
+      fs.readFileSync(path.join(src, "vault.json"), "utf8"),
+    ).id;
     const body = encodeRecordMessage(KEY, 31, 1, [
       encodeRecordSection(
         recordBatch([{ seq: 31, ts: t, line: enc.encode("forged") }]),
         t,
       ),
-    ]);
+    ], {
+      vaultId: unhex(vaultId),
+      key: generateKeyPairSync("ed25519").privateKey,
+    });
     await jsPublish(conn, `moat.moat.rec.${sourceId(KEY)}`, body);
     const damaged = await runMoat([
       "vault",
@@ -182,7 +191,10 @@ test(
       ...creds,
     ]);
     assert.equal(damaged.code, 5, damaged.stdout + damaged.stderr);
-    assert.match(damaged.stdout, /DAMAGED: .*record 31: .*no seal covers it/);
+    assert.match(
+      damaged.stdout,
+      /DAMAGED: .*signature is not the vault's checkpoint key's/,
+    );
     // --cache keeps the copy.
     const cache = path.join(tmp.dir, "cache");
     const ls2 = await runMoat(["vault", "ls", url, "--cache", cache, ...creds]);

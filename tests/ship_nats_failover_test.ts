@@ -25,7 +25,21 @@ import {
   stored,
   watched,
 } from "./_doors.ts";
-import { createVaultStream, noNats, startNatsCluster } from "./_nats.ts";
+import {
+  createVaultStream,
+  jsPublish,
+  noNats,
+  rawConnect,
+  startNatsCluster,
+} from "./_nats.ts";
+import {
+  encodeRecordMessage,
+  encodeRecordSection,
+  sourceId,
+  unhex,
+} from "../lib/vault/nats/codec.ts";
+import { recordBatch } from "../lib/vault/_format.ts";
+import { generateKeyPairSync } from "node:crypto";
 import { within } from "./_server.ts";
 
 test(
@@ -142,6 +156,89 @@ test(
     } finally {
       await vaultA.close();
       await vaultB.close();
+    }
+  },
+);
+
+test(
+  "ship to a JetStream vault after a forged continuation (raw publish, not signed by the vault's key): the door refuses, the shipper keeps its lines, nothing is acknowledged",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-ship-nats-");
+    await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
+    await createVaultStream(cluster, 1);
+    const cache = path.join(tmp.dir, "a");
+    const vault = await openNatsVault({
+      url: `nats://${cluster.servers}`,
+      creds: cluster.users.moat.creds,
+      stream: cluster.stream,
+      sealIntervalMs: 0,
+      cache,
+    });
+    try {
+      await using doors = new Doors();
+      const a = await doors.open(vault);
+      const statePath = path.join(tmp.dir, "ship.json");
+      const events: ShipperEvent[] = [];
+      const run = (text: string) => {
+        const stop = new AbortController();
+        return within(
+          ship({
+            client: client(doors.net, a.port),
+            doors: [door(a.port)],
+            inputs: ["-"],
+            stdin: gated([{ text }]),
+            statePath,
+            source: "app",
+            signal: stop.signal,
+            onEvent: (e) => {
+              events.push(e);
+              if (e.type === "disconnected") stop.abort();
+            },
+          }),
+          "the shipper to finish",
+          60_000,
+        );
+      };
+      assert.equal(await run(lines(1, 10)), 10);
+      // Records 11-12, published raw with moat's credentials, signed by
+      // another key than the vault's.
+      const key = { peer: "127.0.0.1", name: "app" };
+      const forged = encodeRecordMessage(key, 11, 2, [
+        encodeRecordSection(
+          recordBatch([11, 12].map((seq) => ({
+            seq,
+            ts: 1,
+            line: new TextEncoder().encode(`forged ${seq}`),
+          }))),
+          1,
+        ),
+      ], {
+        vaultId: unhex(vault.id),
+        key: generateKeyPairSync("ed25519").privateKey,
+      });
+      {
+        using conn = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.moat,
+        );
+        await jsPublish(conn, `moat.moat.rec.${sourceId(key)}`, forged);
+      }
+      // The shipper's 11-15: the door's catch-up (before ShipReady) meets
+      // the forged message and refuses; the shipper is never told 12.
+      events.length = 0;
+      assert.equal(await run(lines(11, 15)), 10);
+      assert.ok(
+        !events.some((e) => e.type === "connected" && e.lastSeq > 10),
+        JSON.stringify(events),
+      );
+      assert.ok(
+        events.some((e) => e.type === "disconnected"),
+        JSON.stringify(events),
+      );
+      assert.equal(await stored(cache), lines(1, 10));
+    } finally {
+      await vault.close();
     }
   },
 );

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
+import { generateKeyPairSync } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -9,6 +10,7 @@ import {
   encodeMeta,
   encodeRecordMessage,
   encodeRecordSection,
+  ForgedMessageError,
   parseRecordMsgId,
   recordMsgId,
   sourceId,
@@ -27,8 +29,18 @@ import { verifyVault } from "../lib/vault/verify.ts";
 
 const enc = new TextEncoder();
 const key = { peer: "10.0.0.5", identity: "token:web", name: "app" };
+const vaultId = new Uint8Array(16).fill(0xcd);
+const pair = generateKeyPairSync("ed25519");
+const signer = { vaultId, key: pair.privateKey };
+const check = { vaultId, key: pair.publicKey };
+const SIG = 64;
 
-function message(first: number, lines: string[], recvTs: number[]) {
+function message(
+  first: number,
+  lines: string[],
+  recvTs: number[],
+  by = signer,
+) {
   const sections = lines.map((line, i) =>
     encodeRecordSection(
       recordBatch([{
@@ -40,12 +52,12 @@ function message(first: number, lines: string[], recvTs: number[]) {
       recvTs[i]!,
     )
   );
-  return encodeRecordMessage(key, first, lines.length, sections);
+  return encodeRecordMessage(key, first, lines.length, sections, by);
 }
 
 test("decodeRecordMessage reads back what encodeRecordMessage wrote", () => {
   const body = message(5, ["a", "", "p", "dddd"], [7, 7, 8, 9]);
-  const msg = decodeRecordMessage(body, sourceId(key));
+  const msg = decodeRecordMessage(body, sourceId(key), check);
   assert.deepEqual(msg.key, key);
   assert.equal(msg.firstSeq, 5);
   assert.equal(msg.lastSeq, 8);
@@ -77,22 +89,84 @@ test("decodeRecordMessage reads back what encodeRecordMessage wrote", () => {
 test("decodeRecordMessage refuses every truncation, a wrong source and trailing bytes", () => {
   const body = message(1, ["hello", "world"], [1, 1]);
   for (let n = 0; n < body.length; n++) {
-    assert.throws(() => decodeRecordMessage(body.subarray(0, n)), SyntaxError);
+    assert.throws(
+      () => decodeRecordMessage(body.subarray(0, n), undefined, null),
+      SyntaxError,
+    );
   }
-  assert.throws(() => decodeRecordMessage(body, "0".repeat(32)), /of source/);
+  assert.throws(
+    () => decodeRecordMessage(body, "0".repeat(32), check),
+    /of source/,
+  );
   const longer = new Uint8Array(body.length + 1);
   longer.set(body);
-  assert.throws(() => decodeRecordMessage(longer), /after the last record/);
+  assert.throws(
+    () => decodeRecordMessage(longer, undefined, null),
+    /after the last record/,
+  );
   const flags = body.slice();
-  flags[body.length - 5 - 5] = 0x80; // the second record's flags byte
-  assert.throws(() => decodeRecordMessage(flags), /unknown flags/);
+  flags[body.length - SIG - 5 - 5] = 0x80; // the second record's flags byte
+  assert.throws(
+    () => decodeRecordMessage(flags, undefined, null),
+    /unknown flags/,
+  );
   const count = body.slice();
   new DataView(count.buffer).setUint32(
-    body.length - 2 * 26 - 4,
+    body.length - SIG - 2 * 26 - 4,
     0xffffffff,
     true,
   );
-  assert.throws(() => decodeRecordMessage(count), /cannot fit/);
+  assert.throws(
+    () => decodeRecordMessage(count, undefined, null),
+    /cannot fit/,
+  );
+});
+
+test("decodeRecordMessage refuses a message not signed by the vault's key", () => {
+  const body = message(1, ["hello", "world"], [1, 1]);
+  assert.equal(decodeRecordMessage(body, sourceId(key), check).lastSeq, 2);
+  // Any byte changed (a line, the range, the key, the signature).
+  for (const at of [body.length - SIG - 1, 40, 12, body.length - 1]) {
+    const bent = body.slice();
+    bent[at]! ^= 1;
+    assert.throws(
+      () => decodeRecordMessage(bent, undefined, check),
+      ForgedMessageError,
+      `byte ${at}`,
+    );
+  }
+  // Well formed, signed by another key: what someone holding the cluster's
+  // credentials but not the checkpoint key can publish.
+  const other = generateKeyPairSync("ed25519");
+  assert.throws(
+    () =>
+      decodeRecordMessage(
+        message(1, ["hello"], [1], { vaultId, key: other.privateKey }),
+        sourceId(key),
+        check,
+      ),
+    /signature is not the vault's checkpoint key's/,
+  );
+  // Signed by this key for another vault.
+  assert.throws(
+    () =>
+      decodeRecordMessage(
+        message(1, ["hello"], [1], {
+          vaultId: new Uint8Array(16),
+          key: pair.privateKey,
+        }),
+        sourceId(key),
+        check,
+      ),
+    ForgedMessageError,
+  );
+  // Format 1 (unsigned, before this check) is named as such.
+  const old = body.slice();
+  old[8] = 1;
+  assert.throws(
+    () => decodeRecordMessage(old, undefined, check),
+    /format 1 is unsigned/,
+  );
 });
 
 test("recordMsgId round-trips and subjectsOf lowercases the stream", () => {
@@ -106,23 +180,27 @@ test("recordMsgId round-trips and subjectsOf lowercases the stream", () => {
   assert.equal(parseRecordMsgId(`${sourceId(key)}:9-3`), undefined);
   assert.equal(subjectsOf("Moat_2").meta, "moat.moat_2.meta");
   assert.throws(() => subjectsOf("a.b"), RangeError);
-  const meta = { format: 1, vaultId: "ab".repeat(16), checkpointKey: "k+1+x" };
+  const meta = { format: 2, vaultId: "ab".repeat(16), checkpointKey: "k+1+x" };
   assert.deepEqual(decodeMeta(encodeMeta(meta)), meta);
-  assert.throws(() => decodeMeta(enc.encode('{"format":2}')), /format 2/);
+  assert.throws(() => decodeMeta(enc.encode('{"format":3}')), /format 3/);
+  assert.throws(
+    () => decodeMeta(enc.encode('{"format":1}')),
+    /format 1 .*unsigned/,
+  );
 });
 
 test("SourceApplier applies messages in order, keeps receive times, refuses gaps and replays", async () => {
   const dir = await mkdtemp(join(tmpdir(), "moat-apply-"));
   try {
     const meta = {
-      format: 1,
+      format: 2,
       vaultId: "cd".repeat(16),
       checkpointKey: "unused",
     };
     await prepareLocalCopy(dir, meta, { signs: false });
     const vault = await openVault(dir, { sealIntervalMs: 0 });
     assert.equal(vault.id, meta.vaultId);
-    const applier = new SourceApplier(vault, sourceId(key));
+    const applier = new SourceApplier(vault, sourceId(key), check);
     await applier.apply(3, message(1, ["a", "b"], [10, 11]));
     await applier.apply(7, message(3, ["c"], [12]));
     await assert.rejects(
@@ -137,10 +215,23 @@ test("SourceApplier applies messages in order, keeps receive times, refuses gaps
     await assert.rejects(applier.apply(9, enc.encode("junk")), {
       code: "ERR_CORRUPT",
     });
+    // A forged continuation: well formed, not signed by the vault's key.
+    const other = generateKeyPairSync("ed25519");
+    await assert.rejects(
+      applier.apply(
+        9,
+        message(4, ["forged"], [13], { vaultId, key: other.privateKey }),
+      ),
+      { code: "ERR_CORRUPT", message: /signature/ },
+    );
     assert.equal(
       await applyRecordMessage(
         vault,
-        decodeRecordMessage(message(2, ["b", "c", "d"], [11, 12, 14])),
+        decodeRecordMessage(
+          message(2, ["b", "c", "d"], [11, 12, 14]),
+          undefined,
+          check,
+        ),
         { skipApplied: true },
       ),
       4,

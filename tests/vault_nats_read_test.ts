@@ -31,7 +31,10 @@ import type { VerifyReport } from "../lib/vault/verify.ts";
 import { materializeStream } from "../lib/vault/nats/read.ts";
 import { importVault } from "../lib/vault/nats/import.ts";
 import { openNatsVault } from "../lib/vault/nats/vault.ts";
-import { prepareLocalCopy } from "../lib/vault/nats/apply.ts";
+import { loadRecordKeys, prepareLocalCopy } from "../lib/vault/nats/apply.ts";
+import type { RecordKey } from "../lib/vault/nats/codec.ts";
+import { generateKey, parseSigner } from "../lib/checkpoint.ts";
+import { generateKeyPairSync } from "node:crypto";
 import process from "node:process";
 import {
   encodeMeta,
@@ -90,6 +93,8 @@ interface Setup {
   key: string;
   src: string;
   tmp: string;
+  /** The vault's checkpoint key: what a front door signs record messages with. */
+  sign: RecordKey;
 }
 
 async function withImported(
@@ -110,7 +115,14 @@ async function withImported(
   assert.equal(report.sources, 2);
   assert.ok(report.seals >= 2, JSON.stringify(report));
   assert.equal(report.checkpoints, 2);
-  await fn({ cluster, url, key, src, tmp });
+  const info = JSON.parse(
+    fs.readFileSync(path.join(src, "vault.json"), "utf8"),
+  );
+  const { sign } = await loadRecordKeys(src, {
+    vaultId: info.id,
+    checkpointKey: info.checkpointKey,
+  });
+  await fn({ cluster, url, key, src, tmp, sign });
 }
 
 let exports = 0;
@@ -190,6 +202,7 @@ async function publishRecords(
   first: number,
   lines: string[],
   recvTs = Date.now(),
+  signer: RecordKey = s.sign,
 ): Promise<void> {
   using conn = await rawConnect(
     s.cluster.nodes[0]!.clientPort,
@@ -202,9 +215,13 @@ async function publishRecords(
       line: enc.encode(line),
     })),
   );
-  const body = encodeRecordMessage(key, first, lines.length, [
-    encodeRecordSection(batch, recvTs),
-  ]);
+  const body = encodeRecordMessage(
+    key,
+    first,
+    lines.length,
+    [encodeRecordSection(batch, recvTs)],
+    signer,
+  );
   const srcid = sourceId(key);
   await jsPublish(conn, `moat.moat.rec.${srcid}`, body, {
     "Nats-Msg-Id": recordMsgId(srcid, first, first + lines.length - 1) + "x",
@@ -224,7 +241,7 @@ async function publishRaw(
 }
 
 test(
-  "JetStream read: a foreign writer's message out of order (a gap, a rewrite of held records) is skipped and reported",
+  "JetStream read: a key holder's message out of order (a gap, a rewrite of held records) is skipped and reported",
   { skip: noNats },
   async () => {
     using tmp = tempDir("moat-nats-read-");
@@ -249,14 +266,44 @@ test(
 );
 
 test(
-  "JetStream read: a forged record batch that continues a source is unsealed: damage once the grace is past",
+  "JetStream read: a forged record batch that continues a source (not signed by the vault's key) is skipped and reported",
+  { skip: noNats },
+  async () => {
+    using tmp = tempDir("moat-nats-read-");
+    await withImported(tmp.dir, async (s) => {
+      // What someone holding the cluster's credentials but not the
+      // checkpoint key can publish: well formed, continuing the source,
+      // signed by another key.
+      const other = generateKeyPairSync("ed25519").privateKey;
+      await publishRecords(s, KEY, 251, ["forged 251"], Date.now(), {
+        vaultId: s.sign.vaultId,
+        key: other,
+      });
+      const { dir, report } = await exportAndVerify(s);
+      assert.equal(report.ok, false);
+      const stream = report.problems.filter((p) => p.kind === "stream");
+      assert.equal(stream.length, 1, JSON.stringify(report.problems));
+      assert.match(
+        stream[0]!.message,
+        /signature is not the vault's checkpoint key's/,
+      );
+      // Never applied: the source ends where the vault's doors left it.
+      const web = await Array.fromAsync(readRecords(dir, { source: "web" }));
+      assert.equal(web.length, 250);
+    });
+  },
+);
+
+test(
+  "JetStream read: a record batch signed with the vault's key but no door's seal is unsealed: damage once the grace is past",
   { skip: noNats },
   async () => {
     using tmp = tempDir("moat-nats-read-");
     await withImported(tmp.dir, async (s) => {
       const hour = 3_600_000;
       // Dated an hour ago: no door's seal covers it, and the seals say a
-      // door sealed well after it arrived.
+      // door sealed well after it arrived. (Only the checkpoint key's
+      // holder can sign it.)
       await publishRecords(s, KEY, 251, ["forged 251"], Date.now() - hour);
       const { report } = await exportAndVerify(s);
       assert.equal(report.ok, false);
@@ -378,7 +425,7 @@ test(
       fs.readFileSync(path.join(cacheA, "vault.json"), "utf8"),
     );
     await prepareLocalCopy(cacheB, {
-      format: 1,
+      format: 2,
       vaultId: vaultJson.id,
       checkpointKey: vaultJson.checkpointKey,
     });
@@ -463,15 +510,20 @@ test(
     await using cluster = await startNatsCluster({ dir: tmp.dir, nodes: 1 });
     await createVaultStream(cluster);
     const node = cluster.nodes[0]!;
+    const made = generateKey("moat/x");
+    const signer = {
+      vaultId: new Uint8Array(16).fill(0xab),
+      key: parseSigner(made.signer).key,
+    };
     {
       using conn = await rawConnect(node.clientPort, cluster.users.moat);
       await jsPublish(
         conn,
         "moat.moat.meta",
         encodeMeta({
-          format: 1,
+          format: 2,
           vaultId: "ab".repeat(16),
-          checkpointKey: "moat/x+00000000+AA",
+          checkpointKey: made.verifier,
         }),
       );
       // One record per message: the copy fsyncs each, so the read takes a
@@ -485,7 +537,7 @@ test(
               recordBatch([{ seq: i, ts: 1, line: enc.encode(`x${i}`) }]),
               5,
             ),
-          ]),
+          ], signer),
         );
       }
     }

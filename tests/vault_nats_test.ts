@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   createVaultStream,
+  jsPublish,
   noNats,
   rawConnect,
   startNatsCluster,
@@ -18,6 +19,14 @@ import { readRecords } from "../lib/vault/read.ts";
 import { verifyVault } from "../lib/vault/verify.ts";
 import { initVault } from "../lib/vault/init.ts";
 import { materializeStream } from "../lib/vault/nats/read.ts";
+import {
+  encodeRecordMessage,
+  encodeRecordSection,
+  sourceId,
+  unhex,
+} from "../lib/vault/nats/codec.ts";
+import { recordBatch } from "../lib/vault/_format.ts";
+import { generateKeyPairSync } from "node:crypto";
 
 const enc = new TextEncoder();
 const key = { peer: "10.0.0.5", name: "app" };
@@ -324,6 +333,193 @@ test(
         );
       }
       assert.deepEqual(sizes, [6, 6, 1024 * 1024, 6, 6]);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault refuses a forged continuation published raw (no compare-and-set header, not signed by the vault's key): nothing acknowledged, nothing lost",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    let a: NatsVault | undefined;
+    let b: NatsVault | undefined;
+    try {
+      a = await open(cluster, creds, join(dir, "a"));
+      assert.equal(await a.append(key, records(1, 10)), 10);
+      // Someone holding moat's NATS credentials, not the checkpoint key,
+      // publishes records 11-12 as the next message of the source, without
+      // Nats-Expected-Last-Subject-Sequence.
+      const forged = encodeRecordMessage(
+        key,
+        11,
+        2,
+        [
+          encodeRecordSection(
+            recordBatch(
+              [11, 12].map((seq) => ({
+                seq,
+                ts: 1,
+                line: enc.encode(`forged ${seq}`),
+              })),
+            ),
+            1,
+          ),
+        ],
+        {
+          vaultId: unhex(a.id),
+          key: generateKeyPairSync("ed25519").privateKey,
+        },
+      );
+      {
+        using conn = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.moat,
+        );
+        await jsPublish(conn, `moat.moat.rec.${sourceId(key)}`, forged);
+      }
+      // The shipper's 11-15: the door's publish conflicts, the catch-up
+      // meets the forged message and stops; nothing is acknowledged (not
+      // 11-12 as duplicates of the forged ones).
+      await assert.rejects(a.append(key, records(11, 15)), {
+        code: "ERR_CORRUPT",
+        message: /signature is not the vault's checkpoint key's/,
+      });
+      assert.equal(a.source(key).lastSeq, 10);
+      await assert.rejects(a.append(key, records(11, 15)), {
+        code: "ERR_CORRUPT",
+      });
+      // A second door taking the source over (the ship handler's catch-up
+      // before ShipReady) refuses too: it never tells a shipper 12.
+      await mkdir(join(dir, "b"));
+      await copyFile(
+        join(dir, "a", "checkpoint.key"),
+        join(dir, "b", "checkpoint.key"),
+      );
+      b = await open(cluster, creds, join(dir, "b"));
+      await assert.rejects(b.catchUp(key), {
+        code: "ERR_CORRUPT",
+        message: /signature/,
+      });
+      assert.equal(b.source(key).lastSeq, 10);
+      await a.close();
+      await b.close();
+      // The copies hold the vault's records only, and verify.
+      assert.deepEqual(
+        await lines(join(dir, "a")),
+        records(1, 10).map((r) => r.seq),
+      );
+      assert.deepEqual(
+        await lines(join(dir, "b")),
+        records(1, 10).map((r) => r.seq),
+      );
+      assert.equal((await verifyVault(join(dir, "a"))).ok, true);
+      // A reader reports the forged message as stream damage.
+      const out = join(dir, "out");
+      const file = await materializeStream({
+        url: `nats://${cluster.servers.replaceAll("nats://", "")}`,
+        creds,
+        dir: out,
+      });
+      assert.equal(file.read?.skipped?.length, 1, JSON.stringify(file.read));
+      assert.match(file.read!.skipped![0]!.message, /signature/);
+      assert.deepEqual(await lines(out), records(1, 10).map((r) => r.seq));
+    } finally {
+      await a?.close();
+      await b?.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault refuses, never acknowledges, records the stream holds with other content at the numbers a shipper sends (a fork)",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    let a: NatsVault | undefined;
+    let b: NatsVault | undefined;
+    try {
+      a = await open(cluster, creds, join(dir, "a"));
+      assert.equal(await a.append(key, records(1, 10)), 10);
+      await mkdir(join(dir, "b"));
+      await copyFile(
+        join(dir, "a", "checkpoint.key"),
+        join(dir, "b", "checkpoint.key"),
+      );
+      b = await open(cluster, creds, join(dir, "b"));
+      await b.catchUp(key);
+      // Another writer of the same source (signed: a door) writes other
+      // lines as 11-12; then A's shipper sends its own 11-15.
+      assert.equal(
+        await b.append(
+          key,
+          [11, 12].map((seq) => ({
+            seq,
+            ts: 1_000 + seq,
+            line: enc.encode(`other ${seq}`),
+          })),
+        ),
+        12,
+      );
+      await assert.rejects(a.append(key, records(11, 15)), {
+        code: "ERR_CORRUPT",
+        message: /forked: the stream holds a record 11 other than/,
+      });
+      // The resend is refused too (not taken for duplicates of 11-12).
+      await assert.rejects(a.append(key, records(11, 15)), {
+        code: "ERR_CORRUPT",
+        message: /forked/,
+      });
+      await assert.rejects(a.catchUp(key), { message: /forked/ });
+    } finally {
+      await a?.close();
+      await b?.close();
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "NatsVault refuses, by name, a stream a pre-release build wrote (format 1: unsigned record messages)",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      {
+        using conn = await rawConnect(
+          cluster.nodes[0]!.clientPort,
+          cluster.users.moat,
+        );
+        await jsPublish(
+          conn,
+          "moat.moat.meta",
+          JSON.stringify({
+            format: 1,
+            vaultId: "ab".repeat(16),
+            checkpointKey: "moat/x+00000000+AA",
+          }),
+        );
+      }
+      await assert.rejects(open(cluster, creds, join(dir, "a")), {
+        code: "ERR_CORRUPT",
+        message:
+          /format 1 \(a pre-release build's, whose record messages are unsigned\) is not read by this build: use a new stream/,
+      });
     } finally {
       await cluster.stop();
       await rm(dir, { recursive: true, force: true });

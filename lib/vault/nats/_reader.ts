@@ -25,6 +25,7 @@ import { DOORS_DIR } from "../_verify_doors.ts";
 import type { Vault } from "../store.ts";
 import { SourceApplier } from "./apply.ts";
 import { isSourceId, sourceId } from "./codec.ts";
+import type { RecordKey } from "./codec.ts";
 
 /** A source's checkpoints from the stream, while they are read. */
 export const STREAM_CHECKPOINTS = "checkpoints.stream";
@@ -41,6 +42,7 @@ export class StreamReader {
   readonly #vault: Vault;
   readonly #prefix: string;
   readonly #metaSeq: number;
+  readonly #check: RecordKey;
   readonly #appliers = new Map<string, SourceApplier>();
   /** Messages skipped (the first {@linkcode MAX_PROBLEMS}). */
   readonly problems: StreamProblem[] = [];
@@ -53,7 +55,14 @@ export class StreamReader {
   /** Seal logs, per door. */
   readonly doors = new Map<string, { seals: number; file: string }>();
 
-  constructor(dir: string, vault: Vault, prefix: string, metaSeq: number) {
+  constructor(
+    dir: string,
+    vault: Vault,
+    prefix: string,
+    metaSeq: number,
+    check: RecordKey,
+  ) {
+    this.#check = check;
     this.#dir = dir;
     this.#vault = vault;
     this.#prefix = prefix;
@@ -68,7 +77,9 @@ export class StreamReader {
       this.keys.set(id, source.key);
       this.#appliers.set(
         id,
-        new SourceApplier(this.#vault, id, { streamSeq: seqs[id] ?? 0 }),
+        new SourceApplier(this.#vault, id, this.#check, {
+          streamSeq: seqs[id] ?? 0,
+        }),
       );
     }
     this.problems.push(...(before.read?.skipped ?? []));
@@ -127,7 +138,7 @@ export class StreamReader {
     if (kind === "rec" && isSourceId(id)) {
       let applier = this.#appliers.get(id);
       if (applier === undefined) {
-        applier = new SourceApplier(this.#vault, id);
+        applier = new SourceApplier(this.#vault, id, this.#check);
         this.#appliers.set(id, applier);
       }
       try {

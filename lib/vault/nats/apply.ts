@@ -37,8 +37,14 @@ import {
   writeVaultInfo,
 } from "../_seal.ts";
 import type { Vault } from "../store.ts";
-import { decodeRecordMessage, sliceBatch } from "./codec.ts";
-import type { RecordMessage, StreamMeta } from "./codec.ts";
+import {
+  decodeRecordMessage,
+  recordVerifier,
+  sliceBatch,
+  unhex,
+} from "./codec.ts";
+import { parseSigner } from "../../checkpoint.ts";
+import type { RecordKey, RecordMessage, StreamMeta } from "./codec.ts";
 
 /** Options for {@linkcode applyRecordMessage}. */
 export interface ApplyOptions {
@@ -113,6 +119,7 @@ export async function applyRecordMessage(
 export class SourceApplier {
   readonly #vault: Vault;
   readonly #srcid: string;
+  readonly #check: RecordKey;
   readonly #options: ApplyOptions;
   #streamSeq: number;
 
@@ -120,16 +127,20 @@ export class SourceApplier {
    * @param vault The local directory vault.
    * @param srcid The source id the subject names (every message's key must
    * hash to it).
+   * @param check The vault's checkpoint key and id: a message not signed
+   * by them is refused (never applied).
    * @param options As {@linkcode applyRecordMessage}; `streamSeq` is the
    * stream sequence of the last message already applied (0: none).
    */
   constructor(
     vault: Vault,
     srcid: string,
+    check: RecordKey,
     options: ApplyOptions & { streamSeq?: number } = {},
   ) {
     this.#vault = vault;
     this.#srcid = srcid;
+    this.#check = check;
     this.#options = options;
     this.#streamSeq = options.streamSeq ?? 0;
   }
@@ -146,7 +157,7 @@ export class SourceApplier {
    * @param body Its body.
    * @returns The message, once its records are durable in the local vault.
    * @throws {MoatError} `ERR_CORRUPT` (as a rejection) for a malformed
-   * message, one of another source, one out of stream order, or records
+   * message, one not signed by the vault's key, one of another source, one out of stream order, or records
    * that do not continue the local copy.
    */
   async apply(streamSeq: number, body: Uint8Array): Promise<RecordMessage> {
@@ -158,7 +169,7 @@ export class SourceApplier {
     }
     let msg: RecordMessage;
     try {
-      msg = decodeRecordMessage(body, this.#srcid);
+      msg = decodeRecordMessage(body, this.#srcid, this.#check);
     } catch (error) {
       throw new MoatError(
         "ERR_CORRUPT",
@@ -243,6 +254,36 @@ export async function prepareLocalCopy(
   if (info.checkpointKey === undefined) {
     await writeVaultInfo(dir, { ...info, checkpointKey: meta.checkpointKey });
   }
+}
+
+/**
+ * The keys a door (or an import) signs record messages with and checks
+ * other doors' with: the vault's checkpoint key (in the directory, as every
+ * door's `checkpoint.key`) and the stream's vault id.
+ *
+ * @param dir The directory vault holding `checkpoint.key`.
+ * @param meta The stream's meta.
+ * @returns The private key to sign with, the public one to check with.
+ * @throws {MoatError} `ERR_CHECKPOINT` when the directory holds no key or
+ * another one than the stream's.
+ */
+export async function loadRecordKeys(
+  dir: string,
+  meta: { vaultId: string; checkpointKey: string },
+): Promise<{ sign: RecordKey; check: RecordKey }> {
+  const file = join(dir, CHECKPOINT_KEY_FILE);
+  const text = await readTextIfExists(file);
+  const signer = text === undefined ? undefined : parseSigner(text);
+  if (signer?.verifier !== meta.checkpointKey) {
+    throw new MoatError(
+      "ERR_CHECKPOINT",
+      `The vault's "${file}" is not the stream's checkpoint key ${meta.checkpointKey}: copy the first door's checkpoint.key there`,
+    );
+  }
+  return {
+    sign: { vaultId: unhex(meta.vaultId), key: signer.key },
+    check: recordVerifier(meta),
+  };
 }
 
 function _unhex(hex: string): Uint8Array {

@@ -13,7 +13,8 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { createHash, type KeyObject, sign, verify } from "node:crypto";
+import { parseVerifier } from "../../checkpoint.ts";
 import { getU64, setU64 } from "../../segment/codec.ts";
 import type { AppendBatch } from "../_format.ts";
 import { FLAG_PARTIAL } from "../_format.ts";
@@ -34,8 +35,16 @@ export const RECORD_MAGIC: Uint8Array = Uint8Array.of(
   0x45,
   0x43,
 );
-/** Format version of record messages and of the meta message. */
-export const FORMAT_VERSION = 1;
+/**
+ * Format version of record messages and of the meta message. Version 2
+ * signs every record message (version 1, never released, did not: anyone
+ * holding the cluster's credentials could continue a source).
+ */
+export const FORMAT_VERSION = 2;
+/** Bytes of the Ed25519 signature that ends every record message. */
+export const SIGNATURE_BYTES = 64;
+/** What a record message's signature is over, before the vault id and digest. */
+const SIGNATURE_CONTEXT = new TextEncoder().encode("moat/nats-record/v2\n");
 /** Bytes before the key in a record message: magic, version, key length. */
 const HEAD_BYTES = 11;
 /** Bytes after the key before the first record: first seq, count. */
@@ -228,11 +237,15 @@ export function encodeRecordSection(
  * ```ts
  * import { decodeRecordMessage, encodeRecordMessage, encodeRecordSection } from "./codec.ts";
  * import { recordBatch } from "../_format.ts";
+ * import { generateKeyPairSync } from "node:crypto";
  * import assert from "node:assert/strict";
  * const line = new TextEncoder().encode("hello");
  * const section = encodeRecordSection(recordBatch([{ seq: 7, ts: 1, line }]), 2);
  * const key = { peer: "10.0.0.5", name: "web" };
- * const msg = decodeRecordMessage(encodeRecordMessage(key, 7, 1, [section]));
+ * const pair = generateKeyPairSync("ed25519");
+ * const vaultId = new Uint8Array(16);
+ * const body = encodeRecordMessage(key, 7, 1, [section], { vaultId, key: pair.privateKey });
+ * const msg = decodeRecordMessage(body, undefined, { vaultId, key: pair.publicKey });
  * assert.equal(msg.firstSeq, 7);
  * assert.equal(msg.recvTs(0), 2);
  * assert.deepEqual(msg.key, key);
@@ -242,6 +255,8 @@ export function encodeRecordSection(
  * @param firstSeq The first record's sequence number.
  * @param count How many records the sections hold together.
  * @param sections Record sections ({@linkcode encodeRecordSection}).
+ * @param signer The vault's checkpoint key and id: the message ends in
+ * their signature ({@linkcode RecordKey}).
  * @returns The message body.
  */
 export function encodeRecordMessage(
@@ -249,9 +264,10 @@ export function encodeRecordMessage(
   firstSeq: number,
   count: number,
   sections: readonly Uint8Array[],
+  signer: RecordKey,
 ): Uint8Array {
   const kb = keyBytes(key);
-  let total = HEAD_BYTES + kb.length + RANGE_BYTES;
+  let total = HEAD_BYTES + kb.length + RANGE_BYTES + SIGNATURE_BYTES;
   for (const s of sections) total += s.length;
   const out = new Uint8Array(total);
   const view = new DataView(out.buffer);
@@ -267,12 +283,78 @@ export function encodeRecordMessage(
     out.set(s, at);
     at += s.length;
   }
+  out.set(
+    sign(null, _signedBytes(signer.vaultId, out.subarray(0, at)), signer.key),
+    at,
+  );
+  return out;
+}
+
+/**
+ * The key record messages are signed and checked with: the vault's
+ * checkpoint key (every front door holds its private half; readers take
+ * the public half from the meta message or `--vault-key`) and the vault
+ * id, which the signature binds too.
+ */
+export interface RecordKey {
+  /** The vault id (16 bytes). */
+  readonly vaultId: Uint8Array;
+  /** Ed25519: private to sign, public (or private) to check. */
+  readonly key: KeyObject;
+}
+
+/**
+ * The key that checks a stream's record messages: the checkpoint verifier
+ * and vault id its meta message names.
+ *
+ * @param meta The stream's meta.
+ * @returns The key.
+ * @throws {MoatError} `ERR_CHECKPOINT` for a malformed verifier.
+ */
+export function recordVerifier(
+  meta: Pick<StreamMeta, "vaultId" | "checkpointKey">,
+): RecordKey {
+  return {
+    vaultId: unhex(meta.vaultId),
+    key: parseVerifier(meta.checkpointKey).key,
+  };
+}
+
+/**
+ * 16 bytes from 32 hex digits (a vault id).
+ *
+ * @param hex The digits.
+ * @returns The bytes.
+ */
+export function unhex(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length >> 1);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  }
+  return out;
+}
+
+/**
+ * What a record message's signature is over: the context
+ * `moat/nats-record/v2\n`, the vault id, and SHA-256 of the message up to
+ * the signature (its key — hence the subject's source id —, range and
+ * records).
+ */
+function _signedBytes(vaultId: Uint8Array, unsigned: Uint8Array): Uint8Array {
+  const out = new Uint8Array(SIGNATURE_CONTEXT.length + vaultId.length + 32);
+  out.set(SIGNATURE_CONTEXT, 0);
+  out.set(vaultId, SIGNATURE_CONTEXT.length);
+  out.set(
+    createHash("sha256").update(unsigned).digest(),
+    SIGNATURE_CONTEXT.length + vaultId.length,
+  );
   return out;
 }
 
 /** The body bytes a message of these sections takes, for packing. */
 export function recordMessageBytes(key: SourceKey, sectionBytes: number) {
-  return HEAD_BYTES + keyBytes(key).length + RANGE_BYTES + sectionBytes;
+  return HEAD_BYTES + keyBytes(key).length + RANGE_BYTES + sectionBytes +
+    SIGNATURE_BYTES;
 }
 
 /**
@@ -305,26 +387,51 @@ export interface RecordMessage extends AppendBatch {
  * Decodes and checks a record message: magic, version, a well-formed key
  * (whose id must equal `srcid` when given), a first sequence number of at
  * least 1, at least one record, every record inside the body, known flags,
- * times that are safe integers, and no byte left over.
+ * times that are safe integers, no byte left over before the signature,
+ * and the signature itself.
  *
  * @param body The message body.
  * @param srcid The id the subject names, if read from a subject.
+ * @param check The vault's key and id to check the signature with; `null`
+ * only for a body this process has just signed itself.
  * @returns The message (a view: `body` is not copied).
- * @throws {SyntaxError} For anything malformed, naming what.
+ * @throws {SyntaxError} For anything malformed or a signature that does
+ * not check ({@linkcode ForgedMessageError}), naming what.
  */
 export function decodeRecordMessage(
   body: Uint8Array,
-  srcid?: string,
+  srcid: string | undefined,
+  check: RecordKey | null,
 ): RecordMessage {
-  if (body.length < HEAD_BYTES + RANGE_BYTES) {
+  if (body.length < HEAD_BYTES + RANGE_BYTES + SIGNATURE_BYTES) {
     throw _bad(`${body.length} bytes is too short`);
   }
   for (let i = 0; i < RECORD_MAGIC.length; i++) {
     if (body[i] !== RECORD_MAGIC[i]) throw _bad("wrong magic");
   }
   if (body[8] !== FORMAT_VERSION) {
-    throw _bad(`unsupported format version ${body[8]}`);
+    throw body[8] === 1
+      ? new ForgedMessageError(
+        "Invalid record message: format 1 is unsigned (a pre-release build's): not taken",
+      )
+      : _bad(`unsupported format version ${body[8]}`);
   }
+  const end = body.length - SIGNATURE_BYTES;
+  if (check !== null) {
+    const signed = _signedBytes(check.vaultId, body.subarray(0, end));
+    let good = false;
+    try {
+      good = verify(null, signed, check.key, body.subarray(end));
+    } catch {
+      good = false;
+    }
+    if (!good) {
+      throw new ForgedMessageError(
+        "Invalid record message: its signature is not the vault's checkpoint key's (forged, or of another vault)",
+      );
+    }
+  }
+  body = body.subarray(0, end);
   const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
   const keyLength = view.getUint16(9, true);
   if (keyLength > MAX_KEY_BYTES) throw _bad("source key is too long");
@@ -488,6 +595,17 @@ function _parseKey(bytes: Uint8Array): SourceKey {
   return key;
 }
 
+/**
+ * A record message that is not signed by the vault's checkpoint key: never
+ * written by a front door of this vault.
+ */
+export class ForgedMessageError extends SyntaxError {
+  constructor(message: string) {
+    super(message);
+    this.name = "ForgedMessageError";
+  }
+}
+
 function _bad(what: string): SyntaxError {
   return new SyntaxError(`Invalid record message: ${what}`);
 }
@@ -529,6 +647,11 @@ export function decodeMeta(body: Uint8Array): StreamMeta {
     meta = JSON.parse(new TextDecoder().decode(body));
   } catch {
     throw new SyntaxError("Invalid stream meta: not JSON");
+  }
+  if (meta?.format === 1) {
+    throw new SyntaxError(
+      "Invalid stream meta: format 1 (a pre-release build's, whose record messages are unsigned) is not read by this build: use a new stream (--stream)",
+    );
   }
   if (meta?.format !== FORMAT_VERSION) {
     throw new SyntaxError(

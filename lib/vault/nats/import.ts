@@ -36,6 +36,8 @@ import {
   recordMsgId,
   sourceId,
 } from "./codec.ts";
+import type { RecordKey } from "./codec.ts";
+import { loadRecordKeys } from "./apply.ts";
 import { connectNats } from "./connect.ts";
 import type { NatsConnectOptions } from "./connect.ts";
 import {
@@ -126,6 +128,7 @@ export async function importVault(
         `Stream "${stream.name}" holds vault ${meta?.vaultId}, not vault ${mine.vaultId}: import into another stream (--stream)`,
       );
     }
+    const keys = await loadRecordKeys(options.dir, meta);
     const report: ImportReport = {
       sources: 0,
       records: 0,
@@ -142,7 +145,15 @@ export async function importVault(
         ? { peer: s.peer, name: s.name }
         : { peer: s.peer, name: s.name, identity: s.identity };
       report.sources++;
-      await _importSource(stream, options.dir, key, s.firstSeq, max, report);
+      await _importSource(
+        stream,
+        options.dir,
+        key,
+        s.firstSeq,
+        max,
+        report,
+        keys,
+      );
       await _importCheckpoints(
         stream,
         join(options.dir, "sources", s.id),
@@ -166,6 +177,7 @@ async function _importSource(
   firstSeq: number,
   max: number,
   report: ImportReport,
+  keys: { sign: RecordKey; check: RecordKey },
 ): Promise<void> {
   const srcid = sourceId(key);
   const subject = stream.subjects.rec(srcid);
@@ -173,7 +185,14 @@ async function _importSource(
   let held = 0;
   let subjectSeq = 0;
   if (last !== undefined) {
-    held = decodeRecordMessage(last.data, srcid).lastSeq;
+    try {
+      held = decodeRecordMessage(last.data, srcid, keys.check).lastSeq;
+    } catch (error) {
+      throw new MoatError(
+        "ERR_CORRUPT",
+        `Stream message ${last.seq}: ${(error as Error).message}`,
+      );
+    }
     subjectSeq = last.seq;
   }
   if (firstSeq > held + 1) {
@@ -201,7 +220,13 @@ async function _importSource(
   const flush = async () => {
     closeRun();
     if (count === 0) return;
-    const body = encodeRecordMessage(key, first, count, sections);
+    const body = encodeRecordMessage(
+      key,
+      first,
+      count,
+      sections,
+      keys.sign,
+    );
     const h = natsHeaders();
     h.set("Nats-Msg-Id", recordMsgId(srcid, first, first + count - 1));
     try {

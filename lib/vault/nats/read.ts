@@ -32,7 +32,7 @@ import { STREAM_FILE } from "../_stream_file.ts";
 import type { StreamFile, StreamProblem } from "../_stream_file.ts";
 import { prepareLocalCopy } from "./apply.ts";
 import { MAX_PROBLEMS, STREAM_CHECKPOINTS, StreamReader } from "./_reader.ts";
-import { decodeMeta, subjectsOf } from "./codec.ts";
+import { decodeMeta, recordVerifier, subjectsOf } from "./codec.ts";
 import type { StreamMeta } from "./codec.ts";
 import { connectNats } from "./connect.ts";
 import type { NatsConnectOptions } from "./connect.ts";
@@ -158,6 +158,7 @@ export async function materializeStream(
       vault,
       subjects.prefix,
       metaSeq,
+      recordVerifier(meta),
     );
     if (before !== undefined) await reader.resume(before);
     const { problems, keys, early, doors } = reader;

@@ -28,7 +28,7 @@ import {
   TooManySourcesError,
 } from "../../errors.ts";
 import { DEFAULT_MAX_BATCH_RECORDS } from "../../limits.ts";
-import { recordBatch } from "../_format.ts";
+import { FLAG_PARTIAL, recordBatch } from "../_format.ts";
 import type { AppendBatch } from "../_format.ts";
 import { checkNewSourceKey, sourceDirName, sourceLabel } from "../_key.ts";
 import type { SourceKey } from "../_key.ts";
@@ -52,6 +52,7 @@ import {
 } from "../store.ts";
 import {
   applyRecordMessage,
+  loadRecordKeys,
   prepareLocalCopy,
   SourceApplier,
 } from "./apply.ts";
@@ -66,6 +67,8 @@ import {
   recordMsgId,
   sourceId,
 } from "./codec.ts";
+import type { RecordKey, RecordMessage } from "./codec.ts";
+import { getU64 } from "../../segment/codec.ts";
 import { connectNats } from "./connect.ts";
 import { SealPublisher } from "./seals.ts";
 import type { NatsConnection, NatsConnectOptions } from "./connect.ts";
@@ -192,6 +195,13 @@ export async function openNatsVault(
       await prepareLocalCopy(options.cache, meta);
       local = await openVault(options.cache, localOptions);
     }
+    let keys: { sign: RecordKey; check: RecordKey };
+    try {
+      keys = await loadRecordKeys(options.cache, meta);
+    } catch (error) {
+      await local.close();
+      throw error;
+    }
     const seals = new SealPublisher(
       stream,
       options.cache,
@@ -201,7 +211,7 @@ export async function openNatsVault(
           options.onPublishFailed?.({ what: "seals", message }),
       },
     );
-    const vault = new _NatsVault(nc, stream, local, options, seals);
+    const vault = new _NatsVault(nc, stream, local, options, seals, keys);
     hooks.onCheckpoint = (e) => vault.publishCheckpoint(e);
     hooks.onSealed = () => seals.kick();
     // The seals made so far (the one at open, any a crash kept from the
@@ -230,6 +240,10 @@ class _NatsVault implements NatsVault {
   readonly #stream: OpenStream;
   readonly #local: Vault;
   readonly #seals: SealPublisher;
+  /** Signs this door's record messages. */
+  readonly signer: RecordKey;
+  /** Checks every record message read (catch-up): never adopt a forged one. */
+  readonly check: RecordKey;
   readonly #sources = new Map<string, _NatsSource>();
   readonly #perPeer = new Map<string, number>();
   readonly #maxSourcesPerPeer: number;
@@ -256,8 +270,11 @@ class _NatsVault implements NatsVault {
     local: Vault,
     options: OpenNatsVaultOptions,
     seals: SealPublisher,
+    keys: { sign: RecordKey; check: RecordKey },
   ) {
     this.#seals = seals;
+    this.signer = keys.sign;
+    this.check = keys.check;
     this.#nc = nc;
     this.#stream = stream;
     this.#local = local;
@@ -412,6 +429,7 @@ class _NatsVault implements NatsVault {
     caughtUp = false,
   ): Promise<number> {
     this.#checkOpen();
+    if (source.forked) throw source.forked;
     const batch = Array.isArray(records)
       ? recordBatch(records)
       : records as AppendBatch;
@@ -559,6 +577,13 @@ class _NatsSource implements VaultSource {
   #streamSeq: number | undefined;
   /** Highest sequence number queued, published or held. */
   #queued: number;
+  /**
+   * Set once the stream held other records than a shipper sent at the same
+   * numbers (a fork): every later append and catch-up of the source on
+   * this door is refused with it, so a resend is never taken for a
+   * duplicate of the other records. Until the door restarts.
+   */
+  forked: MoatError | undefined;
   #pending: _Entry[] = [];
   /** Acknowledged messages going into the local copy (never rejects). */
   #applying: Promise<void> = Promise.resolve();
@@ -620,6 +645,7 @@ class _NatsSource implements VaultSource {
   }
 
   catchUp(): Promise<void> {
+    if (this.forked) return Promise.reject(this.forked);
     // Through the publisher: never while a publish is in flight.
     const run = this.#serial(() => this.#sync());
     return run;
@@ -662,6 +688,7 @@ class _NatsSource implements VaultSource {
           first,
           last - first + 1,
           taken.map((e) => e.section),
+          this.#vault.signer,
         );
         let ack;
         try {
@@ -702,7 +729,8 @@ class _NatsSource implements VaultSource {
         // Into the local copy while the next message is published (its
         // fsync overlaps the next publish's round trip); acknowledged only
         // once there. Local appends of one source run in order.
-        const msg = decodeRecordMessage(body, this.srcid);
+        // Signed here just now: not checked again.
+        const msg = decodeRecordMessage(body, this.srcid, null);
         const entries = taken;
         taken = [];
         this.#applies++;
@@ -770,17 +798,29 @@ class _NatsSource implements VaultSource {
     } else {
       start = await this.#locate();
     }
-    const applier = new SourceApplier(local, this.srcid, {
+    // Every message is checked against the vault's key: a forged one
+    // (published by someone holding the cluster's credentials, not the
+    // key) stops the catch-up with ERR_CORRUPT — never adopted, never
+    // appended after, nothing queued acknowledged as its duplicate.
+    const applier = new SourceApplier(local, this.srcid, this.#vault.check, {
       streamSeq: start - 1,
     });
+    // The messages read that hold records queued here (records this door
+    // numbered itself are renumbered instead): compared below.
+    const head = this.#pending[0];
+    const from = head !== undefined && !head.fresh ? head.first : Infinity;
+    const to = this.#pending.at(-1)?.last ?? 0;
+    const overlap: RecordMessage[] = [];
     for (;;) {
       const m = await nextMessage(stream, this.subject, applier.streamSeq + 1);
       if (m === undefined) break;
-      await applier.apply(m.seq, m.data);
+      const msg = await applier.apply(m.seq, m.data);
+      if (msg.lastSeq >= from && msg.firstSeq <= to) overlap.push(msg);
       this.#vault.natsStats.caughtUp++;
     }
     this.#streamSeq = applier.streamSeq;
     const held = this.#local.lastSeq;
+    if (overlap.length > 0) this.#checkSame(overlap, held);
     if (this.#pending[0]?.fresh && this.#pending[0].first <= held) {
       // Lines this door numbered whose numbers another door took: they go
       // after that door's records (the append resolves with the new last).
@@ -797,11 +837,11 @@ class _NatsSource implements VaultSource {
       const e = this.#pending.shift()!;
       e.resolve?.(e.last);
     }
-    const head = this.#pending[0];
-    if (head !== undefined && head.first <= held) {
-      this.#pending[0] = _dropFront(head, held);
+    const first = this.#pending[0];
+    if (first !== undefined && first.first <= held) {
+      this.#pending[0] = _dropFront(first, held);
     }
-    if (head !== undefined && this.#pending[0]!.first > held + 1) {
+    if (first !== undefined && this.#pending[0]!.first > held + 1) {
       const gap = new MoatError(
         "ERR_SEQ_GAP",
         `Cannot append to source "${sourceLabel(this.key)}": record ${
@@ -812,6 +852,59 @@ class _NatsSource implements VaultSource {
     }
     this.#queued = Math.max(held, this.#pending.at(-1)?.last ?? 0);
     this.#wake();
+  }
+
+  /**
+   * Checks that the records the stream now holds at the numbers of queued
+   * ones are those records (time, flags, line; the receive time is each
+   * door's own): a shipper's records are acknowledged as duplicates only of
+   * themselves. A difference is a fork — two writers of one source — and
+   * fails the queue (ERR_CORRUPT): nothing is acknowledged, the shipper
+   * keeps its records.
+   */
+  #checkSame(read: RecordMessage[], held: number): void {
+    const since = this.#pending[0]!.first - 1;
+    let m = 0;
+    for (const e of this.#pending) {
+      if (e.first > held) break;
+      const view = new DataView(
+        e.section.buffer,
+        e.section.byteOffset,
+        e.section.byteLength,
+      );
+      let at = 0;
+      for (let seq = e.first; seq <= Math.min(e.last, held); seq++) {
+        while (m < read.length && read[m]!.lastSeq < seq) m++;
+        const msg = read[m];
+        const i = msg === undefined ? -1 : seq - msg.firstSeq;
+        const length = view.getUint32(at + 17, true);
+        if (
+          msg === undefined || i < 0 ||
+          msg.ts(i) !== getU64(view, at) ||
+          msg.partial(i) !== ((e.section[at + 16]! & FLAG_PARTIAL) !== 0) ||
+          msg.lineLength(i) !== length ||
+          !_sameBytes(
+            msg.line(i),
+            e.section.subarray(
+              at + RECORD_FIXED_BYTES,
+              at + RECORD_FIXED_BYTES + length,
+            ),
+          )
+        ) {
+          const fork = new MoatError(
+            "ERR_CORRUPT",
+            `Source "${
+              sourceLabel(this.key)
+            }" forked: the stream holds a record ${seq} other than the one sent here (another writer of this source): refused until the door restarts, nothing sent here after record ${since} acknowledged`,
+          );
+          this.forked = fork;
+          for (const p of this.#pending.splice(0)) p.reject?.(fork);
+          this.#queued = held;
+          throw fork;
+        }
+        at += RECORD_FIXED_BYTES + length;
+      }
+    }
   }
 
   /**
@@ -828,10 +921,12 @@ class _NatsSource implements VaultSource {
       if (held > 0) throw this.#ahead(held, 0);
       return 1;
     }
+    // From the start: every message is checked as it is applied (a
+    // forged last one stops the catch-up after the records before it).
+    if (held === 0) return 1;
     const lastRange = this.#decode(last.seq, last.data);
     if (lastRange.lastSeq === held) return last.seq + 1;
     if (lastRange.lastSeq < held) throw this.#ahead(held, lastRange.lastSeq);
-    if (held === 0) return 1;
     // The first message whose records end after `held`.
     let lo = 1;
     let hi = last.seq;
@@ -847,7 +942,7 @@ class _NatsSource implements VaultSource {
 
   #decode(seq: number, data: Uint8Array) {
     try {
-      return decodeRecordMessage(data, this.srcid);
+      return decodeRecordMessage(data, this.srcid, this.#vault.check);
     } catch (error) {
       throw new MoatError(
         "ERR_CORRUPT",
@@ -874,6 +969,12 @@ class _NatsSource implements VaultSource {
     }
     this.#waiters = still;
   }
+}
+
+function _sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** An entry without its records up to `held`. */
