@@ -4,6 +4,7 @@
 // damage.
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import fs from "node:fs";
 import { open } from "node:fs/promises";
 import os from "node:os";
@@ -108,6 +109,41 @@ test("crc32c matches the bitwise definition for every length and offset up to 40
   }
   assert.equal(crc32c(bytes), bitwiseCrc32c(bytes, 0, bytes.length));
   assert.equal(crc32c(new TextEncoder().encode("123456789")), 0xe3069283);
+});
+
+test("crc32c gives the same unsigned result for a Buffer, a Uint8Array and views at an offset, over any subrange", () => {
+  // The server checksums plain Uint8Arrays it built and Buffers node:fs
+  // read, whole and as subarrays; the signed table must still give
+  // unsigned results (the check value is above 2^31).
+  const random = seededRandom(23);
+  const plain = new Uint8Array(600);
+  for (let i = 0; i < plain.length; i++) plain[i] = random(256);
+  const buffer = Buffer.from(plain);
+  const backing = new Uint8Array(plain.length + 13);
+  backing.set(plain, 13);
+  const offsetView = backing.subarray(13);
+  const offsetBuffer = Buffer.from(backing.buffer, 13, plain.length);
+  let aboveSign = 0;
+  for (let start = 0; start < 40; start += 3) {
+    for (let end = start; end <= plain.length; end += 7) {
+      const want = bitwiseCrc32c(plain, start, end);
+      if (want >= 2 ** 31) aboveSign++;
+      for (const bytes of [plain, buffer, offsetView, offsetBuffer]) {
+        assert.equal(crc32c(bytes, start, end), want, `[${start}, ${end})`);
+        assert.equal(
+          crc32c(bytes.subarray(start, end)),
+          want,
+          `subarray [${start}, ${end})`,
+        );
+      }
+    }
+    assert.equal(crc32c(buffer, start), bitwiseCrc32c(plain, start, 600));
+  }
+  assert.ok(aboveSign > 100, `${aboveSign} results at or above 2^31`);
+  assert.equal(
+    crc32c(Buffer.from("xx123456789"), 2),
+    0xe3069283,
+  );
 });
 
 describe("segment readers", () => {

@@ -8,11 +8,24 @@
 
 const POLY = 0x82f63b78;
 
-/** Sixteen 256-entry tables, one after the other, for slicing-by-16. */
-const TABLE: Uint32Array = _makeTable(16);
+/**
+ * Sixteen 256-entry tables, one after the other, for slicing-by-16.
+ *
+ * Signed on purpose: only the bits matter to the XORs, and half the entries
+ * are 2^31 or more. For a `Uint32Array` load, JavaScriptCore (Bun) decides
+ * whether the result fits an int32 from samples of the last value that load
+ * returned. With records of one shape (same length, mostly the same bytes,
+ * as the ship bench sends) the sample is the same every time, the guess is
+ * wrong for other blocks, and the optimised code bailed out thousands of
+ * times and was recompiled and thrown away over and over (14 DFG compiles,
+ * never FTL): 9-16 ns a byte instead of 0.5-0.7 in 13 processes of 20, same
+ * code and data (issue 17; `bench/crc32c.ts`). An `Int32Array` load is
+ * always an int32: nothing to guess.
+ */
+const TABLE: Int32Array = _makeTable(16);
 
-function _makeTable(slices: number): Uint32Array {
-  const table = new Uint32Array(slices * 256);
+function _makeTable(slices: number): Int32Array {
+  const table = new Int32Array(slices * 256);
   for (let n = 0; n < 256; n++) {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ POLY : c >>> 1;
