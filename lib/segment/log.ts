@@ -629,7 +629,21 @@ function _addNote(
 const spareWriteBuffers: Uint8Array[] = [];
 /** Spare write buffers kept at most, and the largest kept. */
 const SPARE_WRITE_BUFFERS = 4;
-const SPARE_WRITE_MAX = 4 * 1024 * 1024;
+const SPARE_WRITE_MAX = 1024 * 1024;
+
+/** Keeps a write buffer for reuse; when enough are kept, the larger ones. */
+function _keepSpare(buf: Uint8Array): void {
+  const spare = spareWriteBuffers;
+  if (spare.length < SPARE_WRITE_BUFFERS) {
+    spare.push(buf);
+    return;
+  }
+  let smallest = 0;
+  for (let k = 1; k < spare.length; k++) {
+    if (spare[k]!.length < spare[smallest]!.length) smallest = k;
+  }
+  if (spare[smallest]!.length < buf.length) spare[smallest] = buf;
+}
 
 /** Writes every buffer at `position`, looping over short writes. */
 async function _writeAll(
@@ -647,7 +661,8 @@ async function _writeAll(
     const i = spareWriteBuffers.findIndex((b) => b.length >= total);
     scratch = i >= 0
       ? spareWriteBuffers.splice(i, 1)[0]!
-      : new Uint8Array(Math.max(total, 64 * 1024));
+      // A power of two, so that the next commit, a little larger, fits too.
+      : new Uint8Array(Math.max(2 ** Math.ceil(Math.log2(total)), 65_536));
     let at = 0;
     for (const buf of bufs) {
       scratch.set(buf, at);
@@ -673,11 +688,8 @@ async function _writeAll(
       written += bytesWritten;
     }
   } finally {
-    if (
-      scratch !== undefined && scratch.length <= SPARE_WRITE_MAX &&
-      spareWriteBuffers.length < SPARE_WRITE_BUFFERS
-    ) {
-      spareWriteBuffers.push(scratch);
+    if (scratch !== undefined && scratch.length <= SPARE_WRITE_MAX) {
+      _keepSpare(scratch);
     }
   }
 }
