@@ -70,35 +70,6 @@ function segmentFiles(dir: string, key = KEY): string[] {
 }
 
 describe("encodeVaultRecords", () => {
-  test("encodeVaultRecords reuses a released pooled buffer and overwrites every byte it returns", () => {
-    const record = (seq: number, n: number, fill: number) => ({
-      seq,
-      ts: 1_700_000_000_000 + seq,
-      line: new Uint8Array(n).fill(fill),
-    });
-    const genesis = () => ({ link: new Uint8Array(32).fill(7) });
-    const first = encodeVaultRecords(
-      [record(1, 3000, 0xff), record(2, 900, 0xee)],
-      5,
-      { chain: genesis(), pooled: true },
-    );
-    releaseEncoded(first);
-    const later = [record(1, 10, 0x41), record(2, 0, 0), record(3, 200, 0x42)];
-    const reused = encodeVaultRecords(later, 6, {
-      chain: genesis(),
-      pooled: true,
-    });
-    // The same memory, every byte as a fresh encoding writes it.
-    assert.equal(reused.buffer, first.buffer);
-    assert.deepEqual(
-      reused,
-      encodeVaultRecords(later, 6, { chain: genesis() }),
-    );
-    // Not released: the next encoding gets other memory.
-    const other = encodeVaultRecords(later, 6, { pooled: true });
-    assert.notEqual(other.buffer, reused.buffer);
-  });
-
   test("encodeVaultRecords encodes a ship frame read by index as the same records in an array, each link and CRC as the reader checks them", () => {
     const lengths = [0, 1, 63, 64, 65, 300, 0, 17];
     const records = lengths.map((n, i) => ({
