@@ -23,7 +23,7 @@ import {
 } from "../lib/errors.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import { encodeShipBatch, indexShipBatch, Kind } from "../lib/protocol.ts";
-import { encodeVaultRecords, releaseEncoded } from "../lib/vault/_format.ts";
+import { encodeVaultRecords } from "../lib/vault/_format.ts";
 import { checkLink } from "../lib/vault/_chain.ts";
 import { crc32c } from "../lib/segment/crc32c.ts";
 import { openFds, writeLegacySource } from "./_vault_test_utils.ts";
