@@ -189,12 +189,25 @@ export class SyslogFramer {
    * @throws {ProtocolError} For a malformed octet count.
    */
   push(chunk: Uint8Array, out: Uint8Array[]): void {
+    this.scan(chunk, collect(out));
+  }
+
+  /**
+   * Like {@linkcode SyslogFramer.prototype.push}, but tells `sink` where
+   * each message lies instead of making a view of it: the server's data
+   * path, which allocates nothing per message.
+   *
+   * @param chunk The next bytes.
+   * @param sink Told of each complete message, in order.
+   * @throws As `push`.
+   */
+  scan(chunk: Uint8Array, sink: SyslogSink): void {
     if (chunk.length === 0) return;
     if (this.#framing === undefined) {
       this.#framing = isDigit(chunk[0]!) ? "octet-counting" : "newline";
     }
-    if (this.#framing === "newline") this.#pushLines(chunk, out);
-    else this.#pushCounted(chunk, out);
+    if (this.#framing === "newline") this.#pushLines(chunk, sink);
+    else this.#pushCounted(chunk, sink);
   }
 
   /**
@@ -205,8 +218,18 @@ export class SyslogFramer {
    * frame.
    */
   end(out: Uint8Array[]): void {
+    this.finish(collect(out));
+  }
+
+  /**
+   * Like {@linkcode SyslogFramer.prototype.end}, with a sink.
+   *
+   * @param sink Told of the last message, if any.
+   * @throws As `end`.
+   */
+  finish(sink: SyslogSink): void {
     if (this.#framing === "newline") {
-      if (this.#heldLength > 0) this.#emit(this.#release(), out);
+      if (this.#heldLength > 0) this.#emitHeld(sink);
       return;
     }
     if (this.#want > 0) {
@@ -221,7 +244,7 @@ export class SyslogFramer {
     }
   }
 
-  #pushLines(chunk: Uint8Array, out: Uint8Array[]) {
+  #pushLines(chunk: Uint8Array, sink: SyslogSink) {
     let start = 0;
     for (;;) {
       const lf = chunk.indexOf(LF, start);
@@ -232,15 +255,14 @@ export class SyslogFramer {
         this.#hold(chunk.subarray(start), this.#max + 1);
         return;
       }
-      let line = chunk.subarray(start, lf);
       if (this.#heldLength > 0) {
-        this.#checkLine(this.#heldLength + line.length);
-        this.#hold(line, this.#max + 1);
-        line = this.#release();
+        this.#checkLine(this.#heldLength + lf - start);
+        this.#hold(chunk.subarray(start, lf), this.#max + 1);
+        this.#emitHeld(sink);
       } else {
-        this.#checkLine(line.length);
+        this.#checkLine(lf - start);
+        this.#emit(chunk, start, lf, sink);
       }
-      this.#emit(line, out);
       start = lf + 1;
     }
   }
@@ -271,15 +293,16 @@ export class SyslogFramer {
     this.#heldLength = length;
   }
 
-  /** The held message, handed over: the next one gets a buffer of its own. */
-  #release(): Uint8Array {
-    const message = this.#held!.subarray(0, this.#heldLength);
+  /** Emits the held message and hands its buffer over: the next one gets a buffer of its own. */
+  #emitHeld(sink: SyslogSink) {
+    const held = this.#held!;
+    const length = this.#heldLength;
     this.#held = undefined;
     this.#heldLength = 0;
-    return message;
+    this.#emit(held, 0, length, sink);
   }
 
-  #pushCounted(chunk: Uint8Array, out: Uint8Array[]) {
+  #pushCounted(chunk: Uint8Array, sink: SyslogSink) {
     let i = 0;
     while (i < chunk.length) {
       if (this.#want > 0) {
@@ -288,7 +311,7 @@ export class SyslogFramer {
         i += n;
         if (this.#heldLength === this.#want) {
           this.#want = 0;
-          this.#emit(this.#release(), out);
+          this.#emitHeld(sink);
         }
         continue;
       }
@@ -326,7 +349,7 @@ export class SyslogFramer {
       i++;
       if (chunk.length - i >= count) {
         // The whole message is inside the chunk: no copy.
-        this.#emit(chunk.subarray(i, i + count), out);
+        this.#emit(chunk, i, i + count, sink);
         i += count;
       } else {
         // The rest is held as it arrives (see #hold).
@@ -335,14 +358,41 @@ export class SyslogFramer {
     }
   }
 
-  #emit(message: Uint8Array, out: Uint8Array[]) {
-    let end = message.length;
-    if (end > 0 && message[end - 1] === LF) end--;
-    if (end > 0 && message[end - 1] === CR) end--;
-    if (end === 0) return;
-    if (end > this.#max) throw tooLarge(end, this.#max, "");
-    out.push(end === message.length ? message : message.subarray(0, end));
+  /** Tells `sink` of `bytes[start..end)`, less one trailing LF or CR LF, unless empty. */
+  #emit(bytes: Uint8Array, start: number, end: number, sink: SyslogSink) {
+    if (end > start && bytes[end - 1] === LF) end--;
+    if (end > start && bytes[end - 1] === CR) end--;
+    if (end === start) return;
+    if (end - start > this.#max) throw tooLarge(end - start, this.#max, "");
+    sink.message(bytes, start, end);
   }
+}
+
+/**
+ * Where {@linkcode SyslogFramer.prototype.scan} puts messages: each is
+ * `bytes[start..end)`, valid until the chunk's buffer is reused (or, for a
+ * message that spanned chunks, in a buffer of its own).
+ */
+export interface SyslogSink {
+  /**
+   * @param bytes The buffer that holds the message.
+   * @param start Where it starts.
+   * @param end Where it ends.
+   */
+  message(bytes: Uint8Array, start: number, end: number): void;
+}
+
+/** A sink that appends views of the messages to `out`. */
+function collect(out: Uint8Array[]): SyslogSink {
+  return {
+    message(bytes, start, end) {
+      out.push(
+        start === 0 && end === bytes.length
+          ? bytes
+          : bytes.subarray(start, end),
+      );
+    },
+  };
 }
 
 function tooLarge(size: number, max: number, qualifier: string): MoatError {
@@ -363,64 +413,82 @@ function describeByte(b: number): string {
 }
 
 /**
- * Reads the PRI at the start of a message: `<N>` with N from 0 to 191, one to
- * three digits, no leading zero. Returns N and the index after `>`, or
- * undefined.
+ * Where the last successful `readPri`, `readFraction`, `readRfc3339` or
+ * `readBsdTime` stopped: the index after what it read. A module variable,
+ * not a returned pair, so that the server's data path allocates nothing per
+ * message.
  */
-function readPri(bytes: Uint8Array): [pri: number, next: number] | undefined {
-  if (bytes[0] !== LT) return undefined;
+let scanEnd = 0;
+
+/** The byte at `i`, or -1 at or past `end`. */
+function byteAt(b: Uint8Array, i: number, end: number): number {
+  return i < end ? b[i]! : -1;
+}
+
+/**
+ * Reads the PRI at `start`: `<N>` with N from 0 to 191, one to three digits,
+ * no leading zero. Returns N (and sets `scanEnd` after the `>`), or -1.
+ */
+function readPri(b: Uint8Array, start: number, end: number): number {
+  if (byteAt(b, start, end) !== LT) return -1;
   let pri = 0;
-  let i = 1;
-  for (; i < bytes.length && i <= 4; i++) {
-    const b = bytes[i]!;
-    if (b === GT) break;
-    if (!isDigit(b) || (i === 2 && bytes[1] === ZERO)) return undefined;
-    pri = pri * 10 + (b - ZERO);
+  let i = start + 1;
+  for (; i < end && i <= start + 4; i++) {
+    const c = b[i]!;
+    if (c === GT) break;
+    if (!isDigit(c) || (i === start + 2 && b[start + 1] === ZERO)) return -1;
+    pri = pri * 10 + (c - ZERO);
   }
-  if (i === 1 || bytes[i] !== GT || pri > 191) return undefined;
-  return [pri, i + 1];
+  if (i === start + 1 || byteAt(b, i, end) !== GT || pri > 191) return -1;
+  scanEnd = i + 1;
+  return pri;
 }
 
 /** True if an RFC 5424 header (`1 ` after the PRI) starts at `at`. */
-function isRfc5424(bytes: Uint8Array, at: number): boolean {
-  return bytes[at] === 0x31 && bytes[at + 1] === SP;
+function isRfc5424(b: Uint8Array, at: number, end: number): boolean {
+  return byteAt(b, at, end) === 0x31 && byteAt(b, at + 1, end) === SP;
 }
 
 /** The value of the `n` ASCII digits at `at`, or -1. */
-function readDigits(b: Uint8Array, at: number, n: number): number {
+function readDigits(b: Uint8Array, at: number, n: number, end: number): number {
+  if (at + n > end) return -1;
   let v = 0;
   for (let i = at; i < at + n; i++) {
-    const c = b[i];
-    if (c === undefined || c < ZERO || c > NINE) return -1;
+    const c = b[i]!;
+    if (c < ZERO || c > NINE) return -1;
     v = v * 10 + (c - ZERO);
   }
   return v;
 }
 
 /** True at the end of the message or at a space: where a field ends. */
-function fieldEnds(b: Uint8Array, i: number): boolean {
-  return i === b.length || b[i] === SP;
+function fieldEnds(b: Uint8Array, i: number, end: number): boolean {
+  return i === end || b[i] === SP;
 }
 
 /**
- * Reads `.fraction` (1 to `max` digits) at `at` as milliseconds (truncated).
- * Returns [0, at] when there is none, undefined for a bare dot.
+ * Reads `.fraction` (1 to `max` digits) at `at` as milliseconds (truncated),
+ * and sets `scanEnd` after it. Returns 0 (`scanEnd` at `at`) when there is
+ * none, -1 for a bare dot.
  */
 function readFraction(
   b: Uint8Array,
   at: number,
   max: number,
-): [ms: number, end: number] | undefined {
-  if (b[at] !== DOT) return [0, at];
+  end: number,
+): number {
+  scanEnd = at;
+  if (byteAt(b, at, end) !== DOT) return 0;
   let ms = 0;
   let n = 0;
   let i = at + 1;
-  for (; n < max && i < b.length && isDigit(b[i]!); i++, n++) {
+  for (; n < max && i < end && isDigit(b[i]!); i++, n++) {
     if (n < 3) ms = ms * 10 + (b[i]! - ZERO);
   }
-  if (n === 0) return undefined;
+  if (n === 0) return -1;
   for (let k = n; k < 3; k++) ms *= 10;
-  return [ms, i];
+  scanEnd = i;
+  return ms;
 }
 
 function isLeapYear(y: number): boolean {
@@ -443,116 +511,126 @@ function validCivil(
   return d <= days;
 }
 
-function checkTs(t: number): number | undefined {
-  return Number.isSafeInteger(t) && t >= 0 ? t : undefined;
+function checkTs(t: number): number {
+  return Number.isSafeInteger(t) && t >= 0 ? t : -1;
 }
 
 /**
  * Reads an RFC 3339 timestamp (RFC 5424's TIMESTAMP; fraction up to 9
  * digits tolerated, truncated to milliseconds) at `at`, which must end the
- * field. Returns the time and the end index, or undefined.
+ * field. Returns the time (and sets `scanEnd` after it), or -1.
  */
-function readRfc3339(
-  b: Uint8Array,
-  at: number,
-): [ts: number, end: number] | undefined {
+function readRfc3339(b: Uint8Array, at: number, end: number): number {
   if (
+    at + 19 >= end ||
     b[at + 4] !== DASH || b[at + 7] !== DASH || b[at + 10] !== 0x54 ||
     b[at + 13] !== COLON || b[at + 16] !== COLON
   ) {
-    return undefined;
+    return -1;
   }
-  const y = readDigits(b, at, 4);
-  const mo = readDigits(b, at + 5, 2);
-  const d = readDigits(b, at + 8, 2);
-  const h = readDigits(b, at + 11, 2);
-  const mi = readDigits(b, at + 14, 2);
-  const s = readDigits(b, at + 17, 2);
-  const frac = readFraction(b, at + 19, 9);
-  if (frac === undefined || !validCivil(y, mo, d, h, mi, s)) return undefined;
-  let i = frac[1];
+  const y = readDigits(b, at, 4, end);
+  const mo = readDigits(b, at + 5, 2, end);
+  const d = readDigits(b, at + 8, 2, end);
+  const h = readDigits(b, at + 11, 2, end);
+  const mi = readDigits(b, at + 14, 2, end);
+  const s = readDigits(b, at + 17, 2, end);
+  const frac = readFraction(b, at + 19, 9, end);
+  if (frac < 0 || !validCivil(y, mo, d, h, mi, s)) return -1;
+  let i = scanEnd;
   let offset = 0;
-  if (b[i] === 0x5a) {
+  const zone = byteAt(b, i, end);
+  if (zone === 0x5a) {
     i++;
-  } else if (b[i] === PLUS || b[i] === DASH) {
-    const zh = readDigits(b, i + 1, 2);
-    const zm = readDigits(b, i + 4, 2);
-    if (b[i + 3] !== COLON || zh < 0 || zh > 23 || zm < 0 || zm > 59) {
-      return undefined;
+  } else if (zone === PLUS || zone === DASH) {
+    const zh = readDigits(b, i + 1, 2, end);
+    const zm = readDigits(b, i + 4, 2, end);
+    if (
+      byteAt(b, i + 3, end) !== COLON || zh < 0 || zh > 23 || zm < 0 ||
+      zm > 59
+    ) {
+      return -1;
     }
-    offset = (zh * 60 + zm) * 60_000 * (b[i] === DASH ? -1 : 1);
+    offset = (zh * 60 + zm) * 60_000 * (zone === DASH ? -1 : 1);
     i += 6;
   } else {
-    return undefined;
+    return -1;
   }
-  if (!fieldEnds(b, i)) return undefined;
+  if (!fieldEnds(b, i, end)) return -1;
   // A leap second is stored as the last millisecond before it.
-  const ms = s === 60 ? 59_999 : s * 1000 + frac[0];
+  const ms = s === 60 ? 59_999 : s * 1000 + frac;
   const ts = checkTs(Date.UTC(y, mo - 1, d, h, mi, 0, ms) - offset);
-  return ts === undefined ? undefined : [ts, i];
+  scanEnd = i;
+  return ts;
 }
 
 /** The last RFC 3164 time converted (local time is slow to compute). */
-let bsdCache = { key: -1, hour: -1, ts: undefined as number | undefined };
+const bsdCache = { key: -1, hour: -1, ts: -1 };
 
 /**
  * Reads an RFC 3164 timestamp at `at`: `Mmm dd hh:mm:ss` (day space-padded
  * or not), optionally a year after the day and a fraction, in the server's
  * local time. Without a year: this year, unless that is more than a week
- * ahead (a December message read in January). Returns the time and the end
- * index, or undefined.
+ * ahead (a December message read in January). Returns the time (and sets
+ * `scanEnd` after it), or -1.
  */
 function readBsdTime(
   b: Uint8Array,
   at: number,
+  end: number,
   now: number,
-): [ts: number, end: number] | undefined {
-  if (b[at + 3] !== SP) return undefined;
-  const month = MONTHS.get(
-    String.fromCharCode(b[at] ?? 0, b[at + 1] ?? 0, b[at + 2] ?? 0),
-  );
-  if (month === undefined) return undefined;
+): number {
+  if (at + 3 >= end || b[at + 3] !== SP) return -1;
+  const month = monthOf(b[at]!, b[at + 1]!, b[at + 2]!);
+  if (month === 0) return -1;
   let i = at + 4;
-  if (b[i] === SP) i++;
-  const two = isDigit(b[i + 1] ?? 0);
-  const day = readDigits(b, i, two ? 2 : 1);
+  if (byteAt(b, i, end) === SP) i++;
+  const two = isDigit(byteAt(b, i + 1, end));
+  const day = readDigits(b, i, two ? 2 : 1, end);
   i += two ? 2 : 1;
-  if (day < 0 || b[i] !== SP) return undefined;
+  if (day < 0 || byteAt(b, i, end) !== SP) return -1;
   i++;
   let year = 0;
-  if (b[i + 4] === SP && b[i + 2] !== COLON) {
-    year = readDigits(b, i, 4);
-    if (year < 0) return undefined;
+  if (byteAt(b, i + 4, end) === SP && byteAt(b, i + 2, end) !== COLON) {
+    year = readDigits(b, i, 4, end);
+    if (year < 0) return -1;
     i += 5;
   }
-  if (b[i + 2] !== COLON || b[i + 5] !== COLON) return undefined;
-  const h = readDigits(b, i, 2);
-  const mi = readDigits(b, i + 3, 2);
-  const s = readDigits(b, i + 6, 2);
-  const frac = readFraction(b, i + 8, 6);
+  if (byteAt(b, i + 2, end) !== COLON || byteAt(b, i + 5, end) !== COLON) {
+    return -1;
+  }
+  const h = readDigits(b, i, 2, end);
+  const mi = readDigits(b, i + 3, 2, end);
+  const s = readDigits(b, i + 6, 2, end);
+  const frac = readFraction(b, i + 8, 6, end);
   if (
-    h < 0 || mi < 0 || s < 0 || frac === undefined || !fieldEnds(b, frac[1])
-  ) return undefined;
+    h < 0 || mi < 0 || s < 0 || frac < 0 || !fieldEnds(b, scanEnd, end)
+  ) return -1;
   const key = s + 61 * (mi + 60 * (h + 24 * (day + 32 * (month + 13 * year))));
   const hour = Math.floor(now / 3_600_000);
   if (bsdCache.key !== key || bsdCache.hour !== hour) {
-    let ts: number | undefined;
+    let ts: number;
     if (year !== 0) {
       ts = localTime(year, month, day, h, mi, s);
     } else {
       const thisYear = new Date(now).getFullYear();
       ts = localTime(thisYear, month, day, h, mi, s);
-      if (ts === undefined || ts > now + 7 * DAY_MS) {
+      if (ts < 0 || ts > now + 7 * DAY_MS) {
         ts = localTime(thisYear - 1, month, day, h, mi, s);
       }
     }
-    bsdCache = { key, hour, ts };
+    bsdCache.key = key;
+    bsdCache.hour = hour;
+    bsdCache.ts = ts;
   }
-  const ts = bsdCache.ts;
-  return ts === undefined ? undefined : [ts + frac[0], frac[1]];
+  return bsdCache.ts < 0 ? -1 : bsdCache.ts + frac;
 }
 
-/** Local time of a calendar date (month 1 to 12), or undefined if it is not one. */
+/** The month (1 to 12) of a three-letter English abbreviation, or 0. */
+function monthOf(a: number, b: number, c: number): number {
+  return MONTHS.get(String.fromCharCode(a, b, c)) ?? 0;
+}
+
+/** Local time of a calendar date (month 1 to 12), or -1 if it is not one. */
 function localTime(
   y: number,
   mo: number,
@@ -560,21 +638,26 @@ function localTime(
   h: number,
   mi: number,
   s: number,
-): number | undefined {
-  if (!validCivil(y, mo, d, h, mi, s)) return undefined;
+): number {
+  if (!validCivil(y, mo, d, h, mi, s)) return -1;
   const leap = s === 60;
   return checkTs(
     new Date(y, mo - 1, d, h, mi, leap ? 59 : s, leap ? 999 : 0).getTime(),
   );
 }
 
-/** An RFC 3164 timestamp, or an RFC 3339 one where it stands, at `at`. */
+/**
+ * An RFC 3164 timestamp, or an RFC 3339 one where it stands, at `at`; -1 if
+ * neither (`scanEnd` after it otherwise).
+ */
 function readTime3164(
   b: Uint8Array,
   at: number,
+  end: number,
   now: number,
-): [ts: number, end: number] | undefined {
-  return readBsdTime(b, at, now) ?? readRfc3339(b, at);
+): number {
+  const ts = readBsdTime(b, at, end, now);
+  return ts >= 0 ? ts : readRfc3339(b, at, end);
 }
 
 /**
@@ -598,11 +681,45 @@ export function parseSyslogTime(
   bytes: Uint8Array,
   options: ParseSyslogOptions = {},
 ): number | undefined {
-  const pri = readPri(bytes);
-  if (pri === undefined) return undefined;
-  const at = pri[1];
-  if (isRfc5424(bytes, at)) return readRfc3339(bytes, at + 2)?.[0];
-  return readTime3164(bytes, at, options.now ?? Date.now())?.[0];
+  const ts = syslogTimeAt(
+    bytes,
+    0,
+    bytes.length,
+    options.now ?? Date.now(),
+  );
+  return ts < 0 ? undefined : ts;
+}
+
+/**
+ * {@linkcode parseSyslogTime} of the message at `bytes[start..end)`, without
+ * a view of it or any other allocation: the server's data path.
+ *
+ * @example
+ * ```ts
+ * import { syslogTimeAt } from "./syslog.ts";
+ * import assert from "node:assert/strict";
+ * const buf = new TextEncoder().encode("5 <13>x<13>1 1970-01-01T00:00:01Z h - - - y");
+ * assert.equal(syslogTimeAt(buf, 2, 7, Date.now()), -1);
+ * assert.equal(syslogTimeAt(buf, 7, buf.length, Date.now()), 1000);
+ * ```
+ *
+ * @param bytes A buffer holding the message.
+ * @param start Where the message starts.
+ * @param end Where it ends.
+ * @param now The receive time (for RFC 3164's missing year).
+ * @returns Milliseconds since the epoch, or -1 if the message has no
+ * timestamp that parses.
+ */
+export function syslogTimeAt(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+  now: number,
+): number {
+  if (readPri(bytes, start, end) < 0) return -1;
+  const at = scanEnd;
+  if (isRfc5424(bytes, at, end)) return readRfc3339(bytes, at + 2, end);
+  return readTime3164(bytes, at, end, now);
 }
 
 /**
@@ -644,21 +761,24 @@ export function parseSyslog(
     structuredData: undefined,
     message: "",
   };
-  const pri = readPri(bytes);
-  if (pri === undefined) {
+  const end = bytes.length;
+  const pri = readPri(bytes, 0, end);
+  if (pri < 0) {
     msg.message = UTF8.decode(bytes);
     return msg;
   }
-  msg.facility = pri[0] >> 3;
-  msg.severity = pri[0] & 7;
-  const text = UTF8.decode(bytes.subarray(pri[1]));
-  if (isRfc5424(bytes, pri[1])) {
+  const at = scanEnd;
+  msg.facility = pri >> 3;
+  msg.severity = pri & 7;
+  const text = UTF8.decode(bytes.subarray(at));
+  if (isRfc5424(bytes, at, end)) {
     parse5424(text.slice(2), msg);
-    msg.ts = readRfc3339(bytes, pri[1] + 2)?.[0];
+    const ts = readRfc3339(bytes, at + 2, end);
+    msg.ts = ts < 0 ? undefined : ts;
   } else {
     // The timestamp is ASCII: its byte length is its length in `text`.
-    const time = readTime3164(bytes, pri[1], options.now ?? Date.now());
-    parse3164(text, msg, time && [time[0], time[1] - pri[1]]);
+    const ts = readTime3164(bytes, at, end, options.now ?? Date.now());
+    parse3164(text, msg, ts < 0 ? undefined : [ts, scanEnd - at]);
   }
   return msg;
 }

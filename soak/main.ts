@@ -16,7 +16,8 @@
  *   connection must be at most 2× the C server's.
  * - Slow clients: 1,000 clients trickling a handshake byte per second.
  * - Syslog flood: 200 syslog senders writing as fast as they can for 10 s;
- *   the server's peak RSS must stay within 256 MiB.
+ *   the server's peak RSS must stay within 256 MiB, every message must be
+ *   stored, and a get half-way through and one after must be served.
  * - Allowed peers that make the server spend memory: 400 gets that never
  *   read, a chat flood (plain and framed), ship acks never read, and ship
  *   batches of thousands of empty records; each row reports the server's
@@ -1418,29 +1419,39 @@ async function workerSyslog(): Promise<Result> {
     const during = sampleRss(pid, 50);
     const connections = 200;
     const durationMs = QUICK ? 3000 : 10_000;
+    const getA = async (out: string) => {
+      const r = await runMoat([
+        "get",
+        "FILE:a.txt",
+        "-o",
+        out,
+        "--server",
+        `127.0.0.1:${server.port}`,
+      ], { timeoutMs: 60_000 }).catch(() => undefined);
+      return r?.code === 0 &&
+        fs.readFileSync(out, "utf8") === "after the flood\n";
+    };
+    // A get half-way through the writing, while every sender is busy.
+    const midway = new Promise<boolean>((resolve) =>
+      setTimeout(
+        () => resolve(getA(path.join(dir, "during.txt"))),
+        durationMs / 2,
+      )
+    );
     const flood = await syslogFlood({
       port,
       connections,
       durationMs,
       drainMs: 120_000,
     });
+    const duringOk = await midway;
     const peak = Math.max(during.stop(), memoryKiB(pid).hwm);
     // Memory that keeps growing once the senders are gone is a leak.
     const after = sampleRss(pid, 100);
     await new Promise((r) => setTimeout(r, 5000));
     const afterPeak = after.stop();
     const afterRss = memoryKiB(pid).rss;
-    const got = path.join(dir, "got.txt");
-    const get = await runMoat([
-      "get",
-      "FILE:a.txt",
-      "-o",
-      got,
-      "--server",
-      `127.0.0.1:${server.port}`,
-    ]);
-    const getOk = get.code === 0 &&
-      fs.readFileSync(got, "utf8") === "after the flood\n";
+    const getOk = await getA(path.join(dir, "got.txt"));
     const ls = await runMoat(["vault", "ls", vault]);
     const stored = sum(
       ls.stdout.trim().split("\n").slice(1).map((row) =>
@@ -1450,7 +1461,7 @@ async function workerSyslog(): Promise<Result> {
     await server.stop();
     const audit = checkAuditLines(server.text());
     const peakOk = peak <= 256 * 1024;
-    const ok = peakOk && getOk && ls.code === 0 &&
+    const ok = peakOk && duringOk && getOk && ls.code === 0 &&
       flood.connected === connections && flood.closed === connections &&
       stored === flood.messages && audit.badCount === 0;
     const secs = flood.ms / 1000;
@@ -1474,7 +1485,9 @@ async function workerSyslog(): Promise<Result> {
             peakOk ? "≤" : ">"
           } 256 MiB), ${mib(afterPeak)} at most in the 5 s after, ${
             mib(afterRss)
-          } at the end; get afterwards ${getOk ? "OK" : "FAILED"}; ` +
+          } at the end; get during the flood ${
+            duringOk ? "OK" : "FAILED"
+          }, afterwards ${getOk ? "OK" : "FAILED"}; ` +
           `${fmt(audit.lines)} audit lines, ${audit.badCount} not JSON`,
         ok,
       }],

@@ -6,6 +6,7 @@ import {
   parseSyslogTime,
   SyslogFramer,
   type SyslogMessage,
+  syslogTimeAt,
 } from "../lib/syslog.ts";
 import { everySplit } from "./_test_utils.ts";
 
@@ -318,6 +319,32 @@ describe("parseSyslog", () => {
     }
   });
 
+  test("syslogTimeAt reads a message inside a larger buffer as parseSyslogTime reads it alone, never past its end", () => {
+    const inputs = [
+      ...PARSE_CASES.map((c) => [c.input, c.now ?? NOW] as const),
+      // Each of these would parse if the bytes after the end counted.
+      ["<13>1 2024-05-01T10:00:00", NOW],
+      ["<13>1 2024-05-01T10:00:00+01", NOW],
+      ["<13>Jun  1 10:00:0", NOW],
+      ["<13", NOW],
+    ] as const;
+    for (const [input, now] of inputs) {
+      const alone = te.encode(input);
+      const around = te.encode(`9 <13>${input}Z:00 1 host:00`);
+      const start = 6;
+      const want = parseSyslogTime(alone, { now }) ?? -1;
+      assert.equal(
+        syslogTimeAt(around, start, start + alone.length, now),
+        want,
+        input,
+      );
+    }
+    assert.equal(
+      syslogTimeAt(te.encode("<13>1 2024-05-01T10:00:00Z"), 0, 25, NOW),
+      -1,
+    );
+  });
+
   // Epoch milliseconds worked out apart from Date (Python's calendar), so
   // the conversion is checked against something other than itself.
   const CALENDAR: [string, number | undefined][] = [
@@ -537,6 +564,41 @@ describe("SyslogFramer", () => {
     lines.push(te.encode("<"), []);
     assert.equal(octets.framing, "octet-counting");
     assert.equal(lines.framing, "newline");
+  });
+
+  test("SyslogFramer.scan tells the sink where each message lies, the messages push returns", () => {
+    const stream = te.encode(
+      "<13>a\r\n<13>b\n\n<13>" + "c".repeat(300) + "\n<13>d",
+    );
+    for (const at of [0, 3, 7, 200, stream.length]) {
+      const pushed: Uint8Array[] = [];
+      const viaPush = new SyslogFramer();
+      viaPush.push(stream.subarray(0, at), pushed);
+      viaPush.push(stream.subarray(at), pushed);
+      viaPush.end(pushed);
+      const scanned: string[] = [];
+      const sink = {
+        message(bytes: Uint8Array, start: number, end: number) {
+          assert.ok(0 <= start && start < end && end <= bytes.length);
+          scanned.push(td.decode(bytes.subarray(start, end)));
+        },
+      };
+      const viaScan = new SyslogFramer();
+      viaScan.scan(stream.subarray(0, at), sink);
+      viaScan.scan(stream.subarray(at), sink);
+      viaScan.finish(sink);
+      assert.deepEqual(
+        scanned,
+        pushed.map((m) => td.decode(m)),
+        `split at ${at}`,
+      );
+      assert.deepEqual(scanned, [
+        "<13>a",
+        "<13>b",
+        "<13>" + "c".repeat(300),
+        "<13>d",
+      ]);
+    }
   });
 
   test("SyslogFramer returns views of the chunk for messages inside it", () => {

@@ -619,6 +619,36 @@ function _addNote(
   };
 }
 
+/**
+ * Buffers of a commit are copied into one of these and written with one
+ * `write`: Deno's `FileHandle.writev` copies each array that is not a
+ * `Buffer` and then concatenates them (two fresh copies of every commit),
+ * and that churn of large short-lived arrays is what grew Deno's heap in
+ * the soak's syslog flood. Reused, so a commit allocates nothing.
+ */
+const spareWriteBuffers: Uint8Array[] = [];
+/**
+ * Spare write buffers kept at most, and the largest kept: a flood's group
+ * commits reach several MiB (with at most 1 MiB kept, Deno's peak in the
+ * soak's syslog flood went back from 191 to 238 MiB).
+ */
+const SPARE_WRITE_BUFFERS = 2;
+const SPARE_WRITE_MAX = 8 * 1024 * 1024;
+
+/** Keeps a write buffer for reuse; when enough are kept, the larger ones. */
+function _keepSpare(buf: Uint8Array): void {
+  const spare = spareWriteBuffers;
+  if (spare.length < SPARE_WRITE_BUFFERS) {
+    spare.push(buf);
+    return;
+  }
+  let smallest = 0;
+  for (let k = 1; k < spare.length; k++) {
+    if (spare[k]!.length < spare[smallest]!.length) smallest = k;
+  }
+  if (spare[smallest]!.length < buf.length) spare[smallest] = buf;
+}
+
 /** Writes every buffer at `position`, looping over short writes. */
 async function _writeAll(
   handle: FileHandle,
@@ -627,28 +657,43 @@ async function _writeAll(
 ): Promise<void> {
   let total = 0;
   for (const buf of bufs) total += buf.length;
-  let written = 0;
-  while (written < total) {
-    let rest = bufs;
-    if (written > 0) {
-      rest = [];
-      let skip = written;
-      for (const buf of bufs) {
-        if (skip >= buf.length) {
-          skip -= buf.length;
-          continue;
-        }
-        rest.push(skip > 0 ? buf.subarray(skip) : buf);
-        skip = 0;
-      }
+  let scratch: Uint8Array | undefined;
+  let bytes: Uint8Array;
+  if (bufs.length === 1) {
+    bytes = bufs[0]!;
+  } else {
+    const i = spareWriteBuffers.findIndex((b) => b.length >= total);
+    scratch = i >= 0
+      ? spareWriteBuffers.splice(i, 1)[0]!
+      // A power of two, so that the next commit, a little larger, fits too.
+      : new Uint8Array(Math.max(2 ** Math.ceil(Math.log2(total)), 65_536));
+    let at = 0;
+    for (const buf of bufs) {
+      scratch.set(buf, at);
+      at += buf.length;
     }
-    const { bytesWritten } = await handle.writev(rest, position + written);
-    if (bytesWritten <= 0) {
-      throw new MoatError(
-        "ERR_IO",
-        `Cannot write to "${handle.fd}": no progress`,
+    bytes = scratch.subarray(0, total);
+  }
+  try {
+    let written = 0;
+    while (written < total) {
+      const { bytesWritten } = await handle.write(
+        bytes,
+        written,
+        total - written,
+        position + written,
       );
+      if (bytesWritten <= 0) {
+        throw new MoatError(
+          "ERR_IO",
+          `Cannot write to "${handle.fd}": no progress`,
+        );
+      }
+      written += bytesWritten;
     }
-    written += bytesWritten;
+  } finally {
+    if (scratch !== undefined && scratch.length <= SPARE_WRITE_MAX) {
+      _keepSpare(scratch);
+    }
   }
 }

@@ -30,6 +30,7 @@
 import type { Conn } from "../net/types.ts";
 import type { AuditLog } from "../audit.ts";
 import {
+  type AppendBatch,
   type AppendOptions,
   type AppendRecord,
   type SourceKey,
@@ -37,12 +38,8 @@ import {
   type Vault,
   type VaultSource,
 } from "../vault/store.ts";
-import {
-  DEFAULT_SYSLOG_MAX,
-  parseSyslogTime,
-  SYSLOG_SOURCE,
-  SyslogFramer,
-} from "../syslog.ts";
+import { DEFAULT_SYSLOG_MAX, SYSLOG_SOURCE, SyslogFramer } from "../syslog.ts";
+import { SyslogBatch } from "./syslog_batch.ts";
 
 export { SYSLOG_SOURCE };
 import { ConnectionClosedError } from "../errors.ts";
@@ -59,7 +56,6 @@ import {
   peerIdentity,
   type Session,
 } from "./session.ts";
-import { DEFAULT_MAX_BATCH_RECORDS } from "../limits.ts";
 
 /**
  * Most connections at once on the syslog port; more get a `BUSY` refusal.
@@ -96,6 +92,12 @@ export const DEFAULT_SYSLOG_BYTES_IN_FLIGHT: number = 4 * 1024 * 1024;
  * link in the vault (68 bytes), and a share of the append's bookkeeping.
  */
 export const SYSLOG_RECORD_COST = 96;
+
+/**
+ * The batch every connection frames its reads into: framing and appending
+ * one read is one synchronous stretch, so they never share it at once.
+ */
+const BATCH = new SyslogBatch();
 
 /** First read buffer: small, because idle connections must stay cheap. */
 const FIRST_READ = 4096;
@@ -287,7 +289,6 @@ export async function serveSyslog(
   });
   const { key } = options;
   const where = { peer: c.peer, name: c.name, listener: "syslog" };
-  const messages: Uint8Array[] = [];
   let reason = "peer closed";
   let buf = new Uint8Array(FIRST_READ);
   let source: VaultSource;
@@ -306,32 +307,6 @@ export async function serveSyslog(
   }
   const appends = new AppendPipeline(source);
 
-  // Appends the messages of one read, every batch before any await: the
-  // vault copies the lines at once, so neither they nor the read buffer are
-  // held while commits run.
-  const store = () => {
-    const recvTs = Date.now();
-    const pushed: Promise<void>[] = [];
-    for (let at = 0; at < messages.length; at += DEFAULT_MAX_BATCH_RECORDS) {
-      const end = Math.min(messages.length, at + DEFAULT_MAX_BATCH_RECORDS);
-      // acceptedSeq moves as soon as append is called, so each batch
-      // numbers on from the one before.
-      const first = source.acceptedSeq + 1;
-      const records: AppendRecord[] = new Array(end - at);
-      for (let i = at; i < end; i++) {
-        const line = messages[i]!;
-        records[i - at] = {
-          seq: first + i - at,
-          ts: parseSyslogTime(line, { now: recvTs }) ?? recvTs,
-          line,
-        };
-      }
-      pushed.push(appends.push(records, { recvTs, fresh: true }));
-    }
-    messages.length = 0;
-    return Promise.all(pushed);
-  };
-
   try {
     for (;;) {
       // A failed append ends the connection at once, not at the next read: a
@@ -348,17 +323,16 @@ export async function serveSyslog(
       let framing: unknown;
       let stored: Promise<unknown> | undefined;
       try {
+        const batches = BATCH.start(appends, source, Date.now());
         try {
-          if (n === null) framer.end(messages);
-          else framer.push(buf.subarray(0, n), messages);
+          if (n === null) framer.finish(BATCH);
+          else framer.scan(n === buf.length ? buf : buf.subarray(0, n), BATCH);
         } catch (err) {
           framing = err;
         }
         // Messages before a framing error are kept.
-        if (messages.length > 0) {
-          stored = store();
-          onActivity?.("messages");
-        }
+        stored = BATCH.end();
+        if (batches.length > 0) onActivity?.("messages");
       } finally {
         budget.leave();
       }
@@ -413,9 +387,17 @@ function budgeted(source: VaultSource, budget: SyslogBudget): VaultSource {
     get acceptedSeq() {
       return source.acceptedSeq;
     },
-    append(records: readonly AppendRecord[], options?: AppendOptions) {
+    append(
+      records: readonly AppendRecord[] | AppendBatch,
+      options?: AppendOptions,
+    ) {
       let bytes = 0;
-      for (const r of records) bytes += r.line.length;
+      if (Array.isArray(records)) {
+        for (const r of records) bytes += r.line.length;
+      } else {
+        const batch = records as AppendBatch;
+        for (let i = 0; i < batch.length; i++) bytes += batch.lineLength(i);
+      }
       const cost = bytes + records.length * SYSLOG_RECORD_COST;
       const shared = encodedCost(bytes, records.length);
       budget.take(cost, shared);
