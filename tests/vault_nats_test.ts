@@ -277,6 +277,43 @@ test(
 );
 
 test(
+  "NatsVault keeps a batch's lines that wait for a catch-up, though the caller reuses the batch's buffer once append returns",
+  {
+    skip: noNats,
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), "moat-nats-vault-"));
+    const { cluster, creds } = await setup(dir);
+    try {
+      const a = await open(cluster, creds, join(dir, "a"));
+      await mkdir(join(dir, "b"));
+      await copyFile(
+        join(dir, "a", "checkpoint.key"),
+        join(dir, "b", "checkpoint.key"),
+      );
+      const b = await open(cluster, creds, join(dir, "b"));
+      await a.append(key, records(1, 10));
+      // B has not seen 1-10: records 11-15 look like a gap to it, so it
+      // catches up first; meanwhile the caller (a ship frame's reader) has
+      // moved on and overwritten its buffer.
+      const batch = records(11, 15);
+      const stored = b.append(key, recordBatch(batch));
+      for (const r of batch) r.line.fill(0x58);
+      assert.equal(await stored, 15);
+      await a.close();
+      await b.close();
+      assert.deepEqual(
+        await lines(join(dir, "b")),
+        records(1, 15).map((r) => r.seq),
+      );
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
   "NatsVault refuses a stream whose records could be deleted, and stores a line too long to pack alone in a message",
   {
     skip: noNats,

@@ -463,8 +463,12 @@ class _NatsVault implements NatsVault {
           // Another door may hold the records before it: read them, then
           // check again (a gap then is one).
           const recvTs = options.recvTs ?? this.#now();
+          // The records outlive this call now: a batch read by index may
+          // sit in a buffer its caller reuses once append returns (ship
+          // frames, syslog reads), so the ones still wanted are copied.
+          const held = _copyRecords(batch, start);
           return source.catchUp().then(() =>
-            this.queue(source, records, { ...options, recvTs }, true)
+            this.queue(source, held, { ...options, recvTs }, true)
           );
         }
         if (i === start && seq > expected) {
@@ -1019,4 +1023,20 @@ function _outOfOrder(key: SourceKey, seq: number, after: number): MoatError {
       sourceLabel(key)
     }": record ${seq} is out of order after ${after}`,
   );
+}
+
+/** Records `from` on of a batch, each line copied out of the batch's buffer. */
+function _copyRecords(batch: AppendBatch, from: number): AppendRecord[] {
+  const out: AppendRecord[] = [];
+  for (let i = from; i < batch.length; i++) {
+    const line = new Uint8Array(batch.lineLength(i));
+    batch.copyLine(i, line, 0);
+    out.push({
+      seq: batch.seq(i),
+      ts: batch.ts(i),
+      line,
+      ...(batch.partial(i) && { partial: true }),
+    });
+  }
+  return out;
 }
