@@ -32,7 +32,6 @@ import {
   encodeRecordMessage,
   encodeRecordSection,
   sourceId,
-  unhex,
 } from "../lib/vault/nats/codec.ts";
 import { recordBatch } from "../lib/vault/_format.ts";
 import { generateKeyPairSync } from "node:crypto";
@@ -178,7 +177,7 @@ test(
         t,
       ),
     ], {
-      vaultId: unhex(vaultId),
+      vaultId: Uint8Array.fromHex(vaultId),
       key: generateKeyPairSync("ed25519").privateKey,
     });
     await jsPublish(conn, `moat.moat.rec.${sourceId(KEY)}`, body);

@@ -36,7 +36,6 @@ import {
   encodeRecordMessage,
   encodeRecordSection,
   sourceId,
-  unhex,
 } from "../lib/vault/nats/codec.ts";
 import { recordBatch } from "../lib/vault/_format.ts";
 import { generateKeyPairSync } from "node:crypto";
@@ -214,7 +213,7 @@ test(
           1,
         ),
       ], {
-        vaultId: unhex(vault.id),
+        vaultId: Uint8Array.fromHex(vault.id),
         key: generateKeyPairSync("ed25519").privateKey,
       });
       {

@@ -23,7 +23,6 @@ import {
   encodeRecordMessage,
   encodeRecordSection,
   sourceId,
-  unhex,
 } from "../lib/vault/nats/codec.ts";
 import { recordBatch } from "../lib/vault/_format.ts";
 import { generateKeyPairSync } from "node:crypto";
@@ -410,7 +409,7 @@ test(
           ),
         ],
         {
-          vaultId: unhex(a.id),
+          vaultId: Uint8Array.fromHex(a.id),
           key: generateKeyPairSync("ed25519").privateKey,
         },
       );

@@ -18,7 +18,6 @@ import { MerkleLog } from "../merkle.ts";
 import { readTextIfExists, writeFileAtomic } from "../segment/fs.ts";
 import { _equal } from "./_chain.ts";
 import type { SourceKey } from "./_key.ts";
-import { _hex } from "./_seal.ts";
 import { nodesForSize, TreeFile } from "./_tree_file.ts";
 
 /** A source's tree nodes. */
@@ -83,7 +82,7 @@ export function checkpointOrigin(
   vaultId: Uint8Array,
   sourceHash: Uint8Array,
 ): string {
-  return `moat/${_hex(vaultId)}/${_hex(sourceHash)}`;
+  return `moat/${vaultId.toHex()}/${sourceHash.toHex()}`;
 }
 
 /**
@@ -93,7 +92,7 @@ export function checkpointOrigin(
  * @returns The key name.
  */
 export function checkpointKeyName(vaultId: Uint8Array): string {
-  return `moat/${_hex(vaultId)}`;
+  return `moat/${vaultId.toHex()}`;
 }
 
 /**

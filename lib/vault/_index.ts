@@ -18,7 +18,6 @@ import { readSegment } from "../segment/scanner.ts";
 import type { SegmentFile } from "../segment/scanner.ts";
 import { LINK_BYTES, LINK_OFFSET } from "./_chain.ts";
 import { FLAG_CHAIN, VAULT_KIND, VAULT_MAGIC } from "./_format.ts";
-import { _hex, _unhex } from "./_seal.ts";
 
 /** The index file in each source directory. */
 export const INDEX_FILE = "segments.json";
@@ -109,7 +108,7 @@ function _parseEntry(raw: unknown): SegmentEntry | undefined {
     entry.maxRecvTs = maxRecvTs as number;
   }
   if (typeof lastLink === "string" && /^[0-9a-f]{64}$/.test(lastLink)) {
-    entry.lastLink = _unhex(lastLink);
+    entry.lastLink = Uint8Array.fromHex(lastLink);
   }
   if (time(sealedAt)) entry.sealedAt = sealedAt as number;
   return entry;
@@ -133,7 +132,7 @@ export async function writeSegmentIndex(
       minRecvTs: e.minRecvTs,
       maxRecvTs: e.maxRecvTs,
     }),
-    ...(e.lastLink !== undefined && { lastLink: _hex(e.lastLink) }),
+    ...(e.lastLink !== undefined && { lastLink: e.lastLink.toHex() }),
     ...(e.sealedAt !== undefined && { sealedAt: e.sealedAt }),
   }));
   await writeFileAtomic(

@@ -11,14 +11,7 @@ import { join } from "node:path";
 import { ExitCode, MoatError } from "../errors.ts";
 import { readTextIfExists, writeFileAtomic } from "../segment/fs.ts";
 import { listSegments, readSegment } from "../segment/scanner.ts";
-import {
-  _hex,
-  _unhex,
-  decodeSeal,
-  SEAL_KIND,
-  SEAL_MAGIC,
-  SEALS_DIR,
-} from "./_seal.ts";
+import { decodeSeal, SEAL_KIND, SEAL_MAGIC, SEALS_DIR } from "./_seal.ts";
 
 /** The prune marker in a source directory. */
 export const PRUNED_FILE = "pruned.json";
@@ -83,12 +76,15 @@ export async function readPruneMarker(
   }
   return {
     seq: seq as number,
-    link: _unhex(link as string),
+    link: Uint8Array.fromHex(link as string),
     before: before as number,
     time: time as number,
     ...(epoch !== undefined && { epoch: epoch as number }),
     ...(prior !== undefined && {
-      from: { seq: prior.seq as number, link: _unhex(prior.link as string) },
+      from: {
+        seq: prior.seq as number,
+        link: Uint8Array.fromHex(prior.link as string),
+      },
     }),
   };
 }
@@ -107,12 +103,12 @@ export async function writePruneMarker(
   const text = JSON.stringify({
     version: 1,
     seq: marker.seq,
-    link: _hex(marker.link),
+    link: marker.link.toHex(),
     before: marker.before,
     time: marker.time,
     ...(marker.epoch !== undefined && { epoch: marker.epoch }),
     ...(marker.from !== undefined && {
-      from: { seq: marker.from.seq, link: _hex(marker.from.link) },
+      from: { seq: marker.from.seq, link: marker.from.link.toHex() },
     }),
   }) + "\n";
   await writeFileAtomic(
@@ -166,7 +162,7 @@ export async function findFirstCovers(
         if (typeof seal === "string") continue;
         const counts = new Map<string, number>();
         for (const entry of seal.entries) {
-          const hash = _hex(entry.source);
+          const hash = entry.source.toHex();
           if (wants.has(hash)) counts.set(hash, entry.lastSeq);
         }
         seals.push({ time: seal.time, counts });

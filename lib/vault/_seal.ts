@@ -240,8 +240,10 @@ export function formatVerificationKey(
   vaultId: Uint8Array,
   k0: Uint8Array,
 ): string {
-  const body = `${KEY_PREFIX}${_hex(vaultId)}-${_hex(k0)}`;
-  return `${body}-${_hex(sha256(new TextEncoder().encode(body))).slice(0, 8)}`;
+  const body = `${KEY_PREFIX}${vaultId.toHex()}-${k0.toHex()}`;
+  return `${body}-${
+    (sha256(new TextEncoder().encode(body))).toHex().slice(0, 8)
+  }`;
 }
 
 /**
@@ -264,13 +266,13 @@ export function parseVerificationKey(
     );
   }
   const body = `${KEY_PREFIX}${m[1]}-${m[2]}`;
-  const check = _hex(sha256(new TextEncoder().encode(body))).slice(0, 8);
+  const check = (sha256(new TextEncoder().encode(body))).toHex().slice(0, 8);
   if (check !== m[3]) {
     throw new TypeError(
       "Invalid verification key: its check digits do not match (a typo?)",
     );
   }
-  return { vaultId: _unhex(m[1]!), k0: _unhex(m[2]!) };
+  return { vaultId: Uint8Array.fromHex(m[1]!), k0: Uint8Array.fromHex(m[2]!) };
 }
 
 /** Longest seal interval a vault takes: one day. */
@@ -334,7 +336,7 @@ export async function readVaultInfo(
       throw new Error("checkpointKey is not a key");
     }
     return {
-      id: _unhex(parsed.id),
+      id: Uint8Array.fromHex(parsed.id),
       sealed: parsed.sealed,
       ...(interval !== undefined && { sealIntervalMs: interval }),
       ...(checkpointKey !== undefined && { checkpointKey }),
@@ -361,7 +363,7 @@ export async function writeVaultInfo(
 ): Promise<void> {
   const text = JSON.stringify({
     version: 1,
-    id: _hex(info.id),
+    id: info.id.toHex(),
     sealed: info.sealed,
     ...(info.sealIntervalMs !== undefined &&
       { sealIntervalMs: info.sealIntervalMs }),
@@ -457,7 +459,7 @@ export async function readSealingKey(
     );
   }
   if (
-    parsed?.version !== 1 || parsed.vault !== _hex(vaultId) ||
+    parsed?.version !== 1 || parsed.vault !== vaultId.toHex() ||
     !Number.isSafeInteger(parsed.epoch) || parsed.epoch < 1 ||
     typeof parsed.key !== "string" || !/^[0-9a-f]{64}$/.test(parsed.key)
   ) {
@@ -466,7 +468,7 @@ export async function readSealingKey(
       `Sealing key "${file}" is malformed or belongs to another vault`,
     );
   }
-  return { epoch: parsed.epoch, key: _unhex(parsed.key) };
+  return { epoch: parsed.epoch, key: Uint8Array.fromHex(parsed.key) };
 }
 
 /**
@@ -487,9 +489,9 @@ export async function writeSealingKey(
   try {
     const text = JSON.stringify({
       version: 1,
-      vault: _hex(options.vaultId),
+      vault: options.vaultId.toHex(),
       epoch: options.epoch,
-      key: _hex(options.key),
+      key: options.key.toHex(),
     }) + "\n";
     await writeFileAtomic(file, new TextEncoder().encode(text));
     if (old) {
@@ -510,32 +512,6 @@ export async function writeSealingKey(
  */
 export function newRandom(n: number): Uint8Array {
   return new Uint8Array(randomBytes(n));
-}
-
-/**
- * Lowercase hex of bytes.
- *
- * @param bytes The bytes.
- * @returns The hex text.
- */
-export function _hex(bytes: Uint8Array): string {
-  let out = "";
-  for (const byte of bytes) out += byte.toString(16).padStart(2, "0");
-  return out;
-}
-
-/**
- * Bytes of lowercase or uppercase hex text of even length.
- *
- * @param text The hex text (checked by the caller).
- * @returns The bytes.
- */
-export function _unhex(text: string): Uint8Array {
-  const out = new Uint8Array(text.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = Number.parseInt(text.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
 }
 
 /**

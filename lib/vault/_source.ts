@@ -31,7 +31,6 @@ import { sourceHash, sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import { readPruneMarker, writePruneMarker } from "./_prune.ts";
 import type { PruneMarker } from "./_prune.ts";
-import { _hex } from "./_seal.ts";
 import type { SourceTree } from "./_tree.ts";
 import type { LocatorSegment } from "./_tree_file.ts";
 
@@ -167,7 +166,7 @@ export class SourceLog implements VaultSource {
     this.#queue = options.queue;
     this.key = key;
     this.id = id;
-    this.hash = _hex(sourceHash(key));
+    this.hash = (sourceHash(key)).toHex();
     this.#log = log;
     const last = log.lastRecordAtOpen;
     // A record without a link (written before chains existed) restarts the

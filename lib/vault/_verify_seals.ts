@@ -14,7 +14,6 @@ import { systemErrorCode } from "../segment/fs.ts";
 import type { SegmentFile } from "../segment/scanner.ts";
 import { _equal } from "./_chain.ts";
 import {
-  _hex,
   decodeSeal,
   evolveKey,
   SEAL_KIND,
@@ -343,9 +342,8 @@ export async function verifySeals(
       if (!_equal(seal.vaultId, vaultId)) {
         return result({
           kind: "seal",
-          message: `Seal ${seal.epoch} names vault ${_hex(seal.vaultId)}, not ${
-            _hex(vaultId)
-          }`,
+          message:
+            `Seal ${seal.epoch} names vault ${seal.vaultId.toHex()}, not ${vaultId.toHex()}`,
           epoch: seal.epoch,
           ...where,
         });
@@ -360,7 +358,7 @@ export async function verifySeals(
         });
       }
       for (const entry of seal.entries) {
-        const hash = _hex(entry.source);
+        const hash = entry.source.toHex();
         let list = checkpoints.get(hash);
         if (!list) checkpoints.set(hash, list = []);
         list.push({
@@ -371,7 +369,7 @@ export async function verifySeals(
         });
       }
       for (const prune of seal.prunes) {
-        const hash = _hex(prune.source);
+        const hash = prune.source.toHex();
         const bad = _checkPrune(prune, seal, previous);
         if (bad !== undefined) {
           pruneProblems.push({
@@ -428,13 +426,13 @@ function _checkPrune(
   seal: Seal,
   previous: Seal | undefined,
 ): string | undefined {
-  const hash = _hex(prune.source);
-  const now = seal.entries.find((e) => _hex(e.source) === hash);
+  const hash = prune.source.toHex();
+  const now = seal.entries.find((e) => e.source.toHex() === hash);
   if (now === undefined) return "names no source of the seal";
   if (prune.seq < 1 || prune.seq >= now.lastSeq) {
     return `would leave none of its ${now.lastSeq} records`;
   }
-  const before = previous?.entries.find((e) => _hex(e.source) === hash);
+  const before = previous?.entries.find((e) => e.source.toHex() === hash);
   if (before === undefined || before.lastSeq < prune.seq) {
     return `removed records the seal before it did not cover (it covered ${
       before?.lastSeq ?? 0
@@ -505,21 +503,17 @@ function _checkSealAgainst(
   if (total !== seal.total) return "its record total does not add up";
   if (previous === undefined) return undefined;
   if (seal.time < previous.time) return "its time is before the previous seal";
-  const now = new Map(seal.entries.map((e) => [_hex(e.source), e]));
+  const now = new Map(seal.entries.map((e) => [e.source.toHex(), e]));
   for (const before of previous.entries) {
-    const entry = now.get(_hex(before.source));
+    const entry = now.get(before.source.toHex());
     if (entry === undefined) {
-      return `source ${_hex(before.source)} of seal ${previous.epoch} is gone`;
+      return `source ${before.source.toHex()} of seal ${previous.epoch} is gone`;
     }
     if (entry.lastSeq < before.lastSeq) {
-      return `source ${
-        _hex(before.source)
-      } went back from ${before.lastSeq} to ${entry.lastSeq}`;
+      return `source ${before.source.toHex()} went back from ${before.lastSeq} to ${entry.lastSeq}`;
     }
     if (entry.lastSeq === before.lastSeq && !_equal(entry.head, before.head)) {
-      return `source ${
-        _hex(before.source)
-      } changed its head at ${entry.lastSeq}`;
+      return `source ${before.source.toHex()} changed its head at ${entry.lastSeq}`;
     }
   }
   return undefined;

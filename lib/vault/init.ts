@@ -11,7 +11,6 @@ import { ExitCode, MoatError } from "../errors.ts";
 import { acquireLock, makeDir, removeTempFiles } from "../segment/fs.ts";
 import { LOCK_FILE, SOURCES_DIR } from "./_format.ts";
 import {
-  _hex,
   ensureVaultDir,
   evolveKey,
   formatVerificationKey,
@@ -118,7 +117,7 @@ export async function initVault(dir: string): Promise<InitVaultResult> {
     k0.fill(0);
     return {
       dir: root,
-      id: _hex(id),
+      id: id.toHex(),
       verificationKey,
       checkpointKey,
       existed: !!found,

@@ -24,7 +24,7 @@ import { _equal } from "./_chain.ts";
 import { readSourceKey, SOURCES_DIR } from "./_format.ts";
 import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
-import { _hex, readVaultInfo } from "./_seal.ts";
+import { readVaultInfo } from "./_seal.ts";
 import {
   checkpointOrigin,
   firstSeqOf,
@@ -89,8 +89,6 @@ export type VerifiedProof =
     fromRoot: Uint8Array;
     treeSize: number;
   };
-
-const hex = _hex;
 
 function fail(message: string): never {
   throw new MoatError("ERR_CHECKPOINT", message);
@@ -249,9 +247,9 @@ export async function proveInclusion(
     seq,
     index,
     treeSize: size,
-    leaf: hex(leaf),
-    leafHash: hex(hash),
-    path: auditPath.map(hex),
+    leaf: leaf.toHex(),
+    leafHash: hash.toHex(),
+    path: auditPath.map((node) => node.toHex()),
     checkpoint: tree.checkpoint.note,
   };
 }
@@ -289,9 +287,9 @@ export async function proveConsistency(
     type: "consistency",
     source: sourceLabel(key),
     from,
-    fromRoot: hex(fromRoot),
+    fromRoot: fromRoot.toHex(),
     treeSize: size,
-    proof: proof.map(hex),
+    proof: proof.map((node) => node.toHex()),
     checkpoint: tree.checkpoint.note,
   };
 }
@@ -300,7 +298,7 @@ function _bytes(value: unknown, what: string): Uint8Array {
   if (typeof value !== "string" || !/^([0-9a-f]{2})*$/.test(value)) {
     fail(`proof field ${what} is not lowercase hex`);
   }
-  return new Uint8Array(Buffer.from(value, "hex"));
+  return Uint8Array.fromHex(value);
 }
 
 function _hashes(value: unknown, what: string): Uint8Array[] {
@@ -361,7 +359,7 @@ export function verifyProof(
     const index = _count(p.index, "index");
     const path = _hashes(p.path, "path");
     const record = decodeLeaf(leaf);
-    if (hex(record.source) !== m[1]) {
+    if (record.source.toHex() !== m[1]) {
       fail("the leaf is of another source than the checkpoint");
     }
     const first = firstSeqOf(cp.extensions);

@@ -56,7 +56,6 @@ import {
 } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import {
-  _hex,
   ensureVaultDir,
   ensureVaultInfo,
   INFO_FILE,
@@ -674,7 +673,7 @@ class _Vault implements Vault {
   }
 
   get id(): string {
-    return _hex(this.vaultId);
+    return this.vaultId.toHex();
   }
 
   get sealed(): boolean {
@@ -820,7 +819,7 @@ class _Vault implements Vault {
   #stamp(seal: WrittenSeal): void {
     const counts = new Map<string, number>();
     for (const entry of seal.entries) {
-      counts.set(_hex(entry.source), entry.lastSeq);
+      counts.set(entry.source.toHex(), entry.lastSeq);
     }
     for (const source of this.#sources.values()) {
       const count = counts.get(source.hash);

@@ -28,7 +28,6 @@ import {
 import { matchesSource, sourceHash, sourceLabel } from "./_key.ts";
 import type { SourceKey } from "./_key.ts";
 import {
-  _hex,
   parseVerificationKey,
   readSealingKey,
   readVaultInfo,
@@ -271,8 +270,8 @@ export async function verifyVault(
     if (_equal(k.vaultId, info!.id)) continue;
     problems.push({
       kind: "vault",
-      message: `The key belongs to vault ${_hex(k.vaultId)}, this is vault ${
-        _hex(info!.id)
+      message: `The key belongs to vault ${k.vaultId.toHex()}, this is vault ${
+        info!.id.toHex()
       }`,
     });
   }
@@ -372,7 +371,7 @@ export async function verifyVault(
   for (const id of ids) {
     try {
       const key = await readSourceKey(join(sourcesDir, id), id);
-      entries.push({ key, id, hash: _hex(sourceHash(key)) });
+      entries.push({ key, id, hash: (sourceHash(key)).toHex() });
     } catch (error) {
       sourceProblems.push({
         kind: "header",
@@ -431,11 +430,9 @@ export async function verifyVault(
       continue;
     }
     const m = /^moat\/([0-9a-f]{32})\/([0-9a-f]{64})$/.exec(checkpoint.origin);
-    if (m === null || m[1] !== _hex(vaultId)) {
+    if (m === null || m[1] !== vaultId.toHex()) {
       bad(
-        `Checkpoint "${file}" is of ${checkpoint.origin}, not of a source of vault ${
-          _hex(vaultId)
-        }`,
+        `Checkpoint "${file}" is of ${checkpoint.origin}, not of a source of vault ${vaultId.toHex()}`,
       );
       continue;
     }
@@ -689,7 +686,7 @@ export async function verifyVault(
   for (const source of sources) unsealed += source.unsealed;
   return {
     ok: problems.length === 0,
-    id: _hex(vaultId),
+    id: vaultId.toHex(),
     keyed: keys.length > 0,
     seals: seals.count,
     ...(seals.lastTime !== undefined && { lastSealTime: seals.lastTime }),

@@ -30,19 +30,9 @@ import {
 } from "../_format.ts";
 import { sourceLabel } from "../_key.ts";
 import type { SourceKey } from "../_key.ts";
-import {
-  _hex,
-  ensureVaultDir,
-  readVaultInfo,
-  writeVaultInfo,
-} from "../_seal.ts";
+import { ensureVaultDir, readVaultInfo, writeVaultInfo } from "../_seal.ts";
 import type { Vault } from "../store.ts";
-import {
-  decodeRecordMessage,
-  recordVerifier,
-  sliceBatch,
-  unhex,
-} from "./codec.ts";
+import { decodeRecordMessage, recordVerifier, sliceBatch } from "./codec.ts";
 import { parseSigner } from "../../checkpoint.ts";
 import type { RecordKey, RecordMessage, StreamMeta } from "./codec.ts";
 
@@ -227,18 +217,16 @@ export async function prepareLocalCopy(
   const info = await readVaultInfo(dir);
   if (info === undefined) {
     await writeVaultInfo(dir, {
-      id: _unhex(meta.vaultId),
+      id: Uint8Array.fromHex(meta.vaultId),
       sealed: false,
       ...(signs && { checkpointKey: meta.checkpointKey }),
     });
     return;
   }
-  if (_hex(info.id) !== meta.vaultId) {
+  if (info.id.toHex() !== meta.vaultId) {
     throw new MoatError(
       "ERR_CHECKPOINT",
-      `The vault "${dir}" has id ${
-        _hex(info.id)
-      }, but the stream holds vault ${meta.vaultId}: use an empty directory or a copy of this stream`,
+      `The vault "${dir}" has id ${info.id.toHex()}, but the stream holds vault ${meta.vaultId}: use an empty directory or a copy of this stream`,
     );
   }
   if (!signs) return;
@@ -281,17 +269,9 @@ export async function loadRecordKeys(
     );
   }
   return {
-    sign: { vaultId: unhex(meta.vaultId), key: signer.key },
+    sign: { vaultId: Uint8Array.fromHex(meta.vaultId), key: signer.key },
     check: recordVerifier(meta),
   };
-}
-
-function _unhex(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
 }
 
 function _order(key: SourceKey, what: string): MoatError {

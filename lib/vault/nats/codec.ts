@@ -315,23 +315,9 @@ export function recordVerifier(
   meta: Pick<StreamMeta, "vaultId" | "checkpointKey">,
 ): RecordKey {
   return {
-    vaultId: unhex(meta.vaultId),
+    vaultId: Uint8Array.fromHex(meta.vaultId),
     key: parseVerifier(meta.checkpointKey).key,
   };
-}
-
-/**
- * 16 bytes from 32 hex digits (a vault id).
- *
- * @param hex The digits.
- * @returns The bytes.
- */
-export function unhex(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length >> 1);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
 }
 
 /**

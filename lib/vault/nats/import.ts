@@ -22,7 +22,6 @@ import { parseSegmentName, scanSegment } from "../../segment/codec.ts";
 import { readCheckpointLog } from "../_checkpoints.ts";
 import { recordBatch } from "../_format.ts";
 import { readVaultInfo, SEAL_KIND, SEAL_MAGIC, SEALS_DIR } from "../_seal.ts";
-import { _hex } from "../_seal.ts";
 import { listSources, readRecords } from "../read.ts";
 import { sourceLabel } from "../_key.ts";
 import type { SourceKey } from "../_key.ts";
@@ -115,7 +114,7 @@ export async function importVault(
     const stream = await openStream(nc, options);
     const mine = {
       format: FORMAT_VERSION,
-      vaultId: _hex(info.id),
+      vaultId: info.id.toHex(),
       checkpointKey: info.checkpointKey,
     };
     const meta = await streamMeta(stream, mine);
