@@ -581,6 +581,10 @@ async function benchChat(rounds: number) {
         "{port}",
         "--reply",
         reply,
+        // The relay's round trip, not the per-peer chat rate limit (50
+        // lines/s by default), which would bound one driver at 50 msgs/s.
+        "--chat-rate",
+        "0",
       ],
     })),
     {
