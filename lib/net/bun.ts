@@ -565,6 +565,8 @@ class BunConn implements Conn {
   #paused = false;
   #eof = false;
   #failure: ConnectionClosedError | null = null;
+  /** What a write that cannot go out rejects with: the first such error, again. */
+  #writeFailure: unknown;
   #readBuf: Uint8Array | null = null;
   #readResolve: ((n: number | null) => void) | null = null;
   #readReject: ((error: unknown) => void) | null = null;
@@ -907,7 +909,9 @@ class BunConn implements Conn {
 
   write(bytes: Uint8Array): Promise<void> {
     if (this.#closed || this.#writeClosed) {
-      return Promise.reject(this.#failure ?? this.#writeClosedError());
+      return Promise.reject(
+        this.#writeFailure ??= this.#failure ?? this.#writeClosedError(),
+      );
     }
     // Nagle only holds back a segment while earlier data is unacknowledged,
     // so the first write goes out at once anyway; setting TCP_NODELAY before
@@ -920,7 +924,9 @@ class BunConn implements Conn {
       offset = this.#socket.write(bytes);
       if (offset === bytes.length) return RESOLVED;
       if (offset < 0) {
-        return Promise.reject(this.#failure ?? new ConnectionClosedError());
+        return Promise.reject(
+          this.#writeFailure ??= this.#failure ?? new ConnectionClosedError(),
+        );
       }
     }
     return new Promise((resolve, reject) => {

@@ -28,7 +28,9 @@ export interface Conn {
    * Fast path: resolves once every byte of `bytes` was handed to the kernel or
    * queued under the runtime's own bounded buffer (backpressure). The caller may
    * reuse `bytes` as soon as the promise resolves.
-   * Throws {@linkcode ConnectionClosedError} when the connection is gone.
+   * Throws {@linkcode ConnectionClosedError} when the connection is gone;
+   * once a write found it gone, later writes reject at once with that same
+   * error (a relay may queue thousands of writes to a dead peer).
    */
   write(bytes: Uint8Array): Promise<void>;
   /** Half-close: no more writes; the peer reads EOF. Resolves when flushed. */
