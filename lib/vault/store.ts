@@ -1272,7 +1272,8 @@ function _isBatch(records: unknown): records is AppendBatch {
     typeof (records as AppendBatch).copyLine === "function";
 }
 
-function _checkSeq(seq: unknown): number {
+/** A record's sequence number, checked (also used by the JetStream vault). */
+export function _checkSeq(seq: unknown): number {
   if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) {
     throw new RangeError(
       `Invalid record: sequence number ${
@@ -1283,7 +1284,8 @@ function _checkSeq(seq: unknown): number {
   return seq;
 }
 
-function _checkTime(what: string, value: unknown): void {
+/** A time in ms since the epoch, checked (also used by the JetStream vault). */
+export function _checkTime(what: string, value: unknown): void {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
     throw new RangeError(
       `Invalid ${what}: ${
@@ -1293,7 +1295,12 @@ function _checkTime(what: string, value: unknown): void {
   }
 }
 
-function _outOfOrder(key: SourceKey, seq: number, after: number): MoatError {
+/** The error for a record out of order (also used by the JetStream vault). */
+export function _outOfOrder(
+  key: SourceKey,
+  seq: number,
+  after: number,
+): MoatError {
   return new MoatError(
     "ERR_SEQUENCE",
     `Cannot append to source "${

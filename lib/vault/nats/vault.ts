@@ -32,7 +32,7 @@ import { FLAG_PARTIAL, recordBatch } from "../_format.ts";
 import type { AppendBatch } from "../_format.ts";
 import { checkNewSourceKey, sourceDirName, sourceLabel } from "../_key.ts";
 import type { SourceKey } from "../_key.ts";
-import { openVault } from "../store.ts";
+import { _checkSeq, _checkTime, _outOfOrder, openVault } from "../store.ts";
 import type {
   AppendOptions,
   AppendRecord,
@@ -993,36 +993,6 @@ function _dropFront(entry: _Entry, held: number): _Entry {
     at += RECORD_FIXED_BYTES + view.getUint32(at + 17, true);
   }
   return { ...entry, first: held + 1, section: entry.section.subarray(at) };
-}
-
-function _checkSeq(seq: unknown): number {
-  if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) {
-    throw new RangeError(
-      `Invalid record: sequence number ${
-        String(seq)
-      } is not a positive integer`,
-    );
-  }
-  return seq;
-}
-
-function _checkTime(what: string, value: unknown): void {
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
-    throw new RangeError(
-      `Invalid ${what}: ${
-        String(value)
-      } is not a non-negative integer of milliseconds`,
-    );
-  }
-}
-
-function _outOfOrder(key: SourceKey, seq: number, after: number): MoatError {
-  return new MoatError(
-    "ERR_SEQUENCE",
-    `Cannot append to source "${
-      sourceLabel(key)
-    }": record ${seq} is out of order after ${after}`,
-  );
 }
 
 /** Records `from` on of a batch, each line copied out of the batch's buffer. */
