@@ -780,6 +780,47 @@ export async function createVaultStream(
 }
 
 /**
+ * Asks `state` every 100 ms until it says done; throws after `timeoutMs`
+ * with `what` and the last state it described.
+ */
+async function pollUntil(
+  state: () => Promise<true | string>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const now = await state();
+    if (now === true) return;
+    if (Date.now() > deadline) {
+      throw new Error(`${what} within ${timeoutMs} ms: ${now}`);
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+/** The meta cluster as node `via`'s monitoring `/jsz` reports it (empty if it does not answer). */
+function metaCluster(
+  cluster: NatsCluster,
+  via: number,
+): Promise<{ leader?: string } | undefined> {
+  return fetch(`http://127.0.0.1:${cluster.nodes[via]!.monitorPort}/jsz`)
+    .then((res) => res.json())
+    .catch(() => ({}))
+    .then((jsz: { "meta_cluster"?: { leader?: string } }) => jsz.meta_cluster);
+}
+
+/**
+ * The stream's info as node `via` gets it for the moat user: the reply, or
+ * the error of a request that timed out (each waits 2 s while the stream
+ * has no leader).
+ */
+function streamInfo(conn: RawConn, cluster: NatsCluster): Promise<RawReply> {
+  return conn.request(`$JS.API.STREAM.INFO.${cluster.stream}`)
+    .catch((e: Error): RawReply => ({ ok: false, error: e.message }));
+}
+
+/**
  * Resolves once the stream has a leader that answers its info request, and
  * node `via` knows the meta leader (both are elected again after a leader's
  * node died or the quorum came back; `/healthz` may answer 200 before):
@@ -790,37 +831,26 @@ export async function waitStreamLeader(
   via = 0,
   timeoutMs = 60_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  // Requests time out while the stream has no leader: each waits 2 s.
   using conn = await rawConnect(
     cluster.nodes[via]!.clientPort,
     cluster.users.moat,
     2_000,
   );
-  let last = "";
-  for (;;) {
-    const r = await conn.request(`$JS.API.STREAM.INFO.${cluster.stream}`)
-      .catch((e: Error): RawReply => ({ ok: false, error: e.message }));
-    if (r.ok && r.data.length > 0) {
+  await pollUntil(
+    async () => {
+      const r = await streamInfo(conn, cluster);
+      if (!r.ok || r.data.length === 0) {
+        return r.ok ? r.headers.split("\r\n")[0]! : r.error;
+      }
       const info = r.json() as { cluster?: { leader?: string } };
       // Consumers are placed by the meta leader: it must be back too.
-      const jsz = await fetch(
-        `http://127.0.0.1:${cluster.nodes[via]!.monitorPort}/jsz`,
-      ).then((res) => res.json()).catch(() => ({})) as {
-        "meta_cluster"?: { leader?: string };
-      };
-      if (info.cluster?.leader && jsz.meta_cluster?.leader) return;
-      last = JSON.stringify({ stream: info.cluster, meta: jsz.meta_cluster });
-    } else {
-      last = r.ok ? r.headers.split("\r\n")[0]! : r.error;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(
-        `Stream ${cluster.stream} has no leader within ${timeoutMs} ms: ${last}`,
-      );
-    }
-    await new Promise((res) => setTimeout(res, 100));
-  }
+      const meta = await metaCluster(cluster, via);
+      if (info.cluster?.leader && meta?.leader) return true;
+      return JSON.stringify({ stream: info.cluster, meta });
+    },
+    timeoutMs,
+    `Stream ${cluster.stream} has no leader`,
+  );
 }
 
 /**
@@ -838,30 +868,25 @@ export async function waitNoStreamLeader(
   via = 0,
   timeoutMs = 60_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
   using conn = await rawConnect(
     cluster.nodes[via]!.clientPort,
     cluster.users.moat,
     2_000,
   );
-  let last = "";
-  for (;;) {
-    const r = await conn.request(`$JS.API.STREAM.INFO.${cluster.stream}`)
-      .catch((e: Error): RawReply => ({ ok: false, error: e.message }));
-    if (!r.ok || r.data.length === 0) return;
-    const info = r.json() as {
-      error?: unknown;
-      cluster?: { leader?: string };
-    };
-    if (info.error !== undefined || !info.cluster?.leader) return;
-    last = JSON.stringify(info.cluster);
-    if (Date.now() > deadline) {
-      throw new Error(
-        `Stream ${cluster.stream} still has a leader after ${timeoutMs} ms: ${last}`,
-      );
-    }
-    await new Promise((res) => setTimeout(res, 100));
-  }
+  await pollUntil(
+    async () => {
+      const r = await streamInfo(conn, cluster);
+      if (!r.ok || r.data.length === 0) return true;
+      const info = r.json() as {
+        error?: unknown;
+        cluster?: { leader?: string };
+      };
+      if (info.error !== undefined || !info.cluster?.leader) return true;
+      return JSON.stringify(info.cluster);
+    },
+    timeoutMs,
+    `Stream ${cluster.stream} still has a leader`,
+  );
 }
 
 /**
@@ -875,21 +900,12 @@ export async function waitNoMetaLeader(
   via = 0,
   timeoutMs = 60_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = "";
-  for (;;) {
-    const jsz = await fetch(
-      `http://127.0.0.1:${cluster.nodes[via]!.monitorPort}/jsz`,
-    ).then((res) => res.json()).catch(() => ({})) as {
-      "meta_cluster"?: { leader?: string };
-    };
-    if (jsz.meta_cluster !== undefined && !jsz.meta_cluster.leader) return;
-    last = JSON.stringify(jsz.meta_cluster);
-    if (Date.now() > deadline) {
-      throw new Error(
-        `Node ${via} still has a meta leader after ${timeoutMs} ms: ${last}`,
-      );
-    }
-    await new Promise((res) => setTimeout(res, 100));
-  }
+  await pollUntil(
+    async () => {
+      const meta = await metaCluster(cluster, via);
+      return meta !== undefined && !meta.leader ? true : JSON.stringify(meta);
+    },
+    timeoutMs,
+    `Node ${via} still has a meta leader`,
+  );
 }
