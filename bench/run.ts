@@ -658,6 +658,9 @@ async function idleRound(flavor: Flavor, count: number) {
     String(port),
     "--max-conns",
     "20000",
+    // Every connection comes from 127.0.0.1.
+    "--max-conns-per-peer",
+    "20000",
   ], { cwd: work(), stdio: ["ignore", "ignore", "ignore"] }));
   try {
     await waitListening(port, server, `${flavor.name} server`);

@@ -601,6 +601,8 @@ async function startMoatServer(flavor: Flavor, dir: string, nats = false) {
     // Every source comes from 127.0.0.1; the fan-in runs have 100.
     "--max-sources-per-peer",
     "1000",
+    "--max-conns-per-peer",
+    "1000",
   ], { cwd: dir, stdio: ["ignore", "ignore", "pipe"] }));
   const err = tail(server.stderr);
   await waitListening(port, server, `${flavor.name} serve`, err.text);

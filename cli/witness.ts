@@ -251,6 +251,7 @@ export async function witnessCommand(
       audit,
       version: VERSION,
       maxConns: values["max-conns"],
+      maxConnsPerPeer: values["max-conns-per-peer"],
       idleTimeoutMs: values["idle-timeout"] * 1000,
       handshakeTimeoutMs: values["handshake-timeout"] * 1000,
       namePrefix: "w-",

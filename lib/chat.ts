@@ -14,6 +14,34 @@ export const WHO_COMMAND = "/who";
 /** Most members a `/who` answer names; the rest are only counted. */
 export const WHO_MAX = 64;
 
+/**
+ * Presence lines (`joined`, `left`) named one by one in a second; past
+ * that, joins and leaves are counted and told as one summary line a second
+ * later. A presence line goes to every member, so N connections arriving
+ * together would otherwise cost N² writes: a peer opening a thousand idle
+ * connections made a Deno server hold 381 MiB of queued lines.
+ */
+export const PRESENCE_PER_SECOND = 8;
+
+/** How long the hub counts presence before it tells the summary. */
+const PRESENCE_WINDOW_MS = 1000;
+
+/** The hub's clock and timer; tests give their own. */
+export interface HubClock {
+  /** Milliseconds, monotonic. */
+  now(): number;
+  /** Runs `fn` after `ms`; returns what cancels it. */
+  schedule(fn: () => void, ms: number): () => void;
+}
+
+const SYSTEM_CLOCK: HubClock = {
+  now: () => performance.now(),
+  schedule: (fn, ms) => {
+    const timer = setTimeout(fn, ms);
+    return () => clearTimeout(timer);
+  },
+};
+
 /** One participant, framed or plain. */
 export interface ChatMember {
   /** Server-assigned name, e.g. "c3". */
@@ -44,7 +72,8 @@ export function formatChatLine(line: ChatLine): string {
 
 /**
  * Relays lines between members and the operator. Every member and the
- * operator hear, from `server`, each member that joins or leaves; `/who`
+ * operator hear, from `server`, each member that joins or leaves (up to
+ * {@linkcode PRESENCE_PER_SECOND} by name, then a count a second); `/who`
  * lists the members to whoever asked.
  *
  * @example Presence lines and /who
@@ -75,13 +104,25 @@ export class ChatHub {
   #members = new Map<string, ChatMember>();
   #operator: (line: ChatLine) => void;
   #closed = false;
+  #clock: HubClock;
+  /** When the current presence window ends. */
+  #windowEnd = -Infinity;
+  /** Presence lines named in the current window. */
+  #named = 0;
+  /** Joins and leaves counted for the next summary. */
+  #joined = 0;
+  #left = 0;
+  /** Cancels the pending summary, while there is one. */
+  #summary: (() => void) | undefined;
 
   /**
    * @param operator Shows each client line, and each presence line, to the
    * server's operator.
+   * @param clock The clock and timer of presence summaries.
    */
-  constructor(operator: (line: ChatLine) => void) {
+  constructor(operator: (line: ChatLine) => void, clock = SYSTEM_CLOCK) {
     this.#operator = operator;
+    this.#clock = clock;
   }
 
   /** Number of members. */
@@ -185,31 +226,74 @@ export class ChatHub {
    */
   close(): void {
     this.#closed = true;
+    this.#summary?.();
+    this.#summary = undefined;
   }
 
   #presence(member: ChatMember, what: string) {
-    if (this.#closed) return;
+    const line = this.#presenceLine(member, what);
+    if (line === undefined) return;
+    this.#operator(line);
+    this.#broadcast(line, member);
+  }
+
+  /**
+   * The presence line to tell now, or undefined when there is none: the
+   * hub is closed, or this second's named lines are spent (the event is
+   * then counted for the summary).
+   */
+  #presenceLine(member: ChatMember, what: string): ChatLine | undefined {
+    if (this.#closed) return undefined;
+    const now = this.#clock.now();
+    if (this.#summary === undefined && now >= this.#windowEnd) {
+      this.#windowEnd = now + PRESENCE_WINDOW_MS;
+      this.#named = 0;
+    }
+    if (this.#summary === undefined && this.#named < PRESENCE_PER_SECOND) {
+      this.#named++;
+      return { from: "server", addr: "", text: `${describe(member)} ${what}` };
+    }
+    if (what === "joined") this.#joined++;
+    else this.#left++;
+    this.#summary ??= this.#clock.schedule(
+      () => this.#summarise(),
+      Math.max(0, this.#windowEnd - now),
+    );
+    return undefined;
+  }
+
+  /**
+   * Tells the joins and leaves counted in the last window as one line. The
+   * next window stays counted (nothing named) so that steady churn costs one
+   * line a second; a quiet window names lines again.
+   */
+  #summarise() {
+    this.#summary = undefined;
+    const parts: string[] = [];
+    if (this.#joined > 0) parts.push(`${this.#joined} more joined`);
+    if (this.#left > 0) parts.push(`${this.#left} more left`);
+    this.#joined = this.#left = 0;
+    this.#windowEnd = this.#clock.now() + PRESENCE_WINDOW_MS;
+    this.#named = PRESENCE_PER_SECOND;
+    if (this.#closed || parts.length === 0) return;
     const line: ChatLine = {
       from: "server",
       addr: "",
-      text: `${describe(member)} ${what}`,
+      text: `${parts.join(", ")} (${WHO_COMMAND} lists the members)`,
     };
     this.#operator(line);
-    this.#broadcast(line, member);
+    this.#broadcast(line, undefined);
   }
 
   #broadcast(line: ChatLine, except: ChatMember | undefined) {
     const dropped: ChatMember[] = [];
     this.#deliverAll(line, except, dropped);
     // Members dropped as slow consumers leave like any other: the others
-    // are told, which may drop more. Each member is dropped at most once,
-    // so this ends.
+    // are told (within the presence budget), which may drop more. Each
+    // member is dropped at most once, so this ends.
     for (let i = 0; i < dropped.length && !this.#closed; i++) {
-      const gone: ChatLine = {
-        from: "server",
-        addr: "",
-        text: `${describe(dropped[i]!)} left (slow consumer)`,
-      };
+      const gone = this.#presenceLine(dropped[i]!, "left (slow consumer)");
+      if (gone === undefined) continue;
       this.#operator(gone);
       this.#deliverAll(gone, undefined, dropped);
     }

@@ -101,7 +101,8 @@ export const CODES = {
   ERR_BUSY: {
     exit: Connection,
     peer: true,
-    meaning: "the server is at `--max-conns`",
+    meaning:
+      "the server is at `--max-conns`, or at `--max-conns-per-peer` for this address",
   },
   ERR_CERT_REJECTED: {
     exit: AccessDenied,

@@ -12,6 +12,11 @@ export const DEFAULT_PORT = 4320;
 export const DEFAULT_WITNESS_PORT = 4321;
 /** Most connections at once on the main port; more get a `BUSY` refusal. */
 export const DEFAULT_MAX_CONNS = 512;
+/**
+ * Most connections at once from one peer address, on each port: one
+ * allowed host cannot take every slot from the others.
+ */
+export const DEFAULT_MAX_CONNS_PER_PEER = 64;
 /** Longest chat line, in bytes. */
 export const DEFAULT_MAX_LINE = 8192;
 /** A connection idle this long is closed, in milliseconds. */

@@ -692,6 +692,9 @@ async function workerSlow(): Promise<Result> {
         String(timeout),
         "--max-conns",
         String(clients + 500),
+        // One address on loopback plays every peer: no per-peer cap.
+        "--max-conns-per-peer",
+        String(clients + 500),
       ],
       path.join(dir, "audit.log"),
     );
@@ -902,6 +905,9 @@ async function workerFdFlood(): Promise<Result> {
       fdRoot(dir),
       "--max-conns",
       "20000",
+      // One address on loopback plays every peer: no per-peer cap.
+      "--max-conns-per-peer",
+      "20000",
     ], path.join(dir, "audit.log"));
     const pid = server.child.pid!;
     limitDescriptors(pid, FD_LIMIT);
@@ -1002,6 +1008,9 @@ async function workerFdIdle(): Promise<Result> {
       fdRoot(dir),
       "--max-conns",
       "20000",
+      // One address on loopback plays every peer: no per-peer cap.
+      "--max-conns-per-peer",
+      "20000",
       "--idle-timeout",
       "600",
     ], path.join(dir, "audit.log"));
@@ -1099,6 +1108,9 @@ async function fdShipRun(
     "--vault",
     path.join(base, "vault"),
     "--max-conns",
+    "20000",
+    // One address on loopback plays every peer: no per-peer cap.
+    "--max-conns-per-peer",
     "20000",
     // A shipper left waiting is closed at last by the idle timeout.
     "--idle-timeout",
@@ -1288,6 +1300,9 @@ async function workerTlsRefuse(): Promise<Result> {
       String(timeout),
       "--max-conns",
       "1000",
+      // One address on loopback plays every peer: no per-peer cap.
+      "--max-conns-per-peer",
+      "1000",
     ], path.join(dir, "audit.log"));
     const pid = server.child.pid!;
     const baseRss = memoryKiB(pid).rss;
@@ -1408,7 +1423,17 @@ async function workerSyslog(): Promise<Result> {
     fs.writeFileSync(path.join(root, "a.txt"), "after the flood\n");
     const vault = path.join(dir, "vault");
     const server = await startLoggedServer(
-      ["--root", root, "--vault", vault, "--syslog-port", "0"],
+      [
+        "--root",
+        root,
+        "--vault",
+        vault,
+        "--syslog-port",
+        "0",
+        // 200 senders, all from 127.0.0.1.
+        "--max-conns-per-peer",
+        "1000",
+      ],
       path.join(dir, "audit.log"),
     );
     const port = Number(
@@ -1542,6 +1567,9 @@ async function workerAmplify(): Promise<Result> {
         "--vault",
         path.join(dir, `vault-${servers}`),
         "--max-conns",
+        "1000",
+        // One address on loopback plays every peer: no per-peer cap.
+        "--max-conns-per-peer",
         "1000",
       ], path.join(dir, `audit-${servers++}.log`));
       const failures: string[] = [];

@@ -82,6 +82,8 @@ test("moat serve at its descriptor limit answers a refused flood with ACCESS_DEN
     rootWithFile(t.dir),
     "--max-conns",
     "4000",
+    "--max-conns-per-peer",
+    "4000",
   ]);
   limitDescriptors(server.child.pid!, LIMIT);
   // All at once, and none hanging up after the refusal: each refusal holds
@@ -142,6 +144,8 @@ test("moat serve at its descriptor limit holds allowed idle connections, tells n
     "--root",
     rootWithFile(t.dir),
     "--max-conns",
+    "4000",
+    "--max-conns-per-peer",
     "4000",
     // The held connections leave by themselves at the idle timeout, which
     // also makes the length of the episode the server's to decide.
@@ -224,6 +228,8 @@ test("moat serve --vault at its descriptor limit refuses a shipper's sources pas
     path.join(t.dir, "vault"),
     "--max-conns",
     "4000",
+    "--max-conns-per-peer",
+    "4000",
   ]);
   limitDescriptors(server.child.pid!, LIMIT);
   const shipped = await shipSources({
@@ -260,6 +266,8 @@ test("moat serve --vault keeps a shipper's 200 sources within a limit of 192 des
     "--max-sources-per-peer",
     "1000",
     "--max-conns",
+    "4000",
+    "--max-conns-per-peer",
     "4000",
   ]);
   const pid = server.child.pid!;

@@ -427,7 +427,14 @@ function floodRoot(dir: string): string {
 test("moat serve keeps 200 gets that never read within its send budget and serves a get meanwhile", async () => {
   using tmp = tempDir();
   const root = floodRoot(tmp.dir);
-  await using server = await startServer(["--root", root]);
+  // All 200 come from 127.0.0.1: no per-peer cap, so that the send budget
+  // alone bounds them.
+  await using server = await startServer([
+    "--root",
+    root,
+    "--max-conns-per-peer",
+    "1000",
+  ]);
   const rss = sampleRss(server.child.pid!, 50);
   let during = false;
   const stats = await unreadGets({

@@ -10,7 +10,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ChatHub, type ChatMember, WHO_MAX } from "../lib/chat.ts";
+import {
+  ChatHub,
+  type ChatMember,
+  type HubClock,
+  PRESENCE_PER_SECOND,
+  WHO_MAX,
+} from "../lib/chat.ts";
 import type { Token } from "../lib/auth.ts";
 import { encodeFrame } from "../lib/framer.ts";
 import {
@@ -327,8 +333,96 @@ test("ChatHub tells the others when it drops a slow consumer", () => {
   assert.equal(a.heard.length, 3);
 });
 
+/** A hub clock the test moves by hand; `fire` runs what is due. */
+function manualClock() {
+  let now = 0;
+  let due: { at: number; fn: () => void } | undefined;
+  const clock: HubClock = {
+    now: () => now,
+    schedule(fn, ms) {
+      assert.equal(due, undefined, "one summary pending at a time");
+      const entry = { at: now + ms, fn };
+      due = entry;
+      return () => {
+        if (due === entry) due = undefined;
+      };
+    },
+  };
+  return {
+    clock,
+    get pending() {
+      return due !== undefined;
+    },
+    /** Moves the clock to `t` and runs the summary if it is due by then. */
+    advance(t: number) {
+      now = t;
+      if (due !== undefined && due.at <= now) {
+        const { fn } = due;
+        due = undefined;
+        fn();
+      }
+    },
+  };
+}
+
+test("ChatHub names presence up to PRESENCE_PER_SECOND a second, then counts it", () => {
+  const op: string[] = [];
+  const t = manualClock();
+  const hub = new ChatHub((line) => op.push(line.text), t.clock);
+  const watcher = fakeMember("c0", "127.0.0.1:1");
+  hub.join(watcher);
+  // A burst of 200 joins and 50 leaves within the first second.
+  const many: ChatMember[] = [];
+  for (let i = 1; i <= 200; i++) {
+    const m = fakeMember(`c${i}`, `127.0.0.1:${1000 + i}`);
+    many.push(m);
+    hub.join(m);
+  }
+  for (const m of many.slice(0, 50)) hub.leave(m);
+  assert.equal(hub.size, 151);
+  // c0's own join, then PRESENCE_PER_SECOND - 1 more named: the rest wait.
+  assert.equal(op.length, PRESENCE_PER_SECOND);
+  assert.equal(watcher.heard.length, PRESENCE_PER_SECOND - 1);
+  assert.ok(t.pending);
+  // The summary comes when the window ends, to the operator and everyone.
+  t.advance(999);
+  assert.equal(op.length, PRESENCE_PER_SECOND);
+  t.advance(1000);
+  const joinedLater = 200 - (PRESENCE_PER_SECOND - 1);
+  const summary =
+    `${joinedLater} more joined, 50 more left (/who lists the members)`;
+  assert.equal(op.at(-1), summary);
+  assert.equal(
+    watcher.heard.at(-1),
+    `[server] ${summary}
+`,
+  );
+  const last = many.at(-1) as ChatMember & { heard: string[] };
+  assert.deepEqual(last.heard, [`[server] ${summary}
+`]);
+  // Churn goes on: the next second is counted too, one line for it.
+  hub.leave(many[60]!);
+  hub.join(fakeMember("c999", "127.0.0.1:2"));
+  assert.equal(op.at(-1), summary);
+  t.advance(2000);
+  assert.equal(
+    op.at(-1),
+    "1 more joined, 1 more left (/who lists the members)",
+  );
+  // A quiet second later, members are named again.
+  t.advance(3500);
+  hub.leave(many[61]!);
+  assert.equal(op.at(-1), "c62 (127.0.0.1:1062) left");
+  assert.ok(!t.pending);
+  // Closing cancels a pending summary.
+  for (const m of many.slice(62, 80)) hub.leave(m);
+  assert.ok(t.pending);
+  hub.close();
+  assert.ok(!t.pending);
+});
+
 test("ChatHub.who names at most WHO_MAX members and counts the rest", () => {
-  const hub = new ChatHub(() => {});
+  const hub = new ChatHub(() => {}, manualClock().clock);
   const total = WHO_MAX + 6;
   for (let i = 1; i <= total; i++) {
     hub.join(fakeMember(`c${i}`, `127.0.0.1:${i}`));

@@ -99,6 +99,47 @@ test("Server refuses connections over maxConns with BUSY and serves again once o
   assert.equal(third.welcome.name, "c2");
 });
 
+test("Server refuses a peer over maxConnsPerPeer with BUSY while another address is still served", async () => {
+  await using t = await startMemoryServer({
+    maxConns: 10,
+    maxConnsPerPeer: 2,
+    allowlist: compileAllowlist({ allow: ["127.0.0.1", "127.0.0.2"] }),
+  });
+  const a1 = await openFramed(t, "chat");
+  // The peer's third connection mapped from IPv6 counts as the same address.
+  const a2 = await t.connect("::ffff:127.0.0.1");
+  await t.audit.waitFor(
+    (e) => e.event === "accepted" && e.name === "c2",
+    "the second accepted",
+  );
+  const a3 = await t.connect("127.0.0.1");
+  assert.equal(
+    await readText(a3),
+    "ERR BUSY server busy: too many connections from this address\n",
+  );
+  const refused = await t.audit.waitFor(
+    (e) => e.event === "refused" && /from this address/.test(String(e.reason)),
+    "per-peer busy refusal",
+  );
+  assert.equal(refused.code, "ERR_BUSY");
+  // Another address still gets in: one peer cannot take every slot.
+  const b = await t.connect("127.0.0.2");
+  await t.audit.waitFor(
+    (e) => e.event === "accepted" && String(e.peer).startsWith("127.0.0.2:"),
+    "the other address accepted",
+  );
+  // A slot given back is taken again.
+  a1.conn.close();
+  await t.audit.waitFor(
+    (e) => e.event === "closed" && e.name === "c1",
+    "the first to close",
+  );
+  const a4 = await openFramed(t, "chat");
+  assert.match(a4.welcome.name, /^c\d+$/);
+  a2.close();
+  b.close();
+});
+
 test("Server closes a refused connection that keeps its input open once the drain deadline passes", async () => {
   await using t = await startMemoryServer({
     allowlist: compileAllowlist({ allow: ["127.0.0.2"] }),

@@ -44,7 +44,7 @@ export class Member extends Outbox implements QueuedMember {
    */
   constructor(session: Session, encode: (line: ChatLine) => Uint8Array) {
     super(session);
-    this.#encode = encode;
+    this.#encode = lastEncoded(encode);
     this.name = session.name;
     this.addr = session.identity === undefined
       ? session.peer
@@ -69,6 +69,37 @@ export class Member extends Outbox implements QueuedMember {
   drop(reason: string): void {
     this.end(reason);
   }
+}
+
+/** Each encoder with its last line remembered (see {@linkcode lastEncoded}). */
+const remembering = new Map<
+  (line: ChatLine) => Uint8Array,
+  (line: ChatLine) => Uint8Array
+>();
+
+/**
+ * The encoder that remembers the last line it encoded: a broadcast hands
+ * the same line to every member in turn, so it is encoded once per kind of
+ * client, not once per member (the bytes are shared; an outbox never
+ * changes what it writes).
+ */
+function lastEncoded(
+  encode: (line: ChatLine) => Uint8Array,
+): (line: ChatLine) => Uint8Array {
+  let known = remembering.get(encode);
+  if (known === undefined) {
+    let last: ChatLine | undefined;
+    let bytes: Uint8Array = new Uint8Array(0);
+    known = (line) => {
+      if (line !== last) {
+        bytes = encode(line);
+        last = line;
+      }
+      return bytes;
+    };
+    remembering.set(encode, known);
+  }
+  return known;
 }
 
 /**

@@ -19,7 +19,12 @@ import { checkClientCertificate } from "../tls.ts";
 import { encodeText } from "../protocol.ts";
 import { Code, errorLine, isCode } from "../errors.ts";
 import type { ResolvedServerOptions } from "./options.ts";
-import { errorMessage, formatAddr, type Session } from "./session.ts";
+import {
+  errorMessage,
+  formatAddr,
+  peerIdentity,
+  type Session,
+} from "./session.ts";
 
 /**
  * A refused connection's notice is followed by a drain of what the peer sent
@@ -134,6 +139,8 @@ export interface Refusal {
 export interface GuardOptions {
   /** Connections open now. */
   sessions: number;
+  /** Connections open now from this peer's address (see {@linkcode PeerSlots}). */
+  peerSessions: number;
   /** The port it came in on. */
   port: Port;
 }
@@ -163,7 +170,58 @@ export function guard(
   if (options.sessions >= o.maxConns) {
     return { code: Code.ERR_BUSY, reason: "server busy: too many connections" };
   }
+  if (options.peerSessions >= o.maxConnsPerPeer) {
+    return {
+      code: Code.ERR_BUSY,
+      reason: "server busy: too many connections from this address",
+    };
+  }
   return undefined;
+}
+
+/**
+ * Connections open per peer address on one port (`maxConnsPerPeer`),
+ * from the guard's yes until the connection is closed, its TLS handshake
+ * included. Keyed like the chat rate: an IPv4-mapped address counts as its
+ * IPv4 address.
+ */
+export class PeerSlots {
+  #open = new Map<string, number>();
+
+  /**
+   * Connections open from an address.
+   *
+   * @param hostname The peer's address.
+   * @returns How many.
+   */
+  count(hostname: string): number {
+    return this.#open.get(peerIdentity(hostname)) ?? 0;
+  }
+
+  /**
+   * Counts a connection from an address, until the function it returns
+   * is called (once).
+   *
+   * @param hostname The peer's address.
+   * @returns Gives the slot back.
+   */
+  take(hostname: string): () => void {
+    const key = peerIdentity(hostname);
+    this.#open.set(key, (this.#open.get(key) ?? 0) + 1);
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      const n = this.#open.get(key)! - 1;
+      if (n === 0) this.#open.delete(key);
+      else this.#open.set(key, n);
+    };
+  }
+
+  /** Addresses with a connection open (for tests and status). */
+  get peers(): number {
+    return this.#open.size;
+  }
 }
 
 /**

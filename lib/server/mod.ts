@@ -21,6 +21,7 @@ import {
   bindAll,
   checkCertificate,
   guard,
+  PeerSlots,
   type Port,
   type Refusal,
   Refusals,
@@ -119,6 +120,9 @@ export class Server {
   #syslogListeners: Listener[] = [];
   /** Sessions of the main port; the syslog port keeps its own. */
   #sessions = new Set<Session>();
+  /** Connections per peer address on the main port and the syslog port. */
+  #slots = new PeerSlots();
+  #syslogSlots = new PeerSlots();
   #syslog: SyslogPort | undefined;
   #refusals: Refusals;
   #nextId = 1;
@@ -440,20 +444,25 @@ export class Server {
 
   /** Serves one accepted connection. Never rejects; forgets itself when done. */
   async #handle(conn: Conn, port: Port) {
+    let giveSlot: (() => void) | undefined;
     try {
       // Syslog connections are marked in every audit line about them.
       const tag = port === "syslog" ? { listener: port } : undefined;
       // Each port counts against its own limit.
       const syslog = tag && this.#syslog;
       const sessions = syslog ? syslog.sessions : this.#sessions;
+      const slots = syslog ? this.#syslogSlots : this.#slots;
+      const peer = conn.remoteAddr.hostname;
       const refusal = guard(conn, syslog ? syslog.guardOptions : this.#o, {
         sessions: sessions.size,
+        peerSessions: slots.count(peer),
         port,
       });
       if (refusal !== undefined) {
         this.#refuse(conn, refusal, tag);
         return;
       }
+      giveSlot = slots.take(peer);
       if (
         conn.handshake !== undefined && !await this.#handshakeTls(conn, tag)
       ) {
@@ -507,6 +516,7 @@ export class Server {
     } catch {
       // Audited where it happened; a handler never rejects.
     } finally {
+      giveSlot?.();
       this.#handlers.delete(conn);
     }
   }

@@ -19,6 +19,7 @@ import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_CONNS,
+  DEFAULT_MAX_CONNS_PER_PEER,
   DEFAULT_MAX_LINE,
   DEFAULT_PORT,
   DEFAULT_SEND_BUFFER_BYTES,
@@ -43,6 +44,11 @@ export interface ServerOptions {
   version: string;
   /** Most connections at once; more are refused with "busy". @default {512} */
   maxConns?: number;
+  /**
+   * Most connections at once from one peer address, on each port; more
+   * are refused with "busy". @default {64}
+   */
+  maxConnsPerPeer?: number;
   /** Close a connection idle this long. @default {300_000} */
   idleTimeoutMs?: number;
   /** A framed client must finish its handshake this soon. @default {10_000} */
@@ -177,6 +183,7 @@ export function resolveServerOptions(
   const o: ResolvedServerOptions = {
     port: DEFAULT_PORT,
     maxConns: DEFAULT_MAX_CONNS,
+    maxConnsPerPeer: DEFAULT_MAX_CONNS_PER_PEER,
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
     handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
     maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
