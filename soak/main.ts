@@ -19,7 +19,8 @@
  *   the server's peak RSS must stay within 256 MiB, every message must be
  *   stored, and a get half-way through and one after must be served.
  * - Allowed peers that make the server spend memory: 400 gets that never
- *   read, a chat flood (plain and framed), ship acks never read, and ship
+ *   read, 2,000 idle connections from one address (each a chat member that
+ *   hears who joins), a chat flood (plain and framed), ship acks never read, and ship
  *   batches of thousands of empty records; each row reports the server's
  *   peak RSS (target ≤ 256 MiB) and that it still serves a get.
  * - Faults: 100 rounds of SIGKILL to the server or the client of a get.
@@ -1559,6 +1560,7 @@ async function workerAmplify(): Promise<Result> {
         server: LoggedServer,
         during: () => Promise<void>,
       ) => Promise<string>,
+      limits = ["--max-conns", "1000", "--max-conns-per-peer", "1000"],
     ) => {
       if (ROW !== undefined && !check.includes(ROW)) return;
       const server = await startLoggedServer([
@@ -1566,11 +1568,8 @@ async function workerAmplify(): Promise<Result> {
         root,
         "--vault",
         path.join(dir, `vault-${servers}`),
-        "--max-conns",
-        "1000",
         // One address on loopback plays every peer: no per-peer cap.
-        "--max-conns-per-peer",
-        "1000",
+        ...limits,
       ], path.join(dir, `audit-${servers++}.log`));
       const failures: string[] = [];
       const getOk = async () => {
@@ -1604,12 +1603,14 @@ async function workerAmplify(): Promise<Result> {
       const rss = sampleRss(pid, 50);
       let duringOk = false;
       let what: string;
+      let floodOk = true;
       try {
         what = await flood(server, async () => {
           duringOk = await getOk();
         });
       } catch (err) {
         what = `flood failed: ${(err as Error).message}`;
+        floodOk = false;
       }
       const peak = rss.stop();
       // The kernel's high-water mark catches what 50 ms samples miss (the
@@ -1627,8 +1628,8 @@ async function workerAmplify(): Promise<Result> {
         failures.push(`${misread} preambles relayed as chat`);
       }
       const top = Math.max(peak, hwm);
-      const ok = duringOk && afterOk && alive && audit.badCount === 0 &&
-        top <= AMPLIFY_LIMIT_KIB;
+      const ok = floodOk && duringOk && afterOk && alive &&
+        audit.badCount === 0 && top <= AMPLIFY_LIMIT_KIB;
       rows.push({
         check,
         runtime: rt,
@@ -1670,6 +1671,36 @@ async function workerAmplify(): Promise<Result> {
           startedAll ? "all" : "NOT all"
         } started, ${stats.closedByServer} closed by the server while held`;
       },
+    );
+
+    const idle = QUICK ? 200 : 2000;
+    await row(
+      "Allowed peers: idle connections",
+      `${idle} silent connections from one address, opened 250 at a time (each batch once the last is accepted: a burst past the listen backlog is the kernel's to drop) and held ${secs} s (each becomes a plain chat member after 1 s and hears who joins; --max-conns and --max-conns-per-peer 3000 for the row)`,
+      async (server, during) => {
+        // Written or counted in a `suppressed` line (the audit rate).
+        const accepted = () =>
+          checkAuditLines(server.text()).events.accepted ?? 0;
+        const held: ReturnType<typeof holdConnections>[] = [];
+        const open = () => held.reduce((n, h) => n + h.open, 0);
+        try {
+          for (let n = 0; n < idle; n += 250) {
+            const batch = Math.min(250, idle - n);
+            held.push(holdConnections({ port: server.port, count: batch }));
+            if (!await until(() => accepted() >= n + batch, 30_000)) {
+              throw new Error(`${accepted()} of ${n + batch} accepted in 30 s`);
+            }
+          }
+          await new Promise((r) => setTimeout(r, secs * 1000));
+          await during();
+          return `all ${idle} accepted, ${
+            idle - open()
+          } closed by the server while held`;
+        } finally {
+          await Promise.all(held.map((h) => h.release()));
+        }
+      },
+      ["--max-conns", "3000", "--max-conns-per-peer", "3000"],
     );
 
     for (const framed of [false, true]) {

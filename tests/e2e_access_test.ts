@@ -128,6 +128,43 @@ test("moat serve enforces --max-conns with a busy refusal", async () => {
   );
 });
 
+test("moat serve --max-conns-per-peer refuses one address's extra connection with BUSY and still takes another address", async () => {
+  await using server = await startServer(["--max-conns-per-peer", "2"]);
+  const held: net.Socket[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const s = net.connect(server.port, "127.0.0.1");
+      held.push(s);
+      await new Promise<void>((r) => s.on("connect", () => r()));
+    }
+    await server.waitEvent(
+      () => server.events().filter((e) => e.event === "accepted").length >= 2,
+      "two accepted",
+    );
+    const r = await runMoat(["chat", "--server", `127.0.0.1:${server.port}`]);
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(r.stderr, /too many connections from this address/);
+    await server.waitEvent(
+      (e) =>
+        e.event === "refused" && /from this address/.test(String(e.reason)),
+      "per-peer busy refusal",
+    );
+    // Another loopback address is its own peer.
+    const other = net.connect({
+      port: server.port,
+      host: "127.0.0.1",
+      localAddress: "127.0.0.2",
+    });
+    held.push(other);
+    await server.waitEvent(
+      (e) => e.event === "accepted" && String(e.peer).startsWith("127.0.0.2:"),
+      "the other address accepted",
+    );
+  } finally {
+    for (const s of held) s.destroy();
+  }
+});
+
 test("moat serve shuts down cleanly on SIGTERM", async () => {
   const server = await startServer([]);
   const code = await server.stop();
