@@ -26,7 +26,7 @@ import {
   PREAMBLE_SIZE,
   type Welcome,
 } from "../lib/protocol.ts";
-import type { Addr } from "../lib/net/types.ts";
+import type { Addr, Net } from "../lib/net/types.ts";
 import { type MemoryConn, type MemoryNet, memoryNet } from "./_memory_conn.ts";
 
 /** How long any wait in these helpers may take before it fails the test. */
@@ -156,6 +156,11 @@ export type TestServerOptions =
     root?: string;
     /** Wraps the jail of `root` (to make it fail as a system would). */
     wrapJail?: (jail: Jail) => Jail;
+    /**
+     * Wraps the net the server listens on (to give its connections a TLS
+     * handshake); {@linkcode TestServer.connect} still connects through it.
+     */
+    wrapNet?: (net: MemoryNet) => Net;
   };
 
 let nextPort = 51000;
@@ -171,7 +176,7 @@ let nextPort = 51000;
 export async function startMemoryServer(
   options: TestServerOptions = {},
 ): Promise<TestServer> {
-  const { root: given, wrapJail, ...rest } = options;
+  const { root: given, wrapJail, wrapNet, ...rest } = options;
   const root = given ??
     fs.mkdtempSync(path.join(os.tmpdir(), "moat-server-test-"));
   const net = memoryNet();
@@ -179,7 +184,7 @@ export async function startMemoryServer(
   const clock = fakeClock();
   const jail = await createJail(root);
   const server = new Server({
-    net,
+    net: wrapNet ? wrapNet(net) : net,
     hosts: ["127.0.0.1"],
     port: 0,
     allowlist: compileAllowlist({}),

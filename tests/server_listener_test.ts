@@ -14,7 +14,9 @@ import { AuditLog } from "../lib/audit.ts";
 import { createJail } from "../lib/jail.ts";
 import { AddressInUseError } from "../lib/errors.ts";
 import { Kind } from "../lib/protocol.ts";
-import { memoryNet } from "./_memory_conn.ts";
+import type { Conn, Net } from "../lib/net/types.ts";
+import { type MemoryNet, memoryNet } from "./_memory_conn.ts";
+import { testVault } from "./_vault_test_utils.ts";
 import {
   bytes,
   openFramed,
@@ -268,4 +270,155 @@ test("Server refuses syslog options without a vault", () => {
       message: "Invalid server options: syslog needs a vault",
     },
   );
+});
+
+/**
+ * Gives every connection the server accepts a TLS handshake that the test
+ * settles by hand (`handshakes`, in arrival order), and that fails when the
+ * connection is closed first, as the runtimes' handshakes do.
+ */
+function manualHandshakes() {
+  const handshakes: {
+    resolve(): void;
+    reject(err: Error): void;
+    conn: Conn;
+  }[] = [];
+  const wrap = (inner: MemoryNet): Net => ({
+    ...inner,
+    async listen(options) {
+      const l = await inner.listen(options);
+      return {
+        addr: l.addr,
+        close: () => l.close(),
+        async *[Symbol.asyncIterator]() {
+          for await (const conn of l) {
+            conn.handshake = () =>
+              new Promise<void>((resolve, reject) => {
+                const close = conn.close.bind(conn);
+                conn.close = () => {
+                  reject(new Error("closed during the TLS handshake"));
+                  close();
+                };
+                handshakes.push({ resolve, reject, conn });
+              });
+            yield conn;
+          }
+        },
+      };
+    },
+  });
+  return { wrap, handshakes };
+}
+
+test("Server gives a peer's slot back whatever ends its TLS handshake: failure, timeout, the peer's close, a refused certificate", async () => {
+  const h = manualHandshakes();
+  await using t = await startMemoryServer({
+    maxConnsPerPeer: 1,
+    handshakeTimeoutMs: 1000,
+    wrapNet: h.wrap,
+  });
+  const waitHandshakes = async (n: number) => {
+    for (let i = 0; i < 1000 && h.handshakes.length < n; i++) {
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    assert.equal(h.handshakes.length, n, "handshakes started");
+  };
+  const busy = async () => {
+    const extra = await t.connect("127.0.0.1");
+    assert.match(await readText(extra), /from this address/);
+  };
+  // 1. The handshake fails.
+  await t.connect("127.0.0.1");
+  await waitHandshakes(1);
+  await busy();
+  h.handshakes[0]!.reject(new Error("bad record"));
+  await t.audit.waitCount((e) => e.code === "TLS_HANDSHAKE", 1, "failure");
+  // 2. It times out: the sweep closes it.
+  await t.connect("127.0.0.1");
+  await waitHandshakes(2);
+  await busy();
+  t.clock.advance(1001);
+  t.server.sweep();
+  await t.audit.waitCount((e) => e.code === "TLS_HANDSHAKE", 2, "timeout");
+  // 3. The peer closes while it runs.
+  const third = await t.connect("127.0.0.1");
+  await waitHandshakes(3);
+  third.close();
+  h.handshakes[2]!.conn.close();
+  await t.audit.waitCount((e) => e.code === "TLS_HANDSHAKE", 3, "the close");
+  // Then a fourth still gets its handshake.
+  await t.connect("127.0.0.1");
+  await waitHandshakes(4);
+  // 4. It succeeds, then the certificate check refuses it (no certificate
+  // where one is required: the memory conn's `tls` is undefined).
+  await t.server.close();
+  const cert = manualHandshakes();
+  await using c = await startMemoryServer({
+    maxConnsPerPeer: 1,
+    wrapNet: cert.wrap,
+    auth: { certs: { allowed: new Set() } },
+  });
+  for (let i = 0; i < 3; i++) {
+    const conn = await c.connect("127.0.0.1");
+    for (let j = 0; j < 1000 && cert.handshakes.length <= i; j++) {
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    cert.handshakes[i]!.resolve();
+    assert.match(await readText(conn), /^ERR CERT_/);
+  }
+  // Not one of those three holds a slot: a fourth gets its handshake.
+  await c.connect("127.0.0.1");
+  for (let j = 0; j < 1000 && cert.handshakes.length < 4; j++) {
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  assert.equal(cert.handshakes.length, 4);
+});
+
+test("Server counts a TLS handshake on the syslog port against the syslog port's limits, never the main port's", async () => {
+  await using v = await testVault("moat-listener-test-");
+  const h = manualHandshakes();
+  await using t = await startMemoryServer({
+    maxConns: 1,
+    handshakeTimeoutMs: 1000,
+    vault: v.vault,
+    syslog: { port: 0, maxConns: 1 },
+    wrapNet: h.wrap,
+  });
+  const listening = t.audit.named("listening")[0]!;
+  const addr = (listening.syslog as string[])[0]!;
+  const syslogPort = Number(addr.slice(addr.lastIndexOf(":") + 1));
+  const connectSyslog = (from: string) =>
+    t.net.connect({
+      hostname: "127.0.0.1",
+      port: syslogPort,
+      from: { hostname: from, port: 0 },
+    });
+  // A silent TLS sender on the syslog port, its handshake pending.
+  await connectSyslog("127.0.0.2");
+  for (let i = 0; i < 1000 && h.handshakes.length < 1; i++) {
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  assert.equal(h.handshakes.length, 1);
+  // The syslog port is full: another sender is BUSY there...
+  const second = await connectSyslog("127.0.0.3");
+  assert.match(await readText(second), /^ERR BUSY server busy: too many/);
+  // ...and the main port still has its slot.
+  const main = await t.connect("127.0.0.1");
+  for (let i = 0; i < 1000 && h.handshakes.length < 2; i++) {
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  h.handshakes[1]!.resolve();
+  await t.audit.waitFor(
+    (e) => e.event === "accepted" && String(e.peer).startsWith("127.0.0.1:"),
+    "the main port's client accepted",
+  );
+  // The pending handshake still has its deadline.
+  t.clock.advance(1001);
+  t.server.sweep();
+  await t.audit.waitFor(
+    (e) => e.code === "TLS_HANDSHAKE" && e.listener === "syslog",
+    "the syslog handshake timed out",
+  );
+  assert.equal(h.handshakes[0]!.conn.isClosed, true);
+  main.close();
 });

@@ -314,6 +314,11 @@ export class Server {
     });
     this.#ctx.sources.sweep(now);
     this.#syslog?.sweep(now);
+    // The syslog port's TLS handshakes in progress: their deadline only
+    // (the port's own timeouts take over once they are done).
+    if (this.#syslog !== undefined) {
+      sweepSessions(this.#syslog.sessions, { now, idleTimeoutMs: Infinity });
+    }
     // Readers paused by the chat rate whose tokens are due (the rate's own
     // timer does this too; a fake clock moves only here).
     this.#ctx.chatRate?.poke();
@@ -464,7 +469,8 @@ export class Server {
       }
       giveSlot = slots.take(peer);
       if (
-        conn.handshake !== undefined && !await this.#handshakeTls(conn, tag)
+        conn.handshake !== undefined &&
+        !await this.#handshakeTls(conn, sessions, tag)
       ) {
         return;
       }
@@ -533,15 +539,17 @@ export class Server {
 
   /**
    * Runs the TLS handshake of an allowed connection as a session of its
-   * own: it counts against `maxConns` and the sweep ends it at the
-   * handshake deadline, so silent TLS peers cannot pile up unseen.
+   * own: it counts against its port's `maxConns` and the sweep ends it at
+   * the handshake deadline, so silent TLS peers cannot pile up unseen.
    *
    * @param conn The connection.
+   * @param sessions Its port's sessions.
    * @param tag Extra audit fields (the syslog port's `{ listener: "syslog" }`).
    * @returns Whether the handshake is done; if not, it is audited.
    */
   async #handshakeTls(
     conn: Conn,
+    sessions: Set<Session>,
     tag: { listener: string } | undefined,
   ): Promise<boolean> {
     const pending = new Session(this.#ctx, {
@@ -550,7 +558,7 @@ export class Server {
     });
     pending.mode = "tls";
     pending.deadline = this.#o.now() + this.#o.handshakeTimeoutMs;
-    this.#sessions.add(pending);
+    sessions.add(pending);
     try {
       await conn.handshake!();
       return true;
@@ -567,7 +575,7 @@ export class Server {
       conn.close();
       return false;
     } finally {
-      this.#sessions.delete(pending);
+      sessions.delete(pending);
     }
   }
 
