@@ -14,8 +14,8 @@ import { AuditLog } from "../lib/audit.ts";
 import { createJail } from "../lib/jail.ts";
 import { AddressInUseError } from "../lib/errors.ts";
 import { Kind } from "../lib/protocol.ts";
-import type { Conn, Net } from "../lib/net/types.ts";
-import { type MemoryNet, memoryNet } from "./_memory_conn.ts";
+import type { Net } from "../lib/net/types.ts";
+import { type MemoryConn, type MemoryNet, memoryNet } from "./_memory_conn.ts";
 import { testVault } from "./_vault_test_utils.ts";
 import {
   bytes,
@@ -281,7 +281,7 @@ function manualHandshakes() {
   const handshakes: {
     resolve(): void;
     reject(err: Error): void;
-    conn: Conn;
+    conn: MemoryConn;
   }[] = [];
   const wrap = (inner: MemoryNet): Net => ({
     ...inner,
@@ -299,7 +299,7 @@ function manualHandshakes() {
                   reject(new Error("closed during the TLS handshake"));
                   close();
                 };
-                handshakes.push({ resolve, reject, conn });
+                handshakes.push({ resolve, reject, conn: conn as MemoryConn });
               });
             yield conn;
           }

@@ -114,7 +114,8 @@ export class Outbox {
     let bytes = queue[first]!;
     if (end - first > 1) {
       bytes = new Uint8Array(size);
-      for (let i = first, at = 0; i < end; i++) {
+      let at = 0;
+      for (let i = first; i < end; i++) {
         bytes.set(queue[i]!, at);
         at += queue[i]!.length;
       }
