@@ -422,3 +422,25 @@ test("Server counts a TLS handshake on the syslog port against the syslog port's
   assert.equal(h.handshakes[0]!.conn.isClosed, true);
   main.close();
 });
+
+test("Server closes a connection whose guard throws (no guard should): fail closed, never an open socket nobody serves", async () => {
+  const real = compileAllowlist({});
+  const allowlist: typeof real = Object.create(real, {
+    check: {
+      value: (hostname: string) => {
+        if (hostname === "127.0.0.9") throw new Error("a bug in a guard");
+        return real.check(hostname);
+      },
+    },
+  });
+  await using t = await startMemoryServer({ allowlist, maxConnsPerPeer: 1 });
+  const conn = await t.connect("127.0.0.9");
+  assert.equal(await readText(conn), "");
+  const error = await t.audit.waitFor((e) => e.event === "error", "error");
+  assert.equal(error.message, "a bug in a guard");
+  assert.match(String(error.peer), /^127\.0\.0\.9:\d+$/);
+  // And the server still serves the others.
+  const other = await openFramed(t, "chat");
+  assert.match(other.welcome.name, /^c\d+$/);
+  other.conn.close();
+});

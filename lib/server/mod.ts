@@ -519,8 +519,16 @@ export class Server {
           ...tag,
         });
       }
-    } catch {
-      // Audited where it happened; a handler never rejects.
+    } catch (err) {
+      // What a handler expects is caught and audited where it happens; this
+      // is a bug (a guard that threw, say): still no socket is left open
+      // that nobody serves or times out. A handler never rejects.
+      conn.close();
+      this.#o.audit.write("error", {
+        peer: formatAddr(conn.remoteAddr),
+        code: errorCode(err),
+        message: errorMessage(err),
+      });
     } finally {
       giveSlot?.();
       this.#handlers.delete(conn);
