@@ -124,6 +124,7 @@ test("Server refuses a peer over maxConnsPerPeer with BUSY while another address
     "per-peer busy refusal",
   );
   assert.equal(refused.code, "ERR_BUSY");
+  assert.equal(t.audit.named("listening")[0]!.maxConnsPerPeer, 2);
   // Another address still gets in: one peer cannot take every slot.
   const b = await t.connect("127.0.0.2");
   await t.audit.waitFor(

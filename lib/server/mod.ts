@@ -273,6 +273,7 @@ export class Server {
         origins: o.witness.origins,
       }),
       maxConns: o.maxConns,
+      maxConnsPerPeer: o.maxConnsPerPeer,
       plain: o.plain,
       tls: o.tls !== undefined,
       clientAuth: [
