@@ -315,11 +315,9 @@ export class Server {
     });
     this.#ctx.sources.sweep(now);
     this.#syslog?.sweep(now);
-    // The syslog port's TLS handshakes in progress: their deadline only
-    // (the port's own timeouts take over once they are done).
-    if (this.#syslog !== undefined) {
-      sweepSessions(this.#syslog.sessions, { now, idleTimeoutMs: Infinity });
-    }
+    // The syslog port's TLS handshakes in progress: their deadline only.
+    const syslog = this.#syslog?.sessions ?? [];
+    sweepSessions(syslog, { now, idleTimeoutMs: Infinity });
     // Readers paused by the chat rate whose tokens are due (the rate's own
     // timer does this too; a fake clock moves only here).
     this.#ctx.chatRate?.poke();
@@ -521,9 +519,8 @@ export class Server {
         });
       }
     } catch (err) {
-      // What a handler expects is caught and audited where it happens; this
-      // is a bug (a guard that threw, say): still no socket is left open
-      // that nobody serves or times out. A handler never rejects.
+      // Expected failures are audited where they happen: this is a bug (a
+      // guard that threw), and still no socket is left open unserved.
       conn.close();
       this.#o.audit.write("error", {
         peer: formatAddr(conn.remoteAddr),
