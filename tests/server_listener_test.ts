@@ -108,7 +108,7 @@ test("Server refuses a peer over maxConnsPerPeer with BUSY while another address
     allowlist: compileAllowlist({ allow: ["127.0.0.1", "127.0.0.2"] }),
   });
   const a1 = await openFramed(t, "chat");
-  // The peer's third connection mapped from IPv6 counts as the same address.
+  // The peer's second connection, mapped from IPv6, counts as the same address.
   const a2 = await t.connect("::ffff:127.0.0.1");
   await t.audit.waitFor(
     (e) => e.event === "accepted" && e.name === "c2",

@@ -105,14 +105,35 @@ test("Outbox closes the session on a failed write and drops what was queued", as
   const h = heldSession();
   const out = new Outbox(h.session);
   out.push(Uint8Array.of(1));
-  out.push(Uint8Array.of(2), 10);
-  out.push(Uint8Array.of(3), 10);
-  // Over the limit: refused, nothing queued.
-  assert.equal(out.push(new Uint8Array(8), 10), false);
+  out.push(Uint8Array.of(2), 100);
+  out.push(Uint8Array.of(3), 100);
+  // Over the limit (3 bytes and two waiting chunks of 32 each, plus 8
+  // bytes and a chunk): refused, nothing queued.
+  assert.equal(out.push(new Uint8Array(8), 100), false);
   assert.equal(out.pending, 3);
   h.writes[0]!.fail();
   await out.flush();
   assert.equal(h.closed, 1);
   assert.equal(out.pending, 0);
   assert.equal(h.writes.length, 1, "nothing written after the failure");
+});
+
+test("Outbox counts each waiting chunk 32 bytes against the limit, so short lines cannot queue a slot each without bound", async () => {
+  const h = heldSession();
+  const out = new Outbox(h.session);
+  out.push(Uint8Array.of(0));
+  // One byte in flight; each waiting 1-byte chunk costs 33.
+  let queued = 0;
+  while (out.push(Uint8Array.of(1), 3300)) queued++;
+  assert.equal(queued, 99);
+  assert.equal(out.pending, 100);
+  // Once written, the slots are free again.
+  h.writes[0]!.done();
+  await turn();
+  h.writes[1]!.done();
+  await out.flush();
+  assert.equal(out.pending, 0);
+  assert.equal(out.push(Uint8Array.of(2), 3300), true);
+  h.writes[2]!.done();
+  await out.flush();
 });

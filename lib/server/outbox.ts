@@ -16,6 +16,14 @@ const EMPTY = new Uint8Array(0);
 const JOIN_MAX = 65_536;
 
 /**
+ * What a queued chunk costs beyond its bytes, counted against a push's
+ * `limit`: its slot in the queue. Chat lines are shared by every member, so
+ * a member far behind on short lines holds mostly slots; without this a
+ * member 1 MiB behind on 25-byte lines held 0.42 MiB of its own.
+ */
+const CHUNK_COST = 32;
+
+/**
  * Serialises writes to one session's connection: exactly one owner writes at
  * a time. Each write counts as activity. Holds no closures: an idle chat
  * member should cost little more than its socket. What waits is a list of
@@ -38,6 +46,8 @@ export class Outbox {
   #queue: Uint8Array[] = [];
   #head = 0;
   #pending = 0;
+  /** Queued chunks (not yet taken by the writer), for the limit. */
+  #chunks = 0;
   /** True while the writer runs: it ends when the queue is empty. */
   #writing = false;
   /** The writer's promise, for {@linkcode Outbox.prototype.flush}. */
@@ -57,12 +67,15 @@ export class Outbox {
    * queued.
    *
    * @param bytes What to write; must not change until written.
-   * @param limit Most bytes that may be queued, these included.
+   * @param limit Most bytes that may be queued, these included, each chunk
+   * waiting to be written counted {@linkcode CHUNK_COST} bytes more.
    * @returns False (and queues nothing) if that would pass `limit`.
    */
   push(bytes: Uint8Array, limit = Infinity): boolean {
-    if (this.#pending + bytes.length > limit) return false;
+    const cost = this.#pending + bytes.length + (this.#chunks + 1) * CHUNK_COST;
+    if (cost > limit) return false;
     this.#pending += bytes.length;
+    this.#chunks++;
     this.#queue.push(bytes);
     // Nothing being written: the write starts now, not a microtask later
     // (chat latency).
@@ -89,6 +102,7 @@ export class Outbox {
           this.#queue = [];
           this.#head = 0;
           this.#pending = 0;
+          this.#chunks = 0;
           return;
         }
         this.#pending -= bytes.length;
@@ -111,6 +125,7 @@ export class Outbox {
     while (end < queue.length && size + queue[end]!.length <= JOIN_MAX) {
       size += queue[end++]!.length;
     }
+    this.#chunks -= end - first;
     let bytes = queue[first]!;
     if (end - first > 1) {
       bytes = new Uint8Array(size);
