@@ -222,6 +222,9 @@ async function workerHandshake(): Promise<Result> {
         "4",
         "--reply",
         "pong",
+        // 64 fuzzing connections at once, all from 127.0.0.1.
+        "--max-conns-per-peer",
+        "1000",
       ],
       auditFile,
     );

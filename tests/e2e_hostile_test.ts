@@ -190,6 +190,9 @@ test("moat serve answers or closes each of 1,000 hostile handshakes and keeps se
     "4",
     "--reply",
     "pong",
+    // 64 fuzzing connections at once, all from 127.0.0.1, then a get.
+    "--max-conns-per-peer",
+    "1000",
   ]);
   const stats = await fuzzHandshake({
     port: server.port,
