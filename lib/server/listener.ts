@@ -217,11 +217,6 @@ export class PeerSlots {
       else this.#open.set(key, n);
     };
   }
-
-  /** Addresses with a connection open (for tests and status). */
-  get peers(): number {
-    return this.#open.size;
-  }
 }
 
 /**

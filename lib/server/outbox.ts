@@ -46,8 +46,6 @@ export class Outbox {
   #queue: Uint8Array[] = [];
   #head = 0;
   #pending = 0;
-  /** Queued chunks (not yet taken by the writer), for the limit. */
-  #chunks = 0;
   /** True while the writer runs: it ends when the queue is empty. */
   #writing = false;
   /** The writer's promise, for {@linkcode Outbox.prototype.flush}. */
@@ -72,10 +70,12 @@ export class Outbox {
    * @returns False (and queues nothing) if that would pass `limit`.
    */
   push(bytes: Uint8Array, limit = Infinity): boolean {
-    const cost = this.#pending + bytes.length + (this.#chunks + 1) * CHUNK_COST;
-    if (cost > limit) return false;
+    // Chunks waiting (not yet taken by the writer), this one included.
+    const chunks = this.#queue.length - this.#head + 1;
+    if (this.#pending + bytes.length + chunks * CHUNK_COST > limit) {
+      return false;
+    }
     this.#pending += bytes.length;
-    this.#chunks++;
     this.#queue.push(bytes);
     // Nothing being written: the write starts now, not a microtask later
     // (chat latency).
@@ -102,7 +102,6 @@ export class Outbox {
           this.#queue = [];
           this.#head = 0;
           this.#pending = 0;
-          this.#chunks = 0;
           return;
         }
         this.#pending -= bytes.length;
@@ -125,7 +124,6 @@ export class Outbox {
     while (end < queue.length && size + queue[end]!.length <= JOIN_MAX) {
       size += queue[end++]!.length;
     }
-    this.#chunks -= end - first;
     let bytes = queue[first]!;
     if (end - first > 1) {
       bytes = new Uint8Array(size);
