@@ -44,7 +44,7 @@ export class Member extends Outbox implements QueuedMember {
    */
   constructor(session: Session, encode: (line: ChatLine) => Uint8Array) {
     super(session);
-    this.#encode = lastEncoded(encode);
+    this.#encode = encode;
     this.name = session.name;
     this.addr = session.identity === undefined
       ? session.peer
@@ -71,35 +71,24 @@ export class Member extends Outbox implements QueuedMember {
   }
 }
 
-/** Each encoder with its last line remembered (see {@linkcode lastEncoded}). */
-const remembering = new Map<
-  (line: ChatLine) => Uint8Array,
-  (line: ChatLine) => Uint8Array
->();
-
 /**
- * The encoder that remembers the last line it encoded: a broadcast hands
+ * An encoder that remembers the last line it encoded: a broadcast hands
  * the same line to every member in turn, so it is encoded once per kind of
  * client, not once per member (the bytes are shared; an outbox never
  * changes what it writes).
  */
-function lastEncoded(
+function rememberingLast(
   encode: (line: ChatLine) => Uint8Array,
 ): (line: ChatLine) => Uint8Array {
-  let known = remembering.get(encode);
-  if (known === undefined) {
-    let last: ChatLine | undefined;
-    let bytes: Uint8Array = new Uint8Array(0);
-    known = (line) => {
-      if (line !== last) {
-        bytes = encode(line);
-        last = line;
-      }
-      return bytes;
-    };
-    remembering.set(encode, known);
-  }
-  return known;
+  let last: ChatLine | undefined;
+  let bytes: Uint8Array = new Uint8Array(0);
+  return (line) => {
+    if (line !== last) {
+      bytes = encode(line);
+      last = line;
+    }
+    return bytes;
+  };
 }
 
 /**
@@ -121,6 +110,14 @@ export function encodeFramedChat(line: ChatLine): Uint8Array {
 export function encodePlainChat(line: ChatLine): Uint8Array {
   return encodeText(formatChatLine(line) + "\n");
 }
+
+/** The encoder of framed members, shared by all of them (see {@linkcode rememberingLast}). */
+export const framedMemberEncoder: (line: ChatLine) => Uint8Array =
+  rememberingLast(encodeFramedChat);
+
+/** The encoder of plain members, shared by all of them (see {@linkcode rememberingLast}). */
+export const plainMemberEncoder: (line: ChatLine) => Uint8Array =
+  rememberingLast(encodePlainChat);
 
 /** One session's side of the chat rate (see {@linkcode chatRateOf}). */
 export interface PeerRate {
@@ -191,7 +188,7 @@ export async function serveFramedChat(
 ): Promise<void> {
   const { hub, options } = s.server;
   const rate = chatRateOf(s);
-  const member = new Member(s, encodeFramedChat);
+  const member = new Member(s, framedMemberEncoder);
   hub.join(member);
   try {
     for (;;) {

@@ -10,8 +10,8 @@ import { Code, MoatError } from "../errors.ts";
 import { DEFAULT_CHUNK_SIZE } from "../file_sender.ts";
 import {
   chatRateOf,
-  encodePlainChat,
   Member,
+  plainMemberEncoder,
   type QueuedMember,
   relay,
 } from "./chat.ts";
@@ -53,7 +53,7 @@ export async function servePlain(
   options: ServePlainOptions = {},
 ): Promise<void> {
   const { hub } = s.server;
-  const member = new Member(s, encodePlainChat);
+  const member = new Member(s, plainMemberEncoder);
   try {
     if (!(first instanceof Promise)) {
       return await plainLines(member, first, false);
