@@ -315,9 +315,6 @@ export class Server {
     });
     this.#ctx.sources.sweep(now);
     this.#syslog?.sweep(now);
-    // The syslog port's TLS handshakes in progress: their deadline only.
-    const syslog = this.#syslog?.sessions ?? [];
-    sweepSessions(syslog, { now, idleTimeoutMs: Infinity });
     // Readers paused by the chat rate whose tokens are due (the rate's own
     // timer does this too; a fake clock moves only here).
     this.#ctx.chatRate?.poke();

@@ -50,6 +50,7 @@ import {
   encodedCost,
 } from "./append_pipeline.ts";
 import type { ResolvedServerOptions } from "./options.ts";
+import { sweepSessions } from "./listener.ts";
 import {
   errorCode,
   errorMessage,
@@ -535,7 +536,9 @@ export class SyslogPort {
   }
 
   /**
-   * Closes every session past its deadline, with its reason.
+   * Closes every session past its deadline, with its reason: those being
+   * served, and TLS handshakes in progress (sessions of the port too, with
+   * the handshake deadline the server set).
    *
    * @param now The current time.
    */
@@ -546,6 +549,7 @@ export class SyslogPort {
         s.conn.close();
       }
     }
+    sweepSessions(this.sessions, { now, idleTimeoutMs: Infinity });
   }
 }
 
