@@ -165,6 +165,21 @@ test("moat serve --max-conns-per-peer refuses one address's extra connection wit
   }
 });
 
+test("moat serve refuses a missing, zero, negative, non-numeric or huge --max-conns-per-peer in one line", async () => {
+  for (const v of ["", "0", "-1", "abc", "99999999999999999999"]) {
+    const r = await runMoat([
+      "serve",
+      "--port",
+      "0",
+      "--max-conns-per-peer",
+      v,
+    ]);
+    assert.equal(r.code, 2, `${JSON.stringify(v)}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /Invalid --max-conns-per-peer/);
+  }
+});
+
 test("moat serve shuts down cleanly on SIGTERM", async () => {
   const server = await startServer([]);
   const code = await server.stop();
