@@ -10,8 +10,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
-import { nativeSha256Parts } from "../lib/net/sha256.ts";
-import { setNativeSha256 } from "../lib/sha256.ts";
+import { nativeSha256Batch, nativeSha256Parts } from "../lib/net/sha256.ts";
+import { setNativeSha256, setNativeSha256Batch } from "../lib/sha256.ts";
 import {
   type Allowlist,
   compileAllowlist,
@@ -429,6 +429,7 @@ export async function serveCommand(
   // The vault's per-record hashes through libcrypto where it loads
   // (loaded at the first hash, not here).
   setNativeSha256(nativeSha256Parts);
+  setNativeSha256Batch(nativeSha256Batch);
   const { values, given } = parsed;
   const gave = new Set(given.map((g) => g.name));
 

@@ -10,8 +10,8 @@ import * as path from "node:path";
 import process from "node:process";
 import { ExitCode, MoatError, UsageError } from "../lib/errors.ts";
 import { escapeText } from "../lib/text.ts";
-import { nativeSha256Parts } from "../lib/net/sha256.ts";
-import { setNativeSha256 } from "../lib/sha256.ts";
+import { nativeSha256Batch, nativeSha256Parts } from "../lib/net/sha256.ts";
+import { setNativeSha256, setNativeSha256Batch } from "../lib/sha256.ts";
 import { catRecords, listSources, matchSources } from "../lib/vault/read.ts";
 import { initVault } from "../lib/vault/init.ts";
 import { openVault, sourceLabel } from "../lib/vault/store.ts";
@@ -288,6 +288,7 @@ export async function vaultCommand(
 ): Promise<void> {
   // Verifying and proving hash every record: libcrypto where it loads.
   setNativeSha256(nativeSha256Parts);
+  setNativeSha256Batch(nativeSha256Batch);
   const [sub, ...rest] = args;
   if (
     sub === undefined || sub === "-h" || sub === "--help" || sub === "help"

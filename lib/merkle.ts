@@ -17,7 +17,7 @@
  */
 
 import { timingSafeEqual } from "node:crypto";
-import { sha256Parts } from "./sha256.ts";
+import { nativeSha256Batch, sha256Parts } from "./sha256.ts";
 
 /** Bytes of every hash in a tree. */
 export const HASH_BYTES = 32;
@@ -98,6 +98,15 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
 const nodeInput = new Uint8Array(1 + 2 * HASH_BYTES);
 nodeInput[0] = 1;
 
+/** Set bits of a size below 2^53: the subtrees in its frontier. */
+function popcount(n: number): number {
+  let count = 0;
+  for (let rest = n; rest > 0; rest = Math.floor(rest / 2)) {
+    if (rest % 2 === 1) count++;
+  }
+  return count;
+}
+
 /** The largest power of two strictly below `n` (n ≥ 2). */
 function splitPoint(n: number): number {
   let k = 1;
@@ -156,6 +165,13 @@ export interface NodeStore {
    * absent.
    */
   putFrom?(level: number, index: number, buf: Uint8Array, at: number): void;
+  /**
+   * Stores `count` hashes held at `buf[at, at + 32·count)` (copied), in
+   * the order {@link MerkleLog} stores them: each leaf, then every subtree
+   * it completes. Optional; where absent, {@link MerkleLog.appendLeaves}
+   * stores them one by one.
+   */
+  putRun?(buf: Uint8Array, at: number, count: number): void;
 }
 
 /** A {@link NodeStore} in memory, for tests and small trees. */
@@ -216,6 +232,8 @@ export class MerkleLog {
   #front = new Uint8Array(HASH_BYTES * 56);
   /** Subtrees in {@link MerkleLog.#front}. */
   #depth = 0;
+  /** Where {@link MerkleLog.appendLeaves} collects the hashes it stores. */
+  #stored = new Uint8Array(0);
 
   /**
    * @param store Where the nodes live.
@@ -273,6 +291,48 @@ export class MerkleLog {
     const to = this.#depth * HASH_BYTES;
     for (let i = 0; i < HASH_BYTES; i++) front[to + i] = buf[at + i]!;
     this.#settle();
+  }
+
+  /**
+   * Appends `n` leaf hashes held at `buf[at, at + 32n)`: the same as
+   * {@link MerkleLog.appendFrom} for each, in one native call where a batch
+   * SHA-256 is installed (`setNativeSha256Batch`) and the store takes runs.
+   *
+   * @param buf Holds the leaf hashes.
+   * @param at Where the first starts.
+   * @param n How many.
+   */
+  appendLeaves(buf: Uint8Array, at: number, n: number): void {
+    if (
+      !(Number.isInteger(n) && n >= 0 && at >= 0 &&
+        at + HASH_BYTES * n <= buf.length)
+    ) {
+      throw new RangeError(
+        `no ${n} leaf hashes at ${at} of ${buf.length} bytes`,
+      );
+    }
+    const store = this.#store;
+    const fast = store.putRun ? nativeSha256Batch() : undefined;
+    if (fast === undefined || n === 0) {
+      for (let k = 0; k < n; k++) this.appendFrom(buf, at + HASH_BYTES * k);
+      return;
+    }
+    // n leaves and their merges: one per trailing 1 bit of each size on
+    // the way, at most n + 53 in all (a tree's height is below 54).
+    const most = HASH_BYTES * (2 * n + 54);
+    if (this.#stored.length < most) this.#stored = new Uint8Array(most);
+    const count = fast.merkleAppend(
+      this.#front,
+      this.#depth,
+      this.#size,
+      buf,
+      at,
+      n,
+      this.#stored,
+    );
+    this.#size += n;
+    this.#depth = popcount(this.#size);
+    store.putRun!(this.#stored, 0, count);
   }
 
   /**

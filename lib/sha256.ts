@@ -383,3 +383,130 @@ export function sha256Parts(
   const digest = sha256(joined.subarray(0, total));
   for (let i = 0; i < 32; i++) dst[at + i] = digest[i]!;
 }
+
+/**
+ * Many SHA-256 digests in one call: for k in [0, n), SHA-256 of
+ * `a[k·aStride, k·aStride + aLen) ‖ b[spans[2k], spans[2k + 1])` into
+ * `out[outAt + 32k, outAt + 32k + 32)`. The vault's Merkle leaves: a
+ * fixed-size prefix per record, then its line where it lies.
+ */
+export type Sha256Many = (
+  a: Uint8Array,
+  aStride: number,
+  aLen: number,
+  b: Uint8Array,
+  spans: Int32Array,
+  n: number,
+  out: Uint8Array,
+  outAt: number,
+) => void;
+
+/**
+ * RFC 9162 frontier merging for `n` leaf hashes at once (`lib/merkle.ts`,
+ * `MerkleLog.appendLeaves`): `front` holds the roots of the `depth`
+ * complete subtrees of a tree of `size` leaves, largest first, 32 bytes
+ * each, with room after them. Each leaf of `leaves[at, at + 32n)` is
+ * appended: stored, then merged as SHA-256(0x01 ‖ left ‖ right) with each
+ * left sibling it completes (one per trailing 1 bit of the size before
+ * it). Every stored hash (the leaf, then each merged node) is written to
+ * `out` in that order; returns how many (at most 2n + 53: `out` must
+ * have room for that many).
+ */
+export type MerkleAppend = (
+  front: Uint8Array,
+  depth: number,
+  size: number,
+  leaves: Uint8Array,
+  at: number,
+  n: number,
+  out: Uint8Array,
+) => number;
+
+/** Batch hashing in one native call per list (lib/net/sha256.ts). */
+export interface Sha256Batch {
+  many: Sha256Many;
+  merkleAppend: MerkleAppend;
+}
+
+let batchLoader: (() => Sha256Batch | undefined) | undefined;
+let batch: Sha256Batch | null | undefined;
+
+/**
+ * Gives {@linkcode sha256Many} and `MerkleLog.appendLeaves` a native
+ * implementation, loaded at first use; without one they loop over
+ * {@linkcode sha256Parts}.
+ *
+ * @param load Returns the implementation, or undefined where there is none.
+ */
+export function setNativeSha256Batch(
+  load: (() => Sha256Batch | undefined) | undefined,
+): void {
+  batchLoader = load;
+  batch = undefined;
+}
+
+/** The native batch implementation in use, if any. */
+export function nativeSha256Batch(): Sha256Batch | undefined {
+  if (batch === undefined) {
+    try {
+      batch = batchLoader?.() ?? null;
+    } catch {
+      batch = null;
+    }
+  }
+  return batch ?? undefined;
+}
+
+/**
+ * {@linkcode Sha256Many}: natively in one call where installed
+ * ({@linkcode setNativeSha256Batch}), else one {@linkcode sha256Parts} each.
+ *
+ * @example
+ * ```ts
+ * import { sha256, sha256Many } from "./sha256.ts";
+ * const a = new Uint8Array([1, 2]);
+ * const b = new Uint8Array([3, 4, 5]);
+ * const out = new Uint8Array(64);
+ * sha256Many(a, 1, 1, b, new Int32Array([0, 1, 1, 3]), 2, out, 0);
+ * if (Buffer.compare(out.subarray(32), sha256(new Uint8Array([2, 4, 5]))) !== 0) {
+ *   throw new Error("many");
+ * }
+ * ```
+ *
+ * @throws {RangeError} For a range outside its buffer.
+ */
+export function sha256Many(
+  a: Uint8Array,
+  aStride: number,
+  aLen: number,
+  b: Uint8Array,
+  spans: Int32Array,
+  n: number,
+  out: Uint8Array,
+  outAt: number,
+): void {
+  if (!(Number.isInteger(n) && n >= 0 && 2 * n <= spans.length)) {
+    throw new RangeError(`bad count ${n} for ${spans.length / 2} spans`);
+  }
+  if (n === 0) return;
+  checkRange(a, 0, (n - 1) * aStride + aLen);
+  if (!(aLen >= 0 && aStride >= aLen)) {
+    throw new RangeError(`bad stride ${aStride} for parts of ${aLen}`);
+  }
+  checkRange(out, outAt, outAt + 32 * n);
+  for (let k = 0; k < n; k++) checkRange(b, spans[2 * k]!, spans[2 * k + 1]!);
+  const fast = batch === undefined ? nativeSha256Batch() : batch;
+  if (fast) return fast.many(a, aStride, aLen, b, spans, n, out, outAt);
+  for (let k = 0; k < n; k++) {
+    sha256Parts(
+      a,
+      k * aStride,
+      k * aStride + aLen,
+      b,
+      spans[2 * k]!,
+      spans[2 * k + 1]!,
+      out,
+      outAt + 32 * k,
+    );
+  }
+}

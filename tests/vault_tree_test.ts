@@ -32,8 +32,8 @@ import {
 } from "./_rfc9162.ts";
 import { seededRandom } from "./_test_utils.ts";
 import process from "node:process";
-import { setNativeSha256 } from "../lib/sha256.ts";
-import { nativeSha256Parts } from "../lib/net/sha256.ts";
+import { setNativeSha256, setNativeSha256Batch } from "../lib/sha256.ts";
+import { nativeSha256Batch, nativeSha256Parts } from "../lib/net/sha256.ts";
 
 const KEY: SourceKey = { peer: "10.0.0.7", name: "app" };
 const te = new TextEncoder();
@@ -450,7 +450,7 @@ test("Vault.checkpoint asked for between a commit and its tree update takes the 
   await vault.close();
 });
 
-test("Vault with libcrypto's SHA-256 installed (as moat serve and moat vault run) writes the same records, chain and tree, byte for byte, as the portable path, and verifies", async () => {
+test("Vault with libcrypto's SHA-256 and its batch loops installed (as moat serve and moat vault run) writes the same records, chain and tree, byte for byte, as the portable path, and verifies", async () => {
   using tmp = tempDir();
   const gc = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun?.gc;
   const write = async (dir: string) => {
@@ -482,13 +482,18 @@ test("Vault with libcrypto's SHA-256 installed (as moat serve and moat vault run
   // arrays hashed from may have settled where they stay.
   assert.ok(nativeSha256Parts() !== undefined || process.platform !== "linux");
   setNativeSha256(nativeSha256Parts);
+  setNativeSha256Batch(nativeSha256Batch);
   let native: string;
   try {
+    if (navigator.userAgent.startsWith("Bun") && process.platform === "linux") {
+      assert.ok(nativeSha256Batch() !== undefined, "the batch did not load");
+    }
     native = await write(path.join(tmp.dir, "native"));
     const report = await verifyVault(path.join(tmp.dir, "native"), {});
     assert.deepEqual(report.problems, []);
   } finally {
     setNativeSha256(undefined);
+    setNativeSha256Batch(undefined);
   }
   const portable = await write(path.join(tmp.dir, "portable"));
   const files = (dir: string) =>

@@ -21,14 +21,21 @@
  * @module
  */
 
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import process from "node:process";
-import type { Sha256Parts } from "../sha256.ts";
+import type { Sha256Batch, Sha256Parts } from "../sha256.ts";
 
 /** Bun's CommonJS loader (also present in its ES modules). */
 declare const require: ((id: string) => unknown) | undefined;
 
 /** The subset of `bun:ffi` used here. */
 interface BunFfi {
+  cc(options: {
+    source: string;
+    symbols: Record<string, { args: string[]; returns: string }>;
+  }): { symbols: Record<string, (...args: unknown[]) => number> };
   dlopen(
     path: string,
     symbols: Record<string, { args: string[]; returns: string }>,
@@ -152,4 +159,260 @@ function denoParts(name: string): Sha256Parts | undefined {
     final(digest, ctx);
     for (let i = 0; i < 32; i++) dst[at + i] = digest[i]!;
   };
+}
+
+/**
+ * The batch loops, in C for `bun:ffi`'s `cc` (TinyCC): one call hashes a
+ * whole chunk's leaves or merges its nodes, so the 3–4 FFI calls and 3
+ * `ptr()` lookups each hash costs from JavaScript (about 165 ns of a
+ * 293 ns leaf hash, measured) are paid once per chunk. The SHA-256 is
+ * still libcrypto's, through the function pointers given to `setup`. No
+ * header is included: TinyCC in Bun has no system include path to rely on.
+ */
+const BATCH_C = `
+typedef int (*sha_init)(void *);
+typedef int (*sha_update)(void *, const void *, unsigned long);
+typedef int (*sha_final)(unsigned char *, void *);
+
+/* env: SHA256_Init, _Update, _Final, then room for a SHA256_CTX. */
+struct env {
+  sha_init init;
+  sha_update update;
+  sha_final final;
+  unsigned long long ctx[125];
+};
+
+/* Four 8-byte moves: TinyCC does not optimize, a byte loop costs 10x. */
+static void copy32(unsigned char *to, const unsigned char *from) {
+  unsigned long long *t = (unsigned long long *)to;
+  const unsigned long long *f = (const unsigned long long *)from;
+  t[0] = f[0];
+  t[1] = f[1];
+  t[2] = f[2];
+  t[3] = f[3];
+}
+
+/* args: stride, alen, n. */
+void moat_many(struct env *e, const unsigned int *args,
+               const unsigned char *a, const unsigned char *b,
+               const int *spans, unsigned char *out) {
+  int stride = (int)args[0], alen = (int)args[1], n = (int)args[2];
+  void *ctx = e->ctx;
+  for (int k = 0; k < n; k++) {
+    int s = spans[2 * k], t = spans[2 * k + 1];
+    e->init(ctx);
+    if (alen > 0) e->update(ctx, a + (long)k * stride, alen);
+    if (t > s) e->update(ctx, b + s, t - s);
+    e->final(out + 32L * k, ctx);
+  }
+}
+
+/* args: size (low 32 bits, high bits), n. */
+int moat_merkle_append(struct env *e, const unsigned int *args,
+                       unsigned char *front, const unsigned char *leaves,
+                       unsigned char *out) {
+  unsigned long long size =
+    (unsigned long long)args[0] | ((unsigned long long)args[1] << 32);
+  int n = (int)args[2];
+  int depth = 0;
+  unsigned char one = 1;
+  void *ctx = e->ctx;
+  for (unsigned long long s = size; s; s >>= 1) depth += (int)(s & 1);
+  int w = 0;
+  for (int k = 0; k < n; k++) {
+    unsigned char *top = front + 32L * depth;
+    copy32(top, leaves + 32L * k);
+    copy32(out + 32L * w, top);
+    w++;
+    unsigned long long i = size;
+    while (i & 1) {
+      top -= 32;
+      e->init(ctx);
+      e->update(ctx, &one, 1);
+      e->update(ctx, top, 64);
+      e->final(top, ctx);
+      copy32(out + 32L * w, top);
+      w++;
+      depth--;
+      i >>= 1;
+    }
+    depth++;
+    size++;
+  }
+  return w;
+}
+`;
+
+/**
+ * Loads the batch loops (Bun only: Deno has no C compiler to call; there
+ * `lib/sha256.ts` loops over {@linkcode nativeSha256Parts}). Checked at
+ * load against the per-hash path on a small tree; any difference, or a
+ * failure to compile or load, and it is not used.
+ *
+ * @returns The implementation, or undefined where there is none.
+ */
+export function nativeSha256Batch(): Sha256Batch | undefined {
+  // Compiled once a process (about 10 ms; each compilation's code stays
+  // loaded for the process's life).
+  if (loadedBatch === undefined) loadedBatch = loadBatch() ?? null;
+  return loadedBatch ?? undefined;
+}
+
+/** The batch loops once loaded; null: none here. */
+let loadedBatch: Sha256Batch | null | undefined;
+
+function loadBatch(): Sha256Batch | undefined {
+  const agent = globalThis.navigator?.userAgent ?? "";
+  if (!agent.startsWith("Bun") || typeof require !== "function") {
+    return undefined;
+  }
+  const parts = nativeSha256Parts();
+  if (parts === undefined) return undefined;
+  for (const name of LIBRARIES) {
+    let loaded: Sha256Batch | undefined;
+    try {
+      loaded = bunBatch(name);
+    } catch {
+      loaded = undefined;
+    }
+    if (loaded !== undefined && batchAgrees(loaded, parts)) return loaded;
+  }
+  return undefined;
+}
+
+function bunBatch(name: string): Sha256Batch | undefined {
+  const ffi = require!("bun:ffi") as BunFfi;
+  const crypto = ffi.dlopen(name, {
+    SHA256_Init: { args: ["ptr"], returns: "i32" },
+    SHA256_Update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
+    SHA256_Final: { args: ["ptr", "ptr"], returns: "i32" },
+  });
+  const address = (f: unknown) => (f as { ptr?: number }).ptr;
+  const fns = [
+    address(crypto.symbols.SHA256_Init),
+    address(crypto.symbols.SHA256_Update),
+    address(crypto.symbols.SHA256_Final),
+  ];
+  if (fns.some((p) => typeof p !== "number" || p === 0)) return undefined;
+  // cc compiles a file: a private directory of its own, removed at once.
+  const dir = mkdtempSync(join(tmpdir(), "moat-sha256-"));
+  let lib;
+  try {
+    const source = join(dir, "batch.c");
+    writeFileSync(source, BATCH_C, { mode: 0o600 });
+    lib = ffi.cc({
+      source,
+      symbols: {
+        moat_many: {
+          args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr"],
+          returns: "void",
+        },
+        moat_merkle_append: {
+          args: ["ptr", "ptr", "ptr", "ptr", "ptr"],
+          returns: "i32",
+        },
+      },
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const { moat_many, moat_merkle_append } = lib.symbols;
+  // The C side's state lives in JavaScript-owned memory (an ArrayBuffer
+  // of its own, so its address never moves), not in the compiled code's
+  // statics.
+  const env = new BigUint64Array(new ArrayBuffer(128 * 8));
+  env[0] = BigInt(fns[0]!);
+  env[1] = BigInt(fns[1]!);
+  env[2] = BigInt(fns[2]!);
+  const envBytes = new Uint8Array(env.buffer);
+  kept.push(env);
+  // Both libraries must outlive every call (see bunParts).
+  kept.push(crypto, lib);
+  const ptr = ffi.ptr;
+  const spanView = (spans: Int32Array) =>
+    new Uint8Array(spans.buffer, spans.byteOffset, spans.byteLength);
+  // lib/sha256.ts checked every range; addresses are taken per call.
+  // Counts and sizes go through memory, so that every argument is a
+  // pointer (a size past 2^32 needs no 64-bit number conversion).
+  const args = new Uint32Array(new ArrayBuffer(16));
+  const argBytes = new Uint8Array(args.buffer);
+  kept.push(args);
+  return {
+    many(a, aStride, aLen, b, spans, n, out, outAt) {
+      args[0] = aStride;
+      args[1] = aLen;
+      args[2] = n;
+      moat_many!(
+        ptr(envBytes),
+        ptr(argBytes),
+        ptr(a),
+        ptr(b),
+        ptr(spanView(spans)),
+        ptr(out, outAt),
+      );
+    },
+    merkleAppend(front, _depth, size, leaves, at, n, out) {
+      args[0] = size % 0x100000000;
+      args[1] = Math.floor(size / 0x100000000);
+      args[2] = n;
+      return moat_merkle_append!(
+        ptr(envBytes),
+        ptr(argBytes),
+        ptr(front),
+        ptr(leaves, at),
+        ptr(out),
+      );
+    },
+  };
+}
+
+/** Whether a loaded batch gives what the per-hash path gives. */
+function batchAgrees(batch: Sha256Batch, parts: Sha256Parts): boolean {
+  const data = new Uint8Array(300).map((_, i) => (i * 37 + 11) & 0xff);
+  const spans = new Int32Array([0, 0, 5, 150, 7, 300]);
+  const out = new Uint8Array(3 * 32);
+  batch.many(data, 10, 9, data, spans, 3, out, 0);
+  const want = new Uint8Array(32);
+  for (let k = 0; k < 3; k++) {
+    parts(
+      data,
+      10 * k,
+      10 * k + 9,
+      data,
+      spans[2 * k]!,
+      spans[2 * k + 1]!,
+      want,
+      0,
+    );
+    for (let i = 0; i < 32; i++) if (want[i] !== out[32 * k + i]) return false;
+  }
+  // Three leaves onto a tree of one: the second completes a subtree of
+  // two, then a subtree of four.
+  const front = new Uint8Array(32 * 8);
+  front.set(out.subarray(0, 32), 0);
+  const stored = new Uint8Array(6 * 32);
+  const written = batch.merkleAppend(front, 1, 1, out, 0, 3, stored);
+  if (written !== 6) return false;
+  const node = (l: Uint8Array, r: Uint8Array) => {
+    const input = new Uint8Array(65);
+    input[0] = 1;
+    input.set(l, 1);
+    input.set(r, 33);
+    const h = new Uint8Array(32);
+    parts(input, 0, 65, input, 0, 0, h, 0);
+    return h;
+  };
+  const l0 = out.slice(0, 32);
+  const n01 = node(l0, l0);
+  const l1 = out.slice(32, 64);
+  const l2 = out.slice(64, 96);
+  const n23 = node(l1, l2);
+  const n03 = node(n01, n23);
+  const expected = [l0, n01, l1, l2, n23, n03];
+  for (let j = 0; j < 6; j++) {
+    for (let i = 0; i < 32; i++) {
+      if (expected[j]![i] !== stored[32 * j + i]) return false;
+    }
+  }
+  return true;
 }

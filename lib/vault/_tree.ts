@@ -405,19 +405,24 @@ export class SourceTree {
         if (chunk.firstSeq <= this.last) continue;
         if (chunk.firstSeq !== this.last + 1) break;
         const bytes = chunk.bytes;
-        const view = new DataView(bytes.buffer, bytes.byteOffset);
         // Infinity: appendDurable's own chunk without a note, durable now.
         if (chunk.lastSeq !== Infinity && chunk.lastSeq > durable) break;
         const leaves = chunk.leaves;
         const file = this.#file;
-        let at = 0;
-        for (let i = 0; at < bytes.length; i++) {
-          const length = view.getUint32(at + 4, true);
-          if (leaves !== undefined) this.#log.appendFrom(leaves, 32 * i);
-          else appendRecordLeaf(this.#log, bytes, at, length, source);
-          at += length;
-          // Written every 64 KiB: a large chunk would grow the buffer.
+        if (leaves !== undefined) {
+          // The whole chunk's nodes in one call (a chunk is at most
+          // maxRecordsPerAppend records, so the buffer's growth is bounded).
+          this.#log.appendLeaves(leaves, 0, leaves.length / 32);
           if (file.full) file.flush();
+        } else {
+          const view = new DataView(bytes.buffer, bytes.byteOffset);
+          for (let at = 0; at < bytes.length;) {
+            const length = view.getUint32(at + 4, true);
+            appendRecordLeaf(this.#log, bytes, at, length, source);
+            at += length;
+            // Written every 64 KiB: a large chunk would grow the buffer.
+            if (file.full) file.flush();
+          }
         }
         this.#place(chunk.firstSeq, bytes, this.last);
       }

@@ -40,7 +40,7 @@ import {
   SEGMENT_HEADER_BYTES,
 } from "../segment/codec.ts";
 import { systemErrorCode } from "../segment/fs.ts";
-import { sha256Parts } from "../sha256.ts";
+import { nativeSha256Batch, sha256Many, sha256Parts } from "../sha256.ts";
 import {
   CHAIN_LINK_BYTES,
   FLAG_CHAIN,
@@ -195,6 +195,19 @@ export class TreeFile implements NodeStore {
     const to = this.#buffered;
     for (let i = 0; i < NODE_BYTES; i++) out[to + i] = buf[at + i]!;
     this.#buffered = to + NODE_BYTES;
+  }
+
+  putRun(buf: Uint8Array, at: number, count: number): void {
+    const bytes = count * NODE_BYTES;
+    if (this.#buffered + bytes > this.#buffer.length) {
+      const bigger = new Uint8Array(
+        Math.max(2048, this.#buffer.length * 2, this.#buffered + bytes),
+      );
+      bigger.set(this.#buffer.subarray(0, this.#buffered));
+      this.#buffer = bigger;
+    }
+    this.#buffer.set(buf.subarray(at, at + bytes), this.#buffered);
+    this.#buffered += bytes;
   }
 
   /** True once enough nodes are buffered to be worth a write. */
@@ -382,6 +395,109 @@ export function leafHashInto(
   const lineAt = fillPrefix(bytes, at, source);
   const end = at + length;
   sha256Parts(prefix, 0, prefix.length, bytes, lineAt, end, dst, dstAt);
+}
+
+/** Bytes of a leaf's prefix: 0x00, then the leaf's header. */
+const PREFIX_BYTES = 1 + LEAF_HEADER_BYTES;
+
+/**
+ * The leaf hashes of a chunk's records, collected as the chunk is encoded
+ * ({@linkcode RecordLeaves.add} per record) and hashed in one native call
+ * at the end ({@linkcode RecordLeaves.hash}): each record's prefix is
+ * filled here, its line is hashed where it lies. Only where a batch
+ * SHA-256 is installed ({@linkcode RecordLeaves.open}); else the caller
+ * hashes each record with {@linkcode leafHashInto}, one call a record.
+ * One at a time: the scratch buffers are shared.
+ */
+export class RecordLeaves {
+  /** Prefixes, {@link PREFIX_BYTES} apart. */
+  static #prefixes = new Uint8Array(0);
+  /** The source whose hash the first {@link RecordLeaves.#filled} prefixes hold. */
+  static #source: Uint8Array | undefined;
+  static #filled = 0;
+  static #spans = new Int32Array(0);
+  #n = 0;
+  readonly #sourceHash: Uint8Array;
+
+  private constructor(sourceHash: Uint8Array, capacity: number) {
+    this.#sourceHash = sourceHash;
+    if (RecordLeaves.#spans.length < 2 * capacity) {
+      RecordLeaves.#spans = new Int32Array(2 * capacity);
+      RecordLeaves.#prefixes = new Uint8Array(PREFIX_BYTES * capacity);
+      RecordLeaves.#filled = 0;
+    }
+    if (RecordLeaves.#source !== sourceHash) {
+      RecordLeaves.#source = sourceHash;
+      RecordLeaves.#filled = 0;
+    }
+  }
+
+  /**
+   * A collector for up to `capacity` records, or undefined where no batch
+   * SHA-256 is installed.
+   *
+   * @param sourceHash The source hash.
+   * @param capacity How many records the chunk holds.
+   */
+  static open(
+    sourceHash: Uint8Array,
+    capacity: number,
+  ): RecordLeaves | undefined {
+    if (sourceHash.length !== SOURCE_HASH_BYTES) {
+      throw new RangeError("Invalid leaf: a source hash is 32 bytes");
+    }
+    if (nativeSha256Batch() === undefined) return undefined;
+    return new RecordLeaves(sourceHash, capacity);
+  }
+
+  /**
+   * Notes the record at `bytes[at, end)`.
+   *
+   * @param bytes Records back to back.
+   * @param at Where the record starts.
+   * @param end After its last byte.
+   */
+  add(bytes: Uint8Array, at: number, end: number): void {
+    const k = this.#n++;
+    const p = RecordLeaves.#prefixes;
+    const o = PREFIX_BYTES * k;
+    if (k >= RecordLeaves.#filled) {
+      p[o] = 0;
+      p[o + 1] = LEAF_VERSION;
+      p.set(this.#sourceHash, o + 2);
+      RecordLeaves.#filled = k + 1;
+    }
+    const flags = bytes[at + 9]!;
+    // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
+    for (let i = 0; i < 24; i++) p[o + 34 + i] = bytes[at + 12 + i]!;
+    p[o + 58] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
+    const spans = RecordLeaves.#spans;
+    spans[2 * k] = at + VAULT_LINE_OFFSET +
+      (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
+    spans[2 * k + 1] = end;
+  }
+
+  /**
+   * Hashes the noted records' leaves.
+   *
+   * @param bytes The records every {@linkcode RecordLeaves.add} named.
+   * @returns Their leaf hashes, 32 bytes each, in order.
+   */
+  hash(bytes: Uint8Array): Uint8Array {
+    const n = this.#n;
+    const out = new Uint8Array(32 * n);
+    sha256Many(
+      RecordLeaves.#prefixes,
+      PREFIX_BYTES,
+      PREFIX_BYTES,
+      bytes,
+      RecordLeaves.#spans,
+      n,
+      out,
+      0,
+    );
+    return out;
+  }
 }
 
 /**

@@ -69,7 +69,7 @@ import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
 import { checkpointOrigin, loadCheckpointKey } from "./_checkpoints.ts";
 import { SourceTree } from "./_tree.ts";
-import { leafHashInto } from "./_tree_file.ts";
+import { leafHashInto, RecordLeaves } from "./_tree_file.ts";
 
 /** Bytes of a Merkle leaf hash. */
 const LEAF_HASH_BYTES = 32;
@@ -1157,7 +1157,14 @@ class _Vault implements Vault {
     // bytes are in the CPU's cache; the tree takes them once durable.
     let leaves: Uint8Array | undefined;
     let each: ((b: Uint8Array, at: number, end: number) => void) | undefined;
-    if (tree?.takesLeaves) {
+    // Where a batch SHA-256 is installed, the leaves are noted as the
+    // records are encoded and hashed in one native call after.
+    const batchLeaves = tree?.takesLeaves
+      ? RecordLeaves.open(tree.host.sourceHash, added)
+      : undefined;
+    if (batchLeaves !== undefined) {
+      each = (b, at, end) => batchLeaves.add(b, at, end);
+    } else if (tree?.takesLeaves) {
       const hashes = leaves = new Uint8Array(added * LEAF_HASH_BYTES);
       const sourceHash = tree.host.sourceHash;
       let i = 0;
@@ -1176,6 +1183,7 @@ class _Vault implements Vault {
       from: start,
       each,
     });
+    if (batchLeaves !== undefined) leaves = batchLeaves.hash(bytes);
     this.#appends++;
     const done = log.enqueue(bytes, {
       firstSeq: accepted + 1,
