@@ -12,6 +12,7 @@ import process from "node:process";
 import { getNet, runtimeInfo } from "../lib/net/mod.ts";
 import { nativeSha256Batch, nativeSha256Parts } from "../lib/net/sha256.ts";
 import { setNativeSha256, setNativeSha256Batch } from "../lib/sha256.ts";
+import { setTreeWorker } from "../lib/vault/_tree_chunk.ts";
 import {
   type Allowlist,
   compileAllowlist,
@@ -420,6 +421,21 @@ type ServeValues = OptionValues<typeof SERVE_OPTIONS>;
  * @param context The environment, the build target and main.ts's path.
  * @throws {MoatError} A usage error before listening, or a taken port.
  */
+/**
+ * Where the tree worker's entry (`cli/_tree_worker.ts`) is: beside this
+ * file, or, in a `bun build --compile` binary, where every bundled module's
+ * `import.meta.url` is the entry's (`file:///$bunfs/root/<name>`), at its
+ * path from the project root, which `scripts/build.sh` gives as a second
+ * entrypoint.
+ *
+ * @param here This module's URL.
+ * @returns The entry's URL.
+ */
+export function treeWorkerUrl(here: string = import.meta.url): URL {
+  const bundled = here.includes("/$bunfs/") || here.includes("~BUN/");
+  return new URL(bundled ? "./cli/_tree_worker.ts" : "./_tree_worker.ts", here);
+}
+
 export async function serveCommand(
   args: string[],
   context: RunContext,
@@ -430,6 +446,8 @@ export async function serveCommand(
   // (loaded at the first hash, not here).
   setNativeSha256(nativeSha256Parts);
   setNativeSha256Batch(nativeSha256Batch);
+  // Trees hash chunks on a worker thread where the batch SHA-256 loads.
+  setTreeWorker(treeWorkerUrl());
   const { values, given } = parsed;
   const gave = new Set(given.map((g) => g.name));
 
@@ -539,10 +557,9 @@ export async function serveCommand(
         onTree: (e) =>
           e.type === "checkpoint_key_created"
             ? (keyCreated = true)
-            : audit.write("vault_tree", {
-              ...e,
-              source: sourceLabel(e.source),
-            }),
+            : "source" in e
+            ? audit.write("vault_tree", { ...e, source: sourceLabel(e.source) })
+            : audit.write("vault_tree", { ...e }),
         sealIntervalMs: values["seal-interval"] * 1000,
         maxSourcesPerPeer: values["max-sources-per-peer"],
         onSeal: (e) => {

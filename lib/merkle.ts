@@ -98,11 +98,24 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
 const nodeInput = new Uint8Array(1 + 2 * HASH_BYTES);
 nodeInput[0] = 1;
 
-/** Set bits of a size below 2^53: the subtrees in its frontier. */
-function popcount(n: number): number {
+/**
+ * Set bits of a non-negative integer below 2^53: the complete subtrees in
+ * the frontier of a tree of that size.
+ *
+ * @param n The integer.
+ * @returns How many bits are set.
+ */
+export function popcount(n: number): number {
   let count = 0;
-  for (let rest = n; rest > 0; rest = Math.floor(rest / 2)) {
-    if (rest % 2 === 1) count++;
+  let lo = n % 0x100000000;
+  let hi = Math.floor(n / 0x100000000);
+  while (lo) {
+    lo &= lo - 1;
+    count++;
+  }
+  while (hi) {
+    hi &= hi - 1;
+    count++;
   }
   return count;
 }
@@ -333,6 +346,45 @@ export class MerkleLog {
     this.#size += n;
     this.#depth = popcount(this.#size);
     store.putRun!(this.#stored, 0, count);
+  }
+
+  /**
+   * Appends `n` leaves whose hashing was done elsewhere (the vault's tree
+   * worker): `run` holds the `count` hashes to store, in store order (each
+   * leaf, then the subtrees it completes), and `front` the frontier after
+   * them.
+   *
+   * @param run The hashes to store.
+   * @param count How many.
+   * @param n The leaves among them.
+   * @param front The frontier at the new size, largest subtree first.
+   * @throws {RangeError} Where the shapes do not fit the new size, or the
+   *   store takes no runs; nothing is stored then.
+   */
+  appendRun(
+    run: Uint8Array,
+    count: number,
+    n: number,
+    front: Uint8Array,
+  ): void {
+    const size = this.#size + n;
+    const depth = popcount(size);
+    if (
+      !this.#store.putRun || !Number.isSafeInteger(size) || n < 0 ||
+      count !== 2 * size - depth - (2 * this.#size - this.#depth) ||
+      run.length < HASH_BYTES * count || front.length !== HASH_BYTES * depth
+    ) {
+      throw new RangeError(`${count} stored hashes do not fit ${n} leaves`);
+    }
+    this.#store.putRun(run, 0, count);
+    this.#front.set(front, 0);
+    this.#size = size;
+    this.#depth = depth;
+  }
+
+  /** The frontier: the complete subtrees' roots, largest first, 32 bytes each. */
+  frontier(): Uint8Array {
+    return this.#front.slice(0, this.#depth * HASH_BYTES);
   }
 
   /**

@@ -5,6 +5,8 @@
 #
 # Usage: scripts/build.sh [target...]
 #   targets: linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64 (default: all)
+# cli/_tree_worker.ts is a second entrypoint: the vault's tree worker thread
+# (cli/serve.ts treeWorkerUrl finds it inside the binary).
 #   MOAT_BYTECODE=0 builds without --bytecode (precompiled JavaScriptCore
 #   bytecode: faster start-up, ~2 MB larger; needs --format=esm for moat's
 #   top-level await).
@@ -24,7 +26,7 @@ for t in "${targets[@]}"; do
   [[ $t == windows-* ]] && out="$out.exe"
   log=$(mktemp)
   if ! node_modules/.bin/bun build "${flags[@]}" --target="bun-$t" \
-    --define "MOAT_TARGET=\"$t\"" main.ts --outfile "$out" >"$log" 2>&1; then
+    --define "MOAT_TARGET=\"$t\"" main.ts cli/_tree_worker.ts --outfile "$out" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     exit 1

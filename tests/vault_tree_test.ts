@@ -34,6 +34,7 @@ import { seededRandom } from "./_test_utils.ts";
 import process from "node:process";
 import { setNativeSha256, setNativeSha256Batch } from "../lib/sha256.ts";
 import { nativeSha256Batch, nativeSha256Parts } from "../lib/net/sha256.ts";
+import { TreeHasher } from "../lib/vault/_tree_chunk.ts";
 
 const KEY: SourceKey = { peer: "10.0.0.7", name: "app" };
 const te = new TextEncoder();
@@ -488,9 +489,13 @@ test("Vault with libcrypto's SHA-256 and its batch loops installed (as moat serv
     if (navigator.userAgent.startsWith("Bun") && process.platform === "linux") {
       assert.ok(nativeSha256Batch() !== undefined, "the batch did not load");
     }
+    const before = TreeHasher.hashed;
     native = await write(path.join(tmp.dir, "native"));
     const report = await verifyVault(path.join(tmp.dir, "native"), {});
     assert.deepEqual(report.problems, []);
+    // One source: hashed on this thread (the tree worker takes chunks once
+    // several sources append; tests/vault_tree_worker_test.ts).
+    assert.equal(TreeHasher.hashed, before);
   } finally {
     setNativeSha256(undefined);
     setNativeSha256Batch(undefined);

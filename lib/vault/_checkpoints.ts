@@ -68,7 +68,8 @@ export type TreeEvent =
     records: number;
     checkpoint: number;
   }
-  | { type: "tree_failed"; source: SourceKey; message: string };
+  | { type: "tree_failed"; source: SourceKey; message: string }
+  | { type: "tree_worker_failed"; message: string };
 
 /**
  * The origin line of a source's checkpoints: `moat/<vault id>/<source hash>`,

@@ -51,6 +51,7 @@ import {
   TreeFile,
 } from "./_tree_file.ts";
 import type { LocatorSegment } from "./_tree_file.ts";
+import type { ChunkHashes, TreeHasher } from "./_tree_chunk.ts";
 
 export type { SignedCheckpoint, TreeEvent } from "./_checkpoints.ts";
 
@@ -70,6 +71,21 @@ export interface TreeHost {
   firstSeq(): number;
 }
 
+/** A chunk queued for commit whose leaves the tree has not taken yet. */
+interface PendingChunk {
+  firstSeq: number;
+  lastSeq: number;
+  bytes: Uint8Array;
+  /** Its leaf hashes, where they were hashed as it was encoded. */
+  leaves?: Uint8Array | undefined;
+  /** Sent to the hasher: "waiting" until it answers, then the answer. */
+  answer?: "waiting" | "failed" | ChunkHashes | undefined;
+  /** Settles at the answer. */
+  sent?: Promise<void> | undefined;
+  /** Where each record starts in `bytes`, if the worker said. */
+  starts?: Int32Array | undefined;
+}
+
 /** What every tree of a vault shares. */
 export interface TreeContext {
   /** The vault id. */
@@ -82,6 +98,11 @@ export interface TreeContext {
   now: () => number;
   /** Told about builds, rebuilds and failures. */
   onEvent?: ((event: TreeEvent) => void) | undefined;
+  /**
+   * Hashes chunks on a second thread where given (`_tree_chunk.ts`); else
+   * the trees hash on the vault's thread.
+   */
+  hasher?: TreeHasher | undefined;
 }
 
 /** One source's tree in an open vault. */
@@ -107,17 +128,25 @@ export class SourceTree {
    * Chunks whose place in their segment is not known yet: a chunk's end is
    * the segment's durable size only while it is the last durable record.
    */
-  #unplaced: { firstSeq: number; bytes: Uint8Array }[] = [];
+  #unplaced: {
+    firstSeq: number;
+    bytes: Uint8Array;
+    starts: Int32Array | undefined;
+  }[] = [];
   /**
    * Chunks queued for commit whose leaves the tree has not taken yet,
    * oldest first (see `expect`).
    */
-  #pending: {
-    firstSeq: number;
-    lastSeq: number;
-    bytes: Uint8Array;
-    leaves?: Uint8Array | undefined;
-  }[] = [];
+  #pending: PendingChunk[] = [];
+  /** This tree's stream in the hasher, once it sent one. */
+  #stream: number | undefined;
+  /**
+   * The size the hasher's copy of this tree reaches once it has every
+   * chunk sent; -1 when it holds none or is out of step.
+   */
+  #hasherSize = -1;
+  /** Chunks at the hasher, not answered yet. */
+  #inFlight = 0;
   /** Builder runs started (for tests). */
   #builds = 0;
   /** Log writes, one at a time. */
@@ -307,10 +336,59 @@ export class SourceTree {
 
   /** Cuts the tree to `size` leaves. */
   #cut(size: number): void {
+    this.#hasherSize = -1;
     this.#file.truncate(nodesForSize(size));
     this.#log = new MerkleLog(this.#file, size);
     if (this.#signed && this.#signed.size > size) this.#signed = undefined;
     this.#logged = Math.min(this.#logged, size);
+  }
+
+  /**
+   * Whether the chunk starting at `firstSeq` is hashed by the worker
+   * (asked before it is encoded, so that its leaves are not hashed here
+   * too): where there is one, this tree's copy there is in step, or can be
+   * set anew now (nothing out, every earlier chunk in the tree).
+   *
+   * @param firstSeq The chunk's first sequence number.
+   * @returns True if {@linkcode SourceTree.expect} is to send it.
+   */
+  hashesElsewhere(firstSeq: number): boolean {
+    const hasher = this.#ctx.hasher;
+    if (hasher === undefined || hasher.broken !== undefined) return false;
+    if (!this.takesLeaves) return false;
+    const size = firstSeq - this.#first;
+    return size === this.#hasherSize ||
+      (this.#inFlight === 0 && size === this.#log.size);
+  }
+
+  /** Sends a chunk to the hasher; settles (never rejects) with its answer. */
+  #send(chunk: PendingChunk): Promise<void> {
+    const hasher = this.#ctx.hasher!;
+    const size = chunk.firstSeq - this.#first;
+    this.#stream ??= hasher.newStream();
+    const reset = size === this.#hasherSize ? undefined : {
+      source: this.host.sourceHash,
+      front: this.#log.frontier(),
+    };
+    this.#hasherSize = size + chunk.lastSeq - chunk.firstSeq + 1;
+    this.#inFlight++;
+    return hasher.hash({
+      stream: this.#stream,
+      size,
+      bytes: chunk.bytes,
+      ...(reset && { reset }),
+    }).then((done) => {
+      this.#inFlight--;
+      if ("error" in done) {
+        this.#hasherSize = -1;
+        chunk.answer = "failed";
+      } else chunk.answer = done;
+      if (this.#closed) return;
+      this.#drain();
+      if (this.#building === undefined && this.last < this.host.durableSeq()) {
+        this.#catchUp();
+      }
+    });
   }
 
   /**
@@ -326,28 +404,42 @@ export class SourceTree {
    * @param bytes The records, encoded back to back.
    * @param leaves Their leaf hashes, 32 bytes each, if hashed already
    * (see {@linkcode SourceTree.takesLeaves}).
+   * @param elsewhere True to send the chunk to the hasher (where
+   *   {@linkcode SourceTree.hashesElsewhere} said so).
+   * @returns When the hasher answered, if it was sent (never rejects).
    */
   expect(
     firstSeq: number,
     lastSeq: number,
     bytes: Uint8Array,
     leaves?: Uint8Array,
-  ): void {
-    if (this.#closed) return;
+    elsewhere = false,
+  ): Promise<void> | undefined {
+    if (this.#closed) return undefined;
     const pending = this.#pending;
     if (this.#building !== undefined) {
       // The builder reads what it needs from disk: hold no bytes for it.
       pending.length = 0;
-      return;
+      this.#hasherSize = -1;
+      return undefined;
     }
     // A chunk queued again from the same sequence number replaces what
     // was queued from there before (whose commit failed).
     while (
       pending.length > 0 && pending[pending.length - 1]!.firstSeq >= firstSeq
     ) {
-      pending.pop();
+      // The hasher's copy took a chunk that the tree never will.
+      if (pending.pop()!.answer !== undefined) this.#hasherSize = -1;
     }
-    pending.push({ firstSeq, lastSeq, bytes, leaves });
+    const chunk: PendingChunk = { firstSeq, lastSeq, bytes, leaves };
+    pending.push(chunk);
+    if (!elsewhere || !this.hashesElsewhere(firstSeq)) {
+      // Hashed here: the hasher's copy lacks it from now on.
+      this.#hasherSize = -1;
+      return undefined;
+    }
+    chunk.answer = "waiting";
+    return chunk.sent = this.#send(chunk);
   }
 
   /**
@@ -374,6 +466,7 @@ export class SourceTree {
     const pending = this.#pending;
     if (!pending.some((chunk) => chunk.bytes === bytes)) {
       // Not noted (queued while the builder ran): durable now, in order.
+      this.#hasherSize = -1;
       let i = pending.length;
       while (i > 0 && pending[i - 1]!.firstSeq > firstSeq) i--;
       pending.splice(i, 0, { firstSeq, lastSeq: Infinity, bytes });
@@ -409,7 +502,13 @@ export class SourceTree {
         if (chunk.lastSeq !== Infinity && chunk.lastSeq > durable) break;
         const leaves = chunk.leaves;
         const file = this.#file;
-        if (leaves !== undefined) {
+        const answer = chunk.answer;
+        // The hasher's answer comes before this chunk goes in; the next
+        // drain (at the answer) takes it.
+        if (answer === "waiting") break;
+        if (this.#takeAnswer(chunk)) {
+          if (file.full) file.flush();
+        } else if (leaves !== undefined) {
           // The whole chunk's nodes in one call (a chunk is at most
           // maxRecordsPerAppend records, so the buffer's growth is bounded).
           this.#log.appendLeaves(leaves, 0, leaves.length / 32);
@@ -424,7 +523,7 @@ export class SourceTree {
             if (file.full) file.flush();
           }
         }
-        this.#place(chunk.firstSeq, bytes, this.last);
+        this.#place(chunk.firstSeq, bytes, this.last, chunk.starts);
       }
     } catch (error) {
       this.#fail(error);
@@ -434,13 +533,46 @@ export class SourceTree {
   }
 
   /**
+   * Puts in the hasher's hashes for a chunk, if it answered with hashes
+   * that fit; false leaves the chunk to be hashed here.
+   */
+  #takeAnswer(chunk: PendingChunk): boolean {
+    const answer = chunk.answer;
+    if (answer === undefined || answer === "failed" || answer === "waiting") {
+      return false;
+    }
+    chunk.answer = undefined;
+    try {
+      if (answer.n !== chunk.lastSeq - chunk.firstSeq + 1) {
+        throw new RangeError(`${answer.n} records`);
+      }
+      // The hashes are stored here, not by the worker: the answer of a
+      // chunk that was replaced (its commit failed) is never applied, and
+      // writes nothing.
+      this.#log.appendRun(answer.run, answer.count, answer.n, answer.front);
+      chunk.starts = answer.starts;
+      return true;
+    } catch {
+      // Out of step (checked before anything was stored): start its copy
+      // anew at the next chunk, and hash this one here.
+      this.#hasherSize = -1;
+      return false;
+    }
+  }
+
+  /**
    * Tells the record locator where the chunks committed since the last
    * placed one are, once one ends at the last durable record: they lie
    * back to back before the segment's durable end.
    */
-  #place(firstSeq: number, bytes: Uint8Array, lastSeq: number): void {
+  #place(
+    firstSeq: number,
+    bytes: Uint8Array,
+    lastSeq: number,
+    starts: Int32Array | undefined,
+  ): void {
     const unplaced = this.#unplaced;
-    unplaced.push({ firstSeq, bytes });
+    unplaced.push({ firstSeq, bytes, starts });
     if (lastSeq !== this.host.durableSeq()) {
       if (unplaced.length > 16) unplaced.splice(0, unplaced.length - 16);
       return;
@@ -456,6 +588,7 @@ export class SourceTree {
         chunk.firstSeq,
         chunk.bytes,
         end,
+        chunk.starts,
       );
       end -= chunk.bytes.length;
     }
@@ -484,8 +617,11 @@ export class SourceTree {
     if (this.last >= this.host.durableSeq()) return;
     this.#drain();
     if (this.last >= this.host.durableSeq()) return;
+    // The next chunk is at the hasher: its answer drains it.
+    if (this.#awaitedAnswer() !== undefined) return;
     this.#builds++;
     this.#failed = undefined;
+    this.#hasherSize = -1;
     this.#building = this.#build()
       .catch((error) => {
         this.#failed = error instanceof Error ? error : new Error(`${error}`);
@@ -564,13 +700,28 @@ export class SourceTree {
    */
   async caughtUp(): Promise<void> {
     if (this.#stopped) return;
-    this.#catchUp();
-    while (this.#building !== undefined) {
-      await this.#building;
-      if (this.#failed) throw this.#failed;
+    for (;;) {
       this.#catchUp();
+      if (this.#building !== undefined) {
+        await this.#building;
+        if (this.#failed) throw this.#failed;
+        continue;
+      }
+      const answer = this.#awaitedAnswer();
+      if (answer === undefined) break;
+      await answer;
     }
     if (this.#failed) throw this.#failed;
+  }
+
+  /**
+   * The hasher's answer the tree waits for, if the next durable chunk is
+   * out there.
+   */
+  #awaitedAnswer(): Promise<void> | undefined {
+    if (this.last >= this.host.durableSeq()) return undefined;
+    const next = this.#pending.find((c) => c.firstSeq === this.last + 1);
+    return next?.answer === "waiting" ? next.sent : undefined;
   }
 
   /**
@@ -796,6 +947,10 @@ export class SourceTree {
    * @returns When the builder has stopped.
    */
   async stop(): Promise<void> {
+    // Chunks at the hasher go in first: the last checkpoint covers them.
+    for (const chunk of [...this.#pending]) {
+      if (chunk.answer === "waiting") await chunk.sent;
+    }
     this.#stopped = true;
     await this.#building;
   }
@@ -807,6 +962,7 @@ export class SourceTree {
    */
   async close(): Promise<void> {
     this.#closed = true;
+    if (this.#stream !== undefined) this.#ctx.hasher?.drop(this.#stream);
     await this.stop();
     await this.#writes;
     try {

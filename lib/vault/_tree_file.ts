@@ -32,7 +32,7 @@ import {
 } from "node:fs";
 import { open } from "node:fs/promises";
 import { MoatError } from "../errors.ts";
-import type { MerkleLog, NodeStore } from "../merkle.ts";
+import { type MerkleLog, type NodeStore, popcount } from "../merkle.ts";
 import {
   checkRecord,
   MAX_RECORD_BYTES,
@@ -60,26 +60,7 @@ const NODE_BYTES = 32;
 /** Buffered node bytes written once past this (about 1,000 records). */
 const FLUSH_BYTES = 64 * 1024;
 
-/**
- * Set bits of a non-negative integer below 2^53.
- *
- * @param n The integer.
- * @returns How many bits are set.
- */
-export function popcount(n: number): number {
-  let count = 0;
-  let lo = n % 0x100000000;
-  let hi = Math.floor(n / 0x100000000);
-  while (lo) {
-    lo &= lo - 1;
-    count++;
-  }
-  while (hi) {
-    hi &= hi - 1;
-    count++;
-  }
-  return count;
-}
+export { popcount };
 
 /**
  * Hashes a tree of `size` leaves stores: 2·size − popcount(size).
@@ -606,15 +587,28 @@ export class RecordLocator {
    * @param firstSeq The chunk's first record.
    * @param bytes The chunk (records back to back).
    * @param end Where the chunk ends in the segment.
+   * @param starts Where each record starts in the chunk, if known (else
+   *   the chunk is walked).
    */
   noteChunk(
     segmentFirst: number,
     firstSeq: number,
     bytes: Uint8Array,
     end: number,
+    starts?: Int32Array,
   ): void {
-    const view = new DataView(bytes.buffer, bytes.byteOffset);
     const start = end - bytes.length;
+    if (starts !== undefined) {
+      // Only every STRIDE-th record is noted: no walk.
+      let i = firstSeq >= segmentFirst
+        ? (STRIDE - (firstSeq - segmentFirst) % STRIDE) % STRIDE
+        : segmentFirst - firstSeq;
+      for (; i < starts.length; i += STRIDE) {
+        this.note(segmentFirst, firstSeq + i, start + starts[i]!);
+      }
+      return;
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
     let at = 0;
     let seq = firstSeq;
     while (at < bytes.length) {

@@ -69,6 +69,7 @@ import type { SealEvent, SealInfo, WrittenSeal } from "./_sealer.ts";
 import { createSourceDir, SourceLog } from "./_source.ts";
 import { checkpointOrigin, loadCheckpointKey } from "./_checkpoints.ts";
 import { SourceTree } from "./_tree.ts";
+import { TreeHasher } from "./_tree_chunk.ts";
 import { leafHashInto, RecordLeaves } from "./_tree_file.ts";
 
 /** Bytes of a Merkle leaf hash. */
@@ -642,6 +643,14 @@ class _Vault implements Vault {
   /** Sources per peer (address), for maxSourcesPerPeer. */
   #perPeer = new Map<string, number>();
   #appends = 0;
+  /** Said when the tree worker fails: the trees hash here from then on. */
+  #workerFailed = (message: string): void => {
+    this.#settings.onTree?.({ type: "tree_worker_failed", message });
+  };
+  /** Sources that appended in this second, and how many in the last. */
+  #activeNow = new Set<SourceLog>();
+  #activeBefore = 0;
+  #activeSince = 0;
   #closed = false;
   #sealer: Sealer | undefined;
   #now: () => number;
@@ -700,6 +709,7 @@ class _Vault implements Vault {
       verifier: parseVerifier(signer.verifier),
       now: this.#now,
       onEvent: this.#settings.onTree,
+      hasher: TreeHasher.acquire(this.#workerFailed),
     };
     if (created) {
       this.#settings.onTree?.({
@@ -1157,14 +1167,18 @@ class _Vault implements Vault {
     // bytes are in the CPU's cache; the tree takes them once durable.
     let leaves: Uint8Array | undefined;
     let each: ((b: Uint8Array, at: number, end: number) => void) | undefined;
-    // Where a batch SHA-256 is installed, the leaves are noted as the
-    // records are encoded and hashed in one native call after.
-    const batchLeaves = tree?.takesLeaves
+    // With a tree worker, and more than one source appending, the worker
+    // hashes the chunk (leaves and nodes); else, where a batch SHA-256 is
+    // installed, the leaves are noted as the records are encoded and
+    // hashed in one native call after.
+    const elsewhere = tree !== undefined && this.#manySources(source) &&
+      tree.hashesElsewhere(accepted + 1);
+    const batchLeaves = tree?.takesLeaves && !elsewhere
       ? RecordLeaves.open(tree.host.sourceHash, added)
       : undefined;
     if (batchLeaves !== undefined) {
       each = (b, at, end) => batchLeaves.add(b, at, end);
-    } else if (tree?.takesLeaves) {
+    } else if (tree?.takesLeaves && !elsewhere) {
       const hashes = leaves = new Uint8Array(added * LEAF_HASH_BYTES);
       const sourceHash = tree.host.sourceHash;
       let i = 0;
@@ -1197,11 +1211,37 @@ class _Vault implements Vault {
     // checkpoint asked for between the commit and this callback takes
     // them from here too, not from disk.
     const firstSeq = accepted + 1;
-    tree.expect(firstSeq, accepted + added, bytes, leaves);
+    const hashed = tree.expect(
+      firstSeq,
+      accepted + added,
+      bytes,
+      leaves,
+      elsewhere,
+    );
+    void hashed;
     return done.then((seq) => {
       tree.appendDurable(firstSeq, bytes);
       return seq;
     });
+  }
+
+  /**
+   * Whether more than one source appended within about a second. With one
+   * source its shipper bounds the rate, not this thread, and hashing here
+   * costs less CPU in all than the worker's copies and thread hops: on 2
+   * cores, one shipper acknowledged 12% more lines/s with the tree hashed
+   * here (3 rounds, 1M lines), 10 shippers 4–8% and one generator of 10
+   * sources 16–24% fewer.
+   */
+  #manySources(source: SourceLog): boolean {
+    const now = performance.now();
+    if (now - this.#activeSince >= 1000) {
+      this.#activeBefore = this.#activeNow.size;
+      this.#activeNow.clear();
+      this.#activeSince = now;
+    }
+    this.#activeNow.add(source);
+    return Math.max(this.#activeBefore, this.#activeNow.size) > 1;
   }
 
   sources(): VaultSource[] {
@@ -1225,6 +1265,7 @@ class _Vault implements Vault {
     }
     await this.#logCheckpoints();
     for (const source of this.#sources.values()) await source.tree?.close();
+    this.#trees?.hasher?.release(this.#workerFailed);
     // A last seal, so a cleanly stopped vault has no unsealed tail.
     await this.#sealer?.close();
     await this.#indexQueue;
@@ -1236,6 +1277,7 @@ class _Vault implements Vault {
   async abandon(): Promise<void> {
     this.#closed = true;
     for (const source of this.#sources.values()) await source.tree?.close();
+    this.#trees?.hasher?.release(this.#workerFailed);
     await this.#indexQueue;
     await this.#sealer?.discard();
     for (const source of this.#sources.values()) await source.close();

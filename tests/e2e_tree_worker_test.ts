@@ -1,0 +1,68 @@
+// `moat serve` hashes the Merkle trees of several sources on its tree
+// worker thread (cli/_tree_worker.ts), also from the release binary, where
+// the worker's entry is a second entrypoint: the thread does the work, the
+// vault verifies, and no tree_worker_failed is audited. On Deno no worker
+// is started (no batch SHA-256 there).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import process from "node:process";
+import { moatFlavor, runMoat, startServer, tempDir } from "./_e2e.ts";
+
+/** CPU ticks of each thread named `name` in process `pid`. */
+function threadTicks(pid: number, name: string): number[] {
+  const ticks: number[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8")
+      .trim();
+    if (comm !== name) continue;
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks.push(Number(fields[11]) + Number(fields[12]));
+  }
+  return ticks;
+}
+
+test("moat serve: two sources shipping at once are hashed on the tree worker thread (Bun and the binary), and the vault verifies", async () => {
+  if (process.platform !== "linux") return;
+  using dir = tempDir();
+  const vault = path.join(dir.dir, "vault");
+  await using server = await startServer(["--vault", vault]);
+  const input = Array.from(
+    { length: 60_000 },
+    (_, i) => `record ${i} ${"w".repeat(i % 90)}\n`,
+  ).join("");
+  const shipped = await Promise.all(["one", "two"].map((name) =>
+    runMoat([
+      "ship",
+      "-",
+      "--server",
+      `127.0.0.1:${server.port}`,
+      "--state",
+      path.join(dir.dir, `${name}.json`),
+      "--source",
+      name,
+    ], { input, timeoutMs: 120_000 })
+  ));
+  for (const r of shipped) {
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /60000 records acknowledged/);
+  }
+  const workers = threadTicks(server.child.pid!, "Worker");
+  if (moatFlavor() === "deno") {
+    assert.deepEqual(workers, [], "Deno started a tree worker");
+  } else {
+    assert.equal(workers.length, 1, "no tree worker thread");
+    // 120,000 records, about 0.4 µs each there: several 10 ms ticks.
+    assert.ok(workers[0]! > 0, "the tree worker did no work");
+  }
+  assert.equal(await server.stop(), 0);
+  assert.deepEqual(
+    server.events().filter((e) => e.type === "tree_worker_failed"),
+    [],
+  );
+  const verify = await runMoat(["vault", "verify", vault]);
+  assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+  assert.match(verify.stdout, /OK/);
+});
