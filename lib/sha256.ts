@@ -458,6 +458,48 @@ export function nativeSha256Batch(): Sha256Batch | undefined {
 }
 
 /**
+ * The batch functions as loops over {@linkcode sha256Parts} (one native call
+ * a hash where a per-hash native SHA-256 is installed): the same results
+ * as the native batch, for the tree worker where there is none (Deno).
+ */
+export const portableBatch: Sha256Batch = {
+  many(a, aStride, aLen, b, spans, n, out, outAt) {
+    for (let k = 0; k < n; k++) {
+      sha256Parts(
+        a,
+        k * aStride,
+        k * aStride + aLen,
+        b,
+        spans[2 * k]!,
+        spans[2 * k + 1]!,
+        out,
+        outAt + 32 * k,
+      );
+    }
+  },
+  merkleAppend(front, depth, size, leaves, at, n, out) {
+    let w = 0;
+    for (let k = 0; k < n; k++, size++) {
+      let top = 32 * depth;
+      front.set(leaves.subarray(at + 32 * k, at + 32 * k + 32), top);
+      out.set(front.subarray(top, top + 32), 32 * w++);
+      // One merge per trailing 1 bit of the size before this leaf.
+      for (let i = size; i % 2 === 1; i = (i - 1) / 2) {
+        top -= 32;
+        sha256Parts(NODE, 0, 1, front, top, top + 64, front, top);
+        out.set(front.subarray(top, top + 32), 32 * w++);
+        depth--;
+      }
+      depth++;
+    }
+    return w;
+  },
+};
+
+/** The interior node prefix, 0x01. */
+const NODE = new Uint8Array([1]);
+
+/**
  * {@linkcode Sha256Many}: natively in one call where installed
  * ({@linkcode setNativeSha256Batch}), else one {@linkcode sha256Parts} each.
  *
@@ -496,17 +538,5 @@ export function sha256Many(
   checkRange(out, outAt, outAt + 32 * n);
   for (let k = 0; k < n; k++) checkRange(b, spans[2 * k]!, spans[2 * k + 1]!);
   const fast = batch === undefined ? nativeSha256Batch() : batch;
-  if (fast) return fast.many(a, aStride, aLen, b, spans, n, out, outAt);
-  for (let k = 0; k < n; k++) {
-    sha256Parts(
-      a,
-      k * aStride,
-      k * aStride + aLen,
-      b,
-      spans[2 * k]!,
-      spans[2 * k + 1]!,
-      out,
-      outAt + 32 * k,
-    );
-  }
+  (fast ?? portableBatch).many(a, aStride, aLen, b, spans, n, out, outAt);
 }

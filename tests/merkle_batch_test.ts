@@ -5,11 +5,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { leafHash, MemoryNodeStore, MerkleLog } from "../lib/merkle.ts";
 import {
   nativeSha256Batch as loadedBatch,
+  portableBatch,
   setNativeSha256,
   setNativeSha256Batch,
   sha256Many,
@@ -175,5 +177,43 @@ test("MerkleLog.appendLeaves stores the same nodes in the same order as one leaf
   } finally {
     setNativeSha256(undefined);
     setNativeSha256Batch(undefined);
+  }
+});
+
+test("portableBatch (the tree worker's path on Deno) stores the same hashes in the same order and leaves the same frontier as one leaf at a time", () => {
+  using tmp = tempDir("moat-merkle-batch-");
+  const random = seededRandom(91);
+  setNativeSha256(nativeSha256Parts);
+  try {
+    const file = new TreeFile(path.join(tmp.dir, "ref.tree"), 0);
+    const reference = new MerkleLog(file);
+    const front = new Uint8Array(32 * 56);
+    let size = 0;
+    const runs: Uint8Array[] = [];
+    for (const n of [1, 1, 2, 3, 1, 7, 1, 15, 1, 33, 64, 1, 200, 5]) {
+      const leaves = new Uint8Array(32 * n).map(() => random(256));
+      const out = new Uint8Array(32 * (2 * n + 54));
+      const count = portableBatch.merkleAppend(
+        front,
+        reference.frontier().length / 32,
+        size,
+        leaves,
+        0,
+        n,
+        out,
+      );
+      runs.push(out.slice(0, 32 * count));
+      for (let k = 0; k < n; k++) reference.appendFrom(leaves, 32 * k);
+      size += n;
+      assert.deepEqual(
+        front.subarray(0, reference.frontier().length),
+        reference.frontier(),
+        `size ${size}`,
+      );
+    }
+    file.flush();
+    assert.deepEqual(Buffer.concat(runs), fs.readFileSync(file.path));
+  } finally {
+    setNativeSha256(undefined);
   }
 });

@@ -18,8 +18,8 @@
  */
 
 import { popcount } from "./_tree_file.ts";
-import { nativeSha256Batch } from "../sha256.ts";
-import { RecordLeaves } from "./_tree_file.ts";
+import { nativeSha256, nativeSha256Batch, portableBatch } from "../sha256.ts";
+import { leafHashInto, RecordLeaves } from "./_tree_file.ts";
 import { HASH_BYTES } from "../merkle.ts";
 
 /** A chunk for the worker. */
@@ -88,25 +88,28 @@ export function hashChunk(
     }
     at += length;
   }
+  // Deno has no batch: there each leaf is one native call, and the nodes
+  // merge through the portable loop.
   const leaves = RecordLeaves.open(stream.source, n);
-  if (batch === undefined || leaves === undefined) {
-    throw new Error("no batch SHA-256 in the worker");
-  }
   const starts = new Int32Array(n);
+  const hashes = leaves === undefined
+    ? new Uint8Array(HASH_BYTES * n)
+    : undefined;
   let i = 0;
   for (let at = 0; at < bytes.length; i++) {
     const length = view.getUint32(at + 4, true);
     starts[i] = at;
-    leaves.add(bytes, at, at + length);
+    if (hashes !== undefined) {
+      leafHashInto(bytes, at, length, stream.source, hashes, HASH_BYTES * i);
+    } else leaves!.add(bytes, at, at + length);
     at += length;
   }
-  const hashes = leaves.hash(bytes);
   const out = new Uint8Array(HASH_BYTES * (2 * n + 54));
-  const count = batch.merkleAppend(
+  const count = (batch ?? portableBatch).merkleAppend(
     stream.front,
     popcount(stream.size),
     stream.size,
-    hashes,
+    hashes ?? leaves!.hash(bytes),
     0,
     n,
     out,
@@ -234,14 +237,7 @@ export class TreeHasher {
       if (!("error" in done)) TreeHasher.hashed++;
       waiting.resolve(done);
     };
-    const fail = (why: string) => {
-      if (this.#broken === undefined) {
-        this.#broken = why;
-        for (const tell of this.#onFailure) tell(why);
-      }
-      this.#answerAll(why);
-      refWorker(worker, false);
-    };
+    const fail = (why: string) => this.#fail(why);
     worker.onerror = (event: ErrorEvent) => {
       event.preventDefault?.();
       fail(`the tree worker failed: ${event.message}`);
@@ -250,6 +246,16 @@ export class TreeHasher {
     // Bun says when a worker's thread ended (Deno never starts this one).
     worker.addEventListener("close", () => fail("the tree worker exited"));
     return worker;
+  }
+
+  /** The worker stopped working: said once, every job out answered. */
+  #fail(why: string): void {
+    if (this.#broken === undefined) {
+      this.#broken = why;
+      for (const tell of this.#onFailure) tell(why);
+    }
+    this.#answerAll(why);
+    if (this.#worker !== undefined) refWorker(this.#worker, false);
   }
 
   /** Answers every job out with an error. */
@@ -269,7 +275,11 @@ export class TreeHasher {
   static acquire(
     onFailure?: (message: string) => void,
   ): TreeHasher | undefined {
-    if (workerUrl === undefined || nativeSha256Batch() === undefined) {
+    // Without a native SHA-256 the worker would spend more than it saves.
+    if (
+      workerUrl === undefined ||
+      (nativeSha256Batch() === undefined && nativeSha256() === undefined)
+    ) {
       return undefined;
     }
     let hasher = TreeHasher.#shared;
@@ -342,10 +352,13 @@ export class TreeHasher {
   /**
    * Ends the worker as if it had died (for tests): jobs out are answered
    * with an error, and the trees hash on their own thread from then on.
+   * (Bun also says so with the worker's "close" event; Deno has none.)
    */
   static _kill(): void {
     const shared = TreeHasher.#shared;
-    if (shared !== undefined) shared.#worker?.terminate();
+    if (shared === undefined) return;
+    shared.#worker?.terminate();
+    shared.#fail("the tree worker exited");
   }
 
   /** Forgets a tree's copy (its vault closed). */
