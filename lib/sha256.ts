@@ -286,10 +286,34 @@ export type Sha256Parts = (
   at: number,
 ) => void;
 
-/** Where a native {@linkcode Sha256Parts} comes from (lib/net/sha256.ts). */
-let nativeLoader: (() => Sha256Parts | undefined) | undefined;
-/** The native one once loaded; null: none here. */
-let native: Sha256Parts | null | undefined;
+/**
+ * A native implementation the command installs (the runtime's own code
+ * lives in `lib/net/`), loaded at its first use.
+ */
+class NativeSlot<T> {
+  #load: (() => T | undefined) | undefined;
+  /** Once loaded: the implementation, or null where none loads. */
+  loaded: T | null | undefined;
+
+  set(load: (() => T | undefined) | undefined): void {
+    this.#load = load;
+    this.loaded = undefined;
+  }
+
+  get(): T | undefined {
+    if (this.loaded === undefined) {
+      try {
+        this.loaded = this.#load?.() ?? null;
+      } catch {
+        this.loaded = null;
+      }
+    }
+    return this.loaded ?? undefined;
+  }
+}
+
+/** libcrypto's per-hash SHA-256 (lib/net/sha256.ts), once installed. */
+const nativeParts = new NativeSlot<Sha256Parts>();
 
 /**
  * Gives {@linkcode sha256Parts} a native implementation, loaded at its
@@ -301,20 +325,12 @@ let native: Sha256Parts | null | undefined;
 export function setNativeSha256(
   load: (() => Sha256Parts | undefined) | undefined,
 ): void {
-  nativeLoader = load;
-  native = undefined;
+  nativeParts.set(load);
 }
 
 /** The native implementation in use, if any (for tests and benches). */
 export function nativeSha256(): Sha256Parts | undefined {
-  if (native === undefined) {
-    try {
-      native = nativeLoader?.() ?? null;
-    } catch {
-      native = null;
-    }
-  }
-  return native ?? undefined;
+  return nativeParts.get();
 }
 
 /** Where the portable path puts the two parts together. */
@@ -365,7 +381,8 @@ export function sha256Parts(
   checkRange(a, aStart, aEnd);
   checkRange(b, bStart, bEnd);
   checkRange(dst, at, at + 32);
-  const fast = native === undefined ? nativeSha256() : native;
+  const loaded = nativeParts.loaded;
+  const fast = loaded === undefined ? nativeParts.get() : loaded;
   if (fast) return fast(a, aStart, aEnd, b, bStart, bEnd, dst, at);
   const aLen = aEnd - aStart;
   const total = aLen + bEnd - bStart;
@@ -428,8 +445,8 @@ export interface Sha256Batch {
   merkleAppend: MerkleAppend;
 }
 
-let batchLoader: (() => Sha256Batch | undefined) | undefined;
-let batch: Sha256Batch | null | undefined;
+/** The batch loops (lib/net/sha256.ts), once installed. */
+const nativeBatch = new NativeSlot<Sha256Batch>();
 
 /**
  * Gives {@linkcode sha256Many} and `MerkleLog.appendLeaves` a native
@@ -441,20 +458,12 @@ let batch: Sha256Batch | null | undefined;
 export function setNativeSha256Batch(
   load: (() => Sha256Batch | undefined) | undefined,
 ): void {
-  batchLoader = load;
-  batch = undefined;
+  nativeBatch.set(load);
 }
 
 /** The native batch implementation in use, if any. */
 export function nativeSha256Batch(): Sha256Batch | undefined {
-  if (batch === undefined) {
-    try {
-      batch = batchLoader?.() ?? null;
-    } catch {
-      batch = null;
-    }
-  }
-  return batch ?? undefined;
+  return nativeBatch.get();
 }
 
 /**
@@ -537,6 +546,14 @@ export function sha256Many(
   }
   checkRange(out, outAt, outAt + 32 * n);
   for (let k = 0; k < n; k++) checkRange(b, spans[2 * k]!, spans[2 * k + 1]!);
-  const fast = batch === undefined ? nativeSha256Batch() : batch;
-  (fast ?? portableBatch).many(a, aStride, aLen, b, spans, n, out, outAt);
+  (nativeBatch.get() ?? portableBatch).many(
+    a,
+    aStride,
+    aLen,
+    b,
+    spans,
+    n,
+    out,
+    outAt,
+  );
 }
