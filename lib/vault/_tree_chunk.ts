@@ -56,6 +56,9 @@ export type ChunkDone = ({ id: number } & ChunkHashes) | {
   error: string;
 };
 
+/** hashChunk's buffers, reused (one worker, one chunk at a time). */
+const scratch = { leaves: new Uint8Array(0), out: new Uint8Array(0) };
+
 /** Largest frontier: a tree's size is below 2^53. */
 const FRONT_SLOTS = 56;
 
@@ -92,24 +95,31 @@ export function hashChunk(
   // merge through the portable loop.
   const leaves = RecordLeaves.open(stream.source, n);
   const starts = new Int32Array(n);
-  const hashes = leaves === undefined
-    ? new Uint8Array(HASH_BYTES * n)
-    : undefined;
+  // The worker's buffers are reused from chunk to chunk: only what is
+  // answered (moved to the server) is new.
+  if (scratch.leaves.length < HASH_BYTES * n) {
+    scratch.leaves = new Uint8Array(HASH_BYTES * n);
+  }
+  if (scratch.out.length < HASH_BYTES * (2 * n + 54)) {
+    scratch.out = new Uint8Array(HASH_BYTES * (2 * n + 54));
+  }
+  const hashes = scratch.leaves;
   let i = 0;
   for (let at = 0; at < bytes.length; i++) {
     const length = view.getUint32(at + 4, true);
     starts[i] = at;
-    if (hashes !== undefined) {
+    if (leaves === undefined) {
       leafHashInto(bytes, at, length, stream.source, hashes, HASH_BYTES * i);
-    } else leaves!.add(bytes, at, at + length);
+    } else leaves.add(bytes, at, at + length);
     at += length;
   }
-  const out = new Uint8Array(HASH_BYTES * (2 * n + 54));
+  leaves?.hash(bytes, hashes);
+  const out = scratch.out;
   const count = (batch ?? portableBatch).merkleAppend(
     stream.front,
     popcount(stream.size),
     stream.size,
-    hashes ?? leaves!.hash(bytes),
+    hashes,
     0,
     n,
     out,
@@ -196,6 +206,16 @@ function refWorker(worker: Worker, keep: boolean): void {
   else w.unref?.();
 }
 
+/**
+ * Jobs at the worker at once; the rest wait, unposted, on the server's
+ * side (their chunks' bytes are held there anyway). Each posted job costs a
+ * copy of its chunk and the worker's buffers for it: with every job posted
+ * at once, 60 shippers of empty records queued them at the worker faster
+ * than it hashed, and the server's RSS reached 460 MiB (soak); four keep it
+ * busy.
+ */
+const MAX_POSTED = 4;
+
 /** What the server's side keeps per job. */
 interface Waiting {
   resolve(done: ChunkDone): void;
@@ -217,7 +237,12 @@ export class TreeHasher {
   #users = 0;
   #nextId = 1;
   #nextStream = 1;
+  /** Every job not answered yet, posted or queued. */
   #waiting = new Map<number, Waiting>();
+  /** Jobs not posted yet, oldest first. */
+  #queue: { id: number; job: Omit<ChunkJob, "id"> }[] = [];
+  /** Jobs at the worker. */
+  #posted = 0;
   #broken: string | undefined;
   /** Told once if the worker fails (each vault using it). */
   #onFailure = new Set<(message: string) => void>();
@@ -233,9 +258,11 @@ export class TreeHasher {
       const waiting = this.#waiting.get(done.id);
       if (waiting === undefined) return;
       this.#waiting.delete(done.id);
+      this.#posted--;
       if (this.#waiting.size === 0) refWorker(worker, false);
       if (!("error" in done)) TreeHasher.hashed++;
       waiting.resolve(done);
+      this.#pump();
     };
     const fail = (why: string) => this.#fail(why);
     worker.onerror = (event: ErrorEvent) => {
@@ -258,11 +285,39 @@ export class TreeHasher {
     if (this.#worker !== undefined) refWorker(this.#worker, false);
   }
 
-  /** Answers every job out with an error. */
+  /** Answers every job out or queued with an error. */
   #answerAll(why: string): void {
     const waiting = [...this.#waiting.entries()];
     this.#waiting.clear();
+    this.#queue.length = 0;
+    this.#posted = 0;
     for (const [id, w] of waiting) w.resolve({ id, error: why });
+  }
+
+  /**
+   * Posts queued jobs while fewer than {@linkcode MAX_POSTED} are at the
+   * worker.
+   */
+  #pump(): void {
+    while (this.#posted < MAX_POSTED && this.#queue.length > 0) {
+      const { id, job } = this.#queue.shift()!;
+      let worker: Worker;
+      try {
+        worker = this.#start();
+      } catch (error) {
+        // No worker here (it cannot start): the trees hash on their own.
+        this.#fail(
+          `the tree worker cannot start: ${(error as Error).message ?? error}`,
+        );
+        return;
+      }
+      refWorker(worker, true);
+      // A copy, moved (not cloned): a structured clone of the bytes cost
+      // the server 0.26 µs a record, a copy and a transfer far less.
+      const bytes = job.bytes.slice();
+      worker.postMessage({ ...job, bytes, id }, [bytes.buffer]);
+      this.#posted++;
+    }
   }
 
   /**
@@ -330,22 +385,9 @@ export class TreeHasher {
       return Promise.resolve({ id, error: this.#broken });
     }
     return new Promise((resolve) => {
-      try {
-        const worker = this.#start();
-        this.#waiting.set(id, { resolve });
-        if (this.#waiting.size === 1) refWorker(worker, true);
-        // A copy, moved (not cloned): a structured clone of the bytes cost
-        // the server 0.26 µs a record, a copy and a transfer far less.
-        const bytes = job.bytes.slice();
-        worker.postMessage({ ...job, bytes, id }, [bytes.buffer]);
-      } catch (error) {
-        // No worker here (it cannot start): the trees hash on their own.
-        this.#broken ??= `the tree worker cannot start: ${
-          (error as Error).message ?? error
-        }`;
-        this.#waiting.delete(id);
-        resolve({ id, error: this.#broken });
-      }
+      this.#waiting.set(id, { resolve });
+      this.#queue.push({ id, job });
+      this.#pump();
     });
   }
 

@@ -462,11 +462,12 @@ export class RecordLeaves {
    * Hashes the noted records' leaves.
    *
    * @param bytes The records every {@linkcode RecordLeaves.add} named.
+   * @param into Where to put them (at its start), if not a new array.
    * @returns Their leaf hashes, 32 bytes each, in order.
    */
-  hash(bytes: Uint8Array): Uint8Array {
+  hash(bytes: Uint8Array, into?: Uint8Array): Uint8Array {
     const n = this.#n;
-    const out = new Uint8Array(32 * n);
+    const out = into ?? new Uint8Array(32 * n);
     sha256Many(
       RecordLeaves.#prefixes,
       PREFIX_BYTES,
