@@ -24,6 +24,33 @@ function lines(from: number, to: number, tag = "line"): string {
   return s;
 }
 
+/**
+ * Waits until the shipper states in `dir` have acknowledged `want` lines
+ * (in any order); returns what they hold then, largest first.
+ */
+async function waitStatesAcked(
+  dir: string,
+  want: number[],
+  timeoutMs = 30_000,
+): Promise<number[]> {
+  const sorted = [...want].sort((a, b) => b - a);
+  const deadline = Date.now() + timeoutMs;
+  let acked: number[] = [];
+  while (Date.now() < deadline) {
+    acked = fs.readdirSync(dir).filter((f) => /^ship-.*\.json$/.test(f))
+      .map((f) => {
+        try {
+          return JSON.parse(fs.readFileSync(path.join(dir, f), "utf8")).acked;
+        } catch {
+          return -1; // being replaced: read again
+        }
+      }).sort((a, b) => b - a);
+    if (JSON.stringify(acked) === JSON.stringify(sorted)) return acked;
+    await sleep(100);
+  }
+  return acked;
+}
+
 function startShipper(
   args: string[],
   cwd: string,
@@ -524,6 +551,15 @@ test("moat ship continues files an earlier moat shipped as the host's source, lo
       (l) => /holds 200 unacknowledged lines: they are sent as/.test(l),
     );
     assert.equal(await waitVaultCount(vault, 250, 30_000), 250);
+    // Stored is not yet acknowledged: a shipper stopped in between keeps
+    // the lines to send again (and the next start would say so).
+    assert.deepEqual(
+      await waitStatesAcked(path.join(dir.dir, ".local", "state", "moat"), [
+        200,
+        50,
+      ]),
+      [200, 50],
+    );
   } finally {
     process.kill(now.child.pid!, "SIGTERM");
   }
