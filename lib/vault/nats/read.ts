@@ -201,6 +201,15 @@ export async function materializeStream(
           });
         }
       }
+      // Every tree takes the records read before the copy closes: a tree
+      // still catching up at close keeps what it has, and the copy's
+      // proofs would lack nodes its stream checkpoints cover (seen once:
+      // "holds fewer nodes than its checkpoint of size 280 needs").
+      // A tree that cannot catch up (a damaged segment) is verify's to
+      // report, not the read's.
+      for (const source of vault.sources()) {
+        await vault.checkpoint(source.key).catch(() => {});
+      }
     } catch (error) {
       // The client's own errors (a timeout, no responders while the stream
       // has no leader) say the cluster is not answering; the copy's and the
