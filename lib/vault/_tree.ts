@@ -78,8 +78,11 @@ interface PendingChunk {
   bytes: Uint8Array;
   /** Its leaf hashes, where they were hashed as it was encoded. */
   leaves?: Uint8Array | undefined;
-  /** Sent to the hasher: "waiting" until it answers, then the answer. */
-  answer?: "waiting" | "failed" | ChunkHashes | undefined;
+  /**
+   * Sent to the hasher: "waiting" until it answers, then its hashes
+   * (undefined again if it failed, or once they are taken).
+   */
+  answer?: "waiting" | ChunkHashes | undefined;
   /** Settles at the answer. */
   sent?: Promise<void> | undefined;
   /** Where each record starts in `bytes`, if the worker said. */
@@ -381,7 +384,7 @@ export class SourceTree {
       this.#inFlight--;
       if ("error" in done) {
         this.#hasherSize = -1;
-        chunk.answer = "failed";
+        chunk.answer = undefined;
       } else chunk.answer = done;
       if (this.#closed) return;
       this.#drain();
@@ -538,9 +541,7 @@ export class SourceTree {
    */
   #takeAnswer(chunk: PendingChunk): boolean {
     const answer = chunk.answer;
-    if (answer === undefined || answer === "failed" || answer === "waiting") {
-      return false;
-    }
+    if (answer === undefined || answer === "waiting") return false;
     chunk.answer = undefined;
     try {
       if (answer.n !== chunk.lastSeq - chunk.firstSeq + 1) {

@@ -1,6 +1,6 @@
 /**
  * A chunk of vault records into a source's Merkle tree, off the server's
- * thread: the worker (`_tree_worker.ts`) keeps a copy of each tree's
+ * thread: the worker (entry `cli/_tree_worker.ts`) keeps a copy of each tree's
  * frontier and, per chunk, hashes the records' leaves and merges the nodes
  * they complete, returning the hashes the tree file stores (in its order)
  * and the new frontier; the server's `SourceTree` (`_tree.ts`) only copies
@@ -9,17 +9,17 @@
  *
  * The leaves and nodes are the ones `RecordLeaves` and
  * `MerkleLog.appendLeaves` give on the server's thread (tested against each
- * other); the worker runs only where the batch SHA-256 loads (Bun) and the
- * command named its entry ({@linkcode setTreeWorker}), so the SHA-256 work
- * of a record (about 0.35 µs: five 64-byte blocks and their calls) goes to
- * another core.
+ * other); the worker runs where a native SHA-256 loads (with the batch
+ * loops on Bun, one call a hash on Deno) and the command named its entry
+ * ({@linkcode setTreeWorker}), so the SHA-256 work of a record (about
+ * 0.35 µs on Bun: five 64-byte blocks and their calls) goes to another
+ * core.
  *
  * @module
  */
 
-import { popcount } from "./_tree_file.ts";
 import { nativeSha256, nativeSha256Batch, portableBatch } from "../sha256.ts";
-import { leafHashInto, RecordLeaves } from "./_tree_file.ts";
+import { leafHashInto, popcount, RecordLeaves } from "./_tree_file.ts";
 import { HASH_BYTES } from "../merkle.ts";
 
 /** A chunk for the worker. */
@@ -70,8 +70,8 @@ interface Stream {
 }
 
 /**
- * Hashes a chunk onto a tree's frontier (the worker's side). Throws where
- * the batch SHA-256 is not installed.
+ * Hashes a chunk onto a tree's frontier (the worker's side): through the
+ * batch loops where installed, else one `sha256Parts` call a hash.
  *
  * @param stream The tree's frontier and size, advanced.
  * @param bytes The records.

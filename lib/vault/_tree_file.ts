@@ -157,18 +157,12 @@ export class TreeFile implements NodeStore {
   put(_level: number, _index: number, hash: Uint8Array): void {
     // MerkleLog stores nodes in exactly the file's order (the leaf, then
     // each subtree it completes), so a put is an append.
-    if (this.#buffered + NODE_BYTES > this.#buffer.length) {
-      const bigger = new Uint8Array(Math.max(2048, this.#buffer.length * 2));
-      bigger.set(this.#buffer.subarray(0, this.#buffered));
-      this.#buffer = bigger;
-    }
-    this.#buffer.set(hash, this.#buffered);
-    this.#buffered += NODE_BYTES;
+    this.putRun(hash, 0, 1);
   }
 
   putFrom(_level: number, _index: number, buf: Uint8Array, at: number): void {
     if (this.#buffered + NODE_BYTES > this.#buffer.length) {
-      this.put(_level, _index, buf.slice(at, at + NODE_BYTES));
+      this.putRun(buf, at, 1);
       return;
     }
     // 32 bytes: a loop costs less than the view set() would need.
@@ -324,15 +318,29 @@ function fillPrefix(bytes: Uint8Array, at: number, source: Uint8Array): number {
   if (source.length !== SOURCE_HASH_BYTES) {
     throw new RangeError("Invalid leaf: a source hash is 32 bytes");
   }
-  const p = prefix;
   if (prefixSource !== source) {
-    p.set(source, 2);
+    prefix.set(source, 2);
     prefixSource = source;
   }
+  return writeRecordFields(prefix, 0, bytes, at);
+}
+
+/**
+ * Writes a record's seq, ts, recvTs and partial flag into the leaf prefix
+ * at `p[o, o + 59)` (0x00, version and source hash are the caller's).
+ *
+ * @returns Where the record's line starts in `bytes`.
+ */
+function writeRecordFields(
+  p: Uint8Array,
+  o: number,
+  bytes: Uint8Array,
+  at: number,
+): number {
   const flags = bytes[at + 9]!;
   // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
-  for (let i = 0; i < 24; i++) p[34 + i] = bytes[at + 12 + i]!;
-  p[1 + 57] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
+  for (let i = 0; i < 24; i++) p[o + 34 + i] = bytes[at + 12 + i]!;
+  p[o + 58] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
   return at + VAULT_LINE_OFFSET + (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
 }
 
@@ -448,13 +456,8 @@ export class RecordLeaves {
       p.set(this.#sourceHash, o + 2);
       RecordLeaves.#filled = k + 1;
     }
-    const flags = bytes[at + 9]!;
-    // seq, ts and recvTs are u64 LE at record bytes 12–35, leaf bytes 33–56.
-    for (let i = 0; i < 24; i++) p[o + 34 + i] = bytes[at + 12 + i]!;
-    p[o + 58] = flags & FLAG_PARTIAL ? LEAF_FLAG_PARTIAL : 0;
     const spans = RecordLeaves.#spans;
-    spans[2 * k] = at + VAULT_LINE_OFFSET +
-      (flags & FLAG_CHAIN ? CHAIN_LINK_BYTES : 0);
+    spans[2 * k] = writeRecordFields(p, o, bytes, at);
     spans[2 * k + 1] = end;
   }
 
