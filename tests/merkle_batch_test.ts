@@ -217,3 +217,38 @@ test("portableBatch (the tree worker's path on Deno) stores the same hashes in t
     setNativeSha256(undefined);
   }
 });
+
+test("MerkleLog.appendRun refuses a run that does not fit the new size (wrong count, short run, wrong frontier, a store without runs) and stores nothing then", () => {
+  using tmp = tempDir("moat-merkle-batch-");
+  const file = new TreeFile(path.join(tmp.dir, "t.tree"), 0);
+  const log = new MerkleLog(file);
+  const leaf = new Uint8Array(32).fill(9);
+  for (let k = 0; k < 3; k++) log.appendFrom(leaf, 0);
+  const root = log.root();
+  const stored = file.count;
+  // Appending 1 leaf to 3 stores 3 hashes (the leaf, then 2 merges) and
+  // leaves a frontier of one subtree (size 4).
+  const front = new Uint8Array(32);
+  const run = new Uint8Array(32 * 3);
+  for (
+    const [count, r, f] of [
+      [2, run, front],
+      [4, new Uint8Array(32 * 4), front],
+      [3, new Uint8Array(32 * 2), front],
+      [3, run, new Uint8Array(64)],
+      [3, run, new Uint8Array(0)],
+    ] as const
+  ) {
+    assert.throws(() => log.appendRun(r, count, 1, f), RangeError);
+    assert.equal(log.size, 3);
+    assert.equal(file.count, stored);
+    assert.deepEqual(log.root(), root);
+  }
+  const memory = new MerkleLog(new MemoryNodeStore());
+  assert.throws(() => memory.appendRun(run, 1, 1, front), RangeError);
+  assert.equal(memory.size, 0);
+  // The shape that fits is taken.
+  log.appendRun(run, 3, 1, front);
+  assert.equal(log.size, 4);
+  assert.equal(file.count, stored + 3);
+});
