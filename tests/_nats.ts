@@ -498,11 +498,15 @@ export type RawReply =
 
 /** A connection as one user. */
 export interface RawConn {
-  /** Publishes and waits for the reply on a fresh inbox, or a server -ERR. */
+  /**
+   * Publishes and waits for the reply on a fresh inbox, or a server -ERR;
+   * rejects after `timeoutMs` (the connection's, unless given).
+   */
   request(
     subject: string,
     payload?: string | Uint8Array,
     headers?: Record<string, string>,
+    timeoutMs?: number,
   ): Promise<RawReply>;
   /** A JetStream API call: the reply's JSON, or `{ permission: "…" }` on -ERR. */
   api(subject: string, body?: unknown): Promise<Record<string, unknown>>;
@@ -623,17 +627,20 @@ export function rawConnect(
       resolve(conn);
     };
     const conn: RawConn = {
-      request(subject, payload = "", headers) {
+      request(subject, payload = "", headers, waitMs = timeoutMs) {
         const inbox = `_INBOX.${randomPassword()}`;
         const s = ++sid;
         const data = typeof payload === "string"
           ? enc.encode(payload)
           : payload;
         return new Promise<RawReply>((res, rej) => {
-          const t = setTimeout(
-            () => rej(new Error(`No reply to ${subject} in ${timeoutMs} ms`)),
-            timeoutMs,
-          );
+          const t = setTimeout(() => {
+            // A late reply to this inbox is ignored: the next request
+            // replaces `pending`, and the server forgets the inbox.
+            if (pending?.inbox === inbox) pending = undefined;
+            sock.write(`UNSUB ${s}\r\n`);
+            rej(new RequestTimeout(`No reply to ${subject} in ${waitMs} ms`));
+          }, waitMs);
           pending = {
             inbox,
             resolve: (r) => {
@@ -690,6 +697,9 @@ export function rawConnect(
   });
 }
 
+/** A request that had no reply in time (the server may still have acted). */
+export class RequestTimeout extends Error {}
+
 function indexOfCrlf(b: Uint8Array): number {
   for (let i = 0; i + 1 < b.length; i++) {
     if (b[i] === 13 && b[i + 1] === 10) return i;
@@ -701,7 +711,11 @@ function indexOfCrlf(b: Uint8Array): number {
  * Publishes one message to a JetStream subject and resolves with the stream
  * sequence of its ack. While the stream has no leader (an election after a
  * node died) the server answers 503 (no responders) at once; that is retried
- * every 100 ms until `timeoutMs`. Any other error rejects.
+ * every 100 ms until `timeoutMs`. A replica that has lost its leader may also
+ * drop the publish without a word: with a `Nats-Msg-Id` (the stream then
+ * stores a resend once and acks it with the first one's seq) a publish with
+ * no reply in 2 s is resent too; without one, silence rejects, since a resend
+ * might store the message twice. Any other error rejects.
  */
 export async function jsPublish(
   conn: RawConn,
@@ -711,8 +725,22 @@ export async function jsPublish(
   timeoutMs = 30_000,
 ): Promise<number> {
   const deadline = Date.now() + timeoutMs;
+  const resendable = headers?.["Nats-Msg-Id"] !== undefined;
   for (;;) {
-    const r = await conn.request(subject, data, headers);
+    let r: RawReply;
+    try {
+      r = await conn.request(
+        subject,
+        data,
+        headers,
+        resendable ? 2_000 : undefined,
+      );
+    } catch (e) {
+      if (e instanceof RequestTimeout && resendable && Date.now() < deadline) {
+        continue;
+      }
+      throw e;
+    }
     if (!r.ok) throw new Error(`Publish to ${subject}: ${r.error}`);
     if (r.data.length > 0) {
       const ack = r.json() as { seq?: number; error?: unknown };
