@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import { moatFlavor, runMoat, startServer, tempDir } from "./_e2e.ts";
+import {
+  finished,
+  moatFlavor,
+  runMoat,
+  spawnMoat,
+  startServer,
+  tempDir,
+} from "./_e2e.ts";
 
 /** CPU ticks of each thread whose name matches in process `pid`. */
 function threadTicks(pid: number, name: RegExp): number[] {
@@ -28,12 +35,15 @@ test("moat serve: two sources shipping at once are hashed on the tree worker thr
   using dir = tempDir();
   const vault = path.join(dir.dir, "vault");
   await using server = await startServer(["--vault", vault]);
-  const input = Array.from(
+  const lines = Array.from(
     { length: 60_000 },
     (_, i) => `record ${i} ${"w".repeat(i % 90)}\n`,
-  ).join("");
-  const shipped = await Promise.all(["one", "two"].map((name) =>
-    runMoat([
+  );
+  // Both shippers are connected before the bulk of their lines is written:
+  // the server sends a chunk to the worker while more than one source
+  // appends, and two processes started together may not overlap otherwise.
+  const children = ["one", "two"].map((name) =>
+    spawnMoat([
       "ship",
       "-",
       "--server",
@@ -42,8 +52,18 @@ test("moat serve: two sources shipping at once are hashed on the tree worker thr
       path.join(dir.dir, `${name}.json`),
       "--source",
       name,
-    ], { input, timeoutMs: 120_000 })
-  ));
+    ])
+  );
+  const done = children.map((child) => finished(child, 120_000));
+  for (const child of children) child.stdin!.write(lines[0]);
+  for (const name of ["one", "two"]) {
+    await server.waitEvent(
+      (e) => e.event === "ship_started" && e.source === name,
+      `ship_started of ${name}`,
+    );
+  }
+  for (const child of children) child.stdin!.end(lines.slice(1).join(""));
+  const shipped = await Promise.all(done);
   for (const r of shipped) {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /60000 records acknowledged/);
@@ -55,7 +75,9 @@ test("moat serve: two sources shipping at once are hashed on the tree worker thr
   assert.ok(workers[0]! > 0, "the tree worker did no work");
   assert.equal(await server.stop(), 0);
   assert.deepEqual(
-    server.events().filter((e) => e.type === "tree_worker_failed"),
+    server.events().filter((e) =>
+      e.event === "vault_tree" && e.type === "tree_worker_failed"
+    ),
     [],
   );
   const verify = await runMoat(["vault", "verify", vault]);
