@@ -92,6 +92,24 @@ test("sha256Parts, portable and through libcrypto (lib/net/sha256.ts), hashes tw
         assert.equal(out[4], 0xee, `${label}: wrote before its place`);
         assert.equal(out[37], 0xee, `${label}: wrote past its place`);
       }
+      // Lengths about the 4 KiB past which Deno's path makes a bigint of
+      // each length (below it, a table's).
+      const long = new Uint8Array(10_000);
+      for (let i = 0; i < long.length; i++) long[i] = random(256);
+      for (
+        const [aEnd, bStart, bEnd] of [[4095, 0, 1], [4096, 9, 4106], [
+          4097,
+          1,
+          9000,
+        ], [0, 3, 10_000]]
+      ) {
+        const want = createHash("sha256")
+          .update(long.subarray(0, aEnd))
+          .update(long.subarray(bStart, bEnd)).digest("hex");
+        const out = new Uint8Array(32);
+        sha256Parts(long, 0, aEnd!, long, bStart!, bEnd!, out, 0);
+        assert.equal(hex(out), want, `${label} ${aEnd} + ${bEnd! - bStart!}`);
+      }
       // The digest over its own input (a chain link is written in place).
       const record = buf.slice(0, 200);
       const want = createHash("sha256").update(record.subarray(4)).digest();

@@ -148,16 +148,23 @@ function denoParts(name: string): Sha256Parts | undefined {
   const ctx = new Uint8Array(CTX_BYTES);
   const digest = new Uint8Array(32);
   kept.push(lib);
+  // A usize argument given as a number takes Deno's slow call path (165 ns
+  // an SHA256_Update of nothing, measured on Deno 2.9); as a bigint it
+  // takes the fast one (29 ns). A leaf went from 795 to 266 ns, a node
+  // from 574 to 197. Lengths below 4 KiB come from this table (a new
+  // bigint each call cost 80 ns more a leaf).
+  const lengths = Array.from({ length: 4096 }, (_, i) => BigInt(i));
+  const length = (n: number) => n < 4096 ? lengths[n]! : BigInt(n);
   return (a, aStart, aEnd, b, bStart, bEnd, dst, at) => {
     init(ctx);
     if (aEnd > aStart) {
-      update(ctx, aStart === 0 ? a : a.subarray(aStart), aEnd - aStart);
+      update(ctx, aStart === 0 ? a : a.subarray(aStart), length(aEnd - aStart));
     }
     if (bEnd > bStart) {
-      update(ctx, bStart === 0 ? b : b.subarray(bStart), bEnd - bStart);
+      update(ctx, bStart === 0 ? b : b.subarray(bStart), length(bEnd - bStart));
     }
     final(digest, ctx);
-    for (let i = 0; i < 32; i++) dst[at + i] = digest[i]!;
+    dst.set(digest, at);
   };
 }
 
