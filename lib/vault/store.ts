@@ -70,7 +70,6 @@ import { createSourceDir, SourceLog } from "./_source.ts";
 import { checkpointOrigin, loadCheckpointKey } from "./_checkpoints.ts";
 import { SourceTree } from "./_tree.ts";
 import { TreeHasher } from "./_tree_chunk.ts";
-import { nativeSha256Batch } from "../sha256.ts";
 import { leafHashInto, RecordLeaves } from "./_tree_file.ts";
 
 /** Bytes of a Merkle leaf hash. */
@@ -1168,12 +1167,11 @@ class _Vault implements Vault {
     // bytes are in the CPU's cache; the tree takes them once durable.
     let leaves: Uint8Array | undefined;
     let each: ((b: Uint8Array, at: number, end: number) => void) | undefined;
-    // With a tree worker, the worker hashes the chunk (leaves and nodes),
-    // unless one source appends alone where the batch SHA-256 is installed
-    // (#manySources); else, with the batch, the leaves are noted as the
-    // records are encoded and hashed in one native call after.
-    const elsewhere = tree !== undefined &&
-      (this.#manySources(source) || nativeSha256Batch() === undefined) &&
+    // With a tree worker, the worker hashes the chunk (leaves and nodes)
+    // while more than one source appends (#manySources); else, with the
+    // batch SHA-256, the leaves are noted as the records are encoded and
+    // hashed in one native call after.
+    const elsewhere = tree !== undefined && this.#manySources(source) &&
       tree.hashesElsewhere(accepted + 1);
     const batchLeaves = tree?.takesLeaves && !elsewhere
       ? RecordLeaves.open(tree.host.sourceHash, added)
@@ -1235,14 +1233,14 @@ class _Vault implements Vault {
   }
 
   /**
-   * Whether more than one source appended within about a second. With the
-   * batch SHA-256 (Bun), one source's shipper bounds the rate, not this
-   * thread, and hashing here costs less CPU in all than the worker's
-   * copies and thread hops: on 2 cores, one shipper acknowledged 12% more
-   * lines/s with the tree hashed here (3 rounds, 1M lines), 10 shippers
-   * 4–8% and one generator of 10 sources 16–24% fewer. Without it (Deno:
-   * 2.4 µs a record here, one native call a hash) the worker always takes
-   * the chunks.
+   * Whether more than one source appended within about a second. One
+   * source's shipper bounds the rate, not this thread, and hashing here
+   * costs less CPU in all than the worker's copies and thread hops: on 2
+   * cores, one shipper acknowledged 12% more lines/s with the tree hashed
+   * here on Bun (batch SHA-256; 3 rounds, 1M lines), 10 shippers 4–8% and
+   * one generator of 10 sources 16–24% fewer. On Deno (four FFI calls a
+   * hash, about 0.5 µs a record) one shipper kept 0.80 of its rate without
+   * trees with the worker and 0.92 hashing here (medians of 3 rounds).
    */
   #manySources(source: SourceLog): boolean {
     const now = performance.now();
