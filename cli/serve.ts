@@ -446,7 +446,7 @@ export async function serveCommand(
   // (loaded at the first hash, not here).
   setNativeSha256(nativeSha256Parts);
   setNativeSha256Batch(nativeSha256Batch);
-  // Trees hash chunks on a worker thread where the batch SHA-256 loads.
+  // Trees hash chunks on a worker thread where a native SHA-256 loads.
   setTreeWorker(treeWorkerUrl());
   const { values, given } = parsed;
   const gave = new Set(given.map((g) => g.name));

@@ -321,7 +321,7 @@ export class TreeHasher {
   }
 
   /**
-   * The process's worker, started if need be; undefined where no batch
+   * The process's worker, started if need be; undefined where no native
    * SHA-256 is installed (the trees hash on the server's thread).
    *
    * @param onFailure Told if the worker fails later (not when released).
