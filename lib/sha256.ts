@@ -337,7 +337,12 @@ export function nativeSha256(): Sha256Parts | undefined {
 let partsJoined = new Uint8Array(512);
 
 function checkRange(buf: Uint8Array, start: number, end: number): void {
-  if (!(start >= 0 && start <= end && end <= buf.length)) {
+  // Whole numbers only: a fraction would be cut by one path and refused by
+  // another (Deno's FFI takes no fractional length).
+  if (
+    !(start >= 0 && start <= end && end <= buf.length &&
+      Number.isInteger(start) && Number.isInteger(end))
+  ) {
     throw new RangeError(`bad range ${start}–${end} of ${buf.length} bytes`);
   }
 }
@@ -366,7 +371,8 @@ function checkRange(buf: Uint8Array, start: number, end: number): void {
  * @param bEnd After its last byte.
  * @param dst Where the digest goes.
  * @param at Its offset in `dst`.
- * @throws {RangeError} For a range outside its buffer.
+ * @throws {RangeError} For a range outside its buffer, or not of whole
+ * numbers.
  */
 export function sha256Parts(
   a: Uint8Array,

@@ -120,29 +120,34 @@ else
   failed=$((failed + 1))
   echo "-- build failed"
 fi
-# CI shows the end of this output: name every failed test again here, with
-# the last lines of its error, so the excerpt says what failed (at most 150
-# lines: a run with many failures has its whole log above).
+# CI shows the end of this output: name every failed test again here, then
+# the first lines of the errors, so the excerpt says what failed (at most
+# 150 lines: a run with many failures has its whole log above). Bun runs its
+# files in parallel and may print a test's error apart from its name.
 recap=$(
   for name in doc deno; do
     [ -f "$log/$name.txt" ] || continue
-    # Deno lists the errors, then the names under FAILURES.
-    sed -n '/^ *ERRORS *$/,/^ *FAILURES *$/p' "$log/$name.txt" | grep -v '^ *at ' | tail -n 40 | sed "s/^/$name: /"
-    sed -n '/^ *FAILURES *$/,/^FAILED |/p' "$log/$name.txt" | grep -E ' => ' | sed "s/^/$name: /"
+    # Deno names them under FAILURES: a test (" => file:line") or a file
+    # that failed to load ("file (uncaught error)").
+    sed -n '/^ *FAILURES *$/,/^FAILED |/p' "$log/$name.txt" |
+      grep -Ev '^ *(FAILURES *|FAILED \|.*)?$' | sed "s/^/$name: /"
   done
   for name in bun binary; do
     [ -f "$log/$name.txt" ] || continue
-    # Bun prints a test's error right above its "(fail)" line.
-    awk -v n="$name" '
-      /^ *[0-9]+ tests? failed:$/ { exit }
-      /^\((pass|skip|todo)\) / || /^tests\/.*:$/ { k = 0; next }
-      /^\(fail\) / { s = k > 12 ? k - 12 : 0; for (i = s; i < k; i++) print n ": " b[i]; print n ": " $0; k = 0; next }
-      !/^ *at / { b[k++] = $0 }
-    ' "$log/$name.txt"
+    grep -E '^\(fail\) |^# Unhandled error' "$log/$name.txt" | sort -u | sed "s/^/$name: /"
+  done
+  for name in doc deno; do
+    [ -f "$log/$name.txt" ] || continue
+    sed -n '/^ *ERRORS *$/,/^ *FAILURES *$/p' "$log/$name.txt" |
+      grep -Ev '^ *(at |ERRORS *$|FAILURES *$)' | head -n 40 | sed "s/^/$name: /"
+  done
+  for name in bun binary; do
+    [ -f "$log/$name.txt" ] || continue
+    grep -E '^(error|[A-Za-z]*Error)(:| \[)' "$log/$name.txt" | head -n 20 | sed "s/^/$name: /"
   done
 )
-if [ -n "$recap" ]; then
-  echo "== failed tests"
+if [ "$failed" -gt 0 ] && [ -n "$recap" ]; then
+  echo "== failed tests, then their errors"
   head -n 150 <<<"$recap"
 fi
 echo "$passed passed, $failed failed"

@@ -129,6 +129,19 @@ test("sha256Parts, portable and through libcrypto (lib/net/sha256.ts), hashes tw
         () => sha256Parts(buf, 0, 1, buf, 0, 0, out, 9),
         RangeError,
       );
+      // Fractions too, on every path alike.
+      assert.throws(
+        () => sha256Parts(buf, 0, 2.5, buf, 0, 0, out, 0),
+        RangeError,
+      );
+      assert.throws(
+        () => sha256Parts(buf, 0, 1, buf, 0.5, 3, out, 0),
+        RangeError,
+      );
+      assert.throws(
+        () => sha256Parts(buf, 0, 1, buf, 0, 0, out, 1.5),
+        RangeError,
+      );
       assert.equal(
         nativeSha256() !== undefined,
         load !== undefined && native !== undefined,

@@ -1169,8 +1169,9 @@ class _Vault implements Vault {
     let each: ((b: Uint8Array, at: number, end: number) => void) | undefined;
     // With a tree worker, the worker hashes the chunk (leaves and nodes)
     // while more than one source appends (#manySources); else, with the
-    // batch SHA-256, the leaves are noted as the records are encoded and
-    // hashed in one native call after.
+    // batch SHA-256 (Bun), the leaves are noted as the records are encoded
+    // and hashed in one native call after; without it (Deno), each leaf is
+    // hashed as its record is encoded.
     const elsewhere = tree !== undefined && this.#manySources(source) &&
       tree.hashesElsewhere(accepted + 1);
     const batchLeaves = tree?.takesLeaves && !elsewhere
