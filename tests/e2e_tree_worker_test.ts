@@ -55,15 +55,23 @@ test("moat serve: two sources shipping at once are hashed on the tree worker thr
     ])
   );
   const done = children.map((child) => finished(child, 120_000));
-  for (const child of children) child.stdin!.write(lines[0]);
-  for (const name of ["one", "two"]) {
-    await server.waitEvent(
-      (e) => e.event === "ship_started" && e.source === name,
-      `ship_started of ${name}`,
-    );
+  let shipped;
+  try {
+    for (const child of children) child.stdin!.write(lines[0]);
+    for (const name of ["one", "two"]) {
+      await server.waitEvent(
+        (e) => e.event === "ship_started" && e.source === name,
+        `ship_started of ${name}`,
+      );
+    }
+    for (const child of children) child.stdin!.end(lines.slice(1).join(""));
+    shipped = await Promise.all(done);
+  } finally {
+    // A shipper left waiting by a failed step is not left running.
+    for (const child of children) {
+      if (child.exitCode === null && child.signalCode === null) child.kill();
+    }
   }
-  for (const child of children) child.stdin!.end(lines.slice(1).join(""));
-  const shipped = await Promise.all(done);
   for (const r of shipped) {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /60000 records acknowledged/);
