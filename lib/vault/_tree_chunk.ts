@@ -187,7 +187,7 @@ let workerUrl: URL | undefined;
 
 /**
  * Names the worker's entry module (`cli/_tree_worker.ts`, which installs
- * the runtime's SHA-256 as a command does); without one, or where no batch
+ * the runtime's SHA-256 as a command does); without one, or where no native
  * SHA-256 is installed, trees hash on the vault's thread.
  *
  * @param url The entry, or undefined for none.
@@ -223,7 +223,7 @@ interface Waiting {
 
 /**
  * The server's side of the worker: one per process, started by the first
- * vault that asks ({@linkcode TreeHasher.acquire}) where the batch SHA-256
+ * vault that asks ({@linkcode TreeHasher.acquire}) where a native SHA-256
  * is installed, ended with the last ({@linkcode TreeHasher.release}). It
  * keeps the process alive only while a job is out. If the worker fails,
  * every job out and every later one is answered with an error, and the

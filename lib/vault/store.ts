@@ -1174,12 +1174,13 @@ class _Vault implements Vault {
     // hashed as its record is encoded.
     const elsewhere = tree !== undefined && this.#manySources(source) &&
       tree.hashesElsewhere(accepted + 1);
-    const batchLeaves = tree?.takesLeaves && !elsewhere
+    const hashHere = tree?.takesLeaves === true && !elsewhere;
+    const batchLeaves = hashHere
       ? RecordLeaves.open(tree.host.sourceHash, added)
       : undefined;
     if (batchLeaves !== undefined) {
       each = (b, at, end) => batchLeaves.add(b, at, end);
-    } else if (tree?.takesLeaves && !elsewhere) {
+    } else if (hashHere) {
       const hashes = leaves = new Uint8Array(added * LEAF_HASH_BYTES);
       const sourceHash = tree.host.sourceHash;
       let i = 0;
